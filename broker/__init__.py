@@ -1,0 +1,1 @@
+"""Renkei NGSI-LD context broker."""

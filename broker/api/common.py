@@ -1,0 +1,231 @@
+"""Request parsing and response rendering shared by the NGSI-LD routers.
+
+NGSI-LD rules implemented here (clause 6.3):
+* JSON payloads are ``application/json`` (context in a ``Link`` header) or
+  ``application/ld+json`` (``@context`` in the body); anything else is 415.
+* ``Accept`` picks ``application/json`` (context returned in a ``Link`` header),
+  ``application/ld+json`` (``@context`` in the body) or, where offered,
+  ``application/geo+json``; nothing acceptable is 406.
+* Bodies are bounded in size and nesting depth.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from broker.errors import (
+    BadRequestData,
+    InvalidRequest,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap
+
+JSON = "application/json"
+LD_JSON = "application/ld+json"
+GEO_JSON = "application/geo+json"
+MERGE_PATCH = "application/merge-patch+json"
+LINK_REL = "http://www.w3.org/ns/json-ld#context"
+
+_LINK_RE = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+
+def media_type(header: str | None) -> str:
+    return (header or "").split(";")[0].strip().lower()
+
+
+def link_context(request: Request) -> str | None:
+    """The @context URL of a JSON-LD ``Link`` header, if any (400 when several)."""
+    found: list[str] = []
+    for header in request.headers.getlist("link"):
+        for match in _LINK_RE.finditer(header):
+            params = match.group(2)
+            if LINK_REL in params or "json-ld#context" in params:
+                found.append(match.group(1).strip())
+    if len(found) > 1:
+        raise BadRequestData("more than one JSON-LD context Link header")
+    return found[0] if found else None
+
+
+def tenant_of(request: Request) -> str:
+    tenant = request.headers.get("ngsild-tenant")
+    if tenant is None or tenant == "":
+        return ""
+    if not _TENANT_RE.match(tenant):
+        raise BadRequestData(f"invalid NGSILD-Tenant {tenant!r}: use letters, digits, '-' and '_'")
+    return tenant
+
+
+def _depth(value: Any, limit: int) -> None:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, d = stack.pop()
+        if d > limit:
+            raise BadRequestData(f"JSON nesting deeper than {limit} levels")
+        if isinstance(item, dict):
+            stack.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, d + 1) for v in item)
+
+
+@dataclass
+class Payload:
+    body: Any
+    #: The request's @context: from the body (ld+json) or the Link header (json).
+    context: ContextValue | None
+
+
+async def read_payload(
+    request: Request, *, max_bytes: int, max_depth: int, allow_merge_patch: bool = False
+) -> Payload:
+    kind = media_type(request.headers.get("content-type"))
+    allowed = {JSON, LD_JSON} | ({MERGE_PATCH} if allow_merge_patch else set())
+    if kind not in allowed:
+        raise UnsupportedMediaType(
+            f"Content-Type {kind or '(none)'} is not supported; use {' or '.join(sorted(allowed))}"
+        )
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > max_bytes:
+        raise PayloadTooLarge(f"request body larger than {max_bytes} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"request body larger than {max_bytes} bytes")
+    if not raw.strip():
+        raise InvalidRequest("the request body is empty")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    _depth(body, max_depth)
+    link = link_context(request)
+    context: ContextValue | None
+    if kind == LD_JSON:
+        if link is not None:
+            raise BadRequestData("application/ld+json requests carry @context in the body, not in a Link header")
+        context = _body_context(body)
+    else:
+        if _has_context(body):
+            raise BadRequestData("@context in the body needs Content-Type application/ld+json")
+        context = link
+    return Payload(body, context)
+
+
+def _has_context(body: Any) -> bool:
+    if isinstance(body, dict):
+        return "@context" in body
+    if isinstance(body, list):
+        return any(isinstance(b, dict) and "@context" in b for b in body)
+    return False
+
+
+def _body_context(body: Any) -> ContextValue:
+    if isinstance(body, dict):
+        if "@context" not in body:
+            raise BadRequestData("application/ld+json body without @context")
+        ctx = body.pop("@context")
+        if not isinstance(ctx, (str, dict, list)):
+            raise BadRequestData("@context must be a URL, an object or an array")
+        return ctx
+    if isinstance(body, list):
+        contexts = []
+        for item in body:
+            if not isinstance(item, dict) or "@context" not in item:
+                raise BadRequestData("every entity of an application/ld+json array needs @context")
+            contexts.append(item.pop("@context"))
+        first = contexts[0] if contexts else None
+        if any(c != first for c in contexts):
+            raise BadRequestData("all entities of one request must share the same @context")
+        if first is None:
+            raise BadRequestData("application/ld+json body without @context")
+        if not isinstance(first, (str, dict, list)):
+            raise BadRequestData("@context must be a URL, an object or an array")
+        return first
+    raise BadRequestData("application/ld+json body must be a JSON object or array")
+
+
+def negotiate(request: Request, offers: tuple[str, ...] = (JSON, LD_JSON)) -> str:
+    """Choose the response media type from ``Accept`` among ``offers``.
+
+    Highest q wins; at equal q an exact type beats a wildcard, then the earlier offer.
+    """
+    header = request.headers.get("accept")
+    if not header:
+        return offers[0]
+    best: tuple[float, int, int, str] | None = None
+    for part in header.split(","):
+        bits = [b.strip() for b in part.split(";")]
+        kind = bits[0].lower()
+        q = 1.0
+        for b in bits[1:]:
+            if b.startswith("q="):
+                try:
+                    q = float(b[2:])
+                except ValueError:
+                    q = 0.0
+        if q <= 0:
+            continue
+        for rank, offer in enumerate(offers):
+            if kind == offer:
+                exact = 1
+            elif kind in ("*/*", "application/*"):
+                exact = 0
+            else:
+                continue
+            candidate = (q, exact, -rank, offer)
+            if best is None or candidate > best:
+                best = candidate
+    if best is None:
+        raise NotAcceptable(f"none of the accepted types ({header}) is offered; use {', '.join(offers)}")
+    return best[3]
+
+
+def context_url(tm: TermMap) -> str:
+    """The URL to send back in a Link header for the request's context."""
+    ctx = tm.context
+    if isinstance(ctx, str):
+        return ctx
+    if ctx is None:
+        return CORE_CONTEXT_URL
+    url = getattr(tm, "implicit_url", None)
+    return str(url) if url else CORE_CONTEXT_URL
+
+
+def link_header(url: str) -> str:
+    return f'<{url}>; rel="{LINK_REL}"; type="application/ld+json"'
+
+
+def respond(
+    data: Any,
+    *,
+    tm: TermMap,
+    kind: str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Render a JSON body the NGSI-LD way for the negotiated media type ``kind``."""
+    out_headers = dict(headers or {})
+    if kind == LD_JSON:
+        ctx = tm.context if tm.context is not None else CORE_CONTEXT_URL
+        if isinstance(data, list):
+            data = [{"@context": ctx, **item} for item in data]
+        elif isinstance(data, dict):
+            data = {"@context": ctx, **data}
+    else:
+        out_headers["Link"] = link_header(context_url(tm))
+    return Response(orjson.dumps(data), status_code=status, media_type=kind, headers=out_headers)
+
+
+def csv_param(value: str | None) -> list[str]:
+    if value is None:
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]

@@ -1,0 +1,56 @@
+"""Dependency aliases so route signatures read as sentences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import Request
+
+from broker.api.common import Payload, link_context, read_payload, tenant_of
+from broker.core.contexts import ContextRegistry
+from broker.core.entities import EntityService
+from broker.jsonld.context import ContextResolver, ContextValue, TermMap
+from broker.settings import Settings
+from broker.store.base import Store
+
+
+@dataclass
+class Hub:
+    """Everything built once in the app lifespan."""
+
+    settings: Settings
+    store: Store
+    resolver: ContextResolver
+    contexts: ContextRegistry
+    entities: EntityService
+
+    async def term_map(self, ctx: ContextValue | None) -> TermMap:
+        tm = await self.resolver.term_map(ctx)
+        if ctx is not None and not isinstance(ctx, str) and not hasattr(tm, "implicit_url"):
+            tm.implicit_url = await self.contexts.implicit(tm)  # type: ignore[attr-defined]
+        if isinstance(ctx, str):
+            self.contexts.touch(ctx)
+        return tm
+
+    async def payload(self, request: Request, *, allow_merge_patch: bool = False) -> tuple[Payload, TermMap]:
+        s = self.settings
+        payload = await read_payload(
+            request, max_bytes=s.max_body_bytes, max_depth=s.max_json_depth,
+            allow_merge_patch=allow_merge_patch,
+        )
+        return payload, await self.term_map(payload.context)
+
+    async def link_term_map(self, request: Request) -> TermMap:
+        """The term map for requests without a body: context from the Link header."""
+        return await self.term_map(link_context(request))
+
+
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+TenantDep = Annotated[str, Depends(tenant_of)]

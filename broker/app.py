@@ -1,0 +1,80 @@
+"""The broker application: ``create_app(settings)`` builds it; the lifespan opens the store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from broker.api import entities, jsonld_contexts
+from broker.api.deps import Hub
+from broker.api.errors import add_exception_handlers
+from broker.core.contexts import ContextRegistry
+from broker.core.entities import EntityService
+from broker.jsonld.context import ContextResolver, load_preload_map
+from broker.settings import Settings, get_settings
+from broker.store import open_store
+
+log = logging.getLogger("renkei")
+
+
+async def build_hub(settings: Settings) -> Hub:
+    store = open_store(settings.store)
+    await store.open()
+    preload = load_preload_map(settings.context_preload) if settings.context_preload else {}
+    resolver = ContextResolver(
+        preload=preload,
+        fetch_timeout=settings.context_fetch_timeout,
+        max_bytes=settings.context_max_bytes,
+        cache_size=settings.context_cache_size,
+    )
+    contexts = ContextRegistry(store, settings.base_url)
+    contexts.attach(resolver)
+    await contexts.load()
+    service = EntityService(store, max_attributes=settings.max_attributes)
+    return Hub(settings=settings, store=store, resolver=resolver, contexts=contexts, entities=service)
+
+
+async def close_hub(hub: Hub) -> None:
+    await hub.resolver.aclose()
+    await hub.store.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub = await build_hub(settings)
+        app.state.hub = hub
+        app.state.ready = True
+        log.info("Renkei broker ready on %s (store %s)", settings.base_url, settings.store)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await close_hub(hub)
+
+    app = FastAPI(
+        title="Renkei NGSI-LD broker",
+        version="0.1.0",
+        description="Regional data-linkage hub: NGSI-LD (ETSI GS CIM 009 v1.8) context broker.",
+        lifespan=lifespan,
+    )
+    app.state.ready = False
+    add_exception_handlers(app)
+    app.include_router(entities.router)
+    app.include_router(jsonld_contexts.router)
+
+    @app.get("/health", include_in_schema=False)
+    async def health(request: Request) -> Response:
+        ready = bool(request.app.state.ready)
+        body = {"status": "ok" if ready else "starting", "store": settings.store.split("://")[0]}
+        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+
+    return app

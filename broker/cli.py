@@ -1,0 +1,117 @@
+"""The ``renkei`` command: ``serve`` runs the broker, ``demo`` runs it with sample data."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from broker.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Renkei regional data-linkage hub / 連携 エリアデータ連携基盤",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+HostOpt = Annotated[str | None, typer.Option("--host", help="Listen address [env RENKEI_HOST, default 127.0.0.1]")]
+PortOpt = Annotated[int | None, typer.Option("--port", help="Listen port [env RENKEI_PORT, default 1026]")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="Store URL [env RENKEI_STORE, default sqlite:///./renkei.db]"),
+]
+PreloadOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--context-preload",
+        help="JSON file mapping @context URLs to local files [env RENKEI_CONTEXT_PRELOAD]",
+    ),
+]
+
+
+def _settings(host: str | None, port: int | None, store: str | None, preload: Path | None) -> Settings:
+    try:
+        return get_settings(host=host, port=port, store=store, context_preload=preload)
+    except ValueError as exc:
+        typer.echo(f"設定エラー / invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _run(settings: Settings) -> None:
+    from broker.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+@app.command()
+def serve(
+    host: HostOpt = None, port: PortOpt = None, store: StoreOpt = None, context_preload: PreloadOpt = None
+) -> None:
+    """Run the NGSI-LD broker. / NGSI-LD ブローカーを起動します。"""
+    _run(_settings(host, port, store, context_preload))
+
+
+async def load_samples(settings: Settings) -> int:
+    """Upsert the sample entities into the store (idempotent); returns how many."""
+    from broker.app import build_hub, close_hub
+    from broker.samples import sample_entities
+
+    hub = await build_hub(settings)
+    try:
+        tm = hub.resolver.core
+        mutations = []
+        for body in sample_entities():
+            ent = hub.entities.new_entity(body, tm)
+            mutations.append((ent["id"], lambda _cur, e=ent: e))
+        results = await hub.store.write("", mutations)
+        for r in results:
+            if r.error is not None:
+                raise r.error
+        return len(results)
+    finally:
+        await close_hub(hub)
+
+
+@app.command()
+def demo(
+    host: HostOpt = None, port: PortOpt = None, store: StoreOpt = None, context_preload: PreloadOpt = None
+) -> None:
+    """Load sample data (Komae City) and run the broker. / サンプルデータを読み込んで起動します。"""
+    settings = _settings(host, port, store, context_preload)
+    count = asyncio.run(load_samples(settings))
+    base = f"http://{settings.host}:{settings.port}/ngsi-ld/v1"
+    typer.echo(
+        f"""
+Renkei: {count} 件のサンプルエンティティを読み込みました / loaded {count} sample entities ({settings.store})
+
+試してみましょう / Try:
+  curl '{base}/entities?type=EvacuationSite'
+  curl '{base}/entities/urn:ngsi-ld:AirQualityObserved:komae-station-01?options=keyValues'
+  curl -H 'Accept: application/geo+json' '{base}/entities?type=EvacuationSite'
+  curl '{base}/entities/urn:ngsi-ld:EvacuationSite:132195-0001?lang=ja&options=concise'
+  curl -X POST '{base}/entities' -H 'Content-Type: application/json' \\
+       -d '{{"id":"urn:ngsi-ld:Bench:1","type":"Bench","seats":{{"type":"Property","value":3}}}}'
+
+停止するには Ctrl+C / press Ctrl+C to stop
+"""
+    )
+    _run(settings)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Broker services: the NGSI-LD operations, independent of HTTP and of the store."""

@@ -1,0 +1,158 @@
+"""The broker's JSON-LD context registry (``/jsonldContexts``, clause 5.13).
+
+Kinds, as the specification names them:
+* ``Hosted``: added by a client; served at ``{base}/ngsi-ld/v1/jsonldContexts/{id}``.
+* ``Cached``: a remote context fetched for a request (or preloaded from files).
+* ``ImplicitlyCreated``: an inline ``@context`` object/array a request carried; it
+  gets a URL so that ``application/json`` responses can point at it in ``Link``.
+
+Records live in the store so hosted contexts and the fetch cache survive restarts;
+an in-memory map answers the resolver's synchronous look-ups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from broker.core.model import now_iso
+from broker.errors import BadRequestData, ResourceNotFound
+from broker.jsonld.context import (
+    CORE_CONTEXT_URL,
+    ContextResolver,
+    ContextValue,
+    JsonDoc,
+    TermMap,
+    canonical_key,
+    check_context_value,
+)
+from broker.store.base import ContextRecord, Store
+
+HOSTED = "Hosted"
+CACHED = "Cached"
+IMPLICIT = "ImplicitlyCreated"
+KINDS = (HOSTED, CACHED, IMPLICIT)
+PATH = "/ngsi-ld/v1/jsonldContexts/"
+
+
+class ContextRegistry:
+    def __init__(self, store: Store, base_url: str) -> None:
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+        self.records: dict[str, ContextRecord] = {}
+        self._by_url: dict[str, ContextRecord] = {}
+        self.resolver: ContextResolver | None = None
+
+    def url_for(self, context_id: str) -> str:
+        return f"{self.base_url}{PATH}{context_id}"
+
+    def attach(self, resolver: ContextResolver) -> None:
+        self.resolver = resolver
+        resolver.hosted_lookup = self.lookup
+        resolver.on_fetched = self._on_fetched
+
+    async def load(self) -> None:
+        for rec in await self.store.list_contexts():
+            self._remember(rec)
+            if rec.kind == CACHED and self.resolver is not None:
+                self.resolver.fetched.setdefault(rec.url, rec.document)
+
+    def _remember(self, rec: ContextRecord) -> None:
+        self.records[rec.id] = rec
+        self._by_url[rec.url] = rec
+
+    def lookup(self, url: str) -> JsonDoc | None:
+        """Hosted and implicitly created contexts, by URL (or by path on any host)."""
+        rec = self._by_url.get(url)
+        if rec is None and PATH in url:
+            rec = self.records.get(url.rsplit(PATH, 1)[1])
+        if rec is not None and rec.kind != CACHED:
+            return rec.document
+        return None
+
+    async def _on_fetched(self, url: str, doc: JsonDoc) -> None:
+        rec = self._by_url.get(url)
+        if rec is None:
+            rec = ContextRecord(id=str(uuid.uuid4()), url=url, kind=CACHED, document=doc, created_at=now_iso())
+        else:
+            rec.document = doc
+        self._remember(rec)
+        await self.store.put_context(rec)
+
+    async def add_hosted(self, body: Any) -> ContextRecord:
+        if not isinstance(body, dict) or "@context" not in body:
+            raise BadRequestData("a context to host must be a JSON object with an @context member")
+        ctx = body["@context"]
+        check_context_value(ctx)
+        if isinstance(ctx, str) or (isinstance(ctx, list) and all(isinstance(c, str) for c in ctx)):
+            raise BadRequestData("a hosted context must define terms (an object), not only URLs")
+        assert self.resolver is not None
+        await self.resolver.term_map(ctx)  # validates: a context that cannot be processed is 400
+        cid = str(uuid.uuid4())
+        rec = ContextRecord(id=cid, url=self.url_for(cid), kind=HOSTED, document={"@context": ctx},
+                            created_at=now_iso())
+        await self.store.put_context(rec)
+        self._remember(rec)
+        return rec
+
+    async def implicit(self, tm: TermMap) -> str:
+        """URL of the ImplicitlyCreated context for an inline request context."""
+        ctx: ContextValue | None = tm.context
+        if ctx is None:
+            return CORE_CONTEXT_URL
+        if isinstance(ctx, str):
+            return ctx
+        cid = hashlib.sha256(canonical_key(ctx).encode()).hexdigest()[:32]
+        if cid not in self.records:
+            rec = ContextRecord(id=cid, url=self.url_for(cid), kind=IMPLICIT,
+                                document={"@context": ctx}, created_at=now_iso())
+            await self.store.put_context(rec)
+            self._remember(rec)
+        return self.records[cid].url
+
+    def touch(self, url: str) -> None:
+        rec = self._by_url.get(url)
+        if rec is not None:
+            rec.hits += 1
+            rec.last_usage = now_iso()
+
+    def get(self, context_id: str) -> ContextRecord:
+        rec = self.records.get(context_id) or self._by_url.get(context_id)
+        if rec is None:
+            raise ResourceNotFound(f"no JSON-LD context {context_id}")
+        return rec
+
+    def list(self, kind: str | None = None) -> list[ContextRecord]:
+        if kind is not None and kind not in KINDS:
+            raise BadRequestData(f"kind must be one of {', '.join(KINDS)}")
+        return [r for r in self.records.values() if kind is None or r.kind == kind]
+
+    async def delete(self, context_id: str, *, reload: bool = False) -> None:
+        rec = self.get(context_id)
+        if reload:
+            if rec.kind != CACHED:
+                raise BadRequestData("reload applies to Cached contexts only")
+            assert self.resolver is not None
+            self.resolver.forget(rec.url)
+            await self.resolver.prefetch(rec.url)
+            return
+        await self.store.delete_context(rec.id)
+        self.records.pop(rec.id, None)
+        self._by_url.pop(rec.url, None)
+        if self.resolver is not None:
+            self.resolver.forget(rec.url)
+
+    @staticmethod
+    def details(rec: ContextRecord) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "url": rec.url,
+            "localId": f"urn:ngsi-ld:jsonldContext:{rec.id}",
+            "kind": rec.kind,
+            "createdAt": rec.created_at,
+        }
+        if rec.kind != HOSTED:
+            out["numberOfHits"] = rec.hits
+            if rec.last_usage:
+                out["lastUsage"] = rec.last_usage
+        return out

@@ -1,0 +1,398 @@
+"""Entity operations (ETSI GS CIM 009 clause 5.6 and 5.7), on top of the store contract.
+
+Every write is expressed as a pure *mutation* of the stored entity and handed to
+``Store.write``, which applies it atomically; the same functions serve single
+operations and batches. Listeners registered with ``on_change`` see each committed
+change (subscriptions hook in there).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.core.model import (
+    ENTITY_KEYS,
+    NULL,
+    SYSTEM_KEYS,
+    Entity,
+    Instance,
+    Parser,
+    check_entity_id,
+    check_scope,
+    expand_types,
+)
+from broker.errors import (
+    AlreadyExists,
+    BadRequestData,
+    NgsiLdError,
+    NonexistentTenant,
+    ResourceNotFound,
+)
+from broker.jsonld.context import TermMap
+from broker.store.base import DELETE, EntityQuery, Mutation, Store, WriteResult
+
+ChangeListener = Callable[[str, Sequence[WriteResult]], Awaitable[None]]
+
+
+@dataclass
+class UpdateResult:
+    """Outcome of an attribute append/update: names are as the client sent them."""
+
+    updated: list[str] = field(default_factory=list)
+    not_updated: list[dict[str, str]] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        return {"updated": self.updated, "notUpdated": self.not_updated}
+
+
+def _find(instances: list[Instance], dataset_id: str | None) -> int | None:
+    for i, inst in enumerate(instances):
+        if inst.get("datasetId") == dataset_id:
+            return i
+    return None
+
+
+def _keep_created(new: Instance, old: Instance) -> Instance:
+    if "createdAt" in old:
+        new["createdAt"] = old["createdAt"]
+    return new
+
+
+def _merge_instance(old: Instance, patch: Instance, now: str) -> Instance:
+    """Merge-patch one attribute instance: members given replace, NULL removes."""
+    if "type" in patch and patch["type"] != old.get("type"):
+        merged = {k: v for k, v in patch.items() if v != NULL}
+        merged["createdAt"] = old.get("createdAt", now)
+        return merged
+    merged = dict(old)
+    for key, value in patch.items():
+        if value == NULL:
+            merged.pop(key, None)
+        elif ":" in key and key not in SYSTEM_KEYS and isinstance(value, dict):
+            sub = old.get(key)
+            merged[key] = _merge_instance(sub, value, now) if isinstance(sub, dict) else _complete(value, now)
+        else:
+            merged[key] = value
+    merged["modifiedAt"] = now
+    return merged
+
+
+def _complete(inst: Instance, now: str) -> Instance:
+    """Fill in what a partially parsed instance lacks when it becomes a new attribute."""
+    out = dict(inst)
+    if "type" not in out:
+        out["type"] = "Property"
+    out.setdefault("createdAt", now)
+    out.setdefault("modifiedAt", now)
+    for key, value in inst.items():
+        if ":" in key and isinstance(value, dict):
+            out[key] = _complete(value, now)
+    return out
+
+
+class EntityService:
+    def __init__(self, store: Store, *, max_attributes: int = 1000) -> None:
+        self.store = store
+        self.max_attributes = max_attributes
+        self._listeners: list[ChangeListener] = []
+
+    def on_change(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def parser(self, tm: TermMap) -> Parser:
+        return Parser(tm, max_attributes=self.max_attributes)
+
+    async def _write(self, tenant: str, mutations: Sequence[tuple[str, Mutation]]) -> list[WriteResult]:
+        results = await self.store.write(tenant, mutations)
+        changed = [r for r in results if r.ok]
+        if changed:
+            for listener in self._listeners:
+                await listener(tenant, changed)
+        return results
+
+    async def _write_one(self, tenant: str, eid: str, mutation: Mutation) -> WriteResult:
+        (result,) = await self._write(tenant, [(eid, mutation)])
+        if result.error is not None:
+            raise result.error
+        return result
+
+    async def check_tenant(self, tenant: str) -> None:
+        if tenant and not await self.store.tenant_exists(tenant):
+            raise NonexistentTenant(f"tenant {tenant!r} does not exist")
+
+    # -- create / retrieve / delete -----------------------------------------------------------
+
+    @staticmethod
+    def create_mutation(entity: Entity) -> Mutation:
+        def mutate(current: Entity | None) -> Entity:
+            if current is not None:
+                raise AlreadyExists(f"entity {entity['id']} already exists")
+            return copy.deepcopy(entity)
+
+        return mutate
+
+    def new_entity(self, body: Any, tm: TermMap) -> Entity:
+        parser = self.parser(tm)
+        ent = parser.entity(body)
+        ent["createdAt"] = ent["modifiedAt"] = parser.now
+        return ent
+
+    async def create(self, tenant: str, body: Any, tm: TermMap) -> Entity:
+        ent = self.new_entity(body, tm)
+        await self._write_one(tenant, ent["id"], self.create_mutation(ent))
+        return ent
+
+    async def retrieve(self, tenant: str, entity_id: str) -> Entity:
+        check_entity_id(entity_id)
+        await self.check_tenant(tenant)
+        ent = await self.store.get_entity(tenant, entity_id)
+        if ent is None:
+            raise ResourceNotFound(f"entity {entity_id} not found")
+        return ent
+
+    async def delete(self, tenant: str, entity_id: str) -> None:
+        check_entity_id(entity_id)
+        await self.check_tenant(tenant)
+
+        def mutate(current: Entity | None) -> Any:
+            if current is None:
+                raise ResourceNotFound(f"entity {entity_id} not found")
+            return DELETE
+
+        await self._write_one(tenant, entity_id, mutate)
+
+    async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
+        if tenant and not await self.store.tenant_exists(tenant):
+            raise NonexistentTenant(f"tenant {tenant!r} does not exist")
+        return await self.store.query(tenant, query)
+
+    # -- whole-entity updates -----------------------------------------------------------------
+
+    def replace_mutation(self, entity_id: str, body: Any, tm: TermMap) -> Mutation:
+        parser = self.parser(tm)
+        if isinstance(body, dict) and "id" in body and body["id"] != entity_id:
+            raise BadRequestData("the id in the body differs from the id in the URL")
+        new = parser.entity(body, require_id=False)
+        new["id"] = entity_id
+
+        def mutate(current: Entity | None) -> Entity:
+            if current is None:
+                raise ResourceNotFound(f"entity {entity_id} not found")
+            out = copy.deepcopy(new)
+            out["createdAt"] = current["createdAt"]
+            out["modifiedAt"] = parser.now
+            return out
+
+        return mutate
+
+    async def replace(self, tenant: str, entity_id: str, body: Any, tm: TermMap) -> None:
+        check_entity_id(entity_id)
+        await self.check_tenant(tenant)
+        await self._write_one(tenant, entity_id, self.replace_mutation(entity_id, body, tm))
+
+    def merge_mutation(self, entity_id: str, body: Any, tm: TermMap, *, must_exist: bool = True) -> Mutation:
+        if not isinstance(body, dict):
+            raise BadRequestData("the merge fragment must be a JSON object")
+        if "id" in body and body["id"] != entity_id:
+            raise BadRequestData("the id in the body differs from the id in the URL")
+        parser = self.parser(tm)
+        types = expand_types(body["type"], tm) if "type" in body else []
+        scope = check_scope(body["scope"]) if "scope" in body and body["scope"] != NULL else None
+        attrs = parser.attributes(body, partial=True)
+        now = parser.now
+
+        def mutate(current: Entity | None) -> Entity:
+            if current is None:
+                if must_exist:
+                    raise ResourceNotFound(f"entity {entity_id} not found")
+                current = {"id": entity_id, "type": [], "createdAt": now}
+            out = copy.deepcopy(current)
+            for t in types:
+                if t not in out["type"]:
+                    out["type"].append(t)
+            if not out["type"]:
+                raise BadRequestData("entity type is missing")
+            if scope is not None:
+                out["scope"] = scope
+            elif body.get("scope") == NULL:
+                out.pop("scope", None)
+            for iri, instances in attrs.items():
+                existing = out.get(iri, [])
+                for inst in instances:
+                    ds = inst.get("datasetId")
+                    at = _find(existing, ds)
+                    if inst.get("value") == NULL or inst.get("object") == NULL or (
+                        set(inst) <= {"value", "object", "modifiedAt", "datasetId"}
+                        and NULL in inst.values()
+                    ):
+                        if at is not None:
+                            existing.pop(at)
+                        continue
+                    if at is None:
+                        existing.append(_complete(inst, now))
+                    else:
+                        existing[at] = _merge_instance(existing[at], inst, now)
+                if existing:
+                    out[iri] = existing
+                else:
+                    out.pop(iri, None)
+            out["modifiedAt"] = now
+            return out
+
+        return mutate
+
+    async def merge(self, tenant: str, entity_id: str, body: Any, tm: TermMap) -> None:
+        check_entity_id(entity_id)
+        await self.check_tenant(tenant)
+        await self._write_one(tenant, entity_id, self.merge_mutation(entity_id, body, tm))
+
+    # -- attribute operations -----------------------------------------------------------------
+
+    def _attr_changes(
+        self, entity_id: str, body: Any, tm: TermMap, *, append: bool, no_overwrite: bool
+    ) -> tuple[Mutation, UpdateResult]:
+        if not isinstance(body, dict):
+            raise BadRequestData("the attributes fragment must be a JSON object")
+        if "id" in body and body["id"] != entity_id:
+            raise BadRequestData("the id in the body differs from the id in the URL")
+        parser = self.parser(tm)
+        types = expand_types(body["type"], tm) if "type" in body and append else []
+        names = {tm.expand(k): k for k in body if k not in ENTITY_KEYS}
+        attrs = parser.attributes(body)
+        if not attrs and not types:
+            raise BadRequestData("no attributes to append or update")
+        report = UpdateResult()
+        now = parser.now
+
+        def mutate(current: Entity | None) -> Entity:
+            if current is None:
+                raise ResourceNotFound(f"entity {entity_id} not found")
+            report.updated.clear()
+            report.not_updated.clear()
+            out = copy.deepcopy(current)
+            for t in types:
+                if t not in out["type"]:
+                    out["type"].append(t)
+            for iri, instances in attrs.items():
+                name = names[iri]
+                existing = out.setdefault(iri, [])
+                done = False
+                for inst in instances:
+                    at = _find(existing, inst.get("datasetId"))
+                    if at is None and append:
+                        existing.append(inst)
+                        done = True
+                    elif at is None:
+                        report.not_updated.append(
+                            {"attributeName": name, "reason": "attribute (with this datasetId) does not exist"}
+                        )
+                    elif append and no_overwrite:
+                        report.not_updated.append(
+                            {"attributeName": name, "reason": "attribute exists and noOverwrite was given"}
+                        )
+                    else:
+                        existing[at] = _keep_created(inst, existing[at])
+                        done = True
+                if done and name not in report.updated:
+                    report.updated.append(name)
+                if not existing:
+                    del out[iri]
+            out["modifiedAt"] = now
+            return out
+
+        return mutate, report
+
+    async def append_attrs(
+        self, tenant: str, entity_id: str, body: Any, tm: TermMap, *, no_overwrite: bool = False
+    ) -> UpdateResult:
+        check_entity_id(entity_id)
+        await self.check_tenant(tenant)
+        mutation, report = self._attr_changes(entity_id, body, tm, append=True, no_overwrite=no_overwrite)
+        await self._write_one(tenant, entity_id, mutation)
+        return report
+
+    async def update_attrs(self, tenant: str, entity_id: str, body: Any, tm: TermMap) -> UpdateResult:
+        check_entity_id(entity_id)
+        await self.check_tenant(tenant)
+        mutation, report = self._attr_changes(entity_id, body, tm, append=False, no_overwrite=False)
+        await self._write_one(tenant, entity_id, mutation)
+        return report
+
+    async def update_attr(
+        self, tenant: str, entity_id: str, attr: str, body: Any, tm: TermMap, *, replace: bool
+    ) -> None:
+        """PATCH (merge into) or PUT (replace) one attribute; 404 when it is absent."""
+        check_entity_id(entity_id)
+        await self.check_tenant(tenant)
+        parser = self.parser(tm)
+        iri = tm.expand(attr)
+        if isinstance(body, dict) and attr in body and len(body) == 1:
+            body = body[attr]
+        inst = parser.instance(iri, attr, body, partial=not replace)
+        now = parser.now
+
+        def mutate(current: Entity | None) -> Entity:
+            if current is None:
+                raise ResourceNotFound(f"entity {entity_id} not found")
+            out = copy.deepcopy(current)
+            existing = out.get(iri)
+            at = _find(existing, inst.get("datasetId")) if existing else None
+            if existing is None or at is None:
+                raise ResourceNotFound(f"attribute {attr} not found in entity {entity_id}")
+            if replace:
+                existing[at] = _keep_created(dict(inst), existing[at])
+            else:
+                existing[at] = _merge_instance(existing[at], inst, now)
+            out["modifiedAt"] = now
+            return out
+
+        await self._write_one(tenant, entity_id, mutate)
+
+    async def delete_attr(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr: str,
+        tm: TermMap,
+        *,
+        dataset_id: str | None = None,
+        delete_all: bool = False,
+    ) -> None:
+        check_entity_id(entity_id)
+        await self.check_tenant(tenant)
+        iri = tm.expand(attr)
+        now = Parser(tm).now
+
+        def mutate(current: Entity | None) -> Entity:
+            if current is None:
+                raise ResourceNotFound(f"entity {entity_id} not found")
+            out = copy.deepcopy(current)
+            existing = out.get(iri)
+            if not existing:
+                raise ResourceNotFound(f"attribute {attr} not found in entity {entity_id}")
+            if delete_all:
+                del out[iri]
+            else:
+                at = _find(existing, dataset_id)
+                if at is None:
+                    which = f"datasetId {dataset_id}" if dataset_id else "default instance"
+                    raise ResourceNotFound(f"attribute {attr} ({which}) not found in entity {entity_id}")
+                existing.pop(at)
+                if not existing:
+                    del out[iri]
+            out["modifiedAt"] = now
+            return out
+
+        await self._write_one(tenant, entity_id, mutate)
+
+
+def raise_first(results: Sequence[WriteResult]) -> None:
+    for r in results:
+        if r.error is not None:
+            raise r.error
+
+
+__all__ = ["EntityService", "NgsiLdError", "UpdateResult", "raise_first"]

@@ -1,0 +1,427 @@
+"""NGSI-LD entities in the broker's internal form, and the way in and out of it.
+
+Internal form (what the store keeps, what services pass around)::
+
+    {"id": "urn:ngsi-ld:Shelter:1",
+     "type": ["https://example.org/Shelter"],          # expanded IRIs, always a list
+     "scope": ["/Tokyo/Komae"],                         # optional
+     "createdAt": "...Z", "modifiedAt": "...Z",
+     "https://example.org/capacity": [                  # attribute IRI -> instances
+         {"type": "Property", "value": 120, "unitCode": "C62",
+          "createdAt": "...", "modifiedAt": "...",
+          "https://uri.etsi.org/ngsi-ld/observedBy": {...}}]}  # sub-attribute IRI -> one instance
+
+Attribute and sub-attribute names are expanded IRIs; every IRI contains ``:``, so
+they never collide with the reserved member names (``id``, ``type``, ``value`` ...).
+Values inside Property values are kept as given (not JSON-LD expanded), as Orion-LD
+does; type names, ``vocab`` and ``objectType`` values are expanded and compacted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from broker.core.geo import looks_like_geometry, validate_geometry
+from broker.errors import BadRequestData
+from broker.jsonld.context import NGSI_LD, TermMap
+
+Entity = dict[str, Any]
+Instance = dict[str, Any]
+
+ATTRIBUTE_TYPES = {
+    "Property": "value",
+    "GeoProperty": "value",
+    "Relationship": "object",
+    "LanguageProperty": "languageMap",
+    "VocabProperty": "vocab",
+    "JsonProperty": "json",
+    "ListProperty": "valueList",
+    "ListRelationship": "objectList",
+}
+_VALUE_KEYS = {v: k for k, v in ATTRIBUTE_TYPES.items() if k != "GeoProperty"}
+SYSTEM_KEYS = frozenset({"createdAt", "modifiedAt", "deletedAt"})
+INSTANCE_KEYS = frozenset(
+    {"type", "value", "object", "objectType", "languageMap", "vocab", "json", "valueList",
+     "objectList", "datasetId", "observedAt", "unitCode", "instanceId", "lang", "previousValue",
+     "@context", *SYSTEM_KEYS}
+)
+ENTITY_KEYS = frozenset({"id", "type", "scope", "@context", "@id", "@type", *SYSTEM_KEYS})
+GEO_ATTRIBUTES = frozenset(
+    {NGSI_LD + "location", NGSI_LD + "observationSpace", NGSI_LD + "operationSpace"}
+)
+NULL = "urn:ngsi-ld:null"
+
+_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]+$")
+_FORBIDDEN_NAME = re.compile(r"[\s<>\"'=;()\\]")
+_SCOPE_RE = re.compile(r"^/?[^\s/+#]+(/[^\s/+#]+)*$|^/$")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def is_uri(value: Any) -> bool:
+    return isinstance(value, str) and bool(_URI_RE.match(value))
+
+
+def check_entity_id(value: Any) -> str:
+    if not is_uri(value):
+        raise BadRequestData(f"entity id must be a URI, got {value!r}")
+    return str(value)
+
+
+def check_name(name: Any, what: str = "attribute name") -> str:
+    if not isinstance(name, str) or not name or _FORBIDDEN_NAME.search(name):
+        raise BadRequestData(f"invalid {what} {name!r}")
+    return name
+
+
+def check_datetime(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if "T" in value and parsed.tzinfo is not None:
+                return value
+    raise BadRequestData(f"{what} must be an ISO 8601 date-time with time zone, got {value!r}")
+
+
+def _expand_iri(tm: TermMap, name: str, what: str) -> str:
+    check_name(name, what)
+    iri = tm.expand(name)
+    if ":" not in iri or iri.startswith("@"):
+        raise BadRequestData(f"{what} {name!r} does not expand to an IRI")
+    return iri
+
+
+def expand_types(raw: Any, tm: TermMap) -> list[str]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise BadRequestData("entity type must not be empty")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise BadRequestData(f"entity type must be a string or an array of strings, got {item!r}")
+        iri = _expand_iri(tm, item, "entity type")
+        if iri not in out:
+            out.append(iri)
+    return out
+
+
+def check_scope(raw: Any) -> list[str]:
+    items = raw if isinstance(raw, list) else [raw]
+    for item in items:
+        if not isinstance(item, str) or not _SCOPE_RE.match(item):
+            raise BadRequestData(f"invalid scope {item!r}: scopes look like /Region/City")
+    return [str(i) for i in items]
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def _infer_type(raw: dict[str, Any]) -> str | None:
+    for key, kind in _VALUE_KEYS.items():
+        if key in raw:
+            if kind == "Property" and looks_like_geometry(raw["value"]):
+                return "GeoProperty"
+            return kind
+    return None
+
+
+def _is_instance_list(raw: list[Any]) -> bool:
+    return bool(raw) and all(
+        isinstance(item, dict) and ("type" in item or _infer_type(item) is not None)
+        for item in raw
+    )
+
+
+@dataclass
+class Parser:
+    """Turns request payloads into the internal form, validating as it goes.
+
+    ``partial`` parsing (PATCH fragments) keeps only the members given, so a service
+    can merge them into what is stored; full parsing fills in the attribute type
+    from the concise representation and requires a value.
+    """
+
+    tm: TermMap
+    now: str = field(default_factory=now_iso)
+    max_attributes: int = 1000
+
+    def entity(self, body: Any, *, require_id: bool = True) -> Entity:
+        if not isinstance(body, dict):
+            raise BadRequestData("an entity must be a JSON object")
+        ent: Entity = {}
+        raw_id = body.get("id", body.get("@id"))
+        if raw_id is not None or require_id:
+            if raw_id is None:
+                raise BadRequestData("entity id is missing")
+            ent["id"] = check_entity_id(raw_id)
+        raw_type = body.get("type", body.get("@type"))
+        if raw_type is None:
+            raise BadRequestData("entity type is missing")
+        ent["type"] = expand_types(raw_type, self.tm)
+        if "scope" in body:
+            ent["scope"] = check_scope(body["scope"])
+        ent.update(self.attributes(body))
+        return ent
+
+    def attributes(self, body: dict[str, Any], *, partial: bool = False) -> dict[str, list[Instance]]:
+        """Parse the attribute members of an entity or fragment (other members are skipped)."""
+        out: dict[str, list[Instance]] = {}
+        count = 0
+        for name, raw in body.items():
+            if name in ENTITY_KEYS:
+                continue
+            count += 1
+            if count > self.max_attributes:
+                raise BadRequestData(f"too many attributes (limit {self.max_attributes})")
+            iri = _expand_iri(self.tm, name, "attribute name")
+            out[iri] = self.attribute(iri, name, raw, partial=partial)
+        return out
+
+    def attribute(self, iri: str, name: str, raw: Any, *, partial: bool = False) -> list[Instance]:
+        items = raw if isinstance(raw, list) and _is_instance_list(raw) else [raw]
+        instances = [self.instance(iri, name, item, partial=partial) for item in items]
+        seen: set[str | None] = set()
+        for inst in instances:
+            ds = inst.get("datasetId")
+            if ds in seen:
+                which = f"datasetId {ds}" if ds else "the default instance (no datasetId)"
+                raise BadRequestData(f"attribute {name!r} has {which} more than once")
+            seen.add(ds)
+        return instances
+
+    def instance(self, iri: str, name: str, raw: Any, *, partial: bool = False, depth: int = 0) -> Instance:
+        if raw is None:
+            raise BadRequestData(f"attribute {name!r} must not be null")
+        if not isinstance(raw, dict) or (
+            "type" not in raw and _infer_type(raw) is None and not looks_like_geometry(raw)
+        ):
+            # Concise form: the value itself.
+            if looks_like_geometry(raw):
+                raw = {"type": "GeoProperty", "value": raw}
+            else:
+                raw = {"value": raw} if partial else {"type": "Property", "value": raw}
+        elif looks_like_geometry(raw) and raw.get("type") not in ATTRIBUTE_TYPES:
+            raw = {"type": "GeoProperty", "value": raw}
+        kind = raw.get("type")
+        if kind is None and not partial:
+            kind = _infer_type(raw) or "Property"
+        elif kind is None:
+            kind = _infer_type(raw)
+        if kind is not None and kind not in ATTRIBUTE_TYPES:
+            raise BadRequestData(
+                f"attribute {name!r} has type {kind!r}; expected one of {', '.join(ATTRIBUTE_TYPES)}"
+            )
+        inst: Instance = {}
+        if kind is not None:
+            inst["type"] = kind
+        if iri in GEO_ATTRIBUTES and kind not in (None, "GeoProperty"):
+            raise BadRequestData(f"{name!r} must be a GeoProperty")
+        value_key = ATTRIBUTE_TYPES[kind] if kind else None
+        if value_key is not None and value_key not in raw and not partial:
+            raise BadRequestData(f"{kind} {name!r} needs a {value_key!r} member")
+        scoped = self.tm.scoped(name) if depth == 0 else self.tm
+        for key, value in raw.items():
+            if key in ("type", "createdAt", "modifiedAt", "deletedAt", "instanceId", "@context"):
+                continue
+            if key in INSTANCE_KEYS:
+                if value_key is not None and key in _VALUE_KEYS and key != value_key:
+                    raise BadRequestData(f"{kind} {name!r} must not have a {key!r} member")
+                inst[key] = self._member(kind, name, key, value)
+            else:
+                sub_iri = _expand_iri(scoped, key, "sub-attribute name")
+                inst[sub_iri] = self.instance(sub_iri, key, value, partial=partial, depth=depth + 1)
+        if not partial:
+            inst["createdAt"] = self.now
+        inst["modifiedAt"] = self.now
+        return inst
+
+    def _member(self, kind: str | None, name: str, key: str, value: Any) -> Any:
+        if value is None:
+            raise BadRequestData(f"attribute {name!r}: {key!r} must not be null")
+        if value == NULL and key in _VALUE_KEYS:
+            return NULL
+        if key == "value":
+            if kind == "GeoProperty":
+                return validate_geometry(value, name)
+            return value
+        if key == "object":
+            objs = value if isinstance(value, list) else [value]
+            if not objs or not all(is_uri(o) for o in objs):
+                raise BadRequestData(f"Relationship {name!r}: object must be a URI (or URIs)")
+            return value
+        if key == "objectList":
+            if not isinstance(value, list):
+                raise BadRequestData(f"ListRelationship {name!r}: objectList must be an array")
+            for item in value:
+                target = item.get("object") if isinstance(item, dict) else item
+                if not is_uri(target):
+                    raise BadRequestData(f"ListRelationship {name!r}: {item!r} is not a URI")
+            return value
+        if key == "valueList":
+            if not isinstance(value, list):
+                raise BadRequestData(f"ListProperty {name!r}: valueList must be an array")
+            return value
+        if key == "languageMap":
+            if not isinstance(value, dict) or not value:
+                raise BadRequestData(f"LanguageProperty {name!r}: languageMap must be an object")
+            for tag, text in value.items():
+                texts = text if isinstance(text, list) else [text]
+                if not isinstance(tag, str) or not all(isinstance(t, str) for t in texts):
+                    raise BadRequestData(f"LanguageProperty {name!r}: languageMap values must be strings")
+            return value
+        if key == "vocab":
+            items = value if isinstance(value, list) else [value]
+            if not items or not all(isinstance(v, str) for v in items):
+                raise BadRequestData(f"VocabProperty {name!r}: vocab must be a string or strings")
+            expanded = [_expand_iri(self.tm, v, "vocab value") for v in items]
+            return expanded if isinstance(value, list) else expanded[0]
+        if key == "objectType":
+            return expand_types(value, self.tm)
+        if key == "observedAt":
+            return check_datetime(value, f"{name!r} observedAt")
+        if key == "datasetId":
+            if not is_uri(value):
+                raise BadRequestData(f"attribute {name!r}: datasetId must be a URI")
+            return value
+        if key == "unitCode":
+            if not isinstance(value, str):
+                raise BadRequestData(f"attribute {name!r}: unitCode must be a string")
+            return value
+        return value
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+Format = Literal["normalized", "concise", "keyValues"]
+
+
+@dataclass
+class View:
+    """How to render entities for one request."""
+
+    tm: TermMap
+    format: Format = "normalized"
+    sys_attrs: bool = False
+    #: Expanded attribute IRIs to keep (``attrs``/``pick``), or None for all.
+    attrs: set[str] | None = None
+    #: Expanded attribute IRIs to leave out (``omit``).
+    omit: set[str] = field(default_factory=set)
+    #: Entity members left out by pick/omit: any of "id", "type", "scope".
+    hide: set[str] = field(default_factory=set)
+    lang: str | None = None
+
+    def keeps(self, iri: str) -> bool:
+        return (self.attrs is None or iri in self.attrs) and iri not in self.omit
+
+    def entity(self, ent: Entity) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "id" not in self.hide:
+            out["id"] = ent["id"]
+        if "type" not in self.hide:
+            types = [self.tm.compact(t) for t in ent["type"]]
+            out["type"] = types[0] if len(types) == 1 else types
+        if "scope" in ent and "scope" not in self.hide:
+            out["scope"] = ent["scope"][0] if len(ent["scope"]) == 1 else ent["scope"]
+        for iri, instances in ent.items():
+            if iri in ENTITY_KEYS or not self.keeps(iri):
+                continue
+            rendered = [self.instance(inst) for inst in instances]
+            out[self.tm.compact(iri)] = rendered[0] if len(rendered) == 1 else rendered
+        if self.sys_attrs and self.format != "keyValues":
+            for key in ("createdAt", "modifiedAt"):
+                if key in ent:
+                    out[key] = ent[key]
+        return out
+
+    def instance(self, inst: Instance) -> Any:
+        kind = inst.get("type", "Property")
+        if self.format == "keyValues":
+            return self._simple_value(kind, inst)
+        out: dict[str, Any] = {}
+        for key, value in inst.items():
+            if key in SYSTEM_KEYS:
+                if self.sys_attrs:
+                    out[key] = value
+            elif key == "vocab":
+                out[key] = [self.tm.compact(v) for v in value] if isinstance(value, list) else self.tm.compact(value)
+            elif key == "objectType":
+                types = [self.tm.compact(v) for v in value]
+                out[key] = types[0] if len(types) == 1 else types
+            elif key in INSTANCE_KEYS:
+                out[key] = value
+            else:
+                out[self.tm.compact(key)] = self.instance(value)
+        if kind == "LanguageProperty" and self.lang is not None:
+            tag, text = pick_language(inst["languageMap"], self.lang)
+            del out["languageMap"]
+            out["type"] = "Property"
+            out["value"] = text
+            out["lang"] = tag
+            kind = "Property"
+        if self.format == "concise":
+            out.pop("type", None)
+            if set(out) == {"value"} and kind == "Property":
+                return out["value"]
+        return out
+
+    def _simple_value(self, kind: str, inst: Instance) -> Any:
+        if kind == "LanguageProperty":
+            if self.lang is not None:
+                return pick_language(inst["languageMap"], self.lang)[1]
+            return {"languageMap": inst["languageMap"]}
+        if kind == "VocabProperty":
+            value = inst["vocab"]
+            return [self.tm.compact(v) for v in value] if isinstance(value, list) else self.tm.compact(value)
+        if kind == "ListRelationship":
+            return inst.get("objectList")
+        return inst.get(ATTRIBUTE_TYPES.get(kind, "value"))
+
+    def feature(self, ent: Entity, geometry_property: str) -> dict[str, Any]:
+        """A GeoJSON Feature of the entity; ``geometry_property`` is an expanded IRI."""
+        body = self.entity(ent)
+        props = {k: v for k, v in body.items() if k != "id"}
+        geometry = None
+        for inst in ent.get(geometry_property, []):
+            if inst.get("type") == "GeoProperty":
+                geometry = inst.get("value")
+                break
+        return {"id": ent["id"], "type": "Feature", "geometry": geometry, "properties": props}
+
+
+def pick_language(language_map: dict[str, Any], wanted: str) -> tuple[str, Any]:
+    """Choose a language from a languageMap by an Accept-Language-like ``lang`` value."""
+    prefs: list[tuple[float, str]] = []
+    for part in wanted.split(","):
+        bits = part.strip().split(";")
+        tag = bits[0].strip()
+        q = 1.0
+        for b in bits[1:]:
+            b = b.strip()
+            if b.startswith("q="):
+                try:
+                    q = float(b[2:])
+                except ValueError:
+                    q = 0.0
+        if tag:
+            prefs.append((q, tag))
+    prefs.sort(key=lambda p: -p[0])
+    for _, tag in prefs:
+        if tag == "*":
+            break
+        if tag in language_map:
+            return tag, language_map[tag]
+        for have in language_map:
+            if have.split("-")[0].lower() == tag.split("-")[0].lower():
+                return have, language_map[have]
+    if "@none" in language_map:
+        return "@none", language_map["@none"]
+    first = next(iter(language_map))
+    return first, language_map[first]

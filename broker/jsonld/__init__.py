@@ -1,0 +1,1 @@
+"""JSON-LD handling: context resolution and fast term expansion/compaction."""

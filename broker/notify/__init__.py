@@ -1,0 +1,1 @@
+"""Notification dispatch to HTTP and MQTT endpoints."""

@@ -1,0 +1,1 @@
+"""Query language and geo-query parsing into a backend-neutral AST."""

@@ -1,0 +1,62 @@
+"""Broker settings: one pydantic-settings class, built at start-up by ``get_settings``.
+
+Every field can be set from the environment with the ``RENKEI_`` prefix
+(``RENKEI_STORE``, ``RENKEI_PORT``, ``RENKEI_CONTEXT_PRELOAD`` ...). The CLI passes its
+options as overrides, so a flag wins over the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RENKEI_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(1026, ge=1, le=65535)
+    store: str = "sqlite:///./renkei.db"
+    #: JSON file mapping @context URLs to local files (paths relative to the file).
+    context_preload: Path | None = None
+    #: Base URL this broker is reached at; used in hosted @context URLs.
+    public_url: str | None = None
+
+    # Remote @context retrieval.
+    context_fetch_timeout: float = Field(5.0, gt=0)
+    context_max_bytes: int = Field(1_000_000, gt=0)
+    context_cache_size: int = Field(256, gt=0)
+
+    # Request bounds.
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_json_depth: int = Field(32, gt=0)
+    max_attributes: int = Field(1000, gt=0)
+
+    # Query bounds.
+    default_limit: int = Field(20, gt=0)
+    max_limit: int = Field(1000, gt=0)
+    max_batch: int = Field(1000, gt=0)
+
+    log_level: str = "info"
+
+    @field_validator("store")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "mongodb://", "mongodb+srv://")):
+            raise ValueError(
+                f"store must be sqlite:///PATH or mongodb://HOST (got {value!r})"
+            )
+        return value
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with explicit (non-None) overrides on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

@@ -1,0 +1,21 @@
+"""Store backends behind one contract (``base.Store``), chosen by URL scheme."""
+
+from __future__ import annotations
+
+from broker.store.base import Store
+
+
+def open_store(url: str) -> Store:
+    """Build the backend for a store URL; backends are imported only when chosen."""
+    if url.startswith("sqlite://"):
+        from broker.store.sqlite import SqliteStore
+
+        return SqliteStore.from_url(url)
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        from broker.errors import NotImplementedYet
+
+        raise NotImplementedYet("the MongoDB store backend is not available in this version")
+    raise ValueError(f"unknown store URL scheme: {url}")
+
+
+__all__ = ["Store", "open_store"]

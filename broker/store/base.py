@@ -1,0 +1,145 @@
+"""The store contract: what every backend (SQLite, MongoDB) provides to the services.
+
+Backends keep entities in the broker's internal form (``broker.core.model``): expanded
+IRIs for types and attribute names. They know nothing of HTTP or JSON-LD.
+
+Writes go through one primitive, :meth:`Store.write`: a list of ``(entity_id,
+mutation)`` pairs for one tenant. A mutation receives the stored entity (or None) and
+returns the entity to store, :data:`DELETE`, or raises an ``NgsiLdError`` to reject
+that entity. Each entity is written atomically and independently: a rejected or
+failed mutation writes nothing for its entity and does not stop the others. A
+backend applies the whole list in as few transactions as it can (one, for SQLite),
+which is what makes batch operations cheap. Mutations must be pure functions of
+their input: a backend may call one more than once (optimistic retries).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from broker.core.model import Entity
+from broker.errors import NgsiLdError
+
+
+class _Delete:
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+#: Returned by a mutation to delete the entity.
+DELETE: Final = _Delete()
+
+Mutation = Callable[[Entity | None], "Entity | _Delete"]
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """The outcome for one entity of a :meth:`Store.write` call."""
+
+    id: str
+    before: Entity | None = None
+    after: Entity | None = None
+    error: NgsiLdError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class EntityQuery:
+    """Backend-neutral selection of entities (the query AST grows in ``broker.query``)."""
+
+    ids: Sequence[str] | None = None
+    id_pattern: str | None = None
+    #: Disjunction of conjunctions of expanded type IRIs: [[A], [B, C]] = A | (B ; C).
+    types: Sequence[Sequence[str]] | None = None
+    #: Entities must have at least one of these attributes (expanded IRIs).
+    attrs: Sequence[str] | None = None
+    q: Any = None
+    geo: Any = None
+    scope_q: Any = None
+    limit: int = 20
+    offset: int = 0
+    count: bool = False
+
+
+@dataclass(slots=True)
+class ContextRecord:
+    """A JSON-LD context kept by the broker (``/jsonldContexts``)."""
+
+    id: str
+    url: str
+    kind: str  # Hosted | Cached | ImplicitlyCreated
+    document: dict[str, Any]
+    created_at: str
+    last_usage: str | None = None
+    hits: int = 0
+
+
+class Store(abc.ABC):
+    """Async store contract. Tenants are plain strings; "" is the default tenant."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect, create schema and indexes (idempotent)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; pending writes are committed or rolled back."""
+
+    # -- tenants ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def tenant_exists(self, tenant: str) -> bool:
+        """True when the tenant has been written to (the default tenant always exists)."""
+
+    @abc.abstractmethod
+    async def tenants(self) -> list[str]:
+        """All tenants that hold or held data."""
+
+    # -- entities -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
+        """The stored entity, or None."""
+
+    @abc.abstractmethod
+    async def write(self, tenant: str, mutations: Sequence[tuple[str, Mutation]]) -> list[WriteResult]:
+        """Apply mutations, each entity atomically; results in the order given.
+
+        The same id may appear more than once: later mutations see earlier results.
+        Creates the tenant on its first successful write.
+        """
+
+    @abc.abstractmethod
+    async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
+        """Entities matching ``query`` in a stable order (first write first), paged;
+        the total number of matches when ``query.count``."""
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def entity_types(self, tenant: str) -> dict[str, int]:
+        """Expanded entity type IRI -> number of entities of that type."""
+
+    @abc.abstractmethod
+    async def attribute_names(self, tenant: str, types: Sequence[str] | None = None) -> dict[str, int]:
+        """Expanded attribute IRI -> number of entities having it (optionally within types)."""
+
+    # -- JSON-LD contexts ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_context(self, record: ContextRecord) -> None:
+        """Insert or replace a context record (by id)."""
+
+    @abc.abstractmethod
+    async def get_context(self, context_id: str) -> ContextRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_contexts(self) -> list[ContextRecord]: ...
+
+    @abc.abstractmethod
+    async def delete_context(self, context_id: str) -> bool:
+        """Delete a context record; False when there was none."""

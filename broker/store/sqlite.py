@@ -1,0 +1,515 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+* One writer thread owns the write connection. Concurrent writes are grouped: the
+  writer drains the queue and applies every waiting request in one transaction, each
+  entity under its own SAVEPOINT, so a rejected entity rolls back alone and the
+  commit is shared (group commit). A write is acknowledged only after COMMIT.
+* Reads run on a small thread pool, each thread with its own read-only connection,
+  so the event loop never blocks on SQLite and WAL lets reads run beside the writer.
+* Entities are stored as JSON (orjson) with side tables for what queries filter on:
+  types and attribute names (discovery, ``type=``/``attrs=``).
+* Durability: WAL with ``synchronous=NORMAL`` survives a killed process with no loss
+  of committed transactions; ``?synchronous=FULL`` in the URL also survives power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from broker.core.model import ENTITY_KEYS, Entity
+from broker.errors import BadRequestData, InternalError, NgsiLdError, StoreUnavailable
+from broker.store.base import DELETE, ContextRecord, EntityQuery, Mutation, Store, WriteResult
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants(name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entities(
+    rid INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    UNIQUE(tenant, id)
+);
+CREATE TABLE IF NOT EXISTS entity_types(
+    tenant TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY(tenant, type, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_types_rid ON entity_types(rid);
+CREATE TABLE IF NOT EXISTS entity_attrs(
+    tenant TEXT NOT NULL, attr TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY(tenant, attr, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_attrs_rid ON entity_attrs(rid);
+CREATE TABLE IF NOT EXISTS contexts(
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    last_usage TEXT,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_MAX_GROUP = 512
+_READERS = 4
+_REGEX_MAX = 256
+
+
+def _regexp(pattern: str, value: str | None) -> bool:
+    if value is None:
+        return False
+    return _compiled(pattern).search(value) is not None
+
+
+_regex_cache: dict[str, re.Pattern[str]] = {}
+
+
+def _compiled(pattern: str) -> re.Pattern[str]:
+    found = _regex_cache.get(pattern)
+    if found is None:
+        found = re.compile(pattern)
+        if len(_regex_cache) > 1024:
+            _regex_cache.clear()
+        _regex_cache[pattern] = found
+    return found
+
+
+def check_pattern(pattern: str) -> str:
+    """Bound and compile a user regular expression (idPattern, ~=) before use."""
+    if len(pattern) > _REGEX_MAX:
+        raise BadRequestData(f"pattern longer than {_REGEX_MAX} characters")
+    try:
+        _compiled(pattern)
+    except re.error as exc:
+        raise BadRequestData(f"invalid regular expression {pattern!r}: {exc}") from exc
+    return pattern
+
+
+def _dumps(doc: Any) -> bytes:
+    return orjson.dumps(doc)
+
+
+@dataclass
+class _WriteJob:
+    tenant: str
+    mutations: Sequence[tuple[str, Mutation]]
+    future: asyncio.Future[list[WriteResult]]
+    results: list[WriteResult] = field(default_factory=list)
+
+
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """Translate sqlite3 errors at the boundary of this backend."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreUnavailable(f"database busy: {exc}") from exc
+        raise InternalError(f"store error: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise InternalError(f"store error: {exc}") from exc
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError("synchronous must be NORMAL, FULL or EXTRA")
+        self._writer_pool: ThreadPoolExecutor | None = None
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._write_conn: sqlite3.Connection | None = None
+        self._queue: asyncio.Queue[_WriteJob] | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._known_tenants: set[str] = {""}
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        parts = urlsplit(url)
+        path = (parts.netloc + parts.path) if parts.netloc else parts.path
+        if path.startswith("/./") or path.startswith("/../"):
+            path = path[1:]
+        if not path or path == "/":
+            raise ValueError("sqlite store URL needs a file path, e.g. sqlite:///./renkei.db")
+        opts = parse_qs(parts.query)
+        return cls(path, synchronous=opts.get("synchronous", ["NORMAL"])[0])
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _connect(self, *, readonly: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.create_function("regexp", 2, _regexp, deterministic=True)
+        if readonly:
+            conn.execute("PRAGMA query_only=1")
+        return conn
+
+    def _open_writer(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect(readonly=False)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise InternalError(f"cannot enable WAL on {self.path} (got {mode})")
+        conn.executescript(SCHEMA)
+        self._write_conn = conn
+        self._known_tenants.update(r[0] for r in conn.execute("SELECT name FROM tenants"))
+
+    async def open(self) -> None:
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="renkei-sqlite-w")
+        self._reader_pool = ThreadPoolExecutor(_READERS, thread_name_prefix="renkei-sqlite-r")
+        loop = asyncio.get_running_loop()
+        with _driver_errors():
+            await loop.run_in_executor(self._writer_pool, self._open_writer)
+        self._queue = asyncio.Queue()
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="renkei-sqlite-writer")
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            assert self._queue is not None
+            await self._queue.join()
+            self._writer_task.cancel()
+            try:
+                await self._writer_task
+            except asyncio.CancelledError:
+                pass
+            self._writer_task = None
+        loop = asyncio.get_running_loop()
+        if self._writer_pool is not None:
+            await loop.run_in_executor(self._writer_pool, self._close_writer)
+            self._writer_pool.shutdown(wait=True)
+            self._writer_pool = None
+        if self._reader_pool is not None:
+            self._reader_pool.shutdown(wait=True)
+            self._reader_pool = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    def _close_writer(self) -> None:
+        if self._write_conn is not None:
+            self._write_conn.execute("PRAGMA optimize")
+            self._write_conn.close()
+            self._write_conn = None
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(readonly=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader_pool is None:
+            raise InternalError("store is not open")
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            with _driver_errors():
+                return fn(self._reader())
+
+        return await loop.run_in_executor(self._reader_pool, run)
+
+    async def _exec_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a small write directly on the writer thread (not grouped)."""
+        if self._writer_pool is None:
+            raise InternalError("store is not open")
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            assert self._write_conn is not None
+            conn = self._write_conn
+            with _driver_errors():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+
+        return await loop.run_in_executor(self._writer_pool, run)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def write(self, tenant: str, mutations: Sequence[tuple[str, Mutation]]) -> list[WriteResult]:
+        if self._queue is None:
+            raise InternalError("store is not open")
+        future: asyncio.Future[list[WriteResult]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_WriteJob(tenant, mutations, future))
+        return await future
+
+    async def _writer_loop(self) -> None:
+        assert self._queue is not None and self._writer_pool is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            size = len(jobs[0].mutations)
+            while not self._queue.empty() and size < _MAX_GROUP:
+                job = self._queue.get_nowait()
+                jobs.append(job)
+                size += len(job.mutations)
+            try:
+                await asyncio.shield(loop.run_in_executor(self._writer_pool, self._apply_jobs, jobs))
+            except Exception as exc:  # the whole group failed (e.g. disk full): fail each job
+                error = exc if isinstance(exc, NgsiLdError) else InternalError(f"store write failed: {exc}")
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+            else:
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_result(job.results)
+            finally:
+                for _ in jobs:
+                    self._queue.task_done()
+
+    def _apply_jobs(self, jobs: list[_WriteJob]) -> None:
+        conn = self._write_conn
+        assert conn is not None
+        with _driver_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                new_tenants: set[str] = set()
+                for job in jobs:
+                    job.results = [self._apply_one(conn, job.tenant, eid, m) for eid, m in job.mutations]
+                    if job.tenant not in self._known_tenants and any(r.ok for r in job.results):
+                        new_tenants.add(job.tenant)
+                for name in new_tenants:
+                    conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (name,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self._known_tenants.update(new_tenants)
+
+    def _apply_one(self, conn: sqlite3.Connection, tenant: str, eid: str, mutation: Mutation) -> WriteResult:
+        row = conn.execute(
+            "SELECT rid, doc FROM entities WHERE tenant=? AND id=?", (tenant, eid)
+        ).fetchone()
+        before: Entity | None = orjson.loads(row[1]) if row else None
+        result = WriteResult(eid, before=before)
+        try:
+            after = mutation(orjson.loads(row[1]) if row else None)
+        except NgsiLdError as exc:
+            result.error = exc
+            return result
+        conn.execute("SAVEPOINT one")
+        try:
+            if after is DELETE:
+                if row is not None:
+                    self._unindex(conn, row[0])
+                    conn.execute("DELETE FROM entities WHERE rid=?", (row[0],))
+            else:
+                assert isinstance(after, dict)
+                doc = _dumps(after)
+                if row is None:
+                    cur = conn.execute(
+                        "INSERT INTO entities(tenant, id, doc) VALUES (?,?,?)", (tenant, eid, doc)
+                    )
+                    rid = cur.lastrowid
+                    assert rid is not None
+                else:
+                    rid = row[0]
+                    conn.execute("UPDATE entities SET doc=? WHERE rid=?", (doc, rid))
+                    self._unindex(conn, rid)
+                self._index(conn, tenant, rid, after)
+                result.after = after
+        except sqlite3.DatabaseError as exc:
+            conn.execute("ROLLBACK TO one")
+            conn.execute("RELEASE one")
+            result.error = InternalError(f"store error for {eid}: {exc}")
+            return result
+        conn.execute("RELEASE one")
+        return result
+
+    @staticmethod
+    def _unindex(conn: sqlite3.Connection, rid: int) -> None:
+        conn.execute("DELETE FROM entity_types WHERE rid=?", (rid,))
+        conn.execute("DELETE FROM entity_attrs WHERE rid=?", (rid,))
+
+    @staticmethod
+    def _index(conn: sqlite3.Connection, tenant: str, rid: int, ent: Entity) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO entity_types(tenant, type, rid) VALUES (?,?,?)",
+            [(tenant, t, rid) for t in ent["type"]],
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid) VALUES (?,?,?)",
+            [(tenant, k, rid) for k in ent if k not in ENTITY_KEYS],
+        )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def tenant_exists(self, tenant: str) -> bool:
+        if tenant in self._known_tenants:
+            return True
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM tenants WHERE name=?", (tenant,)).fetchone() is not None
+
+        found = await self._read(fn)
+        if found:
+            self._known_tenants.add(tenant)
+        return found
+
+    async def tenants(self) -> list[str]:
+        def fn(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute("SELECT name FROM tenants ORDER BY name")]
+
+        return await self._read(fn)
+
+    async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
+        def fn(conn: sqlite3.Connection) -> Entity | None:
+            row = conn.execute(
+                "SELECT doc FROM entities WHERE tenant=? AND id=?", (tenant, entity_id)
+            ).fetchone()
+            return orjson.loads(row[0]) if row else None
+
+        return await self._read(fn)
+
+    def _where(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
+        clauses = ["e.tenant = ?"]
+        args: list[Any] = [tenant]
+        if query.ids:
+            clauses.append(f"e.id IN ({','.join('?' * len(query.ids))})")
+            args.extend(query.ids)
+        if query.id_pattern:
+            clauses.append("regexp(?, e.id)")
+            args.append(check_pattern(query.id_pattern))
+        if query.types:
+            alternatives = []
+            for conj in query.types:
+                parts = []
+                for t in conj:
+                    parts.append(
+                        "EXISTS (SELECT 1 FROM entity_types t WHERE t.tenant=e.tenant AND t.type=? AND t.rid=e.rid)"
+                    )
+                    args.append(t)
+                alternatives.append("(" + " AND ".join(parts) + ")")
+            clauses.append("(" + " OR ".join(alternatives) + ")")
+        if query.attrs:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant=e.tenant AND a.rid=e.rid "
+                f"AND a.attr IN ({','.join('?' * len(query.attrs))}))"
+            )
+            args.extend(query.attrs)
+        return " AND ".join(clauses), args
+
+    async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
+        if query.q is not None or query.geo is not None or query.scope_q is not None:
+            from broker.errors import NotImplementedYet
+
+            raise NotImplementedYet("q, geo-queries and scopeQ are not available in this version")
+        where, args = self._where(tenant, query)
+
+        def fn(conn: sqlite3.Connection) -> tuple[list[Entity], int | None]:
+            rows = conn.execute(
+                f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.rid LIMIT ? OFFSET ?",
+                [*args, query.limit, query.offset],
+            ).fetchall()
+            total = None
+            if query.count:
+                total = conn.execute(f"SELECT count(*) FROM entities e WHERE {where}", args).fetchone()[0]
+            return [orjson.loads(r[0]) for r in rows], total
+
+        return await self._read(fn)
+
+    async def entity_types(self, tenant: str) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT type, count(*) FROM entity_types WHERE tenant=? GROUP BY type ORDER BY type",
+                (tenant,),
+            )
+            return {r[0]: r[1] for r in rows}
+
+        return await self._read(fn)
+
+    async def attribute_names(self, tenant: str, types: Sequence[str] | None = None) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            if types:
+                marks = ",".join("?" * len(types))
+                rows = conn.execute(
+                    "SELECT a.attr, count(DISTINCT a.rid) FROM entity_attrs a WHERE a.tenant=? AND "
+                    f"a.rid IN (SELECT rid FROM entity_types WHERE tenant=? AND type IN ({marks})) "
+                    "GROUP BY a.attr ORDER BY a.attr",
+                    (tenant, tenant, *types),
+                )
+            else:
+                rows = conn.execute(
+                    "SELECT attr, count(*) FROM entity_attrs WHERE tenant=? GROUP BY attr ORDER BY attr",
+                    (tenant,),
+                )
+            return {r[0]: r[1] for r in rows}
+
+        return await self._read(fn)
+
+    # -- contexts -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _record(row: Any) -> ContextRecord:
+        return ContextRecord(
+            id=row[0], url=row[1], kind=row[2], document=orjson.loads(row[3]),
+            created_at=row[4], last_usage=row[5], hits=row[6],
+        )
+
+    async def put_context(self, record: ContextRecord) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO contexts(id, url, kind, doc, created_at, last_usage, hits) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (record.id, record.url, record.kind, _dumps(record.document), record.created_at,
+                 record.last_usage, record.hits),
+            )
+
+        await self._exec_write(fn)
+
+    async def get_context(self, context_id: str) -> ContextRecord | None:
+        def fn(conn: sqlite3.Connection) -> ContextRecord | None:
+            row = conn.execute(
+                "SELECT id, url, kind, doc, created_at, last_usage, hits FROM contexts WHERE id=?",
+                (context_id,),
+            ).fetchone()
+            return self._record(row) if row else None
+
+        return await self._read(fn)
+
+    async def list_contexts(self) -> list[ContextRecord]:
+        def fn(conn: sqlite3.Connection) -> list[ContextRecord]:
+            rows = conn.execute(
+                "SELECT id, url, kind, doc, created_at, last_usage, hits FROM contexts ORDER BY created_at"
+            )
+            return [self._record(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def delete_context(self, context_id: str) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM contexts WHERE id=?", (context_id,)).rowcount > 0
+
+        return await self._exec_write(fn)

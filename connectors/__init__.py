@@ -1,0 +1,1 @@
+"""Connectors: MQTT IoT agent and city-system CSV import."""

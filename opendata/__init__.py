@@ -1,0 +1,1 @@
+"""Open data: CKAN publishing, renderers and GIS aggregates."""

@@ -1,0 +1,9 @@
+"""Data files shipped with Renkei: JSON-LD contexts and dataset definitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SCHEMAS_DIR = Path(__file__).resolve().parent
+CONTEXTS_DIR = SCHEMAS_DIR / "contexts"
+CORE_CONTEXT_FILE = CONTEXTS_DIR / "ngsi-ld-core-context-v1.9.jsonld"
