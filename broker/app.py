@@ -10,8 +10,9 @@ import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from broker.api import entities, jsonld_contexts
+from broker.api import entities, jsonld_contexts, unimplemented
 from broker.api.deps import Hub
 from broker.api.errors import add_exception_handlers
 from broker.core.contexts import ContextRegistry
@@ -32,6 +33,7 @@ async def build_hub(settings: Settings) -> Hub:
         fetch_timeout=settings.context_fetch_timeout,
         max_bytes=settings.context_max_bytes,
         cache_size=settings.context_cache_size,
+        base_url=settings.base_url,
     )
     contexts = ContextRegistry(store, settings.base_url)
     contexts.attach(resolver)
@@ -43,6 +45,24 @@ async def build_hub(settings: Settings) -> Hub:
 async def close_hub(hub: Hub) -> None:
     await hub.resolver.aclose()
     await hub.store.close()
+
+
+class StripTrailingSlash:
+    """ASGI wrapper: ``/entities/`` is ``/entities`` (clients and test suites send both)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope = dict(scope)
+                scope["path"] = path.rstrip("/") or "/"
+                raw = scope.get("raw_path")
+                if raw:
+                    scope["raw_path"] = raw.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,8 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ready = False
     add_exception_handlers(app)
+    app.add_middleware(StripTrailingSlash)
     app.include_router(entities.router)
     app.include_router(jsonld_contexts.router)
+    app.include_router(unimplemented.router)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Response:

@@ -26,7 +26,7 @@ from broker.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap
+from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap, single_url
 
 JSON = "application/json"
 LD_JSON = "application/ld+json"
@@ -83,15 +83,8 @@ class Payload:
     context: ContextValue | None
 
 
-async def read_payload(
-    request: Request, *, max_bytes: int, max_depth: int, allow_merge_patch: bool = False
-) -> Payload:
-    kind = media_type(request.headers.get("content-type"))
-    allowed = {JSON, LD_JSON} | ({MERGE_PATCH} if allow_merge_patch else set())
-    if kind not in allowed:
-        raise UnsupportedMediaType(
-            f"Content-Type {kind or '(none)'} is not supported; use {' or '.join(sorted(allowed))}"
-        )
+async def read_body(request: Request, *, max_bytes: int, max_depth: int) -> Any:
+    """Read and parse a JSON body within the size and depth bounds."""
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > max_bytes:
         raise PayloadTooLarge(f"request body larger than {max_bytes} bytes")
@@ -107,6 +100,26 @@ async def read_payload(
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
     _depth(body, max_depth)
+    return body
+
+
+async def read_payload(
+    request: Request,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    allow_merge_patch: bool = False,
+    shape: type = dict,
+) -> Payload:
+    kind = media_type(request.headers.get("content-type"))
+    allowed = {JSON, LD_JSON} | ({MERGE_PATCH} if allow_merge_patch else set())
+    if kind not in allowed:
+        raise UnsupportedMediaType(
+            f"Content-Type {kind or '(none)'} is not supported; use {' or '.join(sorted(allowed))}"
+        )
+    body = await read_body(request, max_bytes=max_bytes, max_depth=max_depth)
+    if not isinstance(body, shape):
+        raise InvalidRequest(f"the request body must be a JSON {'object' if shape is dict else 'array'}")
     link = link_context(request)
     context: ContextValue | None
     if kind == LD_JSON:
@@ -192,8 +205,9 @@ def negotiate(request: Request, offers: tuple[str, ...] = (JSON, LD_JSON)) -> st
 def context_url(tm: TermMap) -> str:
     """The URL to send back in a Link header for the request's context."""
     ctx = tm.context
-    if isinstance(ctx, str):
-        return ctx
+    url = single_url(ctx)
+    if url is not None:
+        return url
     if ctx is None:
         return CORE_CONTEXT_URL
     url = getattr(tm, "implicit_url", None)
@@ -214,7 +228,9 @@ def respond(
 ) -> Response:
     """Render a JSON body the NGSI-LD way for the negotiated media type ``kind``."""
     out_headers = dict(headers or {})
-    if kind == LD_JSON:
+    if kind == GEO_JSON and isinstance(data, dict):
+        data = {**data, "@context": tm.context if tm.context is not None else CORE_CONTEXT_URL}
+    elif kind == LD_JSON:
         ctx = tm.context if tm.context is not None else CORE_CONTEXT_URL
         if isinstance(data, list):
             data = [{"@context": ctx, **item} for item in data]

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from broker.api.common import Payload, link_context, read_payload, tenant_of
 from broker.core.contexts import ContextRegistry
 from broker.core.entities import EntityService
-from broker.jsonld.context import ContextResolver, ContextValue, TermMap
+from broker.jsonld.context import ContextResolver, ContextValue, TermMap, single_url
 from broker.settings import Settings
 from broker.store.base import Store
 
@@ -28,17 +28,20 @@ class Hub:
 
     async def term_map(self, ctx: ContextValue | None) -> TermMap:
         tm = await self.resolver.term_map(ctx)
-        if ctx is not None and not isinstance(ctx, str) and not hasattr(tm, "implicit_url"):
+        if single_url(ctx) is None and ctx is not None and not hasattr(tm, "implicit_url"):
             tm.implicit_url = await self.contexts.implicit(tm)  # type: ignore[attr-defined]
-        if isinstance(ctx, str):
-            self.contexts.touch(ctx)
+        for url in [ctx] if isinstance(ctx, str) else ctx if isinstance(ctx, list) else []:
+            if isinstance(url, str):
+                self.contexts.touch(url)
         return tm
 
-    async def payload(self, request: Request, *, allow_merge_patch: bool = False) -> tuple[Payload, TermMap]:
+    async def payload(
+        self, request: Request, *, allow_merge_patch: bool = False, shape: type = dict
+    ) -> tuple[Payload, TermMap]:
         s = self.settings
         payload = await read_payload(
             request, max_bytes=s.max_body_bytes, max_depth=s.max_json_depth,
-            allow_merge_patch=allow_merge_patch,
+            allow_merge_patch=allow_merge_patch, shape=shape,
         )
         return payload, await self.term_map(payload.context)
 

@@ -1,17 +1,25 @@
-"""``/ngsi-ld/v1/entities``: create, retrieve, query, replace, merge, delete, attributes."""
+"""``/ngsi-ld/v1/entities``: create, retrieve, query, purge, replace, merge, delete, attributes.
+
+Routes stay thin: check parameters and media types, resolve the context, call one
+service method, render. Checks run in the order the specification's common
+behaviours test: media types (415/406) and parameters (400) before any look-up (404).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from broker.api import params as P
 from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, respond
-from broker.api.deps import HubDep, TenantDep
-from broker.api.params import options_of, view_of
-from broker.core.model import View, check_entity_id, check_name
-from broker.errors import BadRequestData, NonexistentTenant, TooManyResults
-from broker.jsonld.context import NGSI_LD
+from broker.api.deps import Hub, HubDep, TenantDep
+from broker.core.entities import UpdateResult
+from broker.core.model import Entity, View, check_entity_id, check_name
+from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound, TooManyResults
+from broker.jsonld.context import NGSI_LD, TermMap
 from broker.store.base import EntityQuery
 
 router = APIRouter(prefix="/ngsi-ld/v1")
@@ -19,110 +27,170 @@ router = APIRouter(prefix="/ngsi-ld/v1")
 ENTITY_OFFERS = (JSON, LD_JSON, GEO_JSON)
 
 
-def _geometry_property(request: Request, view: View) -> str:
-    name = request.query_params.get("geometryProperty")
-    if name is None:
-        return NGSI_LD + "location"
-    return view.tm.expand(check_name(name, "geometryProperty"))
-
-
 def _no_content() -> Response:
     return Response(status_code=204)
 
 
+def _geometry_property(request: Request, tm: TermMap) -> str:
+    name = request.query_params.get("geometryProperty")
+    if name is None:
+        return NGSI_LD + "location"
+    return tm.expand(check_name(name, "geometryProperty"))
+
+
+def _update_response(result: UpdateResult, tm: TermMap) -> Response:
+    if result.not_updated:
+        return respond(result.body(), tm=tm, kind=JSON, status=207)
+    return _no_content()
+
+
+async def _render(
+    hub: Hub, tenant: str, request: Request, view: View, entities: list[Entity], kind: str
+) -> Any:
+    """Render entities, joining linked entities when ``join`` asks for it."""
+    if kind == GEO_JSON:
+        geo = _geometry_property(request, view.tm)
+        return [view.feature(e, geo) for e in entities]
+    if view.join is None:
+        return [view.entity(e) for e in entities]
+    linked = await hub.entities.linked(tenant, entities, view.join_level)
+    out: list[Any] = []
+    for ent in entities:
+        flat: list[dict[str, Any]] = []
+        root = view.entity(ent, linked, flat)
+        out.append([root, *flat] if flat else root)
+    return out
+
+
+# -- collection ------------------------------------------------------------------------------
+
+
 @router.post("/entities")
 async def create_entity(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    P.check_params(request, P.NONE)
     payload, tm = await hub.payload(request)
     ent = await hub.entities.create(tenant, payload.body, tm)
     return Response(status_code=201, headers={"Location": f"/ngsi-ld/v1/entities/{ent['id']}"})
 
 
-@router.get("/entities")
-async def query_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    kind = negotiate(request, ENTITY_OFFERS)
-    tm = await hub.link_term_map(request)
-    view = view_of(request, tm)
+def entity_query(request: Request, hub: Hub, tm: TermMap, *, paged: bool = True) -> EntityQuery:
     params = request.query_params
     s = hub.settings
     limit = _int_param(params.get("limit"), "limit", s.default_limit)
     offset = _int_param(params.get("offset"), "offset", 0)
-    if limit > s.max_limit:
+    if paged and limit > s.max_limit:
         raise TooManyResults(f"limit {limit} is above the maximum of {s.max_limit}")
     ids = csv_param(params.get("id"))
     for eid in ids:
         check_entity_id(eid)
-    types = [[tm.expand(t) for t in alt.split(";")] for alt in _type_alternatives(params.get("type"))]
+    types = [[tm.expand(check_name(t, "entity type")) for t in alt] for alt in _type_alternatives(params.get("type"))]
     attrs = [tm.expand(check_name(a)) for a in csv_param(params.get("attrs"))]
     if not (ids or types or attrs or params.get("idPattern") or params.get("q") or params.get("georel")):
         raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
-    count = params.get("count") == "true" or "count" in options_of(request)
-    query = EntityQuery(
+    count = params.get("count") == "true" or "count" in P.options_of(request)
+    return EntityQuery(
         ids=ids or None, id_pattern=params.get("idPattern"), types=types or None,
         attrs=attrs or None, q=params.get("q"), geo=params.get("georel"),
         scope_q=params.get("scopeQ"), limit=limit, offset=offset, count=count,
     )
+
+
+@router.get("/entities")
+async def query_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    P.check_params(request, P.QUERY)
+    kind = negotiate(request, ENTITY_OFFERS)
+    tm = await hub.link_term_map(request)
+    view = P.view_of(request, tm)
+    query = entity_query(request, hub, tm)
     try:
         entities, total = await hub.entities.query(tenant, query)
     except NonexistentTenant:
         entities, total = [], 0
     headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
+    body = await _render(hub, tenant, request, view, entities, kind)
     if kind == GEO_JSON:
-        geo = _geometry_property(request, view)
-        body = {"type": "FeatureCollection", "features": [view.feature(e, geo) for e in entities]}
-        return respond(body, tm=tm, kind=GEO_JSON, headers=headers)
-    return respond([view.entity(e) for e in entities], tm=tm, kind=kind, headers=headers)
+        return respond({"type": "FeatureCollection", "features": body}, tm=tm, kind=kind, headers=headers)
+    return respond(body, tm=tm, kind=kind, headers=headers)
 
 
-def _type_alternatives(value: str | None) -> list[str]:
-    if not value:
+@router.delete("/entities")
+async def purge_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    P.check_params(request, P.PURGE)
+    tm = await hub.link_term_map(request)
+    query = entity_query(request, hub, tm, paged=False)
+    await hub.entities.purge(tenant, query)
+    return _no_content()
+
+
+@router.put("/entities")
+@router.patch("/entities")
+async def _no_entity_id() -> Response:
+    raise BadRequestData("the entity id is missing from the URL")
+
+
+def _type_alternatives(value: str | None) -> list[list[str]]:
+    """``A,B`` and ``A|B`` are alternatives, ``A;B`` a conjunction (parentheses group)."""
+    if value is None:
         return []
+    if not value.strip():
+        raise BadRequestData("type must not be empty")
     cleaned = value.replace("(", "").replace(")", "")
-    return [alt for part in cleaned.split("|") for alt in part.split(",") if alt]
+    alternatives = [part for chunk in cleaned.split("|") for part in chunk.split(",")]
+    if any(not a.strip() for a in alternatives):
+        raise BadRequestData(f"malformed type expression {value!r}")
+    return [[t.strip() for t in alt.split(";")] for alt in alternatives]
 
 
 def _int_param(value: str | None, name: str, default: int) -> int:
     if value is None:
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise BadRequestData(f"{name} must be a non-negative integer") from None
-    if number < 0:
+    if not value.isdigit():
         raise BadRequestData(f"{name} must be a non-negative integer")
-    return number
+    return int(value)
 
 
-@router.get("/entities/{entity_id:path}/attrs/{attr}")
-async def _no_attr_get(entity_id: str, attr: str) -> Response:
-    raise BadRequestData("retrieving a single attribute is not an NGSI-LD operation; use attrs=")
+# -- one entity ------------------------------------------------------------------------------
 
 
 @router.get("/entities/{entity_id:path}")
 async def retrieve_entity(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    P.check_params(request, P.REPRESENTATION)
     kind = negotiate(request, ENTITY_OFFERS)
     tm = await hub.link_term_map(request)
-    view = view_of(request, tm)
+    view = P.view_of(request, tm)
     ent = await hub.entities.retrieve(tenant, entity_id)
-    if kind == GEO_JSON:
-        return respond(view.feature(ent, _geometry_property(request, view)), tm=tm, kind=GEO_JSON)
-    return respond(view.entity(ent), tm=tm, kind=kind)
+    (body,) = await _render(hub, tenant, request, view, [ent], kind)
+    root = body[0] if isinstance(body, list) else body
+    if kind != GEO_JSON:
+        if view.attrs is not None and not any(k not in ("id", "type", "scope") for k in root):
+            raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
+        if (view.pick is not None or view.omit is not None) and not root:
+            raise ResourceNotFound(f"nothing of entity {entity_id} is left after pick/omit")
+    return respond(body, tm=tm, kind=kind)
 
 
 @router.delete("/entities/{entity_id:path}/attrs/{attr}")
 async def delete_attribute(
     entity_id: str, attr: str, request: Request, hub: HubDep, tenant: TenantDep
 ) -> Response:
+    P.check_params(request, P.DELETE_ATTR)
     tm = await hub.link_term_map(request)
-    params = request.query_params
     await hub.entities.delete_attr(
         tenant, entity_id, check_name(attr), tm,
-        dataset_id=params.get("datasetId"), delete_all=params.get("deleteAll") == "true",
+        dataset_id=request.query_params.get("datasetId"),
+        delete_all=P.bool_param(request, "deleteAll"),
     )
     return _no_content()
 
 
+@router.delete("/entities/{entity_id:path}/attrs")
+async def _delete_no_attr(entity_id: str) -> Response:
+    return Response(status_code=405, headers={"Allow": "POST, PATCH"})
+
+
 @router.delete("/entities/{entity_id:path}")
-async def delete_entity(entity_id: str, hub: HubDep, tenant: TenantDep) -> Response:
+async def delete_entity(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    P.check_params(request, P.NONE | {"type"})
     await hub.entities.delete(tenant, entity_id)
     return _no_content()
 
@@ -131,6 +199,7 @@ async def delete_entity(entity_id: str, hub: HubDep, tenant: TenantDep) -> Respo
 async def replace_attribute(
     entity_id: str, attr: str, request: Request, hub: HubDep, tenant: TenantDep
 ) -> Response:
+    P.check_params(request, P.WRITE)
     payload, tm = await hub.payload(request)
     await hub.entities.update_attr(tenant, entity_id, check_name(attr), payload.body, tm, replace=True)
     return _no_content()
@@ -140,32 +209,32 @@ async def replace_attribute(
 async def update_attribute(
     entity_id: str, attr: str, request: Request, hub: HubDep, tenant: TenantDep
 ) -> Response:
-    payload, tm = await hub.payload(request)
+    P.check_params(request, P.WRITE)
+    payload, tm = await hub.payload(request, allow_merge_patch=True)
     await hub.entities.update_attr(tenant, entity_id, check_name(attr), payload.body, tm, replace=False)
     return _no_content()
 
 
 @router.post("/entities/{entity_id:path}/attrs")
 async def append_attributes(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    P.check_params(request, P.WRITE)
+    no_overwrite = "noOverwrite" in P.options_of(request)
     payload, tm = await hub.payload(request)
-    no_overwrite = "noOverwrite" in options_of(request)
     result = await hub.entities.append_attrs(tenant, entity_id, payload.body, tm, no_overwrite=no_overwrite)
-    if result.not_updated:
-        return respond(result.body(), tm=tm, kind=JSON, status=207)
-    return _no_content()
+    return _update_response(result, tm)
 
 
 @router.patch("/entities/{entity_id:path}/attrs")
 async def update_attributes(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    payload, tm = await hub.payload(request)
+    P.check_params(request, P.WRITE)
+    payload, tm = await hub.payload(request, allow_merge_patch=True)
     result = await hub.entities.update_attrs(tenant, entity_id, payload.body, tm)
-    if result.not_updated:
-        return respond(result.body(), tm=tm, kind=JSON, status=207)
-    return _no_content()
+    return _update_response(result, tm)
 
 
 @router.put("/entities/{entity_id:path}")
 async def replace_entity(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    P.check_params(request, P.WRITE)
     payload, tm = await hub.payload(request)
     await hub.entities.replace(tenant, entity_id, payload.body, tm)
     return _no_content()
@@ -173,6 +242,7 @@ async def replace_entity(entity_id: str, request: Request, hub: HubDep, tenant: 
 
 @router.patch("/entities/{entity_id:path}")
 async def merge_entity(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    P.check_params(request, P.WRITE)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
     await hub.entities.merge(tenant, entity_id, payload.body, tm)
     return _no_content()

@@ -7,9 +7,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.api.common import JSON, LD_JSON, negotiate, read_payload
+from broker.api import params as P
+from broker.api.common import JSON, LD_JSON, media_type, negotiate, read_body
 from broker.api.deps import HubDep
-from broker.core.contexts import ContextRegistry
+from broker.core.contexts import PATH, ContextRegistry
+from broker.errors import UnsupportedMediaType
 
 router = APIRouter(prefix="/ngsi-ld/v1")
 
@@ -20,37 +22,40 @@ def _json(data: object, status: int = 200, kind: str = JSON) -> Response:
 
 @router.get("/jsonldContexts")
 async def list_contexts(request: Request, hub: HubDep) -> Response:
+    P.check_params(request, P.CONTEXTS)
     negotiate(request)
-    params = request.query_params
-    records = hub.contexts.list(params.get("kind"))
-    if params.get("details") == "true":
+    details = P.bool_param(request, "details")
+    records = hub.contexts.list(request.query_params.get("kind"))
+    if details:
         return _json([ContextRegistry.details(r) for r in records])
     return _json([r.url for r in records])
 
 
 @router.post("/jsonldContexts")
 async def add_context(request: Request, hub: HubDep) -> Response:
+    P.check_params(request, frozenset())
+    if media_type(request.headers.get("content-type")) not in (JSON, LD_JSON):
+        raise UnsupportedMediaType("a context is posted as application/json or application/ld+json")
     s = hub.settings
-    payload = await read_payload(request, max_bytes=s.max_body_bytes, max_depth=s.max_json_depth)
-    body = payload.body
-    if payload.context is not None and isinstance(body, dict):
-        body = {"@context": payload.context, **body}
+    body = await read_body(request, max_bytes=s.max_body_bytes, max_depth=s.max_json_depth)
     rec = await hub.contexts.add_hosted(body)
-    return Response(status_code=201, headers={"Location": rec.url})
+    return Response(status_code=201, headers={"Location": PATH + rec.id})
 
 
 @router.get("/jsonldContexts/{context_id:path}")
 async def serve_context(context_id: str, request: Request, hub: HubDep) -> Response:
-    kind = negotiate(request, (LD_JSON, JSON))
+    P.check_params(request, P.CONTEXTS)
+    kind = negotiate(request, (JSON, LD_JSON))
+    details = P.bool_param(request, "details")
     rec = hub.contexts.get(context_id)
-    if request.query_params.get("details") == "true":
-        return _json(ContextRegistry.details(rec))
+    response = _json(ContextRegistry.details(rec)) if details else _json(rec.document, kind=kind)
     hub.contexts.touch(rec.url)
-    return _json(rec.document, kind=kind)
+    return response
 
 
 @router.delete("/jsonldContexts/{context_id:path}")
 async def delete_context(context_id: str, request: Request, hub: HubDep) -> Response:
-    reload = request.query_params.get("reload") == "true"
+    P.check_params(request, P.CONTEXTS)
+    reload = P.bool_param(request, "reload")
     await hub.contexts.delete(context_id, reload=reload)
     return Response(status_code=204)

@@ -1,4 +1,8 @@
-"""Parse the NGSI-LD representation parameters into a :class:`broker.core.model.View`."""
+"""Query parameters: allowed sets per operation, and the representation parameters.
+
+Unknown parameters and malformed ``options``/``format`` are 400 InvalidRequest and are
+checked before anything is looked up, as the specification's common behaviours say.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from starlette.requests import Request
 
 from broker.api.common import csv_param
 from broker.core.model import View, check_name
-from broker.errors import BadRequestData
+from broker.core.projection import Tree, parse_projection
+from broker.errors import BadRequestData, InvalidRequest
 from broker.jsonld.context import TermMap
 
 _FORMATS = {
@@ -19,13 +24,52 @@ _OPTIONS = {*_FORMATS, "sysAttrs", "noOverwrite", "replace", "update", "temporal
             "aggregatedValues", "count"}
 _ENTITY_MEMBERS = {"id", "type", "scope"}
 
+REPRESENTATION = frozenset(
+    {"attrs", "pick", "omit", "options", "format", "lang", "geometryProperty", "join",
+     "joinLevel", "containedBy", "datasetId", "local", "via", "entityMap"}
+)
+QUERY = REPRESENTATION | {
+    "id", "type", "idPattern", "q", "georel", "geometry", "coordinates", "geoproperty",
+    "csf", "scopeQ", "limit", "offset", "count", "expandValues",
+}
+NONE: frozenset[str] = frozenset({"local"})
+WRITE = frozenset({"options", "local"})
+DELETE_ATTR = frozenset({"datasetId", "deleteAll", "local"})
+PURGE = frozenset({"type", "id", "idPattern", "q", "scopeQ", "local"})
+CONTEXTS = frozenset({"details", "kind", "reload"})
+
+
+def check_params(request: Request, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}")
+
+
+def bool_param(request: Request, name: str) -> bool:
+    value = request.query_params.get(name)
+    if value is None:
+        return False
+    if value not in ("true", "false"):
+        raise BadRequestData(f"{name} must be true or false")
+    return value == "true"
+
 
 def options_of(request: Request) -> set[str]:
-    opts = set(csv_param(request.query_params.get("options")))
+    raw = request.query_params.get("options")
+    opts = set(csv_param(raw))
+    if raw is not None and not opts:
+        raise InvalidRequest("options must not be empty")
     unknown = opts - _OPTIONS
     if unknown:
-        raise BadRequestData(f"unknown options value(s): {', '.join(sorted(unknown))}")
+        raise InvalidRequest(f"unknown options value(s): {', '.join(sorted(unknown))}")
     return opts
+
+
+def _expand_tree(tree: Tree, tm: TermMap) -> Tree:
+    return {
+        (k if k in _ENTITY_MEMBERS else tm.expand(k)): (_expand_tree(v, tm) if v is not None else None)
+        for k, v in tree.items()
+    }
 
 
 def view_of(request: Request, tm: TermMap) -> View:
@@ -35,27 +79,45 @@ def view_of(request: Request, tm: TermMap) -> View:
     fmt = params.get("format")
     if fmt is not None:
         if fmt not in _FORMATS:
-            raise BadRequestData(f"unknown format {fmt!r}")
+            raise InvalidRequest(f"unknown format {fmt!r}")
         formats = {_FORMATS[fmt]}
     if len(formats) > 1:
-        raise BadRequestData("options asks for more than one representation format")
+        raise InvalidRequest("options asks for more than one representation format")
     view = View(tm, format=formats.pop() if formats else "normalized", sys_attrs="sysAttrs" in opts)  # type: ignore[arg-type]
-    attrs = csv_param(params.get("attrs"))
-    pick = csv_param(params.get("pick"))
-    omit = csv_param(params.get("omit"))
-    if pick and omit:
-        raise BadRequestData("pick and omit cannot be used together")
-    if attrs or pick:
-        chosen = [*attrs, *pick]
-        view.attrs = {tm.expand(check_name(a)) for a in chosen if a not in _ENTITY_MEMBERS}
-        if pick:
-            view.hide = _ENTITY_MEMBERS - set(pick)
-    if omit:
-        view.omit = {tm.expand(check_name(a)) for a in omit if a not in _ENTITY_MEMBERS}
-        view.hide = _ENTITY_MEMBERS & set(omit)
+    attrs = params.get("attrs")
+    pick = params.get("pick")
+    omit = params.get("omit")
+    if attrs is not None and (pick is not None or omit is not None):
+        raise BadRequestData("attrs cannot be combined with pick or omit")
+    if pick is not None and omit is not None:
+        pick_tree = parse_projection(pick, "pick")
+        omit_tree = parse_projection(omit, "omit")
+        both = set(pick_tree) & set(omit_tree)
+        raise BadRequestData(
+            f"{', '.join(sorted(both))} both picked and omitted" if both else "pick and omit cannot be used together"
+        )
+    if attrs is not None:
+        names = csv_param(attrs)
+        if not names:
+            raise BadRequestData("attrs must name at least one attribute")
+        view.attrs = {tm.expand(check_name(a)) for a in names}
+    if pick is not None:
+        view.pick = _expand_tree(parse_projection(pick, "pick"), tm)
+    if omit is not None:
+        view.omit = _expand_tree(parse_projection(omit, "omit"), tm)
     lang = params.get("lang")
     if lang is not None:
         if not lang.strip():
             raise BadRequestData("lang must not be empty")
         view.lang = lang
+    join = params.get("join")
+    if join is not None:
+        if join not in ("inline", "flat", "@none"):
+            raise BadRequestData("join must be inline, flat or @none")
+        view.join = None if join == "@none" else join
+    level = params.get("joinLevel")
+    if level is not None:
+        if not level.isdigit() or int(level) < 1:
+            raise BadRequestData("joinLevel must be a positive integer")
+        view.join_level = int(level)
     return view

@@ -12,12 +12,14 @@ an in-memory map answers the resolver's synchronous look-ups.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import uuid
 from typing import Any
 
 from broker.core.model import now_iso
-from broker.errors import BadRequestData, ResourceNotFound
+from broker.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
 from broker.jsonld.context import (
     CORE_CONTEXT_URL,
     ContextResolver,
@@ -26,7 +28,11 @@ from broker.jsonld.context import (
     TermMap,
     canonical_key,
     check_context_value,
+    context_refs,
+    is_core_context_url,
 )
+
+log = logging.getLogger("renkei.contexts")
 from broker.store.base import ContextRecord, Store
 
 HOSTED = "Hosted"
@@ -43,6 +49,8 @@ class ContextRegistry:
         self.records: dict[str, ContextRecord] = {}
         self._by_url: dict[str, ContextRecord] = {}
         self.resolver: ContextResolver | None = None
+        self.started_at = now_iso()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def url_for(self, context_id: str) -> str:
         return f"{self.base_url}{PATH}{context_id}"
@@ -81,20 +89,31 @@ class ContextRegistry:
         await self.store.put_context(rec)
 
     async def add_hosted(self, body: Any) -> ContextRecord:
+        """Host a context a client posted; URLs it names are fetched and cached in the background."""
         if not isinstance(body, dict) or "@context" not in body:
-            raise BadRequestData("a context to host must be a JSON object with an @context member")
+            raise InvalidRequest("a context to host must be a JSON object with an @context member")
         ctx = body["@context"]
-        check_context_value(ctx)
-        if isinstance(ctx, str) or (isinstance(ctx, list) and all(isinstance(c, str) for c in ctx)):
-            raise BadRequestData("a hosted context must define terms (an object), not only URLs")
-        assert self.resolver is not None
-        await self.resolver.term_map(ctx)  # validates: a context that cannot be processed is 400
+        try:
+            check_context_value(ctx)
+        except BadRequestData as exc:
+            raise InvalidRequest(str(exc)) from exc
         cid = str(uuid.uuid4())
         rec = ContextRecord(id=cid, url=self.url_for(cid), kind=HOSTED, document={"@context": ctx},
                             created_at=now_iso())
         await self.store.put_context(rec)
         self._remember(rec)
+        if self.resolver is not None and any(True for _ in context_refs(ctx)):
+            task = asyncio.create_task(self._cache_refs(ctx))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return rec
+
+    async def _cache_refs(self, ctx: ContextValue) -> None:
+        assert self.resolver is not None
+        try:
+            await self.resolver.prefetch(ctx)
+        except NgsiLdError as exc:
+            log.warning("hosted context refers to a context that could not be cached: %s", exc.detail)
 
     async def implicit(self, tm: TermMap) -> str:
         """URL of the ImplicitlyCreated context for an inline request context."""
@@ -112,13 +131,39 @@ class ContextRegistry:
         return self.records[cid].url
 
     def touch(self, url: str) -> None:
-        rec = self._by_url.get(url)
+        rec = self._known_record(url)
         if rec is not None:
             rec.hits += 1
             rec.last_usage = now_iso()
 
+    def _known_record(self, url: str) -> ContextRecord | None:
+        """A Cached record for a context the broker has locally (bundled core, preloaded).
+
+        Such contexts are listed like fetched ones once a request has used them; the
+        core context always is.
+        """
+        rec = self._by_url.get(url)
+        if rec is None and self.resolver is not None:
+            if is_core_context_url(url):
+                doc = self.resolver.core_doc
+            elif url in self.resolver.preload:
+                doc = self.resolver.preload[url]
+            else:
+                return None
+            cid = "local-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+            rec = ContextRecord(id=cid, url=url, kind=CACHED, document=doc, created_at=now_iso())
+            self._remember(rec)
+        return rec
+
+    def _core_record(self, url: str) -> ContextRecord:
+        rec = self._known_record(url)
+        assert rec is not None
+        return rec
+
     def get(self, context_id: str) -> ContextRecord:
-        rec = self.records.get(context_id) or self._by_url.get(context_id)
+        if is_core_context_url(context_id):
+            return self._core_record(context_id)
+        rec = self.records.get(context_id) or self._known_record(context_id)
         if rec is None:
             raise ResourceNotFound(f"no JSON-LD context {context_id}")
         return rec
@@ -126,9 +171,16 @@ class ContextRegistry:
     def list(self, kind: str | None = None) -> list[ContextRecord]:
         if kind is not None and kind not in KINDS:
             raise BadRequestData(f"kind must be one of {', '.join(KINDS)}")
+        self._core_record(CORE_CONTEXT_URL)
         return [r for r in self.records.values() if kind is None or r.kind == kind]
 
     async def delete(self, context_id: str, *, reload: bool = False) -> None:
+        if is_core_context_url(context_id):
+            if not reload:
+                raise BadRequestData("the NGSI-LD core context cannot be deleted (reload=true reloads it)")
+            return  # bundled with the broker: reloading it is reading the same file
+        if reload and context_id not in self.records and context_id not in self._by_url:
+            raise BadRequestData(f"no Cached context {context_id} to reload")
         rec = self.get(context_id)
         if reload:
             if rec.kind != CACHED:
@@ -146,7 +198,7 @@ class ContextRegistry:
     @staticmethod
     def details(rec: ContextRecord) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "url": rec.url,
+            "URL": rec.url,
             "localId": f"urn:ngsi-ld:jsonldContext:{rec.id}",
             "kind": rec.kind,
             "createdAt": rec.created_at,

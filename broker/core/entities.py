@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.core.model import (
@@ -23,10 +23,12 @@ from broker.core.model import (
     check_entity_id,
     check_scope,
     expand_types,
+    linked_ids,
 )
 from broker.errors import (
     AlreadyExists,
     BadRequestData,
+    InvalidRequest,
     NgsiLdError,
     NonexistentTenant,
     ResourceNotFound,
@@ -93,6 +95,29 @@ def _complete(inst: Instance, now: str) -> Instance:
     return out
 
 
+_VALUE_MEMBERS = ("value", "object", "vocab", "json", "valueList", "objectList")
+
+
+def is_null(inst: Instance) -> bool:
+    """An NGSI-LD Null instance (``urn:ngsi-ld:null`` as its value) deletes what it targets."""
+    if any(inst.get(k) == NULL for k in _VALUE_MEMBERS):
+        return True
+    lm = inst.get("languageMap")
+    return isinstance(lm, dict) and lm.get("@none") == NULL
+
+
+def _object_body(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"{what} must be a JSON object")
+    return body
+
+
+def _delete_if_present(current: Entity | None) -> Any:
+    if current is None:
+        raise ResourceNotFound("entity already deleted")
+    return DELETE
+
+
 class EntityService:
     def __init__(self, store: Store, *, max_attributes: int = 1000) -> None:
         self.store = store
@@ -135,6 +160,7 @@ class EntityService:
         return mutate
 
     def new_entity(self, body: Any, tm: TermMap) -> Entity:
+        _object_body(body, "an entity")
         parser = self.parser(tm)
         ent = parser.entity(body)
         ent["createdAt"] = ent["modifiedAt"] = parser.now
@@ -153,6 +179,22 @@ class EntityService:
             raise ResourceNotFound(f"entity {entity_id} not found")
         return ent
 
+    async def linked(self, tenant: str, roots: Sequence[Entity], levels: int) -> dict[str, Entity]:
+        """Entities reachable from ``roots`` through Relationships, up to ``levels`` hops."""
+        found: dict[str, Entity] = {e["id"]: e for e in roots}
+        frontier = list(roots)
+        for _ in range(levels):
+            wanted = [t for e in frontier for t in linked_ids(e) if t not in found]
+            if not wanted:
+                break
+            batch, _count = await self.store.query(
+                tenant, EntityQuery(ids=list(dict.fromkeys(wanted)), limit=len(wanted))
+            )
+            for e in batch:
+                found[e["id"]] = e
+            frontier = batch
+        return found
+
     async def delete(self, tenant: str, entity_id: str) -> None:
         check_entity_id(entity_id)
         await self.check_tenant(tenant)
@@ -169,11 +211,24 @@ class EntityService:
             raise NonexistentTenant(f"tenant {tenant!r} does not exist")
         return await self.store.query(tenant, query)
 
+    async def purge(self, tenant: str, query: EntityQuery) -> int:
+        """Delete every entity matching ``query`` (DELETE /entities); returns how many."""
+        await self.check_tenant(tenant)
+        deleted = 0
+        page = 500
+        while True:
+            batch, _ = await self.store.query(tenant, replace(query, limit=page, offset=0, count=False))
+            if not batch:
+                return deleted
+            results = await self._write(tenant, [(e["id"], _delete_if_present) for e in batch])
+            deleted += sum(1 for r in results if r.ok)
+
     # -- whole-entity updates -----------------------------------------------------------------
 
     def replace_mutation(self, entity_id: str, body: Any, tm: TermMap) -> Mutation:
         parser = self.parser(tm)
-        if isinstance(body, dict) and "id" in body and body["id"] != entity_id:
+        body = _object_body(body, "an entity")
+        if "id" in body and body["id"] != entity_id:
             raise BadRequestData("the id in the body differs from the id in the URL")
         new = parser.entity(body, require_id=False)
         new["id"] = entity_id
@@ -194,8 +249,7 @@ class EntityService:
         await self._write_one(tenant, entity_id, self.replace_mutation(entity_id, body, tm))
 
     def merge_mutation(self, entity_id: str, body: Any, tm: TermMap, *, must_exist: bool = True) -> Mutation:
-        if not isinstance(body, dict):
-            raise BadRequestData("the merge fragment must be a JSON object")
+        body = _object_body(body, "the merge fragment")
         if "id" in body and body["id"] != entity_id:
             raise BadRequestData("the id in the body differs from the id in the URL")
         parser = self.parser(tm)
@@ -224,10 +278,7 @@ class EntityService:
                 for inst in instances:
                     ds = inst.get("datasetId")
                     at = _find(existing, ds)
-                    if inst.get("value") == NULL or inst.get("object") == NULL or (
-                        set(inst) <= {"value", "object", "modifiedAt", "datasetId"}
-                        and NULL in inst.values()
-                    ):
+                    if is_null(inst):
                         if at is not None:
                             existing.pop(at)
                         continue
@@ -254,15 +305,21 @@ class EntityService:
     def _attr_changes(
         self, entity_id: str, body: Any, tm: TermMap, *, append: bool, no_overwrite: bool
     ) -> tuple[Mutation, UpdateResult]:
-        if not isinstance(body, dict):
-            raise BadRequestData("the attributes fragment must be a JSON object")
+        """Append (POST /attrs) or update (PATCH /attrs) attributes.
+
+        Both add attributes the entity lacks (update does so since v1.6.1) and replace
+        instances by datasetId; with ``noOverwrite`` existing instances are kept. An
+        NGSI-LD Null instance deletes the instance it names. ``scope`` is replaced on
+        append (merged with noOverwrite) and on update only when the entity has one.
+        """
+        body = _object_body(body, "the attributes fragment")
         if "id" in body and body["id"] != entity_id:
             raise BadRequestData("the id in the body differs from the id in the URL")
         parser = self.parser(tm)
-        types = expand_types(body["type"], tm) if "type" in body and append else []
-        names = {tm.expand(k): k for k in body if k not in ENTITY_KEYS}
+        types = expand_types(body["type"], tm) if "type" in body else []
+        scope = check_scope(body["scope"]) if "scope" in body else None
         attrs = parser.attributes(body)
-        if not attrs and not types:
+        if not attrs and not types and scope is None:
             raise BadRequestData("no attributes to append or update")
         report = UpdateResult()
         now = parser.now
@@ -276,28 +333,36 @@ class EntityService:
             for t in types:
                 if t not in out["type"]:
                     out["type"].append(t)
+            if scope is not None:
+                if not append and "scope" not in out:
+                    report.not_updated.append({"attributeName": "scope", "reason": "the entity has no scope"})
+                elif append and no_overwrite:
+                    out["scope"] = [*out.get("scope", []), *(x for x in scope if x not in out.get("scope", []))]
+                    report.updated.append("scope")
+                else:
+                    out["scope"] = scope
+                    report.updated.append("scope")
             for iri, instances in attrs.items():
-                name = names[iri]
                 existing = out.setdefault(iri, [])
                 done = False
                 for inst in instances:
                     at = _find(existing, inst.get("datasetId"))
-                    if at is None and append:
-                        existing.append(inst)
-                        done = True
+                    if is_null(inst):
+                        if at is not None:
+                            existing.pop(at)
+                            done = True
                     elif at is None:
-                        report.not_updated.append(
-                            {"attributeName": name, "reason": "attribute (with this datasetId) does not exist"}
-                        )
+                        existing.append(_complete(inst, now))
+                        done = True
                     elif append and no_overwrite:
                         report.not_updated.append(
-                            {"attributeName": name, "reason": "attribute exists and noOverwrite was given"}
+                            {"attributeName": iri, "reason": "attribute exists and noOverwrite was given"}
                         )
                     else:
-                        existing[at] = _keep_created(inst, existing[at])
+                        existing[at] = _keep_created(_complete(inst, now), existing[at])
                         done = True
-                if done and name not in report.updated:
-                    report.updated.append(name)
+                if done and iri not in report.updated:
+                    report.updated.append(iri)
                 if not existing:
                     del out[iri]
             out["modifiedAt"] = now
@@ -324,14 +389,25 @@ class EntityService:
     async def update_attr(
         self, tenant: str, entity_id: str, attr: str, body: Any, tm: TermMap, *, replace: bool
     ) -> None:
-        """PATCH (merge into) or PUT (replace) one attribute; 404 when it is absent."""
+        """PATCH (merge into) or PUT (replace) one attribute instance; 404 when it is absent.
+
+        The instance is the default one, or the one whose ``datasetId`` the body names.
+        An NGSI-LD Null value deletes that instance.
+        """
         check_entity_id(entity_id)
+        if attr == "scope":
+            raise BadRequestData("scope is not an attribute: use append or merge to change it")
+        body = _object_body(body, "the attribute fragment")
+        if not body:
+            raise BadRequestData("the attribute fragment is empty")
         await self.check_tenant(tenant)
         parser = self.parser(tm)
         iri = tm.expand(attr)
-        if isinstance(body, dict) and attr in body and len(body) == 1:
+        if attr in body and len(body) == 1 and isinstance(body[attr], dict):
             body = body[attr]
-        inst = parser.instance(iri, attr, body, partial=not replace)
+        inst = parser.instance(iri, attr, body, partial=True)
+        if replace and not is_null(inst):
+            inst = _complete(inst, parser.now)
         now = parser.now
 
         def mutate(current: Entity | None) -> Entity:
@@ -342,10 +418,19 @@ class EntityService:
             at = _find(existing, inst.get("datasetId")) if existing else None
             if existing is None or at is None:
                 raise ResourceNotFound(f"attribute {attr} not found in entity {entity_id}")
-            if replace:
-                existing[at] = _keep_created(dict(inst), existing[at])
+            old = existing[at]
+            if is_null(inst):
+                existing.pop(at)
+                if not existing:
+                    del out[iri]
+            elif replace:
+                existing[at] = _keep_created(dict(inst), old)
             else:
-                existing[at] = _merge_instance(existing[at], inst, now)
+                if "type" in inst and inst["type"] != old.get("type"):
+                    raise BadRequestData(
+                        f"attribute {attr} is a {old.get('type')}, the fragment says {inst['type']}"
+                    )
+                existing[at] = _merge_instance(old, inst, now)
             out["modifiedAt"] = now
             return out
 
@@ -370,6 +455,10 @@ class EntityService:
             if current is None:
                 raise ResourceNotFound(f"entity {entity_id} not found")
             out = copy.deepcopy(current)
+            if attr == "scope" and "scope" in out:
+                del out["scope"]
+                out["modifiedAt"] = now
+                return out
             existing = out.get(iri)
             if not existing:
                 raise ResourceNotFound(f"attribute {attr} not found in entity {entity_id}")

@@ -20,11 +20,12 @@ does; type names, ``vocab`` and ``objectType`` values are expanded and compacted
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from broker.core.geo import looks_like_geometry, validate_geometry
+from broker.core.projection import Tree
 from broker.errors import BadRequestData
 from broker.jsonld.context import NGSI_LD, TermMap
 
@@ -305,41 +306,100 @@ Format = Literal["normalized", "concise", "keyValues"]
 
 @dataclass
 class View:
-    """How to render entities for one request."""
+    """How to render entities for one request.
+
+    ``pick``/``omit`` are projection trees keyed by ``id``/``type``/``scope`` or by
+    expanded attribute IRIs; a sub-tree applies to the entity a Relationship links to
+    when linked entities are joined (``join=inline|flat``, ``joinLevel``).
+    """
 
     tm: TermMap
     format: Format = "normalized"
     sys_attrs: bool = False
-    #: Expanded attribute IRIs to keep (``attrs``/``pick``), or None for all.
+    #: Expanded attribute IRIs to keep (the ``attrs`` parameter), or None for all.
     attrs: set[str] | None = None
-    #: Expanded attribute IRIs to leave out (``omit``).
-    omit: set[str] = field(default_factory=set)
-    #: Entity members left out by pick/omit: any of "id", "type", "scope".
-    hide: set[str] = field(default_factory=set)
+    pick: Tree | None = None
+    omit: Tree | None = None
     lang: str | None = None
+    join: str | None = None
+    join_level: int = 1
+
+    def member(self, key: str) -> bool:
+        if self.pick is not None:
+            return key in self.pick
+        return not (self.omit is not None and key in self.omit and self.omit[key] is None)
 
     def keeps(self, iri: str) -> bool:
-        return (self.attrs is None or iri in self.attrs) and iri not in self.omit
+        return (self.attrs is None or iri in self.attrs) and self.member(iri)
 
-    def entity(self, ent: Entity) -> dict[str, Any]:
+    def child(self, iri: str) -> View:
+        """The view of an entity linked through attribute ``iri``."""
+        pick = self.pick.get(iri) if self.pick is not None else None
+        omit = self.omit.get(iri) if self.omit is not None else None
+        return replace(self, attrs=None, pick=pick, omit=omit)
+
+    def entity(
+        self,
+        ent: Entity,
+        linked: dict[str, Entity] | None = None,
+        flat: list[dict[str, Any]] | None = None,
+        depth: int = 0,
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if "id" not in self.hide:
+        if self.member("id"):
             out["id"] = ent["id"]
-        if "type" not in self.hide:
+        if self.member("type"):
             types = [self.tm.compact(t) for t in ent["type"]]
             out["type"] = types[0] if len(types) == 1 else types
-        if "scope" in ent and "scope" not in self.hide:
+        if "scope" in ent and self.member("scope"):
             out["scope"] = ent["scope"][0] if len(ent["scope"]) == 1 else ent["scope"]
+        joining = linked is not None and self.join is not None and depth < self.join_level
         for iri, instances in ent.items():
             if iri in ENTITY_KEYS or not self.keeps(iri):
                 continue
-            rendered = [self.instance(inst) for inst in instances]
+            rendered = []
+            for inst in instances:
+                item = self.instance(inst)
+                if joining and inst.get("type") == "Relationship":
+                    assert linked is not None
+                    item = self._join(iri, inst, item, linked, flat, depth)
+                rendered.append(item)
             out[self.tm.compact(iri)] = rendered[0] if len(rendered) == 1 else rendered
         if self.sys_attrs and self.format != "keyValues":
             for key in ("createdAt", "modifiedAt"):
                 if key in ent:
                     out[key] = ent[key]
         return out
+
+    def _join(
+        self,
+        iri: str,
+        inst: Instance,
+        item: Any,
+        linked: dict[str, Entity],
+        flat: list[dict[str, Any]] | None,
+        depth: int,
+    ) -> Any:
+        objects = inst["object"] if isinstance(inst["object"], list) else [inst["object"]]
+        targets = [linked[o] for o in objects if o in linked]
+        if not targets:
+            return item
+        child = self.child(iri)
+        if self.join == "flat":
+            assert flat is not None
+            for target in targets:
+                if all(e.get("id") != target["id"] for e in flat):
+                    flat.append({})  # reserve the place: deeper links come after their parent
+                    at = len(flat) - 1
+                    flat[at] = child.entity(target, linked, flat, depth + 1)
+            return item
+        embedded = [child.entity(t, linked, flat, depth + 1) for t in targets]
+        value = embedded[0] if len(embedded) == 1 else embedded
+        if self.format == "keyValues":
+            return value
+        if isinstance(item, dict):
+            item["entity"] = value
+        return item
 
     def instance(self, inst: Instance) -> Any:
         kind = inst.get("type", "Property")
@@ -394,6 +454,21 @@ class View:
                 geometry = inst.get("value")
                 break
         return {"id": ent["id"], "type": "Feature", "geometry": geometry, "properties": props}
+
+
+def linked_ids(ent: Entity) -> list[str]:
+    """Ids of the entities this entity's Relationships point at."""
+    out: list[str] = []
+    for iri, instances in ent.items():
+        if iri in ENTITY_KEYS:
+            continue
+        for inst in instances:
+            if inst.get("type") == "Relationship":
+                obj = inst.get("object")
+                for target in obj if isinstance(obj, list) else [obj]:
+                    if isinstance(target, str) and target not in out:
+                        out.append(target)
+    return out
 
 
 def pick_language(language_map: dict[str, Any], wanted: str) -> tuple[str, Any]:

@@ -89,6 +89,15 @@ def context_refs(ctx: Any, base: str | None = None) -> Iterator[str]:
                 yield from context_refs(value["@context"], base)
 
 
+def single_url(ctx: Any) -> str | None:
+    """The URL of a context given as one URL (or an array of exactly one URL)."""
+    if isinstance(ctx, str):
+        return ctx
+    if isinstance(ctx, list) and len(ctx) == 1 and isinstance(ctx[0], str):
+        return ctx[0]
+    return None
+
+
 def canonical_key(ctx: ContextValue | None) -> str:
     if ctx is None:
         return ""
@@ -185,7 +194,10 @@ class ContextResolver:
         cache_size: int = 256,
         hosted_lookup: Callable[[str], JsonDoc | None] | None = None,
         on_fetched: Callable[[str, JsonDoc], Awaitable[None]] | None = None,
+        base_url: str = "",
     ) -> None:
+        #: Relative context URLs (``/ngsi-ld/v1/jsonldContexts/...``) resolve against this.
+        self.base_url = base_url.rstrip("/")
         self.core_doc = load_core_context()
         self.preload = dict(preload or {})
         self.fetched: dict[str, JsonDoc] = {}
@@ -201,7 +213,7 @@ class ContextResolver:
         self._options: dict[str, Any] = {
             "documentLoader": self._loader,
             "processingMode": "json-ld-1.1",
-            "base": "",
+            "base": self.base_url + "/" if self.base_url else "",
         }
         self._options["contextResolver"] = _PyldResolver(self._pyld_cache, self._loader)
         self._initial = self.processor._get_initial_context(self._options)
@@ -299,7 +311,7 @@ class ContextResolver:
     async def prefetch(self, ctx: ContextValue) -> None:
         """Make every document ``ctx`` needs available locally, fetching what is missing."""
         seen: set[str] = set()
-        todo = list(context_refs(ctx))
+        todo = list(context_refs(ctx, self._options["base"] or None))
         while todo:
             url = todo.pop()
             if url in seen:
