@@ -39,7 +39,9 @@ async def build_hub(settings: Settings) -> Hub:
     contexts.attach(resolver)
     await contexts.load()
     service = EntityService(store, max_attributes=settings.max_attributes)
-    return Hub(settings=settings, store=store, resolver=resolver, contexts=contexts, entities=service)
+    return Hub(
+        settings=settings, store=store, resolver=resolver, contexts=contexts, entities=service
+    )
 
 
 async def close_hub(hub: Hub) -> None:
@@ -97,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health(request: Request) -> Response:
         ready = bool(request.app.state.ready)
         body = {"status": "ok" if ready else "starting", "store": settings.store.split("://")[0]}
-        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+        return Response(
+            orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
+        )
 
     return app

@@ -18,8 +18,12 @@ app = typer.Typer(
     add_completion=False,
 )
 
-HostOpt = Annotated[str | None, typer.Option("--host", help="Listen address [env RENKEI_HOST, default 127.0.0.1]")]
-PortOpt = Annotated[int | None, typer.Option("--port", help="Listen port [env RENKEI_PORT, default 1026]")]
+HostOpt = Annotated[
+    str | None, typer.Option("--host", help="Listen address [env RENKEI_HOST, default 127.0.0.1]")
+]
+PortOpt = Annotated[
+    int | None, typer.Option("--port", help="Listen port [env RENKEI_PORT, default 1026]")
+]
 StoreOpt = Annotated[
     str | None,
     typer.Option("--store", help="Store URL [env RENKEI_STORE, default sqlite:///./renkei.db]"),
@@ -33,7 +37,9 @@ PreloadOpt = Annotated[
 ]
 
 
-def _settings(host: str | None, port: int | None, store: str | None, preload: Path | None) -> Settings:
+def _settings(
+    host: str | None, port: int | None, store: str | None, preload: Path | None
+) -> Settings:
     try:
         return get_settings(host=host, port=port, store=store, context_preload=preload)
     except ValueError as exc:
@@ -44,7 +50,9 @@ def _settings(host: str | None, port: int | None, store: str | None, preload: Pa
 def _run(settings: Settings) -> None:
     from broker.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -56,7 +64,10 @@ def _run(settings: Settings) -> None:
 
 @app.command()
 def serve(
-    host: HostOpt = None, port: PortOpt = None, store: StoreOpt = None, context_preload: PreloadOpt = None
+    host: HostOpt = None,
+    port: PortOpt = None,
+    store: StoreOpt = None,
+    context_preload: PreloadOpt = None,
 ) -> None:
     """Run the NGSI-LD broker. / NGSI-LD ブローカーを起動します。"""
     _run(_settings(host, port, store, context_preload))
@@ -85,7 +96,10 @@ async def load_samples(settings: Settings) -> int:
 
 @app.command()
 def demo(
-    host: HostOpt = None, port: PortOpt = None, store: StoreOpt = None, context_preload: PreloadOpt = None
+    host: HostOpt = None,
+    port: PortOpt = None,
+    store: StoreOpt = None,
+    context_preload: PreloadOpt = None,
 ) -> None:
     """Load sample data (Komae City) and run the broker. / サンプルデータを読み込んで起動します。"""
     settings = _settings(host, port, store, context_preload)

@@ -119,12 +119,16 @@ async def read_payload(
         )
     body = await read_body(request, max_bytes=max_bytes, max_depth=max_depth)
     if not isinstance(body, shape):
-        raise InvalidRequest(f"the request body must be a JSON {'object' if shape is dict else 'array'}")
+        raise InvalidRequest(
+            f"the request body must be a JSON {'object' if shape is dict else 'array'}"
+        )
     link = link_context(request)
     context: ContextValue | None
     if kind == LD_JSON:
         if link is not None:
-            raise BadRequestData("application/ld+json requests carry @context in the body, not in a Link header")
+            raise BadRequestData(
+                "application/ld+json requests carry @context in the body, not in a Link header"
+            )
         context = _body_context(body)
     else:
         if _has_context(body):
@@ -198,7 +202,9 @@ def negotiate(request: Request, offers: tuple[str, ...] = (JSON, LD_JSON)) -> st
             if best is None or candidate > best:
                 best = candidate
     if best is None:
-        raise NotAcceptable(f"none of the accepted types ({header}) is offered; use {', '.join(offers)}")
+        raise NotAcceptable(
+            f"none of the accepted types ({header}) is offered; use {', '.join(offers)}"
+        )
     return best[3]
 
 

@@ -40,8 +40,11 @@ class Hub:
     ) -> tuple[Payload, TermMap]:
         s = self.settings
         payload = await read_payload(
-            request, max_bytes=s.max_body_bytes, max_depth=s.max_json_depth,
-            allow_merge_patch=allow_merge_patch, shape=shape,
+            request,
+            max_bytes=s.max_body_bytes,
+            max_depth=s.max_json_depth,
+            allow_merge_patch=allow_merge_patch,
+            shape=shape,
         )
         return payload, await self.term_map(payload.context)
 

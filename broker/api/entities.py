@@ -83,15 +83,29 @@ def entity_query(request: Request, hub: Hub, tm: TermMap, *, paged: bool = True)
     ids = csv_param(params.get("id"))
     for eid in ids:
         check_entity_id(eid)
-    types = [[tm.expand(check_name(t, "entity type")) for t in alt] for alt in _type_alternatives(params.get("type"))]
+    types = [
+        [tm.expand(check_name(t, "entity type")) for t in alt]
+        for alt in _type_alternatives(params.get("type"))
+    ]
     attrs = [tm.expand(check_name(a)) for a in csv_param(params.get("attrs"))]
-    if not (ids or types or attrs or params.get("idPattern") or params.get("q") or params.get("georel")):
-        raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
+    if not (
+        ids or types or attrs or params.get("idPattern") or params.get("q") or params.get("georel")
+    ):
+        raise BadRequestData(
+            "a query needs at least one of type, id, idPattern, attrs, q or a geo-query"
+        )
     count = params.get("count") == "true" or "count" in P.options_of(request)
     return EntityQuery(
-        ids=ids or None, id_pattern=params.get("idPattern"), types=types or None,
-        attrs=attrs or None, q=params.get("q"), geo=params.get("georel"),
-        scope_q=params.get("scopeQ"), limit=limit, offset=offset, count=count,
+        ids=ids or None,
+        id_pattern=params.get("idPattern"),
+        types=types or None,
+        attrs=attrs or None,
+        q=params.get("q"),
+        geo=params.get("georel"),
+        scope_q=params.get("scopeQ"),
+        limit=limit,
+        offset=offset,
+        count=count,
     )
 
 
@@ -109,7 +123,9 @@ async def query_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Re
     headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
     body = await _render(hub, tenant, request, view, entities, kind)
     if kind == GEO_JSON:
-        return respond({"type": "FeatureCollection", "features": body}, tm=tm, kind=kind, headers=headers)
+        return respond(
+            {"type": "FeatureCollection", "features": body}, tm=tm, kind=kind, headers=headers
+        )
     return respond(body, tm=tm, kind=kind, headers=headers)
 
 
@@ -153,7 +169,9 @@ def _int_param(value: str | None, name: str, default: int) -> int:
 
 
 @router.get("/entities/{entity_id:path}")
-async def retrieve_entity(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+async def retrieve_entity(
+    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+) -> Response:
     P.check_params(request, P.REPRESENTATION)
     kind = negotiate(request, ENTITY_OFFERS)
     tm = await hub.link_term_map(request)
@@ -176,7 +194,10 @@ async def delete_attribute(
     P.check_params(request, P.DELETE_ATTR)
     tm = await hub.link_term_map(request)
     await hub.entities.delete_attr(
-        tenant, entity_id, check_name(attr), tm,
+        tenant,
+        entity_id,
+        check_name(attr),
+        tm,
         dataset_id=request.query_params.get("datasetId"),
         delete_all=P.bool_param(request, "deleteAll"),
     )
@@ -189,7 +210,9 @@ async def _delete_no_attr(entity_id: str) -> Response:
 
 
 @router.delete("/entities/{entity_id:path}")
-async def delete_entity(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+async def delete_entity(
+    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+) -> Response:
     P.check_params(request, P.NONE | {"type"})
     await hub.entities.delete(tenant, entity_id)
     return _no_content()
@@ -201,7 +224,9 @@ async def replace_attribute(
 ) -> Response:
     P.check_params(request, P.WRITE)
     payload, tm = await hub.payload(request)
-    await hub.entities.update_attr(tenant, entity_id, check_name(attr), payload.body, tm, replace=True)
+    await hub.entities.update_attr(
+        tenant, entity_id, check_name(attr), payload.body, tm, replace=True
+    )
     return _no_content()
 
 
@@ -211,21 +236,29 @@ async def update_attribute(
 ) -> Response:
     P.check_params(request, P.WRITE)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
-    await hub.entities.update_attr(tenant, entity_id, check_name(attr), payload.body, tm, replace=False)
+    await hub.entities.update_attr(
+        tenant, entity_id, check_name(attr), payload.body, tm, replace=False
+    )
     return _no_content()
 
 
 @router.post("/entities/{entity_id:path}/attrs")
-async def append_attributes(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+async def append_attributes(
+    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+) -> Response:
     P.check_params(request, P.WRITE)
     no_overwrite = "noOverwrite" in P.options_of(request)
     payload, tm = await hub.payload(request)
-    result = await hub.entities.append_attrs(tenant, entity_id, payload.body, tm, no_overwrite=no_overwrite)
+    result = await hub.entities.append_attrs(
+        tenant, entity_id, payload.body, tm, no_overwrite=no_overwrite
+    )
     return _update_response(result, tm)
 
 
 @router.patch("/entities/{entity_id:path}/attrs")
-async def update_attributes(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+async def update_attributes(
+    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+) -> Response:
     P.check_params(request, P.WRITE)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
     result = await hub.entities.update_attrs(tenant, entity_id, payload.body, tm)
@@ -233,7 +266,9 @@ async def update_attributes(entity_id: str, request: Request, hub: HubDep, tenan
 
 
 @router.put("/entities/{entity_id:path}")
-async def replace_entity(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+async def replace_entity(
+    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+) -> Response:
     P.check_params(request, P.WRITE)
     payload, tm = await hub.payload(request)
     await hub.entities.replace(tenant, entity_id, payload.body, tm)
@@ -241,7 +276,9 @@ async def replace_entity(entity_id: str, request: Request, hub: HubDep, tenant: 
 
 
 @router.patch("/entities/{entity_id:path}")
-async def merge_entity(entity_id: str, request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+async def merge_entity(
+    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+) -> Response:
     P.check_params(request, P.WRITE)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
     await hub.entities.merge(tenant, entity_id, payload.body, tm)

@@ -42,10 +42,17 @@ async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return problem_response(ResourceNotFound(f"no such resource: {request.url.path}"))
-    body = {"type": "https://uri.etsi.org/ngsi-ld/errors/InvalidRequest", "title": str(exc.detail),
-            "status": exc.status_code}
-    return Response(orjson.dumps(body), status_code=exc.status_code, media_type=PROBLEM_MEDIA_TYPE,
-                    headers=dict(exc.headers or {}))
+    body = {
+        "type": "https://uri.etsi.org/ngsi-ld/errors/InvalidRequest",
+        "title": str(exc.detail),
+        "status": exc.status_code,
+    }
+    return Response(
+        orjson.dumps(body),
+        status_code=exc.status_code,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=dict(exc.headers or {}),
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -20,17 +20,51 @@ _FORMATS = {
     "keyValues": "keyValues",
     "simplified": "keyValues",
 }
-_OPTIONS = {*_FORMATS, "sysAttrs", "noOverwrite", "replace", "update", "temporalValues",
-            "aggregatedValues", "count"}
+_OPTIONS = {
+    *_FORMATS,
+    "sysAttrs",
+    "noOverwrite",
+    "replace",
+    "update",
+    "temporalValues",
+    "aggregatedValues",
+    "count",
+}
 _ENTITY_MEMBERS = {"id", "type", "scope"}
 
 REPRESENTATION = frozenset(
-    {"attrs", "pick", "omit", "options", "format", "lang", "geometryProperty", "join",
-     "joinLevel", "containedBy", "datasetId", "local", "via", "entityMap"}
+    {
+        "attrs",
+        "pick",
+        "omit",
+        "options",
+        "format",
+        "lang",
+        "geometryProperty",
+        "join",
+        "joinLevel",
+        "containedBy",
+        "datasetId",
+        "local",
+        "via",
+        "entityMap",
+    }
 )
 QUERY = REPRESENTATION | {
-    "id", "type", "idPattern", "q", "georel", "geometry", "coordinates", "geoproperty",
-    "csf", "scopeQ", "limit", "offset", "count", "expandValues",
+    "id",
+    "type",
+    "idPattern",
+    "q",
+    "georel",
+    "geometry",
+    "coordinates",
+    "geoproperty",
+    "csf",
+    "scopeQ",
+    "limit",
+    "offset",
+    "count",
+    "expandValues",
 }
 NONE: frozenset[str] = frozenset({"local"})
 WRITE = frozenset({"options", "local"})
@@ -67,7 +101,9 @@ def options_of(request: Request) -> set[str]:
 
 def _expand_tree(tree: Tree, tm: TermMap) -> Tree:
     return {
-        (k if k in _ENTITY_MEMBERS else tm.expand(k)): (_expand_tree(v, tm) if v is not None else None)
+        (k if k in _ENTITY_MEMBERS else tm.expand(k)): (
+            _expand_tree(v, tm) if v is not None else None
+        )
         for k, v in tree.items()
     }
 
@@ -94,7 +130,9 @@ def view_of(request: Request, tm: TermMap) -> View:
         omit_tree = parse_projection(omit, "omit")
         both = set(pick_tree) & set(omit_tree)
         raise BadRequestData(
-            f"{', '.join(sorted(both))} both picked and omitted" if both else "pick and omit cannot be used together"
+            f"{', '.join(sorted(both))} both picked and omitted"
+            if both
+            else "pick and omit cannot be used together"
         )
     if attrs is not None:
         names = csv_param(attrs)

@@ -37,7 +37,9 @@ async def _not_yet(request: Request) -> Response:
             raise UnsupportedMediaType(f"Content-Type {kind or '(none)'} is not supported")
     negotiate(request)
     section = request.url.path.split("/ngsi-ld/v1/", 1)[-1].split("/", 1)[0]
-    raise NotImplementedYet(f"{NOT_YET.get(section, section)} is not available in this version of Renkei")
+    raise NotImplementedYet(
+        f"{NOT_YET.get(section, section)} is not available in this version of Renkei"
+    )
 
 
 for _section in NOT_YET:

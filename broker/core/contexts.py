@@ -31,9 +31,9 @@ from broker.jsonld.context import (
     context_refs,
     is_core_context_url,
 )
+from broker.store.base import ContextRecord, Store
 
 log = logging.getLogger("renkei.contexts")
-from broker.store.base import ContextRecord, Store
 
 HOSTED = "Hosted"
 CACHED = "Cached"
@@ -82,7 +82,9 @@ class ContextRegistry:
     async def _on_fetched(self, url: str, doc: JsonDoc) -> None:
         rec = self._by_url.get(url)
         if rec is None:
-            rec = ContextRecord(id=str(uuid.uuid4()), url=url, kind=CACHED, document=doc, created_at=now_iso())
+            rec = ContextRecord(
+                id=str(uuid.uuid4()), url=url, kind=CACHED, document=doc, created_at=now_iso()
+            )
         else:
             rec.document = doc
         self._remember(rec)
@@ -98,8 +100,13 @@ class ContextRegistry:
         except BadRequestData as exc:
             raise InvalidRequest(str(exc)) from exc
         cid = str(uuid.uuid4())
-        rec = ContextRecord(id=cid, url=self.url_for(cid), kind=HOSTED, document={"@context": ctx},
-                            created_at=now_iso())
+        rec = ContextRecord(
+            id=cid,
+            url=self.url_for(cid),
+            kind=HOSTED,
+            document={"@context": ctx},
+            created_at=now_iso(),
+        )
         await self.store.put_context(rec)
         self._remember(rec)
         if self.resolver is not None and any(True for _ in context_refs(ctx)):
@@ -113,7 +120,9 @@ class ContextRegistry:
         try:
             await self.resolver.prefetch(ctx)
         except NgsiLdError as exc:
-            log.warning("hosted context refers to a context that could not be cached: %s", exc.detail)
+            log.warning(
+                "hosted context refers to a context that could not be cached: %s", exc.detail
+            )
 
     async def implicit(self, tm: TermMap) -> str:
         """URL of the ImplicitlyCreated context for an inline request context."""
@@ -124,8 +133,13 @@ class ContextRegistry:
             return ctx
         cid = hashlib.sha256(canonical_key(ctx).encode()).hexdigest()[:32]
         if cid not in self.records:
-            rec = ContextRecord(id=cid, url=self.url_for(cid), kind=IMPLICIT,
-                                document={"@context": ctx}, created_at=now_iso())
+            rec = ContextRecord(
+                id=cid,
+                url=self.url_for(cid),
+                kind=IMPLICIT,
+                document={"@context": ctx},
+                created_at=now_iso(),
+            )
             await self.store.put_context(rec)
             self._remember(rec)
         return self.records[cid].url
@@ -177,7 +191,9 @@ class ContextRegistry:
     async def delete(self, context_id: str, *, reload: bool = False) -> None:
         if is_core_context_url(context_id):
             if not reload:
-                raise BadRequestData("the NGSI-LD core context cannot be deleted (reload=true reloads it)")
+                raise BadRequestData(
+                    "the NGSI-LD core context cannot be deleted (reload=true reloads it)"
+                )
             return  # bundled with the broker: reloading it is reading the same file
         if reload and context_id not in self.records and context_id not in self._by_url:
             raise BadRequestData(f"no Cached context {context_id} to reload")

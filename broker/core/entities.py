@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.core.model import (
-    ENTITY_KEYS,
     NULL,
     SYSTEM_KEYS,
     Entity,
@@ -75,7 +74,9 @@ def _merge_instance(old: Instance, patch: Instance, now: str) -> Instance:
             merged.pop(key, None)
         elif ":" in key and key not in SYSTEM_KEYS and isinstance(value, dict):
             sub = old.get(key)
-            merged[key] = _merge_instance(sub, value, now) if isinstance(sub, dict) else _complete(value, now)
+            merged[key] = (
+                _merge_instance(sub, value, now) if isinstance(sub, dict) else _complete(value, now)
+            )
         else:
             merged[key] = value
     merged["modifiedAt"] = now
@@ -130,7 +131,9 @@ class EntityService:
     def parser(self, tm: TermMap) -> Parser:
         return Parser(tm, max_attributes=self.max_attributes)
 
-    async def _write(self, tenant: str, mutations: Sequence[tuple[str, Mutation]]) -> list[WriteResult]:
+    async def _write(
+        self, tenant: str, mutations: Sequence[tuple[str, Mutation]]
+    ) -> list[WriteResult]:
         results = await self.store.write(tenant, mutations)
         changed = [r for r in results if r.ok]
         if changed:
@@ -217,7 +220,9 @@ class EntityService:
         deleted = 0
         page = 500
         while True:
-            batch, _ = await self.store.query(tenant, replace(query, limit=page, offset=0, count=False))
+            batch, _ = await self.store.query(
+                tenant, replace(query, limit=page, offset=0, count=False)
+            )
             if not batch:
                 return deleted
             results = await self._write(tenant, [(e["id"], _delete_if_present) for e in batch])
@@ -248,7 +253,9 @@ class EntityService:
         await self.check_tenant(tenant)
         await self._write_one(tenant, entity_id, self.replace_mutation(entity_id, body, tm))
 
-    def merge_mutation(self, entity_id: str, body: Any, tm: TermMap, *, must_exist: bool = True) -> Mutation:
+    def merge_mutation(
+        self, entity_id: str, body: Any, tm: TermMap, *, must_exist: bool = True
+    ) -> Mutation:
         body = _object_body(body, "the merge fragment")
         if "id" in body and body["id"] != entity_id:
             raise BadRequestData("the id in the body differs from the id in the URL")
@@ -335,9 +342,14 @@ class EntityService:
                     out["type"].append(t)
             if scope is not None:
                 if not append and "scope" not in out:
-                    report.not_updated.append({"attributeName": "scope", "reason": "the entity has no scope"})
+                    report.not_updated.append(
+                        {"attributeName": "scope", "reason": "the entity has no scope"}
+                    )
                 elif append and no_overwrite:
-                    out["scope"] = [*out.get("scope", []), *(x for x in scope if x not in out.get("scope", []))]
+                    out["scope"] = [
+                        *out.get("scope", []),
+                        *(x for x in scope if x not in out.get("scope", [])),
+                    ]
                     report.updated.append("scope")
                 else:
                     out["scope"] = scope
@@ -356,7 +368,10 @@ class EntityService:
                         done = True
                     elif append and no_overwrite:
                         report.not_updated.append(
-                            {"attributeName": iri, "reason": "attribute exists and noOverwrite was given"}
+                            {
+                                "attributeName": iri,
+                                "reason": "attribute exists and noOverwrite was given",
+                            }
                         )
                     else:
                         existing[at] = _keep_created(_complete(inst, now), existing[at])
@@ -375,11 +390,15 @@ class EntityService:
     ) -> UpdateResult:
         check_entity_id(entity_id)
         await self.check_tenant(tenant)
-        mutation, report = self._attr_changes(entity_id, body, tm, append=True, no_overwrite=no_overwrite)
+        mutation, report = self._attr_changes(
+            entity_id, body, tm, append=True, no_overwrite=no_overwrite
+        )
         await self._write_one(tenant, entity_id, mutation)
         return report
 
-    async def update_attrs(self, tenant: str, entity_id: str, body: Any, tm: TermMap) -> UpdateResult:
+    async def update_attrs(
+        self, tenant: str, entity_id: str, body: Any, tm: TermMap
+    ) -> UpdateResult:
         check_entity_id(entity_id)
         await self.check_tenant(tenant)
         mutation, report = self._attr_changes(entity_id, body, tm, append=False, no_overwrite=False)
@@ -468,7 +487,9 @@ class EntityService:
                 at = _find(existing, dataset_id)
                 if at is None:
                     which = f"datasetId {dataset_id}" if dataset_id else "default instance"
-                    raise ResourceNotFound(f"attribute {attr} ({which}) not found in entity {entity_id}")
+                    raise ResourceNotFound(
+                        f"attribute {attr} ({which}) not found in entity {entity_id}"
+                    )
                 existing.pop(at)
                 if not existing:
                     del out[iri]

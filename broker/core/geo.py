@@ -10,8 +10,15 @@ from shapely.validation import explain_validity
 from broker.errors import BadRequestData
 
 GEOMETRY_TYPES = frozenset(
-    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
-     "GeometryCollection"}
+    {
+        "Point",
+        "MultiPoint",
+        "LineString",
+        "MultiLineString",
+        "Polygon",
+        "MultiPolygon",
+        "GeometryCollection",
+    }
 )
 
 
@@ -47,14 +54,18 @@ def _rings(rings: Any, where: str) -> None:
     for ring in rings:
         _positions(ring, where, 4)
         if ring[0] != ring[-1]:
-            raise BadRequestData(f"{where}: linear ring is not closed (first and last positions differ)")
+            raise BadRequestData(
+                f"{where}: linear ring is not closed (first and last positions differ)"
+            )
 
 
 def validate_geometry(value: Any, name: str = "GeoProperty") -> dict[str, Any]:
     """Check a GeoJSON geometry strictly and return it; raise BadRequestData if invalid."""
     where = f"{name} value"
     if not isinstance(value, dict) or value.get("type") not in GEOMETRY_TYPES:
-        raise BadRequestData(f"{where} must be a GeoJSON geometry ({', '.join(sorted(GEOMETRY_TYPES))})")
+        raise BadRequestData(
+            f"{where} must be a GeoJSON geometry ({', '.join(sorted(GEOMETRY_TYPES))})"
+        )
     kind = value["type"]
     if kind == "GeometryCollection":
         geoms = value.get("geometries")

@@ -45,9 +45,25 @@ ATTRIBUTE_TYPES = {
 _VALUE_KEYS = {v: k for k, v in ATTRIBUTE_TYPES.items() if k != "GeoProperty"}
 SYSTEM_KEYS = frozenset({"createdAt", "modifiedAt", "deletedAt"})
 INSTANCE_KEYS = frozenset(
-    {"type", "value", "object", "objectType", "languageMap", "vocab", "json", "valueList",
-     "objectList", "datasetId", "observedAt", "unitCode", "instanceId", "lang", "previousValue",
-     "@context", *SYSTEM_KEYS}
+    {
+        "type",
+        "value",
+        "object",
+        "objectType",
+        "languageMap",
+        "vocab",
+        "json",
+        "valueList",
+        "objectList",
+        "datasetId",
+        "observedAt",
+        "unitCode",
+        "instanceId",
+        "lang",
+        "previousValue",
+        "@context",
+        *SYSTEM_KEYS,
+    }
 )
 ENTITY_KEYS = frozenset({"id", "type", "scope", "@context", "@id", "@type", *SYSTEM_KEYS})
 GEO_ATTRIBUTES = frozenset(
@@ -107,7 +123,9 @@ def expand_types(raw: Any, tm: TermMap) -> list[str]:
     out: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise BadRequestData(f"entity type must be a string or an array of strings, got {item!r}")
+            raise BadRequestData(
+                f"entity type must be a string or an array of strings, got {item!r}"
+            )
         iri = _expand_iri(tm, item, "entity type")
         if iri not in out:
             out.append(iri)
@@ -136,8 +154,7 @@ def _infer_type(raw: dict[str, Any]) -> str | None:
 
 def _is_instance_list(raw: list[Any]) -> bool:
     return bool(raw) and all(
-        isinstance(item, dict) and ("type" in item or _infer_type(item) is not None)
-        for item in raw
+        isinstance(item, dict) and ("type" in item or _infer_type(item) is not None) for item in raw
     )
 
 
@@ -169,10 +186,21 @@ class Parser:
         ent["type"] = expand_types(raw_type, self.tm)
         if "scope" in body:
             ent["scope"] = check_scope(body["scope"])
-        ent.update(self.attributes(body))
+        typed = self.for_types(raw_type)
+        ent.update(typed.attributes(body) if typed is not self else self.attributes(body))
         return ent
 
-    def attributes(self, body: dict[str, Any], *, partial: bool = False) -> dict[str, list[Instance]]:
+    def for_types(self, raw_type: Any) -> Parser:
+        """The parser for an entity's attributes: type-scoped contexts apply there."""
+        tm = self.tm
+        for term in raw_type if isinstance(raw_type, list) else [raw_type]:
+            if isinstance(term, str):
+                tm = tm.scoped(term)
+        return self if tm is self.tm else replace(self, tm=tm)
+
+    def attributes(
+        self, body: dict[str, Any], *, partial: bool = False
+    ) -> dict[str, list[Instance]]:
         """Parse the attribute members of an entity or fragment (other members are skipped)."""
         out: dict[str, list[Instance]] = {}
         count = 0
@@ -198,7 +226,9 @@ class Parser:
             seen.add(ds)
         return instances
 
-    def instance(self, iri: str, name: str, raw: Any, *, partial: bool = False, depth: int = 0) -> Instance:
+    def instance(
+        self, iri: str, name: str, raw: Any, *, partial: bool = False, depth: int = 0
+    ) -> Instance:
         if raw is None:
             raise BadRequestData(f"attribute {name!r} must not be null")
         if not isinstance(raw, dict) or (
@@ -276,7 +306,9 @@ class Parser:
             for tag, text in value.items():
                 texts = text if isinstance(text, list) else [text]
                 if not isinstance(tag, str) or not all(isinstance(t, str) for t in texts):
-                    raise BadRequestData(f"LanguageProperty {name!r}: languageMap values must be strings")
+                    raise BadRequestData(
+                        f"LanguageProperty {name!r}: languageMap values must be strings"
+                    )
             return value
         if key == "vocab":
             items = value if isinstance(value, list) else [value]
@@ -345,11 +377,26 @@ class View:
         flat: list[dict[str, Any]] | None = None,
         depth: int = 0,
     ) -> dict[str, Any]:
+        types = [self.tm.compact(t) for t in ent["type"]]
+        scoped = self.tm
+        for term in types:
+            scoped = scoped.scoped(term)
+        if scoped is not self.tm:
+            return replace(self, tm=scoped)._entity(ent, types, linked, flat, depth)
+        return self._entity(ent, types, linked, flat, depth)
+
+    def _entity(
+        self,
+        ent: Entity,
+        types: list[str],
+        linked: dict[str, Entity] | None,
+        flat: list[dict[str, Any]] | None,
+        depth: int,
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.member("id"):
             out["id"] = ent["id"]
         if self.member("type"):
-            types = [self.tm.compact(t) for t in ent["type"]]
             out["type"] = types[0] if len(types) == 1 else types
         if "scope" in ent and self.member("scope"):
             out["scope"] = ent["scope"][0] if len(ent["scope"]) == 1 else ent["scope"]
@@ -411,7 +458,11 @@ class View:
                 if self.sys_attrs:
                     out[key] = value
             elif key == "vocab":
-                out[key] = [self.tm.compact(v) for v in value] if isinstance(value, list) else self.tm.compact(value)
+                out[key] = (
+                    [self.tm.compact(v) for v in value]
+                    if isinstance(value, list)
+                    else self.tm.compact(value)
+                )
             elif key == "objectType":
                 types = [self.tm.compact(v) for v in value]
                 out[key] = types[0] if len(types) == 1 else types
@@ -439,7 +490,11 @@ class View:
             return {"languageMap": inst["languageMap"]}
         if kind == "VocabProperty":
             value = inst["vocab"]
-            return [self.tm.compact(v) for v in value] if isinstance(value, list) else self.tm.compact(value)
+            return (
+                [self.tm.compact(v) for v in value]
+                if isinstance(value, list)
+                else self.tm.compact(value)
+            )
         if kind == "ListRelationship":
             return inst.get("objectList")
         return inst.get(ATTRIBUTE_TYPES.get(kind, "value"))

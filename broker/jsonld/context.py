@@ -33,7 +33,9 @@ from schemas import CORE_CONTEXT_FILE
 CORE_CONTEXT_URL = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 NGSI_LD = "https://uri.etsi.org/ngsi-ld/"
 DEFAULT_VOCAB = "https://uri.etsi.org/ngsi-ld/default-context/"
-_CORE_URL_RE = re.compile(r"^https?://uri\.etsi\.org/ngsi-ld/v1/ngsi-ld-core-context(-v1\.\d+)?\.jsonld$")
+_CORE_URL_RE = re.compile(
+    r"^https?://uri\.etsi\.org/ngsi-ld/v1/ngsi-ld-core-context(-v1\.\d+)?\.jsonld$"
+)
 # Remote contexts the core context itself refers to in scoped term definitions
 # (``ngsildproof``). Proofs are not processed by this broker, so they resolve to an
 # empty context instead of a network fetch.
@@ -129,7 +131,9 @@ class TermMap:
     it is what responses carry back in ``Link`` or ``@context``.
     """
 
-    def __init__(self, resolver: ContextResolver, context: ContextValue | None, active: Any) -> None:
+    def __init__(
+        self, resolver: ContextResolver, context: ContextValue | None, active: Any
+    ) -> None:
         self.resolver = resolver
         self.context = context
         self._active = active
@@ -328,7 +332,9 @@ class ContextResolver:
         except jsonld.JsonLdError as exc:
             code = getattr(exc, "code", None) or ""
             if "loading remote context" in str(code):
-                raise LdContextNotAvailable(f"@context could not be loaded: {exc.details or exc}") from exc
+                raise LdContextNotAvailable(
+                    f"@context could not be loaded: {exc.details or exc}"
+                ) from exc
             raise BadRequestData(f"invalid @context: {code or exc}") from exc
 
     async def term_map(self, ctx: ContextValue | None) -> TermMap:

@@ -106,7 +106,9 @@ class Store(abc.ABC):
         """The stored entity, or None."""
 
     @abc.abstractmethod
-    async def write(self, tenant: str, mutations: Sequence[tuple[str, Mutation]]) -> list[WriteResult]:
+    async def write(
+        self, tenant: str, mutations: Sequence[tuple[str, Mutation]]
+    ) -> list[WriteResult]:
         """Apply mutations, each entity atomically; results in the order given.
 
         The same id may appear more than once: later mutations see earlier results.
@@ -125,7 +127,9 @@ class Store(abc.ABC):
         """Expanded entity type IRI -> number of entities of that type."""
 
     @abc.abstractmethod
-    async def attribute_names(self, tenant: str, types: Sequence[str] | None = None) -> dict[str, int]:
+    async def attribute_names(
+        self, tenant: str, types: Sequence[str] | None = None
+    ) -> dict[str, int]:
         """Expanded attribute IRI -> number of entities having it (optionally within types)."""
 
     # -- JSON-LD contexts ---------------------------------------------------------------------

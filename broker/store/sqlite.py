@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -188,10 +188,8 @@ class SqliteStore(Store):
             assert self._queue is not None
             await self._queue.join()
             self._writer_task.cancel()
-            try:
+            with suppress(asyncio.CancelledError):
                 await self._writer_task
-            except asyncio.CancelledError:
-                pass
             self._writer_task = None
         loop = asyncio.get_running_loop()
         if self._writer_pool is not None:
@@ -257,7 +255,9 @@ class SqliteStore(Store):
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def write(self, tenant: str, mutations: Sequence[tuple[str, Mutation]]) -> list[WriteResult]:
+    async def write(
+        self, tenant: str, mutations: Sequence[tuple[str, Mutation]]
+    ) -> list[WriteResult]:
         if self._queue is None:
             raise InternalError("store is not open")
         future: asyncio.Future[list[WriteResult]] = asyncio.get_running_loop().create_future()
@@ -265,7 +265,8 @@ class SqliteStore(Store):
         return await future
 
     async def _writer_loop(self) -> None:
-        assert self._queue is not None and self._writer_pool is not None
+        assert self._queue is not None
+        assert self._writer_pool is not None
         loop = asyncio.get_running_loop()
         while True:
             jobs = [await self._queue.get()]
@@ -275,9 +276,15 @@ class SqliteStore(Store):
                 jobs.append(job)
                 size += len(job.mutations)
             try:
-                await asyncio.shield(loop.run_in_executor(self._writer_pool, self._apply_jobs, jobs))
+                await asyncio.shield(
+                    loop.run_in_executor(self._writer_pool, self._apply_jobs, jobs)
+                )
             except Exception as exc:  # the whole group failed (e.g. disk full): fail each job
-                error = exc if isinstance(exc, NgsiLdError) else InternalError(f"store write failed: {exc}")
+                error = (
+                    exc
+                    if isinstance(exc, NgsiLdError)
+                    else InternalError(f"store write failed: {exc}")
+                )
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(error)
@@ -297,7 +304,9 @@ class SqliteStore(Store):
             try:
                 new_tenants: set[str] = set()
                 for job in jobs:
-                    job.results = [self._apply_one(conn, job.tenant, eid, m) for eid, m in job.mutations]
+                    job.results = [
+                        self._apply_one(conn, job.tenant, eid, m) for eid, m in job.mutations
+                    ]
                     if job.tenant not in self._known_tenants and any(r.ok for r in job.results):
                         new_tenants.add(job.tenant)
                 for name in new_tenants:
@@ -308,7 +317,9 @@ class SqliteStore(Store):
                 raise
         self._known_tenants.update(new_tenants)
 
-    def _apply_one(self, conn: sqlite3.Connection, tenant: str, eid: str, mutation: Mutation) -> WriteResult:
+    def _apply_one(
+        self, conn: sqlite3.Connection, tenant: str, eid: str, mutation: Mutation
+    ) -> WriteResult:
         row = conn.execute(
             "SELECT rid, doc FROM entities WHERE tenant=? AND id=?", (tenant, eid)
         ).fetchone()
@@ -371,7 +382,9 @@ class SqliteStore(Store):
             return True
 
         def fn(conn: sqlite3.Connection) -> bool:
-            return conn.execute("SELECT 1 FROM tenants WHERE name=?", (tenant,)).fetchone() is not None
+            return (
+                conn.execute("SELECT 1 FROM tenants WHERE name=?", (tenant,)).fetchone() is not None
+            )
 
         found = await self._read(fn)
         if found:
@@ -435,7 +448,9 @@ class SqliteStore(Store):
             ).fetchall()
             total = None
             if query.count:
-                total = conn.execute(f"SELECT count(*) FROM entities e WHERE {where}", args).fetchone()[0]
+                total = conn.execute(
+                    f"SELECT count(*) FROM entities e WHERE {where}", args
+                ).fetchone()[0]
             return [orjson.loads(r[0]) for r in rows], total
 
         return await self._read(fn)
@@ -450,7 +465,9 @@ class SqliteStore(Store):
 
         return await self._read(fn)
 
-    async def attribute_names(self, tenant: str, types: Sequence[str] | None = None) -> dict[str, int]:
+    async def attribute_names(
+        self, tenant: str, types: Sequence[str] | None = None
+    ) -> dict[str, int]:
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             if types:
                 marks = ",".join("?" * len(types))
@@ -474,8 +491,13 @@ class SqliteStore(Store):
     @staticmethod
     def _record(row: Any) -> ContextRecord:
         return ContextRecord(
-            id=row[0], url=row[1], kind=row[2], document=orjson.loads(row[3]),
-            created_at=row[4], last_usage=row[5], hits=row[6],
+            id=row[0],
+            url=row[1],
+            kind=row[2],
+            document=orjson.loads(row[3]),
+            created_at=row[4],
+            last_usage=row[5],
+            hits=row[6],
         )
 
     async def put_context(self, record: ContextRecord) -> None:
@@ -483,8 +505,15 @@ class SqliteStore(Store):
             conn.execute(
                 "INSERT OR REPLACE INTO contexts(id, url, kind, doc, created_at, last_usage, hits) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (record.id, record.url, record.kind, _dumps(record.document), record.created_at,
-                 record.last_usage, record.hits),
+                (
+                    record.id,
+                    record.url,
+                    record.kind,
+                    _dumps(record.document),
+                    record.created_at,
+                    record.last_usage,
+                    record.hits,
+                ),
             )
 
         await self._exec_write(fn)

@@ -1,0 +1,37 @@
+# Renkei: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest system-deps clean
+
+$(STAMP): pyproject.toml
+	@scripts/system-deps.sh venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+## Run the hub on http://127.0.0.1:1026 with sample data (SQLite file ./renkei.db)
+demo: $(STAMP)
+	$(BIN)/renkei demo
+
+## Lint, type-check and run the whole test suite
+test: $(STAMP) system-deps lint typecheck pytest
+
+system-deps:
+	@scripts/system-deps.sh test
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache renkei.db renkei.db-wal renkei.db-shm

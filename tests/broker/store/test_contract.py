@@ -1,0 +1,187 @@
+"""The store contract (broker/store/base.py): every backend must pass this module."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from broker.core.model import Entity
+from broker.errors import AlreadyExists, ResourceNotFound
+from broker.store.base import DELETE, ContextRecord, EntityQuery, Store
+
+pytestmark = pytest.mark.anyio
+
+T = "https://example.org/"
+
+
+def entity(num: int, *types: str, **attrs: Any) -> Entity:
+    ent: Entity = {
+        "id": f"urn:ngsi-ld:E:{num}",
+        "type": [T + t for t in types or ("Shelter",)],
+        "createdAt": "2026-01-01T00:00:00Z",
+        "modifiedAt": "2026-01-01T00:00:00Z",
+    }
+    for name, value in attrs.items():
+        ent[T + name] = [{"type": "Property", "value": value}]
+    return ent
+
+
+def create(ent: Entity) -> Callable[[Entity | None], Any]:
+    def mutate(cur: Entity | None) -> Entity:
+        if cur is not None:
+            raise AlreadyExists(ent["id"])
+        return ent
+
+    return mutate
+
+
+async def test_write_then_read_back(store: Store) -> None:
+    (r,) = await store.write("", [("urn:ngsi-ld:E:1", create(entity(1, capacity=10)))])
+    assert r.ok
+    assert r.before is None
+    assert r.after is not None
+    assert await store.get_entity("", "urn:ngsi-ld:E:1") == entity(1, capacity=10)
+    assert await store.get_entity("", "urn:ngsi-ld:E:2") is None
+
+
+async def test_rejected_mutation_writes_nothing_and_others_proceed(store: Store) -> None:
+    await store.write("", [("urn:ngsi-ld:E:1", create(entity(1, capacity=10)))])
+
+    def fail(cur: Entity | None) -> Entity:
+        raise ResourceNotFound("no")
+
+    results = await store.write(
+        "",
+        [
+            ("urn:ngsi-ld:E:1", create(entity(1, capacity=99))),  # already exists
+            ("urn:ngsi-ld:E:2", create(entity(2))),
+            ("urn:ngsi-ld:E:3", fail),
+        ],
+    )
+    assert [type(r.error) for r in results] == [AlreadyExists, type(None), ResourceNotFound]
+    assert (await store.get_entity("", "urn:ngsi-ld:E:1"))[T + "capacity"][0]["value"] == 10  # type: ignore[index]
+    assert await store.get_entity("", "urn:ngsi-ld:E:2") is not None
+    assert await store.get_entity("", "urn:ngsi-ld:E:3") is None
+
+
+async def test_same_id_twice_sees_the_earlier_result(store: Store) -> None:
+    def bump(cur: Entity | None) -> Entity:
+        assert cur is not None
+        out = dict(cur)
+        out[T + "n"] = [{"type": "Property", "value": cur[T + "n"][0]["value"] + 1}]
+        return out
+
+    results = await store.write(
+        "",
+        [
+            ("urn:ngsi-ld:E:1", create(entity(1, n=0))),
+            ("urn:ngsi-ld:E:1", bump),
+            ("urn:ngsi-ld:E:1", bump),
+        ],
+    )
+    assert all(r.ok for r in results)
+    assert (await store.get_entity("", "urn:ngsi-ld:E:1"))[T + "n"][0]["value"] == 2  # type: ignore[index]
+
+
+async def test_concurrent_writers_lose_no_update(store: Store) -> None:
+    await store.write("", [("urn:ngsi-ld:E:1", create(entity(1, n=0)))])
+
+    def bump(cur: Entity | None) -> Entity:
+        assert cur is not None
+        out = dict(cur)
+        out[T + "n"] = [{"type": "Property", "value": cur[T + "n"][0]["value"] + 1}]
+        return out
+
+    await asyncio.gather(*(store.write("", [("urn:ngsi-ld:E:1", bump)]) for _ in range(50)))
+    assert (await store.get_entity("", "urn:ngsi-ld:E:1"))[T + "n"][0]["value"] == 50  # type: ignore[index]
+
+
+async def test_delete(store: Store) -> None:
+    await store.write("", [("urn:ngsi-ld:E:1", create(entity(1)))])
+    (r,) = await store.write("", [("urn:ngsi-ld:E:1", lambda cur: DELETE)])
+    assert r.ok
+    assert r.before is not None
+    assert await store.get_entity("", "urn:ngsi-ld:E:1") is None
+    assert await store.entity_types("") == {}
+
+
+async def test_tenants_are_isolated(store: Store) -> None:
+    await store.write("komae", [("urn:ngsi-ld:E:1", create(entity(1)))])
+    assert await store.get_entity("", "urn:ngsi-ld:E:1") is None
+    assert await store.get_entity("komae", "urn:ngsi-ld:E:1") is not None
+    assert await store.tenant_exists("komae")
+    assert not await store.tenant_exists("chofu")
+    assert "komae" in await store.tenants()
+
+
+async def test_query_by_type_id_and_attribute(store: Store) -> None:
+    await store.write(
+        "",
+        [
+            ("urn:ngsi-ld:E:1", create(entity(1, "Shelter", capacity=10))),
+            ("urn:ngsi-ld:E:2", create(entity(2, "Shelter", "School", name="x"))),
+            ("urn:ngsi-ld:E:3", create(entity(3, "Park", capacity=3))),
+        ],
+    )
+
+    async def ids(**kw: Any) -> list[str]:
+        found, _ = await store.query("", EntityQuery(**kw))
+        return [e["id"] for e in found]
+
+    assert await ids(types=[[T + "Shelter"]]) == ["urn:ngsi-ld:E:1", "urn:ngsi-ld:E:2"]
+    assert await ids(types=[[T + "Shelter", T + "School"]]) == ["urn:ngsi-ld:E:2"]
+    assert await ids(types=[[T + "School"], [T + "Park"]]) == ["urn:ngsi-ld:E:2", "urn:ngsi-ld:E:3"]
+    assert await ids(attrs=[T + "capacity"]) == ["urn:ngsi-ld:E:1", "urn:ngsi-ld:E:3"]
+    assert await ids(ids=["urn:ngsi-ld:E:3", "urn:ngsi-ld:E:9"]) == ["urn:ngsi-ld:E:3"]
+    assert await ids(id_pattern=r"E:[12]$") == ["urn:ngsi-ld:E:1", "urn:ngsi-ld:E:2"]
+    page, total = await store.query(
+        "", EntityQuery(types=[[T + "Shelter"], [T + "Park"]], limit=1, offset=1, count=True)
+    )
+    assert [e["id"] for e in page] == ["urn:ngsi-ld:E:2"]
+    assert total == 3
+
+
+async def test_discovery_counts(store: Store) -> None:
+    await store.write(
+        "",
+        [
+            ("urn:ngsi-ld:E:1", create(entity(1, "Shelter", capacity=10))),
+            ("urn:ngsi-ld:E:2", create(entity(2, "Shelter", capacity=2, name="x"))),
+        ],
+    )
+    assert await store.entity_types("") == {T + "Shelter": 2}
+    assert await store.attribute_names("") == {T + "capacity": 2, T + "name": 1}
+    assert await store.attribute_names("", [T + "Park"]) == {}
+
+
+async def test_contexts_storage(store: Store) -> None:
+    rec = ContextRecord(
+        id="c1",
+        url="http://x/c1",
+        kind="Hosted",
+        document={"@context": {"a": "b"}},
+        created_at="2026-01-01T00:00:00Z",
+    )
+    await store.put_context(rec)
+    assert await store.get_context("c1") == rec
+    assert [r.id for r in await store.list_contexts()] == ["c1"]
+    assert await store.delete_context("c1")
+    assert not await store.delete_context("c1")
+    assert await store.get_context("c1") is None
+
+
+async def test_data_survives_reopen(make_store: Callable[[], Store]) -> None:
+    s = make_store()
+    await s.open()
+    await s.write("komae", [("urn:ngsi-ld:E:1", create(entity(1, capacity=1)))])
+    await s.close()
+    s = make_store()
+    await s.open()
+    try:
+        assert await s.get_entity("komae", "urn:ngsi-ld:E:1") == entity(1, capacity=1)
+        assert await s.tenant_exists("komae")
+    finally:
+        await s.close()

@@ -1,0 +1,81 @@
+"""Helpers for tests that run real processes: free ports, a broker subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+
+def start_broker(db: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """Start ``renkei serve`` on a SQLite file; the caller stops (or kills) it."""
+    env = {**os.environ, "RENKEI_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--store",
+            f"sqlite:///{db}",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+    except TimeoutError:
+        proc.kill()
+        _, err = proc.communicate()
+        raise RuntimeError(
+            f"broker did not start: {err.decode(errors='replace')[-2000:]}"
+        ) from None
+    return proc
+
+
+@contextmanager
+def broker(db: Path, *extra: str) -> Iterator[str]:
+    """A running broker subprocess; yields its base URL and stops it afterwards."""
+    port = free_port()
+    proc = start_broker(db, port, *extra)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
