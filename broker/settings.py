@@ -46,9 +46,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "mongodb://", "mongodb+srv://")):
-            raise ValueError(
-                f"store must be sqlite:///PATH or mongodb://HOST (got {value!r})"
-            )
+            raise ValueError(f"store must be sqlite:///PATH or mongodb://HOST (got {value!r})")
         return value
 
     @property
