@@ -12,10 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from broker.api import entities, jsonld_contexts, unimplemented
+from broker.api import entities, entity_operations, jsonld_contexts, types, unimplemented
 from broker.api.deps import Hub
 from broker.api.errors import add_exception_handlers
+from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
+from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
 from broker.jsonld.context import ContextResolver, load_preload_map
 from broker.settings import Settings, get_settings
@@ -40,7 +42,13 @@ async def build_hub(settings: Settings) -> Hub:
     await contexts.load()
     service = EntityService(store, max_attributes=settings.max_attributes)
     return Hub(
-        settings=settings, store=store, resolver=resolver, contexts=contexts, entities=service
+        settings=settings,
+        store=store,
+        resolver=resolver,
+        contexts=contexts,
+        entities=service,
+        batch=BatchService(service, max_batch=settings.max_batch),
+        discovery=DiscoveryService(store),
     )
 
 
@@ -92,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     app.add_middleware(StripTrailingSlash)
     app.include_router(entities.router)
+    app.include_router(entity_operations.router)
+    app.include_router(types.router)
     app.include_router(jsonld_contexts.router)
     app.include_router(unimplemented.router)
 

@@ -81,6 +81,7 @@ class Payload:
     body: Any
     #: The request's @context: from the body (ld+json) or the Link header (json).
     context: ContextValue | None
+    kind: str = JSON
 
 
 async def read_body(request: Request, *, max_bytes: int, max_depth: int) -> Any:
@@ -129,45 +130,22 @@ async def read_payload(
             raise BadRequestData(
                 "application/ld+json requests carry @context in the body, not in a Link header"
             )
-        context = _body_context(body)
+        # an array (batch) carries one @context per element: the caller resolves each
+        context = _body_context(body) if isinstance(body, dict) else None
     else:
-        if _has_context(body):
+        if isinstance(body, dict) and "@context" in body:
             raise BadRequestData("@context in the body needs Content-Type application/ld+json")
         context = link
-    return Payload(body, context)
+    return Payload(body, context, kind)
 
 
-def _has_context(body: Any) -> bool:
-    if isinstance(body, dict):
-        return "@context" in body
-    if isinstance(body, list):
-        return any(isinstance(b, dict) and "@context" in b for b in body)
-    return False
-
-
-def _body_context(body: Any) -> ContextValue:
-    if isinstance(body, dict):
-        if "@context" not in body:
-            raise BadRequestData("application/ld+json body without @context")
-        ctx = body.pop("@context")
-        if not isinstance(ctx, (str, dict, list)):
-            raise BadRequestData("@context must be a URL, an object or an array")
-        return ctx
-    if isinstance(body, list):
-        contexts = []
-        for item in body:
-            if not isinstance(item, dict) or "@context" not in item:
-                raise BadRequestData("every entity of an application/ld+json array needs @context")
-            contexts.append(item.pop("@context"))
-        first = contexts[0] if contexts else None
-        if any(c != first for c in contexts):
-            raise BadRequestData("all entities of one request must share the same @context")
-        if first is None:
-            raise BadRequestData("application/ld+json body without @context")
-        if not isinstance(first, (str, dict, list)):
-            raise BadRequestData("@context must be a URL, an object or an array")
-        return first
-    raise BadRequestData("application/ld+json body must be a JSON object or array")
+def _body_context(body: dict[str, Any]) -> ContextValue:
+    if "@context" not in body:
+        raise BadRequestData("application/ld+json body without @context")
+    ctx = body.pop("@context")
+    if not isinstance(ctx, (str, dict, list)):
+        raise BadRequestData("@context must be a URL, an object or an array")
+    return ctx
 
 
 def negotiate(request: Request, offers: tuple[str, ...] = (JSON, LD_JSON)) -> str:

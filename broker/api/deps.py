@@ -9,7 +9,9 @@ from fastapi import Depends
 from starlette.requests import Request
 
 from broker.api.common import Payload, link_context, read_payload, tenant_of
+from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
+from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, single_url
 from broker.settings import Settings
@@ -25,6 +27,8 @@ class Hub:
     resolver: ContextResolver
     contexts: ContextRegistry
     entities: EntityService
+    batch: BatchService
+    discovery: DiscoveryService
 
     async def term_map(self, ctx: ContextValue | None) -> TermMap:
         tm = await self.resolver.term_map(ctx)

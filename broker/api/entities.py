@@ -133,8 +133,23 @@ async def query_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Re
 async def purge_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
     P.check_params(request, P.PURGE)
     tm = await hub.link_term_map(request)
-    query = entity_query(request, hub, tm, paged=False)
-    await hub.entities.purge(tenant, query)
+    params = request.query_params
+    keep, drop = params.get("keep"), params.get("drop")
+    if keep is not None and drop is not None:
+        raise BadRequestData("keep and drop cannot be used together")
+    selectors = ("type", "id", "idPattern", "q", "scopeQ")
+    if not any(k in params for k in selectors) and P.bool_param(request, "local"):
+        query = EntityQuery()  # local=true with no selector: everything this broker holds
+    else:
+        query = entity_query(request, hub, tm, paged=False)
+    names = csv_param(keep if keep is not None else drop)
+    attrs = {tm.expand(check_name(a)) for a in names}
+    await hub.entities.purge(
+        tenant,
+        query,
+        keep=attrs if keep is not None else None,
+        drop=attrs if drop is not None else None,
+    )
     return _no_content()
 
 

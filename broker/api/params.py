@@ -69,7 +69,7 @@ QUERY = REPRESENTATION | {
 NONE: frozenset[str] = frozenset({"local"})
 WRITE = frozenset({"options", "local"})
 DELETE_ATTR = frozenset({"datasetId", "deleteAll", "local"})
-PURGE = frozenset({"type", "id", "idPattern", "q", "scopeQ", "local"})
+PURGE = frozenset({"type", "id", "idPattern", "q", "scopeQ", "local", "keep", "drop"})
 CONTEXTS = frozenset({"details", "kind", "reload"})
 
 

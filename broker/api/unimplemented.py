@@ -21,9 +21,6 @@ NOT_YET = {
     "csourceRegistrations": "context source registrations",
     "csourceSubscriptions": "context source subscriptions",
     "temporal": "the temporal API",
-    "types": "type discovery",
-    "attributes": "attribute discovery",
-    "entityOperations": "batch entity operations",
     "entityMaps": "entity maps",
     "info": "broker information",
 }

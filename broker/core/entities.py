@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.core.model import (
+    ENTITY_KEYS,
     NULL,
     SYSTEM_KEYS,
     Entity,
@@ -23,6 +24,7 @@ from broker.core.model import (
     check_scope,
     expand_types,
     linked_ids,
+    now_iso,
 )
 from broker.errors import (
     AlreadyExists,
@@ -113,12 +115,6 @@ def _object_body(body: Any, what: str) -> dict[str, Any]:
     return body
 
 
-def _delete_if_present(current: Entity | None) -> Any:
-    if current is None:
-        raise ResourceNotFound("entity already deleted")
-    return DELETE
-
-
 class EntityService:
     def __init__(self, store: Store, *, max_attributes: int = 1000) -> None:
         self.store = store
@@ -131,7 +127,7 @@ class EntityService:
     def parser(self, tm: TermMap) -> Parser:
         return Parser(tm, max_attributes=self.max_attributes)
 
-    async def _write(
+    async def write(
         self, tenant: str, mutations: Sequence[tuple[str, Mutation]]
     ) -> list[WriteResult]:
         results = await self.store.write(tenant, mutations)
@@ -142,7 +138,7 @@ class EntityService:
         return results
 
     async def _write_one(self, tenant: str, eid: str, mutation: Mutation) -> WriteResult:
-        (result,) = await self._write(tenant, [(eid, mutation)])
+        (result,) = await self.write(tenant, [(eid, mutation)])
         if result.error is not None:
             raise result.error
         return result
@@ -214,19 +210,48 @@ class EntityService:
             raise NonexistentTenant(f"tenant {tenant!r} does not exist")
         return await self.store.query(tenant, query)
 
-    async def purge(self, tenant: str, query: EntityQuery) -> int:
-        """Delete every entity matching ``query`` (DELETE /entities); returns how many."""
+    async def purge(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        *,
+        keep: set[str] | None = None,
+        drop: set[str] | None = None,
+    ) -> int:
+        """Delete the entities matching ``query`` (DELETE /entities); returns how many.
+
+        With ``keep`` or ``drop`` (expanded attribute names) the entities stay and only
+        their other (``keep``) or those (``drop``) attributes are deleted.
+        """
         await self.check_tenant(tenant)
-        deleted = 0
+        now = now_iso()
+
+        def trim(current: Entity | None) -> Any:
+            if current is None:
+                raise ResourceNotFound("entity already deleted")
+            if keep is None and drop is None:
+                return DELETE
+            out = {
+                k: v
+                for k, v in current.items()
+                if k in ENTITY_KEYS or (k in keep if keep is not None else k not in (drop or set()))
+            }
+            out["modifiedAt"] = now
+            return out
+
+        done = 0
+        offset = 0
         page = 500
         while True:
             batch, _ = await self.store.query(
-                tenant, replace(query, limit=page, offset=0, count=False)
+                tenant, replace(query, limit=page, offset=offset, count=False)
             )
             if not batch:
-                return deleted
-            results = await self._write(tenant, [(e["id"], _delete_if_present) for e in batch])
-            deleted += sum(1 for r in results if r.ok)
+                return done
+            results = await self.write(tenant, [(e["id"], trim) for e in batch])
+            done += sum(1 for r in results if r.ok)
+            if keep is not None or drop is not None:
+                offset += page  # entities stay: page through them
 
     # -- whole-entity updates -----------------------------------------------------------------
 
@@ -309,7 +334,7 @@ class EntityService:
 
     # -- attribute operations -----------------------------------------------------------------
 
-    def _attr_changes(
+    def attr_changes(
         self, entity_id: str, body: Any, tm: TermMap, *, append: bool, no_overwrite: bool
     ) -> tuple[Mutation, UpdateResult]:
         """Append (POST /attrs) or update (PATCH /attrs) attributes.
@@ -390,7 +415,7 @@ class EntityService:
     ) -> UpdateResult:
         check_entity_id(entity_id)
         await self.check_tenant(tenant)
-        mutation, report = self._attr_changes(
+        mutation, report = self.attr_changes(
             entity_id, body, tm, append=True, no_overwrite=no_overwrite
         )
         await self._write_one(tenant, entity_id, mutation)
@@ -401,7 +426,7 @@ class EntityService:
     ) -> UpdateResult:
         check_entity_id(entity_id)
         await self.check_tenant(tenant)
-        mutation, report = self._attr_changes(entity_id, body, tm, append=False, no_overwrite=False)
+        mutation, report = self.attr_changes(entity_id, body, tm, append=False, no_overwrite=False)
         await self._write_one(tenant, entity_id, mutation)
         return report
 

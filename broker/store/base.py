@@ -68,6 +68,18 @@ class EntityQuery:
 
 
 @dataclass(slots=True)
+class Discovery:
+    """What a tenant holds, for type and attribute discovery. All names are expanded IRIs."""
+
+    #: entity type -> number of entities of that type
+    types: dict[str, int]
+    #: attribute -> number of entities having it
+    attributes: dict[str, int]
+    #: (entity type, attribute) -> attribute kinds seen (Property, Relationship, ...)
+    type_attributes: dict[tuple[str, str], set[str]]
+
+
+@dataclass(slots=True)
 class ContextRecord:
     """A JSON-LD context kept by the broker (``/jsonldContexts``)."""
 
@@ -123,14 +135,8 @@ class Store(abc.ABC):
     # -- discovery ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def entity_types(self, tenant: str) -> dict[str, int]:
-        """Expanded entity type IRI -> number of entities of that type."""
-
-    @abc.abstractmethod
-    async def attribute_names(
-        self, tenant: str, types: Sequence[str] | None = None
-    ) -> dict[str, int]:
-        """Expanded attribute IRI -> number of entities having it (optionally within types)."""
+    async def discovery(self, tenant: str) -> Discovery:
+        """Entity types and attributes in use, with counts (``/types``, ``/attributes``)."""
 
     # -- JSON-LD contexts ---------------------------------------------------------------------
 

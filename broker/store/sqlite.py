@@ -30,7 +30,15 @@ import orjson
 
 from broker.core.model import ENTITY_KEYS, Entity
 from broker.errors import BadRequestData, InternalError, NgsiLdError, StoreUnavailable
-from broker.store.base import DELETE, ContextRecord, EntityQuery, Mutation, Store, WriteResult
+from broker.store.base import (
+    DELETE,
+    ContextRecord,
+    Discovery,
+    EntityQuery,
+    Mutation,
+    Store,
+    WriteResult,
+)
 
 T = TypeVar("T")
 
@@ -49,8 +57,8 @@ CREATE TABLE IF NOT EXISTS entity_types(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_types_rid ON entity_types(rid);
 CREATE TABLE IF NOT EXISTS entity_attrs(
-    tenant TEXT NOT NULL, attr TEXT NOT NULL, rid INTEGER NOT NULL,
-    PRIMARY KEY(tenant, attr, rid)
+    tenant TEXT NOT NULL, attr TEXT NOT NULL, rid INTEGER NOT NULL, kind TEXT NOT NULL,
+    PRIMARY KEY(tenant, attr, rid, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_attrs_rid ON entity_attrs(rid);
 CREATE TABLE IF NOT EXISTS contexts(
@@ -371,8 +379,13 @@ class SqliteStore(Store):
             [(tenant, t, rid) for t in ent["type"]],
         )
         conn.executemany(
-            "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid) VALUES (?,?,?)",
-            [(tenant, k, rid) for k in ent if k not in ENTITY_KEYS],
+            "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid, kind) VALUES (?,?,?,?)",
+            [
+                (tenant, k, rid, inst.get("type", "Property"))
+                for k, instances in ent.items()
+                if k not in ENTITY_KEYS
+                for inst in instances
+            ],
         )
 
     # -- reads --------------------------------------------------------------------------------
@@ -455,34 +468,31 @@ class SqliteStore(Store):
 
         return await self._read(fn)
 
-    async def entity_types(self, tenant: str) -> dict[str, int]:
-        def fn(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute(
-                "SELECT type, count(*) FROM entity_types WHERE tenant=? GROUP BY type ORDER BY type",
-                (tenant,),
-            )
-            return {r[0]: r[1] for r in rows}
-
-        return await self._read(fn)
-
-    async def attribute_names(
-        self, tenant: str, types: Sequence[str] | None = None
-    ) -> dict[str, int]:
-        def fn(conn: sqlite3.Connection) -> dict[str, int]:
-            if types:
-                marks = ",".join("?" * len(types))
-                rows = conn.execute(
-                    "SELECT a.attr, count(DISTINCT a.rid) FROM entity_attrs a WHERE a.tenant=? AND "
-                    f"a.rid IN (SELECT rid FROM entity_types WHERE tenant=? AND type IN ({marks})) "
-                    "GROUP BY a.attr ORDER BY a.attr",
-                    (tenant, tenant, *types),
-                )
-            else:
-                rows = conn.execute(
-                    "SELECT attr, count(*) FROM entity_attrs WHERE tenant=? GROUP BY attr ORDER BY attr",
+    async def discovery(self, tenant: str) -> Discovery:
+        def fn(conn: sqlite3.Connection) -> Discovery:
+            types = {
+                r[0]: r[1]
+                for r in conn.execute(
+                    "SELECT type, count(*) FROM entity_types WHERE tenant=? GROUP BY type",
                     (tenant,),
                 )
-            return {r[0]: r[1] for r in rows}
+            }
+            attributes = {
+                r[0]: r[1]
+                for r in conn.execute(
+                    "SELECT attr, count(DISTINCT rid) FROM entity_attrs WHERE tenant=? GROUP BY attr",
+                    (tenant,),
+                )
+            }
+            pairs: dict[tuple[str, str], set[str]] = {}
+            rows = conn.execute(
+                "SELECT DISTINCT t.type, a.attr, a.kind FROM entity_types t "
+                "JOIN entity_attrs a ON a.rid = t.rid WHERE t.tenant=?",
+                (tenant,),
+            )
+            for type_, attr, kind in rows:
+                pairs.setdefault((type_, attr), set()).add(kind)
+            return Discovery(types=types, attributes=attributes, type_attributes=pairs)
 
         return await self._read(fn)
 

@@ -382,3 +382,19 @@ def test_request_bounds(tmp_path) -> None:  # type: ignore[no-untyped-def]
         r = client.post(E, json=building(a=1, b=2), headers=JSON)
         assert r.status_code == 400
         assert "too many attributes" in r.json()["detail"]
+
+
+def test_purge_entities_and_attributes(client: TestClient) -> None:
+    for i in range(3):
+        create(client, building(f"urn:ngsi-ld:Building:{i}"))
+    create(client, {"id": "urn:ngsi-ld:Park:1", "type": "Park"})
+    r = client.delete(f"{E}?id=urn:ngsi-ld:Building:0&keep=name")
+    assert r.status_code == 204
+    assert set(client.get(f"{E}/urn:ngsi-ld:Building:0").json()) == {"id", "type", "name"}
+    assert client.delete(f"{E}?type=Building&drop=floors").status_code == 204
+    assert "floors" not in client.get(f"{E}/urn:ngsi-ld:Building:1").json()
+    assert client.delete(f"{E}?type=Building&keep=a&drop=b").status_code == 400
+    assert client.delete(E).status_code == 400  # nothing selected
+    assert client.delete(f"{E}?type=Building").status_code == 204
+    assert client.get(f"{E}?type=Building").json() == []
+    assert client.get(f"{E}/urn:ngsi-ld:Park:1").status_code == 200

@@ -105,7 +105,7 @@ async def test_delete(store: Store) -> None:
     assert r.ok
     assert r.before is not None
     assert await store.get_entity("", "urn:ngsi-ld:E:1") is None
-    assert await store.entity_types("") == {}
+    assert (await store.discovery("")).types == {}
 
 
 async def test_tenants_are_isolated(store: Store) -> None:
@@ -152,9 +152,14 @@ async def test_discovery_counts(store: Store) -> None:
             ("urn:ngsi-ld:E:2", create(entity(2, "Shelter", capacity=2, name="x"))),
         ],
     )
-    assert await store.entity_types("") == {T + "Shelter": 2}
-    assert await store.attribute_names("") == {T + "capacity": 2, T + "name": 1}
-    assert await store.attribute_names("", [T + "Park"]) == {}
+    found = await store.discovery("")
+    assert found.types == {T + "Shelter": 2}
+    assert found.attributes == {T + "capacity": 2, T + "name": 1}
+    assert found.type_attributes == {
+        (T + "Shelter", T + "capacity"): {"Property"},
+        (T + "Shelter", T + "name"): {"Property"},
+    }
+    assert (await store.discovery("komae")).types == {}
 
 
 async def test_contexts_storage(store: Store) -> None:
