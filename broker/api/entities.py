@@ -20,7 +20,21 @@ from broker.core.entities import UpdateResult
 from broker.core.model import Entity, View, check_entity_id, check_name
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound, TooManyResults
 from broker.jsonld.context import NGSI_LD, TermMap
-from broker.store.base import EntityQuery
+from broker.query import (
+    And,
+    Comparison,
+    Exists,
+    GeoQuery,
+    Node,
+    Or,
+    parse_geo_query,
+    parse_q,
+    parse_scope_q,
+    resolve_geo,
+    resolve_q,
+)
+from broker.query.patterns import check_pattern
+from broker.store.base import EntityQuery, Selector
 
 router = APIRouter(prefix="/ngsi-ld/v1")
 
@@ -54,12 +68,12 @@ async def _render(
     if view.join is None:
         return [view.entity(e) for e in entities]
     linked = await hub.entities.linked(tenant, entities, view.join_level)
-    out: list[Any] = []
-    for ent in entities:
-        flat: list[dict[str, Any]] = []
-        root = view.entity(ent, linked, flat)
-        out.append([root, *flat] if flat else root)
-    return out
+    flat: list[dict[str, Any]] = []
+    roots = [view.entity(ent, linked, flat) for ent in entities]
+    if view.join != "flat" or not flat:
+        return roots
+    seen = {e["id"] for e in entities}
+    return [*roots, *(f for f in flat if f.get("id") not in seen)]
 
 
 # -- collection ------------------------------------------------------------------------------
@@ -74,37 +88,116 @@ async def create_entity(request: Request, hub: HubDep, tenant: TenantDep) -> Res
 
 
 def entity_query(request: Request, hub: Hub, tm: TermMap, *, paged: bool = True) -> EntityQuery:
+    """The EntityQuery of GET /entities (and of purge) from its query parameters."""
     params = request.query_params
-    s = hub.settings
-    limit = _int_param(params.get("limit"), "limit", s.default_limit)
-    offset = _int_param(params.get("offset"), "offset", 0)
-    if paged and limit > s.max_limit:
-        raise TooManyResults(f"limit {limit} is above the maximum of {s.max_limit}")
     ids = csv_param(params.get("id"))
+    types = type_alternatives(params.get("type"))
+    attrs = csv_param(params.get("attrs"))
+    geo = parse_geo_query(
+        params.get("georel"),
+        params.get("geometry"),
+        params.get("coordinates"),
+        params.get("geoproperty"),
+    )
+    return build_query(
+        hub,
+        tm,
+        ids=ids,
+        id_pattern=params.get("idPattern"),
+        types=types,
+        attrs=attrs,
+        q=params.get("q"),
+        geo=geo,
+        scope_q=params.get("scopeQ"),
+        limit=params.get("limit"),
+        offset=params.get("offset"),
+        count=params.get("count") == "true" or "count" in P.options_of(request),
+        paged=paged,
+        everything=P.bool_param(request, "local"),
+        order_by=_order_by(params.get("orderBy"), tm),
+    )
+
+
+def _order_by(text: str | None, tm: TermMap) -> list[tuple[Any, bool]] | None:
+    """``orderBy=name;desc,type``: entity members or attribute paths, ;asc or ;desc."""
+    if text is None:
+        return None
+    keys: list[tuple[Any, bool]] = []
+    for part in text.split(","):
+        name, _, direction = part.strip().partition(";")
+        if direction not in ("", "asc", "desc") or not name:
+            raise BadRequestData(f"invalid orderBy term {part!r}: use name, name;asc or name;desc")
+        if name in ("id", "type", "createdAt", "modifiedAt"):
+            keys.append((name, direction == "desc"))
+            continue
+        node = resolve_q(parse_q(name), tm.expand)
+        if not isinstance(node, Exists) or node.negated:
+            raise BadRequestData(f"invalid orderBy attribute path {name!r}")
+        keys.append((node.path, direction == "desc"))
+    return keys
+
+
+def _checked_q(text: str) -> Node:
+    node = parse_q(text)
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, And | Or):
+            stack.extend(n.items)
+        elif isinstance(n, Comparison) and n.op in ("~=", "!~=") and isinstance(n.value, str):
+            check_pattern(n.value)
+    return node
+
+
+def build_query(
+    hub: Hub,
+    tm: TermMap,
+    *,
+    ids: list[str],
+    id_pattern: str | None,
+    types: list[list[str]],
+    attrs: list[str],
+    q: str | None,
+    geo: GeoQuery | None,
+    scope_q: str | None,
+    limit: str | None,
+    offset: str | None,
+    count: bool,
+    paged: bool = True,
+    selectors: list[Selector] | None = None,
+    everything: bool = False,
+    order_by: list[tuple[Any, bool]] | None = None,
+) -> EntityQuery:
+    """Validate and resolve (expand) the parts of a query against the request context."""
+    s = hub.settings
+    limit_n = _int_param(limit, "limit", s.default_limit)
+    offset_n = _int_param(offset, "offset", 0)
+    if paged and limit_n > s.max_limit:
+        raise TooManyResults(f"limit {limit_n} is above the maximum of {s.max_limit}")
     for eid in ids:
         check_entity_id(eid)
-    types = [
-        [tm.expand(check_name(t, "entity type")) for t in alt]
-        for alt in _type_alternatives(params.get("type"))
-    ]
-    attrs = [tm.expand(check_name(a)) for a in csv_param(params.get("attrs"))]
-    if not (
-        ids or types or attrs or params.get("idPattern") or params.get("q") or params.get("georel")
-    ):
+    if id_pattern is not None:
+        check_pattern(id_pattern)
+    # a query must narrow by type, attributes or a filter; a purge may also name ids
+    typed = bool(types) or any(sel.types for sel in selectors or ())
+    if not paged and (ids or id_pattern):
+        typed = True
+    if not (typed or attrs or q or geo or scope_q or everything):
         raise BadRequestData(
-            "a query needs at least one of type, id, idPattern, attrs, q or a geo-query"
+            "a query needs at least one of type, attrs, q, scopeQ or a geo-query (or local=true)"
         )
-    count = params.get("count") == "true" or "count" in P.options_of(request)
     return EntityQuery(
         ids=ids or None,
-        id_pattern=params.get("idPattern"),
-        types=types or None,
-        attrs=attrs or None,
-        q=params.get("q"),
-        geo=params.get("georel"),
-        scope_q=params.get("scopeQ"),
-        limit=limit,
-        offset=offset,
+        id_pattern=id_pattern,
+        types=[[tm.expand(check_name(t, "entity type")) for t in alt] for alt in types] or None,
+        attrs=[tm.expand(check_name(a)) for a in attrs] or None,
+        q=resolve_q(_checked_q(q), tm.expand) if q else None,
+        geo=resolve_geo(geo, tm.expand) if geo else None,
+        scope_q=parse_scope_q(scope_q) if scope_q else None,
+        selectors=selectors,
+        order_by=order_by,
+        limit=limit_n,
+        offset=offset_n,
         count=count,
     )
 
@@ -116,12 +209,22 @@ async def query_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Re
     tm = await hub.link_term_map(request)
     view = P.view_of(request, tm)
     query = entity_query(request, hub, tm)
+    return await query_response(hub, tenant, request, view, query, kind)
+
+
+async def query_response(
+    hub: Hub, tenant: str, request: Request, view: View, query: EntityQuery, kind: str
+) -> Response:
+    """Run a query and render the entities (GET /entities, POST /entityOperations/query)."""
+    tm = view.tm
     try:
         entities, total = await hub.entities.query(tenant, query)
     except NonexistentTenant:
         entities, total = [], 0
     headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
     body = await _render(hub, tenant, request, view, entities, kind)
+    if view.pick is not None or view.omit is not None:
+        body = [b for b in body if b.get("properties", b)]  # what pick/omit emptied is no match
     if kind == GEO_JSON:
         return respond(
             {"type": "FeatureCollection", "features": body}, tm=tm, kind=kind, headers=headers
@@ -159,7 +262,7 @@ async def _no_entity_id() -> Response:
     raise BadRequestData("the entity id is missing from the URL")
 
 
-def _type_alternatives(value: str | None) -> list[list[str]]:
+def type_alternatives(value: str | None) -> list[list[str]]:
     """``A,B`` and ``A|B`` are alternatives, ``A;B`` a conjunction (parentheses group)."""
     if value is None:
         return []
@@ -192,8 +295,9 @@ async def retrieve_entity(
     tm = await hub.link_term_map(request)
     view = P.view_of(request, tm)
     ent = await hub.entities.retrieve(tenant, entity_id)
-    (body,) = await _render(hub, tenant, request, view, [ent], kind)
-    root = body[0] if isinstance(body, list) else body
+    rendered = await _render(hub, tenant, request, view, [ent], kind)
+    body: Any = rendered if len(rendered) > 1 else rendered[0]
+    root = rendered[0]
     if kind != GEO_JSON:
         if view.attrs is not None and not any(k not in ("id", "type", "scope") for k in root):
             raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")

@@ -9,10 +9,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.api import params as P
-from broker.api.common import JSON, LD_JSON, respond
+from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.entities import ENTITY_OFFERS, build_query, query_response, type_alternatives
 from broker.core.batch import BatchItem, BatchResult, Operation
+from broker.core.model import check_entity_id, check_name
 from broker.errors import BadRequestData, NgsiLdError
+from broker.jsonld.context import TermMap
+from broker.query import geo_query_from_json
+from broker.query.patterns import check_pattern
+from broker.store.base import Selector
 
 router = APIRouter(prefix="/ngsi-ld/v1/entityOperations")
 
@@ -60,6 +66,90 @@ async def _run(op: Operation, request: Request, hub: Hub, tenant: str) -> tuple[
     options = P.options_of(request)
     items, tm = await _items(hub, request, allow_merge_patch=op == "merge")
     return await hub.batch.run(tenant, op, items, options), tm
+
+
+QUERY_PARAMS = frozenset(
+    {
+        "limit",
+        "offset",
+        "count",
+        "options",
+        "format",
+        "lang",
+        "local",
+        "geometryProperty",
+        "pick",
+        "omit",
+        "join",
+        "joinLevel",
+    }
+)
+
+
+@router.post("/query")
+async def batch_query(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    """Query entities with a Query body (clause 5.7.2's POST form)."""
+    P.check_params(request, QUERY_PARAMS)
+    kind = negotiate(request, ENTITY_OFFERS)
+    payload, tm = await hub.payload(request)
+    body = payload.body
+    if body.get("type") != "Query":
+        raise BadRequestData('a query body needs "type": "Query"')
+    view = P.view_of(request, tm)
+    attrs = body.get("attrs") or []
+    if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
+        raise BadRequestData("attrs must be an array of attribute names")
+    if attrs:
+        view.attrs = {tm.expand(check_name(a)) for a in attrs}
+    if isinstance(body.get("lang"), str):
+        view.lang = body["lang"]
+    selectors = [_selector(item, tm) for item in _list(body.get("entities"), "entities")]
+    for key in ("q", "scopeQ"):
+        if key in body and not isinstance(body[key], str):
+            raise BadRequestData(f"{key} must be a string")
+    params = request.query_params
+    query = build_query(
+        hub,
+        tm,
+        ids=[],
+        id_pattern=None,
+        types=[],
+        attrs=attrs,
+        q=body.get("q"),
+        geo=geo_query_from_json(body["geoQ"]) if body.get("geoQ") is not None else None,
+        scope_q=body.get("scopeQ"),
+        limit=params.get("limit"),
+        offset=params.get("offset"),
+        count=params.get("count") == "true" or "count" in P.options_of(request),
+        selectors=selectors or None,
+    )
+    return await query_response(hub, tenant, request, view, query, kind)
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequestData(f"{name} must be an array")
+    return value
+
+
+def _selector(item: Any, tm: TermMap) -> Selector:
+    if not isinstance(item, dict):
+        raise BadRequestData("each element of entities must be an object")
+    ids = item.get("id")
+    ids_list = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    for eid in ids_list:
+        check_entity_id(eid)
+    pattern = item.get("idPattern")
+    if pattern is not None:
+        check_pattern(str(pattern))
+    types = type_alternatives(item["type"]) if isinstance(item.get("type"), str) else []
+    return Selector(
+        ids=ids_list or None,
+        id_pattern=pattern,
+        types=[[tm.expand(check_name(t, "entity type")) for t in alt] for alt in types] or None,
+    )
 
 
 @router.post("/create")

@@ -61,6 +61,7 @@ QUERY = REPRESENTATION | {
     "geoproperty",
     "csf",
     "scopeQ",
+    "orderBy",
     "limit",
     "offset",
     "count",
@@ -153,6 +154,12 @@ def view_of(request: Request, tm: TermMap) -> View:
         if join not in ("inline", "flat", "@none"):
             raise BadRequestData("join must be inline, flat or @none")
         view.join = None if join == "@none" else join
+    datasets = params.get("datasetId")
+    if datasets is not None:
+        names = csv_param(datasets)
+        if not names:
+            raise BadRequestData("datasetId must name at least one dataset (or @none)")
+        view.dataset_ids = {None if d == "@none" else d for d in names}
     level = params.get("joinLevel")
     if level is not None:
         if not level.isdigit() or int(level) < 1:

@@ -73,7 +73,7 @@ NULL = "urn:ngsi-ld:null"
 
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]+$")
 _FORBIDDEN_NAME = re.compile(r"[\s<>\"'=;()\\]")
-_SCOPE_RE = re.compile(r"^/?[^\s/+#]+(/[^\s/+#]+)*$|^/$")
+_SCOPE_RE = re.compile(r"^/?[^\s/+#,;|()]+(/[^\s/+#,;|()]+)*$|^/$")
 
 
 def now_iso() -> str:
@@ -355,6 +355,8 @@ class View:
     lang: str | None = None
     join: str | None = None
     join_level: int = 1
+    #: Attribute instances to show, by datasetId (None: the default instance), or all.
+    dataset_ids: set[str | None] | None = None
 
     def member(self, key: str) -> bool:
         if self.pick is not None:
@@ -404,6 +406,10 @@ class View:
         for iri, instances in ent.items():
             if iri in ENTITY_KEYS or not self.keeps(iri):
                 continue
+            if self.dataset_ids is not None:
+                instances = [i for i in instances if i.get("datasetId") in self.dataset_ids]
+                if not instances:
+                    continue
             rendered = []
             for inst in instances:
                 item = self.instance(inst)

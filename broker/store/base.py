@@ -49,9 +49,23 @@ class WriteResult:
         return self.error is None
 
 
+@dataclass(slots=True, frozen=True)
+class Selector:
+    """One entity selector of a query body: its parts are ANDed."""
+
+    ids: Sequence[str] | None = None
+    id_pattern: str | None = None
+    types: Sequence[Sequence[str]] | None = None
+
+
 @dataclass(slots=True)
 class EntityQuery:
-    """Backend-neutral selection of entities (the query AST grows in ``broker.query``)."""
+    """Backend-neutral selection of entities.
+
+    ``q`` is a resolved ``broker.query.ast.Node``, ``geo`` a resolved ``GeoQuery`` and
+    ``scope_q`` a ``ScopeQuery``; ``broker.query.evaluate`` defines what they match.
+    ``selectors`` (POST /entityOperations/query) are ORed, and ANDed with the rest.
+    """
 
     ids: Sequence[str] | None = None
     id_pattern: str | None = None
@@ -62,6 +76,10 @@ class EntityQuery:
     q: Any = None
     geo: Any = None
     scope_q: Any = None
+    selectors: Sequence[Selector] | None = None
+    #: Sort keys, each (key, descending): key is "id", "type", "createdAt", "modifiedAt"
+    #: or a resolved ``AttrPath`` (an attribute's smallest value sorts it).
+    order_by: Sequence[tuple[Any, bool]] | None = None
     limit: int = 20
     offset: int = 0
     count: bool = False

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,16 +28,19 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from broker.core.model import ENTITY_KEYS, Entity
-from broker.errors import BadRequestData, InternalError, NgsiLdError, StoreUnavailable
+from broker.errors import InternalError, NgsiLdError, StoreUnavailable
+from broker.query.patterns import check_pattern, search
 from broker.store.base import (
     DELETE,
     ContextRecord,
     Discovery,
     EntityQuery,
     Mutation,
+    Selector,
     Store,
     WriteResult,
 )
+from broker.store.sqlindex import SqlBuilder, geo_match, geo_rows, path_key, scope_match, value_rows
 
 T = TypeVar("T")
 
@@ -61,6 +63,28 @@ CREATE TABLE IF NOT EXISTS entity_attrs(
     PRIMARY KEY(tenant, attr, rid, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_attrs_rid ON entity_attrs(rid);
+CREATE TABLE IF NOT EXISTS entity_scopes(
+    tenant TEXT NOT NULL, scope TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY(tenant, scope, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_scopes_rid ON entity_scopes(rid);
+-- one row per comparable value (or presence) of each attribute path: see sqlindex.py
+CREATE TABLE IF NOT EXISTS attr_values(
+    tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL, kind INTEGER NOT NULL,
+    b INTEGER, num, str TEXT, dt INTEGER, day INTEGER, tod INTEGER
+);
+CREATE INDEX IF NOT EXISTS attr_values_path ON attr_values(tenant, path, rid);
+CREATE INDEX IF NOT EXISTS attr_values_num ON attr_values(tenant, path, num) WHERE num IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attr_values_str ON attr_values(tenant, path, str) WHERE str IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attr_values_dt ON attr_values(tenant, path, dt) WHERE dt IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attr_values_rid ON attr_values(rid);
+CREATE TABLE IF NOT EXISTS geo_shapes(
+    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL,
+    geom BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS geo_shapes_path ON geo_shapes(tenant, path, rid);
+CREATE INDEX IF NOT EXISTS geo_shapes_rid ON geo_shapes(rid);
+CREATE VIRTUAL TABLE IF NOT EXISTS geo_rtree USING rtree(id, minx, maxx, miny, maxy);
 CREATE TABLE IF NOT EXISTS contexts(
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,
@@ -78,33 +102,7 @@ _REGEX_MAX = 256
 
 
 def _regexp(pattern: str, value: str | None) -> bool:
-    if value is None:
-        return False
-    return _compiled(pattern).search(value) is not None
-
-
-_regex_cache: dict[str, re.Pattern[str]] = {}
-
-
-def _compiled(pattern: str) -> re.Pattern[str]:
-    found = _regex_cache.get(pattern)
-    if found is None:
-        found = re.compile(pattern)
-        if len(_regex_cache) > 1024:
-            _regex_cache.clear()
-        _regex_cache[pattern] = found
-    return found
-
-
-def check_pattern(pattern: str) -> str:
-    """Bound and compile a user regular expression (idPattern, ~=) before use."""
-    if len(pattern) > _REGEX_MAX:
-        raise BadRequestData(f"pattern longer than {_REGEX_MAX} characters")
-    try:
-        _compiled(pattern)
-    except re.error as exc:
-        raise BadRequestData(f"invalid regular expression {pattern!r}: {exc}") from exc
-    return pattern
+    return value is not None and search(pattern, value)
 
 
 def _dumps(doc: Any) -> bytes:
@@ -130,6 +128,25 @@ def _driver_errors() -> Iterator[None]:
         raise InternalError(f"store error: {exc}") from exc
     except sqlite3.DatabaseError as exc:
         raise InternalError(f"store error: {exc}") from exc
+
+
+def _order_by(query: EntityQuery) -> tuple[str, list[Any]]:
+    """ORDER BY terms for ``query.order_by``; insertion order breaks ties."""
+    terms: list[str] = []
+    args: list[Any] = []
+    for key, desc in query.order_by or ():
+        if key == "id":
+            term = "e.id"
+        elif key == "type":
+            term = "(SELECT min(type) FROM entity_types t WHERE t.rid = e.rid)"
+        elif key in ("createdAt", "modifiedAt"):
+            term = f"json_extract(CAST(e.doc AS TEXT), '$.{key}')"
+        else:
+            term = "(SELECT min(coalesce(v.num, v.str)) FROM attr_values v WHERE v.rid = e.rid AND v.path = ?)"
+            args.append(path_key(key))
+        terms.append(term + (" DESC" if desc else ""))
+    terms.append("e.rid")
+    return ", ".join(terms), args
 
 
 class SqliteStore(Store):
@@ -168,6 +185,8 @@ class SqliteStore(Store):
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA temp_store=MEMORY")
         conn.create_function("regexp", 2, _regexp, deterministic=True)
+        conn.create_function("geo_match", 2, geo_match)
+        conn.create_function("scope_match", 2, scope_match, deterministic=True)
         if readonly:
             conn.execute("PRAGMA query_only=1")
         return conn
@@ -371,6 +390,12 @@ class SqliteStore(Store):
     def _unindex(conn: sqlite3.Connection, rid: int) -> None:
         conn.execute("DELETE FROM entity_types WHERE rid=?", (rid,))
         conn.execute("DELETE FROM entity_attrs WHERE rid=?", (rid,))
+        conn.execute("DELETE FROM entity_scopes WHERE rid=?", (rid,))
+        conn.execute("DELETE FROM attr_values WHERE rid=?", (rid,))
+        conn.execute(
+            "DELETE FROM geo_rtree WHERE id IN (SELECT id FROM geo_shapes WHERE rid=?)", (rid,)
+        )
+        conn.execute("DELETE FROM geo_shapes WHERE rid=?", (rid,))
 
     @staticmethod
     def _index(conn: sqlite3.Connection, tenant: str, rid: int, ent: Entity) -> None:
@@ -387,6 +412,26 @@ class SqliteStore(Store):
                 for inst in instances
             ],
         )
+        if ent.get("scope"):
+            conn.executemany(
+                "INSERT OR IGNORE INTO entity_scopes(tenant, scope, rid) VALUES (?,?,?)",
+                [(tenant, sc, rid) for sc in ent["scope"]],
+            )
+        conn.executemany(
+            "INSERT INTO attr_values(tenant, path, rid, kind, b, num, str, dt, day, tod) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(tenant, row[0], rid, *row[1:]) for row in value_rows(ent)],
+        )
+        for g in geo_rows(ent):
+            cur = conn.execute(
+                "INSERT INTO geo_shapes(tenant, path, rid, geom) VALUES (?,?,?,?)",
+                (tenant, g.path, rid, g.wkb),
+            )
+            minx, miny, maxx, maxy = g.bounds
+            conn.execute(
+                "INSERT INTO geo_rtree(id, minx, maxx, miny, maxy) VALUES (?,?,?,?,?)",
+                (cur.lastrowid, minx, maxx, miny, maxy),
+            )
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -419,45 +464,76 @@ class SqliteStore(Store):
 
         return await self._read(fn)
 
-    def _where(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
-        clauses = ["e.tenant = ?"]
-        args: list[Any] = [tenant]
-        if query.ids:
-            clauses.append(f"e.id IN ({','.join('?' * len(query.ids))})")
-            args.extend(query.ids)
-        if query.id_pattern:
+    @staticmethod
+    def _selector(
+        sel: Selector | EntityQuery, tenant: str, clauses: list[str], args: list[Any]
+    ) -> None:
+        if sel.ids:
+            clauses.append(f"e.id IN ({','.join('?' * len(sel.ids))})")
+            args.extend(sel.ids)
+        if sel.id_pattern:
             clauses.append("regexp(?, e.id)")
-            args.append(check_pattern(query.id_pattern))
-        if query.types:
+            args.append(check_pattern(sel.id_pattern))
+        if sel.types:
             alternatives = []
-            for conj in query.types:
+            for conj in sel.types:
                 parts = []
                 for t in conj:
                     parts.append(
-                        "EXISTS (SELECT 1 FROM entity_types t WHERE t.tenant=e.tenant AND t.type=? AND t.rid=e.rid)"
+                        "e.rid IN (SELECT rid FROM entity_types WHERE tenant=? AND type=?)"
                     )
-                    args.append(t)
+                    args.extend([tenant, t])
                 alternatives.append("(" + " AND ".join(parts) + ")")
             clauses.append("(" + " OR ".join(alternatives) + ")")
+
+    def _where(self, tenant: str, query: EntityQuery, sql: SqlBuilder) -> tuple[str, list[Any]]:
+        clauses = ["e.tenant = ?"]
+        args: list[Any] = [tenant]
+        self._selector(query, tenant, clauses, args)
+        if query.selectors:
+            alternatives = []
+            for sel in query.selectors:
+                parts: list[str] = []
+                self._selector(sel, tenant, parts, args)
+                alternatives.append("(" + (" AND ".join(parts) or "1") + ")")
+            clauses.append("(" + " OR ".join(alternatives) + ")")
         if query.attrs:
+            marks = ",".join("?" * len(query.attrs))
             clauses.append(
-                "EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant=e.tenant AND a.rid=e.rid "
-                f"AND a.attr IN ({','.join('?' * len(query.attrs))}))"
+                f"e.rid IN (SELECT rid FROM entity_attrs WHERE tenant=? AND attr IN ({marks}))"
             )
-            args.extend(query.attrs)
+            args.extend([tenant, *query.attrs])
+        for part, node in (("q", query.q), ("scope", query.scope_q), ("geo", query.geo)):
+            if node is None:
+                continue
+            sql.args = []
+            if part == "q":
+                clauses.append(sql.q(node))
+            elif part == "scope":
+                clauses.append(sql.scope(node))
+            else:
+                clauses.append(sql.geo(node))
+            args.extend(sql.args)
         return " AND ".join(clauses), args
 
     async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
-        if query.q is not None or query.geo is not None or query.scope_q is not None:
-            from broker.errors import NotImplementedYet
+        sql = SqlBuilder(tenant)
+        where, args = self._where(tenant, query, sql)
+        try:
+            return await self._read(self._query_fn(where, args, query))
+        finally:
+            sql.release()
 
-            raise NotImplementedYet("q, geo-queries and scopeQ are not available in this version")
-        where, args = self._where(tenant, query)
+    @staticmethod
+    def _query_fn(
+        where: str, args: list[Any], query: EntityQuery
+    ) -> Callable[[sqlite3.Connection], tuple[list[Entity], int | None]]:
+        order, order_args = _order_by(query)
 
         def fn(conn: sqlite3.Connection) -> tuple[list[Entity], int | None]:
             rows = conn.execute(
-                f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.rid LIMIT ? OFFSET ?",
-                [*args, query.limit, query.offset],
+                f"SELECT e.doc FROM entities e WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                [*args, *order_args, query.limit, query.offset],
             ).fetchall()
             total = None
             if query.count:
@@ -466,7 +542,7 @@ class SqliteStore(Store):
                 ).fetchone()[0]
             return [orjson.loads(r[0]) for r in rows], total
 
-        return await self._read(fn)
+        return fn
 
     async def discovery(self, tenant: str) -> Discovery:
         def fn(conn: sqlite3.Connection) -> Discovery:

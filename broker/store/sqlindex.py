@@ -1,0 +1,367 @@
+"""What the SQLite store indexes per entity, and the query AST compiled to SQL over it.
+
+Every comparable value an entity holds is a row of ``attr_values``, keyed by a path
+string (attribute IRI, sub-attribute or meta member, JSON keys). The rows are built
+with the reference evaluator's own ``candidates`` for every path the entity has, so
+a SQL comparison over them answers exactly what ``broker.query.evaluate`` answers;
+the property tests hold the two together. A path that exists but holds nothing
+comparable gets one presence row, so ``attr``/``!attr`` are row look-ups too.
+
+Geometries: the first GeoProperty instance of each attribute, as WKB, with its
+bounding box in an R*Tree; the exact predicate runs in shapely on the candidates
+the R*Tree lets through (``geo_match``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from shapely import wkb
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
+
+from broker.core.model import ENTITY_KEYS, Entity
+from broker.query.ast import (
+    META_MEMBERS,
+    URI,
+    And,
+    AttrPath,
+    Comparison,
+    Date,
+    DateTime,
+    Exists,
+    GeoQuery,
+    Node,
+    Or,
+    Range,
+    Scalar,
+    ScopeAnd,
+    ScopeOr,
+    ScopePattern,
+    ScopeQuery,
+    Time,
+    parse_date,
+    parse_datetime,
+    parse_time,
+)
+from broker.query.evaluate import (
+    EARTH_RADIUS_M,
+    candidates,
+    distance_m,
+    entity_geometry,
+    path_exists,
+)
+from broker.query.scopeq import scope_matches
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_JSON_DEPTH = 4
+SUB = "\x1f"  # separates sub-attribute / meta steps in a path key
+KEY = "\x1e"  # separates JSON keys in a path key
+
+Row = tuple[str, int, Any, Any, Any, Any, Any, Any]  # path, kind, b, num, str, dt, day, tod
+
+
+def path_key(path: AttrPath) -> str:
+    return path.attr + "".join(SUB + s for s in path.sub) + "".join(KEY + k for k in path.json)
+
+
+def _us(instant: datetime) -> int:
+    delta = instant - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _json_paths(
+    values: list[Any], prefix: tuple[str, ...], depth: int
+) -> Iterator[tuple[str, ...]]:
+    if depth >= _MAX_JSON_DEPTH:
+        return
+    keys: dict[str, list[Any]] = {}
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    keys.setdefault(str(k), []).append(v)
+    for k, vs in keys.items():
+        yield (*prefix, k)
+        yield from _json_paths(vs, (*prefix, k), depth + 1)
+
+
+def _instance_paths(attr: str, inst: dict[str, Any], subs: tuple[str, ...]) -> Iterator[AttrPath]:
+    yield AttrPath(attr, subs)
+    for key, value in inst.items():
+        if key in META_MEMBERS:
+            yield AttrPath(attr, (*subs, key))
+        elif ":" in key and isinstance(value, dict):
+            yield from _instance_paths(attr, value, (*subs, key))
+    kind = inst.get("type", "Property")
+    raw = inst.get({"LanguageProperty": "languageMap", "JsonProperty": "json"}.get(kind, "value"))
+    if kind in ("Property", "LanguageProperty", "JsonProperty") and raw is not None:
+        for keys in _json_paths([raw], (), 0):
+            yield AttrPath(attr, subs, keys)
+
+
+def entity_paths(ent: Entity) -> set[AttrPath]:
+    paths: set[AttrPath] = set()
+    for attr, instances in ent.items():
+        if attr in ENTITY_KEYS:
+            continue
+        for inst in instances:
+            paths.update(_instance_paths(attr, inst, ()))
+    return paths
+
+
+def value_rows(ent: Entity) -> list[Row]:
+    """The ``attr_values`` rows of an entity (without tenant and rid)."""
+    rows: list[Row] = []
+    for path in entity_paths(ent):
+        key = path_key(path)
+        found = False
+        for c in candidates(path, ent):
+            if isinstance(c, bool):
+                rows.append((key, 1, int(c), None, None, None, None, None))
+            elif isinstance(c, int | float):
+                if isinstance(c, float) and not math.isfinite(c):
+                    continue
+                rows.append((key, 2, None, sql_number(c), None, None, None, None))
+            elif isinstance(c, str):
+                dt = parse_datetime(c)
+                day = parse_date(c)
+                rows.append(
+                    (
+                        key,
+                        3,
+                        None,
+                        None,
+                        c,
+                        _us(dt) if dt else None,
+                        day.toordinal() if day else None,
+                        parse_time(c),
+                    )
+                )
+            else:
+                continue
+            found = True
+        if not found and path_exists(path, ent):
+            rows.append((key, 0, None, None, None, None, None, None))
+    return rows
+
+
+@dataclass(frozen=True)
+class GeoRow:
+    path: str
+    geometry: BaseGeometry
+    bounds: tuple[float, float, float, float]
+
+    @property
+    def wkb(self) -> bytes:
+        data: bytes = wkb.dumps(self.geometry)
+        return data
+
+
+def geo_rows(ent: Entity) -> list[GeoRow]:
+    rows: list[GeoRow] = []
+    for attr in ent:
+        if attr in ENTITY_KEYS:
+            continue
+        value = entity_geometry(ent, attr)
+        if value is None:
+            continue
+        try:
+            geom = shape(value)
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if geom.is_empty:
+            continue
+        rows.append(GeoRow(attr, geom, tuple(geom.bounds)))  # type: ignore[arg-type]
+    return rows
+
+
+# -- geo predicates registered per query ----------------------------------------------------
+
+_geo_queries: dict[int, tuple[GeoQuery, BaseGeometry, dict[str, Any]]] = {}
+_geo_ids = itertools.count(1)
+_geo_lock = threading.Lock()
+
+
+def register_geo(geo: GeoQuery) -> int:
+    with _geo_lock:
+        qid = next(_geo_ids)
+        _geo_queries[qid] = (geo, shape(geo.geometry), geo.geometry)
+    return qid
+
+
+def release_geo(qid: int) -> None:
+    with _geo_lock:
+        _geo_queries.pop(qid, None)
+
+
+def geo_match(blob: bytes, qid: int) -> int:
+    """SQLite function: does the stored geometry satisfy registered geo-query ``qid``."""
+    entry = _geo_queries.get(qid)
+    if entry is None:
+        return 0
+    geo, query_geom, query_json = entry
+    try:
+        subject = wkb.loads(blob)
+        if geo.georel == "near":
+            d = distance_m(query_json, subject.__geo_interface__)
+            return int(
+                (geo.max_distance is None or d <= geo.max_distance)
+                and (geo.min_distance is None or d >= geo.min_distance)
+            )
+        return int(bool(getattr(subject, geo.georel)(query_geom)))
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
+def geo_window(geo: GeoQuery) -> tuple[float, float, float, float] | None:
+    """The bounding box candidates must intersect, or None when no box bounds them.
+
+    ``disjoint`` and ``near;minDistance`` alone select what is far away: no window.
+    For ``near;maxDistance`` the query's box grows by the distance, converted to
+    degrees generously (2 % more, longitudes at the box's worst latitude).
+    """
+    if geo.georel == "disjoint" or (geo.georel == "near" and geo.max_distance is None):
+        return None
+    minx, miny, maxx, maxy = shape(geo.geometry).bounds
+    if geo.georel == "near":
+        assert geo.max_distance is not None
+        dlat = geo.max_distance / (EARTH_RADIUS_M * math.pi / 180) * 1.02 + 1e-9
+        worst = max(abs(miny - dlat), abs(maxy + dlat))
+        if worst >= 89.0:
+            return (-180.0, -90.0, 180.0, 90.0)
+        dlon = dlat / math.cos(math.radians(worst))
+        return (minx - dlon, miny - dlat, maxx + dlon, maxy + dlat)
+    return (minx, miny, maxx, maxy)
+
+
+# -- q compiled to SQL ----------------------------------------------------------------------
+
+
+class SqlBuilder:
+    """Accumulates a WHERE fragment and its parameters for one query."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self.args: list[Any] = []
+        self.geo_ids: list[int] = []
+
+    def _in_values(self, key: str, cond: str, args: list[Any]) -> str:
+        self.args.extend([self.tenant, key, *args])
+        return f"e.rid IN (SELECT rid FROM attr_values WHERE tenant=? AND path=? AND {cond})"
+
+    def q(self, node: Node) -> str:
+        if isinstance(node, And):
+            return "(" + " AND ".join(self.q(i) for i in node.items) + ")"
+        if isinstance(node, Or):
+            return "(" + " OR ".join(self.q(i) for i in node.items) + ")"
+        if isinstance(node, Exists):
+            self.args.extend([self.tenant, path_key(node.path)])
+            op = "NOT IN" if node.negated else "IN"
+            return f"e.rid {op} (SELECT rid FROM attr_values WHERE tenant=? AND path=?)"
+        assert isinstance(node, Comparison)
+        cond, args = _condition(node)
+        return self._in_values(path_key(node.path), cond, args)
+
+    def scope(self, node: ScopeQuery) -> str:
+        if isinstance(node, ScopeAnd):
+            return "(" + " AND ".join(self.scope(i) for i in node.items) + ")"
+        if isinstance(node, ScopeOr):
+            return "(" + " OR ".join(self.scope(i) for i in node.items) + ")"
+        assert isinstance(node, ScopePattern)
+        self.args.extend([self.tenant, "/" + "/".join(node.segments)])
+        return "e.rid IN (SELECT rid FROM entity_scopes WHERE tenant=? AND scope_match(?, scope))"
+
+    def geo(self, geo: GeoQuery) -> str:
+        qid = register_geo(geo)
+        self.geo_ids.append(qid)
+        window = geo_window(geo)
+        if window is None:
+            self.args.extend([self.tenant, geo.geoproperty, qid])
+            return (
+                "e.rid IN (SELECT g.rid FROM geo_shapes g WHERE g.tenant=? AND g.path=? "
+                "AND geo_match(g.geom, ?))"
+            )
+        minx, miny, maxx, maxy = window
+        self.args.extend([maxx, minx, maxy, miny, self.tenant, geo.geoproperty, qid])
+        return (
+            "e.rid IN (SELECT g.rid FROM geo_rtree r JOIN geo_shapes g ON g.id = r.id "
+            "WHERE r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ? "
+            "AND g.tenant=? AND g.path=? AND geo_match(g.geom, ?))"
+        )
+
+    def release(self) -> None:
+        for qid in self.geo_ids:
+            release_geo(qid)
+
+
+def scope_match(pattern: str, scope: str) -> int:
+    """SQLite function: does an entity scope match one scopeQ pattern (``/a/+/#``)."""
+    segments = tuple(s for s in pattern.split("/") if s)
+    return int(scope_matches(ScopePattern(segments), [scope]))
+
+
+def sql_number(n: int | float) -> int | float:
+    """SQLite integers are 64-bit: larger Python integers compare as floats."""
+    return float(n) if isinstance(n, int) and not -(2**63) <= n < 2**63 else n
+
+
+def _column(literal: Scalar) -> tuple[str, Any]:
+    """The column a literal compares with, and the literal in that column's terms."""
+    if isinstance(literal, bool):
+        return "b", int(literal)
+    if isinstance(literal, int | float):
+        return "num", sql_number(literal)
+    if isinstance(literal, URI):
+        return "str", literal.text
+    if isinstance(literal, str):
+        return "str", literal
+    if isinstance(literal, DateTime):
+        return "dt", _us(literal.instant)
+    if isinstance(literal, Date):
+        day: date = literal.day
+        return "day", day.toordinal()
+    assert isinstance(literal, Time)
+    return "tod", literal.utc_us
+
+
+def _condition(node: Comparison) -> tuple[str, list[Any]]:
+    op, value = node.op, node.value
+    if op in ("~=", "!~="):
+        assert isinstance(value, str)
+        neg = "NOT " if op == "!~=" else ""
+        return f"str IS NOT NULL AND {neg}regexp(?, str)", [value]
+    if isinstance(value, tuple):
+        by_column: dict[str, list[Any]] = {}
+        for v in value:
+            col, lit = _column(v)
+            by_column.setdefault(col, []).append(lit)
+        args: list[Any] = []
+        if op == "==":
+            parts = []
+            for col, lits in by_column.items():
+                parts.append(f"{col} IN ({','.join('?' * len(lits))})")
+                args.extend(lits)
+            return "(" + " OR ".join(parts) + ")", args
+        # comparable with some element, and equal to none of them
+        comparable = " OR ".join(f"{col} IS NOT NULL" for col in by_column)
+        parts = []
+        for col, lits in by_column.items():
+            parts.append(f"({col} IS NULL OR {col} NOT IN ({','.join('?' * len(lits))}))")
+            args.extend(lits)
+        return f"({comparable}) AND " + " AND ".join(parts), args
+    if isinstance(value, Range):
+        col, low = _column(value.low)
+        _, high = _column(value.high)
+        if op == "==":
+            return f"{col} BETWEEN ? AND ?", [low, high]
+        return f"({col} < ? OR {col} > ?)", [low, high]
+    col, lit = _column(value)
+    sql_op = {"==": "=", "!=": "!="}.get(op, op)
+    return f"{col} {sql_op} ?", [lit]
