@@ -19,7 +19,7 @@ from broker.api.deps import Hub, HubDep, TenantDep
 from broker.core.entities import UpdateResult
 from broker.core.model import Entity, View, check_entity_id, check_name
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound, TooManyResults
-from broker.jsonld.context import NGSI_LD, TermMap
+from broker.jsonld.context import TermMap
 from broker.query import (
     And,
     Comparison,
@@ -45,13 +45,6 @@ def _no_content() -> Response:
     return Response(status_code=204)
 
 
-def _geometry_property(request: Request, tm: TermMap) -> str:
-    name = request.query_params.get("geometryProperty")
-    if name is None:
-        return NGSI_LD + "location"
-    return tm.expand(check_name(name, "geometryProperty"))
-
-
 def _update_response(result: UpdateResult, tm: TermMap) -> Response:
     if result.not_updated:
         return respond(result.body(), tm=tm, kind=JSON, status=207)
@@ -63,8 +56,7 @@ async def _render(
 ) -> Any:
     """Render entities, joining linked entities when ``join`` asks for it."""
     if kind == GEO_JSON:
-        geo = _geometry_property(request, view.tm)
-        return [view.feature(e, geo) for e in entities]
+        return [view.feature(e, view.geometry_property) for e in entities]
     if view.join is None:
         return [view.entity(e) for e in entities]
     linked = await hub.entities.linked(tenant, entities, view.join_level)

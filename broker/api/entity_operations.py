@@ -103,6 +103,19 @@ async def batch_query(request: Request, hub: HubDep, tenant: TenantDep) -> Respo
         view.attrs = {tm.expand(check_name(a)) for a in attrs}
     if isinstance(body.get("lang"), str):
         view.lang = body["lang"]
+    if isinstance(body.get("geometryProperty"), str):
+        view.geometry_property = tm.expand(check_name(body["geometryProperty"], "geometryProperty"))
+    if "join" in body:
+        if body["join"] not in ("inline", "flat", "@none"):
+            raise BadRequestData("join must be inline, flat or @none")
+        view.join = None if body["join"] == "@none" else body["join"]
+    if "joinLevel" in body:
+        level = body["joinLevel"]
+        if isinstance(level, str) and level.isdigit():
+            level = int(level)
+        if not isinstance(level, int) or isinstance(level, bool) or level < 1:
+            raise BadRequestData("joinLevel must be a positive integer")
+        view.join_level = level
     selectors = [_selector(item, tm) for item in _list(body.get("entities"), "entities")]
     for key in ("q", "scopeQ"):
         if key in body and not isinstance(body[key], str):

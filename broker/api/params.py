@@ -154,6 +154,9 @@ def view_of(request: Request, tm: TermMap) -> View:
         if join not in ("inline", "flat", "@none"):
             raise BadRequestData("join must be inline, flat or @none")
         view.join = None if join == "@none" else join
+    geometry = params.get("geometryProperty")
+    if geometry is not None:
+        view.geometry_property = tm.expand(check_name(geometry, "geometryProperty"))
     datasets = params.get("datasetId")
     if datasets is not None:
         names = csv_param(datasets)

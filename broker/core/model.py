@@ -357,6 +357,8 @@ class View:
     join_level: int = 1
     #: Attribute instances to show, by datasetId (None: the default instance), or all.
     dataset_ids: set[str | None] | None = None
+    #: The GeoProperty (expanded) that is a GeoJSON Feature's geometry.
+    geometry_property: str = NGSI_LD + "location"
 
     def member(self, key: str) -> bool:
         if self.pick is not None:
