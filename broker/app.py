@@ -12,14 +12,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from broker.api import entities, entity_operations, jsonld_contexts, types, unimplemented
+from broker.api import (
+    entities,
+    entity_operations,
+    jsonld_contexts,
+    subscriptions,
+    types,
+    unimplemented,
+)
 from broker.api.deps import Hub
 from broker.api.errors import add_exception_handlers
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
-from broker.jsonld.context import ContextResolver, load_preload_map
+from broker.core.subscriptions import SubscriptionService
+from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
+from broker.notify.senders import Senders
 from broker.settings import Settings, get_settings
 from broker.store import open_store
 
@@ -41,7 +50,11 @@ async def build_hub(settings: Settings) -> Hub:
     contexts.attach(resolver)
     await contexts.load()
     service = EntityService(store, max_attributes=settings.max_attributes)
-    return Hub(
+
+    async def resolve(ctx: ContextValue | None) -> TermMap:
+        return await hub.term_map(ctx)  # the hub is assigned below, before any call
+
+    hub = Hub(
         settings=settings,
         store=store,
         resolver=resolver,
@@ -49,10 +62,25 @@ async def build_hub(settings: Settings) -> Hub:
         entities=service,
         batch=BatchService(service, max_batch=settings.max_batch),
         discovery=DiscoveryService(store),
+        subscriptions=SubscriptionService(
+            store,
+            Senders(
+                http_timeout=settings.notification_timeout,
+                mqtt_timeout=settings.notification_timeout,
+            ),
+            resolve=resolve,
+            implicit_url=contexts.implicit,
+            max_attempts=settings.notification_attempts,
+        ),
     )
+    service.on_change(hub.subscriptions.on_change)
+    hub.subscriptions.start()
+    return hub
 
 
 async def close_hub(hub: Hub) -> None:
+    await hub.subscriptions.aclose()
+    await hub.subscriptions.senders.aclose()
     await hub.resolver.aclose()
     await hub.store.close()
 
@@ -102,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(entities.router)
     app.include_router(entity_operations.router)
     app.include_router(types.router)
+    app.include_router(subscriptions.router)
     app.include_router(jsonld_contexts.router)
     app.include_router(unimplemented.router)
 

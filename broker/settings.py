@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_limit: int = Field(1000, gt=0)
     max_batch: int = Field(1000, gt=0)
 
+    # Notifications.
+    notification_timeout: float = Field(10.0, gt=0)
+    notification_attempts: int = Field(5, ge=1)
+
     log_level: str = "info"
 
     @field_validator("store")

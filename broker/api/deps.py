@@ -13,6 +13,7 @@ from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
+from broker.core.subscriptions import SubscriptionService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, single_url
 from broker.settings import Settings
 from broker.store.base import Store
@@ -29,6 +30,7 @@ class Hub:
     entities: EntityService
     batch: BatchService
     discovery: DiscoveryService
+    subscriptions: SubscriptionService
 
     async def term_map(self, ctx: ContextValue | None) -> TermMap:
         tm = await self.resolver.term_map(ctx)

@@ -17,7 +17,6 @@ from broker.errors import NotImplementedYet, UnsupportedMediaType
 router = APIRouter(prefix="/ngsi-ld/v1", include_in_schema=False)
 
 NOT_YET = {
-    "subscriptions": "subscriptions and notifications",
     "csourceRegistrations": "context source registrations",
     "csourceSubscriptions": "context source subscriptions",
     "temporal": "the temporal API",

@@ -156,6 +156,43 @@ class Store(abc.ABC):
     async def discovery(self, tenant: str) -> Discovery:
         """Entity types and attributes in use, with counts (``/types``, ``/attributes``)."""
 
+    # -- subscriptions ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_subscription(self, tenant: str, sub: dict[str, Any], *, create: bool) -> None:
+        """Store a subscription document (its ``id`` member names it).
+
+        ``create``: AlreadyExists when the id is taken; otherwise ResourceNotFound when
+        it is missing. Notification status kept by :meth:`record_notification` is not
+        touched by an update.
+        """
+
+    @abc.abstractmethod
+    async def get_subscription(self, tenant: str, sub_id: str) -> dict[str, Any] | None:
+        """The subscription document with its current ``notificationStatus`` member."""
+
+    @abc.abstractmethod
+    async def list_subscriptions(self, tenant: str) -> list[dict[str, Any]]:
+        """All subscriptions of a tenant (with status), oldest first."""
+
+    @abc.abstractmethod
+    async def delete_subscription(self, tenant: str, sub_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def record_notification(
+        self, tenant: str, sub_id: str, *, success: bool, at: str
+    ) -> None:
+        """Count one delivery attempt: every attempt is sent (timesSent), failed ones also
+        count in timesFailed; lastNotification and lastSuccess or lastFailure are set."""
+
+    @abc.abstractmethod
+    async def claim_notification(
+        self, tenant: str, sub_id: str, *, now: float, min_gap: float
+    ) -> bool:
+        """Atomically take the right to notify now: true when the last claim is at least
+        ``min_gap`` seconds old (or there was none). Several broker processes sharing
+        one store use it so throttling and ``timeInterval`` hold across all of them."""
+
     # -- JSON-LD contexts ---------------------------------------------------------------------
 
     @abc.abstractmethod

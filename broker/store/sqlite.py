@@ -28,7 +28,13 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from broker.core.model import ENTITY_KEYS, Entity
-from broker.errors import InternalError, NgsiLdError, StoreUnavailable
+from broker.errors import (
+    AlreadyExists,
+    InternalError,
+    NgsiLdError,
+    ResourceNotFound,
+    StoreUnavailable,
+)
 from broker.query.patterns import check_pattern, search
 from broker.store.base import (
     DELETE,
@@ -85,6 +91,12 @@ CREATE TABLE IF NOT EXISTS geo_shapes(
 CREATE INDEX IF NOT EXISTS geo_shapes_path ON geo_shapes(tenant, path, rid);
 CREATE INDEX IF NOT EXISTS geo_shapes_rid ON geo_shapes(rid);
 CREATE VIRTUAL TABLE IF NOT EXISTS geo_rtree USING rtree(id, minx, maxx, miny, maxy);
+CREATE TABLE IF NOT EXISTS subscriptions(
+    tenant TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, doc BLOB NOT NULL,
+    times_sent INTEGER NOT NULL DEFAULT 0, times_failed INTEGER NOT NULL DEFAULT 0,
+    last_notification TEXT, last_success TEXT, last_failure TEXT, last_claim REAL,
+    PRIMARY KEY(tenant, id)
+);
 CREATE TABLE IF NOT EXISTS contexts(
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,
@@ -571,6 +583,112 @@ class SqliteStore(Store):
             return Discovery(types=types, attributes=attributes, type_attributes=pairs)
 
         return await self._read(fn)
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    async def put_subscription(self, tenant: str, sub: dict[str, Any], *, create: bool) -> None:
+        sub_id = sub["id"]
+        doc = _dumps(sub)
+
+        def fn(conn: sqlite3.Connection) -> None:
+            if create:
+                try:
+                    conn.execute(
+                        "INSERT INTO subscriptions(tenant, id, seq, doc) VALUES "
+                        "(?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM subscriptions), ?)",
+                        (tenant, sub_id, doc),
+                    )
+                except sqlite3.IntegrityError:
+                    raise AlreadyExists(f"subscription {sub_id} already exists") from None
+                conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (tenant,))
+            elif (
+                conn.execute(
+                    "UPDATE subscriptions SET doc=? WHERE tenant=? AND id=?", (doc, tenant, sub_id)
+                ).rowcount
+                == 0
+            ):
+                raise ResourceNotFound(f"subscription {sub_id} not found")
+
+        await self._exec_write(fn)
+        if create:
+            self._known_tenants.add(tenant)
+
+    @staticmethod
+    def _subscription(row: Any) -> dict[str, Any]:
+        sub: dict[str, Any] = orjson.loads(row[0])
+        status = {"timesSent": row[1], "timesFailed": row[2]}
+        for key, value in zip(
+            ("lastNotification", "lastSuccess", "lastFailure"), row[3:6], strict=True
+        ):
+            if value is not None:
+                status[key] = value
+        sub["notificationStatus"] = status
+        return sub
+
+    _SUB_COLUMNS = "doc, times_sent, times_failed, last_notification, last_success, last_failure"
+
+    async def get_subscription(self, tenant: str, sub_id: str) -> dict[str, Any] | None:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                f"SELECT {self._SUB_COLUMNS} FROM subscriptions WHERE tenant=? AND id=?",
+                (tenant, sub_id),
+            ).fetchone()
+            return self._subscription(row) if row else None
+
+        return await self._read(fn)
+
+    async def list_subscriptions(self, tenant: str) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                f"SELECT {self._SUB_COLUMNS} FROM subscriptions WHERE tenant=? ORDER BY seq",
+                (tenant,),
+            )
+            return [self._subscription(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def delete_subscription(self, tenant: str, sub_id: str) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "DELETE FROM subscriptions WHERE tenant=? AND id=?", (tenant, sub_id)
+                ).rowcount
+                > 0
+            )
+
+        return await self._exec_write(fn)
+
+    async def record_notification(
+        self, tenant: str, sub_id: str, *, success: bool, at: str
+    ) -> None:
+        sql = (
+            "UPDATE subscriptions SET times_sent = times_sent + 1, last_notification = ?, last_success = ? "
+            "WHERE tenant=? AND id=?"
+            if success
+            else "UPDATE subscriptions SET times_sent = times_sent + 1, times_failed = times_failed + 1, "
+            "last_notification = ?, "
+            "last_failure = ? WHERE tenant=? AND id=?"
+        )
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, (at, at, tenant, sub_id))
+
+        await self._exec_write(fn)
+
+    async def claim_notification(
+        self, tenant: str, sub_id: str, *, now: float, min_gap: float
+    ) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE subscriptions SET last_claim = ? WHERE tenant=? AND id=? "
+                    "AND (last_claim IS NULL OR last_claim <= ?)",
+                    (now, tenant, sub_id, now - min_gap),
+                ).rowcount
+                == 1
+            )
+
+        return await self._exec_write(fn)
 
     # -- contexts -----------------------------------------------------------------------------
 

@@ -1,0 +1,703 @@
+"""Subscriptions and notifications (clause 5.8 and 5.11).
+
+* A subscription is stored as the client wrote it (terms as given) with the context
+  it was written under; it is compiled once (terms expanded, q/geoQ/scopeQ parsed)
+  and cached, so matching a change is in-memory work.
+* Matching runs in the process that wrote, right after the store committed, on the
+  entity before and after the change (``broker.query.evaluate`` decides q, geoQ and
+  scopeQ, exactly as queries do). Delivery is handed to background tasks: a slow or
+  dead endpoint never slows a write and never holds back other subscriptions.
+* Throttling and ``timeInterval`` are enforced with ``Store.claim_notification``, an
+  atomic compare-and-set in the store, so several broker processes agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from broker.core.model import (
+    ENTITY_KEYS,
+    Entity,
+    View,
+    check_datetime,
+    check_entity_id,
+    check_name,
+    now_iso,
+)
+from broker.errors import BadRequestData, NgsiLdError, NotImplementedYet, ResourceNotFound
+from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap, single_url
+from broker.notify.senders import DeliveryError, Endpoint, Senders
+from broker.query import (
+    GeoQuery,
+    Node,
+    ScopeQuery,
+    geo_query_from_json,
+    parse_q,
+    parse_scope_q,
+    resolve_geo,
+    resolve_q,
+)
+from broker.query.evaluate import matches_geo, matches_q, matches_scope
+from broker.query.patterns import check_pattern, search
+from broker.store.base import EntityQuery, Selector, Store, WriteResult
+
+log = logging.getLogger("renkei.subscriptions")
+
+TRIGGERS = (
+    "entityCreated",
+    "entityUpdated",
+    "entityDeleted",
+    "attributeCreated",
+    "attributeUpdated",
+    "attributeDeleted",
+)
+DEFAULT_TRIGGERS = ("attributeCreated", "attributeUpdated")
+FORMATS = {
+    "normalized": "normalized",
+    "concise": "concise",
+    "keyValues": "keyValues",
+    "simplified": "keyValues",
+}
+ACCEPTS = ("application/json", "application/ld+json")
+SCHEMES = ("http://", "https://", "mqtt://", "mqtts://")
+LINK_REL = "http://www.w3.org/ns/json-ld#context"
+_MEMBERS = {
+    "id",
+    "type",
+    "subscriptionName",
+    "description",
+    "entities",
+    "watchedAttributes",
+    "notificationTrigger",
+    "timeInterval",
+    "q",
+    "geoQ",
+    "csf",
+    "scopeQ",
+    "lang",
+    "isActive",
+    "notification",
+    "expiresAt",
+    "throttling",
+    "jsonldContext",
+    "temporalQ",
+    "createdAt",
+    "modifiedAt",
+    "status",
+    "@context",
+}
+_STATUS_MEMBERS = (
+    "timesSent",
+    "timesFailed",
+    "lastNotification",
+    "lastSuccess",
+    "lastFailure",
+    "status",
+)
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text).astimezone(UTC).timestamp()
+
+
+def _pairs(value: Any, what: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("key"), str) and isinstance(i.get("value"), str)
+        for i in value
+    ):
+        raise BadRequestData(f"{what} must be an array of {{key, value}} strings")
+    return tuple((i["key"], i["value"]) for i in value)
+
+
+def _positive(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise BadRequestData(f"{what} must be a positive number of seconds")
+    return float(value)
+
+
+def _names(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise BadRequestData(f"{what} must be a non-empty array of attribute names")
+    return [check_name(v, what) for v in value]
+
+
+@dataclass
+class Compiled:
+    """A subscription ready for matching: terms expanded, queries parsed."""
+
+    tenant: str
+    id: str
+    doc: dict[str, Any]
+    tm: TermMap
+    context_url: str
+    selectors: list[Selector]
+    watched: set[str] | None
+    triggers: set[str]
+    q: Node | None
+    geo: GeoQuery | None
+    scope: ScopeQuery | None
+    attributes: set[str] | None
+    endpoint: Endpoint
+    format: str
+    sys_attrs: bool
+    show_changes: bool
+    lang: str | None
+    throttling: float | None
+    time_interval: float | None
+    expires_at: float | None
+    is_active: bool
+
+    @property
+    def status(self) -> str:
+        if self.expires_at is not None and self.expires_at <= time.time():
+            return "expired"
+        return "active" if self.is_active else "paused"
+
+    def selects(self, ent: Entity) -> bool:
+        if not self.selectors:
+            return True
+        types = set(ent.get("type", ()))
+        for sel in self.selectors:
+            if sel.ids and ent["id"] not in sel.ids:
+                continue
+            if sel.id_pattern and not search(sel.id_pattern, ent["id"]):
+                continue
+            if sel.types and not any(all(t in types for t in conj) for conj in sel.types):
+                continue
+            return True
+        return False
+
+    def view(self) -> View:
+        return View(
+            self.tm,
+            format=self.format,  # type: ignore[arg-type]
+            sys_attrs=self.sys_attrs,
+            attrs=self.attributes,
+            lang=self.lang,
+        )
+
+
+def _attr_events(before: Entity | None, after: Entity | None, watched: set[str] | None) -> set[str]:
+    """The NGSI-LD change events of one write, limited to watched attributes if any."""
+    if before is None and after is None:
+        return set()
+    if after is None:
+        return {"entityDeleted"}
+    events = {"entityCreated"} if before is None else set()
+    old = before or {}
+    names = {k for k in (*old, *after) if k not in ENTITY_KEYS}
+    if watched is not None:
+        names &= watched
+    for name in names:
+        if name not in old:
+            events.add("attributeCreated")
+        elif name not in after:
+            events.add("attributeDeleted")
+        elif old[name] != after[name]:
+            events.add("attributeUpdated")
+    if before is not None and (events or before.get("type") != after.get("type")):
+        events.add("entityUpdated")
+    return events
+
+
+@dataclass
+class _Delivery:
+    sub: Compiled
+    body: bytes
+    headers: dict[str, str]
+
+
+class SubscriptionService:
+    def __init__(
+        self,
+        store: Store,
+        senders: Senders,
+        *,
+        resolve: Any,
+        implicit_url: Any,
+        max_attempts: int = 5,
+        backoff: float = 0.5,
+        backoff_cap: float = 30.0,
+        cache_ttl: float = 1.0,
+        concurrency: int = 64,
+    ) -> None:
+        self.store = store
+        self.senders = senders
+        #: ``async (ContextValue | None) -> TermMap`` and ``async (TermMap) -> str``
+        self._resolve = resolve
+        self._implicit_url = implicit_url
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.cache_ttl = cache_ttl
+        self._cache: dict[str, tuple[float, list[Compiled]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._scheduler: asyncio.Task[None] | None = None
+
+    # -- validation and compilation -----------------------------------------------------------
+
+    async def compile(self, tenant: str, doc: dict[str, Any]) -> Compiled:
+        """Validate a subscription document and compile it; raise BadRequestData if invalid."""
+        unknown = set(doc) - _MEMBERS - {"notificationStatus"}
+        if unknown:
+            raise BadRequestData(f"unknown subscription member(s): {', '.join(sorted(unknown))}")
+        if doc.get("type") != "Subscription":
+            raise BadRequestData('a subscription needs "type": "Subscription"')
+        sub_id = check_entity_id(doc.get("id"))
+        tm: TermMap = await self._resolve(doc.get("@context"))
+        if "jsonldContext" in doc:
+            url = doc["jsonldContext"]
+            if not isinstance(url, str) or ":" not in url:
+                raise BadRequestData("jsonldContext must be a URI")
+            tm = await self._resolve(url)
+        context_url = single_url(tm.context) or (await self._implicit_url(tm))
+        if "csf" in doc:
+            raise NotImplementedYet(
+                "context source filters (csf) are not available in this version"
+            )
+        if "temporalQ" in doc:
+            raise NotImplementedYet("temporalQ in subscriptions is not available in this version")
+        selectors = [self._selector(e, tm) for e in self._list(doc.get("entities"), "entities")]
+        watched = None
+        if "watchedAttributes" in doc:
+            watched = {tm.expand(n) for n in _names(doc["watchedAttributes"], "watchedAttributes")}
+        if not selectors and watched is None:
+            raise BadRequestData("a subscription needs entities or watchedAttributes")
+        time_interval = (
+            _positive(doc["timeInterval"], "timeInterval") if "timeInterval" in doc else None
+        )
+        throttling = _positive(doc["throttling"], "throttling") if "throttling" in doc else None
+        if time_interval is not None and (watched is not None or throttling is not None):
+            raise BadRequestData(
+                "timeInterval cannot be combined with watchedAttributes or throttling"
+            )
+        triggers = doc.get("notificationTrigger", list(DEFAULT_TRIGGERS))
+        if (
+            not isinstance(triggers, list)
+            or not triggers
+            or any(t not in TRIGGERS for t in triggers)
+        ):
+            raise BadRequestData(
+                f"notificationTrigger must be a non-empty array of {', '.join(TRIGGERS)}"
+            )
+        q = None
+        if "q" in doc:
+            if not isinstance(doc["q"], str):
+                raise BadRequestData("q must be a string")
+            q = resolve_q(parse_q(doc["q"]), tm.expand)
+        geo = None
+        if doc.get("geoQ") is not None:
+            parsed = geo_query_from_json(doc["geoQ"])
+            geo = resolve_geo(parsed, tm.expand) if parsed else None
+        scope = None
+        if "scopeQ" in doc:
+            if not isinstance(doc["scopeQ"], str):
+                raise BadRequestData("scopeQ must be a string")
+            scope = parse_scope_q(doc["scopeQ"])
+        is_active = doc.get("isActive", True)
+        if not isinstance(is_active, bool):
+            raise BadRequestData("isActive must be true or false")
+        expires_at = None
+        if "expiresAt" in doc:
+            expires_at = _epoch(check_datetime(doc["expiresAt"], "expiresAt"))
+        lang = doc.get("lang")
+        if lang is not None and not isinstance(lang, str):
+            raise BadRequestData("lang must be a string")
+        notification = doc.get("notification")
+        if not isinstance(notification, dict):
+            raise BadRequestData("a subscription needs a notification object")
+        endpoint, fmt, attributes, sys_attrs, show_changes = self._notification(notification, tm)
+        return Compiled(
+            tenant=tenant,
+            id=sub_id,
+            doc=doc,
+            tm=tm,
+            context_url=context_url,
+            selectors=selectors,
+            watched=watched,
+            triggers=set(triggers),
+            q=q,
+            geo=geo,
+            scope=scope,
+            attributes=attributes,
+            endpoint=endpoint,
+            format=fmt,
+            sys_attrs=sys_attrs,
+            show_changes=show_changes,
+            lang=lang,
+            throttling=throttling,
+            time_interval=time_interval,
+            expires_at=expires_at,
+            is_active=is_active,
+        )
+
+    @staticmethod
+    def _list(value: Any, what: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not value:
+            raise BadRequestData(f"{what} must be a non-empty array")
+        return value
+
+    @staticmethod
+    def _selector(item: Any, tm: TermMap) -> Selector:
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            raise BadRequestData("each element of entities needs a type")
+        ids = [check_entity_id(item["id"])] if "id" in item else None
+        pattern = (
+            check_pattern(item["idPattern"]) if isinstance(item.get("idPattern"), str) else None
+        )
+        types = [
+            [tm.expand(check_name(t.strip(), "entity type")) for t in alt.split(";")]
+            for alt in item["type"].replace("(", "").replace(")", "").replace("|", ",").split(",")
+        ]
+        return Selector(ids=ids, id_pattern=pattern, types=types)
+
+    @staticmethod
+    def _notification(
+        n: dict[str, Any], tm: TermMap
+    ) -> tuple[Endpoint, str, set[str] | None, bool, bool]:
+        endpoint = n.get("endpoint")
+        if not isinstance(endpoint, dict) or not isinstance(endpoint.get("uri"), str):
+            raise BadRequestData("notification.endpoint.uri is required")
+        uri = endpoint["uri"]
+        if not uri.startswith(SCHEMES):
+            raise BadRequestData(
+                f"notification endpoint {uri!r} must be an http(s):// or mqtt(s):// URI"
+            )
+        accept = endpoint.get("accept", "application/json")
+        if accept == "application/geo+json":
+            raise NotImplementedYet("GeoJSON notifications are not available in this version")
+        if accept not in ACCEPTS:
+            raise BadRequestData(f"endpoint accept must be one of {', '.join(ACCEPTS)}")
+        notifier_info = _pairs(endpoint.get("notifierInfo"), "notifierInfo")
+        for key, value in notifier_info:
+            if key == "MQTT-QoS" and value not in ("0", "1", "2"):
+                raise BadRequestData("MQTT-QoS must be 0, 1 or 2")
+            if key == "MQTT-Version" and value not in ("mqtt3.1.1", "mqtt5.0"):
+                raise BadRequestData("MQTT-Version must be mqtt3.1.1 or mqtt5.0")
+        fmt = n.get("format", "normalized")
+        if fmt not in FORMATS:
+            raise BadRequestData(f"notification format must be one of {', '.join(FORMATS)}")
+        attributes = None
+        if "attributes" in n:
+            attributes = {tm.expand(a) for a in _names(n["attributes"], "notification.attributes")}
+        for flag in ("sysAttrs", "showChanges"):
+            if flag in n and not isinstance(n[flag], bool):
+                raise BadRequestData(f"notification.{flag} must be true or false")
+        ep = Endpoint(
+            uri=uri,
+            accept=accept,
+            receiver_info=_pairs(endpoint.get("receiverInfo"), "receiverInfo"),
+            notifier_info=notifier_info,
+        )
+        return ep, FORMATS[fmt], attributes, bool(n.get("sysAttrs")), bool(n.get("showChanges"))
+
+    # -- CRUD ---------------------------------------------------------------------------------
+
+    def _forget(self, tenant: str) -> None:
+        self._cache.pop(tenant, None)
+
+    async def create(self, tenant: str, body: dict[str, Any], context: ContextValue | None) -> str:
+        doc = {
+            k: v
+            for k, v in body.items()
+            if k not in ("status", "createdAt", "modifiedAt", "notificationStatus")
+        }
+        doc.setdefault("id", f"urn:ngsi-ld:Subscription:{uuid.uuid4()}")
+        if context is not None:
+            doc["@context"] = context
+        compiled = await self.compile(tenant, doc)
+        if compiled.expires_at is not None and compiled.expires_at <= time.time():
+            raise BadRequestData("expiresAt is in the past")
+        doc["createdAt"] = doc["modifiedAt"] = now_iso()
+        await self.store.put_subscription(tenant, doc, create=True)
+        self._forget(tenant)
+        return str(doc["id"])
+
+    async def get(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        check_entity_id(sub_id)
+        doc = await self.store.get_subscription(tenant, sub_id)
+        if doc is None:
+            raise ResourceNotFound(f"subscription {sub_id} not found")
+        return doc
+
+    async def update(
+        self, tenant: str, sub_id: str, patch: dict[str, Any], context: ContextValue | None
+    ) -> None:
+        doc = await self.get(tenant, sub_id)
+        doc.pop("notificationStatus", None)
+        if "id" in patch and patch["id"] != sub_id:
+            raise BadRequestData("the id in the body differs from the id in the URL")
+        for key, value in patch.items():
+            if key in ("status", "createdAt", "modifiedAt", "id"):
+                continue
+            if (
+                key == "notification"
+                and isinstance(value, dict)
+                and isinstance(doc.get("notification"), dict)
+            ):
+                doc["notification"] = {**doc["notification"], **value}
+            elif value is None or value == "urn:ngsi-ld:null":
+                doc.pop(key, None)
+            else:
+                doc[key] = value
+        if context is not None:
+            doc["@context"] = context
+        await self.compile(tenant, doc)
+        doc["modifiedAt"] = now_iso()
+        await self.store.put_subscription(tenant, doc, create=False)
+        self._forget(tenant)
+
+    async def delete(self, tenant: str, sub_id: str) -> None:
+        check_entity_id(sub_id)
+        if not await self.store.delete_subscription(tenant, sub_id):
+            raise ResourceNotFound(f"subscription {sub_id} not found")
+        self._forget(tenant)
+
+    async def all(self, tenant: str) -> list[dict[str, Any]]:
+        return await self.store.list_subscriptions(tenant)
+
+    async def render(
+        self, tenant: str, doc: dict[str, Any], tm: TermMap, *, sys_attrs: bool = False
+    ) -> dict[str, Any]:
+        """The subscription as a client sees it: status filled in, terms in the request's context."""
+        compiled = await self.compile(
+            tenant, {k: v for k, v in doc.items() if k != "notificationStatus"}
+        )
+        out = {
+            k: v
+            for k, v in doc.items()
+            if k not in ("@context", "notificationStatus", "createdAt", "modifiedAt")
+        }
+        if sys_attrs:
+            out.update({k: doc[k] for k in ("createdAt", "modifiedAt") if k in doc})
+        for item in out.get("entities", []):
+            if isinstance(item, dict) and isinstance(item.get("type"), str):
+                item["type"] = tm.compact(compiled.tm.expand(item["type"]))
+        if "watchedAttributes" in out:
+            out["watchedAttributes"] = [
+                tm.compact(compiled.tm.expand(a)) for a in out["watchedAttributes"]
+            ]
+        notification = dict(out.get("notification", {}))
+        if "attributes" in notification:
+            notification["attributes"] = [
+                tm.compact(compiled.tm.expand(a)) for a in notification["attributes"]
+            ]
+        status = doc.get("notificationStatus", {})
+        notification.update(status)
+        if status.get("lastFailure") and status.get("lastFailure", "") >= status.get(
+            "lastSuccess", ""
+        ):
+            notification["status"] = "failed"
+        else:
+            notification["status"] = "ok"
+        notification.setdefault("format", "normalized")
+        out["notification"] = notification
+        out["isActive"] = compiled.is_active
+        out["status"] = compiled.status
+        out["jsonldContext"] = compiled.context_url
+        return out
+
+    # -- matching -----------------------------------------------------------------------------
+
+    async def _active(self, tenant: str) -> list[Compiled]:
+        cached = self._cache.get(tenant)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.cache_ttl:
+            return cached[1]
+        compiled: list[Compiled] = []
+        for doc in await self.store.list_subscriptions(tenant):
+            try:
+                compiled.append(
+                    await self.compile(
+                        tenant, {k: v for k, v in doc.items() if k != "notificationStatus"}
+                    )
+                )
+            except NgsiLdError as exc:
+                log.warning("subscription %s cannot be used: %s", doc.get("id"), exc.detail)
+        self._cache[tenant] = (now, compiled)
+        return compiled
+
+    async def on_change(self, tenant: str, results: Sequence[WriteResult]) -> None:
+        """Entity listener: match each committed change and queue notifications."""
+        subs = [
+            s
+            for s in await self._active(tenant)
+            if s.time_interval is None and s.status == "active"
+        ]
+        if not subs:
+            return
+        for r in results:
+            current = r.after if r.after is not None else r.before
+            if current is None:
+                continue
+            for sub in subs:
+                if not sub.selects(current):
+                    continue
+                events = _attr_events(r.before, r.after, sub.watched)
+                if not events & sub.triggers:
+                    continue
+                if r.after is not None and not self._filters(sub, r.after):
+                    continue
+                self.submit(sub, [self._render_change(sub, r.before, r.after)])
+
+    @staticmethod
+    def _filters(sub: Compiled, ent: Entity) -> bool:
+        return (
+            (sub.q is None or matches_q(sub.q, ent))
+            and (sub.geo is None or matches_geo(sub.geo, ent))
+            and (sub.scope is None or matches_scope(sub.scope, ent))
+        )
+
+    def _render_change(
+        self, sub: Compiled, before: Entity | None, after: Entity | None
+    ) -> dict[str, Any]:
+        view = sub.view()
+        if after is None:
+            assert before is not None
+            types = [view.tm.compact(t) for t in before["type"]]
+            return {
+                "id": before["id"],
+                "type": types[0] if len(types) == 1 else types,
+                "deletedAt": now_iso(),
+            }
+        body = view.entity(after)
+        if sub.show_changes and before is not None and view.format != "keyValues":
+            for iri, instances in after.items():
+                old = before.get(iri)
+                name = view.tm.compact(iri)
+                if (
+                    iri in ENTITY_KEYS
+                    or not old
+                    or old == instances
+                    or not isinstance(body.get(name), dict)
+                ):
+                    continue
+                previous = old[0].get("value", old[0].get("object"))
+                if previous is not None:
+                    body[name]["previousValue"] = previous
+        return body
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    def submit(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+        notification: dict[str, Any] = {
+            "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
+            "type": "Notification",
+            "subscriptionId": sub.id,
+            "notifiedAt": now_iso(),
+            "data": data,
+        }
+        headers = {"Content-Type": sub.endpoint.accept}
+        if sub.endpoint.accept == "application/ld+json":
+            notification["@context"] = (
+                sub.tm.context if sub.tm.context is not None else CORE_CONTEXT_URL
+            )
+        else:
+            headers["Link"] = f'<{sub.context_url}>; rel="{LINK_REL}"; type="application/ld+json"'
+        if sub.tenant:
+            headers["NGSILD-Tenant"] = sub.tenant
+        task = asyncio.create_task(
+            self._deliver(_Delivery(sub, orjson.dumps(notification), headers))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, job: _Delivery) -> None:
+        sub = job.sub
+        async with self._slots:
+            if sub.throttling is not None and not await self.store.claim_notification(
+                sub.tenant, sub.id, now=time.time(), min_gap=sub.throttling
+            ):
+                return  # throttled: another notification went out less than `throttling` ago
+            delay = self.backoff
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    await self.senders.send(sub.endpoint, job.body, job.headers)
+                except DeliveryError as exc:
+                    await self._record(sub, success=False)
+                    if not exc.retryable or attempt == self.max_attempts:
+                        log.warning(
+                            "notification for %s failed after %d attempt(s): %s",
+                            sub.id,
+                            attempt,
+                            exc,
+                        )
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff_cap)
+                else:
+                    await self._record(sub, success=True)
+                    return
+
+    async def _record(self, sub: Compiled, *, success: bool) -> None:
+        try:
+            await self.store.record_notification(sub.tenant, sub.id, success=success, at=now_iso())
+        except NgsiLdError as exc:  # the subscription may have been deleted meanwhile
+            log.debug("cannot record notification status of %s: %s", sub.id, exc.detail)
+
+    # -- periodic (timeInterval) --------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._scheduler is None:
+            self._scheduler = asyncio.create_task(
+                self._periodic(), name="renkei-subscriptions-periodic"
+            )
+
+    async def _periodic(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # keep the scheduler alive whatever one round met
+                log.exception("periodic notifications failed")
+            await asyncio.sleep(1.0)
+
+    async def tick(self) -> None:
+        """Send the timeInterval notifications that are due (claimed through the store)."""
+        for tenant in ["", *await self.store.tenants()]:
+            for sub in await self._active(tenant):
+                if sub.time_interval is None or sub.status != "active":
+                    continue
+                if not await self.store.claim_notification(
+                    tenant, sub.id, now=time.time(), min_gap=sub.time_interval
+                ):
+                    continue
+                query = EntityQuery(
+                    selectors=sub.selectors or None,
+                    q=sub.q,
+                    geo=sub.geo,
+                    scope_q=sub.scope,
+                    limit=1000,
+                )
+                entities, _ = await self.store.query(tenant, query)
+                if entities:
+                    view = sub.view()
+                    self.submit(sub, [view.entity(e) for e in entities])
+
+    async def aclose(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+            self._scheduler = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+__all__ = ["Compiled", "SubscriptionService", "field"]

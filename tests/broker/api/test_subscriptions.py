@@ -1,0 +1,190 @@
+"""Subscriptions over HTTP, with notifications delivered to a real HTTP receiver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from broker.app import create_app
+from tests.conftest import JSON, building, make_settings
+from tests.receiver import Receiver
+from tests.support import broker, free_port
+
+S = "/ngsi-ld/v1/subscriptions"
+E = "/ngsi-ld/v1/entities"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def subscription(url: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "Subscription",
+        "entities": [{"type": "Building"}],
+        "notification": {"endpoint": {"uri": url, "accept": "application/json"}},
+    }
+    body.update(extra)
+    return body
+
+
+def create_sub(client: TestClient, body: dict[str, Any]) -> str:
+    r = client.post(S, json=body, headers=JSON)
+    assert r.status_code == 201, r.text
+    return str(r.headers["location"].rsplit("/", 1)[1])
+
+
+def test_lifecycle_and_validation(client: TestClient, receiver: Receiver) -> None:
+    sid = create_sub(
+        client, subscription(receiver.url, id="urn:ngsi-ld:Subscription:1", q="floors>2")
+    )
+    assert sid == "urn:ngsi-ld:Subscription:1"
+    assert client.post(S, json=subscription(receiver.url, id=sid), headers=JSON).status_code == 409
+    got = client.get(f"{S}/{sid}").json()
+    assert got["status"] == "active"
+    assert got["notification"]["timesSent"] == 0
+    assert got["notification"]["format"] == "normalized"
+    assert client.patch(f"{S}/{sid}", json={"isActive": False}, headers=JSON).status_code == 204
+    assert client.get(f"{S}/{sid}").json()["status"] == "paused"
+    listed = client.get(f"{S}?count=true")
+    assert listed.headers["ngsild-results-count"] == "1"
+    assert [s["id"] for s in listed.json()] == [sid]
+    assert client.delete(f"{S}/{sid}").status_code == 204
+    assert client.get(f"{S}/{sid}").status_code == 404
+    bad = [
+        {
+            "type": "Subscription",
+            "notification": {"endpoint": {"uri": receiver.url}},
+        },  # nothing watched
+        subscription("ftp://x/y"),
+        subscription(receiver.url, q="floors>>2"),
+        subscription(receiver.url, timeInterval=5, throttling=2),
+        subscription(receiver.url, notificationTrigger=["somethingHappened"]),
+        subscription(receiver.url, expiresAt="2001-01-01T00:00:00Z"),
+        {**subscription(receiver.url), "type": "Other"},
+    ]
+    for body in bad:
+        assert client.post(S, json=body, headers=JSON).status_code == 400, body
+    assert client.post(S, json=subscription(receiver.url, csf="x"), headers=JSON).status_code == 501
+
+
+def test_notifications_follow_writes(client: TestClient, receiver: Receiver) -> None:
+    create_sub(
+        client,
+        subscription(
+            receiver.url,
+            watchedAttributes=["floors"],
+            q="floors>2",
+            notification={
+                "endpoint": {
+                    "uri": receiver.url,
+                    "receiverInfo": [{"key": "X-Komae", "value": "1"}],
+                },
+                "format": "keyValues",
+            },
+        ),
+    )
+    client.post(E, json=building(), headers=JSON)  # floors=5: created, matches
+    headers, note = receiver.wait(1)[0]
+    assert note["type"] == "Notification"
+    assert note["data"] == [
+        {
+            "id": "urn:ngsi-ld:Building:1",
+            "type": "Building",
+            "name": "Komae City Hall",
+            "floors": 5,
+            "location": {"type": "Point", "coordinates": [139.578, 35.634]},
+        }
+    ]
+    assert headers["content-type"] == "application/json"
+    assert "ngsi-ld-core-context" in headers["link"]
+    assert headers["x-komae"] == "1"
+    client.patch(
+        f"{E}/urn:ngsi-ld:Building:1/attrs", json={"name": "renamed"}, headers=JSON
+    )  # not watched
+    client.patch(f"{E}/urn:ngsi-ld:Building:1/attrs", json={"floors": 1}, headers=JSON)  # fails q
+    client.patch(f"{E}/urn:ngsi-ld:Building:1/attrs", json={"floors": 7}, headers=JSON)
+    time.sleep(0.3)
+    received = receiver.wait(2)
+    assert len(received) == 2
+    assert received[1][1]["data"][0]["floors"] == 7
+
+
+def test_triggers_and_show_changes(client: TestClient, receiver: Receiver) -> None:
+    create_sub(client, subscription(receiver.url, notificationTrigger=["entityDeleted"]))
+    create_sub(
+        client,
+        subscription(
+            receiver.url,
+            notificationTrigger=["attributeUpdated"],
+            notification={"endpoint": {"uri": receiver.url}, "showChanges": True},
+        ),
+    )
+    client.post(E, json=building(), headers=JSON)
+    client.patch(f"{E}/urn:ngsi-ld:Building:1/attrs", json={"floors": 6}, headers=JSON)
+    note = receiver.wait(1)[0][1]
+    assert note["data"][0]["floors"] == {"type": "Property", "value": 6, "previousValue": 5}
+    client.delete(f"{E}/urn:ngsi-ld:Building:1")
+    deleted = receiver.wait(2)[1][1]["data"][0]
+    assert deleted["id"] == "urn:ngsi-ld:Building:1"
+    assert "deletedAt" in deleted
+
+
+def test_throttling_and_failing_endpoints(client: TestClient, receiver: Receiver) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/nobody"
+    failing = create_sub(client, subscription(dead))
+    create_sub(client, subscription(receiver.url, throttling=30))
+    for floors in (1, 2, 3):
+        client.patch(f"{E}/urn:ngsi-ld:Building:1/attrs", json={"floors": floors}, headers=JSON)
+        client.post(E, json=building(floors={"type": "Property", "value": floors}), headers=JSON)
+    receiver.wait(1)
+    time.sleep(0.5)
+    assert len(receiver.received) == 1  # throttled
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = client.get(f"{S}/{failing}").json()["notification"]
+        if status.get("timesFailed", 0) >= 1:
+            break
+        time.sleep(0.1)
+    assert status["status"] == "failed"
+    assert "lastFailure" in status
+
+
+def test_time_interval(client: TestClient, receiver: Receiver) -> None:
+    client.post(E, json=building(), headers=JSON)
+    create_sub(client, subscription(receiver.url, timeInterval=1))
+    received = receiver.wait(2, timeout=6)
+    assert all(n["data"][0]["id"] == "urn:ngsi-ld:Building:1" for _, n in received)
+
+
+def test_subscriptions_survive_restart(tmp_path: Path, receiver: Receiver) -> None:
+    s = make_settings(tmp_path)
+    with TestClient(create_app(s)) as client:
+        create_sub(client, subscription(receiver.url))
+    with TestClient(create_app(s)) as client:
+        client.post(E, json=building(), headers=JSON)
+        receiver.wait(1)
+        assert client.get(S).json()[0]["notification"]["timesSent"] >= 0
+
+
+@pytest.mark.slow
+def test_throttling_holds_across_two_processes(tmp_path: Path, receiver: Receiver) -> None:
+    db = tmp_path / "shared.db"
+    with broker(db) as a, broker(db) as b:
+        r = httpx.post(f"{a}{S}", json=subscription(receiver.url, throttling=60), headers=JSON)
+        assert r.status_code == 201
+        for i, base in enumerate([a, b, a, b]):
+            body = building(f"urn:ngsi-ld:Building:{i}")
+            assert httpx.post(f"{base}{E}", json=body, headers=JSON).status_code == 201
+        receiver.wait(1)
+        time.sleep(1.0)
+        assert len(receiver.received) == 1

@@ -1,0 +1,72 @@
+"""A real HTTP endpoint on 127.0.0.1 (``http.server`` in a thread) that records requests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    client_port: int
+
+
+@dataclass
+class HttpEndpoint:
+    """What the endpoint received; ``status`` is what it answers next."""
+
+    url: str
+    status: int = 204
+    requests: list[Request] = field(default_factory=list)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse can be observed
+    server: _Server
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        endpoint = self.server.endpoint
+        endpoint.requests.append(
+            Request(
+                "POST",
+                self.path,
+                {k.lower(): v for k, v in self.headers.items()},
+                body,
+                self.client_address[1],
+            )
+        )
+        self.send_response(endpoint.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    endpoint: HttpEndpoint
+
+
+@contextmanager
+def http_endpoint_server() -> Iterator[HttpEndpoint]:
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.endpoint = HttpEndpoint(f"http://127.0.0.1:{server.server_address[1]}/notify")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.endpoint
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
