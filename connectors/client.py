@@ -1,0 +1,176 @@
+"""A small NGSI-LD HTTP client for connectors: they talk to the broker like any client.
+
+Batch writes go to ``/entityOperations/upsert`` (or ``merge``), with retries and
+exponential backoff on connection errors, timeouts and 5xx/429 answers; a 207
+answer is not an error of the call but a per-entity result the caller reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+log = logging.getLogger("renkei.client")
+
+LINK_REL = "http://www.w3.org/ns/json-ld#context"
+
+
+class BrokerError(Exception):
+    """The broker refused a request (4xx) or could not be reached after the retries."""
+
+    def __init__(self, message: str, *, status: int | None = None, problem: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = problem
+
+
+@dataclass
+class BatchOutcome:
+    """Per-entity result of a batch write: ids written, and (id, problem) for the others."""
+
+    success: list[str] = field(default_factory=list)
+    errors: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class BrokerClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        tenant: str | None = None,
+        context: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.tenant = tenant
+        self.context = context
+        self.retries = retries
+        self.backoff = backoff
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def _headers(self, *, body: bool = False) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if body:
+            headers["Content-Type"] = "application/json"
+        if self.context:
+            headers["Link"] = f'<{self.context}>; rel="{LINK_REL}"; type="application/ld+json"'
+        if self.tenant:
+            headers["NGSILD-Tenant"] = self.tenant
+        return headers
+
+    async def _request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        content = orjson.dumps(json) if json is not None else None
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                resp = await self._http.request(
+                    method,
+                    path,
+                    content=content,
+                    params=params,
+                    headers=self._headers(body=content is not None),
+                )
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise BrokerError(f"broker at {self.base_url} not reachable: {exc!r}") from exc
+            else:
+                if resp.status_code < 500 and resp.status_code != 429:
+                    return resp
+                if attempt == self.retries:
+                    return resp
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _fail(resp: httpx.Response, what: str) -> BrokerError:
+        try:
+            problem = resp.json()
+            detail = problem.get("detail") or problem.get("title") or resp.text
+        except ValueError:
+            problem, detail = None, resp.text
+        return BrokerError(
+            f"{what}: HTTP {resp.status_code}: {detail}", status=resp.status_code, problem=problem
+        )
+
+    async def health(self) -> bool:
+        try:
+            return (await self._http.get("/health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async def _batch(
+        self, op: str, entities: list[dict[str, Any]], params: dict[str, Any] | None
+    ) -> BatchOutcome:
+        if not entities:
+            return BatchOutcome()
+        resp = await self._request(
+            "POST", f"/ngsi-ld/v1/entityOperations/{op}", json=entities, params=params
+        )
+        if resp.status_code in (200, 201, 204):
+            return BatchOutcome(success=[e["id"] for e in entities])
+        if resp.status_code == 207:
+            body = resp.json()
+            return BatchOutcome(
+                success=list(body.get("success", [])),
+                errors=[
+                    (e.get("entityId", ""), e.get("error", {})) for e in body.get("errors", [])
+                ],
+            )
+        raise self._fail(resp, f"batch {op}")
+
+    async def upsert(self, entities: list[dict[str, Any]], *, update: bool = False) -> BatchOutcome:
+        """Create or replace (``update=True``: create or update attributes) entities."""
+        return await self._batch("upsert", entities, {"options": "update"} if update else None)
+
+    async def merge(self, entities: list[dict[str, Any]]) -> BatchOutcome:
+        return await self._batch("merge", entities, None)
+
+    async def get_entity(self, entity_id: str, **params: Any) -> dict[str, Any] | None:
+        resp = await self._request(
+            "GET", f"/ngsi-ld/v1/entities/{entity_id}", params=params or None
+        )
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._fail(resp, f"retrieve {entity_id}")
+        result: dict[str, Any] = resp.json()
+        return result
+
+    async def query(self, page_size: int = 500, **params: Any) -> AsyncIterator[dict[str, Any]]:
+        """Entities matching NGSI-LD query parameters, fetched page by page."""
+        offset = 0
+        while True:
+            resp = await self._request(
+                "GET",
+                "/ngsi-ld/v1/entities",
+                params={**params, "limit": page_size, "offset": offset},
+            )
+            if resp.status_code != 200:
+                raise self._fail(resp, "query")
+            page = resp.json()
+            for ent in page:
+                yield ent
+            if len(page) < page_size:
+                return
+            offset += page_size
+
+    async def subscribe(self, subscription: dict[str, Any]) -> str:
+        resp = await self._request("POST", "/ngsi-ld/v1/subscriptions", json=subscription)
+        if resp.status_code != 201:
+            raise self._fail(resp, "subscribe")
+        return str(resp.headers["location"].rsplit("/", 1)[1])
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
