@@ -55,7 +55,7 @@ def link_context(request: Request) -> str | None:
     return found[0] if found else None
 
 
-def tenant_of(request: Request) -> str:
+async def tenant_of(request: Request) -> str:
     tenant = request.headers.get("ngsild-tenant")
     if tenant is None or tenant == "":
         return ""

@@ -59,7 +59,7 @@ class Hub:
         return await self.term_map(link_context(request))
 
 
-def get_hub(request: Request) -> Hub:
+async def get_hub(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     return hub
 

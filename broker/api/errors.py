@@ -8,7 +8,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from broker.errors import BadRequestData, InternalError, NgsiLdError, ResourceNotFound
@@ -56,6 +56,9 @@ async def _http(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):  # the client went away: nobody to answer
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(InternalError("internal error; see the broker log"))
 

@@ -154,7 +154,7 @@ class EntityService:
         def mutate(current: Entity | None) -> Entity:
             if current is not None:
                 raise AlreadyExists(f"entity {entity['id']} already exists")
-            return copy.deepcopy(entity)
+            return entity  # the store serialises it; nothing mutates it afterwards
 
         return mutate
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+import orjson
 from shapely import wkb
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
@@ -55,11 +56,15 @@ from broker.query.evaluate import (
     candidates,
     distance_m,
     entity_geometry,
+    matches_q,
     path_exists,
 )
 from broker.query.scopeq import scope_matches
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Attribute system timestamps change on every write and are rarely queried: they get
+#: no index rows; a query on them is evaluated exactly on the stored documents instead.
+UNINDEXED_META = frozenset({"createdAt", "modifiedAt"})
 _MAX_JSON_DEPTH = 4
 SUB = "\x1f"  # separates sub-attribute / meta steps in a path key
 KEY = "\x1e"  # separates JSON keys in a path key
@@ -95,7 +100,7 @@ def _json_paths(
 def _instance_paths(attr: str, inst: dict[str, Any], subs: tuple[str, ...]) -> Iterator[AttrPath]:
     yield AttrPath(attr, subs)
     for key, value in inst.items():
-        if key in META_MEMBERS:
+        if key in META_MEMBERS and key not in UNINDEXED_META:
             yield AttrPath(attr, (*subs, key))
         elif ":" in key and isinstance(value, dict):
             yield from _instance_paths(attr, value, (*subs, key))
@@ -241,6 +246,15 @@ def geo_window(geo: GeoQuery) -> tuple[float, float, float, float] | None:
     return (minx, miny, maxx, maxy)
 
 
+_q_nodes: dict[int, Node] = {}
+
+
+def q_match(doc: bytes, qid: int) -> int:
+    """SQLite function: exact evaluation of a registered q node on a stored entity."""
+    node = _q_nodes.get(qid)
+    return int(node is not None and matches_q(node, orjson.loads(doc)))
+
+
 # -- q compiled to SQL ----------------------------------------------------------------------
 
 
@@ -251,6 +265,7 @@ class SqlBuilder:
         self.tenant = tenant
         self.args: list[Any] = []
         self.geo_ids: list[int] = []
+        self.q_ids: list[int] = []
 
     def _in_values(self, key: str, cond: str, args: list[Any]) -> str:
         self.args.extend([self.tenant, key, *args])
@@ -261,11 +276,24 @@ class SqlBuilder:
             return "(" + " AND ".join(self.q(i) for i in node.items) + ")"
         if isinstance(node, Or):
             return "(" + " OR ".join(self.q(i) for i in node.items) + ")"
+        if isinstance(node, Exists) and node.path.meta in UNINDEXED_META:
+            return (
+                self.q(Comparison(node.path, "~=", ""))
+                if not node.negated
+                else ("NOT " + self.q(Comparison(node.path, "~=", "")))
+            )
         if isinstance(node, Exists):
             self.args.extend([self.tenant, path_key(node.path)])
             op = "NOT IN" if node.negated else "IN"
             return f"e.rid {op} (SELECT rid FROM attr_values WHERE tenant=? AND path=?)"
         assert isinstance(node, Comparison)
+        if node.path.meta in UNINDEXED_META:
+            with _geo_lock:
+                qid = next(_geo_ids)
+                _q_nodes[qid] = node
+            self.q_ids.append(qid)
+            self.args.extend([self.tenant, qid])
+            return "e.rid IN (SELECT rid FROM entities WHERE tenant=? AND q_match(doc, ?))"
         cond, args = _condition(node)
         return self._in_values(path_key(node.path), cond, args)
 
@@ -299,6 +327,8 @@ class SqlBuilder:
     def release(self) -> None:
         for qid in self.geo_ids:
             release_geo(qid)
+        for qid in self.q_ids:
+            _q_nodes.pop(qid, None)
 
 
 def scope_match(pattern: str, scope: str) -> int:

@@ -46,7 +46,15 @@ from broker.store.base import (
     Store,
     WriteResult,
 )
-from broker.store.sqlindex import SqlBuilder, geo_match, geo_rows, path_key, scope_match, value_rows
+from broker.store.sqlindex import (
+    SqlBuilder,
+    geo_match,
+    geo_rows,
+    path_key,
+    q_match,
+    scope_match,
+    value_rows,
+)
 
 T = TypeVar("T")
 
@@ -174,6 +182,9 @@ class SqliteStore(Store):
         self._queue: asyncio.Queue[_WriteJob] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._readers: list[sqlite3.Connection] = []
+        #: Read connection used on the event loop itself for primary-key look-ups,
+        #: which cost less than a hop to the reader pool.
+        self._loop_conn: sqlite3.Connection | None = None
         self._readers_lock = threading.Lock()
         self._known_tenants: set[str] = {""}
 
@@ -199,6 +210,7 @@ class SqliteStore(Store):
         conn.create_function("regexp", 2, _regexp, deterministic=True)
         conn.create_function("geo_match", 2, geo_match)
         conn.create_function("scope_match", 2, scope_match, deterministic=True)
+        conn.create_function("q_match", 2, q_match)
         if readonly:
             conn.execute("PRAGMA query_only=1")
         return conn
@@ -219,6 +231,7 @@ class SqliteStore(Store):
         loop = asyncio.get_running_loop()
         with _driver_errors():
             await loop.run_in_executor(self._writer_pool, self._open_writer)
+        self._loop_conn = self._connect(readonly=True)
         self._queue = asyncio.Queue()
         self._writer_task = asyncio.create_task(self._writer_loop(), name="renkei-sqlite-writer")
 
@@ -242,6 +255,9 @@ class SqliteStore(Store):
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
 
     def _close_writer(self) -> None:
         if self._write_conn is not None:
@@ -468,13 +484,13 @@ class SqliteStore(Store):
         return await self._read(fn)
 
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
-        def fn(conn: sqlite3.Connection) -> Entity | None:
-            row = conn.execute(
+        if self._loop_conn is None:
+            raise InternalError("store is not open")
+        with _driver_errors():
+            row = self._loop_conn.execute(
                 "SELECT doc FROM entities WHERE tenant=? AND id=?", (tenant, entity_id)
             ).fetchone()
-            return orjson.loads(row[0]) if row else None
-
-        return await self._read(fn)
+        return orjson.loads(row[0]) if row else None
 
     @staticmethod
     def _selector(

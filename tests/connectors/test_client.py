@@ -21,7 +21,9 @@ def test_client_round_trip(tmp_path: Path) -> None:
             outcome = await client.upsert([*ents, bad])
             assert outcome.success == [e["id"] for e in ents]
             assert outcome.errors[0][0] == "urn:ngsi-ld:Bench:x"
-            await client.upsert([{"id": "urn:ngsi-ld:Bench:1", "type": "Bench", "colour": "green"}], update=True)
+            await client.upsert(
+                [{"id": "urn:ngsi-ld:Bench:1", "type": "Bench", "colour": "green"}], update=True
+            )
             one = await client.get_entity("urn:ngsi-ld:Bench:1", options="keyValues")
             assert one is not None
             assert one["colour"] == "green"

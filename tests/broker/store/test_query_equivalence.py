@@ -95,6 +95,10 @@ def entities(draw: st.DrawFn, n: int) -> Entity:
         if draw(st.booleans()):
             instances[0][ACC] = prop(draw(NUMBERS))
         if draw(st.booleans()):
+            instances[0]["createdAt"] = draw(
+                st.sampled_from(["2026-01-01T00:00:00Z", "2026-05-01T00:00:00Z"])
+            )
+        if draw(st.booleans()):
             instances.append(prop(draw(SCALARS), datasetId="urn:ngsi-ld:Dataset:b", unitCode="CEL"))
         ent[T + "temp"] = instances
     if draw(st.booleans()):
@@ -137,6 +141,7 @@ PATHS = [
     AttrPath(T + "temp"),
     AttrPath(T + "temp", ("observedAt",)),
     AttrPath(T + "temp", ("unitCode",)),
+    AttrPath(T + "temp", ("createdAt",)),
     AttrPath(T + "temp", (ACC,)),
     AttrPath(T + "name"),
     AttrPath(T + "name", (), ("ja",)),

@@ -1,0 +1,188 @@
+# ruff: noqa: RUF001  (Japanese fixtures: full-width digits and brackets are intended)
+"""``renkei import-csv`` through typer, and end to end against a real broker process."""
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from connectors.client import BrokerClient
+from connectors.csv.cli import register
+from connectors.csv.export import export_rows
+from connectors.csv.layout import DEFAULT_CONTEXT, load_dataset
+from tests.support import broker, free_port
+
+from .helpers import canonical_rows, preload_file, write_csv
+
+runner = CliRunner()
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Renkei."""
+
+    register(app)
+    return app
+
+
+APP = make_app()
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+    return runner.invoke(APP, ["import-csv", *args], env=env)
+
+
+def evacuation_csv(
+    tmp_path: Path, count: int = 3, encoding: str = "cp932"
+) -> tuple[Path, list[list[str]]]:
+    rows = canonical_rows(load_dataset("evacuation-sites"), count)
+    return write_csv(tmp_path / "092011_evacuation_space.csv", rows, encoding), rows
+
+
+def unused_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_dry_run_sends_nothing(tmp_path: Path) -> None:
+    path, _ = evacuation_csv(tmp_path)
+    result = invoke(
+        str(path), "--dataset", "evacuation-sites", "--dry-run", "--broker-url", unused_url()
+    )
+    assert result.exit_code == 0, result.output
+    assert "would write 3 entities" in result.output
+    assert "urn:ngsi-ld:EvacuationSite:131016-0001" in result.output
+    assert "①㈱髙" in result.output
+
+
+def test_strict_refuses_the_whole_file(tmp_path: Path) -> None:
+    path, rows = evacuation_csv(tmp_path)
+    rows[2][rows[0].index("緯度")] = "北緯35度"
+    write_csv(path, rows, "cp932")
+    # An unreachable broker: if anything were sent, the exit status would be 3.
+    result = invoke(
+        str(path), "--dataset", "evacuation-sites", "--strict", "--broker-url", unused_url()
+    )
+    assert result.exit_code == 1, result.output
+    assert (
+        "3行目 「緯度」: 数値ではありません（北緯35度） / line 3, column 緯度: not a number"
+        in result.output
+    )
+    assert "nothing written" in result.output
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    path, _ = evacuation_csv(tmp_path)
+    result = invoke(str(path))
+    assert result.exit_code == 2
+    assert "exactly one of --dataset or --mapping" in result.output
+    result = invoke(str(path), "--dataset", "parks")
+    assert result.exit_code == 2
+    assert "unknown dataset" in result.output
+    bad = tmp_path / "m.yaml"
+    bad.write_text("type: X\nid: 'urn:ngsi-ld:X:{a}'\ncolumns: {A: {attribute: a, type: float}}\n")
+    result = invoke(str(path), "--mapping", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}: columns.A.type:" in result.output
+    result = invoke(str(path), "--dataset", "evacuation-sites", "--encoding", "utf-8", "--dry-run")
+    assert result.exit_code == 2
+    assert "not valid utf-8" in result.output
+
+
+def query_all(url: str, entity_type: str, tenant: str | None = None) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
+        client = BrokerClient(url, tenant=tenant, context=DEFAULT_CONTEXT)
+        try:
+            return [e async for e in client.query(type=entity_type)]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_end_to_end_import_reimport_and_round_trip(tmp_path: Path) -> None:
+    path, rows = evacuation_csv(tmp_path, count=4, encoding="cp932")
+    layout = load_dataset("evacuation-sites")
+    with broker(tmp_path / "b.db", "--context-preload", str(preload_file(tmp_path))) as url:
+        result = invoke(str(path), "--dataset", "evacuation-sites", "--broker-url", url)
+        assert result.exit_code == 0, result.output
+        assert "wrote 4 entities" in result.output
+        entities = query_all(url, "EvacuationSite")
+        assert len(entities) == 4
+        ent = next(e for e in entities if e["id"].endswith("131016-0002"))
+        assert ent["name"]["value"] == "名称2①㈱髙"
+        assert ent["maxCapacity"]["unitCode"] == "IE"
+        assert ent["location"]["value"]["type"] == "Point"
+        assert ent["address"]["value"]["addressRegion"] == rows[2][rows[0].index("所在地_都道府県")]
+
+        # Export from the broker gives the same rows back.
+        by_id = sorted(entities, key=lambda e: e["id"])
+        assert list(export_rows(layout, by_id)) == rows
+
+        # The linked terms are Renkei's: the broker stores the full IRIs.
+        raw = httpx.get(f"{url}/ngsi-ld/v1/entities/{ent['id']}").json()
+        assert "https://renkei.city/ns/maxCapacity" in raw
+
+        # Re-import a corrected file (env var for the URL): updates, never duplicates.
+        rows[1][rows[0].index("名称")] = "訂正後の名称"
+        write_csv(path, rows, "utf-8-sig")
+        result = invoke(str(path), "--dataset", "evacuation-sites", env={"RENKEI_BROKER_URL": url})
+        assert result.exit_code == 0, result.output
+        entities = query_all(url, "EvacuationSite")
+        assert len(entities) == 4
+        names = {e["id"].rsplit("-", 1)[1]: e["name"]["value"] for e in entities}
+        assert names["0001"] == "訂正後の名称"
+
+
+def test_end_to_end_errors_skip_rows_and_tenant(tmp_path: Path) -> None:
+    path, rows = evacuation_csv(tmp_path, count=3, encoding="utf-8")
+    rows[2][rows[0].index("想定収容人数")] = "多数"
+    rows[3][rows[0].index("市区町村コード")] = "131017"
+    write_csv(path, rows, "utf-8")
+    with broker(tmp_path / "b.db", "--context-preload", str(preload_file(tmp_path))) as url:
+        args = [
+            str(path),
+            "--dataset",
+            "evacuation-sites",
+            "--broker-url",
+            url,
+            "--tenant",
+            "komae",
+        ]
+        result = invoke(*args, "--strict")
+        assert result.exit_code == 1
+        assert query_all(url, "EvacuationSite", tenant="komae") == []
+        result = invoke(*args)
+        assert result.exit_code == 1
+        assert "3行目 「想定収容人数」: 整数ではありません（多数）" in result.output
+        assert "4行目 「市区町村コード」" in result.output
+        assert "wrote 1 entities (2 of 3 rows skipped for errors)" in result.output
+        assert [e["id"] for e in query_all(url, "EvacuationSite", tenant="komae")] == [
+            "urn:ngsi-ld:EvacuationSite:131016-0001"
+        ]
+        assert query_all(url, "EvacuationSite") == []
+
+
+def test_type_override_and_mapping_with_plane_coordinates(tmp_path: Path) -> None:
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "type: Shelter\nid: 'urn:ngsi-ld:{type}:{code}'\nplane_zone: 9\n"
+        "columns:\n  番号: {attribute: code, nfkc: true}\n  X: {type: plane-x}\n  Y: {type: plane-y}\n",
+        encoding="utf-8",
+    )
+    path = write_csv(tmp_path / "s.csv", [["番号", "X", "Y"], ["１", "０", "0"]], "cp932")
+    result = invoke(str(path), "--mapping", str(mapping), "--type", "Refuge", "--dry-run")
+    assert result.exit_code == 0, result.output
+    body = result.output[result.output.index("[") :]
+    (ent,) = json.loads(body)
+    assert ent["id"] == "urn:ngsi-ld:Refuge:1"
+    lon, lat = ent["location"]["value"]["coordinates"]
+    assert lon == pytest.approx(139 + 50 / 60, abs=1e-7)
+    assert lat == pytest.approx(36.0, abs=1e-7)
