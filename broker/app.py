@@ -74,6 +74,7 @@ async def build_hub(settings: Settings) -> Hub:
             resolve=resolve,
             implicit_url=contexts.implicit,
             max_attempts=settings.notification_attempts,
+            linked=service.linked,
         ),
     )
     service.on_change(hub.subscriptions.on_change)

@@ -26,7 +26,9 @@ from typing import Any
 import orjson
 
 from broker.core.model import (
+    ATTRIBUTE_TYPES,
     ENTITY_KEYS,
+    NULL,
     Entity,
     View,
     check_datetime,
@@ -34,6 +36,7 @@ from broker.core.model import (
     check_name,
     now_iso,
 )
+from broker.core.projection import Tree
 from broker.errors import BadRequestData, NgsiLdError, NotImplementedYet, ResourceNotFound
 from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap, single_url
 from broker.notify.senders import DeliveryError, Endpoint, Senders
@@ -95,6 +98,16 @@ _MEMBERS = {
     "modifiedAt",
     "status",
     "@context",
+    "datasetId",
+}
+PREVIOUS = {
+    "value": "previousValue",
+    "object": "previousObject",
+    "languageMap": "previousLanguageMap",
+    "json": "previousJson",
+    "vocab": "previousVocab",
+    "valueList": "previousValueList",
+    "objectList": "previousObjectList",
 }
 _STATUS_MEMBERS = (
     "timesSent",
@@ -158,6 +171,14 @@ class Compiled:
     time_interval: float | None
     expires_at: float | None
     is_active: bool
+    #: Terms of notifications are compacted with this (``jsonldContext``, else the
+    #: subscription's own context).
+    render_tm: TermMap | None = None
+    pick: Tree | None = None
+    omit: Tree | None = None
+    join: str | None = None
+    join_level: int = 1
+    dataset_ids: set[str | None] | None = None
 
     @property
     def status(self) -> str:
@@ -181,11 +202,16 @@ class Compiled:
 
     def view(self) -> View:
         return View(
-            self.tm,
+            self.render_tm or self.tm,
             format=self.format,  # type: ignore[arg-type]
             sys_attrs=self.sys_attrs,
             attrs=self.attributes,
             lang=self.lang,
+            pick=self.pick,
+            omit=self.omit,
+            join=self.join,
+            join_level=self.join_level,
+            dataset_ids=self.dataset_ids,
         )
 
 
@@ -232,9 +258,12 @@ class SubscriptionService:
         backoff_cap: float = 30.0,
         cache_ttl: float = 1.0,
         concurrency: int = 64,
+        linked: Any = None,
     ) -> None:
         self.store = store
         self.senders = senders
+        #: ``async (tenant, roots, levels) -> {id: entity}`` for notifications with join
+        self._linked = linked
         #: ``async (ContextValue | None) -> TermMap`` and ``async (TermMap) -> str``
         self._resolve = resolve
         self._implicit_url = implicit_url
@@ -258,12 +287,13 @@ class SubscriptionService:
             raise BadRequestData('a subscription needs "type": "Subscription"')
         sub_id = check_entity_id(doc.get("id"))
         tm: TermMap = await self._resolve(doc.get("@context"))
+        render_tm = tm
         if "jsonldContext" in doc:
             url = doc["jsonldContext"]
             if not isinstance(url, str) or ":" not in url:
                 raise BadRequestData("jsonldContext must be a URI")
-            tm = await self._resolve(url)
-        context_url = single_url(tm.context) or (await self._implicit_url(tm))
+            render_tm = await self._resolve(url)
+        context_url = single_url(render_tm.context) or (await self._implicit_url(render_tm))
         if "csf" in doc:
             raise NotImplementedYet(
                 "context source filters (csf) are not available in this version"
@@ -320,6 +350,24 @@ class SubscriptionService:
         if not isinstance(notification, dict):
             raise BadRequestData("a subscription needs a notification object")
         endpoint, fmt, attributes, sys_attrs, show_changes = self._notification(notification, tm)
+        pick = self._projection(notification.get("pick"), "pick", tm)
+        omit = self._projection(notification.get("omit"), "omit", tm)
+        if pick is not None and omit is not None and set(pick) & set(omit):
+            raise BadRequestData("the same member is both picked and omitted")
+        if attributes is not None and (pick is not None or omit is not None):
+            raise BadRequestData("notification.attributes cannot be combined with pick or omit")
+        join = notification.get("join")
+        if join is not None and join not in ("inline", "flat", "@none"):
+            raise BadRequestData("notification.join must be inline, flat or @none")
+        join_level = notification.get("joinLevel", 1)
+        if isinstance(join_level, bool) or not isinstance(join_level, int) or join_level < 1:
+            raise BadRequestData("notification.joinLevel must be a positive integer")
+        dataset_ids = None
+        if "datasetId" in doc:
+            ds = doc["datasetId"]
+            if not isinstance(ds, list) or not all(isinstance(d, str) for d in ds):
+                raise BadRequestData("datasetId must be an array of dataset URIs (or @none)")
+            dataset_ids = {None if d == "@none" else d for d in ds}
         return Compiled(
             tenant=tenant,
             id=sub_id,
@@ -342,7 +390,24 @@ class SubscriptionService:
             time_interval=time_interval,
             expires_at=expires_at,
             is_active=is_active,
+            render_tm=render_tm,
+            pick=pick,
+            omit=omit,
+            join=None if join == "@none" else join,
+            join_level=join_level,
+            dataset_ids=dataset_ids,
         )
+
+    @staticmethod
+    def _projection(value: Any, what: str, tm: TermMap) -> Tree | None:
+        if value is None:
+            return None
+        names = value if isinstance(value, list) else [value] if isinstance(value, str) else None
+        if not names or not all(isinstance(n, str) for n in names):
+            raise BadRequestData(f"notification.{what} must be an array of member names")
+        return {
+            n if n in ("id", "type", "scope") else tm.expand(check_name(n)): None for n in names
+        }
 
     @staticmethod
     def _list(value: Any, what: str) -> list[Any]:
@@ -457,7 +522,13 @@ class SubscriptionService:
                 doc[key] = value
         if context is not None:
             doc["@context"] = context
-        await self.compile(tenant, doc)
+        compiled = await self.compile(tenant, doc)
+        if (
+            "expiresAt" in patch
+            and compiled.expires_at is not None
+            and compiled.expires_at <= time.time()
+        ):
+            raise BadRequestData("expiresAt is in the past")
         doc["modifiedAt"] = now_iso()
         await self.store.put_subscription(tenant, doc, create=False)
         self._forget(tenant)
@@ -499,15 +570,11 @@ class SubscriptionService:
             ]
         status = doc.get("notificationStatus", {})
         notification.update(status)
-        if status.get("lastFailure") and status.get("lastFailure", "") >= status.get(
-            "lastSuccess", ""
-        ):
-            notification["status"] = "failed"
-        else:
-            notification["status"] = "ok"
+        if status.get("timesSent"):  # "ok"/"failed" describe the last delivery, once there was one
+            failed = "lastFailure" in status and status["lastFailure"] >= status.get("lastSuccess", "")
+            notification["status"] = "failed" if failed else "ok"
         notification.setdefault("format", "normalized")
         out["notification"] = notification
-        out["isActive"] = compiled.is_active
         out["status"] = compiled.status
         out["jsonldContext"] = compiled.context_url
         return out
@@ -553,7 +620,12 @@ class SubscriptionService:
                     continue
                 if r.after is not None and not self._filters(sub, r.after):
                     continue
-                self.submit(sub, [self._render_change(sub, r.before, r.after)])
+                linked = None
+                flat: list[dict[str, Any]] = []
+                if sub.join is not None and r.after is not None and self._linked is not None:
+                    linked = await self._linked(tenant, [r.after], sub.join_level)
+                data = [self._render_change(sub, r.before, r.after, linked, flat)]
+                self.submit(sub, [*data, *(f for f in flat if f.get("id") != current["id"])])
 
     @staticmethod
     def _filters(sub: Compiled, ent: Entity) -> bool:
@@ -564,33 +636,76 @@ class SubscriptionService:
         )
 
     def _render_change(
-        self, sub: Compiled, before: Entity | None, after: Entity | None
+        self,
+        sub: Compiled,
+        before: Entity | None,
+        after: Entity | None,
+        linked: dict[str, Entity] | None = None,
+        flat: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
+        """One entity of a notification: the entity now, deleted attributes as NGSI-LD
+        Null, and with ``showChanges`` the previous value members (previousValue ...)."""
         view = sub.view()
+        tm = view.tm
         if after is None:
             assert before is not None
-            types = [view.tm.compact(t) for t in before["type"]]
-            return {
+            types = [tm.compact(t) for t in before["type"]]
+            body: dict[str, Any] = {
                 "id": before["id"],
                 "type": types[0] if len(types) == 1 else types,
                 "deletedAt": now_iso(),
             }
-        body = view.entity(after)
-        if sub.show_changes and before is not None and view.format != "keyValues":
+            named = sub.attributes if sub.attributes is not None else sub.watched
+            gone = [k for k in before if k not in ENTITY_KEYS and named is not None and k in named]
+        else:
+            body = view.entity(after, linked, flat)
+            gone = [
+                k
+                for k in (before or {})
+                if k not in ENTITY_KEYS and k not in after and view.keeps(k)
+            ]
+            if sub.watched is not None:
+                gone = [k for k in gone if k in sub.watched]
+        assert before is not None or not gone
+        for iri in gone:
+            old = before[iri][0] if before else {}
+            kind = old.get("type", "Property")
+            member = ATTRIBUTE_TYPES.get(kind, "value")
+            if view.format == "keyValues":
+                body[tm.compact(iri)] = NULL
+                continue
+            item: dict[str, Any] = {"type": kind, member: NULL}
+            if sub.show_changes and member in old:
+                item[PREVIOUS[member]] = self._member_value(view, member, old[member])
+            body[tm.compact(iri)] = item
+        if (
+            sub.show_changes
+            and before is not None
+            and after is not None
+            and view.format != "keyValues"
+        ):
             for iri, instances in after.items():
-                old = before.get(iri)
-                name = view.tm.compact(iri)
-                if (
-                    iri in ENTITY_KEYS
-                    or not old
-                    or old == instances
-                    or not isinstance(body.get(name), dict)
-                ):
+                old_instances = before.get(iri)
+                name = tm.compact(iri)
+                if iri in ENTITY_KEYS or not old_instances or old_instances == instances:
                     continue
-                previous = old[0].get("value", old[0].get("object"))
-                if previous is not None:
-                    body[name]["previousValue"] = previous
+                if not isinstance(body.get(name), dict) or len(instances) != 1:
+                    continue
+                old, new = old_instances[0], instances[0]
+                member = ATTRIBUTE_TYPES.get(new.get("type", "Property"), "value")
+                if member in old and old.get(member) != new.get(member):
+                    body[name][PREVIOUS[member]] = self._member_value(view, member, old[member])
         return body
+
+    @staticmethod
+    def _member_value(view: View, member: str, value: Any) -> Any:
+        if member == "vocab":
+            return (
+                [view.tm.compact(v) for v in value]
+                if isinstance(value, list)
+                else view.tm.compact(value)
+            )
+        return value
 
     # -- delivery -----------------------------------------------------------------------------
 
