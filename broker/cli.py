@@ -123,6 +123,16 @@ Renkei: {count} 件のサンプルエンティティを読み込みました / l
     _run(settings)
 
 
+def _register_connectors() -> None:
+    """Connector commands (import-csv, iot-agent) live with their packages."""
+    from connectors.csv.cli import register as register_csv
+
+    register_csv(app)
+
+
+_register_connectors()
+
+
 def main() -> None:
     app()
 

@@ -571,7 +571,9 @@ class SubscriptionService:
         status = doc.get("notificationStatus", {})
         notification.update(status)
         if status.get("timesSent"):  # "ok"/"failed" describe the last delivery, once there was one
-            failed = "lastFailure" in status and status["lastFailure"] >= status.get("lastSuccess", "")
+            failed = "lastFailure" in status and status["lastFailure"] >= status.get(
+                "lastSuccess", ""
+            )
             notification["status"] = "failed" if failed else "ok"
         notification.setdefault("format", "normalized")
         out["notification"] = notification

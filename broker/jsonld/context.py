@@ -28,7 +28,7 @@ from pyld import jsonld
 from pyld.context_resolver import ContextResolver as _PyldResolver
 
 from broker.errors import BadRequestData, LdContextNotAvailable
-from schemas import CORE_CONTEXT_FILE
+from schemas import BUNDLED_CONTEXTS, CORE_CONTEXT_FILE
 
 CORE_CONTEXT_URL = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 NGSI_LD = "https://uri.etsi.org/ngsi-ld/"
@@ -203,7 +203,10 @@ class ContextResolver:
         #: Relative context URLs (``/ngsi-ld/v1/jsonldContexts/...``) resolve against this.
         self.base_url = base_url.rstrip("/")
         self.core_doc = load_core_context()
-        self.preload = dict(preload or {})
+        self.preload: dict[str, JsonDoc] = {
+            url: orjson.loads(path.read_bytes()) for url, path in BUNDLED_CONTEXTS.items()
+        }
+        self.preload.update(preload or {})
         self.fetched: dict[str, JsonDoc] = {}
         self.fetch_timeout = fetch_timeout
         self.max_bytes = max_bytes

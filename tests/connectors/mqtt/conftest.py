@@ -111,11 +111,20 @@ def agent_factory(tmp_path: Path, mqtt: MqttBroker, hub: str) -> AgentFactory:
 class Publisher:
     """A paho client publishing like a device does."""
 
-    def __init__(self, mqtt: MqttBroker, *, mqtt5: bool = False) -> None:
+    def __init__(
+        self,
+        mqtt: MqttBroker,
+        *,
+        mqtt5: bool = False,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.client = Client(
             CallbackAPIVersion.VERSION2,
             protocol=MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311,
         )
+        if user is not None:
+            self.client.username_pw_set(user, password)
         self.client.connect(mqtt.host, mqtt.port)
         self.client.loop_start()
 

@@ -225,7 +225,10 @@ def test_two_agents_share_the_load(agent_factory: AgentFactory, hub: str, mqtt: 
                 pub.publish(f"/shared/c{i % 10}/attrs", json.dumps({"n": i}), qos=1)
         finally:
             pub.close()
-        stored = lambda: one.metric("measures_stored_total") + two.metric("measures_stored_total")  # noqa: E731
+
+        def stored() -> int:
+            return one.metric("measures_stored_total") + two.metric("measures_stored_total")
+
         wait_for(lambda: stored() >= total, timeout=20, what="all measures stored")
         received = [a.metric("messages_received_total", "measure") for a in (one, two)]
         assert sum(received) == total, received  # none lost, none twice
@@ -244,14 +247,7 @@ def test_mqtt_311_single_agent_and_credentials(
             provision(agent, {**GROUP, "apikey": "v3"})
             health = httpx.get(f"{agent.url}/health").json()
             assert health["mqttVersion"] == "3.1.1"
-            pub = Publisher.__new__(Publisher)
-            from paho.mqtt.client import Client
-            from paho.mqtt.enums import CallbackAPIVersion
-
-            pub.client = Client(CallbackAPIVersion.VERSION2)
-            pub.client.username_pw_set("dev", "devpw")
-            pub.client.connect(secured.host, secured.port)
-            pub.client.loop_start()
+            pub = Publisher(secured, user="dev", password="devpw")
             try:
                 pub.publish("/v3/old/attrs", '{"t": 3}', qos=1)
             finally:
