@@ -34,4 +34,5 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache renkei.db renkei.db-wal renkei.db-shm
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache renkei.db renkei.db-wal renkei.db-shm \
+		renkei-iota.db renkei-iota.db-wal renkei-iota.db-shm

@@ -126,8 +126,10 @@ Renkei: {count} 件のサンプルエンティティを読み込みました / l
 def _register_connectors() -> None:
     """Connector commands (import-csv, iot-agent) live with their packages."""
     from connectors.csv.cli import register as register_csv
+    from connectors.mqtt.cli import register as register_mqtt
 
     register_csv(app)
+    register_mqtt(app)
 
 
 _register_connectors()

@@ -1,0 +1,1 @@
+"""FIWARE IoT Agent JSON compatible MQTT connector (``renkei iot-agent``)."""

@@ -1,0 +1,384 @@
+"""The IoT agent: MQTT messages in, NGSI-LD batch writes out, commands both ways.
+
+:class:`IoTAgent` owns the parts and their tasks: the :class:`Registry` of
+provisioned devices, the :class:`MqttLink` (southbound), the :class:`Batcher`
+(northbound), the broker subscriptions through which it learns of commands, and a
+health watch of the broker. Everything but paho's network thread runs on one event
+loop; a bad message is counted, logged with its topic and skipped, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from connectors.client import BrokerClient, BrokerError
+from connectors.mqtt.mapping import BadValue, convert, iso, measures, static_attributes
+from connectors.mqtt.metrics import Metrics
+from connectors.mqtt.northbound import Ack, Batcher
+from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
+from connectors.mqtt.settings import AgentSettings
+from connectors.mqtt.southbound import Incoming, MqttLink, parse_server
+
+log = logging.getLogger("renkei.iota")
+
+NOTIFY_PATH = "/notify"
+HEALTH_PERIOD = 2.0
+SUBSCRIBE_RETRY = 2.0
+STOP_FLUSH_TIMEOUT = 5.0
+
+
+class IoTAgent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = Registry(settings.iota_db)
+        self.batcher = Batcher(
+            self._write,
+            self.metrics,
+            window=settings.iota_window_ms / 1000,
+            max_entities=settings.iota_window_entities,
+            capacity=settings.iota_buffer,
+        )
+        self.link = MqttLink(
+            parse_server(settings.mqtt_url),
+            client_id=settings.client_id,
+            version=settings.mqtt_version,
+            share_group=settings.mqtt_share_group,
+            receive_maximum=min(settings.iota_buffer, 65535),
+            ca_file=settings.mqtt_ca_file,
+        )
+        self.broker_up = False
+        self._clients: dict[str | None, BrokerClient] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed: set[tuple[str | None, str, str]] = set()
+        self._subscribe_wanted = asyncio.Event()
+        self._last_log: dict[str, float] = {}
+        self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
+        self.metrics.gauge("broker_up", lambda: float(self.broker_up and self.batcher.broker_ok))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.batcher.run(), name="iota-batcher"),
+            asyncio.create_task(self._watch_broker(), name="iota-health"),
+            asyncio.create_task(self._keep_subscriptions(), name="iota-subscriptions"),
+        ]
+        await self.link.start(self.handle)
+        log.info(
+            "IoT agent: MQTT %s -> broker %s, provisioning on %s",
+            self.link.server.display,
+            self.settings.broker_url,
+            self.settings.public_url,
+        )
+
+    async def stop(self) -> None:
+        await self.link.stop()
+        self.batcher.close()
+        batcher, *others = self._tasks
+        for task in others:
+            task.cancel()
+        try:
+            # a broker that is down gets a short chance only: stopping must not hang
+            async with asyncio.timeout(STOP_FLUSH_TIMEOUT if self.batcher.broker_ok else 0.5):
+                await batcher
+        except TimeoutError:
+            log.warning("stopping with %d measures not written", self.batcher.buffered)
+        for task in others:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for client in self._clients.values():
+            await client.aclose()
+        self.registry.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self.link.connected and self.broker_up and self.batcher.broker_ok
+
+    def client(self, tenant: str | None) -> BrokerClient:
+        client = self._clients.get(tenant)
+        if client is None:
+            client = BrokerClient(self.settings.broker_url, tenant=tenant, retries=0)
+            self._clients[tenant] = client
+        return client
+
+    async def _write(self, tenant: str | None, entities: list[dict[str, Any]]) -> Any:
+        return await self.client(tenant).upsert(entities, update=True)
+
+    async def _watch_broker(self) -> None:
+        while True:
+            up = await self.client(None).health()
+            if up != self.broker_up:
+                log.log(
+                    logging.INFO if up else logging.WARNING,
+                    "broker %s %s",
+                    self.settings.broker_url,
+                    "reachable" if up else "not reachable",
+                )
+            self.broker_up = up
+            await asyncio.sleep(HEALTH_PERIOD if up else HEALTH_PERIOD / 4)
+
+    # -- bad input ----------------------------------------------------------------------------
+
+    def bad(self, reason: str, topic: str, detail: str) -> None:
+        self.metrics.inc("bad_input_total", reason)
+        now = time.monotonic()
+        if now - self._last_log.get(reason, 0.0) >= 1.0:  # one line per reason per second
+            self._last_log[reason] = now
+            log.warning("bad input on %s (%s): %s", topic, reason, detail)
+
+    # -- southbound messages ------------------------------------------------------------------
+
+    def handle(self, batch: list[Incoming]) -> None:
+        for item in batch:
+            ack = self.link.acker(item)
+            try:
+                queued = self._handle_one(item, ack)
+            except Exception as exc:  # a bug must cost one message, not the agent
+                log.exception("cannot handle message on %s", item.topic)
+                self.bad("internal_error", item.topic, repr(exc))
+                queued = False
+            if not queued and ack is not None:
+                ack()
+
+    def _device(self, apikey: str, device_id: str, topic: str) -> Resolved | None:
+        device = self.registry.resolve(apikey, device_id)
+        if device is not None:
+            return device
+        found = self.registry.group_for(apikey)
+        if found is None:
+            self.bad("unknown_apikey", topic, f"no group has apikey {apikey!r}")
+            return None
+        scope, group = found
+        allowed = group.autoprovision
+        if allowed is None:
+            allowed = self.settings.iota_autoprovision
+        if not allowed:
+            self.bad("unknown_device", topic, f"device {device_id!r} is not provisioned")
+            return None
+        device = self.registry.autoprovision(scope, apikey, device_id)
+        log.info("device %s provisioned automatically (apikey %s)", device_id, apikey)
+        self.commands_changed()
+        return device
+
+    def _handle_one(self, item: Incoming, ack: Ack | None) -> bool:
+        """Queue what ``item`` carries; True if ``ack`` was handed to the batcher."""
+        segments = item.topic.split("/")[1:]
+        if item.topic.startswith("/json/") and len(segments) >= 4:
+            segments = segments[1:]
+        if len(segments) < 3 or segments[2] not in ("attrs", "cmdexe") or len(segments) > 4:
+            self.bad("invalid_topic", item.topic, "not an IoT Agent JSON topic")
+            return False
+        apikey, device_id, kind = segments[:3]
+        self.metrics.inc(
+            "messages_received_total", "command_result" if kind == "cmdexe" else "measure"
+        )
+        device = self._device(apikey, device_id, item.topic)
+        if device is None:
+            return False
+        if len(segments) == 4:
+            if kind != "attrs":
+                self.bad("invalid_topic", item.topic, "not an IoT Agent JSON topic")
+                return False
+            payload: Any = {segments[3]: self._single_value(item)}
+        else:
+            try:
+                payload = orjson.loads(item.payload)
+            except orjson.JSONDecodeError as exc:
+                self.bad("invalid_json", item.topic, str(exc))
+                return False
+        if kind == "cmdexe":
+            return self._command_result(device, payload, item, ack)
+        try:
+            objects = list(measures(payload))
+        except BadValue as exc:
+            self.bad(exc.reason, item.topic, str(exc))
+            return False
+        static = static_attributes(device) if device.static else {}
+        queued = False
+        for i, obj in enumerate(objects):
+            measure = convert(device, obj, item.arrival)
+            for problem in measure.problems:
+                self.bad(problem.reason, item.topic, str(problem))
+            if not measure.attrs:
+                continue
+            last = i == len(objects) - 1
+            self.batcher.add(
+                device.tenant,
+                device.entity_id,
+                device.entity_type,
+                {**static, **measure.attrs} if static else measure.attrs,
+                measure.observed,
+                ack=ack if last else None,
+                droppable=item.qos == 0,
+            )
+            queued = queued or last
+        return queued
+
+    @staticmethod
+    def _single_value(item: Incoming) -> Any:
+        try:
+            return orjson.loads(item.payload)
+        except orjson.JSONDecodeError:
+            return item.payload.decode("utf-8", errors="replace")
+
+    def _command_result(
+        self, device: Resolved, payload: Any, item: Incoming, ack: Ack | None
+    ) -> bool:
+        if not isinstance(payload, dict) or not payload:
+            self.bad("invalid_payload", item.topic, "a command result must be a JSON object")
+            return False
+        attrs: dict[str, dict[str, Any]] = {}
+        stamp = iso(item.arrival)
+        for name, result in payload.items():
+            if name not in device.commands:
+                self.bad("unknown_command", item.topic, f"{name!r} is not a command of the device")
+                continue
+            self.metrics.inc("command_results_total")
+            attrs[f"{name}_status"] = {"type": "Property", "value": "OK", "observedAt": stamp}
+            attrs[f"{name}_info"] = {
+                "type": "Property",
+                "value": "" if result is None else result,
+                "observedAt": stamp,
+            }
+        if not attrs:
+            return False
+        self.batcher.add(
+            device.tenant,
+            device.entity_id,
+            device.entity_type,
+            attrs,
+            item.arrival,
+            ack=ack,
+            droppable=False,
+        )
+        return True
+
+    # -- provisioning hooks -------------------------------------------------------------------
+
+    def devices_added(self, devices: list[Resolved]) -> None:
+        """Create each device's entity (static attributes) and its command subscriptions."""
+        for device in devices:
+            self.batcher.add(
+                device.tenant,
+                device.entity_id,
+                device.entity_type,
+                static_attributes(device),
+                time.time(),
+                droppable=False,
+                measures=0,
+            )
+        self.commands_changed()
+
+    def commands_changed(self) -> None:
+        self._subscribe_wanted.set()
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _wanted_subscriptions(self) -> set[tuple[str | None, str, str]]:
+        wanted = {
+            (d.tenant, d.entity_type, c) for d in self.registry.all_resolved() for c in d.commands
+        }
+        for (scope, _), group in self.registry.groups.items():
+            for c in group.commands:
+                wanted.add((scope.tenant, group.entity_type or DEFAULT_TYPE, c.name))
+        return wanted
+
+    def _subscription(self, entity_type: str, command: str, sub_id: str) -> dict[str, Any]:
+        return {
+            "id": sub_id,
+            "type": "Subscription",
+            "description": f"IoT agent commands: {command} of {entity_type}",
+            "entities": [{"type": entity_type}],
+            "watchedAttributes": [command],
+            "notificationTrigger": ["attributeUpdated", "attributeCreated"],
+            "notification": {
+                "attributes": [command],
+                "format": "normalized",
+                "endpoint": {
+                    "uri": self.settings.public_url + NOTIFY_PATH,
+                    "accept": "application/json",
+                },
+            },
+        }
+
+    async def _keep_subscriptions(self) -> None:
+        """Make sure the broker tells the agent of every provisioned command's updates."""
+        self._subscribe_wanted.set()
+        while True:
+            await self._subscribe_wanted.wait()
+            self._subscribe_wanted.clear()
+            missing = self._wanted_subscriptions() - self._subscribed
+            for tenant, entity_type, command in sorted(missing, key=str):
+                # One id per (tenant, type, command, endpoint): creating it again is a no-op.
+                digest = hashlib.sha256(
+                    f"{tenant}|{entity_type}|{command}|{self.settings.public_url}".encode()
+                ).hexdigest()[:24]
+                sub_id = f"urn:ngsi-ld:Subscription:renkei-iota-{digest}"
+                try:
+                    await self.client(tenant).subscribe(
+                        self._subscription(entity_type, command, sub_id)
+                    )
+                except BrokerError as exc:
+                    if exc.status != 409:
+                        log.warning("cannot subscribe to command %s: %s", command, exc)
+                        continue
+                self._subscribed.add((tenant, entity_type, command))
+            if self._wanted_subscriptions() - self._subscribed:
+                await asyncio.sleep(SUBSCRIBE_RETRY)
+                self._subscribe_wanted.set()
+
+    def notified(self, tenant: str | None, notification: Any) -> int:
+        """A broker notification: publish each updated command to its device."""
+        data = notification.get("data") if isinstance(notification, dict) else None
+        if not isinstance(data, list):
+            log.warning("ignoring a notification without data")
+            return 0
+        sent = 0
+        for ent in data:
+            if not isinstance(ent, dict):
+                continue
+            device = self.registry.by_entity(tenant or "", str(ent.get("id")))
+            if device is None:
+                continue
+            for name in device.commands:
+                if name not in ent:
+                    continue
+                attr = ent[name]
+                value = attr.get("value", attr.get("object")) if isinstance(attr, dict) else attr
+                topic = f"/{device.apikey}/{device.device_id}/cmd"
+                if not self.link.publish(topic, orjson.dumps({name: value})):
+                    log.warning("command %s for %s not published: MQTT down", name, topic)
+                    status = "ERROR"
+                else:
+                    self.metrics.inc("commands_sent_total")
+                    status = "PENDING"
+                    sent += 1
+                now = time.time()
+                self.batcher.add(
+                    device.tenant,
+                    device.entity_id,
+                    device.entity_type,
+                    {
+                        f"{name}_status": {
+                            "type": "Property",
+                            "value": status,
+                            "observedAt": iso(now),
+                        }
+                    },
+                    now,
+                    droppable=False,
+                    measures=0,
+                )
+        return sent
+
+
+def scope_of(service: str | None, subservice: str | None) -> Scope:
+    return Scope((service or "").strip().lower(), (subservice or "/").strip() or "/")

@@ -1,0 +1,237 @@
+"""The agent's HTTP side: provisioning API (iotagent-node-lib paths), notifications,
+``/health`` and ``/metrics``.
+
+Routes stay thin: they read the scope from ``fiware-service``/``fiware-servicepath``,
+call the :class:`Registry` and tell the :class:`IoTAgent` what changed. Errors are
+answered as ``{"name": ..., "message": ...}``, the shape IoT Agent clients expect.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from connectors.mqtt.agent import NOTIFY_PATH, IoTAgent, scope_of
+from connectors.mqtt.errors import AgentError, BadRequest, WrongSyntax
+from connectors.mqtt.models import Device, Group, dump
+from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Scope
+from connectors.mqtt.settings import AgentSettings
+
+_SERVICE = re.compile(r"^[a-z0-9_]{0,50}$")
+_SUBSERVICE = re.compile(r"^/[A-Za-z0-9_/#*]{0,50}$")
+
+
+def _agent(request: Request) -> IoTAgent:
+    agent: IoTAgent = request.app.state.agent
+    return agent
+
+
+def _scope(
+    service: Annotated[str | None, Header(alias="fiware-service")] = None,
+    subservice: Annotated[str | None, Header(alias="fiware-servicepath")] = None,
+) -> Scope:
+    scope = scope_of(service, subservice)
+    if not _SERVICE.match(scope.service):
+        raise BadRequest("fiware-service must be lowercase letters, digits or '_' (at most 50)")
+    if not _SUBSERVICE.match(scope.subservice):
+        raise BadRequest("fiware-servicepath must start with '/' (e.g. /parking)")
+    return scope
+
+
+AgentDep = Annotated[IoTAgent, Depends(_agent)]
+ScopeDep = Annotated[Scope, Depends(_scope)]
+
+
+async def _items(request: Request, key: str) -> list[Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise WrongSyntax(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get(key), list) or not body[key]:
+        raise WrongSyntax(f'the body must be {{"{key}": [...]}} with at least one item')
+    items: list[Any] = body[key]
+    return items
+
+
+async def _object(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise WrongSyntax(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise WrongSyntax("the body must be a JSON object")
+    return body
+
+
+def _group_doc(scope: Scope, group: Group) -> dict[str, Any]:
+    return {**dump(group), "service": scope.service, "subservice": scope.subservice}
+
+
+def _device_doc(registry: Registry, scope: Scope, device: Device) -> dict[str, Any]:
+    resolved = registry.resolve_in(scope, device.device_id)
+    doc = dump(device)
+    doc.update(
+        service=scope.service,
+        service_path=scope.subservice,
+        entity_name=resolved.entity_id if resolved else device.entity_name,
+        entity_type=resolved.entity_type if resolved else device.entity_type or DEFAULT_TYPE,
+    )
+    return doc
+
+
+def _group_routes(path: str, key: str) -> APIRouter:
+    router = APIRouter(prefix=path)
+
+    @router.post("", status_code=201)
+    async def create_groups(request: Request, agent: AgentDep, scope: ScopeDep) -> Response:
+        agent.registry.add_groups(scope, await _items(request, key))
+        agent.commands_changed()
+        return Response(status_code=201)
+
+    @router.get("")
+    async def list_groups(agent: AgentDep, scope: ScopeDep) -> dict[str, Any]:
+        groups = agent.registry.list_groups(scope)
+        return {"count": len(groups), key: [_group_doc(scope, g) for g in groups]}
+
+    @router.put("", status_code=204)
+    async def update_group(
+        request: Request,
+        agent: AgentDep,
+        scope: ScopeDep,
+        apikey: str | None = None,
+        resource: str | None = None,
+    ) -> Response:
+        agent.registry.update_group(scope, apikey, resource, await _object(request))
+        agent.commands_changed()
+        return Response(status_code=204)
+
+    @router.delete("", status_code=204)
+    async def delete_group(
+        agent: AgentDep, scope: ScopeDep, apikey: str | None = None, resource: str | None = None
+    ) -> Response:
+        agent.registry.delete_group(scope, apikey, resource)
+        return Response(status_code=204)
+
+    return router
+
+
+devices = APIRouter(prefix="/iot/devices")
+
+
+@devices.post("", status_code=201)
+async def create_devices(request: Request, agent: AgentDep, scope: ScopeDep) -> Response:
+    agent.devices_added(agent.registry.add_devices(scope, await _items(request, "devices")))
+    return Response(status_code=201)
+
+
+@devices.get("")
+async def list_devices(
+    agent: AgentDep,
+    scope: ScopeDep,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    found = agent.registry.list_devices(scope)
+    page = found[offset : offset + limit]
+    return {
+        "count": len(found),
+        "devices": [_device_doc(agent.registry, scope, d) for d in page],
+    }
+
+
+@devices.get("/{device_id}")
+async def get_device(device_id: str, agent: AgentDep, scope: ScopeDep) -> dict[str, Any]:
+    return _device_doc(agent.registry, scope, agent.registry.get_device(scope, device_id))
+
+
+@devices.put("/{device_id}", status_code=204)
+async def update_device(
+    device_id: str, request: Request, agent: AgentDep, scope: ScopeDep
+) -> Response:
+    agent.registry.update_device(scope, device_id, await _object(request))
+    agent.commands_changed()
+    return Response(status_code=204)
+
+
+@devices.delete("/{device_id}", status_code=204)
+async def delete_device(device_id: str, agent: AgentDep, scope: ScopeDep) -> Response:
+    agent.registry.delete_device(scope, device_id)
+    return Response(status_code=204)
+
+
+service = APIRouter()
+
+
+@service.post(NOTIFY_PATH, status_code=204)
+async def notify(
+    request: Request,
+    agent: AgentDep,
+    tenant: Annotated[str | None, Header(alias="NGSILD-Tenant")] = None,
+) -> Response:
+    agent.notified(tenant, await _object(request))
+    return Response(status_code=204)
+
+
+@service.get("/health")
+async def health(agent: AgentDep) -> JSONResponse:
+    body = {
+        "mqtt": agent.link.connected,
+        "mqttVersion": "5" if agent.link.mqtt5 else "3.1.1",
+        "broker": agent.broker_up and agent.batcher.broker_ok,
+        "buffered": agent.batcher.buffered,
+    }
+    return JSONResponse(body, status_code=200 if agent.healthy else 503)
+
+
+@service.get("/metrics")
+async def metrics(agent: AgentDep) -> PlainTextResponse:
+    return PlainTextResponse(agent.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@service.get("/iot/about")
+async def about() -> dict[str, str]:
+    return {"libVersion": "renkei", "port": "", "baseRoot": "/", "version": "0.1.0"}
+
+
+async def _agent_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AgentError)
+    return JSONResponse({"name": exc.name, "message": exc.message}, status_code=exc.status)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return JSONResponse(
+        {"name": "WRONG_SYNTAX", "message": f"{where}: {first['msg']}"}, status_code=400
+    )
+
+
+def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAPI:
+    """The agent's HTTP app; its lifespan starts and stops the agent."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running = agent or IoTAgent(settings)
+        app.state.agent = running
+        await running.start()
+        try:
+            yield
+        finally:
+            await running.stop()
+
+    app = FastAPI(title="Renkei IoT agent", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.include_router(_group_routes("/iot/groups", "groups"))
+    app.include_router(_group_routes("/iot/services", "services"))
+    app.include_router(devices)
+    app.include_router(service)
+    app.add_exception_handler(AgentError, _agent_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app

@@ -1,0 +1,88 @@
+"""``renkei iot-agent``: added to the ``renkei`` command by :func:`register`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from connectors.mqtt.settings import AgentSettings, get_settings
+
+MqttUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mqtt-url",
+        help="MQTT broker, mqtt(s)://[user:password@]host[:port] "
+        "[env RENKEI_MQTT_URL, default mqtt://127.0.0.1:1883]",
+    ),
+]
+BrokerUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-url",
+        help="NGSI-LD broker [env RENKEI_BROKER_URL, default http://127.0.0.1:1026]",
+    ),
+]
+PortOpt = Annotated[
+    int | None,
+    typer.Option("--port", help="Provisioning API port [env RENKEI_IOTA_PORT, default 4041]"),
+]
+HostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host", help="Provisioning API address [env RENKEI_IOTA_HOST, default 127.0.0.1]"
+    ),
+]
+
+
+def settings_from(
+    mqtt_url: str | None, broker_url: str | None, port: int | None, host: str | None
+) -> AgentSettings:
+    try:
+        return get_settings(
+            mqtt_url=mqtt_url, broker_url=broker_url, iota_port=port, iota_host=host
+        )
+    except ValueError as exc:
+        typer.echo(f"設定エラー / invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def run(settings: AgentSettings) -> None:
+    from connectors.mqtt.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.iota_host,
+        port=settings.iota_port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``iot-agent`` command to ``app``."""
+
+    @app.command("iot-agent")
+    def iot_agent(
+        mqtt_url: MqttUrlOpt = None,
+        broker_url: BrokerUrlOpt = None,
+        port: PortOpt = None,
+        host: HostOpt = None,
+    ) -> None:
+        """Run the MQTT IoT agent (FIWARE IoT Agent JSON). / IoT エージェントを起動します。"""
+        run(settings_from(mqtt_url, broker_url, port, host))
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Payload -> NGSI-LD attributes, typed per the device's attribute mappings.
+
+A measure is a JSON object of ``object_id -> value`` (an array of such objects is
+several measures in order). Mapped attributes are converted to their declared type;
+unmapped ones pass through with their JSON type unless the device has
+``explicitAttrs``. The measure's ``TimeInstant`` (or arrival time) becomes
+``observedAt`` of every attribute it carries.
+
+Conversion problems are reported, not raised through: one bad value costs only that
+attribute, and the caller counts it per reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from connectors.mqtt.models import AttributeMapping, StaticAttribute
+from connectors.mqtt.registry import Resolved
+
+TIMESTAMP_KEYS = ("TimeInstant", "timeInstant", "observedAt")
+_NUMBER = {"number", "float", "double", "decimal"}
+_INTEGER = {"integer", "int", "long"}
+_BOOLEAN = {"boolean", "bool"}
+_TEXT = {"text", "string"}
+_DATETIME = {"datetime", "iso8601", "date-time"}
+_JSON = {"json", "jsonproperty", "structuredvalue", "object", "array"}
+_RELATIONSHIP = {"relationship"}
+_GEO_PREFIX = "geo:"
+_GEO_TYPES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
+
+
+class BadValue(ValueError):
+    """A value that cannot become the mapped type; ``reason`` names the counter."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Measure:
+    """One measure of one device: attributes ready for an NGSI-LD write."""
+
+    attrs: dict[str, dict[str, Any]]
+    observed: float  # epoch seconds, to order measures coalesced in one window
+    problems: list[BadValue]
+
+
+def iso(epoch: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def parse_time(value: Any) -> float:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.timestamp()
+    raise BadValue("invalid_timestamp", f"timestamp {value!r} is not an ISO 8601 date-time")
+
+
+def _number(value: Any, integer: bool) -> float | int:
+    if isinstance(value, bool):
+        raise BadValue("invalid_value", f"{value!r} is not a number")
+    if isinstance(value, int | float):
+        number: float | int = value
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise BadValue("invalid_value", f"{value!r} is not a number") from None
+    else:
+        raise BadValue("invalid_value", f"{value!r} is not a number")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise BadValue("invalid_value", f"{value!r} is not a finite number")
+    if integer:
+        if number != int(number):
+            raise BadValue("invalid_value", f"{value!r} is not an integer")
+        return int(number)
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise BadValue("invalid_value", f"{value!r} is not a boolean")
+
+
+def _geometry(value: Any) -> dict[str, Any]:
+    """GeoJSON geometry, or a ``"lat,lon"`` string (the IoT Agent convention) as a Point."""
+    if isinstance(value, str):
+        parts = value.split(",")
+        if len(parts) == 2:
+            try:
+                lat, lon = float(parts[0]), float(parts[1])
+            except ValueError:
+                pass
+            else:
+                if -90 <= lat <= 90 and -180 <= lon <= 180:
+                    return {"type": "Point", "coordinates": [lon, lat]}
+        raise BadValue("invalid_value", f"{value!r} is not a 'lat,lon' position")
+    if (
+        isinstance(value, dict)
+        and value.get("type") in _GEO_TYPES
+        and isinstance(value.get("coordinates"), list)
+    ):
+        return value
+    raise BadValue("invalid_value", f"{value!r} is not a GeoJSON geometry")
+
+
+def attribute(type_name: str, value: Any, observed: str | None) -> dict[str, Any]:
+    """One NGSI-LD attribute for ``value`` declared as ``type_name`` (IoT Agent names)."""
+    kind = type_name.strip().lower()
+    attr: dict[str, Any]
+    if kind.startswith(_GEO_PREFIX) or kind == "geoproperty":
+        attr = {"type": "GeoProperty", "value": _geometry(value)}
+    elif kind in _RELATIONSHIP:
+        if not isinstance(value, str) or ":" not in value:
+            raise BadValue("invalid_value", f"{value!r} is not a URI to relate to")
+        attr = {"type": "Relationship", "object": value}
+    elif kind in _NUMBER:
+        attr = {"type": "Property", "value": _number(value, integer=False)}
+    elif kind in _INTEGER:
+        attr = {"type": "Property", "value": _number(value, integer=True)}
+    elif kind in _BOOLEAN:
+        attr = {"type": "Property", "value": _boolean(value)}
+    elif kind in _TEXT:
+        if isinstance(value, dict | list) or value is None:
+            raise BadValue("invalid_value", f"{value!r} is not text")
+        attr = {"type": "Property", "value": value if isinstance(value, str) else str(value)}
+    elif kind in _DATETIME:
+        attr = {
+            "type": "Property",
+            "value": {"@type": "DateTime", "@value": iso(parse_time(value))},
+        }
+    elif kind in _JSON:
+        attr = {"type": "JsonProperty", "json": value}
+    else:  # "Property" or a type the agent does not know: the JSON value as it came
+        if value is None:
+            raise BadValue("invalid_value", "null is not a value")
+        attr = {"type": "Property", "value": value}
+    if observed is not None:
+        attr["observedAt"] = observed
+    return attr
+
+
+def _with_metadata(attr: dict[str, Any], mapping: AttributeMapping | StaticAttribute) -> None:
+    unit = (mapping.metadata or {}).get("unitCode")
+    if isinstance(unit, dict):
+        unit = unit.get("value")
+    if isinstance(unit, str) and attr["type"] == "Property":
+        attr["unitCode"] = unit
+
+
+def static_attributes(device: Resolved) -> dict[str, dict[str, Any]]:
+    out = {}
+    for s in device.static:
+        try:
+            out[s.name] = attribute(s.type, s.value, None)
+        except BadValue:
+            continue  # refused at provisioning time already; never block measures
+        _with_metadata(out[s.name], s)
+    return out
+
+
+def measures(payload: Any) -> Iterator[dict[str, Any]]:
+    """The measure objects of a payload, in order; raises BadValue if it is neither."""
+    if isinstance(payload, dict):
+        yield payload
+    elif isinstance(payload, list) and payload and all(isinstance(m, dict) for m in payload):
+        yield from payload
+    else:
+        raise BadValue("invalid_payload", "a measure must be a JSON object or an array of them")
+
+
+def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measure:
+    problems: list[BadValue] = []
+    observed = arrival
+    for key in TIMESTAMP_KEYS:
+        if key in measure and key not in device.mappings:
+            try:
+                observed = parse_time(measure[key])
+            except BadValue as exc:
+                problems.append(exc)
+                return Measure({}, arrival, problems)
+            break
+    stamp = iso(observed)
+    attrs: dict[str, dict[str, Any]] = {}
+    for key, value in measure.items():
+        mapping = device.mappings.get(key)
+        if mapping is None:
+            if key in TIMESTAMP_KEYS or (device.explicit and key not in device.names):
+                continue
+            name, type_name = key, "geo:json" if key == "location" else "Property"
+        else:
+            name, type_name = mapping.name, mapping.type
+        try:
+            attrs[name] = attribute(type_name, value, stamp)
+        except BadValue as exc:
+            problems.append(BadValue(exc.reason, f"{key}: {exc}"))
+            continue
+        if mapping is not None:
+            _with_metadata(attrs[name], mapping)
+    return Measure(attrs, observed, problems)

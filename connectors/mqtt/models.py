@@ -1,0 +1,94 @@
+"""Provisioning documents (service groups and devices) as iotagent-node-lib takes them.
+
+Unknown members (``cbroker``, ``trust``, ``timezone`` ...) are kept and returned as
+given, so existing provisioning scripts round-trip; only what the agent acts on is
+typed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class AttributeMapping(BaseModel):
+    """``object_id`` (the key in the device's payload) -> entity attribute ``name``/``type``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    object_id: str | None = None
+    name: str = Field(min_length=1)
+    type: str = "Property"
+    metadata: dict[str, Any] | None = None
+    expression: Any = None
+    reverse: Any = None
+
+    @property
+    def key(self) -> str:
+        return self.object_id or self.name
+
+
+class StaticAttribute(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    type: str = "Property"
+    value: Any = None
+    metadata: dict[str, Any] | None = None
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    type: str = "command"
+    object_id: str | None = None
+
+
+class _Provisioned(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    entity_type: str | None = None
+    attributes: list[AttributeMapping] = Field(default_factory=list)
+    lazy: list[AttributeMapping] = Field(default_factory=list)
+    static_attributes: list[StaticAttribute] = Field(default_factory=list)
+    commands: list[Command] = Field(default_factory=list)
+    explicitAttrs: bool | None = None
+    timestamp: bool | None = None
+
+    @field_validator("entity_type")
+    @classmethod
+    def _type_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("entity_type cannot be empty")
+        return value
+
+
+class Group(_Provisioned):
+    """A service group (``/iot/groups``, formerly ``/iot/services``): one apikey."""
+
+    apikey: str = Field(min_length=1)
+    resource: str = ""
+    entityNameExp: str | None = None
+    autoprovision: bool | None = None
+
+
+class Device(_Provisioned):
+    device_id: str = Field(min_length=1)
+    entity_name: str | None = None
+    apikey: str | None = None
+    protocol: str | None = None
+    transport: str | None = None
+
+    @field_validator("device_id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        if any(c in value for c in "/+#\x00"):
+            raise ValueError("device_id cannot contain '/', '+', '#' or NUL")
+        return value
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """The document as stored and listed: what the client gave, without unset defaults."""
+    return model.model_dump(mode="json", exclude_none=True, exclude_defaults=False)

@@ -1,0 +1,308 @@
+"""Provisioned service groups and devices: kept in memory, written through to SQLite.
+
+Provisioning is rare and measures are many, so every lookup on the message path
+(apikey and device id -> :class:`Resolved`) is a dictionary hit; every change is
+committed to the agent's own SQLite file before it is answered, so a restarted agent
+knows its devices.
+
+A group or device lives in a :class:`Scope` (``fiware-service`` /
+``fiware-servicepath``); the service names the NGSI-LD tenant its entities go to.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from connectors.mqtt.errors import (
+    DeviceNotFound,
+    DuplicateDevice,
+    DuplicateGroup,
+    GroupNotFound,
+    NotImplementedYet,
+    WrongSyntax,
+)
+from connectors.mqtt.models import AttributeMapping, Device, Group, StaticAttribute, dump
+
+DEFAULT_TYPE = "Thing"
+
+
+@dataclass(frozen=True)
+class Scope:
+    service: str = ""
+    subservice: str = "/"
+
+    @property
+    def tenant(self) -> str | None:
+        return self.service or None
+
+    def covers(self, other: Scope) -> bool:
+        """``/*`` and ``/#`` as servicepath select every subservice of the service."""
+        return self.service == other.service and (
+            self.subservice in ("/*", "/#") or self.subservice == other.subservice
+        )
+
+
+@dataclass
+class Resolved:
+    """Everything the message path needs about one device, computed once."""
+
+    scope: Scope
+    device_id: str
+    apikey: str
+    entity_id: str
+    entity_type: str
+    mappings: dict[str, AttributeMapping]
+    static: list[StaticAttribute]
+    commands: set[str]
+    explicit: bool
+    names: set[str] = field(default_factory=set)
+
+    @property
+    def tenant(self) -> str | None:
+        return self.scope.tenant
+
+
+def _validate(model: type[Group] | type[Device], doc: Any) -> Any:
+    if not isinstance(doc, dict):
+        raise WrongSyntax(f"each {model.__name__.lower()} must be a JSON object")
+    try:
+        obj = model.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or model.__name__.lower()
+        raise WrongSyntax(f"{model.__name__.lower()} {where}: {first['msg']}") from None
+    if isinstance(obj, Group) and obj.entityNameExp is not None:
+        raise NotImplementedYet("entityNameExp is not supported yet")
+    for mapping in [*obj.attributes, *obj.lazy]:
+        if mapping.expression is not None or mapping.reverse is not None:
+            raise NotImplementedYet(f"attribute {mapping.name}: expressions are not supported yet")
+    return obj
+
+
+def _group_key(apikey: str, resource: str) -> str:
+    return f"{apikey}\x00{resource}"
+
+
+class Registry:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS provisioned (kind TEXT NOT NULL, service TEXT NOT NULL,"
+            " subservice TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,"
+            " PRIMARY KEY (kind, service, subservice, key))"
+        )
+        self._lock = threading.Lock()
+        self.groups: dict[tuple[Scope, str], Group] = {}
+        self.devices: dict[tuple[Scope, str], Device] = {}
+        for kind, service, subservice, key, body in self._db.execute(
+            "SELECT kind, service, subservice, key, body FROM provisioned ORDER BY rowid"
+        ):
+            scope = Scope(service, subservice)
+            if kind == "group":
+                self.groups[scope, key] = Group.model_validate(orjson.loads(body))
+            else:
+                self.devices[scope, key] = Device.model_validate(orjson.loads(body))
+        self._reindex()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def _save(self, kind: str, scope: Scope, key: str, doc: Group | Device | None) -> None:
+        with self._lock:
+            if doc is None:
+                self._db.execute(
+                    "DELETE FROM provisioned WHERE kind=? AND service=? AND subservice=? AND key=?",
+                    (kind, scope.service, scope.subservice, key),
+                )
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO provisioned VALUES (?, ?, ?, ?, ?)",
+                    (kind, scope.service, scope.subservice, key, orjson.dumps(dump(doc)).decode()),
+                )
+
+    def _reindex(self) -> None:
+        self._by_apikey: dict[str, tuple[Scope, Group]] = {}
+        for (scope, _), group in self.groups.items():
+            self._by_apikey.setdefault(group.apikey, (scope, group))
+        self._resolved: dict[tuple[str, str], Resolved | None] = {}
+        self._by_entity: dict[tuple[str, str], Resolved] = {}
+        for scope, device_id in self.devices:
+            res = self._resolve_device(scope, device_id)
+            self._by_entity[scope.service, res.entity_id] = res
+            self._resolved[res.apikey, device_id] = res
+
+    # -- groups -------------------------------------------------------------------------------
+
+    def add_groups(self, scope: Scope, docs: Iterable[Any]) -> list[Group]:
+        groups = [_validate(Group, d) for d in docs]
+        keys = [_group_key(g.apikey, g.resource) for g in groups]
+        if len(set(keys)) != len(keys):
+            raise DuplicateGroup("the same apikey and resource appear twice in the request")
+        for group, key in zip(groups, keys, strict=True):
+            if any(k == key for (_, k) in self.groups):
+                raise DuplicateGroup(
+                    f"a group with apikey {group.apikey!r} and resource {group.resource!r} exists"
+                )
+        for group, key in zip(groups, keys, strict=True):
+            self._save("group", scope, key, group)
+            self.groups[scope, key] = group
+        self._reindex()
+        return groups
+
+    def list_groups(self, scope: Scope) -> list[Group]:
+        return [g for (s, _), g in self.groups.items() if scope.covers(s)]
+
+    def _find_group(self, scope: Scope, apikey: str | None, resource: str | None) -> str:
+        if not apikey:
+            raise WrongSyntax("the apikey query parameter is required")
+        found = [
+            k
+            for (s, k), g in self.groups.items()
+            if s == scope and g.apikey == apikey and (resource is None or g.resource == resource)
+        ]
+        if not found:
+            raise GroupNotFound(f"no group with apikey {apikey!r} in this service")
+        return found[0]
+
+    def update_group(
+        self, scope: Scope, apikey: str | None, resource: str | None, patch: Any
+    ) -> Group:
+        key = self._find_group(scope, apikey, resource)
+        if not isinstance(patch, dict):
+            raise WrongSyntax("the body must be a JSON object")
+        merged = {**dump(self.groups[scope, key]), **patch}
+        group: Group = _validate(Group, merged)
+        new_key = _group_key(group.apikey, group.resource)
+        if new_key != key and any(k == new_key for (_, k) in self.groups):
+            raise DuplicateGroup(f"a group with apikey {group.apikey!r} exists")
+        self._save("group", scope, key, None)
+        del self.groups[scope, key]
+        self._save("group", scope, new_key, group)
+        self.groups[scope, new_key] = group
+        self._reindex()
+        return group
+
+    def delete_group(self, scope: Scope, apikey: str | None, resource: str | None) -> None:
+        key = self._find_group(scope, apikey, resource)
+        self._save("group", scope, key, None)
+        del self.groups[scope, key]
+        self._reindex()
+
+    def group_for(self, apikey: str) -> tuple[Scope, Group] | None:
+        return self._by_apikey.get(apikey)
+
+    # -- devices ------------------------------------------------------------------------------
+
+    def add_devices(self, scope: Scope, docs: Iterable[Any]) -> list[Resolved]:
+        devices: list[Device] = [_validate(Device, d) for d in docs]
+        ids = [d.device_id for d in devices]
+        if len(set(ids)) != len(ids):
+            raise DuplicateDevice("the same device_id appears twice in the request")
+        for dev in devices:
+            if (scope, dev.device_id) in self.devices:
+                raise DuplicateDevice(f"device {dev.device_id!r} already exists in this service")
+        for dev in devices:
+            self._save("device", scope, dev.device_id, dev)
+            self.devices[scope, dev.device_id] = dev
+        self._reindex()
+        return [self._resolve_device(scope, d.device_id) for d in devices]
+
+    def list_devices(self, scope: Scope) -> list[Device]:
+        return [d for (s, _), d in self.devices.items() if scope.covers(s)]
+
+    def get_device(self, scope: Scope, device_id: str) -> Device:
+        dev = self.devices.get((scope, device_id))
+        if dev is None:
+            raise DeviceNotFound(f"no device {device_id!r} in this service")
+        return dev
+
+    def update_device(self, scope: Scope, device_id: str, patch: Any) -> Resolved:
+        current = self.get_device(scope, device_id)
+        if not isinstance(patch, dict):
+            raise WrongSyntax("the body must be a JSON object")
+        if patch.get("device_id", device_id) != device_id:
+            raise WrongSyntax("device_id cannot be changed")
+        dev: Device = _validate(Device, {**dump(current), **patch})
+        self._save("device", scope, device_id, dev)
+        self.devices[scope, device_id] = dev
+        self._reindex()
+        return self._resolve_device(scope, device_id)
+
+    def delete_device(self, scope: Scope, device_id: str) -> None:
+        self.get_device(scope, device_id)
+        self._save("device", scope, device_id, None)
+        del self.devices[scope, device_id]
+        self._reindex()
+
+    # -- message path -------------------------------------------------------------------------
+
+    def _group_of(self, scope: Scope, dev: Device) -> Group | None:
+        candidates = [g for (s, _), g in self.groups.items() if s == scope]
+        if dev.apikey is not None:
+            candidates = [g for g in candidates if g.apikey == dev.apikey]
+        return candidates[0] if candidates else None
+
+    def _resolve_device(self, scope: Scope, device_id: str) -> Resolved:
+        dev = self.devices[scope, device_id]
+        group = self._group_of(scope, dev)
+        entity_type = dev.entity_type or (group.entity_type if group else None) or DEFAULT_TYPE
+        mappings: dict[str, AttributeMapping] = {}
+        for m in [*(group.attributes if group else []), *dev.attributes]:
+            mappings[m.key] = m
+        static = {
+            s.name: s for s in [*(group.static_attributes if group else []), *dev.static_attributes]
+        }
+        commands = {c.name for c in [*(group.commands if group else []), *dev.commands]}
+        explicit = dev.explicitAttrs
+        if explicit is None:
+            explicit = bool(group.explicitAttrs) if group else False
+        return Resolved(
+            scope=scope,
+            device_id=device_id,
+            apikey=dev.apikey or (group.apikey if group else ""),
+            entity_id=dev.entity_name or f"urn:ngsi-ld:{entity_type}:{device_id}",
+            entity_type=entity_type,
+            mappings=mappings,
+            static=list(static.values()),
+            commands=commands,
+            explicit=explicit,
+            names={m.name for m in mappings.values()},
+        )
+
+    def resolve(self, apikey: str, device_id: str) -> Resolved | None:
+        """The device a message on ``/{apikey}/{device_id}/...`` comes from, if provisioned."""
+        return self._resolved.get((apikey, device_id))
+
+    def resolve_in(self, scope: Scope, device_id: str) -> Resolved | None:
+        if (scope, device_id) not in self.devices:
+            return None
+        return self._resolve_device(scope, device_id)
+
+    def by_entity(self, service: str, entity_id: str) -> Resolved | None:
+        return self._by_entity.get((service, entity_id))
+
+    def autoprovision(self, scope: Scope, apikey: str, device_id: str) -> Resolved:
+        dev = Device(device_id=device_id, apikey=apikey)
+        self._save("device", scope, device_id, dev)
+        self.devices[scope, device_id] = dev
+        self._reindex()
+        res = self.resolve(apikey, device_id)
+        assert res is not None
+        return res
+
+    def all_resolved(self) -> list[Resolved]:
+        return list(self._by_entity.values())

@@ -1,0 +1,74 @@
+"""IoT agent settings: one pydantic-settings class, built at start-up by ``get_settings``.
+
+Every field can be set from the environment with the ``RENKEI_`` prefix
+(``RENKEI_MQTT_URL``, ``RENKEI_BROKER_URL``, ``RENKEI_IOTA_PORT`` ...); the CLI passes
+its options as overrides, so a flag wins over the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RENKEI_", extra="ignore")
+
+    #: ``mqtt(s)://[user[:password]@]host[:port]``; credentials never appear in logs.
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    #: ``auto`` speaks MQTT 5 (shared subscriptions) and falls back to 3.1.1 when refused.
+    mqtt_version: Literal["auto", "mqtt5.0", "mqtt3.1.1"] = "auto"
+    #: CA bundle for ``mqtts://`` (system CAs when unset).
+    mqtt_ca_file: str | None = None
+    #: MQTT client id; stable by default so a restarted agent resumes its session.
+    mqtt_client_id: str | None = None
+    #: Group name of the MQTT 5 shared subscriptions (``$share/<group>/...``).
+    mqtt_share_group: str = "renkei"
+
+    broker_url: str = "http://127.0.0.1:1026"
+
+    iota_host: str = "127.0.0.1"
+    iota_port: int = Field(default=4041, ge=1, le=65535)
+    #: URL the broker posts command notifications to (``http://HOST:PORT`` by default).
+    iota_public_url: str | None = None
+    #: SQLite file holding provisioned groups and devices.
+    iota_db: str = "./renkei-iota.db"
+    #: Measures are coalesced into one batch write per window ...
+    iota_window_ms: float = Field(default=50.0, gt=0)
+    #: ... or as soon as this many entities are waiting.
+    iota_window_entities: int = Field(default=500, ge=1)
+    #: Measures held in memory while the broker is slow or down; QoS 0 beyond it is dropped.
+    iota_buffer: int = Field(default=20_000, ge=1)
+    #: Whether unknown devices of a known apikey are provisioned, when the group does not say.
+    iota_autoprovision: bool = True
+
+    log_level: str = "info"
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str) -> str:
+        if not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("mqtt_url must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _http_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("broker_url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @property
+    def public_url(self) -> str:
+        return (self.iota_public_url or f"http://{self.iota_host}:{self.iota_port}").rstrip("/")
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt_client_id or f"renkei-iota-{self.iota_port}"
+
+
+def get_settings(**overrides: Any) -> AgentSettings:
+    """Settings from the environment, with the non-None ``overrides`` on top."""
+    return AgentSettings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,308 @@
+"""Southbound: one paho-mqtt client, its network loop in its own thread, bridged to asyncio.
+
+The client subscribes to the IoT Agent JSON topics (``/+/+/attrs``, ``/json/+/+/attrs``,
+single attributes and command results). With MQTT 5 the subscriptions are shared
+(``$share/<group>/...``), so several agents split the messages; an MQTT 3.1.1 broker
+gets plain subscriptions (one agent). In ``auto`` mode the agent speaks MQTT 5 and
+falls back to 3.1.1 when the broker refuses the protocol version.
+
+Messages are acknowledged by hand (``manual_ack=True``): a QoS 1 message is
+acknowledged only once its measure is stored, and the MQTT 5 receive maximum bounds
+how many wait unacknowledged. The session is persistent (stable client id, no clean
+start), so what was never acknowledged is delivered again after a reconnection.
+paho reconnects by itself, with a backoff from 1 s up to 30 s.
+
+paho calls back from its thread; messages cross to the event loop in batches
+through a deque and one ``call_soon_threadsafe`` per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from paho.mqtt.client import (
+    MQTT_CLEAN_START_FIRST_ONLY,
+    Client,
+    ConnectFlags,
+    DisconnectFlags,
+    MQTTMessage,
+)
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger("renkei.iota")
+
+TOPICS = (
+    "/+/+/attrs",
+    "/+/+/attrs/+",
+    "/+/+/cmdexe",
+    "/json/+/+/attrs",
+    "/json/+/+/attrs/+",
+    "/json/+/+/cmdexe",
+)
+KEEPALIVE = 30
+SESSION_EXPIRY = 3600
+_BAD_PROTOCOL = {0x01, 0x84}  # 3.1.1 "unacceptable protocol version", 5.0 0x84
+
+
+class MqttConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MqttServer:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def display(self) -> str:
+        """The URL without credentials: the only form that is ever logged."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+def parse_server(url: str) -> MqttServer:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("mqtt", "mqtts"):
+        raise MqttConfigError(f"not an MQTT URL: scheme {scheme!r}")
+    try:
+        port = parts.port or (8883 if scheme == "mqtts" else 1883)
+    except ValueError as exc:
+        raise MqttConfigError(f"invalid MQTT URL port: {exc}") from None
+    if not parts.hostname:
+        raise MqttConfigError("the MQTT URL has no host")
+    return MqttServer(
+        parts.hostname,
+        port,
+        scheme == "mqtts",
+        unquote(parts.username) if parts.username is not None else None,
+        unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+@dataclass(slots=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    session: int
+    arrival: float
+
+
+class MqttLink:
+    def __init__(
+        self,
+        server: MqttServer,
+        *,
+        client_id: str,
+        version: str = "auto",
+        share_group: str = "renkei",
+        receive_maximum: int = 1000,
+        ca_file: str | None = None,
+    ) -> None:
+        self.server = server
+        self.client_id = client_id
+        self.version = version
+        self.share_group = share_group
+        self.receive_maximum = max(1, min(receive_maximum, 65535))
+        self.ca_file = ca_file
+        self.connected = False
+        self.connections = 0
+        self.mqtt5 = version != "mqtt3.1.1"
+        self._session = 0  # bumped per connection: an old message id is never acked on a new one
+        self._lock = threading.Lock()
+        self._queue: collections.deque[Incoming] = collections.deque()
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handler: Callable[[list[Incoming]], None] | None = None
+        self._client: Client | None = None
+        self._fallback = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle (event loop) ---------------------------------------------------------------
+
+    def _make_client(self) -> Client:
+        client = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self.mqtt5 else False,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(1, 30)
+        client.max_queued_messages_set(0)
+        if self.server.username is not None:
+            client.username_pw_set(self.server.username, self.server.password)
+        if self.server.tls:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            client.tls_set_context(context)
+        client.enable_logger(log)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _connect(self) -> None:
+        self._client = self._make_client()
+        properties = None
+        if self.mqtt5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY
+            properties.ReceiveMaximum = self.receive_maximum
+        self._client.connect_async(
+            self.server.host,
+            self.server.port,
+            keepalive=KEEPALIVE,
+            clean_start=False if self.mqtt5 else MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        self._client.loop_start()
+
+    async def start(self, handler: Callable[[list[Incoming]], None]) -> None:
+        """Connect in the background; ``handler`` gets batches of messages on the loop."""
+        self._loop = asyncio.get_running_loop()
+        self._handler = handler
+        await asyncio.to_thread(self._connect)
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        await self._fallback.wait()
+        log.warning("MQTT broker %s refuses MQTT 5: using MQTT 3.1.1", self.server.display)
+        await asyncio.to_thread(self._stop_client)
+        self.mqtt5 = False
+        await asyncio.to_thread(self._connect)
+
+    def _stop_client(self) -> None:
+        client = self._client
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await asyncio.to_thread(self._stop_client)
+        self.connected = False
+
+    # -- paho thread --------------------------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.warning("MQTT connection to %s refused: %s", self.server.display, reason)
+            if self.version == "auto" and self.mqtt5 and reason.value in _BAD_PROTOCOL:
+                self._post(self._fallback.set)
+            return
+        with self._lock:
+            self._session += 1
+            self.connected = True
+            self.connections += 1
+        prefix = f"$share/{self.share_group}/" if self.mqtt5 else ""
+        client.subscribe([(prefix + t, 1) for t in TOPICS])
+        log.info(
+            "MQTT connected to %s (MQTT %s%s)",
+            self.server.display,
+            "5" if self.mqtt5 else "3.1.1",
+            f", shared subscriptions $share/{self.share_group}" if self.mqtt5 else "",
+        )
+
+    def _on_subscribe(
+        self,
+        client: Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("MQTT subscriptions refused by %s: %s", self.server.display, reasons)
+
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._session += 1
+            was = self.connected
+            self.connected = False
+        if was and not self._stopping:
+            log.warning(
+                "MQTT connection to %s lost (%s); reconnecting", self.server.display, reason
+            )
+
+    def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
+        item = Incoming(msg.topic, bytes(msg.payload), msg.qos, msg.mid, self._session, time.time())
+        with self._lock:
+            self._queue.append(item)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._post(self._drain)
+
+    def _post(self, callback: Callable[[], Any]) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody listens any more
+                self._loop.call_soon_threadsafe(callback)
+
+    # -- event loop ---------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch = list(self._queue)
+            self._queue.clear()
+            self._scheduled = False
+        if batch and self._handler is not None:
+            self._handler(batch)
+
+    def acker(self, item: Incoming) -> Callable[[], None] | None:
+        """What acknowledges ``item`` once it is stored (None for QoS 0)."""
+        if item.qos == 0:
+            return None
+
+        def ack() -> None:
+            client = self._client
+            with self._lock:
+                current = self._session == item.session
+            if current and client is not None:
+                client.ack(item.mid, item.qos)
+
+        return ack
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        info = client.publish(topic, payload, qos)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -1,0 +1,257 @@
+"""The agent end to end: a real Mosquitto, a real broker process, devices publishing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.connectors.mqtt.conftest import AgentFactory, Publisher, RunningAgent, wait_for
+from tests.support import free_port, start_broker
+from tests.support_mqtt import MqttBroker, mosquitto, subscribe
+
+pytestmark = pytest.mark.mqtt
+
+GROUP = {
+    "apikey": "k0m4e",
+    "entity_type": "WeatherObserved",
+    "resource": "/iot/json",
+    "attributes": [
+        {"object_id": "t", "name": "temperature", "type": "Number"},
+        {"object_id": "h", "name": "humidity", "type": "Integer"},
+        {"object_id": "on", "name": "active", "type": "Boolean"},
+        {"object_id": "pos", "name": "location", "type": "geo:point"},
+    ],
+    "static_attributes": [{"name": "city", "type": "Text", "value": "Komae"}],
+}
+
+
+def entity(hub: str, eid: str, tenant: str | None = "komae") -> dict[str, Any] | None:
+    headers = {"NGSILD-Tenant": tenant} if tenant else {}
+    r = httpx.get(f"{hub}/ngsi-ld/v1/entities/{eid}", headers=headers, timeout=5)
+    if r.status_code == 404:
+        return None
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def provision(agent: RunningAgent, group: dict[str, Any], *devices: dict[str, Any]) -> None:
+    with agent.http() as http:
+        r = http.post("/iot/groups", json={"groups": [group]})
+        assert r.status_code == 201, r.text
+        if devices:
+            r = http.post("/iot/devices", json={"devices": list(devices)})
+            assert r.status_code == 201, r.text
+
+
+def test_measures_become_typed_attributes(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    with agent_factory() as agent:
+        wait_for(lambda: httpx.get(f"{agent.url}/health").status_code == 200, what="health")
+        provision(agent, GROUP, {"device_id": "ws01", "protocol": "IoTA-JSON", "transport": "MQTT"})
+        eid = "urn:ngsi-ld:WeatherObserved:ws01"
+        created = wait_for(lambda: entity(hub, eid), what="entity created at provisioning")
+        assert created["city"]["value"] == "Komae"
+        device.publish(
+            "/k0m4e/ws01/attrs",
+            json.dumps({"t": "21.5", "h": 40, "on": "true", "pos": "35.634,139.578", "x": "y"}),
+        )
+        got = wait_for(lambda: (e := entity(hub, eid)) and "temperature" in e and e, what="entity")
+        assert got["type"] == "WeatherObserved"
+        assert got["temperature"]["value"] == 21.5
+        assert got["humidity"]["value"] == 40
+        assert got["active"]["value"] is True
+        assert got["location"] == {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [139.578, 35.634]},
+            "observedAt": got["location"]["observedAt"],
+        }
+        assert got["x"]["value"] == "y"  # not explicitAttrs: unmapped values pass through
+        assert got["city"]["value"] == "Komae"
+        # An array of measures on the /json/ topic: the later TimeInstant wins.
+        device.publish(
+            "/json/k0m4e/ws01/attrs",
+            json.dumps(
+                [
+                    {"t": 30, "TimeInstant": "2024-05-01T10:00:02Z"},
+                    {"t": 25, "TimeInstant": "2024-05-01T10:00:01Z"},
+                ]
+            ),
+            qos=1,
+        )
+        got = wait_for(
+            lambda: (e := entity(hub, eid)) and e["temperature"]["value"] == 30 and e,
+            what="array measure",
+        )
+        assert got["temperature"]["observedAt"] == "2024-05-01T10:00:02.000Z"
+        # A single attribute, raw payload.
+        device.publish("/k0m4e/ws01/attrs/h", "55")
+        wait_for(lambda: (e := entity(hub, eid)) and e["humidity"]["value"] == 55, what="single")
+        # Provisioning is visible through the API.
+        with agent.http() as http:
+            listed = http.get("/iot/devices").json()
+            assert listed["count"] == 1
+            assert listed["devices"][0]["entity_name"] == eid
+        assert entity(hub, eid, tenant=None) is None  # fiware-service komae = tenant komae
+
+
+def test_bad_input_is_counted_and_never_fatal(
+    agent_factory: AgentFactory, hub: str, device: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="renkei.iota")
+    strict = {**GROUP, "apikey": "strict", "autoprovision": False}
+    with agent_factory() as agent:
+        provision(agent, strict, {"device_id": "s1", "apikey": "strict"})
+        device.publish("/strict/s1/attrs", "{not json", qos=1)
+        device.publish("/nokey/s1/attrs", '{"t": 1}', qos=1)
+        device.publish("/strict/ghost/attrs", '{"t": 1}', qos=1)
+        device.publish("/strict/s1/attrs", '{"t": "warm", "h": 3}', qos=1)
+        device.publish("/strict/s1/attrs", "[1, 2]", qos=1)
+        wait_for(lambda: agent.agent.metrics.total("bad_input_total") >= 5, what="bad input")
+        for reason in (
+            "invalid_json",
+            "unknown_apikey",
+            "unknown_device",
+            "invalid_value",
+            "invalid_payload",
+        ):
+            assert agent.metric("bad_input_total", reason) == 1, reason
+        # the valid attribute of the half-bad message is stored
+        eid = "urn:ngsi-ld:WeatherObserved:s1"
+        wait_for(lambda: (e := entity(hub, eid)) and e.get("humidity", {}).get("value") == 3)
+        text = httpx.get(f"{agent.url}/metrics").text
+        assert 'renkei_iota_bad_input_total{reason="unknown_apikey"} 1' in text
+        assert any("/strict/ghost/attrs" in r.getMessage() for r in caplog.records)
+
+
+def test_autoprovision(agent_factory: AgentFactory, hub: str, device: Publisher) -> None:
+    with agent_factory() as agent:
+        provision(agent, {**GROUP, "apikey": "auto"})
+        device.publish("/auto/new-one/attrs", '{"t": 12}')
+        eid = "urn:ngsi-ld:WeatherObserved:new-one"
+        wait_for(lambda: (e := entity(hub, eid)) and "temperature" in e, what="auto device")
+        with agent.http() as http:
+            assert http.get("/iot/devices/new-one").status_code == 200
+
+
+def test_commands_round_trip(agent_factory: AgentFactory, hub: str, mqtt: MqttBroker) -> None:
+    lamp = {"device_id": "lamp1", "entity_type": "Streetlight", "commands": [{"name": "switch"}]}
+    with agent_factory() as agent, subscribe(mqtt, "/cmdkey/lamp1/cmd") as sub:
+        provision(agent, {"apikey": "cmdkey", "entity_type": "Streetlight"}, lamp)
+        eid = "urn:ngsi-ld:Streetlight:lamp1"
+        wait_for(lambda: entity(hub, eid), what="entity")
+        wait_for(lambda: agent.agent._subscribed, what="command subscription")
+        r = httpx.post(
+            f"{hub}/ngsi-ld/v1/entities/{eid}/attrs",
+            json={"switch": {"type": "Property", "value": "on"}},
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert r.status_code == 204, r.text
+        msg = sub.wait(1, timeout=10)[0]
+        assert json.loads(msg.payload) == {"switch": "on"}
+        wait_for(
+            lambda: (e := entity(hub, eid)) and e.get("switch_status", {}).get("value") == "PENDING"
+        )
+        pub = Publisher(mqtt)
+        try:
+            pub.publish("/json/cmdkey/lamp1/cmdexe", '{"switch": "switched on"}', qos=1)
+        finally:
+            pub.close()
+        got = wait_for(
+            lambda: (e := entity(hub, eid)) and e["switch_status"]["value"] == "OK" and e,
+            what="command result",
+        )
+        assert got["switch_info"]["value"] == "switched on"
+        # a second update of the same command is sent again
+        httpx.patch(
+            f"{hub}/ngsi-ld/v1/entities/{eid}/attrs/switch",
+            json={"type": "Property", "value": "off"},
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert json.loads(sub.wait(2, timeout=10)[1].payload) == {"switch": "off"}
+
+
+def test_no_qos1_measure_lost_while_the_broker_is_down(
+    agent_factory: AgentFactory, tmp_path: Path, device: Publisher
+) -> None:
+    port = free_port()
+    hub = f"http://127.0.0.1:{port}"
+    proc = start_broker(tmp_path / "down.db", port)
+    try:
+        with agent_factory(broker_url=hub) as agent:
+            provision(agent, {**GROUP, "apikey": "dn"})
+            wait_for(lambda: httpx.get(f"{agent.url}/health").status_code == 200)
+            stop(proc)
+            for i in range(20):
+                device.publish(f"/dn/d{i % 4}/attrs", json.dumps({"h": i}), qos=1)
+            wait_for(lambda: httpx.get(f"{agent.url}/health").status_code == 503, what="503")
+            wait_for(lambda: agent.agent.batcher.buffered >= 1, what="buffered")
+            assert agent.metric("measures_stored_total") == 0
+            proc = start_broker(tmp_path / "down.db", port)
+            wait_for(lambda: agent.metric("measures_stored_total") == 20, timeout=20)
+            for d in range(4):
+                e = entity(hub, f"urn:ngsi-ld:WeatherObserved:d{d}")
+                assert e is not None
+                assert e["humidity"]["value"] == 16 + d  # the last of each device
+            assert agent.agent.metrics.total("dropped_total") == 0
+            wait_for(lambda: httpx.get(f"{agent.url}/health").status_code == 200)
+    finally:
+        stop(proc)
+
+
+def test_two_agents_share_the_load(agent_factory: AgentFactory, hub: str, mqtt: MqttBroker) -> None:
+    total = 400
+    with agent_factory() as one, agent_factory() as two:
+        provision(one, {"apikey": "shared", "entity_type": "Counter"})
+        provision(two, {"apikey": "shared", "entity_type": "Counter"})  # a registry each
+        wait_for(lambda: one.agent.link.connected and two.agent.link.connected)
+        pub = Publisher(mqtt, mqtt5=True)
+        try:
+            for i in range(total):
+                pub.publish(f"/shared/c{i % 10}/attrs", json.dumps({"n": i}), qos=1)
+        finally:
+            pub.close()
+
+        def stored() -> int:
+            return one.metric("measures_stored_total") + two.metric("measures_stored_total")
+
+        wait_for(lambda: stored() >= total, timeout=20, what="all measures stored")
+        received = [a.metric("messages_received_total", "measure") for a in (one, two)]
+        assert sum(received) == total, received  # none lost, none twice
+        assert min(received) > 0, received  # both took a share
+        assert stored() == total
+
+
+def test_mqtt_311_single_agent_and_credentials(
+    agent_factory: AgentFactory, hub: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="renkei.iota")
+    with mosquitto(tmp_path / "auth", users={"iota": "s3cret-pw", "dev": "devpw"}) as secured:
+        url = f"mqtt://iota:s3cret-pw@{secured.host}:{secured.port}"
+        with agent_factory(mqtt_url=url, mqtt_version="mqtt3.1.1") as agent:
+            wait_for(lambda: agent.agent.link.connected, what="connected")
+            provision(agent, {**GROUP, "apikey": "v3"})
+            health = httpx.get(f"{agent.url}/health").json()
+            assert health["mqttVersion"] == "3.1.1"
+            pub = Publisher(secured, user="dev", password="devpw")
+            try:
+                pub.publish("/v3/old/attrs", '{"t": 3}', qos=1)
+            finally:
+                pub.close()
+            eid = "urn:ngsi-ld:WeatherObserved:old"
+            wait_for(lambda: (e := entity(hub, eid)) and "temperature" in e, what="3.1.1 measure")
+    assert not any("s3cret-pw" in r.getMessage() for r in caplog.records)

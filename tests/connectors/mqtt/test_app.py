@@ -1,0 +1,137 @@
+"""The provisioning API (iotagent-node-lib paths and bodies), errors and persistence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from connectors.mqtt.app import create_app
+from connectors.mqtt.settings import AgentSettings
+from tests.support import free_port
+
+KOMAE = {"fiware-service": "komae", "fiware-servicepath": "/parking"}
+
+
+def settings(tmp_path: Path) -> AgentSettings:
+    # Nothing listens on these ports: provisioning works without MQTT or the broker.
+    return AgentSettings(
+        mqtt_url=f"mqtt://127.0.0.1:{free_port()}",
+        broker_url=f"http://127.0.0.1:{free_port()}",
+        iota_db=str(tmp_path / "iota.db"),
+    )
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(tmp_path))) as client:
+        yield client
+
+
+def test_groups_and_the_services_alias(api: TestClient) -> None:
+    group = {"apikey": "k1", "entity_type": "Parking", "resource": "/iot/json", "cbroker": "x"}
+    assert api.post("/iot/groups", json={"groups": [group]}, headers=KOMAE).status_code == 201
+    again = api.post("/iot/services", json={"services": [group]}, headers=KOMAE)
+    assert again.status_code == 409
+    assert again.json()["name"] == "DUPLICATE_GROUP"
+    listed = api.get("/iot/services", headers=KOMAE).json()
+    assert listed["count"] == 1
+    assert listed["services"][0]["cbroker"] == "x"  # unknown members round-trip
+    assert api.get("/iot/groups", headers={"fiware-service": "other"}).json()["count"] == 0
+    r = api.put(
+        "/iot/groups?apikey=k1&resource=/iot/json", json={"entity_type": "Lot"}, headers=KOMAE
+    )
+    assert r.status_code == 204
+    assert api.get("/iot/groups", headers=KOMAE).json()["groups"][0]["entity_type"] == "Lot"
+    assert (
+        api.delete("/iot/groups?apikey=nope", headers=KOMAE).json()["name"]
+        == "DEVICE_GROUP_NOT_FOUND"
+    )
+    assert api.delete("/iot/groups?apikey=k1", headers=KOMAE).status_code == 204
+    assert api.get("/iot/groups", headers=KOMAE).json()["count"] == 0
+
+
+def test_devices_crud(api: TestClient) -> None:
+    api.post(
+        "/iot/groups", json={"groups": [{"apikey": "k1", "entity_type": "Parking"}]}, headers=KOMAE
+    )
+    devices = [
+        {"device_id": f"p{i}", "protocol": "IoTA-JSON", "transport": "MQTT"} for i in range(5)
+    ]
+    assert api.post("/iot/devices", json={"devices": devices}, headers=KOMAE).status_code == 201
+    dup = api.post("/iot/devices", json={"devices": devices[:1]}, headers=KOMAE)
+    assert dup.status_code == 409
+    assert dup.json()["name"] == "DUPLICATE_DEVICE_ID"
+    page = api.get("/iot/devices?limit=2&offset=1", headers=KOMAE).json()
+    assert page["count"] == 5
+    assert [d["device_id"] for d in page["devices"]] == ["p1", "p2"]
+    one = api.get("/iot/devices/p0", headers=KOMAE).json()
+    assert one["entity_name"] == "urn:ngsi-ld:Parking:p0"
+    assert one["entity_type"] == "Parking"
+    r = api.put("/iot/devices/p0", json={"entity_name": "urn:ngsi-ld:Parking:gate"}, headers=KOMAE)
+    assert r.status_code == 204
+    assert (
+        api.get("/iot/devices/p0", headers=KOMAE).json()["entity_name"]
+        == "urn:ngsi-ld:Parking:gate"
+    )
+    assert api.delete("/iot/devices/p0", headers=KOMAE).status_code == 204
+    missing = api.get("/iot/devices/p0", headers=KOMAE)
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "name": "DEVICE_NOT_FOUND",
+        "message": "no device 'p0' in this service",
+    }
+
+
+def test_errors(api: TestClient) -> None:
+    cases = [
+        (api.post("/iot/devices", content=b"{nope", headers=KOMAE), 400, "WRONG_SYNTAX"),
+        (api.post("/iot/devices", json={"devices": []}, headers=KOMAE), 400, "WRONG_SYNTAX"),
+        (
+            api.post("/iot/devices", json={"devices": [{"device_id": "a/b"}]}, headers=KOMAE),
+            400,
+            "WRONG_SYNTAX",
+        ),
+        (
+            api.post("/iot/groups", json={"groups": [{"entity_type": "X"}]}, headers=KOMAE),
+            400,
+            "WRONG_SYNTAX",
+        ),
+        (api.get("/iot/devices", headers={"fiware-service": "Bad Name"}), 400, "BAD_REQUEST"),
+        (api.get("/iot/devices?limit=-1", headers=KOMAE), 400, "WRONG_SYNTAX"),
+        (
+            api.post(
+                "/iot/groups",
+                json={"groups": [{"apikey": "e", "entityNameExp": "id"}]},
+                headers=KOMAE,
+            ),
+            501,
+            "NOT_IMPLEMENTED",
+        ),
+    ]
+    for response, status, name in cases:
+        assert response.status_code == status, response.text
+        assert response.json()["name"] == name
+        assert response.json()["message"]
+
+
+def test_health_and_metrics_without_connections(api: TestClient) -> None:
+    health = api.get("/health")
+    assert health.status_code == 503
+    assert health.json()["mqtt"] is False
+    assert "# TYPE renkei_iota_measures_stored_total counter" in api.get("/metrics").text
+
+
+def test_provisioning_survives_a_restart(tmp_path: Path) -> None:
+    with TestClient(create_app(settings(tmp_path))) as api:
+        api.post(
+            "/iot/groups",
+            json={"groups": [{"apikey": "k1", "entity_type": "Parking"}]},
+            headers=KOMAE,
+        )
+        api.post("/iot/devices", json={"devices": [{"device_id": "p1"}]}, headers=KOMAE)
+    with TestClient(create_app(settings(tmp_path))) as api:
+        assert api.get("/iot/devices/p1", headers=KOMAE).json()["entity_type"] == "Parking"
+        assert api.get("/iot/groups", headers=KOMAE).json()["count"] == 1

@@ -1,0 +1,116 @@
+"""Payload values -> NGSI-LD attributes, per the device's mappings."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.mqtt.mapping import BadValue, attribute, convert, measures
+from connectors.mqtt.models import AttributeMapping
+from connectors.mqtt.registry import Resolved, Scope
+
+
+def device(explicit: bool = False) -> Resolved:
+    mappings = {
+        "t": AttributeMapping(
+            object_id="t",
+            name="temperature",
+            type="Number",
+            metadata={"unitCode": {"value": "CEL"}},
+        ),
+        "n": AttributeMapping(object_id="n", name="count", type="Integer"),
+    }
+    return Resolved(
+        Scope("komae"),
+        "d1",
+        "k",
+        "urn:ngsi-ld:T:d1",
+        "T",
+        mappings,
+        [],
+        set(),
+        explicit,
+        {"temperature", "count"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("type_name", "value", "expected"),
+    [
+        ("Number", "21.5", {"type": "Property", "value": 21.5}),
+        ("Integer", 3.0, {"type": "Property", "value": 3}),
+        ("Boolean", "false", {"type": "Property", "value": False}),
+        ("Text", 12, {"type": "Property", "value": "12"}),
+        (
+            "geo:point",
+            "35.6,139.5",
+            {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [139.5, 35.6]}},
+        ),
+        (
+            "geo:json",
+            {"type": "Point", "coordinates": [1, 2]},
+            {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [1, 2]}},
+        ),
+        (
+            "Relationship",
+            "urn:ngsi-ld:Road:1",
+            {"type": "Relationship", "object": "urn:ngsi-ld:Road:1"},
+        ),
+        (
+            "DateTime",
+            "2024-05-01T10:00:00+09:00",
+            {
+                "type": "Property",
+                "value": {"@type": "DateTime", "@value": "2024-05-01T01:00:00.000Z"},
+            },
+        ),
+        ("Property", {"a": 1}, {"type": "Property", "value": {"a": 1}}),
+    ],
+)
+def test_types(type_name: str, value: object, expected: dict[str, object]) -> None:
+    assert attribute(type_name, value, None) == expected
+
+
+@pytest.mark.parametrize(
+    ("type_name", "value"),
+    [
+        ("Number", "warm"),
+        ("Number", True),
+        ("Integer", 2.5),
+        ("Boolean", "yes"),
+        ("geo:point", "91,0"),
+        ("geo:json", {"type": "Circle"}),
+        ("Relationship", 5),
+        ("Number", "nan"),
+    ],
+)
+def test_values_that_do_not_convert(type_name: str, value: object) -> None:
+    with pytest.raises(BadValue) as info:
+        attribute(type_name, value, None)
+    assert info.value.reason == "invalid_value"
+
+
+def test_measure_with_timestamp_and_bad_value() -> None:
+    m = convert(
+        device(), {"t": "20", "n": "x", "other": 1, "TimeInstant": "2024-05-01T00:00:00Z"}, 0
+    )
+    assert m.attrs["temperature"] == {
+        "type": "Property",
+        "value": 20.0,
+        "observedAt": "2024-05-01T00:00:00.000Z",
+        "unitCode": "CEL",
+    }
+    assert "count" not in m.attrs
+    assert m.attrs["other"]["value"] == 1
+    assert [p.reason for p in m.problems] == ["invalid_value"]
+    assert convert(device(explicit=True), {"other": 1, "t": 1}, 0).attrs.keys() == {"temperature"}
+    bad = convert(device(), {"t": 1, "TimeInstant": "yesterday"}, 0)
+    assert bad.attrs == {}
+    assert bad.problems[0].reason == "invalid_timestamp"
+
+
+def test_payload_shapes() -> None:
+    assert list(measures({"a": 1})) == [{"a": 1}]
+    assert list(measures([{"a": 1}, {"a": 2}])) == [{"a": 1}, {"a": 2}]
+    for bad in ([], [1], "x", 3):
+        with pytest.raises(BadValue):
+            list(measures(bad))
