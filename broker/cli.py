@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 import uvicorn
 
@@ -52,6 +60,7 @@ def _run(settings: Settings) -> None:
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     )
     uvicorn.run(
         create_app(settings),
@@ -94,6 +103,69 @@ async def load_samples(settings: Settings) -> int:
         await close_hub(hub)
 
 
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _start_iot_demo(settings: Settings, workdir: Path) -> list[subprocess.Popen[bytes]]:
+    """Beside the demo broker: Mosquitto on 1883 (unless one runs) and the IoT agent on 4041."""
+    children: list[subprocess.Popen[bytes]] = []
+    if not _port_open(1883):
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(
+            "listener 1883 127.0.0.1\nallow_anonymous true\n"
+            + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        children.append(
+            subprocess.Popen(
+                [str(MOSQUITTO), "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    broker_url = f"http://{settings.host}:{settings.port}"
+
+    def agent() -> None:
+        for _ in range(200):
+            if _port_open(settings.port) and _port_open(1883):
+                break
+            time.sleep(0.1)
+        env = {
+            **os.environ,
+            "RENKEI_BROKER_URL": broker_url,
+            "RENKEI_IOTA_DB": str(workdir / "iota.db"),
+        }
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "broker.cli", "iot-agent"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        for _ in range(200):
+            try:
+                r = httpx.post(
+                    "http://127.0.0.1:4041/iot/groups",
+                    headers={"fiware-service": "komae", "fiware-servicepath": "/"},
+                    json={"groups": [{"apikey": "demo", "entity_type": "WeatherObserved"}]},
+                    timeout=2,
+                )
+                if r.status_code in (201, 409):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+
+    threading.Thread(target=agent, daemon=True).start()
+    return children
+
+
 @app.command()
 def demo(
     host: HostOpt = None,
@@ -114,13 +186,32 @@ Renkei: {count} 件のサンプルエンティティを読み込みました / l
   curl '{base}/entities/urn:ngsi-ld:AirQualityObserved:komae-station-01?options=keyValues'
   curl -H 'Accept: application/geo+json' '{base}/entities?type=EvacuationSite'
   curl '{base}/entities/urn:ngsi-ld:EvacuationSite:132195-0001?lang=ja&options=concise'
+  curl '{base}/entities?type=EvacuationSite&georel=near;maxDistance==1000&geometry=Point&coordinates=[139.578,35.634]'
   curl -X POST '{base}/entities' -H 'Content-Type: application/json' \\
        -d '{{"id":"urn:ngsi-ld:Bench:1","type":"Bench","seats":{{"type":"Property","value":3}}}}'
-
-停止するには Ctrl+C / press Ctrl+C to stop
 """
     )
-    _run(settings)
+    children: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="renkei-demo-") as tmp:
+        if MOSQUITTO.exists():
+            children = _start_iot_demo(settings, Path(tmp))
+            typer.echo(
+                f"""IoT エージェント (MQTT 127.0.0.1:1883、API :4041) も起動しました / the IoT agent runs too:
+  mosquitto_pub -h 127.0.0.1 -t /demo/sensor01/attrs -m '{{"temperature": 21.5, "location": "35.634,139.578"}}'
+  curl -H 'NGSILD-Tenant: komae' '{base}/entities/urn:ngsi-ld:WeatherObserved:sensor01?options=keyValues'
+  (mosquitto_pub: apt-get install mosquitto-clients)
+"""
+            )
+        typer.echo("停止するには Ctrl+C / press Ctrl+C to stop\n")
+        try:
+            _run(settings)
+        finally:
+            for child in reversed(children):
+                child.terminate()
+                try:
+                    child.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    child.kill()
 
 
 def _register_connectors() -> None:
