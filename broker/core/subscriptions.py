@@ -658,6 +658,8 @@ class SubscriptionService:
                 "deletedAt": now_iso(),
             }
             named = sub.attributes if sub.attributes is not None else sub.watched
+            if named is None and sub.show_changes:
+                named = {k for k in before if k not in ENTITY_KEYS}  # showChanges: all it had
             gone = [k for k in before if k not in ENTITY_KEYS and named is not None and k in named]
         else:
             body = view.entity(after, linked, flat)
@@ -676,7 +678,10 @@ class SubscriptionService:
             if view.format == "keyValues":
                 body[tm.compact(iri)] = NULL
                 continue
-            item: dict[str, Any] = {"type": kind, member: NULL}
+            item: dict[str, Any] = {
+                "type": kind,
+                member: {"@none": NULL} if member == "languageMap" else NULL,
+            }
             if sub.show_changes and member in old:
                 item[PREVIOUS[member]] = self._member_value(view, member, old[member])
             body[tm.compact(iri)] = item
