@@ -60,8 +60,8 @@ def _run(settings: Settings) -> None:
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

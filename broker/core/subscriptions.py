@@ -726,9 +726,10 @@ class SubscriptionService:
         }
         headers = {"Content-Type": sub.endpoint.accept}
         if sub.endpoint.accept == "application/ld+json":
-            notification["@context"] = (
-                sub.tm.context if sub.tm.context is not None else CORE_CONTEXT_URL
-            )
+            tm = sub.render_tm or sub.tm
+            ctx = tm.context if tm.context is not None else CORE_CONTEXT_URL
+            notification["@context"] = ctx
+            notification["data"] = [{**item, "@context": ctx} for item in data]
         else:
             headers["Link"] = f'<{sub.context_url}>; rel="{LINK_REL}"; type="application/ld+json"'
         if sub.tenant:
