@@ -188,3 +188,38 @@ def test_throttling_holds_across_two_processes(tmp_path: Path, receiver: Receive
         receiver.wait(1)
         time.sleep(1.0)
         assert len(receiver.received) == 1
+
+
+@pytest.mark.mqtt
+def test_mqtt_notifications_end_to_end(client: TestClient, tmp_path: Path) -> None:
+    import orjson
+
+    from tests.support_mqtt import mosquitto, subscribe
+
+    with (
+        mosquitto(tmp_path, users={"city": "s3cret"}) as mq,
+        subscribe(mq, "komae/buildings", user="city", password="s3cret") as sub,
+    ):
+        endpoint = {
+            "uri": mq.endpoint("komae/buildings", "city", "s3cret"),
+            "notifierInfo": [
+                {"key": "MQTT-QoS", "value": "1"},
+                {"key": "MQTT-Version", "value": "mqtt5.0"},
+            ],
+            "receiverInfo": [{"key": "X-Komae", "value": "1"}],
+        }
+        create_sub(
+            client,
+            subscription(
+                "http://unused", notification={"endpoint": endpoint, "format": "keyValues"}
+            ),
+        )
+        client.post(E, json=building(), headers=JSON)
+        client.patch(f"{E}/urn:ngsi-ld:Building:1/attrs", json={"floors": 9}, headers=JSON)
+        messages = sub.wait(2, timeout=10)
+        first = orjson.loads(messages[0].payload)
+        assert first["metadata"]["Content-Type"] == "application/json"
+        assert first["metadata"]["X-Komae"] == "1"
+        assert first["body"]["type"] == "Notification"
+        assert orjson.loads(messages[1].payload)["body"]["data"][0]["floors"] == 9
+        assert messages[0].qos == 1
