@@ -147,7 +147,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
-        """Entities matching ``query`` in a stable order (first write first), paged;
+        """Entities matching ``query`` ordered by ``order_by`` then by id, paged;
         the total number of matches when ``query.count``."""
 
     # -- discovery ----------------------------------------------------------------------------

@@ -269,7 +269,10 @@ class SqlBuilder:
 
     def _in_values(self, key: str, cond: str, args: list[Any]) -> str:
         self.args.extend([self.tenant, key, *args])
-        return f"e.rid IN (SELECT rid FROM attr_values WHERE tenant=? AND path=? AND {cond})"
+        return (
+            "EXISTS (SELECT 1 FROM attr_values v WHERE v.tenant=? AND v.path=? AND v.rid=e.rid "
+            f"AND {cond})"
+        )
 
     def q(self, node: Node) -> str:
         if isinstance(node, And):
@@ -284,16 +287,18 @@ class SqlBuilder:
             )
         if isinstance(node, Exists):
             self.args.extend([self.tenant, path_key(node.path)])
-            op = "NOT IN" if node.negated else "IN"
-            return f"e.rid {op} (SELECT rid FROM attr_values WHERE tenant=? AND path=?)"
+            op = "NOT EXISTS" if node.negated else "EXISTS"
+            return (
+                f"{op} (SELECT 1 FROM attr_values v WHERE v.tenant=? AND v.path=? AND v.rid=e.rid)"
+            )
         assert isinstance(node, Comparison)
         if node.path.meta in UNINDEXED_META:
             with _geo_lock:
                 qid = next(_geo_ids)
                 _q_nodes[qid] = node
             self.q_ids.append(qid)
-            self.args.extend([self.tenant, qid])
-            return "e.rid IN (SELECT rid FROM entities WHERE tenant=? AND q_match(doc, ?))"
+            self.args.append(qid)
+            return "q_match(e.doc, ?)"
         cond, args = _condition(node)
         return self._in_values(path_key(node.path), cond, args)
 
@@ -304,7 +309,7 @@ class SqlBuilder:
             return "(" + " OR ".join(self.scope(i) for i in node.items) + ")"
         assert isinstance(node, ScopePattern)
         self.args.extend([self.tenant, "/" + "/".join(node.segments)])
-        return "e.rid IN (SELECT rid FROM entity_scopes WHERE tenant=? AND scope_match(?, scope))"
+        return "EXISTS (SELECT 1 FROM entity_scopes s WHERE s.rid=e.rid AND s.tenant=? AND scope_match(?, s.scope))"
 
     def geo(self, geo: GeoQuery) -> str:
         qid = register_geo(geo)
@@ -319,7 +324,9 @@ class SqlBuilder:
         minx, miny, maxx, maxy = window
         self.args.extend([maxx, minx, maxy, miny, self.tenant, geo.geoproperty, qid])
         return (
-            "e.rid IN (SELECT g.rid FROM geo_rtree r JOIN geo_shapes g ON g.id = r.id "
+            # CROSS JOIN keeps the R*Tree as the outer loop: only shapes in the window
+            # reach the exact (costly) check
+            "e.rid IN (SELECT g.rid FROM geo_rtree r CROSS JOIN geo_shapes g ON g.id = r.id "
             "WHERE r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ? "
             "AND g.tenant=? AND g.path=? AND geo_match(g.geom, ?))"
         )

@@ -88,9 +88,9 @@ CREATE TABLE IF NOT EXISTS attr_values(
     b INTEGER, num, str TEXT, dt INTEGER, day INTEGER, tod INTEGER
 );
 CREATE INDEX IF NOT EXISTS attr_values_path ON attr_values(tenant, path, rid);
-CREATE INDEX IF NOT EXISTS attr_values_num ON attr_values(tenant, path, num) WHERE num IS NOT NULL;
-CREATE INDEX IF NOT EXISTS attr_values_str ON attr_values(tenant, path, str) WHERE str IS NOT NULL;
-CREATE INDEX IF NOT EXISTS attr_values_dt ON attr_values(tenant, path, dt) WHERE dt IS NOT NULL;
+DROP INDEX IF EXISTS attr_values_num;
+DROP INDEX IF EXISTS attr_values_str;
+DROP INDEX IF EXISTS attr_values_dt;
 CREATE INDEX IF NOT EXISTS attr_values_rid ON attr_values(rid);
 CREATE TABLE IF NOT EXISTS geo_shapes(
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL,
@@ -151,7 +151,10 @@ def _driver_errors() -> Iterator[None]:
 
 
 def _order_by(query: EntityQuery) -> tuple[str, list[Any]]:
-    """ORDER BY terms for ``query.order_by``; insertion order breaks ties."""
+    """ORDER BY terms for ``query.order_by``; the entity id orders the rest.
+
+    Ordering by id lets SQLite walk the (tenant, id) index and stop at the page's
+    end, probing each entity's side-table rows, instead of gathering every match."""
     terms: list[str] = []
     args: list[Any] = []
     for key, desc in query.order_by or ():
@@ -165,7 +168,7 @@ def _order_by(query: EntityQuery) -> tuple[str, list[Any]]:
             term = "(SELECT min(coalesce(v.num, v.str)) FROM attr_values v WHERE v.rid = e.rid AND v.path = ?)"
             args.append(path_key(key))
         terms.append(term + (" DESC" if desc else ""))
-    terms.append("e.rid")
+    terms.append("e.id")
     return ", ".join(terms), args
 
 
@@ -508,7 +511,7 @@ class SqliteStore(Store):
                 parts = []
                 for t in conj:
                     parts.append(
-                        "e.rid IN (SELECT rid FROM entity_types WHERE tenant=? AND type=?)"
+                        "EXISTS (SELECT 1 FROM entity_types t WHERE t.tenant=? AND t.type=? AND t.rid=e.rid)"
                     )
                     args.extend([tenant, t])
                 alternatives.append("(" + " AND ".join(parts) + ")")
@@ -528,7 +531,8 @@ class SqliteStore(Store):
         if query.attrs:
             marks = ",".join("?" * len(query.attrs))
             clauses.append(
-                f"e.rid IN (SELECT rid FROM entity_attrs WHERE tenant=? AND attr IN ({marks}))"
+                "EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant=? AND a.rid=e.rid "
+                f"AND a.attr IN ({marks}))"
             )
             args.extend([tenant, *query.attrs])
         for part, node in (("q", query.q), ("scope", query.scope_q), ("geo", query.geo)):
