@@ -1,0 +1,619 @@
+"""Single-entity create and retrieve throughput, each beside a bare FastAPI endpoint.
+
+Usage::
+
+    .venv/bin/python bench/entities.py [--duration S] [--connections N]
+
+Starts ``renkei serve`` on a fresh temporary SQLite store and ``bench/bare_app.py``
+(same uvicorn settings), then drives four closed-loop runs with ``wrk`` (an httpx
+load generator in a separate process if ``wrk`` is not installed):
+
+* bare POST      POST /entity, the same entity bodies as the broker create
+* broker create  POST /ngsi-ld/v1/entities, a unique id per request
+* bare GET       GET /entity, a fixed document of the size of a retrieved entity
+* broker retrieve GET /ngsi-ld/v1/entities/{id}, random ids among pre-created entities
+
+Each run has a short warm-up. Prints requests/s, p50/p99 latency and errors per run,
+then the broker/bare ratio and the targets. Exit status 1 if any request failed
+(non-2xx or socket error) or, with ``--check``, if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ENTITY_TYPE = "AirQualityObserved"
+ID_PREFIX = f"urn:ngsi-ld:{ENTITY_TYPE}:bench-"
+SEED_PREFIX = ID_PREFIX + "seed-"
+BROKER_ENTITIES = "/ngsi-ld/v1/entities"
+BARE_ENTITY = "/entity"
+
+# Targets from the acceptance text (2-core machine).
+TARGET_RPS = {"create": 1000.0, "retrieve": 2000.0}
+TARGET_RATIO = 0.40
+
+# A realistic entity: 5 attributes incl. a GeoProperty Point. The two ``%s`` (id, then
+# temperature) are filled per request, here and in the wrk script: no other ``%`` allowed.
+ENTITY_TEMPLATE = (
+    '{"id":"%s","type":"' + ENTITY_TYPE + '",'
+    '"name":{"type":"Property","value":"Komae station"},'
+    '"temperature":{"type":"Property","value":%s,"unitCode":"CEL","observedAt":"2024-05-01T10:00:00Z"},'
+    '"NO2":{"type":"Property","value":22.5,"unitCode":"GQ","observedAt":"2024-05-01T10:00:00Z"},'
+    '"location":{"type":"GeoProperty","value":{"type":"Point","coordinates":[139.5786,35.6348]}},'
+    '"refDevice":{"type":"Relationship","object":"urn:ngsi-ld:Device:komae-01"}}'
+)
+
+
+def entity_body(eid: str, temp: float = 18.4) -> str:
+    return ENTITY_TEMPLATE % (eid, temp)
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+    socket_errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + self.socket_errors
+
+
+@dataclass
+class Workload:
+    """One run: ``mode`` is ``post`` (unique ids), ``get-random`` or ``get-fixed``."""
+
+    label: str
+    base_url: str
+    path: str
+    mode: str
+    seeds: int = 0
+
+
+# -- load generators -------------------------------------------------------------------------
+
+LUA = r"""
+-- wrk script for one run of bench/entities.py
+local mode = "%(mode)s"
+local path = "%(path)s"
+local tag = "%(tag)s"
+local seeds = %(seeds)d
+local template = [==[%(template)s]==]
+local id_prefix = "%(id_prefix)s"
+local seed_prefix = "%(seed_prefix)s"
+local post_headers = {["Content-Type"] = "application/json"}
+
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+counter = 0
+bad = 0
+local fixed = nil
+
+function init(args)
+  math.randomseed(os.time() * 100 + tid)
+  if mode == "get-fixed" then fixed = wrk.format("GET", path) end
+end
+
+function request()
+  if mode == "post" then
+    counter = counter + 1
+    local id = id_prefix .. tag .. "-" .. tid .. "-" .. counter
+    local body = string.format(template, id, 10 + counter %% 200 / 10)
+    return wrk.format("POST", path, post_headers, body)
+  elseif mode == "get-random" then
+    return wrk.format("GET", path .. seed_prefix .. string.format("%%06d", math.random(0, seeds - 1)))
+  end
+  return fixed
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then bad = bad + 1 end
+end
+
+function done(summary, latency, requests)
+  local non2xx = 0
+  for _, t in ipairs(threads) do non2xx = non2xx + t:get("bad") end
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests":%%d,"duration_us":%%d,"p50_us":%%d,"p99_us":%%d,"non2xx":%%d,"socket_errors":%%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), non2xx,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def _lua_script(work: Workload, tag: str) -> str:
+    return LUA % {
+        "mode": work.mode,
+        "path": work.path,
+        "tag": tag,
+        "seeds": work.seeds,
+        "template": ENTITY_TEMPLATE,
+        "id_prefix": ID_PREFIX,
+        "seed_prefix": SEED_PREFIX,
+    }
+
+
+def run_wrk(
+    work: Workload, *, tag: str, duration: float, connections: int, threads: int, tmp: Path
+) -> RunResult:
+    script = tmp / f"{work.label.replace(' ', '-')}-{tag}.lua"
+    script.write_text(_lua_script(work, tag))
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        work.base_url,
+    ]
+    for _ in range(3):
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if "unable to connect" not in proc.stderr:
+            break
+        # A refused connection to a server that answered /health: retry after a pause.
+        print(f"  note: {proc.stderr.strip()}; retrying", file=sys.stderr, flush=True)
+        time.sleep(1.0)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    data = json.loads(line[len("RESULT ") :])
+    return RunResult(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        non2xx=data["non2xx"],
+        socket_errors=data["socket_errors"],
+    )
+
+
+def run_httpx(
+    work: Workload, *, tag: str, duration: float, connections: int, threads: int, tmp: Path
+) -> RunResult:
+    """Fallback: the httpx generator in its own process (``--httpx-worker``)."""
+    spec = {
+        "base_url": work.base_url,
+        "path": work.path,
+        "mode": work.mode,
+        "seeds": work.seeds,
+        "tag": tag,
+        "duration": duration,
+        "connections": connections,
+    }
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--httpx-worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise BenchError(
+            f"httpx generator failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return RunResult(**json.loads(line[len("RESULT ") :]))
+
+
+async def _httpx_load(spec: dict[str, Any]) -> RunResult:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    connections = int(spec["connections"])
+    latencies: list[float] = []
+    counts = {"non2xx": 0, "socket": 0}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    deadline = time.perf_counter() + float(spec["duration"])
+    headers = {"Content-Type": "application/json"}
+
+    async with httpx.AsyncClient(base_url=spec["base_url"], limits=limits, timeout=5.0) as client:
+
+        async def worker(wid: int) -> None:
+            n = 0
+            while time.perf_counter() < deadline:
+                n += 1
+                t0 = time.perf_counter()
+                try:
+                    if spec["mode"] == "post":
+                        eid = f"{ID_PREFIX}{spec['tag']}-{wid}-{n}"
+                        body = entity_body(eid, 10 + n % 200 / 10).encode()
+                        resp = await client.post(spec["path"], content=body, headers=headers)
+                    elif spec["mode"] == "get-random":
+                        i = random.randrange(int(spec["seeds"]))
+                        resp = await client.get(f"{spec['path']}{SEED_PREFIX}{i:06d}")
+                    else:
+                        resp = await client.get(spec["path"])
+                except httpx.HTTPError:
+                    counts["socket"] += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                if not 200 <= resp.status_code < 300:
+                    counts["non2xx"] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(connections)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000 if latencies else 0.0
+        )
+
+    return RunResult(
+        len(latencies), elapsed, pct(0.50), pct(0.99), counts["non2xx"], counts["socket"]
+    )
+
+
+def httpx_worker_main(spec_json: str) -> None:
+    res = asyncio.run(_httpx_load(json.loads(spec_json)))
+    print("RESULT " + json.dumps(res.__dict__), flush=True)
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range, away from other programs' client sockets."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        found: int = s.getsockname()[1]
+        return found
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+    exited_early: bool = False
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            self.exited_early = True
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def start_server(name: str, cmd: list[str], port: int, log: Path) -> Server:
+    with log.open("wb") as out:
+        # Own session: a Ctrl+C in the terminal reaches us, and we stop the servers in order.
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=HERE.parent
+        )
+    return Server(name, proc, f"http://127.0.0.1:{port}", log)
+
+
+def wait_ready(server: Server, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise BenchError(
+                f"{server.name} exited with {server.proc.returncode}:\n{server.log_tail()}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.url + "/health", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise BenchError(f"{server.name} not ready after {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def renkei_command(port: int, store: str) -> list[str]:
+    exe = Path(sys.executable).with_name("renkei")
+    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "broker.cli"]
+    return [*base, "serve", "--host", "127.0.0.1", "--port", str(port), "--store", store]
+
+
+@contextlib.contextmanager
+def servers(tmp: Path) -> Iterator[tuple[Server, Server]]:
+    started: list[Server] = []
+    try:
+        bport = rport = free_port()
+        while rport == bport:
+            rport = free_port()
+        bare = start_server(
+            "bare FastAPI",
+            [
+                sys.executable,
+                str(HERE / "bare_app.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(bport),
+            ],
+            bport,
+            tmp / "bare.log",
+        )
+        started.append(bare)
+        store = f"sqlite:///{tmp / 'bench.db'}"
+        broker = start_server(
+            "renkei serve", renkei_command(rport, store), rport, tmp / "broker.log"
+        )
+        started.append(broker)
+        wait_ready(bare)
+        wait_ready(broker)
+        yield bare, broker
+    finally:
+        for s in reversed(started):
+            s.stop()
+
+
+def seed_entities(broker: Server, count: int) -> None:
+    headers = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=broker.url, timeout=10.0) as client:
+        for i in range(count):
+            resp = client.post(
+                BROKER_ENTITIES, content=entity_body(f"{SEED_PREFIX}{i:06d}"), headers=headers
+            )
+            if resp.status_code != 201:
+                raise BenchError(f"seeding entity {i} failed: {resp.status_code} {resp.text[:300]}")
+
+
+def stored_count(broker: Server) -> int:
+    resp = httpx.get(
+        broker.url + BROKER_ENTITIES,
+        params={"type": ENTITY_TYPE, "count": "true", "limit": "1"},
+        timeout=30.0,
+    )
+    resp.raise_for_status()
+    return int(resp.headers["NGSILD-Results-Count"])
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def busy_cpu_share(seconds: float = 1.0) -> float | None:
+    """Share of CPU time used by anything on the machine over ``seconds`` (Linux only)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (i1 - i0) / (t1 - t0) if t1 > t0 else None
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="Single-entity create/retrieve benchmark vs a bare FastAPI endpoint."
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per measured run (default 10)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=32, help="concurrent connections (default 32)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="warm-up seconds before each run (default 2)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="wrk threads (default 1: leave a core to the server)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=1000, help="entities pre-created for retrieve (default 1000)"
+    )
+    parser.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--httpx-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.httpx_worker:
+        httpx_worker_main(args.httpx_worker)
+        return 0
+
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
+    if args.generator == "wrk" and not shutil.which("wrk"):
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    if not use_wrk and args.generator == "auto":
+        print(
+            "note: wrk not found (apt-get install wrk); using the slower httpx generator,"
+            " which competes with the server for CPU",
+            file=sys.stderr,
+        )
+    run = run_wrk if use_wrk else run_httpx
+    generator = "wrk" if use_wrk else "httpx"
+    threads = max(1, min(args.threads, args.connections))
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    busy = busy_cpu_share()
+    if busy is not None and busy > 0.10:
+        print(
+            f"warning: the machine is {busy:.0%} busy before the run; other load skews the figures",
+            file=sys.stderr,
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-"))
+    results: dict[tuple[str, str], RunResult] = {}
+    logs: list[Server] = []
+    failed: str | None = None
+    try:
+        with servers(tmp) as (bare, broker):
+            logs += [bare, broker]
+            print(
+                f"Renkei entity benchmark: {generator}, {args.connections} connections, "
+                f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), "
+                f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+                flush=True,
+            )
+
+            def measure(op: str, server: str, work: Workload) -> None:
+                kw: dict[str, Any] = {
+                    "connections": args.connections,
+                    "threads": threads,
+                    "tmp": tmp,
+                }
+                if args.warmup > 0:
+                    warm = run(work, tag="warm", duration=args.warmup, **kw)
+                    if warm.errors:
+                        raise BenchError(
+                            f"{op}/{server} warm-up: {warm.non2xx} non-2xx responses, "
+                            f"{warm.socket_errors} socket errors"
+                        )
+                res = run(work, tag="run", duration=args.duration, **kw)
+                results[(op, server)] = res
+                print(
+                    f"  {op:<8} {server:<6} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
+                    f"p99 {res.p99_ms:6.2f} ms  errors {res.errors}",
+                    flush=True,
+                )
+                if res.errors:
+                    raise BenchError(
+                        f"{op}/{server}: {res.non2xx} non-2xx responses, "
+                        f"{res.socket_errors} socket errors"
+                    )
+
+            # Create first, on the fresh store.
+            measure("create", "bare", Workload("bare-post", bare.url, BARE_ENTITY, "post"))
+            measure(
+                "create", "broker", Workload("broker-create", broker.url, BROKER_ENTITIES, "post")
+            )
+            created = stored_count(broker)
+            if created < results[("create", "broker")].requests:
+                raise BenchError(
+                    f"broker acknowledged {results[('create', 'broker')].requests} creates "
+                    f"but stores only {created} entities"
+                )
+
+            seed_entities(broker, args.seeds)
+            doc = httpx.get(f"{broker.url}{BROKER_ENTITIES}/{SEED_PREFIX}000000").content
+            bare_doc = httpx.get(bare.url + BARE_ENTITY).content
+            print(
+                f"  (store: {created} created + {args.seeds} seeded entities; "
+                f"retrieve body {len(doc)} B, bare body {len(bare_doc)} B)",
+                flush=True,
+            )
+            measure("retrieve", "bare", Workload("bare-get", bare.url, BARE_ENTITY, "get-fixed"))
+            measure(
+                "retrieve",
+                "broker",
+                Workload(
+                    "broker-retrieve", broker.url, BROKER_ENTITIES + "/", "get-random", args.seeds
+                ),
+            )
+            for srv in (bare, broker):
+                if srv.proc.poll() is not None:
+                    raise BenchError(f"{srv.name} exited during the run")
+    except KeyboardInterrupt:
+        if results:
+            print_table(results)
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 130
+    except (BenchError, httpx.HTTPError) as exc:
+        failed = str(exc)
+        for srv in logs:
+            code = srv.proc.returncode
+            if srv.exited_early:
+                failed += f"\n{srv.name} had exited with code {code} (stopped by another program?)"
+
+    missed = print_table(results) if results else True
+    if failed is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 1 if (missed and args.check) else 0
+    print(f"\nFAILED: {failed}", file=sys.stderr)
+    for srv in logs:
+        print(
+            f"\n--- {srv.name} log, last lines ({srv.log}) ---\n{srv.log_tail()}", file=sys.stderr
+        )
+    print(f"\nlogs kept in {tmp}", file=sys.stderr)
+    return 1
+
+
+def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
+    print()
+    head = f"{'operation':<9} {'server':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    print(head)
+    print("-" * len(head))
+    for (op, server), r in results.items():
+        print(f"{op:<9} {server:<7} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}")
+    print()
+    head = f"{'operation':<9} {'broker/bare':>11} {'ratio ok':>9} {'req/s ok':>14}"
+    print(head)
+    print("-" * len(head))
+    missed = False
+    for op, target in TARGET_RPS.items():
+        bare, broker = results.get((op, "bare")), results.get((op, "broker"))
+        if bare is None or broker is None:
+            print(f"{op:<9} {'not measured':>11}")
+            missed = True
+            continue
+        ratio = broker.rps / bare.rps if bare.rps else 0.0
+        ratio_ok, rps_ok = ratio >= TARGET_RATIO, broker.rps >= target
+        missed |= not (ratio_ok and rps_ok)
+        print(
+            f"{op:<9} {ratio:>10.0%} {'yes' if ratio_ok else 'NO':>4} (>={TARGET_RATIO:.0%})"
+            f" {'yes' if rps_ok else 'NO':>4} (>={target:,.0f}/s)"
+        )
+    print(f"\ntargets: {'all met' if not missed else 'MISSED'}")
+    return missed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
