@@ -441,3 +441,26 @@ class GeoQuery:
         for d in distances:
             if isinstance(d, bool) or not math.isfinite(d) or d < 0:
                 raise ValueError(f"invalid distance {d!r}")
+
+
+BLANKS: Final = " \t\r\n"
+
+
+@dataclass
+class Cursor:
+    """Position in a query text, shared by the q and scopeQ parsers."""
+
+    text: str
+    label: str = "q"
+    i: int = 0
+    depth: int = 0
+
+    def error(self, what: str, at: int | None = None) -> QuerySyntaxError:
+        return syntax_error(self.label, self.text, self.i if at is None else at, what)
+
+    def peek(self) -> str:
+        return self.text[self.i] if self.i < len(self.text) else ""
+
+    def blanks(self) -> None:
+        while self.i < len(self.text) and self.text[self.i] in BLANKS:
+            self.i += 1

@@ -26,10 +26,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from broker.query.ast import (
+    BLANKS,
     DATE_RE,
     DATETIME_RE,
     EQUALITY_OPS,
@@ -42,6 +42,7 @@ from broker.query.ast import (
     And,
     AttrPath,
     Comparison,
+    Cursor,
     Date,
     DateTime,
     Exists,
@@ -55,7 +56,6 @@ from broker.query.ast import (
     all_of,
     any_of,
     comparable_kind,
-    syntax_error,
 )
 
 #: Deeper nesting is refused: it is never needed, and it bounds recursion everywhere.
@@ -65,7 +65,7 @@ _NAME_STOP = frozenset(".[]()<>=!~;|,\"'\\")
 _KEY_STOP = frozenset("[]()<>=!~;|,\"'\\")
 _ATOM_STOP = frozenset(';|(),"')
 _OPERATOR_CHARS = frozenset("<>=!~")
-_BLANKS = " \t\r\n"
+_BLANKS = BLANKS
 
 NUMBER_RE: Final = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 URI_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`;(),]+")
@@ -108,28 +108,12 @@ def classify_word(word: str) -> Scalar:
 # -- parsing --------------------------------------------------------------------------------
 
 
-@dataclass
-class _Parser:
-    text: str
-    label: str = "q"
-    i: int = 0
-    depth: int = 0
-
-    def error(self, what: str, at: int | None = None) -> QuerySyntaxError:
-        return syntax_error(self.label, self.text, self.i if at is None else at, what)
-
+class _Parser(Cursor):
     def unexpected(self, at: int | None = None) -> QuerySyntaxError:
         at = self.i if at is None else at
         if at >= len(self.text):
             return self.error("unexpected end of input", at)
         return self.error(f"unexpected {self.text[at]!r}", at)
-
-    def peek(self) -> str:
-        return self.text[self.i] if self.i < len(self.text) else ""
-
-    def blanks(self) -> None:
-        while self.i < len(self.text) and self.text[self.i] in _BLANKS:
-            self.i += 1
 
     def parse(self) -> Node:
         self.blanks()

@@ -15,21 +15,21 @@ both), so both sides are compared as lists of segments.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from broker.query.ast import (
+    BLANKS,
+    Cursor,
     QuerySyntaxError,
     ScopeAnd,
     ScopeOr,
     ScopePattern,
     ScopeQuery,
-    syntax_error,
 )
 
 MAX_DEPTH: Final = 32
 _SEGMENT_STOP = frozenset("/+#;|,()")
-_BLANKS = " \t\r\n"
+_BLANKS = BLANKS
 
 
 def scope_all_of(items: list[ScopeQuery]) -> ScopeQuery:
@@ -48,27 +48,12 @@ def scope_any_of(items: list[ScopeQuery]) -> ScopeQuery:
     return flat[0] if len(flat) == 1 else ScopeOr(tuple(flat))
 
 
-@dataclass
-class _Parser:
-    text: str
-    i: int = 0
-    depth: int = 0
-
-    def error(self, what: str, at: int | None = None) -> QuerySyntaxError:
-        return syntax_error("scopeQ", self.text, self.i if at is None else at, what)
-
+class _Parser(Cursor):
     def unexpected(self, expected: str = "") -> QuerySyntaxError:
         suffix = f", expected {expected}" if expected else ""
         if self.i >= len(self.text):
             return self.error("unexpected end of input" + suffix)
         return self.error(f"unexpected {self.text[self.i]!r}" + suffix)
-
-    def peek(self) -> str:
-        return self.text[self.i] if self.i < len(self.text) else ""
-
-    def blanks(self) -> None:
-        while self.i < len(self.text) and self.text[self.i] in _BLANKS:
-            self.i += 1
 
     def parse(self) -> ScopeQuery:
         self.blanks()
@@ -146,7 +131,7 @@ class _Parser:
 
 def parse_scope_q(text: str) -> ScopeQuery:
     """Parse ``scopeQ`` text; raise ``BadRequestData`` (with position) if invalid."""
-    return _Parser(text).parse()
+    return _Parser(text, "scopeQ").parse()
 
 
 def format_scope_q(node: ScopeQuery) -> str:
