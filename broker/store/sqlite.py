@@ -47,6 +47,7 @@ from broker.store.base import (
     WriteResult,
 )
 from broker.store.sqlindex import (
+    UNINDEXED_META,
     SqlBuilder,
     geo_match,
     geo_rows,
@@ -164,6 +165,9 @@ def _order_by(query: EntityQuery) -> tuple[str, list[Any]]:
             term = "(SELECT min(type) FROM entity_types t WHERE t.rid = e.rid)"
         elif key in ("createdAt", "modifiedAt"):
             term = f"json_extract(CAST(e.doc AS TEXT), '$.{key}')"
+        elif key.meta in UNINDEXED_META and not key.sub_attributes and '"' not in key.attr:
+            # attribute system timestamps have no index rows: read them from the document
+            term = f"json_extract(CAST(e.doc AS TEXT), '$.\"{key.attr}\"[0].{key.meta}')"
         else:
             term = "(SELECT min(coalesce(v.num, v.str)) FROM attr_values v WHERE v.rid = e.rid AND v.path = ?)"
             args.append(path_key(key))

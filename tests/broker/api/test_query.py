@@ -183,3 +183,15 @@ def test_dataset_id_filter(client: TestClient) -> None:
     assert r.json()["name"] == "狛江"
     r = client.get(E, params={"type": "T", "datasetId": "@none", "options": "keyValues"})
     assert r.json()[0]["name"] == "Komae"
+
+
+def test_order_by_attribute_timestamps(client: TestClient) -> None:
+    for n in (1, 2):
+        client.post(E, json={"id": f"urn:ngsi-ld:B:{n}", "type": "B", "name": "x"}, headers=JSON)
+    client.patch(f"{E}/urn:ngsi-ld:B:1/attrs", json={"name": "z"}, headers=JSON)  # keeps createdAt
+
+    def order(key: str) -> list[str]:
+        return [e["id"][-1] for e in client.get(E, params={"type": "B", "orderBy": key}).json()]
+
+    assert order("name.createdAt;desc") == ["2", "1"]
+    assert order("name.modifiedAt;desc") == ["1", "2"]
