@@ -89,11 +89,14 @@ async def read_body(request: Request, *, max_bytes: int, max_depth: int) -> Any:
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > max_bytes:
         raise PayloadTooLarge(f"request body larger than {max_bytes} bytes")
-    raw = b""
+    chunks: list[bytes] = []
+    received = 0
     async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > max_bytes:
+        chunks.append(chunk)
+        received += len(chunk)
+        if received > max_bytes:
             raise PayloadTooLarge(f"request body larger than {max_bytes} bytes")
+    raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidRequest("the request body is empty")
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,13 +161,27 @@ def value_rows(ent: Entity) -> list[Row]:
 @dataclass(frozen=True)
 class GeoRow:
     path: str
-    geometry: BaseGeometry
+    wkb: bytes
     bounds: tuple[float, float, float, float]
 
-    @property
-    def wkb(self) -> bytes:
-        data: bytes = wkb.dumps(self.geometry)
-        return data
+
+_POINT_WKB = struct.Struct("<BIdd")
+
+
+def _geo_row(attr: str, value: dict[str, Any]) -> GeoRow | None:
+    coords = value.get("coordinates")
+    if value.get("type") == "Point" and isinstance(coords, list) and len(coords) == 2:
+        # most geometries are points: their WKB and box need no geometry library
+        x, y = float(coords[0]), float(coords[1])
+        return GeoRow(attr, _POINT_WKB.pack(1, 1, x, y), (x, y, x, y))
+    try:
+        geom = shape(value)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if geom.is_empty:
+        return None
+    minx, miny, maxx, maxy = (float(b) for b in geom.bounds)
+    return GeoRow(attr, wkb.dumps(geom), (minx, miny, maxx, maxy))
 
 
 def geo_rows(ent: Entity) -> list[GeoRow]:
@@ -175,15 +190,10 @@ def geo_rows(ent: Entity) -> list[GeoRow]:
         if attr in ENTITY_KEYS:
             continue
         value = entity_geometry(ent, attr)
-        if value is None:
-            continue
-        try:
-            geom = shape(value)
-        except (ValueError, TypeError, AttributeError):
-            continue
-        if geom.is_empty:
-            continue
-        rows.append(GeoRow(attr, geom, tuple(geom.bounds)))  # type: ignore[arg-type]
+        if value is not None:
+            row = _geo_row(attr, value)
+            if row is not None:
+                rows.append(row)
     return rows
 
 
