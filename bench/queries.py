@@ -36,7 +36,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,10 +44,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
+from entities import BenchError, _sigterm, busy_cpu_share, free_port, renkei_command
+
+from broker.query.evaluate import haversine_m
 
 HERE = Path(__file__).resolve().parent
 ENTITIES = "/ngsi-ld/v1/entities"
@@ -74,10 +75,6 @@ RANGE_WIDTH = 10.0  # 10% of the pm25 span
 KINDS = ("range", "near", "within")
 CONNECT_ATTEMPTS = 5  # a refused connection is retried after a pause
 MIN_MEASURED = 20  # measured per query kind even when the time budget has run out
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -137,22 +134,6 @@ def make_dataset(size: int, batch: int, seed: int) -> Dataset:
 # -- broker process --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range, away from other programs' client sockets."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        found: int = s.getsockname()[1]
-        return found
-
-
 @dataclass
 class Broker:
     proc: subprocess.Popen[bytes]
@@ -188,12 +169,6 @@ class Broker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
-
-
-def renkei_command(port: int, store: str) -> list[str]:
-    exe = Path(sys.executable).with_name("renkei")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "broker.cli"]
-    return [*base, "serve", "--host", "127.0.0.1", "--port", str(port), "--store", store]
 
 
 def wait_ready(broker: Broker, timeout: float = 30.0) -> None:
@@ -322,13 +297,6 @@ def sqlite_baseline(rows: list[tuple[str, str, str]], path: Path) -> LoadResult:
 
 
 # -- queries ---------------------------------------------------------------------------------
-
-
-def haversine_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
 
 
 def _value(ent: dict[str, Any], attr: str) -> Any:
@@ -593,26 +561,6 @@ def print_report(results: list[SizeResult]) -> bool:
 
 
 # -- main ------------------------------------------------------------------------------------
-
-
-def busy_cpu_share(seconds: float = 1.0) -> float | None:
-    """Share of CPU time used by anything on the machine over ``seconds`` (Linux only)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        t0, i0 = sample()
-        time.sleep(seconds)
-        t1, i1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1 - (i1 - i0) / (t1 - t0) if t1 > t0 else None
-
-
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def parse_sizes(text: str) -> list[int]:
