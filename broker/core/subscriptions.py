@@ -52,7 +52,7 @@ from broker.query import (
 )
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.query.patterns import check_pattern, search
-from broker.store.base import EntityQuery, Selector, Store, WriteResult
+from broker.store.base import EntityQuery, NotificationRecord, Selector, Store, WriteResult
 
 log = logging.getLogger("renkei.subscriptions")
 
@@ -275,6 +275,9 @@ class SubscriptionService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._scheduler: asyncio.Task[None] | None = None
+        self._pending: dict[tuple[str, str], NotificationRecord] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self.status_interval = 0.2
 
     # -- validation and compilation -----------------------------------------------------------
 
@@ -768,10 +771,35 @@ class SubscriptionService:
                     return
 
     async def _record(self, sub: Compiled, *, success: bool) -> None:
+        """Note a delivery outcome; outcomes reach the store together, every 200 ms."""
+        key = (sub.tenant, sub.id)
+        rec = self._pending.get(key)
+        if rec is None:
+            rec = self._pending[key] = NotificationRecord(sub.tenant, sub.id)
+        at = now_iso()
+        rec.sent += 1
+        rec.last_notification = at
+        if success:
+            rec.last_success = at
+        else:
+            rec.failed += 1
+            rec.last_failure = at
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.status_interval)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the pending delivery outcomes to the store."""
+        if not self._pending:
+            return
+        records, self._pending = list(self._pending.values()), {}
         try:
-            await self.store.record_notification(sub.tenant, sub.id, success=success, at=now_iso())
-        except NgsiLdError as exc:  # the subscription may have been deleted meanwhile
-            log.debug("cannot record notification status of %s: %s", sub.id, exc.detail)
+            await self.store.record_notifications(records)
+        except NgsiLdError as exc:
+            log.warning("cannot record notification status: %s", exc.detail)
 
     # -- periodic (timeInterval) --------------------------------------------------------------
 
@@ -821,6 +849,11 @@ class SubscriptionService:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
 
 
 __all__ = ["Compiled", "SubscriptionService", "field"]

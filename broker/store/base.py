@@ -98,6 +98,19 @@ class Discovery:
 
 
 @dataclass(slots=True)
+class NotificationRecord:
+    """Delivery outcomes of one subscription since the last record."""
+
+    tenant: str
+    sub_id: str
+    sent: int = 0
+    failed: int = 0
+    last_notification: str | None = None
+    last_success: str | None = None
+    last_failure: str | None = None
+
+
+@dataclass(slots=True)
 class ContextRecord:
     """A JSON-LD context kept by the broker (``/jsonldContexts``)."""
 
@@ -163,7 +176,7 @@ class Store(abc.ABC):
         """Store a subscription document (its ``id`` member names it).
 
         ``create``: AlreadyExists when the id is taken; otherwise ResourceNotFound when
-        it is missing. Notification status kept by :meth:`record_notification` is not
+        it is missing. Notification status kept by :meth:`record_notifications` is not
         touched by an update.
         """
 
@@ -179,11 +192,11 @@ class Store(abc.ABC):
     async def delete_subscription(self, tenant: str, sub_id: str) -> bool: ...
 
     @abc.abstractmethod
-    async def record_notification(
-        self, tenant: str, sub_id: str, *, success: bool, at: str
-    ) -> None:
-        """Count one delivery attempt: every attempt is sent (timesSent), failed ones also
-        count in timesFailed; lastNotification and lastSuccess or lastFailure are set."""
+    async def record_notifications(self, records: Sequence[NotificationRecord]) -> None:
+        """Add delivery outcomes to subscriptions' status, all in one write.
+
+        Every attempt counts in timesSent, failed ones also in timesFailed; the last*
+        times given replace the stored ones. Records of deleted subscriptions are ignored."""
 
     @abc.abstractmethod
     async def claim_notification(

@@ -42,6 +42,7 @@ from broker.store.base import (
     Discovery,
     EntityQuery,
     Mutation,
+    NotificationRecord,
     Selector,
     Store,
     WriteResult,
@@ -682,20 +683,28 @@ class SqliteStore(Store):
 
         return await self._exec_write(fn)
 
-    async def record_notification(
-        self, tenant: str, sub_id: str, *, success: bool, at: str
-    ) -> None:
-        sql = (
-            "UPDATE subscriptions SET times_sent = times_sent + 1, last_notification = ?, last_success = ? "
-            "WHERE tenant=? AND id=?"
-            if success
-            else "UPDATE subscriptions SET times_sent = times_sent + 1, times_failed = times_failed + 1, "
-            "last_notification = ?, "
-            "last_failure = ? WHERE tenant=? AND id=?"
-        )
+    async def record_notifications(self, records: Sequence[NotificationRecord]) -> None:
+        rows = [
+            (
+                r.sent,
+                r.failed,
+                r.last_notification,
+                r.last_success,
+                r.last_failure,
+                r.tenant,
+                r.sub_id,
+            )
+            for r in records
+        ]
 
         def fn(conn: sqlite3.Connection) -> None:
-            conn.execute(sql, (at, at, tenant, sub_id))
+            conn.executemany(
+                "UPDATE subscriptions SET times_sent = times_sent + ?, times_failed = times_failed + ?, "
+                "last_notification = coalesce(?, last_notification), "
+                "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure) "
+                "WHERE tenant=? AND id=?",
+                rows,
+            )
 
         await self._exec_write(fn)
 

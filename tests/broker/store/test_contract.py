@@ -190,3 +190,49 @@ async def test_data_survives_reopen(make_store: Callable[[], Store]) -> None:
         assert await s.tenant_exists("komae")
     finally:
         await s.close()
+
+
+async def test_subscription_storage_status_and_claims(store: Store) -> None:
+    from broker.errors import AlreadyExists as Exists
+    from broker.store.base import NotificationRecord
+
+    sub = {"id": "urn:ngsi-ld:Subscription:1", "type": "Subscription", "q": "a>1"}
+    await store.put_subscription("komae", sub, create=True)
+    with pytest.raises(Exists):
+        await store.put_subscription("komae", sub, create=True)
+    with pytest.raises(ResourceNotFound):
+        await store.put_subscription(
+            "komae", {**sub, "id": "urn:ngsi-ld:Subscription:2"}, create=False
+        )
+    await store.record_notifications(
+        [
+            NotificationRecord(
+                "komae",
+                sub["id"],
+                sent=3,
+                failed=1,
+                last_notification="2026-01-02T00:00:00Z",
+                last_success="2026-01-02T00:00:00Z",
+                last_failure="2026-01-01T00:00:00Z",
+            ),
+            NotificationRecord("komae", "urn:ngsi-ld:Subscription:gone", sent=1),  # ignored
+        ]
+    )
+    await store.put_subscription("komae", {**sub, "q": "a>2"}, create=False)  # status survives
+    got = await store.get_subscription("komae", sub["id"])
+    assert got is not None
+    assert got["q"] == "a>2"
+    assert got["notificationStatus"] == {
+        "timesSent": 3,
+        "timesFailed": 1,
+        "lastNotification": "2026-01-02T00:00:00Z",
+        "lastSuccess": "2026-01-02T00:00:00Z",
+        "lastFailure": "2026-01-01T00:00:00Z",
+    }
+    assert await store.claim_notification("komae", sub["id"], now=100.0, min_gap=10)
+    assert not await store.claim_notification("komae", sub["id"], now=105.0, min_gap=10)
+    assert await store.claim_notification("komae", sub["id"], now=110.0, min_gap=10)
+    assert [s["id"] for s in await store.list_subscriptions("komae")] == [sub["id"]]
+    assert await store.list_subscriptions("") == []
+    assert await store.delete_subscription("komae", sub["id"])
+    assert not await store.delete_subscription("komae", sub["id"])
