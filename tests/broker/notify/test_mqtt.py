@@ -16,7 +16,7 @@ import pytest
 from broker.notify.mqtt import MqttError, parse_target
 from broker.notify.senders import DeliveryError, Endpoint, Senders
 from tests.support import free_port
-from tests.support_mqtt import MqttBroker, mosquitto, mosquitto_passwd, subscribe
+from tests.support_mqtt import MqttBroker, mosquitto, subscribe
 
 pytestmark = [pytest.mark.anyio, pytest.mark.mqtt]
 
@@ -96,7 +96,6 @@ async def test_user_without_password_on_anonymous_broker(
         sub.wait(1)
 
 
-@pytest.mark.skipif(mosquitto_passwd() is None, reason="mosquitto_passwd is not installed")
 async def test_user_and_password(senders: Senders, tmp_path: Path) -> None:
     users = {"user_with_password": "password"}
     with mosquitto(tmp_path, users=users) as broker:
