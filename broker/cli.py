@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -106,6 +108,15 @@ async def load_samples(settings: Settings) -> int:
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 
 
+def _die_with_parent() -> None:
+    """In a demo child: have Linux end it when the demo process ends, however it ends."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
@@ -124,30 +135,30 @@ def _start_iot_demo(settings: Settings, workdir: Path) -> list[subprocess.Popen[
         children.append(
             subprocess.Popen(
                 [str(MOSQUITTO), "-c", str(conf)],
+                preexec_fn=_die_with_parent,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
-    broker_url = f"http://{settings.host}:{settings.port}"
+    # Started here, on the main thread before the server runs: forking with a
+    # preexec_fn is only safe while no other thread exists. The agent waits for the
+    # broker by itself.
+    env = {
+        **os.environ,
+        "RENKEI_BROKER_URL": f"http://{settings.host}:{settings.port}",
+        "RENKEI_IOTA_DB": str(workdir / "iota.db"),
+    }
+    children.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "iot-agent"],
+            env=env,
+            preexec_fn=_die_with_parent,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
 
-    def agent() -> None:
-        for _ in range(200):
-            if _port_open(settings.port) and _port_open(1883):
-                break
-            time.sleep(0.1)
-        env = {
-            **os.environ,
-            "RENKEI_BROKER_URL": broker_url,
-            "RENKEI_IOTA_DB": str(workdir / "iota.db"),
-        }
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "broker.cli", "iot-agent"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+    def provision() -> None:
         for _ in range(200):
             try:
                 r = httpx.post(
@@ -162,7 +173,7 @@ def _start_iot_demo(settings: Settings, workdir: Path) -> list[subprocess.Popen[
                 pass
             time.sleep(0.2)
 
-    threading.Thread(target=agent, daemon=True).start()
+    threading.Thread(target=provision, daemon=True).start()
     return children
 
 
