@@ -571,7 +571,7 @@ class SubscriptionService:
             notification["attributes"] = [
                 tm.compact(compiled.tm.expand(a)) for a in notification["attributes"]
             ]
-        status = doc.get("notificationStatus", {})
+        status = self._with_pending(tenant, doc.get("id", ""), doc.get("notificationStatus", {}))
         notification.update(status)
         if status.get("timesSent"):  # "ok"/"failed" describe the last delivery, once there was one
             failed = "lastFailure" in status and status["lastFailure"] >= status.get(
@@ -786,6 +786,23 @@ class SubscriptionService:
             rec.last_failure = at
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later())
+
+    def _with_pending(self, tenant: str, sub_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+        """Stored status plus the outcomes not yet written, so this process reads its own."""
+        rec = self._pending.get((tenant, sub_id))
+        if rec is None:
+            return dict(stored)
+        status = dict(stored)
+        status["timesSent"] = status.get("timesSent", 0) + rec.sent
+        status["timesFailed"] = status.get("timesFailed", 0) + rec.failed
+        for key, value in (
+            ("lastNotification", rec.last_notification),
+            ("lastSuccess", rec.last_success),
+            ("lastFailure", rec.last_failure),
+        ):
+            if value is not None:
+                status[key] = value
+        return status
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.status_interval)

@@ -223,3 +223,20 @@ def test_mqtt_notifications_end_to_end(client: TestClient, tmp_path: Path) -> No
         assert first["body"]["type"] == "Notification"
         assert orjson.loads(messages[1].payload)["body"]["data"][0]["floors"] == 9
         assert messages[0].qos == 1
+
+
+def test_status_counts_are_current_before_they_are_written(
+    client: TestClient, receiver: Receiver
+) -> None:
+    hub = client.app.state.hub  # type: ignore[attr-defined]
+    hub.subscriptions.status_interval = 60.0  # outcomes stay pending for the whole test
+    sid = create_sub(client, subscription(receiver.url))
+    client.post(E, json=building(), headers=JSON)
+    receiver.wait(1)
+    deadline = time.monotonic() + 5
+    while client.get(f"{S}/{sid}").json()["notification"].get("timesSent", 0) < 1:
+        assert time.monotonic() < deadline, "timesSent never counted the delivery"
+        time.sleep(0.05)
+    status = client.get(f"{S}/{sid}").json()["notification"]
+    assert status["status"] == "ok"
+    assert "lastSuccess" in status
