@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -220,18 +221,26 @@ def _attr_events(before: Entity | None, after: Entity | None, watched: set[str] 
     if before is None and after is None:
         return set()
     if after is None:
-        return {"entityDeleted"}
+        assert before is not None
+        had = {k for k in before if k not in ENTITY_KEYS}
+        # deleting an entity deletes its (watched) attributes too
+        return {"entityDeleted"} | (
+            {"attributeDeleted"} if (had & watched if watched is not None else had) else set()
+        )
     events = {"entityCreated"} if before is None else set()
     old = before or {}
     names = {k for k in (*old, *after) if k not in ENTITY_KEYS}
     if watched is not None:
         names &= watched
     for name in names:
-        if name not in old:
+        # compared per instance (datasetId): an instance can appear, change or go
+        olds = {i.get("datasetId"): i for i in old.get(name, ())}
+        news = {i.get("datasetId"): i for i in after.get(name, ())}
+        if news.keys() - olds.keys():
             events.add("attributeCreated")
-        elif name not in after:
+        if olds.keys() - news.keys():
             events.add("attributeDeleted")
-        elif old[name] != after[name]:
+        if any(olds[d] != news[d] for d in olds.keys() & news.keys()):
             events.add("attributeUpdated")
     if before is not None and (events or before.get("type") != after.get("type")):
         events.add("entityUpdated")
@@ -330,7 +339,8 @@ class SubscriptionService:
         if "q" in doc:
             if not isinstance(doc["q"], str):
                 raise BadRequestData("q must be a string")
-            q = resolve_q(parse_q(doc["q"]), tm.expand)
+            # clients often percent-encode q inside JSON bodies as they would in a URL
+            q = resolve_q(parse_q(unquote(doc["q"])), tm.expand)
         geo = None
         if doc.get("geoQ") is not None:
             parsed = geo_query_from_json(doc["geoQ"])
@@ -685,9 +695,13 @@ class SubscriptionService:
                 "type": kind,
                 member: {"@none": NULL} if member == "languageMap" else NULL,
             }
+            if view.sys_attrs:
+                item["deletedAt"] = now_iso()
             if sub.show_changes and member in old:
                 item[PREVIOUS[member]] = self._member_value(view, member, old[member])
             body[tm.compact(iri)] = item
+        if before is not None and after is not None and view.format != "keyValues":
+            self._removed_instances(sub, view, before, after, body)
         if (
             sub.show_changes
             and before is not None
@@ -706,6 +720,34 @@ class SubscriptionService:
                 if member in old and old.get(member) != new.get(member):
                     body[name][PREVIOUS[member]] = self._member_value(view, member, old[member])
         return body
+
+    @staticmethod
+    def _removed_instances(
+        sub: Compiled, view: View, before: Entity, after: Entity, body: dict[str, Any]
+    ) -> None:
+        """Instances (datasetIds) that went away while the attribute stays: NGSI-LD Null."""
+        for iri, instances in after.items():
+            if iri in ENTITY_KEYS or iri not in before or not view.keeps(iri):
+                continue
+            if sub.watched is not None and iri not in sub.watched:
+                continue
+            kept = {i.get("datasetId") for i in instances}
+            removed = [i for i in before[iri] if i.get("datasetId") not in kept]
+            name = view.tm.compact(iri)
+            if not removed or name not in body:
+                continue
+            current = body[name] if isinstance(body[name], list) else [body[name]]
+            for old in removed:
+                kind = old.get("type", "Property")
+                member = ATTRIBUTE_TYPES.get(kind, "value")
+                current.append(
+                    {
+                        "type": kind,
+                        "datasetId": old.get("datasetId"),
+                        member: {"@none": NULL} if member == "languageMap" else NULL,
+                    }
+                )
+            body[name] = current
 
     @staticmethod
     def _member_value(view: View, member: str, value: Any) -> Any:

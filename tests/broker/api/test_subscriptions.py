@@ -240,3 +240,38 @@ def test_status_counts_are_current_before_they_are_written(
     status = client.get(f"{S}/{sid}").json()["notification"]
     assert status["status"] == "ok"
     assert "lastSuccess" in status
+
+
+def test_attribute_deletions_are_notified(client: TestClient, receiver: Receiver) -> None:
+    create_sub(
+        client,
+        subscription(
+            receiver.url,
+            watchedAttributes=["name"],
+            q='name=="Komae%20Hall"',
+            notificationTrigger=["attributeDeleted"],
+        ),
+    )
+    client.post(
+        E,
+        headers=JSON,
+        json=building(
+            name=[
+                {"type": "Property", "value": "Komae Hall"},
+                {"type": "Property", "value": "狛江", "datasetId": "urn:ngsi-ld:Dataset:ja"},
+            ]
+        ),
+    )
+    client.delete(f"{E}/urn:ngsi-ld:Building:1/attrs/name?datasetId=urn:ngsi-ld:Dataset:ja")
+    name = receiver.wait(1)[0][1]["data"][0]["name"]
+    assert {
+        "type": "Property",
+        "datasetId": "urn:ngsi-ld:Dataset:ja",
+        "value": "urn:ngsi-ld:null",
+    } in name
+    client.delete(
+        f"{E}/urn:ngsi-ld:Building:1"
+    )  # deleting the entity deletes its watched attribute
+    deleted = receiver.wait(2)[1][1]["data"][0]
+    assert deleted["id"] == "urn:ngsi-ld:Building:1"
+    assert deleted["name"] == {"type": "Property", "value": "urn:ngsi-ld:null"}
