@@ -670,6 +670,8 @@ class SubscriptionService:
                 "type": types[0] if len(types) == 1 else types,
                 "deletedAt": now_iso(),
             }
+            if view.sys_attrs:
+                body.update({k: before[k] for k in ("createdAt", "modifiedAt") if k in before})
             named = sub.attributes if sub.attributes is not None else sub.watched
             if named is None and sub.show_changes:
                 named = {k for k in before if k not in ENTITY_KEYS}  # showChanges: all it had
@@ -696,6 +698,7 @@ class SubscriptionService:
                 member: {"@none": NULL} if member == "languageMap" else NULL,
             }
             if view.sys_attrs:
+                item.update({k: old[k] for k in ("createdAt", "modifiedAt") if k in old})
                 item["deletedAt"] = now_iso()
             if sub.show_changes and member in old:
                 item[PREVIOUS[member]] = self._member_value(view, member, old[member])
