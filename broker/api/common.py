@@ -197,8 +197,7 @@ def context_url(tm: TermMap) -> str:
         return url
     if ctx is None:
         return CORE_CONTEXT_URL
-    url = getattr(tm, "implicit_url", None)
-    return str(url) if url else CORE_CONTEXT_URL
+    return tm.implicit_url or CORE_CONTEXT_URL
 
 
 def link_header(url: str) -> str:

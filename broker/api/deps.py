@@ -34,8 +34,8 @@ class Hub:
 
     async def term_map(self, ctx: ContextValue | None) -> TermMap:
         tm = await self.resolver.term_map(ctx)
-        if single_url(ctx) is None and ctx is not None and not hasattr(tm, "implicit_url"):
-            tm.implicit_url = await self.contexts.implicit(tm)  # type: ignore[attr-defined]
+        if single_url(ctx) is None and ctx is not None and tm.implicit_url is None:
+            tm.implicit_url = await self.contexts.implicit(tm)
         for url in [ctx] if isinstance(ctx, str) else ctx if isinstance(ctx, list) else []:
             if isinstance(url, str):
                 self.contexts.touch(url)

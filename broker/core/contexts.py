@@ -169,14 +169,7 @@ class ContextRegistry:
             self._remember(rec)
         return rec
 
-    def _core_record(self, url: str) -> ContextRecord:
-        rec = self._known_record(url)
-        assert rec is not None
-        return rec
-
     def get(self, context_id: str) -> ContextRecord:
-        if is_core_context_url(context_id):
-            return self._core_record(context_id)
         rec = self.records.get(context_id) or self._known_record(context_id)
         if rec is None:
             raise ResourceNotFound(f"no JSON-LD context {context_id}")
@@ -185,7 +178,7 @@ class ContextRegistry:
     def list(self, kind: str | None = None) -> list[ContextRecord]:
         if kind is not None and kind not in KINDS:
             raise BadRequestData(f"kind must be one of {', '.join(KINDS)}")
-        self._core_record(CORE_CONTEXT_URL)
+        self._known_record(CORE_CONTEXT_URL)  # the core context is always listed
         return [r for r in self.records.values() if kind is None or r.kind == kind]
 
     async def delete(self, context_id: str, *, reload: bool = False) -> None:

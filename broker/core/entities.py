@@ -30,7 +30,6 @@ from broker.errors import (
     AlreadyExists,
     BadRequestData,
     InvalidRequest,
-    NgsiLdError,
     NonexistentTenant,
     ResourceNotFound,
 )
@@ -522,12 +521,3 @@ class EntityService:
             return out
 
         await self._write_one(tenant, entity_id, mutate)
-
-
-def raise_first(results: Sequence[WriteResult]) -> None:
-    for r in results:
-        if r.error is not None:
-            raise r.error
-
-
-__all__ = ["EntityService", "NgsiLdError", "UpdateResult", "raise_first"]

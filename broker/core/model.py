@@ -466,11 +466,7 @@ class View:
                 if self.sys_attrs:
                     out[key] = value
             elif key == "vocab":
-                out[key] = (
-                    [self.tm.compact(v) for v in value]
-                    if isinstance(value, list)
-                    else self.tm.compact(value)
-                )
+                out[key] = self.compact_vocab(value)
             elif key == "objectType":
                 types = [self.tm.compact(v) for v in value]
                 out[key] = types[0] if len(types) == 1 else types
@@ -491,18 +487,21 @@ class View:
                 return out["value"]
         return out
 
+    def compact_vocab(self, value: Any) -> Any:
+        """A VocabProperty's ``vocab`` (one IRI or a list) in the request's terms."""
+        return (
+            [self.tm.compact(v) for v in value]
+            if isinstance(value, list)
+            else self.tm.compact(value)
+        )
+
     def _simple_value(self, kind: str, inst: Instance) -> Any:
         if kind == "LanguageProperty":
             if self.lang is not None:
                 return pick_language(inst["languageMap"], self.lang)[1]
             return {"languageMap": inst["languageMap"]}
         if kind == "VocabProperty":
-            value = inst["vocab"]
-            return (
-                [self.tm.compact(v) for v in value]
-                if isinstance(value, list)
-                else self.tm.compact(value)
-            )
+            return self.compact_vocab(inst["vocab"])
         if kind == "ListRelationship":
             return inst.get("objectList")
         return inst.get(ATTRIBUTE_TYPES.get(kind, "value"))

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -755,11 +755,7 @@ class SubscriptionService:
     @staticmethod
     def _member_value(view: View, member: str, value: Any) -> Any:
         if member == "vocab":
-            return (
-                [view.tm.compact(v) for v in value]
-                if isinstance(value, list)
-                else view.tm.compact(value)
-            )
+            return view.compact_vocab(value)
         return value
 
     # -- delivery -----------------------------------------------------------------------------
@@ -916,6 +912,3 @@ class SubscriptionService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.flush()
-
-
-__all__ = ["Compiled", "SubscriptionService", "field"]

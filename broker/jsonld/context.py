@@ -140,6 +140,9 @@ class TermMap:
         self._exp: dict[str, str] = {}
         self._cmp: dict[str, str] = {}
         self._scoped: dict[str, TermMap] = {}
+        #: For an inline context: the URL the broker hosts it under (ImplicitlyCreated),
+        #: so application/json responses can name it in a Link header.
+        self.implicit_url: str | None = None
 
     def expand(self, term: str) -> str:
         """Expand an attribute name or type name (vocabulary-relative) to an IRI."""
@@ -180,10 +183,6 @@ class TermMap:
         found = TermMap(self.resolver, self.context, active)
         self._scoped[term] = found
         return found
-
-    @property
-    def has_scoped_terms(self) -> bool:
-        return any("@context" in d for d in self._active["mappings"].values() if d)
 
 
 class ContextResolver:
