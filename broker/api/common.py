@@ -84,6 +84,17 @@ class Payload:
     kind: str = JSON
 
 
+def check_content_type(request: Request, *, allow_merge_patch: bool = False) -> str:
+    """The request's JSON media type; 415 for anything else."""
+    kind = media_type(request.headers.get("content-type"))
+    allowed = {JSON, LD_JSON} | ({MERGE_PATCH} if allow_merge_patch else set())
+    if kind not in allowed:
+        raise UnsupportedMediaType(
+            f"Content-Type {kind or '(none)'} is not supported; use {' or '.join(sorted(allowed))}"
+        )
+    return kind
+
+
 async def read_body(request: Request, *, max_bytes: int, max_depth: int) -> Any:
     """Read and parse a JSON body within the size and depth bounds."""
     size = request.headers.get("content-length")
@@ -115,12 +126,7 @@ async def read_payload(
     allow_merge_patch: bool = False,
     shape: type = dict,
 ) -> Payload:
-    kind = media_type(request.headers.get("content-type"))
-    allowed = {JSON, LD_JSON} | ({MERGE_PATCH} if allow_merge_patch else set())
-    if kind not in allowed:
-        raise UnsupportedMediaType(
-            f"Content-Type {kind or '(none)'} is not supported; use {' or '.join(sorted(allowed))}"
-        )
+    kind = check_content_type(request, allow_merge_patch=allow_merge_patch)
     body = await read_body(request, max_bytes=max_bytes, max_depth=max_depth)
     if not isinstance(body, shape):
         raise InvalidRequest(

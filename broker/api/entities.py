@@ -18,7 +18,7 @@ from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, res
 from broker.api.deps import Hub, HubDep, TenantDep
 from broker.core.entities import UpdateResult
 from broker.core.model import Entity, View, check_entity_id, check_name
-from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound, TooManyResults
+from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from broker.jsonld.context import TermMap
 from broker.query import (
     And,
@@ -34,6 +34,7 @@ from broker.query import (
     resolve_q,
 )
 from broker.query.patterns import check_pattern
+from broker.query.types import type_alternatives
 from broker.store.base import EntityQuery, Selector
 
 router = APIRouter(prefix="/ngsi-ld/v1")
@@ -162,10 +163,7 @@ def build_query(
 ) -> EntityQuery:
     """Validate and resolve (expand) the parts of a query against the request context."""
     s = hub.settings
-    limit_n = _int_param(limit, "limit", s.default_limit)
-    offset_n = _int_param(offset, "offset", 0)
-    if paged and limit_n > s.max_limit:
-        raise TooManyResults(f"limit {limit_n} is above the maximum of {s.max_limit}")
+    limit_n, offset_n = P.paging(limit, offset, s, bounded=paged)
     for eid in ids:
         check_entity_id(eid)
     if id_pattern is not None:
@@ -252,27 +250,6 @@ async def purge_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Re
 @router.patch("/entities")
 async def _no_entity_id() -> Response:
     raise BadRequestData("the entity id is missing from the URL")
-
-
-def type_alternatives(value: str | None) -> list[list[str]]:
-    """``A,B`` and ``A|B`` are alternatives, ``A;B`` a conjunction (parentheses group)."""
-    if value is None:
-        return []
-    if not value.strip():
-        raise BadRequestData("type must not be empty")
-    cleaned = value.replace("(", "").replace(")", "")
-    alternatives = [part for chunk in cleaned.split("|") for part in chunk.split(",")]
-    if any(not a.strip() for a in alternatives):
-        raise BadRequestData(f"malformed type expression {value!r}")
-    return [[t.strip() for t in alt.split(";")] for alt in alternatives]
-
-
-def _int_param(value: str | None, name: str, default: int) -> int:
-    if value is None:
-        return default
-    if not value.isdigit():
-        raise BadRequestData(f"{name} must be a non-negative integer")
-    return int(value)
 
 
 # -- one entity ------------------------------------------------------------------------------

@@ -11,13 +11,14 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
-from broker.api.entities import ENTITY_OFFERS, build_query, query_response, type_alternatives
+from broker.api.entities import ENTITY_OFFERS, build_query, query_response
 from broker.core.batch import BatchItem, BatchResult, Operation
 from broker.core.model import check_entity_id, check_name
 from broker.errors import BadRequestData, NgsiLdError
 from broker.jsonld.context import TermMap
 from broker.query import geo_query_from_json
 from broker.query.patterns import check_pattern
+from broker.query.types import type_alternatives
 from broker.store.base import Selector
 
 router = APIRouter(prefix="/ngsi-ld/v1/entityOperations")

@@ -8,10 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.api import params as P
-from broker.api.common import JSON, LD_JSON, media_type, negotiate, read_body
+from broker.api.common import JSON, LD_JSON, check_content_type, negotiate, read_body
 from broker.api.deps import HubDep
 from broker.core.contexts import PATH, ContextRegistry
-from broker.errors import UnsupportedMediaType
 
 router = APIRouter(prefix="/ngsi-ld/v1")
 
@@ -34,8 +33,7 @@ async def list_contexts(request: Request, hub: HubDep) -> Response:
 @router.post("/jsonldContexts")
 async def add_context(request: Request, hub: HubDep) -> Response:
     P.check_params(request, frozenset())
-    if media_type(request.headers.get("content-type")) not in (JSON, LD_JSON):
-        raise UnsupportedMediaType("a context is posted as application/json or application/ld+json")
+    check_content_type(request)
     s = hub.settings
     body = await read_body(request, max_bytes=s.max_body_bytes, max_depth=s.max_json_depth)
     rec = await hub.contexts.add_hosted(body)

@@ -11,8 +11,9 @@ from starlette.requests import Request
 from broker.api.common import csv_param
 from broker.core.model import View, check_name
 from broker.core.projection import Tree, parse_projection
-from broker.errors import BadRequestData, InvalidRequest
+from broker.errors import BadRequestData, InvalidRequest, TooManyResults
 from broker.jsonld.context import TermMap
+from broker.settings import Settings
 
 _FORMATS = {
     "normalized": "normalized",
@@ -72,6 +73,24 @@ WRITE = frozenset({"options", "local"})
 DELETE_ATTR = frozenset({"datasetId", "deleteAll", "local"})
 PURGE = frozenset({"type", "id", "idPattern", "q", "scopeQ", "local", "keep", "drop"})
 CONTEXTS = frozenset({"details", "kind", "reload"})
+
+
+def int_param(value: str | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise BadRequestData(f"{name} must be a non-negative integer")
+    return int(value)
+
+
+def paging(
+    limit: str | None, offset: str | None, settings: Settings, *, bounded: bool = True
+) -> tuple[int, int]:
+    """``limit`` and ``offset`` of a listing; a limit over the maximum is TooManyResults."""
+    limit_n = int_param(limit, "limit", settings.default_limit)
+    if bounded and limit_n > settings.max_limit:
+        raise TooManyResults(f"limit {limit_n} is above the maximum of {settings.max_limit}")
+    return limit_n, int_param(offset, "offset", 0)
 
 
 def check_params(request: Request, allowed: frozenset[str]) -> None:

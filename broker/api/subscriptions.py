@@ -11,7 +11,6 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import HubDep, TenantDep
-from broker.errors import TooManyResults
 
 router = APIRouter(prefix="/ngsi-ld/v1")
 LIST_PARAMS = frozenset({"limit", "offset", "count", "options", "local"})
@@ -31,12 +30,7 @@ async def list_subscriptions(request: Request, hub: HubDep, tenant: TenantDep) -
     kind = negotiate(request, (JSON, LD_JSON))
     tm = await hub.link_term_map(request)
     params = request.query_params
-    limit = (
-        int(params["limit"]) if params.get("limit", "").isdigit() else hub.settings.default_limit
-    )
-    offset = int(params["offset"]) if params.get("offset", "").isdigit() else 0
-    if limit > hub.settings.max_limit:
-        raise TooManyResults(f"limit {limit} is above the maximum of {hub.settings.max_limit}")
+    limit, offset = P.paging(params.get("limit"), params.get("offset"), hub.settings)
     sys_attrs = "sysAttrs" in P.options_of(request)
     docs = await hub.subscriptions.all(tenant)
     page = [

@@ -11,8 +11,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.api.common import JSON, LD_JSON, MERGE_PATCH, media_type, negotiate
-from broker.errors import NotImplementedYet, UnsupportedMediaType
+from broker.api.common import check_content_type, negotiate
+from broker.errors import NotImplementedYet
 
 router = APIRouter(prefix="/ngsi-ld/v1", include_in_schema=False)
 
@@ -27,10 +27,7 @@ NOT_YET = {
 
 async def _not_yet(request: Request) -> Response:
     if request.method in ("POST", "PATCH", "PUT"):
-        allowed = {JSON, LD_JSON} | ({MERGE_PATCH} if request.method == "PATCH" else set())
-        kind = media_type(request.headers.get("content-type"))
-        if kind not in allowed:
-            raise UnsupportedMediaType(f"Content-Type {kind or '(none)'} is not supported")
+        check_content_type(request, allow_merge_patch=request.method == "PATCH")
     negotiate(request)
     section = request.url.path.split("/ngsi-ld/v1/", 1)[-1].split("/", 1)[0]
     raise NotImplementedYet(

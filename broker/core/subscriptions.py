@@ -53,6 +53,7 @@ from broker.query import (
 )
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.query.patterns import check_pattern, search
+from broker.query.types import type_alternatives
 from broker.store.base import EntityQuery, NotificationRecord, Selector, Store, WriteResult
 
 log = logging.getLogger("renkei.subscriptions")
@@ -439,8 +440,8 @@ class SubscriptionService:
             check_pattern(item["idPattern"]) if isinstance(item.get("idPattern"), str) else None
         )
         types = [
-            [tm.expand(check_name(t.strip(), "entity type")) for t in alt.split(";")]
-            for alt in item["type"].replace("(", "").replace(")", "").replace("|", ",").split(",")
+            [tm.expand(check_name(t, "entity type")) for t in alt]
+            for alt in type_alternatives(item["type"])
         ]
         return Selector(ids=ids, id_pattern=pattern, types=types)
 

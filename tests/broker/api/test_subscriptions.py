@@ -58,6 +58,8 @@ def test_lifecycle_and_validation(client: TestClient, receiver: Receiver) -> Non
     listed = client.get(f"{S}?count=true")
     assert listed.headers["ngsild-results-count"] == "1"
     assert [s["id"] for s in listed.json()] == [sid]
+    assert client.get(f"{S}?limit=many").status_code == 400  # paged like /entities
+    assert client.get(f"{S}?limit=5000").status_code == 403
     assert client.delete(f"{S}/{sid}").status_code == 204
     assert client.get(f"{S}/{sid}").status_code == 404
     bad = [
