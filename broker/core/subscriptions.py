@@ -282,6 +282,7 @@ class SubscriptionService:
         self.backoff_cap = backoff_cap
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, list[Compiled]]] = {}
+        self._compiled: dict[tuple[str, str, str], Compiled] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._scheduler: asyncio.Task[None] | None = None
@@ -603,15 +604,22 @@ class SubscriptionService:
         if cached is not None and now - cached[0] < self.cache_ttl:
             return cached[1]
         compiled: list[Compiled] = []
+        seen: dict[tuple[str, str, str], Compiled] = {}
         for doc in await self.store.list_subscriptions(tenant):
-            try:
-                compiled.append(
-                    await self.compile(
+            # a subscription is compiled again only when it changed (its modifiedAt)
+            key = (tenant, str(doc.get("id")), str(doc.get("modifiedAt")))
+            found = self._compiled.get(key)
+            if found is None:
+                try:
+                    found = await self.compile(
                         tenant, {k: v for k, v in doc.items() if k != "notificationStatus"}
                     )
-                )
-            except NgsiLdError as exc:
-                log.warning("subscription %s cannot be used: %s", doc.get("id"), exc.detail)
+                except NgsiLdError as exc:
+                    log.warning("subscription %s cannot be used: %s", doc.get("id"), exc.detail)
+                    continue
+            seen[key] = found
+            compiled.append(found)
+        self._compiled = {k: v for k, v in self._compiled.items() if k[0] != tenant} | seen
         self._cache[tenant] = (now, compiled)
         return compiled
 
@@ -878,7 +886,7 @@ class SubscriptionService:
 
     async def tick(self) -> None:
         """Send the timeInterval notifications that are due (claimed through the store)."""
-        for tenant in ["", *await self.store.tenants()]:
+        for tenant in dict.fromkeys(["", *await self.store.tenants()]):
             for sub in await self._active(tenant):
                 if sub.time_interval is None or sub.status != "active":
                     continue
