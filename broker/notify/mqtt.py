@@ -77,8 +77,54 @@ class BrokerKey:
 
     @property
     def display(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+        return _display(self.host, self.port, self.tls)
+
+
+def _display(host: str, port: int, tls: bool) -> str:
+    """An MQTT broker's URL without credentials: the only form that is ever logged."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'mqtts' if tls else 'mqtt'}://{shown}:{port}"
+
+
+class MqttAddressError(ValueError):
+    """An MQTT URL that does not name a broker."""
+
+
+@dataclass(frozen=True)
+class MqttServer:
+    """Where an MQTT broker is and how to log in to it (notifier and IoT agent alike)."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def display(self) -> str:
+        return _display(self.host, self.port, self.tls)
+
+
+def parse_server(url: str) -> MqttServer:
+    """Read ``mqtt(s)://[user[:password]@]host[:port]``; credentials percent-decoded."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise MqttAddressError(f"not an MQTT URL: scheme {scheme!r}")
+    try:
+        host = parts.hostname
+        port = parts.port or DEFAULT_PORTS[scheme]
+    except ValueError as exc:
+        raise MqttAddressError(f"invalid MQTT address: {exc}") from None
+    if not host:
+        raise MqttAddressError("the MQTT URL has no host")
+    return MqttServer(
+        host,
+        port,
+        scheme == "mqtts",
+        unquote(parts.username) if parts.username is not None else None,
+        unquote(parts.password) if parts.password is not None else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -99,19 +145,13 @@ def parse_target(uri: str, notifier_info: Iterable[tuple[str, str]] = ()) -> Mqt
     (``mqtt3.1.1``, the default, or ``mqtt5.0``). Raises a non-retryable
     :class:`MqttError` for anything malformed.
     """
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise MqttError(f"not an MQTT endpoint: scheme {scheme!r}", retryable=False)
     try:
-        host = parts.hostname
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError as exc:
-        raise MqttError(f"invalid MQTT endpoint address: {exc}", retryable=False) from None
-    if not host:
-        raise MqttError("MQTT endpoint has no host", retryable=False)
+        server = parse_server(uri)
+    except MqttAddressError as exc:
+        raise MqttError(f"MQTT endpoint: {exc}", retryable=False) from None
+    parts = urlsplit(uri)
     topic = unquote(parts.path.removeprefix("/"))
-    shown = f"{scheme}://{host}:{port}/{topic}"
+    shown = f"{server.display}/{topic}"
     if not topic:
         raise MqttError(f"MQTT endpoint {shown} has no topic", retryable=False)
     if parts.query or parts.fragment or "#" in uri or "?" in uri:
@@ -128,9 +168,9 @@ def parse_target(uri: str, notifier_info: Iterable[tuple[str, str]] = ()) -> Mqt
             f"MQTT-Version must be one of {', '.join(MQTT_VERSIONS)}, not {version!r}",
             retryable=False,
         )
-    username = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    broker = BrokerKey(host, port, scheme == "mqtts", version, username, password)
+    broker = BrokerKey(
+        server.host, server.port, server.tls, version, server.username, server.password
+    )
     return MqttTarget(broker, topic, int(qos_text))
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import orjson
 
+from broker.notify.mqtt import parse_server
 from connectors.client import BrokerClient, BrokerError
 from connectors.mqtt.mapping import BadValue, convert, iso, measures, static_attributes
 from connectors.mqtt.metrics import Metrics
 from connectors.mqtt.northbound import Ack, Batcher
 from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
-from connectors.mqtt.southbound import Incoming, MqttLink, parse_server
+from connectors.mqtt.southbound import Incoming, MqttLink
 
 log = logging.getLogger("renkei.iota")
 

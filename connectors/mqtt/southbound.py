@@ -26,9 +26,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from paho.mqtt.client import (
     MQTT_CLEAN_START_FIRST_ONLY,
@@ -41,6 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from broker.notify.mqtt import MqttServer
 
 log = logging.getLogger("renkei.iota")
 
@@ -55,45 +56,6 @@ TOPICS = (
 KEEPALIVE = 30
 SESSION_EXPIRY = 3600
 _BAD_PROTOCOL = {0x01, 0x84}  # 3.1.1 "unacceptable protocol version", 5.0 0x84
-
-
-class MqttConfigError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class MqttServer:
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @property
-    def display(self) -> str:
-        """The URL without credentials: the only form that is ever logged."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
-
-
-def parse_server(url: str) -> MqttServer:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "mqtts"):
-        raise MqttConfigError(f"not an MQTT URL: scheme {scheme!r}")
-    try:
-        port = parts.port or (8883 if scheme == "mqtts" else 1883)
-    except ValueError as exc:
-        raise MqttConfigError(f"invalid MQTT URL port: {exc}") from None
-    if not parts.hostname:
-        raise MqttConfigError("the MQTT URL has no host")
-    return MqttServer(
-        parts.hostname,
-        port,
-        scheme == "mqtts",
-        unquote(parts.username) if parts.username is not None else None,
-        unquote(parts.password) if parts.password is not None else None,
-    )
 
 
 @dataclass(slots=True)
