@@ -38,6 +38,61 @@ class BatchOutcome:
     errors: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
+class Pager:
+    """The paging rule every Renkei client shares, kept apart from any I/O.
+
+    A query is read with ``limit``/``offset`` pages until a page comes back short, the
+    broker's ``NGSILD-Results-Count`` (when asked for) is reached, or the caller's own
+    ``limit`` is met. The sync and async clients drive it the same way::
+
+        pager = Pager(params, page_size=500)
+        while (page_params := pager.next_params()) is not None:
+            page = get(page_params)            # one HTTP request
+            yield from pager.feed(page, count_header)
+    """
+
+    def __init__(
+        self, params: dict[str, Any], *, page_size: int = 500, limit: int | None = None
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        self.params = {k: v for k, v in params.items() if v is not None}
+        self.page_size = page_size
+        self.limit = limit
+        self.offset = int(self.params.pop("offset", 0))
+        self.yielded = 0
+        self.total: int | None = None
+        self.done = limit == 0
+
+    def next_params(self) -> dict[str, Any] | None:
+        """Query parameters of the next page, or ``None`` once every page was read."""
+        if self.done:
+            return None
+        size = self.page_size
+        if self.limit is not None:
+            size = min(size, self.limit - self.yielded)
+        return {**self.params, "limit": size, "offset": self.offset}
+
+    def feed(self, page: list[dict[str, Any]], count: str | None = None) -> list[dict[str, Any]]:
+        """Take one page's entities; returns them and decides whether another page follows."""
+        asked = (
+            self.page_size if self.limit is None else min(self.page_size, self.limit - self.yielded)
+        )
+        if count is not None and count.isdigit():
+            self.total = int(count)
+        self.offset += len(page)
+        self.yielded += len(page)
+        if (
+            len(page) < asked
+            or (self.limit is not None and self.yielded >= self.limit)
+            or (self.total is not None and self.offset >= self.total)
+        ):
+            self.done = True
+        return page
+
+
 class BrokerClient:
     def __init__(
         self,
@@ -150,21 +205,17 @@ class BrokerClient:
 
     async def query(self, page_size: int = 500, **params: Any) -> AsyncIterator[dict[str, Any]]:
         """Entities matching NGSI-LD query parameters, fetched page by page."""
-        offset = 0
-        while True:
-            resp = await self._request(
-                "GET",
-                "/ngsi-ld/v1/entities",
-                params={**params, "limit": page_size, "offset": offset},
-            )
+        async for ent in self.paged(Pager(params, page_size=page_size)):
+            yield ent
+
+    async def paged(self, pager: Pager) -> AsyncIterator[dict[str, Any]]:
+        """The entities of every page a ``Pager`` asks for, in order."""
+        while (page_params := pager.next_params()) is not None:
+            resp = await self._request("GET", "/ngsi-ld/v1/entities", params=page_params)
             if resp.status_code != 200:
                 raise self._fail(resp, "query")
-            page = resp.json()
-            for ent in page:
+            for ent in pager.feed(resp.json(), resp.headers.get("NGSILD-Results-Count")):
                 yield ent
-            if len(page) < page_size:
-                return
-            offset += page_size
 
     async def subscribe(self, subscription: dict[str, Any]) -> str:
         resp = await self._request("POST", "/ngsi-ld/v1/subscriptions", json=subscription)

@@ -1,4 +1,13 @@
-"""Sample entities for ``renkei demo``: a few facilities and sensors in Komae City, Tokyo."""
+"""Sample data for ``renkei demo`` and the analyst notebooks, all in Komae City, Tokyo.
+
+- ``komae.json``: a few facilities, a District and sensors (the demo's first entities).
+- ``komae_gis.json``: AED locations, sensor devices and a day of water-level readings
+  (one ``WaterLevelObserved`` entity per reading, linked to its device by ``refDevice``).
+- ``komae_districts.geojson``: 町丁目-like district polygons in the e-Stat boundary
+  attribute layout (``KEY_CODE``, ``S_NAME``, ...). Illustrative shapes, not survey data.
+- ``komae_population.csv``: population per district in the standard 地域・年齢別人口
+  column layout, keyed by ``地域コード`` = ``KEY_CODE``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +16,14 @@ from typing import Any
 
 import orjson
 
-SAMPLES_FILE = Path(__file__).with_name("komae.json")
+SAMPLES_DIR = Path(__file__).parent
+SAMPLES_FILE = SAMPLES_DIR / "komae.json"
+GIS_SAMPLES_FILE = SAMPLES_DIR / "komae_gis.json"
+DISTRICTS_FILE = SAMPLES_DIR / "komae_districts.geojson"
+POPULATION_FILE = SAMPLES_DIR / "komae_population.csv"
 
 
 def sample_entities() -> list[dict[str, Any]]:
     data: list[dict[str, Any]] = orjson.loads(SAMPLES_FILE.read_bytes())
+    data.extend(orjson.loads(GIS_SAMPLES_FILE.read_bytes()))
     return data
