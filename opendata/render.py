@@ -1,0 +1,332 @@
+# ruff: noqa: RUF001  (Japanese text: full-width characters are intended)
+"""Entities -> the files a catalogue publishes: CSV, GeoJSON, standard-dataset CSV.
+
+CSV follows the government machine-readability rules (「機械判読可能なデータの表記方法の
+統一ルール」): UTF-8 with BOM so spreadsheet software opens it as UTF-8, CRLF line ends,
+exactly one header row, one value per cell, no platform-dependent characters (機種依存文字:
+circled numbers, Roman numerals, ㈱, ㌔ ... are replaced by their NFKC spelling, half-width
+katakana become full-width), no line breaks inside a cell. Every replacement is counted
+and reported, so a department can fix its source data.
+
+GeoJSON is RFC 7946: a FeatureCollection of WGS84 longitude/latitude geometries (NGSI-LD
+GeoProperties already are), no ``crs`` member, the entity id as the feature id.
+
+The standard-dataset CSV (自治体標準オープンデータセット) uses the layouts in
+``schemas/datasets`` through :mod:`connectors.csv.export`, the inverse of the CSV import.
+
+Output is deterministic (entities sorted by id, keys sorted) so that a content hash tells
+whether a resource changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.csv.export import export_rows
+from connectors.csv.layout import Layout
+from connectors.csv.values import format_number
+from opendata.datasets import ColumnSpec, ResourceSpec
+
+__all__ = [
+    "Rendered",
+    "Table",
+    "clean_cell",
+    "csv_bytes",
+    "entity_table",
+    "geojson_bytes",
+    "is_platform_dependent",
+    "render_resource",
+    "simplify",
+    "standard_table",
+]
+
+BOM = "\ufeff"
+_GEOMETRY_TYPES = frozenset(
+    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
+)
+#: CP932 lead bytes of the NEC special characters (row 13) and the NEC/IBM extensions.
+_PLATFORM_LEAD_BYTES = frozenset({0x87, 0xED, 0xEE, 0xFA, 0xFB, 0xFC})
+_HALFWIDTH_KANA_RE = re.compile(r"[\uff61-\uff9f]+")
+_LINEBREAK_RE = re.compile(r"\r\n|[\r\n\u2028\u2029\x85]")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+    def records(self) -> list[dict[str, str]]:
+        return [dict(zip(self.headers, row, strict=True)) for row in self.rows]
+
+
+@dataclass
+class Rendered:
+    """One resource file, ready to upload."""
+
+    spec: ResourceSpec
+    content: bytes
+    media_type: str
+    #: ``(original, replacement) -> count`` of characters replaced for machine readability
+    replacements: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: platform-dependent characters with no standard equivalent, kept as they are
+    kept: Counter[str] = field(default_factory=Counter)
+    table: Table | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+    @property
+    def format_label(self) -> str:
+        return "GeoJSON" if self.spec.format == "geojson" else "CSV"
+
+    def notes(self) -> list[str]:
+        """What was changed in the data to publish it, in Japanese and English."""
+        out = []
+        for (orig, repl), n in sorted(self.replacements.items()):
+            shown = repl.replace("\n", "\\n") if repl else "(削除 / removed)"
+            out.append(
+                f"{self.spec.key}: {_show(orig)} を {shown} に置き換えました（{n}件） / "
+                f"replaced {_show(orig)} with {shown} ({n}x)"
+            )
+        for ch, n in sorted(self.kept.items()):
+            out.append(
+                f"{self.spec.key}: 機種依存文字 {ch} (U+{ord(ch):04X}) はそのままです（{n}件） / "
+                f"platform-dependent character {ch} kept: no standard equivalent ({n}x)"
+            )
+        return out
+
+
+def _show(text: str) -> str:
+    if len(text) == 1 and not text.isprintable():
+        return f"U+{ord(text):04X}"
+    return repr(text) if text.strip() != text or not text else text
+
+
+# -- entities ------------------------------------------------------------------------------
+
+
+def _attr_value(attr: Any, language: str) -> Any:
+    """The plain value of one attribute in normalized, concise or keyValues form."""
+    if isinstance(attr, list):  # multi-attribute: the default instance, else the first
+        default = [a for a in attr if not (isinstance(a, dict) and "datasetId" in a)]
+        attr = (default or attr)[0] if attr and all(isinstance(a, dict) for a in attr) else attr
+        if isinstance(attr, list):
+            return attr
+    if not isinstance(attr, dict):
+        return attr
+    if attr.get("type") in _GEOMETRY_TYPES and "coordinates" in attr:
+        return attr
+    if "languageMap" in attr:
+        lm = attr["languageMap"]
+        if isinstance(lm, dict) and lm:
+            return lm.get(language, lm.get("@none", next(iter(lm.values()))))
+        return None
+    for member in ("value", "object", "vocab", "valueList", "objectList", "json"):
+        if member in attr:
+            value = attr[member]
+            if member == "value" and isinstance(value, dict) and "@value" in value:
+                return value["@value"]
+            return value
+    return attr
+
+
+def simplify(entity: dict[str, Any], language: str = "ja") -> dict[str, Any]:
+    """``id``, ``type`` and each attribute as a plain value (a LanguageProperty in
+    ``language``, a Relationship as its object, a GeoProperty as its geometry)."""
+    out: dict[str, Any] = {"id": entity.get("id"), "type": entity.get("type")}
+    for name, attr in entity.items():
+        if name in ("id", "type", "@context", "scope", "createdAt", "modifiedAt", "deletedAt"):
+            continue
+        out[name] = _attr_value(attr, language)
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return format_number(value)
+    if isinstance(value, list):
+        return ";".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _point(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, dict) and value.get("type") == "Point":
+        c = value.get("coordinates")
+        if isinstance(c, list) and len(c) >= 2:
+            return float(c[0]), float(c[1])
+    return None
+
+
+def entity_table(
+    entities: Sequence[dict[str, Any]], columns: Sequence[ColumnSpec] | None = None
+) -> Table:
+    """Simplified entities as a table. Without ``columns``: ``id``, ``type``, then every
+    attribute in order of appearance, objects spread over ``attribute.key`` columns and
+    a Point ``location`` as ``latitude`` and ``longitude``."""
+    if columns is not None:
+        rows = []
+        for ent in entities:
+            row = []
+            for col in columns:
+                value = ent.get(col.attribute)
+                if col.key is not None:
+                    if col.attribute == "location" and col.key in ("latitude", "longitude"):
+                        p = _point(value)
+                        value = None if p is None else p[1 if col.key == "latitude" else 0]
+                    else:
+                        value = value.get(col.key) if isinstance(value, dict) else None
+                row.append(_cell(value))
+            rows.append(row)
+        return Table([c.header for c in columns], rows)
+
+    spec: list[tuple[str, str | None]] = [("id", None), ("type", None)]
+    seen: set[tuple[str, str | None]] = set(spec)
+    for ent in entities:
+        for name, value in ent.items():
+            if name in ("id", "type"):
+                continue
+            if _point(value) is not None:
+                keys: list[str | None] = ["latitude", "longitude"]
+            elif isinstance(value, dict) and value.get("type") not in _GEOMETRY_TYPES:
+                keys = list(value)
+            else:
+                keys = [None]
+            for k in keys:
+                if (name, k) not in seen:
+                    seen.add((name, k))
+                    spec.append((name, k))
+    headers = [
+        k
+        if name == "location" and k in ("latitude", "longitude")
+        else (f"{name}.{k}" if k else name)
+        for name, k in spec
+    ]
+    rows = []
+    for ent in entities:
+        row = []
+        for name, k in spec:
+            value = ent.get(name)
+            if k is None:
+                row.append(_cell(None if _point(value) else value))
+            elif k in ("latitude", "longitude") and _point(value) is not None:
+                p = _point(value)
+                assert p is not None
+                row.append(_cell(p[1] if k == "latitude" else p[0]))
+            else:
+                row.append(_cell(value.get(k) if isinstance(value, dict) else None))
+        rows.append(row)
+    return Table(headers, rows)
+
+
+def standard_table(layout: Layout, entities: Iterable[dict[str, Any]]) -> Table:
+    """The 自治体標準オープンデータセット layout, as the CSV export writes it."""
+    rows = list(export_rows(layout, entities))
+    return Table(rows[0], rows[1:])
+
+
+# -- machine readability -------------------------------------------------------------------
+
+
+def is_platform_dependent(ch: str) -> bool:
+    """A character that Shift_JIS (JIS X 0208) lacks and only Windows' CP932 has."""
+    if ord(ch) < 0x80:
+        return False
+    try:
+        encoded = ch.encode("cp932")
+    except UnicodeEncodeError:
+        return False
+    return len(encoded) == 2 and encoded[0] in _PLATFORM_LEAD_BYTES
+
+
+def clean_cell(text: str, replacements: Counter[tuple[str, str]], kept: Counter[str]) -> str:
+    """One cell under the machine-readability rules; counts what it changes."""
+
+    def linebreak(m: re.Match[str]) -> str:
+        replacements[(m.group(0), " ")] += 1
+        return " "
+
+    def control(m: re.Match[str]) -> str:
+        replacements[(m.group(0), "")] += 1
+        return ""
+
+    def kana(m: re.Match[str]) -> str:
+        full = unicodedata.normalize("NFKC", m.group(0))
+        replacements[(m.group(0), full)] += 1
+        return full
+
+    text = _LINEBREAK_RE.sub(linebreak, text)
+    text = _CONTROL_RE.sub(control, text)
+    text = _HALFWIDTH_KANA_RE.sub(kana, text)
+    if not any(ord(c) >= 0x2000 for c in text):
+        return text
+    out = []
+    for ch in text:
+        if is_platform_dependent(ch):
+            repl = unicodedata.normalize("NFKC", ch)
+            if repl != ch:
+                replacements[(ch, repl)] += 1
+                out.append(repl)
+                continue
+            kept[ch] += 1
+        out.append(ch)
+    return "".join(out)
+
+
+def csv_bytes(table: Table) -> tuple[bytes, Counter[tuple[str, str]], Counter[str], Table]:
+    """UTF-8 with BOM, CRLF, one header row; returns the bytes, what was replaced and
+    kept, and the cleaned table (for the DataStore)."""
+    replacements: Counter[tuple[str, str]] = Counter()
+    kept: Counter[str] = Counter()
+    headers = [clean_cell(h, replacements, kept) for h in table.headers]
+    rows = [[clean_cell(c, replacements, kept) for c in row] for row in table.rows]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(headers)
+    writer.writerows(rows)
+    return (BOM + buf.getvalue()).encode("utf-8"), replacements, kept, Table(headers, rows)
+
+
+def geojson_bytes(entities: Sequence[dict[str, Any]]) -> bytes:
+    """An RFC 7946 FeatureCollection of simplified entities; ``location`` is the geometry."""
+    features = []
+    for ent in entities:
+        geometry = ent.get("location")
+        if not (isinstance(geometry, dict) and geometry.get("type") in _GEOMETRY_TYPES):
+            geometry = None
+        properties = {k: v for k, v in ent.items() if k not in ("id", "location")}
+        features.append(
+            {"type": "Feature", "id": ent.get("id"), "geometry": geometry, "properties": properties}
+        )
+    doc = {"type": "FeatureCollection", "features": features}
+    text = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return (text + "\n").encode("utf-8")
+
+
+def render_resource(spec: ResourceSpec, entities: Sequence[dict[str, Any]]) -> Rendered:
+    """One resource of a dataset from its simplified entities (sorted by id by the caller)."""
+    if spec.format == "geojson":
+        return Rendered(spec, geojson_bytes(entities), "application/geo+json")
+    if spec.format == "standard-csv":
+        assert spec.layout is not None
+        table = standard_table(spec.layout, entities)
+    else:
+        table = entity_table(entities, spec.columns)
+    content, replacements, kept, cleaned = csv_bytes(table)
+    return Rendered(spec, content, "text/csv", replacements, kept, cleaned)
