@@ -232,6 +232,9 @@ def _register_connectors() -> None:
 
     register_csv(app)
     register_mqtt(app)
+    from opendata.cli import register as register_publish
+
+    register_publish(app)
 
 
 _register_connectors()
