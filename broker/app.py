@@ -17,9 +17,11 @@ from broker.api import (
     entities,
     entity_operations,
     jsonld_contexts,
+    ogc,
     subscriptions,
     types,
     unimplemented,
+    viewer,
 )
 from broker.api.common import tenant_of
 from broker.api.deps import Hub
@@ -178,6 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(jsonld_contexts.router)
     app.include_router(unimplemented.router)
+    app.include_router(ogc.router)
+    app.include_router(viewer.router)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Response:

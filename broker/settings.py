@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     notification_timeout: float = Field(10.0, gt=0)
     notification_attempts: int = Field(5, ge=1)
 
+    # OGC API - Features (/ogc) and the map viewer (/viewer).
+    #: Entity type -> attribute whose date-time value is a feature's time (JSON in the
+    #: environment: RENKEI_OGC_TIME_PROPERTIES='{"WeatherObserved": "dateObserved"}');
+    #: other types are matched by the observedAt of their attributes.
+    ogc_time_properties: dict[str, str] = Field(default_factory=dict)
+    #: Folder of *.geojson files, each served as one more collection (layer~{stem}).
+    ogc_layers_dir: Path | None = None
+    #: Seconds a computed collection extent is reused (writes through this process
+    #: refresh it at once; this bounds staleness from other replicas).
+    ogc_cache_ttl: float = Field(60.0, ge=0)
+    ogc_default_limit: int = Field(100, gt=0)
+    #: Raster tile URL template of the viewer's basemap ({z}/{x}/{y}); none: a plain one.
+    viewer_tiles_url: str | None = None
+    viewer_tiles_attribution: str = ""
+
     log_level: str = "info"
 
     @field_validator("store")
