@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest system-deps clean
+.PHONY: demo test lint typecheck pytest system-deps viewer clean
 
 $(STAMP): pyproject.toml
 	@scripts/system-deps.sh venv
@@ -15,7 +15,13 @@ $(STAMP): pyproject.toml
 
 ## Run the hub on http://127.0.0.1:1026 with sample data (SQLite file ./renkei.db)
 demo: $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then scripts/build-viewer.sh; \
+	else echo "npm not found: the map viewer is not built / npm がないため地図ビューアーはビルドされません"; fi
 	$(BIN)/renkei demo
+
+## Build the map viewer (/viewer): MapLibre GL JS from npm into broker/static/viewer/vendor
+viewer:
+	scripts/build-viewer.sh
 
 ## Lint, type-check and run the whole test suite
 test: $(STAMP) system-deps lint typecheck pytest
