@@ -463,15 +463,26 @@ class OgcService:
             tenant, name = (owner, name) if sep else ("", cid)
         else:
             name = cid
-        types = await self._types(tenant)
         iri = self.tm.expand(name)
-        if iri not in types:
+        if not await self._has_type(tenant, iri):
+            # not a plain name: a hashed id (discovery is slower, so it comes second)
+            types = await self._types(tenant)
             iri = next((t for t in types if self.type_id(t) == name), "")
-        if not iri:
-            raise ResourceNotFound(f"no collection {cid}")
-        col = self._collection(tenant, iri, types[iri], prefixed=False)
+            if not iri:
+                raise ResourceNotFound(f"no collection {cid}")
+        col = self._collection(tenant, iri, None, prefixed=False)
         col.id = cid
         return col
+
+    async def _has_type(self, tenant: str, iri: str) -> bool:
+        """Whether the tenant holds an entity of the type (one indexed look-up)."""
+        if self.type_id(iri) != self.tm.compact(iri):
+            return False
+        try:
+            found, _ = await self.entities.query(tenant, EntityQuery(types=[[iri]], limit=1))
+        except NonexistentTenant:
+            return False
+        return bool(found)
 
     # -- extents -------------------------------------------------------------------------------
 
