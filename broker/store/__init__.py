@@ -12,9 +12,9 @@ def open_store(url: str) -> Store:
 
         return SqliteStore.from_url(url)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        from broker.errors import NotImplementedYet
+        from broker.store.mongodb import MongoStore
 
-        raise NotImplementedYet("the MongoDB store backend is not available in this version")
+        return MongoStore.from_url(url)
     raise ValueError(f"unknown store URL scheme: {url}")
 
 

@@ -1,18 +1,62 @@
-"""The store contract tests run against every backend (``store`` is parametrised)."""
+"""The store contract tests run against every backend (``store`` is parametrised).
+
+``mongodb`` runs on the shared mongoeco wire server (``tests/mongo_support.py``), one
+database per test location.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker.store.base import Store
+from broker.store.mongodb import MongoStore
 from broker.store.sqlite import SqliteStore
+from tests.mongo_support import SHARED, MongoecoUnavailable, unavailable_is_failure, venv_python
+
+
+def mongo_store(tmp: Path) -> Store:
+    database = "t_" + hashlib.sha1(str(tmp).encode()).hexdigest()[:20]
+    return MongoStore(SHARED.url(database))
+
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
+    "mongodb": mongo_store,
 }
+
+
+def mongoeco_missing() -> str | None:
+    """Why the mongoeco server cannot run here, or None; in CI it must run."""
+    try:
+        venv_python()
+    except MongoecoUnavailable as exc:
+        if unavailable_is_failure():
+            raise
+        return str(exc)
+    return None
+
+
+_MISSING = mongoeco_missing()
+if _MISSING is not None:
+    del BACKENDS["mongodb"]
+
+
+def _params() -> list[Any]:
+    marks = [pytest.mark.mongo]
+    if _MISSING is not None:
+        marks.append(pytest.mark.skip(reason=_MISSING))
+    return ["sqlite", pytest.param("mongodb", marks=marks)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_mongoeco() -> Iterator[None]:
+    yield
+    SHARED.stop()
 
 
 @pytest.fixture
@@ -20,9 +64,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=_params())
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """Builds a store on the same location each call, to test reopening."""
+    if request.param not in BACKENDS:
+        pytest.skip(f"{request.param} is not available here")
     factory = BACKENDS[request.param]
     return lambda: factory(tmp_path)
 

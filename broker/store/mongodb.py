@@ -1,0 +1,680 @@
+"""The scale-out store: MongoDB through pymongo's asyncio API (``AsyncMongoClient``).
+
+Layout (one database, named by the URL path, default ``renkei``; see docs/mongodb.md):
+
+* ``entities``: one document per entity, ``_id = {"t": tenant, "i": entity id}`` so the
+  id is unique across a cluster sharded on ``{_id: "hashed"}``; the expanded entity
+  with field names escaped (``e``), a version for optimistic concurrency (``ver``)
+  and the query fields described in ``broker.store.mongoquery``.
+* ``tenants``, ``geo_paths`` (GeoProperty attributes seen, one 2dsphere index each),
+  ``subscriptions`` (``_id = {"t", "i"}``, status counters beside the document),
+  ``contexts`` and ``counters``.
+
+Tenants share collections and are told apart by the ``t`` field that leads every
+index: tenants appear at run time from a request header, and a database per tenant
+would mean unbounded databases, each with its own files and indexes to build.
+
+Writes: the batch's current documents are read in one ``find``, the mutations run in
+Python, and the results go back in one unordered ``bulk_write`` whose replaces and
+deletes are conditional on the version read; an entity another writer changed in
+between is read again and its mutations re-run (they are pure). A write is
+acknowledged with ``w=majority`` unless the URL says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import bson
+import orjson
+from bson import ObjectId
+from bson.errors import BSONError
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel, InsertOne, ReplaceOne, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
+from pymongo.read_concern import ReadConcern
+
+from broker.core.geo import validate_geometry
+from broker.core.model import ENTITY_KEYS, Entity
+from broker.errors import (
+    AlreadyExists,
+    BadRequestData,
+    InternalError,
+    NgsiLdError,
+    NotImplementedYet,
+    ResourceNotFound,
+    StoreUnavailable,
+)
+from broker.query.evaluate import entity_geometry
+from broker.store.base import (
+    DELETE,
+    ContextRecord,
+    Discovery,
+    EntityQuery,
+    Mutation,
+    NotificationRecord,
+    Store,
+    WriteResult,
+)
+from broker.store.mongoquery import (
+    FilterBuilder,
+    densify,
+    escape_doc,
+    escape_key,
+    matches,
+    sort_stages,
+    unescape_doc,
+    value_docs,
+)
+from broker.store.sqlindex import value_rows
+
+Doc = dict[str, Any]
+
+#: Defaults applied when the URL does not set them (names as in the MongoDB URI spec).
+DEFAULT_OPTIONS: Final[dict[str, Any]] = {
+    "w": "majority",
+    "readConcernLevel": "majority",
+    "serverSelectionTimeoutMS": 10_000,
+    "connectTimeoutMS": 10_000,
+    "socketTimeoutMS": 30_000,
+    "maxPoolSize": 100,
+    "appname": "renkei",
+}
+#: How often one entity's mutations are re-run when other writers keep changing it.
+_MAX_ATTEMPTS: Final = 64
+#: MongoDB error codes for geometries it cannot index (16755 "Can't extract geo keys").
+_GEO_CODES: Final = frozenset({16755, 16756})
+_DUPLICATE: Final = 11000
+
+ENTITY_INDEXES: Final = (
+    IndexModel([("t", ASCENDING), ("id", ASCENDING)], name="tenant_id"),
+    IndexModel([("t", ASCENDING), ("types", ASCENDING), ("id", ASCENDING)], name="tenant_types"),
+    IndexModel([("t", ASCENDING), ("attrs", ASCENDING)], name="tenant_attrs"),
+    IndexModel([("t", ASCENDING), ("scopes", ASCENDING)], name="tenant_scopes"),
+    IndexModel([("t", ASCENDING), ("vals.p", ASCENDING), ("vals.n", ASCENDING)], name="vals_n"),
+    IndexModel([("t", ASCENDING), ("vals.p", ASCENDING), ("vals.s", ASCENDING)], name="vals_s"),
+    IndexModel([("t", ASCENDING), ("vals.p", ASCENDING), ("vals.dt", ASCENDING)], name="vals_dt"),
+)
+
+
+@contextmanager
+def driver_errors() -> Iterator[None]:
+    """Translate pymongo errors at the boundary of this backend (re-raised ``from``)."""
+    try:
+        yield
+    except DuplicateKeyError as exc:
+        raise AlreadyExists(f"already exists: {exc.details or exc}") from exc
+    except (
+        ServerSelectionTimeoutError,
+        NetworkTimeout,
+        ExecutionTimeout,
+        WTimeoutError,
+        AutoReconnect,
+        ConnectionFailure,
+    ) as exc:
+        raise StoreUnavailable(f"MongoDB unavailable: {exc}", retry_after=2) from exc
+    except OperationFailure as exc:
+        if exc.code in _GEO_CODES:
+            raise BadRequestData(f"geometry refused by the store: {exc}") from exc
+        raise InternalError(f"store error: {exc}") from exc
+    except (PyMongoError, BSONError) as exc:
+        raise InternalError(f"store error: {exc}") from exc
+
+
+def _key(tenant: str, ident: str) -> Doc:
+    return {"t": tenant, "i": ident}
+
+
+def _copy(ent: Entity) -> Entity:
+    copied: Entity = orjson.loads(orjson.dumps(ent))
+    return copied
+
+
+def _geometries(ent: Entity) -> dict[str, Any]:
+    """The ``g`` field: each GeoProperty attribute's first geometry, as indexed.
+
+    Raises BadRequestData for a geometry MongoDB would refuse (unclosed or
+    self-intersecting rings, out-of-range positions), before anything is written."""
+    found: dict[str, Any] = {}
+    for attr in ent:
+        if attr in ENTITY_KEYS:
+            continue
+        value = entity_geometry(ent, attr)
+        if value is None:
+            continue
+        validate_geometry(value, attr)
+        found[escape_key(attr)] = densify(value)
+    return found
+
+
+def entity_document(tenant: str, ent: Entity, ver: int, token: ObjectId) -> Doc:
+    """The stored document of an entity (see the module docstring)."""
+    types = list(ent.get("type") or ())
+    scopes = ent.get("scope") or []
+    kinds: dict[tuple[str, str], None] = {}
+    for attr, instances in ent.items():
+        if attr in ENTITY_KEYS or not isinstance(instances, list):
+            continue
+        for inst in instances:
+            if isinstance(inst, dict):
+                kinds[(attr, str(inst.get("type", "Property")))] = None
+    doc: Doc = {
+        "_id": _key(tenant, ent["id"]),
+        "t": tenant,
+        "id": ent["id"],
+        "ver": ver,
+        "tok": token,
+        "e": escape_doc(ent),
+        "types": types,
+        "tmin": min(types) if types else None,
+        "attrs": sorted({a for a, _ in kinds}),
+        "kinds": [{"a": a, "k": k} for a, k in kinds],
+        "scopes": [scopes] if isinstance(scopes, str) else list(scopes),
+        "vals": value_docs(value_rows(ent)),
+    }
+    geo = _geometries(ent)
+    if geo:
+        doc["g"] = geo
+    return doc
+
+
+class _Pending:
+    """One entity's mutations in a write, and what the current attempt made of them."""
+
+    __slots__ = ("doc", "eid", "indexes", "op_index", "results", "start_ver")
+
+    def __init__(self, eid: str) -> None:
+        self.eid = eid
+        self.indexes: list[int] = []
+        self.results: dict[int, WriteResult] = {}
+        self.doc: Doc | None = None
+        self.start_ver: int | None = None
+        self.op_index: int | None = None
+
+
+class MongoStore(Store):
+    def __init__(self, url: str, **options: Any) -> None:
+        # the URL is parsed here without resolving it (mongodb+srv:// would need DNS)
+        parts = urlsplit(url)
+        given = {k.lower() for k in parse_qs(parts.query)}
+        opts = {k: v for k, v in DEFAULT_OPTIONS.items() if k.lower() not in given}
+        opts.update(options)
+        self._read_concern = opts.pop("readConcernLevel", None)
+        self.url = url
+        self.database_name: str = unquote(parts.path.lstrip("/")) or "renkei"
+        self._options = opts
+        self._client: AsyncMongoClient[Doc] | None = None
+        self._db: AsyncDatabase[Doc] | None = None
+        self._known_tenants: set[str] = {""}
+        self._geo_paths: set[str] = set()
+        self._geo_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> MongoStore:
+        return cls(url)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._client = AsyncMongoClient(self.url, **self._options)
+        concern = ReadConcern(self._read_concern) if self._read_concern else None
+        self._db = self._client.get_database(self.database_name, read_concern=concern)
+        with driver_errors():
+            await self._db.command("ping")
+            await self._entities.create_indexes(list(ENTITY_INDEXES))
+            await self._db.subscriptions.create_index(
+                [("t", ASCENDING), ("seq", ASCENDING)], name="tenant_seq"
+            )
+            await self._db.contexts.create_index([("created_at", ASCENDING)], name="created")
+            async for row in self._db.geo_paths.find():
+                self._geo_paths.add(row["_id"])
+            for field in sorted(self._geo_paths):
+                await self._create_geo_index(field)
+            async for row in self._db.tenants.find():
+                self._known_tenants.add(row["_id"])
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+            self._db = None
+
+    @property
+    def db(self) -> AsyncDatabase[Doc]:
+        if self._db is None:
+            raise InternalError("store is not open")
+        return self._db
+
+    @property
+    def _entities(self) -> AsyncCollection[Doc]:
+        return self.db.entities
+
+    async def _create_geo_index(self, field: str) -> None:
+        digest = hashlib.sha1(field.encode()).hexdigest()[:16]
+        name = f"geo_{digest}"
+        # single-field: the tenant is matched beside it (mongoeco, which the tests run
+        # on, has no compound 2dsphere indexes; the index still bounds the scan)
+        await self._entities.create_index([(field, "2dsphere")], name=name)
+
+    async def _ensure_geo_indexes(self, docs: Sequence[Doc]) -> None:
+        """A 2dsphere index for each GeoProperty attribute, created as it first appears
+        (before the first document with it is written, so MongoDB checks that one too)."""
+        new = {k for d in docs for k in d.get("g", {})} - self._geo_paths
+        if not new:
+            return
+        async with self._geo_lock:
+            for attr in sorted(new - self._geo_paths):
+                await self._create_geo_index("g." + attr)
+                await self.db.geo_paths.update_one(
+                    {"_id": attr}, {"$set": {"field": "g." + attr}}, upsert=True
+                )
+                self._geo_paths.add(attr)
+
+    # -- tenants ------------------------------------------------------------------------------
+
+    async def tenant_exists(self, tenant: str) -> bool:
+        if tenant in self._known_tenants:
+            return True
+        with driver_errors():
+            found = await self.db.tenants.find_one({"_id": tenant}) is not None
+        if found:
+            self._known_tenants.add(tenant)
+        return found
+
+    async def tenants(self) -> list[str]:
+        with driver_errors():
+            return sorted([row["_id"] async for row in self.db.tenants.find()])
+
+    async def _note_tenant(self, tenant: str) -> None:
+        if tenant not in self._known_tenants:
+            await self.db.tenants.update_one({"_id": tenant}, {"$set": {"seen": True}}, upsert=True)
+            self._known_tenants.add(tenant)
+
+    # -- entities -----------------------------------------------------------------------------
+
+    async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
+        with driver_errors():
+            doc = await self._entities.find_one({"_id": _key(tenant, entity_id)}, {"e": 1})
+        if doc is None:
+            return None
+        ent: Entity = unescape_doc(doc["e"])
+        return ent
+
+    async def write(
+        self,
+        tenant: str,
+        mutations: Sequence[tuple[str, Mutation]],
+        *,
+        history: Mapping[str, Sequence[Any]] | None = None,
+    ) -> list[WriteResult]:
+        if history:
+            raise NotImplementedYet("the MongoDB store does not keep attribute history yet")
+        pending: dict[str, _Pending] = {}
+        for i, (eid, _) in enumerate(mutations):
+            pending.setdefault(eid, _Pending(eid)).indexes.append(i)
+        results: list[WriteResult | None] = [None] * len(mutations)
+        todo = list(pending.values())
+        with driver_errors():
+            for _ in range(_MAX_ATTEMPTS):
+                if not todo:
+                    break
+                todo = await self._write_round(tenant, todo, mutations)
+        for p in todo:  # still conflicting after every attempt
+            for i in p.indexes:
+                p.results[i] = WriteResult(
+                    p.eid, error=StoreUnavailable(f"{p.eid}: too many concurrent writes")
+                )
+        for p in pending.values():
+            for i, r in p.results.items():
+                results[i] = r
+        done = [r for r in results if r is not None]
+        assert len(done) == len(mutations)
+        if any(r.ok for r in done):
+            with driver_errors():
+                await self._note_tenant(tenant)
+        return done
+
+    async def _write_round(
+        self, tenant: str, todo: list[_Pending], mutations: Sequence[tuple[str, Mutation]]
+    ) -> list[_Pending]:
+        """One optimistic attempt for ``todo``; returns the entities to try again."""
+        stored: dict[str, Doc] = {}
+        async for doc in self._entities.find(
+            {"_id": {"$in": [_key(tenant, p.eid) for p in todo]}}, {"id": 1, "ver": 1, "e": 1}
+        ):
+            stored[doc["id"]] = doc
+        token = ObjectId()
+        ops: list[InsertOne[Doc] | ReplaceOne[Doc]] = []
+        op_owner: list[_Pending] = []
+        deletes: list[tuple[_Pending, int]] = []
+        for p in todo:
+            row = stored.get(p.eid)
+            start: Entity | None = unescape_doc(row["e"]) if row else None
+            p.start_ver = row["ver"] if row else None
+            p.results = {}
+            p.doc = None
+            cur, changed = start, False
+            for i in p.indexes:
+                result = WriteResult(p.eid, before=cur)
+                try:
+                    out = mutations[i][1](None if cur is None else _copy(cur))
+                    if out is DELETE:
+                        result.after, cur = None, None
+                    else:
+                        assert isinstance(out, dict)
+                        _geometries(out)  # refuses geometry MongoDB would refuse
+                        result.after, cur = out, out
+                    changed = True
+                except NgsiLdError as exc:
+                    result.error = exc
+                p.results[i] = result
+            if not changed:
+                continue
+            if cur is None:
+                if p.start_ver is not None:
+                    deletes.append((p, p.start_ver))
+                continue
+            try:
+                p.doc = entity_document(tenant, cur, (p.start_ver or 0) + 1, token)
+                bson.encode(p.doc)  # what BSON cannot hold fails this entity, not the batch
+            except (BSONError, OverflowError) as exc:
+                error = BadRequestData(f"{p.eid}: cannot be stored: {exc}")
+                for r in p.results.values():
+                    if r.ok:
+                        r.error, r.after = error, None
+                continue
+            p.op_index = len(ops)
+            op_owner.append(p)
+            if p.start_ver is None:
+                ops.append(InsertOne(p.doc))
+            else:
+                ops.append(ReplaceOne({"_id": p.doc["_id"], "ver": p.start_ver}, p.doc))
+        retry: list[_Pending] = []
+        if ops:
+            await self._ensure_geo_indexes([p.doc for p in op_owner if p.doc is not None])
+            retry.extend(await self._bulk(tenant, ops, op_owner, token))
+        if deletes:
+            outcomes = await asyncio.gather(
+                *(
+                    self._entities.delete_one({"_id": _key(tenant, p.eid), "ver": ver})
+                    for p, ver in deletes
+                )
+            )
+            retry.extend(
+                p for (p, _), res in zip(deletes, outcomes, strict=True) if not res.deleted_count
+            )
+        return retry
+
+    async def _bulk(
+        self,
+        tenant: str,
+        ops: list[InsertOne[Doc] | ReplaceOne[Doc]],
+        owners: list[_Pending],
+        token: ObjectId,
+    ) -> list[_Pending]:
+        failed: dict[int, dict[str, Any]] = {}
+        try:
+            res = await self._entities.bulk_write(ops, ordered=False)
+            settled = res.inserted_count + res.matched_count
+        except BulkWriteError as exc:
+            for err in exc.details.get("writeErrors", []):
+                failed[err["index"]] = err
+            settled = exc.details.get("nInserted", 0) + exc.details.get("nMatched", 0)
+        retry: list[_Pending] = []
+        for index, err in failed.items():
+            p = owners[index]
+            if err.get("code") == _DUPLICATE:
+                retry.append(p)  # created by another writer meanwhile: run again on it
+            else:
+                error: NgsiLdError = (
+                    BadRequestData(f"{p.eid}: refused by the store: {err.get('errmsg')}")
+                    if err.get("code") in _GEO_CODES
+                    else InternalError(f"{p.eid}: store error: {err.get('errmsg')}")
+                )
+                for r in p.results.values():
+                    if r.ok:
+                        r.error, r.after = error, None
+        if settled + len(failed) < len(ops):
+            # some conditional replaces matched nothing: which ones carry our token?
+            replaced = [p for p in owners if p.start_ver is not None and p.op_index not in failed]
+            ours = {
+                doc["id"]
+                async for doc in self._entities.find(
+                    {"_id": {"$in": [_key(tenant, p.eid) for p in replaced]}, "tok": token},
+                    {"id": 1},
+                )
+            }
+            retry.extend(p for p in replaced if p.eid not in ours)
+        return retry
+
+    # -- queries ------------------------------------------------------------------------------
+
+    async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
+        builder = FilterBuilder()
+        where = {"t": tenant, **builder.query(query)}
+        stages = [{"$match": where}, *sort_stages(query)]
+        with driver_errors():
+            if builder.exact:
+                page_stages = [
+                    *stages,
+                    {"$skip": query.offset},
+                    {"$limit": query.limit},
+                    {"$project": {"e": 1}},
+                ]
+                cursor = await self._entities.aggregate(page_stages)
+                found: list[Entity] = [unescape_doc(d["e"]) async for d in cursor]
+                total = await self._entities.count_documents(where) if query.count else None
+                return found, total
+            return await self._query_checked(stages, query)
+
+    async def _query_checked(
+        self, stages: list[dict[str, Any]], query: EntityQuery
+    ) -> tuple[list[Entity], int | None]:
+        """Page over the candidates that pass the reference evaluator."""
+        found: list[Entity] = []
+        total = 0
+        cursor = await self._entities.aggregate([*stages, {"$project": {"e": 1}}])
+        async for doc in cursor:
+            ent: Entity = unescape_doc(doc["e"])
+            if not matches(query, ent):
+                continue
+            if query.offset <= total < query.offset + query.limit:
+                found.append(ent)
+            total += 1
+            if not query.count and total >= query.offset + query.limit:
+                break
+        await cursor.close()
+        return found, total if query.count else None
+
+    async def discovery(self, tenant: str) -> Discovery:
+        async def run(pipeline: list[dict[str, Any]]) -> AsyncIterator[Doc]:
+            cursor = await self._entities.aggregate(pipeline)
+            async for row in cursor:
+                yield row
+
+        match = {"$match": {"t": tenant}}
+        with driver_errors():
+            types = {
+                r["_id"]: r["n"]
+                async for r in run(
+                    [match, {"$unwind": "$types"}, {"$group": {"_id": "$types", "n": {"$sum": 1}}}]
+                )
+            }
+            attributes = {
+                r["_id"]: r["n"]
+                async for r in run(
+                    [match, {"$unwind": "$attrs"}, {"$group": {"_id": "$attrs", "n": {"$sum": 1}}}]
+                )
+            }
+            pairs: dict[tuple[str, str], set[str]] = {}
+            async for r in run(
+                [
+                    match,
+                    {"$unwind": "$types"},
+                    {"$unwind": "$kinds"},
+                    {"$group": {"_id": {"t": "$types", "a": "$kinds.a", "k": "$kinds.k"}}},
+                ]
+            ):
+                key = r["_id"]
+                pairs.setdefault((key["t"], key["a"]), set()).add(key["k"])
+        return Discovery(types=types, attributes=attributes, type_attributes=pairs)
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    async def put_subscription(self, tenant: str, sub: dict[str, Any], *, create: bool) -> None:
+        sub_id = sub["id"]
+        with driver_errors():
+            if create:
+                counter = await self.db.counters.find_one_and_update(
+                    {"_id": "subscriptions"}, {"$inc": {"n": 1}}, upsert=True, return_document=True
+                )
+                try:
+                    await self.db.subscriptions.insert_one(
+                        {
+                            "_id": _key(tenant, sub_id),
+                            "t": tenant,
+                            "seq": counter["n"] if counter else 0,
+                            "doc": escape_doc(sub),
+                            "sent": 0,
+                            "failed": 0,
+                        }
+                    )
+                except DuplicateKeyError:
+                    raise AlreadyExists(f"subscription {sub_id} already exists") from None
+                await self._note_tenant(tenant)
+            else:
+                res = await self.db.subscriptions.update_one(
+                    {"_id": _key(tenant, sub_id)}, {"$set": {"doc": escape_doc(sub)}}
+                )
+                if res.matched_count == 0:
+                    raise ResourceNotFound(f"subscription {sub_id} not found")
+
+    @staticmethod
+    def _subscription(row: Doc) -> dict[str, Any]:
+        sub: dict[str, Any] = unescape_doc(row["doc"])
+        status: dict[str, Any] = {
+            "timesSent": row.get("sent", 0),
+            "timesFailed": row.get("failed", 0),
+        }
+        for key, field in (
+            ("lastNotification", "last_notification"),
+            ("lastSuccess", "last_success"),
+            ("lastFailure", "last_failure"),
+        ):
+            if row.get(field) is not None:
+                status[key] = row[field]
+        sub["notificationStatus"] = status
+        return sub
+
+    async def get_subscription(self, tenant: str, sub_id: str) -> dict[str, Any] | None:
+        with driver_errors():
+            row = await self.db.subscriptions.find_one({"_id": _key(tenant, sub_id)})
+        return self._subscription(row) if row else None
+
+    async def list_subscriptions(self, tenant: str) -> list[dict[str, Any]]:
+        with driver_errors():
+            return [
+                self._subscription(row)
+                async for row in self.db.subscriptions.find({"t": tenant}).sort("seq", ASCENDING)
+            ]
+
+    async def delete_subscription(self, tenant: str, sub_id: str) -> bool:
+        with driver_errors():
+            res = await self.db.subscriptions.delete_one({"_id": _key(tenant, sub_id)})
+        return res.deleted_count > 0
+
+    async def record_notifications(self, records: Sequence[NotificationRecord]) -> None:
+        ops = []
+        for r in records:
+            update: dict[str, Any] = {"$inc": {"sent": r.sent, "failed": r.failed}}
+            latest = {
+                k: v
+                for k, v in (
+                    ("last_notification", r.last_notification),
+                    ("last_success", r.last_success),
+                    ("last_failure", r.last_failure),
+                )
+                if v is not None
+            }
+            if latest:
+                update["$set"] = latest
+            # no upsert: records of deleted subscriptions match nothing
+            ops.append(UpdateOne({"_id": _key(r.tenant, r.sub_id)}, update))
+        if ops:
+            with driver_errors():
+                await self.db.subscriptions.bulk_write(ops, ordered=False)
+
+    async def claim_notification(
+        self, tenant: str, sub_id: str, *, now: float, min_gap: float
+    ) -> bool:
+        with driver_errors():
+            row = await self.db.subscriptions.find_one_and_update(
+                {
+                    "_id": _key(tenant, sub_id),
+                    "$or": [{"last_claim": None}, {"last_claim": {"$lte": now - min_gap}}],
+                },
+                {"$set": {"last_claim": now}},
+                projection={"_id": 1},
+            )
+        return row is not None
+
+    # -- contexts -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _record(row: Doc) -> ContextRecord:
+        return ContextRecord(
+            id=row["_id"],
+            url=row["url"],
+            kind=row["kind"],
+            document=unescape_doc(row["doc"]),
+            created_at=row["created_at"],
+            last_usage=row.get("last_usage"),
+            hits=row.get("hits", 0),
+        )
+
+    async def put_context(self, record: ContextRecord) -> None:
+        doc = {
+            "_id": record.id,
+            "url": record.url,
+            "kind": record.kind,
+            "doc": escape_doc(record.document),
+            "created_at": record.created_at,
+            "last_usage": record.last_usage,
+            "hits": record.hits,
+        }
+        with driver_errors():
+            await self.db.contexts.replace_one({"_id": record.id}, doc, upsert=True)
+
+    async def get_context(self, context_id: str) -> ContextRecord | None:
+        with driver_errors():
+            row = await self.db.contexts.find_one({"_id": context_id})
+        return self._record(row) if row else None
+
+    async def list_contexts(self) -> list[ContextRecord]:
+        with driver_errors():
+            return [
+                self._record(row)
+                async for row in self.db.contexts.find().sort([("created_at", 1), ("_id", 1)])
+            ]
+
+    async def delete_context(self, context_id: str) -> bool:
+        with driver_errors():
+            res = await self.db.contexts.delete_one({"_id": context_id})
+        return res.deleted_count > 0
