@@ -1,0 +1,410 @@
+# ruff: noqa: RUF001
+"""Publishing against a real CKAN 2.11 (scripts/ckan-dev.sh) and a real broker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from opendata.datasets import DatasetDefinition, parse_definition
+from opendata.publish import Catalog, DatasetReport, Publisher
+from tests.support import broker
+
+pytestmark = pytest.mark.ckan
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "ckan-dev.sh"
+WRITES = {
+    "organization_create",
+    "package_create",
+    "package_patch",
+    "package_update",
+    "resource_create",
+    "resource_patch",
+    "resource_update",
+    "datastore_create",
+    "datastore_upsert",
+    "datastore_delete",
+}
+
+
+@dataclass
+class Ckan:
+    url: str
+    token_file: Path
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.url, self.token, rate=0, retries=1, backoff=0.1)
+
+    def action(self, name: str, **params: Any) -> Any:
+        r = httpx.post(
+            f"{self.url}/api/3/action/{name}",
+            json=params,
+            headers={"Authorization": self.token},
+            timeout=30,
+        )
+        body = r.json()
+        if not body.get("success"):
+            return None
+        return body["result"]
+
+    def package(self, name: str) -> dict[str, Any]:
+        pkg = self.action("package_show", id=name)
+        assert pkg is not None, f"no package {name}"
+        return pkg  # type: ignore[no-any-return]
+
+    def resources(self, name: str) -> dict[str, dict[str, Any]]:
+        return {r["renkei_key"]: r for r in self.package(name)["resources"]}
+
+    def download(self, resource: dict[str, Any]) -> bytes:
+        r = httpx.get(resource["url"], headers={"Authorization": self.token}, timeout=30)
+        assert r.status_code == 200
+        return r.content
+
+
+@pytest.fixture(scope="module")
+def ckan() -> Iterator[Ckan]:
+    """A fresh CKAN (own PostgreSQL, Redis, Solr stand-in) for this module."""
+    run = Path(tempfile.mkdtemp(prefix="renkei-ckan-test-"))
+    run.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data dir
+    env = {**os.environ, "RENKEI_CKAN_RUN": str(run)}
+    try:
+        proc = subprocess.run(
+            [str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=1200
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"scripts/ckan-dev.sh start failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+        values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+        yield Ckan(values["RENKEI_CKAN_URL"], Path(values["RENKEI_CKAN_TOKEN_FILE"]))
+    finally:
+        subprocess.run([str(SCRIPT), "purge"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with broker(tmp_path_factory.mktemp("hub") / "broker.db") as url:
+        yield url
+
+
+def upsert(hub: str, tenant: str, entities: list[dict[str, Any]]) -> None:
+    r = httpx.post(
+        f"{hub}/ngsi-ld/v1/entityOperations/upsert",
+        json=entities,
+        headers={"Content-Type": "application/json", "NGSILD-Tenant": tenant},
+        params={"options": "update"},
+    )
+    assert r.status_code in (201, 204), r.text
+
+
+def delete(hub: str, tenant: str, entity_id: str) -> None:
+    r = httpx.delete(f"{hub}/ngsi-ld/v1/entities/{entity_id}", headers={"NGSILD-Tenant": tenant})
+    assert r.status_code == 204, r.text
+
+
+def site(n: int, name: str, capacity: int = 500) -> dict[str, Any]:
+    return {
+        "id": f"urn:ngsi-ld:EvacuationSite:132195-{n:04d}",
+        "type": "EvacuationSite",
+        "name": {"type": "Property", "value": name},
+        "address": {
+            "type": "Property",
+            "value": {"addressRegion": "東京都", "addressLocality": "狛江市"},
+        },
+        "capacity": {"type": "Property", "value": capacity},
+        "location": {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [139.57 + n / 1000, 35.63]},
+        },
+    }
+
+
+def definition(name: str, tenant: str, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": name,
+        "organization": {"name": "komae-city", "title": {"ja": "狛江市", "en": "Komae City"}},
+        "title": {"ja": "避難所一覧", "en": "Evacuation sites"},
+        "description": {"ja": "狛江市の避難所です。", "en": "Evacuation sites of Komae."},
+        "query": {"type": "EvacuationSite", "tenant": tenant},
+        "resources": [
+            {
+                "format": "csv",
+                "columns": [
+                    {"header": "ID", "attribute": "id"},
+                    {"header": "名称", "attribute": "name"},
+                    {"header": "緯度", "attribute": "location", "key": "latitude"},
+                    {"header": "経度", "attribute": "location", "key": "longitude"},
+                ],
+            },
+            "geojson",
+        ],
+    }
+    doc.update(extra)
+    return doc
+
+
+def parse(doc: dict[str, Any]) -> DatasetDefinition:
+    return parse_definition(doc, source=f"{doc['name']}.yaml")
+
+
+def publish(
+    ckan: Ckan, hub: str, d: DatasetDefinition, *, dry_run: bool = False
+) -> tuple[DatasetReport, list[str]]:
+    catalog = ckan.catalog()
+    try:
+        report = Publisher(catalog, hub, dry_run=dry_run).publish(d)
+    finally:
+        catalog.close()
+    return report, catalog.calls
+
+
+def test_first_publish_creates_the_package_and_uploads_every_resource(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "first", [site(1, "狛江第一小学校"), site(2, "狛江市民総合体育館")])
+    d = parse(definition("first-publish", "first"))
+    report, _ = publish(ckan, hub, d)
+    assert report.error is None
+    assert report.status == "created"
+    assert report.entities == 2
+    assert report.resources == {"csv": "created", "geojson": "created"}
+
+    pkg = ckan.package("first-publish")
+    assert pkg["organization"]["name"] == "komae-city"
+    assert pkg["license_id"] == "cc-by-4.0"
+    res = ckan.resources("first-publish")
+    assert res["csv"]["format"] == "CSV"
+    assert res["geojson"]["format"] == "GeoJSON"
+    csv_bytes = ckan.download(res["csv"])
+    assert csv_bytes.startswith(b"\xef\xbb\xbfID,\xe5\x90\x8d\xe7\xa7\xb0,")  # BOM, ID,名称,
+    assert csv_bytes.count(b"\r\n") == 3
+    assert "狛江第一小学校" in csv_bytes.decode("utf-8-sig")
+    import hashlib
+
+    assert res["csv"]["hash"] == hashlib.sha256(csv_bytes).hexdigest()
+    geo = httpx.get(res["geojson"]["url"], timeout=30).json()
+    assert [f["id"] for f in geo["features"]] == [
+        "urn:ngsi-ld:EvacuationSite:132195-0001",
+        "urn:ngsi-ld:EvacuationSite:132195-0002",
+    ]
+
+
+def test_republish_without_change_uploads_nothing(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "again", [site(1, "狛江第一小学校")])
+    d = parse(definition("republish", "again"))
+    first, _ = publish(ckan, hub, d)
+    assert first.status == "created"
+    before = ckan.package("republish")
+
+    report, calls = publish(ckan, hub, d)
+    assert report.status == "unchanged"
+    assert report.resources == {"csv": "unchanged", "geojson": "unchanged"}
+    assert not WRITES & set(calls), calls
+    after = ckan.package("republish")
+    assert after["metadata_modified"] == before["metadata_modified"]
+    assert [r["url"] for r in after["resources"]] == [r["url"] for r in before["resources"]]
+
+
+def test_changed_entity_reuploads_only_the_resource_that_changed(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "change", [site(1, "狛江第一小学校", capacity=850), site(2, "狛江市民総合体育館")])
+    d = parse(definition("changed-entity", "change"))
+    assert publish(ckan, hub, d)[0].status == "created"
+    before = ckan.resources("changed-entity")
+
+    # capacity is in the GeoJSON properties, not among the CSV's columns
+    upsert(hub, "change", [site(1, "狛江第一小学校", capacity=900)])
+    report, calls = publish(ckan, hub, d)
+    assert report.status == "updated"
+    assert report.resources == {"csv": "unchanged", "geojson": "updated"}
+    assert calls.count("resource_patch") == 1
+    assert "resource_create" not in calls
+    assert "package_patch" not in calls
+    after = ckan.resources("changed-entity")
+    assert after["csv"]["hash"] == before["csv"]["hash"]
+    assert after["csv"]["last_modified"] == before["csv"]["last_modified"]
+    assert after["geojson"]["hash"] != before["geojson"]["hash"]
+    geo = httpx.get(after["geojson"]["url"], timeout=30).json()
+    assert geo["features"][0]["properties"]["capacity"] == 900
+
+
+def test_japanese_title_tags_and_search(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "ja", [site(1, "狛江第一小学校")])
+    doc = definition(
+        "komae-shelters-ja",
+        "ja",
+        title={"ja": "指定避難所一覧（狛江市）", "en": "Designated shelters (Komae)"},
+        tags=["防災", "子育て・教育", "避難所（指定）", "shelter"],
+    )
+    report, _ = publish(ckan, hub, parse(doc))
+    assert report.status == "created", report.error
+    assert any("子育て・教育" in n for n in report.notes)
+
+    pkg = ckan.package("komae-shelters-ja")
+    assert pkg["title"] == "指定避難所一覧（狛江市）"
+    assert sorted(t["name"] for t in pkg["tags"]) == sorted(
+        ["防災", "子育て 教育", "避難所 指定", "shelter"]
+    )
+    extras = {e["key"]: e["value"] for e in pkg["extras"]}
+    assert extras["title_en"] == "Designated shelters (Komae)"
+    assert pkg["notes"].startswith("狛江市の避難所です。")
+
+    found = ckan.action("package_search", fq='tags:"子育て 教育"')
+    assert [p["name"] for p in found["results"]] == ["komae-shelters-ja"]
+
+    # a tool elsewhere adds an extra; a changed title patches the package and keeps it
+    ckan.action(
+        "package_patch",
+        id="komae-shelters-ja",
+        extras=[*pkg["extras"], {"key": "harvest_source", "value": "elsewhere"}],
+    )
+    doc["title"] = {"ja": "指定避難所一覧", "en": "Designated shelters"}
+    report, calls = publish(ckan, hub, parse(doc))
+    assert report.status == "updated"
+    assert report.fields == ["extras", "title"]
+    assert "package_update" not in calls
+    pkg = ckan.package("komae-shelters-ja")
+    extras = {e["key"]: e["value"] for e in pkg["extras"]}
+    assert pkg["title"] == "指定避難所一覧"
+    assert extras["harvest_source"] == "elsewhere"
+    assert extras["title_en"] == "Designated shelters"
+
+
+def test_ckan_errors_are_reported_and_the_others_still_published(
+    ckan: Ckan, hub: str, tmp_path: Path
+) -> None:
+    upsert(hub, "errors", [site(1, "狛江第一小学校")])
+    docs = [
+        definition(
+            "a-missing-org", "errors", organization={"name": "no-such-org", "create": False}
+        ),
+        definition("b-bad-licence", "errors", license="no-such-licence"),
+        definition("c-good", "errors"),
+    ]
+    for doc in docs:
+        (tmp_path / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "publish",
+            "--definitions",
+            str(tmp_path),
+            "--broker-url",
+            hub,
+            "--ckan-url",
+            ckan.url,
+            "--ckan-token-file",
+            str(ckan.token_file),
+            "--rate",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RENKEI_CKAN")},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "a-missing-org: 失敗 / failed" in out
+    assert "CKAN package_create: owner_org: " in out  # CKAN's own validation text
+    assert "b-bad-licence: 失敗 / failed" in out
+    assert "no-such-licence" in out
+    assert "c-good: 作成 / created" in out
+    assert "失敗 failed 2" in out
+    assert ckan.token not in out
+    assert ckan.action("package_show", id="a-missing-org") is None
+    assert ckan.action("package_show", id="b-bad-licence") is None
+    assert ckan.package("c-good")["resources"]
+
+
+def test_datastore_upsert_follows_the_hub(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "ds", [site(1, "狛江第一小学校"), site(2, "狛江市民総合体育館")])
+    doc = definition("datastore-sites", "ds", datastore={"resource": "csv", "primary_key": ["ID"]})
+    report, _ = publish(ckan, hub, parse(doc))
+    assert report.status == "created", report.error
+    assert report.datastore_rows == 2
+    res_id = ckan.resources("datastore-sites")["csv"]["id"]
+
+    def rows() -> dict[str, str]:
+        result = ckan.action("datastore_search", resource_id=res_id, sort="ID")
+        return {r["ID"]: r["名称"] for r in result["records"]}
+
+    assert rows() == {
+        "urn:ngsi-ld:EvacuationSite:132195-0001": "狛江第一小学校",
+        "urn:ngsi-ld:EvacuationSite:132195-0002": "狛江市民総合体育館",
+    }
+    upsert(hub, "ds", [site(1, "狛江第一小学校（改修後）"), site(3, "和泉多摩川緑地")])
+    delete(hub, "ds", "urn:ngsi-ld:EvacuationSite:132195-0002")
+    report, calls = publish(ckan, hub, parse(doc))
+    assert report.status == "updated"
+    assert report.datastore_rows == 2
+    assert "datastore_upsert" in calls
+    assert rows() == {
+        "urn:ngsi-ld:EvacuationSite:132195-0001": "狛江第一小学校（改修後）",
+        "urn:ngsi-ld:EvacuationSite:132195-0003": "和泉多摩川緑地",
+    }
+    # nothing changed: the DataStore is left alone
+    report, calls = publish(ckan, hub, parse(doc))
+    assert report.status == "unchanged"
+    assert not WRITES & set(calls)
+
+
+def test_dry_run_touches_nothing(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "dry", [site(1, "狛江第一小学校")])
+    new = parse(definition("dry-run-new", "dry", organization="dry-run-org"))
+    report, calls = publish(ckan, hub, new, dry_run=True)
+    assert report.dry_run
+    assert report.status == "created"
+    assert report.resources == {"csv": "created", "geojson": "created"}
+    assert any("dry-run-org" in n for n in report.notes)
+    assert not WRITES & set(calls)
+    assert ckan.action("package_show", id="dry-run-new") is None
+    assert ckan.action("organization_show", id="dry-run-org") is None
+
+    existing = parse(definition("dry-run-existing", "dry"))
+    assert publish(ckan, hub, existing)[0].status == "created"
+    before = ckan.package("dry-run-existing")
+    upsert(hub, "dry", [site(1, "狛江第一小学校", capacity=1)])
+    report, calls = publish(ckan, hub, existing, dry_run=True)
+    assert report.status == "updated"
+    assert report.resources == {"csv": "unchanged", "geojson": "updated"}
+    assert not WRITES & set(calls)
+    assert ckan.package("dry-run-existing") == before
+
+
+def test_watch_republishes_only_datasets_whose_entities_changed(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "watch-a", [site(1, "狛江第一小学校")])
+    upsert(hub, "watch-b", [site(2, "狛江市民総合体育館")])
+    defs = [parse(definition("watch-a", "watch-a")), parse(definition("watch-b", "watch-b"))]
+    reports: list[DatasetReport] = []
+
+    def on_report(report: DatasetReport) -> None:
+        reports.append(report)
+        if len(reports) == 2:  # end of the first round: change one dataset's entities
+            upsert(hub, "watch-a", [site(1, "狛江第一小学校", capacity=1234)])
+
+    catalog = ckan.catalog()
+    try:
+        Publisher(catalog, hub).watch(defs, 0.05, rounds=3, on_report=on_report)
+    finally:
+        catalog.close()
+    assert [(r.name, r.status) for r in reports] == [
+        ("watch-a", "created"),
+        ("watch-b", "created"),
+        ("watch-a", "updated"),
+    ]
+    assert reports[2].resources == {"csv": "unchanged", "geojson": "updated"}
