@@ -15,7 +15,8 @@ The usual path, from a notebook or a publishing job::
     gis.write_layer(layer, "aed_per_district.geojson")
 
 ``district_indicators`` measures in the JGD2011 plane rectangular zone of the area and
-returns EPSG:4326; ``layer_resources`` gives the GeoJSON and CSV bytes to publish.
+returns EPSG:4326; ``layer_resources`` gives the GeoJSON and CSV bytes to publish as
+CKAN resources, and ``publish_layer`` puts the layer where ``/ogc`` serves it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from opendata.gis.fonts import use_japanese_font
 from opendata.gis.frames import entities_to_geodataframe
 from opendata.gis.output import (
     layer_resources,
+    publish_layer,
     to_csv_bytes,
     to_feature_collection,
     to_geojson_bytes,
@@ -57,6 +59,7 @@ __all__ = [
     "per_capita",
     "plane_rectangular_crs",
     "projected_crs",
+    "publish_layer",
     "read_districts",
     "read_population",
     "to_csv_bytes",

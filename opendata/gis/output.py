@@ -1,13 +1,21 @@
 """Aggregate layers as files: GeoJSON (RFC 7946) and CSV for open data portals.
 
-``layer_resources`` is the hook for publishing: it returns the bytes of each resource
-format, ready to hash and upload (``renkei publish``) or to write next to a dataset.
+Two hooks publish a layer computed here:
+
+- ``layer_resources`` returns the bytes of each resource format, ready to hash and
+  upload as CKAN resources (``renkei publish``);
+- ``publish_layer`` writes the GeoJSON into the hub's OGC layers folder
+  (``RENKEI_OGC_LAYERS_DIR``), where ``/ogc`` serves it as the collection
+  ``layer~<name>``; the file is replaced atomically, so readers never see half of it.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
+import re
+import tempfile
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -18,6 +26,7 @@ import pandas as pd
 
 __all__ = [
     "layer_resources",
+    "publish_layer",
     "to_csv_bytes",
     "to_feature_collection",
     "to_geojson_bytes",
@@ -46,8 +55,18 @@ def _rounded(coords: Any) -> Any:
     return [_rounded(c) for c in coords]
 
 
-def to_feature_collection(gdf: gpd.GeoDataFrame, *, id_column: str | None = None) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection (RFC 7946: WGS84 longitude/latitude) of a frame."""
+def to_feature_collection(
+    gdf: gpd.GeoDataFrame,
+    *,
+    id_column: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection (RFC 7946: WGS84 longitude/latitude) of a frame.
+
+    ``title`` and ``description`` are written as members of the collection; the hub's
+    ``/ogc`` layers use them as the collection's title and description.
+    """
     frame = gdf.to_crs(WGS84) if gdf.crs is not None else gdf
     geom_name = frame.geometry.name
     records: list[dict[Any, Any]] = pd.DataFrame(frame.drop(columns=geom_name)).to_dict(
@@ -61,18 +80,33 @@ def to_feature_collection(gdf: gpd.GeoDataFrame, *, id_column: str | None = None
             if "coordinates" in mapping:
                 mapping["coordinates"] = _rounded(mapping["coordinates"])
             geometry = mapping
-        feature: dict[str, Any] = {
-            "type": "Feature",
-            "id": _jsonable(props.get(id_column) if id_column else idx),
-            "geometry": geometry,
-            "properties": {str(c): _jsonable(v) for c, v in props.items()},
-        }
-        features.append(feature)
-    return {"type": "FeatureCollection", "features": features}
+        features.append(
+            {
+                "type": "Feature",
+                "id": _jsonable(props.get(id_column) if id_column else idx),
+                "geometry": geometry,
+                "properties": {str(c): _jsonable(v) for c, v in props.items()},
+            }
+        )
+    collection: dict[str, Any] = {"type": "FeatureCollection"}
+    if title:
+        collection["title"] = title
+    if description:
+        collection["description"] = description
+    collection["features"] = features
+    return collection
 
 
-def to_geojson_bytes(gdf: gpd.GeoDataFrame, *, id_column: str | None = None) -> bytes:
-    return orjson.dumps(to_feature_collection(gdf, id_column=id_column))
+def to_geojson_bytes(
+    gdf: gpd.GeoDataFrame,
+    *,
+    id_column: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> bytes:
+    return orjson.dumps(
+        to_feature_collection(gdf, id_column=id_column, title=title, description=description)
+    )
 
 
 def to_csv_bytes(gdf: gpd.GeoDataFrame) -> bytes:
@@ -91,21 +125,77 @@ def to_csv_bytes(gdf: gpd.GeoDataFrame) -> bytes:
     return buf.getvalue().encode("utf-8-sig")
 
 
-def layer_resources(gdf: gpd.GeoDataFrame, *, id_column: str | None = None) -> dict[str, bytes]:
+def layer_resources(
+    gdf: gpd.GeoDataFrame,
+    *,
+    id_column: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> dict[str, bytes]:
     """The layer in each open-data format: ``{"geojson": ..., "csv": ...}``."""
-    return {"geojson": to_geojson_bytes(gdf, id_column=id_column), "csv": to_csv_bytes(gdf)}
+    return {
+        "geojson": to_geojson_bytes(gdf, id_column=id_column, title=title, description=description),
+        "csv": to_csv_bytes(gdf),
+    }
+
+
+def _replace(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_layer(
-    gdf: gpd.GeoDataFrame, path: str | PathLike[str], *, id_column: str | None = None
+    gdf: gpd.GeoDataFrame,
+    path: str | PathLike[str],
+    *,
+    id_column: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
 ) -> Path:
     """Write the layer as ``.geojson``/``.json`` or ``.csv``, by the path's suffix."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".geojson", ".json"):
-        p.write_bytes(to_geojson_bytes(gdf, id_column=id_column))
+        data = to_geojson_bytes(gdf, id_column=id_column, title=title, description=description)
     elif suffix == ".csv":
-        p.write_bytes(to_csv_bytes(gdf))
+        data = to_csv_bytes(gdf)
     else:
         raise ValueError(f"write a layer as .geojson or .csv, not {p.name}")
+    _replace(p, data)
     return p
+
+
+_LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def publish_layer(
+    gdf: gpd.GeoDataFrame,
+    layers_dir: str | PathLike[str],
+    name: str,
+    *,
+    id_column: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+) -> Path:
+    """Put the layer in the hub's OGC layers folder as ``<name>.geojson``.
+
+    The hub serves it at ``/ogc/collections/layer~<name>``; ``name`` is ASCII so the
+    collection id stays a plain URL segment.
+    """
+    if not _LAYER_NAME.match(name):
+        raise ValueError(f"layer name must be ASCII letters, digits, '_', '-', '.': {name!r}")
+    folder = Path(layers_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_layer(
+        gdf,
+        folder / f"{name}.geojson",
+        id_column=id_column,
+        title=title,
+        description=description,
+    )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 from shapely.geometry import Point, box
 
-from broker.samples import sample_entities
+from broker.samples import DISTRICTS_FILE, POPULATION_FILE, sample_entities
 from connectors.client import Pager
 from opendata import gis
 from opendata.client import AsyncClient, BrokerError, Client, query_params
@@ -199,3 +201,41 @@ def test_unreachable_hub_is_reported() -> None:
         assert not hub.health()
         with pytest.raises(BrokerError, match="not reachable"):
             list(hub.query("AEDLocation"))
+
+
+def test_aggregate_layer_is_served_by_ogc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_url: str
+) -> None:
+    """District indicators computed from the hub, published back as an /ogc collection."""
+    districts = gis.read_districts(DISTRICTS_FILE, key="KEY_CODE")
+    aeds = gis.load_entities(hub_url, "AEDLocation")
+    layer = gis.district_indicators(
+        districts,
+        aeds,
+        key="KEY_CODE",
+        prefix="aed",
+        population=gis.read_population(POPULATION_FILE),
+    )
+    layers = tmp_path / "layers"
+    gis.publish_layer(
+        layer,
+        layers,
+        "aed_per_district",
+        id_column="KEY_CODE",
+        title="町丁目別 AED 設置状況 / AEDs per district",
+    )
+    with pytest.raises(ValueError, match="ASCII"):
+        gis.publish_layer(layer, layers, "町丁目")
+    monkeypatch.setenv("RENKEI_OGC_LAYERS_DIR", str(layers))
+    with broker(tmp_path / "ogc.db") as url:
+        coll = httpx.get(f"{url}/ogc/collections/layer~aed_per_district", timeout=10)
+        assert coll.status_code == 200
+        assert coll.json()["title"] == "町丁目別 AED 設置状況 / AEDs per district"
+        items = httpx.get(
+            f"{url}/ogc/collections/layer~aed_per_district/items", params={"limit": 50}, timeout=10
+        ).json()
+    by_code = {f["id"]: f["properties"] for f in items["features"]}
+    assert len(by_code) == len(districts)
+    assert by_code["13219012001"]["aed_count"] == 0
+    assert sum(p["aed_count"] for p in by_code.values()) == len(aeds)
+    assert by_code["13219007001"]["aed_per_1000"] == pytest.approx(5 / 8120 * 1000)
