@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zipfile
 from os import PathLike
 from pathlib import Path
 
@@ -30,9 +31,22 @@ def _dbf_encoding(shp: Path) -> str | None:
     if cpg.exists() or shp.with_suffix(".CPG").exists():
         return None  # GDAL reads the .cpg itself
     dbf = next((p for p in (shp.with_suffix(".dbf"), shp.with_suffix(".DBF")) if p.exists()), None)
-    if dbf is None:
-        return None
-    raw = dbf.read_bytes()
+    return None if dbf is None else _text_encoding(dbf.read_bytes())
+
+
+def _zipped_dbf_encoding(archive: Path) -> str | None:
+    """The same for a zipped Shapefile, as e-Stat distributes them."""
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        lowered = {n.lower() for n in names}
+        dbfs = [n for n in names if n.lower().endswith(".dbf")]
+        if not dbfs or any(n[:-4] + ".cpg" in lowered for n in (d.lower() for d in dbfs)):
+            return None
+        return _text_encoding(zf.read(dbfs[0]))
+
+
+def _text_encoding(raw: bytes) -> str:
+    """UTF-8 if the DBF records decode as UTF-8, else CP932."""
     header_len = struct.unpack("<H", raw[8:10])[0] if len(raw) >= 10 else 0
     try:
         raw[header_len:].decode("utf-8")
@@ -49,7 +63,7 @@ def read_districts(
     layer: str | None = None,
     crs_if_missing: str = JGD2011,
 ) -> gpd.GeoDataFrame:
-    """District polygons from a GeoJSON, Shapefile (also zipped), GeoPackage, ... file.
+    """District polygons from a GeoJSON, Shapefile (also a .zip of one), GeoPackage, ... file.
 
     ``encoding`` overrides the attribute encoding (e.g. ``"cp932"``); ``key`` names
     the district code column, which is then read as text (codes keep leading zeros)
@@ -58,6 +72,8 @@ def read_districts(
     p = Path(path)
     if encoding is None and p.suffix.lower() == ".shp":
         encoding = _dbf_encoding(p)
+    elif encoding is None and p.suffix.lower() == ".zip" and zipfile.is_zipfile(p):
+        encoding = _zipped_dbf_encoding(p)
     gdf = gpd.read_file(p, encoding=encoding, layer=layer)
     if gdf.crs is None:
         gdf = gdf.set_crs(crs_if_missing)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,11 @@ def test_read_shapefile_with_cp932_dbf_and_no_cpg(
     assert "甲町".encode("cp932") in shp.with_suffix(".dbf").read_bytes()
     got = gis.read_districts(shp, key="KEY_CODE")
     assert got["S_NAME"].tolist() == ["甲町", "乙町"]
+    archive = tmp_path / "A002005212020DDSWC13219.zip"  # as e-Stat ships it
+    with zipfile.ZipFile(archive, "w") as zf:
+        for part in sorted(tmp_path.glob("r2ka13219.*")):
+            zf.write(part, part.name)
+    assert gis.read_districts(archive)["S_NAME"].tolist() == ["甲町", "乙町"]
     assert got["KEY_CODE"].tolist() == ["13219001001", "13219002001"]
     assert str(got.crs) == "EPSG:4326"
     assert got.geometry[0].normalize().equals_exact(two_districts.geometry[0].normalize(), 1e-7)
