@@ -17,7 +17,15 @@ from typing import Annotated
 import typer
 
 from opendata.datasets import DatasetDefinition, DefinitionError, load_definitions
-from opendata.publish import Catalog, DatasetReport, Publisher
+from opendata.publish import (
+    Catalog,
+    ChangeListener,
+    DatasetReport,
+    Publisher,
+    PublishError,
+    subscribe_changes,
+    unsubscribe,
+)
 
 __all__ = ["parse_interval", "publish", "read_token", "register"]
 
@@ -92,6 +100,49 @@ def _show(report: DatasetReport) -> None:
         typer.echo(f"  {report.url}")
 
 
+def _watch(
+    publisher: Publisher,
+    defs: list[DatasetDefinition],
+    interval: float,
+    on_change: bool,
+    listen: str,
+    notify_url: str | None,
+    broker: str,
+) -> None:
+    listener = None
+    subscriptions: list[tuple[str | None, str]] = []
+    if on_change:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise _fail(f"--listen: HOST:PORT です / must be HOST:PORT, not {listen!r}")
+        listener = ChangeListener(host, int(port))
+        listener.start()
+        endpoint = notify_url or listener.url
+        try:
+            subscriptions = subscribe_changes(defs, broker, endpoint)
+        except PublishError as exc:
+            listener.close()
+            raise _fail(f"サブスクリプションを作成できません / cannot subscribe: {exc}", 1) from exc
+        typer.echo(
+            f"変更を {endpoint} で受け取ります / notifications go to {endpoint} "
+            f"({len(subscriptions)} subscriptions)"
+        )
+    typer.echo(
+        f"{interval:g} 秒ごとにも確認します（Ctrl+C で終了） / also checking every {interval:g}s "
+        "(Ctrl+C to stop)"
+    )
+    try:
+        publisher.watch(
+            defs, interval, on_report=_show, trigger=listener.event if listener else None
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if listener is not None:
+            unsubscribe(broker, subscriptions)
+            listener.close()
+
+
 def _select(definitions: list[DatasetDefinition], names: list[str]) -> list[DatasetDefinition]:
     if not names:
         return definitions
@@ -152,6 +203,24 @@ def publish(
             help="Watch mode: check every interval (30s, 15m, 1h) and republish changed datasets",
         ),
     ] = None,
+    on_change: Annotated[
+        bool,
+        typer.Option(
+            "--on-change",
+            help="Watch mode: subscribe to the broker and republish as soon as entities change",
+        ),
+    ] = False,
+    listen: Annotated[
+        str,
+        typer.Option("--listen", help="With --on-change: HOST:PORT to receive notifications on"),
+    ] = "127.0.0.1:0",
+    notify_url: Annotated[
+        str | None,
+        typer.Option(
+            "--notify-url",
+            help="With --on-change: the URL the broker posts to (default http://LISTEN/notify)",
+        ),
+    ] = None,
 ) -> None:
     """Publish open data to CKAN. / オープンデータを CKAN に公開します。"""
     folder = definitions or Path(os.environ.get("RENKEI_PUBLISH_DIR") or DEFAULT_DIR)
@@ -167,6 +236,8 @@ def publish(
             raise _fail(f"--every: {exc}") from exc
         if interval <= 0:
             raise _fail("--every: 0より大きい間隔です / must be more than 0")
+    elif on_change:
+        interval = 3600.0  # a safety net beside the notifications
     url = ckan_url or os.environ.get("RENKEI_CKAN_URL")
     broker = broker_url or os.environ.get("RENKEI_BROKER_URL") or DEFAULT_BROKER_URL
     if url is None and not dry_run:
@@ -187,14 +258,7 @@ def publish(
     publisher = Publisher(catalog, broker, dry_run=dry_run)
     try:
         if interval is not None:
-            typer.echo(
-                f"{interval:g} 秒ごとに確認します（Ctrl+C で終了） / checking every {interval:g}s "
-                "(Ctrl+C to stop)"
-            )
-            try:
-                publisher.watch(defs, interval, on_report=_show)
-            except KeyboardInterrupt:
-                return
+            _watch(publisher, defs, interval, on_change, listen, notify_url, broker)
             return
         reports = publisher.publish_all(defs)
     finally:

@@ -49,11 +49,14 @@ from opendata.render import Rendered, render_resource, simplify
 __all__ = [
     "Catalog",
     "CatalogError",
+    "ChangeListener",
     "DatasetReport",
     "PublishError",
     "Publisher",
     "SourceError",
     "fetch_entities",
+    "subscribe_changes",
+    "unsubscribe",
 ]
 
 log = logging.getLogger("renkei.publish")
@@ -606,6 +609,103 @@ class Publisher:
                 trigger.clear()
             else:
                 time.sleep(every)
+
+
+# -- triggered by broker subscriptions -------------------------------------------------------
+
+
+class ChangeListener:
+    """An HTTP endpoint for NGSI-LD notifications: each one sets :attr:`event`, which wakes
+    :meth:`Publisher.watch` so that changed datasets are republished at once."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.event = threading.Event()
+        self.received = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.received += 1
+                owner.event.set()
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/notify"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+async def _subscribe(
+    definitions: Sequence[DatasetDefinition], broker_url: str, endpoint: str
+) -> list[tuple[str | None, str]]:
+    made: list[tuple[str | None, str]] = []
+    seen: set[tuple[str | None, str, str | None, str | None]] = set()
+    for d in definitions:
+        q = d.query
+        key = (q.tenant, q.type, q.q, q.context)
+        if key in seen:
+            continue
+        seen.add(key)
+        sub: dict[str, Any] = {
+            "type": "Subscription",
+            "description": f"renkei publish: {d.name}",
+            "entities": [{"type": q.type}],
+            "notification": {"endpoint": {"uri": endpoint, "accept": "application/json"}},
+        }
+        if q.q:
+            sub["q"] = q.q
+        client = BrokerClient(broker_url, tenant=q.tenant, context=q.context)
+        try:
+            made.append((q.tenant, await client.subscribe(sub)))
+        finally:
+            await client.aclose()
+    return made
+
+
+def subscribe_changes(
+    definitions: Sequence[DatasetDefinition], broker_url: str, endpoint: str
+) -> list[tuple[str | None, str]]:
+    """One broker subscription per distinct query, notifying ``endpoint``; returns
+    ``(tenant, subscription id)`` pairs for :func:`unsubscribe`."""
+    try:
+        return asyncio.run(_subscribe(definitions, broker_url, endpoint))
+    except BrokerError as exc:
+        raise SourceError(f"broker: {exc}") from exc
+
+
+def unsubscribe(broker_url: str, subscriptions: Sequence[tuple[str | None, str]]) -> None:
+    import httpx
+
+    for tenant, sub_id in subscriptions:
+        headers = {"NGSILD-Tenant": tenant} if tenant else {}
+        try:
+            httpx.delete(
+                f"{broker_url.rstrip('/')}/ngsi-ld/v1/subscriptions/{sub_id}",
+                headers=headers,
+                timeout=10,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("could not delete subscription %s: %s", sub_id, exc)
 
 
 @contextmanager

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,14 @@ import pytest
 import yaml
 
 from opendata.datasets import DatasetDefinition, parse_definition
-from opendata.publish import Catalog, DatasetReport, Publisher
+from opendata.publish import (
+    Catalog,
+    ChangeListener,
+    DatasetReport,
+    Publisher,
+    subscribe_changes,
+    unsubscribe,
+)
 from tests.support import broker
 
 pytestmark = pytest.mark.ckan
@@ -408,3 +417,41 @@ def test_watch_republishes_only_datasets_whose_entities_changed(ckan: Ckan, hub:
         ("watch-a", "updated"),
     ]
     assert reports[2].resources == {"csv": "unchanged", "geojson": "updated"}
+
+
+def test_watch_triggered_by_a_broker_subscription(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "notify", [site(1, "狛江第一小学校")])
+    defs = [parse(definition("watch-notified", "notify"))]
+    listener = ChangeListener()
+    listener.start()
+    subscriptions = subscribe_changes(defs, hub, listener.url)
+    reports: list[DatasetReport] = []
+    catalog = ckan.catalog()
+    # an hour between checks: only the notification can wake the second round in time
+    worker = threading.Thread(
+        target=Publisher(catalog, hub).watch,
+        args=(defs, 3600),
+        kwargs={"rounds": 2, "on_report": reports.append, "trigger": listener.event},
+        daemon=True,
+    )
+    try:
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not reports and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(r.name, r.status) for r in reports] == [("watch-notified", "created")]
+        listener.event.clear()  # the first round's own notifications are not the change
+        upsert(hub, "notify", [site(1, "狛江第一小学校", capacity=42)])
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+    finally:
+        unsubscribe(hub, subscriptions)
+        listener.close()
+        catalog.close()
+    assert listener.received >= 1
+    assert [(r.name, r.status) for r in reports][1:] == [("watch-notified", "updated")]
+    assert reports[1].resources == {"csv": "unchanged", "geojson": "updated"}
+    sub = httpx.get(
+        f"{hub}/ngsi-ld/v1/subscriptions/{subscriptions[0][1]}", headers={"NGSILD-Tenant": "notify"}
+    )
+    assert sub.status_code == 404  # removed again
