@@ -19,6 +19,7 @@ from broker.api import (
     jsonld_contexts,
     ogc,
     subscriptions,
+    temporal,
     types,
     unimplemented,
     viewer,
@@ -30,7 +31,9 @@ from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
+from broker.core.history import HistoryPolicy
 from broker.core.subscriptions import SubscriptionService
+from broker.core.temporal import TemporalService
 from broker.errors import InternalError, NgsiLdError
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
 from broker.notify.senders import Senders
@@ -55,6 +58,9 @@ async def build_hub(settings: Settings) -> Hub:
     contexts.attach(resolver)
     await contexts.load()
     service = EntityService(store, max_attributes=settings.max_attributes)
+    if settings.history_retention:
+        core = await resolver.term_map(None)
+        store.history_policy = HistoryPolicy.from_setting(settings.history_retention, core.expand)
 
     async def resolve(ctx: ContextValue | None) -> TermMap:
         return await hub.term_map(ctx)  # the hub is assigned below, before any call
@@ -78,13 +84,16 @@ async def build_hub(settings: Settings) -> Hub:
             max_attempts=settings.notification_attempts,
             linked=service.linked,
         ),
+        temporal=TemporalService(service),
     )
     service.on_change(hub.subscriptions.on_change)
     hub.subscriptions.start()
+    hub.temporal.start_expiry(settings.history_expiry_interval)
     return hub
 
 
 async def close_hub(hub: Hub) -> None:
+    await hub.temporal.aclose()
     await hub.subscriptions.aclose()
     await hub.subscriptions.senders.aclose()
     await hub.resolver.aclose()
@@ -179,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(types.router)
     app.include_router(subscriptions.router)
     app.include_router(jsonld_contexts.router)
+    app.include_router(temporal.router)
     app.include_router(unimplemented.router)
     app.include_router(ogc.router)
     app.include_router(viewer.router)

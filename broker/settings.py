@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     max_limit: int = Field(1000, gt=0)
     max_batch: int = Field(1000, gt=0)
 
+    # Attribute history (temporal API).
+    #: Instances one temporal response holds at most; more gives 206 and Content-Range.
+    temporal_max_instances: int = Field(10_000, gt=0)
+    #: Days of history kept, by entity type or "tenant/type" (short names are expanded with
+    #: the core context; "*" for any); 0 keeps no history for that type. JSON in the
+    #: environment: RENKEI_HISTORY_RETENTION='{"AirQualityObserved": 400, "Building": 0}'.
+    history_retention: dict[str, float] = Field(default_factory=dict)
+    #: Seconds between runs of the retention job (0: never).
+    history_expiry_interval: float = Field(3600.0, ge=0)
+
     # Notifications.
     notification_timeout: float = Field(10.0, gt=0)
     notification_attempts: int = Field(5, ge=1)

@@ -14,6 +14,7 @@ from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
 from broker.core.subscriptions import SubscriptionService
+from broker.core.temporal import TemporalService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, single_url
 from broker.settings import Settings
 from broker.store.base import Store
@@ -31,6 +32,7 @@ class Hub:
     batch: BatchService
     discovery: DiscoveryService
     subscriptions: SubscriptionService
+    temporal: TemporalService
 
     async def term_map(self, ctx: ContextValue | None) -> TermMap:
         tm = await self.resolver.term_map(ctx)

@@ -13,13 +13,13 @@ from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
 from broker.api.entities import ENTITY_OFFERS, build_query, query_response
 from broker.core.batch import BatchItem, BatchResult, Operation
-from broker.core.model import check_entity_id, check_name
+from broker.core.model import View, check_entity_id, check_name
 from broker.errors import BadRequestData, NgsiLdError
 from broker.jsonld.context import TermMap
 from broker.query import geo_query_from_json
 from broker.query.patterns import check_pattern
 from broker.query.types import type_alternatives
-from broker.store.base import Selector
+from broker.store.base import EntityQuery, Selector
 
 router = APIRouter(prefix="/ngsi-ld/v1/entityOperations")
 
@@ -93,10 +93,17 @@ async def batch_query(request: Request, hub: HubDep, tenant: TenantDep) -> Respo
     P.check_params(request, QUERY_PARAMS)
     kind = negotiate(request, ENTITY_OFFERS)
     payload, tm = await hub.payload(request)
-    body = payload.body
+    view, query = body_query(request, hub, payload.body, tm)
+    return await query_response(hub, tenant, request, view, query, kind)
+
+
+def body_query(
+    request: Request, hub: Hub, body: dict[str, Any], tm: TermMap, *, temporal: bool = False
+) -> tuple[View, EntityQuery]:
+    """The view and the EntityQuery of a Query body (also the temporal API's)."""
     if body.get("type") != "Query":
         raise BadRequestData('a query body needs "type": "Query"')
-    view = P.view_of(request, tm)
+    view = P.view_of(request, tm, temporal=temporal)
     attrs = body.get("attrs") or []
     if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
         raise BadRequestData("attrs must be an array of attribute names")
@@ -137,7 +144,7 @@ async def batch_query(request: Request, hub: HubDep, tenant: TenantDep) -> Respo
         count=params.get("count") == "true" or "count" in P.options_of(request),
         selectors=selectors or None,
     )
-    return await query_response(hub, tenant, request, view, query, kind)
+    return view, query
 
 
 def _list(value: Any, name: str) -> list[Any]:

@@ -128,15 +128,23 @@ def _expand_tree(tree: Tree, tm: TermMap) -> Tree:
     }
 
 
-def view_of(request: Request, tm: TermMap) -> View:
+TEMPORAL_FORMATS = frozenset({"temporalValues", "aggregatedValues"})
+
+
+def view_of(request: Request, tm: TermMap, *, temporal: bool = False) -> View:
+    """The View of a request; ``temporal`` also allows the temporal representations in
+    ``format`` (the caller reads them: see ``temporal_format``)."""
     params = request.query_params
     opts = options_of(request)
     formats = {_FORMATS[o] for o in opts if o in _FORMATS}
     fmt = params.get("format")
     if fmt is not None:
-        if fmt not in _FORMATS:
+        if temporal and fmt in TEMPORAL_FORMATS:
+            formats = set()
+        elif fmt not in _FORMATS:
             raise InvalidRequest(f"unknown format {fmt!r}")
-        formats = {_FORMATS[fmt]}
+        else:
+            formats = {_FORMATS[fmt]}
     if len(formats) > 1:
         raise InvalidRequest("options asks for more than one representation format")
     view = View(tm, format=formats.pop() if formats else "normalized", sys_attrs="sysAttrs" in opts)  # type: ignore[arg-type]
@@ -188,3 +196,15 @@ def view_of(request: Request, tm: TermMap) -> View:
             raise BadRequestData("joinLevel must be a positive integer")
         view.join_level = int(level)
     return view
+
+
+def temporal_format(request: Request) -> str:
+    """normalized, temporalValues or aggregatedValues: ``format`` wins over ``options``."""
+    fmt = request.query_params.get("format")
+    if fmt in TEMPORAL_FORMATS:
+        return fmt
+    opts = options_of(request)
+    for name in ("aggregatedValues", "temporalValues"):
+        if name in opts:
+            return name
+    return "normalized"

@@ -19,7 +19,6 @@ router = APIRouter(prefix="/ngsi-ld/v1", include_in_schema=False)
 NOT_YET = {
     "csourceRegistrations": "context source registrations",
     "csourceSubscriptions": "context source subscriptions",
-    "temporal": "the temporal API",
     "entityMaps": "entity maps",
     "info": "broker information",
 }

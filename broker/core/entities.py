@@ -9,10 +9,11 @@ change (subscriptions hook in there).
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from broker.core.history import HistoryRow
 from broker.core.model import (
     ENTITY_KEYS,
     NULL,
@@ -127,9 +128,13 @@ class EntityService:
         return Parser(tm, max_attributes=self.max_attributes)
 
     async def write(
-        self, tenant: str, mutations: Sequence[tuple[str, Mutation]]
+        self,
+        tenant: str,
+        mutations: Sequence[tuple[str, Mutation]],
+        *,
+        history: Mapping[str, Sequence[HistoryRow]] | None = None,
     ) -> list[WriteResult]:
-        results = await self.store.write(tenant, mutations)
+        results = await self.store.write(tenant, mutations, history=history)
         changed = [r for r in results if r.ok]
         if changed:
             for listener in self._listeners:

@@ -170,6 +170,8 @@ class Parser:
     tm: TermMap
     now: str = field(default_factory=now_iso)
     max_attributes: int = 1000
+    #: temporal representation: an attribute may list many instances of one datasetId
+    temporal: bool = False
 
     def entity(self, body: Any, *, require_id: bool = True) -> Entity:
         if not isinstance(body, dict):
@@ -217,6 +219,8 @@ class Parser:
     def attribute(self, iri: str, name: str, raw: Any, *, partial: bool = False) -> list[Instance]:
         items = raw if isinstance(raw, list) and _is_instance_list(raw) else [raw]
         instances = [self.instance(iri, name, item, partial=partial) for item in items]
+        if self.temporal:
+            return instances
         seen: set[str | None] = set()
         for inst in instances:
             ds = inst.get("datasetId")

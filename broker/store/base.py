@@ -16,12 +16,13 @@ their input: a backend may call one more than once (optimistic retries).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from broker.core.history import HistoryPolicy, HistoryRow
 from broker.core.model import Entity
-from broker.errors import NgsiLdError
+from broker.errors import NgsiLdError, NotImplementedYet
 
 
 class _Delete:
@@ -123,8 +124,65 @@ class ContextRecord:
     hits: int = 0
 
 
+@dataclass(slots=True)
+class HistoryEntity:
+    """An entity as the history knows it: it may since have been deleted."""
+
+    id: str
+    types: list[str]
+    scope: list[str] | None
+    created: int
+    modified: int
+    deleted: int | None = None
+
+
+@dataclass(slots=True)
+class HistoryQuery:
+    """Which instances of the selected entities' history to read (times in µs).
+
+    ``time_property`` is "observedAt" (the instance's time: its observedAt, or its
+    write time when it has none), "createdAt" or "modifiedAt". ``timerel`` "before"
+    and "after" use ``time_at``; "between" is ``time_at <= t < end_time_at``.
+    ``last_n`` keeps the last N instances (by time) of each attribute; ``limit``
+    bounds the instances returned per attribute, the earliest first.
+    """
+
+    attrs: Sequence[str] | None = None
+    time_property: str = "observedAt"
+    timerel: str | None = None
+    time_at: int | None = None
+    end_time_at: int | None = None
+    last_n: int | None = None
+    limit: int = 1000
+
+
+#: Per entity, per attribute: the history rows, ordered by time.
+History = dict[str, dict[str, list[HistoryRow]]]
+#: Per entity, per attribute, per method: one value (or None) per period.
+Aggregates = dict[str, dict[str, dict[str, list[Any]]]]
+
+
+class _AnyDataset:
+    def __repr__(self) -> str:
+        return "ANY_DATASET"
+
+
+#: ``delete_history`` of every datasetId of an attribute.
+ANY_DATASET: Final = _AnyDataset()
+
+
+def _no_history() -> NotImplementedYet:
+    return NotImplementedYet("this store backend does not keep attribute history yet")
+
+
 class Store(abc.ABC):
-    """Async store contract. Tenants are plain strings; "" is the default tenant."""
+    """Async store contract. Tenants are plain strings; "" is the default tenant.
+
+    Every write also appends to the attribute history (``broker.core.history``) in
+    the same transaction, for the entity types ``history_policy`` records.
+    """
+
+    history_policy: HistoryPolicy = HistoryPolicy()
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect, create schema and indexes (idempotent)."""
@@ -150,12 +208,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def write(
-        self, tenant: str, mutations: Sequence[tuple[str, Mutation]]
+        self,
+        tenant: str,
+        mutations: Sequence[tuple[str, Mutation]],
+        *,
+        history: Mapping[str, Sequence[HistoryRow]] | None = None,
     ) -> list[WriteResult]:
         """Apply mutations, each entity atomically; results in the order given.
 
         The same id may appear more than once: later mutations see earlier results.
-        Creates the tenant on its first successful write.
+        Creates the tenant on its first successful write. Each successful write also
+        appends to the entity's history, in the same transaction: what changed
+        (``broker.core.history.changes``), or the rows ``history`` gives for its id
+        (the temporal API, which brings its own instances).
         """
 
     @abc.abstractmethod
@@ -221,3 +286,53 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_context(self, context_id: str) -> bool:
         """Delete a context record; False when there was none."""
+
+    # -- attribute history (temporal API) ----------------------------------------------------
+
+    async def history_entities(
+        self, tenant: str, query: EntityQuery, window: HistoryQuery | None = None
+    ) -> tuple[list[HistoryEntity], int | None]:
+        """Entities with history matching ``query``'s ids, id pattern, types, attrs and
+        selectors (not q, geo, scopes or order: the service evaluates those), ordered by
+        id and paged; the number of matches when ``query.count``. With ``window``, only
+        entities having an instance it selects (its time range and attributes)."""
+        raise _no_history()
+
+    async def history(self, tenant: str, entity_ids: Sequence[str], query: HistoryQuery) -> History:
+        """The history rows of these entities that ``query`` selects."""
+        raise _no_history()
+
+    async def aggregate_history(
+        self,
+        tenant: str,
+        entity_ids: Sequence[str],
+        query: HistoryQuery,
+        methods: Sequence[str],
+        periods: Sequence[int],
+    ) -> Aggregates:
+        """Aggregates (``broker.core.history.AGGR_METHODS``) of numeric history per
+        period ``periods[i] <= t < periods[i + 1]``, computed in the store."""
+        raise _no_history()
+
+    async def delete_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        *,
+        attr: str | None = None,
+        dataset_id: str | _AnyDataset | None = ANY_DATASET,
+        instance_id: str | None = None,
+    ) -> int:
+        """Delete history: a whole entity's, an attribute's (one datasetId or all) or one
+        instance. Returns how many instances (or, for a whole entity, entries) went."""
+        raise _no_history()
+
+    async def replace_instance(
+        self, tenant: str, entity_id: str, attr: str, instance_id: str, row: HistoryRow
+    ) -> bool:
+        """Replace one instance's content, keeping its id and creation time."""
+        raise _no_history()
+
+    async def expire_history(self, now: int) -> int:
+        """Drop instances older than ``history_policy`` keeps; returns how many."""
+        raise _no_history()

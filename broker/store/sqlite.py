@@ -8,6 +8,8 @@
   so the event loop never blocks on SQLite and WAL lets reads run beside the writer.
 * Entities are stored as JSON (orjson) with side tables for what queries filter on:
   types and attribute names (discovery, ``type=``/``attrs=``).
+* Attribute history (``sqlhistory.py``) is appended in the same transaction as the
+  entity write it records.
 * Durability: WAL with ``synchronous=NORMAL`` survives a killed process with no loss
   of committed transactions; ``?synchronous=FULL`` in the URL also survives power loss.
 """
@@ -17,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from broker.core.history import HistoryRow
 from broker.core.model import ENTITY_KEYS, Entity
 from broker.errors import (
     AlreadyExists,
@@ -36,11 +40,17 @@ from broker.errors import (
     StoreUnavailable,
 )
 from broker.query.patterns import check_pattern, search
+from broker.store import sqlhistory
 from broker.store.base import (
+    ANY_DATASET,
     DELETE,
+    Aggregates,
     ContextRecord,
     Discovery,
     EntityQuery,
+    History,
+    HistoryEntity,
+    HistoryQuery,
     Mutation,
     NotificationRecord,
     Selector,
@@ -136,6 +146,7 @@ class _WriteJob:
     tenant: str
     mutations: Sequence[tuple[str, Mutation]]
     future: asyncio.Future[list[WriteResult]]
+    history: Mapping[str, Sequence[HistoryRow]] | None = None
     results: list[WriteResult] = field(default_factory=list)
 
 
@@ -230,6 +241,7 @@ class SqliteStore(Store):
         if str(mode).lower() != "wal":
             raise InternalError(f"cannot enable WAL on {self.path} (got {mode})")
         conn.executescript(SCHEMA)
+        conn.executescript(sqlhistory.SCHEMA)
         self._write_conn = conn
         self._known_tenants.update(r[0] for r in conn.execute("SELECT name FROM tenants"))
 
@@ -319,12 +331,16 @@ class SqliteStore(Store):
     # -- writes -------------------------------------------------------------------------------
 
     async def write(
-        self, tenant: str, mutations: Sequence[tuple[str, Mutation]]
+        self,
+        tenant: str,
+        mutations: Sequence[tuple[str, Mutation]],
+        *,
+        history: Mapping[str, Sequence[HistoryRow]] | None = None,
     ) -> list[WriteResult]:
         if self._queue is None:
             raise InternalError("store is not open")
         future: asyncio.Future[list[WriteResult]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_WriteJob(tenant, mutations, future))
+        await self._queue.put(_WriteJob(tenant, mutations, future, history))
         return await future
 
     async def _writer_loop(self) -> None:
@@ -366,9 +382,12 @@ class SqliteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 new_tenants: set[str] = set()
+                now = time.time_ns() // 1000
                 for job in jobs:
+                    explicit = job.history or {}
                     job.results = [
-                        self._apply_one(conn, job.tenant, eid, m) for eid, m in job.mutations
+                        self._apply_one(conn, job.tenant, eid, m, now, explicit.get(eid))
+                        for eid, m in job.mutations
                     ]
                     if job.tenant not in self._known_tenants and any(r.ok for r in job.results):
                         new_tenants.add(job.tenant)
@@ -381,7 +400,13 @@ class SqliteStore(Store):
         self._known_tenants.update(new_tenants)
 
     def _apply_one(
-        self, conn: sqlite3.Connection, tenant: str, eid: str, mutation: Mutation
+        self,
+        conn: sqlite3.Connection,
+        tenant: str,
+        eid: str,
+        mutation: Mutation,
+        now: int,
+        explicit: Sequence[HistoryRow] | None = None,
     ) -> WriteResult:
         row = conn.execute(
             "SELECT rid, doc FROM entities WHERE tenant=? AND id=?", (tenant, eid)
@@ -399,6 +424,7 @@ class SqliteStore(Store):
                 if row is not None:
                     self._unindex(conn, row[0])
                     conn.execute("DELETE FROM entities WHERE rid=?", (row[0],))
+                    sqlhistory.record(conn, self.history_policy, tenant, eid, before, None, now)
             else:
                 assert isinstance(after, dict)
                 doc = _dumps(after)
@@ -413,6 +439,9 @@ class SqliteStore(Store):
                     conn.execute("UPDATE entities SET doc=? WHERE rid=?", (doc, rid))
                     self._unindex(conn, rid)
                 self._index(conn, tenant, rid, after)
+                sqlhistory.record(
+                    conn, self.history_policy, tenant, eid, before, after, now, explicit
+                )
                 result.after = after
         except sqlite3.DatabaseError as exc:
             conn.execute("ROLLBACK TO one")
@@ -779,3 +808,52 @@ class SqliteStore(Store):
             return conn.execute("DELETE FROM contexts WHERE id=?", (context_id,)).rowcount > 0
 
         return await self._exec_write(fn)
+
+    # -- attribute history ----------------------------------------------------------------------
+
+    async def history_entities(
+        self, tenant: str, query: EntityQuery, window: HistoryQuery | None = None
+    ) -> tuple[list[HistoryEntity], int | None]:
+        return await self._read(lambda conn: sqlhistory.entities(conn, tenant, query, window))
+
+    async def history(self, tenant: str, entity_ids: Sequence[str], query: HistoryQuery) -> History:
+        return await self._read(lambda conn: sqlhistory.history(conn, tenant, entity_ids, query))
+
+    async def aggregate_history(
+        self,
+        tenant: str,
+        entity_ids: Sequence[str],
+        query: HistoryQuery,
+        methods: Sequence[str],
+        periods: Sequence[int],
+    ) -> Aggregates:
+        return await self._read(
+            lambda conn: sqlhistory.aggregate(conn, tenant, entity_ids, query, methods, periods)
+        )
+
+    async def delete_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        *,
+        attr: str | None = None,
+        dataset_id: Any = ANY_DATASET,
+        instance_id: str | None = None,
+    ) -> int:
+        return await self._exec_write(
+            lambda conn: sqlhistory.delete(
+                conn, tenant, entity_id, attr=attr, dataset_id=dataset_id, instance_id=instance_id
+            )
+        )
+
+    async def replace_instance(
+        self, tenant: str, entity_id: str, attr: str, instance_id: str, row: HistoryRow
+    ) -> bool:
+        return await self._exec_write(
+            lambda conn: sqlhistory.replace(conn, tenant, entity_id, attr, instance_id, row)
+        )
+
+    async def expire_history(self, now: int) -> int:
+        return await self._exec_write(
+            lambda conn: sqlhistory.expire(conn, self.history_policy, now)
+        )

@@ -1,0 +1,475 @@
+"""Attribute history on SQLite: tables, recording inside the write transaction, queries.
+
+Layout: ``history`` holds one row per attribute instance with its times as integer
+microseconds; the index ``(tenant, eid, attr, at, num)`` makes a time range of one
+attribute of one entity a single index range scan that also covers aggregation.
+Deletions are rows too (``deleted`` set, the value NGSI-LD Null). ``history_entities`` / ``history_types`` / ``history_attrs`` say which entities (also
+deleted ones), types and attributes have history, so a type's history is found
+without touching the instances. Row numbers come from AUTOINCREMENT and are never
+reused: they name instances (``urn:ngsi-ld:Instance:<n>``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from broker.core.history import (
+    HistoryPolicy,
+    HistoryRow,
+    changes,
+    instance_number,
+    to_us,
+)
+from broker.core.model import Entity
+from broker.query.patterns import check_pattern
+from broker.store.base import (
+    ANY_DATASET,
+    Aggregates,
+    EntityQuery,
+    History,
+    HistoryEntity,
+    HistoryQuery,
+    Selector,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS history(
+    hid INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL, eid TEXT NOT NULL, attr TEXT NOT NULL, ds TEXT,
+    at INTEGER NOT NULL, created INTEGER NOT NULL, modified INTEGER NOT NULL,
+    num REAL, vkey BLOB, doc BLOB NOT NULL, iid TEXT, deleted INTEGER
+);
+CREATE INDEX IF NOT EXISTS history_at ON history(tenant, eid, attr, at, num);
+CREATE INDEX IF NOT EXISTS history_iid ON history(tenant, eid, iid) WHERE iid IS NOT NULL;
+CREATE TABLE IF NOT EXISTS history_entities(
+    tenant TEXT NOT NULL, eid TEXT NOT NULL, types BLOB NOT NULL, scope BLOB,
+    created INTEGER NOT NULL, modified INTEGER NOT NULL, deleted INTEGER,
+    PRIMARY KEY(tenant, eid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history_types(
+    tenant TEXT NOT NULL, type TEXT NOT NULL, eid TEXT NOT NULL,
+    PRIMARY KEY(tenant, type, eid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history_attrs(
+    tenant TEXT NOT NULL, eid TEXT NOT NULL, attr TEXT NOT NULL,
+    PRIMARY KEY(tenant, eid, attr)
+) WITHOUT ROWID;
+"""
+
+_TIME_COLUMNS = {
+    "observedAt": "at",
+    "createdAt": "created",
+    "modifiedAt": "modified",
+    "deletedAt": "deleted",
+}
+
+
+def _entity_times(ent: Entity, now: int) -> int:
+    created = ent.get("createdAt")
+    return to_us(created) if isinstance(created, str) else now
+
+
+def _put_entity(conn: sqlite3.Connection, tenant: str, ent: HistoryEntity) -> None:
+    """Insert or update an entity's history entry (types and scope as they are now)."""
+    conn.execute(
+        "INSERT INTO history_entities(tenant, eid, types, scope, created, modified, deleted) "
+        "VALUES (?,?,?,?,?,?,NULL) ON CONFLICT(tenant, eid) DO UPDATE SET "
+        "types=excluded.types, scope=excluded.scope, modified=excluded.modified, deleted=NULL",
+        (
+            tenant,
+            ent.id,
+            orjson.dumps(ent.types),
+            orjson.dumps(ent.scope) if ent.scope is not None else None,
+            ent.created,
+            ent.modified,
+        ),
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO history_types(tenant, type, eid) VALUES (?,?,?)",
+        [(tenant, t, ent.id) for t in ent.types],
+    )
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, tenant: str, eid: str, rows: Sequence[HistoryRow]
+) -> None:
+    # an observation sent again (same attribute, dataset and observedAt) replaces the old one
+    conn.executemany(
+        "DELETE FROM history WHERE tenant=? AND eid=? AND attr=? AND at=? AND ds IS ? "
+        "AND deleted IS NULL",
+        [
+            (tenant, eid, r.attr, r.at, r.dataset_id)
+            for r in rows
+            if r.deleted is None and r.instance is not None and "observedAt" in r.instance
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO history(tenant, eid, attr, ds, at, created, modified, num, vkey, doc, iid, "
+        "deleted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        [
+            (
+                tenant,
+                eid,
+                r.attr,
+                r.dataset_id,
+                r.at,
+                r.created,
+                r.modified,
+                r.number,
+                r.value_key,
+                orjson.dumps(r.instance),
+                r.iid,
+                r.deleted,
+            )
+            for r in rows
+        ],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO history_attrs(tenant, eid, attr) VALUES (?,?,?)",
+        [(tenant, eid, a) for a in {r.attr for r in rows}],
+    )
+
+
+def record(
+    conn: sqlite3.Connection,
+    policy: HistoryPolicy,
+    tenant: str,
+    eid: str,
+    before: Entity | None,
+    after: Entity | None,
+    now: int,
+    explicit: Sequence[HistoryRow] | None = None,
+) -> None:
+    """Append what one entity write changed (or the ``explicit`` rows the temporal API
+    gives for it); runs inside the write's transaction."""
+    ent = after if after is not None else before
+    if ent is None or not policy.records(tenant, ent["type"]):
+        return
+    rows = list(explicit) if explicit is not None else changes(before, after, now)
+    if after is None:
+        conn.execute(
+            "UPDATE history_entities SET deleted=?, modified=? WHERE tenant=? AND eid=?",
+            (now, now, tenant, eid),
+        )
+    elif (
+        rows
+        or before is None
+        or before.get("type") != after.get("type")
+        or before.get("scope") != after.get("scope")
+    ):
+        _put_entity(
+            conn,
+            tenant,
+            HistoryEntity(eid, after["type"], after.get("scope"), _entity_times(after, now), now),
+        )
+    if rows:
+        _insert_rows(conn, tenant, eid, rows)
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+def _selector(
+    sel: Selector | EntityQuery, tenant: str, clauses: list[str], args: list[Any]
+) -> None:
+    if sel.ids:
+        clauses.append(f"h.eid IN ({','.join('?' * len(sel.ids))})")
+        args.extend(sel.ids)
+    if sel.id_pattern:
+        clauses.append("regexp(?, h.eid)")
+        args.append(check_pattern(sel.id_pattern))
+    if sel.types:
+        alternatives = []
+        for conj in sel.types:
+            parts = []
+            for t in conj:
+                parts.append(
+                    "EXISTS (SELECT 1 FROM history_types t "
+                    "WHERE t.tenant=? AND t.type=? AND t.eid=h.eid)"
+                )
+                args.extend([tenant, t])
+            alternatives.append("(" + " AND ".join(parts) + ")")
+        clauses.append("(" + " OR ".join(alternatives) + ")")
+
+
+def entities(
+    conn: sqlite3.Connection, tenant: str, query: EntityQuery, window: HistoryQuery | None
+) -> tuple[list[HistoryEntity], int | None]:
+    clauses = ["h.tenant = ?"]
+    args: list[Any] = [tenant]
+    _selector(query, tenant, clauses, args)
+    if query.selectors:
+        alternatives = []
+        for sel in query.selectors:
+            parts: list[str] = []
+            _selector(sel, tenant, parts, args)
+            alternatives.append("(" + (" AND ".join(parts) or "1") + ")")
+        clauses.append("(" + " OR ".join(alternatives) + ")")
+    if query.attrs:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM history_attrs a WHERE a.tenant=h.tenant AND a.eid=h.eid "
+            f"AND a.attr IN ({','.join('?' * len(query.attrs))}))"
+        )
+        args.extend(query.attrs)
+    if window is not None:
+        _, clause, wargs = _time_clause(window, "x.")
+        attrs = ""
+        if window.attrs:
+            attrs = f" AND x.attr IN ({','.join('?' * len(window.attrs))})"
+            args.extend(window.attrs)
+        clauses.append(
+            "EXISTS (SELECT 1 FROM history x WHERE x.tenant=h.tenant AND x.eid=h.eid"
+            f"{attrs}{clause})"
+        )
+        args.extend(wargs)
+    where = " AND ".join(clauses)
+    rows = conn.execute(
+        "SELECT eid, types, scope, created, modified, deleted FROM history_entities h "
+        f"WHERE {where} ORDER BY h.eid LIMIT ? OFFSET ?",
+        [*args, query.limit, query.offset],
+    ).fetchall()
+    total = None
+    if query.count:
+        total = conn.execute(
+            f"SELECT count(*) FROM history_entities h WHERE {where}", args
+        ).fetchone()[0]
+    return [
+        HistoryEntity(
+            r[0], orjson.loads(r[1]), orjson.loads(r[2]) if r[2] else None, r[3], r[4], r[5]
+        )
+        for r in rows
+    ], total
+
+
+def _attrs(
+    conn: sqlite3.Connection, tenant: str, eid: str, wanted: Sequence[str] | None
+) -> list[str]:
+    have = [
+        r[0]
+        for r in conn.execute(
+            "SELECT attr FROM history_attrs WHERE tenant=? AND eid=?", (tenant, eid)
+        )
+    ]
+    return [a for a in have if wanted is None or a in wanted]
+
+
+def _time_clause(query: HistoryQuery, alias: str = "") -> tuple[str, str, list[int]]:
+    """The time column of ``query``'s time property and the SQL of its range.
+
+    ``before`` is strict; ``after`` and ``between`` include their start."""
+    col = alias + _TIME_COLUMNS[query.time_property]
+    deleted = f"{alias}deleted IS {'NOT ' if query.time_property == 'deletedAt' else ''}NULL"
+    clause = f" AND {deleted}"
+    if query.timerel == "before" and query.time_at is not None:
+        return col, f"{clause} AND {col} < ?", [query.time_at]
+    if query.timerel == "after" and query.time_at is not None:
+        return col, f"{clause} AND {col} >= ?", [query.time_at]
+    if query.timerel == "between" and query.time_at is not None and query.end_time_at is not None:
+        return col, f"{clause} AND {col} >= ? AND {col} < ?", [query.time_at, query.end_time_at]
+    return col, clause, []
+
+
+def _row(attr: str, r: Any) -> HistoryRow:
+    return HistoryRow(
+        attr=attr,
+        dataset_id=r[1],
+        at=r[2],
+        created=r[3],
+        modified=r[4],
+        instance=orjson.loads(r[5]),
+        iid=r[6],
+        hid=r[0],
+        deleted=r[7],
+    )
+
+
+def history(
+    conn: sqlite3.Connection, tenant: str, entity_ids: Sequence[str], query: HistoryQuery
+) -> History:
+    col, clause, targs = _time_clause(query)
+    out: History = {}
+    for eid in entity_ids:
+        per_attr: dict[str, list[HistoryRow]] = {}
+        for attr in _attrs(conn, tenant, eid, query.attrs):
+            base = (
+                "SELECT hid, ds, at, created, modified, doc, iid, deleted FROM history "
+                f"WHERE tenant=? AND eid=? AND attr=?{clause}"
+            )
+            if query.last_n:
+                rows = conn.execute(
+                    f"{base} ORDER BY {col} DESC, hid DESC LIMIT ?",
+                    (tenant, eid, attr, *targs, min(query.last_n, query.limit + 1)),
+                ).fetchall()
+                rows.reverse()
+            else:
+                rows = conn.execute(
+                    f"{base} ORDER BY {col}, hid LIMIT ?",
+                    (tenant, eid, attr, *targs, query.limit + 1),
+                ).fetchall()
+            if rows:
+                per_attr[attr] = [_row(attr, r) for r in rows]
+        out[eid] = per_attr
+    return out
+
+
+def aggregate(
+    conn: sqlite3.Connection,
+    tenant: str,
+    entity_ids: Sequence[str],
+    query: HistoryQuery,
+    methods: Sequence[str],
+    periods: Sequence[int],
+) -> Aggregates:
+    col = _TIME_COLUMNS[query.time_property]
+    n = len(periods) - 1
+    values = ",".join("(?,?,?)" for _ in range(n))
+    pargs: list[int] = []
+    for i in range(n):
+        pargs.extend([i, periods[i], periods[i + 1]])
+    out: Aggregates = {}
+    for eid in entity_ids:
+        per_attr: dict[str, dict[str, list[Any]]] = {}
+        attrs = _attrs(conn, tenant, eid, query.attrs)
+        if not attrs or n <= 0:
+            out[eid] = {a: {m: [] for m in methods} for a in attrs}
+            continue
+        rows = conn.execute(
+            f"WITH p(i, s, e) AS (VALUES {values}) "
+            "SELECT h.attr, p.i, count(*), count(DISTINCT h.vkey), sum(h.num), avg(h.num), "
+            "min(h.num), max(h.num), sum(h.num * h.num), count(h.num) "
+            "FROM p JOIN history h ON h.tenant=? AND h.eid=? "
+            f"AND h.attr IN ({','.join('?' * len(attrs))}) "
+            f"AND h.{col} >= p.s AND h.{col} < p.e AND h.deleted IS NULL "
+            "GROUP BY h.attr, p.i",
+            (*pargs, tenant, eid, *attrs),
+        ).fetchall()
+        found: dict[tuple[str, int], tuple[Any, ...]] = {(r[0], r[1]): r[2:] for r in rows}
+        for attr in attrs:
+            series: dict[str, list[Any]] = {m: [] for m in methods}
+            for i in range(n):
+                stats = found.get((attr, i))
+                for m in methods:
+                    series[m].append(_method(m, stats))
+            per_attr[attr] = series
+        out[eid] = per_attr
+    return out
+
+
+def _method(method: str, stats: tuple[Any, ...] | None) -> Any:
+    if stats is None:
+        return None
+    total, distinct, s, avg, lo, hi, sumsq, nums = stats
+    if method == "totalCount":
+        return total
+    if method == "distinctCount":
+        return distinct
+    if not nums:
+        return None
+    if method == "sum":
+        return s
+    if method == "avg":
+        return avg
+    if method == "min":
+        return lo
+    if method == "max":
+        return hi
+    if method == "sumsq":
+        return sumsq
+    # stddev: the population standard deviation of the period's numeric values
+    variance = max(sumsq / nums - (s / nums) ** 2, 0.0)
+    return float(variance**0.5)
+
+
+# -- history edits ------------------------------------------------------------------------------
+
+
+def _instance_clause(instance_id: str) -> tuple[str, list[Any]]:
+    hid = instance_number(instance_id)
+    if hid is not None:
+        return "(hid=? AND iid IS NULL OR iid=?)", [hid, instance_id]
+    return "iid=?", [instance_id]
+
+
+def delete(
+    conn: sqlite3.Connection,
+    tenant: str,
+    eid: str,
+    *,
+    attr: str | None,
+    dataset_id: Any,
+    instance_id: str | None,
+) -> int:
+    if attr is None:
+        found = conn.execute(
+            "DELETE FROM history_entities WHERE tenant=? AND eid=?", (tenant, eid)
+        ).rowcount
+        for table in ("history", "history_types", "history_attrs"):
+            conn.execute(f"DELETE FROM {table} WHERE tenant=? AND eid=?", (tenant, eid))
+        return int(found)
+    where = "tenant=? AND eid=? AND attr=? AND deleted IS NULL"
+    args: list[Any] = [tenant, eid, attr]
+    if instance_id is not None:
+        clause, iargs = _instance_clause(instance_id)
+        where += f" AND {clause}"
+        args.extend(iargs)
+    elif dataset_id is not ANY_DATASET:
+        where += " AND ds IS ?"
+        args.append(dataset_id)
+    gone = int(conn.execute(f"DELETE FROM history WHERE {where}", args).rowcount)
+    left = conn.execute(
+        "SELECT 1 FROM history WHERE tenant=? AND eid=? AND attr=? LIMIT 1",
+        (tenant, eid, attr),
+    ).fetchone()
+    if left is None:
+        conn.execute(
+            "DELETE FROM history_attrs WHERE tenant=? AND eid=? AND attr=?", (tenant, eid, attr)
+        )
+    return gone
+
+
+def replace(
+    conn: sqlite3.Connection,
+    tenant: str,
+    eid: str,
+    attr: str,
+    instance_id: str,
+    row: HistoryRow,
+) -> bool:
+    clause, iargs = _instance_clause(instance_id)
+    value = row.instance
+    cur = conn.execute(
+        "UPDATE history SET doc=?, num=?, vkey=?, at=?, modified=?, ds=? "
+        f"WHERE tenant=? AND eid=? AND attr=? AND deleted IS NULL AND {clause}",
+        (
+            orjson.dumps(value),
+            row.number,
+            row.value_key,
+            row.at,
+            row.modified,
+            row.dataset_id,
+            tenant,
+            eid,
+            attr,
+            *iargs,
+        ),
+    )
+    return bool(cur.rowcount)
+
+
+def expire(conn: sqlite3.Connection, policy: HistoryPolicy, now: int) -> int:
+    gone = 0
+    pairs = conn.execute("SELECT DISTINCT tenant, type FROM history_types").fetchall()
+    for tenant, etype in pairs:
+        cutoff = policy.cutoffs(tenant, [etype], now).get(etype)
+        if cutoff is None:
+            continue
+        gone += conn.execute(
+            "DELETE FROM history WHERE tenant=? AND at < ? AND eid IN "
+            "(SELECT eid FROM history_types WHERE tenant=? AND type=?)",
+            (tenant, cutoff, tenant, etype),
+        ).rowcount
+    return gone
