@@ -54,6 +54,14 @@ async function main() {
       await page.keyboard.press("Escape");
     }
     await page.screenshot({ path: out });
+    // switch the UI to English: labels change and the data is loaded again
+    await page.click("#lang");
+    await page.waitForFunction(() => window.renkeiViewer.ready, null, { timeout: 30000 });
+    result.english = await page.evaluate(() => ({
+      title: document.getElementById("title").textContent,
+      status: document.getElementById("status").textContent,
+      layers: document.querySelectorAll("#layers li").length,
+    }));
   } finally {
     await browser.close();
     fs.rmSync(profile, { recursive: true, force: true });

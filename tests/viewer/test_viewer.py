@@ -61,6 +61,11 @@ def test_viewer_renders_every_collection_and_shows_attributes(
     assert seen["features"] == 5
     assert seen["rendered"] >= 5  # drawn on the canvas, not just loaded
     assert "狛江" in seen["popup"]  # the clicked feature's attributes, names in Japanese
+    assert seen["english"] == {
+        "title": "Renkei map viewer",
+        "status": "Showing 5 features in 4 layers",
+        "layers": 4,
+    }
     # everything came from this broker: no CDN, no tile server
     assert all(u.startswith((url, "blob:", "data:")) for u in seen["requests"]), seen["requests"]
     image = Image.open(shot).convert("RGB")
