@@ -38,13 +38,20 @@ as_pg() {
 
 install_ckan() {
   [ -x "$VENV/bin/ckan" ] && [ -f "$VENV/.installed" ] && return 0
-  say "installing CKAN $CKAN_VERSION into $VENV (first time only, about a minute)"
   mkdir -p "$HOME_DIR"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip setuptools wheel
-  "$VENV/bin/pip" install --quiet "ckan[requirements]==$CKAN_VERSION"
-  touch "$VENV/.installed"
+  # one installer at a time: test sessions may start together on a fresh machine
+  exec 9>"$HOME_DIR/.install.lock"
+  flock 9
+  if ! [ -f "$VENV/.installed" ]; then
+    say "installing CKAN $CKAN_VERSION into $VENV (first time only, about a minute)"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip setuptools wheel
+    "$VENV/bin/pip" install --quiet "ckan[requirements]==$CKAN_VERSION" \
+      || die "pip install ckan[requirements]==$CKAN_VERSION failed"
+    touch "$VENV/.installed"
+  fi
+  flock -u 9
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -201,6 +208,9 @@ stop_pid() {
 
 stop() {
   [ -d "$RUN" ] || return 0
+  for name in ckan solr redis; do  # all asked at once, then waited for
+    pid_alive "$RUN/$name.pid" && kill "$(cat "$RUN/$name.pid")" 2>/dev/null || true
+  done
   stop_pid "$RUN/ckan.pid"
   stop_pid "$RUN/solr.pid"
   stop_pid "$RUN/redis.pid"
