@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,7 +27,7 @@ from broker.core.history import (
     to_us,
 )
 from broker.core.model import ENTITY_KEYS, Entity, Instance, Parser, check_entity_id, now_iso
-from broker.errors import BadRequestData, InvalidRequest, NonexistentTenant, ResourceNotFound
+from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.store.base import (
     ANY_DATASET,
@@ -370,6 +369,8 @@ class TemporalService:
         window = read if omit_empty else None
         if not filtered:
             metas, total = await self.store.history_entities(tenant, selection, window)
+            if aggregation is not None:  # computed in the store: no instance is read here
+                return await self._aggregated(tenant, metas, total, read, aggregation)
             history = await self.store.history(tenant, [m.id for m in metas], read)
         else:
             metas, _ = await self.store.history_entities(
@@ -392,6 +393,8 @@ class TemporalService:
                 }
                 for m in metas
             }
+        if aggregation is not None:
+            return await self._aggregated(tenant, metas, total, read, aggregation)
         result = TemporalResult([], total)
         cut = self._cut(result, history, hq)
         for meta in metas:
@@ -403,8 +406,6 @@ class TemporalService:
                 te.kinds[attr] = str((rows[0].instance or {}).get("type", "Property"))
                 te.attrs[attr] = [_instance_out(r) for r in rows if cut(r)]
             result.entities.append(te)
-        if aggregation is not None:
-            await self._aggregate(tenant, result, read, aggregation)
         return result
 
     @staticmethod
@@ -473,46 +474,29 @@ class TemporalService:
             return False  # an entity matches where any of its positions in time does
         return selection.scope_q is None or matches_scope(selection.scope_q, ent)
 
-    async def _aggregate(
-        self, tenant: str, result: TemporalResult, hq: HistoryQuery, aggregation: Aggregation
-    ) -> None:
-        for te in result.entities:
-            if not te.attrs:
+    async def _aggregated(
+        self,
+        tenant: str,
+        metas: list[HistoryEntity],
+        total: int | None,
+        hq: HistoryQuery,
+        aggregation: Aggregation,
+    ) -> TemporalResult:
+        found = await self.store.aggregate_history(
+            tenant, [m.id for m in metas], hq, aggregation.methods, aggregation.period
+        )
+        result = TemporalResult([], total)
+        for meta in metas:
+            per_attr = found.get(meta.id)
+            if not per_attr:
                 continue
-            times = [
-                _time_of_instance(i, hq.time_property) for insts in te.attrs.values() for i in insts
-            ]
-            start, end = min(times), max(times) + 1
-            if aggregation.period is None:
-                periods = [start, end]
-            else:
-                periods = aggregation.period.boundaries(start, end, limit=10_000)
-            found = await self.store.aggregate_history(
-                tenant,
-                [te.meta.id],
-                replace(hq, attrs=list(te.attrs)),
-                aggregation.methods,
-                periods,
-            )
-            for attr, methods in found.get(te.meta.id, {}).items():
+            te = TemporalEntity(meta)
+            for attr, agg in per_attr.items():
+                te.kinds[attr] = agg.kind
+                te.attrs[attr] = []
                 te.aggregates[attr] = {
-                    m: [
-                        [value, from_us(periods[i]), from_us(periods[i + 1])]
-                        for i, value in enumerate(values)
-                        if value is not None
-                    ]
-                    for m, values in methods.items()
+                    m: [[value, from_us(start), from_us(end)] for value, start, end in series]
+                    for m, series in agg.values.items()
                 }
-
-
-def _time_of_instance(inst: Instance, prop: str) -> int:
-    if prop == "observedAt":
-        observed = inst.get("observedAt")
-        return to_us(observed) if isinstance(observed, str) else to_us(inst["createdAt"])
-    return to_us(inst[prop])
-
-
-def check_instance_ids(ids: Sequence[str]) -> None:
-    for iid in ids:
-        if not iid or " " in iid:
-            raise InvalidRequest(f"{iid!r} is not an instance id")
+            result.entities.append(te)
+        return result

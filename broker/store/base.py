@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from broker.core.history import HistoryPolicy, HistoryRow
+from broker.core.history import Duration, HistoryPolicy, HistoryRow
 from broker.core.model import Entity
 from broker.errors import NgsiLdError, NotImplementedYet
 
@@ -158,8 +158,19 @@ class HistoryQuery:
 
 #: Per entity, per attribute: the history rows, ordered by time.
 History = dict[str, dict[str, list[HistoryRow]]]
-#: Per entity, per attribute, per method: one value (or None) per period.
-Aggregates = dict[str, dict[str, dict[str, list[Any]]]]
+
+
+@dataclass(slots=True)
+class AttrAggregate:
+    """Aggregates of one attribute: per method, ``(value, period start, period end)``
+    for each period that has instances (times in µs)."""
+
+    kind: str
+    values: dict[str, list[tuple[Any, int, int]]] = field(default_factory=dict)
+
+
+#: Per entity, per attribute.
+Aggregates = dict[str, dict[str, AttrAggregate]]
 
 
 class _AnyDataset:
@@ -308,10 +319,13 @@ class Store(abc.ABC):
         entity_ids: Sequence[str],
         query: HistoryQuery,
         methods: Sequence[str],
-        periods: Sequence[int],
+        period: Duration | None,
     ) -> Aggregates:
-        """Aggregates (``broker.core.history.AGGR_METHODS``) of numeric history per
-        period ``periods[i] <= t < periods[i + 1]``, computed in the store."""
+        """Aggregates (``broker.core.history.AGGR_METHODS``) of the instances ``query``
+        selects, computed in the store, per ``period`` starting at each entity's first
+        instance (one period for the whole range without it). Periods without
+        instances, and entities or attributes without any, are left out. Numeric
+        methods skip non-numeric values; the stddev is the population one."""
         raise _no_history()
 
     async def delete_history(

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from broker.core.history import (
+    Duration,
     HistoryPolicy,
     HistoryRow,
     changes,
@@ -29,6 +30,7 @@ from broker.query.patterns import check_pattern
 from broker.store.base import (
     ANY_DATASET,
     Aggregates,
+    AttrAggregate,
     EntityQuery,
     History,
     HistoryEntity,
@@ -316,72 +318,87 @@ def history(
     return out
 
 
+_AGGR_SQL = {
+    "totalCount": "count(*)",
+    "distinctCount": "count(DISTINCT h.vkey)",
+    "sum": "sum(h.num)",
+    "avg": "avg(h.num)",
+    "min": "min(h.num)",
+    "max": "max(h.num)",
+    "sumsq": "sum(h.num * h.num)",
+    "stddev": "sum(h.num * h.num)",
+}
+
+
 def aggregate(
     conn: sqlite3.Connection,
     tenant: str,
     entity_ids: Sequence[str],
     query: HistoryQuery,
     methods: Sequence[str],
-    periods: Sequence[int],
+    period: Duration | None,
 ) -> Aggregates:
-    col = _TIME_COLUMNS[query.time_property]
-    n = len(periods) - 1
-    values = ",".join("(?,?,?)" for _ in range(n))
-    pargs: list[int] = []
-    for i in range(n):
-        pargs.extend([i, periods[i], periods[i + 1]])
+    """Per entity, periods start at its first instance in the time range (and the one
+    period is the whole range without ``period``); empty periods are left out. Only
+    what the methods need is computed, so avg/min/max/sum read the index alone."""
+    col, clause, targs = _time_clause(query, "h.")
+    # count(h.num) and sum(h.num) make stddev and tell numeric periods from others
+    select = ", ".join(
+        [_AGGR_SQL[m] for m in methods] + ["count(h.num)", "sum(h.num)", "sum(h.num * h.num)"]
+    )
     out: Aggregates = {}
     for eid in entity_ids:
-        per_attr: dict[str, dict[str, list[Any]]] = {}
         attrs = _attrs(conn, tenant, eid, query.attrs)
-        if not attrs or n <= 0:
-            out[eid] = {a: {m: [] for m in methods} for a in attrs}
+        if not attrs:
             continue
+        marks = ",".join("?" * len(attrs))
+        lo, hi = conn.execute(
+            f"SELECT min({col}), max({col}) FROM history h "
+            f"WHERE h.tenant=? AND h.eid=? AND h.attr IN ({marks}){clause}",
+            (tenant, eid, *attrs, *targs),
+        ).fetchone()
+        if lo is None:
+            continue
+        if period is not None:
+            periods = period.boundaries(lo, hi + 1, limit=10_000)
+        else:
+            start = query.time_at if query.timerel in ("after", "between") else None
+            end = query.end_time_at if query.timerel == "between" else None
+            periods = [start if start is not None else lo, end if end is not None else hi + 1]
+        n = len(periods) - 1
+        pargs: list[int] = []
+        for k in range(n):
+            pargs.extend([k, periods[k], periods[k + 1]])
         rows = conn.execute(
-            f"WITH p(i, s, e) AS (VALUES {values}) "
-            "SELECT h.attr, p.i, count(*), count(DISTINCT h.vkey), sum(h.num), avg(h.num), "
-            "min(h.num), max(h.num), sum(h.num * h.num), count(h.num) "
-            "FROM p JOIN history h ON h.tenant=? AND h.eid=? "
-            f"AND h.attr IN ({','.join('?' * len(attrs))}) "
-            f"AND h.{col} >= p.s AND h.{col} < p.e AND h.deleted IS NULL "
-            "GROUP BY h.attr, p.i",
-            (*pargs, tenant, eid, *attrs),
+            f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
+            f"SELECT h.attr, p.i, {select} FROM p JOIN history h ON h.tenant=? AND h.eid=? "
+            f"AND h.attr IN ({marks}) AND {col} >= p.s AND {col} < p.e{clause} "
+            "GROUP BY h.attr, p.i ORDER BY h.attr, p.i",
+            (*pargs, tenant, eid, *attrs, *targs),
         ).fetchall()
-        found: dict[tuple[str, int], tuple[Any, ...]] = {(r[0], r[1]): r[2:] for r in rows}
-        for attr in attrs:
-            series: dict[str, list[Any]] = {m: [] for m in methods}
-            for i in range(n):
-                stats = found.get((attr, i))
-                for m in methods:
-                    series[m].append(_method(m, stats))
-            per_attr[attr] = series
+        per_attr: dict[str, AttrAggregate] = {}
+        for row in rows:
+            attr, k, *stats = row
+            nums, total, sumsq = stats[-3:]
+            agg = per_attr.get(attr)
+            if agg is None:
+                agg = per_attr[attr] = AttrAggregate(_kind(conn, tenant, eid, attr))
+            for m, value in zip(methods, stats, strict=False):
+                if m == "stddev" and nums:
+                    value = max(sumsq / nums - (total / nums) ** 2, 0.0) ** 0.5
+                elif m not in ("totalCount", "distinctCount") and not nums:
+                    continue
+                agg.values.setdefault(m, []).append((value, periods[k], periods[k + 1]))
         out[eid] = per_attr
     return out
 
 
-def _method(method: str, stats: tuple[Any, ...] | None) -> Any:
-    if stats is None:
-        return None
-    total, distinct, s, avg, lo, hi, sumsq, nums = stats
-    if method == "totalCount":
-        return total
-    if method == "distinctCount":
-        return distinct
-    if not nums:
-        return None
-    if method == "sum":
-        return s
-    if method == "avg":
-        return avg
-    if method == "min":
-        return lo
-    if method == "max":
-        return hi
-    if method == "sumsq":
-        return sumsq
-    # stddev: the population standard deviation of the period's numeric values
-    variance = max(sumsq / nums - (s / nums) ** 2, 0.0)
-    return float(variance**0.5)
+def _kind(conn: sqlite3.Connection, tenant: str, eid: str, attr: str) -> str:
+    row = conn.execute(
+        "SELECT doc FROM history WHERE tenant=? AND eid=? AND attr=? AND deleted IS NULL LIMIT 1",
+        (tenant, eid, attr),
+    ).fetchone()
+    return str(orjson.loads(row[0]).get("type", "Property")) if row else "Property"
 
 
 # -- history edits ------------------------------------------------------------------------------

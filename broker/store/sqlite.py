@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from broker.core.history import HistoryRow
+from broker.core.history import Duration, HistoryRow
 from broker.core.model import ENTITY_KEYS, Entity
 from broker.errors import (
     AlreadyExists,
@@ -825,10 +825,10 @@ class SqliteStore(Store):
         entity_ids: Sequence[str],
         query: HistoryQuery,
         methods: Sequence[str],
-        periods: Sequence[int],
+        period: Duration | None,
     ) -> Aggregates:
         return await self._read(
-            lambda conn: sqlhistory.aggregate(conn, tenant, entity_ids, query, methods, periods)
+            lambda conn: sqlhistory.aggregate(conn, tenant, entity_ids, query, methods, period)
         )
 
     async def delete_history(
