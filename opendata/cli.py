@@ -37,6 +37,7 @@ _STATUS = {
     "updated": "更新",
     "unchanged": "変更なし",
     "failed": "失敗",
+    "rendered": "作成のみ（CKAN と比較なし）",
 }
 
 
@@ -267,10 +268,10 @@ def publish(
     for report in reports:
         _show(report)
     failed = [r.name for r in reports if not r.ok]
-    counts = {
-        s: sum(r.status == s for r in reports)
-        for s in ("created", "updated", "unchanged", "failed")
-    }
+    statuses = ["created", "updated", "unchanged", "failed"]
+    if any(r.status == "rendered" for r in reports):
+        statuses.insert(0, "rendered")
+    counts = {s: sum(r.status == s for r in reports) for s in statuses}
     typer.echo("合計 / total: " + ", ".join(f"{_STATUS[s]} {s} {n}" for s, n in counts.items()))
     if failed:
         raise typer.Exit(1)

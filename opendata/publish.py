@@ -40,7 +40,13 @@ from typing import Any
 
 import requests
 from ckanapi import RemoteCKAN
-from ckanapi.errors import CKANAPIError, NotAuthorized, NotFound, ValidationError
+from ckanapi.errors import (
+    CKANAPIError,
+    NotAuthorized,
+    NotFound,
+    ServerIncompatibleError,
+    ValidationError,
+)
 
 from connectors.client import BrokerClient, BrokerError
 from opendata.datasets import DatasetDefinition, ResourceSpec
@@ -200,6 +206,10 @@ class Catalog:
                 log.warning("CKAN %s failed (%s); retrying in %.1fs", action, exc, delay)
             except CKANAPIError as exc:
                 raise CatalogError(f"CKAN {action}: {_error_text(exc)}") from exc
+            except ServerIncompatibleError as exc:
+                raise CatalogError(
+                    f"CKAN {action}: {self.url} does not answer as a CKAN action API does"
+                ) from exc
             except requests.RequestException as exc:
                 raise CatalogError(f"CKAN {action}: {exc}") from exc
             time.sleep(delay)
@@ -257,7 +267,7 @@ def entities_digest(entities: Sequence[dict[str, Any]]) -> str:
 @dataclass
 class DatasetReport:
     name: str
-    #: created | updated | unchanged | failed
+    #: created | updated | unchanged | failed (| rendered: a dry run without a catalogue)
     status: str
     error: str | None = None
     #: resource key -> created | updated | unchanged (with dry_run: what would happen)
@@ -372,12 +382,16 @@ class Publisher:
             self._check_datastore(d, rendered)
             if self.catalog is not None:
                 self._sync(d, rendered, report)
-            else:
-                report.status = "created"
-                report.resources = {r.spec.key: "created" for r in rendered}
+            else:  # a dry run with no catalogue to compare with
+                report.status = "rendered"
+                report.resources = {r.spec.key: "rendered" for r in rendered}
         except PublishError as exc:
             report.status = "failed"
             report.error = str(exc)
+        except Exception as exc:  # one dataset's failure never stops the others
+            log.exception("publishing %s failed", d.name)
+            report.status = "failed"
+            report.error = f"{type(exc).__name__}: {exc}"
         return report
 
     def _check_datastore(self, d: DatasetDefinition, rendered: list[Rendered]) -> None:
