@@ -297,9 +297,10 @@ OGCTESTS = "ogctests==0.1.15"
 def ogctests_python() -> Path:
     """A virtualenv with the ogctests checker (its pins clash with ours: httpx<0.28, pytest<9).
 
-    Kept under .venv/ so that it is made once per checkout, like the project's venv.
+    Made once under ``~/.cache/renkei-ogctests`` (``RENKEI_OGCTESTS_HOME``) and reused.
     """
-    venv = ROOT / ".venv" / "ogctests"
+    home = Path(os.environ.get("RENKEI_OGCTESTS_HOME", Path.home() / ".cache" / "renkei-ogctests"))
+    venv = home / f"venv-{OGCTESTS.split('==')[1]}-py{sys.version_info[0]}{sys.version_info[1]}"
     python = venv / "bin" / "python"
     marker = venv / f".{OGCTESTS}"
     if not marker.exists():
@@ -328,11 +329,13 @@ def test_ogctests_core_suite_passes(ogctests_python: Path, tmp_path: Path) -> No
         sample = json.loads(SAMPLES.read_text(encoding="utf-8"))
         r = httpx.post(f"{url}/ngsi-ld/v1/entityOperations/upsert", json=sample, timeout=30)
         assert r.status_code in (201, 204), r.text
+        # rootdir/confcutdir at the package, so its own conftest (the HTTP client) is loaded
         code = (
+            "import os, sys, ogctests\n"
             "from ogctests.main import run_ogctests\n"
-            "import sys\n"
-            "run_ogctests('features/core', sys.argv[1], "
-            "['--junit-xml=' + sys.argv[2], '-p', 'no:cacheprovider', '-q'])\n"
+            "pkg = os.path.dirname(ogctests.__file__)\n"
+            "run_ogctests('features/core', sys.argv[1], ['--junit-xml=' + sys.argv[2], "
+            "'--rootdir=' + pkg, '--confcutdir=' + pkg, '-p', 'no:cacheprovider', '-q'])\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
         run = subprocess.run(
