@@ -138,13 +138,20 @@ class Collection:
 class CollectionInfo:
     """What a scan of a collection finds: extents, time attributes and property kinds."""
 
-    bbox: list[float] | None
-    interval: list[str | None] | None
+    extent: _Extent = field(default_factory=lambda: _Extent())
     #: Expanded attributes that carry ``observedAt`` (the default time of a feature).
-    time_attrs: list[str]
+    time_attrs: set[str] = field(default_factory=set)
     #: Short property name -> JSON schema type ("string", "number", ...).
-    properties: dict[str, str]
+    properties: dict[str, str] = field(default_factory=dict)
     computed: float = field(default_factory=time.monotonic)
+
+    @property
+    def bbox(self) -> list[float] | None:
+        return self.extent.bbox()
+
+    @property
+    def interval(self) -> list[str | None] | None:
+        return self.extent.interval()
 
 
 @dataclass(slots=True)
@@ -376,15 +383,42 @@ class OgcService:
         self.cache_ttl = cache_ttl
         self._info: dict[tuple[str, str], CollectionInfo] = {}
         self._layers: dict[str, Layer] = {}
+        self._simple = View(core, format="keyValues")
         entities.on_change(self._changed)
 
     async def _changed(self, tenant: str, results: Sequence[WriteResult]) -> None:
-        """Extents of the types written to are computed again on the next read."""
+        """Writes through this process widen the cached extents at once.
+
+        Entities written are added to the extent of their types (cheap, and exact for
+        what grows it); what shrinks it (deletes, moves inward) shows after the cache
+        time, when the collection is scanned again. A busy sensor feed thus never makes
+        a reader wait for a scan.
+        """
         for r in results:
-            for ent in (r.before, r.after):
-                if ent is not None:
-                    for t in ent.get("type", ()):
-                        self._info.pop((tenant, t), None)
+            if r.after is None:
+                continue
+            for t in r.after.get("type", ()):
+                info = self._info.get((tenant, t))
+                if info is not None:
+                    self._absorb(info, r.after, self.time_properties.get(t))
+
+    def _absorb(self, info: CollectionInfo, ent: Entity, time_prop: str | None) -> None:
+        """Add one entity to an extent, its time attributes and property kinds."""
+        geometry = _geometry(ent)
+        if geometry is not None:
+            info.extent.add_bbox(_bbox_of(geometry))
+        for iri, instances in ent.items():
+            if ":" not in iri or iri == LOCATION:
+                continue
+            for inst in instances:
+                if time_prop is None and "observedAt" in inst:
+                    info.time_attrs.add(iri)
+                    info.extent.add_time(inst["observedAt"])
+                elif iri == time_prop and isinstance(inst.get("value"), str):
+                    info.extent.add_time(inst["value"])
+            name = self.tm.compact(iri)
+            if name not in info.properties:
+                info.properties[name] = _json_type(self._simple.instance(instances[0]))
 
     # -- collections ---------------------------------------------------------------------------
 
@@ -495,12 +529,9 @@ class OgcService:
         found = self._info.get(key)
         if found is not None and time.monotonic() - found.computed < self.cache_ttl:
             return found
-        acc = _Extent()
-        props: dict[str, str] = {}
-        time_attrs: set[str] = set()
+        info = CollectionInfo()
         time_prop = self.time_properties.get(col.type_iri)
         offset = 0
-        view = View(self.tm, format="keyValues")
         while True:
             query = EntityQuery(types=[[col.type_iri]], limit=_SCAN_PAGE, offset=offset)
             try:
@@ -508,37 +539,21 @@ class OgcService:
             except NonexistentTenant:
                 page = []
             for ent in page:
-                geometry = _geometry(ent)
-                if geometry is not None:
-                    acc.add_bbox(_bbox_of(geometry))
-                for iri, instances in ent.items():
-                    if ":" not in iri or iri == LOCATION:
-                        continue
-                    for inst in instances:
-                        if time_prop is None and "observedAt" in inst:
-                            time_attrs.add(iri)
-                            acc.add_time(inst["observedAt"])
-                        elif iri == time_prop and isinstance(inst.get("value"), str):
-                            acc.add_time(inst["value"])
-                    name = self.tm.compact(iri)
-                    if name not in props:
-                        props[name] = _json_type(view.instance(instances[0]))
+                self._absorb(info, ent, time_prop)
             if len(page) < _SCAN_PAGE:
                 break
             offset += _SCAN_PAGE
-        info = CollectionInfo(acc.bbox(), acc.interval(), sorted(time_attrs), props)
         self._info[key] = info
         return info
 
     def _scan_features(self, features: list[dict[str, Any]]) -> CollectionInfo:
-        acc = _Extent()
-        props: dict[str, str] = {}
+        info = CollectionInfo()
         for feat in features:
             if isinstance(feat.get("geometry"), dict):
-                acc.add_bbox(_bbox_of(feat["geometry"]))
+                info.extent.add_bbox(_bbox_of(feat["geometry"]))
             for k, v in (feat.get("properties") or {}).items():
-                props.setdefault(k, _json_type(v))
-        return CollectionInfo(acc.bbox(), None, [], props)
+                info.properties.setdefault(k, _json_type(v))
+        return info
 
     # -- items ---------------------------------------------------------------------------------
 
@@ -548,7 +563,7 @@ class OgcService:
         if prop is not None:
             paths = [AttrPath(prop)]
         else:
-            paths = [AttrPath(a, ("observedAt",)) for a in info.time_attrs]
+            paths = [AttrPath(a, ("observedAt",)) for a in sorted(info.time_attrs)]
         if not paths:
             return None  # nothing in the collection has a time: datetime selects all
 

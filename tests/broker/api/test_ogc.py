@@ -119,6 +119,19 @@ def test_collection_extent_is_computed_from_the_data_and_follows_writes(hub: Tes
     assert col["extent"]["temporal"]["interval"][0][1] == "2026-12-24T00:00:00Z"
 
 
+def test_extent_shrinks_after_the_cache_time(tmp_path: Path) -> None:
+    # writes widen a cached extent at once; deletes show once the cache time has passed
+    with TestClient(create_app(make_settings(tmp_path, ogc_cache_ttl=0))) as c:
+        create(c, [sensor(1, 139.6, 35.6, None), sensor(2, 140.0, 36.0, None)])
+        assert c.get("/ogc/collections/Sensor").json()["extent"]["spatial"]["bbox"] == [
+            [139.6, 35.6, 140.0, 36.0]
+        ]
+        assert c.delete("/ngsi-ld/v1/entities/urn:ngsi-ld:Sensor:002").status_code == 204
+        assert c.get("/ogc/collections/Sensor").json()["extent"]["spatial"]["bbox"] == [
+            [139.6, 35.6, 139.6, 35.6]
+        ]
+
+
 def test_items_bbox_limit_offset_and_next_links(hub: TestClient) -> None:
     page = hub.get("/ogc/collections/Sensor/items?bbox=139.5,35.6,139.56,35.63&limit=4")
     assert page.headers["content-type"] == "application/geo+json"
