@@ -1,12 +1,14 @@
 """Attribute history on SQLite: tables, recording inside the write transaction, queries.
 
-Layout: ``history`` holds one row per attribute instance with its times as integer
-microseconds; the index ``(tenant, eid, attr, at, num)`` makes a time range of one
-attribute of one entity a single index range scan that also covers aggregation.
-Deletions are rows too (``deleted`` set, the value NGSI-LD Null). ``history_entities`` / ``history_types`` / ``history_attrs`` say which entities (also
-deleted ones), types and attributes have history, so a type's history is found
-without touching the instances. Row numbers come from AUTOINCREMENT and are never
-reused: they name instances (``urn:ngsi-ld:Instance:<n>``).
+Layout: ``history_series`` numbers each (tenant, entity, attribute) once; ``history``
+holds one row per attribute instance, keyed by that number, with its times as
+integer microseconds. The index ``(sid, at, num)`` makes a time range of one
+attribute of one entity a single index range scan that also covers aggregation, and
+keeps rows small (no repeated entity ids or IRIs: ~150 bytes an instance). Deletions
+are rows too (``deleted`` set, the value NGSI-LD Null). ``history_entities`` and
+``history_types`` say which entities (also deleted ones) and types have history, so
+a type's history is found without touching the instances. Row numbers come from
+AUTOINCREMENT and are never reused: they name instances (``urn:ngsi-ld:Instance:<n>``).
 """
 
 from __future__ import annotations
@@ -39,14 +41,19 @@ from broker.store.base import (
 )
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS history_series(
+    sid INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL, eid TEXT NOT NULL, attr TEXT NOT NULL,
+    UNIQUE(tenant, eid, attr)
+);
 CREATE TABLE IF NOT EXISTS history(
     hid INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant TEXT NOT NULL, eid TEXT NOT NULL, attr TEXT NOT NULL, ds TEXT,
+    sid INTEGER NOT NULL, ds TEXT,
     at INTEGER NOT NULL, created INTEGER NOT NULL, modified INTEGER NOT NULL,
     num REAL, vkey BLOB, doc BLOB NOT NULL, iid TEXT, deleted INTEGER
 );
-CREATE INDEX IF NOT EXISTS history_at ON history(tenant, eid, attr, at, num);
-CREATE INDEX IF NOT EXISTS history_iid ON history(tenant, eid, iid) WHERE iid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS history_at ON history(sid, at, num);
+CREATE INDEX IF NOT EXISTS history_iid ON history(sid, iid) WHERE iid IS NOT NULL;
 CREATE TABLE IF NOT EXISTS history_entities(
     tenant TEXT NOT NULL, eid TEXT NOT NULL, types BLOB NOT NULL, scope BLOB,
     created INTEGER NOT NULL, modified INTEGER NOT NULL, deleted INTEGER,
@@ -55,10 +62,6 @@ CREATE TABLE IF NOT EXISTS history_entities(
 CREATE TABLE IF NOT EXISTS history_types(
     tenant TEXT NOT NULL, type TEXT NOT NULL, eid TEXT NOT NULL,
     PRIMARY KEY(tenant, type, eid)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history_attrs(
-    tenant TEXT NOT NULL, eid TEXT NOT NULL, attr TEXT NOT NULL,
-    PRIMARY KEY(tenant, eid, attr)
 ) WITHOUT ROWID;
 """
 
@@ -96,43 +99,50 @@ def _put_entity(conn: sqlite3.Connection, tenant: str, ent: HistoryEntity) -> No
     )
 
 
+def _series(conn: sqlite3.Connection, tenant: str, eid: str, attr: str) -> int:
+    row = conn.execute(
+        "SELECT sid FROM history_series WHERE tenant=? AND eid=? AND attr=?", (tenant, eid, attr)
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    cur = conn.execute(
+        "INSERT INTO history_series(tenant, eid, attr) VALUES (?,?,?)", (tenant, eid, attr)
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
 def _insert_rows(
     conn: sqlite3.Connection, tenant: str, eid: str, rows: Sequence[HistoryRow]
 ) -> None:
+    sids = {a: _series(conn, tenant, eid, a) for a in {r.attr for r in rows}}
     # an observation sent again (same attribute, dataset and observedAt) replaces the old one
     conn.executemany(
-        "DELETE FROM history WHERE tenant=? AND eid=? AND attr=? AND at=? AND ds IS ? "
-        "AND deleted IS NULL",
+        "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
         [
-            (tenant, eid, r.attr, r.at, r.dataset_id)
+            (sids[r.attr], r.at, r.dataset_id)
             for r in rows
             if r.deleted is None and r.instance is not None and "observedAt" in r.instance
         ],
     )
     conn.executemany(
-        "INSERT INTO history(tenant, eid, attr, ds, at, created, modified, num, vkey, doc, iid, "
-        "deleted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?)",
         [
             (
-                tenant,
-                eid,
-                r.attr,
+                sids[r.attr],
                 r.dataset_id,
                 r.at,
                 r.created,
                 r.modified,
                 r.number,
-                r.value_key,
+                r.value_key if r.number is None else None,  # numbers are their own key
                 orjson.dumps(r.instance),
                 r.iid,
                 r.deleted,
             )
             for r in rows
         ],
-    )
-    conn.executemany(
-        "INSERT OR IGNORE INTO history_attrs(tenant, eid, attr) VALUES (?,?,?)",
-        [(tenant, eid, a) for a in {r.attr for r in rows}],
     )
 
 
@@ -213,7 +223,7 @@ def entities(
         clauses.append("(" + " OR ".join(alternatives) + ")")
     if query.attrs:
         clauses.append(
-            "EXISTS (SELECT 1 FROM history_attrs a WHERE a.tenant=h.tenant AND a.eid=h.eid "
+            "EXISTS (SELECT 1 FROM history_series a WHERE a.tenant=h.tenant AND a.eid=h.eid "
             f"AND a.attr IN ({','.join('?' * len(query.attrs))}))"
         )
         args.extend(query.attrs)
@@ -221,11 +231,11 @@ def entities(
         _, clause, wargs = _time_clause(window, "x.")
         attrs = ""
         if window.attrs:
-            attrs = f" AND x.attr IN ({','.join('?' * len(window.attrs))})"
+            attrs = f" AND a.attr IN ({','.join('?' * len(window.attrs))})"
             args.extend(window.attrs)
         clauses.append(
-            "EXISTS (SELECT 1 FROM history x WHERE x.tenant=h.tenant AND x.eid=h.eid"
-            f"{attrs}{clause})"
+            "EXISTS (SELECT 1 FROM history_series a JOIN history x ON x.sid=a.sid "
+            f"WHERE a.tenant=h.tenant AND a.eid=h.eid{attrs}{clause})"
         )
         args.extend(wargs)
     where = " AND ".join(clauses)
@@ -249,14 +259,15 @@ def entities(
 
 def _attrs(
     conn: sqlite3.Connection, tenant: str, eid: str, wanted: Sequence[str] | None
-) -> list[str]:
-    have = [
-        r[0]
+) -> dict[str, int]:
+    """The entity's attributes with history (those ``wanted``), with their series number."""
+    return {
+        r[0]: r[1]
         for r in conn.execute(
-            "SELECT attr FROM history_attrs WHERE tenant=? AND eid=?", (tenant, eid)
+            "SELECT attr, sid FROM history_series WHERE tenant=? AND eid=?", (tenant, eid)
         )
-    ]
-    return [a for a in have if wanted is None or a in wanted]
+        if wanted is None or r[0] in wanted
+    }
 
 
 def _time_clause(query: HistoryQuery, alias: str = "") -> tuple[str, str, list[int]]:
@@ -296,21 +307,20 @@ def history(
     out: History = {}
     for eid in entity_ids:
         per_attr: dict[str, list[HistoryRow]] = {}
-        for attr in _attrs(conn, tenant, eid, query.attrs):
+        for attr, sid in _attrs(conn, tenant, eid, query.attrs).items():
             base = (
                 "SELECT hid, ds, at, created, modified, doc, iid, deleted FROM history "
-                f"WHERE tenant=? AND eid=? AND attr=?{clause}"
+                f"WHERE sid=?{clause}"
             )
             if query.last_n:
                 rows = conn.execute(
                     f"{base} ORDER BY {col} DESC, hid DESC LIMIT ?",
-                    (tenant, eid, attr, *targs, min(query.last_n, query.limit + 1)),
+                    (sid, *targs, min(query.last_n, query.limit + 1)),
                 ).fetchall()
                 rows.reverse()
             else:
                 rows = conn.execute(
-                    f"{base} ORDER BY {col}, hid LIMIT ?",
-                    (tenant, eid, attr, *targs, query.limit + 1),
+                    f"{base} ORDER BY {col}, hid LIMIT ?", (sid, *targs, query.limit + 1)
                 ).fetchall()
             if rows:
                 per_attr[attr] = [_row(attr, r) for r in rows]
@@ -320,7 +330,7 @@ def history(
 
 _AGGR_SQL = {
     "totalCount": "count(*)",
-    "distinctCount": "count(DISTINCT h.vkey)",
+    "distinctCount": "count(DISTINCT coalesce(h.num, h.vkey))",
     "sum": "sum(h.num)",
     "avg": "avg(h.num)",
     "min": "min(h.num)",
@@ -348,14 +358,15 @@ def aggregate(
     )
     out: Aggregates = {}
     for eid in entity_ids:
-        attrs = _attrs(conn, tenant, eid, query.attrs)
-        if not attrs:
+        series = _attrs(conn, tenant, eid, query.attrs)
+        if not series:
             continue
-        marks = ",".join("?" * len(attrs))
+        sids = list(series.values())
+        names = {sid: attr for attr, sid in series.items()}
+        marks = ",".join("?" * len(sids))
         lo, hi = conn.execute(
-            f"SELECT min({col}), max({col}) FROM history h "
-            f"WHERE h.tenant=? AND h.eid=? AND h.attr IN ({marks}){clause}",
-            (tenant, eid, *attrs, *targs),
+            f"SELECT min({col}), max({col}) FROM history h WHERE h.sid IN ({marks}){clause}",
+            (*sids, *targs),
         ).fetchone()
         if lo is None:
             continue
@@ -371,18 +382,19 @@ def aggregate(
             pargs.extend([k, periods[k], periods[k + 1]])
         rows = conn.execute(
             f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
-            f"SELECT h.attr, p.i, {select} FROM p JOIN history h ON h.tenant=? AND h.eid=? "
-            f"AND h.attr IN ({marks}) AND {col} >= p.s AND {col} < p.e{clause} "
-            "GROUP BY h.attr, p.i ORDER BY h.attr, p.i",
-            (*pargs, tenant, eid, *attrs, *targs),
+            f"SELECT h.sid, p.i, {select} FROM p JOIN history h ON h.sid IN ({marks}) "
+            f"AND {col} >= p.s AND {col} < p.e{clause} "
+            "GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
+            (*pargs, *sids, *targs),
         ).fetchall()
         per_attr: dict[str, AttrAggregate] = {}
         for row in rows:
-            attr, k, *stats = row
+            sid, k, *stats = row
             nums, total, sumsq = stats[-3:]
+            attr = names[sid]
             agg = per_attr.get(attr)
             if agg is None:
-                agg = per_attr[attr] = AttrAggregate(_kind(conn, tenant, eid, attr))
+                agg = per_attr[attr] = AttrAggregate(_kind(conn, sid))
             for m, value in zip(methods, stats, strict=False):
                 if m == "stddev" and nums:
                     value = max(sumsq / nums - (total / nums) ** 2, 0.0) ** 0.5
@@ -393,10 +405,9 @@ def aggregate(
     return out
 
 
-def _kind(conn: sqlite3.Connection, tenant: str, eid: str, attr: str) -> str:
+def _kind(conn: sqlite3.Connection, sid: int) -> str:
     row = conn.execute(
-        "SELECT doc FROM history WHERE tenant=? AND eid=? AND attr=? AND deleted IS NULL LIMIT 1",
-        (tenant, eid, attr),
+        "SELECT doc FROM history WHERE sid=? AND deleted IS NULL LIMIT 1", (sid,)
     ).fetchone()
     return str(orjson.loads(row[0]).get("type", "Property")) if row else "Property"
 
@@ -424,11 +435,19 @@ def delete(
         found = conn.execute(
             "DELETE FROM history_entities WHERE tenant=? AND eid=?", (tenant, eid)
         ).rowcount
-        for table in ("history", "history_types", "history_attrs"):
+        conn.execute(
+            "DELETE FROM history WHERE sid IN "
+            "(SELECT sid FROM history_series WHERE tenant=? AND eid=?)",
+            (tenant, eid),
+        )
+        for table in ("history_series", "history_types"):
             conn.execute(f"DELETE FROM {table} WHERE tenant=? AND eid=?", (tenant, eid))
         return int(found)
-    where = "tenant=? AND eid=? AND attr=? AND deleted IS NULL"
-    args: list[Any] = [tenant, eid, attr]
+    sid = _attrs(conn, tenant, eid, [attr]).get(attr)
+    if sid is None:
+        return 0
+    where = "sid=? AND deleted IS NULL"
+    args: list[Any] = [sid]
     if instance_id is not None:
         clause, iargs = _instance_clause(instance_id)
         where += f" AND {clause}"
@@ -437,14 +456,8 @@ def delete(
         where += " AND ds IS ?"
         args.append(dataset_id)
     gone = int(conn.execute(f"DELETE FROM history WHERE {where}", args).rowcount)
-    left = conn.execute(
-        "SELECT 1 FROM history WHERE tenant=? AND eid=? AND attr=? LIMIT 1",
-        (tenant, eid, attr),
-    ).fetchone()
-    if left is None:
-        conn.execute(
-            "DELETE FROM history_attrs WHERE tenant=? AND eid=? AND attr=?", (tenant, eid, attr)
-        )
+    if conn.execute("SELECT 1 FROM history WHERE sid=? LIMIT 1", (sid,)).fetchone() is None:
+        conn.execute("DELETE FROM history_series WHERE sid=?", (sid,))
     return gone
 
 
@@ -456,21 +469,21 @@ def replace(
     instance_id: str,
     row: HistoryRow,
 ) -> bool:
+    sid = _attrs(conn, tenant, eid, [attr]).get(attr)
+    if sid is None:
+        return False
     clause, iargs = _instance_clause(instance_id)
-    value = row.instance
     cur = conn.execute(
         "UPDATE history SET doc=?, num=?, vkey=?, at=?, modified=?, ds=? "
-        f"WHERE tenant=? AND eid=? AND attr=? AND deleted IS NULL AND {clause}",
+        f"WHERE sid=? AND deleted IS NULL AND {clause}",
         (
-            orjson.dumps(value),
+            orjson.dumps(row.instance),
             row.number,
-            row.value_key,
+            row.value_key if row.number is None else None,
             row.at,
             row.modified,
             row.dataset_id,
-            tenant,
-            eid,
-            attr,
+            sid,
             *iargs,
         ),
     )
@@ -485,8 +498,9 @@ def expire(conn: sqlite3.Connection, policy: HistoryPolicy, now: int) -> int:
         if cutoff is None:
             continue
         gone += conn.execute(
-            "DELETE FROM history WHERE tenant=? AND at < ? AND eid IN "
-            "(SELECT eid FROM history_types WHERE tenant=? AND type=?)",
-            (tenant, cutoff, tenant, etype),
+            "DELETE FROM history WHERE at < ? AND sid IN (SELECT s.sid FROM history_series s "
+            "JOIN history_types t ON t.tenant=s.tenant AND t.eid=s.eid "
+            "WHERE t.tenant=? AND t.type=?)",
+            (cutoff, tenant, etype),
         ).rowcount
     return gone
