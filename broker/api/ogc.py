@@ -63,9 +63,12 @@ async def _tenant(request: Request) -> str | None:
     return await tenant_of(request)
 
 
+def _root(request: Request, hub: Hub) -> str:
+    return (hub.settings.public_url or str(request.base_url)).rstrip("/")
+
+
 def _base(request: Request, hub: Hub) -> str:
-    root = hub.settings.public_url or str(request.base_url)
-    return root.rstrip("/") + "/ogc"
+    return _root(request, hub) + "/ogc"
 
 
 def _format(request: Request, json_kind: str = JSON) -> str:
@@ -138,7 +141,7 @@ async def landing(request: Request, hub: HubDep) -> Response:
             _link(f"{base}/api?f=html", "service-doc", HTML, "the API documentation"),
             _link(f"{base}/conformance", "conformance", JSON, "conformance classes"),
             _link(f"{base}/collections", "data", JSON, "collections"),
-            _link(str(request.base_url).rstrip("/") + "/viewer", "related", HTML, "map viewer"),
+            _link(_root(request, hub) + "/viewer", "related", HTML, "map viewer / 地図"),
         ],
     }
     if kind == HTML:
@@ -306,7 +309,12 @@ async def items(collection_id: str, request: Request, hub: HubDep) -> Response:
     headers = {"Content-Crs": f"<{req.crs}>"}
     if kind == HTML:
         response: Response = _html(
-            "items.html", doc=body, base=base, col=col, offset=req.offset, viewer=_viewer(request)
+            "items.html",
+            doc=body,
+            base=base,
+            col=col,
+            offset=req.offset,
+            viewer=_root(request, hub) + "/viewer",
         )
         response.headers.update(headers)
         return response
@@ -333,10 +341,6 @@ async def feature(collection_id: str, feature_id: str, request: Request, hub: Hu
         response.headers.update(headers)
         return response
     return _json(feat, GEOJSON, headers)
-
-
-def _viewer(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/viewer"
 
 
 # -- the API definition ---------------------------------------------------------------------
