@@ -301,6 +301,38 @@ def test_geojson_layers_folder_is_published_as_collections(hub: TestClient, tmp_
     assert hub.get("/ogc/collections/layer~missing").status_code == 404
 
 
+# -- a GIS client: GDAL's OGC API - Features driver (what QGIS and geopandas use) -------------
+
+
+def test_gdal_reads_the_collections_in_crs84_and_jgd2011(tmp_path: Path) -> None:
+    import pyogrio  # type: ignore[import-untyped]
+
+    with broker(tmp_path / "hub.db") as url:
+        sample = json.loads(SAMPLES.read_text(encoding="utf-8"))
+        r = httpx.post(f"{url}/ngsi-ld/v1/entityOperations/upsert", json=sample, timeout=30)
+        assert r.status_code in (201, 204), r.text
+        source = f"OAPIF:{url}/ogc"
+        layers = {name: kind for name, kind in pyogrio.list_layers(source)}
+        assert layers == {
+            "AirQualityObserved": "Point",
+            "District": "Polygon",
+            "EvacuationSite": "Point",
+            "ParkingSpot": "Point",
+        }
+        air = pyogrio.read_dataframe(source, layer="AirQualityObserved")
+        assert air["no2"].dtype == "float64"
+        assert air["name"][0] == "狛江市役所 大気測定局"
+        near = pyogrio.read_dataframe(
+            source, layer="EvacuationSite", bbox=(139.57, 35.62, 139.575, 35.63)
+        )
+        assert list(near["id"]) == ["urn:ngsi-ld:EvacuationSite:132195-0002"]
+        # asked in JGD2011, GDAL gets latitude-first coordinates and puts them back in x/y
+        jgd = pyogrio.read_dataframe(source, layer="EvacuationSite", CRS="EPSG:6668")
+        assert jgd.crs.to_epsg() == 6668
+        point = jgd.geometry[0]
+        assert (point.x, point.y) == pytest.approx((139.5785, 35.6348))
+
+
 # -- the ogctests checker against a real broker -----------------------------------------------
 
 OGCTESTS = "ogctests==0.1.15"
