@@ -99,32 +99,60 @@ def _put_entity(conn: sqlite3.Connection, tenant: str, ent: HistoryEntity) -> No
     )
 
 
-def _series(conn: sqlite3.Connection, tenant: str, eid: str, attr: str) -> int:
-    row = conn.execute(
-        "SELECT sid FROM history_series WHERE tenant=? AND eid=? AND attr=?", (tenant, eid, attr)
-    ).fetchone()
-    if row is not None:
-        return int(row[0])
-    cur = conn.execute(
-        "INSERT INTO history_series(tenant, eid, attr) VALUES (?,?,?)", (tenant, eid, attr)
-    )
-    assert cur.lastrowid is not None
-    return cur.lastrowid
+class Series:
+    """Series numbers the writer has seen: (tenant, entity, attribute) -> sid.
+
+    Saves a look-up per attribute on every write. The writer clears it whenever a
+    transaction or savepoint rolls back (a number it handed out may be gone) and when
+    history is deleted."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self.size = size
+        self._known: dict[tuple[str, str, str], int] = {}
+
+    def forget(self) -> None:
+        self._known.clear()
+
+    def get(self, conn: sqlite3.Connection, tenant: str, eid: str, attr: str) -> int:
+        key = (tenant, eid, attr)
+        sid = self._known.get(key)
+        if sid is not None:
+            return sid
+        row = conn.execute(
+            "SELECT sid FROM history_series WHERE tenant=? AND eid=? AND attr=?", key
+        ).fetchone()
+        if row is not None:
+            sid = int(row[0])
+        else:
+            cur = conn.execute("INSERT INTO history_series(tenant, eid, attr) VALUES (?,?,?)", key)
+            assert cur.lastrowid is not None
+            sid = cur.lastrowid
+        if len(self._known) >= self.size:
+            self._known.clear()
+        self._known[key] = sid
+        return sid
 
 
 def _insert_rows(
-    conn: sqlite3.Connection, tenant: str, eid: str, rows: Sequence[HistoryRow]
+    conn: sqlite3.Connection,
+    series: Series,
+    tenant: str,
+    eid: str,
+    rows: Sequence[HistoryRow],
+    *,
+    replace_observed: bool,
 ) -> None:
-    sids = {a: _series(conn, tenant, eid, a) for a in {r.attr for r in rows}}
-    # an observation sent again (same attribute, dataset and observedAt) replaces the old one
-    conn.executemany(
-        "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
-        [
-            (sids[r.attr], r.at, r.dataset_id)
-            for r in rows
-            if r.deleted is None and r.instance is not None and "observedAt" in r.instance
-        ],
-    )
+    sids = {a: series.get(conn, tenant, eid, a) for a in {r.attr for r in rows}}
+    if replace_observed:
+        # an observation sent again (same attribute, dataset and observedAt) replaces it
+        conn.executemany(
+            "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
+            [
+                (sids[r.attr], r.at, r.dataset_id)
+                for r in rows
+                if r.deleted is None and r.instance is not None and "observedAt" in r.instance
+            ],
+        )
     conn.executemany(
         "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted) "
         "VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -148,6 +176,7 @@ def _insert_rows(
 
 def record(
     conn: sqlite3.Connection,
+    series: Series,
     policy: HistoryPolicy,
     tenant: str,
     eid: str,
@@ -157,7 +186,8 @@ def record(
     explicit: Sequence[HistoryRow] | None = None,
 ) -> None:
     """Append what one entity write changed (or the ``explicit`` rows the temporal API
-    gives for it); runs inside the write's transaction."""
+    gives for it); runs inside the write's transaction. Only explicit rows replace
+    instances with the same observedAt: an entity write records what changed."""
     ent = after if after is not None else before
     if ent is None or not policy.records(tenant, ent["type"]):
         return
@@ -168,8 +198,7 @@ def record(
             (now, now, tenant, eid),
         )
     elif (
-        rows
-        or before is None
+        before is None
         or before.get("type") != after.get("type")
         or before.get("scope") != after.get("scope")
     ):
@@ -178,8 +207,12 @@ def record(
             tenant,
             HistoryEntity(eid, after["type"], after.get("scope"), _entity_times(after, now), now),
         )
+    elif rows:
+        conn.execute(
+            "UPDATE history_entities SET modified=? WHERE tenant=? AND eid=?", (now, tenant, eid)
+        )
     if rows:
-        _insert_rows(conn, tenant, eid, rows)
+        _insert_rows(conn, series, tenant, eid, rows, replace_observed=explicit is not None)
 
 
 # -- reads ----------------------------------------------------------------------------------------

@@ -206,6 +206,8 @@ class SqliteStore(Store):
         self._loop_conn: sqlite3.Connection | None = None
         self._readers_lock = threading.Lock()
         self._known_tenants: set[str] = {""}
+        #: history series numbers, used by the writer thread only
+        self._series = sqlhistory.Series()
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -395,6 +397,7 @@ class SqliteStore(Store):
                     conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (name,))
                 conn.execute("COMMIT")
             except BaseException:
+                self._series.forget()
                 conn.execute("ROLLBACK")
                 raise
         self._known_tenants.update(new_tenants)
@@ -424,7 +427,9 @@ class SqliteStore(Store):
                 if row is not None:
                     self._unindex(conn, row[0])
                     conn.execute("DELETE FROM entities WHERE rid=?", (row[0],))
-                    sqlhistory.record(conn, self.history_policy, tenant, eid, before, None, now)
+                    sqlhistory.record(
+                        conn, self._series, self.history_policy, tenant, eid, before, None, now
+                    )
             else:
                 assert isinstance(after, dict)
                 doc = _dumps(after)
@@ -440,10 +445,19 @@ class SqliteStore(Store):
                     self._unindex(conn, rid)
                 self._index(conn, tenant, rid, after)
                 sqlhistory.record(
-                    conn, self.history_policy, tenant, eid, before, after, now, explicit
+                    conn,
+                    self._series,
+                    self.history_policy,
+                    tenant,
+                    eid,
+                    before,
+                    after,
+                    now,
+                    explicit,
                 )
                 result.after = after
         except sqlite3.DatabaseError as exc:
+            self._series.forget()
             conn.execute("ROLLBACK TO one")
             conn.execute("RELEASE one")
             result.error = InternalError(f"store error for {eid}: {exc}")
@@ -840,11 +854,20 @@ class SqliteStore(Store):
         dataset_id: Any = ANY_DATASET,
         instance_id: str | None = None,
     ) -> int:
-        return await self._exec_write(
-            lambda conn: sqlhistory.delete(
-                conn, tenant, entity_id, attr=attr, dataset_id=dataset_id, instance_id=instance_id
-            )
-        )
+        def fn(conn: sqlite3.Connection) -> int:
+            try:
+                return sqlhistory.delete(
+                    conn,
+                    tenant,
+                    entity_id,
+                    attr=attr,
+                    dataset_id=dataset_id,
+                    instance_id=instance_id,
+                )
+            finally:
+                self._series.forget()  # on the writer thread, like every use of it
+
+        return await self._exec_write(fn)
 
     async def replace_instance(
         self, tenant: str, entity_id: str, attr: str, instance_id: str, row: HistoryRow
