@@ -37,6 +37,7 @@ _STATUS = {
     "updated": "更新",
     "unchanged": "変更なし",
     "failed": "失敗",
+    "deleted": "削除",
     "rendered": "作成のみ（CKAN と比較なし）",
 }
 

@@ -270,7 +270,7 @@ class DatasetReport:
     #: created | updated | unchanged | failed (| rendered: a dry run without a catalogue)
     status: str
     error: str | None = None
-    #: resource key -> created | updated | unchanged (with dry_run: what would happen)
+    #: resource key -> created | updated | unchanged | deleted (dry_run: what would happen)
     resources: dict[str, str] = field(default_factory=dict)
     #: changed package fields
     fields: list[str] = field(default_factory=list)
@@ -459,6 +459,8 @@ class Publisher:
             merged = {**current_extras, **extras}
             if merged != current_extras:
                 patch["extras"] = merged
+            if pkg.get("state") == "deleted":  # deleted in CKAN: the definition brings it back
+                patch["state"] = "active"
             if patch:
                 report.status = "updated"
                 report.fields = sorted(patch)
@@ -479,6 +481,14 @@ class Publisher:
             report.resources[r.spec.key] = action
             if action != "unchanged" and report.status == "unchanged":
                 report.status = "updated"
+        # resources this tool published that the definition no longer names
+        for key, res in existing.items():
+            if key not in report.resources:
+                if not self.dry_run:
+                    cat.call("resource_delete", id=res["id"])
+                report.resources[key] = "deleted"
+                if report.status == "unchanged":
+                    report.status = "updated"
         if d.datastore is not None:
             r = next(r for r in rendered if r.spec.key == d.datastore.resource)
             res = existing.get(r.spec.key)

@@ -45,6 +45,8 @@ WRITES = {
     "datastore_create",
     "datastore_upsert",
     "datastore_delete",
+    "resource_delete",
+    "package_delete",
 }
 
 
@@ -60,9 +62,9 @@ class Ckan:
     def catalog(self) -> Catalog:
         return Catalog(self.url, self.token, rate=0, retries=1, backoff=0.1)
 
-    def action(self, name: str, **params: Any) -> Any:
+    def action(self, action_name: str, /, **params: Any) -> Any:
         r = httpx.post(
-            f"{self.url}/api/3/action/{name}",
+            f"{self.url}/api/3/action/{action_name}",
             json=params,
             headers={"Authorization": self.token},
             timeout=30,
@@ -455,3 +457,22 @@ def test_watch_triggered_by_a_broker_subscription(ckan: Ckan, hub: str) -> None:
         f"{hub}/ngsi-ld/v1/subscriptions/{subscriptions[0][1]}", headers={"NGSILD-Tenant": "notify"}
     )
     assert sub.status_code == 404  # removed again
+
+
+def test_catalogue_follows_the_definition_when_it_drops_a_resource(ckan: Ckan, hub: str) -> None:
+    upsert(hub, "drop", [site(1, "狛江第一小学校")])
+    doc = definition("dropped-resource", "drop")
+    assert publish(ckan, hub, parse(doc))[0].status == "created"
+    # someone deletes the dataset in CKAN's UI; someone else adds a resource by hand
+    pkg = ckan.package("dropped-resource")
+    ckan.action("resource_create", package_id=pkg["id"], name="手作業", url="https://example.org/x")
+    ckan.action("package_delete", id="dropped-resource")
+
+    doc["resources"] = ["geojson"]
+    report, _ = publish(ckan, hub, parse(doc))
+    assert report.status == "updated"
+    assert "state" in report.fields
+    assert report.resources == {"geojson": "unchanged", "csv": "deleted"}
+    pkg = ckan.package("dropped-resource")
+    assert pkg["state"] == "active"
+    assert sorted(r["name"] for r in pkg["resources"]) == ["GeoJSON", "手作業"]
