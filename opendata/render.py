@@ -244,15 +244,28 @@ def standard_table(layout: Layout, entities: Iterable[dict[str, Any]]) -> Table:
 # -- machine readability -------------------------------------------------------------------
 
 
+def _platform_chars() -> frozenset[str]:
+    chars = set()
+    for lead in _PLATFORM_LEAD_BYTES:
+        for trail in range(0x40, 0xFD):
+            try:
+                ch = bytes([lead, trail]).decode("cp932")
+            except UnicodeDecodeError:
+                continue
+            # CP932 also decodes some of these codes to characters JIS X 0208 has
+            # (NEC's duplicates of ∵ ≒ ...): those encode back elsewhere and are fine.
+            if ch.encode("cp932")[0] in _PLATFORM_LEAD_BYTES:
+                chars.add(ch)
+    return frozenset(chars)
+
+
+#: Characters that Shift_JIS (JIS X 0208) lacks and only Windows' CP932 has.
+PLATFORM_DEPENDENT = _platform_chars()
+
+
 def is_platform_dependent(ch: str) -> bool:
     """A character that Shift_JIS (JIS X 0208) lacks and only Windows' CP932 has."""
-    if ord(ch) < 0x80:
-        return False
-    try:
-        encoded = ch.encode("cp932")
-    except UnicodeEncodeError:
-        return False
-    return len(encoded) == 2 and encoded[0] in _PLATFORM_LEAD_BYTES
+    return ch in PLATFORM_DEPENDENT
 
 
 def clean_cell(text: str, replacements: Counter[tuple[str, str]], kept: Counter[str]) -> str:
@@ -274,7 +287,7 @@ def clean_cell(text: str, replacements: Counter[tuple[str, str]], kept: Counter[
     text = _LINEBREAK_RE.sub(linebreak, text)
     text = _CONTROL_RE.sub(control, text)
     text = _HALFWIDTH_KANA_RE.sub(kana, text)
-    if not any(ord(c) >= 0x2000 for c in text):
+    if PLATFORM_DEPENDENT.isdisjoint(text):
         return text
     out = []
     for ch in text:
