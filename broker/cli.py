@@ -87,7 +87,7 @@ def serve(
 async def load_samples(settings: Settings) -> int:
     """Upsert the sample entities into the store (idempotent); returns how many."""
     from broker.app import build_hub, close_hub
-    from broker.samples import sample_entities
+    from broker.samples import sample_entities, sample_history
 
     hub = await build_hub(settings)
     try:
@@ -95,11 +95,14 @@ async def load_samples(settings: Settings) -> int:
         mutations = []
         for body in sample_entities():
             ent = hub.entities.new_entity(body, tm)
-            mutations.append((ent["id"], lambda _cur, e=ent: e))
+            # attributes the samples do not name (history brought up to date) stay
+            mutations.append((ent["id"], lambda cur, e=ent: {**(cur or {}), **e}))
         results = await hub.store.write("", mutations)
         for r in results:
             if r.error is not None:
                 raise r.error
+        for body in sample_history():  # the same instants again replace, not add
+            await hub.temporal.upsert("", body, tm)
         return len(results)
     finally:
         await close_hub(hub)

@@ -14,6 +14,15 @@ caller counting offsets, and turn a result into a ``geopandas.GeoDataFrame``::
 the same reading methods as ``Client``; both share one paging rule,
 ``connectors.client.Pager``.
 
+History comes from the temporal API: ``Client.temporal(entity_id, ...)`` reads an
+entity's temporal evolution (following the hub's 206 pages), ``temporal_series`` turns
+one attribute of it into a ``pandas.Series`` indexed by time, and
+``aggregated_series`` does the same for ``options=aggregatedValues`` answers::
+
+    body = hub.temporal(GAUGE, attrs="waterLevel", options="aggregatedValues",
+                        aggrMethods="avg", aggrPeriodDuration="PT1H")
+    hourly = aggregated_series(body, "waterLevel", "avg")
+
 Geo-queries take either NGSI-LD's own ``georel``/``geometry``/``coordinates`` strings
 or the shortcuts ``near=(lon, lat)`` with ``max_distance`` (metres), and
 ``within=``/``intersects=`` with a shapely geometry or a GeoJSON mapping.
@@ -21,6 +30,7 @@ or the shortcuts ``near=(lon, lat)`` with ``max_distance`` (metres), and
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +41,125 @@ from connectors.client import LINK_REL, BrokerClient, BrokerError, Pager
 
 if TYPE_CHECKING:
     import geopandas as gpd
+    import pandas as pd
 
-__all__ = ["AsyncClient", "BrokerError", "Client", "query_params", "subscription_body"]
+__all__ = [
+    "AsyncClient",
+    "BrokerError",
+    "Client",
+    "aggregated_series",
+    "query_params",
+    "subscription_body",
+    "temporal_series",
+]
 
 DEFAULT_URL = "http://127.0.0.1:1026"
 ENTITIES = "/ngsi-ld/v1/entities"
 SUBSCRIPTIONS = "/ngsi-ld/v1/subscriptions"
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
+TEMPORAL = "/ngsi-ld/v1/temporal/entities"
+_CONTENT_RANGE = re.compile(r"^date-time (\S+?Z)-(\S+?Z)/(\S+)$")
+_PAIR_MEMBERS = ("values", "objects", "languageMaps", "jsons", "vocabs", "valueLists")
+
+
+def _instances_of(body: Mapping[str, Any], attr: str) -> list[dict[str, Any]]:
+    raw = body.get(attr, [])
+    return [raw] if isinstance(raw, dict) else list(raw)
+
+
+def temporal_series(
+    body: Mapping[str, Any], attr: str, *, dataset_id: str | None = None
+) -> pd.Series:
+    """One attribute of a temporal representation (normalized or ``temporalValues``)
+    as a Series of values indexed by time (tz-aware UTC), oldest first; the instances
+    of ``dataset_id`` (default: those without one)."""
+    import pandas as pd
+
+    times: list[str] = []
+    values: list[Any] = []
+    for item in _instances_of(body, attr):
+        if item.get("datasetId") != dataset_id:
+            continue
+        member = next((m for m in _PAIR_MEMBERS if m in item), None)
+        if member is not None:  # temporalValues: [[value, time], ...]
+            for value, at in item[member]:
+                values.append(value)
+                times.append(at)
+        else:
+            at = item.get("observedAt", item.get("createdAt"))
+            if at is None:
+                continue
+            values.append(item.get("value", item.get("object")))
+            times.append(at)
+    index = pd.DatetimeIndex(pd.to_datetime(times, utc=True), name="time")
+    return pd.Series(values, index=index, name=attr).sort_index()
+
+
+def aggregated_series(body: Mapping[str, Any], attr: str, method: str) -> pd.Series:
+    """One aggregate of an ``aggregatedValues`` answer as a Series indexed by the start
+    of each period (tz-aware UTC); the period ends are in ``series.attrs["end"]``."""
+    import pandas as pd
+
+    triples = body.get(attr, {}).get(method, [])
+    index = pd.DatetimeIndex(pd.to_datetime([t[1] for t in triples], utc=True), name="start")
+    series = pd.Series([t[0] for t in triples], index=index, name=f"{attr}.{method}")
+    series.attrs["end"] = list(pd.to_datetime([t[2] for t in triples], utc=True))
+    return series
+
+
+class TemporalPages:
+    """Reads a temporal answer page by page: the hub answers 206 with ``Content-Range``
+    when the range holds more instances than it returns at once; the rest is asked for
+    from the end of that range (instances already read are recognised by instanceId)."""
+
+    def __init__(self, entity_id: str, params: Mapping[str, Any]) -> None:
+        self.entity_id = entity_id
+        self.body: dict[str, Any] | None = None
+        self._next: dict[str, Any] | None = query_params(**params)
+
+    def next_params(self) -> dict[str, Any] | None:
+        return self._next
+
+    def feed(self, resp: httpx.Response) -> None:
+        request, self._next = self._next, None
+        if resp.status_code == 404 and self.body is None:
+            return
+        if resp.status_code not in (200, 206):
+            raise BrokerClient._fail(resp, f"temporal evolution of {self.entity_id}")
+        page: dict[str, Any] = resp.json()
+        if self.body is None:
+            self.body = page
+        elif not _merge_pages(self.body, page):
+            return
+        if resp.status_code == 206 and request is not None:
+            self._next = _next_page(request, resp.headers.get("Content-Range"))
+
+
+def _next_page(params: dict[str, Any], content_range: str | None) -> dict[str, Any] | None:
+    """The request for the rest of a 206 temporal answer read oldest first, or None."""
+    match = _CONTENT_RANGE.match(content_range or "")
+    if match is None or params.get("lastN") or params.get("options") == "aggregatedValues":
+        return None
+    end = match.group(2)
+    if params.get("timerel") == "between":
+        return {**params, "timeAt": end}
+    return {**params, "timerel": "after", "timeAt": end}
+
+
+def _merge_pages(into: dict[str, Any], page: Mapping[str, Any]) -> int:
+    """Add a page's instances not seen yet (by instanceId); returns how many were new."""
+    added = 0
+    for key, value in page.items():
+        if key in ("id", "type", "scope", "@context") or not isinstance(value, list):
+            into.setdefault(key, value)
+            continue
+        have = into.setdefault(key, [])
+        seen = {i.get("instanceId") for i in have if isinstance(i, dict)}
+        for inst in value:
+            if not isinstance(inst, dict) or inst.get("instanceId") not in seen:
+                have.append(inst)
+                added += 1
+    return added
 
 
 def _geometry_mapping(geom: Any) -> dict[str, Any]:
@@ -277,6 +399,17 @@ class Client:
         entity: dict[str, Any] = resp.json()
         return entity
 
+    def temporal(self, entity_id: str, **params: Any) -> dict[str, Any] | None:
+        """An entity's temporal evolution (``timerel``, ``timeAt``, ``endTimeAt``,
+        ``attrs``, ``lastN``, ``options``, ``aggrMethods``, ... as the temporal API takes
+        them), or ``None`` when it has no history. Partial (206) answers read oldest
+        first are followed until the whole range is in."""
+        pages = TemporalPages(entity_id, params)
+        while (request := pages.next_params()) is not None:
+            resp = self._request("GET", f"{TEMPORAL}/{entity_id}", params=request)
+            pages.feed(resp)
+        return pages.body
+
     def to_geodataframe(
         self,
         entity_type: str | Sequence[str] | None = None,
@@ -384,6 +517,14 @@ class AsyncClient(BrokerClient):
         """The query's entities as a GeoDataFrame (EPSG:4326); see ``Client.to_geodataframe``."""
         found = [e async for e in self.entities(entity_type, **params)]
         return _frame(found, geometry_property, lang)
+
+    async def temporal(self, entity_id: str, **params: Any) -> dict[str, Any] | None:
+        """An entity's temporal evolution; see ``Client.temporal``."""
+        pages = TemporalPages(entity_id, params)
+        while (request := pages.next_params()) is not None:
+            resp = await self._request("GET", f"{TEMPORAL}/{entity_id}", params=request)
+            pages.feed(resp)
+        return pages.body
 
     async def subscribe_to(
         self, entity_type: str | Sequence[str], endpoint: str, **options: Any

@@ -158,12 +158,22 @@ def _instances(ent: Entity | None) -> dict[tuple[str, str | None], Instance]:
     }
 
 
+def _content(inst: Instance) -> Instance:
+    """An instance without its system times: writing the same content again is no change."""
+    return {k: v for k, v in inst.items() if k not in ("createdAt", "modifiedAt")}
+
+
 def changes(before: Entity | None, after: Entity | None, now: int) -> list[HistoryRow]:
-    """History rows for one committed write of an entity (``after`` None: deleted)."""
+    """History rows for one committed write of an entity (``after`` None: deleted).
+
+    An instance is recorded when it is new or its content changed; the same content
+    written again (a re-import, say) adds nothing."""
     old = _instances(before)
     new = _instances(after)
     rows = [
-        row_for(attr, inst, now) for (attr, ds), inst in new.items() if old.get((attr, ds)) != inst
+        row_for(attr, inst, now)
+        for (attr, ds), inst in new.items()
+        if (attr, ds) not in old or _content(old[(attr, ds)]) != _content(inst)
     ]
     rows.extend(
         deletion_row(attr, inst, now) for (attr, ds), inst in old.items() if (attr, ds) not in new

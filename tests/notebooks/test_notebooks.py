@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from broker.samples import sample_entities
+from broker.samples import sample_entities, sample_history
 from opendata.client import Client
 from tests.support import broker
 
@@ -40,6 +41,9 @@ def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with broker(tmp_path_factory.mktemp("notebooks") / "hub.db") as url:
         with Client(url) as hub:
             hub.upsert(sample_entities())
+        for body in sample_history():  # what `renkei demo` loads too: the gauges' history
+            r = httpx.post(f"{url}/ngsi-ld/v1/temporal/entities", json=body)
+            assert r.status_code in (201, 204), r.text
         yield url
 
 
