@@ -101,6 +101,15 @@ def test_measures_become_typed_attributes(
         # A single attribute, raw payload.
         device.publish("/k0m4e/ws01/attrs/h", "55")
         wait_for(lambda: (e := entity(hub, eid)) and e["humidity"]["value"] == 55, what="single")
+        # Every measure that reached the hub is in the history (the temporal API).
+        r = httpx.get(
+            f"{hub}/ngsi-ld/v1/temporal/entities/{eid}",
+            params={"attrs": "temperature,humidity", "options": "temporalValues"},
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert r.status_code == 200, r.text
+        assert sorted(v for v, _ in r.json()["temperature"]["values"]) == [21.5, 30]
+        assert sorted(v for v, _ in r.json()["humidity"]["values"]) == [40, 55]
         # Provisioning is visible through the API.
         with agent.http() as http:
             listed = http.get("/iot/devices").json()
