@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.app import create_app
+from broker.samples import sample_entities
 from tests.conftest import JSON, building, make_settings
 from tests.support import broker
 
@@ -371,7 +372,7 @@ def ogctests_python() -> Path:
 def test_ogctests_core_suite_passes(ogctests_python: Path, tmp_path: Path) -> None:
     report = tmp_path / "ogctests.xml"
     with broker(tmp_path / "hub.db") as url:
-        sample = json.loads(SAMPLES.read_text(encoding="utf-8"))
+        sample = sample_entities()  # the demo's data: points, polygons, sensors, readings
         r = httpx.post(f"{url}/ngsi-ld/v1/entityOperations/upsert", json=sample, timeout=30)
         assert r.status_code in (201, 204), r.text
         # rootdir/confcutdir at the package, so its own conftest (the HTTP client) is loaded
