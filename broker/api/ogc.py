@@ -39,6 +39,16 @@ _templates = Environment(
 )
 
 
+def _show(value: Any) -> str:
+    """A property value as people read it: text as is, structures as JSON."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+_templates.filters["show"] = _show
+
+
 def service(request: Request, hub: Hub) -> O.OgcService:
     """The app's OGC service, built on first use with the hub it serves."""
     svc: O.OgcService | None = getattr(request.app.state, "ogc", None)
@@ -288,7 +298,7 @@ async def items(collection_id: str, request: Request, hub: HubDep) -> Response:
             _url(href, {**other, **off}),
             "alternate",
             HTML if kind != HTML else GEOJSON,
-            "this page in another format",
+            "GeoJSON" if kind == HTML else "HTML",
         ),
         _link(f"{base}/collections/{_cid(col.id)}", "collection", JSON, col.title),
     ]
