@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +115,49 @@ def test_unreachable_catalogue_fails_every_dataset_with_exit_1(hub: str) -> None
     assert "komae-evacuation-sites: 失敗 / failed" in out
     assert "komae-air-quality: 失敗 / failed" in out
     assert "not-shown-anywhere" not in out
+
+
+def test_on_change_watch_republishes_on_notification_and_cleans_up(hub: str) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RENKEI_CKAN")}
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "broker.cli", "publish", "--definitions", str(EXAMPLES),
+            "--dataset", "komae-evacuation-sites", "--dry-run", "--broker-url", hub,
+            "--on-change", "--every", "1h",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**base, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    watchdog = threading.Timer(90, proc.kill)  # a hung watch ends the test, not the run
+    watchdog.start()
+
+    def read_until(text: str) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                return
+        raise AssertionError("".join(lines))
+
+    try:
+        read_until("komae-evacuation-sites: ")
+        subs = httpx.get(f"{hub}/ngsi-ld/v1/subscriptions").json()
+        assert [s["description"] for s in subs] == ["renkei publish: komae-evacuation-sites"]
+        r = httpx.post(
+            f"{hub}/ngsi-ld/v1/entities/urn:ngsi-ld:EvacuationSite:132195-0001/attrs",
+            json={"capacity": {"type": "Property", "value": 321}},
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 204, r.text
+        read_until("komae-evacuation-sites: ")  # the second report came long before 1h
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        watchdog.cancel()
+    assert proc.returncode == 0
+    assert httpx.get(f"{hub}/ngsi-ld/v1/subscriptions").json() == []
