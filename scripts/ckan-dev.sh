@@ -27,8 +27,14 @@ ADMIN=renkei-admin
 say() { echo "ckan-dev: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+free_ports() {  # N distinct free ports, all held open until every one is chosen
+  python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+' "$1"
 }
 
 # PostgreSQL refuses to run as root: as root its files belong to, and it runs as, postgres.
@@ -155,8 +161,8 @@ load_ports() {
     # shellcheck disable=SC1091
     . "$RUN/ports"
   else
-    PG_PORT=$(free_port); REDIS_PORT=$(free_port); SOLR_PORT=$(free_port)
-    CKAN_PORT="${RENKEI_CKAN_PORT:-$(free_port)}"
+    read -r PG_PORT REDIS_PORT SOLR_PORT CKAN_PORT <<<"$(free_ports 4)"
+    CKAN_PORT="${RENKEI_CKAN_PORT:-$CKAN_PORT}"
     printf 'PG_PORT=%s\nREDIS_PORT=%s\nSOLR_PORT=%s\nCKAN_PORT=%s\n' \
       "$PG_PORT" "$REDIS_PORT" "$SOLR_PORT" "$CKAN_PORT" >"$RUN/ports"
   fi
