@@ -1,5 +1,12 @@
 """Attribute history on SQLite: tables, recording inside the write transaction, queries.
 
+Rollups: ``history_hourly`` keeps, per series and hour of ``at`` (observedAt or write
+time), the count, numeric count, sum, min, max and sum of squares of the instances,
+updated with every insert and rebuilt for the hours an edit or deletion touches. A
+numeric aggregation whose periods are whole hours (``PT1H``, ``P1D``, ... from an
+hour boundary) reads these instead of every instance: a month of a type's history is
+then hundreds of rows, not hundreds of thousands.
+
 Layout: ``history_series`` numbers each (tenant, entity, attribute) once; ``history``
 holds one row per attribute instance, keyed by that number, with its times as
 integer microseconds. The index ``(sid, at, num)`` makes a time range of one
@@ -52,7 +59,13 @@ CREATE TABLE IF NOT EXISTS history(
     at INTEGER NOT NULL, created INTEGER NOT NULL, modified INTEGER NOT NULL,
     num REAL, vkey BLOB, doc BLOB NOT NULL, iid TEXT, deleted INTEGER
 );
-CREATE INDEX IF NOT EXISTS history_at ON history(sid, at, num);
+CREATE INDEX IF NOT EXISTS history_at ON history(sid, deleted, at, num);
+-- per series and hour: what the numeric aggregates need (see rollups below)
+CREATE TABLE IF NOT EXISTS history_hourly(
+    sid INTEGER NOT NULL, hour INTEGER NOT NULL,
+    total INTEGER NOT NULL, n INTEGER NOT NULL, s REAL, lo REAL, hi REAL, sq REAL,
+    PRIMARY KEY(sid, hour)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS history_iid ON history(sid, iid) WHERE iid IS NOT NULL;
 CREATE TABLE IF NOT EXISTS history_entities(
     tenant TEXT NOT NULL, eid TEXT NOT NULL, types BLOB NOT NULL, scope BLOB,
@@ -64,6 +77,10 @@ CREATE TABLE IF NOT EXISTS history_types(
     PRIMARY KEY(tenant, type, eid)
 ) WITHOUT ROWID;
 """
+
+HOUR = 3_600_000_000  # µs
+#: aggregation methods the hourly rollups answer (distinctCount needs the instances)
+_ROLLUP_METHODS = frozenset({"totalCount", "sum", "avg", "min", "max", "sumsq", "stddev"})
 
 _TIME_COLUMNS = {
     "observedAt": "at",
@@ -153,6 +170,57 @@ def _insert_rows(
                 if r.deleted is None and r.instance is not None and "observedAt" in r.instance
             ],
         )
+    if replace_observed:
+        _insert(conn, sids, rows)
+        touched: dict[int, set[int]] = {}
+        for r in rows:
+            if r.deleted is None:
+                touched.setdefault(sids[r.attr], set()).add(r.at // HOUR)
+        for sid, hours in touched.items():
+            _rebuild_hours(conn, sid, hours)
+        return
+    _insert(conn, sids, rows)
+    conn.executemany(
+        "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq) VALUES (?,?,1,?,?,?,?,?) "
+        "ON CONFLICT(sid, hour) DO UPDATE SET total = total + 1, n = n + excluded.n, "
+        "s = CASE WHEN excluded.n THEN coalesce(s, 0) + excluded.s ELSE s END, "
+        "lo = CASE WHEN excluded.n AND (lo IS NULL OR excluded.lo < lo) THEN excluded.lo "
+        "ELSE lo END, "
+        "hi = CASE WHEN excluded.n AND (hi IS NULL OR excluded.hi > hi) THEN excluded.hi "
+        "ELSE hi END, "
+        "sq = CASE WHEN excluded.n THEN coalesce(sq, 0) + excluded.sq ELSE sq END",
+        [
+            (sids[r.attr], r.at // HOUR, 1, num, num, num, num * num)
+            if (num := r.number) is not None
+            else (sids[r.attr], r.at // HOUR, 0, None, None, None, None)
+            for r in rows
+            if r.deleted is None
+        ],
+    )
+
+
+def _rebuild_hours(conn: sqlite3.Connection, sid: int, hours: set[int] | None = None) -> None:
+    """Recompute a series' rollups for some hours (all with None) from its instances."""
+    ranges: list[tuple[int | None, int | None]]
+    if hours is None:
+        conn.execute("DELETE FROM history_hourly WHERE sid=?", (sid,))
+        ranges = [(None, None)]
+    else:
+        conn.executemany(
+            "DELETE FROM history_hourly WHERE sid=? AND hour=?", [(sid, h) for h in hours]
+        )
+        ranges = [(h * HOUR, (h + 1) * HOUR) for h in sorted(hours)]
+    for lo, hi in ranges:
+        span = "" if lo is None else " AND at >= ? AND at < ?"
+        conn.execute(
+            "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq) "
+            "SELECT sid, at / ?, count(*), count(num), sum(num), min(num), max(num), "
+            f"sum(num * num) FROM history WHERE sid=? AND deleted IS NULL{span} GROUP BY 2",
+            (HOUR, sid) if lo is None else (HOUR, sid, lo, hi),
+        )
+
+
+def _insert(conn: sqlite3.Connection, sids: dict[str, int], rows: Sequence[HistoryRow]) -> None:
     conn.executemany(
         "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted) "
         "VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -207,9 +275,16 @@ def record(
             tenant,
             HistoryEntity(eid, after["type"], after.get("scope"), _entity_times(after, now), now),
         )
-    elif rows:
-        conn.execute(
+    elif (
+        rows
+        and not conn.execute(
             "UPDATE history_entities SET modified=? WHERE tenant=? AND eid=?", (now, tenant, eid)
+        ).rowcount
+    ):  # its history was deleted (temporal API) while the entity stayed
+        _put_entity(
+            conn,
+            tenant,
+            HistoryEntity(eid, after["type"], after.get("scope"), _entity_times(after, now), now),
         )
     if rows:
         _insert_rows(conn, series, tenant, eid, rows, replace_observed=explicit is not None)
@@ -410,6 +485,16 @@ def aggregate(
             end = query.end_time_at if query.timerel == "between" else None
             periods = [start if start is not None else lo, end if end is not None else hi + 1]
         n = len(periods) - 1
+        if _rollups_answer(query, methods, periods):
+            end = (
+                query.end_time_at
+                if query.timerel == "between"
+                else query.time_at
+                if query.timerel == "before"
+                else None
+            )
+            out[eid] = _from_rollups(conn, names, methods, periods, end)
+            continue
         pargs: list[int] = []
         for k in range(n):
             pargs.extend([k, periods[k], periods[k + 1]])
@@ -435,6 +520,66 @@ def aggregate(
                     continue
                 agg.values.setdefault(m, []).append((value, periods[k], periods[k + 1]))
         out[eid] = per_attr
+    return out
+
+
+def _rollups_answer(query: HistoryQuery, methods: Sequence[str], periods: Sequence[int]) -> bool:
+    """True when the hourly rollups give exactly the aggregates asked for: numeric
+    methods over observedAt, periods and the time range on whole hours."""
+    if query.time_property != "observedAt" or not set(methods) <= _ROLLUP_METHODS:
+        return False
+    bounds: list[int | None] = [*periods]
+    if query.time_at is not None and query.timerel in ("before", "between"):
+        bounds.append(query.end_time_at if query.timerel == "between" else query.time_at)
+    return all(b is not None and b % HOUR == 0 for b in bounds)
+
+
+def _from_rollups(
+    conn: sqlite3.Connection,
+    names: dict[int, str],
+    methods: Sequence[str],
+    periods: Sequence[int],
+    end: int | None,
+) -> dict[str, AttrAggregate]:
+    """The aggregates from the rollups; the last period is cut at the range's ``end``
+    (on an hour) so no instance after the range counts."""
+    n = len(periods) - 1
+    pargs: list[int] = []
+    for k in range(n):
+        stop = periods[k + 1] if end is None else min(periods[k + 1], end)
+        pargs.extend([k, periods[k] // HOUR, stop // HOUR])
+    sids = list(names)
+    rows = conn.execute(
+        f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
+        "SELECT h.sid, p.i, sum(h.total), sum(h.n), sum(h.s), min(h.lo), max(h.hi), sum(h.sq) "
+        f"FROM p JOIN history_hourly h ON h.sid IN ({','.join('?' * len(sids))}) "
+        "AND h.hour >= p.s AND h.hour < p.e GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
+        (*pargs, *sids),
+    ).fetchall()
+    out: dict[str, AttrAggregate] = {}
+    for sid, k, total, nums, s, lo, hi, sq in rows:
+        attr = names[sid]
+        agg = out.get(attr)
+        if agg is None:
+            agg = out[attr] = AttrAggregate(_kind(conn, sid))
+        for m in methods:
+            if m == "totalCount":
+                value: Any = total
+            elif not nums:
+                continue
+            elif m == "sum":
+                value = s
+            elif m == "avg":
+                value = s / nums
+            elif m == "min":
+                value = lo
+            elif m == "max":
+                value = hi
+            elif m == "sumsq":
+                value = sq
+            else:
+                value = max(sq / nums - (s / nums) ** 2, 0.0) ** 0.5
+            agg.values.setdefault(m, []).append((value, periods[k], periods[k + 1]))
     return out
 
 
@@ -468,11 +613,12 @@ def delete(
         found = conn.execute(
             "DELETE FROM history_entities WHERE tenant=? AND eid=?", (tenant, eid)
         ).rowcount
-        conn.execute(
-            "DELETE FROM history WHERE sid IN "
-            "(SELECT sid FROM history_series WHERE tenant=? AND eid=?)",
-            (tenant, eid),
-        )
+        for table in ("history", "history_hourly"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE sid IN "
+                "(SELECT sid FROM history_series WHERE tenant=? AND eid=?)",
+                (tenant, eid),
+            )
         for table in ("history_series", "history_types"):
             conn.execute(f"DELETE FROM {table} WHERE tenant=? AND eid=?", (tenant, eid))
         return int(found)
@@ -488,9 +634,13 @@ def delete(
     elif dataset_id is not ANY_DATASET:
         where += " AND ds IS ?"
         args.append(dataset_id)
+    hours = {r[0] // HOUR for r in conn.execute(f"SELECT at FROM history WHERE {where}", args)}
     gone = int(conn.execute(f"DELETE FROM history WHERE {where}", args).rowcount)
     if conn.execute("SELECT 1 FROM history WHERE sid=? LIMIT 1", (sid,)).fetchone() is None:
         conn.execute("DELETE FROM history_series WHERE sid=?", (sid,))
+        conn.execute("DELETE FROM history_hourly WHERE sid=?", (sid,))
+    elif hours:
+        _rebuild_hours(conn, sid, hours)
     return gone
 
 
@@ -506,6 +656,11 @@ def replace(
     if sid is None:
         return False
     clause, iargs = _instance_clause(instance_id)
+    old = conn.execute(
+        f"SELECT at FROM history WHERE sid=? AND deleted IS NULL AND {clause}", (sid, *iargs)
+    ).fetchone()
+    if old is None:
+        return False
     cur = conn.execute(
         "UPDATE history SET doc=?, num=?, vkey=?, at=?, modified=?, ds=? "
         f"WHERE sid=? AND deleted IS NULL AND {clause}",
@@ -520,6 +675,7 @@ def replace(
             *iargs,
         ),
     )
+    _rebuild_hours(conn, sid, {old[0] // HOUR, row.at // HOUR})
     return bool(cur.rowcount)
 
 
@@ -530,10 +686,21 @@ def expire(conn: sqlite3.Connection, policy: HistoryPolicy, now: int) -> int:
         cutoff = policy.cutoffs(tenant, [etype], now).get(etype)
         if cutoff is None:
             continue
-        gone += conn.execute(
-            "DELETE FROM history WHERE at < ? AND sid IN (SELECT s.sid FROM history_series s "
-            "JOIN history_types t ON t.tenant=s.tenant AND t.eid=s.eid "
-            "WHERE t.tenant=? AND t.type=?)",
-            (cutoff, tenant, etype),
-        ).rowcount
+        sids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT s.sid FROM history_series s JOIN history_types t "
+                "ON t.tenant=s.tenant AND t.eid=s.eid WHERE t.tenant=? AND t.type=?",
+                (tenant, etype),
+            )
+        ]
+        for sid in sids:
+            gone += conn.execute(
+                "DELETE FROM history WHERE sid=? AND at < ?", (sid, cutoff)
+            ).rowcount
+            conn.execute(
+                "DELETE FROM history_hourly WHERE sid=? AND hour < ?", (sid, cutoff // HOUR)
+            )
+            if cutoff % HOUR:
+                _rebuild_hours(conn, sid, {cutoff // HOUR})
     return gone
