@@ -428,6 +428,11 @@ class Publisher:
             )
         report.url = f"{cat.url}/dataset/{d.name}"
         org = cat.show("organization_show", id=d.organization.name, include_datasets=False)
+        if org is None and not d.organization.create and self.dry_run:
+            raise CatalogError(
+                f"organization: CKAN に組織 {d.organization.name} がありません (create: false) / "
+                f"the catalogue has no organisation {d.organization.name} (create: false)"
+            )
         if org is None and d.organization.create:
             if self.dry_run:
                 report.notes.append(

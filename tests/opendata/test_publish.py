@@ -385,6 +385,15 @@ def test_dry_run_touches_nothing(ckan: Ckan, hub: str) -> None:
     assert not WRITES & set(calls)
     assert ckan.action("package_show", id="dry-run-new") is None
     assert ckan.action("organization_show", id="dry-run-org") is None
+    # what would fail is reported as failing
+    doomed = parse(
+        definition("dry-run-doomed", "dry", organization={"name": "nowhere", "create": False})
+    )
+    report, calls = publish(ckan, hub, doomed, dry_run=True)
+    assert report.status == "failed"
+    assert report.error is not None
+    assert "nowhere" in report.error
+    assert not WRITES & set(calls)
 
     existing = parse(definition("dry-run-existing", "dry"))
     assert publish(ckan, hub, existing)[0].status == "created"
