@@ -3,7 +3,8 @@
 ``mosquitto(tmp_path)`` writes a config file, starts ``/usr/sbin/mosquitto`` on a free
 127.0.0.1 port, waits until it accepts connections and stops it afterwards. With
 ``users={"name": "password"}`` the listener takes only those users (password file
-built with ``mosquitto_passwd``). The Debian packages come from
+built with ``mosquitto_passwd``). With ``tls=(certfile, keyfile)`` the listener speaks
+MQTT over TLS only (``mqtts://``). The Debian packages come from
 ``scripts/system-deps.sh test`` (run by ``make test``).
 """
 
@@ -53,10 +54,16 @@ class MqttBroker:
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: server certificate and key (PEM) for a TLS listener
+    tls: tuple[Path, Path] | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "mqtts" if self.tls else "mqtt"
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def endpoint(self, topic: str, user: str | None = None, password: str | None = None) -> str:
         """An endpoint URI for a topic on this broker, with optional userinfo."""
@@ -64,7 +71,7 @@ class MqttBroker:
         if user is not None:
             auth = user if password is None else f"{user}:{password}"
             auth += "@"
-        return f"mqtt://{auth}{self.host}:{self.port}/{topic}"
+        return f"{self.scheme}://{auth}{self.host}:{self.port}/{topic}"
 
     @property
     def log_file(self) -> Path:
@@ -87,6 +94,9 @@ class MqttBroker:
             lines.append("user root")
         if self.users:
             lines.append(f"password_file {self._write_passwords()}")
+        if self.tls:
+            certfile, keyfile = self.tls
+            lines += [f"certfile {certfile}", f"keyfile {keyfile}"]
         config = self.workdir / "mosquitto.conf"
         config.write_text("\n".join(lines) + "\n")
         return config
@@ -142,9 +152,13 @@ class MqttBroker:
 
 
 @contextmanager
-def mosquitto(tmp_path: Path, users: dict[str, str] | None = None) -> Iterator[MqttBroker]:
+def mosquitto(
+    tmp_path: Path,
+    users: dict[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[MqttBroker]:
     """A running Mosquitto on 127.0.0.1 (anonymous unless ``users`` is given)."""
-    broker = MqttBroker(tmp_path / "mosquitto", users=dict(users or {}))
+    broker = MqttBroker(tmp_path / "mosquitto", users=dict(users or {}), tls=tls)
     broker.start()
     try:
         yield broker

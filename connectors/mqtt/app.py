@@ -181,12 +181,14 @@ async def notify(
 
 @service.get("/health")
 async def health(agent: AgentDep) -> JSONResponse:
-    body = {
+    body: dict[str, Any] = {
         "mqtt": agent.link.connected,
         "mqttVersion": "5" if agent.link.mqtt5 else "3.1.1",
         "broker": agent.broker_up and agent.batcher.broker_ok,
         "buffered": agent.batcher.buffered,
     }
+    if not agent.link.connected and agent.link.last_error:
+        body["mqttError"] = agent.link.last_error
     return JSONResponse(body, status_code=200 if agent.healthy else 503)
 
 

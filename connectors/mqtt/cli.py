@@ -18,6 +18,22 @@ MqttUrlOpt = Annotated[
         "[env RENKEI_MQTT_URL, default mqtt://127.0.0.1:1883]",
     ),
 ]
+MqttVersionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mqtt-version",
+        help="auto (MQTT 5, 3.1.1 if the broker refuses it), mqtt5.0 or mqtt3.1.1 "
+        "[env RENKEI_MQTT_VERSION, default auto]",
+    ),
+]
+MqttCaFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mqtt-ca-file",
+        help="CA certificates (PEM) trusted for mqtts:// [env RENKEI_MQTT_CA_FILE, "
+        "default: the system CAs]",
+    ),
+]
 BrokerUrlOpt = Annotated[
     str | None,
     typer.Option(
@@ -38,11 +54,21 @@ HostOpt = Annotated[
 
 
 def settings_from(
-    mqtt_url: str | None, broker_url: str | None, port: int | None, host: str | None
+    mqtt_url: str | None,
+    broker_url: str | None,
+    port: int | None,
+    host: str | None,
+    mqtt_version: str | None = None,
+    mqtt_ca_file: str | None = None,
 ) -> AgentSettings:
     try:
         return get_settings(
-            mqtt_url=mqtt_url, broker_url=broker_url, iota_port=port, iota_host=host
+            mqtt_url=mqtt_url,
+            broker_url=broker_url,
+            iota_port=port,
+            iota_host=host,
+            mqtt_version=mqtt_version,
+            mqtt_ca_file=mqtt_ca_file,
         )
     except ValueError as exc:
         typer.echo(f"設定エラー / invalid settings: {exc}", err=True)
@@ -73,9 +99,11 @@ def register(app: typer.Typer) -> None:
         broker_url: BrokerUrlOpt = None,
         port: PortOpt = None,
         host: HostOpt = None,
+        mqtt_version: MqttVersionOpt = None,
+        mqtt_ca_file: MqttCaFileOpt = None,
     ) -> None:
         """Run the MQTT IoT agent (FIWARE IoT Agent JSON). / IoT エージェントを起動します。"""
-        run(settings_from(mqtt_url, broker_url, port, host))
+        run(settings_from(mqtt_url, broker_url, port, host, mqtt_version, mqtt_ca_file))
 
 
 def main() -> None:

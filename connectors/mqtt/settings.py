@@ -7,6 +7,7 @@ its options as overrides, so a flag wins over the environment.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -20,7 +21,7 @@ class AgentSettings(BaseSettings):
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     #: ``auto`` speaks MQTT 5 (shared subscriptions) and falls back to 3.1.1 when refused.
     mqtt_version: Literal["auto", "mqtt5.0", "mqtt3.1.1"] = "auto"
-    #: CA bundle for ``mqtts://`` (system CAs when unset).
+    #: CA bundle (PEM) for ``mqtts://`` (system CAs when unset).
     mqtt_ca_file: str | None = None
     #: MQTT client id; stable by default so a restarted agent resumes its session.
     mqtt_client_id: str | None = None
@@ -51,6 +52,13 @@ class AgentSettings(BaseSettings):
     def _mqtt_scheme(cls, value: str) -> str:
         if not value.startswith(("mqtt://", "mqtts://")):
             raise ValueError("mqtt_url must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        return value
+
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _readable_ca(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isfile(value):
+            raise ValueError(f"mqtt_ca_file {value!r} is not a readable file")
         return value
 
     @field_validator("broker_url")

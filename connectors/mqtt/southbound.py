@@ -4,13 +4,18 @@ The client subscribes to the IoT Agent JSON topics (``/+/+/attrs``, ``/json/+/+/
 single attributes and command results). With MQTT 5 the subscriptions are shared
 (``$share/<group>/...``), so several agents split the messages; an MQTT 3.1.1 broker
 gets plain subscriptions (one agent). In ``auto`` mode the agent speaks MQTT 5 and
-falls back to 3.1.1 when the broker refuses the protocol version.
+falls back to 3.1.1 when the broker refuses the protocol version, or leaves its first
+MQTT 5 CONNECT unanswered for ``CONNACK_TIMEOUT`` (some 3.1.1 brokers read an MQTT 5
+CONNECT as a malformed 3.1.1 one and wait for bytes that never come).
 
 Messages are acknowledged by hand (``manual_ack=True``): a QoS 1 message is
 acknowledged only once its measure is stored, and the MQTT 5 receive maximum bounds
 how many wait unacknowledged. The session is persistent (stable client id, no clean
 start), so what was never acknowledged is delivered again after a reconnection.
-paho reconnects by itself, with a backoff from 1 s up to 30 s.
+paho reconnects by itself, with a backoff from 1 s up to 30 s. A connection that
+cannot be made (broker unreachable, TLS certificate not trusted, login refused) is
+logged as an error once per distinct cause and kept in :attr:`MqttLink.last_error`,
+which ``/health`` shows.
 
 paho calls back from its thread; messages cross to the event loop in batches
 through a deque and one ``call_soon_threadsafe`` per batch.
@@ -23,6 +28,7 @@ import collections
 import contextlib
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -54,8 +60,31 @@ TOPICS = (
     "/json/+/+/cmdexe",
 )
 KEEPALIVE = 30
+CONNACK_TIMEOUT = 5.0
 SESSION_EXPIRY = 3600
 _BAD_PROTOCOL = {0x01, 0x84}  # 3.1.1 "unacceptable protocol version", 5.0 0x84
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when the TLS handshake fails.
+
+    paho-mqtt drops the socket of a failed handshake (an untrusted certificate, say)
+    without closing it, so every retry would leak a file descriptor.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify the broker's certificate and host name against ``ca_file`` (or system CAs)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.sslsocket_class = _ClosingSSLSocket
+    return context
 
 
 @dataclass(slots=True)
@@ -87,6 +116,8 @@ class MqttLink:
         self.ca_file = ca_file
         self.connected = False
         self.connections = 0
+        #: why the last connection attempt failed (None once connected)
+        self.last_error: str | None = None
         self.mqtt5 = version != "mqtt3.1.1"
         self._session = 0  # bumped per connection: an old message id is never acked on a new one
         self._lock = threading.Lock()
@@ -96,6 +127,7 @@ class MqttLink:
         self._handler: Callable[[list[Incoming]], None] | None = None
         self._client: Client | None = None
         self._fallback = asyncio.Event()
+        self._connecting_since: float | None = None  # socket open, CONNACK not yet in
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -114,10 +146,11 @@ class MqttLink:
         if self.server.username is not None:
             client.username_pw_set(self.server.username, self.server.password)
         if self.server.tls:
-            context = ssl.create_default_context(cafile=self.ca_file)
-            client.tls_set_context(context)
+            client.tls_set_context(tls_context(self.ca_file))
         client.enable_logger(log)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_socket_open = self._on_socket_open
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
@@ -147,11 +180,32 @@ class MqttLink:
         self._supervisor = asyncio.create_task(self._supervise())
 
     async def _supervise(self) -> None:
-        await self._fallback.wait()
-        log.warning("MQTT broker %s refuses MQTT 5: using MQTT 3.1.1", self.server.display)
-        await asyncio.to_thread(self._stop_client)
-        self.mqtt5 = False
-        await asyncio.to_thread(self._connect)
+        """Fall back to MQTT 3.1.1 when allowed, and report a CONNECT left unanswered."""
+        while True:
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._fallback.wait()
+            except TimeoutError:
+                since = self._connecting_since
+                if since is None or time.monotonic() - since < CONNACK_TIMEOUT:
+                    continue
+                if self.version == "auto" and self.mqtt5 and self.connections == 0:
+                    log.warning(
+                        "MQTT broker %s does not answer an MQTT 5 CONNECT", self.server.display
+                    )
+                    self._fallback.set()
+                else:
+                    version = "5" if self.mqtt5 else "3.1.1"
+                    self._failed(
+                        f"no answer to the MQTT {version} CONNECT within {CONNACK_TIMEOUT:g} s"
+                    )
+                continue
+            self._fallback.clear()
+            log.warning("MQTT broker %s refuses MQTT 5: using MQTT 3.1.1", self.server.display)
+            await asyncio.to_thread(self._stop_client)
+            self.mqtt5 = False
+            self._connecting_since = None
+            await asyncio.to_thread(self._connect)
 
     def _stop_client(self) -> None:
         client = self._client
@@ -178,15 +232,19 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._connecting_since = None
         if reason.is_failure:
-            log.warning("MQTT connection to %s refused: %s", self.server.display, reason)
             if self.version == "auto" and self.mqtt5 and reason.value in _BAD_PROTOCOL:
+                log.debug("MQTT broker %s refused MQTT 5: %s", self.server.display, reason)
                 self._post(self._fallback.set)
+            else:
+                self._failed(f"connection refused by the broker: {reason}")
             return
         with self._lock:
             self._session += 1
             self.connected = True
             self.connections += 1
+            self.last_error = None
         prefix = f"$share/{self.share_group}/" if self.mqtt5 else ""
         client.subscribe([(prefix + t, 1) for t in TOPICS])
         log.info(
@@ -194,6 +252,34 @@ class MqttLink:
             self.server.display,
             "5" if self.mqtt5 else "3.1.1",
             f", shared subscriptions $share/{self.share_group}" if self.mqtt5 else "",
+        )
+
+    def _on_socket_open(self, client: Client, userdata: Any, sock: Any) -> None:
+        self._connecting_since = time.monotonic()
+
+    def _on_connect_fail(self, client: Client, userdata: Any) -> None:
+        # paho calls this from inside its ``except OSError`` block: the cause is current.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            cause = f"TLS certificate not trusted: {exc.verify_message or exc}"
+            if self.ca_file:
+                cause += f" (CA file {self.ca_file})"
+        elif exc is not None:
+            cause = f"cannot connect: {exc}"
+        else:
+            cause = "cannot connect"
+        self._failed(cause)
+
+    def _failed(self, cause: str) -> None:
+        """Log a connection failure: an error when its cause changes, debug while it repeats."""
+        with self._lock:
+            repeated = cause == self.last_error
+            self.last_error = cause
+        log.log(
+            logging.DEBUG if repeated else logging.ERROR,
+            "MQTT broker %s: %s; retrying with backoff",
+            self.server.display,
+            cause,
         )
 
     def _on_subscribe(
@@ -215,10 +301,14 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        unanswered = self._connecting_since is not None
+        self._connecting_since = None
         with self._lock:
             self._session += 1
             was = self.connected
             self.connected = False
+        if unanswered and not self._stopping:
+            self._failed(f"connection closed before the broker answered the CONNECT ({reason})")
         if was and not self._stopping:
             log.warning(
                 "MQTT connection to %s lost (%s); reconnecting", self.server.display, reason

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -118,6 +122,7 @@ class Publisher:
         mqtt5: bool = False,
         user: str | None = None,
         password: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.client = Client(
             CallbackAPIVersion.VERSION2,
@@ -125,6 +130,8 @@ class Publisher:
         )
         if user is not None:
             self.client.username_pw_set(user, password)
+        if ca_file is not None:
+            self.client.tls_set_context(ssl.create_default_context(cafile=ca_file))
         self.client.connect(mqtt.host, mqtt.port)
         self.client.loop_start()
 
@@ -143,3 +150,51 @@ def device(mqtt: MqttBroker) -> Iterator[Publisher]:
     pub = Publisher(mqtt)
     yield pub
     pub.close()
+
+
+@contextmanager
+def amqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
+    """A running amqtt broker (PyPI), which speaks MQTT 3.1.1 only and refuses MQTT 5.
+
+    Mosquitto cannot be limited to 3.1.1; amqtt answers an MQTT 5 CONNECT with
+    "unacceptable protocol version", as older brokers and many gateways do.
+    """
+    workdir = tmp_path / "amqtt"
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = workdir / "amqtt.yaml"
+    config.write_text(
+        "listeners:\n"
+        "  default:\n"
+        "    type: tcp\n"
+        f"    bind: 127.0.0.1:{port}\n"
+        "plugins:\n"
+        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n"
+    )
+    with (workdir / "amqtt.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"amqtt exited: {(workdir / 'amqtt.log').read_text()}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("amqtt did not accept connections") from None
+                    time.sleep(0.05)
+            yield MqttBroker(workdir, port=port)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -46,4 +46,11 @@ def test_options_env_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     bad = runner.invoke(app(), ["iot-agent", "--mqtt-url", "http://nope"])
     assert bad.exit_code == 2
+    result = runner.invoke(app(), ["iot-agent", "--mqtt-version", "mqtt3.1.1"])
+    assert result.exit_code == 0, result.output
+    assert seen[2].mqtt_version == "mqtt3.1.1"
+    assert runner.invoke(app(), ["iot-agent", "--mqtt-version", "mqtt4"]).exit_code == 2
+    missing = runner.invoke(app(), ["iot-agent", "--mqtt-ca-file", "/nonexistent/ca.pem"])
+    assert missing.exit_code == 2
+    assert "mqtt_ca_file" in missing.output
     assert "--mqtt-url" in runner.invoke(app(), ["iot-agent", "--help"]).output
