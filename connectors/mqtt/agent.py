@@ -20,7 +20,15 @@ import orjson
 
 from broker.notify.mqtt import parse_server
 from connectors.client import BrokerClient, BrokerError
-from connectors.mqtt.mapping import BadValue, convert, iso, measures, static_attributes
+from connectors.mqtt.mapping import (
+    TIME_INSTANT,
+    BadValue,
+    convert,
+    iso,
+    measures,
+    static_attributes,
+    time_instant,
+)
 from connectors.mqtt.metrics import Metrics
 from connectors.mqtt.northbound import Ack, Batcher
 from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
@@ -32,7 +40,20 @@ log = logging.getLogger("renkei.iota")
 NOTIFY_PATH = "/notify"
 HEALTH_PERIOD = 2.0
 SUBSCRIBE_RETRY = 2.0
+SYNC_TIMEOUT = 5.0
 STOP_FLUSH_TIMEOUT = 5.0
+
+SubKey = tuple[str | None, str, str]  # (tenant, entity type, command)
+
+
+class AgentBrokerClient(BrokerClient):
+    """The broker client, plus removing the agent's own subscriptions."""
+
+    async def unsubscribe(self, subscription_id: str) -> None:
+        """Delete a subscription; one already gone counts as deleted."""
+        resp = await self._request("DELETE", f"/ngsi-ld/v1/subscriptions/{subscription_id}")
+        if resp.status_code not in (204, 404):
+            raise self._fail(resp, "unsubscribe")
 
 
 class IoTAgent:
@@ -56,10 +77,11 @@ class IoTAgent:
             ca_file=settings.mqtt_ca_file,
         )
         self.broker_up = False
-        self._clients: dict[str | None, BrokerClient] = {}
+        self._clients: dict[str | None, AgentBrokerClient] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._subscribed: set[tuple[str | None, str, str]] = set()
+        self._subscribed: set[SubKey] = set()
         self._subscribe_wanted = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
         self._last_log: dict[str, float] = {}
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
         self.metrics.gauge("broker_up", lambda: float(self.broker_up and self.batcher.broker_ok))
@@ -103,10 +125,10 @@ class IoTAgent:
     def healthy(self) -> bool:
         return self.link.connected and self.broker_up and self.batcher.broker_ok
 
-    def client(self, tenant: str | None) -> BrokerClient:
+    def client(self, tenant: str | None) -> AgentBrokerClient:
         client = self._clients.get(tenant)
         if client is None:
-            client = BrokerClient(self.settings.broker_url, tenant=tenant, retries=0)
+            client = AgentBrokerClient(self.settings.broker_url, tenant=tenant, retries=0)
             self._clients[tenant] = client
         return client
 
@@ -251,6 +273,8 @@ class IoTAgent:
             }
         if not attrs:
             return False
+        if device.timestamp:
+            attrs[TIME_INSTANT] = time_instant(item.arrival)
         self.batcher.add(
             device.tenant,
             device.entity_id,
@@ -267,6 +291,7 @@ class IoTAgent:
     def devices_added(self, devices: list[Resolved]) -> None:
         """Create each device's entity (static attributes) and its command subscriptions."""
         for device in devices:
+            # No TimeInstant here even with ``timestamp``: it is the time of a measure.
             self.batcher.add(
                 device.tenant,
                 device.entity_id,
@@ -279,11 +304,27 @@ class IoTAgent:
         self.commands_changed()
 
     def commands_changed(self) -> None:
+        """Provisioning changed: bring the command subscriptions in line, in the background."""
         self._subscribe_wanted.set()
+
+    async def sync_commands(self) -> None:
+        """Bring the command subscriptions in line now, waiting at most ``SYNC_TIMEOUT``.
+
+        Provisioning routes call this before answering, so a device's commands work
+        (and a deleted device's stop) as soon as the request returns; if the broker is
+        slow or down, the background task keeps trying.
+        """
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                if not await self._sync_subscriptions():
+                    self._subscribe_wanted.set()
+        except TimeoutError:
+            log.warning("command subscriptions not updated yet: the broker is slow or down")
+            self._subscribe_wanted.set()
 
     # -- commands -----------------------------------------------------------------------------
 
-    def _wanted_subscriptions(self) -> set[tuple[str | None, str, str]]:
+    def _wanted_subscriptions(self) -> set[SubKey]:
         wanted = {
             (d.tenant, d.entity_type, c) for d in self.registry.all_resolved() for c in d.commands
         }
@@ -291,6 +332,14 @@ class IoTAgent:
             for c in group.commands:
                 wanted.add((scope.tenant, group.entity_type or DEFAULT_TYPE, c.name))
         return wanted
+
+    def subscription_id(self, key: SubKey) -> str:
+        """One id per (tenant, type, command, endpoint): creating it again is a no-op."""
+        tenant, entity_type, command = key
+        digest = hashlib.sha256(
+            f"{tenant}|{entity_type}|{command}|{self.settings.public_url}".encode()
+        ).hexdigest()[:24]
+        return f"urn:ngsi-ld:Subscription:renkei-iota-{digest}"
 
     def _subscription(self, entity_type: str, command: str, sub_id: str) -> dict[str, Any]:
         return {
@@ -310,19 +359,18 @@ class IoTAgent:
             },
         }
 
-    async def _keep_subscriptions(self) -> None:
-        """Make sure the broker tells the agent of every provisioned command's updates."""
-        self._subscribe_wanted.set()
-        while True:
-            await self._subscribe_wanted.wait()
-            self._subscribe_wanted.clear()
-            missing = self._wanted_subscriptions() - self._subscribed
-            for tenant, entity_type, command in sorted(missing, key=str):
-                # One id per (tenant, type, command, endpoint): creating it again is a no-op.
-                digest = hashlib.sha256(
-                    f"{tenant}|{entity_type}|{command}|{self.settings.public_url}".encode()
-                ).hexdigest()[:24]
-                sub_id = f"urn:ngsi-ld:Subscription:renkei-iota-{digest}"
+    async def _sync_subscriptions(self) -> bool:
+        """Create missing command subscriptions and delete unwanted ones; True if all done.
+
+        A subscription serves every device of a (tenant, entity type) with the command,
+        so it goes only when no device or group of that type has the command any more.
+        """
+        async with self._sync_lock:
+            wanted = self._wanted_subscriptions()
+            done = True
+            for key in sorted(wanted - self._subscribed, key=str):
+                tenant, entity_type, command = key
+                sub_id = self.subscription_id(key)
                 try:
                     await self.client(tenant).subscribe(
                         self._subscription(entity_type, command, sub_id)
@@ -330,9 +378,28 @@ class IoTAgent:
                 except BrokerError as exc:
                     if exc.status != 409:
                         log.warning("cannot subscribe to command %s: %s", command, exc)
+                        done = False
                         continue
-                self._subscribed.add((tenant, entity_type, command))
-            if self._wanted_subscriptions() - self._subscribed:
+                self._subscribed.add(key)
+            for key in sorted(self._subscribed - wanted, key=str):
+                tenant, entity_type, command = key
+                try:
+                    await self.client(tenant).unsubscribe(self.subscription_id(key))
+                except BrokerError as exc:
+                    log.warning("cannot remove the subscription to command %s: %s", command, exc)
+                    done = False
+                    continue
+                log.info("command %s of %s no longer provisioned", command, entity_type)
+                self._subscribed.discard(key)
+            return done
+
+    async def _keep_subscriptions(self) -> None:
+        """Make sure the broker tells the agent of every provisioned command's updates."""
+        self._subscribe_wanted.set()
+        while True:
+            await self._subscribe_wanted.wait()
+            self._subscribe_wanted.clear()
+            if not await self._sync_subscriptions():
                 await asyncio.sleep(SUBSCRIBE_RETRY)
                 self._subscribe_wanted.set()
 

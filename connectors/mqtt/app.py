@@ -92,7 +92,7 @@ def _group_routes(path: str, key: str) -> APIRouter:
     @router.post("", status_code=201)
     async def create_groups(request: Request, agent: AgentDep, scope: ScopeDep) -> Response:
         agent.registry.add_groups(scope, await _items(request, key))
-        agent.commands_changed()
+        await agent.sync_commands()
         return Response(status_code=201)
 
     @router.get("")
@@ -109,7 +109,7 @@ def _group_routes(path: str, key: str) -> APIRouter:
         resource: str | None = None,
     ) -> Response:
         agent.registry.update_group(scope, apikey, resource, await _object(request))
-        agent.commands_changed()
+        await agent.sync_commands()
         return Response(status_code=204)
 
     @router.delete("", status_code=204)
@@ -117,6 +117,7 @@ def _group_routes(path: str, key: str) -> APIRouter:
         agent: AgentDep, scope: ScopeDep, apikey: str | None = None, resource: str | None = None
     ) -> Response:
         agent.registry.delete_group(scope, apikey, resource)
+        await agent.sync_commands()
         return Response(status_code=204)
 
     return router
@@ -128,6 +129,7 @@ devices = APIRouter(prefix="/iot/devices")
 @devices.post("", status_code=201)
 async def create_devices(request: Request, agent: AgentDep, scope: ScopeDep) -> Response:
     agent.devices_added(agent.registry.add_devices(scope, await _items(request, "devices")))
+    await agent.sync_commands()
     return Response(status_code=201)
 
 
@@ -156,13 +158,14 @@ async def update_device(
     device_id: str, request: Request, agent: AgentDep, scope: ScopeDep
 ) -> Response:
     agent.registry.update_device(scope, device_id, await _object(request))
-    agent.commands_changed()
+    await agent.sync_commands()
     return Response(status_code=204)
 
 
 @devices.delete("/{device_id}", status_code=204)
 async def delete_device(device_id: str, agent: AgentDep, scope: ScopeDep) -> Response:
     agent.registry.delete_device(scope, device_id)
+    await agent.sync_commands()
     return Response(status_code=204)
 
 

@@ -4,7 +4,9 @@ A measure is a JSON object of ``object_id -> value`` (an array of such objects i
 several measures in order). Mapped attributes are converted to their declared type;
 unmapped ones pass through with their JSON type unless the device has
 ``explicitAttrs``. The measure's ``TimeInstant`` (or arrival time) becomes
-``observedAt`` of every attribute it carries.
+``observedAt`` of every attribute it carries; with ``timestamp: true`` on the device
+or its group, the entity also gets a ``TimeInstant`` DateTime property holding that
+time, as iotagent-node-lib does for NGSI-LD.
 
 Conversion problems are reported, not raised through: one bad value costs only that
 attribute, and the caller counts it per reason.
@@ -22,6 +24,7 @@ from connectors.mqtt.models import AttributeMapping, StaticAttribute
 from connectors.mqtt.registry import Resolved
 
 TIMESTAMP_KEYS = ("TimeInstant", "timeInstant", "observedAt")
+TIME_INSTANT = "TimeInstant"
 _NUMBER = {"number", "float", "double", "decimal"}
 _INTEGER = {"integer", "int", "long"}
 _BOOLEAN = {"boolean", "bool"}
@@ -54,6 +57,11 @@ def iso(epoch: float) -> str:
     return (
         datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
+
+
+def time_instant(epoch: float) -> dict[str, Any]:
+    """The entity's ``TimeInstant`` attribute (``timestamp: true``) for a measure time."""
+    return {"type": "Property", "value": {"@type": "DateTime", "@value": iso(epoch)}}
 
 
 def parse_time(value: Any) -> float:
@@ -218,4 +226,6 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
             continue
         if mapping is not None:
             _with_metadata(attrs[name], mapping)
+    if device.timestamp and attrs and TIME_INSTANT not in attrs:
+        attrs[TIME_INSTANT] = time_instant(observed)
     return Measure(attrs, observed, problems)

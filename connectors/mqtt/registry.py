@@ -64,6 +64,8 @@ class Resolved:
     commands: set[str]
     explicit: bool
     names: set[str] = field(default_factory=set)
+    #: ``timestamp: true``: every measure also sets the entity's ``TimeInstant``
+    timestamp: bool = False
 
     @property
     def tenant(self) -> str | None:
@@ -81,6 +83,13 @@ def _validate(model: type[Group] | type[Device], doc: Any) -> Any:
         raise WrongSyntax(f"{model.__name__.lower()} {where}: {first['msg']}") from None
     if isinstance(obj, Group) and obj.entityNameExp is not None:
         raise NotImplementedYet("entityNameExp is not supported yet")
+    if obj.lazy:
+        names = ", ".join(m.name for m in obj.lazy)
+        raise NotImplementedYet(
+            f"lazy attributes ({names}) are not supported: they need context source"
+            " registrations, which the broker does not offer; provision them as active"
+            " attributes and have the device publish them"
+        )
     for mapping in [*obj.attributes, *obj.lazy]:
         if mapping.expression is not None or mapping.reverse is not None:
             raise NotImplementedYet(f"attribute {mapping.name}: expressions are not supported yet")
@@ -270,6 +279,9 @@ class Registry:
         explicit = dev.explicitAttrs
         if explicit is None:
             explicit = bool(group.explicitAttrs) if group else False
+        timestamp = dev.timestamp
+        if timestamp is None:
+            timestamp = bool(group.timestamp) if group else False
         return Resolved(
             scope=scope,
             device_id=device_id,
@@ -281,6 +293,7 @@ class Registry:
             commands=commands,
             explicit=explicit,
             names={m.name for m in mappings.values()},
+            timestamp=timestamp,
         )
 
     def resolve(self, apikey: str, device_id: str) -> Resolved | None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from connectors.mqtt.mapping import parse_time
 from tests.connectors.mqtt.conftest import AgentFactory, Publisher, RunningAgent, wait_for
 from tests.support import free_port, start_broker
 from tests.support_mqtt import MqttBroker, mosquitto, subscribe
@@ -264,3 +266,102 @@ def test_mqtt_311_single_agent_and_credentials(
             eid = "urn:ngsi-ld:WeatherObserved:old"
             wait_for(lambda: (e := entity(hub, eid)) and "temperature" in e, what="3.1.1 measure")
     assert not any("s3cret-pw" in r.getMessage() for r in caplog.records)
+
+
+def test_timestamp_adds_time_instant(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    with agent_factory() as agent:
+        provision(
+            agent,
+            {**GROUP, "apikey": "ts", "timestamp": True},
+            {"device_id": "stamped", "apikey": "ts"},
+            {"device_id": "plain", "apikey": "ts", "timestamp": False},  # the device wins
+        )
+        device.publish(
+            "/ts/stamped/attrs", json.dumps({"t": 11, "TimeInstant": "2024-06-01T09:30:00+09:00"})
+        )
+        eid = "urn:ngsi-ld:WeatherObserved:stamped"
+        got = wait_for(lambda: (e := entity(hub, eid)) and "temperature" in e and e)
+        assert got["TimeInstant"]["type"] == "Property"
+        assert got["TimeInstant"]["value"] == {
+            "@type": "DateTime",
+            "@value": "2024-06-01T00:30:00.000Z",
+        }
+        assert got["temperature"]["observedAt"] == "2024-06-01T00:30:00.000Z"
+        # without a TimeInstant in the measure, the arrival time is the measure time
+        before = time.time()
+        device.publish("/ts/stamped/attrs", json.dumps({"t": 12}))
+        got = wait_for(lambda: (e := entity(hub, eid)) and e["temperature"]["value"] == 12 and e)
+        stamp = got["TimeInstant"]["value"]["@value"]
+        assert stamp == got["temperature"]["observedAt"]
+        assert before - 1 <= parse_time(stamp) <= time.time() + 1
+        # an autoprovisioned device follows its group
+        device.publish("/ts/auto-ts/attrs", json.dumps({"t": 13}))
+        auto = "urn:ngsi-ld:WeatherObserved:auto-ts"
+        got = wait_for(lambda: (e := entity(hub, auto)) and "temperature" in e and e)
+        assert "TimeInstant" in got
+        # timestamp: false on the device: observedAt only, no TimeInstant attribute
+        device.publish("/ts/plain/attrs", json.dumps({"t": 14}))
+        plain = "urn:ngsi-ld:WeatherObserved:plain"
+        got = wait_for(lambda: (e := entity(hub, plain)) and "temperature" in e and e)
+        assert "TimeInstant" not in got
+        assert "observedAt" in got["temperature"]
+
+
+def command_subscriptions(hub: str, agent: RunningAgent) -> list[dict[str, Any]]:
+    """The broker's subscriptions that notify this agent."""
+    r = httpx.get(f"{hub}/ngsi-ld/v1/subscriptions", headers={"NGSILD-Tenant": "komae"}, timeout=5)
+    assert r.status_code == 200, r.text
+    return [s for s in r.json() if s["notification"]["endpoint"]["uri"].startswith(agent.url)]
+
+
+def test_deleting_devices_and_groups_removes_their_command_subscriptions(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker
+) -> None:
+    lamps = [
+        {"device_id": d, "apikey": "del", "commands": [{"name": "switch"}]}
+        for d in ("lamp-a", "lamp-b")
+    ]
+    with agent_factory() as agent, subscribe(mqtt, "/del/+/cmd") as sub:
+        provision(agent, {"apikey": "del", "entity_type": "Lamp"}, *lamps)
+        subs = command_subscriptions(hub, agent)  # in place when the POST answered
+        assert [s["watchedAttributes"] for s in subs] == [["switch"]]
+        wait_for(
+            lambda: all(entity(hub, f"urn:ngsi-ld:Lamp:{d}") for d in ("lamp-a", "lamp-b")),
+            what="entities",
+        )
+
+        def switch(device_id: str, value: str) -> None:
+            r = httpx.post(
+                f"{hub}/ngsi-ld/v1/entities/urn:ngsi-ld:Lamp:{device_id}/attrs",
+                json={"switch": {"type": "Property", "value": value}},
+                headers={"NGSILD-Tenant": "komae"},
+            )
+            assert r.status_code in (204, 207), r.text
+
+        with agent.http() as http:
+            assert http.delete("/iot/devices/lamp-a").status_code == 204
+        # lamp-b still has the command: the subscription stays, lamp-a gets no commands
+        assert len(command_subscriptions(hub, agent)) == 1
+        switch("lamp-a", "on")
+        switch("lamp-b", "on")
+        sub.wait(1, timeout=10)
+        time.sleep(0.5)  # a command for lamp-a would have come with or before lamp-b's
+        assert [m.topic for m in sub.messages] == ["/del/lamp-b/cmd"]
+
+        with agent.http() as http:
+            assert http.delete("/iot/devices/lamp-b").status_code == 204
+        assert command_subscriptions(hub, agent) == []
+        switch("lamp-b", "off")
+        time.sleep(1.0)
+        assert len(sub.messages) == 1
+
+        # a group's commands: subscribed with the group, gone with it
+        gate = {"apikey": "gate", "entity_type": "Gate", "commands": [{"name": "open"}]}
+        with agent.http() as http:
+            assert http.post("/iot/groups", json={"groups": [gate]}).status_code == 201
+            subs = command_subscriptions(hub, agent)
+            assert [s["entities"][0]["type"] for s in subs] == ["Gate"]
+            assert http.delete("/iot/groups?apikey=gate").status_code == 204
+        assert command_subscriptions(hub, agent) == []

@@ -135,3 +135,31 @@ def test_provisioning_survives_a_restart(tmp_path: Path) -> None:
     with TestClient(create_app(settings(tmp_path))) as api:
         assert api.get("/iot/devices/p1", headers=KOMAE).json()["entity_type"] == "Parking"
         assert api.get("/iot/groups", headers=KOMAE).json()["count"] == 1
+
+
+def test_lazy_attributes_are_refused_not_ignored(api: TestClient) -> None:
+    lazy = [{"object_id": "b", "name": "battery", "type": "Number"}]
+    group = api.post(
+        "/iot/groups", json={"groups": [{"apikey": "lz", "lazy": lazy}]}, headers=KOMAE
+    )
+    assert group.status_code == 501
+    assert group.json()["name"] == "NOT_IMPLEMENTED"
+    assert "lazy" in group.json()["message"]
+    assert "battery" in group.json()["message"]
+    assert api.get("/iot/groups", headers=KOMAE).json()["count"] == 0  # nothing half-stored
+    device = api.post(
+        "/iot/devices", json={"devices": [{"device_id": "d1", "lazy": lazy}]}, headers=KOMAE
+    )
+    assert device.status_code == 501
+    assert "lazy" in device.json()["message"]
+    assert api.get("/iot/devices", headers=KOMAE).json()["count"] == 0
+    # adding lazy attributes later is refused as well, and the device stays as it was
+    assert (
+        api.post("/iot/devices", json={"devices": [{"device_id": "d2"}]}, headers=KOMAE)
+    ).status_code == 201
+    update = api.put("/iot/devices/d2", json={"lazy": lazy}, headers=KOMAE)
+    assert update.status_code == 501
+    assert api.get("/iot/devices/d2", headers=KOMAE).json()["lazy"] == []
+    # an empty list asks for nothing and is accepted
+    ok = api.post("/iot/groups", json={"groups": [{"apikey": "lz", "lazy": []}]}, headers=KOMAE)
+    assert ok.status_code == 201
