@@ -190,10 +190,14 @@ def demo(
     """Load sample data (Komae City) and run the broker. / サンプルデータを読み込んで起動します。"""
     settings = _settings(host, port, store, context_preload)
     count = asyncio.run(load_samples(settings))
-    base = f"http://{settings.host}:{settings.port}/ngsi-ld/v1"
+    root = f"http://{settings.host}:{settings.port}"
+    base = f"{root}/ngsi-ld/v1"
     typer.echo(
         f"""
 Renkei: {count} 件のサンプルエンティティを読み込みました / loaded {count} sample entities ({settings.store})
+
+地図 / map:              {root}/viewer
+OGC API - Features:      {root}/ogc   (QGIS: docs/gis.md)
 
 試してみましょう / Try:
   curl '{base}/entities?type=EvacuationSite'
@@ -201,6 +205,8 @@ Renkei: {count} 件のサンプルエンティティを読み込みました / l
   curl -H 'Accept: application/geo+json' '{base}/entities?type=EvacuationSite'
   curl '{base}/entities/urn:ngsi-ld:EvacuationSite:132195-0001?lang=ja&options=concise'
   curl '{base}/entities?type=EvacuationSite&georel=near;maxDistance==1000&geometry=Point&coordinates=[139.578,35.634]'
+  curl '{base}/temporal/entities/urn:ngsi-ld:Device:komae-tamagawa-wl-01?attrs=waterLevel&options=temporalValues'
+  curl '{base}/temporal/entities/urn:ngsi-ld:Device:komae-tamagawa-wl-01?attrs=waterLevel&options=aggregatedValues&aggrMethods=avg,max&aggrPeriodDuration=PT6H'
   curl -X POST '{base}/entities' -H 'Content-Type: application/json' \\
        -d '{{"id":"urn:ngsi-ld:Bench:1","type":"Bench","seats":{{"type":"Property","value":3}}}}'
 """
