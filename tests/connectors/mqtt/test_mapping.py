@@ -114,3 +114,18 @@ def test_payload_shapes() -> None:
     for bad in ([], [1], "x", 3):
         with pytest.raises(BadValue):
             list(measures(bad))
+
+
+def test_timestamp_sets_time_instant_to_the_measure_time() -> None:
+    stamped = device()
+    stamped.timestamp = True
+    got = convert(stamped, {"t": 20, "TimeInstant": "2024-05-01T12:00:00+09:00"}, 0.0)
+    assert got.attrs["TimeInstant"] == {
+        "type": "Property",
+        "value": {"@type": "DateTime", "@value": "2024-05-01T03:00:00.000Z"},
+    }
+    assert got.attrs["temperature"]["observedAt"] == "2024-05-01T03:00:00.000Z"
+    arrival = convert(stamped, {"n": 1}, 1714532400.0)  # no TimeInstant: the arrival time
+    assert arrival.attrs["TimeInstant"]["value"]["@value"] == "2024-05-01T03:00:00.000Z"
+    assert "TimeInstant" not in convert(stamped, {"n": "many"}, 0.0).attrs  # nothing stored
+    assert "TimeInstant" not in convert(device(), {"t": 20}, 0.0).attrs  # timestamp off
