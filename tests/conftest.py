@@ -1,7 +1,12 @@
-"""Shared fixtures: a broker app on a fresh SQLite file, with the real lifespan."""
+"""Shared fixtures: a broker app on a fresh SQLite file, with the real lifespan.
+
+Tests marked ``real_mongo`` need a real MongoDB server (``RENKEI_TEST_MONGO_URI``):
+without one they are deselected, and pytest's summary counts them.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +16,16 @@ from fastapi.testclient import TestClient
 
 from broker.app import create_app
 from broker.settings import Settings
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("RENKEI_TEST_MONGO_URI"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("real_mongo")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("real_mongo")]
+
 
 CORE = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 JSON = {"Content-Type": "application/json"}

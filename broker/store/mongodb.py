@@ -210,7 +210,9 @@ class _Pending:
 
 
 class MongoStore(Store):
-    def __init__(self, url: str, **options: Any) -> None:
+    def __init__(self, url: str, *, database: str | None = None, **options: Any) -> None:
+        """``url`` is a MongoDB connection string; its path names the database (default
+        ``renkei``) unless ``database`` is given; ``options`` go to ``AsyncMongoClient``."""
         # the URL is parsed here without resolving it (mongodb+srv:// would need DNS)
         parts = urlsplit(url)
         given = {k.lower() for k in parse_qs(parts.query)}
@@ -218,7 +220,7 @@ class MongoStore(Store):
         opts.update(options)
         self._read_concern = opts.pop("readConcernLevel", None)
         self.url = url
-        self.database_name: str = unquote(parts.path.lstrip("/")) or "renkei"
+        self.database_name: str = database or unquote(parts.path.lstrip("/")) or "renkei"
         self._options = opts
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
@@ -245,8 +247,8 @@ class MongoStore(Store):
             await self._db.contexts.create_index([("created_at", ASCENDING)], name="created")
             async for row in self._db.geo_paths.find():
                 self._geo_paths.add(row["_id"])
-            for field in sorted(self._geo_paths):
-                await self._create_geo_index(field)
+            for attr in sorted(self._geo_paths):
+                await self._create_geo_index("g." + attr)
             async for row in self._db.tenants.find():
                 self._known_tenants.add(row["_id"])
 

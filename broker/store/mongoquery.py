@@ -323,6 +323,21 @@ class FilterBuilder:
 # -- ordering -----------------------------------------------------------------------------
 
 
+def _smallest(values: dict[str, Any]) -> dict[str, Any]:
+    """The smallest non-null element of an array expression, null when there is none.
+
+    A ``$reduce`` rather than ``$min`` of the array: the same answer, and servers
+    that only take ``$min`` as an accumulator (mongoeco) evaluate it too."""
+    smaller = {"$and": [{"$ne": ["$$this", None]}, {"$lt": ["$$this", "$$value"]}]}
+    return {
+        "$reduce": {
+            "input": values,
+            "initialValue": None,
+            "in": {"$cond": [{"$or": [{"$eq": ["$$value", None]}, smaller]}, "$$this", "$$value"]},
+        }
+    }
+
+
 def sort_stages(query: EntityQuery) -> list[dict[str, Any]]:
     """``$addFields`` + ``$sort`` for ``query.order_by``, then the id.
 
@@ -352,11 +367,8 @@ def sort_stages(query: EntityQuery) -> list[dict[str, Any]]:
                         "cond": {"$eq": ["$$v.p", path_key(key)]},
                     }
                 }
-                computed[field] = {
-                    "$min": {
-                        "$map": {"input": rows, "as": "r", "in": {"$ifNull": ["$$r.n", "$$r.s"]}}
-                    }
-                }
+                values = {"$map": {"input": rows, "as": "r", "in": {"$ifNull": ["$$r.n", "$$r.s"]}}}
+                computed[field] = _smallest(values)
         sort.setdefault(field, direction)
     sort.setdefault("id", 1)
     stages: list[dict[str, Any]] = []

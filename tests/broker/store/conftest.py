@@ -53,6 +53,14 @@ def _params() -> list[Any]:
     return ["sqlite", pytest.param("mongodb", marks=marks)]
 
 
+@pytest.fixture
+def mongo_url(tmp_path: Path) -> str:
+    """A URL naming a fresh database on the shared mongoeco server."""
+    if _MISSING is not None:
+        pytest.skip(_MISSING)
+    return SHARED.url("t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:20])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_mongoeco() -> Iterator[None]:
     yield

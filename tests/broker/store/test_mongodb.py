@@ -1,0 +1,465 @@
+"""What the MongoDB backend does beyond the shared contract: field-name escaping, geometry
+refusal, driver errors, indexes, tenancy, write concern, several brokers on one database.
+
+Runs through the real pymongo driver against the mongoeco wire server; tests that
+need what only a real MongoDB server does (metre distances on the sphere) are marked
+``real_mongo`` and run when ``RENKEI_TEST_MONGO_URI`` names one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.core.model import Entity
+from broker.errors import AlreadyExists, BadRequestData
+from broker.query.ast import GeoQuery
+from broker.store.base import EntityQuery, NotificationRecord
+from broker.store.mongodb import MongoStore
+from broker.store.mongoquery import escape_doc, escape_key, unescape_doc, unescape_key
+from tests.support import free_port, wait_http
+
+pytestmark = [pytest.mark.anyio, pytest.mark.mongo]
+
+T = "https://example.org/"
+LOC = "https://uri.etsi.org/ngsi-ld/location"
+
+
+def entity(num: int, **attrs: Any) -> Entity:
+    ent: Entity = {"id": f"urn:ngsi-ld:Shelter:{num}", "type": [T + "Shelter"]}
+    for name, value in attrs.items():
+        ent[T + name] = [{"type": "Property", "value": value}]
+    return ent
+
+
+def put(ent: Entity) -> Any:
+    return lambda _current: ent
+
+
+def located(num: int, geometry: dict[str, Any]) -> Entity:
+    ent = entity(num)
+    ent[LOC] = [{"type": "GeoProperty", "value": geometry}]
+    return ent
+
+
+@pytest.fixture
+async def mongo(mongo_url: str) -> AsyncIterator[MongoStore]:
+    store = MongoStore(mongo_url)
+    await store.open()
+    yield store
+    await store.close()
+
+
+# -- field names ----------------------------------------------------------------------------
+
+
+@given(st.text())
+def test_escaping_is_reversible_and_mongodb_safe(key: str) -> None:
+    escaped = escape_key(key)
+    assert unescape_key(escaped) == key
+    assert "." not in escaped
+    assert "\x00" not in escaped
+    assert not escaped.startswith("$")
+
+
+def test_escaping_keeps_distinct_keys_distinct() -> None:
+    keys = ["a.b", "a%2Eb", "a%252Eb", "$x", "%24x", "plain"]
+    assert len({escape_key(k) for k in keys}) == len(keys)
+    doc = {k: [{k: {"x.y": 1}}] for k in keys}
+    assert unescape_doc(escape_doc(doc)) == doc
+
+
+async def test_iris_with_dots_and_dollars_round_trip(mongo: MongoStore) -> None:
+    ent = entity(1)
+    ent["https://smartdatamodels.org/dataModel.Building/floorsAboveGround"] = [
+        {"type": "Property", "value": 5, "unitCode": "C62"}
+    ]
+    ent[T + "meta"] = [
+        {"type": "JsonProperty", "json": {"$ref": "#/a", "v1.2": {"50%": True}, "a\x00b": 1}}
+    ]
+    (result,) = await mongo.write("", [(ent["id"], put(ent))])
+    assert result.ok
+    assert await mongo.get_entity("", ent["id"]) == ent
+    raw = await mongo.db.entities.find_one({"id": ent["id"]})
+    assert raw is not None
+    assert "https://smartdatamodels%2Eorg/dataModel%2EBuilding/floorsAboveGround" in raw["e"]
+    json_value = raw["e"][escape_key(T + "meta")][0]["json"]
+    assert set(json_value) == {"%24ref", "v1%2E2", "a%00b"}
+    found, _ = await mongo.query(
+        "", EntityQuery(attrs=["https://smartdatamodels.org/dataModel.Building/floorsAboveGround"])
+    )
+    assert [e["id"] for e in found] == [ent["id"]]
+
+
+# -- geometries -----------------------------------------------------------------------------
+
+BAD_GEOMETRIES: dict[str, dict[str, Any]] = {
+    "unclosed ring": {
+        "type": "Polygon",
+        "coordinates": [[[139.5, 35.6], [139.6, 35.6], [139.6, 35.7], [139.5, 35.7]]],
+    },
+    "self-intersecting ring": {
+        "type": "Polygon",
+        "coordinates": [
+            [[139.5, 35.6], [139.6, 35.7], [139.6, 35.6], [139.5, 35.7], [139.5, 35.6]]
+        ],
+    },
+    "latitude out of range": {"type": "Point", "coordinates": [139.5, 95.0]},
+    "longitude out of range": {
+        "type": "LineString",
+        "coordinates": [[139.5, 35.6], [190.0, 35.6]],
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_GEOMETRIES))
+async def test_geometries_mongodb_would_refuse_are_rejected_before_insert(
+    mongo: MongoStore, name: str
+) -> None:
+    good = located(2, {"type": "Point", "coordinates": [139.5, 35.6]})
+    bad, other = await mongo.write(
+        "",
+        [
+            ("urn:ngsi-ld:Shelter:1", put(located(1, BAD_GEOMETRIES[name]))),
+            (good["id"], put(good)),
+        ],
+    )
+    assert isinstance(bad.error, BadRequestData)
+    assert bad.error.status == 400
+    assert other.ok
+    assert await mongo.get_entity("", "urn:ngsi-ld:Shelter:1") is None
+    assert await mongo.get_entity("", good["id"]) == good
+
+
+async def test_polygon_with_repeated_vertices_is_stored_and_found(mongo: MongoStore) -> None:
+    # valid GeoJSON that MongoDB's loop check would refuse as is: indexed without repeats
+    ring = [
+        [139.5, 35.6],
+        [139.6, 35.6],
+        [139.6, 35.6],
+        [139.6, 35.7],
+        [139.5, 35.7],
+        [139.5, 35.6],
+    ]
+    ent = located(1, {"type": "Polygon", "coordinates": [ring]})
+    (result,) = await mongo.write("", [(ent["id"], put(ent))])
+    assert result.ok
+    assert await mongo.get_entity("", ent["id"]) == ent
+    query = GeoQuery("intersects", {"type": "Point", "coordinates": [139.55, 35.65]}, LOC)
+    found, _ = await mongo.query("", EntityQuery(geo=query))
+    assert [e["id"] for e in found] == [ent["id"]]
+
+
+async def test_long_edges_follow_lon_lat_lines_not_great_circles(mongo: MongoStore) -> None:
+    # the great circle from (0, 50) to (60, 50) passes ~6 degrees north of the parallel:
+    # MongoDB would put (30, 50.5) outside this square, NGSI-LD (planar in lon/lat)
+    # inside; the indexed geometry has short edges, so the two agree
+    square = {
+        "type": "Polygon",
+        "coordinates": [[[0.0, 50.0], [60.0, 50.0], [60.0, 60.0], [0.0, 60.0], [0.0, 50.0]]],
+    }
+    await mongo.write("", [("urn:ngsi-ld:Shelter:1", put(located(1, square)))])
+    inside = GeoQuery("intersects", {"type": "Point", "coordinates": [30.0, 50.5]}, LOC)
+    outside = GeoQuery("intersects", {"type": "Point", "coordinates": [30.0, 61.0]}, LOC)
+    assert len((await mongo.query("", EntityQuery(geo=inside)))[0]) == 1
+    assert (await mongo.query("", EntityQuery(geo=outside)))[0] == []
+
+
+# -- indexes --------------------------------------------------------------------------------
+
+
+async def test_indexes_are_created_once_and_geo_indexes_as_paths_appear(mongo_url: str) -> None:
+    first = MongoStore(mongo_url)
+    await first.open()
+    try:
+        before = await first.db.entities.index_information()
+        assert {"tenant_id", "tenant_types", "tenant_attrs", "vals_n", "vals_s"} <= set(before)
+        assert not any(name.startswith("geo_") for name in before)
+        ent = located(1, {"type": "Point", "coordinates": [139.5, 35.6]})
+        ent[T + "area"] = [
+            {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [139.5, 35.6]}}
+        ]
+        await first.write("", [(ent["id"], put(ent))])
+        after = await first.db.entities.index_information()
+        geo = {name: info["key"] for name, info in after.items() if name.startswith("geo_")}
+        assert sorted(geo.values()) == sorted(
+            [[("g." + escape_key(LOC), "2dsphere")], [("g." + escape_key(T + "area"), "2dsphere")]]
+        )
+    finally:
+        await first.close()
+    second = MongoStore(mongo_url)  # a restart, or a second broker process
+    await second.open()
+    try:
+        assert await second.db.entities.index_information() == after
+    finally:
+        await second.close()
+
+
+# -- tenancy --------------------------------------------------------------------------------
+
+
+async def test_tenants_share_collections_and_never_see_each_other(mongo: MongoStore) -> None:
+    await mongo.write("komae", [("urn:ngsi-ld:Shelter:1", put(entity(1, capacity=10)))])
+    await mongo.write("chofu", [("urn:ngsi-ld:Shelter:1", put(entity(1, capacity=99)))])
+    komae = await mongo.get_entity("komae", "urn:ngsi-ld:Shelter:1")
+    assert komae is not None
+    assert komae[T + "capacity"][0]["value"] == 10
+    found, total = await mongo.query("chofu", EntityQuery(count=True))
+    assert total == 1
+    assert found[0][T + "capacity"][0]["value"] == 99
+    assert (await mongo.query("", EntityQuery(count=True)))[1] == 0
+    assert await mongo.tenants() == ["chofu", "komae"]
+    assert (await mongo.discovery("komae")).attributes == {T + "capacity": 1}
+    docs = [d async for d in mongo.db.entities.find({}, {"t": 1})]
+    assert sorted(d["t"] for d in docs) == ["chofu", "komae"]
+
+
+# -- concurrency across broker processes ----------------------------------------------------
+
+
+async def test_two_brokers_on_one_database_lose_no_update(mongo_url: str) -> None:
+    a, b = MongoStore(mongo_url), MongoStore(mongo_url)
+    await a.open()
+    await b.open()
+    try:
+        await a.write("", [("urn:ngsi-ld:Shelter:1", put(entity(1, n=0)))])
+
+        def bump(cur: Entity | None) -> Entity:
+            assert cur is not None
+            out = dict(cur)
+            out[T + "n"] = [{"type": "Property", "value": cur[T + "n"][0]["value"] + 1}]
+            return out
+
+        writes = [s.write("", [("urn:ngsi-ld:Shelter:1", bump)]) for s in (a, b) * 15]
+        results = await asyncio.gather(*writes)
+        assert all(r.ok for batch in results for r in batch)
+        final = await b.get_entity("", "urn:ngsi-ld:Shelter:1")
+        assert final is not None
+        assert final[T + "n"][0]["value"] == 30
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_concurrent_creates_of_one_id_make_one_entity(mongo_url: str) -> None:
+    a, b = MongoStore(mongo_url), MongoStore(mongo_url)
+    await a.open()
+    await b.open()
+    try:
+
+        def create(cur: Entity | None) -> Entity:
+            if cur is not None:
+                raise AlreadyExists("taken")
+            return entity(1)
+
+        results = await asyncio.gather(
+            *(s.write("", [("urn:ngsi-ld:Shelter:1", create)]) for s in (a, b) * 5)
+        )
+        outcomes = [r for batch in results for r in batch]
+        assert sum(r.ok for r in outcomes) == 1
+        assert all(isinstance(r.error, AlreadyExists) for r in outcomes if not r.ok)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_throttling_claims_hold_across_brokers(mongo_url: str) -> None:
+    a, b = MongoStore(mongo_url), MongoStore(mongo_url)
+    await a.open()
+    await b.open()
+    try:
+        await a.put_subscription("", {"id": "urn:ngsi-ld:Subscription:1"}, create=True)
+        claims = await asyncio.gather(
+            *(
+                s.claim_notification("", "urn:ngsi-ld:Subscription:1", now=100.0, min_gap=5)
+                for s in (a, b) * 4
+            )
+        )
+        assert sum(claims) == 1
+        await b.record_notifications(
+            [NotificationRecord("", "urn:ngsi-ld:Subscription:1", sent=2, failed=1)]
+        )
+        sub = await a.get_subscription("", "urn:ngsi-ld:Subscription:1")
+        assert sub is not None
+        assert sub["notificationStatus"] == {"timesSent": 2, "timesFailed": 1}
+    finally:
+        await a.close()
+        await b.close()
+
+
+# -- configuration and driver errors --------------------------------------------------------
+
+
+async def test_writes_wait_for_a_majority_unless_the_url_says_otherwise(mongo_url: str) -> None:
+    default = MongoStore(mongo_url)
+    await default.open()
+    try:
+        assert default.db.write_concern.document == {"w": "majority"}
+        assert default.db.read_concern.level == "majority"
+    finally:
+        await default.close()
+    relaxed = MongoStore(mongo_url + "&w=1&readConcernLevel=local&maxPoolSize=7")
+    await relaxed.open()
+    try:
+        assert relaxed.db.write_concern.document == {"w": 1}
+        assert relaxed.db.read_concern.level == "local"
+        assert relaxed.db.client.options.pool_options.max_pool_size == 7
+    finally:
+        await relaxed.close()
+
+
+UNREACHABLE = """
+import asyncio, sys
+from broker.errors import StoreUnavailable
+from broker.store.mongodb import MongoStore
+
+async def main() -> None:
+    store = MongoStore(sys.argv[1])
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        print(exc.status, exc.headers["Retry-After"])
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_unreachable_server_is_503_with_retry_after() -> None:
+    # in a child process: pymongo's monitor, cancelled by close() while it reconnects,
+    # can leave a socket to the garbage collector, which this suite treats as an error
+    port = free_port()  # nothing listens there
+    url = f"mongodb://127.0.0.1:{port}/renkei?directConnection=true&serverSelectionTimeoutMS=300"
+    done = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE, url], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["503", "2"], done.stderr
+
+
+async def test_duplicate_subscription_is_already_exists(mongo: MongoStore) -> None:
+    sub = {"id": "urn:ngsi-ld:Subscription:1", "type": "Subscription"}
+    await mongo.put_subscription("", sub, create=True)
+    with pytest.raises(AlreadyExists) as caught:
+        await mongo.put_subscription("", sub, create=True)
+    assert caught.value.status == 409
+
+
+# -- a real server ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def real_mongo() -> AsyncIterator[MongoStore]:
+    url = os.environ["RENKEI_TEST_MONGO_URI"]
+    store = MongoStore(url, database="renkei_test_" + uuid.uuid4().hex[:12])
+    await store.open()
+    yield store
+    assert store._client is not None
+    await store._client.drop_database(store.database_name)
+    await store.close()
+
+
+@pytest.mark.real_mongo
+async def test_near_in_metres_on_a_real_server(real_mongo: MongoStore) -> None:
+    # Komae city hall and points ~500 m, ~1.5 km and ~5 km to its east
+    hall = (139.5786, 35.6348)
+    offsets = {1: 0.0, 2: 0.0055, 3: 0.0165, 4: 0.055}
+    await real_mongo.write(
+        "",
+        [
+            (
+                f"urn:ngsi-ld:Shelter:{n}",
+                put(located(n, {"type": "Point", "coordinates": [hall[0] + dx, hall[1]]})),
+            )
+            for n, dx in offsets.items()
+        ],
+    )
+    point = {"type": "Point", "coordinates": list(hall)}
+
+    async def ids(**kw: Any) -> list[str]:
+        found, _ = await real_mongo.query("", EntityQuery(geo=GeoQuery("near", point, LOC, **kw)))
+        return [e["id"].rsplit(":", 1)[1] for e in found]
+
+    assert await ids(max_distance=1000) == ["1", "2"]
+    assert await ids(max_distance=2000) == ["1", "2", "3"]
+    assert await ids(min_distance=1000) == ["3", "4"]
+    assert await ids(min_distance=1000, max_distance=2000) == ["3"]
+
+
+# -- the broker on MongoDB ------------------------------------------------------------------
+
+
+def test_renkei_serve_on_mongodb(mongo_url: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--store",
+            mongo_url,
+        ],
+        env={**os.environ, "RENKEI_LOG_LEVEL": "warning"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/health")
+        assert httpx.get(base + "/health").json()["store"] == "mongodb"
+        body = {
+            "id": "urn:ngsi-ld:Shelter:komae-1",
+            "type": "Shelter",
+            "capacity": {"type": "Property", "value": 120},
+            "location": {
+                "type": "GeoProperty",
+                "value": {"type": "Point", "coordinates": [139.578, 35.634]},
+            },
+        }
+        headers = {"Content-Type": "application/json", "NGSILD-Tenant": "komae"}
+        created = httpx.post(base + "/ngsi-ld/v1/entities", json=body, headers=headers)
+        assert created.status_code == 201, created.text
+        again = httpx.post(base + "/ngsi-ld/v1/entities", json=body, headers=headers)
+        assert again.status_code == 409
+        found = httpx.get(
+            base + "/ngsi-ld/v1/entities",
+            params={
+                "type": "Shelter",
+                "q": "capacity>100",
+                "georel": "within",
+                "geometry": "Polygon",
+                "coordinates": "[[[139.5,35.6],[139.6,35.6],[139.6,35.7],[139.5,35.7],[139.5,35.6]]]",
+            },
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert found.status_code == 200, found.text
+        assert [e["id"] for e in found.json()] == [body["id"]]
+        bad = dict(body, id="urn:ngsi-ld:Shelter:komae-2")
+        bad["location"] = {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [139.578, 135.634]},
+        }
+        refused = httpx.post(base + "/ngsi-ld/v1/entities", json=bad, headers=headers)
+        assert refused.status_code == 400
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
