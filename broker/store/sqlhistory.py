@@ -35,7 +35,6 @@ from broker.core.history import (
     to_us,
 )
 from broker.core.model import Entity
-from broker.query.patterns import check_pattern
 from broker.store.base import (
     ANY_DATASET,
     Aggregates,
@@ -44,8 +43,8 @@ from broker.store.base import (
     History,
     HistoryEntity,
     HistoryQuery,
-    Selector,
 )
+from broker.store.sqlindex import selection_sql
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history_series(
@@ -293,42 +292,18 @@ def record(
 # -- reads ----------------------------------------------------------------------------------------
 
 
-def _selector(
-    sel: Selector | EntityQuery, tenant: str, clauses: list[str], args: list[Any]
-) -> None:
-    if sel.ids:
-        clauses.append(f"h.eid IN ({','.join('?' * len(sel.ids))})")
-        args.extend(sel.ids)
-    if sel.id_pattern:
-        clauses.append("regexp(?, h.eid)")
-        args.append(check_pattern(sel.id_pattern))
-    if sel.types:
-        alternatives = []
-        for conj in sel.types:
-            parts = []
-            for t in conj:
-                parts.append(
-                    "EXISTS (SELECT 1 FROM history_types t "
-                    "WHERE t.tenant=? AND t.type=? AND t.eid=h.eid)"
-                )
-                args.extend([tenant, t])
-            alternatives.append("(" + " AND ".join(parts) + ")")
-        clauses.append("(" + " OR ".join(alternatives) + ")")
-
-
 def entities(
     conn: sqlite3.Connection, tenant: str, query: EntityQuery, window: HistoryQuery | None
 ) -> tuple[list[HistoryEntity], int | None]:
-    clauses = ["h.tenant = ?"]
-    args: list[Any] = [tenant]
-    _selector(query, tenant, clauses, args)
-    if query.selectors:
-        alternatives = []
-        for sel in query.selectors:
-            parts: list[str] = []
-            _selector(sel, tenant, parts, args)
-            alternatives.append("(" + (" AND ".join(parts) or "1") + ")")
-        clauses.append("(" + " OR ".join(alternatives) + ")")
+    selection, selection_args = selection_sql(
+        query,
+        tenant,
+        id_column="h.eid",
+        type_probe="EXISTS (SELECT 1 FROM history_types t "
+        "WHERE t.tenant=? AND t.type=? AND t.eid=h.eid)",
+    )
+    clauses = ["h.tenant = ?", *selection]
+    args: list[Any] = [tenant, *selection_args]
     if query.attrs:
         clauses.append(
             "EXISTS (SELECT 1 FROM history_series a WHERE a.tenant=h.tenant AND a.eid=h.eid "

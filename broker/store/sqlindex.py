@@ -60,6 +60,7 @@ from broker.query.evaluate import (
     matches_q,
     path_exists,
 )
+from broker.query.patterns import check_pattern
 from broker.query.scopeq import scope_matches
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,6 +72,41 @@ SUB = "\x1f"  # separates sub-attribute / meta steps in a path key
 KEY = "\x1e"  # separates JSON keys in a path key
 
 Row = tuple[str, int, Any, Any, Any, Any, Any, Any]  # path, kind, b, num, str, dt, day, tod
+
+
+def selection_sql(
+    query: Any, tenant: str, *, id_column: str, type_probe: str
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions (ANDed) for the ids, id pattern and types of an ``EntityQuery``
+    and its ORed ``selectors``; ``type_probe`` is an EXISTS with two placeholders
+    (tenant, type). Shared by the entity tables and the history tables."""
+
+    def one(sel: Any, clauses: list[str], args: list[Any]) -> None:
+        if sel.ids:
+            clauses.append(f"{id_column} IN ({','.join('?' * len(sel.ids))})")
+            args.extend(sel.ids)
+        if sel.id_pattern:
+            clauses.append(f"regexp(?, {id_column})")
+            args.append(check_pattern(sel.id_pattern))
+        if sel.types:
+            alternatives = []
+            for conj in sel.types:
+                alternatives.append("(" + " AND ".join(type_probe for _ in conj) + ")")
+                for t in conj:
+                    args.extend([tenant, t])
+            clauses.append("(" + " OR ".join(alternatives) + ")")
+
+    clauses: list[str] = []
+    args: list[Any] = []
+    one(query, clauses, args)
+    if query.selectors:
+        alternatives = []
+        for sel in query.selectors:
+            parts: list[str] = []
+            one(sel, parts, args)
+            alternatives.append("(" + (" AND ".join(parts) or "1") + ")")
+        clauses.append("(" + " OR ".join(alternatives) + ")")
+    return clauses, args
 
 
 def path_key(path: AttrPath) -> str:

@@ -39,7 +39,7 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.query.patterns import check_pattern, search
+from broker.query.patterns import search
 from broker.store import sqlhistory
 from broker.store.base import (
     ANY_DATASET,
@@ -53,7 +53,6 @@ from broker.store.base import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
-    Selector,
     Store,
     WriteResult,
 )
@@ -65,6 +64,7 @@ from broker.store.sqlindex import (
     path_key,
     q_match,
     scope_match,
+    selection_sql,
     value_rows,
 )
 
@@ -543,39 +543,16 @@ class SqliteStore(Store):
             ).fetchone()
         return orjson.loads(row[0]) if row else None
 
-    @staticmethod
-    def _selector(
-        sel: Selector | EntityQuery, tenant: str, clauses: list[str], args: list[Any]
-    ) -> None:
-        if sel.ids:
-            clauses.append(f"e.id IN ({','.join('?' * len(sel.ids))})")
-            args.extend(sel.ids)
-        if sel.id_pattern:
-            clauses.append("regexp(?, e.id)")
-            args.append(check_pattern(sel.id_pattern))
-        if sel.types:
-            alternatives = []
-            for conj in sel.types:
-                parts = []
-                for t in conj:
-                    parts.append(
-                        "EXISTS (SELECT 1 FROM entity_types t WHERE t.tenant=? AND t.type=? AND t.rid=e.rid)"
-                    )
-                    args.extend([tenant, t])
-                alternatives.append("(" + " AND ".join(parts) + ")")
-            clauses.append("(" + " OR ".join(alternatives) + ")")
-
     def _where(self, tenant: str, query: EntityQuery, sql: SqlBuilder) -> tuple[str, list[Any]]:
-        clauses = ["e.tenant = ?"]
-        args: list[Any] = [tenant]
-        self._selector(query, tenant, clauses, args)
-        if query.selectors:
-            alternatives = []
-            for sel in query.selectors:
-                parts: list[str] = []
-                self._selector(sel, tenant, parts, args)
-                alternatives.append("(" + (" AND ".join(parts) or "1") + ")")
-            clauses.append("(" + " OR ".join(alternatives) + ")")
+        selection, selection_args = selection_sql(
+            query,
+            tenant,
+            id_column="e.id",
+            type_probe="EXISTS (SELECT 1 FROM entity_types t "
+            "WHERE t.tenant=? AND t.type=? AND t.rid=e.rid)",
+        )
+        clauses = ["e.tenant = ?", *selection]
+        args: list[Any] = [tenant, *selection_args]
         if query.attrs:
             marks = ",".join("?" * len(query.attrs))
             clauses.append(
