@@ -474,14 +474,16 @@ class MongoStore(Store):
         stages = [{"$match": where}, *sort_stages(query)]
         with driver_errors():
             if builder.exact:
-                page_stages = [
-                    *stages,
-                    {"$skip": query.offset},
-                    {"$limit": query.limit},
-                    {"$project": {"e": 1}},
-                ]
-                cursor = await self._entities.aggregate(page_stages)
-                found: list[Entity] = [unescape_doc(d["e"]) async for d in cursor]
+                found: list[Entity] = []
+                if query.limit > 0:  # limit=0 asks for the count alone ($limit must be > 0)
+                    page_stages = [
+                        *stages,
+                        {"$skip": query.offset},
+                        {"$limit": query.limit},
+                        {"$project": {"e": 1}},
+                    ]
+                    cursor = await self._entities.aggregate(page_stages)
+                    found = [unescape_doc(d["e"]) async for d in cursor]
                 total = await self._entities.count_documents(where) if query.count else None
                 return found, total
             return await self._query_checked(stages, query)

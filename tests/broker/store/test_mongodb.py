@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from broker.core.model import Entity
 from broker.errors import AlreadyExists, BadRequestData
-from broker.query.ast import GeoQuery
+from broker.query.ast import AttrPath, Comparison, GeoQuery
 from broker.store.base import EntityQuery, NotificationRecord
 from broker.store.mongodb import MongoStore
 from broker.store.mongoquery import escape_doc, escape_key, unescape_doc, unescape_key
@@ -99,6 +99,15 @@ async def test_iris_with_dots_and_dollars_round_trip(mongo: MongoStore) -> None:
         "", EntityQuery(attrs=["https://smartdatamodels.org/dataModel.Building/floorsAboveGround"])
     )
     assert [e["id"] for e in found] == [ent["id"]]
+
+
+async def test_count_alone_with_limit_zero(mongo: MongoStore) -> None:
+    await mongo.write(
+        "", [(f"urn:ngsi-ld:Shelter:{n}", put(entity(n, name=f"shelter {n}"))) for n in range(3)]
+    )
+    assert await mongo.query("", EntityQuery(limit=0, count=True)) == ([], 3)
+    q = Comparison(AttrPath(T + "name"), "~=", "[12]$")  # post-checked: paged in Python
+    assert await mongo.query("", EntityQuery(q=q, limit=0, count=True)) == ([], 2)
 
 
 # -- geometries -----------------------------------------------------------------------------
