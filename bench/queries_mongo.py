@@ -1,0 +1,179 @@
+"""The query benchmark (``queries.py``) on the MongoDB store, with a raw pymongo baseline.
+
+Usage::
+
+    .venv/bin/python bench/queries_mongo.py --mongo 'mongodb://127.0.0.1:27017/?directConnection=true'
+    .venv/bin/python bench/queries_mongo.py --sizes 2000 --queries 20     # mongoeco smoke run
+
+For each size N: ``renkei serve --store`` a fresh database on the server, the same N
+entities and batched upserts as ``queries.py``, then the same range / near / within
+queries. Baseline, in the same run: the same rows (id, type, JSON document) into a
+scratch collection of that server with one unordered ``insert_many`` at the same write
+concern (``w=majority``). Without ``--mongo``, a mongoeco wire server (in-memory, pure
+Python, from the tests' side virtualenv) is started: that run checks the benchmark and
+the backend end to end, but its figures say nothing about MongoDB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from entities import BenchError, free_port, renkei_command
+from pymongo import MongoClient
+from queries import (
+    KINDS,
+    Broker,
+    LoadResult,
+    SizeResult,
+    load,
+    make_dataset,
+    parse_sizes,
+    percentile,
+    run_queries,
+    stored_count,
+    wait_ready,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+def with_database(url: str, database: str) -> str:
+    head, sep, query = url.partition("?")
+    scheme, _, rest = head.partition("://")
+    hosts = rest.split("/", 1)[0]
+    return f"{scheme}://{hosts}/{database}{sep}{query}"
+
+
+@contextlib.contextmanager
+def mongoeco() -> Iterator[str]:
+    sys.path.insert(0, str(HERE.parent))
+    from tests.mongo_support import mongoeco_server
+
+    with mongoeco_server() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_broker(workdir: Path, store: str) -> Iterator[Broker]:
+    port = free_port()
+    log = workdir / "broker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            renkei_command(port, store),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=HERE.parent,
+        )
+    broker = Broker(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(broker)
+        yield broker
+    finally:
+        broker.stop()
+
+
+def pymongo_baseline(url: str, rows: list[tuple[str, str, str]]) -> LoadResult:
+    client: MongoClient[dict[str, object]] = MongoClient(url, w="majority")
+    try:
+        coll = client.get_default_database("renkei_bench")["baseline_" + uuid.uuid4().hex[:8]]
+        docs: list[dict[str, object]] = [
+            {"_id": eid, "type": typ, "doc": doc} for eid, typ, doc in rows
+        ]
+        t0 = time.perf_counter()
+        coll.insert_many(docs, ordered=False)
+        seconds = time.perf_counter() - t0
+        coll.drop()
+    finally:
+        client.close()
+    return LoadResult(len(rows), seconds, [seconds * 1000])
+
+
+def run_size(size: int, args: argparse.Namespace, server: str, tmp: Path) -> SizeResult:
+    workdir = tmp / f"n{size}"
+    workdir.mkdir()
+    data = make_dataset(size, args.batch, args.seed)
+    database = f"renkei_bench_{size}_{uuid.uuid4().hex[:8]}"
+    store = with_database(server, database)
+    print(f"\n== {size:,} entities into {database}", flush=True)
+    try:
+        with running_broker(workdir, store) as broker:
+            up = load(broker, data, args.concurrency)
+            print(
+                f"  upsert    {up.per_s:>9,.0f} entities/s  ({up.seconds:.1f} s, batch p95 "
+                f"{percentile(up.batch_ms, 95):.0f} ms)",
+                flush=True,
+            )
+            if (stored := stored_count(broker)) != size:
+                raise BenchError(f"broker stores {stored} entities, expected {size}")
+            base = pymongo_baseline(store, data.rows)
+            print(
+                f"  baseline  {base.per_s:>9,.0f} rows/s      (pymongo insert_many, w=majority); "
+                f"broker/baseline {up.per_s / base.per_s:.1%}",
+                flush=True,
+            )
+            queries = {}
+            for i, kind in enumerate(KINDS):
+                rng = random.Random(args.seed * 1000 + i)
+                res = run_queries(broker, kind, args.queries, args.warmup, rng, args.budget)
+                queries[kind] = res
+                print(
+                    f"  {kind:<8}  p50 {res.pct(50):7.2f} ms  p95 {res.pct(95):7.2f} ms  "
+                    f"results/query {res.mean_results:5.1f}",
+                    flush=True,
+                )
+    finally:
+        with contextlib.suppress(Exception):
+            client: MongoClient[dict[str, object]] = MongoClient(server)
+            client.drop_database(database)
+            client.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return SizeResult(size, up, base, queries)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="The query benchmark on the MongoDB store.")
+    parser.add_argument("--mongo", help="a MongoDB server URL; default: a mongoeco smoke run")
+    parser.add_argument("--sizes", type=parse_sizes, default=[10_000, 100_000])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-qm-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            server = args.mongo or stack.enter_context(mongoeco())
+            if not args.mongo:
+                print("mongoeco smoke run: the figures are not MongoDB's", flush=True)
+            results = [run_size(size, args, server, tmp) for size in args.sizes]
+        print(f"\n{'entities':>9} {'upsert/s':>9} {'pymongo/s':>10} {'ratio':>6}", end="")
+        print("".join(f" {kind + ' p95':>12}" for kind in KINDS))
+        for r in results:
+            print(
+                f"{r.size:>9,} {r.upsert.per_s:>9,.0f} {r.baseline.per_s:>10,.0f} "
+                f"{r.upsert.per_s / r.baseline.per_s:>6.1%}"
+                + "".join(f" {r.queries[k].pct(95):>9.2f} ms" for k in KINDS)
+            )
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
