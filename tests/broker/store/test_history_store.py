@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,10 @@ async def test_history_follows_writes_and_expires(tmp_path: Path) -> None:
 HOUR_US = 3_600_000_000
 
 
+def constant(doc: Entity) -> Callable[[Entity | None], Entity]:
+    return lambda _current: doc
+
+
 def brute(rows: list[HistoryRow], periods: list[int], end: int | None) -> dict[str, list[Any]]:
     """Aggregates by definition, from the instances themselves."""
     out: dict[str, list[Any]] = {}
@@ -112,13 +117,13 @@ async def test_hourly_rollups_agree_with_the_instances(tmp_path: Path, seed: int
                 for _ in range(40)
             ]
             doc = ent("urn:x:r", 0.0, "2026-11-01T00:00:00Z")
-            await store.write("", [("urn:x:r", lambda _c, d=doc: d)], history={"urn:x:r": rows})
+            await store.write("", [("urn:x:r", constant(doc))], history={"urn:x:r": rows})
         for hour in (26, 30):  # readings on the hour: those windows read the rollups
             doc = ent("urn:x:r", float(hour), from_us(base + hour * HOUR_US))
-            await store.write("", [("urn:x:r", lambda _c, d=doc: d)])
+            await store.write("", [("urn:x:r", constant(doc))])
         for step in range(6):  # and ordinary writes (each adds one reading)
             doc = ent("urn:x:r", float(step), from_us(base + step * 7 * HOUR_US + 1))
-            await store.write("", [("urn:x:r", lambda _c, d=doc: d)])
+            await store.write("", [("urn:x:r", constant(doc))])
         everything = (await store.history("", ["urn:x:r"], HistoryQuery(limit=10_000)))["urn:x:r"]
         victim, patched = rng.sample(everything[V], 2)
         await store.delete_history("", "urn:x:r", attr=V, instance_id=victim.instance_id)
