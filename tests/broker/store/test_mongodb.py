@@ -9,6 +9,7 @@ need what only a real MongoDB server does (metre distances on the sphere) are ma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from broker.query.ast import AttrPath, Comparison, GeoQuery
 from broker.store.base import EntityQuery, NotificationRecord
 from broker.store.mongodb import MongoStore
 from broker.store.mongoquery import escape_doc, escape_key, unescape_doc, unescape_key
+from tests.mongo_support import mongoeco_server
 from tests.support import free_port, wait_http
 
 pytestmark = [pytest.mark.anyio, pytest.mark.mongo]
@@ -472,3 +474,30 @@ def test_renkei_serve_on_mongodb(mongo_url: str) -> None:
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_broker_answers_503_while_mongodb_is_down(mongo_url: str) -> None:
+    # ``mongo_url`` only makes sure mongoeco can run here; this test stops its own server
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(mongoeco_server())
+        store = server.replace("/?", "/renkei?") + "&serverSelectionTimeoutMS=500"
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--store", store],
+            env={**os.environ, "RENKEI_LOG_LEVEL": "critical"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(base + "/health")
+            url = base + "/ngsi-ld/v1/entities/urn:ngsi-ld:Shelter:1"
+            assert httpx.get(url).status_code == 404
+            stack.close()  # MongoDB goes away
+            down = httpx.get(url, timeout=30)
+            assert down.status_code == 503, down.text
+            assert down.headers["Retry-After"]
+            assert down.json()["type"].startswith("https://uri.etsi.org/ngsi-ld/errors/")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
