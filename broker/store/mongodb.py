@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -52,27 +53,33 @@ from pymongo.errors import (
 from pymongo.read_concern import ReadConcern
 
 from broker.core.geo import validate_geometry
+from broker.core.history import Duration, HistoryRow
 from broker.core.model import ENTITY_KEYS, Entity
 from broker.errors import (
     AlreadyExists,
     BadRequestData,
     InternalError,
     NgsiLdError,
-    NotImplementedYet,
     ResourceNotFound,
     StoreUnavailable,
 )
 from broker.query.evaluate import entity_geometry
 from broker.store.base import (
+    ANY_DATASET,
     DELETE,
+    Aggregates,
     ContextRecord,
     Discovery,
     EntityQuery,
+    History,
+    HistoryEntity,
+    HistoryQuery,
     Mutation,
     NotificationRecord,
     Store,
     WriteResult,
 )
+from broker.store.mongohistory import MongoHistory
 from broker.store.mongoquery import (
     FilterBuilder,
     densify,
@@ -227,6 +234,7 @@ class MongoStore(Store):
         self._known_tenants: set[str] = {""}
         self._geo_paths: set[str] = set()
         self._geo_lock = asyncio.Lock()
+        self._history_store: MongoHistory | None = None
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -251,6 +259,8 @@ class MongoStore(Store):
                 await self._create_geo_index("g." + attr)
             async for row in self._db.tenants.find():
                 self._known_tenants.add(row["_id"])
+            self._history_store = MongoHistory(self._db)
+            await self._history_store.open()
 
     async def close(self) -> None:
         if self._client is not None:
@@ -263,6 +273,12 @@ class MongoStore(Store):
         if self._db is None:
             raise InternalError("store is not open")
         return self._db
+
+    @property
+    def _history(self) -> MongoHistory:
+        if self._history_store is None:
+            raise InternalError("store is not open")
+        return self._history_store
 
     @property
     def _entities(self) -> AsyncCollection[Doc]:
@@ -324,10 +340,9 @@ class MongoStore(Store):
         tenant: str,
         mutations: Sequence[tuple[str, Mutation]],
         *,
-        history: Mapping[str, Sequence[Any]] | None = None,
+        history: Mapping[str, Sequence[HistoryRow]] | None = None,
     ) -> list[WriteResult]:
-        if history:
-            raise NotImplementedYet("the MongoDB store does not keep attribute history yet")
+        now = time.time_ns() // 1000
         pending: dict[str, _Pending] = {}
         for i, (eid, _) in enumerate(mutations):
             pending.setdefault(eid, _Pending(eid)).indexes.append(i)
@@ -351,6 +366,20 @@ class MongoStore(Store):
         if any(r.ok for r in done):
             with driver_errors():
                 await self._note_tenant(tenant)
+                explicit = history or {}
+                for p in pending.values():
+                    for i in p.indexes:
+                        r = p.results[i]
+                        if r.ok:
+                            await self._history.record(
+                                self.history_policy,
+                                tenant,
+                                p.eid,
+                                r.before,
+                                r.after,
+                                now,
+                                explicit.get(p.eid),
+                            )
         return done
 
     async def _write_round(
@@ -682,3 +711,50 @@ class MongoStore(Store):
         with driver_errors():
             res = await self.db.contexts.delete_one({"_id": context_id})
         return res.deleted_count > 0
+
+    # -- attribute history --------------------------------------------------------------------
+
+    async def history_entities(
+        self, tenant: str, query: EntityQuery, window: HistoryQuery | None = None
+    ) -> tuple[list[HistoryEntity], int | None]:
+        with driver_errors():
+            return await self._history.entities(tenant, query, window)
+
+    async def history(self, tenant: str, entity_ids: Sequence[str], query: HistoryQuery) -> History:
+        with driver_errors():
+            return await self._history.history(tenant, entity_ids, query)
+
+    async def aggregate_history(
+        self,
+        tenant: str,
+        entity_ids: Sequence[str],
+        query: HistoryQuery,
+        methods: Sequence[str],
+        period: Duration | None,
+    ) -> Aggregates:
+        with driver_errors():
+            return await self._history.aggregate(tenant, entity_ids, query, methods, period)
+
+    async def delete_history(
+        self,
+        tenant: str,
+        entity_id: str,
+        *,
+        attr: str | None = None,
+        dataset_id: Any = ANY_DATASET,
+        instance_id: str | None = None,
+    ) -> int:
+        with driver_errors():
+            return await self._history.delete(
+                tenant, entity_id, attr=attr, dataset_id=dataset_id, instance_id=instance_id
+            )
+
+    async def replace_instance(
+        self, tenant: str, entity_id: str, attr: str, instance_id: str, row: HistoryRow
+    ) -> bool:
+        with driver_errors():
+            return await self._history.replace(tenant, entity_id, attr, instance_id, row)
+
+    async def expire_history(self, now: int) -> int:
+        with driver_errors():
+            return await self._history.expire(self.history_policy, now)

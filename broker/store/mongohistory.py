@@ -1,0 +1,471 @@
+"""Attribute history on MongoDB (the temporal API), beside ``mongodb.py``.
+
+Collections: ``history_entities`` (``_id = {t, i}``: types, scope and times of every
+entity that has history, deleted ones too) and ``history``, one document per attribute
+instance: ``_id`` is the instance's number (``urn:ngsi-ld:Instance:<n>``, reserved in
+blocks from ``counters``, never reused), then ``t``, ``eid``, ``attr``, ``ds``
+(datasetId), the times ``at`` (observedAt, else write time), ``created``,
+``modified``, ``deleted`` (µs), ``num`` (the numeric value), ``vkey`` (other values,
+for distinctCount), ``doc`` (the instance, keys escaped) and ``iid`` (a client-given
+instanceId). The index ``(t, eid, attr, deleted, at)`` serves a time range of one
+attribute.
+
+History is appended right after the entity write it follows (MongoDB has no
+transaction here to share): a broker that dies between the two loses that history
+entry, never the entity write. Aggregations read the selected instances once and
+compute in the broker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from broker.core.history import (
+    Duration,
+    HistoryPolicy,
+    HistoryRow,
+    changes,
+    instance_number,
+    to_us,
+)
+from broker.core.model import Entity
+from broker.query.patterns import check_pattern, search
+from broker.store.base import (
+    ANY_DATASET,
+    Aggregates,
+    AttrAggregate,
+    EntityQuery,
+    History,
+    HistoryEntity,
+    HistoryQuery,
+    Selector,
+)
+from broker.store.mongoquery import escape_doc, unescape_doc
+
+Doc = dict[str, Any]
+
+_TIME_FIELDS: Final = {
+    "observedAt": "at",
+    "createdAt": "created",
+    "modifiedAt": "modified",
+    "deletedAt": "deleted",
+}
+
+HISTORY_INDEXES: Final = (
+    IndexModel(
+        [
+            ("t", ASCENDING),
+            ("eid", ASCENDING),
+            ("attr", ASCENDING),
+            ("deleted", ASCENDING),
+            ("at", ASCENDING),
+        ],
+        name="series_at",
+    ),
+    IndexModel([("t", ASCENDING), ("attr", ASCENDING), ("eid", ASCENDING)], name="attr_eid"),
+)
+ENTITY_INDEXES: Final = (
+    IndexModel([("t", ASCENDING), ("eid", ASCENDING)], name="tenant_eid"),
+    IndexModel([("t", ASCENDING), ("types", ASCENDING)], name="tenant_types"),
+)
+
+
+def _created(ent: Entity, now: int) -> int:
+    created = ent.get("createdAt")
+    return to_us(created) if isinstance(created, str) else now
+
+
+def _row_doc(tenant: str, eid: str, hid: int, row: HistoryRow) -> Doc:
+    num = row.number
+    return {
+        "_id": hid,
+        "t": tenant,
+        "eid": eid,
+        "attr": row.attr,
+        "ds": row.dataset_id,
+        "at": row.at,
+        "created": row.created,
+        "modified": row.modified,
+        "num": num,
+        "vkey": None if num is not None else (vk.decode() if (vk := row.value_key) else None),
+        "doc": escape_doc(row.instance),
+        "iid": row.iid,
+        "deleted": row.deleted,
+    }
+
+
+def _row(doc: Doc) -> HistoryRow:
+    return HistoryRow(
+        attr=doc["attr"],
+        dataset_id=doc.get("ds"),
+        at=doc["at"],
+        created=doc["created"],
+        modified=doc["modified"],
+        instance=unescape_doc(doc["doc"]),
+        iid=doc.get("iid"),
+        hid=doc["_id"],
+        deleted=doc.get("deleted"),
+    )
+
+
+def _time_filter(query: HistoryQuery) -> tuple[str, Doc]:
+    """The time field of ``query``'s time property and the filter of its range
+    (``before`` strict; ``after`` and ``between`` include their start)."""
+    field = _TIME_FIELDS[query.time_property]
+    rng: Doc = {}
+    if query.timerel == "before" and query.time_at is not None:
+        rng = {"$lt": query.time_at}
+    elif query.timerel == "after" and query.time_at is not None:
+        rng = {"$gte": query.time_at}
+    elif query.timerel == "between" and query.time_at is not None and query.end_time_at is not None:
+        rng = {"$gte": query.time_at, "$lt": query.end_time_at}
+    if field == "deleted":
+        return field, {"deleted": {"$ne": None, **rng}}
+    flt: Doc = {"deleted": None}
+    if rng:
+        flt[field] = rng
+    return field, flt
+
+
+def _instance_filter(instance_id: str) -> Doc:
+    hid = instance_number(instance_id)
+    if hid is not None:
+        return {"$or": [{"_id": hid, "iid": None}, {"iid": instance_id}]}
+    return {"iid": instance_id}
+
+
+def _selected(sel: Selector | EntityQuery, entry: Doc) -> bool:
+    if sel.ids and entry["eid"] not in sel.ids:
+        return False
+    if sel.id_pattern and not search(check_pattern(sel.id_pattern), entry["eid"]):
+        return False
+    if sel.types:
+        types = set(entry.get("types") or ())
+        if not any(all(t in types for t in conj) for conj in sel.types):
+            return False
+    return True
+
+
+class MongoHistory:
+    """The history half of ``MongoStore`` (same database)."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.db = db
+
+    async def open(self) -> None:
+        await self.db.history.create_indexes(list(HISTORY_INDEXES))
+        await self.db.history_entities.create_indexes(list(ENTITY_INDEXES))
+
+    async def _numbers(self, count: int) -> int:
+        """The first of ``count`` fresh instance numbers."""
+        doc = await self.db.counters.find_one_and_update(
+            {"_id": "history"},
+            {"$inc": {"n": count}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None
+        return int(doc["n"]) - count + 1
+
+    async def _put_entity(self, tenant: str, ent: HistoryEntity) -> None:
+        await self.db.history_entities.update_one(
+            {"_id": {"t": tenant, "i": ent.id}},
+            {
+                "$set": {
+                    "t": tenant,
+                    "eid": ent.id,
+                    "types": list(ent.types),
+                    "scope": ent.scope,
+                    "modified": ent.modified,
+                    "deleted": None,
+                },
+                "$setOnInsert": {"created": ent.created},
+            },
+            upsert=True,
+        )
+
+    async def record(
+        self,
+        policy: HistoryPolicy,
+        tenant: str,
+        eid: str,
+        before: Entity | None,
+        after: Entity | None,
+        now: int,
+        explicit: Sequence[HistoryRow] | None = None,
+    ) -> None:
+        """Append what one entity write changed (or the temporal API's ``explicit`` rows,
+        which replace instances of the same attribute, datasetId and observedAt)."""
+        ent = after if after is not None else before
+        if ent is None or not policy.records(tenant, ent["type"]):
+            return
+        rows = list(explicit) if explicit is not None else changes(before, after, now)
+        key = {"_id": {"t": tenant, "i": eid}}
+        if after is None:
+            await self.db.history_entities.update_one(
+                key, {"$set": {"deleted": now, "modified": now}}
+            )
+        elif (
+            before is None
+            or before.get("type") != after.get("type")
+            or before.get("scope") != after.get("scope")
+        ):
+            entry = HistoryEntity(eid, after["type"], after.get("scope"), _created(after, now), now)
+            await self._put_entity(tenant, entry)
+        elif rows:
+            res = await self.db.history_entities.update_one(key, {"$set": {"modified": now}})
+            if not res.matched_count:  # its history was deleted while the entity stayed
+                entry = HistoryEntity(
+                    eid, after["type"], after.get("scope"), _created(after, now), now
+                )
+                await self._put_entity(tenant, entry)
+        if not rows:
+            return
+        if explicit is not None:
+            for r in rows:
+                if r.deleted is None and r.instance is not None and "observedAt" in r.instance:
+                    await self.db.history.delete_many(
+                        {
+                            "t": tenant,
+                            "eid": eid,
+                            "attr": r.attr,
+                            "at": r.at,
+                            "ds": r.dataset_id,
+                            "deleted": None,
+                        }
+                    )
+        first = await self._numbers(len(rows))
+        await self.db.history.insert_many(
+            [_row_doc(tenant, eid, first + i, r) for i, r in enumerate(rows)], ordered=True
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def entities(
+        self, tenant: str, query: EntityQuery, window: HistoryQuery | None
+    ) -> tuple[list[HistoryEntity], int | None]:
+        flt: Doc = {"t": tenant}
+        if query.ids:
+            flt["eid"] = {"$in": list(query.ids)}
+        if query.types:
+            flt["$or"] = [{"types": {"$all": list(conj)}} for conj in query.types]
+        with_attrs: set[str] | None = None
+        if query.attrs:
+            with_attrs = set(
+                await self.db.history.distinct(
+                    "eid", {"t": tenant, "attr": {"$in": list(query.attrs)}}
+                )
+            )
+        if window is not None:
+            _, tflt = _time_filter(window)
+            wflt: Doc = {"t": tenant, **tflt}
+            if window.attrs:
+                wflt["attr"] = {"$in": list(window.attrs)}
+            in_window = set(await self.db.history.distinct("eid", wflt))
+            with_attrs = in_window if with_attrs is None else with_attrs & in_window
+        found: list[HistoryEntity] = []
+        total = 0
+        cursor = self.db.history_entities.find(flt).sort("eid", ASCENDING)
+        async for entry in cursor:
+            if not _selected(query, entry):
+                continue
+            if query.selectors and not any(_selected(s, entry) for s in query.selectors):
+                continue
+            if with_attrs is not None and entry["eid"] not in with_attrs:
+                continue
+            if query.offset <= total < query.offset + query.limit:
+                found.append(
+                    HistoryEntity(
+                        entry["eid"],
+                        list(entry["types"]),
+                        entry.get("scope"),
+                        entry["created"],
+                        entry["modified"],
+                        entry.get("deleted"),
+                    )
+                )
+            total += 1
+        return found, total if query.count else None
+
+    async def _attrs(self, tenant: str, eid: str, wanted: Sequence[str] | None) -> list[str]:
+        attrs = await self.db.history.distinct("attr", {"t": tenant, "eid": eid})
+        return sorted(a for a in attrs if wanted is None or a in wanted)
+
+    async def history(self, tenant: str, entity_ids: Sequence[str], query: HistoryQuery) -> History:
+        field, tflt = _time_filter(query)
+        out: History = {}
+        for eid in entity_ids:
+            per_attr: dict[str, list[HistoryRow]] = {}
+            for attr in await self._attrs(tenant, eid, query.attrs):
+                flt = {"t": tenant, "eid": eid, "attr": attr, **tflt}
+                if query.last_n:
+                    cursor = (
+                        self.db.history.find(flt)
+                        .sort([(field, DESCENDING), ("_id", DESCENDING)])
+                        .limit(min(query.last_n, query.limit + 1))
+                    )
+                    docs = [d async for d in cursor]
+                    docs.reverse()
+                else:
+                    cursor = (
+                        self.db.history.find(flt)
+                        .sort([(field, ASCENDING), ("_id", ASCENDING)])
+                        .limit(query.limit + 1)
+                    )
+                    docs = [d async for d in cursor]
+                if docs:
+                    per_attr[attr] = [_row(d) for d in docs]
+            out[eid] = per_attr
+        return out
+
+    async def aggregate(
+        self,
+        tenant: str,
+        entity_ids: Sequence[str],
+        query: HistoryQuery,
+        methods: Sequence[str],
+        period: Duration | None,
+    ) -> Aggregates:
+        field, tflt = _time_filter(query)
+        out: Aggregates = {}
+        for eid in entity_ids:
+            attrs = await self._attrs(tenant, eid, query.attrs)
+            if not attrs:
+                continue
+            docs = [
+                d
+                async for d in self.db.history.find(
+                    {"t": tenant, "eid": eid, "attr": {"$in": attrs}, **tflt},
+                    {"attr": 1, "num": 1, "vkey": 1, field: 1, "doc.type": 1},
+                )
+            ]
+            if not docs:
+                continue
+            lo = min(d[field] for d in docs)
+            hi = max(d[field] for d in docs)
+            if period is not None:
+                periods = period.boundaries(lo, hi + 1, limit=10_000)
+            else:
+                start = query.time_at if query.timerel in ("after", "between") else None
+                end = query.end_time_at if query.timerel == "between" else None
+                periods = [start if start is not None else lo, end if end is not None else hi + 1]
+            per_attr: dict[str, AttrAggregate] = {}
+            for attr in attrs:
+                mine = [d for d in docs if d["attr"] == attr]
+                if not mine:
+                    continue
+                kind = str((mine[0].get("doc") or {}).get("type", "Property"))
+                agg = AttrAggregate(kind)
+                for k in range(len(periods) - 1):
+                    inside = [d for d in mine if periods[k] <= d[field] < periods[k + 1]]
+                    if inside:
+                        _aggregate_period(agg, methods, inside, periods[k], periods[k + 1])
+                if agg.values:
+                    per_attr[attr] = agg
+            out[eid] = per_attr
+        return out
+
+    # -- edits ------------------------------------------------------------------------------
+
+    async def delete(
+        self,
+        tenant: str,
+        eid: str,
+        *,
+        attr: str | None,
+        dataset_id: Any,
+        instance_id: str | None,
+    ) -> int:
+        if attr is None:
+            res = await self.db.history_entities.delete_one({"_id": {"t": tenant, "i": eid}})
+            await self.db.history.delete_many({"t": tenant, "eid": eid})
+            return res.deleted_count
+        flt: Doc = {"t": tenant, "eid": eid, "attr": attr, "deleted": None}
+        if instance_id is not None:
+            flt.update(_instance_filter(instance_id))
+        elif dataset_id is not ANY_DATASET:
+            flt["ds"] = dataset_id
+        res = await self.db.history.delete_many(flt)
+        return res.deleted_count
+
+    async def replace(
+        self, tenant: str, eid: str, attr: str, instance_id: str, row: HistoryRow
+    ) -> bool:
+        num = row.number
+        res = await self.db.history.update_one(
+            {
+                "t": tenant,
+                "eid": eid,
+                "attr": attr,
+                "deleted": None,
+                **_instance_filter(instance_id),
+            },
+            {
+                "$set": {
+                    "doc": escape_doc(row.instance),
+                    "num": num,
+                    "vkey": None
+                    if num is not None
+                    else (vk.decode() if (vk := row.value_key) else None),
+                    "at": row.at,
+                    "modified": row.modified,
+                    "ds": row.dataset_id,
+                }
+            },
+        )
+        return res.matched_count > 0
+
+    async def expire(self, policy: HistoryPolicy, now: int) -> int:
+        gone = 0
+        pairs = await (
+            await self.db.history_entities.aggregate(
+                [
+                    {"$unwind": "$types"},
+                    {"$group": {"_id": {"t": "$t", "type": "$types"}, "eids": {"$push": "$eid"}}},
+                ]
+            )
+        ).to_list()
+        for pair in pairs:
+            tenant, etype = pair["_id"]["t"], pair["_id"]["type"]
+            cutoff = policy.cutoffs(tenant, [etype], now).get(etype)
+            if cutoff is None:
+                continue
+            res = await self.db.history.delete_many(
+                {"t": tenant, "eid": {"$in": pair["eids"]}, "at": {"$lt": cutoff}}
+            )
+            gone += res.deleted_count
+        return gone
+
+
+def _aggregate_period(
+    agg: AttrAggregate, methods: Sequence[str], docs: list[Doc], start: int, end: int
+) -> None:
+    nums = [float(d["num"]) for d in docs if d.get("num") is not None]
+    for m in methods:
+        value: Any
+        if m == "totalCount":
+            value = len(docs)
+        elif m == "distinctCount":
+            keys = {d["num"] if d.get("num") is not None else d.get("vkey") for d in docs}
+            value = len(keys - {None})
+        elif not nums:
+            continue
+        elif m == "sum":
+            value = math.fsum(nums)
+        elif m == "avg":
+            value = math.fsum(nums) / len(nums)
+        elif m == "min":
+            value = min(nums)
+        elif m == "max":
+            value = max(nums)
+        elif m == "sumsq":
+            value = math.fsum(n * n for n in nums)
+        else:  # stddev, the population one
+            mean = math.fsum(nums) / len(nums)
+            value = max(math.fsum(n * n for n in nums) / len(nums) - mean * mean, 0.0) ** 0.5
+        agg.values.setdefault(m, []).append((value, start, end))
