@@ -88,9 +88,19 @@ def merge_metadata(headers: dict[str, str], extra: Iterable[tuple[str, str]]) ->
 class Senders:
     """Owns one HTTP client (httpx.AsyncClient, pooled) and one MQTT connection per MQTT broker (host, port, user, tls, version), reused across notifications."""
 
-    def __init__(self, *, http_timeout: float = 10.0, mqtt_timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, http_timeout: float = 10.0, mqtt_timeout: float = 10.0, http_connections: int = 64
+    ) -> None:
         self.http_timeout = http_timeout
-        self._http = httpx.AsyncClient(timeout=http_timeout, follow_redirects=False)
+        # as many kept-alive connections as deliveries may run at once (the subscription
+        # engine's concurrency): with fewer, every burst opens and closes connections
+        self._http = httpx.AsyncClient(
+            timeout=http_timeout,
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=http_connections, max_keepalive_connections=http_connections
+            ),
+        )
         self.mqtt = MqttPool(timeout=mqtt_timeout)
         self._closed = False
 
