@@ -94,6 +94,8 @@ def _show(report: DatasetReport) -> None:
         typer.echo(f"  項目 / fields: {', '.join(report.fields)}")
     for key, action in report.resources.items():
         typer.echo(f"  {key}: {_STATUS.get(action, action)} / {action}")
+    for name, action in report.layers.items():
+        typer.echo(f"  OGC layer~{name}: {_STATUS.get(action, action)} / {action}")
     if report.datastore_rows is not None:
         typer.echo(f"  DataStore: {report.datastore_rows} 行 / rows")
     for note in report.notes:
@@ -223,6 +225,14 @@ def publish(
             help="With --on-change: the URL the broker posts to (default http://LISTEN/notify)",
         ),
     ] = None,
+    ogc_layers_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--ogc-layers-dir",
+            help="Also write district_indicators layers into the hub's OGC layers folder "
+            "[env RENKEI_OGC_LAYERS_DIR] / 集計レイヤを /ogc にも公開",
+        ),
+    ] = None,
 ) -> None:
     """Publish open data to CKAN. / オープンデータを CKAN に公開します。"""
     folder = definitions or Path(os.environ.get("RENKEI_PUBLISH_DIR") or DEFAULT_DIR)
@@ -257,7 +267,14 @@ def publish(
         )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     catalog = Catalog(url, token, rate=rate, retries=retries) if url is not None else None
-    publisher = Publisher(catalog, broker, dry_run=dry_run)
+    layers_dir = ogc_layers_dir or (
+        Path(os.environ["RENKEI_OGC_LAYERS_DIR"])
+        if os.environ.get("RENKEI_OGC_LAYERS_DIR")
+        else None
+    )
+    if layers_dir is not None and layers_dir.exists() and not layers_dir.is_dir():
+        raise _fail(f"--ogc-layers-dir: {layers_dir} はフォルダではありません / is not a folder")
+    publisher = Publisher(catalog, broker, dry_run=dry_run, ogc_layers_dir=layers_dir)
     try:
         if interval is not None:
             _watch(publisher, defs, interval, on_change, listen, notify_url, broker)

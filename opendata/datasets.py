@@ -30,12 +30,28 @@ and English, and all problems of a file are reported at once. Format::
       - format: geojson
       - format: standard-csv
         standard: evacuation-sites      # a layout in schemas/datasets
+      - kind: district_indicators       # an aggregate layer: the entities per district
+        key: aed-per-district           # CKAN resources aed-per-district-geojson / -csv
+        name: {ja: 町丁目別AED設置状況, en: AEDs per district}
+        districts: districts.geojson    # relative to this file: GeoJSON, Shapefile, .zip
+        id_column: KEY_CODE             # the district code, unique
+        population: population.csv      # or {file: ..., key: 地域コード, column: 総人口}
+        attribute: units                # optional numeric attribute to sum / average
+        indicators: [count, per_km2, sum, mean, per_capita, nearest]
+        formats: [geojson, csv]
+        layer: aed-per-district         # OGC collection layer~<layer>; false: none
     datastore:                          # optional DataStore upsert of a tabular resource
       resource: csv
       primary_key: [id]
 
 CKAN names are ASCII and must never be derived from a Japanese title
 (``munge_title_to_name("公共施設一覧")`` is ``"__"``): ``name`` is required.
+
+A ``district_indicators`` resource counts the query's entities per district (spatial
+join in metres, see :mod:`opendata.gis`) and is published as one CKAN resource per
+format, and as the OGC collection ``layer~<layer>`` when the publisher has an OGC layers
+folder. Its files are checked when the definition is loaded: the districts must carry
+``id_column`` with unique values, the population table its key and count columns.
 """
 
 from __future__ import annotations
@@ -53,10 +69,12 @@ from connectors.csv.layout import Layout, LayoutError, dataset_slugs, load_datas
 
 __all__ = [
     "FORMATS",
+    "INDICATORS",
     "ColumnSpec",
     "DatasetDefinition",
     "DatastoreSpec",
     "DefinitionError",
+    "DistrictIndicators",
     "GeoQuery",
     "Organization",
     "Query",
@@ -90,7 +108,33 @@ _TOP_KEYS = frozenset(
 )
 _QUERY_KEYS = frozenset({"type", "q", "geo", "attrs", "tenant", "context"})
 _GEO_KEYS = frozenset({"georel", "geometry", "coordinates", "geoproperty"})
-_RESOURCE_KEYS = frozenset({"key", "format", "name", "description", "standard", "columns"})
+_RESOURCE_KEYS = frozenset({"kind", "key", "format", "name", "description", "standard", "columns"})
+KINDS = ("entities", "district_indicators")
+#: What a district_indicators resource can ask for (columns of opendata.gis.district_indicators).
+INDICATORS = ("count", "per_km2", "sum", "mean", "per_capita", "nearest")
+LAYER_FORMATS = ("geojson", "csv")
+_AGGREGATE_KEYS = frozenset(
+    {
+        "kind",
+        "key",
+        "name",
+        "description",
+        "districts",
+        "id_column",
+        "encoding",
+        "population",
+        "per",
+        "attribute",
+        "prefix",
+        "indicators",
+        "formats",
+        "layer",
+    }
+)
+_POPULATION_KEYS = frozenset({"file", "key", "column", "encoding"})
+_DISTRICT_SUFFIXES = (".geojson", ".json", ".shp", ".zip", ".gpkg")
+_LAYER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,40}")
 _ORG_KEYS = frozenset({"name", "title", "description", "create"})
 #: Keys CKAN keeps as package fields: an extra of the same name is refused.
 _CORE_FIELDS = frozenset(
@@ -178,6 +222,36 @@ class ColumnSpec:
 
 
 @dataclass(frozen=True)
+class DistrictIndicators:
+    """An aggregate layer: the query's entities counted (summed, ...) per district."""
+
+    #: the definition's key; its resources are ``<key>-<format>``
+    key: str
+    districts: Path
+    id_column: str
+    #: column prefix, e.g. ``aed`` -> ``aed_count``, ``aed_per_1000``
+    prefix: str
+    indicators: tuple[str, ...]
+    formats: tuple[str, ...]
+    #: OGC layer name (collection ``layer~<layer>``); None: not served by /ogc
+    layer: str | None
+    title: dict[str, str] = field(default_factory=dict)
+    description: dict[str, str] = field(default_factory=dict)
+    encoding: str | None = None
+    population: Path | None = None
+    population_key: str = "地域コード"
+    population_column: str = "総人口"
+    population_encoding: str | None = None
+    per: int = 1000
+    attribute: str | None = None
+
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """The files the layer is computed from (besides the entities)."""
+        return (self.districts,) + ((self.population,) if self.population else ())
+
+
+@dataclass(frozen=True)
 class ResourceSpec:
     #: stable identity of the resource inside its package (kept as ``renkei_key`` in CKAN)
     key: str
@@ -187,6 +261,8 @@ class ResourceSpec:
     standard: str | None = None
     layout: Layout | None = None
     columns: tuple[ColumnSpec, ...] | None = None
+    #: set for the resources of a district_indicators layer (one per format)
+    aggregate: DistrictIndicators | None = None
 
     @property
     def tabular(self) -> bool:
@@ -226,6 +302,15 @@ class DatasetDefinition:
             if r.key == key:
                 return r
         raise KeyError(key)
+
+    @property
+    def aggregates(self) -> tuple[DistrictIndicators, ...]:
+        """The district_indicators layers, once each (a layer has a resource per format)."""
+        seen: dict[str, DistrictIndicators] = {}
+        for r in self.resources:
+            if r.aggregate is not None:
+                seen.setdefault(r.aggregate.key, r.aggregate)
+        return tuple(seen.values())
 
 
 def normalize_tag(tag: str) -> str:
@@ -270,6 +355,7 @@ def load_definitions(folder: Path) -> list[DatasetDefinition]:
     errors: list[str] = []
     result: list[DatasetDefinition] = []
     seen: dict[str, str] = {}
+    layers: dict[str, str] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         try:
             d = load_definition(path)
@@ -283,13 +369,24 @@ def load_definitions(folder: Path) -> list[DatasetDefinition]:
             )
             continue
         seen[d.name] = str(path)
+        for agg in d.aggregates:
+            if agg.layer is None:
+                continue
+            if agg.layer in layers:
+                errors.append(
+                    f"{path}: layer: {agg.layer} は {layers[agg.layer]} でも使われています / "
+                    f"layer {agg.layer} is also published by {layers[agg.layer]}"
+                )
+            layers[agg.layer] = str(path)
         result.append(d)
     if errors:
         raise DefinitionError(errors)
     return result
 
 
-def parse_definition(doc: Any, *, source: str) -> DatasetDefinition:
+def parse_definition(doc: Any, *, source: str, base: Path | None = None) -> DatasetDefinition:
+    """A definition from its parsed YAML; files it names are relative to ``base``
+    (default: the folder of ``source``)."""
     errors: list[str] = []
 
     def err(key: str, ja: str, en: str) -> None:
@@ -358,7 +455,8 @@ def parse_definition(doc: Any, *, source: str) -> DatasetDefinition:
                 extras[k] = str(v)
 
     query = _query(doc.get("query"), err)
-    resources = _resources(doc.get("resources"), err)
+    folder = base if base is not None else Path(source).parent
+    resources = _resources(doc.get("resources"), err, folder, query)
     datastore = _datastore(doc.get("datastore"), resources, err)
 
     if errors:
@@ -548,12 +646,14 @@ def _query(raw: Any, err: Err) -> Query | None:
     return Query(type=etype, q=q, geo=geo, attrs=tuple(attrs), tenant=tenant, context=context)
 
 
-def _resources(raw: Any, err: Err) -> list[ResourceSpec]:
+def _resources(raw: Any, err: Err, base: Path, query: Query | None) -> list[ResourceSpec]:
     if not isinstance(raw, list) or not raw:
         err(
             "resources",
-            "公開するリソース（format: csv / geojson / standard-csv）のリストが必要です",
-            "a list of resources to publish (format: csv, geojson or standard-csv) is required",
+            "公開するリソース（format: csv / geojson / standard-csv、"
+            "または kind: district_indicators）のリストが必要です",
+            "a list of resources to publish (format: csv, geojson or standard-csv, "
+            "or kind: district_indicators) is required",
         )
         return []
     out: list[ResourceSpec] = []
@@ -564,6 +664,26 @@ def _resources(raw: Any, err: Err) -> list[ResourceSpec]:
             item = {"format": item}
         if not isinstance(item, dict):
             err(where, "format を持つマッピングです", "must be a mapping with a format")
+            continue
+        kind = item.get("kind", "entities")
+        if kind not in KINDS:
+            err(
+                f"{where}.kind",
+                f"種類 {kind!r} は使えません",
+                f"kind {kind!r} is not one of {list(KINDS)}",
+            )
+            continue
+        if kind == "district_indicators":
+            for spec in _district_indicators(item, where, err, base, query):
+                if spec.key in keys:
+                    err(
+                        f"{where}.key",
+                        f"{spec.key} が重複しています（key を付けてください）",
+                        f"{spec.key} is used twice (give each a key)",
+                    )
+                    continue
+                keys.add(spec.key)
+                out.append(spec)
             continue
         for key in item:
             if key not in _RESOURCE_KEYS:
@@ -725,3 +845,282 @@ def _datastore(raw: Any, resources: list[ResourceSpec], err: Err) -> DatastoreSp
         return None
     assert isinstance(key, str)
     return DatastoreSpec(resource=key, primary_key=tuple(pk))
+
+
+def _path(raw: Any, where: str, err: Err, base: Path, suffixes: tuple[str, ...]) -> Path | None:
+    if not isinstance(raw, str) or not raw.strip():
+        err(where, "ファイルのパスです", "must be a file path (relative to this file)")
+        return None
+    path = base / raw
+    if path.suffix.lower() not in suffixes:
+        err(
+            where,
+            f"{raw}: 形式が違います（{', '.join(suffixes)}）",
+            f"{raw}: must be one of {', '.join(suffixes)}",
+        )
+        return None
+    if not path.is_file():
+        err(where, f"ファイル {path} がありません", f"no such file {path}")
+        return None
+    return path.resolve()
+
+
+def _text_key(raw: dict[str, Any], key: str, where: str, err: Err, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        err(f"{where}.{key}", "文字列です", "must be text")
+        return default
+    return value
+
+
+def _district_indicators(
+    item: dict[str, Any], where: str, err: Err, base: Path, query: Query | None
+) -> list[ResourceSpec]:
+    """The resources of one ``kind: district_indicators`` item (one per format); its files
+    are read once here so that a wrong column is reported before anything is published."""
+    problems: list[str] = []
+
+    def e(key: str, ja: str, en: str) -> None:
+        problems.append(key)
+        err(key, ja, en)
+
+    for name in item:
+        if name not in _AGGREGATE_KEYS:
+            e(
+                f"{where}.{name}",
+                "不明なキーです",
+                f"unknown key (expected one of {sorted(_AGGREGATE_KEYS)})",
+            )
+    key = item.get("key")
+    if not isinstance(key, str) or not NAME_RE.fullmatch(key) or len(key) > 90:
+        e(
+            f"{where}.key",
+            "半角英小文字・数字・-・_ の key が必要です（リソースは <key>-geojson, <key>-csv）",
+            "a key of 2-90 characters a-z 0-9 - _ is required "
+            "(the resources are <key>-geojson and <key>-csv)",
+        )
+        key = "invalid"
+    default_name = {"ja": "地区別集計", "en": "District indicators"}
+    title = _texts(item.get("name", default_name))
+    if title is None:
+        e(f"{where}.name", "ja/en の名前です", "must map ja/en to text")
+        title = default_name
+    description = _texts(item["description"]) if "description" in item else {}
+    if description is None:
+        e(f"{where}.description", "ja/en の説明文です", "must map ja/en to text")
+        description = {}
+
+    encoding = item.get("encoding")
+    if encoding is not None and not isinstance(encoding, str):
+        e(f"{where}.encoding", "文字コード名です（例: cp932）", "must be an encoding, e.g. cp932")
+        encoding = None
+    districts = _path(item.get("districts"), f"{where}.districts", e, base, _DISTRICT_SUFFIXES)
+    id_column = item.get("id_column")
+    if not isinstance(id_column, str) or not id_column:
+        e(
+            f"{where}.id_column",
+            "地区コードの列名が必要です（例: KEY_CODE）",
+            "the district code column is required, e.g. KEY_CODE",
+        )
+        id_column = None
+
+    pop_raw = item.get("population")
+    population: Path | None = None
+    pop_key, pop_column, pop_encoding = "地域コード", "総人口", None
+    if isinstance(pop_raw, dict):
+        for k in pop_raw:
+            if k not in _POPULATION_KEYS:
+                e(
+                    f"{where}.population.{k}",
+                    "不明なキーです",
+                    f"unknown key (expected one of {sorted(_POPULATION_KEYS)})",
+                )
+        population = _path(pop_raw.get("file"), f"{where}.population.file", e, base, (".csv",))
+        pop_key = _text_key(pop_raw, "key", f"{where}.population", e, pop_key)
+        pop_column = _text_key(pop_raw, "column", f"{where}.population", e, pop_column)
+        if pop_raw.get("encoding") is not None:
+            pop_encoding = _text_key(pop_raw, "encoding", f"{where}.population", e, "utf-8")
+    elif pop_raw is not None:
+        population = _path(pop_raw, f"{where}.population", e, base, (".csv",))
+
+    per = item.get("per", 1000)
+    if isinstance(per, bool) or not isinstance(per, int) or per <= 0:
+        e(f"{where}.per", "正の整数です（例: 1000）", "must be a positive whole number, e.g. 1000")
+        per = 1000
+    attribute = item.get("attribute")
+    if attribute is not None and (not isinstance(attribute, str) or not attribute):
+        e(f"{where}.attribute", "属性名です", "must be an attribute name")
+        attribute = None
+    if query is not None and query.attrs:
+        for needed in ("location", attribute):
+            if needed and needed not in query.attrs:
+                e(
+                    f"{where}.attribute" if needed == attribute else "query.attrs",
+                    f"query.attrs に {needed} がないので集計できません",
+                    f"query.attrs must include {needed} to aggregate it",
+                )
+    etype = query.type if query is not None else "facility"
+    default_prefix = re.sub(
+        r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", etype.rsplit("/", 1)[-1]
+    ).lower()
+    default_prefix = re.sub(r"[^a-z0-9_]", "_", default_prefix).strip("_") or "facility"
+    if not default_prefix[0].isalpha():
+        default_prefix = f"f_{default_prefix}"
+    prefix = item.get("prefix", default_prefix)
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        e(
+            f"{where}.prefix",
+            "列名の接頭辞です（半角英字で始まる英数字と _）",
+            "must be a column prefix: a letter, then letters, digits or _",
+        )
+        prefix = default_prefix
+
+    wanted = item.get("indicators")
+    if wanted is None:
+        indicators = ["count", "per_km2"]
+        if attribute:
+            indicators += ["sum", "mean"]
+        if pop_raw is not None:
+            indicators.append("per_capita")
+        indicators.append("nearest")
+    elif (
+        not isinstance(wanted, list)
+        or not wanted
+        or not all(isinstance(x, str) and x in INDICATORS for x in wanted)
+    ):
+        e(
+            f"{where}.indicators",
+            f"指標のリストです（{', '.join(INDICATORS)}）",
+            f"must be a list of indicators out of {list(INDICATORS)}",
+        )
+        indicators = ["count"]
+    else:
+        indicators = list(dict.fromkeys(wanted))
+        if {"sum", "mean"} & set(indicators) and not attribute:
+            e(
+                f"{where}.indicators",
+                "sum / mean には attribute（集計する属性）が必要です",
+                "sum and mean need an attribute to aggregate",
+            )
+        if "per_capita" in indicators and pop_raw is None:
+            e(
+                f"{where}.indicators",
+                "per_capita には population（人口の表）が必要です",
+                "per_capita needs a population table",
+            )
+
+    formats_raw = item.get("formats", list(LAYER_FORMATS))
+    if isinstance(formats_raw, str):
+        formats_raw = [formats_raw]
+    if (
+        not isinstance(formats_raw, list)
+        or not formats_raw
+        or not all(isinstance(f, str) and f in LAYER_FORMATS for f in formats_raw)
+    ):
+        e(
+            f"{where}.formats",
+            "geojson と csv のどちらか、または両方です",
+            "must list geojson and/or csv",
+        )
+        formats_raw = list(LAYER_FORMATS)
+    formats = tuple(dict.fromkeys(formats_raw))
+
+    layer_raw = item.get("layer", key)
+    layer: str | None
+    if layer_raw is False or layer_raw is None:
+        layer = None
+    elif isinstance(layer_raw, str) and _LAYER_RE.fullmatch(layer_raw):
+        layer = layer_raw
+    else:
+        e(
+            f"{where}.layer",
+            "OGC のレイヤ名（半角英数字・_・-・.）か false です",
+            "must be an OGC layer name (ASCII letters, digits, _ - .) or false",
+        )
+        layer = None
+
+    # the files themselves, when the keys are usable
+    if districts is not None and id_column is not None and not problems:
+        _check_districts(districts, id_column, encoding, f"{where}.districts", e)
+    if population is not None and not problems:
+        _check_population(population, pop_key, pop_column, pop_encoding, f"{where}.population", e)
+    if problems:
+        return []
+    assert districts is not None
+    assert id_column is not None
+    agg = DistrictIndicators(
+        key=key,
+        districts=districts,
+        id_column=id_column,
+        prefix=prefix,
+        indicators=tuple(indicators),
+        formats=formats,
+        layer=layer,
+        title=title,
+        description=description,
+        encoding=encoding,
+        population=population,
+        population_key=pop_key,
+        population_column=pop_column,
+        population_encoding=pop_encoding,
+        per=per,
+        attribute=attribute,
+    )
+    label = {"geojson": "GeoJSON", "csv": "CSV"}
+    return [
+        ResourceSpec(
+            key=f"{key}-{fmt}",
+            format=fmt,
+            name={
+                lang: f"{text}（{label[fmt]}）" if lang == "ja" else f"{text} ({label[fmt]})"
+                for lang, text in title.items()
+            },
+            description=description,
+            aggregate=agg,
+        )
+        for fmt in formats
+    ]
+
+
+def _check_districts(
+    path: Path, id_column: str, encoding: str | None, where: str, err: Err
+) -> None:
+    from opendata.gis.districts import read_districts
+
+    try:
+        frame = read_districts(path, key=id_column, encoding=encoding)
+    except KeyError as exc:
+        err(
+            f"{where.rsplit('.', 1)[0]}.id_column",
+            f"{path.name} に列 {id_column!r} がありません",
+            str(exc.args[0]),
+        )
+        return
+    except ValueError as exc:
+        if "repeats" not in str(exc):
+            err(where, f"{path.name} を読めません", f"cannot read {path.name}: {exc}")
+            return
+        err(f"{where.rsplit('.', 1)[0]}.id_column", "地区コードが重複しています", str(exc))
+        return
+    except Exception as exc:  # GDAL's own errors: a broken or unreadable file
+        err(where, f"{path.name} を読めません", f"cannot read {path.name}: {exc}")
+        return
+    if frame.empty:
+        err(where, f"{path.name} に地区がありません", f"{path.name} has no districts")
+    elif not frame.geom_type.isin(["Polygon", "MultiPolygon"]).all():
+        err(where, f"{path.name} は面（ポリゴン）です", f"{path.name} must hold polygons")
+
+
+def _check_population(
+    path: Path, key: str, column: str, encoding: str | None, where: str, err: Err
+) -> None:
+    from opendata.gis.districts import read_population
+
+    try:
+        read_population(path, key=key, population=column, encoding=encoding)
+    except KeyError as exc:
+        err(where, f"{path.name} に列 {key!r} / {column!r} が必要です", str(exc.args[0]))
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        err(where, f"{path.name} の人口が数値ではありません", f"{path.name}: {exc}")
+    except OSError as exc:
+        err(where, f"{path.name} を読めません", f"cannot read {path.name}: {exc}")

@@ -10,7 +10,10 @@ resources, then through ckanapi
 - upload each resource whose SHA-256 differs from the ``hash`` stored on the CKAN
   resource (resources are found again by their ``renkei_key``), skip the others;
 - optionally upsert tabular rows into the DataStore under a primary key, deleting the
-  rows whose key is gone.
+  rows whose key is gone;
+- write each district_indicators layer into the hub's OGC layers folder (when one is
+  given), after CKAN has it, so that ``/ogc`` serves the figures the catalogue holds; an
+  unchanged layer file is left alone.
 
 Every dataset gets a report: created / updated / unchanged / failed, with CKAN's error
 text; one failure does not stop the others. CKAN calls are retried with exponential
@@ -36,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -50,7 +54,7 @@ from ckanapi.errors import (
 
 from connectors.client import BrokerClient, BrokerError
 from opendata.datasets import DatasetDefinition, ResourceSpec
-from opendata.render import Rendered, render_resource, simplify
+from opendata.render import Layer, LayerInputError, Rendered, render_dataset, simplify
 
 __all__ = [
     "Catalog",
@@ -256,9 +260,19 @@ def fetch_entities(definition: DatasetDefinition, broker_url: str) -> list[dict[
     return entities
 
 
-def entities_digest(entities: Sequence[dict[str, Any]]) -> str:
+def entities_digest(
+    entities: Sequence[dict[str, Any]], definition: DatasetDefinition | None = None
+) -> str:
+    """What a dataset is made of: its entities, and the files its aggregate layers read."""
     text = json.dumps(entities, ensure_ascii=False, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256(text.encode())
+    for agg in definition.aggregates if definition is not None else ():
+        for path in agg.inputs:
+            try:
+                digest.update(path.read_bytes())
+            except OSError:
+                digest.update(b"missing")
+    return digest.hexdigest()
 
 
 # -- reports -------------------------------------------------------------------------------
@@ -272,6 +286,8 @@ class DatasetReport:
     error: str | None = None
     #: resource key -> created | updated | unchanged | deleted (dry_run: what would happen)
     resources: dict[str, str] = field(default_factory=dict)
+    #: OGC layer name -> created | updated | unchanged (dry_run: what would happen)
+    layers: dict[str, str] = field(default_factory=dict)
     #: changed package fields
     fields: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -355,12 +371,16 @@ class Publisher:
         *,
         dry_run: bool = False,
         echo: Callable[[str], None] | None = None,
+        ogc_layers_dir: Path | None = None,
     ) -> None:
+        """``ogc_layers_dir``: the hub's OGC layers folder (``RENKEI_OGC_LAYERS_DIR``),
+        where district_indicators layers are written as ``<layer>.geojson``."""
         if catalog is None and not dry_run:
             raise ValueError("a catalogue is needed unless dry_run")
         self.catalog = catalog
         self.broker_url = broker_url
         self.dry_run = dry_run
+        self.ogc_layers_dir = ogc_layers_dir
         self.echo = echo or (lambda _m: None)
 
     def publish_all(self, definitions: Sequence[DatasetDefinition]) -> list[DatasetReport]:
@@ -376,7 +396,9 @@ class Publisher:
             if entities is None:
                 entities = fetch_entities(d, self.broker_url)
             report.entities = len(entities)
-            rendered = [render_resource(spec, entities) for spec in d.resources]
+            rendered, layers = render_dataset(d.resources, entities, d.language)
+            for layer in layers:
+                report.notes.extend(layer.notes)
             for r in rendered:
                 report.notes.extend(r.notes())
             self._check_datastore(d, rendered)
@@ -385,7 +407,8 @@ class Publisher:
             else:  # a dry run with no catalogue to compare with
                 report.status = "rendered"
                 report.resources = {r.spec.key: "rendered" for r in rendered}
-        except PublishError as exc:
+            self._write_layers(layers, report)
+        except (PublishError, LayerInputError) as exc:
             report.status = "failed"
             report.error = str(exc)
         except Exception as exc:  # one dataset's failure never stops the others
@@ -393,6 +416,49 @@ class Publisher:
             report.status = "failed"
             report.error = f"{type(exc).__name__}: {exc}"
         return report
+
+    def _write_layers(self, layers: Sequence[Layer], report: DatasetReport) -> None:
+        """Put the aggregate layers where ``/ogc`` serves them (dry run: say what would
+        change). A file that already holds the same bytes is not rewritten."""
+        if self.ogc_layers_dir is None:
+            return
+        from opendata.gis import publish_layer
+
+        for layer in layers:
+            name = layer.spec.layer
+            if name is None:
+                continue
+            path = self.ogc_layers_dir / f"{name}.geojson"
+            try:
+                current: bytes | None = path.read_bytes()
+            except FileNotFoundError:
+                current = None
+            except OSError as exc:
+                raise PublishError(
+                    f"OGC layer {name}: {path} を読めません / cannot read {path}: {exc.strerror}"
+                ) from exc
+            if current == layer.geojson:
+                report.layers[name] = "unchanged"
+                continue
+            report.layers[name] = "created" if current is None else "updated"
+            if report.status == "unchanged":
+                report.status = "updated"
+            if self.dry_run:
+                continue
+            try:
+                publish_layer(
+                    layer.frame,
+                    self.ogc_layers_dir,
+                    name,
+                    id_column=layer.spec.id_column,
+                    title=layer.title,
+                    description=layer.description,
+                )
+            except OSError as exc:
+                raise PublishError(
+                    f"OGC layer {name}: {self.ogc_layers_dir} に書けません / "
+                    f"cannot write to {self.ogc_layers_dir}: {exc.strerror}"
+                ) from exc
 
     def _check_datastore(self, d: DatasetDefinition, rendered: list[Rendered]) -> None:
         if d.datastore is None:
@@ -623,7 +689,7 @@ class Publisher:
                 except PublishError as exc:
                     report = DatasetReport(name=d.name, status="failed", error=str(exc))
                 else:
-                    digest = entities_digest(entities)
+                    digest = entities_digest(entities, d)
                     if digests.get(d.name) == digest:
                         continue
                     report = self.publish(d, entities)

@@ -14,6 +14,12 @@ GeoProperties already are), no ``crs`` member, the entity id as the feature id.
 The standard-dataset CSV (自治体標準オープンデータセット) uses the layouts in
 ``schemas/datasets`` through :mod:`connectors.csv.export`, the inverse of the CSV import.
 
+A ``district_indicators`` resource is an aggregate layer: :func:`compute_layer` counts
+the entities per district with :mod:`opendata.gis` (read lazily: geopandas is only
+imported when a definition has such a layer), and its GeoJSON and CSV are the bytes of
+``opendata.gis.layer_resources``; the CSV goes through the same machine-readability
+cleaning as every other CSV.
+
 Output is deterministic (entities sorted by id, keys sorted) so that a content hash tells
 whether a resource changed.
 """
@@ -34,16 +40,21 @@ from typing import Any
 from connectors.csv.export import export_rows
 from connectors.csv.layout import Layout
 from connectors.csv.values import format_number
-from opendata.datasets import ColumnSpec, ResourceSpec
+from opendata.datasets import ColumnSpec, DistrictIndicators, ResourceSpec
 
 __all__ = [
+    "Layer",
+    "LayerInputError",
     "Rendered",
     "Table",
     "clean_cell",
+    "compute_layer",
     "csv_bytes",
     "entity_table",
     "geojson_bytes",
     "is_platform_dependent",
+    "render_dataset",
+    "render_layer_resource",
     "render_resource",
     "simplify",
     "standard_table",
@@ -334,6 +345,8 @@ def geojson_bytes(entities: Sequence[dict[str, Any]]) -> bytes:
 
 def render_resource(spec: ResourceSpec, entities: Sequence[dict[str, Any]]) -> Rendered:
     """One resource of a dataset from its simplified entities (sorted by id by the caller)."""
+    if spec.aggregate is not None:
+        return render_layer_resource(spec, compute_layer(spec.aggregate, entities))
     if spec.format == "geojson":
         return Rendered(spec, geojson_bytes(entities), "application/geo+json")
     if spec.format == "standard-csv":
@@ -343,3 +356,162 @@ def render_resource(spec: ResourceSpec, entities: Sequence[dict[str, Any]]) -> R
         table = entity_table(entities, spec.columns)
     content, replacements, kept, cleaned = csv_bytes(table)
     return Rendered(spec, content, "text/csv", replacements, kept, cleaned)
+
+
+# -- district aggregates -------------------------------------------------------------------
+
+
+class LayerInputError(ValueError):
+    """A district or population file of a layer cannot be read any more (it was checked
+    when the definition was loaded, so it changed since)."""
+
+
+@dataclass
+class Layer:
+    """A district_indicators layer computed from the entities, and its files."""
+
+    spec: DistrictIndicators
+    #: one row per district (a geopandas GeoDataFrame, EPSG:4326)
+    frame: Any
+    #: ``{"geojson": ..., "csv": ...}`` as ``opendata.gis.layer_resources`` gives them
+    files: dict[str, bytes]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return " / ".join(dict.fromkeys(t for t in self.spec.title.values() if t))
+
+    @property
+    def description(self) -> str:
+        return "\n\n".join(dict.fromkeys(t for t in self.spec.description.values() if t))
+
+    @property
+    def geojson(self) -> bytes:
+        """The bytes ``/ogc`` serves: the same as the GeoJSON resource."""
+        return self.files["geojson"]
+
+
+def _indicator_columns(spec: DistrictIndicators) -> dict[str, list[str]]:
+    p, a = spec.prefix, spec.attribute
+    return {
+        "count": [f"{p}_count"],
+        "per_km2": [f"{p}_per_km2"],
+        "sum": [f"{p}_{a}_sum"] if a else [],
+        "mean": [f"{p}_{a}_mean"] if a else [],
+        "per_capita": [f"{p}_per_{spec.per}"],
+        "nearest": [f"{p}_nearest_m"],
+    }
+
+
+def compute_layer(
+    spec: DistrictIndicators, entities: Sequence[dict[str, Any]], language: str = "ja"
+) -> Layer:
+    """The indicators of ``entities`` (simplified, with a ``location``) per district.
+
+    The files are read again on each call, so a replaced boundary or population file is
+    published without restarting a watch.
+    """
+    import numpy as np
+
+    from opendata import gis
+
+    try:
+        districts = gis.read_districts(spec.districts, key=spec.id_column, encoding=spec.encoding)
+        population = (
+            gis.read_population(
+                spec.population,
+                key=spec.population_key,
+                population=spec.population_column,
+                encoding=spec.population_encoding,
+            )
+            if spec.population is not None
+            else None
+        )
+    except Exception as exc:  # GDAL's, pandas' and our own errors about the files
+        raise LayerInputError(
+            f"{spec.key}: 地区または人口のファイルを読めません / cannot read the district or "
+            f"population file: {exc}"
+        ) from exc
+    facilities = gis.entities_to_geodataframe(entities, lang=language)
+    notes: list[str] = []
+    where = spec.key
+    if spec.attribute and spec.attribute not in facilities.columns:
+        facilities[spec.attribute] = np.nan
+        if len(facilities):
+            notes.append(
+                f"{where}: 属性 {spec.attribute} を持つエンティティがありません / "
+                f"no entity has the attribute {spec.attribute}"
+            )
+    located = facilities.geometry.notna() & ~facilities.geometry.is_empty
+    if (~located).any():
+        n = int((~located).sum())
+        notes.append(
+            f"{where}: 位置（location）のないエンティティ {n} 件は数えません / "
+            f"{n} entities without a location are not counted"
+        )
+    frame = gis.district_indicators(
+        districts,
+        facilities[located],
+        key=spec.id_column,
+        prefix=spec.prefix,
+        attribute=spec.attribute,
+        population=population,
+        population_key=spec.population_key,
+        population_column=spec.population_column,
+        per=spec.per,
+        nearest="nearest" in spec.indicators,
+    )
+    unwanted = [
+        col
+        for name, cols in _indicator_columns(spec).items()
+        if name not in spec.indicators
+        for col in cols
+        if col in frame.columns
+    ]
+    attrs = dict(frame.attrs)
+    frame = frame.drop(columns=unwanted)
+    frame.attrs.update(attrs)
+    if attrs.get("outside"):
+        notes.append(
+            f"{where}: どの地区にも入らないエンティティ {attrs['outside']} 件は数えません / "
+            f"{attrs['outside']} entities outside every district are not counted"
+        )
+    if population is not None and "population" in frame.columns:
+        unknown = frame.loc[frame["population"].isna(), spec.id_column].tolist()
+        if unknown:
+            notes.append(
+                f"{where}: 人口の表にない地区 {len(unknown)} 件 / {len(unknown)} districts "
+                f"are not in the population table: {', '.join(map(str, unknown[:5]))}"
+            )
+    layer = Layer(spec, frame, {}, notes)
+    layer.files = gis.layer_resources(
+        frame, id_column=spec.id_column, title=layer.title, description=layer.description
+    )
+    return layer
+
+
+def render_layer_resource(spec: ResourceSpec, layer: Layer) -> Rendered:
+    """One format of an aggregate layer as a resource to upload."""
+    if spec.format == "geojson":
+        return Rendered(spec, layer.files["geojson"], "application/geo+json")
+    rows = list(csv.reader(io.StringIO(layer.files["csv"].decode("utf-8-sig"), newline="")))
+    content, replacements, kept, cleaned = csv_bytes(Table(rows[0], rows[1:]))
+    return Rendered(spec, content, "text/csv", replacements, kept, cleaned)
+
+
+def render_dataset(
+    resources: Sequence[ResourceSpec], entities: Sequence[dict[str, Any]], language: str = "ja"
+) -> tuple[list[Rendered], list[Layer]]:
+    """Every resource of a dataset, in order, and the aggregate layers computed for them
+    (each once, whatever the number of its formats)."""
+    layers: dict[str, Layer] = {}
+    rendered = []
+    for spec in resources:
+        if spec.aggregate is None:
+            rendered.append(render_resource(spec, entities))
+            continue
+        layer = layers.get(spec.aggregate.key)
+        if layer is None:
+            layer = layers[spec.aggregate.key] = compute_layer(spec.aggregate, entities, language)
+        rendered.append(render_layer_resource(spec, layer))
+    return rendered, list(layers.values())

@@ -485,3 +485,139 @@ def test_catalogue_follows_the_definition_when_it_drops_a_resource(ckan: Ckan, h
     pkg = ckan.package("dropped-resource")
     assert pkg["state"] == "active"
     assert sorted(r["name"] for r in pkg["resources"]) == ["GeoJSON", "手作業"]
+
+
+def aed(n: int, lon: float, lat: float) -> dict[str, Any]:
+    return {
+        "id": f"urn:ngsi-ld:AEDLocation:132195-9{n:03d}",
+        "type": "AEDLocation",
+        "name": {"type": "Property", "value": f"AED {n}"},
+        "units": {"type": "Property", "value": 1},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}},
+    }
+
+
+def test_district_aggregate_published_to_ckan_and_served_by_ogc(
+    ckan: Ckan, hub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+    import io
+
+    import orjson
+
+    from broker.samples import DISTRICTS_FILE, GIS_SAMPLES_FILE, POPULATION_FILE
+    from opendata import gis
+    from opendata.client import Client
+
+    samples = [e for e in orjson.loads(GIS_SAMPLES_FILE.read_bytes()) if e["type"] == "AEDLocation"]
+    upsert(hub, "aggregate", samples)
+    doc = {
+        "name": "komae-aed-per-district",
+        "organization": "komae-city",
+        "title": {"ja": "町丁目別AED設置状況", "en": "AEDs per district"},
+        "query": {"type": "AEDLocation", "tenant": "aggregate"},
+        "resources": [
+            {
+                "kind": "district_indicators",
+                "key": "aed",
+                "name": {"ja": "町丁目別AED", "en": "AEDs per district"},
+                "districts": str(DISTRICTS_FILE),
+                "id_column": "KEY_CODE",
+                "population": str(POPULATION_FILE),
+                "prefix": "aed",
+                "attribute": "units",
+                "layer": "aed-per-district",
+            }
+        ],
+    }
+    d = parse(doc)
+    layers = tmp_path / "layers"
+    layer_file = layers / "aed-per-district.geojson"
+
+    def run(*, dry_run: bool = False) -> tuple[DatasetReport, list[str]]:
+        catalog = ckan.catalog()
+        try:
+            report = Publisher(catalog, hub, dry_run=dry_run, ogc_layers_dir=layers).publish(d)
+        finally:
+            catalog.close()
+        return report, catalog.calls
+
+    def expected() -> dict[str, int]:
+        """What an analyst computes from the hub with opendata.gis (notebook 02)."""
+        with Client(hub, tenant="aggregate") as client:
+            facilities = gis.load_entities(client, "AEDLocation")
+        layer = gis.district_indicators(
+            gis.read_districts(DISTRICTS_FILE, key="KEY_CODE"),
+            facilities,
+            key="KEY_CODE",
+            prefix="aed",
+            population=gis.read_population(POPULATION_FILE),
+        )
+        return dict(zip(layer["KEY_CODE"], map(int, layer["aed_count"]), strict=True))
+
+    # a dry run computes and reports, and touches neither CKAN nor the layers folder
+    report, calls = run(dry_run=True)
+    assert report.status == "created", report.error
+    assert report.resources == {"aed-geojson": "created", "aed-csv": "created"}
+    assert report.layers == {"aed-per-district": "created"}
+    assert not WRITES & set(calls)
+    assert not layers.exists()
+    assert ckan.action("package_show", id="komae-aed-per-district") is None
+
+    report, _ = run()
+    assert report.status == "created", report.error
+    assert report.entities == len(samples)
+    assert report.resources == {"aed-geojson": "created", "aed-csv": "created"}
+    assert report.layers == {"aed-per-district": "created"}
+    counts = expected()
+    assert sum(counts.values()) == len(samples)
+
+    res = ckan.resources("komae-aed-per-district")
+    assert res["aed-csv"]["format"] == "CSV"
+    assert res["aed-csv"]["name"] == "町丁目別AED（CSV）"
+    rows = list(csv.DictReader(io.StringIO(ckan.download(res["aed-csv"]).decode("utf-8-sig"))))
+    assert {r["KEY_CODE"]: int(r["aed_count"]) for r in rows} == counts
+    assert {r["KEY_CODE"]: int(r["population"]) for r in rows}["13219001001"] == 5210
+    geo = orjson.loads(ckan.download(res["aed-geojson"]))
+    assert {f["id"]: f["properties"]["aed_count"] for f in geo["features"]} == counts
+    assert layer_file.read_bytes() == ckan.download(res["aed-geojson"])
+
+    # nothing changed: nothing uploaded, the layer file left alone
+    mtime = layer_file.stat().st_mtime_ns
+    report, calls = run()
+    assert report.status == "unchanged"
+    assert report.resources == {"aed-geojson": "unchanged", "aed-csv": "unchanged"}
+    assert report.layers == {"aed-per-district": "unchanged"}
+    assert not WRITES & set(calls), calls
+    assert layer_file.stat().st_mtime_ns == mtime
+
+    monkeypatch.setenv("RENKEI_OGC_LAYERS_DIR", str(layers))
+    with broker(tmp_path / "ogc.db") as ogc:
+        url = f"{ogc}/ogc/collections/layer~aed-per-district"
+
+        def served() -> dict[str, int]:
+            items = httpx.get(f"{url}/items", params={"limit": 100}, timeout=30)
+            assert items.status_code == 200, items.text
+            body = items.json()
+            assert body["numberMatched"] == 12
+            return {f["id"]: f["properties"]["aed_count"] for f in body["features"]}
+
+        collection = httpx.get(url, timeout=30).json()
+        assert collection["title"] == "町丁目別AED / AEDs per district"
+        assert served() == counts
+
+        # two more AEDs in 猪方一丁目: CKAN and /ogc both follow
+        upsert(hub, "aggregate", [aed(1, 139.565, 35.626), aed(2, 139.566, 35.627)])
+        report, calls = run()
+        assert report.status == "updated", report.error
+        assert report.resources == {"aed-geojson": "updated", "aed-csv": "updated"}
+        assert report.layers == {"aed-per-district": "updated"}
+        counts = expected()
+        assert (
+            counts["13219001001"]
+            == sum(1 for e in samples if e["address"]["value"]["streetAddress"] == "猪方一丁目") + 2
+        )
+        res = ckan.resources("komae-aed-per-district")
+        rows = list(csv.DictReader(io.StringIO(ckan.download(res["aed-csv"]).decode("utf-8-sig"))))
+        assert {r["KEY_CODE"]: int(r["aed_count"]) for r in rows} == counts
+        assert served() == counts
