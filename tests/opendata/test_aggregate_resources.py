@@ -364,3 +364,17 @@ def test_a_district_file_gone_since_loading_fails_only_its_dataset(folder: Path)
     assert report.error is not None
     assert report.error.startswith("aed-per-district: 地区または人口のファイルを読めません")
     assert "districts.geojson" in report.error
+
+
+def test_watch_sees_a_replaced_population_file_as_a_change(folder: Path) -> None:
+    from opendata.publish import entities_digest
+
+    d = load_definition(
+        write(folder, "aed.yaml", definition(aggregate(population="data/population.csv")))
+    )
+    entities = aeds()
+    before = entities_digest(entities, d)
+    assert entities_digest(entities, d) == before
+    pop = folder / "data" / "population.csv"
+    pop.write_text(pop.read_text(encoding="utf-8").replace(",5210,", ",5300,"), encoding="utf-8")
+    assert entities_digest(entities, d) != before
