@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import random
 import signal
 import sqlite3
@@ -200,6 +201,18 @@ def measure_sql(db: Path, sensors: int, days: int, queries: int) -> dict[str, li
     return out
 
 
+def loaded_instances(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM history").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sensors", type=int, default=200)
@@ -207,6 +220,11 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--inflight", type=int, default=4)
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the store in this folder; a store already loaded there is reused",
+    )
     args = ap.parse_args()
     if args.days < 31:
         ap.error("--days must be at least 31 (the aggregate query spans 30 days)")
@@ -216,23 +234,35 @@ def main() -> int:
         print(f"warning: the machine is already {busy:.0%} busy; figures will be low")
     total = args.days * 144
     with tempfile.TemporaryDirectory(prefix="renkei-bench-") as tmp:
-        db = Path(tmp) / "temporal.db"
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        db = folder / "temporal.db"
+        count = args.sensors * total
+        loaded = loaded_instances(db)
+        if loaded not in (0, count):
+            raise BenchError(f"{db} holds {loaded:,} instances, not {count:,}: remove it")
         port = free_port()
         server = start_server(
             "renkei", renkei_command(port, f"sqlite:///{db}"), port, Path(tmp) / "broker.log"
         )
         try:
             wait_ready(server)
-            print(f"loading {args.sensors} sensors x {total:,} readings ...", flush=True)
-            seconds = asyncio.run(load(server.url, args.sensors, total, args.inflight))
-            count = args.sensors * total
+            seconds = math.nan
+            if loaded:
+                print(f"reusing {db} ({loaded:,} instances)", flush=True)
+            else:
+                print(f"loading {args.sensors} sensors x {total:,} readings ...", flush=True)
+                seconds = asyncio.run(load(server.url, args.sensors, total, args.inflight))
             api = measure_api(server.url, args.sensors, args.days, args.queries)
         finally:
             server.stop()
         sql = measure_sql(db, args.sensors, args.days, args.queries)
         size = sum(p.stat().st_size for p in db.parent.glob("temporal.db*"))
     print()
-    print(f"instances loaded   {count:>14,}  in {seconds:,.0f} s  ({count / seconds:,.0f}/s)")
+    if math.isnan(seconds):
+        print(f"instances (reused) {count:>14,}")
+    else:
+        print(f"instances loaded   {count:>14,}  in {seconds:,.0f} s  ({count / seconds:,.0f}/s)")
     print(
         f"store size         {size / 2**20:>14,.0f} MiB  ({size / 2**20 / (count / 1e6):,.1f} MiB per million instances)"
     )

@@ -447,12 +447,20 @@ def aggregate(
         sids = list(series.values())
         names = {sid: attr for attr, sid in series.items()}
         marks = ",".join("?" * len(sids))
-        lo, hi = conn.execute(
-            f"SELECT min({col}), max({col}) FROM history h WHERE h.sid IN ({marks}){clause}",
-            (*sids, *targs),
-        ).fetchone()
-        if lo is None:
+        # first and last instance in the range: two index seeks per series (min() and
+        # max() together in one query would scan the range)
+        ends = [
+            conn.execute(
+                f"SELECT {col} FROM history h WHERE h.sid=?{clause} ORDER BY {col} {order} LIMIT 1",
+                (sid, *targs),
+            ).fetchone()
+            for sid in sids
+            for order in ("ASC", "DESC")
+        ]
+        found = [e[0] for e in ends if e is not None]
+        if not found:
             continue
+        lo, hi = min(found), max(found)
         if period is not None:
             periods = period.boundaries(lo, hi + 1, limit=10_000)
         else:
