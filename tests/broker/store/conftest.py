@@ -7,11 +7,13 @@ database per test location.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import MongoClient
 
 from broker.store.base import Store
 from broker.store.mongodb import MongoStore
@@ -24,10 +26,18 @@ def mongo_store(tmp: Path) -> Store:
     return MongoStore(SHARED.url(database))
 
 
+def real_mongo_store(tmp: Path) -> Store:
+    """A store on the real server of ``RENKEI_TEST_MONGO_URI``, one database per location."""
+    database = "renkei_test_" + hashlib.sha1(str(tmp).encode()).hexdigest()[:16]
+    return MongoStore(os.environ["RENKEI_TEST_MONGO_URI"], database=database)
+
+
 BACKENDS: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
     "mongodb": mongo_store,
 }
+if os.environ.get("RENKEI_TEST_MONGO_URI"):
+    BACKENDS["mongodb-real"] = real_mongo_store
 
 
 def mongoeco_missing() -> str | None:
@@ -50,7 +60,9 @@ def _params() -> list[Any]:
     marks = [pytest.mark.mongo]
     if _MISSING is not None:
         marks.append(pytest.mark.skip(reason=_MISSING))
-    return ["sqlite", pytest.param("mongodb", marks=marks)]
+    # on a real server when RENKEI_TEST_MONGO_URI names one (deselected otherwise)
+    real = pytest.param("mongodb-real", marks=[pytest.mark.mongo, pytest.mark.real_mongo])
+    return ["sqlite", pytest.param("mongodb", marks=marks), real]
 
 
 @pytest.fixture
@@ -73,12 +85,20 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(params=_params())
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
     """Builds a store on the same location each call, to test reopening."""
     if request.param not in BACKENDS:
         pytest.skip(f"{request.param} is not available here")
     factory = BACKENDS[request.param]
-    return lambda: factory(tmp_path)
+    yield lambda: factory(tmp_path)
+    if request.param == "mongodb-real":  # a real server keeps what tests leave
+        store = real_mongo_store(tmp_path)
+        assert isinstance(store, MongoStore)
+        client: MongoClient[dict[str, Any]] = MongoClient(os.environ["RENKEI_TEST_MONGO_URI"])
+        try:
+            client.drop_database(store.database_name)
+        finally:
+            client.close()
 
 
 @pytest.fixture
