@@ -134,15 +134,18 @@ class Series:
         sid = self._known.get(key)
         if sid is not None:
             return sid
-        row = conn.execute(
-            "SELECT sid FROM history_series WHERE tenant=? AND eid=? AND attr=?", key
-        ).fetchone()
-        if row is not None:
-            sid = int(row[0])
-        else:
-            cur = conn.execute("INSERT INTO history_series(tenant, eid, attr) VALUES (?,?,?)", key)
-            assert cur.lastrowid is not None
-            sid = cur.lastrowid
+        # a new series (the common case for a value not cached) costs one statement
+        returned = conn.execute(  # fetchall: the statement runs to its end
+            "INSERT INTO history_series(tenant, eid, attr) VALUES (?,?,?) "
+            "ON CONFLICT(tenant, eid, attr) DO NOTHING RETURNING sid",
+            key,
+        ).fetchall()
+        row = returned[0] if returned else None
+        if row is None:
+            row = conn.execute(
+                "SELECT sid FROM history_series WHERE tenant=? AND eid=? AND attr=?", key
+            ).fetchone()
+        sid = int(row[0])
         if len(self._known) >= self.size:
             self._known.clear()
         self._known[key] = sid
