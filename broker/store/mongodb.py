@@ -367,19 +367,8 @@ class MongoStore(Store):
             with driver_errors():
                 await self._note_tenant(tenant)
                 explicit = history or {}
-                for p in pending.values():
-                    for i in p.indexes:
-                        r = p.results[i]
-                        if r.ok:
-                            await self._history.record(
-                                self.history_policy,
-                                tenant,
-                                p.eid,
-                                r.before,
-                                r.after,
-                                now,
-                                explicit.get(p.eid),
-                            )
+                writes = [(r.id, r.before, r.after, explicit.get(r.id)) for r in done if r.ok]
+                await self._history.record(self.history_policy, tenant, writes, now)
         return done
 
     async def _write_round(

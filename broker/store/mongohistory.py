@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, DeleteMany, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from broker.core.history import (
@@ -172,64 +172,73 @@ class MongoHistory:
         assert doc is not None
         return int(doc["n"]) - count + 1
 
-    async def _put_entity(self, tenant: str, ent: HistoryEntity) -> None:
-        await self.db.history_entities.update_one(
-            {"_id": {"t": tenant, "i": ent.id}},
-            {
-                "$set": {
-                    "t": tenant,
-                    "eid": ent.id,
-                    "types": list(ent.types),
-                    "scope": ent.scope,
-                    "modified": ent.modified,
-                    "deleted": None,
-                },
-                "$setOnInsert": {"created": ent.created},
-            },
-            upsert=True,
-        )
-
     async def record(
         self,
         policy: HistoryPolicy,
         tenant: str,
-        eid: str,
-        before: Entity | None,
-        after: Entity | None,
+        writes: Sequence[tuple[str, Entity | None, Entity | None, Sequence[HistoryRow] | None]],
         now: int,
-        explicit: Sequence[HistoryRow] | None = None,
     ) -> None:
-        """Append what one entity write changed (or the temporal API's ``explicit`` rows,
-        which replace instances of the same attribute, datasetId and observedAt)."""
-        ent = after if after is not None else before
-        if ent is None or not policy.records(tenant, ent["type"]):
-            return
-        rows = list(explicit) if explicit is not None else changes(before, after, now)
-        key = {"_id": {"t": tenant, "i": eid}}
-        if after is None:
-            await self.db.history_entities.update_one(
-                key, {"$set": {"deleted": now, "modified": now}}
-            )
-        elif (
-            before is None
-            or before.get("type") != after.get("type")
-            or before.get("scope") != after.get("scope")
-        ):
-            entry = HistoryEntity(eid, after["type"], after.get("scope"), _created(after, now), now)
-            await self._put_entity(tenant, entry)
-        elif rows:
-            res = await self.db.history_entities.update_one(key, {"$set": {"modified": now}})
-            if not res.matched_count:  # its history was deleted while the entity stayed
-                entry = HistoryEntity(
-                    eid, after["type"], after.get("scope"), _created(after, now), now
+        """Append what a batch of entity writes changed, in a few round trips.
+
+        ``writes``: per successful write, the entity id, the entity before and after,
+        and the temporal API's explicit rows (None for an entity write). Explicit rows
+        replace instances of the same attribute, datasetId and observedAt; an entity
+        write records what changed (``broker.core.history.changes``)."""
+        entries: list[UpdateOne] = []
+        replaced: list[DeleteMany] = []
+        docs: list[tuple[str, HistoryRow]] = []
+        for eid, before, after, explicit in writes:
+            ent = after if after is not None else before
+            if ent is None or not policy.records(tenant, ent["type"]):
+                continue
+            rows = list(explicit) if explicit is not None else changes(before, after, now)
+            key = {"_id": {"t": tenant, "i": eid}}
+            if after is None:
+                entries.append(UpdateOne(key, {"$set": {"deleted": now, "modified": now}}))
+            elif (
+                before is None
+                or before.get("type") != after.get("type")
+                or before.get("scope") != after.get("scope")
+            ):
+                entries.append(
+                    UpdateOne(
+                        key,
+                        {
+                            "$set": {
+                                "t": tenant,
+                                "eid": eid,
+                                "types": list(after["type"]),
+                                "scope": after.get("scope"),
+                                "modified": now,
+                                "deleted": None,
+                            },
+                            "$setOnInsert": {"created": _created(after, now)},
+                        },
+                        upsert=True,
+                    )
                 )
-                await self._put_entity(tenant, entry)
-        if not rows:
-            return
-        if explicit is not None:
-            for r in rows:
-                if r.deleted is None and r.instance is not None and "observedAt" in r.instance:
-                    await self.db.history.delete_many(
+            elif rows:  # the entry is made again if its history was deleted meanwhile
+                entries.append(
+                    UpdateOne(
+                        key,
+                        {
+                            "$set": {"modified": now},
+                            "$setOnInsert": {
+                                "t": tenant,
+                                "eid": eid,
+                                "types": list(after["type"]),
+                                "scope": after.get("scope"),
+                                "created": _created(after, now),
+                                "deleted": None,
+                            },
+                        },
+                        upsert=True,
+                    )
+                )
+            if explicit is not None:
+                replaced.extend(
+                    DeleteMany(
                         {
                             "t": tenant,
                             "eid": eid,
@@ -239,10 +248,20 @@ class MongoHistory:
                             "deleted": None,
                         }
                     )
-        first = await self._numbers(len(rows))
-        await self.db.history.insert_many(
-            [_row_doc(tenant, eid, first + i, r) for i, r in enumerate(rows)], ordered=True
-        )
+                    for r in rows
+                    if r.deleted is None and r.instance is not None and "observedAt" in r.instance
+                )
+            docs.extend((eid, r) for r in rows)
+        if entries:
+            await self.db.history_entities.bulk_write(entries, ordered=True)
+        if replaced:
+            await self.db.history.bulk_write(replaced, ordered=True)
+        if docs:
+            first = await self._numbers(len(docs))
+            await self.db.history.insert_many(
+                [_row_doc(tenant, eid, first + i, r) for i, (eid, r) in enumerate(docs)],
+                ordered=False,
+            )
 
     # -- reads ------------------------------------------------------------------------------
 
