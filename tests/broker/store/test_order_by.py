@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from broker.core.model import Entity
-from broker.query.ast import AttrPath
+from broker.query.ast import AttrPath, Comparison
 from broker.store.base import EntityQuery, Store
 
 pytestmark = pytest.mark.anyio
@@ -77,3 +77,15 @@ async def test_by_type_then_system_time(filled: Store) -> None:
 async def test_by_attribute_created_at(filled: Store) -> None:
     created = AttrPath(T + "name", ("createdAt",))
     assert await order(filled, (created, True)) == [1, 3, 2, 4]
+
+
+async def test_pages_of_matches_checked_outside_the_database(filled: Store) -> None:
+    # a pattern is checked by the reference evaluator on some backends: paging and
+    # counting must still follow the order asked for
+    pattern = Comparison(AttrPath(T + "name"), "~=", "^[AB]")
+    query = EntityQuery(
+        q=pattern, order_by=[(AttrPath(T + "name"), True)], limit=1, offset=1, count=True
+    )
+    found, total = await filled.query("", query)
+    assert [e["id"] for e in found] == ["urn:ngsi-ld:E:2"]
+    assert total == 2
