@@ -30,16 +30,27 @@ class MongoecoUnavailable(RuntimeError):
 
 
 def _python313() -> list[str]:
-    found = shutil.which("python3.13")
-    if found:
-        return [found]
+    """A Python 3.13 interpreter: pyenv's (its real binary, so no shim needs selecting)
+    or ``python3.13`` on PATH, whichever runs."""
+    candidates: list[str] = []
     pyenv = shutil.which("pyenv")
     if pyenv:
         prefix = subprocess.run(
             [pyenv, "prefix", "3.13"], capture_output=True, text=True, check=False
         ).stdout.strip()
-        if prefix and Path(prefix, "bin", "python3.13").exists():
-            return [str(Path(prefix, "bin", "python3.13"))]
+        if prefix:
+            candidates.append(str(Path(prefix, "bin", "python3.13")))
+    found = shutil.which("python3.13")
+    if found:
+        candidates.append(found)
+    env = {**os.environ, "PYENV_VERSION": "3.13"}
+    check = "import sys; sys.exit(sys.version_info[:2] != (3, 13))"
+    for candidate in candidates:
+        ran = subprocess.run(
+            [candidate, "-c", check], env=env, capture_output=True, check=False
+        ).returncode
+        if Path(candidate).exists() and ran == 0:
+            return [candidate]
     raise MongoecoUnavailable("mongoeco needs python3.13, which is not installed")
 
 
@@ -50,14 +61,16 @@ def venv_python() -> Path:
     if python.exists() and marker.exists():
         return python
     CACHE.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ}
-    env.setdefault("PYENV_VERSION", "3.13")
+    env = {**os.environ, "PYENV_VERSION": "3.13"}
     subprocess.run([*_python313(), "-m", "venv", str(CACHE / "venv")], check=True, env=env)
-    subprocess.run(
+    pip = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", SPEC],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if pip.returncode:
+        raise RuntimeError(f"pip install {SPEC} failed:\n{pip.stderr[-3000:]}")
     marker.touch()
     return python
 
