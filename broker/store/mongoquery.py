@@ -218,6 +218,26 @@ def _or(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return parts[0] if len(parts) == 1 else {"$or": parts}
 
 
+_LITERAL: Final = re.compile(r"[A-Za-z0-9:/_\-]*")
+
+
+def _anchored_prefix(pattern: str) -> str:
+    """The literal text a ``^``-anchored pattern starts with ("" if none or unsure).
+
+    Only plain characters count, and not one a quantifier or alternation could make
+    optional: ``^urn:x:1?`` gives ``urn:x:``."""
+    if not pattern.startswith("^") or pattern.startswith("^(?"):
+        return ""
+    match = _LITERAL.match(pattern, 1)
+    literal = match.group(0) if match else ""
+    rest = pattern[1 + len(literal) :]
+    if "|" in pattern:
+        return ""
+    if rest[:1] in ("?", "*", "{"):
+        literal = literal[:-1]
+    return literal
+
+
 class FilterBuilder:
     """Compiles one query; :attr:`exact` is False once any part is only a pre-filter."""
 
@@ -301,6 +321,9 @@ class FilterBuilder:
         if sel.id_pattern:
             check_pattern(sel.id_pattern)
             self.exact = False  # RE2 syntax, not MongoDB's PCRE: checked on the ids
+            prefix = _anchored_prefix(sel.id_pattern)
+            if prefix:  # ^urn:ngsi-ld:Vehicle:... reads one range of the id index
+                parts.append({"id": {"$gte": prefix, "$lt": prefix + "\U0010ffff"}})
         if sel.types:
             parts.append(_or([{"types": {"$all": list(conj)}} for conj in sel.types]))
         return _and(parts)

@@ -112,6 +112,21 @@ async def test_count_alone_with_limit_zero(mongo: MongoStore) -> None:
     assert await mongo.query("", EntityQuery(q=q, limit=0, count=True)) == ([], 2)
 
 
+async def test_id_patterns_with_and_without_an_anchored_prefix(mongo: MongoStore) -> None:
+    ids = ["urn:ngsi-ld:Shelter:1", "urn:ngsi-ld:Shelter:2", "urn:ngsi-ld:Shelter:3", "urn:x:1"]
+    await mongo.write("", [(i, put({"id": i, "type": [T + "Shelter"]})) for i in ids])
+
+    async def matching(pattern: str) -> list[str]:
+        found, _ = await mongo.query("", EntityQuery(id_pattern=pattern))
+        return [e["id"] for e in found]
+
+    assert await matching("^urn:ngsi-ld:Shelter:[12]$") == ids[:2]
+    assert await matching("^urn:ngsi-ld:Shelter:3?") == ids[:3]
+    assert await matching("(?i)^URN:X") == ["urn:x:1"]
+    assert await matching("^urn:x|Shelter:3") == ["urn:ngsi-ld:Shelter:3", "urn:x:1"]
+    assert await matching("^URN") == []
+
+
 # -- geometries -----------------------------------------------------------------------------
 
 BAD_GEOMETRIES: dict[str, dict[str, Any]] = {
