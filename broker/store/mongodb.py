@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -349,9 +350,11 @@ class MongoStore(Store):
         results: list[WriteResult | None] = [None] * len(mutations)
         todo = list(pending.values())
         with driver_errors():
-            for _ in range(_MAX_ATTEMPTS):
+            for attempt in range(_MAX_ATTEMPTS):
                 if not todo:
                     break
+                if attempt:  # lost a race: let the winners through before reading again
+                    await asyncio.sleep(random.uniform(0, min(0.001 * attempt, 0.05)))
                 todo = await self._write_round(tenant, todo, mutations)
         for p in todo:  # still conflicting after every attempt
             for i in p.indexes:
