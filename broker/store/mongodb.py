@@ -110,6 +110,8 @@ _MAX_ATTEMPTS: Final = 64
 #: MongoDB error codes for geometries it cannot index (16755 "Can't extract geo keys").
 _GEO_CODES: Final = frozenset({16755, 16756})
 _DUPLICATE: Final = 11000
+#: Write tokens kept per entity document (see ``MongoStore._bulk``).
+_TOKENS: Final = 16
 
 ENTITY_INDEXES: Final = (
     IndexModel([("t", ASCENDING), ("id", ASCENDING)], name="tenant_id"),
@@ -172,7 +174,9 @@ def _geometries(ent: Entity) -> dict[str, Any]:
     return found
 
 
-def entity_document(tenant: str, ent: Entity, ver: int, token: ObjectId) -> Doc:
+def entity_document(
+    tenant: str, ent: Entity, ver: int, token: ObjectId, earlier: Sequence[ObjectId] = ()
+) -> Doc:
     """The stored document of an entity (see the module docstring)."""
     types = list(ent.get("type") or ())
     scopes = ent.get("scope") or []
@@ -188,7 +192,8 @@ def entity_document(tenant: str, ent: Entity, ver: int, token: ObjectId) -> Doc:
         "t": tenant,
         "id": ent["id"],
         "ver": ver,
-        "tok": token,
+        # the last writes' tokens: a writer finds its own even after later writes
+        "toks": [token, *earlier][:_TOKENS],
         "e": escape_doc(ent),
         "types": types,
         "tmin": min(types) if types else None,
@@ -206,7 +211,7 @@ def entity_document(tenant: str, ent: Entity, ver: int, token: ObjectId) -> Doc:
 class _Pending:
     """One entity's mutations in a write, and what the current attempt made of them."""
 
-    __slots__ = ("doc", "eid", "indexes", "op_index", "results", "start_ver")
+    __slots__ = ("doc", "eid", "indexes", "op_index", "results", "start_ver", "tokens")
 
     def __init__(self, eid: str) -> None:
         self.eid = eid
@@ -215,6 +220,7 @@ class _Pending:
         self.doc: Doc | None = None
         self.start_ver: int | None = None
         self.op_index: int | None = None
+        self.tokens: list[ObjectId] = []
 
 
 class MongoStore(Store):
@@ -380,7 +386,8 @@ class MongoStore(Store):
         """One optimistic attempt for ``todo``; returns the entities to try again."""
         stored: dict[str, Doc] = {}
         async for doc in self._entities.find(
-            {"_id": {"$in": [_key(tenant, p.eid) for p in todo]}}, {"id": 1, "ver": 1, "e": 1}
+            {"_id": {"$in": [_key(tenant, p.eid) for p in todo]}},
+            {"id": 1, "ver": 1, "e": 1, "toks": 1},
         ):
             stored[doc["id"]] = doc
         token = ObjectId()
@@ -391,6 +398,7 @@ class MongoStore(Store):
             row = stored.get(p.eid)
             start: Entity | None = unescape_doc(row["e"]) if row else None
             p.start_ver = row["ver"] if row else None
+            p.tokens = list(row.get("toks", ())) if row else []
             p.results = {}
             p.doc = None
             cur, changed = start, False
@@ -415,7 +423,8 @@ class MongoStore(Store):
                     deletes.append((p, p.start_ver))
                 continue
             try:
-                p.doc = entity_document(tenant, cur, (p.start_ver or 0) + 1, token)
+                ver = (p.start_ver or 0) + 1
+                p.doc = entity_document(tenant, cur, ver, token, p.tokens)
                 bson.encode(p.doc)  # what BSON cannot hold fails this entity, not the batch
             except (BSONError, OverflowError) as exc:
                 error = BadRequestData(f"{p.eid}: cannot be stored: {exc}")
@@ -475,12 +484,13 @@ class MongoStore(Store):
                     if r.ok:
                         r.error, r.after = error, None
         if settled + len(failed) < len(ops):
-            # some conditional replaces matched nothing: which ones carry our token?
+            # some conditional replaces matched nothing: which? Those whose document
+            # does not hold our token (among its last few, should others write since)
             replaced = [p for p in owners if p.start_ver is not None and p.op_index not in failed]
             ours = {
                 doc["id"]
                 async for doc in self._entities.find(
-                    {"_id": {"$in": [_key(tenant, p.eid) for p in replaced]}, "tok": token},
+                    {"_id": {"$in": [_key(tenant, p.eid) for p in replaced]}, "toks": token},
                     {"id": 1},
                 )
             }

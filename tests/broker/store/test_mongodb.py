@@ -277,6 +277,36 @@ async def test_two_brokers_on_one_database_lose_no_update(mongo_url: str) -> Non
         await b.close()
 
 
+async def test_batches_racing_on_the_same_entities_apply_each_change_once(
+    mongo_url: str,
+) -> None:
+    # batches where some replaces win and others lose: the losers run again, the
+    # winners never twice
+    a, b = MongoStore(mongo_url), MongoStore(mongo_url)
+    await a.open()
+    await b.open()
+    ids = [f"urn:ngsi-ld:Shelter:{n}" for n in range(6)]
+    try:
+        await a.write("", [(i, put({"id": i, "type": [T + "Shelter"], T + "n": []})) for i in ids])
+
+        def bump(cur: Entity | None) -> Entity:
+            assert cur is not None
+            count = len(cur[T + "n"])
+            step = {"type": "Property", "value": count + 1, "datasetId": f"urn:d:{count}"}
+            return {**cur, T + "n": [*cur[T + "n"], step]}
+
+        batches = [s.write("", [(i, bump) for i in ids]) for s in (a, b) * 12]
+        results = await asyncio.gather(*batches)
+        assert all(r.ok for batch in results for r in batch)
+        for i in ids:
+            final = await a.get_entity("", i)
+            assert final is not None
+            assert len(final[T + "n"]) == 24
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_concurrent_creates_of_one_id_make_one_entity(mongo_url: str) -> None:
     a, b = MongoStore(mongo_url), MongoStore(mongo_url)
     await a.open()
