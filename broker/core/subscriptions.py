@@ -255,6 +255,13 @@ class _Delivery:
     headers: dict[str, str]
 
 
+#: Notifications of one subscription on their way at once before changes queue up; the
+#: queued changes then go out together, in one notification (``data`` holds them all).
+PER_SUBSCRIPTION_IN_FLIGHT = 4
+#: Entities in one notification built from queued changes, at most.
+MAX_COALESCED = 500
+
+
 class SubscriptionService:
     def __init__(
         self,
@@ -284,6 +291,9 @@ class SubscriptionService:
         self._cache: dict[str, tuple[float, list[Compiled]]] = {}
         self._compiled: dict[tuple[str, str, str], Compiled] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: per subscription: deliveries on their way, and changes waiting for one to end
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._queued: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._scheduler: asyncio.Task[None] | None = None
         self._pending: dict[tuple[str, str], NotificationRecord] = {}
@@ -770,6 +780,21 @@ class SubscriptionService:
     # -- delivery -----------------------------------------------------------------------------
 
     def submit(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+        """Send a notification of ``data``; when the subscription already has
+        ``PER_SUBSCRIPTION_IN_FLIGHT`` on their way, ``data`` waits and goes out with the
+        other waiting changes in one notification as soon as one of them is done. A
+        slow or busy endpoint thus gets fewer, fuller notifications instead of an
+        ever-growing queue, and no change is dropped or reordered within a batch."""
+        key = (sub.tenant, sub.id)
+        if self._in_flight.get(key, 0) >= PER_SUBSCRIPTION_IN_FLIGHT:
+            self._queued.setdefault(key, []).extend(data)
+            return
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        task = asyncio.create_task(self._deliver_then_queued(sub, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _job(self, sub: Compiled, data: list[dict[str, Any]]) -> _Delivery:
         notification: dict[str, Any] = {
             "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
             "type": "Notification",
@@ -787,11 +812,27 @@ class SubscriptionService:
             headers["Link"] = f'<{sub.context_url}>; rel="{LINK_REL}"; type="application/ld+json"'
         if sub.tenant:
             headers["NGSILD-Tenant"] = sub.tenant
-        task = asyncio.create_task(
-            self._deliver(_Delivery(sub, orjson.dumps(notification), headers))
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return _Delivery(sub, orjson.dumps(notification), headers)
+
+    async def _deliver_then_queued(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+        key = (sub.tenant, sub.id)
+        try:
+            while True:
+                await self._deliver(self._job(sub, data))
+                queued = self._queued.get(key)
+                if not queued:
+                    return
+                data, rest = queued[:MAX_COALESCED], queued[MAX_COALESCED:]
+                if rest:
+                    self._queued[key] = rest
+                else:
+                    del self._queued[key]
+        finally:
+            left = self._in_flight.get(key, 1) - 1
+            if left > 0:
+                self._in_flight[key] = left
+            else:
+                self._in_flight.pop(key, None)
 
     async def _deliver(self, job: _Delivery) -> None:
         sub = job.sub

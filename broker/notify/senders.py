@@ -18,8 +18,9 @@ and ``metadata.<receiverInfo key>``), the notification object in ``body``. Both
 protocol versions carry the same message; with MQTT 5.0 it is also labelled with a
 Content Type property.
 
-One pooled ``httpx.AsyncClient`` serves all HTTP endpoints and one MQTT connection
-serves each MQTT broker (see :mod:`broker.notify.mqtt`). Endpoint credentials
+Each HTTP endpoint origin gets a small pooled ``httpx.AsyncClient`` (kept-alive
+connections, ``http_connections`` at a time) and each MQTT broker one connection (see
+:mod:`broker.notify.mqtt`). Endpoint credentials
 (``user:password@``) are never logged nor put in error messages.
 """
 
@@ -89,18 +90,15 @@ class Senders:
     """Owns one HTTP client (httpx.AsyncClient, pooled) and one MQTT connection per MQTT broker (host, port, user, tls, version), reused across notifications."""
 
     def __init__(
-        self, *, http_timeout: float = 10.0, mqtt_timeout: float = 10.0, http_connections: int = 64
+        self, *, http_timeout: float = 10.0, mqtt_timeout: float = 10.0, http_connections: int = 8
     ) -> None:
         self.http_timeout = http_timeout
-        # as many kept-alive connections as deliveries may run at once (the subscription
-        # engine's concurrency): with fewer, every burst opens and closes connections
-        self._http = httpx.AsyncClient(
-            timeout=http_timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=http_connections, max_keepalive_connections=http_connections
-            ),
-        )
+        self.http_connections = http_connections
+        # One small pool per endpoint origin, its connections kept alive, and no more
+        # requests handed to it than it has connections: httpx's pool looks at every
+        # connection and queued request for each request, so one large shared pool costs
+        # more CPU per notification than the notification itself.
+        self._origins: dict[str, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
         self.mqtt = MqttPool(timeout=mqtt_timeout)
         self._closed = False
 
@@ -129,13 +127,32 @@ class Senders:
                 retryable=False,
             )
 
+    def _origin(self, uri: str) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        parts = urlsplit(uri)
+        key = f"{parts.scheme.lower()}://{parts.netloc.rpartition('@')[2].lower()}"
+        found = self._origins.get(key)
+        if found is None:
+            n = self.http_connections
+            client = httpx.AsyncClient(
+                timeout=self.http_timeout,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            )
+            found = self._origins[key] = (client, asyncio.Semaphore(n))
+        return found
+
     async def _post(self, endpoint: Endpoint, body: bytes, headers: dict[str, str]) -> None:
         shown = redact_uri(endpoint.uri)
         request_headers = merge_metadata(headers, endpoint.receiver_info)
         try:
+            client, slots = self._origin(endpoint.uri)
+        except ValueError as exc:
+            raise DeliveryError(f"POST {shown}: {exc}", retryable=False) from None
+        try:
             async with (
+                slots,
                 asyncio.timeout(self.http_timeout),
-                self._http.stream(
+                client.stream(
                     "POST", endpoint.uri, content=body, headers=request_headers
                 ) as response,
             ):
@@ -194,6 +211,8 @@ class Senders:
     async def aclose(self) -> None:
         self._closed = True
         try:
-            await self._http.aclose()
+            for client, _ in self._origins.values():
+                await client.aclose()
+            self._origins.clear()
         finally:
             await self.mqtt.aclose()
