@@ -36,7 +36,7 @@ from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
 from broker.errors import InternalError, NgsiLdError
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
-from broker.notify.senders import Senders
+from broker.notify.senders import Senders, redact_uri
 from broker.settings import Settings, get_settings
 from broker.store import open_store
 
@@ -167,7 +167,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = await build_hub(settings)
         app.state.hub = hub
         app.state.ready = True
-        log.info("Renkei broker ready on %s (store %s)", settings.base_url, settings.store)
+        log.info(
+            "Renkei broker ready on %s (store %s)", settings.base_url, redact_uri(settings.store)
+        )
         try:
             yield
         finally:

@@ -20,6 +20,7 @@ import httpx
 import typer
 import uvicorn
 
+from broker.notify.senders import redact_uri
 from broker.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -194,7 +195,7 @@ def demo(
     base = f"{root}/ngsi-ld/v1"
     typer.echo(
         f"""
-Renkei: {count} 件のサンプルエンティティを読み込みました / loaded {count} sample entities ({settings.store})
+Renkei: {count} 件のサンプルエンティティを読み込みました / loaded {count} sample entities ({redact_uri(settings.store)})
 
 地図 / map:              {root}/viewer
 OGC API - Features:      {root}/ogc   (QGIS: docs/gis.md)
