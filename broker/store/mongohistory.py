@@ -18,7 +18,7 @@ compute in the broker.
 
 from __future__ import annotations
 
-import math
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -350,44 +350,96 @@ class MongoHistory:
         methods: Sequence[str],
         period: Duration | None,
     ) -> Aggregates:
-        field, tflt = _time_filter(query)
-        out: Aggregates = {}
-        for eid in entity_ids:
-            attrs = await self._attrs(tenant, eid, query.attrs)
-            if not attrs:
-                continue
-            docs = [
-                d
-                async for d in self.db.history.find(
-                    {"t": tenant, "eid": eid, "attr": {"$in": attrs}, **tflt},
-                    {"attr": 1, "num": 1, "vkey": 1, field: 1, "doc.type": 1},
-                )
-            ]
-            if not docs:
-                continue
-            lo = min(d[field] for d in docs)
-            hi = max(d[field] for d in docs)
-            if period is not None:
-                periods = period.boundaries(lo, hi + 1, limit=10_000)
+        """One aggregation pipeline per entity, run a few at a time: only the
+        aggregates of each (attribute, period) come back (``_AggregatePlan``)."""
+        plan = _AggregatePlan(query, methods, period)
+        gate = asyncio.Semaphore(_PARALLEL_ENTITIES)
+
+        async def one(eid: str) -> dict[str, AttrAggregate] | None:
+            async with gate:
+                return await self._aggregate_entity(tenant, eid, plan)
+
+        found = await asyncio.gather(*(one(eid) for eid in entity_ids))
+        return {eid: aggs for eid, aggs in zip(entity_ids, found, strict=True) if aggs is not None}
+
+    async def _aggregate_entity(
+        self, tenant: str, eid: str, plan: _AggregatePlan
+    ) -> dict[str, AttrAggregate] | None:
+        attrs = await self._attrs(tenant, eid, plan.query.attrs)
+        if not attrs:
+            return None
+        match: Doc = {"t": tenant, "eid": eid, "attr": {"$in": attrs}, **plan.time_filter}
+        field = plan.field
+        boundaries: list[int] | None = None
+        key: Any = None  # the period of an instance, as an expression (one without)
+        if plan.period is not None:
+            # the first and last instance in the range: an index seek each, as on SQLite
+            lo, hi = await asyncio.gather(
+                self._end(match, field, ASCENDING), self._end(match, field, DESCENDING)
+            )
+            if lo is None or hi is None:
+                return None
+            boundaries = plan.period.boundaries(lo, hi + 1, limit=_MAX_PERIODS)
+            match = plan.narrowed(match, lo, hi)
+            if plan.period.months:
+                key = _calendar_period(field, boundaries)
             else:
-                start = query.time_at if query.timerel in ("after", "between") else None
-                end = query.end_time_at if query.timerel == "between" else None
-                periods = [start if start is not None else lo, end if end is not None else hi + 1]
-            per_attr: dict[str, AttrAggregate] = {}
-            for attr in attrs:
-                mine = [d for d in docs if d["attr"] == attr]
-                if not mine:
-                    continue
-                kind = str((mine[0].get("doc") or {}).get("type", "Property"))
-                agg = AttrAggregate(kind)
-                for k in range(len(periods) - 1):
-                    inside = [d for d in mine if periods[k] <= d[field] < periods[k + 1]]
-                    if inside:
-                        _aggregate_period(agg, methods, inside, periods[k], periods[k + 1])
-                if agg.values:
-                    per_attr[attr] = agg
-            out[eid] = per_attr
-        return out
+                # the period's start, lo + k * us: exact integer arithmetic on int64
+                key = {
+                    "$subtract": [
+                        f"${field}",
+                        {"$mod": [{"$subtract": [f"${field}", lo]}, plan.period.us]},
+                    ]
+                }
+        groups = await (
+            await self.db.history.aggregate(
+                [
+                    {"$match": match},
+                    {"$group": {"_id": {"a": "$attr", "p": key}, **plan.accumulators}},
+                    *([{"$project": plan.projection}] if plan.projection else []),
+                    {"$sort": {"_id.a": ASCENDING, "_id.p": ASCENDING}},
+                ]
+            )
+        ).to_list()
+        if not groups:
+            return None
+        spans = _spans(plan, groups, boundaries)
+        kinds = await self._kinds(tenant, eid, plan, groups)
+        per_attr: dict[str, AttrAggregate] = {}
+        for group in groups:
+            attr = group["_id"]["a"]
+            start, end = spans[group["_id"]["p"]]
+            agg = per_attr.get(attr)
+            if agg is None:
+                agg = per_attr[attr] = AttrAggregate(kinds[attr])
+            for m in plan.methods:
+                value = _method_value(m, group)
+                if value is not _SKIP:
+                    agg.values.setdefault(m, []).append((value, start, end))
+        return per_attr
+
+    async def _end(self, match: Doc, field: str, order: int) -> int | None:
+        """The first (or last) time in the range: one seek of ``series_at`` per
+        attribute (merged by MongoDB for the ``$in``)."""
+        doc = await self.db.history.find_one(match, {field: 1}, sort=[(field, order)])
+        return None if doc is None else int(doc[field])
+
+    async def _kinds(
+        self, tenant: str, eid: str, plan: _AggregatePlan, groups: list[Doc]
+    ) -> dict[str, str]:
+        """Each attribute's kind (Property, ...) from a non-deleted instance: the
+        groups carry one unless they are of deleted instances."""
+        kinds: dict[str, str] = {}
+        for group in groups:
+            kinds.setdefault(group["_id"]["a"], group.get("k") or "")
+        for attr, kind in kinds.items():
+            if plan.field == "deleted" or not kind:
+                doc = await self.db.history.find_one(
+                    {"t": tenant, "eid": eid, "attr": attr, "deleted": None}, {"doc.type": 1}
+                )
+                kind = (doc or {}).get("doc", {}).get("type") or ""
+            kinds[attr] = str(kind or "Property")
+        return kinds
 
     # -- edits ------------------------------------------------------------------------------
 
@@ -461,30 +513,107 @@ class MongoHistory:
         return gone
 
 
-def _aggregate_period(
-    agg: AttrAggregate, methods: Sequence[str], docs: list[Doc], start: int, end: int
-) -> None:
-    nums = [float(d["num"]) for d in docs if d.get("num") is not None]
-    for m in methods:
-        value: Any
-        if m == "totalCount":
-            value = len(docs)
-        elif m == "distinctCount":
-            keys = {d["num"] if d.get("num") is not None else d.get("vkey") for d in docs}
-            value = len(keys - {None})
-        elif not nums:
-            continue
-        elif m == "sum":
-            value = math.fsum(nums)
-        elif m == "avg":
-            value = math.fsum(nums) / len(nums)
-        elif m == "min":
-            value = min(nums)
-        elif m == "max":
-            value = max(nums)
-        elif m == "sumsq":
-            value = math.fsum(n * n for n in nums)
-        else:  # stddev, the population one
-            mean = math.fsum(nums) / len(nums)
-            value = max(math.fsum(n * n for n in nums) / len(nums) - mean * mean, 0.0) ** 0.5
-        agg.values.setdefault(m, []).append((value, start, end))
+#: entities aggregated at once (each a few round trips; the pool has room for more)
+_PARALLEL_ENTITIES: Final = 8
+#: periods one aggregation may have (as on SQLite)
+_MAX_PERIODS: Final = 10_000
+_SKIP: Final = object()
+
+#: per method, the ``$group`` accumulators it needs (over ``num``, the numeric value:
+#: non-numeric instances have ``num: null``, which these accumulators ignore)
+_ACCUMULATORS: Final[dict[str, Doc]] = {
+    "totalCount": {},
+    "distinctCount": {"d": {"$addToSet": {"$ifNull": ["$num", "$vkey"]}}},
+    "sum": {"s": {"$sum": "$num"}},
+    "avg": {"avg": {"$avg": "$num"}},
+    "min": {"lo_v": {"$min": "$num"}},
+    "max": {"hi_v": {"$max": "$num"}},
+    "sumsq": {"sq": {"$sum": {"$multiply": ["$num", "$num"]}}},
+    "stddev": {"sd": {"$stdDevPop": "$num"}},
+}
+_METHOD_FIELDS: Final = {
+    "totalCount": "n",
+    "distinctCount": "d",
+    "sum": "s",
+    "avg": "avg",
+    "min": "lo_v",
+    "max": "hi_v",
+    "sumsq": "sq",
+    "stddev": "sd",
+}
+
+
+class _AggregatePlan:
+    """What an aggregation asks, as MongoDB pipeline parts shared by every entity."""
+
+    def __init__(
+        self, query: HistoryQuery, methods: Sequence[str], period: Duration | None
+    ) -> None:
+        self.query = query
+        self.methods = list(methods)
+        self.period = period
+        self.field, self.time_filter = _time_filter(query)
+        # n and nums tell empty and non-numeric periods apart; first and last give the
+        # one period's bounds without aggrPeriodDuration; k the attribute's kind
+        self.accumulators: Doc = {
+            "n": {"$sum": 1},
+            "nums": {"$sum": {"$cond": [{"$isNumber": "$num"}, 1, 0]}},
+            "first": {"$min": f"${self.field}"},
+            "last": {"$max": f"${self.field}"},
+            "k": {"$first": "$doc.type"},
+        }
+        for m in self.methods:
+            self.accumulators.update(_ACCUMULATORS[m])
+        self.projection: Doc = {}
+        if "distinctCount" in self.methods:  # only the count of the set travels back
+            self.projection = {name: 1 for name in self.accumulators}
+            self.projection["d"] = {"$size": {"$setDifference": ["$d", [None]]}}
+
+    def narrowed(self, match: Doc, lo: int, hi: int) -> Doc:
+        """``match`` cut to [lo, hi], the instances the periods were made for (an
+        instance written meanwhile outside them is not counted in a wrong period)."""
+        rng = dict(match.get(self.field) or {})
+        rng.update({"$gte": lo, "$lte": hi})
+        return {**match, self.field: rng}
+
+
+def _calendar_period(field: str, boundaries: Sequence[int]) -> Doc:
+    """The index of the period holding ``field`` for periods of calendar months: a
+    ``$switch`` over the precomputed boundaries (a month has no fixed length in µs).
+    ``$bucket`` would do the same but groups by nothing else, and we group by
+    attribute too."""
+    return {
+        "$switch": {
+            "branches": [
+                {"case": {"$lt": [f"${field}", end]}, "then": k}
+                for k, end in enumerate(boundaries[1:])
+            ],
+            "default": len(boundaries) - 1,
+        }
+    }
+
+
+def _spans(
+    plan: _AggregatePlan, groups: Sequence[Doc], boundaries: Sequence[int] | None
+) -> dict[Any, tuple[int, int]]:
+    """Each group's period key -> (start, end) in µs."""
+    query = plan.query
+    if plan.period is None:
+        lo = min(int(g["first"]) for g in groups)
+        hi = max(int(g["last"]) for g in groups)
+        start = query.time_at if query.timerel in ("after", "between") else None
+        end = query.end_time_at if query.timerel == "between" else None
+        return {None: (start if start is not None else lo, end if end is not None else hi + 1)}
+    assert boundaries is not None
+    if plan.period.months:
+        return {k: (boundaries[k], boundaries[k + 1]) for k in range(len(boundaries) - 1)}
+    us = plan.period.us
+    return {g["_id"]["p"]: (g["_id"]["p"], g["_id"]["p"] + us) for g in groups}
+
+
+def _method_value(method: str, group: Doc) -> Any:
+    """A method's value from its group, or ``_SKIP`` for a numeric method over a
+    period without numbers (as SQLite leaves those out)."""
+    if method not in ("totalCount", "distinctCount") and not group["nums"]:
+        return _SKIP
+    return group[_METHOD_FIELDS[method]]

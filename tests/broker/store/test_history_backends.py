@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from broker.core.history import Duration, HistoryPolicy, to_us
+from broker.core.history import AGGR_METHODS, Duration, HistoryPolicy, from_us, to_us
 from broker.core.model import Entity
-from broker.store.base import DELETE, EntityQuery, HistoryQuery, Store
+from broker.store.base import DELETE, Aggregates, EntityQuery, HistoryQuery, Store
+from broker.store.mongodb import MongoStore
+from broker.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -91,3 +94,184 @@ async def test_deleted_entities_keep_history_until_it_expires(readings: Store) -
     gone = await readings.expire_history(to_us("2026-01-02T12:00:00Z"))
     assert gone == 3  # urn:x:1's first two readings and urn:x:2's one
     assert await values(readings, "urn:x:1", HistoryQuery()) == [2.0]
+
+
+# -- aggregations: the same answers on every backend ----------------------------------------
+
+W = "https://example.org/w"
+MIXED: tuple[tuple[str, float | bool | str], ...] = (
+    ("2026-01-15T10:00:00Z", 4.0),
+    ("2026-01-15T10:20:00Z", "high"),  # not a number: counted, never summed
+    ("2026-01-31T23:00:00Z", 6.0),
+    ("2026-02-20T12:00:00Z", 6.0),
+    ("2026-03-02T00:00:00Z", 2.0),
+    ("2026-03-20T00:00:00Z", "low"),  # a period with no number at all
+)
+
+
+def observed(eid: str, attr: str, value: float | bool | str, at: str) -> Entity:
+    return {"id": eid, "type": [X], attr: [{"type": "Property", "value": value, "observedAt": at}]}
+
+
+async def load_mixed(store: Store) -> None:
+    for at, value in MIXED:
+        (result,) = await store.write("", [("urn:x:m", put(observed("urn:x:m", V, value, at)))])
+        assert result.ok
+    # a second entity, hourly with a boolean and a repeated value among numbers
+    hourly: tuple[float | bool | str, ...] = (1.5, 1.5, True, 3.0, "off", 0.25)
+    for i, reading_ in enumerate(hourly):
+        at = f"2026-02-01T{i:02d}:{15 * (i % 4):02d}:00Z"
+        (result,) = await store.write("", [("urn:x:h", put(observed("urn:x:h", W, reading_, at)))])
+        assert result.ok
+
+
+@pytest.fixture
+async def mixed(store: Store) -> Store:
+    await load_mixed(store)
+    return store
+
+
+def flat(aggs: Aggregates, eid: str, attr: str) -> dict[str, list[tuple[object, str, str]]]:
+    """method -> [(value, start, end)], times as text for readable failures."""
+    return {
+        m: [(v, from_us(s), from_us(e)) for v, s, e in vs]
+        for m, vs in aggs[eid][attr].values.items()
+    }
+
+
+async def test_monthly_periods_start_at_the_first_instance(mixed: Store) -> None:
+    aggs = await mixed.aggregate_history(
+        "", ["urn:x:m"], HistoryQuery(), list(AGGR_METHODS), Duration.parse("P1M")
+    )
+    got = flat(aggs, "urn:x:m", V)
+    jan, feb, mar, apr = (f"2026-{m:02d}-15T10:00:00Z" for m in (1, 2, 3, 4))
+    assert got["totalCount"] == [(3, jan, feb), (2, feb, mar), (1, mar, apr)]
+    assert got["distinctCount"] == [(3, jan, feb), (2, feb, mar), (1, mar, apr)]
+    # the numeric methods skip "high" and leave out the period of "low" alone
+    assert got["sum"] == [(10.0, jan, feb), (8.0, feb, mar)]
+    assert got["avg"] == [(5.0, jan, feb), (4.0, feb, mar)]
+    assert got["min"] == [(4.0, jan, feb), (2.0, feb, mar)]
+    assert got["max"] == [(6.0, jan, feb), (6.0, feb, mar)]
+    assert got["sumsq"] == [(52.0, jan, feb), (40.0, feb, mar)]
+    assert [(v, s, e) for v, s, e in got["stddev"]] == [
+        (pytest.approx(1.0), jan, feb),
+        (pytest.approx(2.0), feb, mar),
+    ]
+    assert aggs["urn:x:m"][V].kind == "Property"
+
+
+async def test_daily_periods_within_a_range(mixed: Store) -> None:
+    between = HistoryQuery(
+        timerel="between",
+        time_at=to_us("2026-01-20T00:00:00Z"),
+        end_time_at=to_us("2026-03-10T00:00:00Z"),
+    )
+    aggs = await mixed.aggregate_history(
+        "", ["urn:x:m"], between, ["sum", "totalCount"], Duration.parse("P1D")
+    )
+    # periods start at the first instance inside the range, empty days are left out
+    assert flat(aggs, "urn:x:m", V)["sum"] == [
+        (6.0, "2026-01-31T23:00:00Z", "2026-02-01T23:00:00Z"),
+        (6.0, "2026-02-19T23:00:00Z", "2026-02-20T23:00:00Z"),
+        (2.0, "2026-03-01T23:00:00Z", "2026-03-02T23:00:00Z"),
+    ]
+
+
+async def test_one_period_spans_the_range(mixed: Store) -> None:
+    before = HistoryQuery(timerel="before", time_at=to_us("2026-01-16T00:00:00Z"))
+    aggs = await mixed.aggregate_history("", ["urn:x:m"], before, ["totalCount", "sum"], None)
+    # from the first instance to just after the last one (before: no start given)
+    assert flat(aggs, "urn:x:m", V) == {
+        "totalCount": [(2, "2026-01-15T10:00:00Z", "2026-01-15T10:20:00.000001Z")],
+        "sum": [(4.0, "2026-01-15T10:00:00Z", "2026-01-15T10:20:00.000001Z")],
+    }
+    after = HistoryQuery(timerel="after", time_at=to_us("2026-03-01T00:00:00Z"))
+    aggs = await mixed.aggregate_history("", ["urn:x:m"], after, ["max", "distinctCount"], None)
+    assert flat(aggs, "urn:x:m", V) == {
+        "max": [(2.0, "2026-03-01T00:00:00Z", "2026-03-20T00:00:00.000001Z")],
+        "distinctCount": [(2, "2026-03-01T00:00:00Z", "2026-03-20T00:00:00.000001Z")],
+    }
+    nothing = HistoryQuery(timerel="after", time_at=to_us("2027-01-01T00:00:00Z"))
+    assert await mixed.aggregate_history("", ["urn:x:m"], nothing, ["sum"], None) == {}
+
+
+async def test_text_only_periods_count_but_do_not_sum(mixed: Store) -> None:
+    aggs = await mixed.aggregate_history(
+        "",
+        ["urn:x:h"],
+        HistoryQuery(),
+        ["totalCount", "distinctCount", "sum"],
+        Duration.parse("PT1H"),
+    )
+    got = flat(aggs, "urn:x:h", W)
+    assert [v for v, _, _ in got["totalCount"]] == [1, 1, 1, 1, 1, 1]
+    # 1.5 twice and true (1): two distinct over the first three hours; "off" has no sum
+    assert [v for v, _, _ in got["sum"]] == [1.5, 1.5, 1.0, 3.0, 0.25]
+    assert [s for _, s, _ in got["sum"]][-1] == "2026-02-01T05:00:00Z"
+
+
+RANGES: dict[str, HistoryQuery] = {
+    "all": HistoryQuery(),
+    "before": HistoryQuery(timerel="before", time_at=to_us("2026-02-20T12:00:00Z")),
+    "after": HistoryQuery(timerel="after", time_at=to_us("2026-01-15T10:20:00Z")),
+    "between-hours": HistoryQuery(
+        timerel="between",
+        time_at=to_us("2026-01-01T00:00:00Z"),
+        end_time_at=to_us("2026-03-01T00:00:00Z"),
+    ),
+    "between-odd": HistoryQuery(
+        timerel="between",
+        time_at=to_us("2026-01-15T10:07:00Z"),
+        end_time_at=to_us("2026-02-01T03:30:00Z"),
+    ),
+}
+
+
+@pytest.mark.mongo
+@pytest.mark.parametrize("period", [None, "PT1H", "PT15M", "P1D", "P1W", "P1M", "P1M1D"])
+@pytest.mark.parametrize("window", list(RANGES))
+async def test_backends_aggregate_alike(
+    tmp_path: Path, mongo_url: str, period: str | None, window: str
+) -> None:
+    """SQLite (hourly rollups or instances) and MongoDB (aggregation pipeline) give
+    the same periods and values for every method."""
+    results = []
+    for backend in (SqliteStore(tmp_path / "store.db"), MongoStore(mongo_url)):
+        await backend.open()
+        try:
+            await load_mixed(backend)
+            for methods in (list(AGGR_METHODS), ["avg", "max"], ["totalCount", "distinctCount"]):
+                results.append(
+                    await backend.aggregate_history(
+                        "",
+                        ["urn:x:m", "urn:x:h", "urn:x:none"],
+                        RANGES[window],
+                        methods,
+                        Duration.parse(period) if period else None,
+                    )
+                )
+        finally:
+            await backend.close()
+    sqlite, mongo = results[:3], results[3:]
+    for left, right in zip(sqlite, mongo, strict=True):
+        assert comparable(right) == comparable(left, approx=True)
+
+
+def comparable(aggs: Aggregates, *, approx: bool = False) -> dict[str, object]:
+    """Sums may differ in the last bits (summation order, the stddev formula)."""
+    return {
+        eid: {
+            attr: (
+                agg.kind,
+                {
+                    m: [
+                        (pytest.approx(v, rel=1e-12, abs=1e-9) if approx else v, s, e)
+                        for v, s, e in vs
+                    ]
+                    for m, vs in agg.values.items()
+                },
+            )
+            for attr, agg in per_attr.items()
+        }
+        for eid, per_attr in aggs.items()
+    }
