@@ -21,11 +21,13 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pymongo import monitoring
 
+from broker.core.history import Duration, to_us
 from broker.core.model import Entity
 from broker.errors import AlreadyExists, BadRequestData
 from broker.query.ast import AttrPath, Comparison, GeoQuery
-from broker.store.base import EntityQuery, NotificationRecord
+from broker.store.base import EntityQuery, HistoryQuery, NotificationRecord
 from broker.store.mongodb import MongoStore
 from broker.store.mongoquery import escape_doc, escape_key, unescape_doc, unescape_key
 from tests.mongo_support import mongoeco_server
@@ -546,3 +548,72 @@ def test_broker_answers_503_while_mongodb_is_down(mongo_url: str) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+# -- history aggregations -------------------------------------------------------------------
+
+
+class HistoryCommands(monitoring.CommandListener):
+    """What the driver sends about the ``history`` collection, and the replies' sizes."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, dict[str, Any]] = {}
+        self.seen: list[tuple[dict[str, Any], int]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command.get(event.command_name) == "history":
+            self.sent[event.request_id] = dict(event.command)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        command = self.sent.pop(event.request_id, None)
+        if command is not None:
+            batch = event.reply.get("cursor", {}).get("firstBatch", [])
+            self.seen.append((command, len(batch)))
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self.sent.pop(event.request_id, None)
+
+
+async def test_history_aggregates_are_computed_by_mongodb(mongo_url: str) -> None:
+    commands = HistoryCommands()
+    store = MongoStore(mongo_url, event_listeners=[commands])
+    await store.open()
+    try:
+        eid, attr = "urn:ngsi-ld:Sensor:1", T + "pm25"
+        for i in range(48):  # two days of hourly readings
+            at = f"2026-05-{1 + i // 24:02d}T{i % 24:02d}:00:00Z"
+            doc: Entity = {
+                "id": eid,
+                "type": [T + "Sensor"],
+                attr: [{"type": "Property", "value": float(i), "observedAt": at}],
+            }
+            await store.write("other" if i == 0 else "", [(eid, put(doc))])
+        commands.seen.clear()
+        aggs = await store.aggregate_history(
+            "", [eid], HistoryQuery(), ["avg", "max"], Duration.parse("P1D")
+        )
+        info = await store.db.history.index_information()
+    finally:
+        await store.close()
+    # periods start at 01:00: the 00:00 reading went to another tenant
+    assert aggs[eid][attr].values["max"] == [
+        (24.0, to_us("2026-05-01T01:00:00Z"), to_us("2026-05-02T01:00:00Z")),
+        (47.0, to_us("2026-05-02T01:00:00Z"), to_us("2026-05-03T01:00:00Z")),
+    ]
+    ((pipeline, groups),) = [(c["pipeline"], n) for c, n in commands.seen if "aggregate" in c]
+    assert groups == 2  # one document per period came back, not 47 instances
+    assert [c.get("limit") for c, _ in commands.seen if "find" in c] == [1, 1]  # the two ends
+    match, group = pipeline[0]["$match"], pipeline[1]["$group"]
+    assert {"avg": {"$avg": "$num"}, "hi_v": {"$max": "$num"}}.items() <= group.items()
+    # the $match is equalities on series_at's leading keys and a range on the next one
+    # (at), so MongoDB reads one index range per attribute
+    keys = [k for k, _ in info["series_at"]["key"]]
+    assert keys == ["t", "eid", "attr", "deleted", "at"]
+    assert list(match) == keys
+    assert (match["t"], match["eid"], match["attr"], match["deleted"]) == (
+        "",
+        eid,
+        {"$in": [attr]},
+        None,
+    )
+    assert set(match["at"]) == {"$gte", "$lte"}
