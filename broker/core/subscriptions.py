@@ -202,6 +202,26 @@ class Compiled:
             return True
         return False
 
+    @property
+    def rendering(self) -> tuple[Any, ...] | None:
+        """What a notification's entity depends on besides the change itself:
+        subscriptions with equal keys render a change identically (None: not shared,
+        linked entities are joined per subscription)."""
+        if self.join is not None:
+            return None
+        return (
+            id(self.render_tm or self.tm),
+            self.format,
+            self.sys_attrs,
+            frozenset(self.attributes) if self.attributes is not None else None,
+            self.lang,
+            repr(self.pick),
+            repr(self.omit),
+            frozenset(self.dataset_ids) if self.dataset_ids is not None else None,
+            frozenset(self.watched) if self.watched is not None else None,
+            self.show_changes,
+        )
+
     def view(self) -> View:
         return View(
             self.render_tm or self.tm,
@@ -646,6 +666,8 @@ class SubscriptionService:
             current = r.after if r.after is not None else r.before
             if current is None:
                 continue
+            # many subscriptions often render a change the same way: render it once each
+            rendered: dict[tuple[Any, ...], dict[str, Any]] = {}
             for sub in subs:
                 if not sub.selects(current):
                     continue
@@ -654,11 +676,17 @@ class SubscriptionService:
                     continue
                 if r.after is not None and not self._filters(sub, r.after):
                     continue
+                key = sub.rendering
+                if key is not None and key in rendered:
+                    self.submit(sub, [rendered[key]])
+                    continue
                 linked = None
                 flat: list[dict[str, Any]] = []
                 if sub.join is not None and r.after is not None and self._linked is not None:
                     linked = await self._linked(tenant, [r.after], sub.join_level)
                 data = [self._render_change(sub, r.before, r.after, linked, flat)]
+                if key is not None:
+                    rendered[key] = data[0]
                 self.submit(sub, [*data, *(f for f in flat if f.get("id") != current["id"])])
 
     @staticmethod
