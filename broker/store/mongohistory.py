@@ -12,8 +12,9 @@ attribute.
 
 History is appended right after the entity write it follows (MongoDB has no
 transaction here to share): a broker that dies between the two loses that history
-entry, never the entity write. Aggregations read the selected instances once and
-compute in the broker.
+entry, never the entity write. Aggregations are computed by MongoDB, one aggregation
+pipeline per entity: ``$match`` on ``series_at``'s keys, ``$group`` by attribute and
+period, so only the aggregates reach the broker (``docs/mongodb.md``).
 """
 
 from __future__ import annotations
