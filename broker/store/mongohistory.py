@@ -269,48 +269,55 @@ class MongoHistory:
     async def entities(
         self, tenant: str, query: EntityQuery, window: HistoryQuery | None
     ) -> tuple[list[HistoryEntity], int | None]:
+        """Candidates come from ``history_entities`` (ids, types through
+        ``tenant_types``); the attributes and time window are then checked on those
+        candidates' series only (``series_at``: ``t, eid`` equal, a ``distinct`` of
+        ``eid`` can skip from one entity to the next), never on the tenant's whole
+        history."""
         flt: Doc = {"t": tenant}
         if query.ids:
             flt["eid"] = {"$in": list(query.ids)}
         if query.types:
             flt["$or"] = [{"types": {"$all": list(conj)}} for conj in query.types]
-        with_attrs: set[str] | None = None
-        if query.attrs:
-            with_attrs = set(
-                await self.db.history.distinct(
-                    "eid", {"t": tenant, "attr": {"$in": list(query.attrs)}}
-                )
-            )
-        if window is not None:
-            _, tflt = _time_filter(window)
-            wflt: Doc = {"t": tenant, **tflt}
-            if window.attrs:
-                wflt["attr"] = {"$in": list(window.attrs)}
-            in_window = set(await self.db.history.distinct("eid", wflt))
-            with_attrs = in_window if with_attrs is None else with_attrs & in_window
-        found: list[HistoryEntity] = []
-        total = 0
-        cursor = self.db.history_entities.find(flt).sort("eid", ASCENDING)
-        async for entry in cursor:
+        candidates: list[Doc] = []
+        async for entry in self.db.history_entities.find(flt).sort("eid", ASCENDING):
             if not _selected(query, entry):
                 continue
             if query.selectors and not any(_selected(s, entry) for s in query.selectors):
                 continue
-            if with_attrs is not None and entry["eid"] not in with_attrs:
-                continue
-            if query.offset <= total < query.offset + query.limit:
-                found.append(
-                    HistoryEntity(
-                        entry["eid"],
-                        list(entry["types"]),
-                        entry.get("scope"),
-                        entry["created"],
-                        entry["modified"],
-                        entry.get("deleted"),
+            candidates.append(entry)
+        series: list[Doc] = []
+        if query.attrs:
+            series.append({"attr": {"$in": list(query.attrs)}})
+        if window is not None:
+            _, tflt = _time_filter(window)
+            wflt: Doc = dict(tflt)
+            if window.attrs:
+                wflt["attr"] = {"$in": list(window.attrs)}
+            series.append(wflt)
+        for extra in series:
+            kept: set[str] = set()
+            for i in range(0, len(candidates), _CANDIDATES_CHUNK):
+                eids = [c["eid"] for c in candidates[i : i + _CANDIDATES_CHUNK]]
+                kept.update(
+                    await self.db.history.distinct(
+                        "eid", {"t": tenant, "eid": {"$in": eids}, **extra}
                     )
                 )
-            total += 1
-        return found, total if query.count else None
+            candidates = [c for c in candidates if c["eid"] in kept]
+        page = candidates[query.offset : query.offset + query.limit]
+        found = [
+            HistoryEntity(
+                entry["eid"],
+                list(entry["types"]),
+                entry.get("scope"),
+                entry["created"],
+                entry["modified"],
+                entry.get("deleted"),
+            )
+            for entry in page
+        ]
+        return found, len(candidates) if query.count else None
 
     async def _attrs(self, tenant: str, eid: str, wanted: Sequence[str] | None) -> list[str]:
         attrs = await self.db.history.distinct("attr", {"t": tenant, "eid": eid})
@@ -516,6 +523,8 @@ class MongoHistory:
 
 #: entities aggregated at once (each a few round trips; the pool has room for more)
 _PARALLEL_ENTITIES: Final = 8
+#: entity ids per ``distinct`` when checking candidates' series
+_CANDIDATES_CHUNK: Final = 1000
 #: periods one aggregation may have (as on SQLite)
 _MAX_PERIODS: Final = 10_000
 _SKIP: Final = object()

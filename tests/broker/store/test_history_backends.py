@@ -275,3 +275,21 @@ def comparable(aggs: Aggregates, *, approx: bool = False) -> dict[str, object]:
         }
         for eid, per_attr in aggs.items()
     }
+
+
+async def test_entities_by_attribute_and_time_window(mixed: Store) -> None:
+    async def ids(query: EntityQuery, window: HistoryQuery | None = None) -> list[str]:
+        return [m.id for m in (await mixed.history_entities("", query, window))[0]]
+
+    assert await ids(EntityQuery(attrs=[W])) == ["urn:x:h"]
+    march = HistoryQuery(timerel="after", time_at=to_us("2026-03-01T00:00:00Z"))
+    assert await ids(EntityQuery(types=[[X]]), march) == ["urn:x:m"]
+    feb_1 = HistoryQuery(
+        timerel="between",
+        time_at=to_us("2026-02-01T00:00:00Z"),
+        end_time_at=to_us("2026-02-01T06:00:00Z"),
+    )
+    assert await ids(EntityQuery(), replace(feb_1, attrs=[V])) == []
+    assert await ids(EntityQuery(attrs=[W, V]), replace(feb_1, attrs=[W])) == ["urn:x:h"]
+    page = await mixed.history_entities("", EntityQuery(limit=1, offset=1, count=True))
+    assert ([m.id for m in page[0]], page[1]) == (["urn:x:m"], 2)
