@@ -275,9 +275,9 @@ class _Delivery:
     headers: dict[str, str]
 
 
-#: Notifications of one subscription on their way at once before changes queue up; the
-#: queued changes then go out together, in one notification (``data`` holds them all).
-PER_SUBSCRIPTION_IN_FLIGHT = 4
+#: Notifications of one subscription on their way at once; changes made meanwhile queue
+#: up and go out together, in one notification (``data`` holds them all), keeping order.
+PER_SUBSCRIPTION_IN_FLIGHT = 1
 #: Entities in one notification built from queued changes, at most.
 MAX_COALESCED = 500
 
