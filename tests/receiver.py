@@ -10,7 +10,8 @@ from typing import Any
 
 
 class Receiver:
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+        """``delay``: seconds the receiver takes before it answers (a slow endpoint)."""
         self.received: list[tuple[dict[str, str], Any]] = []
         self.status = status
         outer = self
@@ -20,6 +21,8 @@ class Receiver:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"null")
                 outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if delay:
+                    time.sleep(delay)
                 self.send_response(outer.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -277,3 +277,38 @@ def test_attribute_deletions_are_notified(client: TestClient, receiver: Receiver
     deleted = receiver.wait(2)[1][1]["data"][0]
     assert deleted["id"] == "urn:ngsi-ld:Building:1"
     assert deleted["name"] == {"type": "Property", "value": "urn:ngsi-ld:null"}
+
+
+def test_changes_for_a_slow_endpoint_go_out_together_in_order(client: TestClient) -> None:
+    """While a notification is on its way, later changes queue and leave in one
+    notification: nothing is lost, and each entity's changes keep their order."""
+    slow = Receiver(delay=0.3)
+    try:
+        create_sub(
+            client,
+            subscription(
+                slow.url,
+                notification={
+                    "endpoint": {"uri": slow.url},
+                    "format": "keyValues",
+                    "attributes": ["floors"],
+                },
+            ),
+        )
+        client.post(E, json=building(), headers=JSON)
+        for floors in range(6, 26):
+            r = client.patch(
+                f"{E}/urn:ngsi-ld:Building:1/attrs", json={"floors": floors}, headers=JSON
+            )
+            assert r.status_code == 204
+        deadline = time.monotonic() + 20
+        seen: list[int] = []
+        while time.monotonic() < deadline:
+            seen = [d["floors"] for _, note in slow.received for d in note["data"]]
+            if seen and seen[-1] == 25:
+                break
+            time.sleep(0.05)
+        assert seen == list(range(5, 26))
+        assert len(slow.received) < 10  # 21 changes, far fewer notifications
+    finally:
+        slow.close()
