@@ -373,7 +373,8 @@ class MongoHistory:
     async def _aggregate_entity(
         self, tenant: str, eid: str, plan: _AggregatePlan
     ) -> dict[str, AttrAggregate] | None:
-        attrs = await self._attrs(tenant, eid, plan.query.attrs)
+        # attributes asked for that the entity lacks are empty index ranges: no look-up
+        attrs = list(plan.query.attrs or ()) or await self._attrs(tenant, eid, None)
         if not attrs:
             return None
         match: Doc = {"t": tenant, "eid": eid, "attr": {"$in": attrs}, **plan.time_filter}

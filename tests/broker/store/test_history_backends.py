@@ -212,6 +212,7 @@ async def test_text_only_periods_count_but_do_not_sum(mixed: Store) -> None:
 
 RANGES: dict[str, HistoryQuery] = {
     "all": HistoryQuery(),
+    "some-attrs": HistoryQuery(attrs=[W, "https://example.org/absent"]),
     "before": HistoryQuery(timerel="before", time_at=to_us("2026-02-20T12:00:00Z")),
     "after": HistoryQuery(timerel="after", time_at=to_us("2026-01-15T10:20:00Z")),
     "between-hours": HistoryQuery(
