@@ -19,6 +19,11 @@ Python, and the results go back in one unordered ``bulk_write`` whose replaces a
 deletes are conditional on the version read; an entity another writer changed in
 between is read again and its mutations re-run (they are pure). A write is
 acknowledged with ``w=majority`` unless the URL says otherwise.
+
+On a replica set or a sharded cluster (told by the server's ``hello``), a batch's
+entity writes and the attribute history they append commit in one multi-document
+transaction: history and current state never disagree. A standalone server has no
+transactions; there the history is appended right after the entity writes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import orjson
 from bson import ObjectId
 from bson.errors import BSONError
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel, InsertOne, ReplaceOne, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -80,7 +86,7 @@ from broker.store.base import (
     Store,
     WriteResult,
 )
-from broker.store.mongohistory import MongoHistory
+from broker.store.mongohistory import MongoHistory, NumbersNeeded
 from broker.store.mongoquery import (
     FilterBuilder,
     densify,
@@ -122,6 +128,11 @@ ENTITY_INDEXES: Final = (
     IndexModel([("t", ASCENDING), ("vals.p", ASCENDING), ("vals.s", ASCENDING)], name="vals_s"),
     IndexModel([("t", ASCENDING), ("vals.p", ASCENDING), ("vals.dt", ASCENDING)], name="vals_dt"),
 )
+
+
+async def _pause(attempt: int) -> None:
+    """After a lost race: let the winners through before reading again."""
+    await asyncio.sleep(random.uniform(0, min(0.001 * attempt, 0.05)))
 
 
 @contextmanager
@@ -211,7 +222,16 @@ def entity_document(
 class _Pending:
     """One entity's mutations in a write, and what the current attempt made of them."""
 
-    __slots__ = ("doc", "eid", "indexes", "op_index", "results", "start_ver", "tokens")
+    __slots__ = (
+        "doc",
+        "eid",
+        "failed",
+        "indexes",
+        "op_index",
+        "results",
+        "start_ver",
+        "tokens",
+    )
 
     def __init__(self, eid: str) -> None:
         self.eid = eid
@@ -221,12 +241,40 @@ class _Pending:
         self.start_ver: int | None = None
         self.op_index: int | None = None
         self.tokens: list[ObjectId] = []
+        #: an error the store gave this entity in an aborted transaction: kept, not retried
+        self.failed: NgsiLdError | None = None
+
+
+class _Retry(Exception):
+    """Aborts a write transaction so the batch runs again: another writer won a race,
+    or new geo indexes must be created first (outside any transaction)."""
+
+    def __init__(self, geo_docs: Sequence[Doc] = ()) -> None:
+        super().__init__("write conflict")
+        self.geo_docs = list(geo_docs)
+
+
+def supports_transactions(hello: Mapping[str, Any]) -> bool:
+    """Whether the server answering ``hello`` runs multi-document transactions: a
+    replica set member (``setName``) or a ``mongos`` (``msg: isdbgrid``)."""
+    return bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
 
 
 class MongoStore(Store):
-    def __init__(self, url: str, *, database: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str | None = None,
+        transactions: bool | None = None,
+        **options: Any,
+    ) -> None:
         """``url`` is a MongoDB connection string; its path names the database (default
-        ``renkei``) unless ``database`` is given; ``options`` go to ``AsyncMongoClient``."""
+        ``renkei``) unless ``database`` is given; ``options`` go to ``AsyncMongoClient``.
+
+        ``transactions``: whether entity writes and their history commit in one
+        transaction; None (the default) asks the server at ``open`` (replica sets
+        and sharded clusters have transactions, a standalone server has none)."""
         # the URL is parsed here without resolving it (mongodb+srv:// would need DNS)
         parts = urlsplit(url)
         given = {k.lower() for k in parse_qs(parts.query)}
@@ -242,6 +290,9 @@ class MongoStore(Store):
         self._geo_paths: set[str] = set()
         self._geo_lock = asyncio.Lock()
         self._history_store: MongoHistory | None = None
+        self._want_transactions = transactions
+        #: set at ``open``: writes and history share a transaction
+        self.transactions = False
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -254,7 +305,12 @@ class MongoStore(Store):
         concern = ReadConcern(self._read_concern) if self._read_concern else None
         self._db = self._client.get_database(self.database_name, read_concern=concern)
         with driver_errors():
-            await self._db.command("ping")
+            hello = await self._db.command("hello")
+            self.transactions = (
+                supports_transactions(hello)
+                if self._want_transactions is None
+                else self._want_transactions
+            )
             await self._entities.create_indexes(list(ENTITY_INDEXES))
             await self._db.subscriptions.create_index(
                 [("t", ASCENDING), ("seq", ASCENDING)], name="tenant_seq"
@@ -355,13 +411,17 @@ class MongoStore(Store):
             pending.setdefault(eid, _Pending(eid)).indexes.append(i)
         results: list[WriteResult | None] = [None] * len(mutations)
         todo = list(pending.values())
+        explicit = history or {}
         with driver_errors():
-            for attempt in range(_MAX_ATTEMPTS):
-                if not todo:
-                    break
-                if attempt:  # lost a race: let the winners through before reading again
-                    await asyncio.sleep(random.uniform(0, min(0.001 * attempt, 0.05)))
-                todo = await self._write_round(tenant, todo, mutations)
+            if self.transactions:
+                todo = await self._write_atomic(tenant, todo, mutations, explicit, now)
+            else:
+                for attempt in range(_MAX_ATTEMPTS):
+                    if not todo:
+                        break
+                    if attempt:  # lost a race: let the winners through before reading again
+                        await _pause(attempt)
+                    todo = await self._write_round(tenant, todo, mutations)
         for p in todo:  # still conflicting after every attempt
             for i in p.indexes:
                 p.results[i] = WriteResult(
@@ -375,19 +435,66 @@ class MongoStore(Store):
         if any(r.ok for r in done):
             with driver_errors():
                 await self._note_tenant(tenant)
-                explicit = history or {}
-                writes = [(r.id, r.before, r.after, explicit.get(r.id)) for r in done if r.ok]
-                await self._history.record(self.history_policy, tenant, writes, now)
+                if not self.transactions:  # else recorded in the write's transaction
+                    writes = [(r.id, r.before, r.after, explicit.get(r.id)) for r in done if r.ok]
+                    await self._history.record(self.history_policy, tenant, writes, now)
         return done
 
-    async def _write_round(
-        self, tenant: str, todo: list[_Pending], mutations: Sequence[tuple[str, Mutation]]
+    async def _write_atomic(
+        self,
+        tenant: str,
+        todo: list[_Pending],
+        mutations: Sequence[tuple[str, Mutation]],
+        explicit: Mapping[str, Sequence[HistoryRow]],
+        now: int,
     ) -> list[_Pending]:
-        """One optimistic attempt for ``todo``; returns the entities to try again."""
+        """The batch's entity writes and their history in one transaction, run again
+        (after a short random pause) while another writer wins a race on one of its
+        entities; returns the entities still conflicting after every attempt.
+
+        ``with_transaction`` retries what MongoDB labels transient (write conflicts
+        with other transactions, elections) and commits whose outcome is unknown;
+        any other error aborts the transaction, entity writes included."""
+        assert self._client is not None
+        concern = ReadConcern(self._read_concern) if self._read_concern else None
+
+        async def attempt(session: AsyncClientSession) -> None:
+            retry = await self._write_round(tenant, todo, mutations, session)
+            if retry:
+                raise _Retry()
+            done = sorted((i, r) for p in todo for i, r in p.results.items() if r.ok)
+            writes = [(r.id, r.before, r.after, explicit.get(r.id)) for _, r in done]
+            await self._history.record(self.history_policy, tenant, writes, now, session=session)
+
+        for n in range(_MAX_ATTEMPTS):
+            if n:
+                await _pause(n)
+            try:
+                async with self._client.start_session() as session:
+                    await session.with_transaction(attempt, read_concern=concern)
+                return []
+            except _Retry as again:
+                if again.geo_docs:
+                    await self._ensure_geo_indexes(again.geo_docs)
+            except NumbersNeeded as need:
+                await self._history.reserve(need.count)
+        return [p for p in todo if p.failed is None]
+
+    async def _write_round(
+        self,
+        tenant: str,
+        todo: list[_Pending],
+        mutations: Sequence[tuple[str, Mutation]],
+        session: AsyncClientSession | None = None,
+    ) -> list[_Pending]:
+        """One optimistic attempt for ``todo``; returns the entities to try again.
+        Inside a transaction (``session``) a lost race raises ``_Retry`` instead: a
+        write error has aborted the transaction on the server."""
         stored: dict[str, Doc] = {}
         async for doc in self._entities.find(
             {"_id": {"$in": [_key(tenant, p.eid) for p in todo]}},
             {"id": 1, "ver": 1, "e": 1, "toks": 1},
+            session=session,
         ):
             stored[doc["id"]] = doc
         token = ObjectId()
@@ -401,6 +508,9 @@ class MongoStore(Store):
             p.tokens = list(row.get("toks", ())) if row else []
             p.results = {}
             p.doc = None
+            if p.failed is not None:  # refused by the store in an earlier attempt
+                p.results = {i: WriteResult(p.eid, error=p.failed) for i in p.indexes}
+                continue
             cur, changed = start, False
             for i in p.indexes:
                 result = WriteResult(p.eid, before=cur)
@@ -440,15 +550,26 @@ class MongoStore(Store):
                 ops.append(ReplaceOne({"_id": p.doc["_id"], "ver": p.start_ver}, p.doc))
         retry: list[_Pending] = []
         if ops:
-            await self._ensure_geo_indexes([p.doc for p in op_owner if p.doc is not None])
-            retry.extend(await self._bulk(tenant, ops, op_owner, token))
+            docs = [p.doc for p in op_owner if p.doc is not None]
+            if session is not None and {k for d in docs for k in d.get("g", {})} - self._geo_paths:
+                raise _Retry(docs)  # an index build would wait for this transaction
+            await self._ensure_geo_indexes(docs)
+            retry.extend(await self._bulk(tenant, ops, op_owner, token, session))
         if deletes:
-            outcomes = await asyncio.gather(
-                *(
-                    self._entities.delete_one({"_id": _key(tenant, p.eid), "ver": ver})
+            if session is not None:  # a transaction's session runs one operation at a time
+                outcomes = [
+                    await self._entities.delete_one(
+                        {"_id": _key(tenant, p.eid), "ver": ver}, session=session
+                    )
                     for p, ver in deletes
+                ]
+            else:
+                outcomes = await asyncio.gather(
+                    *(
+                        self._entities.delete_one({"_id": _key(tenant, p.eid), "ver": ver})
+                        for p, ver in deletes
+                    )
                 )
-            )
             retry.extend(
                 p for (p, _), res in zip(deletes, outcomes, strict=True) if not res.deleted_count
             )
@@ -460,10 +581,11 @@ class MongoStore(Store):
         ops: list[InsertOne[Doc] | ReplaceOne[Doc]],
         owners: list[_Pending],
         token: ObjectId,
+        session: AsyncClientSession | None = None,
     ) -> list[_Pending]:
         failed: dict[int, dict[str, Any]] = {}
         try:
-            res = await self._entities.bulk_write(ops, ordered=False)
+            res = await self._entities.bulk_write(ops, ordered=False, session=session)
             settled = res.inserted_count + res.matched_count
         except BulkWriteError as exc:
             for err in exc.details.get("writeErrors", []):
@@ -483,6 +605,9 @@ class MongoStore(Store):
                 for r in p.results.values():
                     if r.ok:
                         r.error, r.after = error, None
+                p.failed = error
+        if session is not None and failed:
+            raise _Retry()  # the server aborted the transaction: the others run again
         if settled + len(failed) < len(ops):
             # some conditional replaces matched nothing: which? Those whose document
             # does not hold our token (among its last few, should others write since)
@@ -492,6 +617,7 @@ class MongoStore(Store):
                 async for doc in self._entities.find(
                     {"_id": {"$in": [_key(tenant, p.eid) for p in replaced]}, "toks": token},
                     {"id": 1},
+                    session=session,
                 )
             }
             retry.extend(p for p in replaced if p.eid not in ours)

@@ -10,9 +10,9 @@ for distinctCount), ``doc`` (the instance, keys escaped) and ``iid`` (a client-g
 instanceId). The index ``(t, eid, attr, deleted, at)`` serves a time range of one
 attribute.
 
-History is appended right after the entity write it follows (MongoDB has no
-transaction here to share): a broker that dies between the two loses that history
-entry, never the entity write. Aggregations are computed by MongoDB, one aggregation
+History is appended in the entity writes' transaction on a replica set or sharded
+cluster (``session``), so it commits or aborts with them; on a standalone server,
+which has no transactions, right after them. Aggregations are computed by MongoDB, one aggregation
 pipeline per entity: ``$match`` on ``series_at``'s keys, ``$group`` by attribute and
 period, so only the aggregates reach the broker (``docs/mongodb.md``).
 """
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from pymongo import ASCENDING, DESCENDING, DeleteMany, IndexModel, ReturnDocument, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from broker.core.history import (
@@ -152,26 +153,53 @@ def _selected(sel: Selector | EntityQuery, entry: Doc) -> bool:
     return True
 
 
+class NumbersNeeded(Exception):
+    """Raised in a transaction that needs more instance numbers than are at hand: the
+    caller aborts it, calls ``MongoHistory.reserve`` and runs it again."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} instance numbers needed")
+        self.count = count
+
+
 class MongoHistory:
     """The history half of ``MongoStore`` (same database)."""
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.db = db
+        # instance numbers at hand: [_next_id, _stop_id)
+        self._next_id = self._stop_id = 0
+        self._reserving = asyncio.Lock()
 
     async def open(self) -> None:
         await self.db.history.create_indexes(list(HISTORY_INDEXES))
         await self.db.history_entities.create_indexes(list(ENTITY_INDEXES))
 
-    async def _numbers(self, count: int) -> int:
-        """The first of ``count`` fresh instance numbers."""
-        doc = await self.db.counters.find_one_and_update(
-            {"_id": "history"},
-            {"$inc": {"n": count}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        assert doc is not None
-        return int(doc["n"]) - count + 1
+    def _take(self, count: int) -> int | None:
+        """The first of ``count`` instance numbers from the block at hand, if it has them."""
+        if self._stop_id - self._next_id < count:
+            return None
+        first = self._next_id
+        self._next_id += count
+        return first
+
+    async def reserve(self, count: int) -> None:
+        """Have ``count`` fresh instance numbers at hand: a block (``_BLOCK``, or more)
+        reserved from ``counters``, outside any transaction, since every write would
+        conflict on the counter otherwise. Numbers are never reused: a broker that
+        stops, or a transaction that aborts, leaves a gap."""
+        async with self._reserving:
+            if self._stop_id - self._next_id >= count:
+                return
+            size = max(count, _BLOCK)
+            doc = await self.db.counters.find_one_and_update(
+                {"_id": "history"},
+                {"$inc": {"n": size}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            assert doc is not None
+            self._next_id, self._stop_id = int(doc["n"]) - size + 1, int(doc["n"]) + 1
 
     async def record(
         self,
@@ -179,13 +207,16 @@ class MongoHistory:
         tenant: str,
         writes: Sequence[tuple[str, Entity | None, Entity | None, Sequence[HistoryRow] | None]],
         now: int,
+        *,
+        session: AsyncClientSession | None = None,
     ) -> None:
         """Append what a batch of entity writes changed, in a few round trips.
 
         ``writes``: per successful write, the entity id, the entity before and after,
         and the temporal API's explicit rows (None for an entity write). Explicit rows
         replace instances of the same attribute, datasetId and observedAt; an entity
-        write records what changed (``broker.core.history.changes``)."""
+        write records what changed (``broker.core.history.changes``). With
+        ``session``, everything is written in its transaction."""
         entries: list[UpdateOne] = []
         replaced: list[DeleteMany] = []
         docs: list[tuple[str, HistoryRow]] = []
@@ -254,15 +285,24 @@ class MongoHistory:
                 )
             docs.extend((eid, r) for r in rows)
         if entries:
-            await self.db.history_entities.bulk_write(entries, ordered=True)
+            await self.db.history_entities.bulk_write(entries, ordered=True, session=session)
         if replaced:
-            await self.db.history.bulk_write(replaced, ordered=True)
+            await self.db.history.bulk_write(replaced, ordered=True, session=session)
         if docs:
-            first = await self._numbers(len(docs))
-            await self.db.history.insert_many(
+            first = self._take(len(docs))
+            while first is None:
+                if session is not None:
+                    raise NumbersNeeded(len(docs))
+                await self.reserve(len(docs))
+                first = self._take(len(docs))
+            await self.insert_rows(
                 [_row_doc(tenant, eid, first + i, r) for i, (eid, r) in enumerate(docs)],
-                ordered=False,
+                session,
             )
+
+    async def insert_rows(self, rows: list[Doc], session: AsyncClientSession | None) -> None:
+        """Insert attribute instances (one round trip)."""
+        await self.db.history.insert_many(rows, ordered=False, session=session)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -522,6 +562,8 @@ class MongoHistory:
         return gone
 
 
+#: instance numbers reserved at a time
+_BLOCK: Final = 1000
 #: entities aggregated at once (each a few round trips; the pool has room for more)
 _PARALLEL_ENTITIES: Final = 8
 #: entity ids per ``distinct`` when checking candidates' series

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -22,13 +22,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pymongo import monitoring
+from pymongo.errors import OperationFailure
 
 from broker.core.history import Duration, to_us
 from broker.core.model import Entity
-from broker.errors import AlreadyExists, BadRequestData
+from broker.errors import AlreadyExists, BadRequestData, InternalError
 from broker.query.ast import AttrPath, Comparison, GeoQuery
-from broker.store.base import EntityQuery, HistoryQuery, NotificationRecord
-from broker.store.mongodb import MongoStore
+from broker.store.base import DELETE, EntityQuery, HistoryQuery, NotificationRecord
+from broker.store.mongodb import MongoStore, supports_transactions
+from broker.store.mongohistory import MongoHistory
 from broker.store.mongoquery import escape_doc, escape_key, unescape_doc, unescape_key
 from tests.mongo_support import mongoeco_server
 from tests.support import free_port, wait_http
@@ -255,8 +257,36 @@ async def test_tenants_share_collections_and_never_see_each_other(mongo: MongoSt
 # -- concurrency across broker processes ----------------------------------------------------
 
 
-async def test_two_brokers_on_one_database_lose_no_update(mongo_url: str) -> None:
-    a, b = MongoStore(mongo_url), MongoStore(mongo_url)
+@pytest.fixture(
+    params=[
+        pytest.param("standalone"),
+        # mongoeco runs transactions (snapshot reads, rollback on abort) but reports a
+        # write conflict between two transactions without the TransientTransactionError
+        # label MongoDB gives it, so racing transactions need a real replica set
+        pytest.param("txn", marks=[pytest.mark.real_mongo]),
+    ]
+)
+async def brokers(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], MongoStore]]:
+    """Makes stores that share one database: several brokers, on either write path
+    (``standalone``: no transactions, on mongoeco; ``txn``: a real replica set)."""
+    if request.param == "standalone":
+        url = request.getfixturevalue("mongo_url")
+        yield lambda: MongoStore(url)
+        return
+    real = os.environ["RENKEI_TEST_MONGO_URI"]
+    database = "renkei_test_" + uuid.uuid4().hex[:12]
+    yield lambda: MongoStore(real, database=database)
+    cleanup = MongoStore(real, database=database)
+    await cleanup.open()
+    assert cleanup._client is not None
+    await cleanup._client.drop_database(database)
+    await cleanup.close()
+
+
+async def test_two_brokers_on_one_database_lose_no_update(
+    brokers: Callable[[], MongoStore],
+) -> None:
+    a, b = brokers(), brokers()
     await a.open()
     await b.open()
     try:
@@ -274,17 +304,21 @@ async def test_two_brokers_on_one_database_lose_no_update(mongo_url: str) -> Non
         final = await b.get_entity("", "urn:ngsi-ld:Shelter:1")
         assert final is not None
         assert final[T + "n"][0]["value"] == 30
+        # every change left its instance in the history, once
+        hist = await a.history("", ["urn:ngsi-ld:Shelter:1"], HistoryQuery(limit=100))
+        values = [int((r.instance or {})["value"]) for r in hist["urn:ngsi-ld:Shelter:1"][T + "n"]]
+        assert sorted(values) == list(range(31))
     finally:
         await a.close()
         await b.close()
 
 
 async def test_batches_racing_on_the_same_entities_apply_each_change_once(
-    mongo_url: str,
+    brokers: Callable[[], MongoStore],
 ) -> None:
     # batches where some replaces win and others lose: the losers run again, the
     # winners never twice
-    a, b = MongoStore(mongo_url), MongoStore(mongo_url)
+    a, b = brokers(), brokers()
     await a.open()
     await b.open()
     ids = [f"urn:ngsi-ld:Shelter:{n}" for n in range(6)]
@@ -309,8 +343,10 @@ async def test_batches_racing_on_the_same_entities_apply_each_change_once(
         await b.close()
 
 
-async def test_concurrent_creates_of_one_id_make_one_entity(mongo_url: str) -> None:
-    a, b = MongoStore(mongo_url), MongoStore(mongo_url)
+async def test_concurrent_creates_of_one_id_make_one_entity(
+    brokers: Callable[[], MongoStore],
+) -> None:
+    a, b = brokers(), brokers()
     await a.open()
     await b.open()
     try:
@@ -329,6 +365,89 @@ async def test_concurrent_creates_of_one_id_make_one_entity(mongo_url: str) -> N
     finally:
         await a.close()
         await b.close()
+
+
+# -- entity writes and their history commit together (issue #10) ---------------------------
+
+
+def test_transactions_are_used_on_replica_sets_and_sharded_clusters() -> None:
+    assert supports_transactions({"setName": "rs0", "isWritablePrimary": True})
+    assert supports_transactions({"msg": "isdbgrid"})  # mongos
+    assert not supports_transactions({"isWritablePrimary": True})  # standalone
+
+
+async def test_a_standalone_server_is_detected(mongo_url: str) -> None:
+    store = MongoStore(mongo_url)  # mongoeco's hello has no setName
+    await store.open()
+    try:
+        assert store.transactions is False
+    finally:
+        await store.close()
+
+
+def _fail_history_inserts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAULT INJECTION: the history insert fails after the entity write went to the
+    server (a full disk, a lost primary mid-batch: nothing a test can cause on cue)."""
+
+    async def failing_insert(self: MongoHistory, rows: Any, session: Any) -> None:
+        raise OperationFailure("injected: history insert failed", code=8)
+
+    monkeypatch.setattr(MongoHistory, "insert_rows", failing_insert)
+
+
+async def _history_fault_aborts_the_write(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid, other = "urn:ngsi-ld:Shelter:1", "urn:ngsi-ld:Shelter:2"
+    await store.write("", [(sid, put(entity(1, n=1))), (other, put(entity(2, n=1)))])
+    before = await store.history("", [sid], HistoryQuery(limit=100))
+    _fail_history_inserts(monkeypatch)
+    with pytest.raises(InternalError, match="injected"):
+        await store.write("", [(sid, put(entity(1, n=2))), (other, put(entity(2, n=2)))])
+    monkeypatch.undo()
+    for eid in (sid, other):  # neither entity write of the batch happened
+        current = await store.get_entity("", eid)
+        assert current is not None
+        assert current[T + "n"][0]["value"] == 1
+    assert await store.history("", [sid], HistoryQuery(limit=100)) == before
+    # a new entity whose history fails is not created either
+    _fail_history_inserts(monkeypatch)
+    with pytest.raises(InternalError):
+        await store.write("", [("urn:ngsi-ld:Shelter:3", put(entity(3, n=1)))])
+    monkeypatch.undo()
+    assert await store.get_entity("", "urn:ngsi-ld:Shelter:3") is None
+    # and once the store is healthy again, the same write goes through with its history
+    results = await store.write("", [(sid, put(entity(1, n=2)))])
+    assert results[0].ok
+    after = await store.history("", [sid], HistoryQuery(limit=100))
+    assert [(r.instance or {}).get("value") for r in after[sid][T + "n"]] == [1, 2]
+
+
+async def test_a_failed_history_insert_aborts_the_entity_write(
+    mongo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MongoStore(mongo_url, transactions=True)
+    await store.open()
+    try:
+        await _history_fault_aborts_the_write(store, monkeypatch)
+    finally:
+        await store.close()
+
+
+async def test_history_and_entities_agree_after_a_transactional_delete(mongo_url: str) -> None:
+    store = MongoStore(mongo_url, transactions=True)
+    await store.open()
+    try:
+        sid = "urn:ngsi-ld:Shelter:1"
+        await store.write("", [(sid, put(entity(1, n=1)))])
+        results = await store.write("", [(sid, lambda _cur: DELETE)])
+        assert results[0].ok
+        assert await store.get_entity("", sid) is None
+        found, _ = await store.history_entities("", EntityQuery(ids=[sid]))
+        assert [e.id for e in found] == [sid]
+        assert found[0].deleted is not None
+    finally:
+        await store.close()
 
 
 async def test_throttling_claims_hold_across_brokers(mongo_url: str) -> None:
@@ -425,6 +544,15 @@ async def real_mongo() -> AsyncIterator[MongoStore]:
     assert store._client is not None
     await store._client.drop_database(store.database_name)
     await store.close()
+
+
+@pytest.mark.real_mongo
+async def test_a_failed_history_insert_aborts_the_write_on_a_real_server(
+    real_mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RENKEI_TEST_MONGO_URI must name a replica set (a one-member one will do)
+    assert real_mongo.transactions, "the server reports no replica set: no transactions"
+    await _history_fault_aborts_the_write(real_mongo, monkeypatch)
 
 
 @pytest.mark.real_mongo
