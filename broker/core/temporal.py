@@ -31,6 +31,7 @@ from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.store.base import (
     ANY_DATASET,
+    DELETE,
     EntityQuery,
     HistoryEntity,
     HistoryQuery,
@@ -134,6 +135,10 @@ def _time_of(row: HistoryRow, prop: str) -> int:
     if prop == "deletedAt":
         return row.deleted or row.at
     return row.modified
+
+
+def _delete(_current: Entity | None) -> Any:
+    return DELETE
 
 
 def _observed(inst: Instance) -> int:
@@ -266,7 +271,13 @@ class TemporalService:
         await self._append(tenant, entity_id, meta.types, None, attrs, parser.now)
 
     async def delete(self, tenant: str, entity_id: str) -> None:
+        """Delete the temporal representation: the history and the entity's current state
+        (its latest point), so nothing of it is left in either API."""
         await self._meta(tenant, entity_id)
+        if await self.store.get_entity(tenant, entity_id) is not None:
+            (result,) = await self.entities.write(tenant, [(entity_id, _delete)])
+            if result.error is not None:
+                raise result.error
         await self.store.delete_history(tenant, entity_id)
 
     async def delete_attr(

@@ -121,6 +121,14 @@ def test_deletions_are_recorded(client: TestClient) -> None:
     assert client.get(f"{T}/{SENSOR}").status_code == 404
 
 
+def test_deleting_the_temporal_representation_deletes_the_entity(client: TestClient) -> None:
+    client.post(E, json=sensor(), headers=JSON)
+    assert client.delete(f"{T}/{SENSOR}").status_code == 204
+    assert client.get(f"{E}/{SENSOR}").status_code == 404
+    assert client.get(f"{T}/{SENSOR}").status_code == 404
+    assert client.delete(f"{T}/{SENSOR}").status_code == 404
+
+
 def test_temporal_create_upsert_and_instance_edits(client: TestClient) -> None:
     body = {
         "id": SENSOR,
@@ -284,14 +292,3 @@ def test_history_can_be_switched_off_per_type(tmp_path: Path) -> None:
         client.post(E, json=sensor(), headers=JSON)
         assert client.get(f"{T}/urn:ngsi-ld:Building:1").status_code == 404
         assert client.get(f"{T}/{SENSOR}").status_code == 200
-
-
-def test_history_deleted_while_the_entity_stays_starts_again(client: TestClient) -> None:
-    client.post(E, json=sensor(), headers=JSON)
-    assert client.delete(f"{T}/{SENSOR}").status_code == 204
-    assert client.get(f"{T}/{SENSOR}").status_code == 404
-    r = client.patch(f"{E}/{SENSOR}/attrs", json=reading(7, "2026-11-02T00:00:00Z"), headers=JSON)
-    assert r.status_code == 204
-    assert values(client.get(f"{T}/{SENSOR}?attrs=NO2").json()) == [7]
-    r = client.get(f"{T}?type=AirQualityObserved&attrs=NO2")
-    assert [e["id"] for e in r.json()] == [SENSOR]

@@ -154,3 +154,20 @@ async def test_hourly_rollups_agree_with_the_instances(tmp_path: Path, seed: int
                 assert close(got["urn:x:r"][V].values, brute(rows, periods, end)), (window, period)
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_history_deleted_while_the_entity_stays_starts_again(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "h.db")
+    await store.open()
+    try:
+        await store.write("", [("urn:x:2", constant(ent("urn:x:2", 1.0, "2026-11-01T00:00:00Z")))])
+        await store.delete_history("", "urn:x:2")
+        assert (await store.history_entities("", EntityQuery(ids=["urn:x:2"])))[0] == []
+        await store.write("", [("urn:x:2", constant(ent("urn:x:2", 2.0, "2026-11-02T00:00:00Z")))])
+        metas, _ = await store.history_entities("", EntityQuery(types=[[X]]))
+        assert [m.id for m in metas] == ["urn:x:2"]
+        hist = await store.history("", ["urn:x:2"], HistoryQuery())
+        assert [r.number for r in hist["urn:x:2"][V]] == [2.0]
+    finally:
+        await store.close()
