@@ -93,6 +93,18 @@ class Pager:
         return page
 
 
+def request_headers(tenant: str | None, context: str | None, *, body: bool) -> dict[str, str]:
+    """The NGSI-LD headers of a client request: JSON, the user @context as a Link, the tenant."""
+    headers = {"Accept": "application/json"}
+    if body:
+        headers["Content-Type"] = "application/json"
+    if context:
+        headers["Link"] = f'<{context}>; rel="{LINK_REL}"; type="application/ld+json"'
+    if tenant:
+        headers["NGSILD-Tenant"] = tenant
+    return headers
+
+
 class BrokerClient:
     def __init__(
         self,
@@ -113,14 +125,7 @@ class BrokerClient:
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def _headers(self, *, body: bool = False) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if body:
-            headers["Content-Type"] = "application/json"
-        if self.context:
-            headers["Link"] = f'<{self.context}>; rel="{LINK_REL}"; type="application/ld+json"'
-        if self.tenant:
-            headers["NGSILD-Tenant"] = self.tenant
-        return headers
+        return request_headers(self.tenant, self.context, body=body)
 
     async def _request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None

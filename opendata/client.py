@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from connectors.client import LINK_REL, BrokerClient, BrokerError, Pager
+from connectors.client import BrokerClient, BrokerError, Pager, request_headers
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -326,14 +326,7 @@ class Client:
         self._http.close()
 
     def _headers(self, *, body: bool = False) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if body:
-            headers["Content-Type"] = "application/json"
-        if self.context:
-            headers["Link"] = f'<{self.context}>; rel="{LINK_REL}"; type="application/ld+json"'
-        if self.tenant:
-            headers["NGSILD-Tenant"] = self.tenant
-        return headers
+        return request_headers(self.tenant, self.context, body=body)
 
     def _request(
         self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None

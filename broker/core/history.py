@@ -104,11 +104,13 @@ class HistoryRow:
             return None
         return numeric(instance_value(self.instance))
 
-    @property
-    def value_key(self) -> bytes | None:
-        if self.instance is None or self.deleted is not None:
-            return None
-        return orjson.dumps(instance_value(self.instance), option=orjson.OPT_SORT_KEYS)
+    def stored_value(self) -> tuple[float | None, bytes | None]:
+        """What stores keep for aggregations: the number, and the key distinctCount
+        uses — a number is its own key, so the key is there only for other values."""
+        num = self.number
+        if num is not None or self.instance is None or self.deleted is not None:
+            return num, None
+        return None, orjson.dumps(instance_value(self.instance), option=orjson.OPT_SORT_KEYS)
 
 
 def row_for(attr: str, inst: Instance, now: int, *, iid: str | None = None) -> HistoryRow:

@@ -83,7 +83,7 @@ def _created(ent: Entity, now: int) -> int:
 
 
 def _row_doc(tenant: str, eid: str, hid: int, row: HistoryRow) -> Doc:
-    num = row.number
+    num, vkey = row.stored_value()
     return {
         "_id": hid,
         "t": tenant,
@@ -94,7 +94,7 @@ def _row_doc(tenant: str, eid: str, hid: int, row: HistoryRow) -> Doc:
         "created": row.created,
         "modified": row.modified,
         "num": num,
-        "vkey": None if num is not None else (vk.decode() if (vk := row.value_key) else None),
+        "vkey": vkey.decode() if vkey else None,
         "doc": escape_doc(row.instance),
         "iid": row.iid,
         "deleted": row.deleted,
@@ -516,7 +516,7 @@ class MongoHistory:
     async def replace(
         self, tenant: str, eid: str, attr: str, instance_id: str, row: HistoryRow
     ) -> bool:
-        num = row.number
+        num, vkey = row.stored_value()
         res = await self.db.history.update_one(
             {
                 "t": tenant,
@@ -529,9 +529,7 @@ class MongoHistory:
                 "$set": {
                     "doc": escape_doc(row.instance),
                     "num": num,
-                    "vkey": None
-                    if num is not None
-                    else (vk.decode() if (vk := row.value_key) else None),
+                    "vkey": vkey.decode() if vkey else None,
                     "at": row.at,
                     "modified": row.modified,
                     "ds": row.dataset_id,

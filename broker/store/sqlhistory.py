@@ -162,6 +162,7 @@ def _insert_rows(
     replace_observed: bool,
 ) -> None:
     sids = {a: series.get(conn, tenant, eid, a) for a in {r.attr for r in rows}}
+    values = [r.stored_value() for r in rows]
     if replace_observed:
         # an observation sent again (same attribute, dataset and observedAt) replaces it
         conn.executemany(
@@ -172,8 +173,8 @@ def _insert_rows(
                 if r.deleted is None and r.instance is not None and "observedAt" in r.instance
             ],
         )
+    _insert(conn, sids, rows, values)
     if replace_observed:
-        _insert(conn, sids, rows)
         touched: dict[int, set[int]] = {}
         for r in rows:
             if r.deleted is None:
@@ -181,7 +182,6 @@ def _insert_rows(
         for sid, hours in touched.items():
             _rebuild_hours(conn, sid, hours)
         return
-    _insert(conn, sids, rows)
     conn.executemany(
         "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq) VALUES (?,?,1,?,?,?,?,?) "
         "ON CONFLICT(sid, hour) DO UPDATE SET total = total + 1, n = n + excluded.n, "
@@ -193,9 +193,9 @@ def _insert_rows(
         "sq = CASE WHEN excluded.n THEN coalesce(sq, 0) + excluded.sq ELSE sq END",
         [
             (sids[r.attr], r.at // HOUR, 1, num, num, num, num * num)
-            if (num := r.number) is not None
+            if num is not None
             else (sids[r.attr], r.at // HOUR, 0, None, None, None, None)
-            for r in rows
+            for r, (num, _) in zip(rows, values, strict=True)
             if r.deleted is None
         ],
     )
@@ -222,7 +222,12 @@ def _rebuild_hours(conn: sqlite3.Connection, sid: int, hours: set[int] | None = 
         )
 
 
-def _insert(conn: sqlite3.Connection, sids: dict[str, int], rows: Sequence[HistoryRow]) -> None:
+def _insert(
+    conn: sqlite3.Connection,
+    sids: dict[str, int],
+    rows: Sequence[HistoryRow],
+    values: Sequence[tuple[float | None, bytes | None]],
+) -> None:
     conn.executemany(
         "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted) "
         "VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -233,13 +238,13 @@ def _insert(conn: sqlite3.Connection, sids: dict[str, int], rows: Sequence[Histo
                 r.at,
                 r.created,
                 r.modified,
-                r.number,
-                r.value_key if r.number is None else None,  # numbers are their own key
+                num,
+                vkey,
                 orjson.dumps(r.instance),
                 r.iid,
                 r.deleted,
             )
-            for r in rows
+            for r, (num, vkey) in zip(rows, values, strict=True)
         ],
     )
 
@@ -647,13 +652,14 @@ def replace(
     ).fetchone()
     if old is None:
         return False
+    num, vkey = row.stored_value()
     cur = conn.execute(
         "UPDATE history SET doc=?, num=?, vkey=?, at=?, modified=?, ds=? "
         f"WHERE sid=? AND deleted IS NULL AND {clause}",
         (
             orjson.dumps(row.instance),
-            row.number,
-            row.value_key if row.number is None else None,
+            num,
+            vkey,
             row.at,
             row.modified,
             row.dataset_id,
