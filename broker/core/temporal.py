@@ -62,7 +62,7 @@ class TemporalEntity:
 class TemporalResult:
     entities: list[TemporalEntity]
     total: int | None
-    #: set when an attribute had more instances than the instance limit
+    #: set when more instances matched, in all, than one answer holds (206 paging)
     truncated: bool = False
     #: the time range actually returned when truncated (ISO strings)
     range_start: str | None = None
