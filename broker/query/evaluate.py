@@ -147,6 +147,13 @@ def path_exists(path: AttrPath, entity: Entity) -> bool:
     return bool(_reached(path, entity))
 
 
+#: Public names for the index builder (``broker.store.sqlindex``), which walks entities
+#: with the same rules.
+dicts = _instances
+elements = _elements
+instance_values = _instance_value
+
+
 def candidates(path: AttrPath, entity: Entity) -> list[Any]:
     """The values a comparison on ``path`` is tried against (lists spread one level)."""
     return list(_elements(_reached(path, entity)))

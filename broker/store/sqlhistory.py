@@ -94,33 +94,39 @@ def _entity_times(ent: Entity, now: int) -> int:
     return to_us(created) if isinstance(created, str) else now
 
 
-def _put_entity(conn: sqlite3.Connection, tenant: str, ent: HistoryEntity) -> None:
-    """Insert or update an entity's history entry (types and scope as they are now)."""
-    conn.execute(
-        "INSERT INTO history_entities(tenant, eid, types, scope, created, modified, deleted) "
-        "VALUES (?,?,?,?,?,?,NULL) ON CONFLICT(tenant, eid) DO UPDATE SET "
-        "types=excluded.types, scope=excluded.scope, modified=excluded.modified, deleted=NULL",
-        (
-            tenant,
-            ent.id,
-            orjson.dumps(ent.types),
-            orjson.dumps(ent.scope) if ent.scope is not None else None,
-            ent.created,
-            ent.modified,
-        ),
-    )
-    conn.executemany(
-        "INSERT OR IGNORE INTO history_types(tenant, type, eid) VALUES (?,?,?)",
-        [(tenant, t, ent.id) for t in ent.types],
-    )
+_CHUNK = 500  # ids per IN (...) look-up
+
+#: ``history_entities`` upserts. ``put`` sets what the entity is now (new entity, or its
+#: types or scope changed); ``touch`` only moves ``modified`` on, inserting the whole
+#: entry if the history was deleted (temporal API) while the entity stayed.
+_PUT = (
+    "INSERT INTO history_entities(tenant, eid, types, scope, created, modified, deleted) "
+    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(tenant, eid) DO UPDATE SET "
+    "types=excluded.types, scope=excluded.scope, modified=excluded.modified, "
+    "deleted=excluded.deleted"
+)
+_TOUCH = (
+    "INSERT INTO history_entities(tenant, eid, types, scope, created, modified, deleted) "
+    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(tenant, eid) DO UPDATE SET "
+    "modified=excluded.modified, deleted=excluded.deleted"
+)
+_DELETED = "UPDATE history_entities SET deleted=?, modified=? WHERE tenant=? AND eid=?"
+_HOURLY = (
+    "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq) VALUES (?,?,1,?,?,?,?,?) "
+    "ON CONFLICT(sid, hour) DO UPDATE SET total = total + 1, n = n + excluded.n, "
+    "s = CASE WHEN excluded.n THEN coalesce(s, 0) + excluded.s ELSE s END, "
+    "lo = CASE WHEN excluded.n AND (lo IS NULL OR excluded.lo < lo) THEN excluded.lo "
+    "ELSE lo END, "
+    "hi = CASE WHEN excluded.n AND (hi IS NULL OR excluded.hi > hi) THEN excluded.hi "
+    "ELSE hi END, "
+    "sq = CASE WHEN excluded.n THEN coalesce(sq, 0) + excluded.sq ELSE sq END"
+)
 
 
 class Series:
-    """Series numbers the writer has seen: (tenant, entity, attribute) -> sid.
-
-    Saves a look-up per attribute on every write. The writer clears it whenever a
-    transaction or savepoint rolls back (a number it handed out may be gone) and when
-    history is deleted."""
+    """Series numbers: (tenant, entity, attribute) -> sid, with the ones the writer has
+    seen cached. The writer clears the cache whenever a transaction or savepoint rolls
+    back (a number it handed out may be gone) and when history is deleted."""
 
     def __init__(self, size: int = 200_000) -> None:
         self.size = size
@@ -129,76 +135,185 @@ class Series:
     def forget(self) -> None:
         self._known.clear()
 
-    def get(self, conn: sqlite3.Connection, tenant: str, eid: str, attr: str) -> int:
-        key = (tenant, eid, attr)
-        sid = self._known.get(key)
-        if sid is not None:
-            return sid
-        # a new series (the common case for a value not cached) costs one statement
-        returned = conn.execute(  # fetchall: the statement runs to its end
-            "INSERT INTO history_series(tenant, eid, attr) VALUES (?,?,?) "
-            "ON CONFLICT(tenant, eid, attr) DO NOTHING RETURNING sid",
-            key,
-        ).fetchall()
-        row = returned[0] if returned else None
-        if row is None:
-            row = conn.execute(
-                "SELECT sid FROM history_series WHERE tenant=? AND eid=? AND attr=?", key
-            ).fetchone()
-        sid = int(row[0])
-        if len(self._known) >= self.size:
+    def get_many(
+        self, conn: sqlite3.Connection, keys: set[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], int]:
+        """The numbers of ``keys``, creating the missing series: a look-up per few hundred
+        entities and one insert statement, whatever the number of attributes. Runs in the
+        write transaction (which holds SQLite's write lock, so numbering from the current
+        maximum cannot race another process)."""
+        out: dict[tuple[str, str, str], int] = {}
+        missing: dict[str, set[str]] = {}
+        for key in keys:
+            sid = self._known.get(key)
+            if sid is None:
+                missing.setdefault(key[0], set()).add(key[1])
+            else:
+                out[key] = sid
+        if not missing:
+            return out
+        for tenant, eid_set in missing.items():
+            eids = list(eid_set)
+            for i in range(0, len(eids), _CHUNK):
+                part = eids[i : i + _CHUNK]
+                for eid, attr, sid in conn.execute(
+                    "SELECT eid, attr, sid FROM history_series WHERE tenant=? AND eid IN "
+                    f"({','.join('?' * len(part))})",
+                    (tenant, *part),
+                ):
+                    if (tenant, eid, attr) in keys:
+                        out[(tenant, eid, attr)] = int(sid)
+        new = sorted(k for k in keys if k not in out)
+        if new:
+            top = int(
+                conn.execute("SELECT coalesce(max(sid), 0) FROM history_series").fetchone()[0]
+            )
+            numbered = [(top + i, *k) for i, k in enumerate(new, 1)]
+            conn.executemany(
+                "INSERT INTO history_series(sid, tenant, eid, attr) VALUES (?,?,?,?)", numbered
+            )
+            for sid, tenant, eid, attr in numbered:
+                out[(tenant, eid, attr)] = sid
+        if len(self._known) + len(out) > self.size:
             self._known.clear()
-        self._known[key] = sid
-        return sid
+        self._known.update(out)
+        return out
 
 
-def _insert_rows(
-    conn: sqlite3.Connection,
-    series: Series,
-    tenant: str,
-    eid: str,
-    rows: Sequence[HistoryRow],
-    *,
-    replace_observed: bool,
-) -> None:
-    sids = {a: series.get(conn, tenant, eid, a) for a in {r.attr for r in rows}}
-    values = [r.stored_value() for r in rows]
-    if replace_observed:
-        # an observation sent again (same attribute, dataset and observedAt) replaces it
+class GroupHistory:
+    """The history of a group of entity writes, gathered while the writer applies them
+    and then written with one statement per table (:meth:`write`), in the same
+    transaction. An entity written several times in the group gets one
+    ``history_entities`` entry (its last state) and every instance, in order."""
+
+    def __init__(self, policy: HistoryPolicy, *, replace_observed: bool = False) -> None:
+        self.policy = policy
+        #: explicit rows (temporal API): an observation sent again replaces the old one
+        self.replace_observed = replace_observed
+        #: per (tenant, eid): (statement, parameters) of its history_entities entry
+        self._entities: dict[tuple[str, str], tuple[str, list[Any]]] = {}
+        self._types: list[tuple[str, str, str]] = []
+        self._rows: list[tuple[str, str, HistoryRow]] = []
+
+    def add(
+        self,
+        tenant: str,
+        eid: str,
+        before: Entity | None,
+        after: Entity | None,
+        now: int,
+        explicit: Sequence[HistoryRow] | None = None,
+    ) -> None:
+        """What one write of one entity changed (or the ``explicit`` rows the temporal
+        API gives for it). Only explicit rows replace instances with the same observedAt:
+        an entity write records what changed."""
+        ent = after if after is not None else before
+        if ent is None or not self.policy.records(tenant, ent["type"]):
+            return
+        rows = list(explicit) if explicit is not None else changes(before, after, now)
+        key = (tenant, eid)
+        prev = self._entities.get(key)
+        if after is None:
+            if prev is None or prev[0] == _DELETED:
+                self._entities[key] = (_DELETED, [now, now, tenant, eid])
+            else:  # written earlier in this group, deleted now
+                prev[1][5] = prev[1][6] = now
+        elif (
+            before is None
+            or before.get("type") != after.get("type")
+            or before.get("scope") != after.get("scope")
+            or (rows and prev is not None and prev[0] == _DELETED)
+        ):
+            created = _entity_times(after, now)
+            if prev is not None and prev[0] == _PUT:
+                created = prev[1][4]
+            self._entities[key] = (_PUT, self._entry(tenant, eid, after, created, now))
+            self._types.extend((tenant, t, eid) for t in after["type"])
+        elif rows:
+            if prev is not None:
+                prev[1][5] = now
+            else:
+                self._entities[key] = (
+                    _TOUCH,
+                    self._entry(tenant, eid, after, _entity_times(after, now), now),
+                )
+                self._types.extend((tenant, t, eid) for t in after["type"])
+        self._rows.extend((tenant, eid, r) for r in rows)
+
+    @staticmethod
+    def _entry(tenant: str, eid: str, ent: Entity, created: int, now: int) -> list[Any]:
+        scope = ent.get("scope")
+        return [
+            tenant,
+            eid,
+            orjson.dumps(ent["type"]),
+            orjson.dumps(scope) if scope is not None else None,
+            created,
+            now,
+            None,
+        ]
+
+    def write(self, conn: sqlite3.Connection, series: Series) -> None:
+        by_statement: dict[str, list[list[Any]]] = {}
+        for statement, params in self._entities.values():
+            by_statement.setdefault(statement, []).append(params)
+        for statement, params_list in by_statement.items():
+            conn.executemany(statement, params_list)
+        if self._types:
+            conn.executemany(
+                "INSERT OR IGNORE INTO history_types(tenant, type, eid) VALUES (?,?,?)",
+                self._types,
+            )
+        if not self._rows:
+            return
+        sids = series.get_many(conn, {(t, e, r.attr) for t, e, r in self._rows})
+        keyed = [(sids[(t, e, r.attr)], r, r.stored_value()) for t, e, r in self._rows]
+        if self.replace_observed:
+            conn.executemany(
+                "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
+                [
+                    (sid, r.at, r.dataset_id)
+                    for sid, r, _ in keyed
+                    if r.deleted is None and r.instance is not None and "observedAt" in r.instance
+                ],
+            )
         conn.executemany(
-            "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
+            "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
             [
-                (sids[r.attr], r.at, r.dataset_id)
-                for r in rows
-                if r.deleted is None and r.instance is not None and "observedAt" in r.instance
+                (
+                    sid,
+                    r.dataset_id,
+                    r.at,
+                    r.created,
+                    r.modified,
+                    num,
+                    vkey,
+                    orjson.dumps(r.instance),
+                    r.iid,
+                    r.deleted,
+                )
+                for sid, r, (num, vkey) in keyed
             ],
         )
-    _insert(conn, sids, rows, values)
-    if replace_observed:
-        touched: dict[int, set[int]] = {}
-        for r in rows:
-            if r.deleted is None:
-                touched.setdefault(sids[r.attr], set()).add(r.at // HOUR)
-        for sid, hours in touched.items():
-            _rebuild_hours(conn, sid, hours)
-        return
-    conn.executemany(
-        "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq) VALUES (?,?,1,?,?,?,?,?) "
-        "ON CONFLICT(sid, hour) DO UPDATE SET total = total + 1, n = n + excluded.n, "
-        "s = CASE WHEN excluded.n THEN coalesce(s, 0) + excluded.s ELSE s END, "
-        "lo = CASE WHEN excluded.n AND (lo IS NULL OR excluded.lo < lo) THEN excluded.lo "
-        "ELSE lo END, "
-        "hi = CASE WHEN excluded.n AND (hi IS NULL OR excluded.hi > hi) THEN excluded.hi "
-        "ELSE hi END, "
-        "sq = CASE WHEN excluded.n THEN coalesce(sq, 0) + excluded.sq ELSE sq END",
-        [
-            (sids[r.attr], r.at // HOUR, 1, num, num, num, num * num)
-            if num is not None
-            else (sids[r.attr], r.at // HOUR, 0, None, None, None, None)
-            for r, (num, _) in zip(rows, values, strict=True)
-            if r.deleted is None
-        ],
-    )
+        if self.replace_observed:
+            touched: dict[int, set[int]] = {}
+            for sid, r, _ in keyed:
+                if r.deleted is None:
+                    touched.setdefault(sid, set()).add(r.at // HOUR)
+            for sid, hours in touched.items():
+                _rebuild_hours(conn, sid, hours)
+            return
+        conn.executemany(
+            _HOURLY,
+            [
+                (sid, r.at // HOUR, 1, num, num, num, num * num)
+                if num is not None
+                else (sid, r.at // HOUR, 0, None, None, None, None)
+                for sid, r, (num, _) in keyed
+                if r.deleted is None
+            ],
+        )
 
 
 def _rebuild_hours(conn: sqlite3.Connection, sid: int, hours: set[int] | None = None) -> None:
@@ -220,81 +335,6 @@ def _rebuild_hours(conn: sqlite3.Connection, sid: int, hours: set[int] | None = 
             f"sum(num * num) FROM history WHERE sid=? AND deleted IS NULL{span} GROUP BY 2",
             (HOUR, sid) if lo is None else (HOUR, sid, lo, hi),
         )
-
-
-def _insert(
-    conn: sqlite3.Connection,
-    sids: dict[str, int],
-    rows: Sequence[HistoryRow],
-    values: Sequence[tuple[float | None, bytes | None]],
-) -> None:
-    conn.executemany(
-        "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?)",
-        [
-            (
-                sids[r.attr],
-                r.dataset_id,
-                r.at,
-                r.created,
-                r.modified,
-                num,
-                vkey,
-                orjson.dumps(r.instance),
-                r.iid,
-                r.deleted,
-            )
-            for r, (num, vkey) in zip(rows, values, strict=True)
-        ],
-    )
-
-
-def record(
-    conn: sqlite3.Connection,
-    series: Series,
-    policy: HistoryPolicy,
-    tenant: str,
-    eid: str,
-    before: Entity | None,
-    after: Entity | None,
-    now: int,
-    explicit: Sequence[HistoryRow] | None = None,
-) -> None:
-    """Append what one entity write changed (or the ``explicit`` rows the temporal API
-    gives for it); runs inside the write's transaction. Only explicit rows replace
-    instances with the same observedAt: an entity write records what changed."""
-    ent = after if after is not None else before
-    if ent is None or not policy.records(tenant, ent["type"]):
-        return
-    rows = list(explicit) if explicit is not None else changes(before, after, now)
-    if after is None:
-        conn.execute(
-            "UPDATE history_entities SET deleted=?, modified=? WHERE tenant=? AND eid=?",
-            (now, now, tenant, eid),
-        )
-    elif (
-        before is None
-        or before.get("type") != after.get("type")
-        or before.get("scope") != after.get("scope")
-    ):
-        _put_entity(
-            conn,
-            tenant,
-            HistoryEntity(eid, after["type"], after.get("scope"), _entity_times(after, now), now),
-        )
-    elif (
-        rows
-        and not conn.execute(
-            "UPDATE history_entities SET modified=? WHERE tenant=? AND eid=?", (now, tenant, eid)
-        ).rowcount
-    ):  # its history was deleted (temporal API) while the entity stayed
-        _put_entity(
-            conn,
-            tenant,
-            HistoryEntity(eid, after["type"], after.get("scope"), _entity_times(after, now), now),
-        )
-    if rows:
-        _insert_rows(conn, series, tenant, eid, rows, replace_observed=explicit is not None)
 
 
 # -- reads ----------------------------------------------------------------------------------------

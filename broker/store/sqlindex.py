@@ -1,10 +1,11 @@
 """What the SQLite store indexes per entity, and the query AST compiled to SQL over it.
 
 Every comparable value an entity holds is a row of ``attr_values``, keyed by a path
-string (attribute IRI, sub-attribute or meta member, JSON keys). The rows are built
-with the reference evaluator's own ``candidates`` for every path the entity has, so
-a SQL comparison over them answers exactly what ``broker.query.evaluate`` answers;
-the property tests hold the two together. A path that exists but holds nothing
+string (attribute IRI, sub-attribute or meta member, JSON keys). The rows are by
+definition the reference evaluator's own ``candidates`` for every path the entity has
+(``value_rows_reference``), so a SQL comparison over them answers exactly what
+``broker.query.evaluate`` answers; the writer computes them in one walk of the entity
+(``value_rows``), and property tests hold the three together. A path that exists but holds nothing
 comparable gets one presence row, so ``attr``/``!attr`` are row look-ups too.
 
 Geometries: the first GeoProperty instance of each attribute, as WKB, with its
@@ -55,8 +56,11 @@ from broker.query.ast import (
 from broker.query.evaluate import (
     EARTH_RADIUS_M,
     candidates,
+    dicts,
     distance_m,
+    elements,
     entity_geometry,
+    instance_values,
     matches_q,
     path_exists,
 )
@@ -67,6 +71,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Attribute system timestamps change on every write and are rarely queried: they get
 #: no index rows; a query on them is evaluated exactly on the stored documents instead.
 UNINDEXED_META = frozenset({"createdAt", "modifiedAt"})
+_INDEXED_META = META_MEMBERS - UNINDEXED_META
+#: instance kinds whose value may hold JSON objects with keys to index, and that value's member
+_JSON_KINDS = {"Property": "value", "LanguageProperty": "languageMap", "JsonProperty": "json"}
 _MAX_JSON_DEPTH = 4
 SUB = "\x1f"  # separates sub-attribute / meta steps in a path key
 KEY = "\x1e"  # separates JSON keys in a path key
@@ -158,37 +165,108 @@ def entity_paths(ent: Entity) -> set[AttrPath]:
     return paths
 
 
+def _value_row(key: str, c: Any) -> Row | None:
+    """The row of one candidate value, or None when it is not comparable."""
+    if isinstance(c, bool):
+        return (key, 1, int(c), None, None, None, None, None)
+    if isinstance(c, int | float):
+        if isinstance(c, float) and not math.isfinite(c):
+            return None
+        return (key, 2, None, sql_number(c), None, None, None, None)
+    if isinstance(c, str):
+        dt = parse_datetime(c)
+        day = parse_date(c)
+        return (
+            key,
+            3,
+            None,
+            None,
+            c,
+            _us(dt) if dt else None,
+            day.toordinal() if day else None,
+            parse_time(c),
+        )
+    return None
+
+
+def _add_rows(key: str, values: list[Any], rows: list[Row]) -> None:
+    """Rows for the candidates of one path (lists spread one level), or its presence row."""
+    found = False
+    for c in elements(values):
+        row = _value_row(key, c)
+        if row is not None:
+            rows.append(row)
+            found = True
+    if not found:
+        rows.append((key, 0, None, None, None, None, None, None))
+
+
+def _level_rows(
+    key: str, insts: list[dict[str, Any]], named: list[dict[str, Any]], rows: list[Row]
+) -> None:
+    """The rows of the instances a path reaches (an attribute, or a sub-attribute):
+    their values, indexed meta members, sub-attributes and JSON keys. Paths are named
+    after ``named`` (the instances given as objects, as ``entity_paths`` walks them);
+    values come from all of ``insts``, as the evaluator reads them."""
+    _add_rows(key, [v for inst in insts for v in instance_values(inst, keyed=False)], rows)
+    metas: dict[str, None] = {}
+    subs: dict[str, None] = {}
+    json_paths: dict[tuple[str, ...], None] = {}
+    for inst in named:
+        for k, v in inst.items():
+            if k in _INDEXED_META:
+                metas[k] = None
+            elif ":" in k and isinstance(v, dict) and k not in META_MEMBERS:
+                subs[k] = None
+        kind = inst.get("type", "Property")
+        if kind in _JSON_KINDS:
+            raw = inst.get(_JSON_KINDS[kind])
+            if raw is not None:
+                json_paths.update(dict.fromkeys(_json_paths([raw], (), 0)))
+    for m in metas:
+        _add_rows(key + SUB + m, [inst[m] for inst in insts if m in inst], rows)
+    for name in subs:
+        _level_rows(
+            key + SUB + name,
+            [s for inst in insts for s in dicts(inst.get(name))],
+            [inst[name] for inst in named if isinstance(inst.get(name), dict)],
+            rows,
+        )
+    if json_paths:
+        keyed = [v for inst in insts for v in instance_values(inst, keyed=True)]
+        for keys in json_paths:
+            values = keyed
+            for k in keys:
+                values = [c[k] for c in elements(values) if isinstance(c, dict) and k in c]
+            _add_rows(key + "".join(KEY + k for k in keys), values, rows)
+
+
 def value_rows(ent: Entity) -> list[Row]:
-    """The ``attr_values`` rows of an entity (without tenant and rid)."""
+    """The ``attr_values`` rows of an entity (without tenant and rid), in one walk.
+
+    :func:`value_rows_reference` defines them; this computes the same rows without an
+    evaluation per path (the writer runs it for every entity it stores)."""
+    rows: list[Row] = []
+    for attr, instances in ent.items():
+        if attr not in ENTITY_KEYS:
+            insts = dicts(instances)
+            if insts:
+                _level_rows(attr, insts, insts, rows)
+    return rows
+
+
+def value_rows_reference(ent: Entity) -> list[Row]:
+    """The ``attr_values`` rows by definition: the reference evaluator's candidates for
+    every path the entity has, or a presence row when none is comparable."""
     rows: list[Row] = []
     for path in entity_paths(ent):
         key = path_key(path)
         found = False
         for c in candidates(path, ent):
-            if isinstance(c, bool):
-                rows.append((key, 1, int(c), None, None, None, None, None))
-            elif isinstance(c, int | float):
-                if isinstance(c, float) and not math.isfinite(c):
-                    continue
-                rows.append((key, 2, None, sql_number(c), None, None, None, None))
-            elif isinstance(c, str):
-                dt = parse_datetime(c)
-                day = parse_date(c)
-                rows.append(
-                    (
-                        key,
-                        3,
-                        None,
-                        None,
-                        c,
-                        _us(dt) if dt else None,
-                        day.toordinal() if day else None,
-                        parse_time(c),
-                    )
-                )
-            else:
-                continue
-            found = True
+            row = _value_row(key, c)
+            if row is not None:
+                rows.append(row)
+                found = True
         if not found and path_exists(path, ent):
             rows.append((key, 0, None, None, None, None, None, None))
     return rows

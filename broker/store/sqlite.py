@@ -1,9 +1,11 @@
 """The embedded default store: one SQLite file in WAL mode.
 
 * One writer thread owns the write connection. Concurrent writes are grouped: the
-  writer drains the queue and applies every waiting request in one transaction, each
-  entity under its own SAVEPOINT, so a rejected entity rolls back alone and the
-  commit is shared (group commit). A write is acknowledged only after COMMIT.
+  writer drains the queue and applies every waiting request in one transaction
+  (group commit), with one statement per table for the whole group; a rejected
+  entity (its mutation raised) is simply not written. Should a statement fail, the
+  group is redone entity by entity, each under its own SAVEPOINT, so that only the
+  entity at fault fails. A write is acknowledged only after COMMIT.
 * Reads run on a small thread pool, each thread with its own read-only connection,
   so the event loop never blocks on SQLite and WAL lets reads run beside the writer.
 * Entities are stored as JSON (orjson) with side tables for what queries filter on:
@@ -129,6 +131,7 @@ CREATE TABLE IF NOT EXISTS contexts(
 """
 
 _MAX_GROUP = 512
+_ID_CHUNK = 500  # ids per IN (...) look-up
 _READERS = 4
 _REGEX_MAX = 256
 
@@ -148,6 +151,73 @@ class _WriteJob:
     future: asyncio.Future[list[WriteResult]]
     history: Mapping[str, Sequence[HistoryRow]] | None = None
     results: list[WriteResult] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Slot:
+    """An entity during a group write: its stored row (``rid``) and its state so far."""
+
+    rid: int | None
+    doc: bytes | None
+    entity: Entity | None = None
+    dirty: bool = False  # written in this group
+    gone: bool = False  # its stored row was deleted in this group
+
+
+def _unindex(conn: sqlite3.Connection, rids: Sequence[int]) -> None:
+    if not rids:
+        return
+    params = [(rid,) for rid in rids]
+    for table in ("entity_types", "entity_attrs", "entity_scopes", "attr_values"):
+        conn.executemany(f"DELETE FROM {table} WHERE rid=?", params)
+    conn.executemany(
+        "DELETE FROM geo_rtree WHERE id IN (SELECT id FROM geo_shapes WHERE rid=?)", params
+    )
+    conn.executemany("DELETE FROM geo_shapes WHERE rid=?", params)
+
+
+def _index(conn: sqlite3.Connection, items: Sequence[tuple[str, int, Entity]]) -> None:
+    """Write the side-table rows queries use for these (tenant, rid, entity)."""
+    if not items:
+        return
+    conn.executemany(
+        "INSERT OR IGNORE INTO entity_types(tenant, type, rid) VALUES (?,?,?)",
+        [(tenant, t, rid) for tenant, rid, ent in items for t in ent["type"]],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid, kind) VALUES (?,?,?,?)",
+        [
+            (tenant, k, rid, inst.get("type", "Property"))
+            for tenant, rid, ent in items
+            for k, instances in ent.items()
+            if k not in ENTITY_KEYS
+            for inst in instances
+        ],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO entity_scopes(tenant, scope, rid) VALUES (?,?,?)",
+        [(tenant, sc, rid) for tenant, rid, ent in items for sc in ent.get("scope") or ()],
+    )
+    conn.executemany(
+        "INSERT INTO attr_values(tenant, path, rid, kind, b, num, str, dt, day, tod) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [(tenant, row[0], rid, *row[1:]) for tenant, rid, ent in items for row in value_rows(ent)],
+    )
+    shapes = [(tenant, rid, g) for tenant, rid, ent in items for g in geo_rows(ent)]
+    if not shapes:
+        return
+    top = int(conn.execute("SELECT coalesce(max(id), 0) FROM geo_shapes").fetchone()[0])
+    conn.executemany(
+        "INSERT INTO geo_shapes(id, tenant, path, rid, geom) VALUES (?,?,?,?,?)",
+        [(top + i, tenant, g.path, rid, g.wkb) for i, (tenant, rid, g) in enumerate(shapes, 1)],
+    )
+    conn.executemany(
+        "INSERT INTO geo_rtree(id, minx, maxx, miny, maxy) VALUES (?,?,?,?,?)",
+        [
+            (top + i, g.bounds[0], g.bounds[2], g.bounds[1], g.bounds[3])
+            for i, (_, _, g) in enumerate(shapes, 1)
+        ],
+    )
 
 
 @contextmanager
@@ -383,24 +453,128 @@ class SqliteStore(Store):
         with _driver_errors():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                new_tenants: set[str] = set()
                 now = time.time_ns() // 1000
-                for job in jobs:
-                    explicit = job.history or {}
-                    job.results = [
-                        self._apply_one(conn, job.tenant, eid, m, now, explicit.get(eid))
-                        for eid, m in job.mutations
-                    ]
-                    if job.tenant not in self._known_tenants and any(r.ok for r in job.results):
-                        new_tenants.add(job.tenant)
+                if any(job.history for job in jobs):
+                    self._apply_each(conn, jobs, now)
+                else:
+                    try:
+                        self._apply_group(conn, jobs, now)
+                    except sqlite3.DatabaseError:
+                        # Some entity's rows failed (too big, say): redo the group entity by
+                        # entity, so that only that entity fails.
+                        self._series.forget()
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")
+                        self._apply_each(conn, jobs, now)
+                new_tenants = {
+                    job.tenant
+                    for job in jobs
+                    if job.tenant not in self._known_tenants and any(r.ok for r in job.results)
+                }
                 for name in new_tenants:
                     conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (name,))
                 conn.execute("COMMIT")
             except BaseException:
                 self._series.forget()
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         self._known_tenants.update(new_tenants)
+
+    def _apply_group(self, conn: sqlite3.Connection, jobs: list[_WriteJob], now: int) -> None:
+        """Apply a group of jobs with a few statements per table, not per entity.
+
+        Mutations run in order against each entity's state so far in the group; then
+        every entity the group changed is written once in its final state, and the
+        history of every step is appended. A mutation that raises leaves its entity as
+        it was. Row numbers of new entities (and geometries) continue from the current
+        maximum, which is safe because the transaction holds SQLite's write lock."""
+        slots: dict[tuple[str, str], _Slot] = {}
+        history = sqlhistory.GroupHistory(self.history_policy)
+        for job in jobs:
+            self._load(conn, job.tenant, {eid for eid, _ in job.mutations}, slots)
+            job.results = []
+            for eid, mutation in job.mutations:
+                slot = slots[(job.tenant, eid)]
+                before = orjson.loads(slot.doc) if slot.doc is not None else None
+                result = WriteResult(eid, before=before)
+                job.results.append(result)
+                try:
+                    after = mutation(orjson.loads(slot.doc) if slot.doc is not None else None)
+                except NgsiLdError as exc:
+                    result.error = exc
+                    continue
+                if after is DELETE:
+                    if slot.doc is None:
+                        continue
+                    history.add(job.tenant, eid, before, None, now)
+                    slot.doc = slot.entity = None
+                    slot.gone = slot.rid is not None
+                else:
+                    assert isinstance(after, dict)
+                    history.add(job.tenant, eid, before, after, now)
+                    slot.doc = _dumps(after)
+                    slot.entity = result.after = after
+                slot.dirty = True
+        unindex: list[int] = []
+        removed: list[tuple[int]] = []
+        updated: list[tuple[bytes, int]] = []
+        inserted: list[tuple[int, str, str, bytes]] = []
+        indexed: list[tuple[str, int, Entity]] = []
+        top: int | None = None
+        for (tenant, eid), slot in slots.items():
+            if not slot.dirty:
+                continue
+            if slot.rid is not None:
+                unindex.append(slot.rid)
+                if slot.gone or slot.entity is None:
+                    removed.append((slot.rid,))
+            if slot.entity is None or slot.doc is None:
+                continue
+            if slot.rid is not None and not slot.gone:
+                updated.append((slot.doc, slot.rid))
+                indexed.append((tenant, slot.rid, slot.entity))
+            else:
+                if top is None:
+                    top = int(
+                        conn.execute("SELECT coalesce(max(rid), 0) FROM entities").fetchone()[0]
+                    )
+                top += 1
+                inserted.append((top, tenant, eid, slot.doc))
+                indexed.append((tenant, top, slot.entity))
+        _unindex(conn, unindex)
+        conn.executemany("DELETE FROM entities WHERE rid=?", removed)
+        conn.executemany("UPDATE entities SET doc=? WHERE rid=?", updated)
+        conn.executemany("INSERT INTO entities(rid, tenant, id, doc) VALUES (?,?,?,?)", inserted)
+        _index(conn, indexed)
+        history.write(conn, self._series)
+
+    @staticmethod
+    def _load(
+        conn: sqlite3.Connection, tenant: str, eids: set[str], slots: dict[tuple[str, str], _Slot]
+    ) -> None:
+        """Read the stored state of the entities not yet in ``slots``."""
+        wanted = [eid for eid in eids if (tenant, eid) not in slots]
+        for i in range(0, len(wanted), _ID_CHUNK):
+            part = wanted[i : i + _ID_CHUNK]
+            for rid, eid, doc in conn.execute(
+                f"SELECT rid, id, doc FROM entities WHERE tenant=? AND id IN "
+                f"({','.join('?' * len(part))})",
+                (tenant, *part),
+            ):
+                slots[(tenant, eid)] = _Slot(rid, doc)
+        for eid in wanted:
+            slots.setdefault((tenant, eid), _Slot(None, None))
+
+    def _apply_each(self, conn: sqlite3.Connection, jobs: list[_WriteJob], now: int) -> None:
+        """Apply jobs entity by entity, each under its own SAVEPOINT."""
+        for job in jobs:
+            explicit = job.history or {}
+            job.results = [
+                self._apply_one(conn, job.tenant, eid, m, now, explicit.get(eid))
+                for eid, m in job.mutations
+            ]
 
     def _apply_one(
         self,
@@ -421,15 +595,16 @@ class SqliteStore(Store):
         except NgsiLdError as exc:
             result.error = exc
             return result
+        history = sqlhistory.GroupHistory(
+            self.history_policy, replace_observed=explicit is not None
+        )
         conn.execute("SAVEPOINT one")
         try:
             if after is DELETE:
                 if row is not None:
-                    self._unindex(conn, row[0])
+                    _unindex(conn, [row[0]])
                     conn.execute("DELETE FROM entities WHERE rid=?", (row[0],))
-                    sqlhistory.record(
-                        conn, self._series, self.history_policy, tenant, eid, before, None, now
-                    )
+                    history.add(tenant, eid, before, None, now)
             else:
                 assert isinstance(after, dict)
                 doc = _dumps(after)
@@ -442,75 +617,20 @@ class SqliteStore(Store):
                 else:
                     rid = row[0]
                     conn.execute("UPDATE entities SET doc=? WHERE rid=?", (doc, rid))
-                    self._unindex(conn, rid)
-                self._index(conn, tenant, rid, after)
-                sqlhistory.record(
-                    conn,
-                    self._series,
-                    self.history_policy,
-                    tenant,
-                    eid,
-                    before,
-                    after,
-                    now,
-                    explicit,
-                )
+                    _unindex(conn, [rid])
+                _index(conn, [(tenant, rid, after)])
+                history.add(tenant, eid, before, after, now, explicit)
                 result.after = after
+            history.write(conn, self._series)
         except sqlite3.DatabaseError as exc:
             self._series.forget()
             conn.execute("ROLLBACK TO one")
             conn.execute("RELEASE one")
+            result.after = None
             result.error = InternalError(f"store error for {eid}: {exc}")
             return result
         conn.execute("RELEASE one")
         return result
-
-    @staticmethod
-    def _unindex(conn: sqlite3.Connection, rid: int) -> None:
-        conn.execute("DELETE FROM entity_types WHERE rid=?", (rid,))
-        conn.execute("DELETE FROM entity_attrs WHERE rid=?", (rid,))
-        conn.execute("DELETE FROM entity_scopes WHERE rid=?", (rid,))
-        conn.execute("DELETE FROM attr_values WHERE rid=?", (rid,))
-        conn.execute(
-            "DELETE FROM geo_rtree WHERE id IN (SELECT id FROM geo_shapes WHERE rid=?)", (rid,)
-        )
-        conn.execute("DELETE FROM geo_shapes WHERE rid=?", (rid,))
-
-    @staticmethod
-    def _index(conn: sqlite3.Connection, tenant: str, rid: int, ent: Entity) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO entity_types(tenant, type, rid) VALUES (?,?,?)",
-            [(tenant, t, rid) for t in ent["type"]],
-        )
-        conn.executemany(
-            "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid, kind) VALUES (?,?,?,?)",
-            [
-                (tenant, k, rid, inst.get("type", "Property"))
-                for k, instances in ent.items()
-                if k not in ENTITY_KEYS
-                for inst in instances
-            ],
-        )
-        if ent.get("scope"):
-            conn.executemany(
-                "INSERT OR IGNORE INTO entity_scopes(tenant, scope, rid) VALUES (?,?,?)",
-                [(tenant, sc, rid) for sc in ent["scope"]],
-            )
-        conn.executemany(
-            "INSERT INTO attr_values(tenant, path, rid, kind, b, num, str, dt, day, tod) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [(tenant, row[0], rid, *row[1:]) for row in value_rows(ent)],
-        )
-        for g in geo_rows(ent):
-            cur = conn.execute(
-                "INSERT INTO geo_shapes(tenant, path, rid, geom) VALUES (?,?,?,?)",
-                (tenant, g.path, rid, g.wkb),
-            )
-            minx, miny, maxx, maxy = g.bounds
-            conn.execute(
-                "INSERT INTO geo_rtree(id, minx, maxx, miny, maxy) VALUES (?,?,?,?,?)",
-                (cur.lastrowid, minx, maxx, miny, maxy),
-            )
 
     # -- reads --------------------------------------------------------------------------------
 

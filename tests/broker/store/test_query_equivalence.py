@@ -33,6 +33,7 @@ from broker.query.ast import (
 )
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.store.base import EntityQuery, Store
+from broker.store.sqlindex import value_rows, value_rows_reference
 from tests.broker.store.conftest import BACKENDS
 
 T = "https://example.org/"
@@ -280,3 +281,50 @@ def test_scope_matches_the_reference(ents: list[Entity], pattern: str, backend: 
     node = ScopePattern(tuple(s for s in pattern.split("/") if s))
     got = run(BACKENDS[backend], ents, EntityQuery(scope_q=node, limit=1000, count=True))
     assert got == {e["id"] for e in ents if matches_scope(node, e)}
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True) | WORDS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def wild_instances(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
+    kind = draw(
+        st.sampled_from(
+            ["Property", "Relationship", "LanguageProperty", "JsonProperty", "ListProperty"]
+        )
+    )
+    member = {
+        "Property": "value",
+        "Relationship": "object",
+        "LanguageProperty": "languageMap",
+        "JsonProperty": "json",
+        "ListProperty": "valueList",
+    }[kind]
+    inst: dict[str, Any] = {"type": kind, member: draw(JSON)}
+    for meta in ("observedAt", "unitCode", "datasetId", "createdAt"):
+        if draw(st.booleans()):
+            inst[meta] = draw(st.sampled_from(["2026-01-01T00:00:00Z", "CEL", 3]))
+    if depth < 2 and draw(st.booleans()):
+        sub = draw(wild_instances(depth + 1))
+        inst[T + "sub"] = [sub, draw(wild_instances(depth + 1))] if draw(st.booleans()) else sub
+    return inst
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ent=st.one_of(
+        entities(0),
+        st.dictionaries(
+            st.sampled_from([T + "a", T + "b"]), st.lists(wild_instances(), max_size=3), max_size=2
+        ).map(lambda attrs: {"id": "urn:ngsi-ld:E:w", "type": [T + "Thing"], **attrs}),
+    )
+)
+def test_index_rows_walk_equals_their_definition(ent: Entity) -> None:
+    """The writer's one-walk index rows are the reference evaluator's candidates."""
+    assert sorted(value_rows(ent), key=repr) == sorted(value_rows_reference(ent), key=repr)

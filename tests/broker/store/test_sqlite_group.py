@@ -1,0 +1,137 @@
+"""The SQLite writer applies a group of writes with one statement per table; these pin
+what that must keep: every step of an entity written several times in one group, its
+index and history in the final state, and per-entity failure when SQLite refuses a row."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.core.model import Entity
+from broker.errors import InternalError
+from broker.query.ast import AttrPath, Comparison, GeoQuery
+from broker.store.base import DELETE, EntityQuery, HistoryQuery
+from broker.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+T = "https://example.org/"
+LOC = "https://uri.etsi.org/ngsi-ld/location"
+
+
+def ent(eid: str, level: float, lon: float = 139.5, name: str = "gauge") -> Entity:
+    return {
+        "id": eid,
+        "type": [T + "Gauge"],
+        T + "level": [{"type": "Property", "value": level}],
+        T + "name": [{"type": "Property", "value": name}],
+        LOC: [{"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, 35.6]}}],
+    }
+
+
+def put(doc: Entity) -> Callable[[Entity | None], Entity]:
+    return lambda _cur: doc
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "g.db")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def ids(store: SqliteStore, **kw: Any) -> list[str]:
+    found, _ = await store.query("", EntityQuery(limit=100, **kw))
+    return sorted(e["id"] for e in found)
+
+
+def level_at_least(x: float) -> Comparison:
+    return Comparison(AttrPath(T + "level"), ">=", x)
+
+
+def near(lon: float) -> GeoQuery:
+    point = {"type": "Point", "coordinates": [lon, 35.6]}
+    return GeoQuery("near", point, LOC, max_distance=100)
+
+
+async def test_steps_of_one_entity_in_one_group(store: SqliteStore) -> None:
+    await store.write("", [("urn:g:old", put(ent("urn:g:old", 1.0)))])
+    results = await store.write(
+        "",
+        [
+            ("urn:g:new", put(ent("urn:g:new", 5.0, lon=139.6))),
+            ("urn:g:new", put(ent("urn:g:new", 7.0, lon=139.7))),  # sees the step before
+            ("urn:g:old", lambda _cur: DELETE),
+            ("urn:g:old", put(ent("urn:g:old", 9.0, lon=139.8, name="reborn"))),
+            ("urn:g:gone", put(ent("urn:g:gone", 3.0))),
+            ("urn:g:gone", lambda _cur: DELETE),
+        ],
+    )
+    assert all(r.ok for r in results)
+    assert results[1].before is not None
+    assert results[1].before[T + "level"][0]["value"] == 5.0
+    assert results[3].before is None  # deleted by the step before
+    assert await store.get_entity("", "urn:g:gone") is None
+    assert (await store.get_entity("", "urn:g:new") or {})[T + "level"][0]["value"] == 7.0
+    assert await ids(store, types=[[T + "Gauge"]]) == ["urn:g:new", "urn:g:old"]
+    # the side tables hold the final states only
+    assert await ids(store, q=level_at_least(6.0)) == ["urn:g:new", "urn:g:old"]
+    assert await ids(store, q=level_at_least(2.0), geo=near(139.6)) == []
+    assert await ids(store, geo=near(139.7)) == ["urn:g:new"]
+    assert await ids(store, geo=near(139.8)) == ["urn:g:old"]
+    assert await ids(store, geo=near(139.5)) == []
+    # every step is in the history, in order
+    hist = await store.history("", ["urn:g:new", "urn:g:old", "urn:g:gone"], HistoryQuery())
+    assert [r.number for r in hist["urn:g:new"][T + "level"]] == [5.0, 7.0]
+    assert [r.number for r in hist["urn:g:old"][T + "level"]] == [1.0, 9.0]
+    assert [r.number for r in hist["urn:g:gone"][T + "level"]] == [3.0]
+    deletions = await store.history(
+        "", ["urn:g:old", "urn:g:gone"], HistoryQuery(time_property="deletedAt")
+    )
+    assert [len(deletions[e][T + "level"]) for e in ("urn:g:old", "urn:g:gone")] == [1, 1]
+    metas, _ = await store.history_entities("", EntityQuery(types=[[T + "Gauge"]]))
+    deleted = {m.id: m.deleted is not None for m in metas}
+    assert deleted == {"urn:g:new": False, "urn:g:old": False, "urn:g:gone": True}
+
+
+async def test_concurrent_requests_share_a_group_and_keep_their_results(
+    store: SqliteStore,
+) -> None:
+    batches = [
+        [(f"urn:g:{b}:{i}", put(ent(f"urn:g:{b}:{i}", float(i)))) for i in range(50)]
+        for b in range(8)
+    ]
+    outcomes = await asyncio.gather(*(store.write("", batch) for batch in batches))
+    assert [[r.id for r in out] for out in outcomes] == [[eid for eid, _ in b] for b in batches]
+    assert len(await ids(store, q=level_at_least(45.0))) == 8 * 5
+
+
+async def test_a_row_sqlite_refuses_fails_only_its_entity(store: SqliteStore) -> None:
+    await store.write("", [("urn:g:keep", put(ent("urn:g:keep", 1.0)))])
+    # A real SQLite limit, lowered so that one document of the group exceeds it.
+    assert store._write_conn is not None
+    store._write_conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 4000)
+    results = await store.write(
+        "",
+        [
+            ("urn:g:a", put(ent("urn:g:a", 2.0))),
+            ("urn:g:big", put(ent("urn:g:big", 3.0, name="x" * 5000))),
+            ("urn:g:keep", put(ent("urn:g:keep", 4.0))),
+        ],
+    )
+    assert [r.ok for r in results] == [True, False, True]
+    assert isinstance(results[1].error, InternalError)
+    assert results[1].after is None
+    assert await store.get_entity("", "urn:g:big") is None
+    assert await ids(store, q=level_at_least(0.0)) == ["urn:g:a", "urn:g:keep"]
+    hist = await store.history("", ["urn:g:keep", "urn:g:big"], HistoryQuery())
+    assert [r.number for r in hist["urn:g:keep"][T + "level"]] == [1.0, 4.0]
+    assert not hist.get("urn:g:big")
