@@ -1,7 +1,8 @@
-"""A real HTTP endpoint on 127.0.0.1 (``http.server`` in a thread) that records requests."""
+"""A real HTTP(S) endpoint on 127.0.0.1 (``http.server`` in a thread) that records requests."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ class HttpEndpoint:
 
     url: str
     status: int = 204
+    answer: bytes = b""  # the body of the next answers
     requests: list[Request] = field(default_factory=list)
 
 
@@ -46,8 +48,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         )
         self.send_response(endpoint.status)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(len(endpoint.answer)))
         self.end_headers()
+        self.wfile.write(endpoint.answer)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -59,9 +62,13 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def http_endpoint_server() -> Iterator[HttpEndpoint]:
+def http_endpoint_server(tls: ssl.SSLContext | None = None) -> Iterator[HttpEndpoint]:
+    """The endpoint; with ``tls`` (a server context) it speaks https."""
     server = _Server(("127.0.0.1", 0), _Handler)
-    server.endpoint = HttpEndpoint(f"http://127.0.0.1:{server.server_address[1]}/notify")
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    server.endpoint = HttpEndpoint(f"{scheme}://127.0.0.1:{server.server_address[1]}/notify")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
+import trustme
 
 from broker.notify.senders import DeliveryError, Endpoint, Senders
-from tests.broker.notify.http_endpoint import HttpEndpoint
+from tests.broker.notify.http_endpoint import HttpEndpoint, http_endpoint_server
 from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
@@ -87,6 +91,58 @@ async def test_any_2xx_is_success(senders: Senders, http_endpoint: HttpEndpoint)
         http_endpoint.status = status
         await senders.send(Endpoint(http_endpoint.url), BODY, HEADERS)
     assert len(http_endpoint.requests) == 4
+
+
+async def test_credentials_in_the_uri_go_as_basic_auth(
+    senders: Senders, http_endpoint: HttpEndpoint
+) -> None:
+    uri = http_endpoint.url.replace("://", "://alice:s3cret@")
+    await senders.send(Endpoint(uri), BODY, HEADERS)
+    [request] = http_endpoint.requests
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode(
+        "ascii"
+    )
+
+
+async def test_a_large_answer_is_not_read_whole(
+    senders: Senders, http_endpoint: HttpEndpoint
+) -> None:
+    http_endpoint.status = 200
+    http_endpoint.answer = b"x" * (8 * 1024 * 1024)
+    await senders.send(Endpoint(http_endpoint.url), BODY, HEADERS)
+    http_endpoint.answer = b""
+    await senders.send(Endpoint(http_endpoint.url), BODY, HEADERS)  # on a new connection
+    assert len(http_endpoint.requests) == 2
+    assert http_endpoint.requests[0].client_port != http_endpoint.requests[1].client_port
+
+
+async def test_https_endpoints_are_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    city_ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    city_ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    with http_endpoint_server(server_tls) as endpoint:
+        assert endpoint.url.startswith("https://")
+        untrusting = Senders(http_timeout=2.0)
+        try:
+            with pytest.raises(DeliveryError) as caught:
+                await untrusting.send(Endpoint(endpoint.url), BODY, HEADERS)
+            assert "certificate" in str(caught.value).lower()
+        finally:
+            await untrusting.aclose()
+        assert endpoint.requests == []
+
+        ca_file = tmp_path / "city-ca.pem"
+        city_ca.cert_pem.write_to_path(str(ca_file))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the operator trusts the city CA
+        trusting = Senders(http_timeout=2.0)
+        try:
+            await trusting.send(Endpoint(endpoint.url), BODY, HEADERS)
+        finally:
+            await trusting.aclose()
+        [request] = endpoint.requests
+        assert orjson.loads(request.body) == NOTIFICATION
 
 
 async def test_connection_refused_is_retryable_and_hides_credentials(senders: Senders) -> None:
