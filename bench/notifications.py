@@ -16,7 +16,10 @@ put in the entity and the time the notification arrived. Then, for HTTP and for 
 
   - throughput: batch upserts (``--batch`` entities per request, ``--concurrency``
     requests in flight) as fast as the broker takes them, held back only while more than
-    a window of notifications is still on its way; notifications received per second;
+    a window of notifications is still on its way; notifications received per second,
+    one per entity written and subscription (changes made while a subscription's
+    previous notification is on its way go out together, in one request or message:
+    ``msgs/s`` shows how many of those carried them);
   - latency: ``--rate`` single-entity PATCH requests per second; per notification, the
     time from the write's acknowledgement (its response, in the load generator) to the
     notification's arrival at the receiver; p50/p95/p99 over all notifications expected,
@@ -102,12 +105,16 @@ def entity(k: int) -> dict[str, Any]:
 # -- receivers (separate processes) ----------------------------------------------------------
 
 # What a receiver hands back for one run: (seq values, arrival times, unreadable
-# notifications, first raw request or message of the run or None).
-Dump: TypeAlias = "tuple[array[int], array[float], int, bytes | None]"
+# notifications, first raw request or message of the run or None, requests or messages).
+Dump: TypeAlias = "tuple[array[int], array[float], int, bytes | None, int]"
 
 
 class _Log:
-    """Arrivals recorded by one receiver; ``counter`` (shared memory) counts notifications."""
+    """Arrivals recorded by one receiver. ``counter`` (shared memory) counts the changes
+    notified, one per entity in a notification's ``data``: the broker sends the changes
+    that queued up while a subscription's previous notification was on its way together,
+    so one request or message can carry several, and the writes expect one per entity
+    written and subscription. ``messages`` counts the requests or messages themselves."""
 
     def __init__(self, counter: Any, *, mqtt: bool) -> None:
         self.counter = counter
@@ -116,23 +123,28 @@ class _Log:
         self.times: array[float] = array("d")
         self.errors = 0
         self.sample: bytes | None = None
+        self.messages = 0
 
     def add(self, raw: bytes, body: bytes, at: float) -> None:
+        changes = 1
         try:
             doc = orjson.loads(body)
             data = doc["body"]["data"] if self.mqtt else doc["data"]
             for ent in data:
                 self.seqs.append(int(ent["seq"]["value"]))
                 self.times.append(at)
+            changes = max(1, len(data))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             self.errors += 1
         if self.sample is None:
             self.sample = raw
-        self.counter.value += 1
+        self.messages += 1
+        self.counter.value += changes
 
     def take(self) -> Dump:
-        out = (self.seqs, self.times, self.errors, self.sample)
+        out = (self.seqs, self.times, self.errors, self.sample, self.messages)
         self.seqs, self.times, self.errors, self.sample = array("q"), array("d"), 0, None
+        self.messages = 0
         return out
 
 
@@ -256,7 +268,7 @@ def mqtt_receiver_main(port: int, counter: Any, conn: Connection) -> None:
 
 
 class Receiver:
-    """A receiver process; ``count`` is the number of notifications it has had so far."""
+    """A receiver process; ``count`` is the number of changes notified to it so far."""
 
     def __init__(self, name: str, target: Callable[[int, Any, Connection], None], port: int):
         ctx = mp.get_context("spawn")
@@ -360,14 +372,19 @@ def publish_main(port: int, payload: bytes, duration: float, sent: Any) -> None:
 @dataclass
 class Throughput:
     writes: int  # entities written
-    expected: int  # notifications expected
+    expected: int  # notifications expected (one per entity written and subscription)
     received: int
     seconds: float  # first write sent -> last notification received
     unreadable: int
+    messages: int  # HTTP requests or MQTT messages that carried them
 
     @property
     def rate(self) -> float:
         return self.received / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def message_rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -378,6 +395,7 @@ class Latency:
     latencies: list[float]  # seconds, sorted; only the notifications received
     unreadable: int
     waited: float  # seconds waited for notifications after the last write
+    messages: int  # HTTP requests or MQTT messages that carried them
 
     @property
     def received(self) -> int:
@@ -584,9 +602,9 @@ class Bench:
 
             await asyncio.gather(*(writer() for _ in range(self.concurrency)))
         await self._drain(rx, start, expected, cap=300.0)
-        seqs, times, unreadable, _ = rx.dump()
+        seqs, times, unreadable, _, messages = rx.dump()
         seconds = (max(times) - t0) if times else 0.0
-        return Throughput(writes, expected, len(seqs), seconds, unreadable)
+        return Throughput(writes, expected, len(seqs), seconds, unreadable, messages)
 
     async def latency(self, rx: Receiver, subs: int) -> Latency:
         rx.dump()
@@ -612,9 +630,9 @@ class Bench:
             await asyncio.gather(*tasks)
             write_seconds = time.monotonic() - t0
         waited = await self._drain(rx, start, n * subs, cap=max(30.0, 3 * self.duration))
-        seqs, times, unreadable, _ = rx.dump()
+        seqs, times, unreadable, _, messages = rx.dump()
         lat = sorted(t - acked[s] for s, t in zip(seqs, times, strict=True) if s in acked)
-        return Latency(n, write_seconds, n * subs, lat, unreadable, waited)
+        return Latency(n, write_seconds, n * subs, lat, unreadable, waited, messages)
 
     def receiver_alone_http(self, rx: Receiver, sample: bytes) -> float:
         head, _, body = sample.partition(b"\r\n\r\n")
@@ -669,7 +687,7 @@ class Bench:
             )
             proc_.start()
             _join(proc_, self.duration + 60)
-        _, times, _, _ = rx.dump()
+        times = rx.dump()[1]
         return _span_rate(times)
 
     def receiver_alone_mqtt(self, rx: Receiver, sample: bytes) -> float:
@@ -680,7 +698,7 @@ class Bench:
         proc.start()
         _join(proc, self.duration + 60)
         time.sleep(1.0)
-        _, times, _, _ = rx.dump()
+        times = rx.dump()[1]
         if proc.exitcode != 0:
             raise BenchError(f"MQTT publisher exited with {proc.exitcode}")
         if len(times) < sent.value:
@@ -739,7 +757,7 @@ def _ms(seconds: float, waited: float = 0.0) -> str:
 def print_table(scenarios: list[Scenario], rate: float) -> bool:
     print()
     head = (
-        f"{'scenario':<14} {'notif/s':>8} {'receiver alone/s':>16} {'ratio':>6} "
+        f"{'scenario':<14} {'notif/s':>8} {'msgs/s':>8} {'receiver alone/s':>16} {'ratio':>6} "
         f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'missing':>7}  {'targets':<22}"
     )
     print(f"notifications/s: batch upserts; latency at {rate:g} writes/s (write ack -> received)")
@@ -749,6 +767,7 @@ def print_table(scenarios: list[Scenario], rate: float) -> bool:
     for s in scenarios:
         t, lat = s.throughput, s.latency
         rate_s = f"{t.rate:,.0f}" if t else "-"
+        msgs_s = f"{t.message_rate:,.0f}" if t else "-"
         alone = f"{s.alone:,.0f}" if s.alone else "-"
         ratio = f"{t.rate / s.alone:.0%}" if t and s.alone else "-"
         missing = (t.expected - t.received if t else 0) + (
@@ -764,7 +783,7 @@ def print_table(scenarios: list[Scenario], rate: float) -> bool:
             else "not measured"
         )
         print(
-            f"{s.label:<14} {rate_s:>8} {alone:>16} {ratio:>6} {_ms(p50, waited):>8} "
+            f"{s.label:<14} {rate_s:>8} {msgs_s:>8} {alone:>16} {ratio:>6} {_ms(p50, waited):>8} "
             f"{_ms(p95, waited):>8} {_ms(p99, waited):>8} {missing:>7}  {verdict:<22}"
         )
     print(
@@ -839,15 +858,17 @@ def run(args: argparse.Namespace, tmp: Path, scenarios: list[Scenario]) -> None:
                         t = s.throughput = asyncio.run(bench.throughput(rx, subs))
                     print(
                         f"  {s.label}: {t.rate:,.0f} notifications/s ({t.received:,} of "
-                        f"{t.expected:,} in {t.seconds:.1f} s, {t.writes:,} entities written)",
+                        f"{t.expected:,} in {t.seconds:.1f} s, {t.writes:,} entities written, "
+                        f"{t.messages:,} {'requests' if transport == 'HTTP' else 'messages'})",
                         flush=True,
                     )
                     with bench.profiled(f"{s.label}-latency"):
                         lat = s.latency = asyncio.run(bench.latency(rx, subs))
                     print(
                         f"  {s.label}: {lat.writes / lat.write_seconds:.0f} writes/s, "
-                        f"{lat.received:,} of {lat.expected:,} notifications "
-                        f"(waited {lat.waited:.0f} s after the last write), "
+                        f"{lat.received:,} of {lat.expected:,} notifications in "
+                        f"{lat.messages:,} {'requests' if transport == 'HTTP' else 'messages'} "
+                        f"(waited {lat.waited:.1f} s after the last write), "
                         f"p50/p95 (ms) {_ms(lat.pct(0.5), lat.waited)}"
                         f"/{_ms(lat.pct(0.95), lat.waited)}",
                         flush=True,
