@@ -23,7 +23,10 @@ put in the entity and the time the notification arrived. Then, for HTTP and for 
   - latency: ``--rate`` single-entity PATCH requests per second; per notification, the
     time from the write's acknowledgement (its response, in the load generator) to the
     notification's arrival at the receiver; p50/p95/p99 over all notifications expected,
-    the ones that never arrived counting as infinitely late.
+    the ones that never arrived counting as infinitely late. Also printed: the writes'
+    own round trips (a load generator starved of CPU would read acknowledgements late and
+    make notifications look early) and the time from a write's sending to its
+    notifications' arrival (received ones only).
 
 Prints a table with the targets (>= 1,000 notifications/s; p95 <= 100 ms at 100
 writes/s). ``--check`` exits 1 if a target is missed; ``--py-spy PATH`` records the
@@ -396,6 +399,11 @@ class Latency:
     unreadable: int
     waited: float  # seconds waited for notifications after the last write
     messages: int  # HTTP requests or MQTT messages that carried them
+    # seconds, sorted: each write's request sent -> acknowledgement read by the load
+    # generator (a starved generator would read acknowledgements late and make
+    # notifications look early), and write sent -> notification received
+    write_times: list[float] = field(default_factory=list)
+    from_sent: list[float] = field(default_factory=list)
 
     @property
     def received(self) -> int:
@@ -610,6 +618,7 @@ class Bench:
         rx.dump()
         start = rx.count
         acked: dict[int, float] = {}
+        sent_at: dict[int, float] = {}
         n = max(1, round(self.duration * self.rate))
         interval = 1.0 / self.rate
         inflight = asyncio.Semaphore(200)
@@ -617,6 +626,7 @@ class Bench:
 
             async def one(k: int) -> None:
                 async with inflight:
+                    sent_at[k] = time.time()
                     await _apatch(client, k)
                     acked[k] = time.time()
 
@@ -632,7 +642,11 @@ class Bench:
         waited = await self._drain(rx, start, n * subs, cap=max(30.0, 3 * self.duration))
         seqs, times, unreadable, _, messages = rx.dump()
         lat = sorted(t - acked[s] for s, t in zip(seqs, times, strict=True) if s in acked)
-        return Latency(n, write_seconds, n * subs, lat, unreadable, waited, messages)
+        from_sent = sorted(t - sent_at[s] for s, t in zip(seqs, times, strict=True) if s in acked)
+        write_times = sorted(acked[k] - sent_at[k] for k in acked)
+        return Latency(
+            n, write_seconds, n * subs, lat, unreadable, waited, messages, write_times, from_sent
+        )
 
     def receiver_alone_http(self, rx: Receiver, sample: bytes) -> float:
         head, _, body = sample.partition(b"\r\n\r\n")
@@ -727,6 +741,12 @@ async def _apatch(client: httpx.AsyncClient, k: int) -> None:
     resp = await client.patch(path, content=body, headers=JSON_HEADERS)
     if resp.status_code != 204:
         raise BenchError(f"PATCH {path}: {resp.status_code} {resp.text[:300]}")
+
+
+def _pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return math.nan
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(p * len(sorted_values)) - 1))]
 
 
 def _span_rate(times: array[float]) -> float:
@@ -870,7 +890,10 @@ def run(args: argparse.Namespace, tmp: Path, scenarios: list[Scenario]) -> None:
                         f"{lat.messages:,} {'requests' if transport == 'HTTP' else 'messages'} "
                         f"(waited {lat.waited:.1f} s after the last write), "
                         f"p50/p95 (ms) {_ms(lat.pct(0.5), lat.waited)}"
-                        f"/{_ms(lat.pct(0.95), lat.waited)}",
+                        f"/{_ms(lat.pct(0.95), lat.waited)}; write sent -> acknowledged "
+                        f"{_ms(_pct(lat.write_times, 0.5))}/{_ms(_pct(lat.write_times, 0.95))}, "
+                        f"write sent -> notification received {_ms(_pct(lat.from_sent, 0.5))}"
+                        f"/{_ms(_pct(lat.from_sent, 0.95))}",
                         flush=True,
                     )
                     if t.unreadable or lat.unreadable:
