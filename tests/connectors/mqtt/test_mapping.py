@@ -129,3 +129,29 @@ def test_timestamp_sets_time_instant_to_the_measure_time() -> None:
     assert arrival.attrs["TimeInstant"]["value"]["@value"] == "2024-05-01T03:00:00.000Z"
     assert "TimeInstant" not in convert(stamped, {"n": "many"}, 0.0).attrs  # nothing stored
     assert "TimeInstant" not in convert(device(), {"t": 20}, 0.0).attrs  # timestamp off
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "2024-05-01T03:00:00.123Z",
+        "2024-05-01T03:00:59.999Z",
+        "2024-12-31T23:59:59.999Z",
+        "1969-12-31T23:59:59.001Z",
+        "0999-01-01T00:00:00.500Z",
+    ],
+)
+def test_observed_at_keeps_the_milliseconds_a_device_sent(sent: str) -> None:
+    got = convert(device(), {"t": 1, "TimeInstant": sent}, 0.0)
+    assert got.attrs["temperature"]["observedAt"] == sent
+
+
+def test_arrival_time_is_written_to_the_millisecond() -> None:
+    # microseconds round as datetime rounds them: .9999996 is the next second
+    for arrival, stamp in [
+        (1714532400.0, "2024-05-01T03:00:00.000Z"),
+        (1714532400.0429, "2024-05-01T03:00:00.042Z"),
+        (1714532400.9999996, "2024-05-01T03:00:01.000Z"),
+        (1714532401.5, "2024-05-01T03:00:01.500Z"),
+    ]:
+        assert convert(device(), {"t": 1}, arrival).attrs["temperature"]["observedAt"] == stamp
