@@ -810,7 +810,8 @@ class SubscriptionService:
     def submit(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
         """Send a notification of ``data``; when the subscription already has
         ``PER_SUBSCRIPTION_IN_FLIGHT`` on their way, ``data`` waits and goes out with the
-        other waiting changes in one notification as soon as one of them is done. A
+        other waiting changes in one notification as soon as one of them is done (or in
+        the one on its way, if that is still waiting for a connection). A
         slow or busy endpoint thus gets fewer, fuller notifications instead of an
         ever-growing queue, and no change is dropped or reordered within a batch."""
         key = (sub.tenant, sub.id)
@@ -846,7 +847,7 @@ class SubscriptionService:
         key = (sub.tenant, sub.id)
         try:
             while True:
-                await self._deliver(self._job(sub, data))
+                await self._deliver(sub, data)
                 queued = self._queued.get(key)
                 if not queued:
                     return
@@ -862,8 +863,28 @@ class SubscriptionService:
             else:
                 self._in_flight.pop(key, None)
 
-    async def _deliver(self, job: _Delivery) -> None:
-        sub = job.sub
+    async def _deliver(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+        key = (sub.tenant, sub.id)
+        job: _Delivery | None = None
+
+        def build() -> tuple[bytes, dict[str, str]]:
+            # Built when a connection is free: changes queued while this notification
+            # waited for one go with it (a retry sends the same notification again).
+            nonlocal job
+            if job is None:
+                queued = self._queued.get(key)
+                room = MAX_COALESCED - len(data)
+                if queued and room > 0:
+                    taken, rest = queued[:room], queued[room:]
+                    if rest:
+                        self._queued[key] = rest
+                    else:
+                        del self._queued[key]
+                    job = self._job(sub, [*data, *taken])
+                else:
+                    job = self._job(sub, data)
+            return job.body, job.headers
+
         async with self._slots:
             if sub.throttling is not None and not await self.store.claim_notification(
                 sub.tenant, sub.id, now=time.time(), min_gap=sub.throttling
@@ -872,7 +893,7 @@ class SubscriptionService:
             delay = self.backoff
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    await self.senders.send(sub.endpoint, job.body, job.headers)
+                    await self.senders.send_built(sub.endpoint, build)
                 except DeliveryError as exc:
                     await self._record(sub, success=False)
                     if not exc.retryable or attempt == self.max_attempts:

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -55,6 +55,10 @@ MAX_RESPONSE_READ = 64 * 1024
 # cannot be sent as the endpoint would read it.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+#: Builds a notification (its body and NGSI-LD headers) once it is its turn to go out.
+Build = Callable[[], tuple[bytes, dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,13 @@ def _without_credentials(text: str, uri: str) -> str:
     return text
 
 
+def _typed(endpoint: Endpoint, headers: dict[str, str]) -> dict[str, str]:
+    """The headers, with the endpoint's ``accept`` as Content-Type when they have none."""
+    if any(name.lower() == "content-type" for name in headers):
+        return headers
+    return {"Content-Type": endpoint.accept, **headers}
+
+
 def merge_metadata(headers: dict[str, str], extra: Iterable[tuple[str, str]]) -> dict[str, str]:
     """The notification headers plus receiverInfo pairs; a pair never overrides a header."""
     merged = dict(headers)
@@ -142,6 +153,9 @@ class _Origin:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, limit_per_host=0, ssl=tls),
             timeout=aiohttp.ClientTimeout(total=timeout),
+            # an endpoint's cookies would otherwise go out with the notifications of
+            # every subscription to that origin, whoever owns them
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,  # the answer's body is read only to reuse the connection
             skip_auto_headers=("Accept-Encoding",),
             raise_for_status=False,
@@ -168,18 +182,24 @@ class Senders:
 
     async def send(self, endpoint: Endpoint, body: bytes, headers: dict[str, str]) -> None:
         """Deliver one notification. `headers` are the NGSI-LD headers of the notification (Content-Type, Link, NGSILD-Tenant ...). Raises DeliveryError."""
+        await self.send_built(endpoint, lambda: (body, headers))
+
+    async def send_built(self, endpoint: Endpoint, build: Build) -> None:
+        """Deliver the notification ``build()`` returns, called when it is its turn: for
+        HTTP once one of the origin's connections is free. A notification that waited
+        for one can thus still take in the changes made meanwhile, rather than leave
+        them to the next one. Raises DeliveryError."""
         if self._closed:
             raise DeliveryError("the notification senders are closed", retryable=False)
         try:
             scheme = urlsplit(endpoint.uri).scheme.lower()
         except ValueError:
             scheme = ""
-        if not any(name.lower() == "content-type" for name in headers):
-            headers = {"Content-Type": endpoint.accept, **headers}
         if scheme in HTTP_SCHEMES:
-            await self._post(endpoint, body, headers)
+            await self._post(endpoint, build)
         elif scheme in MQTT_SCHEMES:
-            await self._publish(endpoint, body, headers)
+            body, headers = build()
+            await self._publish(endpoint, body, _typed(endpoint, headers))
         else:
             raise DeliveryError(
                 f"unsupported endpoint scheme {scheme!r} in {redact_uri(endpoint.uri)}",
@@ -198,45 +218,45 @@ class Senders:
             )
         return found
 
-    async def _post(self, endpoint: Endpoint, body: bytes, headers: dict[str, str]) -> None:
+    async def _post(self, endpoint: Endpoint, build: Build) -> None:
         shown = redact_uri(endpoint.uri)
-        request_headers = merge_metadata(headers, endpoint.receiver_info)
-        problem = unsendable_header(request_headers)
-        if problem is not None:
-            raise DeliveryError(f"POST {shown}: {problem}", retryable=False)
         try:
             origin = self._origin(endpoint.uri)
         except ValueError as exc:
             raise DeliveryError(f"POST {shown}: {exc}", retryable=False) from None
-        try:
-            async with (
-                origin.slots,
-                asyncio.timeout(self.http_timeout),
-                origin.session.post(
-                    endpoint.uri, data=body, headers=request_headers, allow_redirects=False
-                ) as response,
-            ):
-                read = 0
-                async for chunk in response.content.iter_any():
-                    read += len(chunk)
-                    if read > MAX_RESPONSE_READ:
-                        break  # the connection is closed, not reused
-                status, reason = response.status, response.reason or ""
-        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-            raise DeliveryError(
-                f"POST {shown}: no answer within {self.http_timeout:g}s", retryable=True
-            ) from None
-        except aiohttp.InvalidURL:
-            raise DeliveryError(f"POST {shown}: invalid URL", retryable=False) from None
-        except aiohttp.ClientError as exc:  # refused, reset, TLS, malformed answers
-            raise DeliveryError(
-                f"POST {shown}: {type(exc).__name__}: {_without_credentials(str(exc), endpoint.uri)}",
-                retryable=True,
-            ) from None
-        except (ValueError, TypeError) as exc:  # a request that cannot be sent
-            raise DeliveryError(
-                f"POST {shown}: {_without_credentials(str(exc), endpoint.uri)}", retryable=False
-            ) from None
+        async with origin.slots:
+            body, headers = build()
+            request_headers = merge_metadata(_typed(endpoint, headers), endpoint.receiver_info)
+            problem = unsendable_header(request_headers)
+            if problem is not None:
+                raise DeliveryError(f"POST {shown}: {problem}", retryable=False)
+            try:
+                async with (
+                    asyncio.timeout(self.http_timeout),
+                    origin.session.post(
+                        endpoint.uri, data=body, headers=request_headers, allow_redirects=False
+                    ) as response,
+                ):
+                    read = 0
+                    async for chunk in response.content.iter_any():
+                        read += len(chunk)
+                        if read > MAX_RESPONSE_READ:
+                            break  # the connection is closed, not reused
+                    status, reason = response.status, response.reason or ""
+            except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
+                raise DeliveryError(
+                    f"POST {shown}: no answer within {self.http_timeout:g}s", retryable=True
+                ) from None
+            except aiohttp.InvalidURL:
+                raise DeliveryError(f"POST {shown}: invalid URL", retryable=False) from None
+            except aiohttp.ClientError as exc:  # refused, reset, TLS, malformed answers
+                detail = _without_credentials(str(exc), endpoint.uri)
+                raise DeliveryError(
+                    f"POST {shown}: {type(exc).__name__}: {detail}", retryable=True
+                ) from None
+            except (ValueError, TypeError) as exc:  # a request that cannot be sent
+                detail = _without_credentials(str(exc), endpoint.uri)
+                raise DeliveryError(f"POST {shown}: {detail}", retryable=False) from None
         if 200 <= status < 300:
             log.debug("notified %s: %d", shown, status)
             return
