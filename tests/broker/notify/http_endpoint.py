@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ssl
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ class HttpEndpoint:
     url: str
     status: int = 204
     answer: bytes = b""  # the body of the next answers
+    answer_headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering
     requests: list[Request] = field(default_factory=list)
 
 
@@ -47,7 +51,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.client_address[1],
             )
         )
+        if endpoint.delay:
+            time.sleep(endpoint.delay)
         self.send_response(endpoint.status)
+        for name, value in endpoint.answer_headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(endpoint.answer)))
         self.end_headers()
         self.wfile.write(endpoint.answer)
@@ -59,6 +67,11 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     endpoint: HttpEndpoint
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client hung up without reading the whole answer, as it may
+        super().handle_error(request, client_address)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import ssl
@@ -114,6 +115,45 @@ async def test_a_large_answer_is_not_read_whole(
     await senders.send(Endpoint(http_endpoint.url), BODY, HEADERS)  # on a new connection
     assert len(http_endpoint.requests) == 2
     assert http_endpoint.requests[0].client_port != http_endpoint.requests[1].client_port
+
+
+async def test_cookies_an_endpoint_sets_are_not_sent_back(
+    senders: Senders, http_endpoint: HttpEndpoint
+) -> None:
+    http_endpoint.answer_headers = {"Set-Cookie": "session=of-one-subscriber; Path=/"}
+    by_name = http_endpoint.url.replace("127.0.0.1", "localhost")  # cookies need a host name
+    await senders.send(Endpoint(by_name), BODY, HEADERS)
+    await senders.send(Endpoint(by_name), BODY, HEADERS)
+    assert [r.headers.get("cookie") for r in http_endpoint.requests] == [None, None]
+
+
+async def test_a_notification_is_built_when_a_connection_is_free(
+    http_endpoint: HttpEndpoint,
+) -> None:
+    """With the origin's one connection busy, the next notification is built only once
+    it is free, so it can still take in what changed meanwhile."""
+    http_endpoint.delay = 0.3
+    senders = Senders(http_timeout=5.0, http_connections=1)
+    built_at: list[float] = []
+
+    def build() -> tuple[bytes, dict[str, str]]:
+        built_at.append(time.monotonic())
+        return BODY, HEADERS
+
+    try:
+        first = asyncio.create_task(senders.send(Endpoint(http_endpoint.url), BODY, HEADERS))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(senders.send_built(Endpoint(http_endpoint.url), build))
+        await asyncio.sleep(0.1)
+        assert built_at == []  # still waiting for the connection
+        await first
+        finished = time.monotonic()
+        await second
+        assert len(built_at) == 1
+        assert built_at[0] <= finished + 0.05
+        assert len(http_endpoint.requests) == 2
+    finally:
+        await senders.aclose()
 
 
 async def test_https_endpoints_are_verified(
