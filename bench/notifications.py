@@ -191,6 +191,8 @@ async def _http_receiver(port: int, counter: Any, conn: Connection) -> None:
             writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         finally:
             writer.close()
+            with contextlib.suppress(Exception):  # a reset by the stopping broker
+                await writer.wait_closed()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
     loop = asyncio.get_running_loop()
