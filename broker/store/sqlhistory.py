@@ -44,6 +44,7 @@ from broker.store.base import (
     HistoryEntity,
     HistoryQuery,
 )
+from broker.store.sqlbatch import insert_rows
 from broker.store.sqlindex import selection_sql
 
 SCHEMA = """
@@ -99,27 +100,24 @@ _CHUNK = 500  # ids per IN (...) look-up
 #: ``history_entities`` upserts. ``put`` sets what the entity is now (new entity, or its
 #: types or scope changed); ``touch`` only moves ``modified`` on, inserting the whole
 #: entry if the history was deleted (temporal API) while the entity stayed.
+_ENTRY = "INSERT INTO history_entities(tenant, eid, types, scope, created, modified, deleted)"
 _PUT = (
-    "INSERT INTO history_entities(tenant, eid, types, scope, created, modified, deleted) "
-    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(tenant, eid) DO UPDATE SET "
-    "types=excluded.types, scope=excluded.scope, modified=excluded.modified, "
-    "deleted=excluded.deleted"
+    "ON CONFLICT(tenant, eid) DO UPDATE SET types=excluded.types, scope=excluded.scope, "
+    "modified=excluded.modified, deleted=excluded.deleted"
 )
 _TOUCH = (
-    "INSERT INTO history_entities(tenant, eid, types, scope, created, modified, deleted) "
-    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(tenant, eid) DO UPDATE SET "
-    "modified=excluded.modified, deleted=excluded.deleted"
+    "ON CONFLICT(tenant, eid) DO UPDATE SET modified=excluded.modified, deleted=excluded.deleted"
 )
 _DELETED = "UPDATE history_entities SET deleted=?, modified=? WHERE tenant=? AND eid=?"
 _HOURLY = (
-    "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq) VALUES (?,?,1,?,?,?,?,?) "
-    "ON CONFLICT(sid, hour) DO UPDATE SET total = total + 1, n = n + excluded.n, "
+    "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq)",
+    "ON CONFLICT(sid, hour) DO UPDATE SET total = total + excluded.total, n = n + excluded.n, "
     "s = CASE WHEN excluded.n THEN coalesce(s, 0) + excluded.s ELSE s END, "
     "lo = CASE WHEN excluded.n AND (lo IS NULL OR excluded.lo < lo) THEN excluded.lo "
     "ELSE lo END, "
     "hi = CASE WHEN excluded.n AND (hi IS NULL OR excluded.hi > hi) THEN excluded.hi "
     "ELSE hi END, "
-    "sq = CASE WHEN excluded.n THEN coalesce(sq, 0) + excluded.sq ELSE sq END"
+    "sq = CASE WHEN excluded.n THEN coalesce(sq, 0) + excluded.sq ELSE sq END",
 )
 
 
@@ -169,9 +167,7 @@ class Series:
                 conn.execute("SELECT coalesce(max(sid), 0) FROM history_series").fetchone()[0]
             )
             numbered = [(top + i, *k) for i, k in enumerate(new, 1)]
-            conn.executemany(
-                "INSERT INTO history_series(sid, tenant, eid, attr) VALUES (?,?,?,?)", numbered
-            )
+            insert_rows(conn, "INSERT INTO history_series(sid, tenant, eid, attr)", numbered)
             for sid, tenant, eid, attr in numbered:
                 out[(tenant, eid, attr)] = sid
         if len(self._known) + len(out) > self.size:
@@ -258,12 +254,11 @@ class GroupHistory:
         for statement, params in self._entities.values():
             by_statement.setdefault(statement, []).append(params)
         for statement, params_list in by_statement.items():
-            conn.executemany(statement, params_list)
-        if self._types:
-            conn.executemany(
-                "INSERT OR IGNORE INTO history_types(tenant, type, eid) VALUES (?,?,?)",
-                self._types,
-            )
+            if statement == _DELETED:
+                conn.executemany(statement, params_list)
+            else:
+                insert_rows(conn, _ENTRY, params_list, statement)
+        insert_rows(conn, "INSERT OR IGNORE INTO history_types(tenant, type, eid)", self._types)
         if not self._rows:
             return
         sids = series.get_many(conn, {(t, e, r.attr) for t, e, r in self._rows})
@@ -277,9 +272,9 @@ class GroupHistory:
                     if r.deleted is None and r.instance is not None and "observedAt" in r.instance
                 ],
             )
-        conn.executemany(
-            "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+        insert_rows(
+            conn,
+            "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted)",
             [
                 (
                     sid,
@@ -304,15 +299,17 @@ class GroupHistory:
             for sid, hours in touched.items():
                 _rebuild_hours(conn, sid, hours)
             return
-        conn.executemany(
-            _HOURLY,
+        insert_rows(
+            conn,
+            _HOURLY[0],
             [
-                (sid, r.at // HOUR, 1, num, num, num, num * num)
+                (sid, r.at // HOUR, 1, 1, num, num, num, num * num)
                 if num is not None
-                else (sid, r.at // HOUR, 0, None, None, None, None)
+                else (sid, r.at // HOUR, 1, 0, None, None, None, None)
                 for sid, r, (num, _) in keyed
                 if r.deleted is None
             ],
+            _HOURLY[1],
         )
 
 

@@ -14,11 +14,14 @@
   entity write it records.
 * Durability: WAL with ``synchronous=NORMAL`` survives a killed process with no loss
   of committed transactions; ``?synchronous=FULL`` in the URL also survives power loss.
+* Checkpoints (copying the WAL back into the database file) run on their own thread,
+  not inside a write request's commit (``_Checkpointer``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -58,6 +61,7 @@ from broker.store.base import (
     Store,
     WriteResult,
 )
+from broker.store.sqlbatch import insert_rows, where_in
 from broker.store.sqlindex import (
     UNINDEXED_META,
     SqlBuilder,
@@ -71,6 +75,7 @@ from broker.store.sqlindex import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("renkei.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants(name TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -131,6 +136,10 @@ CREATE TABLE IF NOT EXISTS contexts(
 """
 
 _MAX_GROUP = 512
+#: WAL pages after which a commit checkpoints by itself (the checkpointer normally
+#: keeps the WAL far below this); and the size the WAL file is cut back to.
+_AUTOCHECKPOINT_PAGES = 16384
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _ID_CHUNK = 500  # ids per IN (...) look-up
 _READERS = 4
 _REGEX_MAX = 256
@@ -167,25 +176,28 @@ class _Slot:
 def _unindex(conn: sqlite3.Connection, rids: Sequence[int]) -> None:
     if not rids:
         return
-    params = [(rid,) for rid in rids]
     for table in ("entity_types", "entity_attrs", "entity_scopes", "attr_values"):
-        conn.executemany(f"DELETE FROM {table} WHERE rid=?", params)
-    conn.executemany(
-        "DELETE FROM geo_rtree WHERE id IN (SELECT id FROM geo_shapes WHERE rid=?)", params
+        where_in(conn, f"DELETE FROM {table} WHERE rid IN ({{}})", rids)
+    where_in(
+        conn,
+        "DELETE FROM geo_rtree WHERE id IN (SELECT id FROM geo_shapes WHERE rid IN ({}))",
+        rids,
     )
-    conn.executemany("DELETE FROM geo_shapes WHERE rid=?", params)
+    where_in(conn, "DELETE FROM geo_shapes WHERE rid IN ({})", rids)
 
 
 def _index(conn: sqlite3.Connection, items: Sequence[tuple[str, int, Entity]]) -> None:
     """Write the side-table rows queries use for these (tenant, rid, entity)."""
     if not items:
         return
-    conn.executemany(
-        "INSERT OR IGNORE INTO entity_types(tenant, type, rid) VALUES (?,?,?)",
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO entity_types(tenant, type, rid)",
         [(tenant, t, rid) for tenant, rid, ent in items for t in ent["type"]],
     )
-    conn.executemany(
-        "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid, kind) VALUES (?,?,?,?)",
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid, kind)",
         [
             (tenant, k, rid, inst.get("type", "Property"))
             for tenant, rid, ent in items
@@ -194,30 +206,79 @@ def _index(conn: sqlite3.Connection, items: Sequence[tuple[str, int, Entity]]) -
             for inst in instances
         ],
     )
-    conn.executemany(
-        "INSERT OR IGNORE INTO entity_scopes(tenant, scope, rid) VALUES (?,?,?)",
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO entity_scopes(tenant, scope, rid)",
         [(tenant, sc, rid) for tenant, rid, ent in items for sc in ent.get("scope") or ()],
     )
-    conn.executemany(
-        "INSERT INTO attr_values(tenant, path, rid, kind, b, num, str, dt, day, tod) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?)",
+    insert_rows(
+        conn,
+        "INSERT INTO attr_values(tenant, path, rid, kind, b, num, str, dt, day, tod)",
         [(tenant, row[0], rid, *row[1:]) for tenant, rid, ent in items for row in value_rows(ent)],
     )
     shapes = [(tenant, rid, g) for tenant, rid, ent in items for g in geo_rows(ent)]
     if not shapes:
         return
     top = int(conn.execute("SELECT coalesce(max(id), 0) FROM geo_shapes").fetchone()[0])
-    conn.executemany(
-        "INSERT INTO geo_shapes(id, tenant, path, rid, geom) VALUES (?,?,?,?,?)",
+    insert_rows(
+        conn,
+        "INSERT INTO geo_shapes(id, tenant, path, rid, geom)",
         [(top + i, tenant, g.path, rid, g.wkb) for i, (tenant, rid, g) in enumerate(shapes, 1)],
     )
-    conn.executemany(
-        "INSERT INTO geo_rtree(id, minx, maxx, miny, maxy) VALUES (?,?,?,?,?)",
+    insert_rows(
+        conn,
+        "INSERT INTO geo_rtree(id, minx, maxx, miny, maxy)",
         [
             (top + i, g.bounds[0], g.bounds[2], g.bounds[1], g.bounds[3])
             for i, (_, _, g) in enumerate(shapes, 1)
         ],
     )
+
+
+class _Checkpointer:
+    """Copies committed WAL pages back into the database file on its own thread.
+
+    SQLite otherwise does this inside the commit that crosses its threshold, so every
+    thousand pages one write request also pays for writing and syncing the database
+    file. Here the writer only signals after each commit; a PASSIVE checkpoint (which
+    never blocks writers or readers) runs at most every ``interval`` seconds. The
+    writer keeps a high automatic threshold as a backstop should this fall behind."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], interval: float = 0.5) -> None:
+        self._connect = connect
+        self.interval = interval
+        self._wanted = threading.Event()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="renkei-sqlite-ckpt", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wanted(self) -> None:
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wanted.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                self._wanted.wait()
+                if self._halt.is_set():
+                    return
+                self._halt.wait(self.interval)
+                self._wanted.clear()
+                if self._halt.is_set():  # set before _wanted by stop(): never missed
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next commit asks again
+                    log.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
 
 
 @contextmanager
@@ -278,6 +339,7 @@ class SqliteStore(Store):
         self._known_tenants: set[str] = {""}
         #: history series numbers, used by the writer thread only
         self._series = sqlhistory.Series()
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -312,6 +374,8 @@ class SqliteStore(Store):
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise InternalError(f"cannot enable WAL on {self.path} (got {mode})")
+        conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         conn.executescript(SCHEMA)
         conn.executescript(sqlhistory.SCHEMA)
         self._write_conn = conn
@@ -324,6 +388,8 @@ class SqliteStore(Store):
         with _driver_errors():
             await loop.run_in_executor(self._writer_pool, self._open_writer)
         self._loop_conn = self._connect(readonly=True)
+        self._checkpointer = _Checkpointer(lambda: self._connect(readonly=False))
+        self._checkpointer.start()
         self._queue = asyncio.Queue()
         self._writer_task = asyncio.create_task(self._writer_loop(), name="renkei-sqlite-writer")
 
@@ -336,6 +402,9 @@ class SqliteStore(Store):
                 await self._writer_task
             self._writer_task = None
         loop = asyncio.get_running_loop()
+        if self._checkpointer is not None:
+            await loop.run_in_executor(None, self._checkpointer.stop)
+            self._checkpointer = None
         if self._writer_pool is not None:
             await loop.run_in_executor(self._writer_pool, self._close_writer)
             self._writer_pool.shutdown(wait=True)
@@ -481,6 +550,8 @@ class SqliteStore(Store):
                     conn.execute("ROLLBACK")
                 raise
         self._known_tenants.update(new_tenants)
+        if self._checkpointer is not None:
+            self._checkpointer.wanted()
 
     def _apply_group(self, conn: sqlite3.Connection, jobs: list[_WriteJob], now: int) -> None:
         """Apply a group of jobs with a few statements per table, not per entity.
@@ -518,8 +589,8 @@ class SqliteStore(Store):
                     slot.entity = result.after = after
                 slot.dirty = True
         unindex: list[int] = []
-        removed: list[tuple[int]] = []
-        updated: list[tuple[bytes, int]] = []
+        removed: list[int] = []
+        updated: list[tuple[int, str, str, bytes]] = []
         inserted: list[tuple[int, str, str, bytes]] = []
         indexed: list[tuple[str, int, Entity]] = []
         top: int | None = None
@@ -529,11 +600,11 @@ class SqliteStore(Store):
             if slot.rid is not None:
                 unindex.append(slot.rid)
                 if slot.gone or slot.entity is None:
-                    removed.append((slot.rid,))
+                    removed.append(slot.rid)
             if slot.entity is None or slot.doc is None:
                 continue
             if slot.rid is not None and not slot.gone:
-                updated.append((slot.doc, slot.rid))
+                updated.append((slot.rid, tenant, eid, slot.doc))
                 indexed.append((tenant, slot.rid, slot.entity))
             else:
                 if top is None:
@@ -544,9 +615,14 @@ class SqliteStore(Store):
                 inserted.append((top, tenant, eid, slot.doc))
                 indexed.append((tenant, top, slot.entity))
         _unindex(conn, unindex)
-        conn.executemany("DELETE FROM entities WHERE rid=?", removed)
-        conn.executemany("UPDATE entities SET doc=? WHERE rid=?", updated)
-        conn.executemany("INSERT INTO entities(rid, tenant, id, doc) VALUES (?,?,?,?)", inserted)
+        where_in(conn, "DELETE FROM entities WHERE rid IN ({})", removed)
+        insert_rows(
+            conn,
+            "INSERT INTO entities(rid, tenant, id, doc)",
+            updated,
+            "ON CONFLICT(rid) DO UPDATE SET doc=excluded.doc",
+        )
+        insert_rows(conn, "INSERT INTO entities(rid, tenant, id, doc)", inserted)
         _index(conn, indexed)
         history.write(conn, self._series)
 

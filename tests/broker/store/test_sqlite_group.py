@@ -5,7 +5,9 @@ index and history in the final state, and per-entity failure when SQLite refuses
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -135,3 +137,20 @@ async def test_a_row_sqlite_refuses_fails_only_its_entity(store: SqliteStore) ->
     hist = await store.history("", ["urn:g:keep", "urn:g:big"], HistoryQuery())
     assert [r.number for r in hist["urn:g:keep"][T + "level"]] == [1.0, 4.0]
     assert not hist.get("urn:g:big")
+
+
+def file_size(path: str) -> int:
+    return os.path.getsize(path)
+
+
+async def test_committed_pages_reach_the_database_file_off_the_write_path(
+    store: SqliteStore,
+) -> None:
+    # Far below the writer's own checkpoint threshold: only the checkpointer copies them.
+    empty = file_size(store.path)
+    await store.write("", [(f"urn:g:{i}", put(ent(f"urn:g:{i}", float(i)))) for i in range(300)])
+    deadline = time.monotonic() + 5
+    while file_size(store.path) <= empty:
+        assert time.monotonic() < deadline, "committed pages stayed in the WAL"
+        await asyncio.sleep(0.05)
+    assert await store.get_entity("", "urn:g:299") is not None
