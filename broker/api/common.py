@@ -65,15 +65,19 @@ async def tenant_of(request: Request) -> str:
 
 
 def _depth(value: Any, limit: int) -> None:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, d = stack.pop()
-        if d > limit:
-            raise BadRequestData(f"JSON nesting deeper than {limit} levels")
-        if isinstance(item, dict):
-            stack.extend((v, d + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, d + 1) for v in item)
+    """400 when the JSON nests deeper than ``limit`` (a scalar inside counts as a level).
+    Walks containers level by level; scalars are never put on a work list."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 1
+    while level:
+        deeper: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            if children and depth >= limit:
+                raise BadRequestData(f"JSON nesting deeper than {limit} levels")
+            deeper.extend(c for c in children if isinstance(c, dict | list))
+        level = deeper
+        depth += 1
 
 
 @dataclass

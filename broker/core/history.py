@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
 
+@lru_cache(maxsize=4096)  # measures of one moment share their observedAt
 def to_us(value: str) -> int:
     """An ISO 8601 date-time as microseconds since the epoch (naive times are UTC)."""
     try:

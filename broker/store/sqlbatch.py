@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 #: rows per statement; SQLite takes up to 32,766 parameters
@@ -36,7 +37,7 @@ def insert_rows(
         part = rows[i : i + ROWS]
         conn.execute(
             f"{head} VALUES {_values(width, len(part))} {tail}",
-            [v for row in part for v in row],
+            list(chain.from_iterable(part)),
         )
 
 

@@ -161,7 +161,7 @@ class Series:
                 ):
                     if (tenant, eid, attr) in keys:
                         out[(tenant, eid, attr)] = int(sid)
-        new = sorted(k for k in keys if k not in out)
+        new = [k for k in keys if k not in out]
         if new:
             top = int(
                 conn.execute("SELECT coalesce(max(sid), 0) FROM history_series").fetchone()[0]
