@@ -28,9 +28,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
 
-@lru_cache(maxsize=4096)  # measures of one moment share their observedAt
 def to_us(value: str) -> int:
     """An ISO 8601 date-time as microseconds since the epoch (naive times are UTC)."""
+    if not isinstance(value, str):
+        raise BadRequestData(f"{value!r} is not an ISO 8601 date-time")
+    return _to_us(value)
+
+
+@lru_cache(maxsize=4096)  # measures of one moment share their observedAt
+def _to_us(value: str) -> int:
     try:
         dt = datetime.fromisoformat(value)
     except (TypeError, ValueError):
