@@ -11,7 +11,7 @@ saves the per-row call overhead.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from itertools import chain
 from typing import Any
@@ -51,3 +51,19 @@ def where_in(conn: sqlite3.Connection, statement: str, keys: Sequence[Any]) -> N
     for i in range(0, len(keys), ROWS):
         part = keys[i : i + ROWS]
         conn.execute(statement.format(_marks(len(part))), part)
+
+
+def rows_in(
+    conn: sqlite3.Connection, statement: str, keys: Sequence[Any], *leading: Any
+) -> Iterator[Any]:
+    """The rows of ``statement`` (``{}`` where the ``IN`` list goes, after the
+    ``leading`` parameters) for all ``keys``, a few hundred keys per statement."""
+    for i in range(0, len(keys), ROWS):
+        part = keys[i : i + ROWS]
+        yield from conn.execute(statement.format(_marks(len(part))), (*leading, *part))
+
+
+def max_id(conn: sqlite3.Connection, table: str, column: str) -> int:
+    """The largest number in ``column`` (0 for none): new rows are numbered after it,
+    which is safe inside a write transaction (it holds SQLite's write lock)."""
+    return int(conn.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()[0])

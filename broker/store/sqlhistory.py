@@ -44,7 +44,7 @@ from broker.store.base import (
     HistoryEntity,
     HistoryQuery,
 )
-from broker.store.sqlbatch import insert_rows
+from broker.store.sqlbatch import insert_rows, max_id, rows_in
 from broker.store.sqlindex import selection_sql
 
 SCHEMA = """
@@ -94,8 +94,6 @@ def _entity_times(ent: Entity, now: int) -> int:
     created = ent.get("createdAt")
     return to_us(created) if isinstance(created, str) else now
 
-
-_CHUNK = 500  # ids per IN (...) look-up
 
 #: ``history_entities`` upserts. ``put`` sets what the entity is now (new entity, or its
 #: types or scope changed); ``touch`` only moves ``modified`` on, inserting the whole
@@ -150,22 +148,18 @@ class Series:
                 out[key] = sid
         if not missing:
             return out
-        for tenant, eid_set in missing.items():
-            eids = list(eid_set)
-            for i in range(0, len(eids), _CHUNK):
-                part = eids[i : i + _CHUNK]
-                for eid, attr, sid in conn.execute(
-                    "SELECT eid, attr, sid FROM history_series WHERE tenant=? AND eid IN "
-                    f"({','.join('?' * len(part))})",
-                    (tenant, *part),
-                ):
-                    if (tenant, eid, attr) in keys:
-                        out[(tenant, eid, attr)] = int(sid)
+        for tenant, eids in missing.items():
+            for eid, attr, sid in rows_in(
+                conn,
+                "SELECT eid, attr, sid FROM history_series WHERE tenant=? AND eid IN ({})",
+                list(eids),
+                tenant,
+            ):
+                if (tenant, eid, attr) in keys:
+                    out[(tenant, eid, attr)] = int(sid)
         new = [k for k in keys if k not in out]
         if new:
-            top = int(
-                conn.execute("SELECT coalesce(max(sid), 0) FROM history_series").fetchone()[0]
-            )
+            top = max_id(conn, "history_series", "sid")
             numbered = [(top + i, *k) for i, k in enumerate(new, 1)]
             insert_rows(conn, "INSERT INTO history_series(sid, tenant, eid, attr)", numbered)
             for sid, tenant, eid, attr in numbered:

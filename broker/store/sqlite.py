@@ -61,7 +61,7 @@ from broker.store.base import (
     Store,
     WriteResult,
 )
-from broker.store.sqlbatch import insert_rows, where_in
+from broker.store.sqlbatch import insert_rows, max_id, rows_in, where_in
 from broker.store.sqlindex import (
     UNINDEXED_META,
     SqlBuilder,
@@ -140,7 +140,6 @@ _MAX_GROUP = 512
 #: keeps the WAL far below this); and the size the WAL file is cut back to.
 _AUTOCHECKPOINT_PAGES = 16384
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
-_ID_CHUNK = 500  # ids per IN (...) look-up
 _READERS = 4
 _REGEX_MAX = 256
 
@@ -219,7 +218,7 @@ def _index(conn: sqlite3.Connection, items: Sequence[tuple[str, int, Entity]]) -
     shapes = [(tenant, rid, g) for tenant, rid, ent in items for g in geo_rows(ent)]
     if not shapes:
         return
-    top = int(conn.execute("SELECT coalesce(max(id), 0) FROM geo_shapes").fetchone()[0])
+    top = max_id(conn, "geo_shapes", "id")
     insert_rows(
         conn,
         "INSERT INTO geo_shapes(id, tenant, path, rid, geom)",
@@ -608,9 +607,7 @@ class SqliteStore(Store):
                 indexed.append((tenant, slot.rid, slot.entity))
             else:
                 if top is None:
-                    top = int(
-                        conn.execute("SELECT coalesce(max(rid), 0) FROM entities").fetchone()[0]
-                    )
+                    top = max_id(conn, "entities", "rid")
                 top += 1
                 inserted.append((top, tenant, eid, slot.doc))
                 indexed.append((tenant, top, slot.entity))
@@ -632,14 +629,10 @@ class SqliteStore(Store):
     ) -> None:
         """Read the stored state of the entities not yet in ``slots``."""
         wanted = [eid for eid in eids if (tenant, eid) not in slots]
-        for i in range(0, len(wanted), _ID_CHUNK):
-            part = wanted[i : i + _ID_CHUNK]
-            for rid, eid, doc in conn.execute(
-                f"SELECT rid, id, doc FROM entities WHERE tenant=? AND id IN "
-                f"({','.join('?' * len(part))})",
-                (tenant, *part),
-            ):
-                slots[(tenant, eid)] = _Slot(rid, doc)
+        for rid, eid, doc in rows_in(
+            conn, "SELECT rid, id, doc FROM entities WHERE tenant=? AND id IN ({})", wanted, tenant
+        ):
+            slots[(tenant, eid)] = _Slot(rid, doc)
         for eid in wanted:
             slots.setdefault((tenant, eid), _Slot(None, None))
 
