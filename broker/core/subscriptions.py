@@ -848,20 +848,27 @@ class SubscriptionService:
         try:
             while True:
                 await self._deliver(sub, data)
-                queued = self._queued.get(key)
-                if not queued:
+                data = self._take_queued(key, MAX_COALESCED)
+                if not data:
                     return
-                data, rest = queued[:MAX_COALESCED], queued[MAX_COALESCED:]
-                if rest:
-                    self._queued[key] = rest
-                else:
-                    del self._queued[key]
         finally:
             left = self._in_flight.get(key, 1) - 1
             if left > 0:
                 self._in_flight[key] = left
             else:
                 self._in_flight.pop(key, None)
+
+    def _take_queued(self, key: tuple[str, str], limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the changes waiting for this subscription, oldest first."""
+        queued = self._queued.get(key)
+        if not queued or limit <= 0:
+            return []
+        taken, rest = queued[:limit], queued[limit:]
+        if rest:
+            self._queued[key] = rest
+        else:
+            del self._queued[key]
+        return taken
 
     async def _deliver(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
         key = (sub.tenant, sub.id)
@@ -872,17 +879,7 @@ class SubscriptionService:
             # waited for one go with it (a retry sends the same notification again).
             nonlocal job
             if job is None:
-                queued = self._queued.get(key)
-                room = MAX_COALESCED - len(data)
-                if queued and room > 0:
-                    taken, rest = queued[:room], queued[room:]
-                    if rest:
-                        self._queued[key] = rest
-                    else:
-                        del self._queued[key]
-                    job = self._job(sub, [*data, *taken])
-                else:
-                    job = self._job(sub, data)
+                job = self._job(sub, [*data, *self._take_queued(key, MAX_COALESCED - len(data))])
             return job.body, job.headers
 
         async with self._slots:
