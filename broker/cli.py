@@ -21,6 +21,7 @@ import typer
 import uvicorn
 
 from broker.notify.senders import redact_uri
+from broker.runtime import tune_gc
 from broker.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -65,8 +66,10 @@ def _run(settings: Settings) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    asgi = create_app(settings)
+    tune_gc(settings.gc_threshold)
     uvicorn.run(
-        create_app(settings),
+        asgi,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
