@@ -19,7 +19,7 @@ import itertools
 import math
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -189,16 +189,19 @@ def _value_row(key: str, c: Any) -> Row | None:
     return None
 
 
+def _comparable(key: str, candidates: Iterable[Any]) -> list[Row]:
+    """The rows of the comparable values among one path's ``candidates``."""
+    return [row for c in candidates if (row := _value_row(key, c)) is not None]
+
+
+def _presence(key: str) -> Row:
+    """The row of a path that exists but holds nothing comparable."""
+    return (key, 0, None, None, None, None, None, None)
+
+
 def _add_rows(key: str, values: list[Any], rows: list[Row]) -> None:
     """Rows for the candidates of one path (lists spread one level), or its presence row."""
-    found = False
-    for c in elements(values):
-        row = _value_row(key, c)
-        if row is not None:
-            rows.append(row)
-            found = True
-    if not found:
-        rows.append((key, 0, None, None, None, None, None, None))
+    rows.extend(_comparable(key, elements(values)) or [_presence(key)])
 
 
 def _level_rows(
@@ -261,14 +264,10 @@ def value_rows_reference(ent: Entity) -> list[Row]:
     rows: list[Row] = []
     for path in entity_paths(ent):
         key = path_key(path)
-        found = False
-        for c in candidates(path, ent):
-            row = _value_row(key, c)
-            if row is not None:
-                rows.append(row)
-                found = True
+        found = _comparable(key, candidates(path, ent))
+        rows.extend(found)
         if not found and path_exists(path, ent):
-            rows.append((key, 0, None, None, None, None, None, None))
+            rows.append(_presence(key))
     return rows
 
 
