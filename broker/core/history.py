@@ -39,7 +39,7 @@ def to_us(value: str) -> int:
 def _to_us(value: str) -> int:
     try:
         dt = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+    except ValueError:  # to_us lets only strings through
         raise BadRequestData(f"{value!r} is not an ISO 8601 date-time") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
