@@ -10,7 +10,10 @@ that entity. Each entity is written atomically and independently: a rejected or
 failed mutation writes nothing for its entity and does not stop the others. A
 backend applies the whole list in as few transactions as it can (one, for SQLite),
 which is what makes batch operations cheap. Mutations must be pure functions of
-their input: a backend may call one more than once (optimistic retries).
+their input, and raise nothing but ``NgsiLdError`` for an entity they cannot apply
+to: a backend may call one more than once (optimistic retries), and on the state it
+expects the entity to have, which only the call on the state actually stored turns
+into a write.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from broker.errors import NgsiLdError, NotImplementedYet
 class _Delete:
     def __repr__(self) -> str:
         return "DELETE"
+
+    def __reduce__(self) -> str:
+        return "DELETE"  # unpickles as this module's one instance
 
 
 #: Returned by a mutation to delete the entity.
@@ -176,6 +182,9 @@ Aggregates = dict[str, dict[str, AttrAggregate]]
 class _AnyDataset:
     def __repr__(self) -> str:
         return "ANY_DATASET"
+
+    def __reduce__(self) -> str:
+        return "ANY_DATASET"  # unpickles as this module's one instance
 
 
 #: ``delete_history`` of every datasetId of an attribute.

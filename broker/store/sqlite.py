@@ -1,11 +1,13 @@
 """The embedded default store: one SQLite file in WAL mode.
 
-* One writer thread owns the write connection. Concurrent writes are grouped: the
-  writer drains the queue and applies every waiting request in one transaction
-  (group commit), with one statement per table for the whole group; a rejected
-  entity (its mutation raised) is simply not written. Should a statement fail, the
-  group is redone entity by entity, each under its own SAVEPOINT, so that only the
-  entity at fault fails. A write is acknowledged only after COMMIT.
+* One writer owns the write connection (``sqlwriter.py``), by default in a process of
+  its own so that it has a CPU core beside the event loop's. Mutations run here, on
+  the document each entity is believed to have; the writer is sent the states they
+  produce, applies them only where that belief holds and otherwise answers with the
+  stored document to run them again on (optimistic concurrency). Concurrent writes
+  are grouped: every waiting request in one transaction (group commit), with one
+  statement per table for the whole group; a rejected entity (its mutation raised)
+  is simply not written. A write is acknowledged only after COMMIT.
 * Reads run on a small thread pool, each thread with its own read-only connection,
   so the event loop never blocks on SQLite and WAL lets reads run beside the writer.
 * Entities are stored as JSON (orjson) with side tables for what queries filter on:
@@ -24,11 +26,11 @@ import asyncio
 import logging
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -36,7 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from broker.core.history import Duration, HistoryRow
-from broker.core.model import ENTITY_KEYS, Entity
+from broker.core.model import Entity
 from broker.errors import (
     AlreadyExists,
     InternalError,
@@ -44,7 +46,6 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.query.patterns import search
 from broker.store import sqlhistory
 from broker.store.base import (
     ANY_DATASET,
@@ -61,176 +62,118 @@ from broker.store.base import (
     Store,
     WriteResult,
 )
-from broker.store.sqlbatch import insert_rows, max_id, rows_in, where_in
-from broker.store.sqlindex import (
-    UNINDEXED_META,
-    SqlBuilder,
-    geo_match,
-    geo_rows,
-    path_key,
-    q_match,
-    scope_match,
-    selection_sql,
-    value_rows,
+from broker.store.sqlbatch import rows_in
+from broker.store.sqlindex import UNINDEXED_META, SqlBuilder, path_key, selection_sql
+from broker.store.sqlwriter import (
+    Conflict,
+    Item,
+    Job,
+    Outcome,
+    ProcessWriter,
+    ThreadWriter,
+    connect,
+    driver_errors,
+    index_rows,
 )
 
 T = TypeVar("T")
 log = logging.getLogger("renkei.store")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants(name TEXT PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS entities(
-    rid INTEGER PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    id TEXT NOT NULL,
-    doc BLOB NOT NULL,
-    UNIQUE(tenant, id)
-);
-CREATE TABLE IF NOT EXISTS entity_types(
-    tenant TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER NOT NULL,
-    PRIMARY KEY(tenant, type, rid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_types_rid ON entity_types(rid);
-CREATE TABLE IF NOT EXISTS entity_attrs(
-    tenant TEXT NOT NULL, attr TEXT NOT NULL, rid INTEGER NOT NULL, kind TEXT NOT NULL,
-    PRIMARY KEY(tenant, attr, rid, kind)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_attrs_rid ON entity_attrs(rid);
-CREATE TABLE IF NOT EXISTS entity_scopes(
-    tenant TEXT NOT NULL, scope TEXT NOT NULL, rid INTEGER NOT NULL,
-    PRIMARY KEY(tenant, scope, rid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entity_scopes_rid ON entity_scopes(rid);
--- one row per comparable value (or presence) of each attribute path: see sqlindex.py
-CREATE TABLE IF NOT EXISTS attr_values(
-    tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL, kind INTEGER NOT NULL,
-    b INTEGER, num, str TEXT, dt INTEGER, day INTEGER, tod INTEGER
-);
-CREATE INDEX IF NOT EXISTS attr_values_path ON attr_values(tenant, path, rid);
-DROP INDEX IF EXISTS attr_values_num;
-DROP INDEX IF EXISTS attr_values_str;
-DROP INDEX IF EXISTS attr_values_dt;
-CREATE INDEX IF NOT EXISTS attr_values_rid ON attr_values(rid);
-CREATE TABLE IF NOT EXISTS geo_shapes(
-    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL,
-    geom BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS geo_shapes_path ON geo_shapes(tenant, path, rid);
-CREATE INDEX IF NOT EXISTS geo_shapes_rid ON geo_shapes(rid);
-CREATE VIRTUAL TABLE IF NOT EXISTS geo_rtree USING rtree(id, minx, maxx, miny, maxy);
-CREATE TABLE IF NOT EXISTS subscriptions(
-    tenant TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, doc BLOB NOT NULL,
-    times_sent INTEGER NOT NULL DEFAULT 0, times_failed INTEGER NOT NULL DEFAULT 0,
-    last_notification TEXT, last_success TEXT, last_failure TEXT, last_claim REAL,
-    PRIMARY KEY(tenant, id)
-);
-CREATE TABLE IF NOT EXISTS contexts(
-    id TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    doc BLOB NOT NULL,
-    created_at TEXT NOT NULL,
-    last_usage TEXT,
-    hits INTEGER NOT NULL DEFAULT 0
-);
-"""
-
 _MAX_GROUP = 512
-#: WAL pages after which a commit checkpoints by itself (the checkpointer normally
-#: keeps the WAL far below this); and the size the WAL file is cut back to.
-_AUTOCHECKPOINT_PAGES = 16384
-_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: groups sent to the writer before the first is answered: the next one waits in the
+#: socket while the writer works, so it never idles between groups
+_IN_FLIGHT = 2
 _READERS = 4
-_REGEX_MAX = 256
-
-
-def _regexp(pattern: str, value: str | None) -> bool:
-    return value is not None and search(pattern, value)
+#: rounds of optimistic retries before a write gives up on an entity
+_MAX_ROUNDS = 16
+#: stored documents remembered as the likely state for the next write of an entity
+_DOC_CACHE = 10_000
 
 
 def _dumps(doc: Any) -> bytes:
     return orjson.dumps(doc)
 
 
+def _run(
+    eid: str,
+    doc: bytes | None,
+    mutations: Sequence[tuple[int, Mutation]],
+    results: list[WriteResult],
+) -> tuple[list[bytes | None], Entity | None]:
+    """Run one entity's mutations in order, starting from ``doc`` (its stored document,
+    or None); fill in their results and return the states they produce (None: deleted)
+    and the last one's entity. A mutation that raises leaves the entity as it was."""
+    steps: list[bytes | None] = []
+    last: Entity | None = None
+    for i, mutation in mutations:
+        result = results[i] = WriteResult(
+            eid, before=orjson.loads(doc) if doc is not None else None
+        )
+        try:
+            after = mutation(orjson.loads(doc) if doc is not None else None)
+        except NgsiLdError as exc:
+            result.error = exc
+            continue
+        if after is DELETE:
+            if doc is None:
+                continue
+            doc = last = None
+        else:
+            assert isinstance(after, dict)
+            doc = _dumps(after)
+            result.after = last = after
+        steps.append(doc)
+    return steps, last
+
+
 @dataclass
 class _WriteJob:
-    tenant: str
-    mutations: Sequence[tuple[str, Mutation]]
-    future: asyncio.Future[list[WriteResult]]
-    history: Mapping[str, Sequence[HistoryRow]] | None = None
-    results: list[WriteResult] = field(default_factory=list)
+    job: Job
+    future: asyncio.Future[list[Outcome]]
+    #: order in which jobs were sent
+    seq: int
 
 
-@dataclass(slots=True)
-class _Slot:
-    """An entity during a group write: its stored row (``rid``) and its state so far."""
-
-    rid: int | None
-    doc: bytes | None
-    entity: Entity | None = None
-    dirty: bool = False  # written in this group
-    gone: bool = False  # its stored row was deleted in this group
+# Small writes, run by the writer in a transaction of their own (``_exec_write``).
 
 
-def _unindex(conn: sqlite3.Connection, rids: Sequence[int]) -> None:
-    if not rids:
-        return
-    for table in ("entity_types", "entity_attrs", "entity_scopes", "attr_values"):
-        where_in(conn, f"DELETE FROM {table} WHERE rid IN ({{}})", rids)
-    where_in(
-        conn,
-        "DELETE FROM geo_rtree WHERE id IN (SELECT id FROM geo_shapes WHERE rid IN ({}))",
-        rids,
-    )
-    where_in(conn, "DELETE FROM geo_shapes WHERE rid IN ({})", rids)
+def _changes(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    """``sql`` for each of ``rows``; the number of rows it changed."""
+    return conn.executemany(sql, rows).rowcount
 
 
-def _index(conn: sqlite3.Connection, items: Sequence[tuple[str, int, Entity]]) -> None:
-    """Write the side-table rows queries use for these (tenant, rid, entity)."""
-    if not items:
-        return
-    insert_rows(
-        conn,
-        "INSERT OR IGNORE INTO entity_types(tenant, type, rid)",
-        [(tenant, t, rid) for tenant, rid, ent in items for t in ent["type"]],
-    )
-    insert_rows(
-        conn,
-        "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid, kind)",
-        [
-            (tenant, k, rid, inst.get("type", "Property"))
-            for tenant, rid, ent in items
-            for k, instances in ent.items()
-            if k not in ENTITY_KEYS
-            for inst in instances
-        ],
-    )
-    insert_rows(
-        conn,
-        "INSERT OR IGNORE INTO entity_scopes(tenant, scope, rid)",
-        [(tenant, sc, rid) for tenant, rid, ent in items for sc in ent.get("scope") or ()],
-    )
-    insert_rows(
-        conn,
-        "INSERT INTO attr_values(tenant, path, rid, kind, b, num, str, dt, day, tod)",
-        [(tenant, row[0], rid, *row[1:]) for tenant, rid, ent in items for row in value_rows(ent)],
-    )
-    shapes = [(tenant, rid, g) for tenant, rid, ent in items for g in geo_rows(ent)]
-    if not shapes:
-        return
-    top = max_id(conn, "geo_shapes", "id")
-    insert_rows(
-        conn,
-        "INSERT INTO geo_shapes(id, tenant, path, rid, geom)",
-        [(top + i, tenant, g.path, rid, g.wkb) for i, (tenant, rid, g) in enumerate(shapes, 1)],
-    )
-    insert_rows(
-        conn,
-        "INSERT INTO geo_rtree(id, minx, maxx, miny, maxy)",
-        [
-            (top + i, g.bounds[0], g.bounds[2], g.bounds[1], g.bounds[3])
-            for i, (_, _, g) in enumerate(shapes, 1)
-        ],
+def _put_subscription(
+    conn: sqlite3.Connection, tenant: str, sub_id: str, doc: bytes, create: bool
+) -> None:
+    if create:
+        try:
+            conn.execute(
+                "INSERT INTO subscriptions(tenant, id, seq, doc) VALUES "
+                "(?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM subscriptions), ?)",
+                (tenant, sub_id, doc),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"subscription {sub_id} already exists") from None
+        conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (tenant,))
+    elif (
+        conn.execute(
+            "UPDATE subscriptions SET doc=? WHERE tenant=? AND id=?", (doc, tenant, sub_id)
+        ).rowcount
+        == 0
+    ):
+        raise ResourceNotFound(f"subscription {sub_id} not found")
+
+
+def _delete_history(
+    conn: sqlite3.Connection,
+    tenant: str,
+    eid: str,
+    attr: str | None,
+    dataset_id: Any,
+    instance_id: str | None,
+) -> int:
+    return sqlhistory.delete(
+        conn, tenant, eid, attr=attr, dataset_id=dataset_id, instance_id=instance_id
     )
 
 
@@ -280,19 +223,6 @@ class _Checkpointer:
             conn.close()
 
 
-@contextmanager
-def _driver_errors() -> Iterator[None]:
-    """Translate sqlite3 errors at the boundary of this backend."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise StoreUnavailable(f"database busy: {exc}") from exc
-        raise InternalError(f"store error: {exc}") from exc
-    except sqlite3.DatabaseError as exc:
-        raise InternalError(f"store error: {exc}") from exc
-
-
 def _order_by(query: EntityQuery) -> tuple[str, list[Any]]:
     """ORDER BY terms for ``query.order_by``; the entity id orders the rest.
 
@@ -319,15 +249,21 @@ def _order_by(query: EntityQuery) -> tuple[str, list[Any]]:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "NORMAL", writer: str = "process"
+    ) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
         if self.synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be NORMAL, FULL or EXTRA")
-        self._writer_pool: ThreadPoolExecutor | None = None
+        if writer not in ("process", "thread"):
+            raise ValueError("writer must be process or thread")
+        self.writer = writer
+        self._writer: ProcessWriter | ThreadWriter | None = None
+        #: groups sent to the writer and not yet answered
+        self._in_flight: asyncio.Semaphore | None = None
         self._reader_pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
-        self._write_conn: sqlite3.Connection | None = None
         self._queue: asyncio.Queue[_WriteJob] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._readers: list[sqlite3.Connection] = []
@@ -336,8 +272,13 @@ class SqliteStore(Store):
         self._loop_conn: sqlite3.Connection | None = None
         self._readers_lock = threading.Lock()
         self._known_tenants: set[str] = {""}
-        #: history series numbers, used by the writer thread only
-        self._series = sqlhistory.Series()
+        #: (tenant, id) -> the entity's document (None: no entity) once the jobs sent
+        #: so far are applied, and the ``seq`` of the job that said so: what the next
+        #: write of it starts from. The writer applies jobs in the order they are sent,
+        #: so writes of one entity chain in one group. A wrong guess costs a round
+        #: trip, never a wrong write.
+        self._docs: dict[tuple[str, str], tuple[bytes | None, int]] = {}
+        self._seq = 0
         self._checkpointer: _Checkpointer | None = None
 
     @classmethod
@@ -349,47 +290,26 @@ class SqliteStore(Store):
         if not path or path == "/":
             raise ValueError("sqlite store URL needs a file path, e.g. sqlite:///./renkei.db")
         opts = parse_qs(parts.query)
-        return cls(path, synchronous=opts.get("synchronous", ["NORMAL"])[0])
+        return cls(
+            path,
+            synchronous=opts.get("synchronous", ["NORMAL"])[0],
+            writer=opts.get("writer", ["process"])[0],
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA cache_size=-65536")
-        conn.execute("PRAGMA temp_store=MEMORY")
-        conn.create_function("regexp", 2, _regexp, deterministic=True)
-        conn.create_function("geo_match", 2, geo_match)
-        conn.create_function("scope_match", 2, scope_match, deterministic=True)
-        conn.create_function("q_match", 2, q_match)
-        if readonly:
-            conn.execute("PRAGMA query_only=1")
-        return conn
-
-    def _open_writer(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect(readonly=False)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise InternalError(f"cannot enable WAL on {self.path} (got {mode})")
-        conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
-        conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
-        conn.executescript(SCHEMA)
-        conn.executescript(sqlhistory.SCHEMA)
-        self._write_conn = conn
-        self._known_tenants.update(r[0] for r in conn.execute("SELECT name FROM tenants"))
+        return connect(self.path, self.synchronous, readonly=readonly)
 
     async def open(self) -> None:
-        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="renkei-sqlite-w")
         self._reader_pool = ThreadPoolExecutor(_READERS, thread_name_prefix="renkei-sqlite-r")
-        loop = asyncio.get_running_loop()
-        with _driver_errors():
-            await loop.run_in_executor(self._writer_pool, self._open_writer)
+        self._writer = ProcessWriter() if self.writer == "process" else ThreadWriter()
+        await self._request(("open", self.path, self.synchronous))
         self._loop_conn = self._connect(readonly=True)
         self._checkpointer = _Checkpointer(lambda: self._connect(readonly=False))
         self._checkpointer.start()
         self._queue = asyncio.Queue()
+        self._in_flight = asyncio.Semaphore(_IN_FLIGHT)
         self._writer_task = asyncio.create_task(self._writer_loop(), name="renkei-sqlite-writer")
 
     async def close(self) -> None:
@@ -404,10 +324,12 @@ class SqliteStore(Store):
         if self._checkpointer is not None:
             await loop.run_in_executor(None, self._checkpointer.stop)
             self._checkpointer = None
-        if self._writer_pool is not None:
-            await loop.run_in_executor(self._writer_pool, self._close_writer)
-            self._writer_pool.shutdown(wait=True)
-            self._writer_pool = None
+        if self._writer is not None:
+            try:
+                await self._request(("close",))
+            finally:
+                await self._writer.stop()
+                self._writer = None
         if self._reader_pool is not None:
             self._reader_pool.shutdown(wait=True)
             self._reader_pool = None
@@ -418,12 +340,7 @@ class SqliteStore(Store):
         if self._loop_conn is not None:
             self._loop_conn.close()
             self._loop_conn = None
-
-    def _close_writer(self) -> None:
-        if self._write_conn is not None:
-            self._write_conn.execute("PRAGMA optimize")
-            self._write_conn.close()
-            self._write_conn = None
+        self._docs.clear()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -442,31 +359,26 @@ class SqliteStore(Store):
         loop = asyncio.get_running_loop()
 
         def run() -> T:
-            with _driver_errors():
+            with driver_errors():
                 return fn(self._reader())
 
         return await loop.run_in_executor(self._reader_pool, run)
 
-    async def _exec_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a small write directly on the writer thread (not grouped)."""
-        if self._writer_pool is None:
+    async def _request(self, request: tuple[Any, ...]) -> Any:
+        """Send one request to the writer and wait for its answer."""
+        if self._writer is None:
             raise InternalError("store is not open")
-        loop = asyncio.get_running_loop()
+        result = await self._writer.request(request)
+        if self._checkpointer is not None:
+            self._checkpointer.wanted()
+        return result
 
-        def run() -> T:
-            assert self._write_conn is not None
-            conn = self._write_conn
-            with _driver_errors():
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-                return result
-
-        return await loop.run_in_executor(self._writer_pool, run)
+    async def _exec_write(self, fn: Callable[..., T], *args: Any, forget: bool = False) -> T:
+        """``fn(conn, *args)`` on the writer in a transaction of its own (not grouped).
+        ``fn`` must be a module-level function and ``args`` plain data: with the
+        default ``writer=process`` they are pickled to the writer process."""
+        result: T = await self._request(("call", fn, args, forget))
+        return result
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -477,229 +389,153 @@ class SqliteStore(Store):
         *,
         history: Mapping[str, Sequence[HistoryRow]] | None = None,
     ) -> list[WriteResult]:
+        """Run the mutations here, on the document each entity is believed to have, and
+        send the writer the states they produce; where the stored document turns out
+        to be another, run them again on that one (see ``sqlwriter``)."""
         if self._queue is None:
             raise InternalError("store is not open")
-        future: asyncio.Future[list[WriteResult]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_WriteJob(tenant, mutations, future, history))
+        order: dict[str, list[int]] = {}
+        for i, (eid, _) in enumerate(mutations):
+            order.setdefault(eid, []).append(i)
+        results: list[WriteResult] = [WriteResult(eid) for eid, _ in mutations]
+        #: eid -> (document to start from, whether the store held it during this write):
+        #: the state the jobs sent before leave, else what the store holds now
+        start: dict[str, tuple[bytes | None, bool]] = {}
+        for eid in order:
+            known = self._docs.get((tenant, eid))
+            if known is not None:
+                start[eid] = (known[0], False)
+        unknown = [eid for eid in order if eid not in start]
+        if unknown:
+            stored = self._stored(tenant, unknown)
+            for eid in unknown:
+                start[eid] = (stored.get(eid), True)
+        todo = list(order)
+        for _ in range(_MAX_ROUNDS):
+            items: list[Item] = []
+            for eid in todo:
+                doc, seen = start[eid]
+                steps, last = _run(eid, doc, [(i, mutations[i][1]) for i in order[eid]], results)
+                if steps or not seen:
+                    items.append(Item(eid, doc, steps, index_rows(last) if last else None))
+                # else: every mutation was rejected (or changed nothing) on a document
+                # the store held during this write: that is the outcome, no write needed
+            if not items:
+                return results
+            explicit = (
+                {it.eid: history[it.eid] for it in items if it.eid in history} if history else None
+            )
+            outcomes = await self._send(Job(tenant, items, explicit))
+            todo = []
+            for item, outcome in zip(items, outcomes, strict=True):
+                if isinstance(outcome, Conflict):
+                    # what the jobs sent since will leave, else what the writer found
+                    known = self._docs.get((tenant, item.eid))
+                    guess = known[0] if known is not None else outcome.current
+                    start[item.eid] = (guess, guess == outcome.current)
+                    todo.append(item.eid)
+                elif outcome is not None:
+                    for i in order[item.eid]:
+                        results[i].after = None
+                        results[i].error = InternalError(outcome)
+            if not todo:
+                return results
+        for eid in todo:  # still conflicting after every round
+            for i in order[eid]:
+                results[i].after = None
+                results[i].error = StoreUnavailable(f"{eid}: too many concurrent writes")
+        return results
+
+    def _stored(self, tenant: str, eids: Sequence[str]) -> dict[str, bytes]:
+        """The stored documents of ``eids``: primary-key look-ups, on the event loop
+        like :meth:`get_entity`."""
+        if self._loop_conn is None:
+            raise InternalError("store is not open")
+        with driver_errors():
+            return dict(
+                rows_in(
+                    self._loop_conn,
+                    "SELECT id, doc FROM entities WHERE tenant=? AND id IN ({})",
+                    eids,
+                    tenant,
+                )
+            )
+
+    async def _send(self, job: Job) -> list[Outcome]:
+        """Queue ``job`` for the writer, noting the states it will leave."""
+        assert self._queue is not None
+        self._seq += 1
+        if len(self._docs) + len(job.items) > _DOC_CACHE:
+            self._docs.clear()
+        for it in job.items:
+            self._docs[(job.tenant, it.eid)] = (it.steps[-1] if it.steps else it.expect, self._seq)
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_WriteJob(job, future, self._seq))
         return await future
 
+    def _learn(self, pending: Sequence[_WriteJob], outcomes: Sequence[Sequence[Outcome]]) -> None:
+        """After a group: note the stored state of its entities, unless a job sent
+        since has said what it will be."""
+        last = pending[-1].seq
+        stored: dict[tuple[str, str], bytes | None] = {}
+        for p, outs in zip(pending, outcomes, strict=True):
+            for it, outcome in zip(p.job.items, outs, strict=True):
+                key = (p.job.tenant, it.eid)
+                if outcome is None:
+                    stored[key] = it.steps[-1] if it.steps else it.expect
+                elif isinstance(outcome, Conflict):
+                    stored[key] = outcome.current
+                else:
+                    stored.pop(key, None)
+                    self._docs.pop(key, None)
+        for key, doc in stored.items():
+            known = self._docs.get(key)
+            if known is None or known[1] <= last:
+                self._docs[key] = (doc, last)
+
     async def _writer_loop(self) -> None:
+        """Send waiting jobs to the writer in groups (one transaction each)."""
         assert self._queue is not None
-        assert self._writer_pool is not None
-        loop = asyncio.get_running_loop()
+        assert self._in_flight is not None
         while True:
-            jobs = [await self._queue.get()]
-            size = len(jobs[0].mutations)
+            pending = [await self._queue.get()]
+            size = len(pending[0].job.items)
             while not self._queue.empty() and size < _MAX_GROUP:
-                job = self._queue.get_nowait()
-                jobs.append(job)
-                size += len(job.mutations)
-            try:
-                await asyncio.shield(
-                    loop.run_in_executor(self._writer_pool, self._apply_jobs, jobs)
-                )
-            except Exception as exc:  # the whole group failed (e.g. disk full): fail each job
+                waiting = self._queue.get_nowait()
+                pending.append(waiting)
+                size += len(waiting.job.items)
+            await self._in_flight.acquire()
+            request = self._request(("apply", [p.job for p in pending], self.history_policy))
+            task = asyncio.ensure_future(request)
+            task.add_done_callback(partial(self._answered, pending))
+
+    def _answered(self, pending: list[_WriteJob], done: asyncio.Future[Any]) -> None:
+        """A group's answer: settle each job's future. Answers come in the order the
+        groups were sent."""
+        assert self._queue is not None
+        assert self._in_flight is not None
+        self._in_flight.release()
+        try:
+            exc = done.exception()
+            if exc is not None:  # the whole group failed (e.g. disk full): fail each job
+                self._docs.clear()
                 error = (
                     exc
                     if isinstance(exc, NgsiLdError)
                     else InternalError(f"store write failed: {exc}")
                 )
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-            else:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_result(job.results)
-            finally:
-                for _ in jobs:
-                    self._queue.task_done()
-
-    def _apply_jobs(self, jobs: list[_WriteJob]) -> None:
-        conn = self._write_conn
-        assert conn is not None
-        with _driver_errors():
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                now = time.time_ns() // 1000
-                if any(job.history for job in jobs):
-                    self._apply_each(conn, jobs, now)
-                else:
-                    try:
-                        self._apply_group(conn, jobs, now)
-                    except sqlite3.DatabaseError:
-                        # Some entity's rows failed (too big, say): redo the group entity by
-                        # entity, so that only that entity fails.
-                        self._series.forget()
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        conn.execute("BEGIN IMMEDIATE")
-                        self._apply_each(conn, jobs, now)
-                new_tenants = {
-                    job.tenant
-                    for job in jobs
-                    if job.tenant not in self._known_tenants and any(r.ok for r in job.results)
-                }
-                for name in new_tenants:
-                    conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (name,))
-                conn.execute("COMMIT")
-            except BaseException:
-                self._series.forget()
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        self._known_tenants.update(new_tenants)
-        if self._checkpointer is not None:
-            self._checkpointer.wanted()
-
-    def _apply_group(self, conn: sqlite3.Connection, jobs: list[_WriteJob], now: int) -> None:
-        """Apply a group of jobs with a few statements per table, not per entity.
-
-        Mutations run in order against each entity's state so far in the group; then
-        every entity the group changed is written once in its final state, and the
-        history of every step is appended. A mutation that raises leaves its entity as
-        it was. Row numbers of new entities (and geometries) continue from the current
-        maximum, which is safe because the transaction holds SQLite's write lock."""
-        slots: dict[tuple[str, str], _Slot] = {}
-        history = sqlhistory.GroupHistory(self.history_policy)
-        for job in jobs:
-            self._load(conn, job.tenant, {eid for eid, _ in job.mutations}, slots)
-            job.results = []
-            for eid, mutation in job.mutations:
-                slot = slots[(job.tenant, eid)]
-                before = orjson.loads(slot.doc) if slot.doc is not None else None
-                result = WriteResult(eid, before=before)
-                job.results.append(result)
-                try:
-                    after = mutation(orjson.loads(slot.doc) if slot.doc is not None else None)
-                except NgsiLdError as exc:
-                    result.error = exc
-                    continue
-                if after is DELETE:
-                    if slot.doc is None:
-                        continue
-                    history.add(job.tenant, eid, before, None, now)
-                    slot.doc = slot.entity = None
-                    slot.gone = slot.rid is not None
-                else:
-                    assert isinstance(after, dict)
-                    history.add(job.tenant, eid, before, after, now)
-                    slot.doc = _dumps(after)
-                    slot.entity = result.after = after
-                slot.dirty = True
-        unindex: list[int] = []
-        removed: list[int] = []
-        updated: list[tuple[int, str, str, bytes]] = []
-        inserted: list[tuple[int, str, str, bytes]] = []
-        indexed: list[tuple[str, int, Entity]] = []
-        top: int | None = None
-        for (tenant, eid), slot in slots.items():
-            if not slot.dirty:
-                continue
-            if slot.rid is not None:
-                unindex.append(slot.rid)
-                if slot.gone or slot.entity is None:
-                    removed.append(slot.rid)
-            if slot.entity is None or slot.doc is None:
-                continue
-            if slot.rid is not None and not slot.gone:
-                updated.append((slot.rid, tenant, eid, slot.doc))
-                indexed.append((tenant, slot.rid, slot.entity))
-            else:
-                if top is None:
-                    top = max_id(conn, "entities", "rid")
-                top += 1
-                inserted.append((top, tenant, eid, slot.doc))
-                indexed.append((tenant, top, slot.entity))
-        _unindex(conn, unindex)
-        where_in(conn, "DELETE FROM entities WHERE rid IN ({})", removed)
-        insert_rows(
-            conn,
-            "INSERT INTO entities(rid, tenant, id, doc)",
-            updated,
-            "ON CONFLICT(rid) DO UPDATE SET doc=excluded.doc",
-        )
-        insert_rows(conn, "INSERT INTO entities(rid, tenant, id, doc)", inserted)
-        _index(conn, indexed)
-        history.write(conn, self._series)
-
-    @staticmethod
-    def _load(
-        conn: sqlite3.Connection, tenant: str, eids: set[str], slots: dict[tuple[str, str], _Slot]
-    ) -> None:
-        """Read the stored state of the entities not yet in ``slots``."""
-        wanted = [eid for eid in eids if (tenant, eid) not in slots]
-        for rid, eid, doc in rows_in(
-            conn, "SELECT rid, id, doc FROM entities WHERE tenant=? AND id IN ({})", wanted, tenant
-        ):
-            slots[(tenant, eid)] = _Slot(rid, doc)
-        for eid in wanted:
-            slots.setdefault((tenant, eid), _Slot(None, None))
-
-    def _apply_each(self, conn: sqlite3.Connection, jobs: list[_WriteJob], now: int) -> None:
-        """Apply jobs entity by entity, each under its own SAVEPOINT."""
-        for job in jobs:
-            explicit = job.history or {}
-            job.results = [
-                self._apply_one(conn, job.tenant, eid, m, now, explicit.get(eid))
-                for eid, m in job.mutations
-            ]
-
-    def _apply_one(
-        self,
-        conn: sqlite3.Connection,
-        tenant: str,
-        eid: str,
-        mutation: Mutation,
-        now: int,
-        explicit: Sequence[HistoryRow] | None = None,
-    ) -> WriteResult:
-        row = conn.execute(
-            "SELECT rid, doc FROM entities WHERE tenant=? AND id=?", (tenant, eid)
-        ).fetchone()
-        before: Entity | None = orjson.loads(row[1]) if row else None
-        result = WriteResult(eid, before=before)
-        try:
-            after = mutation(orjson.loads(row[1]) if row else None)
-        except NgsiLdError as exc:
-            result.error = exc
-            return result
-        history = sqlhistory.GroupHistory(
-            self.history_policy, replace_observed=explicit is not None
-        )
-        conn.execute("SAVEPOINT one")
-        try:
-            if after is DELETE:
-                if row is not None:
-                    _unindex(conn, [row[0]])
-                    conn.execute("DELETE FROM entities WHERE rid=?", (row[0],))
-                    history.add(tenant, eid, before, None, now)
-            else:
-                assert isinstance(after, dict)
-                doc = _dumps(after)
-                if row is None:
-                    cur = conn.execute(
-                        "INSERT INTO entities(tenant, id, doc) VALUES (?,?,?)", (tenant, eid, doc)
-                    )
-                    rid = cur.lastrowid
-                    assert rid is not None
-                else:
-                    rid = row[0]
-                    conn.execute("UPDATE entities SET doc=? WHERE rid=?", (doc, rid))
-                    _unindex(conn, [rid])
-                _index(conn, [(tenant, rid, after)])
-                history.add(tenant, eid, before, after, now, explicit)
-                result.after = after
-            history.write(conn, self._series)
-        except sqlite3.DatabaseError as exc:
-            self._series.forget()
-            conn.execute("ROLLBACK TO one")
-            conn.execute("RELEASE one")
-            result.after = None
-            result.error = InternalError(f"store error for {eid}: {exc}")
-            return result
-        conn.execute("RELEASE one")
-        return result
+                for p in pending:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                return
+            outcomes = done.result()
+            self._learn(pending, outcomes)
+            for p, outs in zip(pending, outcomes, strict=True):
+                if not p.future.done():
+                    p.future.set_result(outs)
+        finally:
+            for _ in pending:
+                self._queue.task_done()
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -726,7 +562,7 @@ class SqliteStore(Store):
     async def get_entity(self, tenant: str, entity_id: str) -> Entity | None:
         if self._loop_conn is None:
             raise InternalError("store is not open")
-        with _driver_errors():
+        with driver_errors():
             row = self._loop_conn.execute(
                 "SELECT doc FROM entities WHERE tenant=? AND id=?", (tenant, entity_id)
             ).fetchone()
@@ -821,29 +657,7 @@ class SqliteStore(Store):
     # -- subscriptions ------------------------------------------------------------------------
 
     async def put_subscription(self, tenant: str, sub: dict[str, Any], *, create: bool) -> None:
-        sub_id = sub["id"]
-        doc = _dumps(sub)
-
-        def fn(conn: sqlite3.Connection) -> None:
-            if create:
-                try:
-                    conn.execute(
-                        "INSERT INTO subscriptions(tenant, id, seq, doc) VALUES "
-                        "(?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM subscriptions), ?)",
-                        (tenant, sub_id, doc),
-                    )
-                except sqlite3.IntegrityError:
-                    raise AlreadyExists(f"subscription {sub_id} already exists") from None
-                conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (tenant,))
-            elif (
-                conn.execute(
-                    "UPDATE subscriptions SET doc=? WHERE tenant=? AND id=?", (doc, tenant, sub_id)
-                ).rowcount
-                == 0
-            ):
-                raise ResourceNotFound(f"subscription {sub_id} not found")
-
-        await self._exec_write(fn)
+        await self._exec_write(_put_subscription, tenant, sub["id"], _dumps(sub), create)
         if create:
             self._known_tenants.add(tenant)
 
@@ -882,15 +696,8 @@ class SqliteStore(Store):
         return await self._read(fn)
 
     async def delete_subscription(self, tenant: str, sub_id: str) -> bool:
-        def fn(conn: sqlite3.Connection) -> bool:
-            return (
-                conn.execute(
-                    "DELETE FROM subscriptions WHERE tenant=? AND id=?", (tenant, sub_id)
-                ).rowcount
-                > 0
-            )
-
-        return await self._exec_write(fn)
+        sql = "DELETE FROM subscriptions WHERE tenant=? AND id=?"
+        return await self._exec_write(_changes, sql, [(tenant, sub_id)]) > 0
 
     async def record_notifications(self, records: Sequence[NotificationRecord]) -> None:
         rows = [
@@ -906,31 +713,22 @@ class SqliteStore(Store):
             for r in records
         ]
 
-        def fn(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE subscriptions SET times_sent = times_sent + ?, times_failed = times_failed + ?, "
-                "last_notification = coalesce(?, last_notification), "
-                "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure) "
-                "WHERE tenant=? AND id=?",
-                rows,
-            )
-
-        await self._exec_write(fn)
+        sql = (
+            "UPDATE subscriptions SET times_sent = times_sent + ?, times_failed = times_failed + ?, "
+            "last_notification = coalesce(?, last_notification), "
+            "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure) "
+            "WHERE tenant=? AND id=?"
+        )
+        await self._exec_write(_changes, sql, rows)
 
     async def claim_notification(
         self, tenant: str, sub_id: str, *, now: float, min_gap: float
     ) -> bool:
-        def fn(conn: sqlite3.Connection) -> bool:
-            return (
-                conn.execute(
-                    "UPDATE subscriptions SET last_claim = ? WHERE tenant=? AND id=? "
-                    "AND (last_claim IS NULL OR last_claim <= ?)",
-                    (now, tenant, sub_id, now - min_gap),
-                ).rowcount
-                == 1
-            )
-
-        return await self._exec_write(fn)
+        sql = (
+            "UPDATE subscriptions SET last_claim = ? WHERE tenant=? AND id=? "
+            "AND (last_claim IS NULL OR last_claim <= ?)"
+        )
+        return await self._exec_write(_changes, sql, [(now, tenant, sub_id, now - min_gap)]) == 1
 
     # -- contexts -----------------------------------------------------------------------------
 
@@ -947,22 +745,20 @@ class SqliteStore(Store):
         )
 
     async def put_context(self, record: ContextRecord) -> None:
-        def fn(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO contexts(id, url, kind, doc, created_at, last_usage, hits) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (
-                    record.id,
-                    record.url,
-                    record.kind,
-                    _dumps(record.document),
-                    record.created_at,
-                    record.last_usage,
-                    record.hits,
-                ),
-            )
-
-        await self._exec_write(fn)
+        sql = (
+            "INSERT OR REPLACE INTO contexts(id, url, kind, doc, created_at, last_usage, hits) "
+            "VALUES (?,?,?,?,?,?,?)"
+        )
+        row = (
+            record.id,
+            record.url,
+            record.kind,
+            _dumps(record.document),
+            record.created_at,
+            record.last_usage,
+            record.hits,
+        )
+        await self._exec_write(_changes, sql, [row])
 
     async def get_context(self, context_id: str) -> ContextRecord | None:
         def fn(conn: sqlite3.Connection) -> ContextRecord | None:
@@ -984,10 +780,8 @@ class SqliteStore(Store):
         return await self._read(fn)
 
     async def delete_context(self, context_id: str) -> bool:
-        def fn(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM contexts WHERE id=?", (context_id,)).rowcount > 0
-
-        return await self._exec_write(fn)
+        sql = "DELETE FROM contexts WHERE id=?"
+        return await self._exec_write(_changes, sql, [(context_id,)]) > 0
 
     # -- attribute history ----------------------------------------------------------------------
 
@@ -1020,29 +814,14 @@ class SqliteStore(Store):
         dataset_id: Any = ANY_DATASET,
         instance_id: str | None = None,
     ) -> int:
-        def fn(conn: sqlite3.Connection) -> int:
-            try:
-                return sqlhistory.delete(
-                    conn,
-                    tenant,
-                    entity_id,
-                    attr=attr,
-                    dataset_id=dataset_id,
-                    instance_id=instance_id,
-                )
-            finally:
-                self._series.forget()  # on the writer thread, like every use of it
-
-        return await self._exec_write(fn)
+        return await self._exec_write(
+            _delete_history, tenant, entity_id, attr, dataset_id, instance_id, forget=True
+        )
 
     async def replace_instance(
         self, tenant: str, entity_id: str, attr: str, instance_id: str, row: HistoryRow
     ) -> bool:
-        return await self._exec_write(
-            lambda conn: sqlhistory.replace(conn, tenant, entity_id, attr, instance_id, row)
-        )
+        return await self._exec_write(sqlhistory.replace, tenant, entity_id, attr, instance_id, row)
 
     async def expire_history(self, now: int) -> int:
-        return await self._exec_write(
-            lambda conn: sqlhistory.expire(conn, self.history_policy, now)
-        )
+        return await self._exec_write(sqlhistory.expire, self.history_policy, now)

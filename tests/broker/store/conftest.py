@@ -33,7 +33,8 @@ def real_mongo_store(tmp: Path) -> Store:
 
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
+    "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),  # its writer in a process
+    "sqlite-thread": lambda tmp: SqliteStore(tmp / "store.db", writer="thread"),
     "mongodb": mongo_store,
 }
 if os.environ.get("RENKEI_TEST_MONGO_URI"):
@@ -62,7 +63,7 @@ def _params() -> list[Any]:
         marks.append(pytest.mark.skip(reason=_MISSING))
     # on a real server when RENKEI_TEST_MONGO_URI names one (deselected otherwise)
     real = pytest.param("mongodb-real", marks=[pytest.mark.mongo, pytest.mark.real_mongo])
-    return ["sqlite", pytest.param("mongodb", marks=marks), real]
+    return ["sqlite", "sqlite-thread", pytest.param("mongodb", marks=marks), real]
 
 
 @pytest.fixture

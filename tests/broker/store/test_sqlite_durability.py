@@ -1,4 +1,5 @@
-"""A killed broker loses no acknowledged write and leaves a consistent database."""
+"""A killed broker loses no acknowledged write, leaves a consistent database and no
+writer process behind."""
 
 from __future__ import annotations
 
@@ -14,6 +15,28 @@ import pytest
 from tests.support import broker, free_port, start_broker
 
 pytestmark = pytest.mark.slow
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an ended child nobody has reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_sigkill_during_write_burst_loses_no_acknowledged_write(tmp_path: Path) -> None:
@@ -52,6 +75,8 @@ def test_sigkill_during_write_burst_loses_no_acknowledged_write(tmp_path: Path) 
     for t in threads:
         t.start()
     time.sleep(1.5)
+    writers = children(proc.pid)
+    assert writers, "the store's writer runs in a process of its own"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stop.set()
@@ -60,6 +85,10 @@ def test_sigkill_during_write_burst_loses_no_acknowledged_write(tmp_path: Path) 
     if proc.stderr is not None:
         proc.stderr.close()
     assert len(acknowledged) > 100, "the burst should have written a good number of entities"
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in writers):  # it ends with the serving process
+        assert time.monotonic() < deadline, "the writer process outlived the server"
+        time.sleep(0.05)
 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -19,6 +19,7 @@ from broker.errors import InternalError
 from broker.query.ast import AttrPath, Comparison, GeoQuery
 from broker.store.base import DELETE, EntityQuery, HistoryQuery
 from broker.store.sqlite import SqliteStore
+from broker.store.sqlwriter import ThreadWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -40,9 +41,9 @@ def put(doc: Entity) -> Callable[[Entity | None], Entity]:
     return lambda _cur: doc
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "g.db")
+@pytest.fixture(params=["process", "thread"])
+async def store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "g.db", writer=request.param)
     await s.open()
     try:
         yield s
@@ -116,11 +117,22 @@ async def test_concurrent_requests_share_a_group_and_keep_their_results(
     assert len(await ids(store, q=level_at_least(45.0))) == 8 * 5
 
 
-async def test_a_row_sqlite_refuses_fails_only_its_entity(store: SqliteStore) -> None:
+async def test_a_row_sqlite_refuses_fails_only_its_entity(tmp_path: Path) -> None:
+    # The test reaches into the writer's connection, so the writer runs in this process.
+    store = SqliteStore(tmp_path / "g.db", writer="thread")
+    await store.open()
+    try:
+        await _a_row_sqlite_refuses_fails_only_its_entity(store)
+    finally:
+        await store.close()
+
+
+async def _a_row_sqlite_refuses_fails_only_its_entity(store: SqliteStore) -> None:
     await store.write("", [("urn:g:keep", put(ent("urn:g:keep", 1.0)))])
     # A real SQLite limit, lowered so that one document of the group exceeds it.
-    assert store._write_conn is not None
-    store._write_conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 4000)
+    assert isinstance(store._writer, ThreadWriter)
+    assert store._writer.host.writer is not None
+    store._writer.host.writer.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 4000)
     results = await store.write(
         "",
         [

@@ -1,0 +1,712 @@
+"""The SQLite store's writer: the one connection that writes, and what it is sent.
+
+The writer is sent data, never code. For each entity of a write it gets the stored
+document the caller's mutations started from (``expect``, None for no entity) and
+the states they produced (``steps``, None for a deletion). It applies the steps only
+if the stored document still equals ``expect``; otherwise it answers with the stored
+document (:class:`Conflict`) and the caller runs its mutations again on that, as the
+MongoDB backend does. Comparing whole documents is exact: a mutation is a pure
+function of the document it is given.
+
+Because it is sent data, the writer can live in a process of its own, the default
+(``python -c`` running :func:`main`, spoken to over a socket pair). The event
+loop and the writer then each have a CPU core, where two threads of one process
+would take turns holding the interpreter lock. ``?writer=thread`` keeps it in a
+thread of the serving process instead (one process, no start-up cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import socket
+import sqlite3
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from broker.core.history import HistoryPolicy, HistoryRow
+from broker.core.model import ENTITY_KEYS, Entity
+from broker.errors import InternalError, NgsiLdError, StoreUnavailable
+from broker.query.patterns import search
+from broker.store import sqlhistory
+from broker.store.sqlbatch import insert_rows, max_id, rows_in, where_in
+from broker.store.sqlindex import geo_match, geo_rows, q_match, scope_match, value_rows
+
+log = logging.getLogger("renkei.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants(name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entities(
+    rid INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    UNIQUE(tenant, id)
+);
+CREATE TABLE IF NOT EXISTS entity_types(
+    tenant TEXT NOT NULL, type TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY(tenant, type, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_types_rid ON entity_types(rid);
+CREATE TABLE IF NOT EXISTS entity_attrs(
+    tenant TEXT NOT NULL, attr TEXT NOT NULL, rid INTEGER NOT NULL, kind TEXT NOT NULL,
+    PRIMARY KEY(tenant, attr, rid, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_attrs_rid ON entity_attrs(rid);
+CREATE TABLE IF NOT EXISTS entity_scopes(
+    tenant TEXT NOT NULL, scope TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY(tenant, scope, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_scopes_rid ON entity_scopes(rid);
+-- one row per comparable value (or presence) of each attribute path: see sqlindex.py
+CREATE TABLE IF NOT EXISTS attr_values(
+    tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL, kind INTEGER NOT NULL,
+    b INTEGER, num, str TEXT, dt INTEGER, day INTEGER, tod INTEGER
+);
+CREATE INDEX IF NOT EXISTS attr_values_path ON attr_values(tenant, path, rid);
+DROP INDEX IF EXISTS attr_values_num;
+DROP INDEX IF EXISTS attr_values_str;
+DROP INDEX IF EXISTS attr_values_dt;
+CREATE INDEX IF NOT EXISTS attr_values_rid ON attr_values(rid);
+CREATE TABLE IF NOT EXISTS geo_shapes(
+    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL,
+    geom BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS geo_shapes_path ON geo_shapes(tenant, path, rid);
+CREATE INDEX IF NOT EXISTS geo_shapes_rid ON geo_shapes(rid);
+CREATE VIRTUAL TABLE IF NOT EXISTS geo_rtree USING rtree(id, minx, maxx, miny, maxy);
+CREATE TABLE IF NOT EXISTS subscriptions(
+    tenant TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, doc BLOB NOT NULL,
+    times_sent INTEGER NOT NULL DEFAULT 0, times_failed INTEGER NOT NULL DEFAULT 0,
+    last_notification TEXT, last_success TEXT, last_failure TEXT, last_claim REAL,
+    PRIMARY KEY(tenant, id)
+);
+CREATE TABLE IF NOT EXISTS contexts(
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    last_usage TEXT,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+#: WAL pages after which a commit checkpoints by itself (the store's checkpointer
+#: normally keeps the WAL far below this); and the size the WAL file is cut back to.
+_AUTOCHECKPOINT_PAGES = 16384
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+class IndexRows(NamedTuple):
+    """An entity's side-table rows, without its row number (see :func:`index_rows`)."""
+
+    types: list[str]
+    attrs: list[tuple[str, str]]
+    scopes: list[str]
+    values: list[tuple[Any, ...]]
+    shapes: list[tuple[str, bytes, tuple[float, float, float, float]]]
+
+
+def index_rows(ent: Entity) -> IndexRows:
+    """The rows queries use for ``ent``. They depend on nothing stored, so the
+    sender computes them, off the writer's serial path."""
+    return IndexRows(
+        list(ent["type"]),
+        [
+            (k, inst.get("type", "Property"))
+            for k, instances in ent.items()
+            if k not in ENTITY_KEYS
+            for inst in instances
+        ],
+        list(ent.get("scope") or ()),
+        value_rows(ent),
+        [(g.path, g.wkb, g.bounds) for g in geo_rows(ent)],
+    )
+
+
+class Item(NamedTuple):
+    """One entity of a write job: the document its steps start from, the steps, and
+    the index rows of the last step (None when it deletes, or there are no steps)."""
+
+    eid: str
+    expect: bytes | None
+    steps: list[bytes | None]
+    rows: IndexRows | None = None
+
+
+class Job(NamedTuple):
+    """One write request: entities of one tenant, and the temporal API's explicit rows."""
+
+    tenant: str
+    items: list[Item]
+    explicit: Mapping[str, Sequence[HistoryRow]] | None = None
+
+
+class Conflict(NamedTuple):
+    """The stored document differed from ``expect``: here it is, to try again on."""
+
+    current: bytes | None
+
+
+#: Per item: None (applied, or ``expect`` confirmed when there are no steps), a
+#: Conflict, or the message of a store error that failed this entity alone.
+Outcome = Conflict | str | None
+
+
+def _regexp(pattern: str, value: str | None) -> bool:
+    return value is not None and search(pattern, value)
+
+
+def connect(path: str, synchronous: str, *, readonly: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.create_function("regexp", 2, _regexp, deterministic=True)
+    conn.create_function("geo_match", 2, geo_match)
+    conn.create_function("scope_match", 2, scope_match, deterministic=True)
+    conn.create_function("q_match", 2, q_match)
+    if readonly:
+        conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+@contextmanager
+def driver_errors() -> Iterator[None]:
+    """Translate sqlite3 errors at the boundary of this backend."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreUnavailable(f"database busy: {exc}") from exc
+        raise InternalError(f"store error: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise InternalError(f"store error: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _Slot:
+    """An entity during a group write: its stored row (``rid``) and its state so far."""
+
+    rid: int | None
+    doc: bytes | None
+    rows: IndexRows | None = None
+    dirty: bool = False  # written in this group
+    gone: bool = False  # its stored row was deleted in this group
+
+
+def _unindex(conn: sqlite3.Connection, rids: Sequence[int]) -> None:
+    if not rids:
+        return
+    for table in ("entity_types", "entity_attrs", "entity_scopes", "attr_values"):
+        where_in(conn, f"DELETE FROM {table} WHERE rid IN ({{}})", rids)
+    where_in(
+        conn,
+        "DELETE FROM geo_rtree WHERE id IN (SELECT id FROM geo_shapes WHERE rid IN ({}))",
+        rids,
+    )
+    where_in(conn, "DELETE FROM geo_shapes WHERE rid IN ({})", rids)
+
+
+def _index(conn: sqlite3.Connection, items: Sequence[tuple[str, int, IndexRows]]) -> None:
+    """Write the side-table rows queries use for these (tenant, rid, rows)."""
+    if not items:
+        return
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO entity_types(tenant, type, rid)",
+        [(tenant, t, rid) for tenant, rid, rows in items for t in rows.types],
+    )
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid, kind)",
+        [(tenant, k, rid, kind) for tenant, rid, rows in items for k, kind in rows.attrs],
+    )
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO entity_scopes(tenant, scope, rid)",
+        [(tenant, sc, rid) for tenant, rid, rows in items for sc in rows.scopes],
+    )
+    insert_rows(
+        conn,
+        "INSERT INTO attr_values(tenant, path, rid, kind, b, num, str, dt, day, tod)",
+        [(tenant, v[0], rid, *v[1:]) for tenant, rid, rows in items for v in rows.values],
+    )
+    shapes = [(tenant, rid, g) for tenant, rid, rows in items for g in rows.shapes]
+    if not shapes:
+        return
+    top = max_id(conn, "geo_shapes", "id")
+    insert_rows(
+        conn,
+        "INSERT INTO geo_shapes(id, tenant, path, rid, geom)",
+        [(top + i, tenant, g[0], rid, g[1]) for i, (tenant, rid, g) in enumerate(shapes, 1)],
+    )
+    insert_rows(
+        conn,
+        "INSERT INTO geo_rtree(id, minx, maxx, miny, maxy)",
+        [(top + i, g[2][0], g[2][2], g[2][1], g[2][3]) for i, (_, _, g) in enumerate(shapes, 1)],
+    )
+
+
+def _loads(doc: bytes | None) -> Entity | None:
+    return orjson.loads(doc) if doc is not None else None
+
+
+class Writer:
+    """Owns the write connection. Concurrent writes reach it in groups: every waiting
+    request in one transaction (group commit), with one statement per table for the
+    whole group. Should a statement fail, the group is redone entity by entity, each
+    under its own SAVEPOINT, so that only the entity at fault fails."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with driver_errors():
+            conn = connect(path, synchronous, readonly=False)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise InternalError(f"cannot enable WAL on {path} (got {mode})")
+            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            conn.executescript(SCHEMA)
+            conn.executescript(sqlhistory.SCHEMA)
+            self.known_tenants = {""} | {r[0] for r in conn.execute("SELECT name FROM tenants")}
+        self.conn = conn
+        #: history series numbers handed out by this connection
+        self.series = sqlhistory.Series()
+
+    def close(self) -> None:
+        with driver_errors():
+            self.conn.execute("PRAGMA optimize")
+            self.conn.close()
+
+    def call(self, fn: Callable[..., Any], args: Sequence[Any], *, forget: bool = False) -> Any:
+        """``fn(conn, *args)`` in a transaction of its own (a small write). ``forget``:
+        ``fn`` may delete history series, so the cached numbers go."""
+        conn = self.conn
+        with driver_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                if forget:
+                    self.series.forget()
+            conn.execute("COMMIT")
+        return result
+
+    def apply(self, jobs: Sequence[Job], policy: HistoryPolicy) -> list[list[Outcome]]:
+        """Apply a group of jobs in one transaction; an outcome per item of each job."""
+        conn = self.conn
+        with driver_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time_ns() // 1000
+                if any(job.explicit for job in jobs):
+                    outcomes = self._apply_each(jobs, policy, now)
+                else:
+                    try:
+                        outcomes = self._apply_group(jobs, policy, now)
+                    except sqlite3.DatabaseError:
+                        # Some entity's rows failed (too big, say): redo the group entity by
+                        # entity, so that only that entity fails.
+                        self.series.forget()
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")
+                        outcomes = self._apply_each(jobs, policy, now)
+                new_tenants = {
+                    job.tenant
+                    for job, outs in zip(jobs, outcomes, strict=True)
+                    if job.tenant not in self.known_tenants
+                    and any(o is None and it.steps for it, o in zip(job.items, outs, strict=True))
+                }
+                for name in new_tenants:
+                    conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (name,))
+                conn.execute("COMMIT")
+            except BaseException:
+                self.series.forget()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        self.known_tenants.update(new_tenants)
+        return outcomes
+
+    def _apply_group(
+        self, jobs: Sequence[Job], policy: HistoryPolicy, now: int
+    ) -> list[list[Outcome]]:
+        """Apply a group of jobs with a few statements per table, not per entity.
+
+        Items are checked in order against each entity's state so far in the group;
+        then every entity the group changed is written once in its final state, and
+        the history of every step is appended. Row numbers of new entities (and
+        geometries) continue from the current maximum, which is safe because the
+        transaction holds SQLite's write lock."""
+        conn = self.conn
+        slots: dict[tuple[str, str], _Slot] = {}
+        history = sqlhistory.GroupHistory(policy)
+        outcomes: list[list[Outcome]] = []
+        for job in jobs:
+            tenant = job.tenant
+            self._load(tenant, {it.eid for it in job.items}, slots)
+            outs: list[Outcome] = []
+            outcomes.append(outs)
+            for it in job.items:
+                slot = slots[(tenant, it.eid)]
+                if slot.doc != it.expect:
+                    outs.append(Conflict(slot.doc))
+                    continue
+                outs.append(None)
+                if not it.steps:
+                    continue
+                before = _loads(slot.doc)
+                for step in it.steps:
+                    after = _loads(step)
+                    history.add(tenant, it.eid, before, after, now)
+                    before = after
+                slot.doc = it.steps[-1]
+                slot.rows = it.rows if slot.doc is not None else None
+                if slot.doc is None:
+                    slot.gone = slot.rid is not None
+                slot.dirty = True
+        unindex: list[int] = []
+        removed: list[int] = []
+        updated: list[tuple[int, str, str, bytes]] = []
+        inserted: list[tuple[int, str, str, bytes]] = []
+        indexed: list[tuple[str, int, IndexRows]] = []
+        top: int | None = None
+        for (tenant, eid), slot in slots.items():
+            if not slot.dirty:
+                continue
+            if slot.rid is not None:
+                unindex.append(slot.rid)
+                if slot.gone or slot.doc is None:
+                    removed.append(slot.rid)
+            if slot.doc is None:
+                continue
+            rows = slot.rows if slot.rows is not None else index_rows(orjson.loads(slot.doc))
+            if slot.rid is not None and not slot.gone:
+                updated.append((slot.rid, tenant, eid, slot.doc))
+                indexed.append((tenant, slot.rid, rows))
+            else:
+                if top is None:
+                    top = max_id(conn, "entities", "rid")
+                top += 1
+                inserted.append((top, tenant, eid, slot.doc))
+                indexed.append((tenant, top, rows))
+        _unindex(conn, unindex)
+        where_in(conn, "DELETE FROM entities WHERE rid IN ({})", removed)
+        insert_rows(
+            conn,
+            "INSERT INTO entities(rid, tenant, id, doc)",
+            updated,
+            "ON CONFLICT(rid) DO UPDATE SET doc=excluded.doc",
+        )
+        insert_rows(conn, "INSERT INTO entities(rid, tenant, id, doc)", inserted)
+        _index(conn, indexed)
+        history.write(conn, self.series)
+        return outcomes
+
+    def _load(self, tenant: str, eids: set[str], slots: dict[tuple[str, str], _Slot]) -> None:
+        """Read the stored state of the entities not yet in ``slots``."""
+        wanted = [eid for eid in eids if (tenant, eid) not in slots]
+        for rid, eid, doc in rows_in(
+            self.conn,
+            "SELECT rid, id, doc FROM entities WHERE tenant=? AND id IN ({})",
+            wanted,
+            tenant,
+        ):
+            slots[(tenant, eid)] = _Slot(rid, doc)
+        for eid in wanted:
+            slots.setdefault((tenant, eid), _Slot(None, None))
+
+    def _apply_each(
+        self, jobs: Sequence[Job], policy: HistoryPolicy, now: int
+    ) -> list[list[Outcome]]:
+        """Apply jobs entity by entity, each under its own SAVEPOINT."""
+        outcomes: list[list[Outcome]] = []
+        for job in jobs:
+            explicit = job.explicit or {}
+            outcomes.append(
+                [
+                    self._apply_one(job.tenant, it, policy, now, explicit.get(it.eid))
+                    for it in job.items
+                ]
+            )
+        return outcomes
+
+    def _apply_one(
+        self,
+        tenant: str,
+        item: Item,
+        policy: HistoryPolicy,
+        now: int,
+        explicit: Sequence[HistoryRow] | None,
+    ) -> Outcome:
+        conn = self.conn
+        row = conn.execute(
+            "SELECT rid, doc FROM entities WHERE tenant=? AND id=?", (tenant, item.eid)
+        ).fetchone()
+        current: bytes | None = row[1] if row else None
+        if current != item.expect:
+            return Conflict(current)
+        if not item.steps:
+            return None
+        history = sqlhistory.GroupHistory(policy, replace_observed=explicit is not None)
+        conn.execute("SAVEPOINT one")
+        try:
+            before = _loads(current)
+            for step in item.steps:
+                after = _loads(step)
+                history.add(
+                    tenant, item.eid, before, after, now, explicit if after is not None else None
+                )
+                before = after
+            final = item.steps[-1]
+            if final is None:
+                if row is not None:
+                    _unindex(conn, [row[0]])
+                    conn.execute("DELETE FROM entities WHERE rid=?", (row[0],))
+            else:
+                if row is None:
+                    cur = conn.execute(
+                        "INSERT INTO entities(tenant, id, doc) VALUES (?,?,?)",
+                        (tenant, item.eid, final),
+                    )
+                    rid = cur.lastrowid
+                    assert rid is not None
+                else:
+                    rid = row[0]
+                    conn.execute("UPDATE entities SET doc=? WHERE rid=?", (final, rid))
+                    _unindex(conn, [rid])
+                assert before is not None
+                rows = item.rows if item.rows is not None else index_rows(before)
+                _index(conn, [(tenant, rid, rows)])
+            history.write(conn, self.series)
+        except sqlite3.DatabaseError as exc:
+            self.series.forget()
+            conn.execute("ROLLBACK TO one")
+            conn.execute("RELEASE one")
+            return f"store error for {item.eid}: {exc}"
+        conn.execute("RELEASE one")
+        return None
+
+
+class Host:
+    """Runs the requests sent to a writer: ``("open", path, synchronous)``,
+    ``("apply", jobs, policy)``, ``("call", fn, args, forget)`` and ``("close",)``."""
+
+    def __init__(self) -> None:
+        self.writer: Writer | None = None
+
+    def handle(self, request: tuple[Any, ...]) -> Any:
+        op = request[0]
+        if op == "open":
+            self.writer = Writer(request[1], request[2])
+            return None
+        if self.writer is None:
+            raise InternalError("store is not open")
+        if op == "apply":
+            return self.writer.apply(request[1], request[2])
+        if op == "call":
+            return self.writer.call(request[1], request[2], forget=request[3])
+        if op == "close":
+            self.writer.close()
+            self.writer = None
+            return None
+        raise InternalError(f"unknown writer request {op!r}")
+
+
+class ThreadWriter:
+    """The writer in this process, on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.host = Host()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="renkei-sqlite-w")
+
+    async def request(self, request: tuple[Any, ...]) -> Any:
+        return await asyncio.wrap_future(self._pool.submit(self.host.handle, request))
+
+    async def stop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+
+
+#: The child's program. Not ``-m``: this module must be imported under its own name,
+#: or what it pickles would name ``__main__``.
+_CHILD = "from broker.store.sqlwriter import main; main()"
+#: where the ``broker`` package is, for the child's import path
+_ROOT = str(Path(__file__).resolve().parents[2])
+#: message framing of ``multiprocessing.connection.Connection``, which the child uses
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+
+
+class ProcessWriter:
+    """The writer in a child process, sent pickled requests over a socket pair.
+
+    This side reads and writes the socket on the event loop, so a request leaves and
+    its answer lands with no thread in between; several requests can be on their way
+    while the child works on the first, so it never idles between groups. The child
+    answers in order. It ends when its socket does: when the store closes it, and
+    when this process dies, however it dies. Should the child die, the requests on
+    their way fail with StoreUnavailable (their outcome is unknown) and the next
+    request starts another child."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stream: asyncio.StreamWriter | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._opened: tuple[Any, ...] | None = None
+        self._last_exit: int | None = None
+
+    async def request(self, request: tuple[Any, ...]) -> Any:
+        if request[0] == "open":
+            self._opened = request
+        if self._reader is not None and self._reader.done():  # the child's socket ended
+            assert self._proc is not None
+            await self._drop()
+            log.error(
+                "the store's writer process ended (exit code %s); starting another",
+                self._last_exit,
+            )
+        if self._stream is None:
+            await self._start()
+            if self._opened is not None and request[0] != "open":
+                self._send(self._opened)  # a new child after one died: open it first
+        return await self._send(request)
+
+    def _send(self, request: tuple[Any, ...]) -> asyncio.Future[Any]:
+        assert self._stream is not None
+        data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > 0x7FFFFFFF:
+            head = _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data))
+        else:
+            head = _LENGTH.pack(len(data))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._stream.write(head + data if len(data) < 65536 else head)
+        if len(data) >= 65536:
+            self._stream.write(data)
+        return future
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": _ROOT + (os.pathsep + path if path else "")}
+        with theirs:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _CHILD,
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno()],
+                env=env,
+            )
+        reader, self._stream = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+        self._reader = asyncio.create_task(self._receive(reader), name="renkei-sqlite-answers")
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                (size,) = _LENGTH.unpack(await reader.readexactly(4))
+                if size == -1:
+                    (size,) = _LONG_LENGTH.unpack(await reader.readexactly(8))
+                tag, value = pickle.loads(await reader.readexactly(size))
+                future = self._waiting.popleft()
+                if future.done():
+                    continue
+                if tag == "error":
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+        except (asyncio.IncompleteReadError, OSError) as exc:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            for future in waiting:
+                if not future.done():
+                    error = StoreUnavailable(
+                        "the store's writer process stopped; the write's outcome is unknown"
+                    )
+                    error.__cause__ = exc
+                    future.set_exception(error)
+
+    async def _drop(self) -> None:
+        """Close the socket (the child, seeing its end, stops if it has not already
+        after ``close``) and wait for the child to end."""
+        if self._stream is not None:
+            self._stream.close()
+            with suppress(OSError):
+                await self._stream.wait_closed()
+            self._stream = None
+        if self._reader is not None:
+            await self._reader
+            self._reader = None
+        if self._proc is not None:
+            proc = self._proc
+            self._proc = None
+            try:
+                self._last_exit = await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                self._last_exit = await proc.wait()
+
+    async def stop(self) -> None:
+        """After ``close``: wait for the child to end."""
+        await self._drop()
+
+
+def serve(conn: Connection) -> None:
+    """The child's loop: a request in, its result (or exception) out, until EOF."""
+    host = Host()
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                reply: tuple[str, Any] = ("ok", host.handle(request))
+            except NgsiLdError as exc:
+                reply = ("error", exc)
+            except Exception as exc:  # anything else reaches the caller as a 500
+                log.exception("store writer request failed")
+                reply = ("error", InternalError(f"store write failed: {exc}"))
+            try:
+                conn.send(reply)
+            except (EOFError, OSError):
+                return
+            if request[0] == "close":
+                return
+    finally:
+        if host.writer is not None:
+            host.writer.close()
+
+
+def main() -> None:
+    # Ctrl+C in a terminal reaches the whole process group: the serving process
+    # handles it and closes this writer in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from broker.runtime import tune_gc
+    from broker.settings import get_settings
+
+    tune_gc(get_settings().gc_threshold)  # as the serving process does, from the same setting
+    serve(Connection(int(sys.argv[1])))
