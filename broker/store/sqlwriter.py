@@ -590,7 +590,7 @@ class ProcessWriter:
         if self._stream is None:
             await self._start()
             if self._opened is not None and request[0] != "open":
-                self._send(self._opened)  # a new child after one died: open it first
+                await self._send(self._opened)  # a new child after one died: open it first
         return await self._send(request)
 
     def _send(self, request: tuple[Any, ...]) -> asyncio.Future[Any]:
@@ -637,7 +637,9 @@ class ProcessWriter:
                     future.set_exception(value)
                 else:
                     future.set_result(value)
-        except (asyncio.IncompleteReadError, OSError) as exc:
+        except BaseException as exc:  # its end, or an answer that cannot be read
+            if not isinstance(exc, asyncio.IncompleteReadError | OSError):
+                log.exception("reading the store writer's answers failed")
             waiting = list(self._waiting)
             self._waiting.clear()
             for future in waiting:
@@ -647,6 +649,8 @@ class ProcessWriter:
                     )
                     error.__cause__ = exc
                     future.set_exception(error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
 
     async def _drop(self) -> None:
         """Close the socket (the child, seeing its end, stops if it has not already
@@ -690,7 +694,11 @@ def serve(conn: Connection) -> None:
                 log.exception("store writer request failed")
                 reply = ("error", InternalError(f"store write failed: {exc}"))
             try:
-                conn.send(reply)
+                try:
+                    conn.send(reply)  # pickles it first: nothing is sent when that fails
+                except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                    log.exception("store writer answer could not be pickled")
+                    conn.send(("error", InternalError(f"store writer answer unreadable: {exc}")))
             except (EOFError, OSError):
                 return
             if request[0] == "close":
