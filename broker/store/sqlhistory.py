@@ -170,6 +170,27 @@ class Series:
         return out
 
 
+#: A history row as stored, without its series number: attr, datasetId, at, created,
+#: modified, num, vkey, doc (the instance as JSON), instanceId, deleted, and whether
+#: the instance has an observedAt.
+StoredRow = tuple[
+    str, str | None, int, int, int, float | None, bytes | None, bytes, str | None, int | None, bool
+]
+
+
+def stored_rows(rows: Sequence[HistoryRow]) -> list[StoredRow]:
+    """``rows`` as they are stored. Plain data: a writer's sender can compute them."""
+    out: list[StoredRow] = []
+    for r in rows:
+        num, vkey = r.stored_value()
+        observed = r.instance is not None and "observedAt" in r.instance
+        out.append(
+            (r.attr, r.dataset_id, r.at, r.created, r.modified, num, vkey,
+             orjson.dumps(r.instance), r.iid, r.deleted, observed)
+        )  # fmt: skip
+    return out
+
+
 class GroupHistory:
     """The history of a group of entity writes, gathered while the writer applies them
     and then written with one statement per table (:meth:`write`), in the same
@@ -183,7 +204,7 @@ class GroupHistory:
         #: per (tenant, eid): (statement, parameters) of its history_entities entry
         self._entities: dict[tuple[str, str], tuple[str, list[Any]]] = {}
         self._types: list[tuple[str, str, str]] = []
-        self._rows: list[tuple[str, str, HistoryRow]] = []
+        self._rows: list[tuple[str, str, StoredRow]] = []
 
     def add(
         self,
@@ -193,14 +214,21 @@ class GroupHistory:
         after: Entity | None,
         now: int,
         explicit: Sequence[HistoryRow] | None = None,
+        changed: Sequence[StoredRow] | None = None,
     ) -> None:
-        """What one write of one entity changed (or the ``explicit`` rows the temporal
-        API gives for it). Only explicit rows replace instances with the same observedAt:
-        an entity write records what changed."""
+        """What one write of one entity changed (``changed``, if the sender computed
+        it; or the ``explicit`` rows the temporal API gives for it). Only explicit rows
+        replace instances with the same observedAt: an entity write records what
+        changed."""
         ent = after if after is not None else before
         if ent is None or not self.policy.records(tenant, ent["type"]):
             return
-        rows = list(explicit) if explicit is not None else changes(before, after, now)
+        if explicit is not None:
+            rows = stored_rows(explicit)
+        elif changed is not None:
+            rows = list(changed)
+        else:
+            rows = stored_rows(changes(before, after, now))
         key = (tenant, eid)
         prev = self._entities.get(key)
         if after is None:
@@ -255,41 +283,23 @@ class GroupHistory:
         insert_rows(conn, "INSERT OR IGNORE INTO history_types(tenant, type, eid)", self._types)
         if not self._rows:
             return
-        sids = series.get_many(conn, {(t, e, r.attr) for t, e, r in self._rows})
-        keyed = [(sids[(t, e, r.attr)], r, r.stored_value()) for t, e, r in self._rows]
+        sids = series.get_many(conn, {(t, e, r[0]) for t, e, r in self._rows})
+        keyed = [(sids[(t, e, r[0])], r) for t, e, r in self._rows]
         if self.replace_observed:
             conn.executemany(
                 "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
-                [
-                    (sid, r.at, r.dataset_id)
-                    for sid, r, _ in keyed
-                    if r.deleted is None and r.instance is not None and "observedAt" in r.instance
-                ],
+                [(sid, r[2], r[1]) for sid, r in keyed if r[9] is None and r[10]],
             )
         insert_rows(
             conn,
             "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted)",
-            [
-                (
-                    sid,
-                    r.dataset_id,
-                    r.at,
-                    r.created,
-                    r.modified,
-                    num,
-                    vkey,
-                    orjson.dumps(r.instance),
-                    r.iid,
-                    r.deleted,
-                )
-                for sid, r, (num, vkey) in keyed
-            ],
+            [(sid, *r[1:10]) for sid, r in keyed],
         )
         if self.replace_observed:
             touched: dict[int, set[int]] = {}
-            for sid, r, _ in keyed:
-                if r.deleted is None:
-                    touched.setdefault(sid, set()).add(r.at // HOUR)
+            for sid, r in keyed:
+                if r[9] is None:
+                    touched.setdefault(sid, set()).add(r[2] // HOUR)
             for sid, hours in touched.items():
                 _rebuild_hours(conn, sid, hours)
             return
@@ -297,11 +307,11 @@ class GroupHistory:
             conn,
             _HOURLY[0],
             [
-                (sid, r.at // HOUR, 1, 1, num, num, num, num * num)
-                if num is not None
-                else (sid, r.at // HOUR, 1, 0, None, None, None, None)
-                for sid, r, (num, _) in keyed
-                if r.deleted is None
+                (sid, r[2] // HOUR, 1, 1, r[5], r[5], r[5], r[5] * r[5])
+                if r[5] is not None
+                else (sid, r[2] // HOUR, 1, 0, None, None, None, None)
+                for sid, r in keyed
+                if r[9] is None
             ],
             _HOURLY[1],
         )

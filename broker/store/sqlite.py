@@ -26,6 +26,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -37,7 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from broker.core.history import Duration, HistoryRow
+from broker.core.history import Duration, HistoryPolicy, HistoryRow, changes
 from broker.core.model import Entity
 from broker.errors import (
     AlreadyExists,
@@ -63,6 +64,7 @@ from broker.store.base import (
     WriteResult,
 )
 from broker.store.sqlbatch import rows_in
+from broker.store.sqlhistory import StoredRow, stored_rows
 from broker.store.sqlindex import UNINDEXED_META, SqlBuilder, path_key, selection_sql
 from broker.store.sqlwriter import (
     Conflict,
@@ -99,12 +101,15 @@ def _run(
     doc: bytes | None,
     mutations: Sequence[tuple[int, Mutation]],
     results: list[WriteResult],
-) -> tuple[list[bytes | None], Entity | None]:
+    recorded: Callable[[Entity | None, Entity | None], list[StoredRow]] | None,
+) -> tuple[list[bytes | None], Entity | None, list[list[StoredRow]] | None]:
     """Run one entity's mutations in order, starting from ``doc`` (its stored document,
-    or None); fill in their results and return the states they produce (None: deleted)
-    and the last one's entity. A mutation that raises leaves the entity as it was."""
+    or None); fill in their results and return the states they produce (None: deleted),
+    the last one's entity and the history rows of each. A mutation that raises leaves
+    the entity as it was."""
     steps: list[bytes | None] = []
     last: Entity | None = None
+    history: list[list[StoredRow]] | None = [] if recorded is not None else None
     for i, mutation in mutations:
         result = results[i] = WriteResult(
             eid, before=orjson.loads(doc) if doc is not None else None
@@ -123,7 +128,19 @@ def _run(
             doc = _dumps(after)
             result.after = last = after
         steps.append(doc)
-    return steps, last
+        if recorded is not None and history is not None:
+            history.append(recorded(result.before, last))
+    return steps, last, history
+
+
+def _changed(
+    policy: HistoryPolicy, tenant: str, now: int, before: Entity | None, after: Entity | None
+) -> list[StoredRow]:
+    """The history rows of one write of an entity, as the writer stores them."""
+    ent = after if after is not None else before
+    if ent is None or not policy.records(tenant, ent["type"]):
+        return []
+    return stored_rows(changes(before, after, now))
 
 
 @dataclass
@@ -411,13 +428,21 @@ class SqliteStore(Store):
             for eid in unknown:
                 start[eid] = (stored.get(eid), True)
         todo = list(order)
+        policy = self.history_policy
         for _ in range(_MAX_ROUNDS):
+            # the temporal API's explicit rows are recorded by the writer
+            recorded = (
+                None if history else partial(_changed, policy, tenant, time.time_ns() // 1000)
+            )
             items: list[Item] = []
             for eid in todo:
                 doc, seen = start[eid]
-                steps, last = _run(eid, doc, [(i, mutations[i][1]) for i in order[eid]], results)
+                steps, last, changed = _run(
+                    eid, doc, [(i, mutations[i][1]) for i in order[eid]], results, recorded
+                )
                 if steps or not seen:
-                    items.append(Item(eid, doc, steps, index_rows(last) if last else None))
+                    rows = index_rows(last) if last else None
+                    items.append(Item(eid, doc, steps, rows, changed))
                 # else: every mutation was rejected (or changed nothing) on a document
                 # the store held during this write: that is the outcome, no write needed
             if not items:

@@ -44,6 +44,7 @@ from broker.errors import InternalError, NgsiLdError, StoreUnavailable
 from broker.query.patterns import search
 from broker.store import sqlhistory
 from broker.store.sqlbatch import insert_rows, max_id, rows_in, where_in
+from broker.store.sqlhistory import StoredRow
 from broker.store.sqlindex import geo_match, geo_rows, q_match, scope_match, value_rows
 
 log = logging.getLogger("renkei.store")
@@ -140,13 +141,15 @@ def index_rows(ent: Entity) -> IndexRows:
 
 
 class Item(NamedTuple):
-    """One entity of a write job: the document its steps start from, the steps, and
-    the index rows of the last step (None when it deletes, or there are no steps)."""
+    """One entity of a write job: the document its steps start from, the steps, the
+    index rows of the last step (None when it deletes, or there are no steps) and the
+    history rows of each step (None: the writer works them out)."""
 
     eid: str
     expect: bytes | None
     steps: list[bytes | None]
     rows: IndexRows | None = None
+    history: list[list[StoredRow]] | None = None
 
 
 class Job(NamedTuple):
@@ -377,9 +380,10 @@ class Writer:
                 if not it.steps:
                     continue
                 before = _loads(slot.doc)
-                for step in it.steps:
+                for k, step in enumerate(it.steps):
                     after = _loads(step)
-                    history.add(tenant, it.eid, before, after, now)
+                    changed = it.history[k] if it.history is not None else None
+                    history.add(tenant, it.eid, before, after, now, changed=changed)
                     before = after
                 slot.doc = it.steps[-1]
                 slot.rows = it.rows if slot.doc is not None else None
@@ -473,11 +477,13 @@ class Writer:
         conn.execute("SAVEPOINT one")
         try:
             before = _loads(current)
-            for step in item.steps:
+            for k, step in enumerate(item.steps):
                 after = _loads(step)
-                history.add(
-                    tenant, item.eid, before, after, now, explicit if after is not None else None
-                )
+                if explicit is not None and after is not None:
+                    history.add(tenant, item.eid, before, after, now, explicit)
+                else:
+                    changed = item.history[k] if item.history is not None else None
+                    history.add(tenant, item.eid, before, after, now, changed=changed)
                 before = after
             final = item.steps[-1]
             if final is None:
@@ -559,19 +565,24 @@ _LONG_LENGTH = struct.Struct("!Q")
 
 
 class ProcessWriter:
-    """The writer in a child process, sent pickled requests over a socket pair.
+    """The writer in a child process, sent pickled requests over one socket pair and
+    answering over another.
 
-    This side reads and writes the socket on the event loop, so a request leaves and
-    its answer lands with no thread in between; several requests can be on their way
-    while the child works on the first, so it never idles between groups. The child
-    answers in order. It ends when its socket does: when the store closes it, and
-    when this process dies, however it dies. Should the child die, the requests on
-    their way fail with StoreUnavailable (their outcome is unknown) and the next
-    request starts another child."""
+    Requests are written by a thread of their own with one blocking ``sendall``: a
+    batch's request is larger than a socket buffer, and written from the event loop
+    the rest of it would wait while the loop works on the next request, leaving the
+    child idle. Answers are read on the event loop. Several requests can be on their
+    way while the child works on the first, so it never idles between groups; it
+    answers in order. It ends when its request socket does: when the store closes
+    it, and when this process dies, however it dies. Should the child die, the
+    requests on their way fail with StoreUnavailable (their outcome is unknown) and
+    the next request starts another child."""
 
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
-        self._stream: asyncio.StreamWriter | None = None
+        self._requests: socket.socket | None = None
+        self._sender: ThreadPoolExecutor | None = None
+        self._answers: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._opened: tuple[Any, ...] | None = None
@@ -581,20 +592,20 @@ class ProcessWriter:
         if request[0] == "open":
             self._opened = request
         if self._reader is not None and self._reader.done():  # the child's socket ended
-            assert self._proc is not None
             await self._drop()
             log.error(
                 "the store's writer process ended (exit code %s); starting another",
                 self._last_exit,
             )
-        if self._stream is None:
+        if self._requests is None:
             await self._start()
             if self._opened is not None and request[0] != "open":
                 await self._send(self._opened)  # a new child after one died: open it first
         return await self._send(request)
 
     def _send(self, request: tuple[Any, ...]) -> asyncio.Future[Any]:
-        assert self._stream is not None
+        assert self._requests is not None
+        assert self._sender is not None
         data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         if len(data) > 0x7FFFFFFF:
             head = _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data))
@@ -602,25 +613,22 @@ class ProcessWriter:
             head = _LENGTH.pack(len(data))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        self._stream.write(head + data if len(data) < 65536 else head)
-        if len(data) >= 65536:
-            self._stream.write(data)
+        self._sender.submit(_send_all, self._requests, head + data)
         return future
 
     async def _start(self) -> None:
-        ours, theirs = socket.socketpair()
+        requests, their_requests = socket.socketpair()
+        answers, their_answers = socket.socketpair()
+        fds = [their_requests.fileno(), their_answers.fileno()]
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": _ROOT + (os.pathsep + path if path else "")}
-        with theirs:
+        with their_requests, their_answers:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                _CHILD,
-                str(theirs.fileno()),
-                pass_fds=[theirs.fileno()],
-                env=env,
+                sys.executable, "-c", _CHILD, *map(str, fds), pass_fds=fds, env=env
             )
-        reader, self._stream = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+        self._requests = requests
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="renkei-sqlite-send")
+        reader, self._answers = await asyncio.open_unix_connection(sock=answers, limit=1 << 20)
         self._reader = asyncio.create_task(self._receive(reader), name="renkei-sqlite-answers")
 
     async def _receive(self, reader: asyncio.StreamReader) -> None:
@@ -653,16 +661,23 @@ class ProcessWriter:
                 raise
 
     async def _drop(self) -> None:
-        """Close the socket (the child, seeing its end, stops if it has not already
-        after ``close``) and wait for the child to end."""
-        if self._stream is not None:
-            self._stream.close()
+        """Close both sockets (the child, seeing their end, stops if it has not
+        already after ``close``) and wait for the child to end. Answers first: a
+        child blocked on an answer nobody reads would never take the next request."""
+        if self._answers is not None:
+            self._answers.close()
             with suppress(OSError):
-                await self._stream.wait_closed()
-            self._stream = None
+                await self._answers.wait_closed()
+            self._answers = None
         if self._reader is not None:
             await self._reader
             self._reader = None
+        if self._sender is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._sender.shutdown)
+            self._sender = None
+        if self._requests is not None:
+            self._requests.close()
+            self._requests = None
         if self._proc is not None:
             proc = self._proc
             self._proc = None
@@ -677,13 +692,21 @@ class ProcessWriter:
         await self._drop()
 
 
-def serve(conn: Connection) -> None:
-    """The child's loop: a request in, its result (or exception) out, until EOF."""
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """One blocking write of a whole request (on the sender thread). A child that
+    died is noticed by the reader of its answers."""
+    with suppress(OSError):
+        sock.sendall(data)
+
+
+def serve(requests: Connection, answers: Connection) -> None:
+    """The child's loop: a request in, its result (or exception) out, until the
+    request socket ends."""
     host = Host()
     try:
         while True:
             try:
-                request = conn.recv()
+                request = requests.recv()
             except (EOFError, OSError):
                 return
             try:
@@ -695,10 +718,10 @@ def serve(conn: Connection) -> None:
                 reply = ("error", InternalError(f"store write failed: {exc}"))
             try:
                 try:
-                    conn.send(reply)  # pickles it first: nothing is sent when that fails
+                    answers.send(reply)  # pickles it first: nothing is sent when that fails
                 except (pickle.PicklingError, TypeError, AttributeError) as exc:
                     log.exception("store writer answer could not be pickled")
-                    conn.send(("error", InternalError(f"store writer answer unreadable: {exc}")))
+                    answers.send(("error", InternalError(f"store writer answer unreadable: {exc}")))
             except (EOFError, OSError):
                 return
             if request[0] == "close":
@@ -717,4 +740,4 @@ def main() -> None:
     from broker.settings import get_settings
 
     tune_gc(get_settings().gc_threshold)  # as the serving process does, from the same setting
-    serve(Connection(int(sys.argv[1])))
+    serve(Connection(int(sys.argv[1])), Connection(int(sys.argv[2])))
