@@ -181,19 +181,6 @@ def _put_subscription(
         raise ResourceNotFound(f"subscription {sub_id} not found")
 
 
-def _delete_history(
-    conn: sqlite3.Connection,
-    tenant: str,
-    eid: str,
-    attr: str | None,
-    dataset_id: Any,
-    instance_id: str | None,
-) -> int:
-    return sqlhistory.delete(
-        conn, tenant, eid, attr=attr, dataset_id=dataset_id, instance_id=instance_id
-    )
-
-
 class _Checkpointer:
     """Copies committed WAL pages back into the database file on its own thread.
 
@@ -390,11 +377,13 @@ class SqliteStore(Store):
             self._checkpointer.wanted()
         return result
 
-    async def _exec_write(self, fn: Callable[..., T], *args: Any, forget: bool = False) -> T:
-        """``fn(conn, *args)`` on the writer in a transaction of its own (not grouped).
-        ``fn`` must be a module-level function and ``args`` plain data: with the
-        default ``writer=process`` they are pickled to the writer process."""
-        result: T = await self._request(("call", fn, args, forget))
+    async def _exec_write(
+        self, fn: Callable[..., T], *args: Any, forget: bool = False, **kwargs: Any
+    ) -> T:
+        """``fn(conn, *args, **kwargs)`` on the writer in a transaction of its own (not
+        grouped). ``fn`` must be a module-level function and its arguments plain data:
+        with the default ``writer=process`` they are pickled to the writer process."""
+        result: T = await self._request(("call", fn, args, kwargs, forget))
         return result
 
     # -- writes -------------------------------------------------------------------------------
@@ -840,7 +829,13 @@ class SqliteStore(Store):
         instance_id: str | None = None,
     ) -> int:
         return await self._exec_write(
-            _delete_history, tenant, entity_id, attr, dataset_id, instance_id, forget=True
+            sqlhistory.delete,
+            tenant,
+            entity_id,
+            attr=attr,
+            dataset_id=dataset_id,
+            instance_id=instance_id,
+            forget=True,
         )
 
     async def replace_instance(

@@ -298,14 +298,21 @@ class Writer:
             self.conn.execute("PRAGMA optimize")
             self.conn.close()
 
-    def call(self, fn: Callable[..., Any], args: Sequence[Any], *, forget: bool = False) -> Any:
-        """``fn(conn, *args)`` in a transaction of its own (a small write). ``forget``:
-        ``fn`` may delete history series, so the cached numbers go."""
+    def call(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        forget: bool = False,
+    ) -> Any:
+        """``fn(conn, *args, **kwargs)`` in a transaction of its own (a small write).
+        ``forget``: ``fn`` may delete history series, so the cached numbers go."""
         conn = self.conn
         with driver_errors():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(conn, *args)
+                result = fn(conn, *args, **kwargs)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -517,7 +524,7 @@ class Writer:
 
 class Host:
     """Runs the requests sent to a writer: ``("open", path, synchronous)``,
-    ``("apply", jobs, policy)``, ``("call", fn, args, forget)`` and ``("close",)``."""
+    ``("apply", jobs, policy)``, ``("call", fn, args, kwargs, forget)`` and ``("close",)``."""
 
     def __init__(self) -> None:
         self.writer: Writer | None = None
@@ -532,7 +539,7 @@ class Host:
         if op == "apply":
             return self.writer.apply(request[1], request[2])
         if op == "call":
-            return self.writer.call(request[1], request[2], forget=request[3])
+            return self.writer.call(request[1], request[2], request[3], forget=request[4])
         if op == "close":
             self.writer.close()
             self.writer = None
