@@ -154,7 +154,7 @@ class _WriteJob:
 # Small writes, run by the writer in a transaction of their own (``_exec_write``).
 
 
-def _changes(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+def _rowcount(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
     """``sql`` for each of ``rows``; the number of rows it changed."""
     return conn.executemany(sql, rows).rowcount
 
@@ -711,7 +711,7 @@ class SqliteStore(Store):
 
     async def delete_subscription(self, tenant: str, sub_id: str) -> bool:
         sql = "DELETE FROM subscriptions WHERE tenant=? AND id=?"
-        return await self._exec_write(_changes, sql, [(tenant, sub_id)]) > 0
+        return await self._exec_write(_rowcount, sql, [(tenant, sub_id)]) > 0
 
     async def record_notifications(self, records: Sequence[NotificationRecord]) -> None:
         rows = [
@@ -733,7 +733,7 @@ class SqliteStore(Store):
             "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure) "
             "WHERE tenant=? AND id=?"
         )
-        await self._exec_write(_changes, sql, rows)
+        await self._exec_write(_rowcount, sql, rows)
 
     async def claim_notification(
         self, tenant: str, sub_id: str, *, now: float, min_gap: float
@@ -742,7 +742,7 @@ class SqliteStore(Store):
             "UPDATE subscriptions SET last_claim = ? WHERE tenant=? AND id=? "
             "AND (last_claim IS NULL OR last_claim <= ?)"
         )
-        return await self._exec_write(_changes, sql, [(now, tenant, sub_id, now - min_gap)]) == 1
+        return await self._exec_write(_rowcount, sql, [(now, tenant, sub_id, now - min_gap)]) == 1
 
     # -- contexts -----------------------------------------------------------------------------
 
@@ -772,7 +772,7 @@ class SqliteStore(Store):
             record.last_usage,
             record.hits,
         )
-        await self._exec_write(_changes, sql, [row])
+        await self._exec_write(_rowcount, sql, [row])
 
     async def get_context(self, context_id: str) -> ContextRecord | None:
         def fn(conn: sqlite3.Connection) -> ContextRecord | None:
@@ -795,7 +795,7 @@ class SqliteStore(Store):
 
     async def delete_context(self, context_id: str) -> bool:
         sql = "DELETE FROM contexts WHERE id=?"
-        return await self._exec_write(_changes, sql, [(context_id,)]) > 0
+        return await self._exec_write(_rowcount, sql, [(context_id,)]) > 0
 
     # -- attribute history ----------------------------------------------------------------------
 
