@@ -430,7 +430,7 @@ class SqliteStore(Store):
                     eid, doc, [(i, mutations[i][1]) for i in order[eid]], results, recorded
                 )
                 if steps or not seen:
-                    rows = index_rows(last) if last else None
+                    rows = index_rows(last) if last is not None else None
                     items.append(Item(eid, doc, steps, rows, changed))
                 # else: every mutation was rejected (or changed nothing) on a document
                 # the store held during this write: that is the outcome, no write needed
@@ -482,7 +482,7 @@ class SqliteStore(Store):
         if len(self._docs) + len(job.items) > _DOC_CACHE:
             self._docs.clear()
         for it in job.items:
-            self._docs[(job.tenant, it.eid)] = (it.steps[-1] if it.steps else it.expect, self._seq)
+            self._docs[(job.tenant, it.eid)] = (it.leaves, self._seq)
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_WriteJob(job, future, self._seq))
         return await future
@@ -496,7 +496,7 @@ class SqliteStore(Store):
             for it, outcome in zip(p.job.items, outs, strict=True):
                 key = (p.job.tenant, it.eid)
                 if outcome is None:
-                    stored[key] = it.steps[-1] if it.steps else it.expect
+                    stored[key] = it.leaves
                 elif isinstance(outcome, Conflict):
                     stored[key] = outcome.current
                 else:

@@ -151,6 +151,11 @@ class Item(NamedTuple):
     rows: IndexRows | None = None
     history: list[list[StoredRow]] | None = None
 
+    @property
+    def leaves(self) -> bytes | None:
+        """The document the entity has once this item is applied."""
+        return self.steps[-1] if self.steps else self.expect
+
 
 class Job(NamedTuple):
     """One write request: entities of one tenant, and the temporal API's explicit rows."""
@@ -392,7 +397,7 @@ class Writer:
                     changed = it.history[k] if it.history is not None else None
                     history.add(tenant, it.eid, before, after, now, changed=changed)
                     before = after
-                slot.doc = it.steps[-1]
+                slot.doc = it.leaves
                 slot.rows = it.rows if slot.doc is not None else None
                 if slot.doc is None:
                     slot.gone = slot.rid is not None
@@ -412,7 +417,8 @@ class Writer:
                     removed.append(slot.rid)
             if slot.doc is None:
                 continue
-            rows = slot.rows if slot.rows is not None else index_rows(orjson.loads(slot.doc))
+            rows = slot.rows
+            assert rows is not None  # sent with every item that leaves a document
             if slot.rid is not None and not slot.gone:
                 updated.append((slot.rid, tenant, eid, slot.doc))
                 indexed.append((tenant, slot.rid, rows))
@@ -509,9 +515,8 @@ class Writer:
                     rid = row[0]
                     conn.execute("UPDATE entities SET doc=? WHERE rid=?", (final, rid))
                     _unindex(conn, [rid])
-                assert before is not None
-                rows = item.rows if item.rows is not None else index_rows(before)
-                _index(conn, [(tenant, rid, rows)])
+                assert item.rows is not None  # sent with every item that leaves a document
+                _index(conn, [(tenant, rid, item.rows)])
             history.write(conn, self.series)
         except sqlite3.DatabaseError as exc:
             self.series.forget()
