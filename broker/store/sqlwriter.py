@@ -78,11 +78,14 @@ CREATE TABLE IF NOT EXISTS attr_values(
     tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL, kind INTEGER NOT NULL,
     b INTEGER, num, str TEXT, dt INTEGER, day INTEGER, tod INTEGER
 );
-CREATE INDEX IF NOT EXISTS attr_values_path ON attr_values(tenant, path, rid);
+-- Queries only probe an entity's rows (rid, then path): keyed by rid, an entity's rows
+-- are appended together, where a (path, rid) key put them on a page per path.
+CREATE INDEX IF NOT EXISTS attr_values_key ON attr_values(rid, path);
+DROP INDEX IF EXISTS attr_values_path;
 DROP INDEX IF EXISTS attr_values_num;
 DROP INDEX IF EXISTS attr_values_str;
 DROP INDEX IF EXISTS attr_values_dt;
-CREATE INDEX IF NOT EXISTS attr_values_rid ON attr_values(rid);
+DROP INDEX IF EXISTS attr_values_rid;
 CREATE TABLE IF NOT EXISTS geo_shapes(
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL,
     geom BLOB NOT NULL
