@@ -28,14 +28,13 @@ from broker.core.model import (
     now_iso,
 )
 from broker.errors import (
-    AlreadyExists,
     BadRequestData,
     InvalidRequest,
     NonexistentTenant,
     ResourceNotFound,
 )
 from broker.jsonld.context import TermMap
-from broker.store.base import DELETE, EntityQuery, Mutation, Store, WriteResult
+from broker.store.base import DELETE, Create, EntityQuery, Mutation, Store, WriteResult
 
 ChangeListener = Callable[[str, Sequence[WriteResult]], Awaitable[None]]
 
@@ -155,12 +154,7 @@ class EntityService:
 
     @staticmethod
     def create_mutation(entity: Entity) -> Mutation:
-        def mutate(current: Entity | None) -> Entity:
-            if current is not None:
-                raise AlreadyExists(f"entity {entity['id']} already exists")
-            return entity  # the store serialises it; nothing mutates it afterwards
-
-        return mutate
+        return Create(entity)
 
     def new_entity(self, body: Any, tm: TermMap) -> Entity:
         _object_body(body, "an entity")

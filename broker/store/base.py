@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from broker.core.history import Duration, HistoryPolicy, HistoryRow
 from broker.core.model import Entity
-from broker.errors import NgsiLdError, NotImplementedYet
+from broker.errors import AlreadyExists, NgsiLdError, NotImplementedYet
 
 
 class _Delete:
@@ -40,6 +40,22 @@ class _Delete:
 DELETE: Final = _Delete()
 
 Mutation = Callable[[Entity | None], "Entity | _Delete"]
+
+
+class Create:
+    """The mutation that creates ``entity``; on a stored entity it fails with
+    AlreadyExists. A backend may take what it expects, no stored entity, as its guess
+    and skip reading the entity before the write (the write still checks it)."""
+
+    __slots__ = ("entity",)
+
+    def __init__(self, entity: Entity) -> None:
+        self.entity = entity
+
+    def __call__(self, current: Entity | None) -> Entity:
+        if current is not None:
+            raise AlreadyExists(f"entity {self.entity['id']} already exists")
+        return self.entity  # the store serialises it; nothing mutates it afterwards
 
 
 @dataclass(slots=True)

@@ -53,6 +53,7 @@ from broker.store.base import (
     DELETE,
     Aggregates,
     ContextRecord,
+    Create,
     Discovery,
     EntityQuery,
     History,
@@ -411,7 +412,16 @@ class SqliteStore(Store):
             known = self._docs.get((tenant, eid))
             if known is not None:
                 start[eid] = (known[0], False)
-        unknown = [eid for eid in order if eid not in start]
+        unknown = []
+        for eid in order:
+            if eid in start:
+                continue
+            if isinstance(mutations[order[eid][0]][1], Create):
+                # a create expects no stored entity: take that as the guess, which the
+                # writer checks (on a conflict it answers with the stored document)
+                start[eid] = (None, False)
+            else:
+                unknown.append(eid)
         if unknown:
             stored = self._stored(tenant, unknown)
             for eid in unknown:

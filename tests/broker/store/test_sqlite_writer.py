@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from broker.core.model import Entity
-from broker.errors import StoreUnavailable
-from broker.store.base import WriteResult
+from broker.errors import AlreadyExists, StoreUnavailable
+from broker.store.base import Create, WriteResult
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlwriter import ProcessWriter
 
@@ -123,6 +123,29 @@ async def test_a_rejected_write_on_a_stale_guess_is_checked_against_the_store(
         assert second.before is not None
         assert second.before[T + "n"][0]["value"] == 1
         assert await value(b, "urn:c:1") == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_create_guessed_new_is_checked_against_the_store(tmp_path: Path) -> None:
+    # A create is sent on the guess that no entity is stored, without a read first. Where
+    # another server created it meanwhile, the create fails as AlreadyExists, and the
+    # stored entity is left as it was.
+    a, b = SqliteStore(tmp_path / "shared.db"), SqliteStore(tmp_path / "shared.db")
+    await a.open()
+    await b.open()
+    try:
+        (first,) = await a.write("", [("urn:c:1", Create(counter("urn:c:1", 1)))])
+        (second,) = await b.write("", [("urn:c:1", Create(counter("urn:c:1", 2)))])
+        (third,) = await b.write("", [("urn:c:2", Create(counter("urn:c:2", 3)))])
+        assert first.ok
+        assert third.ok
+        assert isinstance(second.error, AlreadyExists)
+        assert second.before is not None
+        assert second.before[T + "n"][0]["value"] == 1
+        assert await value(a, "urn:c:1") == 1
+        assert await value(a, "urn:c:2") == 3
     finally:
         await a.close()
         await b.close()
