@@ -406,17 +406,15 @@ class SqliteStore(Store):
             order.setdefault(eid, []).append(i)
         results: list[WriteResult] = [WriteResult(eid) for eid, _ in mutations]
         #: eid -> (document to start from, whether the store held it during this write):
-        #: the state the jobs sent before leave, else what the store holds now
+        #: the state the jobs sent before leave, else none for a create (a guess the
+        #: writer checks), else what the store holds now
         start: dict[str, tuple[bytes | None, bool]] = {}
+        unknown = []
         for eid in order:
             known = self._docs.get((tenant, eid))
             if known is not None:
                 start[eid] = (known[0], False)
-        unknown = []
-        for eid in order:
-            if eid in start:
-                continue
-            if isinstance(mutations[order[eid][0]][1], Create):
+            elif isinstance(mutations[order[eid][0]][1], Create):
                 # a create expects no stored entity: take that as the guess, which the
                 # writer checks (on a conflict it answers with the stored document)
                 start[eid] = (None, False)
