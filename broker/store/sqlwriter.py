@@ -300,6 +300,22 @@ class Writer:
         self.conn = conn
         #: history series numbers handed out by this connection
         self.series = sqlhistory.Series()
+        #: SQLite's count of commits by other connections, as of this one's last write
+        self._data_version = self._other_commits()
+
+    def _other_commits(self) -> int:
+        version: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def _begin(self) -> None:
+        """Start a write transaction. Where another connection (another server on the
+        same file) has committed since this one last wrote, it may have deleted history
+        series: the numbers remembered here go."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        version = self._other_commits()
+        if version != self._data_version:
+            self._data_version = version
+            self.series.forget()
 
     def close(self) -> None:
         with driver_errors():
@@ -318,7 +334,7 @@ class Writer:
         ``forget``: ``fn`` may delete history series, so the cached numbers go."""
         conn = self.conn
         with driver_errors():
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 result = fn(conn, *args, **kwargs)
             except BaseException:
@@ -334,7 +350,7 @@ class Writer:
         """Apply a group of jobs in one transaction; an outcome per item of each job."""
         conn = self.conn
         with driver_errors():
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 now = time.time_ns() // 1000
                 if any(job.explicit for job in jobs):

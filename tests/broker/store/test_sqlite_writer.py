@@ -13,7 +13,7 @@ import pytest
 
 from broker.core.model import Entity
 from broker.errors import AlreadyExists, StoreUnavailable
-from broker.store.base import Create, WriteResult
+from broker.store.base import Create, HistoryQuery, WriteResult
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlwriter import ProcessWriter
 
@@ -123,6 +123,27 @@ async def test_a_rejected_write_on_a_stale_guess_is_checked_against_the_store(
         assert second.before is not None
         assert second.before[T + "n"][0]["value"] == 1
         assert await value(b, "urn:c:1") == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_history_deleted_by_another_server_is_not_written_to_a_gone_series(
+    tmp_path: Path,
+) -> None:
+    # Each writer remembers the history series numbers it used. When another server on
+    # the same file deletes an entity's history, those series are gone: the next change
+    # must start new ones, or its instances would be stored where no query finds them.
+    a, b = SqliteStore(tmp_path / "shared.db"), SqliteStore(tmp_path / "shared.db")
+    await a.open()
+    await b.open()
+    try:
+        await a.write("", [("urn:c:1", lambda _: counter("urn:c:1", 1))])
+        assert await b.delete_history("", "urn:c:1") == 1
+        await a.write("", [("urn:c:1", bump)])
+        for store in (a, b):
+            hist = await store.history("", ["urn:c:1"], HistoryQuery())
+            assert [r.instance["value"] for r in hist["urn:c:1"][T + "n"] if r.instance] == [2]
     finally:
         await a.close()
         await b.close()
