@@ -80,6 +80,14 @@ def _depth(value: Any, limit: int) -> None:
         depth += 1
 
 
+def check_depth(raw: bytes, body: Any, limit: int) -> None:
+    """:func:`_depth` for a parsed body, walked only when its text has ``limit`` or more
+    brackets: every level but the innermost is a bracket, so with fewer the body has at
+    most ``limit`` levels (brackets inside strings only make the count larger)."""
+    if raw.count(b"{") + raw.count(b"[") >= limit:
+        _depth(body, limit)
+
+
 @dataclass
 class Payload:
     body: Any
@@ -118,7 +126,7 @@ async def read_body(request: Request, *, max_bytes: int, max_depth: int) -> Any:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
-    _depth(body, max_depth)
+    check_depth(raw, body, max_depth)
     return body
 
 

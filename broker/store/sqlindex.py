@@ -174,6 +174,8 @@ def _value_row(key: str, c: Any) -> Row | None:
             return None
         return (key, 2, None, sql_number(c), None, None, None, None)
     if isinstance(c, str):
+        if not c[:1].isdecimal():  # dates, date-times and times all start with a digit
+            return (key, 3, None, None, c, None, None, None)
         dt = parse_datetime(c)
         day = parse_date(c)
         return (
