@@ -56,6 +56,19 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         await s.close()
 
 
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]:
+    """Two stores on one file, as two servers on it would have: a writer process each."""
+    a, b = SqliteStore(tmp_path / "shared.db"), SqliteStore(tmp_path / "shared.db")
+    await a.open()
+    await b.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_writes_go_to_a_process_of_their_own(store: SqliteStore) -> None:
     await store.write("", [("urn:c:1", lambda _: counter("urn:c:1"))])
     pid = writer_pid(store)
@@ -82,91 +95,71 @@ async def test_a_killed_writer_is_replaced_and_nothing_committed_is_lost(
     assert await store.get_entity("", "urn:c:2") is not None
 
 
-async def test_writers_of_two_stores_on_one_file_lose_no_update(tmp_path: Path) -> None:
+async def test_writers_of_two_stores_on_one_file_lose_no_update(
+    two: tuple[SqliteStore, SqliteStore],
+) -> None:
     # Two writer processes on one database, as two servers on one file would have: each
     # store's guess of an entity's state goes stale as the other writes, and every
     # update must still count once.
-    a, b = SqliteStore(tmp_path / "shared.db"), SqliteStore(tmp_path / "shared.db")
-    await a.open()
-    await b.open()
-    try:
-        await a.write("", [("urn:c:1", lambda _: counter("urn:c:1"))])
-        writes = [s.write("", [("urn:c:1", bump)]) for _ in range(40) for s in (a, b)]
-        outcomes: list[list[WriteResult]] = await asyncio.gather(*writes)
-        assert all(r.ok for out in outcomes for r in out)
-        assert await value(a, "urn:c:1") == 80
-        assert await value(b, "urn:c:1") == 80
-    finally:
-        await a.close()
-        await b.close()
+    a, b = two
+    await a.write("", [("urn:c:1", lambda _: counter("urn:c:1"))])
+    writes = [s.write("", [("urn:c:1", bump)]) for _ in range(40) for s in (a, b)]
+    outcomes: list[list[WriteResult]] = await asyncio.gather(*writes)
+    assert all(r.ok for out in outcomes for r in out)
+    assert await value(a, "urn:c:1") == 80
+    assert await value(b, "urn:c:1") == 80
 
 
 async def test_a_rejected_write_on_a_stale_guess_is_checked_against_the_store(
-    tmp_path: Path,
+    two: tuple[SqliteStore, SqliteStore],
 ) -> None:
     # Store b last saw no entity; a creates it. b's create must then fail as a
     # conflict with what is stored, not succeed on its stale belief.
-    a, b = SqliteStore(tmp_path / "shared.db"), SqliteStore(tmp_path / "shared.db")
-    await a.open()
-    await b.open()
-    try:
+    a, b = two
 
-        def create_once(cur: Entity | None) -> Entity:
-            if cur is not None:
-                raise StoreUnavailable("exists")  # any NgsiLdError: the entity is kept
-            return counter("urn:c:1", 1)
+    def create_once(cur: Entity | None) -> Entity:
+        if cur is not None:
+            raise StoreUnavailable("exists")  # any NgsiLdError: the entity is kept
+        return counter("urn:c:1", 1)
 
-        (first,) = await a.write("", [("urn:c:1", create_once)])
-        (second,) = await b.write("", [("urn:c:1", create_once)])
-        assert first.ok
-        assert not second.ok
-        assert second.before is not None
-        assert second.before[T + "n"][0]["value"] == 1
-        assert await value(b, "urn:c:1") == 1
-    finally:
-        await a.close()
-        await b.close()
+    (first,) = await a.write("", [("urn:c:1", create_once)])
+    (second,) = await b.write("", [("urn:c:1", create_once)])
+    assert first.ok
+    assert not second.ok
+    assert second.before is not None
+    assert second.before[T + "n"][0]["value"] == 1
+    assert await value(b, "urn:c:1") == 1
 
 
 async def test_history_deleted_by_another_server_is_not_written_to_a_gone_series(
-    tmp_path: Path,
+    two: tuple[SqliteStore, SqliteStore],
 ) -> None:
     # Each writer remembers the history series numbers it used. When another server on
     # the same file deletes an entity's history, those series are gone: the next change
     # must start new ones, or its instances would be stored where no query finds them.
-    a, b = SqliteStore(tmp_path / "shared.db"), SqliteStore(tmp_path / "shared.db")
-    await a.open()
-    await b.open()
-    try:
-        await a.write("", [("urn:c:1", lambda _: counter("urn:c:1", 1))])
-        assert await b.delete_history("", "urn:c:1") == 1
-        await a.write("", [("urn:c:1", bump)])
-        for store in (a, b):
-            hist = await store.history("", ["urn:c:1"], HistoryQuery())
-            assert [r.instance["value"] for r in hist["urn:c:1"][T + "n"] if r.instance] == [2]
-    finally:
-        await a.close()
-        await b.close()
+    a, b = two
+    await a.write("", [("urn:c:1", lambda _: counter("urn:c:1", 1))])
+    assert await b.delete_history("", "urn:c:1") == 1
+    await a.write("", [("urn:c:1", bump)])
+    for store in (a, b):
+        hist = await store.history("", ["urn:c:1"], HistoryQuery())
+        assert [r.instance["value"] for r in hist["urn:c:1"][T + "n"] if r.instance] == [2]
 
 
-async def test_a_create_guessed_new_is_checked_against_the_store(tmp_path: Path) -> None:
+async def test_a_create_guessed_new_is_checked_against_the_store(
+    two: tuple[SqliteStore, SqliteStore],
+) -> None:
     # A create is sent on the guess that no entity is stored, without a read first. Where
     # another server created it meanwhile, the create fails as AlreadyExists, and the
     # stored entity is left as it was.
-    a, b = SqliteStore(tmp_path / "shared.db"), SqliteStore(tmp_path / "shared.db")
-    await a.open()
-    await b.open()
-    try:
-        (first,) = await a.write("", [("urn:c:1", Create(counter("urn:c:1", 1)))])
-        (second,) = await b.write("", [("urn:c:1", Create(counter("urn:c:1", 2)))])
-        (third,) = await b.write("", [("urn:c:2", Create(counter("urn:c:2", 3)))])
-        assert first.ok
-        assert third.ok
-        assert isinstance(second.error, AlreadyExists)
-        assert second.before is not None
-        assert second.before[T + "n"][0]["value"] == 1
-        assert await value(a, "urn:c:1") == 1
-        assert await value(a, "urn:c:2") == 3
-    finally:
-        await a.close()
-        await b.close()
+    a, b = two
+    (first,) = await a.write("", [("urn:c:1", Create(counter("urn:c:1", 1)))])
+    (second,) = await b.write("", [("urn:c:1", Create(counter("urn:c:1", 2)))])
+    (third,) = await b.write("", [("urn:c:2", Create(counter("urn:c:2", 3)))])
+    assert first.ok
+    assert third.ok
+    assert isinstance(second.error, AlreadyExists)
+    assert second.before is not None
+    assert second.before[T + "n"][0]["value"] == 1
+    assert await value(a, "urn:c:1") == 1
+    assert await value(a, "urn:c:2") == 3
