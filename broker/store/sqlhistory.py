@@ -122,7 +122,8 @@ _HOURLY = (
 class Series:
     """Series numbers: (tenant, entity, attribute) -> sid, with the ones the writer has
     seen cached. The writer clears the cache whenever a transaction or savepoint rolls
-    back (a number it handed out may be gone) and when history is deleted."""
+    back (a number it handed out may be gone), when history is deleted, and when another
+    connection to the file has committed (it may have deleted history)."""
 
     def __init__(self, size: int = 200_000) -> None:
         self.size = size
