@@ -279,6 +279,28 @@ def _loads(doc: bytes | None) -> Entity | None:
     return orjson.loads(doc) if doc is not None else None
 
 
+def _record(
+    history: sqlhistory.GroupHistory,
+    tenant: str,
+    item: Item,
+    start: bytes | None,
+    now: int,
+    explicit: Sequence[HistoryRow] | None = None,
+) -> None:
+    """Add the history of each of ``item``'s steps, from the stored ``start``: the rows
+    the sender worked out, or the temporal API's ``explicit`` ones for a step that
+    leaves the entity."""
+    before = _loads(start)
+    for k, step in enumerate(item.steps):
+        after = _loads(step)
+        if explicit is not None and after is not None:
+            history.add(tenant, item.eid, before, after, now, explicit)
+        else:
+            changed = item.history[k] if item.history is not None else None
+            history.add(tenant, item.eid, before, after, now, changed=changed)
+        before = after
+
+
 class Writer:
     """Owns the write connection. Concurrent writes reach it in groups: every waiting
     request in one transaction (group commit), with one statement per table for the
@@ -410,12 +432,7 @@ class Writer:
                 outs.append(None)
                 if not it.steps:
                     continue
-                before = _loads(slot.doc)
-                for k, step in enumerate(it.steps):
-                    after = _loads(step)
-                    changed = it.history[k] if it.history is not None else None
-                    history.add(tenant, it.eid, before, after, now, changed=changed)
-                    before = after
+                _record(history, tenant, it, slot.doc, now)
                 slot.doc = it.leaves
                 slot.rows = it.rows if slot.doc is not None else None
                 if slot.doc is None:
@@ -508,15 +525,7 @@ class Writer:
         history = sqlhistory.GroupHistory(policy, replace_observed=explicit is not None)
         conn.execute("SAVEPOINT one")
         try:
-            before = _loads(current)
-            for k, step in enumerate(item.steps):
-                after = _loads(step)
-                if explicit is not None and after is not None:
-                    history.add(tenant, item.eid, before, after, now, explicit)
-                else:
-                    changed = item.history[k] if item.history is not None else None
-                    history.add(tenant, item.eid, before, after, now, changed=changed)
-                before = after
+            _record(history, tenant, item, current, now, explicit)
             final = item.steps[-1]
             if final is None:
                 if row is not None:
