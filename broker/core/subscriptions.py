@@ -309,6 +309,10 @@ class SubscriptionService:
         self.backoff_cap = backoff_cap
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, list[Compiled]]] = {}
+        #: per tenant: how often its subscriptions changed here (see ``_active``)
+        self._generation: dict[str, int] = {}
+        #: per tenant: the reload of its active subscriptions under way, and its generation
+        self._loading: dict[str, tuple[int, asyncio.Future[list[Compiled]]]] = {}
         self._compiled: dict[tuple[str, str, str], Compiled] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: per subscription: deliveries on their way, and changes waiting for one to end
@@ -520,6 +524,7 @@ class SubscriptionService:
 
     def _forget(self, tenant: str) -> None:
         self._cache.pop(tenant, None)
+        self._generation[tenant] = self._generation.get(tenant, 0) + 1
 
     async def create(self, tenant: str, body: dict[str, Any], context: ContextValue | None) -> str:
         doc = {
@@ -629,10 +634,33 @@ class SubscriptionService:
     # -- matching -----------------------------------------------------------------------------
 
     async def _active(self, tenant: str) -> list[Compiled]:
+        """The tenant's subscriptions, compiled; read again after ``cache_ttl`` (other
+        servers on the same store) and after every change made here.
+
+        One reload at a time per tenant: concurrent writes wait for the one under way
+        instead of each reading the list. A reload that started before a change made
+        here is not cached, and is not shared with callers that arrive after the change:
+        it may have read the list as it was before."""
         cached = self._cache.get(tenant)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self.cache_ttl:
+        if cached is not None and time.monotonic() - cached[0] < self.cache_ttl:
             return cached[1]
+        generation = self._generation.get(tenant, 0)
+        loading = self._loading.get(tenant)
+        if loading is None or loading[0] != generation:
+            reload = asyncio.ensure_future(self._reload(tenant, generation))
+            loading = self._loading[tenant] = (generation, reload)
+            reload.add_done_callback(lambda done: self._reloaded(tenant, done))
+        # shielded: a caller that is cancelled does not cancel the others' reload
+        return await asyncio.shield(loading[1])
+
+    def _reloaded(self, tenant: str, done: asyncio.Future[list[Compiled]]) -> None:
+        if self._loading.get(tenant, (0, None))[1] is done:
+            del self._loading[tenant]
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have been cancelled
+
+    async def _reload(self, tenant: str, generation: int) -> list[Compiled]:
+        now = time.monotonic()
         compiled: list[Compiled] = []
         seen: dict[tuple[str, str, str], Compiled] = {}
         for doc in await self.store.list_subscriptions(tenant):
@@ -650,7 +678,8 @@ class SubscriptionService:
             seen[key] = found
             compiled.append(found)
         self._compiled = {k: v for k, v in self._compiled.items() if k[0] != tenant} | seen
-        self._cache[tenant] = (now, compiled)
+        if self._generation.get(tenant, 0) == generation:  # else it may predate a change
+            self._cache[tenant] = (now, compiled)
         return compiled
 
     async def on_change(self, tenant: str, results: Sequence[WriteResult]) -> None:
@@ -999,6 +1028,8 @@ class SubscriptionService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scheduler
             self._scheduler = None
+        for _, reload in list(self._loading.values()):
+            reload.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
