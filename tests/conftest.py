@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from broker.app import create_app
 from broker.settings import Settings
+from tests.receiver import Receiver
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,6 +46,14 @@ def make_settings(tmp_path: Path, **extra: Any) -> Settings:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real HTTP notification receiver on loopback."""
+    r = Receiver()
+    yield r
+    r.close()
 
 
 @pytest.fixture

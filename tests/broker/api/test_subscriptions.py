@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,6 @@ from tests.support import broker, free_port
 
 S = "/ngsi-ld/v1/subscriptions"
 E = "/ngsi-ld/v1/entities"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def subscription(url: str, **extra: Any) -> dict[str, Any]:
