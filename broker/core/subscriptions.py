@@ -312,9 +312,10 @@ class SubscriptionService:
         #: per tenant: how often its subscriptions changed here (see ``_active``)
         self._generation: dict[str, int] = {}
         #: per tenant: the reload of its active subscriptions under way, and its generation
-        self._loading: dict[str, tuple[int, asyncio.Future[list[Compiled]]]] = {}
+        self._loading: dict[str, tuple[int, asyncio.Task[list[Compiled]]]] = {}
         self._compiled: dict[tuple[str, str, str], Compiled] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: background work (deliveries, reloads) that ``aclose`` cancels and waits for
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: per subscription: deliveries on their way, and changes waiting for one to end
         self._in_flight: dict[tuple[str, str], int] = {}
         self._queued: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -647,13 +648,15 @@ class SubscriptionService:
         generation = self._generation.get(tenant, 0)
         loading = self._loading.get(tenant)
         if loading is None or loading[0] != generation:
-            reload = asyncio.ensure_future(self._reload(tenant, generation))
+            reload = asyncio.create_task(self._reload(tenant, generation))
             loading = self._loading[tenant] = (generation, reload)
+            self._tasks.add(reload)
             reload.add_done_callback(lambda done: self._reloaded(tenant, done))
         # shielded: a caller that is cancelled does not cancel the others' reload
         return await asyncio.shield(loading[1])
 
-    def _reloaded(self, tenant: str, done: asyncio.Future[list[Compiled]]) -> None:
+    def _reloaded(self, tenant: str, done: asyncio.Task[list[Compiled]]) -> None:
+        self._tasks.discard(done)
         if self._loading.get(tenant, (0, None))[1] is done:
             del self._loading[tenant]
         if not done.cancelled():
@@ -1028,8 +1031,6 @@ class SubscriptionService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scheduler
             self._scheduler = None
-        for _, reload in list(self._loading.values()):
-            reload.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
