@@ -246,14 +246,55 @@ def _level_rows(
             _add_rows(key + "".join(KEY + k for k in keys), values, rows)
 
 
+#: Kinds whose value member, unless a list (or a Property's object, which has JSON keys),
+#: is one candidate: a GeoProperty's geometry or any other object is only a presence.
+_SINGLE_VALUE = {
+    "Property": "value",
+    "GeoProperty": "value",
+    "Relationship": "object",
+    "VocabProperty": "vocab",
+}
+
+
+def _single_rows(key: str, inst: dict[str, Any], rows: list[Row]) -> bool:
+    """The rows of a lone instance with one value and no sub-attributes (most
+    attributes are), as :func:`_level_rows` makes them; False, adding nothing, for any
+    other instance."""
+    kind = inst.get("type", "Property")
+    member = _SINGLE_VALUE.get(kind)
+    if member is None:
+        return False
+    value = inst.get(member)
+    if isinstance(value, list) or (kind == "Property" and isinstance(value, dict)):
+        return False  # spread candidates, or JSON keys
+    metas = []
+    for k in inst:
+        if ":" in k:
+            return False  # a sub-attribute, maybe
+        if k in _INDEXED_META:
+            metas.append(k)
+    rows.append(_value_row(key, value) or _presence(key))
+    for m in metas:
+        _add_rows(key + SUB + m, [inst[m]], rows)
+    return True
+
+
 def value_rows(ent: Entity) -> list[Row]:
     """The ``attr_values`` rows of an entity (without tenant and rid), in one walk.
 
     :func:`value_rows_reference` defines them; this computes the same rows without an
-    evaluation per path (the writer runs it for every entity it stores)."""
+    evaluation per path (the store runs it for every entity it writes). Most attributes
+    are one instance with one value and meta members: those take a shorter way."""
     rows: list[Row] = []
     for attr, instances in ent.items():
         if attr not in ENTITY_KEYS:
+            if (
+                type(instances) is list
+                and len(instances) == 1
+                and type(instances[0]) is dict
+                and _single_rows(attr, instances[0], rows)
+            ):
+                continue
             insts = dicts(instances)
             if insts:
                 _level_rows(attr, insts, insts, rows)

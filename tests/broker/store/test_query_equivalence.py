@@ -300,12 +300,22 @@ JSON = st.recursive(
 def wild_instances(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
     kind = draw(
         st.sampled_from(
-            ["Property", "Relationship", "LanguageProperty", "JsonProperty", "ListProperty"]
+            [
+                "Property",
+                "Relationship",
+                "GeoProperty",
+                "VocabProperty",
+                "LanguageProperty",
+                "JsonProperty",
+                "ListProperty",
+            ]
         )
     )
     member = {
         "Property": "value",
         "Relationship": "object",
+        "GeoProperty": "value",
+        "VocabProperty": "vocab",
         "LanguageProperty": "languageMap",
         "JsonProperty": "json",
         "ListProperty": "valueList",
