@@ -275,7 +275,11 @@ def _single_rows(key: str, inst: dict[str, Any], rows: list[Row]) -> bool:
             metas.append(k)
     rows.append(_value_row(key, value) or _presence(key))
     for m in metas:
-        _add_rows(key + SUB + m, [inst[m]], rows)
+        meta, path = inst[m], key + SUB + m
+        if isinstance(meta, list):
+            _add_rows(path, [meta], rows)
+        else:
+            rows.append(_value_row(path, meta) or _presence(path))
     return True
 
 
