@@ -272,14 +272,13 @@ def _single_rows(key: str, inst: dict[str, Any], rows: list[Row]) -> bool:
         if ":" in k:
             return False  # a sub-attribute, maybe
         if k in _INDEXED_META:
+            if isinstance(inst[k], list):
+                return False
             metas.append(k)
     rows.append(_value_row(key, value) or _presence(key))
     for m in metas:
-        meta, path = inst[m], key + SUB + m
-        if isinstance(meta, list):
-            _add_rows(path, [meta], rows)
-        else:
-            rows.append(_value_row(path, meta) or _presence(path))
+        path = key + SUB + m
+        rows.append(_value_row(path, inst[m]) or _presence(path))
     return True
 
 

@@ -323,7 +323,7 @@ def wild_instances(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
     inst: dict[str, Any] = {"type": kind, member: draw(JSON)}
     for meta in ("observedAt", "unitCode", "datasetId", "createdAt"):
         if draw(st.booleans()):
-            inst[meta] = draw(st.sampled_from(["2026-01-01T00:00:00Z", "CEL", 3]))
+            inst[meta] = draw(st.sampled_from(["2026-01-01T00:00:00Z", "CEL", 3, ["CEL", 3]]))
     if depth < 2 and draw(st.booleans()):
         sub = draw(wild_instances(depth + 1))
         inst[T + "sub"] = [sub, draw(wild_instances(depth + 1))] if draw(st.booleans()) else sub
