@@ -29,7 +29,7 @@ from shapely import wkb
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from broker.core.model import ENTITY_KEYS, Entity
+from broker.core.model import ATTRIBUTE_TYPES, ENTITY_KEYS, Entity
 from broker.query.ast import (
     META_MEMBERS,
     URI,
@@ -249,10 +249,8 @@ def _level_rows(
 #: Kinds whose value member, unless a list (or a Property's object, which has JSON keys),
 #: is one candidate: a GeoProperty's geometry or any other object is only a presence.
 _SINGLE_VALUE = {
-    "Property": "value",
-    "GeoProperty": "value",
-    "Relationship": "object",
-    "VocabProperty": "vocab",
+    kind: ATTRIBUTE_TYPES[kind]
+    for kind in ("Property", "GeoProperty", "Relationship", "VocabProperty")
 }
 
 
