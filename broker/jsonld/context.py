@@ -19,16 +19,19 @@ import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-import httpx
 import orjson
-from pyld import jsonld
-from pyld.context_resolver import ContextResolver as _PyldResolver
 
 from broker.errors import BadRequestData, LdContextNotAvailable
 from schemas import BUNDLED_CONTEXTS, CORE_CONTEXT_FILE
+
+if TYPE_CHECKING:
+    # Imported where used: the store's writer process imports this module (for the
+    # constants and TermMap) but never resolves a context, and these two take a third
+    # of its start-up.
+    import httpx
 
 CORE_CONTEXT_URL = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
 NGSI_LD = "https://uri.etsi.org/ngsi-ld/"
@@ -212,6 +215,9 @@ class ContextResolver:
         self.cache_size = cache_size
         self.hosted_lookup = hosted_lookup
         self.on_fetched = on_fetched
+        from pyld import jsonld
+        from pyld.context_resolver import ContextResolver as PyldResolver
+
         self.processor = jsonld.JsonLdProcessor()
         self._maps: OrderedDict[str, TermMap] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[JsonDoc]] = {}
@@ -221,7 +227,7 @@ class ContextResolver:
             "processingMode": "json-ld-1.1",
             "base": self.base_url + "/" if self.base_url else "",
         }
-        self._options["contextResolver"] = _PyldResolver(self._pyld_cache, self._loader)
+        self._options["contextResolver"] = PyldResolver(self._pyld_cache, self._loader)
         self._initial = self.processor._get_initial_context(self._options)
         self._core_active = self.process_sync(self._initial, CORE_CONTEXT_URL)
         self.core = TermMap(self, None, self._core_active)
@@ -247,6 +253,8 @@ class ContextResolver:
     def _loader(self, url: str, options: Any = None) -> dict[str, Any]:
         doc = self.known_document(url)
         if doc is None:
+            from pyld import jsonld
+
             raise jsonld.JsonLdError(
                 f"context {url} was not prefetched",
                 "jsonld.LoadDocumentError",
@@ -257,6 +265,8 @@ class ContextResolver:
     async def _fetch(self, url: str) -> JsonDoc:
         if not url.startswith(("http://", "https://")):
             raise LdContextNotAvailable(f"cannot retrieve @context {url!r}: not an http(s) URL")
+        import httpx
+
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=True, timeout=self.fetch_timeout)
         try:
@@ -329,6 +339,8 @@ class ContextResolver:
     # -- processing --------------------------------------------------------------------------
 
     def process_sync(self, active: Any, local: Any) -> Any:
+        from pyld import jsonld
+
         try:
             return self.processor.process_context(active, local, self._options)
         except jsonld.JsonLdError as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from broker.core.model import Entity
 from broker.errors import AlreadyExists, StoreUnavailable
 from broker.store.base import Create, HistoryQuery, WriteResult
 from broker.store.sqlite import SqliteStore
-from broker.store.sqlwriter import ProcessWriter
+from broker.store.sqlwriter import _CHILD, _ROOT, ProcessWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -75,6 +77,21 @@ async def test_writes_go_to_a_process_of_their_own(store: SqliteStore) -> None:
     assert pid != os.getpid()
     cmdline = await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)
     assert b"broker.store.sqlwriter" in cmdline
+
+
+async def test_the_writer_process_starts_without_the_context_resolvers_libraries() -> None:
+    """The writer never resolves a JSON-LD context, so it leaves out pyld and httpx
+    (with what they pull in, more than half of its imports). Every server start and every
+    replaced writer waits for these imports."""
+    heavy = ("pyld", "httpx", "requests", "rich")
+    imports = _CHILD.split(";")[0]  # the child's program, without running it
+    probe = f"import sys\n{imports}\nprint(*[m for m in {heavy!r} if m in sys.modules])"
+    env = {**os.environ, "PYTHONPATH": _ROOT}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", probe], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
 
 
 async def test_a_killed_writer_is_replaced_and_nothing_committed_is_lost(
