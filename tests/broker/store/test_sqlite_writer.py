@@ -81,7 +81,7 @@ async def test_writes_go_to_a_process_of_their_own(store: SqliteStore) -> None:
 
 async def test_the_writer_process_starts_without_the_context_resolvers_libraries() -> None:
     """The writer never resolves a JSON-LD context, so it leaves out pyld and httpx
-    (with what they pull in, more than half of its imports). Every server start and every
+    (with what they pull in, about half of its imports). Every server start and every
     replaced writer waits for these imports."""
     heavy = ("pyld", "httpx", "requests", "rich")
     imports = _CHILD.split(";")[0]  # the child's program, without running it
