@@ -10,6 +10,8 @@ HTTP status and problem type as class attributes, so the handler table in
     │   └── PayloadTooLarge       413  body over the configured size limit
     ├── UnsupportedMediaType      415  Content-Type the operation does not take
     ├── NotAcceptable             406  no Accept-able representation
+    ├── Unauthorized              401  credentials missing or invalid (WWW-Authenticate)
+    ├── Forbidden                 403  valid credentials, operation not allowed
     ├── ResourceNotFound          404
     │   └── NonexistentTenant     404  the NGSILD-Tenant named does not exist
     ├── AlreadyExists             409
@@ -23,6 +25,10 @@ HTTP status and problem type as class attributes, so the handler table in
 OperationNotSupported is 422 as the specification's error table says; a feature this
 hub has not built answers 501 with the same problem type, so a client can tell "not
 here" from "not allowed".
+
+The specification's error table has no type for access control; Unauthorized and
+Forbidden use the same base URI with their own names, and their details never name
+another tenant or what it holds.
 """
 
 from __future__ import annotations
@@ -84,6 +90,26 @@ class NotAcceptable(NgsiLdError):
     status = 406
     type_name = "InvalidRequest"
     title = "Not acceptable"
+
+
+class Unauthorized(NgsiLdError):
+    """401: no credentials where some are needed, or credentials that do not verify.
+
+    ``challenge`` is the ``WWW-Authenticate`` value (RFC 6750 for bearer tokens)."""
+
+    status = 401
+    type_name = "Unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str = "", challenge: str = 'Bearer realm="renkei"') -> None:
+        super().__init__(detail)
+        self.headers["WWW-Authenticate"] = challenge
+
+
+class Forbidden(NgsiLdError):
+    status = 403
+    type_name = "Forbidden"
+    title = "Forbidden"
 
 
 class ResourceNotFound(NgsiLdError):
