@@ -24,7 +24,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import jwt
@@ -196,14 +196,22 @@ class TokenVerifier:
         self.jwks = JwksCache(oidc, client)
         self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
-    async def verify(self, token: str) -> Principal:
-        now = time.time()
+    def cached(self, token: str) -> Principal | None:
+        """The principal of ``token`` if it verified recently and has not expired."""
         hit = self._verified.get(token)
-        if hit is not None:
-            if hit[0] > now:
-                self._verified.move_to_end(token)
-                return hit[1]
-            del self._verified[token]
+        if hit is None:
+            return None
+        if hit[0] > time.time():
+            self._verified.move_to_end(token)
+            return hit[1]
+        self._verified.pop(token, None)
+        return None
+
+    async def verify(self, token: str) -> Principal:
+        known = self.cached(token)
+        if known is not None:
+            return known
+        now = time.time()
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -265,6 +273,13 @@ class TokenVerifier:
         )
 
 
+class PolicySource(Protocol):
+    """Anything holding the policy in force (``PolicyHolder``)."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+
 class Authenticator:
     """Turns a request's headers into a ``Principal`` under the policy in force.
 
@@ -274,7 +289,7 @@ class Authenticator:
 
     def __init__(
         self,
-        current: Policy | Any,
+        current: Policy | PolicySource,
         *,
         client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -323,10 +338,14 @@ class Authenticator:
                 "use Authorization: Bearer <API key or token>",
                 challenge=f'{CHALLENGE}, error="invalid_request"',
             )
+        verifier = self.verifier(policy)
+        if verifier is not None:
+            known = verifier.cached(credential)  # only tokens that verified are held
+            if known is not None:
+                return known
         entry = match_api_key(policy.api_keys, credential)
         if entry is not None:
             return _key_principal(entry)
-        verifier = self.verifier(policy)
         if verifier is None or not _looks_like_jwt(credential):
             raise invalid_token("the bearer credential is not valid")
         return await verifier.verify(credential)
