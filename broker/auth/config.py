@@ -366,7 +366,7 @@ class PolicyHolder:
         self.generation = 0
         self.last_error: str | None = None
         self.reloaded = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a SIGHUP may land during a reload
 
     @property
     def policy(self) -> Policy:

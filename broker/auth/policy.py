@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from broker.errors import Forbidden, ResourceNotFound, Unauthorized
 
@@ -49,6 +49,28 @@ class Principal:
     anonymous: bool = False
     #: How the principal was established: "api_key", "oidc" or "anonymous".
     via: str = "anonymous"
+
+    def as_record(self) -> dict[str, Any]:
+        """JSON-ready form, e.g. to store as a subscription's owner, whose rights
+        notifications are later filtered by (``from_record`` reads it back)."""
+        return {
+            "name": self.name,
+            "roles": sorted(self.roles),
+            "tenants": sorted(self.tenants),
+            "anonymous": self.anonymous,
+            "via": self.via,
+        }
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> Principal:
+        if data.get("anonymous"):
+            return ANONYMOUS
+        return cls(
+            name=str(data.get("name", "")),
+            roles=frozenset(str(r) for r in data.get("roles", ())),
+            tenants=frozenset(str(t) for t in data.get("tenants", ())),
+            via=str(data.get("via", "")),
+        )
 
 
 ANONYMOUS = Principal(name="anonymous", anonymous=True)

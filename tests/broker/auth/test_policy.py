@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from broker.auth import ANONYMOUS, DEFAULT_VOCAB, Action, Principal, parse_auth_text
@@ -136,3 +138,20 @@ def test_an_open_anonymous_section_allows_everything() -> None:
     for action in ("read", "write", "subscribe", "admin"):
         assert policy.can(ANONYMOUS, action, "komae", AIR)
         assert policy.can(ANONYMOUS, action, "", None)
+
+
+def test_a_principal_is_stored_and_read_back_as_json() -> None:
+    record = json.loads(json.dumps(SHELTERS.as_record(), ensure_ascii=False))
+    assert record == {
+        "name": "狛江市職員",
+        "roles": ["避難所担当"],
+        "tenants": ["chofu", "komae"],
+        "anonymous": False,
+        "via": "oidc",
+    }
+    assert Principal.from_record(record) == SHELTERS
+    assert Principal.from_record(ANONYMOUS.as_record()) is ANONYMOUS
+    # the owner's rights, read back, still decide what its notifications may carry
+    owner = Principal.from_record(record)
+    assert POLICY.can(owner, "read", "chofu", EVAC)
+    assert not POLICY.can(owner, "read", "chofu", AED)
