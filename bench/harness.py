@@ -1,10 +1,11 @@
 """What every benchmark shares: ports, servers, health checks, load clients, result lines.
 
-Each server runs on a free 127.0.0.1 port (``tests/support.py: free_port``), from this
-source tree (``python -m``, run in the repository root), with its output in a log file of
-the run's work folder and in a session of its own: a Ctrl+C reaches the benchmark only,
-which then stops its servers in order. A server counts as started once its health URL
-answers 200; if it exits first, the benchmark fails at once with the end of its log.
+Each server runs on a free 127.0.0.1 port (``tests/support.py: free_port``). The hub, the
+bare app and the IoT agent run from this source tree (``python -m``, in the repository
+root), each with its output in a log file of the run's work folder and in a session of its
+own: a Ctrl+C reaches the benchmark only, which then stops them in order. Such a server
+counts as started once its health URL answers 200; if it exits first, the benchmark fails
+at once with the end of its log.
 
 * ``hub``, ``bare_app``, ``iot_agent``: ``renkei serve`` on a store URL (``sqlite_store``
   for a SQLite file, or a MongoDB URI), the bare FastAPI baseline (``bench/bare_app.py``)
