@@ -16,23 +16,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import typer
+from harness import beside, hub, sqlite_store
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from connectors.csv.cli import register  # noqa: E402
-from connectors.csv.importer import plan_import  # noqa: E402
-from connectors.csv.layout import DEFAULT_CONTEXT, load_dataset  # noqa: E402
-from schemas import CONTEXTS_DIR  # noqa: E402
+from connectors.csv.cli import register
+from connectors.csv.importer import plan_import
+from connectors.csv.layout import DEFAULT_CONTEXT, load_dataset
+from schemas import CONTEXTS_DIR
 
 
 def make_rows(n: int) -> list[list[str]]:
@@ -61,36 +56,6 @@ def make_rows(n: int) -> list[list[str]]:
     return rows
 
 
-def start_broker(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    preload = tmp / "contexts.json"
-    preload.write_text(json.dumps({DEFAULT_CONTEXT: str(CONTEXTS_DIR / "renkei-v1.jsonld")}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "serve", "--port", str(port),
-         "--store", f"sqlite:///{tmp / 'bench.db'}", "--context-preload", str(preload)],
-        cwd=ROOT,
-        env={**os.environ, "RENKEI_LOG_LEVEL": "warning"},
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("broker did not start")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -114,13 +79,19 @@ def main() -> None:
         t_plan = time.perf_counter() - t0
         assert not plan.problems, plan.problems[:3]
 
-        port = free_port()
-        proc = start_broker(tmp, port)
-        try:
+        preload = tmp / "contexts.json"
+        preload.write_text(json.dumps({DEFAULT_CONTEXT: str(CONTEXTS_DIR / "renkei-v1.jsonld")}))
+        with hub(
+            tmp / "broker.log",
+            sqlite_store(tmp / "bench.db"),
+            "--context-preload",
+            str(preload),
+            env={"RENKEI_LOG_LEVEL": "warning"},
+        ) as broker:
             app = typer.Typer()
             app.callback()(lambda: None)
             register(app)
-            url = f"http://127.0.0.1:{port}"
+            url = broker.url
             t0 = time.perf_counter()
             try:
                 app(
@@ -140,9 +111,6 @@ def main() -> None:
                 },
             )
             stored = int(resp.headers.get("NGSILD-Results-Count", "-1"))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
 
     print()
     print(f"file: {args.rows:,} rows, {size_mb:.1f} MB CP932; broker holds {stored:,} entities")
@@ -154,6 +122,7 @@ def main() -> None:
     ]:
         print(f"{name:<36}{secs:>10.2f}{parsed / secs:>12,.0f}")
     print(f"import / parse-only time: {t_import / t_parse:.0f}x")
+    print(beside("import-csv", parsed / t_import, "csv module parse", parsed / t_parse, "rows/s"))
     if stored != args.rows:
         raise SystemExit(f"expected {args.rows} entities, found {stored}")
 

@@ -24,25 +24,30 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
+from harness import (
+    BenchError,
+    Server,
+    bare_app,
+    hub,
+    machine,
+    run_wrk,
+    sqlite_store,
+    stop_on_sigterm,
+    warn_if_busy,
+    wrk_path,
+)
 
-HERE = Path(__file__).resolve().parent
 ENTITY_TYPE = "AirQualityObserved"
 ID_PREFIX = f"urn:ngsi-ld:{ENTITY_TYPE}:bench-"
 SEED_PREFIX = ID_PREFIX + "seed-"
@@ -169,32 +174,17 @@ def _lua_script(work: Workload, tag: str) -> str:
     }
 
 
-def run_wrk(
+def load_wrk(
     work: Workload, *, tag: str, duration: float, connections: int, threads: int, tmp: Path
 ) -> RunResult:
     script = tmp / f"{work.label.replace(' ', '-')}-{tag}.lua"
     script.write_text(_lua_script(work, tag))
-    cmd = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{max(1, round(duration))}s",
-        "--timeout",
-        "5s",
-        "-s",
-        str(script),
-        work.base_url,
-    ]
-    for _ in range(3):
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if "unable to connect" not in proc.stderr:
-            break
-        # A refused connection to a server that answered /health: retry after a pause.
-        print(f"  note: {proc.stderr.strip()}; retrying", file=sys.stderr, flush=True)
-        time.sleep(1.0)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    out = run_wrk(
+        work.base_url, script, duration=duration, connections=connections, threads=threads
+    )
+    line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise BenchError(f"wrk printed no result:\n{out}")
     data = json.loads(line[len("RESULT ") :])
     return RunResult(
         requests=data["requests"],
@@ -206,7 +196,7 @@ def run_wrk(
     )
 
 
-def run_httpx(
+def load_httpx(
     work: Workload, *, tag: str, duration: float, connections: int, threads: int, tmp: Path
 ) -> RunResult:
     """Fallback: the httpx generator in its own process (``--httpx-worker``)."""
@@ -288,115 +278,6 @@ def httpx_worker_main(spec_json: str) -> None:
 # -- servers ---------------------------------------------------------------------------------
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range, away from other programs' client sockets."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        found: int = s.getsockname()[1]
-        return found
-
-
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-    exited_early: bool = False
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            self.exited_early = True
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-
-def start_server(name: str, cmd: list[str], port: int, log: Path) -> Server:
-    with log.open("wb") as out:
-        # Own session: a Ctrl+C in the terminal reaches us, and we stop the servers in order.
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=HERE.parent
-        )
-    return Server(name, proc, f"http://127.0.0.1:{port}", log)
-
-
-def wait_ready(server: Server, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise BenchError(
-                f"{server.name} exited with {server.proc.returncode}:\n{server.log_tail()}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(server.url + "/health", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise BenchError(f"{server.name} not ready after {timeout:.0f} s:\n{server.log_tail()}")
-
-
-def renkei_command(port: int, store: str) -> list[str]:
-    exe = Path(sys.executable).with_name("renkei")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "broker.cli"]
-    return [*base, "serve", "--host", "127.0.0.1", "--port", str(port), "--store", store]
-
-
-@contextlib.contextmanager
-def servers(tmp: Path) -> Iterator[tuple[Server, Server]]:
-    started: list[Server] = []
-    try:
-        bport = rport = free_port()
-        while rport == bport:
-            rport = free_port()
-        bare = start_server(
-            "bare FastAPI",
-            [
-                sys.executable,
-                str(HERE / "bare_app.py"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(bport),
-            ],
-            bport,
-            tmp / "bare.log",
-        )
-        started.append(bare)
-        store = f"sqlite:///{tmp / 'bench.db'}"
-        broker = start_server(
-            "renkei serve", renkei_command(rport, store), rport, tmp / "broker.log"
-        )
-        started.append(broker)
-        wait_ready(bare)
-        wait_ready(broker)
-        yield bare, broker
-    finally:
-        for s in reversed(started):
-            s.stop()
-
-
 def seed_entities(broker: Server, count: int) -> None:
     headers = {"Content-Type": "application/json"}
     with httpx.Client(base_url=broker.url, timeout=10.0) as client:
@@ -419,26 +300,6 @@ def stored_count(broker: Server) -> int:
 
 
 # -- main ------------------------------------------------------------------------------------
-
-
-def busy_cpu_share(seconds: float = 1.0) -> float | None:
-    """Share of CPU time used by anything on the machine over ``seconds`` (Linux only)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        t0, i0 = sample()
-        time.sleep(seconds)
-        t1, i1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1 - (i1 - i0) / (t1 - t0) if t1 > t0 else None
-
-
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -468,8 +329,8 @@ def main() -> int:
         httpx_worker_main(args.httpx_worker)
         return 0
 
-    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
-    if args.generator == "wrk" and not shutil.which("wrk"):
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and wrk_path())
+    if args.generator == "wrk" and not wrk_path():
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
     if not use_wrk and args.generator == "auto":
@@ -478,28 +339,25 @@ def main() -> int:
             " which competes with the server for CPU",
             file=sys.stderr,
         )
-    run = run_wrk if use_wrk else run_httpx
+    run = load_wrk if use_wrk else load_httpx
     generator = "wrk" if use_wrk else "httpx"
     threads = max(1, min(args.threads, args.connections))
 
-    signal.signal(signal.SIGTERM, _sigterm)
-    busy = busy_cpu_share()
-    if busy is not None and busy > 0.10:
-        print(
-            f"warning: the machine is {busy:.0%} busy before the run; other load skews the figures",
-            file=sys.stderr,
-        )
+    stop_on_sigterm()
+    warn_if_busy()
     tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-"))
     results: dict[tuple[str, str], RunResult] = {}
     logs: list[Server] = []
     failed: str | None = None
     try:
-        with servers(tmp) as (bare, broker):
+        with (
+            bare_app(tmp / "bare.log") as bare,
+            hub(tmp / "broker.log", sqlite_store(tmp / "bench.db")) as broker,
+        ):
             logs += [bare, broker]
             print(
                 f"Renkei entity benchmark: {generator}, {args.connections} connections, "
-                f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), "
-                f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+                f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), {machine()}",
                 flush=True,
             )
 

@@ -32,22 +32,29 @@ import multiprocessing as mp
 import os
 import re
 import shutil
-import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import (
+    BenchError,
+    Server,
+    hub,
+    iot_agent,
+    machine,
+    mosquitto,
+    sqlite_store,
+    warn_if_busy,
+)
 from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -60,56 +67,6 @@ ENTITY_TYPE = "BenchSensor"
 TARGET_RATE = 5000.0
 TARGET_RATIO = 0.5
 TARGET_P95 = 1.0
-MOSQUITTO = "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
-
-
-@contextmanager
-def process(
-    args: list[str], env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.returncode not in (0, -15, 143):
-                log.seek(0)
-                print(f"--- {args[2:4]} exited {proc.returncode}:", log.read().decode()[-3000:])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 # -- load generator and bare subscriber (separate processes) ---------------------------------
@@ -398,62 +355,21 @@ def main() -> int:
     parser.add_argument("--qos", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    if not os.path.exists(MOSQUITTO):
-        print("Mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
-        return 2
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f}: the machine is not idle, figures will be low")
+    warn_if_busy(0.25)
     work = Path(tempfile.mkdtemp(prefix="renkei-bench-iota-"))
-    mqtt_port, hub_port, agent_port = free_port(), free_port(), free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "sys_interval 1\n" + ("user root\n" if os.geteuid() == 0 else "")
-    )
-    hub, agent = f"http://127.0.0.1:{hub_port}", f"http://127.0.0.1:{agent_port}"
-    env = {
-        **os.environ,
-        "RENKEI_LOG_LEVEL": "warning",
-        "RENKEI_IOTA_DB": str(work / "iota.db"),
-    }
+    env = {"RENKEI_LOG_LEVEL": "warning", "RENKEI_IOTA_DB": str(work / "iota.db")}
+    servers: list[Server] = []
     try:
         with ExitStack() as stack:
-            stack.enter_context(process([MOSQUITTO, "-c", str(conf)]))
-            wait_port(mqtt_port)
-            stack.enter_context(
-                process(
-                    [
-                        sys.executable,
-                        "-m",
-                        "broker.cli",
-                        "serve",
-                        "--port",
-                        str(hub_port),
-                        "--store",
-                        f"sqlite:///{work / 'hub.db'}",
-                    ],
-                    env,
-                )
+            mqtt = stack.enter_context(mosquitto(work))
+            hub_server = stack.enter_context(
+                hub(work / "hub.log", sqlite_store(work / "hub.db"), env=env)
             )
-            wait_http(f"{hub}/health")
-            stack.enter_context(
-                process(
-                    [
-                        sys.executable,
-                        "-m",
-                        "connectors.mqtt.cli",
-                        "--port",
-                        str(agent_port),
-                        "--mqtt-url",
-                        f"mqtt://127.0.0.1:{mqtt_port}",
-                        "--broker-url",
-                        hub,
-                    ],
-                    env,
-                )
+            agent_server = stack.enter_context(
+                iot_agent(work / "agent.log", mqtt.url, hub_server.url, env)
             )
-            wait_http(f"{agent}/health")
+            servers += [hub_server, agent_server]
+            hub_url, agent = hub_server.url, agent_server.url
             group = {
                 "apikey": APIKEY,
                 "entity_type": ENTITY_TYPE,
@@ -467,13 +383,19 @@ def main() -> int:
             )
             r.raise_for_status()
             time.sleep(1)
-            results = [run(mqtt_port, hub, agent, qos, args) for qos in args.qos]
+            results = [run(mqtt.port, hub_url, agent, qos, args) for qos in args.qos]
+    except BenchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
     finally:
+        for server in servers:
+            if server.exited_early:
+                print(f"--- {server.name} exited early:\n{server.log_tail()}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
 
     print(
         f"\nIoT agent: {args.devices} devices, {args.rate:.0f} measures/s offered, "
-        f"{args.duration:.0f} s per run, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
+        f"{args.duration:.0f} s per run, {machine()}\n"
     )
     print(
         f"{'run':6} {'published/s':>12} {'stored/s':>10} {'bare sub/s':>11} {'stored/bare':>12} "

@@ -41,9 +41,7 @@ import contextlib
 import math
 import multiprocessing as mp
 import os
-import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,27 +52,29 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeAlias
 
 import httpx
 import orjson
-from entities import (
+from harness import (
     BenchError,
     Server,
-    busy_cpu_share,
     free_port,
-    renkei_command,
-    start_server,
-    wait_ready,
+    hub,
+    lua_string,
+    machine,
+    mosquitto,
+    run_wrk,
+    sqlite_store,
+    stop_on_sigterm,
+    warn_if_busy,
+    wrk_path,
 )
 from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 ENTITY_TYPE = "Sensor"
 ID_PREFIX = f"urn:ngsi-ld:{ENTITY_TYPE}:bench-"
 ENTITY_COUNT = 1000
@@ -462,19 +462,14 @@ class Bench:
         """A broker on a new store for one scenario, seeded with the entities: a backlog
         of notifications left by one scenario never reaches the next."""
         name = label.replace(" ", "-")
-        port = free_port()
-        store = f"sqlite:///{self.tmp / f'{name}.db'}"
-        self.server = start_server(
-            "renkei serve", renkei_command(port, store), port, self.tmp / f"broker-{name}.log"
-        )
+        store = sqlite_store(self.tmp / f"{name}.db")
         try:
-            wait_ready(self.server)
-            self.seed()
-            yield self.server
-            if self.server.proc.poll() is not None:
-                raise BenchError(f"the broker exited during {label}")
+            with hub(self.tmp / f"broker-{name}.log", store) as self.server:
+                self.seed()
+                yield self.server
+                if not self.server.alive():
+                    raise BenchError(f"the broker exited during {label}")
         finally:
-            self.server.stop()
             self.server = None
 
     def next_seqs(self, n: int) -> range:
@@ -661,34 +656,21 @@ class Bench:
             b"",
         )
         rx.dump()
-        if shutil.which("wrk"):
+        if wrk_path():
             script = self.tmp / "receiver-alone.lua"
-            text = body.decode()
-            level = "=" * 4
-            while f"]{level}]" in text or f"]{level}]" in link.decode():
-                level += "="
             script.write_text(
                 'wrk.method = "POST"\n'
-                f"wrk.body = [{level}[{text}]{level}]\n"
+                f"wrk.body = {lua_string(body.decode())}\n"
                 'wrk.headers["Content-Type"] = "application/json"\n'
-                f'wrk.headers["Link"] = [{level}[{link.decode()}]{level}]\n'
+                f'wrk.headers["Link"] = {lua_string(link.decode())}\n'
             )
-            cmd = [
-                "wrk",
-                "-t1",
-                f"-c{BLAST_CONNECTIONS}",
-                f"-d{max(1, round(self.duration))}s",
-                "--timeout",
-                "5s",
-                "-s",
-                str(script),
+            run_wrk(
                 f"http://127.0.0.1:{rx.port}{NOTIFY_PATH}",
-            ]
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, check=False, timeout=self.duration + 60
+                script,
+                duration=self.duration,
+                connections=BLAST_CONNECTIONS,
+                timeout=self.duration + 60,
             )
-            if proc.returncode != 0:
-                raise BenchError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         else:
             request = (
                 f"POST {NOTIFY_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{rx.port}\r\n"
@@ -818,18 +800,6 @@ def print_table(scenarios: list[Scenario], rate: float) -> bool:
 # -- main ------------------------------------------------------------------------------------
 
 
-def _mosquitto(tmp: Path) -> contextlib.AbstractContextManager[Any]:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.support_mqtt import mosquitto
-
-    return mosquitto(tmp)
-
-
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace, tmp: Path, scenarios: list[Scenario]) -> None:
     transports = ["HTTP", "MQTT"] if args.transport == "both" else [args.transport.upper()]
     bench = Bench(
@@ -848,7 +818,7 @@ def run(args: argparse.Namespace, tmp: Path, scenarios: list[Scenario]) -> None:
             stack.callback(rx.stop)
             receivers["HTTP"] = (rx, f"http://127.0.0.1:{rport}{NOTIFY_PATH}")
         if "MQTT" in transports:
-            mqtt = stack.enter_context(_mosquitto(tmp))
+            mqtt = stack.enter_context(mosquitto(tmp))
             bench.mqtt_port = mqtt.port
             rx = Receiver("MQTT subscriber", mqtt_receiver_main, mqtt.port)
             stack.callback(rx.stop)
@@ -856,7 +826,7 @@ def run(args: argparse.Namespace, tmp: Path, scenarios: list[Scenario]) -> None:
         print(
             f"Renkei notification benchmark: {args.duration:g} s per run, batches of "
             f"{args.batch} x {args.concurrency} in flight, latency at {args.rate:g} writes/s, "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+            f"{machine()}",
             flush=True,
         )
         for transport in transports:
@@ -941,13 +911,8 @@ def main() -> int:
     if args.rate <= 0 or args.duration <= 0:
         parser.error("--rate and --duration must be positive")
 
-    signal.signal(signal.SIGTERM, _sigterm)
-    busy = busy_cpu_share()
-    if busy is not None and busy > 0.10:
-        print(
-            f"warning: the machine is {busy:.0%} busy before the run; other load skews the figures",
-            file=sys.stderr,
-        )
+    stop_on_sigterm()
+    warn_if_busy()
     tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-notify-"))
     scenarios: list[Scenario] = []
     failed: str | None = None

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from entities import BenchError, busy_cpu_share
-from queries import LAT_MAX, LAT_MIN, LON_MAX, LON_MIN, load, make_dataset, running_broker
+from harness import BenchError, hub, sqlite_store, warn_if_busy
+from queries import LAT_MAX, LAT_MIN, LON_MAX, LON_MIN, load, make_dataset
 
 TYPE = "EvacuationSite"
 LIMIT = 1000
@@ -95,14 +95,12 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    busy = busy_cpu_share()
-    if busy is not None and busy > 0.25:
-        print(f"warning: the CPU is {busy:.0%} busy before the run; figures will be low")
+    warn_if_busy(0.25)
     rng = random.Random(args.seed)
     data = make_dataset(args.size, 1000, args.seed)
     with (
         tempfile.TemporaryDirectory(prefix="renkei-bench-ogc-") as tmp,
-        running_broker(Path(tmp)) as broker,
+        hub(Path(tmp) / "broker.log", sqlite_store(Path(tmp) / "broker.db")) as broker,
     ):
         loaded = load(broker, data, concurrency=4)
         print(f"loaded {args.size} entities in {loaded.seconds:.1f} s ({loaded.per_s:.0f}/s)")

@@ -28,30 +28,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
-import os
-import platform
 import random
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from entities import BenchError, _sigterm, busy_cpu_share, free_port, renkei_command
+from harness import (
+    BenchError,
+    Server,
+    beside,
+    hub,
+    machine,
+    sqlite_store,
+    stop_on_sigterm,
+    warn_if_busy,
+)
 
 from broker.query.evaluate import haversine_m
 
-HERE = Path(__file__).resolve().parent
 ENTITIES = "/ngsi-ld/v1/entities"
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -131,80 +133,6 @@ def make_dataset(size: int, batch: int, seed: int) -> Dataset:
     return Dataset(size, bodies, rows)
 
 
-# -- broker process --------------------------------------------------------------------------
-
-
-@dataclass
-class Broker:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def gone(self, exc: Exception) -> BenchError:
-        """The error for a refused connection, saying whether the broker is still running."""
-        code = self.proc.poll()
-        if code is None:
-            return BenchError(f"{exc} (the broker is running but refuses connections)")
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        return BenchError(
-            f"{exc}: the broker {how} during the run (not stopped by this benchmark; "
-            "is another program stopping renkei processes?)"
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-
-def wait_ready(broker: Broker, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not broker.alive():
-            raise BenchError(f"broker exited with {broker.proc.returncode}:\n{broker.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(broker.url + "/health", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise BenchError(f"broker not ready after {timeout:.0f} s:\n{broker.log_tail()}")
-
-
-@contextlib.contextmanager
-def running_broker(workdir: Path) -> Iterator[Broker]:
-    port = free_port()
-    log = workdir / "broker.log"
-    store = f"sqlite:///{workdir / 'broker.db'}"
-    with log.open("wb") as out:
-        # Own session: a Ctrl+C in the terminal reaches us, and we stop the broker in order.
-        proc = subprocess.Popen(
-            renkei_command(port, store),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=HERE.parent,
-        )
-    broker = Broker(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        wait_ready(broker)
-        yield broker
-    finally:
-        broker.stop()
-
-
 # -- load ------------------------------------------------------------------------------------
 
 
@@ -219,7 +147,7 @@ class LoadResult:
         return self.entities / self.seconds if self.seconds else 0.0
 
 
-async def _upsert_all(broker: Broker, bodies: list[bytes], concurrency: int) -> list[float]:
+async def _upsert_all(broker: Server, bodies: list[bytes], concurrency: int) -> list[float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     sem = asyncio.Semaphore(concurrency)
     times: list[float] = []
@@ -255,14 +183,14 @@ async def _upsert_all(broker: Broker, bodies: list[bytes], concurrency: int) -> 
     return times
 
 
-def load(broker: Broker, data: Dataset, concurrency: int) -> LoadResult:
+def load(broker: Server, data: Dataset, concurrency: int) -> LoadResult:
     t0 = time.perf_counter()
     times = asyncio.run(_upsert_all(broker, data.bodies, concurrency))
     elapsed = time.perf_counter() - t0
     return LoadResult(data.size, elapsed, times)
 
 
-def stored_count(broker: Broker) -> int:
+def stored_count(broker: Server) -> int:
     total = 0
     with httpx.Client(base_url=broker.url, timeout=120.0) as client:
         for etype in TYPES:
@@ -391,7 +319,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def run_queries(
-    broker: Broker, kind: str, count: int, warmup: int, rng: random.Random, budget: float
+    broker: Server, kind: str, count: int, warmup: int, rng: random.Random, budget: float
 ) -> QueryResult:
     """``warmup`` + ``count`` queries; fewer (but >= ``MIN_MEASURED``) once ``budget`` s pass."""
     make = QUERY_MAKERS[kind]
@@ -455,7 +383,7 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> SizeResult:
         f"(generated in {time.perf_counter() - t0:.1f} s)",
         flush=True,
     )
-    with running_broker(workdir) as broker:
+    with hub(workdir / "broker.log", sqlite_store(workdir / "broker.db")) as broker:
         up = load(broker, data, args.concurrency)
         print(
             f"  upsert    {up.per_s:>9,.0f} entities/s  ({up.seconds:.1f} s, {args.concurrency} "
@@ -470,7 +398,8 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> SizeResult:
         base = sqlite_baseline(data.rows, workdir / "baseline.db")
         print(
             f"  baseline  {base.per_s:>9,.0f} rows/s      ({base.seconds:.2f} s, sqlite3 "
-            f"executemany, one transaction); broker/baseline {up.per_s / base.per_s:.1%}",
+            "executemany, one transaction)\n  "
+            + beside("upsert", up.per_s, "SQLite", base.per_s, "entities/s"),
             flush=True,
         )
         del data
@@ -610,18 +539,12 @@ def main() -> int:
     if args.budget <= 0:
         parser.error("--budget must be > 0")
 
-    signal.signal(signal.SIGTERM, _sigterm)
-    busy = busy_cpu_share()
-    if busy is not None and busy > 0.10:
-        print(
-            f"warning: the machine is {busy:.0%} busy before the run; other load skews the figures",
-            file=sys.stderr,
-        )
+    stop_on_sigterm()
+    warn_if_busy()
     print(
         f"Renkei query benchmark: sizes {', '.join(f'{n:,}' for n in args.sizes)}; "
         f"{args.queries} queries per kind (+{args.warmup} warm-up), limit={LIMIT}; "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"SQLite {sqlite3.sqlite_version}",
+        f"{machine()}, SQLite {sqlite3.sqlite_version}",
         flush=True,
     )
     tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-q-"))

@@ -20,19 +20,16 @@ import argparse
 import contextlib
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-from entities import BenchError, free_port, renkei_command
+from harness import BenchError, beside, hub, mongoeco
 from pymongo import MongoClient
 from queries import (
     KINDS,
-    Broker,
     LoadResult,
     SizeResult,
     load,
@@ -41,10 +38,7 @@ from queries import (
     percentile,
     run_queries,
     stored_count,
-    wait_ready,
 )
-
-HERE = Path(__file__).resolve().parent
 
 
 def with_database(url: str, database: str) -> str:
@@ -52,35 +46,6 @@ def with_database(url: str, database: str) -> str:
     scheme, _, rest = head.partition("://")
     hosts = rest.split("/", 1)[0]
     return f"{scheme}://{hosts}/{database}{sep}{query}"
-
-
-@contextlib.contextmanager
-def mongoeco() -> Iterator[str]:
-    sys.path.insert(0, str(HERE.parent))
-    from tests.mongo_support import mongoeco_server
-
-    with mongoeco_server() as url:
-        yield url
-
-
-@contextlib.contextmanager
-def running_broker(workdir: Path, store: str) -> Iterator[Broker]:
-    port = free_port()
-    log = workdir / "broker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            renkei_command(port, store),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=HERE.parent,
-        )
-    broker = Broker(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        wait_ready(broker)
-        yield broker
-    finally:
-        broker.stop()
 
 
 def pymongo_baseline(url: str, rows: list[tuple[str, str, str]]) -> LoadResult:
@@ -107,7 +72,7 @@ def run_size(size: int, args: argparse.Namespace, server: str, tmp: Path) -> Siz
     store = with_database(server, database)
     print(f"\n== {size:,} entities into {database}", flush=True)
     try:
-        with running_broker(workdir, store) as broker:
+        with hub(workdir / "broker.log", store) as broker:
             up = load(broker, data, args.concurrency)
             print(
                 f"  upsert    {up.per_s:>9,.0f} entities/s  ({up.seconds:.1f} s, batch p95 "
@@ -118,8 +83,8 @@ def run_size(size: int, args: argparse.Namespace, server: str, tmp: Path) -> Siz
                 raise BenchError(f"broker stores {stored} entities, expected {size}")
             base = pymongo_baseline(store, data.rows)
             print(
-                f"  baseline  {base.per_s:>9,.0f} rows/s      (pymongo insert_many, w=majority); "
-                f"broker/baseline {up.per_s / base.per_s:.1%}",
+                f"  baseline  {base.per_s:>9,.0f} rows/s      (pymongo insert_many, w=majority)\n  "
+                + beside("upsert", up.per_s, "pymongo", base.per_s, "entities/s"),
                 flush=True,
             )
             queries = {}

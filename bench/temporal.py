@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import math
 import random
-import signal
 import sqlite3
 import statistics
 import sys
@@ -39,15 +38,7 @@ from pathlib import Path
 
 import httpx
 import orjson
-from entities import (
-    BenchError,
-    _sigterm,
-    busy_cpu_share,
-    free_port,
-    renkei_command,
-    start_server,
-    wait_ready,
-)
+from harness import BenchError, hub, sqlite_store, stop_on_sigterm, warn_if_busy
 
 TEMPORAL = "/ngsi-ld/v1/temporal/entities"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -228,10 +219,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.days < 31:
         ap.error("--days must be at least 31 (the aggregate query spans 30 days)")
-    signal.signal(signal.SIGTERM, _sigterm)
-    busy = busy_cpu_share()
-    if busy is not None and busy > 0.25:
-        print(f"warning: the machine is already {busy:.0%} busy; figures will be low")
+    stop_on_sigterm()
+    warn_if_busy(0.25)
     total = args.days * 144
     with tempfile.TemporaryDirectory(prefix="renkei-bench-") as tmp:
         folder = args.keep or Path(tmp)
@@ -241,12 +230,7 @@ def main() -> int:
         loaded = loaded_instances(db)
         if loaded not in (0, count):
             raise BenchError(f"{db} holds {loaded:,} instances, not {count:,}: remove it")
-        port = free_port()
-        server = start_server(
-            "renkei", renkei_command(port, f"sqlite:///{db}"), port, Path(tmp) / "broker.log"
-        )
-        try:
-            wait_ready(server)
+        with hub(Path(tmp) / "broker.log", sqlite_store(db)) as server:
             seconds = math.nan
             if loaded:
                 print(f"reusing {db} ({loaded:,} instances)", flush=True)
@@ -254,8 +238,6 @@ def main() -> int:
                 print(f"loading {args.sensors} sensors x {total:,} readings ...", flush=True)
                 seconds = asyncio.run(load(server.url, args.sensors, total, args.inflight))
             api = measure_api(server.url, args.sensors, args.days, args.queries)
-        finally:
-            server.stop()
         sql = measure_sql(db, args.sensors, args.days, args.queries)
         size = sum(p.stat().st_size for p in db.parent.glob("temporal.db*"))
     print()

@@ -1,8 +1,12 @@
-"""Helpers for tests that run real processes: free ports, a broker subprocess."""
+"""Helpers for tests that run real processes: free ports, a broker subprocess.
+
+``free_port`` and ``wait_http`` are also the benchmarks' (``bench/harness.py``).
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -10,20 +14,41 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 
 def free_port() -> int:
+    """A free 127.0.0.1 port below the kernel's ephemeral range.
+
+    Client sockets (this process's, and any other program's) take their local ports from
+    the ephemeral range, so a port picked there can be taken again before the server
+    binds it; one from 20000-31999 cannot be taken that way.
+    """
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
 
 
-def wait_http(url: str, timeout: float = 20.0) -> None:
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Wait until ``url`` answers 200; stop waiting at once if ``proc`` has exited.
+
+    Raises TimeoutError after ``timeout`` seconds, ChildProcessError when ``proc`` exits.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ChildProcessError(f"exited with {proc.returncode} before {url} answered")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -53,8 +78,8 @@ def start_broker(db: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health")
-    except TimeoutError:
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+    except (TimeoutError, ChildProcessError):
         proc.kill()
         _, err = proc.communicate()
         raise RuntimeError(
