@@ -437,7 +437,9 @@ def test_sqlite_backups_run_beside_the_broker() -> None:
 
 
 def test_unknown_store_type_is_refused_with_its_name() -> None:
-    with pytest.raises(helm.HelmError, match=r"store\.type must be sqlite or mongodb"):
+    with pytest.raises(
+        helm.HelmError, match="/store/type': value must be one of 'sqlite', 'mongodb'"
+    ):
         render({"store": {"type": "postgres"}})
 
 
@@ -455,3 +457,26 @@ def test_grafana_dashboard_is_shipped_and_reads_renkei_metrics() -> None:
     ]
     assert json.loads(cm["data"]["renkei.json"]) == dashboard
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"store": {"type": "postgres"}}, "/store/type"),
+        ({"store": {"sqlite": {"synchronous": "OFF"}}}, "/store/sqlite/synchronous"),
+        ({"brokers": {"replicas": 3}}, "brokers"),
+        ({"iotAgent": {"replicas": -1}}, "/iotAgent/replicas"),
+        ({"publish": {"every": "15 分"}}, "/publish/every"),
+        ({"iotAgent": {"mqttVersion": "mqtt4"}}, "/iotAgent/mqttVersion"),
+    ],
+)
+def test_values_schema_refuses_what_the_hub_would_refuse(
+    values: dict[str, Any], where: str
+) -> None:
+    report = helm.lint(CHART, values, strict=True)
+    assert any(where in e for e in report["errors"]), report["errors"]
+    with helm.Chart.load(CHART) as chart:
+        for good in CASES.values():
+            chart.validate_schema(good)  # every shipped example passes
+        with pytest.raises(helm.HelmError, match=where):
+            chart.validate_schema(values)
