@@ -113,6 +113,8 @@ seccompProfile:
 {{- define "renkei.commonEnv" -}}
 - name: HOME
   value: /tmp
+- name: TMPDIR
+  value: /tmp
 - name: MPLCONFIGDIR
   value: /tmp/matplotlib
 {{- end -}}
