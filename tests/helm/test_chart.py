@@ -1,0 +1,482 @@
+"""The Helm chart (helm/renkei), rendered offline and checked without a cluster.
+
+Rendering uses Helm's own Go engine through helm-python-sdk; every manifest is validated
+against the Kubernetes 1.28-1.31 OpenAPI schemas shipped by kubernetes-validate, in strict
+mode (unknown fields are errors). The properties an operator relies on are asserted on the
+rendered objects: probes, the restricted security context, one SQLite writer, autoscaling
+with MongoDB, credentials only from Secrets, no MongoDB of our own, NetworkPolicies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from broker.jsonld.context import load_preload_map
+from opendata.datasets import load_definitions
+
+pytestmark = pytest.mark.helm
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "renkei"
+EXAMPLES = ROOT / "helm" / "examples"
+KUBERNETES_VERSIONS = ["1.28", "1.29", "1.30", "1.31"]
+#: Kinds of operators the chart may use; their CRDs are not part of Kubernetes' schemas.
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("mongodbcommunity.mongodb.com/v1", "MongoDBCommunity"),
+}
+MONGODB_EXTERNAL: dict[str, Any] = {
+    "store": {
+        "type": "mongodb",
+        "mongodb": {"mode": "external", "external": {"existingSecret": "renkei-mongodb-uri"}},
+    },
+    "broker": {"autoscaling": {"enabled": False}, "replicas": 4},
+    "auth": {"enabled": True, "existingSecret": "renkei-auth"},
+    "mqtt": {
+        "mosquitto": {"enabled": False},
+        "external": {"host": "mqtt.pref.example.lg.jp", "caConfigMap": "pref-ca"},
+    },
+    "publish": {
+        "enabled": True,
+        "mode": "cronjob",
+        "timeZone": "Asia/Tokyo",
+        "ckanUrl": "https://catalog.example.lg.jp",
+        "ckanTokenSecret": {"name": "renkei-ckan"},
+    },
+    "serviceMonitor": {"enabled": True},
+}
+
+
+def example(name: str) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text("utf-8"))
+    return values
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "small-town": example("small-town"),
+    "prefecture": example("prefecture"),
+    "mongodb-external": MONGODB_EXTERNAL,
+}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the chart renders for ``values``, as ``helm template`` would."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name="renkei", namespace="komae")
+    docs: list[dict[str, Any]] = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(CASES[request.param])
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in of_kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name} rendered {len(found)} times"
+    return found[0]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, pod template metadata, pod spec) of every workload."""
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            template = d["spec"]["template"]
+        elif d["kind"] == "CronJob":
+            template = d["spec"]["jobTemplate"]["spec"]["template"]
+        else:
+            continue
+        yield f"{d['kind']}/{d['metadata']['name']}", template["metadata"], template["spec"]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_lint_finds_nothing() -> None:
+    for name, values in CASES.items():
+        report = helm.lint(CHART, values, strict=True, kube_version="v1.28.0")
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        assert not problems, (name, problems)
+        assert not report["errors"], (name, report["errors"])
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_validates_against_kubernetes(
+    case: tuple[str, list[dict[str, Any]]], version: str
+) -> None:
+    name, docs = case
+    assert docs
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            continue
+        where = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
+        try:
+            checked = kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{where} is invalid on {version}: {exc.message}") from exc
+        assert checked == version, f"{where}: validated against {checked}, not {version}"
+
+
+def test_custom_resources_only_when_asked() -> None:
+    kinds = {(d["apiVersion"], d["kind"]) for d in render({})}
+    assert not kinds & CUSTOM_KINDS
+    prefecture = render(CASES["prefecture"])
+    assert {(d["apiVersion"], d["kind"]) for d in prefecture} >= CUSTOM_KINDS
+
+
+def test_every_server_has_probes_and_every_container_resources(
+    case: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, docs = case
+    servers = set()
+    for d in of_kind(docs, "Deployment"):
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            where = f"{name}: {d['metadata']['name']}/{c['name']}"
+            if c.get("ports"):  # `renkei publish --every` serves nothing to probe
+                servers.add(c["name"])
+                assert "readinessProbe" in c, where
+                assert "livenessProbe" in c, where
+            assert c["resources"]["requests"], where
+            assert c["resources"]["limits"], where
+    assert {"broker", "iot-agent"} <= servers
+    for _, _, spec in pod_specs(docs):
+        for c in containers(spec):
+            assert c["resources"]["requests"], c["name"]
+            assert c["resources"]["limits"], c["name"]
+
+
+def test_broker_readiness_and_liveness_are_separate_endpoints(
+    case: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = case
+    broker = named(docs, "Deployment", "renkei-broker")["spec"]["template"]["spec"]
+    (c,) = broker["containers"]
+    ready, live = c["readinessProbe"]["httpGet"], c["livenessProbe"]["httpGet"]
+    assert ready["path"] == "/health/ready"
+    assert live["path"] == "/health/live"
+    assert c["startupProbe"]["httpGet"]["path"] == live["path"]
+
+
+def test_pods_run_restricted(case: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = case
+    specs = list(pod_specs(docs))
+    assert specs
+    for where, _, spec in specs:
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, where
+        assert pod["runAsUser"] != 0, where
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        tmp = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for c in containers(spec):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (name, where, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (name, where, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (name, where, c["name"])
+            assert "add" not in sc["capabilities"], (name, where, c["name"])
+            if c.get("image", "").startswith(("renkei", "registry.")):
+                mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+                assert mounts.get("/tmp") in tmp, (name, where, "no emptyDir on /tmp")
+
+
+@pytest.mark.parametrize("name", ["default", "small-town"])
+def test_sqlite_is_one_replica_recreated_on_a_volume(name: str) -> None:
+    # Even asked for more replicas and autoscaling, the SQLite file keeps one writer.
+    values = {**CASES[name], "broker": {"replicas": 5, "autoscaling": {"enabled": True}}}
+    docs = render(values)
+    broker = named(docs, "Deployment", "renkei-broker")
+    assert broker["spec"]["replicas"] == 1
+    assert broker["spec"]["strategy"] == {"type": "Recreate"}
+    spec = broker["spec"]["template"]["spec"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    (c,) = spec["containers"]
+    store = env_of(c)["RENKEI_STORE"]["value"]
+    assert store.startswith("sqlite:////data/renkei.db")
+    assert {"mountPath": "/data", "name": "data"} in c["volumeMounts"]
+    claim = named(docs, "PersistentVolumeClaim", claims["data"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert not of_kind(docs, "HorizontalPodAutoscaler")
+    assert not of_kind(docs, "PodDisruptionBudget")
+
+
+def test_mongodb_scales_with_autoscaler_and_disruption_budget() -> None:
+    docs = render(CASES["prefecture"])
+    broker = named(docs, "Deployment", "renkei-broker")
+    assert "replicas" not in broker["spec"], "the autoscaler owns the replica count"
+    assert broker["spec"]["strategy"]["type"] == "RollingUpdate"
+    (hpa,) = of_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "renkei-broker",
+    }
+    assert hpa["spec"]["minReplicas"] == 3
+    (pdb,) = of_kind(docs, "PodDisruptionBudget")
+    labels = broker["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert named(docs, "Deployment", "renkei-iot-agent")["spec"]["replicas"] == 2
+    # Replicas share no volume: the store is MongoDB, and no claim is made for the broker.
+    spec = broker["spec"]["template"]["spec"]
+    assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    assert not [
+        d for d in of_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == "renkei-data"
+    ]
+
+    fixed = render(MONGODB_EXTERNAL)
+    assert named(fixed, "Deployment", "renkei-broker")["spec"]["replicas"] == 4
+    assert not of_kind(fixed, "HorizontalPodAutoscaler")
+    assert of_kind(fixed, "PodDisruptionBudget")
+
+
+def test_no_mongodb_of_our_own(case: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = case
+    assert not of_kind(docs, "StatefulSet"), name
+    for where, _, spec in pod_specs(docs):
+        for c in containers(spec):
+            assert "mongo" not in c["image"].lower(), (name, where)
+
+
+def test_operator_mongodb_is_a_replica_set_the_broker_logs_into_from_a_secret() -> None:
+    docs = render(CASES["prefecture"])
+    (mdb,) = of_kind(docs, "MongoDBCommunity")
+    assert mdb["spec"]["type"] == "ReplicaSet"
+    assert mdb["spec"]["members"] == 3
+    (user,) = mdb["spec"]["users"]
+    assert user["passwordSecretRef"]["name"] == "renkei-mongodb-password"
+    (c,) = named(docs, "Deployment", "renkei-broker")["spec"]["template"]["spec"]["containers"]
+    store = env_of(c)["RENKEI_STORE"]["value"]
+    assert store.startswith(
+        "mongodb://$(RENKEI_MONGO_USER):$(RENKEI_MONGO_PASSWORD)@renkei-mongodb-0."
+    )
+    assert "/renkei?replicaSet=renkei-mongodb&authSource=admin" in store
+    assert store.count(".renkei-mongodb-svc.komae.svc.cluster.local:27017") == 3
+
+
+SECRETISH = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|_KEY$|_URI$", re.IGNORECASE)
+
+
+def test_credentials_come_only_from_secrets(case: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = case
+    assert not of_kind(docs, "Secret"), "the chart never holds secret values"
+    for where, _, spec in pod_specs(docs):
+        secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v}
+        for c in containers(spec):
+            env = env_of(c)
+            from_secret = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
+            for var, e in env.items():
+                if SECRETISH.search(var) and not var.endswith("_FILE"):
+                    assert var in from_secret, (name, where, var)
+                value = e.get("value", "")
+                userinfo = re.match(r"^[a-z+]+://([^/@]*)@", value)
+                if userinfo:
+                    refs = re.fullmatch(r"\$\((\w+)\):\$\((\w+)\)", userinfo.group(1))
+                    assert refs, (name, where, var, "credentials written into a URL")
+                    assert refs.group(2) in from_secret, (
+                        name,
+                        where,
+                        var,
+                        "password not from a Secret",
+                    )
+            mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+            for var in ("RENKEI_CKAN_TOKEN_FILE", "RENKEI_AUTH_FILE"):
+                if var in env:
+                    path = env[var]["value"]
+                    assert any(
+                        path.startswith(mounts[v] + "/") for v in secret_volumes & mounts.keys()
+                    ), (name, var)
+    for cm in of_kind(docs, "ConfigMap"):
+        for key, text in cm["data"].items():
+            for line in text.splitlines():
+                assert not re.search(
+                    r"\b(password|token|secret)\b\s*[:= ]\s*\S", line, re.IGNORECASE
+                ), (name, cm["metadata"]["name"], key, line)
+
+
+def test_mosquitto_reads_passwords_and_acls_from_a_secret() -> None:
+    docs = render(CASES["small-town"])
+    conf = named(docs, "ConfigMap", "renkei-mosquitto")["data"]["mosquitto.conf"]
+    assert "allow_anonymous false" in conf
+    assert "password_file /mosquitto/secret/passwd" in conf
+    assert "acl_file /mosquitto/secret/acl" in conf
+    spec = named(docs, "Deployment", "renkei-mosquitto")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "renkei-mosquitto"
+    assert {i["path"] for i in volume["secret"]["items"]} == {"passwd", "acl"}
+    (c,) = spec["containers"]
+    assert c["image"].startswith("eclipse-mosquitto:")
+    (agent,) = named(docs, "Deployment", "renkei-iot-agent")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert agent["args"] == ["iot-agent"]
+    env = env_of(agent)
+    assert (
+        env["RENKEI_MQTT_URL"]["value"]
+        == "mqtt://$(RENKEI_MQTT_USERNAME):$(RENKEI_MQTT_PASSWORD)@renkei-mosquitto:1883"
+    )
+    assert env["RENKEI_MQTT_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "renkei-mqtt"
+    assert env["RENKEI_BROKER_URL"]["value"] == "http://renkei-broker:1026"
+
+
+def test_every_pod_is_under_a_network_policy(case: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = case
+    policies = of_kind(docs, "NetworkPolicy")
+    assert policies
+    for where, meta, _ in pod_specs(docs):
+        covering = [
+            p
+            for p in policies
+            if p["spec"]["podSelector"]["matchLabels"].items() <= meta["labels"].items()
+        ]
+        assert covering, (name, where)
+        assert {"Ingress", "Egress"} <= {t for p in covering for t in p["spec"]["policyTypes"]}
+
+
+def test_lgwan_allows_no_internet() -> None:
+    docs = render(CASES["small-town"])
+    cidrs = {
+        block["ipBlock"]["cidr"]
+        for p in of_kind(docs, "NetworkPolicy")
+        for rule in p["spec"].get("egress", [])
+        for block in rule.get("to", [])
+        if "ipBlock" in block
+    }
+    assert cidrs == {"10.30.0.0/16"}
+    assert "0.0.0.0/0" in json.dumps(render({}))
+
+
+def test_ingress_serves_the_broker_over_tls() -> None:
+    docs = render(CASES["small-town"])
+    (ingress,) = of_kind(docs, "Ingress")
+    assert ingress["spec"]["tls"] == [
+        {"hosts": ["renkei.town.example.lg.jp"], "secretName": "renkei-tls"}
+    ]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["http"]["paths"][0]["backend"]["service"]["name"] == "renkei-broker"
+    (c,) = named(docs, "Deployment", "renkei-broker")["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["RENKEI_PUBLIC_URL"]["value"] == "https://renkei.town.example.lg.jp"
+
+
+def test_context_preload_config_map_loads_in_the_broker(tmp_path: Path) -> None:
+    docs = render(CASES["small-town"])
+    (c,) = named(docs, "Deployment", "renkei-broker")["spec"]["template"]["spec"]["containers"]
+    preload = Path(env_of(c)["RENKEI_CONTEXT_PRELOAD"]["value"])
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert preload.parent == Path(mounts["contexts"])
+    for key, text in named(docs, "ConfigMap", "renkei-contexts")["data"].items():
+        (tmp_path / key).write_text(text, "utf-8")
+    docs_by_url = load_preload_map(tmp_path / preload.name)
+    context = docs_by_url["https://town.example.lg.jp/ngsi-ld/context.jsonld"]
+    assert "避難所" in json.dumps(context, ensure_ascii=False)
+
+
+def test_publish_definitions_config_map_loads_in_the_publisher(tmp_path: Path) -> None:
+    docs = render(CASES["small-town"])
+    (job,) = [d for d in of_kind(docs, "CronJob") if d["metadata"]["name"] == "renkei-publish"]
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["args"][:3] == ["publish", "--definitions", "/etc/renkei/publish"]
+    assert job["spec"]["timeZone"] == "Asia/Tokyo"
+    for key, text in named(docs, "ConfigMap", "renkei-publish")["data"].items():
+        (tmp_path / key).write_text(text, "utf-8")
+    (definition,) = load_definitions(tmp_path)
+    assert definition.title["ja"] == "避難所一覧（例町）"  # noqa: RUF001
+
+    watch = named(render(CASES["prefecture"]), "Deployment", "renkei-publish")
+    (c,) = watch["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["publish", "--definitions", "/etc/renkei/publish", "--every", "15m"]
+    assert watch["spec"]["replicas"] == 1
+
+
+def test_sqlite_backups_run_beside_the_broker() -> None:
+    docs = render(CASES["small-town"])
+    job = named(docs, "CronJob", "renkei-backup")
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    script = c["command"][-1]
+    assert 'renkei backup --store "$RENKEI_STORE" --out "$out"' in script
+    assert env_of(c)["RENKEI_STORE"]["value"].startswith("sqlite:////data/renkei.db")
+    assert env_of(c)["RENKEI_BACKUP_KEEP"]["value"] == "14"
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"data": "renkei-data", "backups": "renkei-backup"}
+    (term,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "broker"
+    assert not [d for d in render(CASES["prefecture"]) if d["metadata"]["name"] == "renkei-backup"]
+
+
+def test_unknown_store_type_is_refused_with_its_name() -> None:
+    with pytest.raises(
+        helm.HelmError, match="/store/type': value must be one of 'sqlite', 'mongodb'"
+    ):
+        render({"store": {"type": "postgres"}})
+
+
+def test_grafana_dashboard_is_shipped_and_reads_renkei_metrics() -> None:
+    text = (CHART / "dashboards" / "renkei.json").read_text("utf-8")
+    dashboard = json.loads(text)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs
+    for expr in exprs:
+        metrics = re.findall(r"\b([a-z_]+)\{", expr)
+        assert metrics, expr
+        assert all(m.startswith(("renkei_", "process_")) for m in metrics), expr
+    (cm,) = [
+        d for d in of_kind(render(CASES["prefecture"]), "ConfigMap") if "renkei.json" in d["data"]
+    ]
+    assert json.loads(cm["data"]["renkei.json"]) == dashboard
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"store": {"type": "postgres"}}, "/store/type"),
+        ({"store": {"sqlite": {"synchronous": "OFF"}}}, "/store/sqlite/synchronous"),
+        ({"brokers": {"replicas": 3}}, "brokers"),
+        ({"iotAgent": {"replicas": -1}}, "/iotAgent/replicas"),
+        ({"publish": {"every": "15 分"}}, "/publish/every"),
+        ({"iotAgent": {"mqttVersion": "mqtt4"}}, "/iotAgent/mqttVersion"),
+    ],
+)
+def test_values_schema_refuses_what_the_hub_would_refuse(
+    values: dict[str, Any], where: str
+) -> None:
+    report = helm.lint(CHART, values, strict=True)
+    assert any(where in e for e in report["errors"]), report["errors"]
+    with helm.Chart.load(CHART) as chart:
+        for good in CASES.values():
+            chart.validate_schema(good)  # every shipped example passes
+        with pytest.raises(helm.HelmError, match=where):
+            chart.validate_schema(values)
