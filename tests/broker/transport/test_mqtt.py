@@ -23,7 +23,7 @@ from broker.transport.mqtt import (
     parse_server,
 )
 from tests.support import free_port
-from tests.support_mqtt import MqttBroker, mosquitto
+from tests.support_mqtt import MqttBroker, amqtt_broker, mosquitto
 
 pytestmark = [pytest.mark.anyio, pytest.mark.mqtt]
 
@@ -282,3 +282,32 @@ async def test_cancelled_connect_leaves_no_socket_open() -> None:
                 await client.connect()
         await client.close()
         assert sockets() == before + 1  # the listener only
+
+
+@pytest.mark.parametrize("background", [False, True])
+async def test_auto_falls_back_to_mqtt_311(tmp_path: Path, background: bool) -> None:
+    inbox = Inbox()
+    with amqtt_broker(tmp_path) as old:  # refuses MQTT 5 as "unacceptable protocol version"
+        client = MqttClient(parse_server(old.url), version="auto")
+        client.subscribe([TOPIC], qos=1, share_group="renkei")
+        if background:
+            await client.start(inbox)
+            await until(client, connected, 15)
+        else:
+            await client.connect()
+        try:
+            assert client.mqtt5 is False
+            assert not client.shared  # plain subscriptions over MQTT 3.1.1
+            await client.publish(TOPIC, orjson.dumps(READING), 1)  # acknowledged
+            if background:
+                [message] = await inbox.wait(1)
+                assert orjson.loads(message.payload) == READING
+        finally:
+            await client.close()
+
+        explicit = MqttClient(parse_server(old.url), version="mqtt5.0")
+        with pytest.raises(MqttError) as caught:
+            await explicit.connect()
+        assert explicit.mqtt5
+        assert caught.value.reason == 0x84  # unsupported protocol version
+        assert not caught.value.retryable
