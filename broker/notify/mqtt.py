@@ -156,11 +156,7 @@ class MqttPool:
                 connect_timeout=self.timeout,
                 logger=log,
             )
-            try:
-                await client.connect()
-            except BaseException:
-                await asyncio.shield(client.close())
-                raise
+            await client.connect()  # leaves nothing open when it fails
             log.debug("MQTT connected to %s (%s)", key.display, key.version)
             self._clients[key] = client
             self.connections_opened += 1

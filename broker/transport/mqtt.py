@@ -254,7 +254,7 @@ class MqttClient:
         self.connections = 0
         #: why the last connection attempt failed (None once connected)
         self.last_error: str | None = None
-        #: failed connection attempts so far
+        #: failed connection attempts since :meth:`start` (connect() raises instead)
         self.failures = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Client | None = None
