@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import trustme
 
 from broker.transport.mqtt import (
     Message,
@@ -311,3 +312,38 @@ async def test_auto_falls_back_to_mqtt_311(tmp_path: Path, background: bool) -> 
         assert explicit.mqtt5
         assert caught.value.reason == 0x84  # unsupported protocol version
         assert not caught.value.retryable
+
+
+async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
+    city_ca, other_ca = trustme.CA(), trustme.CA()
+    issued = city_ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "server.pem", tmp_path / "server.key"
+    issued.cert_chain_pems[0].write_to_path(str(certfile))
+    issued.private_key_pem.write_to_path(str(keyfile))
+    trusted, untrusted = tmp_path / "市のCA.pem", tmp_path / "other-ca.pem"
+    city_ca.cert_pem.write_to_path(str(trusted))
+    other_ca.cert_pem.write_to_path(str(untrusted))
+    with mosquitto(tmp_path / "tls", tls=(certfile, keyfile)) as secure:
+        server = parse_server(f"mqtts://{secure.host}:{secure.port}")
+        client = MqttClient(server, ca_file=str(trusted), version="mqtt5.0")
+        await client.connect()
+        try:
+            await client.publish(TOPIC, orjson.dumps(READING), 1)
+        finally:
+            await client.close()
+
+        before = sockets()
+        with pytest.raises(MqttError) as caught:
+            await MqttClient(server, ca_file=str(untrusted)).connect()
+        assert caught.value.retryable
+        assert "certificate verify failed" in str(caught.value)
+        client = MqttClient(server, ca_file=str(untrusted))
+        await client.start()
+        try:
+            await until(client, lambda c: c.failures >= 1, 5)
+            assert client.last_error is not None
+            assert "TLS certificate not trusted" in client.last_error
+            assert "other-ca.pem" in client.last_error
+        finally:
+            await client.close()
+        assert sockets() == before
