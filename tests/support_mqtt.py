@@ -4,7 +4,8 @@
 127.0.0.1 port, waits until it accepts connections and stops it afterwards. With
 ``users={"name": "password"}`` the listener takes only those users (password file
 built with ``mosquitto_passwd``). With ``tls=(certfile, keyfile)`` the listener speaks
-MQTT over TLS only (``mqtts://``). The Debian packages come from
+MQTT over TLS only (``mqtts://``). ``amqtt_broker(tmp_path)`` starts an amqtt broker, which speaks MQTT 3.1.1
+only. The Debian packages come from
 ``scripts/system-deps.sh test`` (run by ``make test``).
 """
 
@@ -14,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -253,3 +255,51 @@ def subscribe(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+@contextmanager
+def amqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
+    """A running amqtt broker (PyPI), which speaks MQTT 3.1.1 only and refuses MQTT 5.
+
+    Mosquitto cannot be limited to 3.1.1; amqtt answers an MQTT 5 CONNECT with
+    "unacceptable protocol version", as older brokers and many gateways do.
+    """
+    workdir = tmp_path / "amqtt"
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = workdir / "amqtt.yaml"
+    config.write_text(
+        "listeners:\n"
+        "  default:\n"
+        "    type: tcp\n"
+        f"    bind: 127.0.0.1:{port}\n"
+        "plugins:\n"
+        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n"
+    )
+    with (workdir / "amqtt.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"amqtt exited: {(workdir / 'amqtt.log').read_text()}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("amqtt did not accept connections") from None
+                    time.sleep(0.05)
+            yield MqttBroker(workdir, port=port)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

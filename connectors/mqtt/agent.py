@@ -1,7 +1,7 @@
 """The IoT agent: MQTT messages in, NGSI-LD batch writes out, commands both ways.
 
 :class:`IoTAgent` owns the parts and their tasks: the :class:`Registry` of
-provisioned devices, the :class:`MqttLink` (southbound), the :class:`Batcher`
+provisioned devices, the :class:`~broker.transport.mqtt.MqttClient` (southbound), the :class:`Batcher`
 (northbound), the broker subscriptions through which it learns of commands, and a
 health watch of the broker. Everything but paho's network thread runs on one event
 loop; a bad message is counted, logged with its topic and skipped, never raised.
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from broker.notify.mqtt import parse_server
+from broker.transport.mqtt import Message, MqttClient, parse_server
 from connectors.client import BrokerClient, BrokerError
 from connectors.mqtt.mapping import (
     TIME_INSTANT,
@@ -33,7 +33,7 @@ from connectors.mqtt.metrics import Metrics
 from connectors.mqtt.northbound import Ack, Batcher
 from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
-from connectors.mqtt.southbound import Incoming, MqttLink
+from connectors.mqtt.southbound import southbound
 
 log = logging.getLogger("renkei.iota")
 
@@ -68,7 +68,7 @@ class IoTAgent:
             max_entities=settings.iota_window_entities,
             capacity=settings.iota_buffer,
         )
-        self.link = MqttLink(
+        self.link: MqttClient = southbound(
             parse_server(settings.mqtt_url),
             client_id=settings.client_id,
             version=settings.mqtt_version,
@@ -103,7 +103,7 @@ class IoTAgent:
         )
 
     async def stop(self) -> None:
-        await self.link.stop()
+        await self.link.close()
         self.batcher.close()
         batcher, *others = self._tasks
         for task in others:
@@ -159,7 +159,7 @@ class IoTAgent:
 
     # -- southbound messages ------------------------------------------------------------------
 
-    def handle(self, batch: list[Incoming]) -> None:
+    def handle(self, batch: list[Message]) -> None:
         for item in batch:
             ack = self.link.acker(item)
             try:
@@ -191,7 +191,7 @@ class IoTAgent:
         self.commands_changed()
         return device
 
-    def _handle_one(self, item: Incoming, ack: Ack | None) -> bool:
+    def _handle_one(self, item: Message, ack: Ack | None) -> bool:
         """Queue what ``item`` carries; True if ``ack`` was handed to the batcher."""
         segments = item.topic.split("/")[1:]
         if item.topic.startswith("/json/") and len(segments) >= 4:
@@ -246,14 +246,14 @@ class IoTAgent:
         return queued
 
     @staticmethod
-    def _single_value(item: Incoming) -> Any:
+    def _single_value(item: Message) -> Any:
         try:
             return orjson.loads(item.payload)
         except orjson.JSONDecodeError:
             return item.payload.decode("utf-8", errors="replace")
 
     def _command_result(
-        self, device: Resolved, payload: Any, item: Incoming, ack: Ack | None
+        self, device: Resolved, payload: Any, item: Message, ack: Ack | None
     ) -> bool:
         if not isinstance(payload, dict) or not payload:
             self.bad("invalid_payload", item.topic, "a command result must be a JSON object")
@@ -422,7 +422,7 @@ class IoTAgent:
                 attr = ent[name]
                 value = attr.get("value", attr.get("object")) if isinstance(attr, dict) else attr
                 topic = f"/{device.apikey}/{device.device_id}/cmd"
-                if not self.link.publish(topic, orjson.dumps({name: value})):
+                if not self.link.publish_nowait(topic, orjson.dumps({name: value})):
                     log.warning("command %s for %s not published: MQTT down", name, topic)
                     status = "ERROR"
                 else:

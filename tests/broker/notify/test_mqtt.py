@@ -139,11 +139,10 @@ async def test_one_connection_per_broker(senders: Senders, broker: MqttBroker) -
 async def test_reconnects_after_the_broker_restarts(senders: Senders, broker: MqttBroker) -> None:
     endpoint = Endpoint(broker.endpoint(TOPIC), notifier_info=(("MQTT-QoS", "1"),))
     await senders.send(endpoint, BODY, HEADERS)
+    [client] = senders.mqtt.clients
     broker.stop()
-    for _ in range(500):  # the sender notices the drop within milliseconds
-        if not senders.mqtt.open_connections:
-            break
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):  # the sender notices the drop within milliseconds
+        await client.wait_until(lambda c: not c.connected)
     assert senders.mqtt.open_connections == 0
 
     with pytest.raises(DeliveryError) as caught:  # still down

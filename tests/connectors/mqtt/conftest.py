@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +21,9 @@ from connectors.mqtt.agent import IoTAgent
 from connectors.mqtt.app import create_app
 from connectors.mqtt.settings import AgentSettings
 from tests.support import broker, free_port
-from tests.support_mqtt import MqttBroker, mosquitto
+from tests.support_mqtt import MqttBroker, amqtt_broker, mosquitto
+
+__all__ = ["AgentFactory", "Publisher", "amqtt_broker", "wait_for"]
 
 
 @dataclass
@@ -150,51 +149,3 @@ def device(mqtt: MqttBroker) -> Iterator[Publisher]:
     pub = Publisher(mqtt)
     yield pub
     pub.close()
-
-
-@contextmanager
-def amqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
-    """A running amqtt broker (PyPI), which speaks MQTT 3.1.1 only and refuses MQTT 5.
-
-    Mosquitto cannot be limited to 3.1.1; amqtt answers an MQTT 5 CONNECT with
-    "unacceptable protocol version", as older brokers and many gateways do.
-    """
-    workdir = tmp_path / "amqtt"
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = workdir / "amqtt.yaml"
-    config.write_text(
-        "listeners:\n"
-        "  default:\n"
-        "    type: tcp\n"
-        f"    bind: 127.0.0.1:{port}\n"
-        "plugins:\n"
-        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-        "    allow_anonymous: true\n"
-    )
-    with (workdir / "amqtt.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"amqtt exited: {(workdir / 'amqtt.log').read_text()}")
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("amqtt did not accept connections") from None
-                    time.sleep(0.05)
-            yield MqttBroker(workdir, port=port)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)

@@ -25,9 +25,12 @@ def prop(v: Any, at: str) -> dict[str, Any]:
 
 async def test_window_coalesces_and_later_observation_wins() -> None:
     writes: list[tuple[str | None, list[dict[str, Any]]]] = []
+    both_written = asyncio.Event()
 
     async def write(tenant: str | None, ents: list[dict[str, Any]]) -> BatchOutcome:
         writes.append((tenant, ents))
+        if len(writes) == 2:  # one batch per tenant
+            both_written.set()
         return BatchOutcome(
             success=[e["id"] for e in ents if e["id"] != "urn:x:bad"],
             errors=[("urn:x:bad", {"title": "nope"})],
@@ -47,7 +50,8 @@ async def test_window_coalesces_and_later_observation_wins() -> None:
     )
     b.add(None, "urn:x:2", "T", {"t": prop(9, "a")}, 1.0)
     b.add(None, "urn:x:bad", "T", {"t": prop(9, "a")}, 1.0)
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(5):  # the window ends by itself
+        await both_written.wait()
     b.close()
     await task
     assert {t for t, _ in writes} == {"komae", None}
@@ -60,11 +64,13 @@ async def test_window_coalesces_and_later_observation_wins() -> None:
 
 async def test_retries_until_the_broker_accepts_and_drops_qos0_when_full() -> None:
     fail = 3
+    failing = asyncio.Event()
 
     async def write(tenant: str | None, ents: list[dict[str, Any]]) -> BatchOutcome:
         nonlocal fail
         if fail:
             fail -= 1
+            failing.set()
             raise BrokerError("down")
         return BatchOutcome(success=[e["id"] for e in ents])
 
@@ -74,18 +80,17 @@ async def test_retries_until_the_broker_accepts_and_drops_qos0_when_full() -> No
     b.add(
         None, "urn:x:1", "T", {"a": prop(1, "a")}, 1.0, ack=lambda: acked.append(1), droppable=False
     )
-    await asyncio.sleep(0.05)  # in flight, failing
+    async with asyncio.timeout(5):  # in flight, failing
+        await failing.wait()
     assert not b.broker_ok
     assert b.add(None, "urn:x:2", "T", {"a": prop(1, "a")}, 1.0)
     assert not b.add(None, "urn:x:3", "T", {"a": prop(1, "a")}, 1.0)  # QoS 0 beyond capacity
     assert b.add(None, "urn:x:4", "T", {"a": prop(1, "a")}, 1.0, droppable=False)  # QoS 1 waits
     assert acked == []
-    for _ in range(100):
-        if b.metrics.get("measures_stored_total") == 3:
-            break
-        await asyncio.sleep(0.05)
-    b.close()
-    await task
+    b.close()  # run() returns once what it holds is written, retrying until then
+    async with asyncio.timeout(10):
+        await task
+    assert b.metrics.get("measures_stored_total") == 3
     assert acked == [1]
     assert b.broker_ok
     assert b.metrics.get("dropped_total", "buffer_full") == 1

@@ -1,0 +1,56 @@
+"""The transport is a leaf, and it is all that ``connectors/`` takes from the broker."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def broker_imports(folder: Path) -> dict[str, set[str]]:
+    found = {}
+    for path in sorted(folder.rglob("*.py")):
+        names = {n for n in imported(path) if n == "broker" or n.startswith("broker.")}
+        if names:
+            found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_the_transport_imports_no_other_broker_package() -> None:
+    found = broker_imports(ROOT / "broker" / "transport")
+    assert found == {}
+
+
+def test_connectors_import_only_the_transport_from_the_broker() -> None:
+    found = broker_imports(ROOT / "connectors")
+    outside = {
+        path: names
+        for path, names in found.items()
+        if any(not n.startswith("broker.transport") for n in names)
+    }
+    assert outside == {}
+    assert found  # the agent does use the transport
+
+
+def test_the_agent_loads_no_broker_internals() -> None:
+    code = (
+        "import sys, connectors.mqtt.app, connectors.mqtt.cli, connectors.csv.cli;"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('broker'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout.split()
+    assert out == ["broker", "broker.transport", "broker.transport.mqtt"]
