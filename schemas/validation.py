@@ -11,7 +11,9 @@ errors into those messages, in one place:
   error of the field (wrong type, pattern, literal, missing) gets it, at the field's key;
 - a validator raises :func:`problem` (one message) or :func:`problems` (several, at keys
   of its own choosing) with the exact text;
-- a key the model does not know is reported with the keys it does know.
+- a key the model does not know is reported with the keys it does know;
+- a model may name the message for a value that is not a mapping at all in a
+  ``invalid: ClassVar[Msg]``.
 
 Models validate with :func:`validate`. A list whose items are checked one by one
 (:func:`tolerant`) keeps its valid items and records the errors of the others, so that
@@ -66,10 +68,16 @@ def problems(found: Sequence[At]) -> PydanticCustomError:
     return PydanticCustomError(_TYPE, "{en}", {"en": found[0].en, "problems": list(found)})
 
 
-def tolerant(label: Callable[[int, Any], int | str] | None = None) -> WrapValidator:
+def tolerant(
+    label: Callable[[int, Any], int | str] | None = None,
+    choose: Callable[[Any], type[BaseModel]] | None = None,
+) -> WrapValidator:
     """A list validator keeping the items that validate; the errors of the others are
     recorded (at ``<field>.<label>``, by default the index) and reported by
-    :func:`validate` with the rest. Only for fields of the top-level model."""
+    :func:`validate` with the rest. ``choose`` picks the model of each item (items of
+    several kinds) in place of the field's own item type. The positions of the kept
+    items are in ``context["positions"][field]``. Only for fields of the top-level model.
+    """
 
     def validator(value: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> Any:
         if not isinstance(value, list):
@@ -78,16 +86,23 @@ def tolerant(label: Callable[[int, Any], int | str] | None = None) -> WrapValida
         assert isinstance(info.context, dict)
         labels = info.context.get("labels", {}).get(info.field_name)
         out = []
+        positions = info.context.setdefault("positions", {})[info.field_name] = []
         for i, item in enumerate(value):
+            model = choose(item) if choose else None
             try:
-                (valid,) = handler([item])
+                if model is not None:
+                    valid = model.model_validate(item, context=info.context)
+                else:
+                    (valid,) = handler([item])
             except ValidationError as exc:
                 where = labels[i] if labels else label(i, item) if label else i
                 for e in exc.errors():
-                    e["loc"] = (info.field_name, where, *e["loc"][1:])
-                    info.context["errors"].append(e)
+                    rest = e["loc"] if model is not None else e["loc"][1:]
+                    e["loc"] = (info.field_name, where, *rest)
+                    info.context["errors"].append((model, 2, e))
                 continue
             out.append(valid)
+            positions.append(i)
         return out
 
     return WrapValidator(validator)
@@ -105,15 +120,21 @@ def validate(
     ctx: dict[str, Any] = {"errors": [], "labels": {}, **(context or {})}
     if not isinstance(doc, dict):
         raise error([f"{source}: YAMLの最上位はマッピングです / top level must be a mapping"])
+    recorded: list[tuple[type[BaseModel] | None, int, ErrorDetails]] = ctx["errors"]
     try:
         result = model.model_validate(doc, context=ctx)
     except ValidationError as exc:
-        errors = [*ctx["errors"], *exc.errors()]
+        errors = [*recorded, *((None, 0, e) for e in exc.errors())]
     else:
-        errors = ctx["errors"]
+        errors = recorded
         if not errors:
             return result
-    raise error(list(dict.fromkeys(m for e in errors for m in _messages(model, e, source))))
+    messages = (
+        m
+        for owner, skip, e in errors
+        for m in _messages(owner or model, 0 if owner is None else skip, e, source)
+    )
+    raise error(list(dict.fromkeys(messages)))
 
 
 # -- turning one pydantic error into messages ----------------------------------------------
@@ -129,7 +150,8 @@ def _key(loc: Loc) -> str:
     return out
 
 
-def _messages(model: type[BaseModel], e: ErrorDetails, source: str) -> list[str]:
+def _messages(model: type[BaseModel], skip: int, e: ErrorDetails, source: str) -> list[str]:
+    """The messages of one error; ``model`` is the type at ``loc[skip:]``."""
     loc: Loc = tuple(e["loc"])
     if e["type"] == _TYPE:
         found: list[At] = (e.get("ctx") or {})["problems"]
@@ -137,15 +159,15 @@ def _messages(model: type[BaseModel], e: ErrorDetails, source: str) -> list[str]
             f"{source}: {_key(p.path if p.root else loc + p.path)}: {p.ja} / {p.en}" for p in found
         ]
     if e["type"] == "extra_forbidden":
-        owner = _walk(model, loc[:-1])[0]
+        owner = _walk(model, loc[skip:-1])[0]
         known = sorted(_field_names(owner))
         return [f"{source}: {_key(loc)}: 不明なキーです / unknown key (expected one of {known})"]
-    _, msg, depth = _walk(model, loc)
+    _, msg, depth = _walk(model, loc[skip:])
     if msg is None:
         return [f"{source}: {_key(loc)}: 値が正しくありません / {e['msg']}"]
     text = repr(e["input"])
     return [
-        f"{source}: {_key(loc[:depth])}: "
+        f"{source}: {_key(loc[: skip + depth])}: "
         f"{msg.ja.replace('{input}', text)} / {msg.en.replace('{input}', text)}"
     ]
 
@@ -181,13 +203,17 @@ def _walk(model: type[BaseModel], loc: Loc) -> tuple[Any, Msg | None, int]:
     """Follow ``loc`` through the model's types: (type reached, deepest message declared
     on the way, the length of ``loc`` up to that message)."""
     tp: Any = model
-    best: Msg | None = None
+    invalid = getattr(model, "invalid", None)  # a ClassVar[Msg]: the model as a whole
+    best: Msg | None = invalid if isinstance(invalid, Msg) else None
     depth = 0
     for i, part in enumerate(loc):
         tp, msg = _unwrap(tp)
         if msg is not None:
             best, depth = msg, i
         if isinstance(tp, type) and issubclass(tp, BaseModel):
+            invalid = getattr(tp, "invalid", None)
+            if i and isinstance(invalid, Msg):
+                best, depth = invalid, i
             field = tp.model_fields.get(str(part)) or next(
                 (f for f in tp.model_fields.values() if f.alias == part), None
             )
@@ -202,6 +228,8 @@ def _walk(model: type[BaseModel], loc: Loc) -> tuple[Any, Msg | None, int]:
         else:
             return tp, best, depth
     tp, msg = _unwrap(tp)
+    invalid = getattr(tp, "invalid", None) if isinstance(tp, type) else None
+    msg = msg or (invalid if isinstance(invalid, Msg) else None)
     if msg is not None:
         best, depth = msg, len(loc)
     return tp, best, depth
