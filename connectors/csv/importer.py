@@ -229,7 +229,7 @@ def read_header(data: bytes, encoding: str | None = None) -> list[str]:
 
 
 def _oversized(line: int, header: list[str], found: _Oversized) -> Problem:
-    column = header[found.field] if found.field < len(header) else f"{found.field + 1}列目"
+    column = header[found.field] if found.field < len(header) else str(found.field + 1)
     kib = csv.field_size_limit() // 1024
     return Problem(
         found.line,
