@@ -65,7 +65,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -82,7 +81,7 @@ from pydantic import (
 )
 
 from connectors.csv.layout import Layout, LayoutError, dataset_slugs, load_dataset
-from schemas.validation import At, Msg, problem, problems, tolerant, validate
+from schemas.validation import At, Msg, load_yaml, problem, problems, tolerant, validate
 
 __all__ = [
     "FORMATS",
@@ -1010,15 +1009,7 @@ def parse_definition(doc: Any, *, source: str, base: Path | None = None) -> Data
 
 
 def load_definition(path: Path) -> DatasetDefinition:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DefinitionError([f"{path}: 読めません / cannot read: {exc}"]) from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DefinitionError([f"{path}: YAMLとして読めません / not valid YAML: {exc}"]) from exc
-    return parse_definition(doc, source=str(path))
+    return parse_definition(load_yaml(path, DefinitionError), source=str(path))
 
 
 def load_definitions(folder: Path) -> list[DatasetDefinition]:

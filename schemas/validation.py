@@ -27,12 +27,14 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ValidationError, ValidationInfo, WrapValidator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-__all__ = ["At", "Msg", "problem", "problems", "tolerant", "validate"]
+__all__ = ["At", "Msg", "load_yaml", "problem", "problems", "tolerant", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[int | str, ...]
@@ -106,6 +108,19 @@ def tolerant(
         return out
 
     return WrapValidator(validator)
+
+
+def load_yaml(path: Path, error: Callable[[list[str]], Exception]) -> Any:
+    """The parsed YAML of ``path`` (UTF-8, with or without BOM); a syntax error is
+    reported with PyYAML's own line and column."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error([f"{path}: 読めません / cannot read: {exc}"]) from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error([f"{path}: YAMLとして読めません / not valid YAML: {exc}"]) from exc
 
 
 def validate(

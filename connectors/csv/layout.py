@@ -38,9 +38,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -56,7 +55,7 @@ from pydantic import (
 
 from connectors.csv.values import nfkc
 from schemas import RENKEI_CONTEXT_URL, SCHEMAS_DIR
-from schemas.validation import At, Msg, problem, problems, tolerant, validate
+from schemas.validation import At, Msg, load_yaml, problem, problems, tolerant, validate
 
 __all__ = [
     "DATASETS_DIR",
@@ -76,24 +75,23 @@ DATASETS_DIR = SCHEMAS_DIR / "datasets"
 DEFAULT_CONTEXT = RENKEI_CONTEXT_URL
 
 #: Kinds of column value. ``era-date`` is ``date`` (both read era and Gregorian dates).
-KINDS = frozenset(
-    {
-        "string",
-        "number",
-        "integer",
-        "boolean",
-        "code",
-        "date",
-        "era-date",
-        "time",
-        "lg-code",
-        "latitude",
-        "longitude",
-        "plane-x",
-        "plane-y",
-        "plane-zone",
-    }
-)
+Kind = Literal[
+    "string",
+    "number",
+    "integer",
+    "boolean",
+    "code",
+    "date",
+    "era-date",
+    "time",
+    "lg-code",
+    "latitude",
+    "longitude",
+    "plane-x",
+    "plane-y",
+    "plane-zone",
+]
+KINDS = frozenset(get_args(Kind))
 GEO_KINDS = frozenset({"latitude", "longitude", "plane-x", "plane-y", "plane-zone"})
 DEFAULT_TRUE = ("有", "あり", "はい", "可", "○", "〇", "1", "true", "yes")
 DEFAULT_FALSE = ("無", "なし", "いいえ", "不可", "×", "0", "false", "no")
@@ -206,14 +204,7 @@ def load_dataset(slug: str) -> Layout:
 
 def load_mapping(path: Path, *, name: str | None = None) -> Layout:
     """Read and validate a mapping file; every problem is reported, with file and key."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LayoutError([f"{path}: 読めません / cannot read: {exc}"]) from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise LayoutError([f"{path}: YAMLとして読めません / not valid YAML: {exc}"]) from exc
+    doc = load_yaml(path, LayoutError)
     return parse_layout(doc, source=str(path), name=name or path.stem)
 
 
@@ -231,23 +222,6 @@ def parse_layout(doc: Any, *, source: str, name: str) -> Layout:
 
 
 # -- the file format, as pydantic models ----------------------------------------------------
-
-Kind = Literal[
-    "string",
-    "number",
-    "integer",
-    "boolean",
-    "code",
-    "date",
-    "era-date",
-    "time",
-    "lg-code",
-    "latitude",
-    "longitude",
-    "plane-x",
-    "plane-y",
-    "plane-zone",
-]
 
 
 def _strings(value: Any) -> Any:
