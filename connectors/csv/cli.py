@@ -178,7 +178,7 @@ def import_csv(
         bool,
         typer.Option(
             "--strict",
-            help="Blank required values are errors, and nothing is written if any row has one",
+            help="Blank required values are errors; nothing is written if any row has an error",
         ),
     ] = False,
     verbose: Annotated[
