@@ -1,10 +1,16 @@
 # ruff: noqa: RUF001  (Japanese text: full-width brackets are intended)
 """``renkei import-csv``: a city-system CSV or a standard dataset into the broker.
 
+Without ``--dataset`` or ``--mapping`` (or with ``--dataset auto``) the standard layout
+is chosen from the file's header. Blank values in required (値必須) columns are warnings,
+counted per column in the summary and listed one by one with ``--verbose``; ``--strict``
+makes them errors.
+
 Exit status: 0 when every row was written (or, with ``--dry-run``, would be); 1 when
 rows had errors (they are listed, with line and column, and skipped; with ``--strict``
-nothing is written); 2 for a file, layout or option that cannot be used; 3 when the
-broker could not be reached or refused the request.
+nothing is written); 2 for a file, layout or option that cannot be used (a header that
+does not fit the layout included); 3 when the broker could not be reached or refused
+the request.
 """
 
 from __future__ import annotations
@@ -19,8 +25,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from connectors.client import BrokerClient, BrokerError
+from connectors.csv.detect import detect_layout
 from connectors.csv.encoding import DecodeError
-from connectors.csv.importer import BATCH_SIZE, ImportPlan, ImportResult, plan_import, send
+from connectors.csv.importer import (
+    BATCH_SIZE,
+    ImportPlan,
+    ImportResult,
+    plan_import,
+    read_header,
+    send,
+)
 from connectors.csv.layout import Layout, LayoutError, dataset_slugs, load_dataset, load_mapping
 
 __all__ = ["import_csv", "register"]
@@ -39,18 +53,24 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _layout(dataset: str | None, mapping: Path | None, entity_type: str | None) -> Layout:
-    if (dataset is None) == (mapping is None):
+AUTO = "auto"
+
+
+def _layout(
+    dataset: str | None, mapping: Path | None, entity_type: str | None, header: list[str]
+) -> Layout:
+    if dataset is not None and mapping is not None:
         raise _fail(
             "--dataset か --mapping のどちらか一つを指定してください / give exactly one of "
-            f"--dataset or --mapping (datasets: {', '.join(dataset_slugs())})"
+            f"--dataset or --mapping (datasets: {AUTO}, {', '.join(dataset_slugs())})"
         )
     try:
-        if dataset is not None:
-            layout = load_dataset(dataset)
-        else:
-            assert mapping is not None
+        if mapping is not None:
             layout = load_mapping(mapping)
+        elif dataset is None or dataset == AUTO:
+            layout = _detect(header)
+        else:
+            layout = load_dataset(dataset)
     except LayoutError as exc:
         raise _fail("\n".join(exc.messages)) from exc
     if entity_type:
@@ -58,10 +78,42 @@ def _layout(dataset: str | None, mapping: Path | None, entity_type: str | None) 
     return layout
 
 
-def _report(plan: ImportPlan) -> None:
+def _detect(header: list[str]) -> Layout:
+    match = detect_layout(header)
+    if match is None:
+        raise _fail(
+            "見出しがどの標準データセットにも合いません。--dataset か --mapping で指定してください"
+            " / the header fits no standard dataset: give --dataset or --mapping "
+            f"(datasets: {', '.join(dataset_slugs())})"
+        )
+    layout = match.layout
+    title_ja = layout.title.get("ja", layout.name)
+    title_en = layout.title.get("en", layout.name)
+    typer.echo(
+        f"見出しから {layout.name}（{title_ja}）として読み込みます / "
+        f"reading as {layout.name} ({title_en}), chosen from the header",
+        err=True,
+    )
+    return layout
+
+
+def _report(plan: ImportPlan, verbose: bool) -> None:
     for problem in plan.problems:
+        if problem.blank and problem.warning and not verbose:
+            continue
         prefix = "警告 / warning: " if problem.warning else ""
         typer.echo(prefix + str(problem), err=True)
+    counts = plan.blank_counts()
+    if counts:
+        typer.echo("必須項目が空の行 / rows with a blank required value:", err=True)
+        for header, n in counts.items():
+            typer.echo(f"  {header}: {n}行が空です / {header}: {n} rows blank", err=True)
+        if not verbose and plan.warnings:
+            typer.echo(
+                "  （一行ずつは --verbose で表示します。--strict でエラーにします）"
+                " / (--verbose lists them; --strict makes them errors)",
+                err=True,
+            )
 
 
 def _preview(plan: ImportPlan) -> None:
@@ -106,7 +158,11 @@ def import_csv(
     ],
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help="Standard dataset slug, e.g. evacuation-sites"),
+        typer.Option(
+            "--dataset",
+            help="Standard dataset slug, e.g. evacuation-sites, or auto (chosen from the "
+            "header; the default without --mapping)",
+        ),
     ] = None,
     mapping: Annotated[
         Path | None, typer.Option("--mapping", help="Mapping file (YAML) for a non-standard CSV")
@@ -119,7 +175,14 @@ def import_csv(
         bool, typer.Option("--dry-run", help="Validate and show what would be written")
     ] = False,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Write nothing if any row has an error")
+        bool,
+        typer.Option(
+            "--strict",
+            help="Blank required values are errors; nothing is written if any row has an error",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="List every blank required value, row by row")
     ] = False,
     encoding: Annotated[
         str | None,
@@ -133,16 +196,20 @@ def import_csv(
     ] = BATCH_SIZE,
 ) -> None:
     """Import a CSV file as NGSI-LD entities. / CSVファイルをエンティティとして取り込みます。"""
-    layout = _layout(dataset, mapping, entity_type)
     try:
         data = file.read_bytes()
     except OSError as exc:
         raise _fail(f"{file}: 読めません / cannot read: {exc}") from exc
     try:
-        plan = plan_import(data, layout, encoding=encoding)
+        auto = mapping is None and dataset in (None, AUTO)
+        header = read_header(data, encoding) if auto else []
+        layout = _layout(dataset, mapping, entity_type, header)
+        plan = plan_import(data, layout, encoding=encoding, strict=strict)
     except DecodeError as exc:
         raise _fail(f"{file}: {exc.ja} / {exc.en}") from exc
-    _report(plan)
+    if plan.refused is not None:
+        raise _fail(f"{file}: {plan.refused.ja} / {plan.refused.en}")
+    _report(plan, verbose)
     bad_rows = plan.rows_with_errors
     if plan.rows == 0 and plan.errors:
         raise _fail(f"{file}: 読み込めません / cannot be imported ({len(plan.errors)} errors)", 1)

@@ -1,10 +1,23 @@
-# ruff: noqa: RUF001  (Japanese text: full-width brackets are intended)
+# ruff: noqa: RUF001, RUF002  (Japanese text: full-width brackets are intended)
 """CSV -> NGSI-LD entities, validated in one pass, then sent in batch upserts.
 
 :func:`plan_import` reads the whole file and returns the entities to write together with
 every problem found, each with its file line and column, so that the user fixes a file
 once rather than once per error. Rows with errors are left out of the plan; the caller
-decides whether to send the rest or (``--strict``) nothing at all. :func:`send` writes a
+decides whether to send the rest or (``--strict``) nothing at all.
+
+A row is an error only when its entity cannot be built: no id, no name, coordinates that
+cannot be read or are out of range, a value that cannot be parsed. A blank value in
+another required (値必須) column is a warning, counted per column
+(:meth:`ImportPlan.blank_counts`): published city files often leave ``URL`` or
+``画像URL（配列）`` empty, and the standard's 値必須 says what a publisher should fill, not
+what makes a record unusable. ``strict=True`` makes those blanks errors again. A header
+that does not fit the layout at all (see :mod:`connectors.csv.detect`) refuses the file.
+
+A field longer than the csv module's field limit (:data:`FIELD_LIMIT`) is an error of
+its row, reported with its line and column; the rows after it are read as usual.
+
+:func:`send` writes a
 plan with ``/entityOperations/upsert``: entity ids come from the data (the standard ID
 column and the local government code), so importing the same file again replaces the
 same entities instead of adding new ones.
@@ -23,6 +36,7 @@ from urllib.parse import quote
 import orjson
 
 from connectors.client import BrokerClient
+from connectors.csv.detect import fit, mismatch_message
 from connectors.csv.encoding import decode
 from connectors.csv.geo import to_wgs84
 from connectors.csv.layout import GEO_KINDS, Column, Layout
@@ -36,11 +50,24 @@ from connectors.csv.values import (
     parse_time,
 )
 
-__all__ = ["ImportPlan", "ImportResult", "Problem", "plan_import", "send"]
+__all__ = [
+    "FIELD_LIMIT",
+    "ImportPlan",
+    "ImportResult",
+    "Problem",
+    "plan_import",
+    "read_header",
+    "send",
+]
 
 BATCH_SIZE = 500
 #: Batches are also cut by size, well under the broker's default 4 MiB request bound.
 BATCH_BYTES = 2 * 1024 * 1024
+
+#: Longest field read, in characters: the csv module's own limit (128 KiB), which this
+#: module never raises (the limit is process-wide). Cell text longer than this is not a
+#: value a city system exports; a multi-megabyte cell would also outgrow a batch.
+FIELD_LIMIT = 128 * 1024
 
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _ROMAN_NUMERALS = "I II III IV V VI VII VIII IX X XI XII XIII XIV XV XVI XVII XVIII XIX"
@@ -56,6 +83,8 @@ class Problem:
     ja: str
     en: str
     warning: bool = False
+    #: a blank value in a required column (a warning unless strict), counted per column
+    blank: bool = False
 
     def __str__(self) -> str:
         if self.column is None:
@@ -74,6 +103,8 @@ class ImportPlan:
     problems: list[Problem] = field(default_factory=list)
     rows: int = 0
     encoding: str = ""
+    #: why the whole file was refused because of its header (the wrong layout)
+    refused: Problem | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -87,6 +118,14 @@ class ImportPlan:
     def rows_with_errors(self) -> int:
         return len({p.line for p in self.errors})
 
+    def blank_counts(self) -> dict[str, int]:
+        """Required column header -> number of rows where it is blank, in file order."""
+        counts: dict[str, int] = {}
+        for p in self.problems:
+            if p.blank and p.column is not None:
+                counts[p.column] = counts.get(p.column, 0) + 1
+        return counts
+
 
 @dataclass
 class ImportResult:
@@ -98,13 +137,106 @@ class ImportResult:
 # -- reading -------------------------------------------------------------------------------
 
 
-def _records(text: str) -> Iterator[tuple[int, list[str]]]:
-    """(line where the record starts, fields); quoted fields may span lines."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    start = 1
-    for row in reader:
-        yield start, row
-        start = reader.line_num + 1
+class _Oversized(Exception):
+    def __init__(self, line: int, field: int, next_line: int, rest: int) -> None:
+        self.line, self.field, self.next_line, self.rest = line, field, next_line, rest
+
+
+def _records(text: str) -> Iterator[tuple[int, list[str] | _Oversized]]:
+    """(line where the record starts, fields); quoted fields may span lines. A record
+    with a field over the csv module's limit comes as an :class:`_Oversized` and reading
+    goes on after it."""
+    offset, base = 0, 1
+    while True:
+        reader = csv.reader(io.StringIO(text[offset:], newline=""))
+        start = base
+        try:
+            for row in reader:
+                yield start, row
+                start = base + reader.line_num
+            return
+        except csv.Error:
+            found = _find_oversized(text, _line_offset(text, offset, start - base), start)
+            if found is None:
+                raise
+            yield start, found
+            offset, base = found.rest, found.next_line
+
+
+def _line_offset(text: str, offset: int, lines: int) -> int:
+    """The offset in ``text`` of the physical line ``lines`` lines after ``offset``."""
+    for line in io.StringIO(text[offset:], newline=""):
+        if lines == 0:
+            break
+        offset += len(line)
+        lines -= 1
+    return offset
+
+
+def _find_oversized(text: str, pos: int, line: int) -> _Oversized | None:
+    """Scan the record at ``pos`` as the csv module's excel dialect reads it: the first
+    field longer than the limit, and where the next record starts."""
+    limit = csv.field_size_limit()
+    n = len(text)
+    field = length = 0
+    field_line = line
+    field_start = pos
+    quoted = False
+    found: tuple[int, int] | None = None
+    i = pos
+    while i < n:
+        c = text[i]
+        if quoted:
+            if c == '"':
+                if text.startswith('"', i + 1):
+                    i += 1
+                else:
+                    quoted = False
+                    i += 1
+                    continue
+            elif c == "\n" or (c == "\r" and not text.startswith("\n", i + 1)):
+                line += 1
+        elif c == '"' and i == field_start:
+            quoted = True
+            i += 1
+            continue
+        elif c in ",\r\n":
+            if found is None and length > limit:
+                found = (field_line, field)
+            if c == ",":
+                field, length = field + 1, 0
+                i += 1
+                field_start, field_line = i, line
+                continue
+            i += 2 if text.startswith("\r\n", i) else 1
+            line += 1
+            if found is not None:
+                return _Oversized(found[0], found[1], line, i)
+            return None  # a record without an oversized field: some other csv error
+        length += 1
+        i += 1
+    if found is None and length > limit:
+        found = (field_line, field)
+    return None if found is None else _Oversized(found[0], found[1], line + 1, n)
+
+
+def read_header(data: bytes, encoding: str | None = None) -> list[str]:
+    """The header row of a CSV file (empty when there is none)."""
+    text, _ = decode(data, encoding)
+    for _, row in _records(text):
+        return row if isinstance(row, list) else []
+    return []
+
+
+def _oversized(line: int, header: list[str], found: _Oversized) -> Problem:
+    column = header[found.field] if found.field < len(header) else str(found.field + 1)
+    kib = csv.field_size_limit() // 1024
+    return Problem(
+        found.line,
+        column,
+        f"項目が長すぎます（{kib} KiB まで）。{line}行目から始まる行は読み込みません",
+        f"field longer than {kib} KiB: the record starting on line {line} is skipped",
+    )
 
 
 def plan_import(
@@ -112,21 +244,37 @@ def plan_import(
     layout: Layout,
     *,
     encoding: str | None = None,
+    strict: bool = False,
 ) -> ImportPlan:
-    """Parse and validate ``data`` (the bytes of a CSV file) into entities."""
+    """Parse and validate ``data`` (the bytes of a CSV file) into entities; with
+    ``strict``, blank required values are errors rather than warnings."""
     text, used = decode(data, encoding or layout.encoding)
     plan = ImportPlan(encoding=used)
     records = _records(text)
-    header = next(records, None)
-    if header is None or not any(h.strip() for h in header[1]):
+    first = next(records, None)
+    if first is not None and isinstance(first[1], _Oversized):
+        plan.problems.append(_oversized(first[0], [], first[1]))
+        return plan
+    header = first[1] if first is not None else []
+    if isinstance(header, _Oversized) or not any(h.strip() for h in header):
         plan.problems.append(Problem(1, None, "見出し行がありません", "no header row"))
         return plan
-    index = _match_header(header[1], layout, plan.problems)
+    index = _match_header(header, layout, plan.problems)
+    match = fit(layout, header)
+    if not match.fits:
+        ja, en = mismatch_message(match, header)
+        plan.refused = Problem(1, None, ja, en)
+        plan.problems = [plan.refused, *(p for p in plan.problems if not p.warning)]
+        return plan
     if any(not p.warning for p in plan.problems):
         return plan
-    width = len(header[1])
+    width = len(header)
     seen: dict[str, int] = {}
     for line, row in records:
+        if isinstance(row, _Oversized):
+            plan.rows += 1
+            plan.problems.append(_oversized(line, header, row))
+            continue
         if not row or all(not cell.strip() for cell in row):
             continue  # blank line
         plan.rows += 1
@@ -140,18 +288,18 @@ def plan_import(
                 )
             )
             continue
-        entity_id, entity, problems = _build(layout, index, row, line)
+        entity_id, entity, problems = _build(layout, index, row, line, strict)
         plan.problems.extend(problems)
         if entity_id is None:
             continue
-        first = seen.get(entity_id)
-        if first is not None:
+        first_line = seen.get(entity_id)
+        if first_line is not None:
             plan.problems.append(
                 Problem(
                     line,
                     None,
-                    f"ID {entity_id} は{first}行目と重複しています",
-                    f"id {entity_id} is the same as on line {first}",
+                    f"ID {entity_id} は{first_line}行目と重複しています",
+                    f"id {entity_id} is the same as on line {first_line}",
                 )
             )
             continue
@@ -191,7 +339,16 @@ def _match_header(headers: list[str], layout: Layout, problems: list[Problem]) -
             continue
         index[col] = i
     for col in layout.columns:
-        if col not in index and col.required:
+        if col not in index and col.required and col.attribute == "name" and col.key is None:
+            problems.append(
+                Problem(
+                    1,
+                    col.header,
+                    "名称の列がありません（エンティティを作れません）",
+                    "the name column is missing (entities cannot be built without a name)",
+                )
+            )
+        elif col not in index and col.required:
             problems.append(
                 Problem(
                     1,
@@ -267,10 +424,11 @@ def _convert(col: Column, cell: str) -> Any:
 
 
 def _build(
-    layout: Layout, index: dict[Column, int], row: list[str], line: int
+    layout: Layout, index: dict[Column, int], row: list[str], line: int, strict: bool = False
 ) -> tuple[str | None, dict[str, Any] | None, list[Problem]]:
     """(entity id, entity or None when the row has errors, problems of the row)."""
     problems: list[Problem] = []
+    id_attrs = {a for alts in layout.id_fields() for a in alts}
     values: dict[str, Any] = {}
     objects: dict[str, dict[str, Any]] = {}
     geo: dict[str, tuple[Column, Any]] = {}
@@ -282,9 +440,27 @@ def _build(
             cell = nfkc(cell)
         empty = not cell.strip() if col.kind != "string" else cell == ""
         if empty and not (col.kind == "boolean" and "" in col.false_words):
-            if col.required and i is not None:
+            if not col.required or i is None or (col.attribute in id_attrs and col.key is None):
+                continue  # a blank id is reported when the id is made
+            if col.attribute == "name" and col.key is None:
                 problems.append(
-                    Problem(line, col.header, "必須項目が空です", "a value is required")
+                    Problem(
+                        line,
+                        col.header,
+                        "名称が空です（エンティティを作れません）",
+                        "the name is empty (the entity cannot be built)",
+                    )
+                )
+            else:
+                problems.append(
+                    Problem(
+                        line,
+                        col.header,
+                        "必須項目が空です",
+                        "a value is required",
+                        warning=not strict,
+                        blank=True,
+                    )
                 )
             continue
         try:
@@ -301,7 +477,7 @@ def _build(
             values[col.attribute] = value
     location = _location(layout, geo, line, problems)
     entity_id = _entity_id(layout, values, line, problems, failed)
-    if problems or entity_id is None:
+    if entity_id is None or any(not p.warning for p in problems):
         return entity_id, None, problems
     entity: dict[str, Any] = {"id": entity_id, "type": layout.entity_type}
     for col in layout.columns:

@@ -27,6 +27,9 @@ or header -> attribute name)::
 Id templates name attributes in braces; ``{a|b}`` takes ``a`` or, when it is empty, ``b``;
 ``{type}`` is the entity type. Values are percent-encoded, so any text makes a valid URI.
 Columns with ``key`` fill one member of an object-valued attribute (``address``).
+
+The file is validated by the pydantic models :class:`LayoutDoc` and :class:`ColumnDoc`;
+:mod:`schemas.validation` turns their errors into messages naming the file and the key.
 """
 
 from __future__ import annotations
@@ -35,12 +38,24 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from connectors.csv.values import nfkc
 from schemas import RENKEI_CONTEXT_URL, SCHEMAS_DIR
+from schemas.validation import At, Msg, load_yaml, problem, problems, tolerant, validate
 
 __all__ = [
     "DATASETS_DIR",
@@ -60,60 +75,27 @@ DATASETS_DIR = SCHEMAS_DIR / "datasets"
 DEFAULT_CONTEXT = RENKEI_CONTEXT_URL
 
 #: Kinds of column value. ``era-date`` is ``date`` (both read era and Gregorian dates).
-KINDS = frozenset(
-    {
-        "string",
-        "number",
-        "integer",
-        "boolean",
-        "code",
-        "date",
-        "era-date",
-        "time",
-        "lg-code",
-        "latitude",
-        "longitude",
-        "plane-x",
-        "plane-y",
-        "plane-zone",
-    }
-)
+Kind = Literal[
+    "string",
+    "number",
+    "integer",
+    "boolean",
+    "code",
+    "date",
+    "era-date",
+    "time",
+    "lg-code",
+    "latitude",
+    "longitude",
+    "plane-x",
+    "plane-y",
+    "plane-zone",
+]
+KINDS = frozenset(get_args(Kind))
 GEO_KINDS = frozenset({"latitude", "longitude", "plane-x", "plane-y", "plane-zone"})
 DEFAULT_TRUE = ("有", "あり", "はい", "可", "○", "〇", "1", "true", "yes")
 DEFAULT_FALSE = ("無", "なし", "いいえ", "不可", "×", "0", "false", "no")
 
-_COLUMN_KEYS = frozenset(
-    {
-        "header",
-        "aliases",
-        "attribute",
-        "type",
-        "transform",
-        "key",
-        "required",
-        "nfkc",
-        "unit",
-        "values",
-        "value_aliases",
-        "true",
-        "false",
-        "notes",
-    }
-)
-_LAYOUT_KEYS = frozenset(
-    {
-        "slug",
-        "title",
-        "source",
-        "notes",
-        "type",
-        "id",
-        "context",
-        "plane_zone",
-        "encoding",
-        "columns",
-    }
-)
 _ATTR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _RESERVED = frozenset({"id", "type", "@context", "scope", "createdAt", "modifiedAt"})
@@ -222,305 +204,399 @@ def load_dataset(slug: str) -> Layout:
 
 def load_mapping(path: Path, *, name: str | None = None) -> Layout:
     """Read and validate a mapping file; every problem is reported, with file and key."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LayoutError([f"{path}: 読めません / cannot read: {exc}"]) from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise LayoutError([f"{path}: YAMLとして読めません / not valid YAML: {exc}"]) from exc
+    doc = load_yaml(path, LayoutError)
     return parse_layout(doc, source=str(path), name=name or path.stem)
 
 
 def parse_layout(doc: Any, *, source: str, name: str) -> Layout:
-    errors: list[str] = []
-
-    def err(key: str, ja: str, en: str) -> None:
-        errors.append(f"{source}: {key}: {ja} / {en}")
-
-    if not isinstance(doc, dict):
-        raise LayoutError([f"{source}: YAMLの最上位はマッピングです / top level must be a mapping"])
-    for key in doc:
-        if key not in _LAYOUT_KEYS:
-            err(str(key), "不明なキーです", f"unknown key (expected one of {sorted(_LAYOUT_KEYS)})")
-    entity_type = doc.get("type")
-    if not isinstance(entity_type, str) or not _ATTR_RE.fullmatch(entity_type):
-        err("type", "エンティティ型（英数字）が必要です", "an entity type name is required")
-        entity_type = "Thing"
-    context = doc.get("context", DEFAULT_CONTEXT)
-    if not isinstance(context, str) or not context.startswith(("http://", "https://")):
-        err("context", "http(s) URL が必要です", "must be an http(s) URL")
-        context = DEFAULT_CONTEXT
-    plane_zone = doc.get("plane_zone")
-    if plane_zone is not None and (
-        not isinstance(plane_zone, int) or isinstance(plane_zone, bool) or not 1 <= plane_zone <= 19
-    ):
-        err("plane_zone", "1〜19の整数です", "must be an integer 1..19")
-        plane_zone = None
-    encoding = doc.get("encoding")
-    if encoding is not None and not isinstance(encoding, str):
-        err("encoding", "文字列です", "must be a string")
-        encoding = None
-    title = doc.get("title") or {}
-    if not isinstance(title, dict):
-        err("title", "ja/en のマッピングです", "must map ja/en to text")
-        title = {}
-
-    columns = _parse_columns(doc.get("columns"), err)
-    attrs: dict[str, list[Column]] = {}
-    for col in columns:
-        attrs.setdefault(col.attribute, []).append(col)
-    for attr, cols in attrs.items():
-        geo = all(c.kind in GEO_KINDS for c in cols)
-        keyed = all(c.key is not None for c in cols)
-        if len(cols) > 1 and not geo and not keyed:
-            err(
-                f"columns.{cols[1].header}.attribute",
-                f"属性 {attr} が複数の列に割り当てられています",
-                f"attribute {attr} is given to more than one column",
-            )
-    seen: dict[str, str] = {}
-    for col in columns:
-        for n in col.names:
-            if n in seen and seen[n] != col.header:
-                err(
-                    f"columns.{col.header}.aliases",
-                    f"見出し {n} は列 {seen[n]} と重複しています",
-                    f"header {n} is also a name of column {seen[n]}",
-                )
-            seen.setdefault(n, col.header)
-    kinds = {c.kind for c in columns}
-    if ("latitude" in kinds) != ("longitude" in kinds):
-        err(
-            "columns",
-            "緯度と経度の列は対で指定します",
-            "latitude and longitude columns come in pairs",
-        )
-    if ("plane-x" in kinds) != ("plane-y" in kinds):
-        err(
-            "columns",
-            "X座標とY座標の列は対で指定します",
-            "plane-x and plane-y columns come in pairs",
-        )
-    if "plane-x" in kinds and "plane-zone" not in kinds and plane_zone is None:
-        err(
-            "plane_zone",
-            "平面直角座標系の系番号が必要です",
-            "plane-x/plane-y need plane_zone or a plane-zone column",
-        )
-
-    id_template = doc.get("id")
-    if not isinstance(id_template, str) or "{" not in id_template:
-        err(
-            "id",
-            "IDテンプレートが必要です（例: urn:ngsi-ld:{type}:{code}）",
-            "an id template is required, e.g. urn:ngsi-ld:{type}:{code}",
-        )
-        id_template = "urn:ngsi-ld:{type}:?"
-    else:
-        if not id_template.startswith("urn:") and ":" not in id_template.split("{", 1)[0]:
-            err(
-                "id",
-                "IDはURIです（urn:ngsi-ld:... など）",
-                "the id must be a URI (urn:ngsi-ld:...)",
-            )
-        for m in _PLACEHOLDER_RE.finditer(id_template):
-            for alt in m.group(1).split("|"):
-                alt = alt.strip()
-                if alt != "type" and (alt not in attrs or any(c.key for c in attrs[alt])):
-                    err(
-                        "id",
-                        f"{{{alt}}} は列の属性ではありません",
-                        f"{{{alt}}} is not the attribute of a column",
-                    )
-    if errors:
-        raise LayoutError(errors)
-    assert isinstance(entity_type, str)
-    assert isinstance(id_template, str)
-    return Layout(
-        name=name,
+    """A layout from its parsed YAML; every problem is reported at once."""
+    labels = _column_labels(doc.get("columns") if isinstance(doc, dict) else None)
+    valid = validate(
+        LayoutDoc,
+        doc,
         source=source,
-        entity_type=entity_type,
-        id_template=id_template,
-        columns=tuple(columns),
-        context=context,
-        plane_zone=plane_zone,
-        encoding=encoding,
-        title={str(k): str(v) for k, v in title.items()},
+        error=LayoutError,
+        context={"labels": {"columns": labels} if labels else {}},
     )
+    return valid.layout(name=name, source=source)
 
 
-def _strings(value: Any) -> list[str] | None:
+# -- the file format, as pydantic models ----------------------------------------------------
+
+
+def _strings(value: Any) -> Any:
+    """A word or a list of words (numbers are read as their text)."""
     if isinstance(value, str):
         return [value]
-    if isinstance(value, list) and all(isinstance(v, str | int) for v in value):
-        return [str(v) for v in value]
+    if isinstance(value, list):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    return value
+
+
+def _yaml_bool_keys(value: Any) -> Any:
+    """YAML 1.1 reads the keys ``true:`` and ``false:`` as booleans."""
+    if isinstance(value, dict):
+        return {
+            ({True: "true", False: "false"}.get(k, k) if isinstance(k, bool) else k): v
+            for k, v in value.items()
+        }
+    return value
+
+
+def _columns_list(value: Any) -> Any:
+    """The mapping form (header -> column object or attribute name) as the list form."""
+    if not isinstance(value, dict):
+        return value
+    return [
+        {"header": str(h), "attribute": item}
+        if isinstance(item, str)
+        else {"header": str(h), **item}
+        if isinstance(item, dict)
+        else item
+        for h, item in value.items()
+    ]
+
+
+def _column_labels(value: Any) -> list[str | int] | None:
+    """How each column is named in messages: its header, else its position."""
+    if isinstance(value, dict):
+        return [str(h) for h in value]
+    if isinstance(value, list):
+        return [
+            item["header"] if isinstance(item, dict) and isinstance(item.get("header"), str) else i
+            for i, item in enumerate(value)
+        ]
     return None
 
 
-def _parse_columns(raw: Any, err: Any) -> list[Column]:
-    items: list[tuple[str, Any]] = []
-    if isinstance(raw, list):
-        for i, item in enumerate(raw):
-            if not isinstance(item, dict) or not isinstance(item.get("header"), str):
-                err(
-                    f"columns[{i}]",
-                    "header を持つマッピングです",
-                    "must be a mapping with a header",
-                )
-                continue
-            items.append((item["header"], item))
-    elif isinstance(raw, dict):
-        for header, item in raw.items():
-            if isinstance(item, str):
-                item = {"attribute": item}
-            if not isinstance(item, dict):
-                err(
-                    f"columns.{header}",
-                    "属性名かマッピングです",
-                    "must be an attribute name or a mapping",
-                )
-                continue
-            items.append((str(header), item))
-    else:
-        err("columns", "列の定義が必要です", "a list or mapping of columns is required")
-    return [c for header, item in items if (c := _parse_column(header, item, err)) is not None]
+Name = Annotated[StrictStr, Field(pattern=f"^{_ATTR_RE.pattern}$")]
+Words = Annotated[list[StrictStr], BeforeValidator(_strings)]
+YesNo = Msg("true か false です", "must be true or false")
 
 
-def _parse_column(header: str, item: dict[str, Any], err: Any) -> Column | None:
-    where = f"columns.{header}"
-    # YAML 1.1 reads the keys true: and false: as booleans.
-    item = {
-        ({True: "true", False: "false"}.get(k, k) if isinstance(k, bool) else k): v
-        for k, v in item.items()
-    }
-    ok = True
+class ColumnDoc(BaseModel):
+    """One column of a layout file."""
 
-    def bad(key: str, ja: str, en: str) -> None:
-        nonlocal ok
-        ok = False
-        err(f"{where}.{key}" if key else where, ja, en)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    for name in item:
-        if name not in _COLUMN_KEYS:
-            bad(
-                str(name), "不明なキーです", f"unknown key (expected one of {sorted(_COLUMN_KEYS)})"
-            )
-    kind = item.get("type", item.get("transform", "string"))
-    if kind not in KINDS:
-        bad(
-            "type",
-            f"不明な型 {kind!r} です",
-            f"unknown type {kind!r} (expected one of {sorted(KINDS)})",
-        )
-        kind = "string"
-    if kind == "era-date":
-        kind = "date"
-    attribute = item.get("attribute", "location" if kind in GEO_KINDS else None)
-    if not isinstance(attribute, str) or not _ATTR_RE.fullmatch(attribute):
-        bad(
-            "attribute",
-            "属性名（英数字）が必要です",
-            "an attribute name (letters, digits, _) is required",
-        )
-        attribute = "_"
-    elif attribute in _RESERVED:
-        bad("attribute", f"{attribute} は予約語です", f"{attribute} is reserved in NGSI-LD")
-    aliases = _strings(item.get("aliases", []))
-    if aliases is None:
-        bad("aliases", "文字列のリストです", "must be a list of strings")
-        aliases = []
-    key = item.get("key")
-    if key is not None and (not isinstance(key, str) or not _ATTR_RE.fullmatch(key)):
-        bad("key", "英数字の名前です", "must be a name of letters, digits and _")
-    required = item.get("required", False)
-    if not isinstance(required, bool):
-        bad("required", "true か false です", "must be true or false")
-        required = False
-    norm = item.get("nfkc", kind != "string")
-    if not isinstance(norm, bool):
-        bad("nfkc", "true か false です", "must be true or false")
-        norm = False
-    unit = item.get("unit")
-    if unit is not None and not isinstance(unit, str):
-        bad(
-            "unit",
+    header: Annotated[
+        StrictStr, Msg("header を持つマッピングです", "must be a mapping with a header")
+    ]
+    aliases: Annotated[Words, Msg("文字列のリストです", "must be a list of strings")] = []
+    attribute: Annotated[
+        Name | None,
+        Msg("属性名（英数字）が必要です", "an attribute name (letters, digits, _) is required"),
+    ] = None
+    kind: Annotated[
+        Kind | None,
+        Field(alias="type"),
+        Msg(
+            "不明な型 {input} です",
+            f"unknown type {{input}} (expected one of {sorted(KINDS)})",
+        ),
+    ] = None
+    transform: Annotated[
+        Kind | None,
+        Msg(
+            "不明な型 {input} です",
+            f"unknown type {{input}} (expected one of {sorted(KINDS)})",
+        ),
+    ] = None
+    key: Annotated[
+        Name | None, Msg("英数字の名前です", "must be a name of letters, digits and _")
+    ] = None
+    required: Annotated[StrictBool, YesNo] = False
+    nfkc: Annotated[StrictBool | None, YesNo] = None
+    unit: Annotated[
+        StrictStr | None,
+        Msg(
             "単位コード（UN/CEFACT、例: IE, MTK）です",
             "must be a UN/CEFACT unit code, e.g. IE or MTK",
-        )
-        unit = None
-    codes: dict[str, str] = {}
-    export_codes: dict[str, str] = {}
-    values = item.get("values")
-    if kind == "code":
-        if isinstance(values, list) and (vs := _strings(values)) is not None:
-            pairs = [(v, v) for v in vs]
-        elif isinstance(values, dict):
-            pairs = [(str(k), str(v)) for k, v in values.items()]
-        else:
-            bad(
-                "values",
-                "コード値のリストかマッピングが必要です",
-                "a list (or text -> value mapping) of codes is required",
-            )
-            pairs = []
-        for text, stored in pairs:
-            codes[nfkc(text) if norm else text] = stored
-            export_codes.setdefault(stored, text)
-        extra = item.get("value_aliases", {})
-        if not isinstance(extra, dict):
-            bad(
-                "value_aliases",
-                "表記 -> コード値 のマッピングです",
-                "must map spellings to code values",
-            )
-            extra = {}
-        for text, stored in extra.items():
-            if str(stored) not in export_codes:
-                bad(
-                    f"value_aliases.{text}",
-                    f"{stored} はコード値ではありません",
-                    f"{stored} is not one of the values",
+        ),
+    ] = None
+    values: Annotated[
+        list[StrictStr | StrictInt] | dict[str | int, Any] | None,
+        Msg(
+            "コード値のリストかマッピングが必要です",
+            "a list (or text -> value mapping) of codes is required",
+        ),
+    ] = None
+    value_aliases: Annotated[
+        dict[Any, Any],
+        Msg("表記 -> コード値 のマッピングです", "must map spellings to code values"),
+    ] = {}
+    true: Annotated[
+        Annotated[Words, Field(min_length=1)] | None,
+        Msg("真を表す語のリストです", "must be a list of words meaning yes"),
+    ] = None
+    false: Annotated[
+        Words | None, Msg("偽を表す語のリストです", "must be a list of words meaning no")
+    ] = None
+    notes: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_keys(cls, value: Any) -> Any:
+        return _yaml_bool_keys(value)
+
+    @field_validator("attribute")
+    @classmethod
+    def _not_reserved(cls, attribute: str | None) -> str | None:
+        if attribute in _RESERVED:
+            raise problem(f"{attribute} は予約語です", f"{attribute} is reserved in NGSI-LD")
+        return attribute
+
+    @property
+    def kind_name(self) -> str:
+        kind = self.kind or self.transform or "string"
+        return "date" if kind == "era-date" else kind
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ColumnDoc:
+        kind = self.kind_name
+        found: list[At] = []
+        if self.attribute is None and kind not in GEO_KINDS:
+            found.append(
+                At(
+                    ("attribute",),
+                    "属性名（英数字）が必要です",
+                    "an attribute name (letters, digits, _) is required",
                 )
-            codes[nfkc(str(text)) if norm else str(text)] = str(stored)
-    elif values is not None:
-        bad(
-            "values", "values は type: code の列だけです", "values is only for columns of type code"
+            )
+        if kind == "code":
+            if self.values is None:
+                found.append(
+                    At(
+                        ("values",),
+                        "コード値のリストかマッピングが必要です",
+                        "a list (or text -> value mapping) of codes is required",
+                    )
+                )
+            else:
+                stored = {str(v) for v in self._pairs().values()}
+                for text, value in self.value_aliases.items():
+                    if str(value) not in stored:
+                        found.append(
+                            At(
+                                ("value_aliases", str(text)),
+                                f"{value} はコード値ではありません",
+                                f"{value} is not one of the values",
+                            )
+                        )
+        elif self.values is not None:
+            found.append(
+                At(
+                    ("values",),
+                    "values は type: code の列だけです",
+                    "values is only for columns of type code",
+                )
+            )
+        if kind == "boolean" and set(self.true_words) & set(self.false_words):
+            found.append(
+                At(
+                    ("true",),
+                    "true と false に同じ語があります",
+                    "a word is in both true and false",
+                )
+            )
+        if found:
+            raise problems(found)
+        return self
+
+    def _pairs(self) -> dict[str, str]:
+        """Cell text -> stored code value, canonical spellings first."""
+        if isinstance(self.values, list):
+            return {str(v): str(v) for v in self.values}
+        if isinstance(self.values, dict):
+            return {str(k): str(v) for k, v in self.values.items()}
+        return {}
+
+    @property
+    def true_words(self) -> tuple[str, ...]:
+        return DEFAULT_TRUE if self.true is None else tuple(self.true)
+
+    @property
+    def false_words(self) -> tuple[str, ...]:
+        return DEFAULT_FALSE if self.false is None else tuple(self.false)
+
+    def column(self) -> Column:
+        kind = self.kind_name
+        norm = self.nfkc if self.nfkc is not None else kind != "string"
+        codes: dict[str, str] = {}
+        export_codes: dict[str, str] = {}
+        if kind == "code":
+            for text, stored in self._pairs().items():
+                codes[nfkc(text) if norm else text] = stored
+                export_codes.setdefault(stored, text)
+            for text, stored in self.value_aliases.items():
+                codes[nfkc(str(text)) if norm else str(text)] = str(stored)
+        boolean = kind == "boolean"
+        return Column(
+            header=self.header,
+            attribute=self.attribute or "location",
+            kind=kind,
+            aliases=tuple(self.aliases),
+            key=self.key,
+            required=self.required,
+            nfkc=norm,
+            unit=self.unit,
+            codes=codes,
+            export_codes=export_codes,
+            true_words=self.true_words if boolean else DEFAULT_TRUE,
+            false_words=self.false_words if boolean else DEFAULT_FALSE,
         )
-    true_words: tuple[str, ...] = DEFAULT_TRUE
-    false_words: tuple[str, ...] = DEFAULT_FALSE
-    if kind == "boolean":
-        t, f = (
-            _strings(item.get("true", list(DEFAULT_TRUE))),
-            _strings(item.get("false", list(DEFAULT_FALSE))),
+
+
+class LayoutDoc(BaseModel):
+    """A layout or mapping file. Fields are declared in the order their checks need:
+    ``columns`` sees ``plane_zone``, ``id`` sees the columns."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    slug: Any = None
+    title: Annotated[
+        dict[Any, Any] | None, Msg("ja/en のマッピングです", "must map ja/en to text")
+    ] = None
+    source: Any = None
+    notes: Any = None
+    entity_type: Annotated[
+        Name,
+        Field(alias="type"),
+        Msg("エンティティ型（英数字）が必要です", "an entity type name is required"),
+    ]
+    context: Annotated[
+        StrictStr,
+        Field(pattern=r"^https?://"),
+        Msg("http(s) URL が必要です", "must be an http(s) URL"),
+    ] = DEFAULT_CONTEXT
+    plane_zone: Annotated[
+        Annotated[StrictInt, Field(ge=1, le=19)] | None,
+        Msg("1〜19の整数です", "must be an integer 1..19"),
+    ] = None
+    encoding: Annotated[StrictStr | None, Msg("文字列です", "must be a string")] = None
+    columns: Annotated[
+        list[
+            Annotated[
+                ColumnDoc,
+                Msg(
+                    "属性名か、header を持つマッピングです",
+                    "must be an attribute name or a mapping with a header",
+                ),
+            ]
+        ],
+        tolerant(),
+        BeforeValidator(_columns_list),  # runs first: before-validators run right to left
+        Msg("列の定義が必要です", "a list or mapping of columns is required"),
+    ]
+    id: Annotated[
+        StrictStr,
+        Field(pattern=r"\{"),
+        Msg(
+            "IDテンプレートが必要です（例: urn:ngsi-ld:{type}:{code}）",
+            "an id template is required, e.g. urn:ngsi-ld:{type}:{code}",
+        ),
+    ]
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_agree(cls, columns: list[ColumnDoc], info: ValidationInfo) -> list[ColumnDoc]:
+        found: list[At] = []
+        built = [c.column() for c in columns]
+        attrs: dict[str, list[Column]] = {}
+        for col in built:
+            attrs.setdefault(col.attribute, []).append(col)
+        for attr, cols in attrs.items():
+            geo = all(c.kind in GEO_KINDS for c in cols)
+            keyed = all(c.key is not None for c in cols)
+            if len(cols) > 1 and not geo and not keyed:
+                found.append(
+                    At(
+                        (cols[1].header, "attribute"),
+                        f"属性 {attr} が複数の列に割り当てられています",
+                        f"attribute {attr} is given to more than one column",
+                    )
+                )
+        seen: dict[str, str] = {}
+        for col in built:
+            for n in col.names:
+                if n in seen and seen[n] != col.header:
+                    found.append(
+                        At(
+                            (col.header, "aliases"),
+                            f"見出し {n} は列 {seen[n]} と重複しています",
+                            f"header {n} is also a name of column {seen[n]}",
+                        )
+                    )
+                seen.setdefault(n, col.header)
+        kinds = {c.kind for c in built}
+        if ("latitude" in kinds) != ("longitude" in kinds):
+            found.append(
+                At(
+                    (),
+                    "緯度と経度の列は対で指定します",
+                    "latitude and longitude columns come in pairs",
+                )
+            )
+        if ("plane-x" in kinds) != ("plane-y" in kinds):
+            found.append(
+                At(
+                    (),
+                    "X座標とY座標の列は対で指定します",
+                    "plane-x and plane-y columns come in pairs",
+                )
+            )
+        if "plane-x" in kinds and "plane-zone" not in kinds and info.data.get("plane_zone") is None:
+            found.append(
+                At(
+                    ("plane_zone",),
+                    "平面直角座標系の系番号が必要です",
+                    "plane-x/plane-y need plane_zone or a plane-zone column",
+                    root=True,
+                )
+            )
+        if found:
+            raise problems(found)
+        return columns
+
+    @field_validator("id")
+    @classmethod
+    def _id_names_columns(cls, template: str, info: ValidationInfo) -> str:
+        found: list[At] = []
+        if not template.startswith("urn:") and ":" not in template.split("{", 1)[0]:
+            found.append(
+                At(
+                    (),
+                    "IDはURIです（urn:ngsi-ld:... など）",
+                    "the id must be a URI (urn:ngsi-ld:...)",
+                )
+            )
+        columns: list[ColumnDoc] = info.data.get("columns", [])
+        plain = {c.column().attribute for c in columns if c.key is None}
+        keyed = {c.column().attribute for c in columns if c.key is not None}
+        for m in _PLACEHOLDER_RE.finditer(template):
+            for alt in m.group(1).split("|"):
+                alt = alt.strip()
+                if alt != "type" and (alt not in plain or alt in keyed):
+                    found.append(
+                        At(
+                            (),
+                            f"{{{alt}}} は列の属性ではありません",
+                            f"{{{alt}}} is not the attribute of a column",
+                        )
+                    )
+        if found:
+            raise problems(found)
+        return template
+
+    def layout(self, *, name: str, source: str) -> Layout:
+        return Layout(
+            name=name,
+            source=source,
+            entity_type=self.entity_type,
+            id_template=self.id,
+            columns=tuple(c.column() for c in self.columns),
+            context=self.context,
+            plane_zone=self.plane_zone,
+            encoding=self.encoding,
+            title={str(k): str(v) for k, v in (self.title or {}).items()},
         )
-        if not t:
-            bad("true", "真を表す語のリストです", "must be a list of words meaning yes")
-        if f is None:
-            bad("false", "偽を表す語のリストです", "must be a list of words meaning no")
-        if t and f is not None:
-            if set(t) & set(f):
-                bad("true", "true と false に同じ語があります", "a word is in both true and false")
-            true_words, false_words = tuple(t), tuple(f)
-    if kind in GEO_KINDS and attribute != "location" and item.get("attribute") is None:
-        attribute = "location"
-    if not ok:
-        return None
-    assert isinstance(attribute, str)
-    assert isinstance(kind, str)
-    assert key is None or isinstance(key, str)
-    return Column(
-        header=header,
-        attribute=attribute,
-        kind=kind,
-        aliases=tuple(aliases),
-        key=key,
-        required=required,
-        nfkc=norm,
-        unit=unit,
-        codes=codes,
-        export_codes=export_codes,
-        true_words=true_words,
-        false_words=false_words,
-    )

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001  (Japanese fixtures: full-width digits and brackets are intended)
+# ruff: noqa: RUF001, RUF002  (Japanese fixtures: full-width digits and brackets are intended)
 """``renkei import-csv`` through typer, and end to end against a real broker process."""
 
 import asyncio
@@ -80,7 +80,7 @@ def test_strict_refuses_the_whole_file(tmp_path: Path) -> None:
 
 def test_usage_errors(tmp_path: Path) -> None:
     path, _ = evacuation_csv(tmp_path)
-    result = invoke(str(path))
+    result = invoke(str(path), "--dataset", "evacuation-sites", "--mapping", str(path))
     assert result.exit_code == 2
     assert "exactly one of --dataset or --mapping" in result.output
     result = invoke(str(path), "--dataset", "parks")
@@ -186,3 +186,118 @@ def test_type_override_and_mapping_with_plane_coordinates(tmp_path: Path) -> Non
     lon, lat = ent["location"]["value"]["coordinates"]
     assert lon == pytest.approx(139 + 50 / 60, abs=1e-7)
     assert lat == pytest.approx(36.0, abs=1e-7)
+
+
+# -- the department clerk's journeys: real files, blank required columns, wrong layouts --
+
+
+def aed_rows(count: int) -> list[list[str]]:
+    """An AED list as cities publish it: URL and 画像URL（配列） left blank."""
+    rows = canonical_rows(load_dataset("aed-locations"), count)
+    url, picture = rows[0].index("URL"), rows[0].index("画像URL（配列）")
+    for n, row in enumerate(rows[1:], 1):
+        row[url] = ""
+        if n % 2:
+            row[picture] = ""
+    return rows
+
+
+def test_real_aed_file_with_blank_required_columns_imports_every_row(tmp_path: Path) -> None:
+    rows = aed_rows(5)
+    path = write_csv(tmp_path / "132195_aed.csv", rows, "cp932")
+    with broker(tmp_path / "b.db", "--context-preload", str(preload_file(tmp_path))) as url:
+        # No --dataset: the layout is chosen from the header.
+        result = invoke(str(path), "--broker-url", url)
+        assert result.exit_code == 0, result.output
+        assert "reading as aed-locations (AED locations list)" in result.output
+        assert "wrote 5 entities (0 of 5 rows skipped for errors)" in result.output
+        assert "URL: 5行が空です / URL: 5 rows blank" in result.output
+        assert "画像URL（配列）: 3 rows blank" in result.output
+        assert "a value is required" not in result.output  # listed only with --verbose
+        entities = query_all(url, "AEDLocation")
+        assert len(entities) == 5
+        ent = next(e for e in entities if e["id"].endswith("131016-0002"))
+        assert ent["name"]["value"] == "名称2①㈱髙"
+        assert "url" not in ent
+
+        result = invoke(str(path), "--dataset", "aed-locations", "--dry-run", "--verbose")
+        assert result.exit_code == 0, result.output
+        assert (
+            "警告 / warning: 2行目 「URL」: 必須項目が空です / line 2, column URL: a value is required"
+            in result.output
+        )
+        assert "line 6, column 画像URL（配列）: a value is required" in result.output
+
+
+def test_strict_makes_blank_required_columns_errors(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "aed.csv", aed_rows(3), "cp932")
+    result = invoke(str(path), "--strict", "--broker-url", unused_url())
+    assert result.exit_code == 1, result.output
+    assert (
+        "2行目 「URL」: 必須項目が空です / line 2, column URL: a value is required" in result.output
+    )
+    assert "URL: 3 rows blank" in result.output
+    assert "3 rows have errors: nothing written" in result.output
+
+
+def test_a_row_without_a_name_or_id_is_refused_the_others_import(tmp_path: Path) -> None:
+    rows = aed_rows(4)
+    rows[2][rows[0].index("名称")] = ""
+    rows[3][rows[0].index("ID")] = ""
+    rows[4][rows[0].index("緯度")] = "91.5"
+    path = write_csv(tmp_path / "aed.csv", rows, "utf-8-sig")
+    result = invoke(str(path), "--dataset", "aed-locations", "--dry-run")
+    assert result.exit_code == 1, result.output
+    assert (
+        "3行目 「名称」: 名称が空です（エンティティを作れません） / "
+        "line 3, column 名称: the name is empty (the entity cannot be built)" in result.output
+    )
+    assert "line 4, column ID: cannot make the entity id: the value is empty" in result.output
+    assert "line 5, column 緯度: latitude out of range (91.5)" in result.output
+    assert "would write 1 entities" in result.output
+    assert "3 rows would be skipped" in result.output
+    assert "名称1①㈱髙" in result.output  # the UTF-8 (BOM) file's Japanese values
+
+
+def test_wrong_layout_is_refused_naming_the_right_one(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "aed.csv", aed_rows(5), "cp932")
+    # An unreachable broker: if anything were sent, the exit status would be 3.
+    result = invoke(str(path), "--dataset", "evacuation-sites", "--broker-url", unused_url())
+    assert result.exit_code == 2, result.output
+    assert "見出しがレイアウト evacuation-sites に合いません" in result.output
+    assert "only 3 of its 13 required columns are there" in result.output
+    assert "it matches aed-locations (AED locations list): use --dataset aed-locations" in (
+        result.output
+    )
+    assert "EvacuationSite" not in result.output
+
+
+def test_auto_detection_picks_the_layout_or_refuses(tmp_path: Path) -> None:
+    path, _ = evacuation_csv(tmp_path, count=2, encoding="utf-8-sig")
+    result = invoke(str(path), "--dataset", "auto", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "見出しから evacuation-sites（指定緊急避難場所一覧）として読み込みます" in result.output
+    assert "urn:ngsi-ld:EvacuationSite:131016-0002" in result.output
+
+    other = write_csv(tmp_path / "bus.csv", [["停留所名", "系統"], ["狛江駅北口", "狛11"]], "cp932")
+    result = invoke(str(other), "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "the header fits no standard dataset: give --dataset or --mapping" in result.output
+
+
+def test_an_oversized_field_is_reported_with_line_and_column(tmp_path: Path) -> None:
+    rows = canonical_rows(load_dataset("evacuation-sites"), 4)
+    remarks = rows[0].index("備考")
+    rows[1][remarks] = "一行目\n二行目"  # a quoted field over two lines: record 2 ends on line 3
+    rows[2][remarks] = "長" * (200 * 1024)
+    path = write_csv(tmp_path / "evac.csv", rows, "utf-8")
+    result = invoke(str(path), "--dataset", "evacuation-sites", "--dry-run")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert (
+        "4行目 「備考」: 項目が長すぎます（128 KiB まで）。4行目から始まる行は読み込みません / "
+        "line 4, column 備考: field longer than 128 KiB: the record starting on line 4 is skipped"
+        in result.output
+    )
+    assert "would write 3 entities" in result.output  # the rows after it are read
+    assert "1 rows would be skipped" in result.output

@@ -189,3 +189,39 @@ def test_batches_split_by_count_and_size() -> None:
         for i in range(8)
     ]
     assert all(len(b) <= 3 for b in batches(big, 500))
+
+
+def test_oversized_fields_anywhere_in_the_file() -> None:
+    layout = load_dataset("evacuation-sites")
+    rows = canonical_rows(layout, 3)
+    remarks = rows[0].index("備考")
+    rows[1][remarks] = '引用符 "" と\n改行のある備考'
+    rows[3][remarks] = '"' + "長" * (130 * 1024) + '"'  # the last record, without a newline
+    data = csv_bytes(rows)[:-2]
+    plan = plan_import(data, layout)
+    (problem,) = plan.problems
+    assert (problem.line, problem.column) == (5, "備考")
+    assert "128 KiB" in problem.en
+    assert len(plan.entities) == 2
+    assert plan.entities[0]["remarks"]["value"] == '引用符 "" と\n改行のある備考'
+
+    rows[0][remarks] = "備" * (129 * 1024)  # in the header itself
+    plan = plan_import(csv_bytes(rows), layout)
+    assert [(p.line, p.column) for p in plan.problems] == [(1, "39")]  # no header: its number
+    assert plan.entities == []
+
+
+def test_blank_required_values_are_counted_warnings_unless_strict() -> None:
+    layout = load_dataset("aed-locations")
+    rows = canonical_rows(layout, 3)
+    for row in rows[1:]:
+        row[rows[0].index("URL")] = ""
+    rows[2][rows[0].index("電話番号")] = ""
+    plan = plan_import(csv_bytes(rows, "cp932"), layout)
+    assert plan.errors == []
+    assert len(plan.entities) == 3
+    assert plan.blank_counts() == {"電話番号": 1, "URL": 3}
+    strict = plan_import(csv_bytes(rows, "cp932"), layout, strict=True)
+    assert strict.entities == []
+    assert strict.rows_with_errors == 3
+    assert strict.blank_counts() == {"電話番号": 1, "URL": 3}
