@@ -199,6 +199,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health(request: Request) -> Response:
         ready = bool(request.app.state.ready)
         body = {"status": "ok" if ready else "starting", "store": settings.store.split("://")[0]}
+        hub = getattr(request.app.state, "hub", None)
+        # a store that cannot take writes for now says why (SqliteStore.unavailable)
+        reason = getattr(hub.store, "unavailable", None) if ready and hub is not None else None
+        if reason:
+            ready = False
+            body.update(status="unavailable", reason=reason)
         return Response(
             orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
         )

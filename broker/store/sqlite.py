@@ -74,6 +74,7 @@ from broker.store.sqlwriter import (
     Outcome,
     ProcessWriter,
     ThreadWriter,
+    Unknown,
     connect,
     driver_errors,
     index_rows,
@@ -301,6 +302,12 @@ class SqliteStore(Store):
             writer=opts.get("writer", ["process"])[0],
         )
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why writes cannot be taken now (the writer process is being replaced), or
+        None. ``/health`` answers 503 with it."""
+        return self._writer.unavailable if isinstance(self._writer, ProcessWriter) else None
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
@@ -456,6 +463,10 @@ class SqliteStore(Store):
                     guess = known[0] if known is not None else outcome.current
                     start[item.eid] = (guess, guess == outcome.current)
                     todo.append(item.eid)
+                elif isinstance(outcome, Unknown):  # the writer died: see sqlwriter
+                    for i in order[item.eid]:
+                        results[i].after = None
+                        results[i].error = StoreUnavailable(outcome.reason)
                 elif outcome is not None:
                     for i in order[item.eid]:
                         results[i].after = None

@@ -13,11 +13,26 @@ Because it is sent data, the writer can live in a process of its own, the defaul
 loop and the writer then each have a CPU core, where two threads of one process
 would take turns holding the interpreter lock. ``?writer=thread`` keeps it in a
 thread of the serving process instead (one process, no start-up cost).
+
+What a client is told when the writer process dies (see :class:`ProcessWriter`):
+
+* a write it was acknowledged (2xx) is committed: nothing acknowledged is lost;
+* a write that committed before the death is acknowledged (2xx), not failed, when
+  the stored documents show it committed, which is the normal case (:func:`settle`);
+* any other write in flight fails at once with 503 ``StoreUnavailable`` and a
+  ``Retry-After``. Its detail says whether nothing of it was written (a retry is
+  safe) or its outcome is unknown (small writes such as subscriptions, or an entity
+  another server changed meanwhile): a retried create may then answer 409
+  ``AlreadyExists``, which means the first attempt did store the entity;
+* one replacement writer starts at once; until it is open, ``/health`` answers 503
+  with the reason, and new writes wait for it (at most ``REPLACE_WAIT`` seconds, then
+  503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import pickle
@@ -27,7 +42,6 @@ import sqlite3
 import struct
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -174,9 +188,16 @@ class Conflict(NamedTuple):
     current: bytes | None
 
 
+class Unknown(NamedTuple):
+    """The writer died before answering, and what is stored does not tell whether
+    this item was applied (see :func:`settle`): the caller answers 503."""
+
+    reason: str
+
+
 #: Per item: None (applied, or ``expect`` confirmed when there are no steps), a
-#: Conflict, or the message of a store error that failed this entity alone.
-Outcome = Conflict | str | None
+#: Conflict, Unknown, or the message of a store error that failed this entity alone.
+Outcome = Conflict | Unknown | str | None
 
 
 def _regexp(pattern: str, value: str | None) -> bool:
@@ -625,6 +646,183 @@ _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
 
 
+class _Child:
+    """One writer process and the requests sent to it, each under its id.
+
+    Its answers are matched to requests by id, so an answer can never settle another
+    request, and each child has its own table of requests: when it ends, exactly the
+    requests sent to it are settled (see :func:`settle`), never one sent to the next."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, requests: socket.socket, answers: socket.socket
+    ) -> None:
+        self.proc = proc
+        self._requests = requests
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="renkei-sqlite-send")
+        self._answers_sock = answers
+        self._answers: asyncio.StreamWriter | None = None
+        self._reader: asyncio.Task[None] | None = None
+        #: request id -> (request, its future), for the requests not yet answered
+        self.waiting: dict[int, tuple[tuple[Any, ...], asyncio.Future[Any]]] = {}
+        #: the ``open`` request it was sent: where to look when it dies mid-write
+        self.opened: tuple[Any, ...] | None = None
+        #: set when it is being stopped on purpose: its end is then no failure
+        self.closing = False
+        #: its socket ended: nothing more can be sent to it
+        self.ended = False
+        #: called once when it ends without being stopped on purpose
+        self.on_end: Callable[[_Child], None] | None = None
+        #: done once the process has ended and every request sent to it is settled
+        self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.exit_code: int | None = None
+
+    @classmethod
+    async def spawn(cls) -> _Child:
+        requests, their_requests = socket.socketpair()
+        answers, their_answers = socket.socketpair()
+        fds = [their_requests.fileno(), their_answers.fileno()]
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": _ROOT + (os.pathsep + path if path else "")}
+        try:
+            with their_requests, their_answers:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", _CHILD, *map(str, fds), pass_fds=fds, env=env
+                )
+        except BaseException:
+            requests.close()
+            answers.close()
+            raise
+        child = cls(proc, requests, answers)
+        reader, child._answers = await asyncio.open_unix_connection(sock=answers, limit=1 << 20)
+        child._reader = asyncio.create_task(child._receive(reader), name="renkei-sqlite-answers")
+        return child
+
+    def send(self, rid: int, request: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Send ``request`` under the id ``rid``; the future gets its answer."""
+        if self.ended:
+            raise StoreUnavailable("the store's writer process stopped; the write was not sent")
+        if request[0] == "open":
+            self.opened = request
+        data = pickle.dumps((rid, request), protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > 0x7FFFFFFF:
+            head = _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data))
+        else:
+            head = _LENGTH.pack(len(data))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting[rid] = (request, future)
+        self._sender.submit(_send_all, self._requests, head + data)
+        return future
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        cause: BaseException | None = None
+        try:
+            while True:
+                (size,) = _LENGTH.unpack(await reader.readexactly(4))
+                if size == -1:
+                    (size,) = _LONG_LENGTH.unpack(await reader.readexactly(8))
+                rid, tag, value = pickle.loads(await reader.readexactly(size))
+                entry = self.waiting.pop(rid, None)
+                if entry is None:
+                    log.error("the store's writer answered request %s, which is not waiting", rid)
+                    continue
+                future = entry[1]
+                if future.done():  # its caller gave up waiting
+                    continue
+                if tag == "error":
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+        except (asyncio.IncompleteReadError, OSError) as exc:  # its end
+            cause = exc
+        except Exception as exc:  # an answer that cannot be read: this child cannot go on
+            log.exception("reading the store writer's answers failed")
+            cause = exc
+        await self._end(cause)
+
+    async def _end(self, cause: BaseException | None) -> None:
+        """After its answers socket ended: see that the process has ended, then settle
+        every request it had not answered."""
+        self.ended = True
+        try:
+            if not self.closing and self.on_end is not None:
+                self.on_end(self)  # the replacement starts now, beside what follows
+            if self._answers is not None:
+                self._answers.close()
+            with suppress(OSError):
+                self._requests.shutdown(socket.SHUT_RDWR)  # also wakes a blocked sendall
+            await asyncio.get_running_loop().run_in_executor(None, self._sender.shutdown)
+            self._requests.close()
+            if not self.closing and self.proc.returncode is None:
+                with suppress(ProcessLookupError):
+                    self.proc.kill()  # only its socket broke: it must not write on
+            try:
+                self.exit_code = await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                with suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.exit_code = await self.proc.wait()
+            if not self.closing:
+                log.error(
+                    "the store's writer process ended (exit code %s) with %d request(s) "
+                    "unanswered; starting another",
+                    self.exit_code,
+                    len(self.waiting),
+                )
+            await self._settle(cause)
+        finally:
+            if not self.settled.done():
+                self.settled.set_result(None)
+
+    async def _settle(self, cause: BaseException | None) -> None:
+        """The process has ended, so what it committed is on disk and what it had not
+        is not. Each group write is answered from the stored documents (see
+        :func:`settle`); anything else fails as unknown."""
+        waiting = [(req, fut) for req, fut in self.waiting.values() if not fut.done()]
+        self.waiting.clear()
+        groups = [req[1] for req, _ in waiting if req[0] == "apply"]
+        found: list[list[list[Outcome]] | StoreUnavailable] = []
+        if groups and self.opened is not None:
+            found = await asyncio.to_thread(_settle_all, self.opened[1], self.opened[2], groups)
+        if groups:
+            lost = sum(isinstance(f, StoreUnavailable) for f in found)
+            log.warning(
+                "of the %d group write(s) it had not answered, %d committed and %d failed",
+                len(groups),
+                len(found) - lost,
+                lost,
+            )
+        answers = iter(found)
+        for request, future in waiting:
+            answer: Any = (
+                next(answers, None)
+                if request[0] == "apply" and self.opened is not None
+                else StoreUnavailable(
+                    "the store's writer process stopped; the write's outcome is unknown"
+                )
+            )
+            if answer is None:
+                answer = StoreUnavailable("the store's writer process stopped before opening")
+            if isinstance(answer, StoreUnavailable):
+                answer.__cause__ = cause
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+    async def close(self) -> None:
+        """Stop it on purpose and wait for it to end. Answers first: a child blocked
+        on an answer nobody reads would never take the next request."""
+        self.closing = True
+        if self._answers is not None:
+            self._answers.close()
+            with suppress(OSError):
+                await self._answers.wait_closed()
+        if self._reader is not None:
+            await self._reader
+        else:
+            self._answers_sock.close()
+            await self._end(None)
+
+
 class ProcessWriter:
     """The writer in a child process, sent pickled requests over one socket pair and
     answering over another.
@@ -633,124 +831,151 @@ class ProcessWriter:
     batch's request is larger than a socket buffer, and written from the event loop
     the rest of it would wait while the loop works on the next request, leaving the
     child idle. Answers are read on the event loop. Several requests can be on their
-    way while the child works on the first, so it never idles between groups; it
-    answers in order. It ends when its request socket does: when the store closes
-    it, and when this process dies, however it dies. Should the child die, the
-    requests on their way fail with StoreUnavailable (their outcome is unknown) and
-    the next request starts another child."""
+    way while the child works on the first, so it never idles between groups. Each
+    request carries an id and its answer the same id: answers are matched by id,
+    never by order.
+
+    It ends when its request socket does: when the store closes it, and when this
+    process dies, however it dies.
+
+    **When the child dies** (killed, out of memory, a crash):
+
+    * at once, :attr:`unavailable` says why (``/health`` answers 503 with it) and one
+      replacement starts (there is only ever one: a second death while it starts is
+      handled by the same task, which retries with a growing delay);
+    * every request sent to it and not answered is settled as soon as the process has
+      ended, with no wait for the replacement: a group write (``apply``) is answered
+      from the stored documents (see :func:`settle`): where they show that its
+      transaction committed, as if the writer had answered (the client gets its 2xx);
+      where they show it did not, with :class:`StoreUnavailable` (503, nothing of it
+      was written, a retry is safe); where they cannot tell, with StoreUnavailable
+      saying the outcome is unknown. Any other request (subscriptions, contexts,
+      history deletion) fails with StoreUnavailable, its outcome unknown;
+    * requests that arrive meanwhile wait for the replacement, up to
+      :attr:`REPLACE_WAIT` seconds, then fail with StoreUnavailable.
+
+    So no acknowledged write is lost, and no write that committed is reported as
+    failed, except where :func:`settle` cannot tell (a retried create may then get
+    409 AlreadyExists)."""
+
+    #: seconds a request waits for a replacement writer before failing with 503
+    REPLACE_WAIT = 5.0
+    #: seconds a new writer process has to start and open the store
+    OPEN_TIMEOUT = 30.0
 
     def __init__(self) -> None:
-        self._proc: asyncio.subprocess.Process | None = None
-        self._requests: socket.socket | None = None
-        self._sender: ThreadPoolExecutor | None = None
-        self._answers: asyncio.StreamWriter | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._waiting: deque[asyncio.Future[Any]] = deque()
+        #: the child taking requests (started and open), None while it is replaced
+        self._child: _Child | None = None
+        self._live = asyncio.Event()
+        self._replacing: asyncio.Task[None] | None = None
         self._opened: tuple[Any, ...] | None = None
-        self._last_exit: int | None = None
+        self._ids = itertools.count(1)
+        self._closing = False
+        #: why writes cannot be taken now (None: they can)
+        self.unavailable: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the writer taking requests (None while it is replaced)."""
+        return self._child.proc.pid if self._child is not None else None
 
     async def request(self, request: tuple[Any, ...]) -> Any:
-        if request[0] == "open":
+        op = request[0]
+        if op == "open":
             self._opened = request
-        if self._reader is not None and self._reader.done():  # the child's socket ended
-            await self._drop()
-            log.error(
-                "the store's writer process ended (exit code %s); starting another",
-                self._last_exit,
-            )
-        if self._requests is None:
-            await self._start()
-            if self._opened is not None and request[0] != "open":
-                await self._send(self._opened)  # a new child after one died: open it first
-        return await self._send(request)
+            self._closing = False
+            self._adopt(await self._open())
+            return None
+        if op == "close":
+            self._closing = True
+            child = self._child
+            if child is None:  # nothing open to close
+                return None
+            child.closing = True
+            return await child.send(next(self._ids), request)
+        child = self._child
+        if child is None:
+            child = await self._wait_live()
+        return await child.send(next(self._ids), request)
 
-    def _send(self, request: tuple[Any, ...]) -> asyncio.Future[Any]:
-        assert self._requests is not None
-        assert self._sender is not None
-        data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        if len(data) > 0x7FFFFFFF:
-            head = _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(data))
-        else:
-            head = _LENGTH.pack(len(data))
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        self._sender.submit(_send_all, self._requests, head + data)
-        return future
-
-    async def _start(self) -> None:
-        requests, their_requests = socket.socketpair()
-        answers, their_answers = socket.socketpair()
-        fds = [their_requests.fileno(), their_answers.fileno()]
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": _ROOT + (os.pathsep + path if path else "")}
-        with their_requests, their_answers:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _CHILD, *map(str, fds), pass_fds=fds, env=env
-            )
-        self._requests = requests
-        self._sender = ThreadPoolExecutor(1, thread_name_prefix="renkei-sqlite-send")
-        reader, self._answers = await asyncio.open_unix_connection(sock=answers, limit=1 << 20)
-        self._reader = asyncio.create_task(self._receive(reader), name="renkei-sqlite-answers")
-
-    async def _receive(self, reader: asyncio.StreamReader) -> None:
+    async def _open(self) -> _Child:
+        """A new child, open on the store."""
+        assert self._opened is not None
+        child = await _Child.spawn()
         try:
-            while True:
-                (size,) = _LENGTH.unpack(await reader.readexactly(4))
-                if size == -1:
-                    (size,) = _LONG_LENGTH.unpack(await reader.readexactly(8))
-                tag, value = pickle.loads(await reader.readexactly(size))
-                future = self._waiting.popleft()
-                if future.done():
-                    continue
-                if tag == "error":
-                    future.set_exception(value)
-                else:
-                    future.set_result(value)
-        except BaseException as exc:  # its end, or an answer that cannot be read
-            if not isinstance(exc, asyncio.IncompleteReadError | OSError):
-                log.exception("reading the store writer's answers failed")
-            waiting = list(self._waiting)
-            self._waiting.clear()
-            for future in waiting:
-                if not future.done():
-                    error = StoreUnavailable(
-                        "the store's writer process stopped; the write's outcome is unknown"
-                    )
-                    error.__cause__ = exc
-                    future.set_exception(error)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            await asyncio.wait_for(child.send(next(self._ids), self._opened), self.OPEN_TIMEOUT)
+        except BaseException:
+            await child.close()
+            raise
+        return child
 
-    async def _drop(self) -> None:
-        """Close both sockets (the child, seeing their end, stops if it has not
-        already after ``close``) and wait for the child to end. Answers first: a
-        child blocked on an answer nobody reads would never take the next request."""
-        if self._answers is not None:
-            self._answers.close()
-            with suppress(OSError):
-                await self._answers.wait_closed()
-            self._answers = None
-        if self._reader is not None:
-            await self._reader
-            self._reader = None
-        if self._sender is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._sender.shutdown)
-            self._sender = None
-        if self._requests is not None:
-            self._requests.close()
-            self._requests = None
-        if self._proc is not None:
-            proc = self._proc
-            self._proc = None
+    def _adopt(self, child: _Child) -> None:
+        child.on_end = self._ended
+        self._child = child
+        self.unavailable = None
+        self._live.set()
+
+    async def _wait_live(self) -> _Child:
+        if self._opened is None or self._closing:
+            raise InternalError("store is not open")
+        deadline = time.monotonic() + self.REPLACE_WAIT
+        while self._child is None:
             try:
-                self._last_exit = await asyncio.wait_for(proc.wait(), 10)
+                await asyncio.wait_for(self._live.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                proc.kill()
-                self._last_exit = await proc.wait()
+                raise StoreUnavailable(
+                    self.unavailable or "the store's writer process is being replaced"
+                ) from None
+        return self._child
+
+    def _ended(self, child: _Child) -> None:
+        """A child that took requests ended without being asked to: start one
+        replacement, and say why writes wait until it is open."""
+        if child is not self._child:
+            return
+        self._child = None
+        self._live.clear()
+        if self._closing:
+            return
+        self.unavailable = "the store's writer process stopped; a new one is starting"
+        if self._replacing is None or self._replacing.done():
+            self._replacing = asyncio.create_task(
+                self._replace(child), name="renkei-sqlite-replace"
+            )
+
+    async def _replace(self, dead: _Child) -> None:
+        delay = 0.25
+        while not self._closing:
+            try:
+                child = await self._open()
+            except Exception as exc:
+                self.unavailable = f"the store's writer process cannot be started: {exc}"
+                log.error("%s; trying again in %.2fs", self.unavailable, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            # the dead child's requests are settled from the stored documents first,
+            # so no write sent to the new one can change what they find
+            await dead.settled
+            if self._closing:
+                await child.close()
+                return
+            self._adopt(child)
+            log.warning("the store's writer process was replaced (pid %s)", child.proc.pid)
+            return
 
     async def stop(self) -> None:
         """After ``close``: wait for the child to end."""
-        await self._drop()
+        self._closing = True
+        if self._replacing is not None:
+            self._replacing.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._replacing
+            self._replacing = None
+        child, self._child = self._child, None
+        self._live.clear()
+        if child is not None:
+            await child.close()
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:
@@ -760,29 +985,136 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
 
 
+def _settle_all(
+    path: str, synchronous: str, groups: Sequence[Sequence[Job]]
+) -> list[list[list[Outcome]] | StoreUnavailable]:
+    """:func:`settle` each group against the stored documents, read once the dead
+    writer has ended."""
+    found: list[list[list[Outcome]] | StoreUnavailable] = []
+    try:
+        conn = connect(path, synchronous, readonly=True)
+    except sqlite3.Error as exc:
+        log.error("cannot read the store to settle unanswered writes: %s", exc)
+        return [
+            StoreUnavailable("the store's writer process stopped; the write's outcome is unknown")
+            for _ in groups
+        ]
+    try:
+        for jobs in groups:
+            try:
+                stored: dict[tuple[str, str], bytes | None] = {}
+                for job in jobs:
+                    eids = sorted({it.eid for it in job.items})
+                    docs = dict(
+                        rows_in(
+                            conn,
+                            "SELECT id, doc FROM entities WHERE tenant=? AND id IN ({})",
+                            eids,
+                            job.tenant,
+                        )
+                    )
+                    for eid in eids:
+                        stored[(job.tenant, eid)] = docs.get(eid)
+                found.append(settle(jobs, stored))
+            except StoreUnavailable as exc:
+                found.append(exc)
+            except sqlite3.Error as exc:
+                log.error("cannot read the store to settle unanswered writes: %s", exc)
+                found.append(
+                    StoreUnavailable("the store's writer process stopped; outcome unknown")
+                )
+    finally:
+        conn.close()
+    return found
+
+
+def settle(
+    jobs: Sequence[Job], stored: Mapping[tuple[str, str], bytes | None]
+) -> list[list[Outcome]]:
+    """The outcomes of a group write whose writer died before answering, told from the
+    documents ``stored`` once it had ended (by (tenant, id)); raises StoreUnavailable
+    where the group did not commit, or where that cannot be told.
+
+    A group is one transaction: all of it committed or none. Each entity's items, in
+    the group's order, chain from the document the first expects to the one the last
+    leaves (the serving process sends each write on the state the writes before it
+    leave). Where an entity's chain changes its document, the stored one shows the
+    transaction's fate: the one it leaves if it committed, the one it expects if not
+    (documents carry ``modifiedAt``, so a write's result differs from what it
+    replaced). All such entities must agree. An entity that shows neither (another
+    server wrote it since, or its chain is broken by a wrong guess) gets
+    :class:`Unknown` in a committed group."""
+    chains: dict[tuple[str, str], list[Item]] = {}
+    for job in jobs:
+        for it in job.items:
+            chains.setdefault((job.tenant, it.eid), []).append(it)
+    shown: set[bool] = set()  # what the entities show: committed (True) or not (False)
+    applied: dict[tuple[str, str], bool] = {}  # in a committed group: shown applied
+    for key, items in chains.items():
+        current = stored.get(key)
+        first, last = items[0].expect, items[-1].leaves
+        chained = all(b.expect == a.leaves for a, b in itertools.pairwise(items))
+        if chained and last != first:
+            if current == last:
+                shown.add(True)
+            elif current == first:
+                shown.add(False)
+            applied[key] = current == last
+        else:
+            applied[key] = chained and current == first
+    if not shown and not any(it.steps for items in chains.values() for it in items):
+        # only confirmations: nothing was to be written, so nothing is in doubt
+        return [
+            [
+                None
+                if stored.get((job.tenant, it.eid)) == it.expect
+                else Conflict(stored.get((job.tenant, it.eid)))
+                for it in job.items
+            ]
+            for job in jobs
+        ]
+    if shown == {False}:
+        raise StoreUnavailable(
+            "the store's writer process stopped before this write committed; "
+            "nothing of it was written and it can be sent again"
+        )
+    if shown != {True}:
+        raise StoreUnavailable(
+            "the store's writer process stopped during this write; its outcome is unknown"
+        )
+    unknown = Unknown(
+        "the store's writer process stopped during this write; its outcome is unknown"
+    )
+    return [
+        [None if applied[(job.tenant, it.eid)] else unknown for it in job.items] for job in jobs
+    ]
+
+
 def serve(requests: Connection, answers: Connection) -> None:
-    """The child's loop: a request in, its result (or exception) out, until the
-    request socket ends."""
+    """The child's loop: a request in, its result (or exception) out under the
+    request's id, until the request socket ends."""
     host = Host()
     try:
         while True:
             try:
-                request = requests.recv()
+                rid, request = requests.recv()
             except (EOFError, OSError):
                 return
             try:
-                reply: tuple[str, Any] = ("ok", host.handle(request))
+                reply: tuple[int, str, Any] = (rid, "ok", host.handle(request))
             except NgsiLdError as exc:
-                reply = ("error", exc)
+                reply = (rid, "error", exc)
             except Exception as exc:  # anything else reaches the caller as a 500
                 log.exception("store writer request failed")
-                reply = ("error", InternalError(f"store write failed: {exc}"))
+                reply = (rid, "error", InternalError(f"store write failed: {exc}"))
             try:
                 try:
                     answers.send(reply)  # pickles it first: nothing is sent when that fails
                 except (pickle.PicklingError, TypeError, AttributeError) as exc:
                     log.exception("store writer answer could not be pickled")
-                    answers.send(("error", InternalError(f"store writer answer unreadable: {exc}")))
+                    answers.send(
+                        (rid, "error", InternalError(f"store writer answer unreadable: {exc}"))
+                    )
             except (EOFError, OSError):
                 return
             if request[0] == "close":
