@@ -18,7 +18,6 @@ import logging
 import uuid
 from typing import Any
 
-from broker.core.model import now_iso
 from broker.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
 from broker.jsonld.context import (
     CORE_CONTEXT_URL,
@@ -31,7 +30,9 @@ from broker.jsonld.context import (
     context_refs,
     is_core_context_url,
 )
-from broker.store.base import ContextRecord, Store
+from broker.model.entity import now_iso
+from broker.model.store import ContextRecord
+from broker.store.base import Store
 
 log = logging.getLogger("renkei.contexts")
 

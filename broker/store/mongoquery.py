@@ -30,8 +30,8 @@ from typing import Any, Final
 import shapely
 from shapely.geometry import box, mapping, shape
 
-from broker.core.model import Entity
-from broker.query.ast import (
+from broker.model.entity import Entity
+from broker.model.query import (
     URI,
     And,
     Comparison,
@@ -48,9 +48,9 @@ from broker.query.ast import (
     ScopeQuery,
     Time,
 )
+from broker.model.store import EntityQuery, Selector
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.query.patterns import check_pattern, search
-from broker.store.base import EntityQuery, Selector
 from broker.store.sqlindex import UNINDEXED_META, _us, geo_window, path_key, sql_number
 
 #: Longest edge (degrees) of a geometry as indexed. MongoDB joins vertices by great
@@ -375,7 +375,7 @@ def sort_stages(query: EntityQuery) -> list[dict[str, Any]]:
             field = "id"
         elif key == "type":
             field = "tmin"
-        elif key in ("createdAt", "modifiedAt"):
+        elif isinstance(key, str):  # createdAt, modifiedAt
             field = "e." + key
         else:
             field = f"_o{i}"

@@ -26,7 +26,8 @@ from typing import Any
 
 import orjson
 
-from broker.core.history import (
+from broker.model.entity import Entity
+from broker.model.history import (
     Duration,
     HistoryPolicy,
     HistoryRow,
@@ -34,8 +35,7 @@ from broker.core.history import (
     instance_number,
     to_us,
 )
-from broker.core.model import Entity
-from broker.store.base import (
+from broker.model.store import (
     ANY_DATASET,
     Aggregates,
     AttrAggregate,

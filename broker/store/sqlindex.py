@@ -29,8 +29,8 @@ from shapely import wkb
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from broker.core.model import ATTRIBUTE_TYPES, ENTITY_KEYS, Entity
-from broker.query.ast import (
+from broker.model.entity import ATTRIBUTE_TYPES, ENTITY_KEYS, Entity
+from broker.model.query import (
     META_MEMBERS,
     URI,
     And,

@@ -38,8 +38,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from broker.core.history import Duration, HistoryPolicy, HistoryRow, changes
-from broker.core.model import Entity
 from broker.errors import (
     AlreadyExists,
     InternalError,
@@ -47,8 +45,9 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.store import sqlhistory
-from broker.store.base import (
+from broker.model.entity import Entity
+from broker.model.history import Duration, HistoryPolicy, HistoryRow, changes
+from broker.model.store import (
     ANY_DATASET,
     DELETE,
     Aggregates,
@@ -61,9 +60,10 @@ from broker.store.base import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
-    Store,
     WriteResult,
 )
+from broker.store import sqlhistory
+from broker.store.base import Store
 from broker.store.sqlbatch import rows_in
 from broker.store.sqlhistory import StoredRow, stored_rows
 from broker.store.sqlindex import UNINDEXED_META, SqlBuilder, path_key, selection_sql
@@ -240,7 +240,7 @@ def _order_by(query: EntityQuery) -> tuple[str, list[Any]]:
             term = "e.id"
         elif key == "type":
             term = "(SELECT min(type) FROM entity_types t WHERE t.rid = e.rid)"
-        elif key in ("createdAt", "modifiedAt"):
+        elif isinstance(key, str):  # createdAt, modifiedAt
             term = f"json_extract(CAST(e.doc AS TEXT), '$.{key}')"
         elif key.meta in UNINDEXED_META and not key.sub_attributes and '"' not in key.attr:
             # attribute system timestamps have no index rows: read them from the document
@@ -607,16 +607,17 @@ class SqliteStore(Store):
                 f"AND a.attr IN ({marks}))"
             )
             args.extend([tenant, *query.attrs])
-        for part, node in (("q", query.q), ("scope", query.scope_q), ("geo", query.geo)):
-            if node is None:
-                continue
+        if query.q is not None:
             sql.args = []
-            if part == "q":
-                clauses.append(sql.q(node))
-            elif part == "scope":
-                clauses.append(sql.scope(node))
-            else:
-                clauses.append(sql.geo(node))
+            clauses.append(sql.q(query.q))
+            args.extend(sql.args)
+        if query.scope_q is not None:
+            sql.args = []
+            clauses.append(sql.scope(query.scope_q))
+            args.extend(sql.args)
+        if query.geo is not None:
+            sql.args = []
+            clauses.append(sql.geo(query.geo))
             args.extend(sql.args)
         return " AND ".join(clauses), args
 

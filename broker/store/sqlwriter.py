@@ -38,9 +38,9 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 
-from broker.core.history import HistoryPolicy, HistoryRow
-from broker.core.model import ENTITY_KEYS, Entity
 from broker.errors import InternalError, NgsiLdError, StoreUnavailable
+from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.history import HistoryPolicy, HistoryRow
 from broker.query.patterns import search
 from broker.store import sqlhistory
 from broker.store.sqlbatch import insert_rows, max_id, rows_in, where_in
