@@ -147,7 +147,7 @@ def path_exists(path: AttrPath, entity: Entity) -> bool:
     return bool(_reached(path, entity))
 
 
-#: Public names for the index builder (``broker.store.sqlindex``), which walks entities
+#: Public names for the index builder (``broker.store.index``), which walks entities
 #: with the same rules.
 dicts = _instances
 elements = _elements

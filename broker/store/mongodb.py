@@ -86,6 +86,7 @@ from broker.model.store import (
 )
 from broker.query.evaluate import entity_geometry
 from broker.store.base import Store
+from broker.store.index import value_rows
 from broker.store.mongohistory import MongoHistory, NumbersNeeded
 from broker.store.mongoquery import (
     FilterBuilder,
@@ -97,7 +98,6 @@ from broker.store.mongoquery import (
     unescape_doc,
     value_docs,
 )
-from broker.store.sqlindex import value_rows
 
 Doc = dict[str, Any]
 

@@ -64,9 +64,10 @@ from broker.model.store import (
 )
 from broker.store import sqlhistory
 from broker.store.base import Store
+from broker.store.index import UNINDEXED_META, path_key
 from broker.store.sqlbatch import rows_in
 from broker.store.sqlhistory import StoredRow, stored_rows
-from broker.store.sqlindex import UNINDEXED_META, SqlBuilder, path_key, selection_sql
+from broker.store.sqlindex import SqlBuilder, selection_sql
 from broker.store.sqlwriter import (
     Conflict,
     Item,

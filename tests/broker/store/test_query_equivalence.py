@@ -34,7 +34,7 @@ from broker.model.query import (
 from broker.model.store import EntityQuery
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.store.base import Store
-from broker.store.sqlindex import value_rows, value_rows_reference
+from broker.store.index import value_rows, value_rows_reference
 from tests.broker.store.conftest import BACKENDS as ALL_BACKENDS
 
 #: A store per example: the SQLite writer runs in a thread here, as the transport to
