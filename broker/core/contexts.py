@@ -50,7 +50,6 @@ class ContextRegistry:
         self.records: dict[str, ContextRecord] = {}
         self._by_url: dict[str, ContextRecord] = {}
         self.resolver: ContextResolver | None = None
-        self.started_at = now_iso()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def url_for(self, context_id: str) -> str:

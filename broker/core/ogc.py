@@ -106,9 +106,6 @@ class Interval:
     start: datetime | None
     end: datetime | None
 
-    def contains(self, when: datetime) -> bool:
-        return (self.start is None or when >= self.start) and (self.end is None or when <= self.end)
-
 
 @dataclass(slots=True)
 class ItemsRequest:
