@@ -5,7 +5,8 @@ imports made inside functions too, not only for what happens to be loaded:
 
 * ``broker.model`` is the leaf: it imports no other broker package (``broker.errors``,
   which imports nothing from broker, counts as part of it);
-* ``broker.store`` and ``broker.query`` never import ``broker.core`` or ``broker.api``;
+* ``broker.store``, ``broker.query`` (and ``broker.notify``, ``broker.jsonld``) never
+  import ``broker.core`` or ``broker.api``;
 * ``broker.api`` reaches stores only through the services, never ``broker.store``.
 """
 
@@ -84,7 +85,9 @@ def test_errors_import_nothing_from_broker() -> None:
     assert [name for _, name in imported(path) if within(name, "broker")] == []
 
 
-@pytest.mark.parametrize("package", ["broker.store", "broker.query", "broker.model"])
+@pytest.mark.parametrize(
+    "package", ["broker.store", "broker.query", "broker.model", "broker.notify", "broker.jsonld"]
+)
 def test_lower_layers_do_not_reach_up_to_services_or_routes(package: str) -> None:
     assert violations(package, ["broker.core", "broker.api", "broker.app"]) == []
 
