@@ -41,6 +41,7 @@ from broker.model.query import (
     ScopeQuery,
     Time,
 )
+from broker.model.store import EntityQuery, Selector
 from broker.query.evaluate import (
     distance_m,
     entity_geometry,
@@ -51,14 +52,29 @@ from broker.query.scopeq import scope_matches
 from broker.store.index import UNINDEXED_META, epoch_us, geo_window, path_key, sql_number
 
 
-def selection_sql(
-    query: Any, tenant: str, *, id_column: str, type_probe: str
-) -> tuple[list[str], list[Any]]:
-    """SQL conditions (ANDed) for the ids, id pattern and types of an ``EntityQuery``
-    and its ORed ``selectors``; ``type_probe`` is an EXISTS with two placeholders
-    (tenant, type). Shared by the entity tables and the history tables."""
+@dataclass(frozen=True, slots=True)
+class EntityTable:
+    """How the SQL conditions of an entity selection probe one table of entities: the
+    current ones (``sqlite``) or those the history knows (``sqlhistory``)."""
 
-    def one(sel: Any, clauses: list[str], args: list[Any]) -> None:
+    #: the tenant and entity id columns of the table's rows
+    tenant_column: str
+    id_column: str
+    #: an EXISTS with two placeholders (tenant, type IRI)
+    type_probe: str
+    #: an EXISTS with one placeholder (tenant) and ``{marks}`` for the attribute IRIs
+    attr_probe: str
+
+
+def selection_sql(
+    query: EntityQuery, tenant: str, table: EntityTable
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions (ANDed) for the tenant, ids, id pattern, types and attributes of
+    an ``EntityQuery`` and its ORed ``selectors``: what the entity tables and the
+    history tables select alike. q, scopeQ and geo are the entity tables' own."""
+    id_column = table.id_column
+
+    def one(sel: EntityQuery | Selector, clauses: list[str], args: list[Any]) -> None:
         if sel.ids:
             clauses.append(f"{id_column} IN ({','.join('?' * len(sel.ids))})")
             args.extend(sel.ids)
@@ -68,13 +84,13 @@ def selection_sql(
         if sel.types:
             alternatives = []
             for conj in sel.types:
-                alternatives.append("(" + " AND ".join(type_probe for _ in conj) + ")")
+                alternatives.append("(" + " AND ".join(table.type_probe for _ in conj) + ")")
                 for t in conj:
                     args.extend([tenant, t])
             clauses.append("(" + " OR ".join(alternatives) + ")")
 
-    clauses: list[str] = []
-    args: list[Any] = []
+    clauses: list[str] = [f"{table.tenant_column} = ?"]
+    args: list[Any] = [tenant]
     one(query, clauses, args)
     if query.selectors:
         alternatives = []
@@ -83,6 +99,9 @@ def selection_sql(
             one(sel, parts, args)
             alternatives.append("(" + (" AND ".join(parts) or "1") + ")")
         clauses.append("(" + " OR ".join(alternatives) + ")")
+    if query.attrs:
+        clauses.append(table.attr_probe.format(marks=",".join("?" * len(query.attrs))))
+        args.extend([tenant, *query.attrs])
     return clauses, args
 
 

@@ -67,7 +67,7 @@ from broker.store.base import Store
 from broker.store.index import UNINDEXED_META, path_key
 from broker.store.sqlbatch import rows_in
 from broker.store.sqlhistory import StoredRow, stored_rows
-from broker.store.sqlindex import SqlBuilder, selection_sql
+from broker.store.sqlindex import EntityTable, SqlBuilder, selection_sql
 from broker.store.sqlwriter import (
     Conflict,
     Item,
@@ -88,6 +88,14 @@ _MAX_GROUP = 512
 #: socket while the writer works, so it never idles between groups
 _IN_FLIGHT = 2
 _READERS = 4
+#: the current entities, as an entity selection probes them
+_ENTITIES = EntityTable(
+    tenant_column="e.tenant",
+    id_column="e.id",
+    type_probe="EXISTS (SELECT 1 FROM entity_types t WHERE t.tenant=? AND t.type=? AND t.rid=e.rid)",
+    attr_probe="EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant=? AND a.rid=e.rid "
+    "AND a.attr IN ({marks}))",
+)
 #: rounds of optimistic retries before a write gives up on an entity
 _MAX_ROUNDS = 16
 #: stored documents remembered as the likely state for the next write of an entity
@@ -592,22 +600,7 @@ class SqliteStore(Store):
         return orjson.loads(row[0]) if row else None
 
     def _where(self, tenant: str, query: EntityQuery, sql: SqlBuilder) -> tuple[str, list[Any]]:
-        selection, selection_args = selection_sql(
-            query,
-            tenant,
-            id_column="e.id",
-            type_probe="EXISTS (SELECT 1 FROM entity_types t "
-            "WHERE t.tenant=? AND t.type=? AND t.rid=e.rid)",
-        )
-        clauses = ["e.tenant = ?", *selection]
-        args: list[Any] = [tenant, *selection_args]
-        if query.attrs:
-            marks = ",".join("?" * len(query.attrs))
-            clauses.append(
-                "EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant=? AND a.rid=e.rid "
-                f"AND a.attr IN ({marks}))"
-            )
-            args.extend([tenant, *query.attrs])
+        clauses, args = selection_sql(query, tenant, _ENTITIES)
         if query.q is not None:
             sql.args = []
             clauses.append(sql.q(query.q))
