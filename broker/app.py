@@ -31,11 +31,11 @@ from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
-from broker.core.history import HistoryPolicy
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
 from broker.errors import InternalError, NgsiLdError
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
+from broker.model.history import HistoryPolicy
 from broker.notify.senders import Senders, redact_uri
 from broker.settings import Settings, get_settings
 from broker.store import open_store
@@ -67,7 +67,6 @@ async def build_hub(settings: Settings) -> Hub:
 
     hub = Hub(
         settings=settings,
-        store=store,
         resolver=resolver,
         contexts=contexts,
         entities=service,
@@ -97,7 +96,7 @@ async def close_hub(hub: Hub) -> None:
     await hub.subscriptions.aclose()
     await hub.subscriptions.senders.aclose()
     await hub.resolver.aclose()
-    await hub.store.close()
+    await hub.entities.store.close()
 
 
 class EdgeRouter:

@@ -101,7 +101,7 @@ async def load_samples(settings: Settings) -> int:
             ent = hub.entities.new_entity(body, tm)
             # attributes the samples do not name (history brought up to date) stay
             mutations.append((ent["id"], lambda cur, e=ent: {**(cur or {}), **e}))
-        results = await hub.store.write("", mutations)
+        results = await hub.entities.store.write("", mutations)
         for r in results:
             if r.error is not None:
                 raise r.error

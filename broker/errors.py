@@ -18,7 +18,6 @@ HTTP status and problem type as class attributes, so the handler table in
     ├── OperationNotSupported     422  operation the specification rules out here
     │   └── NotImplementedYet     501  part of the API this hub does not offer (yet)
     ├── TooManyResults            403  limit above the configured maximum
-    ├── TooComplexQuery           403
     ├── LdContextNotAvailable     503  a remote @context could not be retrieved
     └── InternalError             500
 
@@ -144,12 +143,6 @@ class TooManyResults(NgsiLdError):
     status = 403
     type_name = "TooManyResults"
     title = "Too many results"
-
-
-class TooComplexQuery(NgsiLdError):
-    status = 403
-    type_name = "TooComplexQuery"
-    title = "Too complex query"
 
 
 class LdContextNotAvailable(NgsiLdError):

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.model.geo import COORDINATE_GEOMETRY_TYPES
 from connectors.csv.export import export_rows
 from connectors.csv.layout import Layout
 from connectors.csv.values import format_number
@@ -61,9 +62,6 @@ __all__ = [
 ]
 
 BOM = "\ufeff"
-_GEOMETRY_TYPES = frozenset(
-    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
-)
 #: CP932 lead bytes of the NEC special characters (row 13) and the NEC/IBM extensions.
 _PLATFORM_LEAD_BYTES = frozenset({0x87, 0xED, 0xEE, 0xFA, 0xFB, 0xFC})
 _HALFWIDTH_KANA_RE = re.compile(r"[\uff61-\uff9f]+")
@@ -136,7 +134,7 @@ def _attr_value(attr: Any, language: str) -> Any:
             return attr
     if not isinstance(attr, dict):
         return attr
-    if attr.get("type") in _GEOMETRY_TYPES and "coordinates" in attr:
+    if attr.get("type") in COORDINATE_GEOMETRY_TYPES and "coordinates" in attr:
         return attr
     if "languageMap" in attr:
         lm = attr["languageMap"]
@@ -215,7 +213,7 @@ def entity_table(
                 continue
             if _point(value) is not None:
                 keys: list[str | None] = ["latitude", "longitude"]
-            elif isinstance(value, dict) and value.get("type") not in _GEOMETRY_TYPES:
+            elif isinstance(value, dict) and value.get("type") not in COORDINATE_GEOMETRY_TYPES:
                 keys = list(value)
             else:
                 keys = [None]
@@ -332,7 +330,7 @@ def geojson_bytes(entities: Sequence[dict[str, Any]]) -> bytes:
     features = []
     for ent in entities:
         geometry = ent.get("location")
-        if not (isinstance(geometry, dict) and geometry.get("type") in _GEOMETRY_TYPES):
+        if not (isinstance(geometry, dict) and geometry.get("type") in COORDINATE_GEOMETRY_TYPES):
             geometry = None
         properties = {k: v for k, v in ent.items() if k not in ("id", "location")}
         features.append(

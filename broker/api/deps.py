@@ -17,7 +17,6 @@ from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, single_url
 from broker.settings import Settings
-from broker.store.base import Store
 
 
 @dataclass
@@ -25,7 +24,6 @@ class Hub:
     """Everything built once in the app lifespan."""
 
     settings: Settings
-    store: Store
     resolver: ContextResolver
     contexts: ContextRegistry
     entities: EntityService

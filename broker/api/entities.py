@@ -17,16 +17,13 @@ from broker.api import params as P
 from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
 from broker.core.entities import UpdateResult
-from broker.core.model import Entity, View, check_entity_id, check_name
+from broker.core.model import View
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from broker.jsonld.context import TermMap
+from broker.model.entity import Entity, check_entity_id, check_name
+from broker.model.query import And, Comparison, Exists, GeoQuery, Node, Or
+from broker.model.store import EntityQuery, Selector
 from broker.query import (
-    And,
-    Comparison,
-    Exists,
-    GeoQuery,
-    Node,
-    Or,
     parse_geo_query,
     parse_q,
     parse_scope_q,
@@ -35,7 +32,6 @@ from broker.query import (
 )
 from broker.query.patterns import check_pattern
 from broker.query.types import type_alternatives
-from broker.store.base import EntityQuery, Selector
 
 router = APIRouter(prefix="/ngsi-ld/v1")
 

@@ -13,13 +13,14 @@ from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
 from broker.api.entities import ENTITY_OFFERS, build_query, query_response
 from broker.core.batch import BatchItem, BatchResult, Operation
-from broker.core.model import View, check_entity_id, check_name
+from broker.core.model import View
 from broker.errors import BadRequestData, NgsiLdError
 from broker.jsonld.context import TermMap
+from broker.model.entity import check_entity_id, check_name
+from broker.model.store import EntityQuery, Selector
 from broker.query import geo_query_from_json
 from broker.query.patterns import check_pattern
 from broker.query.types import type_alternatives
-from broker.store.base import EntityQuery, Selector
 
 router = APIRouter(prefix="/ngsi-ld/v1/entityOperations")
 

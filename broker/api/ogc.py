@@ -52,10 +52,10 @@ _templates.filters["show"] = _show
 def service(request: Request, hub: Hub) -> O.OgcService:
     """The app's OGC service, built on first use with the hub it serves."""
     svc: O.OgcService | None = getattr(request.app.state, "ogc", None)
-    if svc is None or svc.store is not hub.store:
+    if svc is None or svc.store is not hub.entities.store:
         s = hub.settings
         svc = O.OgcService(
-            hub.store,
+            hub.entities.store,
             hub.entities,
             hub.resolver.core,
             time_properties=s.ogc_time_properties,

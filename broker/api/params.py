@@ -9,10 +9,11 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from broker.api.common import csv_param
-from broker.core.model import View, check_name
+from broker.core.model import View
 from broker.core.projection import Tree, parse_projection
 from broker.errors import BadRequestData, InvalidRequest, TooManyResults
 from broker.jsonld.context import TermMap
+from broker.model.entity import check_name
 from broker.settings import Settings
 
 _FORMATS = {

@@ -21,18 +21,13 @@ from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
 from broker.api.entities import entity_query
 from broker.api.entity_operations import body_query
-from broker.core.history import (
-    AGGR_METHODS,
-    Duration,
-    check_aggr_methods,
-    from_us,
-    instance_value,
-)
-from broker.core.model import ENTITY_KEYS, View, check_entity_id, check_name, is_uri
+from broker.core.model import View
 from broker.core.temporal import Aggregation, TemporalEntity, TemporalResult, time_query
 from broker.errors import BadRequestData, ResourceNotFound
 from broker.jsonld.context import TermMap
-from broker.store.base import EntityQuery, HistoryQuery
+from broker.model.entity import ENTITY_KEYS, check_entity_id, check_name, is_uri
+from broker.model.history import AGGR_METHODS, Duration, check_aggr_methods, from_us, instance_value
+from broker.model.store import EntityQuery, HistoryQuery
 
 router = APIRouter(prefix="/ngsi-ld/v1/temporal")
 

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import negotiate, respond
 from broker.api.deps import HubDep, TenantDep
-from broker.core.model import check_name
+from broker.model.entity import check_name
 
 router = APIRouter(prefix="/ngsi-ld/v1")
 DISCOVERY = frozenset({"details", "local"})

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from broker.core.entities import EntityService, UpdateResult
-from broker.core.model import Entity, check_entity_id
 from broker.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from broker.jsonld.context import TermMap
-from broker.store.base import DELETE, Mutation
+from broker.model.entity import Entity, check_entity_id
+from broker.model.store import DELETE, Mutation
 
 Operation = Literal["create", "upsert", "update", "merge", "delete"]
 

@@ -18,7 +18,6 @@ import logging
 import uuid
 from typing import Any
 
-from broker.core.model import now_iso
 from broker.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
 from broker.jsonld.context import (
     CORE_CONTEXT_URL,
@@ -31,7 +30,9 @@ from broker.jsonld.context import (
     context_refs,
     is_core_context_url,
 )
-from broker.store.base import ContextRecord, Store
+from broker.model.entity import now_iso
+from broker.model.store import ContextRecord
+from broker.store.base import Store
 
 log = logging.getLogger("renkei.contexts")
 
@@ -49,7 +50,6 @@ class ContextRegistry:
         self.records: dict[str, ContextRecord] = {}
         self._by_url: dict[str, ContextRecord] = {}
         self.resolver: ContextResolver | None = None
-        self.started_at = now_iso()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def url_for(self, context_id: str) -> str:

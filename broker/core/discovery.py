@@ -7,7 +7,8 @@ from typing import Any
 
 from broker.errors import ResourceNotFound
 from broker.jsonld.context import TermMap
-from broker.store.base import Discovery, Store
+from broker.model.store import Discovery
+from broker.store.base import Store
 
 
 class DiscoveryService:

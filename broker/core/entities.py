@@ -13,20 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from broker.core.history import HistoryRow
-from broker.core.model import (
-    ENTITY_KEYS,
-    NULL,
-    SYSTEM_KEYS,
-    Entity,
-    Instance,
-    Parser,
-    check_entity_id,
-    check_scope,
-    expand_types,
-    linked_ids,
-    now_iso,
-)
+from broker.core.model import Parser, expand_types
 from broker.errors import (
     BadRequestData,
     InvalidRequest,
@@ -34,7 +21,20 @@ from broker.errors import (
     ResourceNotFound,
 )
 from broker.jsonld.context import TermMap
-from broker.store.base import DELETE, Create, EntityQuery, Mutation, Store, WriteResult
+from broker.model.entity import (
+    ENTITY_KEYS,
+    NULL,
+    SYSTEM_KEYS,
+    Entity,
+    Instance,
+    check_entity_id,
+    check_scope,
+    linked_ids,
+    now_iso,
+)
+from broker.model.history import HistoryRow
+from broker.model.store import DELETE, Create, EntityQuery, Mutation, WriteResult
+from broker.store.base import Store
 
 ChangeListener = Callable[[str, Sequence[WriteResult]], Awaitable[None]]
 

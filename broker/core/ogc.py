@@ -45,10 +45,11 @@ from pyproj import Transformer
 from shapely.geometry import box, shape
 
 from broker.core.entities import EntityService
-from broker.core.model import Entity, View
+from broker.core.model import View
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
-from broker.jsonld.context import NGSI_LD, TermMap
-from broker.query.ast import (
+from broker.jsonld.context import TermMap
+from broker.model.entity import NGSI_LD, Entity
+from broker.model.query import (
     And,
     AttrPath,
     Comparison,
@@ -60,7 +61,8 @@ from broker.query.ast import (
     all_of,
     any_of,
 )
-from broker.store.base import EntityQuery, Store, WriteResult
+from broker.model.store import EntityQuery, WriteResult
+from broker.store.base import Store
 
 CRS84: Final = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 JGD2011: Final = "http://www.opengis.net/def/crs/EPSG/0/6668"
@@ -103,9 +105,6 @@ class Interval:
 
     start: datetime | None
     end: datetime | None
-
-    def contains(self, when: datetime) -> bool:
-        return (self.start is None or when >= self.start) and (self.end is None or when <= self.end)
 
 
 @dataclass(slots=True)

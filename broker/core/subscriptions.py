@@ -26,25 +26,24 @@ from urllib.parse import unquote
 
 import orjson
 
-from broker.core.model import (
+from broker.core.model import View
+from broker.core.projection import Tree
+from broker.errors import BadRequestData, NgsiLdError, NotImplementedYet, ResourceNotFound
+from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap, single_url
+from broker.model.entity import (
     ATTRIBUTE_TYPES,
     ENTITY_KEYS,
     NULL,
     Entity,
-    View,
     check_datetime,
     check_entity_id,
     check_name,
     now_iso,
 )
-from broker.core.projection import Tree
-from broker.errors import BadRequestData, NgsiLdError, NotImplementedYet, ResourceNotFound
-from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap, single_url
+from broker.model.query import GeoQuery, Node, ScopeQuery
+from broker.model.store import EntityQuery, NotificationRecord, Selector, WriteResult
 from broker.notify.senders import DeliveryError, Endpoint, Senders
 from broker.query import (
-    GeoQuery,
-    Node,
-    ScopeQuery,
     geo_query_from_json,
     parse_q,
     parse_scope_q,
@@ -54,7 +53,7 @@ from broker.query import (
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.query.patterns import check_pattern, search
 from broker.query.types import type_alternatives
-from broker.store.base import EntityQuery, NotificationRecord, Selector, Store, WriteResult
+from broker.store.base import Store
 
 log = logging.getLogger("renkei.subscriptions")
 

@@ -1,7 +1,7 @@
 """The temporal API (ETSI GS CIM 009 clauses 5.6.11-5.6.20, 5.7.3-5.7.4) over the history.
 
 History comes from two sources: every entity write records what it changed (see
-``broker.core.history``), and clients may add instances directly through the
+``broker.model.history``), and clients may add instances directly through the
 temporal API (``POST /temporal/entities``). Both land in the same store tables.
 
 Entity selection uses the history's own index (ids, types, id pattern, attributes);
@@ -19,24 +19,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.core.entities import EntityService
-from broker.core.history import (
-    Duration,
-    HistoryRow,
-    from_us,
-    row_for,
-    to_us,
-)
-from broker.core.model import ENTITY_KEYS, Entity, Instance, Parser, check_entity_id, now_iso
+from broker.core.model import Parser
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
+from broker.model.entity import ENTITY_KEYS, Entity, Instance, check_entity_id, now_iso
+from broker.model.history import Duration, HistoryRow, from_us, row_for, to_us
+from broker.model.store import ANY_DATASET, DELETE, EntityQuery, HistoryEntity, HistoryQuery
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
-from broker.store.base import (
-    ANY_DATASET,
-    DELETE,
-    EntityQuery,
-    HistoryEntity,
-    HistoryQuery,
-    Store,
-)
+from broker.store.base import Store
 
 log = logging.getLogger("renkei.temporal")
 

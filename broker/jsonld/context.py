@@ -19,23 +19,18 @@ import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urljoin
 
+import httpx
 import orjson
+from pyld import jsonld
+from pyld.context_resolver import ContextResolver as _PyldResolver
 
 from broker.errors import BadRequestData, LdContextNotAvailable
 from schemas import BUNDLED_CONTEXTS, CORE_CONTEXT_FILE
 
-if TYPE_CHECKING:
-    # pyld and httpx are imported where used. The store's writer process imports this
-    # module (for the constants and TermMap) but never resolves a context, and the two,
-    # with what they pull in, are about half of its imports.
-    import httpx
-
 CORE_CONTEXT_URL = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
-NGSI_LD = "https://uri.etsi.org/ngsi-ld/"
-DEFAULT_VOCAB = "https://uri.etsi.org/ngsi-ld/default-context/"
 _CORE_URL_RE = re.compile(
     r"^https?://uri\.etsi\.org/ngsi-ld/v1/ngsi-ld-core-context(-v1\.\d+)?\.jsonld$"
 )
@@ -164,14 +159,6 @@ class TermMap:
             self._cmp[iri] = term
         return term
 
-    def coercion(self, term: str) -> str | None:
-        """The ``@type`` coercion of a term (``@vocab``, ``@id``, ``@json``) if any."""
-        definition = self._active["mappings"].get(term)
-        if definition:
-            value = definition.get("@type")
-            return str(value) if value else None
-        return None
-
     def scoped(self, term: str) -> TermMap:
         """The term map inside a term with a scoped context (type- or property-scoped)."""
         found = self._scoped.get(term)
@@ -215,9 +202,6 @@ class ContextResolver:
         self.cache_size = cache_size
         self.hosted_lookup = hosted_lookup
         self.on_fetched = on_fetched
-        from pyld import jsonld
-        from pyld.context_resolver import ContextResolver as PyldResolver
-
         self.processor = jsonld.JsonLdProcessor()
         self._maps: OrderedDict[str, TermMap] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[JsonDoc]] = {}
@@ -227,7 +211,7 @@ class ContextResolver:
             "processingMode": "json-ld-1.1",
             "base": self.base_url + "/" if self.base_url else "",
         }
-        self._options["contextResolver"] = PyldResolver(self._pyld_cache, self._loader)
+        self._options["contextResolver"] = _PyldResolver(self._pyld_cache, self._loader)
         self._initial = self.processor._get_initial_context(self._options)
         self._core_active = self.process_sync(self._initial, CORE_CONTEXT_URL)
         self.core = TermMap(self, None, self._core_active)
@@ -253,8 +237,6 @@ class ContextResolver:
     def _loader(self, url: str, options: Any = None) -> dict[str, Any]:
         doc = self.known_document(url)
         if doc is None:
-            from pyld import jsonld
-
             raise jsonld.JsonLdError(
                 f"context {url} was not prefetched",
                 "jsonld.LoadDocumentError",
@@ -265,8 +247,6 @@ class ContextResolver:
     async def _fetch(self, url: str) -> JsonDoc:
         if not url.startswith(("http://", "https://")):
             raise LdContextNotAvailable(f"cannot retrieve @context {url!r}: not an http(s) URL")
-        import httpx
-
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=True, timeout=self.fetch_timeout)
         try:
@@ -339,8 +319,6 @@ class ContextResolver:
     # -- processing --------------------------------------------------------------------------
 
     def process_sync(self, active: Any, local: Any) -> Any:
-        from pyld import jsonld
-
         try:
             return self.processor.process_context(active, local, self._options)
         except jsonld.JsonLdError as exc:

@@ -1,4 +1,4 @@
-"""Query language and geo-query parsing into a backend-neutral AST.
+"""Query language and geo-query parsing into the backend-neutral AST of ``broker.model.query``.
 
 The services parse request parameters here (``parse_q``, ``parse_scope_q``,
 ``parse_geo_query``), resolve terms against the request's ``@context``
@@ -6,51 +6,11 @@ The services parse request parameters here (``parse_q``, ``parse_scope_q``,
 ``broker.query.evaluate`` is the reference semantics every backend must reproduce.
 """
 
-from broker.query.ast import (
-    URI,
-    And,
-    AttrPath,
-    Comparison,
-    Date,
-    DateTime,
-    Exists,
-    GeoQuery,
-    Node,
-    Or,
-    QuerySyntaxError,
-    Range,
-    Scalar,
-    ScopeAnd,
-    ScopeOr,
-    ScopePattern,
-    ScopeQuery,
-    Time,
-    Value,
-)
 from broker.query.geo import geo_query_from_json, parse_geo_query, resolve_geo
 from broker.query.qlang import attribute_names, format_q, parse_q, resolve_q
 from broker.query.scopeq import format_scope_q, parse_scope_q, scope_matches
 
 __all__ = [
-    "URI",
-    "And",
-    "AttrPath",
-    "Comparison",
-    "Date",
-    "DateTime",
-    "Exists",
-    "GeoQuery",
-    "Node",
-    "Or",
-    "QuerySyntaxError",
-    "Range",
-    "Scalar",
-    "ScopeAnd",
-    "ScopeOr",
-    "ScopePattern",
-    "ScopeQuery",
-    "Time",
-    "Value",
     "attribute_names",
     "format_q",
     "format_scope_q",

@@ -28,7 +28,7 @@ candidate satisfies them:
 * numbers compare with numbers (never booleans), strings with strings; a URI literal
   is a string that only takes ``==``/``!=``; booleans only equal booleans;
 * ``DateTime``/``Date``/``Time`` literals compare with strings in the same ISO form
-  (``DATETIME_RE``/``DATE_RE``/``TIME_RE`` of ``broker.query.ast``), both sides
+  (``DATETIME_RE``/``DATE_RE``/``TIME_RE`` of ``broker.model.query``), both sides
   normalised to UTC (no offset means UTC); other strings are not comparable;
 * a candidate of another type is not comparable, and an incomparable pair satisfies
   no operator: ``!=`` holds only for comparable, different values. So an absent
@@ -61,9 +61,9 @@ from typing import Any, Final
 from shapely.geometry import shape
 from shapely.ops import nearest_points
 
-from broker.core.geo import looks_like_geometry
-from broker.core.model import ATTRIBUTE_TYPES, Entity
-from broker.query.ast import (
+from broker.model.entity import ATTRIBUTE_TYPES, Entity
+from broker.model.geo import looks_like_geometry
+from broker.model.query import (
     EQUALITY_OPS,
     PATTERN_OPS,
     URI,
@@ -147,7 +147,7 @@ def path_exists(path: AttrPath, entity: Entity) -> bool:
     return bool(_reached(path, entity))
 
 
-#: Public names for the index builder (``broker.store.sqlindex``), which walks entities
+#: Public names for the index builder (``broker.store.index``), which walks entities
 #: with the same rules.
 dicts = _instances
 elements = _elements

@@ -1,8 +1,8 @@
 """Geo-queries (clause 4.10) from HTTP parameters or from a JSON ``geoQ`` member.
 
-Both forms end in the same validated :class:`~broker.query.ast.GeoQuery`, so the
+Both forms end in the same validated :class:`~broker.model.query.GeoQuery`, so the
 backends never see raw parameters. The geometry is checked as strictly as a stored
-GeoProperty (``broker.core.geo.validate_geometry``): a query with a broken polygon
+GeoProperty (``broker.model.geo.validate_geometry``): a query with a broken polygon
 is refused up front rather than answered differently by each backend.
 """
 
@@ -12,23 +12,15 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any
 
-from broker.core.geo import validate_geometry
-from broker.core.model import check_name
 from broker.errors import BadRequestData
-from broker.query.ast import GEORELS, GeoQuery
+from broker.model.entity import check_name
+from broker.model.geo import COORDINATE_GEOMETRY_TYPES, validate_geometry
+from broker.model.query import GEORELS, GeoQuery
 
-#: Geometries a geo-query may use (a GeometryCollection cannot be given as coordinates).
-QUERY_GEOMETRIES: Final = (
-    "Point",
-    "MultiPoint",
-    "LineString",
-    "MultiLineString",
-    "Polygon",
-    "MultiPolygon",
-)
-_BY_LOWER = {g.lower(): g for g in QUERY_GEOMETRIES}
+#: Geometries a geo-query may use, by lower-case name (no GeometryCollection: it has no coordinates).
+_BY_LOWER = {g.lower(): g for g in COORDINATE_GEOMETRY_TYPES}
 _DISTANCE_RE = re.compile(r"(maxDistance|minDistance)==(\S+)")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
@@ -68,7 +60,7 @@ def parse_georel(text: str) -> tuple[str, float | None, float | None]:
 def _geometry(kind: Any, coordinates: Any) -> dict[str, Any]:
     if not isinstance(kind, str) or kind.lower() not in _BY_LOWER:
         raise BadRequestData(
-            f"invalid geometry {kind!r}: expected one of {', '.join(QUERY_GEOMETRIES)}"
+            f"invalid geometry {kind!r}: expected one of {', '.join(COORDINATE_GEOMETRY_TYPES)}"
         )
     if isinstance(coordinates, str):
         try:

@@ -17,7 +17,7 @@ after ``~=`` is either a quoted string or the raw rest of the term, up to the ne
 ``;``, ``|`` or ``)`` outside parentheses and brackets of the pattern itself, so
 regular expressions need no escaping in the common case.
 
-Every syntax error is a :class:`~broker.query.ast.QuerySyntaxError` (a
+Every syntax error is a :class:`~broker.model.query.QuerySyntaxError` (a
 ``BadRequestData``) naming the 1-based position and showing a caret under it.
 """
 
@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-from broker.query.ast import (
+from broker.model.query import (
     BLANKS,
     DATE_RE,
     DATETIME_RE,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from broker.query.ast import (
+from broker.model.query import (
     BLANKS,
     Cursor,
     QuerySyntaxError,

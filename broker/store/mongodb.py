@@ -59,9 +59,6 @@ from pymongo.errors import (
 )
 from pymongo.read_concern import ReadConcern
 
-from broker.core.geo import validate_geometry
-from broker.core.history import Duration, HistoryRow
-from broker.core.model import ENTITY_KEYS, Entity
 from broker.errors import (
     AlreadyExists,
     BadRequestData,
@@ -70,8 +67,10 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.query.evaluate import entity_geometry
-from broker.store.base import (
+from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.geo import validate_geometry
+from broker.model.history import Duration, HistoryRow
+from broker.model.store import (
     ANY_DATASET,
     DELETE,
     Aggregates,
@@ -83,9 +82,11 @@ from broker.store.base import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
-    Store,
     WriteResult,
 )
+from broker.query.evaluate import entity_geometry
+from broker.store.base import Store
+from broker.store.index import value_rows
 from broker.store.mongohistory import MongoHistory, NumbersNeeded
 from broker.store.mongoquery import (
     FilterBuilder,
@@ -97,7 +98,6 @@ from broker.store.mongoquery import (
     unescape_doc,
     value_docs,
 )
-from broker.store.sqlindex import value_rows
 
 Doc = dict[str, Any]
 

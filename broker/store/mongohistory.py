@@ -27,7 +27,8 @@ from pymongo import ASCENDING, DESCENDING, DeleteMany, IndexModel, ReturnDocumen
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from broker.core.history import (
+from broker.model.entity import Entity
+from broker.model.history import (
     Duration,
     HistoryPolicy,
     HistoryRow,
@@ -35,9 +36,7 @@ from broker.core.history import (
     instance_number,
     to_us,
 )
-from broker.core.model import Entity
-from broker.query.patterns import check_pattern, search
-from broker.store.base import (
+from broker.model.store import (
     ANY_DATASET,
     Aggregates,
     AttrAggregate,
@@ -47,6 +46,7 @@ from broker.store.base import (
     HistoryQuery,
     Selector,
 )
+from broker.query.patterns import check_pattern, search
 from broker.store.mongoquery import escape_doc, unescape_doc
 
 Doc = dict[str, Any]
@@ -215,7 +215,7 @@ class MongoHistory:
         ``writes``: per successful write, the entity id, the entity before and after,
         and the temporal API's explicit rows (None for an entity write). Explicit rows
         replace instances of the same attribute, datasetId and observedAt; an entity
-        write records what changed (``broker.core.history.changes``). With
+        write records what changed (``broker.model.history.changes``). With
         ``session``, everything is written in its transaction."""
         entries: list[UpdateOne] = []
         replaced: list[DeleteMany] = []

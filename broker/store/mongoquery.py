@@ -4,7 +4,7 @@ An entity document carries, beside the entity itself (``e``), what queries filte
 
 * ``types``, ``attrs``, ``scopes``: arrays of expanded type IRIs, attribute IRIs, scopes;
 * ``vals``: one subdocument per comparable value of each attribute path, built by
-  ``broker.store.sqlindex.value_rows`` from the reference evaluator's own
+  ``broker.store.index.value_rows`` from the reference evaluator's own
   ``candidates`` (``{"p": path key, "n"|"s"|"b"|"dt"|"day"|"tod": value}``; a path
   with nothing comparable has ``{"p": key}`` alone). A comparison is one
   ``$elemMatch`` over ``vals``, so it answers exactly what ``broker.query.evaluate``
@@ -30,8 +30,8 @@ from typing import Any, Final
 import shapely
 from shapely.geometry import box, mapping, shape
 
-from broker.core.model import Entity
-from broker.query.ast import (
+from broker.model.entity import Entity
+from broker.model.query import (
     URI,
     And,
     Comparison,
@@ -48,10 +48,10 @@ from broker.query.ast import (
     ScopeQuery,
     Time,
 )
+from broker.model.store import EntityQuery, Selector
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.query.patterns import check_pattern, search
-from broker.store.base import EntityQuery, Selector
-from broker.store.sqlindex import UNINDEXED_META, _us, geo_window, path_key, sql_number
+from broker.store.index import UNINDEXED_META, epoch_us, geo_window, path_key, sql_number
 
 #: Longest edge (degrees) of a geometry as indexed. MongoDB joins vertices by great
 #: circles, NGSI-LD (and the reference evaluator) by straight lines in lon/lat; with
@@ -122,7 +122,7 @@ _KIND_FIELDS: Final = ("b", "n", "s", "dt", "day", "tod")
 
 
 def value_docs(rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """``sqlindex.value_rows`` as ``vals`` subdocuments; absent columns are left out,
+    """``index.value_rows`` as ``vals`` subdocuments; absent columns are left out,
     so ``$exists`` on a column is "this value is of that kind"."""
     docs: list[dict[str, Any]] = []
     for path, kind, b, num, text, dt, day, tod in rows:
@@ -162,7 +162,7 @@ def _column(literal: Scalar) -> tuple[str, Any]:
     if isinstance(literal, str):
         return "s", literal
     if isinstance(literal, DateTime):
-        return "dt", _us(literal.instant)
+        return "dt", epoch_us(literal.instant)
     if isinstance(literal, Date):
         return "day", literal.day.toordinal()
     assert isinstance(literal, Time)
@@ -375,7 +375,7 @@ def sort_stages(query: EntityQuery) -> list[dict[str, Any]]:
             field = "id"
         elif key == "type":
             field = "tmin"
-        elif key in ("createdAt", "modifiedAt"):
+        elif isinstance(key, str):  # createdAt, modifiedAt
             field = "e." + key
         else:
             field = f"_o{i}"

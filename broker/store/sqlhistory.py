@@ -26,7 +26,8 @@ from typing import Any
 
 import orjson
 
-from broker.core.history import (
+from broker.model.entity import Entity
+from broker.model.history import (
     Duration,
     HistoryPolicy,
     HistoryRow,
@@ -34,8 +35,7 @@ from broker.core.history import (
     instance_number,
     to_us,
 )
-from broker.core.model import Entity
-from broker.store.base import (
+from broker.model.store import (
     ANY_DATASET,
     Aggregates,
     AttrAggregate,
@@ -45,7 +45,7 @@ from broker.store.base import (
     HistoryQuery,
 )
 from broker.store.sqlbatch import insert_rows, max_id, rows_in
-from broker.store.sqlindex import selection_sql
+from broker.store.sqlindex import EntityTable, selection_sql
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history_series(
@@ -341,25 +341,20 @@ def _rebuild_hours(conn: sqlite3.Connection, sid: int, hours: set[int] | None = 
 
 # -- reads ----------------------------------------------------------------------------------------
 
+#: the entities the history knows, as an entity selection probes them
+_HISTORY_ENTITIES = EntityTable(
+    tenant_column="h.tenant",
+    id_column="h.eid",
+    type_probe="EXISTS (SELECT 1 FROM history_types t WHERE t.tenant=? AND t.type=? AND t.eid=h.eid)",
+    attr_probe="EXISTS (SELECT 1 FROM history_series a WHERE a.tenant=? AND a.eid=h.eid "
+    "AND a.attr IN ({marks}))",
+)
+
 
 def entities(
     conn: sqlite3.Connection, tenant: str, query: EntityQuery, window: HistoryQuery | None
 ) -> tuple[list[HistoryEntity], int | None]:
-    selection, selection_args = selection_sql(
-        query,
-        tenant,
-        id_column="h.eid",
-        type_probe="EXISTS (SELECT 1 FROM history_types t "
-        "WHERE t.tenant=? AND t.type=? AND t.eid=h.eid)",
-    )
-    clauses = ["h.tenant = ?", *selection]
-    args: list[Any] = [tenant, *selection_args]
-    if query.attrs:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM history_series a WHERE a.tenant=h.tenant AND a.eid=h.eid "
-            f"AND a.attr IN ({','.join('?' * len(query.attrs))}))"
-        )
-        args.extend(query.attrs)
+    clauses, args = selection_sql(query, tenant, _HISTORY_ENTITIES)
     if window is not None:
         _, clause, wargs = _time_clause(window, "x.")
         attrs = ""

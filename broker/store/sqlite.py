@@ -38,8 +38,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from broker.core.history import Duration, HistoryPolicy, HistoryRow, changes
-from broker.core.model import Entity
 from broker.errors import (
     AlreadyExists,
     InternalError,
@@ -47,8 +45,9 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.store import sqlhistory
-from broker.store.base import (
+from broker.model.entity import Entity
+from broker.model.history import Duration, HistoryPolicy, HistoryRow, changes
+from broker.model.store import (
     ANY_DATASET,
     DELETE,
     Aggregates,
@@ -61,12 +60,14 @@ from broker.store.base import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
-    Store,
     WriteResult,
 )
+from broker.store import sqlhistory
+from broker.store.base import Store
+from broker.store.index import UNINDEXED_META, path_key
 from broker.store.sqlbatch import rows_in
 from broker.store.sqlhistory import StoredRow, stored_rows
-from broker.store.sqlindex import UNINDEXED_META, SqlBuilder, path_key, selection_sql
+from broker.store.sqlindex import EntityTable, SqlBuilder, selection_sql
 from broker.store.sqlwriter import (
     Conflict,
     Item,
@@ -88,6 +89,14 @@ _MAX_GROUP = 512
 #: socket while the writer works, so it never idles between groups
 _IN_FLIGHT = 2
 _READERS = 4
+#: the current entities, as an entity selection probes them
+_ENTITIES = EntityTable(
+    tenant_column="e.tenant",
+    id_column="e.id",
+    type_probe="EXISTS (SELECT 1 FROM entity_types t WHERE t.tenant=? AND t.type=? AND t.rid=e.rid)",
+    attr_probe="EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant=? AND a.rid=e.rid "
+    "AND a.attr IN ({marks}))",
+)
 #: rounds of optimistic retries before a write gives up on an entity
 _MAX_ROUNDS = 16
 #: stored documents remembered as the likely state for the next write of an entity
@@ -241,7 +250,7 @@ def _order_by(query: EntityQuery) -> tuple[str, list[Any]]:
             term = "e.id"
         elif key == "type":
             term = "(SELECT min(type) FROM entity_types t WHERE t.rid = e.rid)"
-        elif key in ("createdAt", "modifiedAt"):
+        elif isinstance(key, str):  # createdAt, modifiedAt
             term = f"json_extract(CAST(e.doc AS TEXT), '$.{key}')"
         elif key.meta in UNINDEXED_META and not key.sub_attributes and '"' not in key.attr:
             # attribute system timestamps have no index rows: read them from the document
@@ -602,32 +611,18 @@ class SqliteStore(Store):
         return orjson.loads(row[0]) if row else None
 
     def _where(self, tenant: str, query: EntityQuery, sql: SqlBuilder) -> tuple[str, list[Any]]:
-        selection, selection_args = selection_sql(
-            query,
-            tenant,
-            id_column="e.id",
-            type_probe="EXISTS (SELECT 1 FROM entity_types t "
-            "WHERE t.tenant=? AND t.type=? AND t.rid=e.rid)",
-        )
-        clauses = ["e.tenant = ?", *selection]
-        args: list[Any] = [tenant, *selection_args]
-        if query.attrs:
-            marks = ",".join("?" * len(query.attrs))
-            clauses.append(
-                "EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant=? AND a.rid=e.rid "
-                f"AND a.attr IN ({marks}))"
-            )
-            args.extend([tenant, *query.attrs])
-        for part, node in (("q", query.q), ("scope", query.scope_q), ("geo", query.geo)):
-            if node is None:
-                continue
+        clauses, args = selection_sql(query, tenant, _ENTITIES)
+        if query.q is not None:
             sql.args = []
-            if part == "q":
-                clauses.append(sql.q(node))
-            elif part == "scope":
-                clauses.append(sql.scope(node))
-            else:
-                clauses.append(sql.geo(node))
+            clauses.append(sql.q(query.q))
+            args.extend(sql.args)
+        if query.scope_q is not None:
+            sql.args = []
+            clauses.append(sql.scope(query.scope_q))
+            args.extend(sql.args)
+        if query.geo is not None:
+            sql.args = []
+            clauses.append(sql.geo(query.geo))
             args.extend(sql.args)
         return " AND ".join(clauses), args
 

@@ -52,14 +52,15 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 
-from broker.core.history import HistoryPolicy, HistoryRow
-from broker.core.model import ENTITY_KEYS, Entity
 from broker.errors import InternalError, NgsiLdError, StoreUnavailable
+from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.history import HistoryPolicy, HistoryRow
 from broker.query.patterns import search
 from broker.store import sqlhistory
+from broker.store.index import value_rows
 from broker.store.sqlbatch import insert_rows, max_id, rows_in, where_in
 from broker.store.sqlhistory import StoredRow
-from broker.store.sqlindex import geo_match, geo_rows, q_match, scope_match, value_rows
+from broker.store.sqlindex import geo_match, geo_rows, q_match, scope_match
 
 log = logging.getLogger("renkei.store")
 
@@ -87,7 +88,7 @@ CREATE TABLE IF NOT EXISTS entity_scopes(
     PRIMARY KEY(tenant, scope, rid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_scopes_rid ON entity_scopes(rid);
--- one row per comparable value (or presence) of each attribute path: see sqlindex.py
+-- one row per comparable value (or presence) of each attribute path: see index.py
 CREATE TABLE IF NOT EXISTS attr_values(
     tenant TEXT NOT NULL, path TEXT NOT NULL, rid INTEGER NOT NULL, kind INTEGER NOT NULL,
     b INTEGER, num, str TEXT, dt INTEGER, day INTEGER, tod INTEGER

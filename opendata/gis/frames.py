@@ -27,26 +27,19 @@ import pandas as pd
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from broker.model.geo import GEOMETRY_TYPES
+
 __all__ = ["entities_to_geodataframe"]
 
 WGS84 = "EPSG:4326"
 _ISO_DATETIME = re.compile(
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$"
 )
-_GEOMETRY_TYPES = {
-    "Point",
-    "MultiPoint",
-    "LineString",
-    "MultiLineString",
-    "Polygon",
-    "MultiPolygon",
-    "GeometryCollection",
-}
 _NOT_ATTRIBUTES = {"id", "type", "@context", "scope", "createdAt", "modifiedAt", "deletedAt"}
 
 
 def _is_geojson(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("type") in _GEOMETRY_TYPES
+    return isinstance(value, dict) and value.get("type") in GEOMETRY_TYPES
 
 
 def _default_instance(attr: Any) -> Any:

@@ -39,11 +39,11 @@ class HeldListRead:
     held until ``release``; counts the reads."""
 
     def __init__(self, hub: Hub) -> None:
-        self.read = hub.store.list_subscriptions
+        self.read = hub.entities.store.list_subscriptions
         self.reads = 0
         self.started = asyncio.Event()
         self.released = asyncio.Event()
-        hub.store.list_subscriptions = self  # type: ignore[method-assign]
+        hub.entities.store.list_subscriptions = self  # type: ignore[method-assign]
 
     async def __call__(self, tenant: str) -> list[dict[str, Any]]:
         self.reads += 1

@@ -7,7 +7,7 @@ from datetime import date
 
 from hypothesis import strategies as st
 
-from broker.query.ast import (
+from broker.model.query import (
     META_MEMBERS,
     URI,
     VALUE_MEMBERS,

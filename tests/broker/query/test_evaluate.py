@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from broker.query.ast import GeoQuery
+from broker.model.query import GeoQuery
 from broker.query.evaluate import (
     EARTH_RADIUS_M,
     distance_m,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import BadRequestData
-from broker.query.ast import GeoQuery
+from broker.model.query import GeoQuery
 from broker.query.geo import geo_query_from_json, parse_geo_query, parse_georel, resolve_geo
 
 POINT = {"type": "Point", "coordinates": [139.76, 35.68]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import BadRequestData
-from broker.query.ast import (
+from broker.model.query import (
     URI,
     And,
     AttrPath,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.query.ast import Node, QuerySyntaxError, ScopeQuery
+from broker.model.query import Node, QuerySyntaxError, ScopeQuery
 from broker.query.evaluate import matches_q
 from broker.query.qlang import format_q, parse_q
 from broker.query.scopeq import format_scope_q, parse_scope_q, scope_matches

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import BadRequestData
-from broker.query.ast import QuerySyntaxError, ScopeAnd, ScopeOr, ScopePattern
+from broker.model.query import QuerySyntaxError, ScopeAnd, ScopeOr, ScopePattern
 from broker.query.evaluate import matches_scope
 from broker.query.scopeq import format_scope_q, parse_scope_q, scope_matches
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from broker.core.model import Entity
 from broker.errors import AlreadyExists, ResourceNotFound
-from broker.store.base import DELETE, ContextRecord, EntityQuery, Store
+from broker.model.entity import Entity
+from broker.model.store import DELETE, ContextRecord, EntityQuery
+from broker.store.base import Store
 
 pytestmark = pytest.mark.anyio
 
@@ -194,7 +195,7 @@ async def test_data_survives_reopen(make_store: Callable[[], Store]) -> None:
 
 async def test_subscription_storage_status_and_claims(store: Store) -> None:
     from broker.errors import AlreadyExists as Exists
-    from broker.store.base import NotificationRecord
+    from broker.model.store import NotificationRecord
 
     sub = {"id": "urn:ngsi-ld:Subscription:1", "type": "Subscription", "q": "a>1"}
     await store.put_subscription("komae", sub, create=True)

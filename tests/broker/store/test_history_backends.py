@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.core.history import AGGR_METHODS, Duration, HistoryPolicy, from_us, to_us
-from broker.core.model import Entity
-from broker.store.base import DELETE, Aggregates, EntityQuery, HistoryQuery, Store
+from broker.model.entity import Entity
+from broker.model.history import AGGR_METHODS, Duration, HistoryPolicy, from_us, to_us
+from broker.model.store import DELETE, Aggregates, EntityQuery, HistoryQuery
+from broker.store.base import Store
 from broker.store.mongodb import MongoStore
 from broker.store.sqlite import SqliteStore
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from broker.core.history import Duration, HistoryPolicy, HistoryRow, from_us, row_for, to_us
-from broker.core.model import Entity
-from broker.store.base import DELETE, EntityQuery, HistoryQuery
+from broker.model.entity import Entity
+from broker.model.history import Duration, HistoryPolicy, HistoryRow, from_us, row_for, to_us
+from broker.model.store import DELETE, EntityQuery, HistoryQuery
 from broker.store.sqlite import SqliteStore
 
 X = "https://example.org/X"

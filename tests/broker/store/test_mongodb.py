@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from pymongo import monitoring
 from pymongo.errors import OperationFailure
 
-from broker.core.history import Duration, to_us
-from broker.core.model import Entity
 from broker.errors import AlreadyExists, BadRequestData, InternalError
-from broker.query.ast import AttrPath, Comparison, GeoQuery
-from broker.store.base import DELETE, EntityQuery, HistoryQuery, NotificationRecord
+from broker.model.entity import Entity
+from broker.model.history import Duration, to_us
+from broker.model.query import AttrPath, Comparison, GeoQuery
+from broker.model.store import DELETE, EntityQuery, HistoryQuery, NotificationRecord
 from broker.store.mongodb import MongoStore, supports_transactions
 from broker.store.mongohistory import MongoHistory
 from broker.store.mongoquery import escape_doc, escape_key, unescape_doc, unescape_key

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from broker.core.model import Entity
-from broker.query.ast import AttrPath, Comparison
-from broker.store.base import EntityQuery, Store
+from broker.model.entity import Entity
+from broker.model.query import AttrPath, Comparison
+from broker.model.store import EntityQuery
+from broker.store.base import Store
 
 pytestmark = pytest.mark.anyio
 

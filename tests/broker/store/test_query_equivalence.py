@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.core.model import Entity
-from broker.query.ast import (
+from broker.model.entity import Entity
+from broker.model.query import (
     URI,
     AttrPath,
     Comparison,
@@ -31,9 +31,10 @@ from broker.query.ast import (
     all_of,
     any_of,
 )
+from broker.model.store import EntityQuery
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
-from broker.store.base import EntityQuery, Store
-from broker.store.sqlindex import value_rows, value_rows_reference
+from broker.store.base import Store
+from broker.store.index import value_rows, value_rows_reference
 from tests.broker.store.conftest import BACKENDS as ALL_BACKENDS
 
 #: A store per example: the SQLite writer runs in a thread here, as the transport to

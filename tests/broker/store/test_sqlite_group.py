@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from broker.core.model import Entity
 from broker.errors import InternalError
-from broker.query.ast import AttrPath, Comparison, GeoQuery
-from broker.store.base import DELETE, EntityQuery, HistoryQuery
+from broker.model.entity import Entity
+from broker.model.query import AttrPath, Comparison, GeoQuery
+from broker.model.store import DELETE, EntityQuery, HistoryQuery
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlwriter import ThreadWriter
 

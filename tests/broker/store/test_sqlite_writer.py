@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from broker.core.model import Entity
 from broker.errors import AlreadyExists, StoreUnavailable
-from broker.store.base import Create, HistoryQuery, WriteResult
+from broker.model.entity import Entity
+from broker.model.store import Create, HistoryQuery, WriteResult
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlwriter import (
     _CHILD,
@@ -103,10 +103,11 @@ async def test_writes_go_to_a_process_of_their_own(store: SqliteStore) -> None:
 
 
 async def test_the_writer_process_starts_without_the_context_resolvers_libraries() -> None:
-    """The writer never resolves a JSON-LD context, so it leaves out pyld and httpx
-    (with what they pull in, about half of its imports). Every server start and every
-    replaced writer waits for these imports."""
-    heavy = ("pyld", "httpx", "requests", "rich")
+    """The writer never resolves a JSON-LD context: it imports the model and the store
+    only, not ``broker.jsonld`` nor pyld and httpx (with what they pull in, about half
+    of its imports otherwise). Every server start and every replaced writer waits for
+    these imports."""
+    heavy = ("broker.jsonld.context", "broker.core", "pyld", "httpx", "requests", "rich")
     imports = _CHILD.split(";")[0]  # the child's program, without running it
     probe = f"import sys\n{imports}\nprint(*[m for m in {heavy!r} if m in sys.modules])"
     env = {**os.environ, "PYTHONPATH": _ROOT}

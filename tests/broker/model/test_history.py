@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from broker.core.history import Duration, HistoryPolicy, changes, from_us, to_us
 from broker.errors import BadRequestData
+from broker.model.history import Duration, HistoryPolicy, changes, from_us, to_us
 
 NO2 = "https://example.org/NO2"
 T0 = to_us("2026-11-01T00:00:00Z")

@@ -20,9 +20,8 @@ from typing import Any
 
 import orjson
 
-from broker.core.model import ATTRIBUTE_TYPES, ENTITY_KEYS, NULL, Entity, Instance
 from broker.errors import BadRequestData
-from broker.jsonld.context import NGSI_LD
+from broker.model.entity import ATTRIBUTE_TYPES, ENTITY_KEYS, NGSI_LD, NULL, Entity, Instance
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from shapely.geometry import shape
 from shapely.validation import explain_validity
 
 from broker.errors import BadRequestData
 
-GEOMETRY_TYPES = frozenset(
-    {
-        "Point",
-        "MultiPoint",
-        "LineString",
-        "MultiLineString",
-        "Polygon",
-        "MultiPolygon",
-        "GeometryCollection",
-    }
+#: GeoJSON geometry types given by coordinates (RFC 7946 section 3.1), in the RFC's order.
+COORDINATE_GEOMETRY_TYPES: Final = (
+    "Point",
+    "MultiPoint",
+    "LineString",
+    "MultiLineString",
+    "Polygon",
+    "MultiPolygon",
 )
+#: Every GeoJSON geometry type: those given by coordinates, and GeometryCollection.
+GEOMETRY_TYPES: Final = frozenset({*COORDINATE_GEOMETRY_TYPES, "GeometryCollection"})
 
 
 def looks_like_geometry(value: Any) -> bool:
