@@ -37,24 +37,45 @@ from broker.core.temporal import TemporalService
 from broker.errors import InternalError, NgsiLdError
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
 from broker.notify.senders import Senders, redact_uri
+from broker.outbound import OutboundPolicy
 from broker.settings import Settings, get_settings
 from broker.store import open_store
 
 log = logging.getLogger("renkei")
 
 
+def outbound_policy(settings: Settings) -> OutboundPolicy:
+    """The outbound policy of these settings; ``self`` is the listening address and port
+    and the public URL's host and port."""
+    return OutboundPolicy.build(
+        allow=settings.outbound_allow,
+        deny=settings.outbound_deny,
+        listen_host=settings.host,
+        listen_port=settings.port,
+        public_url=settings.public_url,
+    )
+
+
 async def build_hub(settings: Settings) -> Hub:
     store = open_store(settings.store)
     await store.open()
     preload = load_preload_map(settings.context_preload) if settings.context_preload else {}
+    outbound = outbound_policy(settings)
     resolver = ContextResolver(
         preload=preload,
         fetch_timeout=settings.context_fetch_timeout,
         max_bytes=settings.context_max_bytes,
         cache_size=settings.context_cache_size,
         base_url=settings.base_url,
+        policy=outbound,
+        fetch_mode=settings.context_fetch,
     )
-    contexts = ContextRegistry(store, settings.base_url)
+    contexts = ContextRegistry(
+        store,
+        settings.base_url,
+        max_cached=settings.context_cache_max,
+        max_cached_bytes=settings.context_cache_max_bytes,
+    )
     contexts.attach(resolver)
     await contexts.load()
     service = EntityService(store, max_attributes=settings.max_attributes)
@@ -78,8 +99,10 @@ async def build_hub(settings: Settings) -> Hub:
             Senders(
                 http_timeout=settings.notification_timeout,
                 mqtt_timeout=settings.notification_timeout,
+                policy=outbound,
             ),
             resolve=resolve,
+            outbound=outbound,
             implicit_url=contexts.implicit,
             max_attempts=settings.notification_attempts,
             linked=service.linked,

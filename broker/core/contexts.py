@@ -7,7 +7,10 @@ Kinds, as the specification names them:
   gets a URL so that ``application/json`` responses can point at it in ``Link``.
 
 Records live in the store so hosted contexts and the fetch cache survive restarts;
-an in-memory map answers the resolver's synchronous look-ups.
+an in-memory map answers the resolver's synchronous look-ups. The contexts fetched for
+requests are bounded in number and bytes (``RENKEI_CONTEXT_CACHE_MAX``,
+``RENKEI_CONTEXT_CACHE_MAX_BYTES``): beyond either, the least recently used are dropped
+and fetched again when next needed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import asyncio
 import hashlib
 import logging
 import uuid
+from collections import OrderedDict
 from typing import Any
+
+import orjson
 
 from broker.core.model import now_iso
 from broker.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
@@ -43,8 +49,19 @@ PATH = "/ngsi-ld/v1/jsonldContexts/"
 
 
 class ContextRegistry:
-    def __init__(self, store: Store, base_url: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        base_url: str,
+        *,
+        max_cached: int = 500,
+        max_cached_bytes: int = 20_000_000,
+    ) -> None:
         self.store = store
+        self.max_cached = max_cached
+        self.max_cached_bytes = max_cached_bytes
+        #: fetched (remote) Cached records by id, least recently used first: their sizes
+        self._fetched: OrderedDict[str, int] = OrderedDict()
         self.base_url = base_url.rstrip("/")
         self.records: dict[str, ContextRecord] = {}
         self._by_url: dict[str, ContextRecord] = {}
@@ -61,10 +78,32 @@ class ContextRegistry:
         resolver.on_fetched = self._on_fetched
 
     async def load(self) -> None:
-        for rec in await self.store.list_contexts():
+        records = await self.store.list_contexts()
+        for rec in records:
             self._remember(rec)
             if rec.kind == CACHED and self.resolver is not None:
                 self.resolver.fetched.setdefault(rec.url, rec.document)
+        cached = [r for r in records if r.kind == CACHED]
+        for rec in sorted(cached, key=lambda r: r.last_usage or r.created_at):
+            self._fetched[rec.id] = _size(rec.document)
+        await self._bound()
+
+    async def _bound(self) -> None:
+        """Drop the least recently used fetched contexts beyond the count and byte bounds
+        (never the most recent: it is the one a request is waiting for)."""
+        total = sum(self._fetched.values())
+        while len(self._fetched) > 1 and (
+            len(self._fetched) > self.max_cached or total > self.max_cached_bytes
+        ):
+            cid, size = self._fetched.popitem(last=False)
+            total -= size
+            rec = self.records.pop(cid, None)
+            if rec is None:
+                continue
+            self._by_url.pop(rec.url, None)
+            if self.resolver is not None:
+                self.resolver.drop(rec.url)
+            await self.store.delete_context(cid)
 
     def _remember(self, rec: ContextRecord) -> None:
         self.records[rec.id] = rec
@@ -89,6 +128,9 @@ class ContextRegistry:
             rec.document = doc
         self._remember(rec)
         await self.store.put_context(rec)
+        self._fetched[rec.id] = _size(doc)
+        self._fetched.move_to_end(rec.id)
+        await self._bound()
 
     async def add_hosted(self, body: Any) -> ContextRecord:
         """Host a context a client posted; URLs it names are fetched and cached in the background."""
@@ -149,6 +191,8 @@ class ContextRegistry:
         if rec is not None:
             rec.hits += 1
             rec.last_usage = now_iso()
+            if rec.id in self._fetched:
+                self._fetched.move_to_end(rec.id)
 
     def _known_record(self, url: str) -> ContextRecord | None:
         """A Cached record for a context the broker has locally (bundled core, preloaded).
@@ -199,6 +243,7 @@ class ContextRegistry:
             await self.resolver.prefetch(rec.url)
             return
         await self.store.delete_context(rec.id)
+        self._fetched.pop(rec.id, None)
         self.records.pop(rec.id, None)
         self._by_url.pop(rec.url, None)
         if self.resolver is not None:
@@ -217,3 +262,7 @@ class ContextRegistry:
             if rec.last_usage:
                 out["lastUsage"] = rec.last_usage
         return out
+
+
+def _size(doc: JsonDoc) -> int:
+    return len(orjson.dumps(doc))

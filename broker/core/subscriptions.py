@@ -40,7 +40,8 @@ from broker.core.model import (
 from broker.core.projection import Tree
 from broker.errors import BadRequestData, NgsiLdError, NotImplementedYet, ResourceNotFound
 from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap, single_url
-from broker.notify.senders import DeliveryError, Endpoint, Senders
+from broker.notify.senders import DeliveryError, Endpoint, Senders, redact_uri
+from broker.outbound import OutboundPolicy, OutboundRefused
 from broker.query import (
     GeoQuery,
     Node,
@@ -296,9 +297,12 @@ class SubscriptionService:
         cache_ttl: float = 1.0,
         concurrency: int = 64,
         linked: Any = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self.store = store
         self.senders = senders
+        #: endpoints it refuses are refused when a subscription is created or updated
+        self.outbound = outbound or OutboundPolicy()
         #: ``async (tenant, roots, levels) -> {id: entity}`` for notifications with join
         self._linked = linked
         #: ``async (ContextValue | None) -> TermMap`` and ``async (TermMap) -> str``
@@ -521,6 +525,14 @@ class SubscriptionService:
         )
         return ep, FORMATS[fmt], attributes, bool(n.get("sysAttrs")), bool(n.get("showChanges"))
 
+    async def _check_endpoint(self, uri: str) -> None:
+        """400 for an endpoint the outbound policy refuses (by name, literal address or
+        what the name resolves to now); every connection is checked again when made."""
+        try:
+            await self.outbound.check_url(uri, ("http", "https", "mqtt", "mqtts"))
+        except (OutboundRefused, ValueError) as exc:
+            raise BadRequestData(f"notification endpoint {redact_uri(uri)}: {exc}") from None
+
     # -- CRUD ---------------------------------------------------------------------------------
 
     def _forget(self, tenant: str) -> None:
@@ -539,6 +551,7 @@ class SubscriptionService:
         compiled = await self.compile(tenant, doc)
         if compiled.expires_at is not None and compiled.expires_at <= time.time():
             raise BadRequestData("expiresAt is in the past")
+        await self._check_endpoint(compiled.endpoint.uri)
         doc["createdAt"] = doc["modifiedAt"] = now_iso()
         await self.store.put_subscription(tenant, doc, create=True)
         self._forget(tenant)
@@ -580,6 +593,7 @@ class SubscriptionService:
             and compiled.expires_at <= time.time()
         ):
             raise BadRequestData("expiresAt is in the past")
+        await self._check_endpoint(compiled.endpoint.uri)
         doc["modifiedAt"] = now_iso()
         await self.store.put_subscription(tenant, doc, create=False)
         self._forget(tenant)
