@@ -84,7 +84,13 @@ async def build_hub(settings: Settings) -> Hub:
         store.history_policy = HistoryPolicy.from_setting(settings.history_retention, core.expand)
 
     async def resolve(ctx: ContextValue | None) -> TermMap:
-        return await hub.term_map(ctx)  # the hub is assigned below, before any call
+        # a subscription's inline context is hosted for its tenant when it is compiled
+        # (``implicit_url`` below), not here for the default tenant
+        tm = await resolver.term_map(ctx)
+        for url in [ctx] if isinstance(ctx, str) else ctx if isinstance(ctx, list) else []:
+            if isinstance(url, str):
+                contexts.touch(url)
+        return tm
 
     hub = Hub(
         settings=settings,

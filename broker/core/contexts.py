@@ -6,6 +6,12 @@ Kinds, as the specification names them:
 * ``ImplicitlyCreated``: an inline ``@context`` object/array a request carried; it
   gets a URL so that ``application/json`` responses can point at it in ``Link``.
 
+Hosted and ImplicitlyCreated contexts belong to the tenant whose request made them:
+they are listed, served and deleted only within it (another tenant gets 404). Their id
+carries the tenant as a tag (a digest of its name; none for the default tenant), so the
+store needs no tenant of its own for them. Cached (fetched or preloaded) contexts are
+copies of public documents, shared by all tenants.
+
 Records live in the store so hosted contexts and the fetch cache survive restarts;
 an in-memory map answers the resolver's synchronous look-ups. The contexts fetched for
 requests are bounded in number and bytes (``RENKEI_CONTEXT_CACHE_MAX``,
@@ -46,6 +52,7 @@ CACHED = "Cached"
 IMPLICIT = "ImplicitlyCreated"
 KINDS = (HOSTED, CACHED, IMPLICIT)
 PATH = "/ngsi-ld/v1/jsonldContexts/"
+TAG_LENGTH = 16
 
 
 class ContextRegistry:
@@ -132,7 +139,7 @@ class ContextRegistry:
         self._fetched.move_to_end(rec.id)
         await self._bound()
 
-    async def add_hosted(self, body: Any) -> ContextRecord:
+    async def add_hosted(self, body: Any, tenant: str = "") -> ContextRecord:
         """Host a context a client posted; URLs it names are fetched and cached in the background."""
         if not isinstance(body, dict) or "@context" not in body:
             raise InvalidRequest("a context to host must be a JSON object with an @context member")
@@ -141,7 +148,7 @@ class ContextRegistry:
             check_context_value(ctx)
         except BadRequestData as exc:
             raise InvalidRequest(str(exc)) from exc
-        cid = str(uuid.uuid4())
+        cid = _tagged(tenant, str(uuid.uuid4()))
         rec = ContextRecord(
             id=cid,
             url=self.url_for(cid),
@@ -166,14 +173,14 @@ class ContextRegistry:
                 "hosted context refers to a context that could not be cached: %s", exc.detail
             )
 
-    async def implicit(self, tm: TermMap) -> str:
-        """URL of the ImplicitlyCreated context for an inline request context."""
+    async def implicit(self, tm: TermMap, tenant: str = "") -> str:
+        """URL of the ImplicitlyCreated context of ``tenant`` for an inline request context."""
         ctx: ContextValue | None = tm.context
         if ctx is None:
             return CORE_CONTEXT_URL
         if isinstance(ctx, str):
             return ctx
-        cid = hashlib.sha256(canonical_key(ctx).encode()).hexdigest()[:32]
+        cid = _tagged(tenant, hashlib.sha256(canonical_key(ctx).encode()).hexdigest()[:32])
         if cid not in self.records:
             rec = ContextRecord(
                 id=cid,
@@ -213,19 +220,27 @@ class ContextRegistry:
             self._remember(rec)
         return rec
 
-    def get(self, context_id: str) -> ContextRecord:
+    def get(self, context_id: str, tenant: str = "") -> ContextRecord:
         rec = self.records.get(context_id) or self._known_record(context_id)
-        if rec is None:
+        if rec is None or not self._visible(rec, tenant):
             raise ResourceNotFound(f"no JSON-LD context {context_id}")
         return rec
 
-    def list(self, kind: str | None = None) -> list[ContextRecord]:
+    @staticmethod
+    def _visible(rec: ContextRecord, tenant: str) -> bool:
+        return rec.kind == CACHED or _tag_of(rec.id) == _tag(tenant)
+
+    def list(self, kind: str | None = None, tenant: str = "") -> list[ContextRecord]:
         if kind is not None and kind not in KINDS:
             raise BadRequestData(f"kind must be one of {', '.join(KINDS)}")
         self._known_record(CORE_CONTEXT_URL)  # the core context is always listed
-        return [r for r in self.records.values() if kind is None or r.kind == kind]
+        return [
+            r
+            for r in self.records.values()
+            if (kind is None or r.kind == kind) and self._visible(r, tenant)
+        ]
 
-    async def delete(self, context_id: str, *, reload: bool = False) -> None:
+    async def delete(self, context_id: str, *, reload: bool = False, tenant: str = "") -> None:
         if is_core_context_url(context_id):
             if not reload:
                 raise BadRequestData(
@@ -234,7 +249,7 @@ class ContextRegistry:
             return  # bundled with the broker: reloading it is reading the same file
         if reload and context_id not in self.records and context_id not in self._by_url:
             raise BadRequestData(f"no Cached context {context_id} to reload")
-        rec = self.get(context_id)
+        rec = self.get(context_id, tenant)
         if reload:
             if rec.kind != CACHED:
                 raise BadRequestData("reload applies to Cached contexts only")
@@ -266,3 +281,22 @@ class ContextRegistry:
 
 def _size(doc: JsonDoc) -> int:
     return len(orjson.dumps(doc))
+
+
+def _tag(tenant: str) -> str:
+    """The tag of a tenant in context ids: "" for the default tenant."""
+    if not tenant:
+        return ""
+    return hashlib.sha256(f"tenant:{tenant}".encode()).hexdigest()[:TAG_LENGTH]
+
+
+def _tagged(tenant: str, local_id: str) -> str:
+    tag = _tag(tenant)
+    return f"{tag}.{local_id}" if tag else local_id
+
+
+def _tag_of(context_id: str) -> str:
+    tag, dot, _ = context_id.partition(".")
+    if dot and len(tag) == TAG_LENGTH and all(c in "0123456789abcdef" for c in tag):
+        return tag
+    return ""

@@ -305,7 +305,7 @@ class SubscriptionService:
         self.outbound = outbound or OutboundPolicy()
         #: ``async (tenant, roots, levels) -> {id: entity}`` for notifications with join
         self._linked = linked
-        #: ``async (ContextValue | None) -> TermMap`` and ``async (TermMap) -> str``
+        #: ``async (ContextValue | None) -> TermMap`` and ``async (TermMap, tenant) -> str``
         self._resolve = resolve
         self._implicit_url = implicit_url
         self.max_attempts = max_attempts
@@ -346,7 +346,7 @@ class SubscriptionService:
             if not isinstance(url, str) or ":" not in url:
                 raise BadRequestData("jsonldContext must be a URI")
             render_tm = await self._resolve(url)
-        context_url = single_url(render_tm.context) or (await self._implicit_url(render_tm))
+        context_url = single_url(render_tm.context) or (await self._implicit_url(render_tm, tenant))
         if "csf" in doc:
             raise NotImplementedYet(
                 "context source filters (csf) are not available in this version"

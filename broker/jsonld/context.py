@@ -17,6 +17,7 @@ A preloaded URL is never fetched.
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
@@ -153,6 +154,13 @@ class TermMap:
         #: For an inline context: the URL the broker hosts it under (ImplicitlyCreated),
         #: so application/json responses can name it in a Link header.
         self.implicit_url: str | None = None
+
+    def with_implicit_url(self, url: str) -> TermMap:
+        """This term map naming another ImplicitlyCreated URL (another tenant's), sharing
+        its processed context and memoised terms."""
+        view = copy.copy(self)
+        view.implicit_url = url
+        return view
 
     def expand(self, term: str) -> str:
         """Expand an attribute name or type name (vocabulary-relative) to an IRI."""
