@@ -161,8 +161,7 @@ class OutboundPolicy:
     """Allow and deny rules plus what "self" is; immutable, shared by every client.
 
     ``require_allow``: refuse whatever the allow rules do not match even when there are
-    none (the ``RENKEI_CONTEXT_FETCH=allowlist`` mode); ``refuse_all``: refuse everything
-    (``RENKEI_CONTEXT_FETCH=off``).
+    none (the ``RENKEI_CONTEXT_FETCH=allowlist`` mode).
     """
 
     allow: Rules = field(default_factory=Rules)
@@ -174,7 +173,6 @@ class OutboundPolicy:
     #: Addresses of this machine, for a hub listening on every interface.
     local_addresses: frozenset[IPAddress] = frozenset()
     require_allow: bool = False
-    refuse_all: bool = False
 
     @classmethod
     def build(
@@ -230,12 +228,7 @@ class OutboundPolicy:
             self.own_names,
             self.local_addresses,
             require_allow=True,
-            refuse_all=self.refuse_all,
         )
-
-    def nothing(self) -> OutboundPolicy:
-        """A policy that refuses every connection."""
-        return OutboundPolicy(refuse_all=True)
 
     # -- the checks --------------------------------------------------------------------------
 
@@ -248,8 +241,6 @@ class OutboundPolicy:
 
     def name_refusal(self, host: str, port: int) -> str | None:
         """Why the host name (before resolution) is refused, or None if it may be tried."""
-        if self.refuse_all:
-            return "outbound requests are off"
         if self.deny.match_name(host):
             return "host is denied"
         if self.deny.self_ and (_name(host), port) in self.own_names:
