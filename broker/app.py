@@ -37,24 +37,45 @@ from broker.errors import InternalError, NgsiLdError
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
 from broker.model.history import HistoryPolicy
 from broker.notify.senders import Senders, redact_uri
+from broker.outbound import OutboundPolicy
 from broker.settings import Settings, get_settings
 from broker.store import open_store
 
 log = logging.getLogger("renkei")
 
 
+def outbound_policy(settings: Settings) -> OutboundPolicy:
+    """The outbound policy of these settings; ``self`` is the listening address and port
+    and the public URL's host and port."""
+    return OutboundPolicy.build(
+        allow=settings.outbound_allow,
+        deny=settings.outbound_deny,
+        listen_host=settings.host,
+        listen_port=settings.port,
+        public_url=settings.public_url,
+    )
+
+
 async def build_hub(settings: Settings) -> Hub:
     store = open_store(settings.store)
     await store.open()
     preload = load_preload_map(settings.context_preload) if settings.context_preload else {}
+    outbound = outbound_policy(settings)
     resolver = ContextResolver(
         preload=preload,
         fetch_timeout=settings.context_fetch_timeout,
         max_bytes=settings.context_max_bytes,
         cache_size=settings.context_cache_size,
         base_url=settings.base_url,
+        policy=outbound,
+        fetch_mode=settings.context_fetch,
     )
-    contexts = ContextRegistry(store, settings.base_url)
+    contexts = ContextRegistry(
+        store,
+        settings.base_url,
+        max_cached=settings.context_cache_max,
+        max_cached_bytes=settings.context_cache_max_bytes,
+    )
     contexts.attach(resolver)
     await contexts.load()
     service = EntityService(store, max_attributes=settings.max_attributes)
@@ -63,7 +84,13 @@ async def build_hub(settings: Settings) -> Hub:
         store.history_policy = HistoryPolicy.from_setting(settings.history_retention, core.expand)
 
     async def resolve(ctx: ContextValue | None) -> TermMap:
-        return await hub.term_map(ctx)  # the hub is assigned below, before any call
+        # a subscription's inline context is hosted for its tenant when it is compiled
+        # (``implicit_url`` below), not here for the default tenant
+        tm = await resolver.term_map(ctx)
+        for url in [ctx] if isinstance(ctx, str) else ctx if isinstance(ctx, list) else []:
+            if isinstance(url, str):
+                contexts.touch(url)
+        return tm
 
     hub = Hub(
         settings=settings,
@@ -77,8 +104,10 @@ async def build_hub(settings: Settings) -> Hub:
             Senders(
                 http_timeout=settings.notification_timeout,
                 mqtt_timeout=settings.notification_timeout,
+                policy=outbound,
             ),
             resolve=resolve,
+            outbound=outbound,
             implicit_url=contexts.implicit,
             max_attempts=settings.notification_attempts,
             linked=service.linked,
@@ -200,7 +229,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {"status": "ok" if ready else "starting", "store": settings.store.split("://")[0]}
         hub = getattr(request.app.state, "hub", None)
         # a store that cannot take writes for now says why (SqliteStore.unavailable)
-        reason = getattr(hub.store, "unavailable", None) if ready and hub is not None else None
+        reason = (
+            getattr(hub.entities.store, "unavailable", None) if ready and hub is not None else None
+        )
         if reason:
             ready = False
             body.update(status="unavailable", reason=reason)

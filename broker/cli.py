@@ -48,12 +48,27 @@ PreloadOpt = Annotated[
     ),
 ]
 
+FetchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--context-fetch",
+        help="Remote @context fetching: any, allowlist (RENKEI_OUTBOUND_ALLOW hosts only) "
+        "or off (preloaded contexts only, for LGWAN) [env RENKEI_CONTEXT_FETCH, default any]",
+    ),
+]
+
 
 def _settings(
-    host: str | None, port: int | None, store: str | None, preload: Path | None
+    host: str | None,
+    port: int | None,
+    store: str | None,
+    preload: Path | None,
+    context_fetch: str | None = None,
 ) -> Settings:
     try:
-        return get_settings(host=host, port=port, store=store, context_preload=preload)
+        return get_settings(
+            host=host, port=port, store=store, context_preload=preload, context_fetch=context_fetch
+        )
     except ValueError as exc:
         typer.echo(f"設定エラー / invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -83,9 +98,10 @@ def serve(
     port: PortOpt = None,
     store: StoreOpt = None,
     context_preload: PreloadOpt = None,
+    context_fetch: FetchOpt = None,
 ) -> None:
     """Run the NGSI-LD broker. / NGSI-LD ブローカーを起動します。"""
-    _run(_settings(host, port, store, context_preload))
+    _run(_settings(host, port, store, context_preload, context_fetch))
 
 
 async def load_samples(settings: Settings) -> int:

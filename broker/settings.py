@@ -8,10 +8,15 @@ options as overrides, so a flag wins over the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from broker.outbound import DEFAULT_DENY, Rules
+
+#: A list setting given in the environment as comma-separated items or a JSON array.
+ListSetting = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -29,6 +34,21 @@ class Settings(BaseSettings):
     context_fetch_timeout: float = Field(5.0, gt=0)
     context_max_bytes: int = Field(1_000_000, gt=0)
     context_cache_size: int = Field(256, gt=0)
+    #: any: fetch remote contexts (subject to the outbound policy); allowlist: only from
+    #: hosts RENKEI_OUTBOUND_ALLOW names; off: never (bundled and preloaded contexts
+    #: only, for networks without internet access such as LGWAN).
+    context_fetch: Literal["any", "allowlist", "off"] = "any"
+    #: Fetched remote contexts kept (in the store and in memory), at most: the least
+    #: recently used are dropped beyond either bound.
+    context_cache_max: int = Field(500, gt=0)
+    context_cache_max_bytes: int = Field(20_000_000, gt=0)
+
+    # Outbound policy for requests made on a user's behalf (remote @context,
+    # notifications): IP addresses, networks, host names, .domains or "self".
+    #: When set, only these destinations.
+    outbound_allow: ListSetting = Field(default_factory=list)
+    #: Never these destinations (when set, replaces the default list).
+    outbound_deny: ListSetting = Field(default_factory=lambda: list(DEFAULT_DENY))
 
     # Request bounds.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
@@ -83,6 +103,24 @@ class Settings(BaseSettings):
     def _known_scheme(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "mongodb://", "mongodb+srv://")):
             raise ValueError(f"store must be sqlite:///PATH or mongodb://HOST (got {value!r})")
+        return value
+
+    @field_validator("outbound_allow", "outbound_deny", mode="before")
+    @classmethod
+    def _rule_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import orjson
+
+                return orjson.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("outbound_allow", "outbound_deny")
+    @classmethod
+    def _valid_rules(cls, value: list[str]) -> list[str]:
+        Rules.parse(value)  # raises ValueError naming a rule it cannot read
         return value
 
     @property

@@ -32,10 +32,15 @@ class Hub:
     subscriptions: SubscriptionService
     temporal: TemporalService
 
-    async def term_map(self, ctx: ContextValue | None) -> TermMap:
+    async def term_map(self, ctx: ContextValue | None, tenant: str = "") -> TermMap:
         tm = await self.resolver.term_map(ctx)
-        if single_url(ctx) is None and ctx is not None and tm.implicit_url is None:
-            tm.implicit_url = await self.contexts.implicit(tm)
+        if single_url(ctx) is None and ctx is not None:
+            # an inline context is hosted as an ImplicitlyCreated one of the tenant
+            if not tenant:
+                if tm.implicit_url is None:
+                    tm.implicit_url = await self.contexts.implicit(tm)
+            else:
+                tm = tm.with_implicit_url(await self.contexts.implicit(tm, tenant))
         for url in [ctx] if isinstance(ctx, str) else ctx if isinstance(ctx, list) else []:
             if isinstance(url, str):
                 self.contexts.touch(url)
@@ -52,11 +57,16 @@ class Hub:
             allow_merge_patch=allow_merge_patch,
             shape=shape,
         )
-        return payload, await self.term_map(payload.context)
+        return payload, await self.term_map(payload.context, request_tenant(request))
 
     async def link_term_map(self, request: Request) -> TermMap:
         """The term map for requests without a body: context from the Link header."""
-        return await self.term_map(link_context(request))
+        return await self.term_map(link_context(request), request_tenant(request))
+
+
+def request_tenant(request: Request) -> str:
+    """The request's tenant as named (routes check it with ``TenantDep``)."""
+    return request.headers.get("ngsild-tenant") or ""
 
 
 async def get_hub(request: Request) -> Hub:

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
-from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.deps import Hub, HubDep, TenantDep, request_tenant
 from broker.api.entities import ENTITY_OFFERS, build_query, query_response
 from broker.core.batch import BatchItem, BatchResult, Operation
 from broker.core.model import View
@@ -49,7 +49,7 @@ async def _items(
             continue
         ctx = body.pop("@context")
         try:
-            items.append(BatchItem(body, tm=await hub.term_map(ctx)))
+            items.append(BatchItem(body, tm=await hub.term_map(ctx, request_tenant(request))))
         except NgsiLdError as exc:
             items.append(BatchItem(body, error=exc))
     return items, tm

@@ -6,8 +6,17 @@ Kinds, as the specification names them:
 * ``ImplicitlyCreated``: an inline ``@context`` object/array a request carried; it
   gets a URL so that ``application/json`` responses can point at it in ``Link``.
 
+Hosted and ImplicitlyCreated contexts belong to the tenant whose request made them:
+they are listed, served and deleted only within it (another tenant gets 404). Their id
+carries the tenant as a tag (a digest of its name; none for the default tenant), so the
+store needs no tenant of its own for them. Cached (fetched or preloaded) contexts are
+copies of public documents, shared by all tenants.
+
 Records live in the store so hosted contexts and the fetch cache survive restarts;
-an in-memory map answers the resolver's synchronous look-ups.
+an in-memory map answers the resolver's synchronous look-ups. The contexts fetched for
+requests are bounded in number and bytes (``RENKEI_CONTEXT_CACHE_MAX``,
+``RENKEI_CONTEXT_CACHE_MAX_BYTES``): beyond either, the least recently used are dropped
+and fetched again when next needed.
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ import asyncio
 import hashlib
 import logging
 import uuid
+from collections import OrderedDict
 from typing import Any
+
+import orjson
 
 from broker.errors import BadRequestData, InvalidRequest, NgsiLdError, ResourceNotFound
 from broker.jsonld.context import (
@@ -41,11 +53,23 @@ CACHED = "Cached"
 IMPLICIT = "ImplicitlyCreated"
 KINDS = (HOSTED, CACHED, IMPLICIT)
 PATH = "/ngsi-ld/v1/jsonldContexts/"
+TAG_LENGTH = 16
 
 
 class ContextRegistry:
-    def __init__(self, store: Store, base_url: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        base_url: str,
+        *,
+        max_cached: int = 500,
+        max_cached_bytes: int = 20_000_000,
+    ) -> None:
         self.store = store
+        self.max_cached = max_cached
+        self.max_cached_bytes = max_cached_bytes
+        #: fetched (remote) Cached records by id, least recently used first: their sizes
+        self._fetched: OrderedDict[str, int] = OrderedDict()
         self.base_url = base_url.rstrip("/")
         self.records: dict[str, ContextRecord] = {}
         self._by_url: dict[str, ContextRecord] = {}
@@ -61,10 +85,32 @@ class ContextRegistry:
         resolver.on_fetched = self._on_fetched
 
     async def load(self) -> None:
-        for rec in await self.store.list_contexts():
+        records = await self.store.list_contexts()
+        for rec in records:
             self._remember(rec)
             if rec.kind == CACHED and self.resolver is not None:
                 self.resolver.fetched.setdefault(rec.url, rec.document)
+        cached = [r for r in records if r.kind == CACHED]
+        for rec in sorted(cached, key=lambda r: r.last_usage or r.created_at):
+            self._fetched[rec.id] = _size(rec.document)
+        await self._bound()
+
+    async def _bound(self) -> None:
+        """Drop the least recently used fetched contexts beyond the count and byte bounds
+        (never the most recent: it is the one a request is waiting for)."""
+        total = sum(self._fetched.values())
+        while len(self._fetched) > 1 and (
+            len(self._fetched) > self.max_cached or total > self.max_cached_bytes
+        ):
+            cid, size = self._fetched.popitem(last=False)
+            total -= size
+            rec = self.records.pop(cid, None)
+            if rec is None:
+                continue
+            self._by_url.pop(rec.url, None)
+            if self.resolver is not None:
+                self.resolver.drop(rec.url)
+            await self.store.delete_context(cid)
 
     def _remember(self, rec: ContextRecord) -> None:
         self.records[rec.id] = rec
@@ -89,8 +135,11 @@ class ContextRegistry:
             rec.document = doc
         self._remember(rec)
         await self.store.put_context(rec)
+        self._fetched[rec.id] = _size(doc)
+        self._fetched.move_to_end(rec.id)
+        await self._bound()
 
-    async def add_hosted(self, body: Any) -> ContextRecord:
+    async def add_hosted(self, body: Any, tenant: str = "") -> ContextRecord:
         """Host a context a client posted; URLs it names are fetched and cached in the background."""
         if not isinstance(body, dict) or "@context" not in body:
             raise InvalidRequest("a context to host must be a JSON object with an @context member")
@@ -99,7 +148,7 @@ class ContextRegistry:
             check_context_value(ctx)
         except BadRequestData as exc:
             raise InvalidRequest(str(exc)) from exc
-        cid = str(uuid.uuid4())
+        cid = _tagged(tenant, str(uuid.uuid4()))
         rec = ContextRecord(
             id=cid,
             url=self.url_for(cid),
@@ -124,14 +173,14 @@ class ContextRegistry:
                 "hosted context refers to a context that could not be cached: %s", exc.detail
             )
 
-    async def implicit(self, tm: TermMap) -> str:
-        """URL of the ImplicitlyCreated context for an inline request context."""
+    async def implicit(self, tm: TermMap, tenant: str = "") -> str:
+        """URL of the ImplicitlyCreated context of ``tenant`` for an inline request context."""
         ctx: ContextValue | None = tm.context
         if ctx is None:
             return CORE_CONTEXT_URL
         if isinstance(ctx, str):
             return ctx
-        cid = hashlib.sha256(canonical_key(ctx).encode()).hexdigest()[:32]
+        cid = _tagged(tenant, hashlib.sha256(canonical_key(ctx).encode()).hexdigest()[:32])
         if cid not in self.records:
             rec = ContextRecord(
                 id=cid,
@@ -149,6 +198,8 @@ class ContextRegistry:
         if rec is not None:
             rec.hits += 1
             rec.last_usage = now_iso()
+            if rec.id in self._fetched:
+                self._fetched.move_to_end(rec.id)
 
     def _known_record(self, url: str) -> ContextRecord | None:
         """A Cached record for a context the broker has locally (bundled core, preloaded).
@@ -169,19 +220,27 @@ class ContextRegistry:
             self._remember(rec)
         return rec
 
-    def get(self, context_id: str) -> ContextRecord:
+    def get(self, context_id: str, tenant: str = "") -> ContextRecord:
         rec = self.records.get(context_id) or self._known_record(context_id)
-        if rec is None:
+        if rec is None or not self._visible(rec, tenant):
             raise ResourceNotFound(f"no JSON-LD context {context_id}")
         return rec
 
-    def list(self, kind: str | None = None) -> list[ContextRecord]:
+    @staticmethod
+    def _visible(rec: ContextRecord, tenant: str) -> bool:
+        return rec.kind == CACHED or _tag_of(rec.id) == _tag(tenant)
+
+    def list(self, kind: str | None = None, tenant: str = "") -> list[ContextRecord]:
         if kind is not None and kind not in KINDS:
             raise BadRequestData(f"kind must be one of {', '.join(KINDS)}")
         self._known_record(CORE_CONTEXT_URL)  # the core context is always listed
-        return [r for r in self.records.values() if kind is None or r.kind == kind]
+        return [
+            r
+            for r in self.records.values()
+            if (kind is None or r.kind == kind) and self._visible(r, tenant)
+        ]
 
-    async def delete(self, context_id: str, *, reload: bool = False) -> None:
+    async def delete(self, context_id: str, *, reload: bool = False, tenant: str = "") -> None:
         if is_core_context_url(context_id):
             if not reload:
                 raise BadRequestData(
@@ -190,7 +249,7 @@ class ContextRegistry:
             return  # bundled with the broker: reloading it is reading the same file
         if reload and context_id not in self.records and context_id not in self._by_url:
             raise BadRequestData(f"no Cached context {context_id} to reload")
-        rec = self.get(context_id)
+        rec = self.get(context_id, tenant)
         if reload:
             if rec.kind != CACHED:
                 raise BadRequestData("reload applies to Cached contexts only")
@@ -199,6 +258,7 @@ class ContextRegistry:
             await self.resolver.prefetch(rec.url)
             return
         await self.store.delete_context(rec.id)
+        self._fetched.pop(rec.id, None)
         self.records.pop(rec.id, None)
         self._by_url.pop(rec.url, None)
         if self.resolver is not None:
@@ -217,3 +277,26 @@ class ContextRegistry:
             if rec.last_usage:
                 out["lastUsage"] = rec.last_usage
         return out
+
+
+def _size(doc: JsonDoc) -> int:
+    return len(orjson.dumps(doc))
+
+
+def _tag(tenant: str) -> str:
+    """The tag of a tenant in context ids: "" for the default tenant."""
+    if not tenant:
+        return ""
+    return hashlib.sha256(f"tenant:{tenant}".encode()).hexdigest()[:TAG_LENGTH]
+
+
+def _tagged(tenant: str, local_id: str) -> str:
+    tag = _tag(tenant)
+    return f"{tag}.{local_id}" if tag else local_id
+
+
+def _tag_of(context_id: str) -> str:
+    tag, dot, _ = context_id.partition(".")
+    if dot and len(tag) == TAG_LENGTH and all(c in "0123456789abcdef" for c in tag):
+        return tag
+    return ""

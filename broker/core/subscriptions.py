@@ -42,7 +42,8 @@ from broker.model.entity import (
 )
 from broker.model.query import GeoQuery, Node, ScopeQuery
 from broker.model.store import EntityQuery, NotificationRecord, Selector, WriteResult
-from broker.notify.senders import DeliveryError, Endpoint, Senders
+from broker.notify.senders import DeliveryError, Endpoint, Senders, redact_uri
+from broker.outbound import OutboundPolicy, OutboundRefused
 from broker.query import (
     geo_query_from_json,
     parse_q,
@@ -295,12 +296,15 @@ class SubscriptionService:
         cache_ttl: float = 1.0,
         concurrency: int = 64,
         linked: Any = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self.store = store
         self.senders = senders
+        #: endpoints it refuses are refused when a subscription is created or updated
+        self.outbound = outbound or OutboundPolicy()
         #: ``async (tenant, roots, levels) -> {id: entity}`` for notifications with join
         self._linked = linked
-        #: ``async (ContextValue | None) -> TermMap`` and ``async (TermMap) -> str``
+        #: ``async (ContextValue | None) -> TermMap`` and ``async (TermMap, tenant) -> str``
         self._resolve = resolve
         self._implicit_url = implicit_url
         self.max_attempts = max_attempts
@@ -341,7 +345,7 @@ class SubscriptionService:
             if not isinstance(url, str) or ":" not in url:
                 raise BadRequestData("jsonldContext must be a URI")
             render_tm = await self._resolve(url)
-        context_url = single_url(render_tm.context) or (await self._implicit_url(render_tm))
+        context_url = single_url(render_tm.context) or (await self._implicit_url(render_tm, tenant))
         if "csf" in doc:
             raise NotImplementedYet(
                 "context source filters (csf) are not available in this version"
@@ -520,6 +524,14 @@ class SubscriptionService:
         )
         return ep, FORMATS[fmt], attributes, bool(n.get("sysAttrs")), bool(n.get("showChanges"))
 
+    async def _check_endpoint(self, uri: str) -> None:
+        """400 for an endpoint the outbound policy refuses (by name, literal address or
+        what the name resolves to now); every connection is checked again when made."""
+        try:
+            await self.outbound.check_url(uri, ("http", "https", "mqtt", "mqtts"))
+        except (OutboundRefused, ValueError) as exc:
+            raise BadRequestData(f"notification endpoint {redact_uri(uri)}: {exc}") from None
+
     # -- CRUD ---------------------------------------------------------------------------------
 
     def _forget(self, tenant: str) -> None:
@@ -538,6 +550,7 @@ class SubscriptionService:
         compiled = await self.compile(tenant, doc)
         if compiled.expires_at is not None and compiled.expires_at <= time.time():
             raise BadRequestData("expiresAt is in the past")
+        await self._check_endpoint(compiled.endpoint.uri)
         doc["createdAt"] = doc["modifiedAt"] = now_iso()
         await self.store.put_subscription(tenant, doc, create=True)
         self._forget(tenant)
@@ -579,6 +592,7 @@ class SubscriptionService:
             and compiled.expires_at <= time.time()
         ):
             raise BadRequestData("expiresAt is in the past")
+        await self._check_endpoint(compiled.endpoint.uri)
         doc["modifiedAt"] = now_iso()
         await self.store.put_subscription(tenant, doc, create=False)
         self._forget(tenant)

@@ -9,12 +9,15 @@ term is a dictionary lookup, memoised per term map.
 Documents come, in order, from: the bundled NGSI-LD core context (any core context
 URL of versions 1.3 to 1.9), contexts hosted by this broker, the offline preload map
 (``RENKEI_CONTEXT_PRELOAD``), the cache of earlier fetches, and finally an HTTP fetch
-bounded in time and size. A preloaded URL is never fetched.
+bounded in time and size, under the outbound policy (:mod:`broker.outbound`), following
+redirects only within the same host, and not at all with ``RENKEI_CONTEXT_FETCH=off``.
+A preloaded URL is never fetched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +31,7 @@ from pyld import jsonld
 from pyld.context_resolver import ContextResolver as _PyldResolver
 
 from broker.errors import BadRequestData, LdContextNotAvailable
+from broker.outbound import OutboundPolicy, OutboundRefused, policy_transport
 from schemas import BUNDLED_CONTEXTS, CORE_CONTEXT_FILE
 
 CORE_CONTEXT_URL = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
@@ -38,6 +42,10 @@ _CORE_URL_RE = re.compile(
 # (``ngsildproof``). Proofs are not processed by this broker, so they resolve to an
 # empty context instead of a network fetch.
 _CORE_SCOPED_STUBS = frozenset({"https://w3id.org/security/data-integrity/v2"})
+
+FETCH_MODES = ("any", "allowlist", "off")
+#: Redirects followed for one context, all within its scheme, host and port.
+MAX_REDIRECTS = 5
 
 ContextValue = str | dict[str, Any] | list[Any]
 JsonDoc = dict[str, Any]
@@ -142,6 +150,13 @@ class TermMap:
         #: so application/json responses can name it in a Link header.
         self.implicit_url: str | None = None
 
+    def with_implicit_url(self, url: str) -> TermMap:
+        """This term map naming another ImplicitlyCreated URL (another tenant's), sharing
+        its processed context and memoised terms."""
+        view = copy.copy(self)
+        view.implicit_url = url
+        return view
+
     def expand(self, term: str) -> str:
         """Expand an attribute name or type name (vocabulary-relative) to an IRI."""
         iri = self._exp.get(term)
@@ -188,6 +203,8 @@ class ContextResolver:
         hosted_lookup: Callable[[str], JsonDoc | None] | None = None,
         on_fetched: Callable[[str, JsonDoc], Awaitable[None]] | None = None,
         base_url: str = "",
+        policy: OutboundPolicy | None = None,
+        fetch_mode: str = "any",
     ) -> None:
         #: Relative context URLs (``/ngsi-ld/v1/jsonldContexts/...``) resolve against this.
         self.base_url = base_url.rstrip("/")
@@ -202,6 +219,13 @@ class ContextResolver:
         self.cache_size = cache_size
         self.hosted_lookup = hosted_lookup
         self.on_fetched = on_fetched
+        #: The outbound policy remote contexts are fetched under (None: its defaults), and
+        #: ``RENKEI_CONTEXT_FETCH``: any, allowlist (only what the policy allows by name
+        #: or address) or off (no fetch: bundled, hosted and preloaded contexts only).
+        self.policy = policy
+        if fetch_mode not in FETCH_MODES:
+            raise ValueError(f"context fetch mode must be one of {', '.join(FETCH_MODES)}")
+        self.fetch_mode = fetch_mode
         self.processor = jsonld.JsonLdProcessor()
         self._maps: OrderedDict[str, TermMap] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[JsonDoc]] = {}
@@ -245,36 +269,88 @@ class ContextResolver:
         return {"contextUrl": None, "documentUrl": url, "document": doc}
 
     async def _fetch(self, url: str) -> JsonDoc:
+        """GET a remote context under the outbound policy, the time and the size limits.
+
+        Redirects are followed within the same scheme, host and port only. Errors name
+        the URL and a category, never what the remote answered: the error goes back to
+        the client, and a remote that answers is not necessarily one it may read.
+        """
         if not url.startswith(("http://", "https://")):
-            raise LdContextNotAvailable(f"cannot retrieve @context {url!r}: not an http(s) URL")
+            raise LdContextNotAvailable(f"cannot retrieve @context URL {url!r}: not an http(s) URL")
+        if self.fetch_mode == "off":
+            raise LdContextNotAvailable(
+                f"cannot retrieve @context URL {url}: refused by policy "
+                "(remote contexts are not fetched; only preloaded ones are available)"
+            )
         if self._client is None:
-            self._client = httpx.AsyncClient(follow_redirects=True, timeout=self.fetch_timeout)
+            policy = self.policy or OutboundPolicy()
+            if self.fetch_mode == "allowlist":
+                policy = policy.allowlist_only()
+            self._client = httpx.AsyncClient(
+                transport=policy_transport(policy),
+                follow_redirects=False,
+                timeout=self.fetch_timeout,
+                trust_env=False,
+            )
+
+        def unavailable(category: str) -> LdContextNotAvailable:
+            return LdContextNotAvailable(f"cannot retrieve @context URL {url}: {category}")
+
+        target = httpx.URL(url)
         try:
             async with asyncio.timeout(self.fetch_timeout):
-                async with self._client.stream(
-                    "GET", url, headers={"Accept": "application/ld+json, application/json"}
-                ) as resp:
-                    if resp.status_code != 200:
-                        raise LdContextNotAvailable(
-                            f"cannot retrieve @context {url}: HTTP {resp.status_code}"
-                        )
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in resp.aiter_bytes():
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise LdContextNotAvailable(
-                                f"@context {url} is larger than {self.max_bytes} bytes"
+                for _ in range(MAX_REDIRECTS + 1):
+                    async with self._client.stream(
+                        "GET", target, headers={"Accept": "application/ld+json, application/json"}
+                    ) as resp:
+                        if resp.is_redirect:
+                            location = resp.headers.get("Location", "")
+                            try:
+                                nxt = target.join(location)
+                            except httpx.InvalidURL:
+                                raise unavailable(f"HTTP status {resp.status_code}") from None
+                            same = (nxt.scheme, nxt.host, nxt.port) == (
+                                target.scheme,
+                                target.host,
+                                target.port,
                             )
-                        chunks.append(chunk)
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise LdContextNotAvailable(f"cannot retrieve @context {url}: {exc!r}") from exc
+                            if not same:
+                                raise unavailable(
+                                    f"HTTP status {resp.status_code} "
+                                    "(a redirect to another host is not followed)"
+                                )
+                            target = nxt
+                            continue
+                        if resp.status_code != 200:
+                            raise unavailable(f"HTTP status {resp.status_code}")
+                        chunks: list[bytes] = []
+                        size = 0
+                        async for chunk in resp.aiter_bytes():
+                            size += len(chunk)
+                            if size > self.max_bytes:
+                                raise unavailable(f"too large (over {self.max_bytes} bytes)")
+                            chunks.append(chunk)
+                        break
+                else:
+                    raise unavailable("HTTP status 3xx (too many redirects)")
+        except OutboundRefused:
+            raise unavailable("refused by policy") from None
+        except TimeoutError:
+            raise unavailable("timeout") from None
+        except httpx.TimeoutException:
+            raise unavailable("timeout") from None
+        except (httpx.HTTPError, OSError):
+            raise unavailable("connection failed") from None
         try:
             doc = orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
-            raise BadRequestData(f"@context {url} is not valid JSON: {exc}") from exc
+        except orjson.JSONDecodeError:
+            raise BadRequestData(
+                f"cannot retrieve @context URL {url}: not JSON-LD (not valid JSON)"
+            ) from None
         if not isinstance(doc, dict) or "@context" not in doc:
-            raise BadRequestData(f"@context {url} has no top-level @context member")
+            raise BadRequestData(
+                f"cannot retrieve @context URL {url}: not JSON-LD (no top-level @context member)"
+            )
         return doc
 
     async def _ensure(self, url: str) -> JsonDoc:
@@ -347,6 +423,11 @@ class ContextResolver:
         if len(self._maps) > self.cache_size:
             self._maps.popitem(last=False)
         return tm
+
+    def drop(self, url: str) -> None:
+        """Drop a fetched document from memory (term maps already built from it stay)."""
+        self.fetched.pop(url, None)
+        self._pyld_cache.pop(url, None)
 
     def forget(self, url: str) -> None:
         """Drop a document and every processed context that may depend on it."""

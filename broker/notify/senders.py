@@ -25,7 +25,9 @@ what lets one broker process keep up with many subscriptions) and each MQTT brok
 connection (see :mod:`broker.notify.mqtt`). ``https`` endpoints are verified against the
 system's CAs (``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply) and certifi's bundle. Endpoint
 credentials (``user:password@``) go out as Basic authentication and are never logged
-nor put in error messages.
+nor put in error messages. Every HTTP connection passes the outbound policy
+(:mod:`broker.outbound`) on the address it is made to; a refused endpoint fails at once,
+and is not retried.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import aiohttp
 import orjson
 
 from broker.notify.mqtt import MqttError, MqttPool, parse_target
+from broker.outbound import OutboundPolicy, OutboundRefused, policy_resolver
 
 log = logging.getLogger("renkei.notify")
 
@@ -148,10 +151,19 @@ class _Origin:
     them than there are connections: the waiting ones queue here, outside the time
     limit of a request."""
 
-    def __init__(self, connections: int, timeout: float, tls: ssl.SSLContext) -> None:
+    def __init__(
+        self, connections: int, timeout: float, tls: ssl.SSLContext, policy: OutboundPolicy
+    ) -> None:
         self.slots = asyncio.Semaphore(connections)
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections, limit_per_host=0, ssl=tls),
+            connector=aiohttp.TCPConnector(
+                limit=connections,
+                limit_per_host=0,
+                ssl=tls,
+                # names resolve to the addresses the outbound policy allows, and only
+                # those are connected to; a refused name fails as a DNS error would
+                resolver=policy_resolver(policy),
+            ),
             timeout=aiohttp.ClientTimeout(total=timeout),
             # an endpoint's cookies would otherwise go out with the notifications of
             # every subscription to that origin, whoever owns them
@@ -166,8 +178,15 @@ class Senders:
     """Owns the HTTP connection pools (one per endpoint origin) and one MQTT connection per MQTT broker (host, port, user, tls, version), reused across notifications."""
 
     def __init__(
-        self, *, http_timeout: float = 10.0, mqtt_timeout: float = 10.0, http_connections: int = 8
+        self,
+        *,
+        http_timeout: float = 10.0,
+        mqtt_timeout: float = 10.0,
+        http_connections: int = 8,
+        policy: OutboundPolicy | None = None,
     ) -> None:
+        #: checked on every HTTP connection when it is made (see :mod:`broker.outbound`)
+        self.policy = policy or OutboundPolicy()
         self.http_timeout = http_timeout
         self.http_connections = http_connections
         self._origins: dict[str, _Origin] = {}
@@ -214,7 +233,7 @@ class Senders:
             if self._tls is None:
                 self._tls = tls_context()
             found = self._origins[key] = _Origin(
-                self.http_connections, self.http_timeout, self._tls
+                self.http_connections, self.http_timeout, self._tls, self.policy
             )
         return found
 
@@ -222,6 +241,12 @@ class Senders:
         shown = redact_uri(endpoint.uri)
         try:
             origin = self._origin(endpoint.uri)
+            parts = urlsplit(endpoint.uri)
+            # aiohttp asks no resolver about an IP literal: such a host is checked here
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+            self.policy.check_literal(parts.hostname or "", port)
+        except OutboundRefused as exc:
+            raise DeliveryError(f"POST {shown}: {exc}", retryable=False) from None
         except ValueError as exc:
             raise DeliveryError(f"POST {shown}: {exc}", retryable=False) from None
         async with origin.slots:
@@ -249,6 +274,13 @@ class Senders:
                 ) from None
             except aiohttp.InvalidURL:
                 raise DeliveryError(f"POST {shown}: invalid URL", retryable=False) from None
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, OutboundRefused):  # from the policy's resolver
+                    raise DeliveryError(f"POST {shown}: {exc.os_error}", retryable=False) from None
+                detail = _without_credentials(str(exc), endpoint.uri)
+                raise DeliveryError(
+                    f"POST {shown}: {type(exc).__name__}: {detail}", retryable=True
+                ) from None
             except aiohttp.ClientError as exc:  # refused, reset, TLS, malformed answers
                 detail = _without_credentials(str(exc), endpoint.uri)
                 raise DeliveryError(

@@ -193,3 +193,51 @@ def test_hosted_contexts_survive_restart(tmp_path: Path) -> None:
         location = client.post(C, json=CTX, headers=JSON).headers["location"]
     with TestClient(create_app(s)) as client:
         assert client.get(location).json() == CTX
+
+
+def test_a_tenants_contexts_stay_within_the_tenant(tmp_path: Path) -> None:
+    """Hosted and ImplicitlyCreated contexts are listed, served and deleted only with the
+    tenant that made them; after a restart too."""
+    city = {"NGSILD-Tenant": "komae_city"}
+    other = {"NGSILD-Tenant": "chofu_city"}
+    ctx = {"避難所": "https://example.jp/ns/避難所", "収容人数": "https://example.jp/ns/収容人数"}
+    s = make_settings(tmp_path)
+    with TestClient(create_app(s)) as client:
+        location = client.post(C, json={"@context": ctx}, headers={**JSON, **city}).headers[
+            "location"
+        ]
+        shelter = {
+            "id": "urn:ngsi-ld:Shelter:hinanjo-1",
+            "type": "避難所",
+            "収容人数": {"type": "Property", "value": 120},
+            "@context": [ctx, "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"],
+        }
+        assert client.post(E, json=shelter, headers={**LD, **city}).status_code == 201
+    with TestClient(create_app(s)) as client:
+        for kind in ("Hosted", "ImplicitlyCreated"):
+            mine = client.get(f"{C}?kind={kind}", headers=city).json()
+            assert len(mine) == 1, kind
+            assert client.get(f"{C}?kind={kind}", headers=other).json() == []
+            assert client.get(f"{C}?kind={kind}").json() == []  # the default tenant
+        implicit = client.get(f"{C}?kind=ImplicitlyCreated", headers=city).json()[0]
+        for path in (location, C + "/" + implicit.rsplit("/", 1)[1]):
+            assert client.get(path, headers=other).status_code == 404
+            assert client.get(path).status_code == 404
+            assert client.delete(path, headers=other).status_code == 404
+            assert client.get(path, headers=city).status_code == 200
+        assert client.delete(location, headers=city).status_code == 204
+        assert client.get(location, headers=city).status_code == 404
+        # an application/json answer to a request with an inline context names, in its
+        # Link header, the tenant's implicit context
+        query = {"type": "Query", "entities": [{"type": "避難所"}], "@context": shelter["@context"]}
+        r = client.post(
+            "/ngsi-ld/v1/entityOperations/query",
+            json=query,
+            headers={**LD, **city, "Accept": "application/json"},
+        )
+        assert r.status_code == 200, r.text
+        assert [e["収容人数"]["value"] for e in r.json()] == [120]
+        linked = r.headers["Link"].split(">", 1)[0].lstrip("<")
+        assert linked == implicit
+        cached = client.get(f"{C}?kind=Cached", headers=other).json()
+        assert "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld" in cached
