@@ -10,6 +10,12 @@ by the pool's timeout.
 
 Credentials never appear in logs or error messages: :attr:`MqttTarget.display` is
 the endpoint without its userinfo.
+
+Every connection passes the outbound policy (:mod:`broker.outbound`) when it is made:
+the broker's name is resolved and checked, and a plain ``mqtt://`` connection goes to
+the checked address itself, so a name that resolves elsewhere later (DNS rebinding)
+cannot redirect it. An ``mqtts://`` connection is made by name after the same check:
+the certificate is verified against that name, which another host cannot present.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal, cast
 from urllib.parse import unquote, urlsplit
 
+from broker.outbound import OutboundPolicy, OutboundRefused, ResolutionFailed
 from broker.transport.mqtt import (
     MQTT_VERSIONS,
     MqttAddressError,
@@ -109,8 +116,9 @@ def parse_target(uri: str, notifier_info: Iterable[tuple[str, str]] = ()) -> Mqt
 class MqttPool:
     """One connection per :class:`BrokerKey`, opened on demand and reopened once dropped."""
 
-    def __init__(self, timeout: float = 10.0) -> None:
+    def __init__(self, timeout: float = 10.0, policy: OutboundPolicy | None = None) -> None:
         self.timeout = timeout
+        self.policy = policy or OutboundPolicy()
         self.connections_opened = 0
         self._clients: dict[BrokerKey, MqttClient] = {}
         self._locks: dict[BrokerKey, asyncio.Lock] = {}
@@ -150,7 +158,7 @@ class MqttPool:
                 del self._clients[key]
                 await client.close()
             client = MqttClient(
-                key.server,
+                await self._checked_server(key),
                 version=cast(Literal["mqtt3.1.1", "mqtt5.0"], key.version),
                 keepalive=KEEPALIVE,
                 connect_timeout=self.timeout,
@@ -161,6 +169,23 @@ class MqttPool:
             self._clients[key] = client
             self.connections_opened += 1
             return client
+
+    async def _checked_server(self, key: BrokerKey) -> MqttServer:
+        """The server to connect to, after the outbound policy's check of its address."""
+        try:
+            addresses = await asyncio.to_thread(self.policy.check_host, key.host, key.port)
+        except OutboundRefused:
+            raise MqttError(
+                f"{key.display}: refused by the outbound policy", retryable=False
+            ) from None
+        except ResolutionFailed:
+            raise MqttError(f"{key.display}: cannot resolve the host", retryable=True) from None
+        if not addresses:
+            raise MqttError(f"{key.display}: refused by the outbound policy", retryable=False)
+        server = key.server
+        if key.tls:
+            return server
+        return MqttServer(addresses[0], server.port, False, server.username, server.password)
 
     async def aclose(self) -> None:
         self._closed = True

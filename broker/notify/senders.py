@@ -191,7 +191,7 @@ class Senders:
         self.http_connections = http_connections
         self._origins: dict[str, _Origin] = {}
         self._tls: ssl.SSLContext | None = None
-        self.mqtt = MqttPool(timeout=mqtt_timeout)
+        self.mqtt = MqttPool(timeout=mqtt_timeout, policy=self.policy)
         self._closed = False
 
     @property

@@ -243,3 +243,32 @@ def test_parse_target() -> None:
     assert parse_target("mqtt://h/t").broker.port == 1883
     with pytest.raises(MqttError):
         parse_target("http://h/t")
+
+
+async def test_the_outbound_policy_is_checked_when_the_connection_is_made(
+    broker: MqttBroker,
+) -> None:
+    """An MQTT endpoint whose name resolves to a refused address (loopback here, standing
+    for an internal host after DNS rebinding) is not connected to: the delivery fails for
+    good, and the subscriber on that broker receives nothing."""
+    from broker.outbound import DEFAULT_DENY, OutboundPolicy
+
+    policy = OutboundPolicy.build(deny=[*DEFAULT_DENY, "127.0.0.0/8", "::1"])
+    denied = Senders(http_timeout=2.0, mqtt_timeout=2.0, policy=policy)
+    allowed = Senders(http_timeout=2.0, mqtt_timeout=2.0)
+    endpoint = Endpoint(broker.endpoint(TOPIC).replace("127.0.0.1", "localhost"))
+    try:
+        with subscribe(broker, TOPIC) as sub:
+            with pytest.raises(DeliveryError) as caught:
+                await denied.send(endpoint, BODY, HEADERS)
+            assert not caught.value.retryable
+            assert "outbound policy" in str(caught.value)
+            assert denied.mqtt.connections_opened == 0
+            # the same endpoint under the default policy is delivered: the bound for the
+            # refused one is the delivery of this later message
+            await allowed.send(endpoint, BODY, HEADERS)
+            messages = sub.wait(1)
+            assert len(messages) == 1
+    finally:
+        await denied.aclose()
+        await allowed.aclose()
