@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import httpx
 import typer
@@ -140,29 +141,77 @@ def _die_with_parent() -> None:
         pass
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
-def _start_iot_demo(settings: Settings, workdir: Path) -> list[subprocess.Popen[bytes]]:
-    """Beside the demo broker: Mosquitto on 1883 (unless one runs) and the IoT agent on 4041."""
+def _mqtt_address(url: str) -> tuple[str, int, bool]:
+    """Host, port and whether TLS is used, from an ``mqtt://`` or ``mqtts://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        typer.echo(
+            f"--mqtt-url: mqtt://host:port または mqtts://host:port で指定してください / "
+            f"expected mqtt://host:port or mqtts://host:port, not {redact_uri(url)}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        typer.echo(f"--mqtt-url: ポート番号が不正です / invalid port: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return parts.hostname, port, tls
+
+
+def _start_mosquitto(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    return subprocess.Popen(
+        [str(MOSQUITTO), "-c", str(conf)],
+        preexec_fn=_die_with_parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _start_iot_demo(
+    settings: Settings, workdir: Path, mqtt_url: str, agent_port: int
+) -> list[subprocess.Popen[bytes]] | None:
+    """Beside the demo broker: the IoT agent on ``agent_port``, reading the MQTT broker at
+    ``mqtt_url``: the one already listening there, else a Mosquitto of its own (a local
+    address only). Says which one it uses; ``None`` when neither is possible."""
+    host, port, tls = _mqtt_address(mqtt_url)
+    shown = redact_uri(mqtt_url)
     children: list[subprocess.Popen[bytes]] = []
-    if not _port_open(1883):
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(
-            "listener 1883 127.0.0.1\nallow_anonymous true\n"
-            + ("user root\n" if os.geteuid() == 0 else "")
+    if _port_open(host, port):
+        typer.echo(
+            f"MQTT: {shown} で動いている既存の MQTT ブローカー (Mosquitto など) を使います / "
+            f"using the MQTT broker already listening at {shown}"
         )
-        children.append(
-            subprocess.Popen(
-                [str(MOSQUITTO), "-c", str(conf)],
-                preexec_fn=_die_with_parent,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+    elif host in ("127.0.0.1", "localhost") and not tls and MOSQUITTO.exists():
+        children.append(_start_mosquitto(port, workdir))
+        typer.echo(
+            f"MQTT: Mosquitto を 127.0.0.1:{port} で起動しました (デモの終了とともに停止します) / "
+            f"started Mosquitto on 127.0.0.1:{port} (it stops with the demo)"
         )
+    else:
+        why = (
+            f"{shown} に接続できず、Mosquitto ({MOSQUITTO}) もありません / nothing listens at "
+            f"{shown} and Mosquitto ({MOSQUITTO}) is not installed"
+            if not MOSQUITTO.exists()
+            else f"{shown} に接続できません (Mosquitto を起動するのはローカルの mqtt:// だけです) / "
+            f"nothing listens at {shown} (a Mosquitto is started only for a local mqtt:// URL)"
+        )
+        typer.echo(f"IoT エージェントは起動しません / the IoT agent is not started: {why}")
+        return None
     # Started here, on the main thread before the server runs: forking with a
     # preexec_fn is only safe while no other thread exists. The agent waits for the
     # broker by itself.
@@ -170,6 +219,8 @@ def _start_iot_demo(settings: Settings, workdir: Path) -> list[subprocess.Popen[
         **os.environ,
         "RENKEI_BROKER_URL": f"http://{settings.host}:{settings.port}",
         "RENKEI_IOTA_DB": str(workdir / "iota.db"),
+        "RENKEI_IOTA_PORT": str(agent_port),
+        "RENKEI_MQTT_URL": mqtt_url,
     }
     children.append(
         subprocess.Popen(
@@ -185,7 +236,7 @@ def _start_iot_demo(settings: Settings, workdir: Path) -> list[subprocess.Popen[
         for _ in range(200):
             try:
                 r = httpx.post(
-                    "http://127.0.0.1:4041/iot/groups",
+                    f"http://127.0.0.1:{agent_port}/iot/groups",
                     headers={"fiware-service": "komae", "fiware-servicepath": "/"},
                     json={"groups": [{"apikey": "demo", "entity_type": "WeatherObserved"}]},
                     timeout=2,
@@ -206,9 +257,29 @@ def demo(
     port: PortOpt = None,
     store: StoreOpt = None,
     context_preload: PreloadOpt = None,
+    iot_agent: Annotated[
+        bool,
+        typer.Option(
+            "--iot-agent/--no-iot-agent",
+            help="Run the IoT agent (and Mosquitto when none listens) beside the broker",
+        ),
+    ] = True,
+    mqtt_url: Annotated[
+        str,
+        typer.Option(
+            "--mqtt-url",
+            help="MQTT broker of the IoT agent: one listening there is used, else Mosquitto "
+            "is started on that local port",
+        ),
+    ] = "mqtt://127.0.0.1:1883",
+    iot_agent_port: Annotated[
+        int, typer.Option("--iot-agent-port", help="IoT agent provisioning API port")
+    ] = 4041,
 ) -> None:
     """Load sample data (Komae City) and run the broker. / サンプルデータを読み込んで起動します。"""
     settings = _settings(host, port, store, context_preload)
+    if iot_agent:
+        _mqtt_address(mqtt_url)  # a bad URL is refused before anything starts
     count = asyncio.run(load_samples(settings))
     root = f"http://{settings.host}:{settings.port}"
     base = f"{root}/ngsi-ld/v1"
@@ -231,13 +302,19 @@ OGC API - Features:      {root}/ogc   (QGIS: docs/gis.md)
        -d '{{"id":"urn:ngsi-ld:Bench:1","type":"Bench","seats":{{"type":"Property","value":3}}}}'
 """
     )
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[subprocess.Popen[bytes]] | None = None
     with tempfile.TemporaryDirectory(prefix="renkei-demo-") as tmp:
-        if MOSQUITTO.exists():
-            children = _start_iot_demo(settings, Path(tmp))
+        if not iot_agent:
             typer.echo(
-                f"""IoT エージェント (MQTT 127.0.0.1:1883、API :4041) も起動しました / the IoT agent runs too:
-  mosquitto_pub -h 127.0.0.1 -t /demo/sensor01/attrs -m '{{"temperature": 21.5, "location": "35.634,139.578"}}'
+                "IoT エージェントは起動しません (--no-iot-agent) / the IoT agent is not started"
+            )
+        else:
+            children = _start_iot_demo(settings, Path(tmp), mqtt_url, iot_agent_port)
+        if children is not None:
+            mqtt_host, mqtt_port, _ = _mqtt_address(mqtt_url)
+            typer.echo(
+                f"""IoT エージェント (MQTT {mqtt_host}:{mqtt_port}、API :{iot_agent_port}) も起動しました / the IoT agent runs too:
+  mosquitto_pub -h {mqtt_host} -p {mqtt_port} -t /demo/sensor01/attrs -m '{{"temperature": 21.5, "location": "35.634,139.578"}}'
   curl -H 'NGSILD-Tenant: komae' '{base}/entities/urn:ngsi-ld:WeatherObserved:sensor01?options=keyValues'
   (mosquitto_pub: apt-get install mosquitto-clients)
 """
@@ -246,7 +323,7 @@ OGC API - Features:      {root}/ogc   (QGIS: docs/gis.md)
         try:
             _run(settings)
         finally:
-            for child in reversed(children):
+            for child in reversed(children or []):
                 child.terminate()
                 try:
                     child.wait(timeout=5)

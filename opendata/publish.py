@@ -361,6 +361,16 @@ def _resource_fields(r: Rendered) -> dict[str, Any]:
     return fields
 
 
+def _datastore_fields(r: Rendered, primary_key: Sequence[str]) -> dict[str, str]:
+    """Column -> DataStore type, so that CKAN's data explorer sorts and filters numbers and
+    dates as such. Primary key columns stay ``text``: rows are matched by their text."""
+    assert r.table is not None
+    return {
+        h: "text" if h in primary_key else t
+        for h, t in zip(r.table.headers, r.table.field_types(), strict=True)
+    }
+
+
 class Publisher:
     """Publishes definitions from one broker to one catalogue."""
 
@@ -564,7 +574,13 @@ class Publisher:
             r = next(r for r in rendered if r.spec.key == d.datastore.resource)
             res = existing.get(r.spec.key)
             changed = report.resources[r.spec.key] != "unchanged"
-            if not self.dry_run and (changed or not (res or {}).get("datastore_active")):
+            if not self.dry_run and (
+                changed
+                or res is None
+                or not res.get("datastore_active")
+                or self._datastore_fields(str(res["id"]))
+                != _datastore_fields(r, d.datastore.primary_key)
+            ):
                 report.datastore_rows = self._datastore(pkg, r, d.datastore.primary_key)
                 if report.status == "unchanged":
                     report.status = "updated"
@@ -608,11 +624,17 @@ class Publisher:
         assert pkg is not None
         assert r.table is not None
         res_id = self._resource_id(pkg, r.spec)
+        fields = _datastore_fields(r, primary_key)
+        current = self._datastore_fields(res_id)
+        if current and any(current.get(k, t) != t for k, t in fields.items()):
+            # CKAN keeps the type of an existing column: a table published with other
+            # types (all text, before types were given) is made again
+            cat.call("datastore_delete", resource_id=res_id, force=True)
         cat.call(
             "datastore_create",
             resource_id=res_id,
             force=True,
-            fields=[{"id": h, "type": "text"} for h in r.table.headers],
+            fields=[{"id": k, "type": t} for k, t in fields.items()],
             primary_key=list(primary_key),
         )
         records = r.table.records()
@@ -634,6 +656,20 @@ class Publisher:
                     filters=dict(zip(primary_key, key, strict=True)),
                 )
         return len(records)
+
+    def _datastore_fields(self, res_id: str) -> dict[str, str]:
+        """The DataStore table's columns and their types; empty when there is no table."""
+        cat = self.catalog
+        assert cat is not None
+        try:
+            page = cat.call("datastore_search", resource_id=res_id, limit=0)
+        except NotFound:
+            return {}
+        return {
+            str(f["id"]): str(f.get("type", "text"))
+            for f in page.get("fields") or []
+            if f.get("id") != "_id"
+        }
 
     def _datastore_keys(self, res_id: str, primary_key: Sequence[str]) -> Iterator[tuple[str, ...]]:
         cat = self.catalog

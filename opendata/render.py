@@ -27,9 +27,11 @@ whether a resource changed.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -48,6 +50,8 @@ __all__ = [
     "LayerInputError",
     "Rendered",
     "Table",
+    "blank_required",
+    "checked_types",
     "clean_cell",
     "compute_layer",
     "csv_bytes",
@@ -69,13 +73,34 @@ _LINEBREAK_RE = re.compile(r"\r\n|[\r\n\u2028\u2029\x85]")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+#: CKAN DataStore field types of the layout's kinds of column; other kinds are ``text``
+#: (codes, booleans spelled 有/無, municipality codes with their leading zeros).
+_KIND_FIELD_TYPES = {
+    "number": "numeric",
+    "integer": "numeric",
+    "latitude": "numeric",
+    "longitude": "numeric",
+    "plane-x": "numeric",
+    "plane-y": "numeric",
+    "date": "date",
+    "era-date": "date",
+    "time": "time",
+}
+
+
 @dataclass
 class Table:
     headers: list[str]
     rows: list[list[str]]
+    #: the CKAN DataStore type of each column (``text``, ``numeric``, ``date``, ``time``);
+    #: ``None``: every column is text
+    types: list[str] | None = None
 
     def records(self) -> list[dict[str, str]]:
         return [dict(zip(self.headers, row, strict=True)) for row in self.rows]
+
+    def field_types(self) -> list[str]:
+        return list(self.types) if self.types is not None else ["text"] * len(self.headers)
 
 
 @dataclass
@@ -90,6 +115,10 @@ class Rendered:
     #: platform-dependent characters with no standard equivalent, kept as they are
     kept: Counter[str] = field(default_factory=Counter)
     table: Table | None = None
+    #: standard layout: header of a required (値必須) column -> rows where it is blank
+    blank_required: dict[str, int] = field(default_factory=dict)
+    #: columns published as DataStore ``text`` because a cell does not read as their type
+    untyped: dict[str, str] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str:
@@ -112,6 +141,17 @@ class Rendered:
             out.append(
                 f"{self.spec.key}: 機種依存文字 {ch} (U+{ord(ch):04X}) はそのままです（{n}件） / "
                 f"platform-dependent character {ch} kept: no standard equivalent ({n}x)"
+            )
+        for header, n in self.blank_required.items():
+            out.append(
+                f"{self.spec.key}: 値必須の項目 {header}: {n} 行が空欄です / "
+                f"{header}: {n} rows blank (required by the standard)"
+            )
+        for header, cell in self.untyped.items():
+            out.append(
+                f"{self.spec.key}: 列 {header} の値 {cell!r} は型に合わないため、DataStore では"
+                f"文字列として公開します / column {header} is published to the DataStore as "
+                f"text: {cell!r} does not read as its type"
             )
         return out
 
@@ -191,9 +231,10 @@ def entity_table(
     a Point ``location`` as ``latitude`` and ``longitude``."""
     if columns is not None:
         rows = []
+        values: list[list[Any]] = [[] for _ in columns]
         for ent in entities:
             row = []
-            for col in columns:
+            for i, col in enumerate(columns):
                 value = ent.get(col.attribute)
                 if col.key is not None:
                     if col.attribute == "location" and col.key in ("latitude", "longitude"):
@@ -201,9 +242,10 @@ def entity_table(
                         value = None if p is None else p[1 if col.key == "latitude" else 0]
                     else:
                         value = value.get(col.key) if isinstance(value, dict) else None
+                values[i].append(value)
                 row.append(_cell(value))
             rows.append(row)
-        return Table([c.header for c in columns], rows)
+        return Table([c.header for c in columns], rows, [_value_type(v) for v in values])
 
     spec: list[tuple[str, str | None]] = [("id", None), ("type", None)]
     seen: set[tuple[str, str | None]] = set(spec)
@@ -228,26 +270,80 @@ def entity_table(
         for name, k in spec
     ]
     rows = []
+    values = [[] for _ in spec]
     for ent in entities:
         row = []
-        for name, k in spec:
+        for i, (name, k) in enumerate(spec):
             value = ent.get(name)
             if k is None:
-                row.append(_cell(None if _point(value) else value))
+                value = None if _point(value) else value
             elif k in ("latitude", "longitude") and _point(value) is not None:
                 p = _point(value)
                 assert p is not None
-                row.append(_cell(p[1] if k == "latitude" else p[0]))
+                value = p[1] if k == "latitude" else p[0]
             else:
-                row.append(_cell(value.get(k) if isinstance(value, dict) else None))
+                value = value.get(k) if isinstance(value, dict) else None
+            values[i].append(value)
+            row.append(_cell(value))
         rows.append(row)
-    return Table(headers, rows)
+    return Table(headers, rows, [_value_type(v) for v in values])
+
+
+def _value_type(values: Sequence[Any]) -> str:
+    """``numeric`` for a column of JSON numbers (blanks allowed), else ``text``."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return "numeric"
+    return "text"
 
 
 def standard_table(layout: Layout, entities: Iterable[dict[str, Any]]) -> Table:
     """The 自治体標準オープンデータセット layout, as the CSV export writes it."""
     rows = list(export_rows(layout, entities))
-    return Table(rows[0], rows[1:])
+    types = [_KIND_FIELD_TYPES.get(c.kind, "text") for c in layout.columns]
+    return Table(rows[0], rows[1:], types)
+
+
+def _reads_as(cell: str, field_type: str) -> bool:
+    try:
+        if field_type == "numeric":
+            return math.isfinite(float(cell))
+        if field_type == "date":
+            dt.date.fromisoformat(cell)
+        elif field_type == "time":
+            dt.time.fromisoformat(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def checked_types(table: Table) -> tuple[list[str], dict[str, str]]:
+    """The table's DataStore field types, a column falling back to ``text`` when one of its
+    cells does not read as its type (CKAN would refuse the whole upsert); returns the types
+    and, per column that fell back, the first cell that did not read."""
+    types = table.field_types()
+    untyped: dict[str, str] = {}
+    for i, field_type in enumerate(types):
+        if field_type == "text":
+            continue
+        bad = next((r[i] for r in table.rows if r[i] and not _reads_as(r[i], field_type)), None)
+        if bad is not None:
+            types[i] = "text"
+            untyped[table.headers[i]] = bad
+    return types, untyped
+
+
+def blank_required(layout: Layout, table: Table) -> dict[str, int]:
+    """Header -> number of rows left blank, for each required (値必須) column of a standard
+    layout. The standard's 値必須 says what a publisher should fill: a warning, not an
+    error, as real municipal files often leave such columns (``URL``...) empty."""
+    out: dict[str, int] = {}
+    for i, col in enumerate(layout.columns):
+        if col.required:
+            n = sum(1 for row in table.rows if not row[i].strip())
+            if n:
+                out[col.header] = n
+    return out
 
 
 # -- machine readability -------------------------------------------------------------------
@@ -322,7 +418,8 @@ def csv_bytes(table: Table) -> tuple[bytes, Counter[tuple[str, str]], Counter[st
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(headers)
     writer.writerows(rows)
-    return (BOM + buf.getvalue()).encode("utf-8"), replacements, kept, Table(headers, rows)
+    cleaned = Table(headers, rows, table.types)
+    return (BOM + buf.getvalue()).encode("utf-8"), replacements, kept, cleaned
 
 
 def geojson_bytes(entities: Sequence[dict[str, Any]]) -> bytes:
@@ -353,7 +450,11 @@ def render_resource(spec: ResourceSpec, entities: Sequence[dict[str, Any]]) -> R
     else:
         table = entity_table(entities, spec.columns)
     content, replacements, kept, cleaned = csv_bytes(table)
-    return Rendered(spec, content, "text/csv", replacements, kept, cleaned)
+    rendered = Rendered(spec, content, "text/csv", replacements, kept, cleaned)
+    if spec.layout is not None:
+        rendered.blank_required = blank_required(spec.layout, cleaned)
+    cleaned.types, rendered.untyped = checked_types(cleaned)
+    return rendered
 
 
 # -- district aggregates -------------------------------------------------------------------
@@ -493,7 +594,17 @@ def render_layer_resource(spec: ResourceSpec, layer: Layer) -> Rendered:
     if spec.format == "geojson":
         return Rendered(spec, layer.files["geojson"], "application/geo+json")
     rows = list(csv.reader(io.StringIO(layer.files["csv"].decode("utf-8-sig"), newline="")))
-    content, replacements, kept, cleaned = csv_bytes(Table(rows[0], rows[1:]))
+    table = Table(rows[0], rows[1:])
+    # the figures are numbers; the district key (a code with leading digits) stays text
+    table.types = [
+        "text"
+        if header == layer.spec.id_column
+        or not any(r[i] for r in table.rows)
+        or not all(_reads_as(r[i], "numeric") for r in table.rows if r[i])
+        else "numeric"
+        for i, header in enumerate(table.headers)
+    ]
+    content, replacements, kept, cleaned = csv_bytes(table)
     return Rendered(spec, content, "text/csv", replacements, kept, cleaned)
 
 

@@ -52,7 +52,8 @@ def test_notebook_runs(
     path: Path, hub_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RENKEI_URL", hub_url)
-    monkeypatch.setenv("RENKEI_OUT", str(tmp_path))
+    out = tmp_path / "成果物" / "令和8年度"  # a folder that does not exist yet: made
+    monkeypatch.setenv("RENKEI_OUT", str(out))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
     client = NotebookClient(
@@ -70,3 +71,6 @@ def test_notebook_runs(
     assert not stderr, f"{path.name} wrote to stderr: {stderr}"
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     assert images, f"{path.name} drew no figure"
+    if path.name.startswith("02_"):
+        assert (out / "aed_per_district.geojson").is_file()
+        assert (out / "aed_per_district.csv").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,12 @@ def test_sample_layer_files(tmp_path: Path) -> None:
     assert {"経度_longitude", "緯度_latitude", "aed_per_1000"} <= set(table.columns)
 
     written = gis.write_layer(layer, tmp_path / "aed.geojson", id_column="KEY_CODE")
+    # the hub serving the layer runs as another user: the file is readable by everyone
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    published = gis.publish_layer(
+        layer, tmp_path / "layers", "aed-per-district", id_column="KEY_CODE"
+    )
+    assert stat.S_IMODE(Path(published).stat().st_mode) == 0o644
     back = gpd.read_file(written)
     assert len(back) == len(districts)
     assert set(gis.layer_resources(layer)) == {"geojson", "csv"}

@@ -621,3 +621,101 @@ def test_district_aggregate_published_to_ckan_and_served_by_ogc(
         rows = list(csv.DictReader(io.StringIO(ckan.download(res["aed-csv"]).decode("utf-8-sig"))))
         assert {r["KEY_CODE"]: int(r["aed_count"]) for r in rows} == counts
         assert served() == counts
+
+
+def aed_site(n: int, name: str, height: float | None, **attrs: Any) -> dict[str, Any]:
+    def prop(value: Any) -> dict[str, Any]:
+        return {"type": "Property", "value": value}
+
+    entity: dict[str, Any] = {
+        "id": f"urn:ngsi-ld:AEDLocation:132195-{n:04d}",
+        "type": "AEDLocation",
+        "localGovernmentCode": prop("132195"),
+        "identifier": prop(f"{n:04d}"),
+        "name": prop(name),
+        "startTime": prop("08:30"),
+        "location": {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [139.57 + n / 1000, 35.63 + n / 1000]},
+        },
+        **{k: prop(v) for k, v in attrs.items()},
+    }
+    if height is not None:
+        entity["height"] = prop(height)
+    return entity
+
+
+def test_datastore_fields_are_typed_from_the_standard_layout(ckan: Ckan, hub: str) -> None:
+    """CKAN's data explorer sorts and filters numbers and times as such; blank 値必須
+    columns are published, with a warning counted per column."""
+    upsert(
+        hub,
+        "typed",
+        [
+            aed_site(1, "狛江市役所", 100, url="https://www.city.komae.tokyo.jp/"),
+            aed_site(2, "狛江市民総合体育館", 12.5),
+            aed_site(3, "狛江第一小学校", 9.5),
+            aed_site(4, "和泉多摩川緑地", None),
+        ],
+    )
+    doc = {
+        "name": "komae-aed-typed",
+        "organization": "komae-city",
+        "title": {"ja": "AED設置箇所一覧", "en": "AED locations"},
+        "query": {"type": "AEDLocation", "tenant": "typed"},
+        "resources": [{"format": "standard-csv", "standard": "aed-locations"}],
+        "datastore": {"resource": "standard-aed-locations", "primary_key": ["ID"]},
+    }
+    report, _ = publish(ckan, hub, parse(doc))
+    assert report.status == "created", report.error
+    assert report.datastore_rows == 4
+    assert any(n.endswith("URL: 3 rows blank (required by the standard)") for n in report.notes)
+    assert any("画像URL（配列）: 4 rows blank" in n for n in report.notes)
+    res_id = ckan.resources("komae-aed-typed")["standard-aed-locations"]["id"]
+
+    def types() -> dict[str, str]:
+        result = ckan.action("datastore_search", resource_id=res_id, limit=0)
+        return {f["id"]: f["type"] for f in result["fields"]}
+
+    def typed() -> None:
+        fields = types()
+        assert fields["緯度"] == fields["経度"] == fields["高度の値"] == "numeric"
+        assert fields["開始時間"] == "time"
+        assert fields["名称"] == fields["ID"] == fields["全国地方公共団体コード"] == "text"
+        # sorted as numbers (as text: "100" < "12.5" < "9.5"), a blank last
+        result = ckan.action("datastore_search", resource_id=res_id, sort="高度の値 asc")
+        assert [r["名称"] for r in result["records"]] == [
+            "狛江第一小学校",
+            "狛江市民総合体育館",
+            "狛江市役所",
+            "和泉多摩川緑地",
+        ]
+        result = ckan.action("datastore_search", resource_id=res_id, filters={"高度の値": 12.5})
+        assert [r["名称"] for r in result["records"]] == ["狛江市民総合体育館"]
+
+    typed()
+    # a table published untyped (every column text, as earlier releases did) is made again
+    # with the layout's types, even though the file itself did not change
+    ckan.action("datastore_delete", resource_id=res_id, force=True)
+    ckan.action(
+        "datastore_create",
+        resource_id=res_id,
+        force=True,
+        fields=[{"id": f, "type": "text"} for f in load_headers()],
+        primary_key=["ID"],
+    )
+    assert types()["高度の値"] == "text"
+    report, calls = publish(ckan, hub, parse(doc))
+    assert report.resources == {"standard-aed-locations": "unchanged"}
+    assert report.datastore_rows == 4
+    assert "datastore_create" in calls
+    typed()
+    report, calls = publish(ckan, hub, parse(doc))
+    assert report.status == "unchanged"
+    assert not WRITES & set(calls)
+
+
+def load_headers() -> list[str]:
+    from connectors.csv.layout import load_dataset
+
+    return load_dataset("aed-locations").headers

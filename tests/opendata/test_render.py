@@ -207,3 +207,92 @@ def test_standard_dataset_layout() -> None:
     assert r.content.startswith(b"\xef\xbb\xbf")
     assert r.table is not None
     assert r.table.records()[0]["名称"] == "狛江第一小学校"
+
+
+def aed(n: int, **attrs: Any) -> dict[str, Any]:
+    return {
+        "id": f"urn:ngsi-ld:AEDLocation:132195-{n:04d}",
+        "type": "AEDLocation",
+        "localGovernmentCode": "132195",
+        "identifier": f"{n:04d}",
+        "name": f"狛江市役所 AED {n}",
+        "height": 12.5,
+        "startTime": "09:00",
+        "location": {"type": "Point", "coordinates": [139.5785, 35.6348]},
+        **attrs,
+    }
+
+
+def test_standard_layout_reports_blank_required_columns_per_column() -> None:
+    layout = load_dataset("aed-locations")
+    entities = [aed(1, url="https://www.city.komae.tokyo.jp/aed1"), aed(2), aed(3)]
+    r = render_resource(
+        ResourceSpec(
+            key="aed",
+            format="standard-csv",
+            name={"ja": "AED"},
+            standard="aed-locations",
+            layout=layout,
+        ),
+        entities,
+    )
+    # every row is published: blank 値必須 columns are warnings, counted per column
+    assert len(parse_csv(r.content)) == 4
+    assert r.blank_required["URL"] == 2
+    assert r.blank_required["画像URL（配列）"] == 3
+    assert "名称" not in r.blank_required
+    assert "備考" not in r.blank_required  # not required: no warning
+    notes = r.notes()
+    assert (
+        "aed: 値必須の項目 URL: 2 行が空欄です / URL: 2 rows blank (required by the standard)"
+        in notes
+    )
+    assert any("画像URL（配列）: 3 rows blank" in n for n in notes)
+
+
+def test_datastore_types_follow_the_layout() -> None:
+    layout = load_dataset("aed-locations")
+    spec_ = ResourceSpec(
+        key="aed",
+        format="standard-csv",
+        name={"ja": "AED"},
+        standard="aed-locations",
+        layout=layout,
+    )
+    r = render_resource(spec_, [aed(1), aed(2, height=None)])
+    assert r.table is not None
+    types = dict(zip(r.table.headers, r.table.field_types(), strict=True))
+    assert types["緯度"] == types["経度"] == types["高度の値"] == "numeric"
+    assert types["開始時間"] == "time"
+    assert types["名称"] == types["ID"] == "text"
+    # municipality codes keep their leading zeros: text
+    assert types["全国地方公共団体コード"] == "text"
+    assert r.untyped == {}
+
+    # a value the hub holds that does not read as the column's type: that column is
+    # published as text (CKAN would refuse every row otherwise), and the report says so
+    r = render_resource(spec_, [aed(1, startTime="午前9時")])
+    assert r.table is not None
+    types = dict(zip(r.table.headers, r.table.field_types(), strict=True))
+    assert types["開始時間"] == "text"
+    assert types["緯度"] == "numeric"
+    assert r.untyped == {"開始時間": "午前9時"}
+    assert any("開始時間" in n and "as text" in n for n in r.notes())
+
+
+def test_datastore_types_of_declared_columns_follow_the_values() -> None:
+    columns = (
+        ColumnSpec(header="ID", attribute="id"),
+        ColumnSpec(header="名称", attribute="name"),
+        ColumnSpec(header="収容人数", attribute="capacity"),
+        ColumnSpec(header="緯度", attribute="location", key="latitude"),
+        ColumnSpec(header="経度", attribute="location", key="longitude"),
+    )
+    other = {**SITE, "id": "urn:ngsi-ld:EvacuationSite:132195-0002"}
+    del other["capacity"]
+    table = entity_table([simplify(SITE), simplify(other)], columns)
+    assert table.field_types() == ["text", "text", "numeric", "numeric", "numeric"]
+    auto = entity_table([simplify(SITE)])
+    types = dict(zip(auto.headers, auto.field_types(), strict=True))
+    assert types["capacity"] == types["latitude"] == "numeric"
+    assert types["name"] == types["address.addressRegion"] == "text"

@@ -61,17 +61,17 @@
     return style;
   }
 
-  async function getJSON(url) {
-    const response = await fetch(url, { headers: { Accept: "application/json" } });
+  async function getJSON(url, signal) {
+    const response = await fetch(url, { headers: { Accept: "application/json" }, signal });
     if (!response.ok) throw new Error(`${response.status} ${url}`);
     return response.json();
   }
 
-  async function features(collection, ogc, max) {
+  async function features(collection, ogc, max, signal) {
     const out = [];
     let url = `${ogc}/collections/${encodeURIComponent(collection.id)}/items?f=json&limit=1000&lang=${lang}`;
     while (url && out.length < max) {
-      const page = await getJSON(url);
+      const page = await getJSON(url, signal);
       out.push(...page.features);
       const next = (page.links || []).find((l) => l.rel === "next");
       url = next ? next.href : null;
@@ -79,16 +79,27 @@
     return out;
   }
 
+  const POINTS = ["literal", ["Point", "MultiPoint"]];
+  const AREAS = ["literal", ["Polygon", "MultiPolygon"]];
+
+  // The first layer of the map drawn with one of these types, to insert below it.
+  function firstOf(map, types) {
+    const found = map.getStyle().layers.find((l) => types.includes(l.type));
+    return found ? found.id : undefined;
+  }
+
+  // Every collection's areas go below every collection's lines, and those below every
+  // point: a district polygon (translucent fill) never covers, and tints, a facility.
   function addLayers(map, id, color) {
     const ids = [`${id}-fill`, `${id}-line`, `${id}-point`];
     map.addLayer({ id: ids[0], type: "fill", source: id,
-      filter: ["==", ["geometry-type"], "Polygon"],
-      paint: { "fill-color": color, "fill-opacity": 0.25 } });
+      filter: ["in", ["geometry-type"], AREAS],
+      paint: { "fill-color": color, "fill-opacity": 0.25 } }, firstOf(map, ["line", "circle"]));
     map.addLayer({ id: ids[1], type: "line", source: id,
-      filter: ["!=", ["geometry-type"], "Point"],
-      paint: { "line-color": color, "line-width": 2 } });
+      filter: ["!", ["in", ["geometry-type"], POINTS]],
+      paint: { "line-color": color, "line-width": 2 } }, firstOf(map, ["circle"]));
     map.addLayer({ id: ids[2], type: "circle", source: id,
-      filter: ["==", ["geometry-type"], "Point"],
+      filter: ["in", ["geometry-type"], POINTS],
       paint: { "circle-color": color, "circle-radius": 7, "circle-stroke-color": "#ffffff",
         "circle-stroke-width": 2 } });
     return ids;
@@ -101,20 +112,50 @@
       `<table>${rows.join("")}</table></div>`;
   }
 
+  // Each load (the first, and one per language switch) has a number; only the latest may
+  // change the page. An earlier load still fetching is aborted, and neither its results
+  // nor its "drawn" event can overwrite the newer one's (a switch during a load used to
+  // leave the list doubled and the status at "読み込み中…" while ready was already set).
+  let generation = 0;
+  let inflight = null;
+
+  function drawn(map) {
+    return new Promise((resolve) => {
+      map.once("idle", resolve);
+      map.triggerRepaint();
+    });
+  }
+
   async function load(map, config) {
+    const mine = ++generation;
+    const latest = () => mine === generation;
+    if (inflight) inflight.abort();
+    const controller = new AbortController();
+    inflight = controller;
+    state.ready = false;
+    state.error = null;
     const t = TEXT[lang];
     $("status").textContent = t.loading;
     const ogc = new URL(config.ogc, location.href).href.replace(/\/$/, "");
-    const list = (await getJSON(`${ogc}/collections?f=json`)).collections || [];
+    const list = (await getJSON(`${ogc}/collections?f=json`, controller.signal)).collections || [];
+    const layers = [];
+    for (const collection of list) {
+      const data = {
+        type: "FeatureCollection",
+        features: await features(collection, ogc, config.maxFeatures, controller.signal),
+      };
+      // feature ids are URNs: keep them as a property so the popup can show them
+      data.features.forEach((f) => { f.properties = { ...f.properties }; f.properties["@id"] = f.id; });
+      layers.push({ collection, data });
+    }
+    if (!latest()) return;
+    // everything is fetched: draw it at once
     const bounds = new maplibregl.LngLatBounds();
     let total = 0;
     $("layers").innerHTML = "";
-    for (const [i, collection] of list.entries()) {
+    for (const [i, { collection, data }] of layers.entries()) {
       const id = `c${i}`;
       const color = PALETTE[i % PALETTE.length];
-      const data = { type: "FeatureCollection", features: await features(collection, ogc, config.maxFeatures) };
-      // feature ids are URNs: keep them as a property so the popup can show them
-      data.features.forEach((f) => { f.properties = { ...f.properties }; f.properties["@id"] = f.id; });
       total += data.features.length;
       const bbox = collection.extent && collection.extent.spatial && collection.extent.spatial.bbox[0];
       if (data.features.length && bbox && bbox[0] > -180) bounds.extend([[bbox[0], bbox[1]], [bbox[2], bbox[3]]]);
@@ -128,8 +169,11 @@
       const item = document.createElement("li");
       item.innerHTML = `<input type="checkbox" checked id="toggle-${id}">` +
         `<span class="swatch" style="background:${color}"></span>` +
-        `<label for="toggle-${id}">${escape(collection.title)}</label>` +
+        `<label for="toggle-${id}"></label>` +
         `<span class="count">${data.features.length}</span>`;
+      const name = item.querySelector("label");
+      name.textContent = collection.title;
+      name.title = collection.title; // the whole title, where a long one is cut short
       item.querySelector("input").addEventListener("change", (e) => {
         for (const suffix of ["fill", "line", "point"]) {
           map.setLayoutProperty(`${id}-${suffix}`, "visibility", e.target.checked ? "visible" : "none");
@@ -141,8 +185,11 @@
     state.features = total;
     $("status").textContent = list.length ? t.loaded(total, list.length) : t.empty;
     if (!bounds.isEmpty()) map.fitBounds(bounds, { padding: 60, maxZoom: 16, duration: 0 });
-    map.once("idle", () => { state.ready = true; });
-    map.triggerRepaint();
+    await drawn(map);
+    if (latest()) {
+      inflight = null;
+      state.ready = true;
+    }
   }
 
   async function main() {
@@ -159,10 +206,14 @@
     map.addControl(new maplibregl.ScaleControl(), "bottom-left");
     state.map = map;
     state.rendered = () => map.queryRenderedFeatures({ layers: state.layerIds }).length;
-    const run = () => load(map, config).catch((err) => {
-      state.error = String(err);
-      $("status").textContent = TEXT[lang].failed + err;
-    });
+    const run = () => {
+      const mine = generation + 1;
+      return load(map, config).catch((err) => {
+        if (mine !== generation) return; // a newer load took over (this one was aborted)
+        state.error = String(err);
+        $("status").textContent = TEXT[lang].failed + err;
+      });
+    };
     map.on("load", run);
     // one handler for all layers: the topmost feature under the pointer (points above areas)
     map.on("click", (e) => {
@@ -181,8 +232,7 @@
     $("lang").addEventListener("click", () => {
       lang = lang === "ja" ? "en" : "ja";
       label();
-      state.ready = false;
-      run();
+      if (map.loaded() || generation > 0) run(); // before the map's first load: that load runs
     });
   }
 
