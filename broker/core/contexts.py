@@ -32,7 +32,7 @@ from broker.jsonld.context import (
 )
 from broker.model.entity import now_iso
 from broker.model.store import ContextRecord
-from broker.store.base import Store
+from broker.store.base import ContextStore
 
 log = logging.getLogger("renkei.contexts")
 
@@ -44,7 +44,7 @@ PATH = "/ngsi-ld/v1/jsonldContexts/"
 
 
 class ContextRegistry:
-    def __init__(self, store: Store, base_url: str) -> None:
+    def __init__(self, store: ContextStore, base_url: str) -> None:
         self.store = store
         self.base_url = base_url.rstrip("/")
         self.records: dict[str, ContextRecord] = {}
