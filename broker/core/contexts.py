@@ -44,7 +44,7 @@ from broker.jsonld.context import (
 )
 from broker.model.entity import now_iso
 from broker.model.store import ContextRecord
-from broker.store.base import Store
+from broker.store.base import ContextStore
 
 log = logging.getLogger("renkei.contexts")
 
@@ -59,7 +59,7 @@ TAG_LENGTH = 16
 class ContextRegistry:
     def __init__(
         self,
-        store: Store,
+        store: ContextStore,
         base_url: str,
         *,
         max_cached: int = 500,

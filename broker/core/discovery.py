@@ -8,11 +8,11 @@ from typing import Any
 from broker.errors import ResourceNotFound
 from broker.jsonld.context import TermMap
 from broker.model.store import Discovery
-from broker.store.base import Store
+from broker.store.base import EntityStore
 
 
 class DiscoveryService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: EntityStore) -> None:
         self.store = store
 
     async def _stats(self, tenant: str) -> Discovery:

@@ -62,7 +62,7 @@ from broker.model.query import (
     any_of,
 )
 from broker.model.store import EntityQuery, WriteResult
-from broker.store.base import Store
+from broker.store.base import EntityStore
 
 CRS84: Final = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 JGD2011: Final = "http://www.opengis.net/def/crs/EPSG/0/6668"
@@ -364,7 +364,7 @@ class OgcService:
 
     def __init__(
         self,
-        store: Store,
+        store: EntityStore,
         entities: EntityService,
         core: TermMap,
         *,

@@ -188,7 +188,7 @@ class AttrAggregate:
 Aggregates = dict[str, dict[str, AttrAggregate]]
 
 
-class _AnyDataset:
+class AnyDataset:
     def __repr__(self) -> str:
         return "ANY_DATASET"
 
@@ -197,4 +197,4 @@ class _AnyDataset:
 
 
 #: ``delete_history`` of every datasetId of an attribute.
-ANY_DATASET: Final = _AnyDataset()
+ANY_DATASET: Final = AnyDataset()

@@ -1,4 +1,4 @@
-"""Store backends behind one contract (``base.Store``), chosen by URL scheme."""
+"""Store backends behind one contract (the protocols of ``base``), chosen by URL scheme."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from broker.model.history import Duration, HistoryPolicy, HistoryRow
 from broker.model.store import (
     ANY_DATASET,
     Aggregates,
+    AnyDataset,
     ContextRecord,
     Discovery,
     EntityQuery,
@@ -36,7 +37,6 @@ from broker.model.store import (
     Mutation,
     NotificationRecord,
     WriteResult,
-    _AnyDataset,
 )
 
 
@@ -114,7 +114,7 @@ class HistoryStore(Protocol):
         entity_id: str,
         *,
         attr: str | None = None,
-        dataset_id: str | _AnyDataset | None = ANY_DATASET,
+        dataset_id: str | AnyDataset | None = ANY_DATASET,
         instance_id: str | None = None,
     ) -> int:
         """Delete history: a whole entity's, an attribute's (one datasetId or all) or one

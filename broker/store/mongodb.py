@@ -74,6 +74,7 @@ from broker.model.store import (
     ANY_DATASET,
     DELETE,
     Aggregates,
+    AnyDataset,
     ContextRecord,
     Discovery,
     EntityQuery,
@@ -869,7 +870,7 @@ class MongoStore(Store):
         entity_id: str,
         *,
         attr: str | None = None,
-        dataset_id: Any = ANY_DATASET,
+        dataset_id: str | AnyDataset | None = ANY_DATASET,
         instance_id: str | None = None,
     ) -> int:
         with driver_errors():

@@ -39,6 +39,7 @@ from broker.model.history import (
 from broker.model.store import (
     ANY_DATASET,
     Aggregates,
+    AnyDataset,
     AttrAggregate,
     EntityQuery,
     History,
@@ -498,7 +499,7 @@ class MongoHistory:
         eid: str,
         *,
         attr: str | None,
-        dataset_id: Any,
+        dataset_id: str | AnyDataset | None,
         instance_id: str | None,
     ) -> int:
         if attr is None:

@@ -38,6 +38,7 @@ from broker.model.history import (
 from broker.model.store import (
     ANY_DATASET,
     Aggregates,
+    AnyDataset,
     AttrAggregate,
     EntityQuery,
     History,
@@ -634,7 +635,7 @@ def delete(
     eid: str,
     *,
     attr: str | None,
-    dataset_id: Any,
+    dataset_id: str | AnyDataset | None,
     instance_id: str | None,
 ) -> int:
     if attr is None:

@@ -51,6 +51,7 @@ from broker.model.store import (
     ANY_DATASET,
     DELETE,
     Aggregates,
+    AnyDataset,
     ContextRecord,
     Create,
     Discovery,
@@ -839,7 +840,7 @@ class SqliteStore(Store):
         entity_id: str,
         *,
         attr: str | None = None,
-        dataset_id: Any = ANY_DATASET,
+        dataset_id: str | AnyDataset | None = ANY_DATASET,
         instance_id: str | None = None,
     ) -> int:
         return await self._exec_write(
