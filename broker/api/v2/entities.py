@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Header, Query
@@ -236,7 +237,9 @@ async def create_entity(
         tenant, body, scope, key_values="keyValues" in opts, upsert="upsert" in opts
     )
     etype = body.get("type", "Thing")
-    location = {"Location": f"/v2/entities/{body['id']}?type={etype}"}
+    location = {
+        "Location": f"/v2/entities/{quote(body['id'], safe='')}?type={quote(etype, safe='')}"
+    }
     if created:
         return Response(status_code=201, headers=location)
     return no_content(location)
