@@ -38,7 +38,9 @@ async def batch_update(
     paths: PathsDep,
     options: Annotated[str | None, Query(description="keyValues, overrideMetadata")] = None,
 ) -> Response:
-    opts = options_of(options, frozenset({"keyValues", "overrideMetadata", "forcedUpdate"}))
+    opts = options_of(
+        options, frozenset({"normalized", "keyValues", "overrideMetadata", "forcedUpdate"})
+    )
     body = await json_body(request)
     if not isinstance(body, dict):
         raise BadRequestData("the request must be a JSON object")
@@ -94,7 +96,8 @@ async def batch_query(
 ) -> Response:
     negotiate(request, (JSON,))
     opts = options_of(
-        options, frozenset({"count", "keyValues", "values", "unique", "skipForwarding"})
+        options,
+        frozenset({"count", "normalized", "keyValues", "values", "unique", "skipForwarding"}),
     )
     body = await json_body(request)
     if not isinstance(body, dict):

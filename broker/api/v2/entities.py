@@ -44,10 +44,10 @@ from broker.store.base import EntityQuery, Selector
 router = APIRouter(prefix="/v2", route_class=V2Route, tags=["NGSI v2"])
 
 MAX_LIMIT = 1000
-LIST_OPTIONS = frozenset({"count", "keyValues", "values", "unique", "skipForwarding"})
-GET_OPTIONS = frozenset({"keyValues", "values", "unique", "skipForwarding"})
-CREATE_OPTIONS = frozenset({"keyValues", "upsert"})
-ATTRS_OPTIONS = frozenset({"keyValues", "append", "overrideMetadata", "forcedUpdate"})
+LIST_OPTIONS = frozenset({"count", "normalized", "keyValues", "values", "unique", "skipForwarding"})
+GET_OPTIONS = frozenset({"normalized", "keyValues", "values", "unique", "skipForwarding"})
+CREATE_OPTIONS = frozenset({"normalized", "keyValues", "upsert"})
+ATTRS_OPTIONS = frozenset({"normalized", "keyValues", "append", "overrideMetadata", "forcedUpdate"})
 
 TypeParam = Annotated[str | None, Query(description="entity type, to tell entities apart")]
 AttrsParam = Annotated[str | None, Query(description="attributes to render, comma-separated")]
@@ -238,7 +238,7 @@ async def create_entity(
     )
     etype = body.get("type", "Thing")
     location = {
-        "Location": f"/v2/entities/{quote(body['id'], safe='')}?type={quote(etype, safe='')}"
+        "Location": f"/v2/entities/{quote(body['id'], safe=':')}?type={quote(etype, safe=':')}"
     }
     if created:
         return Response(status_code=201, headers=location)
