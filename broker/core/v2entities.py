@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from broker.core.entities import EntityService
-from broker.core.model import ENTITY_KEYS, Entity, Instance, now_iso
 from broker.core.v2map import ATTR_TYPE, V2Mapper, check_attr_name, check_id, in_paths
 from broker.errors import BadRequestData, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.model.entity import ENTITY_KEYS, Entity, Instance, now_iso
+from broker.model.store import DELETE, EntityQuery, Mutation, Selector
 from broker.query.patterns import check_pattern, search
-from broker.store.base import DELETE, EntityQuery, Mutation, Selector
 
 ENTITY_NOT_FOUND = "The requested entity has not been found. Check type and id"
 ATTR_NOT_FOUND = "The entity does not have such an attribute"

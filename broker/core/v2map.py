@@ -29,10 +29,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker.core.geo import validate_geometry
-from broker.core.model import ENTITY_KEYS, INSTANCE_KEYS, Entity, Instance
 from broker.errors import BadRequestData
 from broker.jsonld.context import TermMap
+from broker.model.entity import ENTITY_KEYS, INSTANCE_KEYS, Entity, Instance
+from broker.model.geo import validate_geometry
 from broker.query.v2q import box_polygon, iso_datetime
 
 #: Sub-property keeping a v2 type the value does not imply (``geo:point``, ``Temperature``).

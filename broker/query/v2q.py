@@ -10,14 +10,14 @@ a metadata name. ``==``/``!=`` take a value, a comma-separated list or a range
 ``false``, ISO 8601 date-times (dates are midnight UTC) or else strings.
 
 Translation: the text is first parsed into :class:`Statement` values; :func:`to_node`
-turns them into a ``broker.query.ast`` node over the internal form (attribute and
+turns them into a ``broker.model.query`` node over the internal form (attribute and
 metadata names expanded, structured-value keys as JSON keys, metadata as
 sub-attributes), which every store evaluates. :func:`matches_reference` is the slow,
 obvious meaning of the same statements over an entity in v2 form; property tests hold
 the two together.
 
 Geo-queries (``georel``, ``geometry``, ``coords`` as ``lat,lon;lat,lon``) become a
-:class:`~broker.query.ast.GeoQuery` on the ``location`` attribute: ``coveredBy`` is
+:class:`~broker.model.query.GeoQuery` on the ``location`` attribute: ``coveredBy`` is
 NGSI-LD ``within``, ``box`` a polygon.
 """
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from broker.core.geo import validate_geometry
 from broker.errors import BadRequestData
-from broker.query.ast import (
+from broker.model.geo import validate_geometry
+from broker.model.query import (
     AttrPath,
     Comparison,
     DateTime,

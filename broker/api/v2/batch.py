@@ -23,8 +23,8 @@ from broker.api.v2.common import (
 from broker.api.v2.entities import entity_query, query_response
 from broker.core.v2map import check_id
 from broker.errors import BadRequestData, NgsiLdError
+from broker.model.store import Selector
 from broker.query.patterns import check_pattern
-from broker.store.base import Selector
 
 router = APIRouter(prefix="/v2/op", route_class=V2Route, tags=["NGSI v2"])
 

@@ -31,15 +31,15 @@ from broker.api.v2.common import (
     options_of,
     render_mode,
 )
-from broker.core.model import Entity
 from broker.core.v2entities import Target, V2Service
 from broker.core.v2map import check_attr_name, check_id, scope_query_text
 from broker.errors import BadRequestData, NotAcceptable
+from broker.model.entity import Entity
+from broker.model.query import AttrPath
+from broker.model.store import EntityQuery, Selector
 from broker.query import parse_scope_q
-from broker.query.ast import AttrPath
 from broker.query.patterns import check_pattern
 from broker.query.v2q import parse_v2_geo, parse_v2_q
-from broker.store.base import EntityQuery, Selector
 
 router = APIRouter(prefix="/v2", route_class=V2Route, tags=["NGSI v2"])
 

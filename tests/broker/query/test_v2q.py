@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from broker.core.v2map import V2Mapper
 from broker.errors import BadRequestData
-from broker.jsonld.context import DEFAULT_VOCAB, ContextResolver
-from broker.query.ast import And, AttrPath, Comparison, DateTime, Exists, Range
+from broker.jsonld.context import ContextResolver
+from broker.model.query import And, AttrPath, Comparison, DateTime, Exists, Range
 from broker.query.evaluate import matches_geo, matches_q
 from broker.query.v2q import (
     matches_reference,
@@ -22,6 +22,7 @@ from broker.query.v2q import (
     to_node,
 )
 
+DEFAULT_VOCAB = "https://uri.etsi.org/ngsi-ld/default-context/"
 MAPPER = V2Mapper(ContextResolver().core)
 NOW = "2026-01-01T00:00:00.000Z"
 
