@@ -371,6 +371,8 @@ class V2Mapper:
             kind = infer_type(value)
         else:
             check_id(kind, "metadata type")
+        if kind != "TextUnrestricted":
+            _check_text(value, f"metadata value of {meta!r}")
         if meta == "unitCode" and isinstance(value, str) and kind == "Text":
             inst["unitCode"] = value
             return

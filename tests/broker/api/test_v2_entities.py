@@ -146,6 +146,12 @@ def test_bad_input_gets_v2_errors(client: TestClient) -> None:
             client.post(E, json={"id": "A", "p": {"type": "DateTime", "value": "soon"}}),
             (400, "BadRequest"),
         ),
+        (
+            client.post(
+                E, json={"id": "A", "p": {"value": 1, "metadata": {"m": {"value": "(x)"}}}}
+            ),
+            (400, "BadRequest"),
+        ),
         (client.post(E, content=b"{bad", headers=JSON), (400, "ParseError")),
         (
             client.post(E, content=b"<x/>", headers={"Content-Type": "application/xml"}),
