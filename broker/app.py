@@ -24,6 +24,7 @@ from broker.api import (
     unimplemented,
     viewer,
 )
+from broker.api import v2 as ngsi_v2
 from broker.api.common import tenant_of
 from broker.api.deps import Hub
 from broker.api.errors import add_exception_handlers, problem_response
@@ -222,6 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(unimplemented.router)
     app.include_router(ogc.router)
     app.include_router(viewer.router)
+    app.include_router(ngsi_v2.router)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Response:

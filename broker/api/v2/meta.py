@@ -1,0 +1,103 @@
+"""``GET /version``, ``GET /v2``, the parts of v2 not offered yet (501) and v2's answers
+for unknown paths (404) and methods (405), all in v2's error shape."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+
+from broker.api.v2.common import MethodNotAllowed, V2Route, ok
+from broker.errors import NotImplementedYet, ResourceNotFound
+
+router = APIRouter(route_class=V2Route, tags=["NGSI v2"])
+
+#: The Orion release whose v2 behaviour this API follows (clients probe it).
+ORION_COMPAT = "4.1.0"
+
+
+def _version() -> str:
+    try:
+        return version("renkei")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+@router.get("/version", summary="Broker version, in Orion's shape")
+async def get_version() -> Response:
+    body: dict[str, Any] = {
+        "orion": {
+            "version": ORION_COMPAT,
+            "uptime": "",
+            "git_hash": "",
+            "compile_time": "",
+            "compiled_by": "",
+            "compiled_in": "",
+            "release_date": "",
+            "machine": "",
+            "doc": "https://fiware-orion.rtfd.io/",
+            "libversions": {},
+        },
+        "renkei": {"version": _version(), "ngsi-ld": "1.8.1"},
+    }
+    return ok(body)
+
+
+@router.get("/v2", summary="API entry point")
+async def entry_point() -> Response:
+    return ok(
+        {
+            "entities_url": "/v2/entities",
+            "types_url": "/v2/types",
+            "subscriptions_url": "/v2/subscriptions",
+            "registrations_url": "/v2/registrations",
+        }
+    )
+
+
+_LATER = {
+    "subscriptions": "NGSI v2 subscriptions are not offered yet: use NGSI-LD subscriptions "
+    "(/ngsi-ld/v1/subscriptions), which see v2-written entities",
+    "registrations": "NGSI v2 registrations are not offered: context source registrations "
+    "come with federation",
+    "notify": "POST /v2/op/notify is not offered yet",
+}
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@router.api_route("/v2/subscriptions", methods=_METHODS, include_in_schema=False)
+@router.api_route("/v2/subscriptions/{rest:path}", methods=_METHODS, include_in_schema=False)
+async def subscriptions() -> Response:
+    raise NotImplementedYet(_LATER["subscriptions"])
+
+
+@router.api_route("/v2/registrations", methods=_METHODS, include_in_schema=False)
+@router.api_route("/v2/registrations/{rest:path}", methods=_METHODS, include_in_schema=False)
+async def registrations() -> Response:
+    raise NotImplementedYet(_LATER["registrations"])
+
+
+@router.api_route("/v2/op/notify", methods=_METHODS, include_in_schema=False)
+async def notify() -> Response:
+    raise NotImplementedYet(_LATER["notify"])
+
+
+@router.api_route("/v2/{rest:path}", methods=_METHODS, include_in_schema=False)
+async def unknown(request: Request) -> Response:
+    """No v2 route matched: 405 when the path exists with other methods, else 404."""
+    from broker.api.v2 import batch, entities, types
+
+    allowed: set[str] = set()
+    for route in [*entities.router.routes, *types.router.routes, *batch.router.routes]:
+        match, _ = route.matches(request.scope)
+        if match == Match.PARTIAL:
+            allowed |= set(getattr(route, "methods", set()) or set())
+    if allowed:
+        exc = MethodNotAllowed(f"method {request.method} not allowed on {request.url.path}")
+        exc.headers["Allow"] = ", ".join(sorted(allowed))
+        raise exc
+    raise ResourceNotFound(f"no such resource: {request.url.path}")
