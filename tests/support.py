@@ -78,7 +78,7 @@ def start_broker(db: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=60, proc=proc)
     except (TimeoutError, ChildProcessError):
         proc.kill()
         _, err = proc.communicate()
