@@ -56,7 +56,7 @@ from broker.errors import InternalError, NgsiLdError, StoreUnavailable
 from broker.model.entity import ENTITY_KEYS, Entity
 from broker.model.history import HistoryPolicy, HistoryRow
 from broker.query.patterns import search
-from broker.store import sqlhistory
+from broker.store import sqlhistory, sqlschema
 from broker.store.index import value_rows
 from broker.store.sqlbatch import insert_rows, max_id, rows_in, where_in
 from broker.store.sqlhistory import StoredRow
@@ -354,6 +354,7 @@ class Writer:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with driver_errors():
             conn = connect(path, synchronous, readonly=False)
+            sqlschema.upgrade(conn, path)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise InternalError(f"cannot enable WAL on {path} (got {mode})")

@@ -1,0 +1,151 @@
+"""The SQLite store's schema version (``PRAGMA user_version``) and its forward migrations.
+
+Every store this release writes carries ``CURRENT`` in the database header. When the
+writer opens a store (``sqlwriter.Writer``), :func:`upgrade` runs first:
+
+* a new (empty) file is stamped with ``CURRENT``;
+* an older store is brought forward one step at a time, each step in a transaction of
+  its own together with the new version number, so a crash leaves it at a step
+  boundary. When a pending step rewrites stored data, a copy of the store is taken
+  first, next to it (``renkei.db.v1-backup-<time>.db``): an upgrade never loses a
+  store to a bug in a migration;
+* a store written by a newer release is refused with a message saying so: a newer
+  layout read with older code could be misread and then overwritten.
+
+Stores written before versioning (release 0.1.0) have version 0; their layout is
+version 1's, so that step only stamps the number.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.errors import InternalError
+
+log = logging.getLogger("renkei.store")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One migration: brings a store from ``version - 1`` to ``version``."""
+
+    version: int
+    what: str
+    run: Callable[[sqlite3.Connection], None]
+    #: whether it changes stored rows (a copy of the store is taken before it runs)
+    rewrites: bool
+
+
+def _layout_of_0_1_0(conn: sqlite3.Connection) -> None:
+    """Release 0.1.0 wrote version 1's layout without a number: nothing to change."""
+
+
+STEPS: tuple[Step, ...] = (
+    Step(1, "number the layout of release 0.1.0", _layout_of_0_1_0, rewrites=False),
+)
+CURRENT = STEPS[-1].version
+
+
+class StoreVersionError(InternalError):
+    """The store was written by a newer release, or cannot be migrated."""
+
+
+def too_new_message(path: str, found: int, current: int = CURRENT) -> str:
+    return (
+        f"保存先 {path} はより新しい Renkei で書かれています (スキーマ版 {found}、この版が"
+        f"扱えるのは {current} まで)。新しい版で起動するか、更新前のバックアップを"
+        f"復元してください / the store {path} was written by a newer Renkei (schema "
+        f"version {found}; this release reads up to {current}): run the newer release, "
+        f"or restore a backup taken before the upgrade"
+    )
+
+
+def version(conn: sqlite3.Connection) -> int:
+    found: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return found
+
+
+def _is_new(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' LIMIT 1").fetchone()
+    return row is None
+
+
+def backup_path(path: str, found: int) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(f"{path}.v{found}-backup-{stamp}.db")
+
+
+def upgrade(conn: sqlite3.Connection, path: str, steps: Sequence[Step] = STEPS) -> Path | None:
+    """Check and bring forward the schema version of the store ``conn`` (a write
+    connection, outside a transaction) is open on; returns the copy taken, if any.
+    Raises StoreVersionError for a store newer than ``steps`` know."""
+    current = steps[-1].version
+    found = version(conn)
+    if found == current:
+        return None
+    if found > current:
+        raise StoreVersionError(too_new_message(path, found, current))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _is_new(conn):
+            conn.execute(f"PRAGMA user_version={current}")
+            conn.execute("COMMIT")
+            return None
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    pending = [s for s in steps if s.version > found]
+    copy = None
+    if any(s.rewrites for s in pending) and path != ":memory:":
+        from broker.store import sqlbackup
+
+        copy = backup_path(path, found)
+        try:
+            sqlbackup.copy_to(conn, copy)
+        except (OSError, sqlite3.Error, sqlbackup.BackupError) as exc:
+            raise StoreVersionError(
+                f"更新前のバックアップ {copy} を作れないため、保存先を更新しません / "
+                f"not migrating {path}: the backup {copy} could not be written ({exc})"
+            ) from exc
+        log.info("store %s: copy taken before migrating it: %s", path, copy)
+    for step in pending:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if version(conn) < step.version:  # another process may have run it meanwhile
+                step.run(conn)
+                conn.execute(f"PRAGMA user_version={step.version}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        log.info("store %s: schema version %d (%s)", path, step.version, step.what)
+    return copy
+
+
+def refusal(path: str) -> str | None:
+    """Before serving: the message refusing the store file at ``path`` when a newer
+    release wrote it, else None (also when there is no file yet). Reads the header only."""
+    if not Path(path).is_file():
+        return None
+    try:
+        conn = connect_readonly(Path(path))
+    except sqlite3.Error:
+        return None  # the writer reports what is wrong with the file
+    try:
+        found = version(conn)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return too_new_message(path, found) if found > CURRENT else None
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write to the file at ``path``."""
+    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)

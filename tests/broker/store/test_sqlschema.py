@@ -1,0 +1,145 @@
+"""Schema versions of the SQLite store: a store of release 0.1.0 opens and is migrated,
+a migration that rewrites data takes a copy first, a newer store is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from broker.errors import InternalError
+from broker.store import sqlschema
+from broker.store.sqlite import SqliteStore
+from broker.store.sqlschema import Step, StoreVersionError
+from tests.support import free_port, start_broker
+
+pytestmark = pytest.mark.anyio
+
+FIXTURE = Path(__file__).parent / "fixtures" / "renkei-0.1.0.db"
+NGSI = "https://uri.etsi.org/ngsi-ld/default-context/"
+
+
+@pytest.fixture
+def old_store(tmp_path: Path) -> Path:
+    """A copy of the store release 0.1.0 wrote (fixtures/make_fixture.py)."""
+    db = tmp_path / "renkei.db"
+    shutil.copyfile(FIXTURE, db)
+    return db
+
+
+def user_version(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return sqlschema.version(conn)
+
+
+def content(db: Path) -> bytes:
+    return db.read_bytes()
+
+
+def backups(db: Path) -> list[Path]:
+    return sorted(db.parent.glob(db.name + ".v*-backup-*.db"))
+
+
+async def test_a_store_of_release_0_1_0_opens_numbered_with_its_data(old_store: Path) -> None:
+    assert user_version(old_store) == 0
+    store = SqliteStore(old_store)
+    await store.open()
+    try:
+        ent = await store.get_entity("komae", "urn:ngsi-ld:WaterLevelObserved:komae-0")
+        assert ent is not None
+        assert ent[NGSI + "name"][0]["value"] == "多摩川水位計"
+        assert ent[NGSI + "waterLevel"][0]["value"] == 1.5
+        assert await store.get_subscription("komae", "urn:ngsi-ld:Subscription:suii") is not None
+        assert set(await store.tenants()) >= {"komae"}
+        # and it is written to as any store
+        level = {NGSI + "waterLevel": [{"type": "Property", "value": 0.9}]}
+        results = await store.write(
+            "komae",
+            [("urn:ngsi-ld:WaterLevelObserved:komae-1", lambda cur: {**(cur or {}), **level})],
+        )
+        assert results[0].error is None
+        ent = await store.get_entity("komae", "urn:ngsi-ld:WaterLevelObserved:komae-1")
+        assert ent is not None
+        assert ent[NGSI + "waterLevel"][0]["value"] == 0.9
+    finally:
+        await store.close()
+    assert user_version(old_store) == sqlschema.CURRENT
+    assert backups(old_store) == [], "numbering alone rewrites nothing: no copy needed"
+
+
+async def test_a_new_store_carries_the_current_version(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "新しい.db", writer="thread")
+    await store.open()
+    await store.close()
+    assert user_version(tmp_path / "新しい.db") == sqlschema.CURRENT
+
+
+def _add_reading_unit(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE entities ADD COLUMN unit TEXT")
+    conn.execute("UPDATE entities SET unit = '水位 m'")
+
+
+def _broken(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE entities SET doc = x'00'")
+    raise RuntimeError("a migration bug")
+
+
+def test_a_rewriting_migration_takes_a_copy_first(old_store: Path) -> None:
+    steps = (*sqlschema.STEPS, Step(2, "units beside entities", _add_reading_unit, rewrites=True))
+    conn = sqlite3.connect(old_store, isolation_level=None)
+    try:
+        copy = sqlschema.upgrade(conn, str(old_store), steps)
+        assert sqlschema.version(conn) == 2
+        assert conn.execute("SELECT DISTINCT unit FROM entities").fetchall() == [("水位 m",)]
+    finally:
+        conn.close()
+    assert copy is not None
+    assert backups(old_store) == [copy]
+    with sqlite3.connect(copy) as taken:
+        assert taken.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert sqlschema.version(taken) == 0, "the copy is the store as it was"
+        columns = [r[1] for r in taken.execute("PRAGMA table_info(entities)")]
+        assert "unit" not in columns
+        assert taken.execute("SELECT count(*) FROM entities").fetchone() == (3,)
+
+
+def test_a_failing_migration_leaves_the_store_at_the_last_step(old_store: Path) -> None:
+    steps = (*sqlschema.STEPS, Step(2, "a bug", _broken, rewrites=True))
+    conn = sqlite3.connect(old_store, isolation_level=None)
+    try:
+        with pytest.raises(RuntimeError, match="a migration bug"):
+            sqlschema.upgrade(conn, str(old_store), steps)
+        assert sqlschema.version(conn) == 1
+        docs = [r[0] for r in conn.execute("SELECT doc FROM entities")]
+        assert len(docs) == 3
+        assert all(doc != b"\x00" for doc in docs)
+    finally:
+        conn.close()
+    assert len(backups(old_store)) == 1
+
+
+async def test_a_store_of_a_newer_release_is_refused_untouched(old_store: Path) -> None:
+    with sqlite3.connect(old_store) as conn:
+        conn.execute(f"PRAGMA user_version={sqlschema.CURRENT + 1}")
+    before = content(old_store)
+    store = SqliteStore(old_store)
+    with pytest.raises(StoreVersionError) as refused:
+        await store.open()
+    with contextlib.suppress(InternalError):  # stops the writer process; it never opened
+        await store.close()
+    assert isinstance(refused.value, InternalError)
+    assert "より新しい Renkei" in refused.value.detail
+    assert "written by a newer Renkei" in refused.value.detail
+    assert content(old_store) == before
+
+
+def test_the_server_will_not_start_on_a_newer_store(old_store: Path) -> None:
+    with sqlite3.connect(old_store) as conn:
+        conn.execute(f"PRAGMA user_version={sqlschema.CURRENT + 5}")
+    with pytest.raises(RuntimeError) as failed:
+        start_broker(old_store, free_port()).kill()
+    assert "より新しい Renkei" in str(failed.value)
+    assert f"schema version {sqlschema.CURRENT + 5}" in str(failed.value)
