@@ -13,6 +13,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from broker import health as probes
+from broker import metrics
 from broker.api import (
     entities,
     entity_operations,
@@ -195,6 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = await build_hub(settings)
         app.state.hub = hub
+        metrics.attach(app, hub)
         app.state.ready = True
         log.info(
             "Renkei broker ready on %s (store %s)", settings.base_url, redact_uri(settings.store)
@@ -203,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            await metrics.detach(app)
             await close_hub(hub)
 
     app = FastAPI(
@@ -214,6 +218,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     add_exception_handlers(app)
     app.add_middleware(EdgeRouter)
+    metrics.install(app)  # outermost: sees every request, EdgeRouter's too
+    probes.install(app)
     app.include_router(entities.router)
     app.include_router(entity_operations.router)
     app.include_router(types.router)

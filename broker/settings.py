@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     viewer_tiles_attribution: str = ""
 
     log_level: str = "info"
+    #: "text", or "json": one JSON object per line (time, level, logger, message,
+    #: request_id, tenant, principal) for log collectors
+    log_format: Literal["text", "json"] = "text"
+    #: Seconds from SIGTERM to exit, at most: requests in flight finish (new ones are
+    #: refused), then the store and notification status are flushed. Below Kubernetes'
+    #: default terminationGracePeriodSeconds (30).
+    shutdown_timeout: float = Field(25.0, gt=0)
 
     @field_validator("store")
     @classmethod

@@ -36,6 +36,7 @@ import asyncio
 import logging
 import re
 import ssl
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +194,10 @@ class Senders:
         self._tls: ssl.SSLContext | None = None
         self.mqtt = MqttPool(timeout=mqtt_timeout, policy=self.policy)
         self._closed = False
+        #: deliveries attempted by (transport, "sent" | "failed"), and per transport those
+        #: under way (waiting for a connection or on the wire): read by /metrics
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.waiting: Counter[str] = Counter()
 
     @property
     def mqtt_connections_opened(self) -> int:
@@ -214,16 +219,26 @@ class Senders:
             scheme = urlsplit(endpoint.uri).scheme.lower()
         except ValueError:
             scheme = ""
-        if scheme in HTTP_SCHEMES:
-            await self._post(endpoint, build)
-        elif scheme in MQTT_SCHEMES:
-            body, headers = build()
-            await self._publish(endpoint, body, _typed(endpoint, headers))
-        else:
+        transport = "http" if scheme in HTTP_SCHEMES else "mqtt" if scheme in MQTT_SCHEMES else ""
+        if not transport:
             raise DeliveryError(
                 f"unsupported endpoint scheme {scheme!r} in {redact_uri(endpoint.uri)}",
                 retryable=False,
             )
+        self.waiting[transport] += 1
+        try:
+            if transport == "http":
+                await self._post(endpoint, build)
+            else:
+                body, headers = build()
+                await self._publish(endpoint, body, _typed(endpoint, headers))
+        except DeliveryError:
+            self.outcomes[transport, "failed"] += 1
+            raise
+        else:
+            self.outcomes[transport, "sent"] += 1
+        finally:
+            self.waiting[transport] -= 1
 
     def _origin(self, uri: str) -> _Origin:
         parts = urlsplit(uri)
