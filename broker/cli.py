@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import logging
 import os
 import signal
 import socket
@@ -21,6 +20,7 @@ import httpx
 import typer
 import uvicorn
 
+from broker import logs, shutdown
 from broker.notify.senders import redact_uri
 from broker.runtime import tune_gc
 from broker.settings import Settings, get_settings
@@ -78,19 +78,33 @@ def _settings(
 def _run(settings: Settings) -> None:
     from broker.app import create_app
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(settings.log_level, settings.log_format)
+    _refuse_newer_store(settings.store)
     asgi = create_app(settings)
     tune_gc(settings.gc_threshold)
-    uvicorn.run(
+    config = uvicorn.Config(
         asgi,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # logs.configure has set up every logger
         access_log=False,
+        timeout_graceful_shutdown=shutdown.drain_seconds(settings.shutdown_timeout),
     )
+    shutdown.BoundedServer(config, settings.shutdown_timeout).run()
+
+
+def _refuse_newer_store(store: str) -> None:
+    """Stop with the message alone, before serving, on a store a newer release wrote."""
+    if not store.startswith("sqlite:"):
+        return
+    from broker.store.sqlite import SqliteStore
+    from broker.store.sqlschema import refusal
+
+    message = refusal(SqliteStore.from_url(store).path)
+    if message is not None:
+        typer.echo(message, err=True)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -329,6 +343,63 @@ OGC API - Features:      {root}/ogc   (QGIS: docs/gis.md)
                     child.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     child.kill()
+
+
+@app.command()
+def backup(
+    store: Annotated[str, typer.Option("--store", help="Store URL (sqlite:///PATH)")],
+    out: Annotated[Path, typer.Option("--out", help="Backup file to write")],
+) -> None:
+    """Copy a SQLite store, also while it serves writes. / 稼働中でも保存先をバックアップします。"""
+    from broker.store.sqlbackup import BackupError
+    from broker.store.sqlbackup import backup as take
+
+    path = _sqlite_path(store, "backup")
+    try:
+        take(Path(path), out)
+    except BackupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"バックアップしました / backed up {path} -> {out}")
+
+
+@app.command()
+def restore(
+    store: Annotated[str, typer.Option("--store", help="Store URL (sqlite:///PATH)")],
+    from_: Annotated[Path, typer.Option("--from", help="Backup file (renkei backup)")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing store / 既存の保存先を置き換える")
+    ] = False,
+) -> None:
+    """Put a backup in place of a SQLite store (the server stopped). / バックアップから復元します。"""
+    from broker.store.sqlbackup import BackupError
+    from broker.store.sqlbackup import restore as put_back
+
+    path = _sqlite_path(store, "restore")
+    try:
+        put_back(Path(path), from_, force=force)
+    except BackupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"復元しました / restored {from_} -> {path}")
+
+
+def _sqlite_path(store: str, command: str) -> str:
+    if store.startswith(("mongodb://", "mongodb+srv://")):
+        typer.echo(
+            f"MongoDB は renkei {command} ではなく mongodump / mongorestore で扱います "
+            f"(docs/mongodb.md) / for MongoDB use mongodump and mongorestore instead of "
+            f"renkei {command}: see docs/mongodb.md ({redact_uri(store)})",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from broker.store.sqlite import SqliteStore
+
+    try:
+        return SqliteStore.from_url(store).path
+    except ValueError as exc:
+        typer.echo(f"設定エラー / invalid store URL: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _register_connectors() -> None:
