@@ -38,7 +38,10 @@ async def not_ready(hub: Hub | None, ready: bool) -> str | None:
     from broker.store.mongodb import MongoStore
     from broker.store.sqlite import SqliteStore
 
-    store = hub.store
+    store = hub.entities.store
+    reason = getattr(store, "unavailable", None)
+    if reason:
+        return str(reason)
     try:
         if isinstance(store, SqliteStore):
             # a transaction of its own on the writer: BEGIN IMMEDIATE takes the write lock

@@ -62,7 +62,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import logs
-from broker.store.base import EntityQuery, Store
+from broker.model.store import EntityQuery
+from broker.store.base import Store
 
 if TYPE_CHECKING:
     from broker.api.deps import Hub
@@ -271,7 +272,7 @@ class _HubCollector:
         depth = GaugeMetricFamily(
             "renkei_writer_queue_depth", "Store writes waiting to be sent to the writer"
         )
-        queue = getattr(hub.store, "_queue", None) if hub is not None else None
+        queue = getattr(hub.entities.store, "_queue", None) if hub is not None else None
         depth.add_metric([], queue.qsize() if isinstance(queue, asyncio.Queue) else 0)
         yield depth
         sent = CounterMetricFamily(
@@ -417,7 +418,7 @@ def install(app: FastAPI) -> Metrics:
     async def scrape(request: Request) -> Response:
         hub = metrics.hub
         if hub is not None:
-            await metrics.counts.fresh(hub.store)
+            await metrics.counts.fresh(hub.entities.store)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return metrics
@@ -426,7 +427,7 @@ def install(app: FastAPI) -> Metrics:
 def attach(app: FastAPI, hub: Hub) -> None:
     """In the lifespan, once the hub is built: time its store, read it at scrape time."""
     metrics: Metrics = app.state.metrics
-    instrument_store(hub.store, metrics)
+    instrument_store(hub.entities.store, metrics)
     metrics.hub = hub
 
 
