@@ -16,6 +16,8 @@ class WriteBurst:
         self.url = f"{base_url}/ngsi-ld/v1/entities"
         self.tenant = tenant
         self.acknowledged: list[str] = []
+        #: statuses of the answers other than 201
+        self.refused: list[int] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         #: (count, event set once that many writes are acknowledged)
@@ -69,7 +71,10 @@ class WriteBurst:
                     r = client.post(self.url, json=body)
                 except httpx.HTTPError:
                     return  # the server went: this write was never acknowledged
-                if r.status_code == 201:
+                if r.status_code != 201:
+                    with self._lock:
+                        self.refused.append(r.status_code)
+                else:
                     with self._lock:
                         self.acknowledged.append(eid)
                         for count, reached in self._targets:

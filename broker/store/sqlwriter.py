@@ -1130,6 +1130,10 @@ def main() -> None:
     # Ctrl+C in a terminal reaches the whole process group: the serving process
     # handles it and closes this writer in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # So does SIGTERM from systemd (KillMode=control-group) or an init forwarding to the
+    # group: the serving process finishes its writes first. This process still ends
+    # when the serving one does, however it ends (its request socket closes).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from broker.runtime import tune_gc
     from broker.settings import get_settings

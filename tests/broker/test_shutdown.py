@@ -48,6 +48,7 @@ def serving(db: Path, log: Path, timeout: float) -> Iterator[tuple[subprocess.Po
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
+            start_new_session=True,  # a process group of its own, the writer in it
         )
         try:
             wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=60, proc=proc)
@@ -58,10 +59,14 @@ def serving(db: Path, log: Path, timeout: float) -> Iterator[tuple[subprocess.Po
                 proc.wait()
 
 
-def stopped_within(proc: subprocess.Popen[bytes], bound: float) -> float:
-    """Send SIGTERM and return the seconds until the process ended (at most ``bound`` + 5)."""
+def stopped_within(proc: subprocess.Popen[bytes], bound: float, *, group: bool = False) -> float:
+    """Send SIGTERM (to the server, or to its whole process group as systemd does) and
+    return the seconds until the server ended (at most ``bound`` + 5)."""
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=bound + 5)
     return time.monotonic() - started
 
@@ -94,6 +99,27 @@ def test_sigterm_during_a_write_burst_loses_no_acknowledged_write(tmp_path: Path
     messages = [str(line["message"]) for line in json_lines(log)]
     assert any("shutting down within 10 s" in m for m in messages)
     assert any("Renkei broker ready" in m for m in messages)
+
+
+def test_sigterm_to_every_process_of_the_service_drains_writes_too(tmp_path: Path) -> None:
+    """systemd (KillMode=control-group) and some init processes signal every process of
+    a service at once: the store's writer process must not die under the writes the
+    server is still finishing."""
+    db, log = tmp_path / "renkei.db", tmp_path / "broker.log"
+    with (
+        serving(db, log, timeout=10) as (proc, port),
+        WriteBurst(f"http://127.0.0.1:{port}") as burst,
+    ):
+        burst.wait_for(300)
+        took = stopped_within(proc, 10, group=True)
+    assert took < 10
+    assert proc.returncode in (0, -signal.SIGTERM)
+    assert burst.refused == [], "writes under way when the signal came were all stored"
+    with closing(sqlite3.connect(db)) as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM entities WHERE tenant='komae'")}
+    assert [eid for eid in burst.acked() if eid not in stored] == []
+    messages = [str(line["message"]) for line in json_lines(log)]
+    assert not any("writer process" in m for m in messages), messages
 
 
 def test_a_client_that_never_finishes_its_request_does_not_hold_the_exit(tmp_path: Path) -> None:
