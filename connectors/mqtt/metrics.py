@@ -1,13 +1,17 @@
 """Counters of the agent, rendered in the Prometheus text format at ``/metrics``.
 
 Updated only on the event loop thread (paho's thread hands messages over first), so
-plain integers suffice.
+plain integers suffice; prometheus-client renders them at scrape time, as the broker's
+``/metrics`` does (``broker.metrics``: the same ``renkei_`` prefix and conventions).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 PREFIX = "renkei_iota"
 
@@ -43,24 +47,39 @@ class Metrics:
         self.gauges[name] = read
 
     def render(self) -> str:
-        lines: list[str] = []
-        label_names = {
-            "messages_received_total": "kind",
-            "bad_input_total": "reason",
-            "dropped_total": "reason",
-        }
+        registry = CollectorRegistry()
+        registry.register(_Collector(self))
+        return generate_latest(registry).decode()
+
+
+_LABELS = {
+    "messages_received_total": "kind",
+    "bad_input_total": "reason",
+    "dropped_total": "reason",
+}
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self.metrics.counters
         for name, help_text in _HELP.items():
-            lines.append(f"# HELP {PREFIX}_{name} {help_text}")
-            lines.append(f"# TYPE {PREFIX}_{name} counter")
-            series = sorted((lbl, v) for (n, lbl), v in self.counters.items() if n == name)
-            if not series:
-                lines.append(f"{PREFIX}_{name} 0")
-            for label, value in series:
-                if label:
-                    lines.append(f'{PREFIX}_{name}{{{label_names[name]}="{label}"}} {value}')
-                else:
-                    lines.append(f"{PREFIX}_{name} {value}")
-        for name, read in sorted(self.gauges.items()):
-            lines.append(f"# TYPE {PREFIX}_{name} gauge")
-            lines.append(f"{PREFIX}_{name} {read():g}")
-        return "\n".join(lines) + "\n"
+            label = _LABELS.get(name)
+            family = CounterMetricFamily(
+                f"{PREFIX}_{name}", help_text, labels=(label,) if label else None
+            )
+            series = sorted((lbl, v) for (n, lbl), v in list(counters.items()) if n == name)
+            if label is None:
+                family.add_metric([], sum(v for _, v in series))
+            for value, n in series if label else ():
+                family.add_metric([value], n)
+            yield family
+        for name, read in sorted(self.metrics.gauges.items()):
+            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", name.replace("_", " "))
+            gauge.add_metric([], read())
+            yield gauge
