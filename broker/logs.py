@@ -3,7 +3,8 @@ for log collectors (Fluent Bit, Loki, Cloud Logging).
 
 Each line carries the request it was written for: the request id, the tenant and the
 principal, held in context variables that the request middleware (``broker.metrics``)
-sets, and that tasks started while serving a request (notifications) inherit. The
+sets (the principal: the access-control layer, ``logs.principal.set(name)``, once it
+knows who asks), and that tasks started while serving a request (notifications) inherit. The
 request id is the client's ``X-Request-Id`` when it is short and made of safe
 characters, else one made here; it is echoed in the response.
 

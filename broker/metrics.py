@@ -372,11 +372,13 @@ class ObserveRequests:
 
         rid_token = logs.request_id.set(rid)
         tenant_token = logs.tenant.set(logs.clean_label(tenant) if tenant else "")
+        principal_token = logs.principal.set(None)  # the access-control layer sets it
         try:
             await self.app(scope, receive, sending)
         finally:
             logs.request_id.reset(rid_token)
             logs.tenant.reset(tenant_token)
+            logs.principal.reset(principal_token)
             self.metrics.observe(
                 scope["method"], route_of(scope), status, time.perf_counter() - started
             )
