@@ -10,7 +10,8 @@ lost, however the process ends afterwards.
 The bound: in-flight requests get ``drain_seconds(timeout)``; the lifespan's shutdown
 gets the rest; should anything still hang at ``timeout`` after the signal, a watchdog
 ends the process (exit status 1), so it always ends before Kubernetes' SIGKILL at
-``terminationGracePeriodSeconds`` (30 by default; the default timeout is 25).
+``terminationGracePeriodSeconds`` (30 by default; the default timeout is 25). A
+shutdown done in order exits with status 0.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class BoundedServer(uvicorn.Server):
             self._watchdog.daemon = True
             self._watchdog.start()
         super().handle_exit(sig, frame)
+        # uvicorn raises the signal again once shut down, which kills the process before
+        # the caller's own clean-up (``renkei demo`` stopping its Mosquitto and agent)
+        # runs: here a signal handled in order ends the process normally instead.
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
 
 
 def _overdue(timeout: float) -> None:
