@@ -27,7 +27,8 @@ import orjson
 
 #: the request being served: its id, tenant ("" is the default tenant) and principal
 request_id: ContextVar[str | None] = ContextVar("renkei_request_id", default=None)
-tenant: ContextVar[str | None] = ContextVar("renkei_tenant", default=None)
+#: the tenant header as received (checked when a line is written, not per request)
+tenant: ContextVar[bytes | None] = ContextVar("renkei_tenant", default=None)
 principal: ContextVar[str | None] = ContextVar("renkei_principal", default=None)
 
 MAX_REQUEST_ID = 128
@@ -75,10 +76,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": mask_userinfo(record.getMessage()),
         }
-        for key, var in (("request_id", request_id), ("tenant", tenant), ("principal", principal)):
-            value = var.get()
-            if value is not None:
-                out[key] = value
+        rid = request_id.get()
+        if rid is not None:
+            out["request_id"] = rid
+            raw = tenant.get()
+            out["tenant"] = "" if raw is None else clean_label(raw) or "(invalid)"
+        who = principal.get()
+        if who is not None:
+            out["principal"] = who
         if record.exc_info:
             out["exception"] = mask_userinfo(self.formatException(record.exc_info))
         return orjson.dumps(out).decode()

@@ -371,7 +371,7 @@ class ObserveRequests:
             await send(message)
 
         rid_token = logs.request_id.set(rid)
-        tenant_token = logs.tenant.set(logs.clean_label(tenant) if tenant else "")
+        tenant_token = logs.tenant.set(tenant)
         principal_token = logs.principal.set(None)  # the access-control layer sets it
         try:
             await self.app(scope, receive, sending)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker import metrics as broker_metrics
 from broker.app import create_app
-from broker.metrics import Metrics, ObserveRequests
+from broker.metrics import _ENTITIES, Metrics, ObserveRequests
 from tests.conftest import make_settings
 from tests.receiver import Receiver
 from tests.support import free_port
@@ -171,12 +171,15 @@ def test_notifications_are_counted_by_transport_and_outcome(
 
 
 def test_the_middleware_costs_a_few_microseconds() -> None:
-    per_request = middleware_cost(20_000)
-    assert per_request < 30e-6, f"{per_request * 1e6:.1f} µs a request"
+    """Measured around a bare ASGI app that answers at once."""
+    added, bare = middleware_cost(20_000)
+    # ~3-4 µs on an idle core; the bound leaves room for a busy shared machine
+    assert added < 50e-6, f"{added * 1e6:.1f} µs a request, the bare app {bare * 1e6:.1f} µs"
 
 
-def middleware_cost(requests: int) -> float:
-    """Seconds the middleware adds to one request: a bare ASGI app timed with and without it."""
+def middleware_cost(requests: int) -> tuple[float, float]:
+    """Seconds the middleware adds to one request, and those of the bare ASGI app it
+    wraps (the best of 50 short rounds each)."""
 
     async def bare(scope: Any, receive: Any, send: Any) -> None:
         scope["route"] = route
@@ -202,27 +205,26 @@ def middleware_cost(requests: int) -> float:
     async def send(message: Any) -> None:
         pass
 
-    async def run(app: Any) -> float:
-        best = float("inf")
-        for _ in range(5):
-            started = time.perf_counter()
-            for _ in range(requests // 5):
-                scope = {
-                    "type": "http",
-                    "method": "POST",
-                    "path": "/ngsi-ld/v1/entities",
-                    "headers": headers,
-                }
-                await app(scope, receive, send)
-            best = min(best, (time.perf_counter() - started) / (requests // 5))
-        return best
+    async def run(app: Any, n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            scope = {"type": "http", "method": "POST", "path": _ENTITIES, "headers": headers}
+            await app(scope, receive, send)
+        return (time.perf_counter() - started) / n
 
-    async def both() -> float:
-        await run(observed)  # warm: labelled children made
-        return await run(observed) - await run(bare)
+    async def both() -> tuple[float, float]:
+        await run(observed, 1000)  # warm: the labelled series made
+        # short rounds, the two apps in turn, the best of each: on a shared machine both
+        # best rounds fall in quiet moments
+        n = max(requests // 50, 100)
+        rounds = [(await run(observed, n), await run(bare, n)) for _ in range(50)]
+        with_it = min(r[0] for r in rounds)
+        without = min(r[1] for r in rounds)
+        return with_it - without, without
 
     return asyncio.run(both())
 
 
 if __name__ == "__main__":
-    print(f"{middleware_cost(200_000) * 1e6:.2f} µs a request")
+    added, bare = middleware_cost(200_000)
+    print(f"{added * 1e6:.2f} µs a request (bare app: {bare * 1e6:.2f} µs)")
