@@ -223,7 +223,7 @@ def test_status_counts_are_current_before_they_are_written(
     client: TestClient, receiver: Receiver
 ) -> None:
     hub = client.app.state.hub  # type: ignore[attr-defined]
-    hub.subscriptions.status_interval = 60.0  # outcomes stay pending for the whole test
+    hub.subscriptions.delivery.status_interval = 60.0  # outcomes stay pending for the whole test
     sid = create_sub(client, subscription(receiver.url))
     client.post(E, json=building(), headers=JSON)
     receiver.wait(1)

@@ -93,7 +93,7 @@ async def test_a_subscription_created_during_a_reload_gets_the_next_change(
     tm = await hub.term_map(None)
     await hub.entities.create("", building(), tm)  # nothing subscribed yet: nothing sent
     held = HeldListRead(hub)
-    hub.subscriptions._cache.clear()  # as after the cache's time-to-live
+    hub.subscriptions.registry.expire()  # as after the cache's time-to-live
     first = asyncio.create_task(floors(hub, 6))  # its reload reads: no subscriptions
     await held.started.wait()
     await hub.subscriptions.create("", subscription(receiver.url), None)
@@ -109,7 +109,7 @@ async def test_concurrent_writes_share_one_reload(hub: Hub, receiver: Receiver) 
     await hub.entities.create("", building(), tm)
     await hub.subscriptions.create("", subscription(receiver.url), None)
     held = HeldListRead(hub)
-    hub.subscriptions._cache.clear()
+    hub.subscriptions.registry.expire()
     writes = [asyncio.create_task(floors(hub, 10 + i)) for i in range(8)]
     await held.started.wait()
     await asyncio.sleep(0.05)  # the other writes reach the reload under way
@@ -126,7 +126,7 @@ async def test_a_cancelled_write_does_not_cancel_the_reload_others_wait_for(
     await hub.entities.create("", building(), tm)
     await hub.subscriptions.create("", subscription(receiver.url), None)
     held = HeldListRead(hub)
-    hub.subscriptions._cache.clear()
+    hub.subscriptions.registry.expire()
     cancelled = asyncio.create_task(floors(hub, 20))
     await held.started.wait()
     waiting = asyncio.create_task(floors(hub, 21))
