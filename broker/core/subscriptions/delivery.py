@@ -223,6 +223,12 @@ class Delivery:
 
     # -- periodic (timeInterval) --------------------------------------------------------------
 
+    async def idle(self) -> None:
+        """Wait until every notification on its way (retries included) has its outcome
+        noted, as before a graceful stop; they are not cancelled."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
