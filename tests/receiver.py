@@ -1,26 +1,36 @@
-"""A real HTTP notification receiver on loopback for tests: records what it gets."""
+"""A real HTTP notification receiver on loopback for tests: records what it gets.
+
+Tests wait on the notifications themselves (``wait``, ``wait_for``); a check that no
+further notification comes (``quiet``) waits a stated bound after a positive wait.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+Received = list[tuple[dict[str, str], Any]]
 
 
 class Receiver:
     def __init__(self, status: int = 200, delay: float = 0.0) -> None:
         """``delay``: seconds the receiver takes before it answers (a slow endpoint)."""
-        self.received: list[tuple[dict[str, str], Any]] = []
+        self.received: Received = []
         self.status = status
+        self._arrived = threading.Condition()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"null")
-                outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                with outer._arrived:
+                    outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    outer._arrived.notify_all()
                 if delay:
                     time.sleep(delay)
                 self.send_response(outer.status)
@@ -34,14 +44,28 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def wait(self, count: int, timeout: float = 10.0) -> list[tuple[dict[str, str], Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(self.received) >= count, (
-            f"got {len(self.received)} notifications, wanted {count}"
-        )
-        return self.received
+    def wait_for(
+        self, done: Callable[[Received], bool], timeout: float = 10.0, what: str = ""
+    ) -> Received:
+        """Wait until ``done(received)`` holds, waking at each notification."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: done(self.received), timeout):
+                raise AssertionError(
+                    f"{what or 'the awaited notification'} did not arrive within {timeout}s "
+                    f"({len(self.received)} received)"
+                )
+            return list(self.received)
+
+    def wait(self, count: int, timeout: float = 10.0) -> Received:
+        """Wait until at least ``count`` notifications arrived."""
+        return self.wait_for(lambda r: len(r) >= count, timeout, f"notification #{count}")
+
+    def quiet(self, count: int, bound: float = 0.5) -> None:
+        """Check that no notification beyond the first ``count`` arrives within ``bound``
+        seconds (call it after waiting for those ``count``)."""
+        with self._arrived:
+            more = self._arrived.wait_for(lambda: len(self.received) > count, bound)
+        assert not more, f"got {len(self.received)} notifications, wanted only {count}"
 
     def close(self) -> None:
         self.server.shutdown()

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         found: int = s.getsockname()[1]
         return found
+
+
+def eventually(
+    check: Callable[[], bool], timeout: float = 10.0, what: str = "the condition"
+) -> None:
+    """Wait until ``check()`` holds (looked at every 20 ms); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.02)
 
 
 def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:

@@ -7,7 +7,6 @@ reload is under way: an interleaving that real timing produces only now and then
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from broker.api.deps import Hub
 from broker.app import build_hub, close_hub
+from broker.core.subscriptions import Compiled
 from tests.conftest import building, make_settings
 from tests.receiver import Receiver
 
@@ -56,6 +56,28 @@ class HeldListRead:
         self.released.set()
 
 
+class Matching:
+    """Counts the writes that have asked for the active subscriptions: once counted, a
+    write waits on the reload under way (or has its answer)."""
+
+    def __init__(self, hub: Hub) -> None:
+        registry = hub.subscriptions.registry
+        self.active = registry.active
+        self.calls = 0
+        self.changed = asyncio.Condition()
+        registry.active = self  # type: ignore[method-assign]
+
+    async def __call__(self, tenant: str) -> list[Compiled]:
+        async with self.changed:
+            self.calls += 1
+            self.changed.notify_all()
+        return await self.active(tenant)
+
+    async def reached(self, calls: int) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: self.calls >= calls), 10)
+
+
 def subscription(url: str) -> dict[str, Any]:
     return {
         "type": "Subscription",
@@ -69,10 +91,10 @@ def floors_notified(receiver: Receiver) -> list[int]:
 
 
 def wait_notified(receiver: Receiver, value: int) -> None:
-    deadline = time.monotonic() + 10
-    while value not in floors_notified(receiver):
-        assert time.monotonic() < deadline, f"floors={value} never notified"
-        time.sleep(0.02)
+    receiver.wait_for(
+        lambda received: value in [e["floors"]["value"] for _, b in received for e in b["data"]],
+        what=f"floors={value}",
+    )
 
 
 async def notified(receiver: Receiver, value: int) -> None:
@@ -93,7 +115,7 @@ async def test_a_subscription_created_during_a_reload_gets_the_next_change(
     tm = await hub.term_map(None)
     await hub.entities.create("", building(), tm)  # nothing subscribed yet: nothing sent
     held = HeldListRead(hub)
-    hub.subscriptions._cache.clear()  # as after the cache's time-to-live
+    hub.subscriptions.registry.expire()  # as after the cache's time-to-live
     first = asyncio.create_task(floors(hub, 6))  # its reload reads: no subscriptions
     await held.started.wait()
     await hub.subscriptions.create("", subscription(receiver.url), None)
@@ -109,10 +131,11 @@ async def test_concurrent_writes_share_one_reload(hub: Hub, receiver: Receiver) 
     await hub.entities.create("", building(), tm)
     await hub.subscriptions.create("", subscription(receiver.url), None)
     held = HeldListRead(hub)
-    hub.subscriptions._cache.clear()
+    matching = Matching(hub)
+    hub.subscriptions.registry.expire()
     writes = [asyncio.create_task(floors(hub, 10 + i)) for i in range(8)]
     await held.started.wait()
-    await asyncio.sleep(0.05)  # the other writes reach the reload under way
+    await matching.reached(8)  # every write waits on the reload under way
     held.release()
     await asyncio.gather(*writes)
     assert held.reads == 1
@@ -126,11 +149,12 @@ async def test_a_cancelled_write_does_not_cancel_the_reload_others_wait_for(
     await hub.entities.create("", building(), tm)
     await hub.subscriptions.create("", subscription(receiver.url), None)
     held = HeldListRead(hub)
-    hub.subscriptions._cache.clear()
+    matching = Matching(hub)
+    hub.subscriptions.registry.expire()
     cancelled = asyncio.create_task(floors(hub, 20))
     await held.started.wait()
     waiting = asyncio.create_task(floors(hub, 21))
-    await asyncio.sleep(0.05)
+    await matching.reached(2)  # the second write waits on the same reload
     cancelled.cancel()
     held.release()
     await waiting

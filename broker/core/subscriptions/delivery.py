@@ -1,0 +1,241 @@
+"""Delivery of notifications (clause 5.11): background sends with retries and backoff,
+coalescing of changes for a busy endpoint, throttling, and the delivery status
+(``timesSent``, ``lastSuccess``, ``lastFailure`` ...) written to the store in batches.
+
+A slow or dead endpoint never slows a write and never holds back other subscriptions.
+Throttling is enforced with ``Store.claim_notification``, an atomic compare-and-set in the
+store, so several broker processes agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from broker.core.subscriptions.payload import Compiled
+from broker.errors import NgsiLdError
+from broker.jsonld.context import CORE_CONTEXT_URL
+from broker.model.entity import now_iso
+from broker.model.store import NotificationRecord
+from broker.notify.senders import DeliveryError, Senders
+from broker.store.base import Store
+
+log = logging.getLogger("renkei.subscriptions")
+
+LINK_REL = "http://www.w3.org/ns/json-ld#context"
+
+
+@dataclass
+class _Delivery:
+    sub: Compiled
+    body: bytes
+    headers: dict[str, str]
+
+
+#: Notifications of one subscription on their way at once; changes made meanwhile queue
+#: up and go out together, in one notification (``data`` holds them all), keeping order.
+PER_SUBSCRIPTION_IN_FLIGHT = 1
+#: Entities in one notification built from queued changes, at most.
+MAX_COALESCED = 500
+
+
+class Delivery:
+    def __init__(
+        self,
+        store: Store,
+        senders: Senders,
+        *,
+        max_attempts: int = 5,
+        backoff: float = 0.5,
+        backoff_cap: float = 30.0,
+        concurrency: int = 64,
+    ) -> None:
+        self.store = store
+        self.senders = senders
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        #: deliveries on their way, which ``aclose`` cancels and waits for
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: per subscription: deliveries on their way, and changes waiting for one to end
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._queued: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._pending: dict[tuple[str, str], NotificationRecord] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        #: seconds delivery outcomes wait before they are written together
+        self.status_interval = 0.2
+
+    def submit(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+        """Send a notification of ``data``; when the subscription already has
+        ``PER_SUBSCRIPTION_IN_FLIGHT`` on their way, ``data`` waits and goes out with the
+        other waiting changes in one notification as soon as one of them is done (or in
+        the one on its way, if that is still waiting for a connection). A
+        slow or busy endpoint thus gets fewer, fuller notifications instead of an
+        ever-growing queue, and no change is dropped or reordered within a batch."""
+        key = (sub.tenant, sub.id)
+        if self._in_flight.get(key, 0) >= PER_SUBSCRIPTION_IN_FLIGHT:
+            self._queued.setdefault(key, []).extend(data)
+            return
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        task = asyncio.create_task(self._deliver_then_queued(sub, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _job(self, sub: Compiled, data: list[dict[str, Any]]) -> _Delivery:
+        notification: dict[str, Any] = {
+            "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
+            "type": "Notification",
+            "subscriptionId": sub.id,
+            "notifiedAt": now_iso(),
+            "data": data,
+        }
+        headers = {"Content-Type": sub.endpoint.accept}
+        if sub.endpoint.accept == "application/ld+json":
+            tm = sub.render_tm or sub.tm
+            ctx = tm.context if tm.context is not None else CORE_CONTEXT_URL
+            notification["@context"] = ctx
+            notification["data"] = [{**item, "@context": ctx} for item in data]
+        else:
+            headers["Link"] = f'<{sub.context_url}>; rel="{LINK_REL}"; type="application/ld+json"'
+        if sub.tenant:
+            headers["NGSILD-Tenant"] = sub.tenant
+        return _Delivery(sub, orjson.dumps(notification), headers)
+
+    async def _deliver_then_queued(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+        key = (sub.tenant, sub.id)
+        try:
+            while True:
+                await self._deliver(sub, data)
+                data = self._take_queued(key, MAX_COALESCED)
+                if not data:
+                    return
+        finally:
+            left = self._in_flight.get(key, 1) - 1
+            if left > 0:
+                self._in_flight[key] = left
+            else:
+                self._in_flight.pop(key, None)
+
+    def _take_queued(self, key: tuple[str, str], limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the changes waiting for this subscription, oldest first."""
+        queued = self._queued.get(key)
+        if not queued or limit <= 0:
+            return []
+        taken, rest = queued[:limit], queued[limit:]
+        if rest:
+            self._queued[key] = rest
+        else:
+            del self._queued[key]
+        return taken
+
+    async def _deliver(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+        key = (sub.tenant, sub.id)
+        job: _Delivery | None = None
+
+        def build() -> tuple[bytes, dict[str, str]]:
+            # Built when a connection is free: changes queued while this notification
+            # waited for one go with it (a retry sends the same notification again).
+            nonlocal job
+            if job is None:
+                job = self._job(sub, [*data, *self._take_queued(key, MAX_COALESCED - len(data))])
+            return job.body, job.headers
+
+        async with self._slots:
+            if sub.throttling is not None and not await self.store.claim_notification(
+                sub.tenant, sub.id, now=time.time(), min_gap=sub.throttling
+            ):
+                return  # throttled: another notification went out less than `throttling` ago
+            delay = self.backoff
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    await self.senders.send_built(sub.endpoint, build)
+                except DeliveryError as exc:
+                    await self._record(sub, success=False)
+                    if not exc.retryable or attempt == self.max_attempts:
+                        log.warning(
+                            "notification for %s failed after %d attempt(s): %s",
+                            sub.id,
+                            attempt,
+                            exc,
+                        )
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff_cap)
+                else:
+                    await self._record(sub, success=True)
+                    return
+
+    async def _record(self, sub: Compiled, *, success: bool) -> None:
+        """Note a delivery outcome; outcomes reach the store together, every ``status_interval``."""
+        key = (sub.tenant, sub.id)
+        rec = self._pending.get(key)
+        if rec is None:
+            rec = self._pending[key] = NotificationRecord(sub.tenant, sub.id)
+        at = now_iso()
+        rec.sent += 1
+        rec.last_notification = at
+        if success:
+            rec.last_success = at
+        else:
+            rec.failed += 1
+            rec.last_failure = at
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later())
+
+    def status(self, tenant: str, sub_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+        """Stored status plus the outcomes not yet written, so this process reads its own."""
+        rec = self._pending.get((tenant, sub_id))
+        if rec is None:
+            return dict(stored)
+        status = dict(stored)
+        status["timesSent"] = status.get("timesSent", 0) + rec.sent
+        status["timesFailed"] = status.get("timesFailed", 0) + rec.failed
+        for key, value in (
+            ("lastNotification", rec.last_notification),
+            ("lastSuccess", rec.last_success),
+            ("lastFailure", rec.last_failure),
+        ):
+            if value is not None:
+                status[key] = value
+        return status
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.status_interval)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the pending delivery outcomes to the store."""
+        if not self._pending:
+            return
+        records, self._pending = list(self._pending.values()), {}
+        try:
+            await self.store.record_notifications(records)
+        except NgsiLdError as exc:
+            log.warning("cannot record notification status: %s", exc.detail)
+
+    # -- periodic (timeInterval) --------------------------------------------------------------
+
+    async def idle(self) -> None:
+        """Wait until every notification on its way (retries included) has its outcome
+        noted, as before a graceful stop; they are not cancelled."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
