@@ -147,11 +147,7 @@ def _geo(sel: P.Selection) -> GeoQuery | None:
                 "[&geoproperty=...]"
             )
         given[key] = value
-    return parse_geo_query(*(given.get(k) for k in _GEO_PARTS)) or _empty_geo_q()
-
-
-def _empty_geo_q() -> GeoQuery:
-    raise BadRequestData("geoQ is empty")
+    return parse_geo_query(*(given.get(k) for k in _GEO_PARTS))
 
 
 def _order_by(text: str | None, tm: TermMap) -> list[tuple[Any, bool]] | None:
@@ -328,7 +324,7 @@ def _has_type(ent: Entity, types: list[list[str]]) -> bool:
     responses=ENTITY_ANSWERS,
 )
 async def retrieve_entity(
-    entity_id: str,
+    entity_id: P.EntityIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -338,13 +334,13 @@ async def retrieve_entity(
     kind = negotiate(request, ENTITY_OFFERS)
     tm = await hub.link_term_map(request)
     view = P.view_of(params, tm)
-    type = params.type
     types = [
-        [tm.expand(check_name(t, "entity type")) for t in alt] for alt in type_alternatives(type)
+        [tm.expand(check_name(t, "entity type")) for t in alt]
+        for alt in type_alternatives(params.type)
     ]
     ent = await hub.entities.retrieve(tenant, entity_id)
     if types and not _has_type(ent, types):
-        raise ResourceNotFound(f"entity {entity_id} is not of type {type}")
+        raise ResourceNotFound(f"entity {entity_id} is not of type {params.type}")
     rendered = await _render(hub, tenant, request, view, [ent], kind)
     body: Any = rendered if len(rendered) > 1 else rendered[0]
     root = rendered[0]
@@ -362,8 +358,8 @@ async def retrieve_entity(
     summary="Delete attribute (clause 6.7.3.2)",
 )
 async def delete_attribute(
-    entity_id: str,
-    attr: str,
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -385,7 +381,7 @@ async def delete_attribute(
 
 
 @router.delete("/entities/{entity_id:path}/attrs", include_in_schema=False)
-async def _delete_no_attr(entity_id: str) -> Response:
+async def _delete_no_attr(entity_id: P.EntityIdPath) -> Response:
     return Response(status_code=405, headers={"Allow": "POST, PATCH"})
 
 
@@ -393,7 +389,7 @@ async def _delete_no_attr(entity_id: str) -> Response:
     "/entities/{entity_id:path}", status_code=204, summary="Delete entity (clause 6.5.3.2)"
 )
 async def delete_entity(
-    entity_id: str,
+    entity_id: P.EntityIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -412,8 +408,8 @@ async def delete_entity(
     openapi_extra=P.json_body("The attribute to replace (clause 5.6.19)."),
 )
 async def replace_attribute(
-    entity_id: str,
-    attr: str,
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -435,8 +431,8 @@ async def replace_attribute(
     openapi_extra=P.json_body("The attribute fragment to update (clause 5.6.4).", merge_patch=True),
 )
 async def update_attribute(
-    entity_id: str,
-    attr: str,
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -458,7 +454,7 @@ async def update_attribute(
     openapi_extra=P.json_body("Attributes to append (clause 5.6.3)."),
 )
 async def append_attributes(
-    entity_id: str,
+    entity_id: P.EntityIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -481,7 +477,7 @@ async def append_attributes(
     openapi_extra=P.json_body("Attributes to update (clause 5.6.2).", merge_patch=True),
 )
 async def update_attributes(
-    entity_id: str,
+    entity_id: P.EntityIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -501,7 +497,7 @@ async def update_attributes(
     openapi_extra=P.json_body("The new content of the entity (clause 5.6.18)."),
 )
 async def replace_entity(
-    entity_id: str,
+    entity_id: P.EntityIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -523,7 +519,7 @@ async def replace_entity(
     ),
 )
 async def merge_entity(
-    entity_id: str,
+    entity_id: P.EntityIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,

@@ -80,7 +80,7 @@ async def add_context(request: Request, hub: HubDep, tenant: TenantDep) -> Respo
     responses=P.answers(JSON, LD_JSON),
 )
 async def serve_context(
-    context_id: str,
+    context_id: P.ContextIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -105,7 +105,7 @@ async def serve_context(
     summary="Delete @context (clause 6.33.3.2)",
 )
 async def delete_context(
-    context_id: str,
+    context_id: P.ContextIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,

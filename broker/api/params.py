@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Query
+from fastapi import Depends, Path, Query
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.params import Query as QueryInfo
 from fastapi.routing import APIRoute
@@ -267,9 +267,8 @@ def group(model: type[G]) -> Any:
 
     async def read(request: Request) -> G:
         query = request.query_params
-        return model.model_construct(
-            **{name: query[alias] for name, alias in names if alias in query}
-        )
+        values: dict[str, Any] = {name: query[alias] for name, alias in names if alias in query}
+        return model.model_construct(**values)
 
     read.__name__ = f"{model.__name__}_group"
     setattr(read, GROUP_ATTR, model)
@@ -495,3 +494,13 @@ def answers(*kinds: str, status: int = 200) -> dict[int | str, dict[str, Any]]:
     """``responses`` listing the media types an operation offers through ``Accept``
     (clause 6.3.4): the first is the default, anything else is 406."""
     return {status: {"content": {kind: {"schema": {}} for kind in kinds}}}
+
+
+# -- path parameters ----------------------------------------------------------------------------
+
+EntityIdPath = Annotated[str, Path(description="Entity id (a URI, clause 4.5.2).")]
+AttrPath = Annotated[str, Path(description="Attribute name (or its IRI).")]
+InstancePath = Annotated[str, Path(description="instanceId of an attribute instance (a URI).")]
+SubscriptionIdPath = Annotated[str, Path(description="Subscription id (a URI).")]
+TypePath = Annotated[str, Path(description="Entity type name (or its IRI).")]
+ContextIdPath = Annotated[str, Path(description="Local id or URL of a @context (clause 5.13).")]

@@ -64,7 +64,7 @@ async def list_subscriptions(
     responses=ANSWERS,
 )
 async def retrieve_subscription(
-    sub_id: str,
+    sub_id: P.SubscriptionIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -87,7 +87,11 @@ async def retrieve_subscription(
     openapi_extra=P.json_body("The subscription members to change.", merge_patch=True),
 )
 async def update_subscription(
-    sub_id: str, request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+    sub_id: P.SubscriptionIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
     P.check_params(request)
     payload, _tm = await hub.payload(request, allow_merge_patch=True)
@@ -101,7 +105,11 @@ async def update_subscription(
     summary="Delete subscription (clause 6.11.3.3)",
 )
 async def delete_subscription(
-    sub_id: str, request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+    sub_id: P.SubscriptionIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
     P.check_params(request)
     await hub.subscriptions.delete(tenant, sub_id)

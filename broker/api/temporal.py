@@ -343,7 +343,7 @@ async def query_temporal_post(
     responses=ANSWERS,
 )
 async def retrieve_temporal(
-    entity_id: str,
+    entity_id: P.EntityIdPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -401,7 +401,11 @@ async def upsert_temporal(
     openapi_extra=P.json_body("Attribute instances to add."),
 )
 async def append_temporal_attrs(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
     P.check_params(request)
     check_entity_id(entity_id)
@@ -422,9 +426,9 @@ def _instance_id(value: str) -> str:
     summary="Delete an attribute instance (clause 6.22.3.2)",
 )
 async def delete_temporal_instance(
-    entity_id: str,
-    attr: str,
-    instance_id: str,
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
+    instance_id: P.InstancePath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -445,9 +449,9 @@ async def delete_temporal_instance(
     openapi_extra=P.json_body("The attribute instance's new content."),
 )
 async def patch_temporal_instance(
-    entity_id: str,
-    attr: str,
-    instance_id: str,
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
+    instance_id: P.InstancePath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -470,8 +474,8 @@ async def patch_temporal_instance(
     summary="Delete an attribute's temporal evolution (clause 6.21.3.1)",
 )
 async def delete_temporal_attr(
-    entity_id: str,
-    attr: str,
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
     request: Request,
     hub: HubDep,
     tenant: TenantDep,
@@ -498,7 +502,11 @@ async def delete_temporal_attr(
     summary="Delete the temporal evolution of an entity (clause 6.19.3.2)",
 )
 async def delete_temporal(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
     P.check_params(request)
     if "/attrs/" in entity_id:  # .../attrs//{instanceId}: the attribute name is empty

@@ -40,7 +40,7 @@ async def entity_types(
     responses=ANSWERS,
 )
 async def entity_type_info(
-    type_name: str, request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+    type_name: P.TypePath, request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
 ) -> Response:
     P.check_params(request)
     kind = negotiate(request)
@@ -72,7 +72,7 @@ async def attributes(
     responses=ANSWERS,
 )
 async def attribute_info(
-    attr: str, request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+    attr: P.AttrPath, request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
 ) -> Response:
     P.check_params(request)
     kind = negotiate(request)

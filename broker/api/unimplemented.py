@@ -7,7 +7,9 @@ OperationNotSupported for the operation itself.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,7 +26,9 @@ NOT_YET = {
     "info": "broker information",
 }
 METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
-ANSWER = {501: {"description": "OperationNotSupported: not available in this version"}}
+ANSWER: dict[int | str, dict[str, Any]] = {
+    501: {"description": "OperationNotSupported: not available in this version"}
+}
 
 
 async def _not_yet(request: Request) -> Response:
@@ -37,7 +41,9 @@ async def _not_yet(request: Request) -> Response:
     )
 
 
-async def _not_yet_item(rest: str, request: Request) -> Response:
+async def _not_yet_item(
+    rest: Annotated[str, Path(description="The rest of the path.")], request: Request
+) -> Response:
     return await _not_yet(request)
 
 
