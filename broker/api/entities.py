@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, respond
-from broker.api.deps import LINK, Hub, HubDep, TenantDep
+from broker.api.deps import Hub, HubDep, TenantDep
 from broker.core.entities import UpdateResult
 from broker.core.model import View
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
@@ -35,9 +35,7 @@ from broker.query import (
 from broker.query.patterns import check_pattern
 from broker.query.types import type_alternatives
 
-router = APIRouter(
-    route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", dependencies=[LINK], tags=["entities"]
-)
+router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["entities"])
 
 ENTITY_OFFERS = (JSON, LD_JSON, GEO_JSON)
 ENTITY_ANSWERS = P.answers(*ENTITY_OFFERS)

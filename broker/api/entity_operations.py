@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
-from broker.api.deps import LINK, Hub, HubDep, TenantDep, request_tenant
+from broker.api.deps import Hub, HubDep, TenantDep, request_tenant
 from broker.api.entities import ENTITY_ANSWERS, ENTITY_OFFERS, build_query, query_response
 from broker.core.batch import BatchItem, BatchResult, Operation
 from broker.core.model import View
@@ -25,7 +25,6 @@ from broker.query.types import type_alternatives
 router = APIRouter(
     route_class=P.DeclaredRoute,
     prefix="/ngsi-ld/v1/entityOperations",
-    dependencies=[LINK],
     tags=["entityOperations"],
 )
 

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, check_content_type, negotiate, read_body
-from broker.api.deps import HubDep, TenantDep
+from broker.api.deps import ContextsTenantDep, HubDep
 from broker.core.contexts import PATH, ContextRegistry
 
 router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["jsonldContexts"])
@@ -36,7 +36,7 @@ def _json(data: object, status: int = 200, kind: str = JSON) -> Response:
 async def list_contexts(
     request: Request,
     hub: HubDep,
-    tenant: TenantDep,
+    tenant: ContextsTenantDep,
     details: P.Details = None,
     kind: P.ContextKind = None,
     reload: P.Reload = None,
@@ -65,7 +65,7 @@ async def list_contexts(
         }
     },
 )
-async def add_context(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+async def add_context(request: Request, hub: HubDep, tenant: ContextsTenantDep) -> Response:
     P.check_params(request)
     check_content_type(request)
     s = hub.settings
@@ -83,7 +83,7 @@ async def serve_context(
     context_id: P.ContextIdPath,
     request: Request,
     hub: HubDep,
-    tenant: TenantDep,
+    tenant: ContextsTenantDep,
     details: P.Details = None,
     kind: P.ContextKind = None,
     reload: P.Reload = None,
@@ -108,7 +108,7 @@ async def delete_context(
     context_id: P.ContextIdPath,
     request: Request,
     hub: HubDep,
-    tenant: TenantDep,
+    tenant: ContextsTenantDep,
     details: P.Details = None,
     kind: P.ContextKind = None,
     reload: P.Reload = None,

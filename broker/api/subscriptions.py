@@ -10,11 +10,9 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
-from broker.api.deps import LINK, HubDep, TenantDep
+from broker.api.deps import HubDep, TenantDep
 
-router = APIRouter(
-    route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", dependencies=[LINK], tags=["subscriptions"]
-)
+router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["subscriptions"])
 ANSWERS = P.answers(JSON, LD_JSON)
 
 

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
-from broker.api.deps import LINK, Hub, HubDep, TenantDep
+from broker.api.deps import Hub, HubDep, TenantDep
 from broker.api.entities import entity_query
 from broker.api.entity_operations import BodyQueryParams, body_query
 from broker.core.model import View
@@ -32,7 +32,6 @@ from broker.model.store import EntityQuery, HistoryQuery
 router = APIRouter(
     route_class=P.DeclaredRoute,
     prefix="/ngsi-ld/v1/temporal",
-    dependencies=[LINK],
     tags=["temporal"],
 )
 

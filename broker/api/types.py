@@ -8,12 +8,10 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
-from broker.api.deps import LINK, HubDep, TenantDep
+from broker.api.deps import HubDep, TenantDep
 from broker.model.entity import check_name
 
-router = APIRouter(
-    route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", dependencies=[LINK], tags=["discovery"]
-)
+router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["discovery"])
 ANSWERS = P.answers(JSON, LD_JSON)
 
 

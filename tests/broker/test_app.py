@@ -31,7 +31,7 @@ def test_a_trailing_slash_names_the_same_resource(client: TestClient) -> None:
 
 @pytest.fixture
 def guarded(settings: Settings) -> Iterator[TestClient]:
-    """The broker with the tenant dependency replaced by one that refuses everything."""
+    """The broker with the tenant dependencies replaced by one that refuses everything."""
     app = create_app(settings)
 
     async def refuse() -> str:
@@ -41,6 +41,7 @@ def guarded(settings: Settings) -> Iterator[TestClient]:
         r = c.post(E, json=building(), headers=JSON)
         assert r.status_code == 201
         app.dependency_overrides[deps.tenant] = refuse
+        app.dependency_overrides[deps.tenant_only] = refuse
         yield c
 
 
