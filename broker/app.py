@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,16 +26,14 @@ from broker.api import (
     viewer,
 )
 from broker.api import v2 as ngsi_v2
-from broker.api.common import tenant_of
 from broker.api.deps import Hub
-from broker.api.errors import add_exception_handlers, problem_response
+from broker.api.errors import add_exception_handlers
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
-from broker.errors import InternalError, NgsiLdError
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
 from broker.model.history import HistoryPolicy
 from broker.notify.senders import Senders, redact_uri
@@ -131,63 +128,26 @@ async def close_hub(hub: Hub) -> None:
     await hub.entities.store.close()
 
 
-class EdgeRouter:
-    """ASGI middleware in front of the routers.
+class TrailingSlash:
+    """ASGI middleware: ``/entities/`` is ``/entities`` (clients and test suites send both).
 
-    * ``/entities/`` is ``/entities``: clients and test suites send both.
-    * The two busiest operations, create entity and retrieve entity, are dispatched
-      here straight to their route functions (the same ones the routers use, with the
-      same error rendering), skipping the framework's routing and dependency
-      machinery, which under load cost more than the operations themselves.
+    Every request then goes through the framework's routing and the routes' declared
+    dependencies; there is no other way in.
     """
-
-    PREFIX = "/ngsi-ld/v1/entities"
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        if len(path) > 1 and path.endswith("/"):
-            scope = dict(scope)
-            path = scope["path"] = path.rstrip("/") or "/"
-            raw = scope.get("raw_path")
-            if raw:
-                scope["raw_path"] = raw.rstrip(b"/") or b"/"
-        if path.startswith(self.PREFIX):
-            method = scope["method"]
-            rest = path[len(self.PREFIX) + 1 :]
-            if method == "POST" and path == self.PREFIX:
-                await self._direct(scope, receive, send, entities.create_entity)
-                return
-            if method == "GET" and rest and "/" not in rest:
-                await self._direct(scope, receive, send, entities.retrieve_entity, entity_id=rest)
-                return
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope = dict(scope)
+                scope["path"] = path.rstrip("/") or "/"
+                raw = scope.get("raw_path")
+                if raw:
+                    scope["raw_path"] = raw.rstrip(b"/") or b"/"
         await self.app(scope, receive, send)
-
-    async def _direct(
-        self, scope: Scope, receive: Receive, send: Send, route: Any, **kwargs: Any
-    ) -> None:
-        request = Request(scope, receive)
-        hub: Hub | None = getattr(request.app.state, "hub", None) if "app" in scope else None
-        if hub is None:
-            await self.app(scope, receive, send)
-            return
-        try:
-            response = await route(
-                request=request, hub=hub, tenant=await tenant_of(request), **kwargs
-            )
-        except NgsiLdError as exc:
-            response = problem_response(exc)
-        except ClientDisconnect:
-            return
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = problem_response(InternalError("internal error; see the broker log"))
-        await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -217,8 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ready = False
     add_exception_handlers(app)
-    app.add_middleware(EdgeRouter)
-    metrics.install(app)  # outermost: sees every request, EdgeRouter's too
+    app.add_middleware(TrailingSlash)
+    metrics.install(app)  # outermost: sees every request
     probes.install(app)
     app.include_router(entities.router)
     app.include_router(entity_operations.router)

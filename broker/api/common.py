@@ -56,7 +56,11 @@ def link_context(request: Request) -> str | None:
 
 
 async def tenant_of(request: Request) -> str:
-    tenant = request.headers.get("ngsild-tenant")
+    return check_tenant(request.headers.get("ngsild-tenant"))
+
+
+def check_tenant(tenant: str | None) -> str:
+    """The tenant an ``NGSILD-Tenant`` header names (``""``: the default tenant)."""
     if tenant is None or tenant == "":
         return ""
     if not _TENANT_RE.match(tenant):

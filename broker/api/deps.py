@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Header
 from starlette.requests import Request
 
-from broker.api.common import Payload, link_context, read_payload, tenant_of
+from broker.api.common import Payload, check_tenant, link_context, read_payload
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
@@ -74,5 +74,40 @@ async def get_hub(request: Request) -> Hub:
     return hub
 
 
+TenantHeader = Annotated[
+    str | None,
+    Header(
+        alias="NGSILD-Tenant",
+        description="Tenant (clause 6.3.14): letters, digits, '-' and '_'; "
+        "none or empty for the default tenant.",
+    ),
+]
+LinkHeader = Annotated[
+    str | None,
+    Header(
+        alias="Link",
+        description='JSON-LD @context of an application/json request: <url>; rel="'
+        'http://www.w3.org/ns/json-ld#context"; type="application/ld+json" (clause 6.3.5).',
+    ),
+]
+
+
+async def tenant(ngsild_tenant: TenantHeader = None, link: LinkHeader = None) -> str:
+    """The request's tenant, for the operations that resolve terms.
+
+    It also declares their ``Link`` header (one dependency costs less than two on every
+    request). The route reads that header itself (``Hub.link_term_map``,
+    ``Hub.payload``) after the media-type checks, so a bad Content-Type or Accept is
+    answered first, as the common behaviours require.
+    """
+    return check_tenant(ngsild_tenant)
+
+
+async def tenant_only(ngsild_tenant: TenantHeader = None) -> str:
+    """The request's tenant, for operations without terms to resolve (``jsonldContexts``)."""
+    return check_tenant(ngsild_tenant)
+
+
 HubDep = Annotated[Hub, Depends(get_hub)]
-TenantDep = Annotated[str, Depends(tenant_of)]
+TenantDep = Annotated[str, Depends(tenant)]
+ContextsTenantDep = Annotated[str, Depends(tenant_only)]

@@ -7,8 +7,9 @@ behaviours test: media types (415/406) and parameters (400) before any look-up (
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +25,7 @@ from broker.model.entity import Entity, check_entity_id, check_name
 from broker.model.query import And, Comparison, Exists, GeoQuery, Node, Or
 from broker.model.store import EntityQuery, Selector
 from broker.query import (
+    geo_query_from_json,
     parse_geo_query,
     parse_q,
     parse_scope_q,
@@ -33,9 +35,10 @@ from broker.query import (
 from broker.query.patterns import check_pattern
 from broker.query.types import type_alternatives
 
-router = APIRouter(prefix="/ngsi-ld/v1")
+router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["entities"])
 
 ENTITY_OFFERS = (JSON, LD_JSON, GEO_JSON)
+ENTITY_ANSWERS = P.answers(*ENTITY_OFFERS)
 
 
 def _no_content() -> Response:
@@ -68,43 +71,81 @@ async def _render(
 # -- collection ------------------------------------------------------------------------------
 
 
-@router.post("/entities")
-async def create_entity(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, P.NONE)
+@router.post(
+    "/entities",
+    status_code=201,
+    summary="Create entity (clause 6.4.3.1)",
+    openapi_extra=P.json_body("The entity to create (clause 5.6.1)."),
+)
+async def create_entity(
+    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+) -> Response:
+    P.check_params(request)
     payload, tm = await hub.payload(request)
     ent = await hub.entities.create(tenant, payload.body, tm)
     return Response(status_code=201, headers={"Location": f"/ngsi-ld/v1/entities/{ent['id']}"})
 
 
-def entity_query(request: Request, hub: Hub, tm: TermMap, *, paged: bool = True) -> EntityQuery:
+def entity_query(
+    sel: P.Selection,
+    hub: Hub,
+    tm: TermMap,
+    *,
+    attrs: str | None = None,
+    options: str | None = None,
+    local: str | None = None,
+    paged: bool = True,
+) -> EntityQuery:
     """The EntityQuery of GET /entities (and of purge) from its query parameters."""
-    params = request.query_params
-    ids = csv_param(params.get("id"))
-    types = type_alternatives(params.get("type"))
-    attrs = csv_param(params.get("attrs"))
-    geo = parse_geo_query(
-        params.get("georel"),
-        params.get("geometry"),
-        params.get("coordinates"),
-        params.get("geoproperty"),
-    )
     return build_query(
         hub,
         tm,
-        ids=ids,
-        id_pattern=params.get("idPattern"),
-        types=types,
-        attrs=attrs,
-        q=params.get("q"),
-        geo=geo,
-        scope_q=params.get("scopeQ"),
-        limit=params.get("limit"),
-        offset=params.get("offset"),
-        count=params.get("count") == "true" or "count" in P.options_of(request),
+        ids=csv_param(sel.id),
+        id_pattern=sel.id_pattern,
+        types=type_alternatives(sel.type),
+        attrs=csv_param(attrs),
+        q=sel.q,
+        geo=_geo(sel),
+        scope_q=sel.scope_q,
+        limit=sel.limit,
+        offset=sel.offset,
+        count=sel.count == "true" or "count" in P.options_of(options),
         paged=paged,
-        everything=P.bool_param(request, "local"),
-        order_by=_order_by(params.get("orderBy"), tm),
+        everything=P.bool_param(local, "local"),
+        order_by=_order_by(sel.order_by, tm),
     )
+
+
+_GEO_PARTS = ("georel", "geometry", "coordinates", "geoproperty")
+
+
+def _geo(sel: P.Selection) -> GeoQuery | None:
+    """The geo-query of the four parameters, or of ``geoQ``, which carries them in one:
+    a JSON object (as in a Query body, clause 5.2.13) or ``georel=...&geometry=...``."""
+    parts = (sel.georel, sel.geometry, sel.coordinates, sel.geoproperty)
+    if sel.geo_q is None:
+        return parse_geo_query(*parts)
+    if any(p is not None for p in parts):
+        raise BadRequestData(
+            "geoQ cannot be combined with georel, geometry, coordinates or geoproperty"
+        )
+    text = sel.geo_q.strip()
+    if text.startswith("{"):
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequestData(f"geoQ is not valid JSON: {exc}") from exc
+        return geo_query_from_json(obj)
+    given: dict[str, str] = {}
+    for item in text.split("&"):
+        key, eq, value = item.partition("=")
+        if not eq or key not in _GEO_PARTS:
+            raise BadRequestData(
+                "geoQ must be a JSON object or georel=...&geometry=...&coordinates=..."
+                "[&geoproperty=...]"
+            )
+        given[key] = value
+    return parse_geo_query(*(given.get(k) for k in _GEO_PARTS))
 
 
 def _order_by(text: str | None, tm: TermMap) -> list[tuple[Any, bool]] | None:
@@ -188,13 +229,20 @@ def build_query(
     )
 
 
-@router.get("/entities")
-async def query_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, P.QUERY)
+@router.get("/entities", summary="Query entities (clause 6.4.3.2)", responses=ENTITY_ANSWERS)
+async def query_entities(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    params: Annotated[P.EntityQueryParams, P.group(P.EntityQueryParams)],
+) -> Response:
+    P.check_params(request)
     kind = negotiate(request, ENTITY_OFFERS)
     tm = await hub.link_term_map(request)
-    view = P.view_of(request, tm)
-    query = entity_query(request, hub, tm)
+    view = P.view_of(params, tm)
+    query = entity_query(
+        params, hub, tm, attrs=params.attrs, options=params.options, local=params.local
+    )
     return await query_response(hub, tenant, request, view, query, kind)
 
 
@@ -218,19 +266,29 @@ async def query_response(
     return respond(body, tm=tm, kind=kind, headers=headers)
 
 
-@router.delete("/entities")
-async def purge_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, P.PURGE)
+@router.delete("/entities", status_code=204, summary="Purge entities (clause 6.4.3.3)")
+async def purge_entities(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    type: P.EntityTypes = None,
+    id: P.EntityIds = None,
+    id_pattern: P.IdPattern = None,
+    q: P.Q = None,
+    scope_q: P.ScopeQ = None,
+    local: P.Local = None,
+    keep: P.Keep = None,
+    drop: P.Drop = None,
+) -> Response:
+    P.check_params(request)
     tm = await hub.link_term_map(request)
-    params = request.query_params
-    keep, drop = params.get("keep"), params.get("drop")
     if keep is not None and drop is not None:
         raise BadRequestData("keep and drop cannot be used together")
-    selectors = ("type", "id", "idPattern", "q", "scopeQ")
-    if not any(k in params for k in selectors) and P.bool_param(request, "local"):
+    sel = P.Selection.model_construct(id=id, type=type, id_pattern=id_pattern, q=q, scope_q=scope_q)
+    if all(v is None for v in (type, id, id_pattern, q, scope_q)) and P.bool_param(local, "local"):
         query = EntityQuery()  # local=true with no selector: everything this broker holds
     else:
-        query = entity_query(request, hub, tm, paged=False)
+        query = entity_query(sel, hub, tm, local=local, paged=False)
     names = csv_param(keep if keep is not None else drop)
     attrs = {tm.expand(check_name(a)) for a in names}
     await hub.entities.purge(
@@ -242,8 +300,8 @@ async def purge_entities(request: Request, hub: HubDep, tenant: TenantDep) -> Re
     return _no_content()
 
 
-@router.put("/entities")
-@router.patch("/entities")
+@router.put("/entities", include_in_schema=False)
+@router.patch("/entities", include_in_schema=False)
 async def _no_entity_id() -> Response:
     raise BadRequestData("the entity id is missing from the URL")
 
@@ -251,15 +309,36 @@ async def _no_entity_id() -> Response:
 # -- one entity ------------------------------------------------------------------------------
 
 
-@router.get("/entities/{entity_id:path}")
+def _has_type(ent: Entity, types: list[list[str]]) -> bool:
+    """Whether the entity's types satisfy one of the alternatives (expanded IRIs)."""
+    held = ent.get("type")
+    have = set(held) if isinstance(held, list) else {held}
+    return any(all(t in have for t in alt) for alt in types)
+
+
+@router.get(
+    "/entities/{entity_id:path}",
+    summary="Retrieve entity (clause 6.5.3.1)",
+    responses=ENTITY_ANSWERS,
+)
 async def retrieve_entity(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    params: Annotated[P.RetrieveParams, P.group(P.RetrieveParams)],
 ) -> Response:
-    P.check_params(request, P.REPRESENTATION)
+    P.check_params(request)
     kind = negotiate(request, ENTITY_OFFERS)
     tm = await hub.link_term_map(request)
-    view = P.view_of(request, tm)
+    view = P.view_of(params, tm)
+    types = [
+        [tm.expand(check_name(t, "entity type")) for t in alt]
+        for alt in type_alternatives(params.type)
+    ]
     ent = await hub.entities.retrieve(tenant, entity_id)
+    if types and not _has_type(ent, types):
+        raise ResourceNotFound(f"entity {entity_id} is not of type {params.type}")
     rendered = await _render(hub, tenant, request, view, [ent], kind)
     body: Any = rendered if len(rendered) > 1 else rendered[0]
     root = rendered[0]
@@ -271,42 +350,71 @@ async def retrieve_entity(
     return respond(body, tm=tm, kind=kind)
 
 
-@router.delete("/entities/{entity_id:path}/attrs/{attr}")
+@router.delete(
+    "/entities/{entity_id:path}/attrs/{attr}",
+    status_code=204,
+    summary="Delete attribute (clause 6.7.3.2)",
+)
 async def delete_attribute(
-    entity_id: str, attr: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    dataset_id: P.DatasetId = None,
+    delete_all: P.DeleteAll = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.DELETE_ATTR)
+    P.check_params(request)
     tm = await hub.link_term_map(request)
     await hub.entities.delete_attr(
         tenant,
         entity_id,
         check_name(attr),
         tm,
-        dataset_id=request.query_params.get("datasetId"),
-        delete_all=P.bool_param(request, "deleteAll"),
+        dataset_id=dataset_id,
+        delete_all=P.bool_param(delete_all, "deleteAll"),
     )
     return _no_content()
 
 
-@router.delete("/entities/{entity_id:path}/attrs")
-async def _delete_no_attr(entity_id: str) -> Response:
+@router.delete("/entities/{entity_id:path}/attrs", include_in_schema=False)
+async def _delete_no_attr(entity_id: P.EntityIdPath) -> Response:
     return Response(status_code=405, headers={"Allow": "POST, PATCH"})
 
 
-@router.delete("/entities/{entity_id:path}")
+@router.delete(
+    "/entities/{entity_id:path}", status_code=204, summary="Delete entity (clause 6.5.3.2)"
+)
 async def delete_entity(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    type: P.EntityTypes = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.NONE | {"type"})
+    P.check_params(request)
     await hub.entities.delete(tenant, entity_id)
     return _no_content()
 
 
-@router.put("/entities/{entity_id:path}/attrs/{attr}")
+@router.put(
+    "/entities/{entity_id:path}/attrs/{attr}",
+    status_code=204,
+    summary="Replace attribute (clause 6.7.3.3)",
+    openapi_extra=P.json_body("The attribute to replace (clause 5.6.19)."),
+)
 async def replace_attribute(
-    entity_id: str, attr: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.WRITE)
+    P.check_params(request)
     payload, tm = await hub.payload(request)
     await hub.entities.update_attr(
         tenant, entity_id, check_name(attr), payload.body, tm, replace=True
@@ -314,11 +422,22 @@ async def replace_attribute(
     return _no_content()
 
 
-@router.patch("/entities/{entity_id:path}/attrs/{attr}")
+@router.patch(
+    "/entities/{entity_id:path}/attrs/{attr}",
+    status_code=204,
+    summary="Partial attribute update (clause 6.7.3.1)",
+    openapi_extra=P.json_body("The attribute fragment to update (clause 5.6.4).", merge_patch=True),
+)
 async def update_attribute(
-    entity_id: str, attr: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.WRITE)
+    P.check_params(request)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
     await hub.entities.update_attr(
         tenant, entity_id, check_name(attr), payload.body, tm, replace=False
@@ -326,12 +445,22 @@ async def update_attribute(
     return _no_content()
 
 
-@router.post("/entities/{entity_id:path}/attrs")
+@router.post(
+    "/entities/{entity_id:path}/attrs",
+    status_code=204,
+    summary="Append attributes (clause 6.6.3.1)",
+    openapi_extra=P.json_body("Attributes to append (clause 5.6.3)."),
+)
 async def append_attributes(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.WRITE)
-    no_overwrite = "noOverwrite" in P.options_of(request)
+    P.check_params(request)
+    no_overwrite = "noOverwrite" in P.options_of(options)
     payload, tm = await hub.payload(request)
     result = await hub.entities.append_attrs(
         tenant, entity_id, payload.body, tm, no_overwrite=no_overwrite
@@ -339,31 +468,63 @@ async def append_attributes(
     return _update_response(result, tm)
 
 
-@router.patch("/entities/{entity_id:path}/attrs")
+@router.patch(
+    "/entities/{entity_id:path}/attrs",
+    status_code=204,
+    summary="Update attributes (clause 6.6.3.2)",
+    openapi_extra=P.json_body("Attributes to update (clause 5.6.2).", merge_patch=True),
+)
 async def update_attributes(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.WRITE)
+    P.check_params(request)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
     result = await hub.entities.update_attrs(tenant, entity_id, payload.body, tm)
     return _update_response(result, tm)
 
 
-@router.put("/entities/{entity_id:path}")
+@router.put(
+    "/entities/{entity_id:path}",
+    status_code=204,
+    summary="Replace entity (clause 6.5.3.3)",
+    openapi_extra=P.json_body("The new content of the entity (clause 5.6.18)."),
+)
 async def replace_entity(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.WRITE)
+    P.check_params(request)
     payload, tm = await hub.payload(request)
     await hub.entities.replace(tenant, entity_id, payload.body, tm)
     return _no_content()
 
 
-@router.patch("/entities/{entity_id:path}")
+@router.patch(
+    "/entities/{entity_id:path}",
+    status_code=204,
+    summary="Merge entity (clause 6.5.3.4)",
+    openapi_extra=P.json_body(
+        "The fragment to merge into the entity (clause 5.6.17).", merge_patch=True
+    ),
+)
 async def merge_entity(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.WRITE)
+    P.check_params(request)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
     await hub.entities.merge(tenant, entity_id, payload.body, tm)
     return _no_content()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -11,7 +11,7 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep, request_tenant
-from broker.api.entities import ENTITY_OFFERS, build_query, query_response
+from broker.api.entities import ENTITY_ANSWERS, ENTITY_OFFERS, build_query, query_response
 from broker.core.batch import BatchItem, BatchResult, Operation
 from broker.core.model import View
 from broker.errors import BadRequestData, NgsiLdError
@@ -22,7 +22,11 @@ from broker.query import geo_query_from_json
 from broker.query.patterns import check_pattern
 from broker.query.types import type_alternatives
 
-router = APIRouter(prefix="/ngsi-ld/v1/entityOperations")
+router = APIRouter(
+    route_class=P.DeclaredRoute,
+    prefix="/ngsi-ld/v1/entityOperations",
+    tags=["entityOperations"],
+)
 
 
 async def _items(
@@ -63,48 +67,78 @@ def _result(result: BatchResult, tm: Any, *, ok_status: int, ok_body: Any = None
     return respond(ok_body, tm=tm, kind=JSON, status=ok_status)
 
 
-async def _run(op: Operation, request: Request, hub: Hub, tenant: str) -> tuple[BatchResult, Any]:
-    P.check_params(request, P.WRITE)
-    options = P.options_of(request)
+async def _run(
+    op: Operation, request: Request, hub: Hub, tenant: str, options: str | None
+) -> tuple[BatchResult, Any]:
+    P.check_params(request)
+    opts = P.options_of(options)
     items, tm = await _items(hub, request, allow_merge_patch=op == "merge")
-    return await hub.batch.run(tenant, op, items, options), tm
+    return await hub.batch.run(tenant, op, items, opts), tm
 
 
-QUERY_PARAMS = frozenset(
-    {
-        "limit",
-        "offset",
-        "count",
-        "options",
-        "format",
-        "lang",
-        "local",
-        "geometryProperty",
-        "pick",
-        "omit",
-        "join",
-        "joinLevel",
-    }
+class BodyQueryParams(P.Group):
+    """The URL parameters of a query whose selection is in a Query body (clause 6.23.3.1):
+    paging and representation; the rest of the Representation comes from the body."""
+
+    limit: P.Limit = None
+    offset: P.Offset = None
+    count: P.Count = None
+    options: P.Options = None
+    format: P.Format = None
+    lang: P.Lang = None
+    local: P.Local = None
+    geometry_property: P.GeometryProperty = None
+    pick: P.Pick = None
+    omit: P.Omit = None
+    join: P.Join = None
+    join_level: P.JoinLevel = None
+
+    def representation(self) -> P.Representation:
+        return P.Representation.model_construct(
+            options=self.options,
+            format=self.format,
+            lang=self.lang,
+            local=self.local,
+            geometry_property=self.geometry_property,
+            pick=self.pick,
+            omit=self.omit,
+            join=self.join,
+            join_level=self.join_level,
+        )
+
+
+@router.post(
+    "/query",
+    summary="Query entities with a Query body (clause 6.23.3.1)",
+    responses=ENTITY_ANSWERS,
+    openapi_extra=P.json_body('A Query (clause 5.2.23): {"type": "Query", "entities": ...}.'),
 )
-
-
-@router.post("/query")
-async def batch_query(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+async def batch_query(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    params: Annotated[BodyQueryParams, P.group(BodyQueryParams)],
+) -> Response:
     """Query entities with a Query body (clause 5.7.2's POST form)."""
-    P.check_params(request, QUERY_PARAMS)
+    P.check_params(request)
     kind = negotiate(request, ENTITY_OFFERS)
     payload, tm = await hub.payload(request)
-    view, query = body_query(request, hub, payload.body, tm)
+    view, query = body_query(params, hub, payload.body, tm)
     return await query_response(hub, tenant, request, view, query, kind)
 
 
 def body_query(
-    request: Request, hub: Hub, body: dict[str, Any], tm: TermMap, *, temporal: bool = False
+    params: BodyQueryParams,
+    hub: Hub,
+    body: dict[str, Any],
+    tm: TermMap,
+    *,
+    temporal: bool = False,
 ) -> tuple[View, EntityQuery]:
     """The view and the EntityQuery of a Query body (also the temporal API's)."""
     if body.get("type") != "Query":
         raise BadRequestData('a query body needs "type": "Query"')
-    view = P.view_of(request, tm, temporal=temporal)
+    view = P.view_of(params.representation(), tm, temporal=temporal)
     attrs = body.get("attrs") or []
     if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
         raise BadRequestData("attrs must be an array of attribute names")
@@ -129,7 +163,6 @@ def body_query(
     for key in ("q", "scopeQ"):
         if key in body and not isinstance(body[key], str):
             raise BadRequestData(f"{key} must be a string")
-    params = request.query_params
     query = build_query(
         hub,
         tm,
@@ -140,9 +173,9 @@ def body_query(
         q=body.get("q"),
         geo=geo_query_from_json(body["geoQ"]) if body.get("geoQ") is not None else None,
         scope_q=body.get("scopeQ"),
-        limit=params.get("limit"),
-        offset=params.get("offset"),
-        count=params.get("count") == "true" or "count" in P.options_of(request),
+        limit=params.limit,
+        offset=params.offset,
+        count=params.count == "true" or "count" in P.options_of(params.options),
         selectors=selectors or None,
     )
     return view, query
@@ -174,35 +207,95 @@ def _selector(item: Any, tm: TermMap) -> Selector:
     )
 
 
-@router.post("/create")
-async def batch_create(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    result, tm = await _run("create", request, hub, tenant)
+@router.post(
+    "/create",
+    status_code=201,
+    summary="Batch entity creation (clause 6.14.3.1)",
+    openapi_extra=P.json_body("The entities to create.", array=True),
+)
+async def batch_create(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
+) -> Response:
+    result, tm = await _run("create", request, hub, tenant, options)
     return _result(result, tm, ok_status=201, ok_body=result.success)
 
 
-@router.post("/upsert")
-async def batch_upsert(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    result, tm = await _run("upsert", request, hub, tenant)
+@router.post(
+    "/upsert",
+    status_code=201,
+    summary="Batch entity upsert (clause 6.15.3.1)",
+    openapi_extra=P.json_body("The entities to create or update.", array=True),
+)
+async def batch_upsert(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
+) -> Response:
+    result, tm = await _run("upsert", request, hub, tenant, options)
     if result.created:
         return _result(result, tm, ok_status=201, ok_body=result.created)
     return _result(result, tm, ok_status=204)
 
 
-@router.post("/update")
-async def batch_update(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    result, tm = await _run("update", request, hub, tenant)
+@router.post(
+    "/update",
+    status_code=204,
+    summary="Batch entity update (clause 6.16.3.1)",
+    openapi_extra=P.json_body("The entity fragments to update.", array=True),
+)
+async def batch_update(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
+) -> Response:
+    result, tm = await _run("update", request, hub, tenant, options)
     return _result(result, tm, ok_status=204)
 
 
-@router.post("/merge")
-async def batch_merge(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    result, tm = await _run("merge", request, hub, tenant)
+@router.post(
+    "/merge",
+    status_code=204,
+    summary="Batch entity merge (clause 6.31.3.1)",
+    openapi_extra=P.json_body("The entity fragments to merge.", array=True, merge_patch=True),
+)
+async def batch_merge(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
+) -> Response:
+    result, tm = await _run("merge", request, hub, tenant, options)
     return _result(result, tm, ok_status=204)
 
 
-@router.post("/delete")
-async def batch_delete(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, P.NONE)
+@router.post(
+    "/delete",
+    status_code=204,
+    summary="Batch entity deletion (clause 6.17.3.1)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The ids of the entities to delete.",
+            "content": {
+                kind: {"schema": {"type": "array", "items": {"type": "string"}}}
+                for kind in (JSON, LD_JSON)
+            },
+        }
+    },
+)
+async def batch_delete(
+    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+) -> Response:
+    P.check_params(request)
     payload, tm = await hub.payload(request, shape=list)
     result = await hub.batch.delete(tenant, payload.body)
     return _result(result, tm, ok_status=204)

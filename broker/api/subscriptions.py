@@ -12,62 +12,103 @@ from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import HubDep, TenantDep
 
-router = APIRouter(prefix="/ngsi-ld/v1")
-LIST_PARAMS = frozenset({"limit", "offset", "count", "options", "local"})
+router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["subscriptions"])
+ANSWERS = P.answers(JSON, LD_JSON)
 
 
-@router.post("/subscriptions")
-async def create_subscription(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, P.NONE)
+@router.post(
+    "/subscriptions",
+    status_code=201,
+    summary="Create subscription (clause 6.10.3.1)",
+    openapi_extra=P.json_body("The subscription (clause 5.2.12)."),
+)
+async def create_subscription(
+    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+) -> Response:
+    P.check_params(request)
     payload, _tm = await hub.payload(request)
     sub_id = await hub.subscriptions.create(tenant, payload.body, payload.context)
     return Response(status_code=201, headers={"Location": f"/ngsi-ld/v1/subscriptions/{sub_id}"})
 
 
-@router.get("/subscriptions")
-async def list_subscriptions(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, LIST_PARAMS)
+@router.get("/subscriptions", summary="Query subscriptions (clause 6.10.3.2)", responses=ANSWERS)
+async def list_subscriptions(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    limit: P.Limit = None,
+    offset: P.Offset = None,
+    count: P.Count = None,
+    options: P.Options = None,
+    local: P.Local = None,
+) -> Response:
+    P.check_params(request)
     kind = negotiate(request, (JSON, LD_JSON))
     tm = await hub.link_term_map(request)
-    params = request.query_params
-    limit, offset = P.paging(params.get("limit"), params.get("offset"), hub.settings)
-    sys_attrs = "sysAttrs" in P.options_of(request)
+    limit_n, offset_n = P.paging(limit, offset, hub.settings)
+    sys_attrs = "sysAttrs" in P.options_of(options)
     docs = await hub.subscriptions.all(tenant)
     page = [
         await hub.subscriptions.render(tenant, d, tm, sys_attrs=sys_attrs)
-        for d in docs[offset : offset + limit]
+        for d in docs[offset_n : offset_n + limit_n]
     ]
-    headers = {"NGSILD-Results-Count": str(len(docs))} if params.get("count") == "true" else {}
+    headers = {"NGSILD-Results-Count": str(len(docs))} if count == "true" else {}
     return respond(page, tm=tm, kind=kind, headers=headers)
 
 
-@router.get("/subscriptions/{sub_id:path}")
+@router.get(
+    "/subscriptions/{sub_id:path}",
+    summary="Retrieve subscription (clause 6.11.3.1)",
+    responses=ANSWERS,
+)
 async def retrieve_subscription(
-    sub_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    sub_id: P.SubscriptionIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    options: P.Options = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, frozenset({"options", "local"}))
+    P.check_params(request)
     kind = negotiate(request, (JSON, LD_JSON))
     tm = await hub.link_term_map(request)
     doc = await hub.subscriptions.get(tenant, sub_id)
-    sys_attrs = "sysAttrs" in P.options_of(request)
+    sys_attrs = "sysAttrs" in P.options_of(options)
     body: Any = await hub.subscriptions.render(tenant, doc, tm, sys_attrs=sys_attrs)
     return respond(body, tm=tm, kind=kind)
 
 
-@router.patch("/subscriptions/{sub_id:path}")
+@router.patch(
+    "/subscriptions/{sub_id:path}",
+    status_code=204,
+    summary="Update subscription (clause 6.11.3.2)",
+    openapi_extra=P.json_body("The subscription members to change.", merge_patch=True),
+)
 async def update_subscription(
-    sub_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    sub_id: P.SubscriptionIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.NONE)
+    P.check_params(request)
     payload, _tm = await hub.payload(request, allow_merge_patch=True)
     await hub.subscriptions.update(tenant, sub_id, payload.body, payload.context)
     return Response(status_code=204)
 
 
-@router.delete("/subscriptions/{sub_id:path}")
+@router.delete(
+    "/subscriptions/{sub_id:path}",
+    status_code=204,
+    summary="Delete subscription (clause 6.11.3.3)",
+)
 async def delete_subscription(
-    sub_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    sub_id: P.SubscriptionIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.NONE)
+    P.check_params(request)
     await hub.subscriptions.delete(tenant, sub_id)
     return Response(status_code=204)

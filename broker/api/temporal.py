@@ -10,9 +10,9 @@ render the temporal representation: normalized (each attribute an array of insta
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,7 +20,7 @@ from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
 from broker.api.entities import entity_query
-from broker.api.entity_operations import body_query
+from broker.api.entity_operations import BodyQueryParams, body_query
 from broker.core.model import View
 from broker.core.temporal import Aggregation, TemporalEntity, TemporalResult, time_query
 from broker.errors import BadRequestData, ResourceNotFound
@@ -29,23 +29,54 @@ from broker.model.entity import ENTITY_KEYS, check_entity_id, check_name, is_uri
 from broker.model.history import AGGR_METHODS, Duration, check_aggr_methods, from_us, instance_value
 from broker.model.store import EntityQuery, HistoryQuery
 
-router = APIRouter(prefix="/ngsi-ld/v1/temporal")
+router = APIRouter(
+    route_class=P.DeclaredRoute,
+    prefix="/ngsi-ld/v1/temporal",
+    tags=["temporal"],
+)
 
 OFFERS = (JSON, LD_JSON)
-TEMPORAL = frozenset(
-    {
-        "timerel",
-        "timeAt",
-        "endTimeAt",
-        "timeproperty",
-        "lastN",
-        "aggrMethods",
-        "aggrPeriodDuration",
-    }
-)
-QUERY = P.QUERY | TEMPORAL
-RETRIEVE = P.REPRESENTATION | TEMPORAL
-_BODY_QUERY = frozenset({"limit", "offset", "count", "options", "format", "local"} | TEMPORAL)
+ANSWERS = P.answers(*OFFERS)
+
+
+def _text(name: str, description: str) -> Any:
+    return Query(alias=name, description=description)
+
+
+class TemporalParams(P.Group):
+    """The temporal query (clause 4.11) and the temporal representation (clause 4.5.7)."""
+
+    timerel: Annotated[str | None, _text("timerel", "before, after or between (clause 4.11).")] = (
+        None
+    )
+    time_at: Annotated[str | None, _text("timeAt", "DateTime the relation refers to.")] = None
+    end_time_at: Annotated[str | None, _text("endTimeAt", "End DateTime of timerel=between.")] = (
+        None
+    )
+    timeproperty: Annotated[
+        str | None,
+        _text("timeproperty", "observedAt (default), createdAt, modifiedAt or deletedAt."),
+    ] = None
+    last_n: Annotated[
+        str | None, _text("lastN", "Only the last N instances of each attribute (6.3.10).")
+    ] = None
+    aggr_methods: Annotated[
+        str | None,
+        _text("aggrMethods", "Comma-separated aggregation methods of aggregatedValues (4.5.19)."),
+    ] = None
+    aggr_period_duration: Annotated[
+        str | None,
+        _text("aggrPeriodDuration", "ISO 8601 duration of the aggregation periods."),
+    ] = None
+
+
+class TemporalQueryParams(TemporalParams, P.EntityQueryParams):
+    """``GET /temporal/entities`` (clause 6.18.3.2)."""
+
+
+class TemporalRetrieveParams(TemporalParams, P.Representation):
+    """``GET /temporal/entities/{entityId}`` (clause 6.19.3.1)."""
+
 
 #: temporalValues: the member holding the pairs, and what a pair's first element is
 _SIMPLIFIED = {
@@ -61,15 +92,23 @@ _SIMPLIFIED = {
 
 
 def _history_query(
-    hub: Hub, request: Request, temporal_q: dict[str, Any] | None = None
+    hub: Hub, tp: TemporalParams, temporal_q: dict[str, Any] | None = None
 ) -> HistoryQuery:
-    params = request.query_params
-    src: Any = temporal_q if temporal_q is not None else params
+    src: Any = (
+        temporal_q
+        if temporal_q is not None
+        else {
+            "timerel": tp.timerel,
+            "timeAt": tp.time_at,
+            "endTimeAt": tp.end_time_at,
+            "timeproperty": tp.timeproperty,
+        }
+    )
     for key in ("timerel", "timeAt", "endTimeAt", "timeproperty"):
         value = src.get(key)
         if value is not None and not isinstance(value, str):
             raise BadRequestData(f"temporalQ.{key} must be a string")
-    last_n = params.get("lastN")
+    last_n = tp.last_n
     if temporal_q is not None and temporal_q.get("lastN") is not None:
         last_n = str(temporal_q["lastN"])
     return time_query(
@@ -82,14 +121,13 @@ def _history_query(
     )
 
 
-def _aggregation(request: Request, fmt: str) -> Aggregation | None:
+def _aggregation(tp: TemporalParams, fmt: str) -> Aggregation | None:
     if fmt != "aggregatedValues":
         return None
-    params = request.query_params
-    methods = csv_param(params.get("aggrMethods"))
+    methods = csv_param(tp.aggr_methods)
     if not methods:
         raise BadRequestData(f"aggregatedValues needs aggrMethods ({', '.join(AGGR_METHODS)})")
-    period = params.get("aggrPeriodDuration")
+    period = tp.aggr_period_duration
     return Aggregation(
         check_aggr_methods(methods), Duration.parse(period) if period is not None else None
     )
@@ -190,17 +228,20 @@ async def _run_query(
     view: View,
     selection: EntityQuery,
     hq: HistoryQuery,
+    tp: TemporalParams,
+    fmt_param: str | None,
+    options: str | None,
     *,
     one: str | None = None,
 ) -> Response:
-    fmt = P.temporal_format(request)
-    aggregation = _aggregation(request, fmt)
+    fmt = P.temporal_format(fmt_param, options)
+    aggregation = _aggregation(tp, fmt)
     if aggregation is not None and hq.last_n:
         raise BadRequestData("lastN cannot be combined with aggregatedValues")
     if view.attrs is not None:
         hq = replace(hq, attrs=sorted(view.attrs))
     result = await hub.temporal.query(tenant, selection, hq, aggregation, omit_empty=one is None)
-    sys_attrs = "sysAttrs" in P.options_of(request)
+    sys_attrs = "sysAttrs" in P.options_of(options)
     view.sys_attrs = sys_attrs
     bodies = [
         _render(te, view, fmt, hq.time_property, sys_attrs=sys_attrs) for te in result.entities
@@ -224,52 +265,124 @@ async def _run_query(
 # -- consumption -------------------------------------------------------------------------------
 
 
-@router.get("/entities")
-async def query_temporal(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, QUERY)
+@router.get(
+    "/entities", summary="Query temporal evolution of entities (clause 6.18.3.2)", responses=ANSWERS
+)
+async def query_temporal(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    params: Annotated[TemporalQueryParams, P.group(TemporalQueryParams)],
+) -> Response:
+    P.check_params(request)
     negotiate(request, OFFERS)
     tm = await hub.link_term_map(request)
-    view = P.view_of(request, tm, temporal=True)
-    hq = _history_query(hub, request)
-    selection = entity_query(request, hub, tm)
-    return await _run_query(hub, tenant, request, view, selection, hq)
+    view = P.view_of(params, tm, temporal=True)
+    hq = _history_query(hub, params)
+    selection = entity_query(
+        params, hub, tm, attrs=params.attrs, options=params.options, local=params.local
+    )
+    return await _run_query(
+        hub, tenant, request, view, selection, hq, params, params.format, params.options
+    )
 
 
-@router.post("/entityOperations/query")
-async def query_temporal_post(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, _BODY_QUERY)
+class TemporalBodyQueryParams(TemporalParams):
+    """The URL parameters of the temporal query with a Query body (clause 6.24.3.1)."""
+
+    limit: P.Limit = None
+    offset: P.Offset = None
+    count: P.Count = None
+    options: P.Options = None
+    format: P.Format = None
+    local: P.Local = None
+
+    def body_query(self) -> BodyQueryParams:
+        return BodyQueryParams.model_construct(
+            limit=self.limit,
+            offset=self.offset,
+            count=self.count,
+            options=self.options,
+            format=self.format,
+            local=self.local,
+        )
+
+
+@router.post(
+    "/entityOperations/query",
+    summary="Query temporal evolution with a Query body (clause 6.24.3.1)",
+    responses=ANSWERS,
+    openapi_extra=P.json_body(
+        'A Query (clause 5.2.23) with "temporalQ": {"timerel": ..., "timeAt": ...}.'
+    ),
+)
+async def query_temporal_post(
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    params: Annotated[TemporalBodyQueryParams, P.group(TemporalBodyQueryParams)],
+) -> Response:
+    P.check_params(request)
     negotiate(request, OFFERS)
     payload, tm = await hub.payload(request)
     body = payload.body
     temporal_q = body.get("temporalQ")
     if temporal_q is not None and not isinstance(temporal_q, dict):
         raise BadRequestData("temporalQ must be an object")
-    view, selection = body_query(request, hub, body, tm, temporal=True)
-    hq = _history_query(hub, request, temporal_q or {})
-    return await _run_query(hub, tenant, request, view, selection, hq)
+    view, selection = body_query(params.body_query(), hub, body, tm, temporal=True)
+    hq = _history_query(hub, params, temporal_q or {})
+    return await _run_query(
+        hub, tenant, request, view, selection, hq, params, params.format, params.options
+    )
 
 
-@router.get("/entities/{entity_id:path}")
+@router.get(
+    "/entities/{entity_id:path}",
+    summary="Retrieve temporal evolution of an entity (clause 6.19.3.1)",
+    responses=ANSWERS,
+)
 async def retrieve_temporal(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    params: Annotated[TemporalRetrieveParams, P.group(TemporalRetrieveParams)],
 ) -> Response:
-    P.check_params(request, RETRIEVE)
+    P.check_params(request)
     negotiate(request, OFFERS)
     check_entity_id(entity_id)
     tm = await hub.link_term_map(request)
-    view = P.view_of(request, tm, temporal=True)
-    hq = _history_query(hub, request)
+    view = P.view_of(params, tm, temporal=True)
+    hq = _history_query(hub, params)
     await hub.temporal.check_tenant(tenant)
     selection = EntityQuery(ids=[entity_id], limit=1)
-    return await _run_query(hub, tenant, request, view, selection, hq, one=entity_id)
+    return await _run_query(
+        hub,
+        tenant,
+        request,
+        view,
+        selection,
+        hq,
+        params,
+        params.format,
+        params.options,
+        one=entity_id,
+    )
 
 
 # -- provision ---------------------------------------------------------------------------------
 
 
-@router.post("/entities")
-async def upsert_temporal(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
-    P.check_params(request, P.NONE)
+@router.post(
+    "/entities",
+    status_code=201,
+    summary="Create or update temporal evolution of an entity (clause 6.18.3.1)",
+    openapi_extra=P.json_body("A temporal entity (clause 5.2.37)."),
+)
+async def upsert_temporal(
+    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+) -> Response:
+    P.check_params(request)
     payload, tm = await hub.payload(request)
     created = await hub.temporal.upsert(tenant, payload.body, tm)
     if created:
@@ -280,11 +393,20 @@ async def upsert_temporal(request: Request, hub: HubDep, tenant: TenantDep) -> R
     return Response(status_code=204)
 
 
-@router.post("/entities/{entity_id:path}/attrs")
+@router.post(
+    "/entities/{entity_id:path}/attrs",
+    status_code=204,
+    summary="Add attributes to the temporal evolution of an entity (clause 6.20.3.1)",
+    openapi_extra=P.json_body("Attribute instances to add."),
+)
 async def append_temporal_attrs(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.NONE)
+    P.check_params(request)
     check_entity_id(entity_id)
     payload, tm = await hub.payload(request)
     await hub.temporal.add_attrs(tenant, entity_id, payload.body, tm)
@@ -297,11 +419,21 @@ def _instance_id(value: str) -> str:
     return value
 
 
-@router.delete("/entities/{entity_id:path}/attrs/{attr}/{instance_id}")
+@router.delete(
+    "/entities/{entity_id:path}/attrs/{attr}/{instance_id}",
+    status_code=204,
+    summary="Delete an attribute instance (clause 6.22.3.2)",
+)
 async def delete_temporal_instance(
-    entity_id: str, attr: str, instance_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
+    instance_id: P.InstancePath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.NONE)
+    P.check_params(request)
     check_entity_id(entity_id)
     tm = await hub.link_term_map(request)
     iri = tm.expand(check_name(attr))
@@ -309,11 +441,22 @@ async def delete_temporal_instance(
     return Response(status_code=204)
 
 
-@router.patch("/entities/{entity_id:path}/attrs/{attr}/{instance_id}")
+@router.patch(
+    "/entities/{entity_id:path}/attrs/{attr}/{instance_id}",
+    status_code=204,
+    summary="Modify an attribute instance (clause 6.22.3.1)",
+    openapi_extra=P.json_body("The attribute instance's new content."),
+)
 async def patch_temporal_instance(
-    entity_id: str, attr: str, instance_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
+    instance_id: P.InstancePath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.NONE)
+    P.check_params(request)
     check_entity_id(entity_id)
     name = check_name(attr)
     iid = _instance_id(instance_id)
@@ -324,28 +467,47 @@ async def patch_temporal_instance(
     return Response(status_code=204)
 
 
-@router.delete("/entities/{entity_id:path}/attrs/{attr}")
+@router.delete(
+    "/entities/{entity_id:path}/attrs/{attr}",
+    status_code=204,
+    summary="Delete an attribute's temporal evolution (clause 6.21.3.1)",
+)
 async def delete_temporal_attr(
-    entity_id: str, attr: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    attr: P.AttrPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    dataset_id: P.DatasetId = None,
+    delete_all: P.DeleteAll = None,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.DELETE_ATTR)
+    P.check_params(request)
     check_entity_id(entity_id)
     tm = await hub.link_term_map(request)
     await hub.temporal.delete_attr(
         tenant,
         entity_id,
         tm.expand(check_name(attr)),
-        dataset_id=request.query_params.get("datasetId"),
-        delete_all=P.bool_param(request, "deleteAll"),
+        dataset_id=dataset_id,
+        delete_all=P.bool_param(delete_all, "deleteAll"),
     )
     return Response(status_code=204)
 
 
-@router.delete("/entities/{entity_id:path}")
+@router.delete(
+    "/entities/{entity_id:path}",
+    status_code=204,
+    summary="Delete the temporal evolution of an entity (clause 6.19.3.2)",
+)
 async def delete_temporal(
-    entity_id: str, request: Request, hub: HubDep, tenant: TenantDep
+    entity_id: P.EntityIdPath,
+    request: Request,
+    hub: HubDep,
+    tenant: TenantDep,
+    local: P.Local = None,
 ) -> Response:
-    P.check_params(request, P.NONE)
+    P.check_params(request)
     if "/attrs/" in entity_id:  # .../attrs//{instanceId}: the attribute name is empty
         raise BadRequestData("the attribute name in the path is empty")
     check_entity_id(entity_id)

@@ -7,20 +7,27 @@ OperationNotSupported for the operation itself.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
 from starlette.requests import Request
 from starlette.responses import Response
 
+from broker.api import params as P
 from broker.api.common import check_content_type, negotiate
 from broker.errors import NotImplementedYet
 
-router = APIRouter(prefix="/ngsi-ld/v1", include_in_schema=False)
+router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["not available"])
 
 NOT_YET = {
     "csourceRegistrations": "context source registrations",
     "csourceSubscriptions": "context source subscriptions",
     "entityMaps": "entity maps",
     "info": "broker information",
+}
+METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
+ANSWER: dict[int | str, dict[str, Any]] = {
+    501: {"description": "OperationNotSupported: not available in this version"}
 }
 
 
@@ -34,10 +41,27 @@ async def _not_yet(request: Request) -> Response:
     )
 
 
-for _section in NOT_YET:
-    router.add_api_route(
-        f"/{_section}", _not_yet, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]
-    )
-    router.add_api_route(
-        f"/{_section}/{{rest:path}}", _not_yet, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]
-    )
+async def _not_yet_item(
+    rest: Annotated[str, Path(description="The rest of the path.")], request: Request
+) -> Response:
+    return await _not_yet(request)
+
+
+for _section, _what in NOT_YET.items():
+    for _method in METHODS:
+        router.add_api_route(
+            f"/{_section}",
+            _not_yet,
+            methods=[_method],
+            operation_id=f"{_method.lower()}_{_section}",
+            summary=f"{_what[0].upper()}{_what[1:]}: not available in this version (501)",
+            responses=ANSWER,
+        )
+        router.add_api_route(
+            f"/{_section}/{{rest:path}}",
+            _not_yet_item,
+            methods=[_method],
+            operation_id=f"{_method.lower()}_{_section}_item",
+            summary=f"{_what[0].upper()}{_what[1:]}: not available in this version (501)",
+            responses=ANSWER,
+        )

@@ -398,3 +398,21 @@ def test_purge_entities_and_attributes(client: TestClient) -> None:
     assert client.delete(f"{E}?type=Building").status_code == 204
     assert client.get(f"{E}?type=Building").json() == []
     assert client.get(f"{E}/urn:ngsi-ld:Park:1").status_code == 200
+
+
+def test_retrieve_selects_by_type(client: TestClient) -> None:
+    # §5.7.1 / §6.5.3.1: "type" on retrieve selects the entity by type; an entity of
+    # another type is not found
+    eid = "urn:ngsi-ld:Building:koganei"
+    create(client, building(eid, type="建物", name={"type": "Property", "value": "小金井市役所"}))
+    assert client.get(f"{E}/{eid}", params={"type": "建物"}).json()["type"] == "建物"
+    assert client.get(f"{E}/{eid}", params={"type": "公園,建物"}).status_code == 200
+    missed = client.get(f"{E}/{eid}", params={"type": "公園"})
+    assert missed.status_code == 404
+    assert missed.json()["type"] == ERR + "ResourceNotFound"
+    # a type given as its IRI names the same type
+    iri = "https://uri.etsi.org/ngsi-ld/default-context/建物"
+    assert client.get(f"{E}/{eid}", params={"type": iri}).status_code == 200
+    # the parameter is checked before the look-up, as every parameter is
+    assert client.get(f"{E}/{eid}", params={"type": ""}).status_code == 400
+    assert client.get(f"{E}/urn:ngsi-ld:建物:なし", params={"type": ""}).status_code == 400

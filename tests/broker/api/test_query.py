@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi.testclient import TestClient
 
 from tests.conftest import JSON
@@ -90,6 +91,37 @@ def test_geo_queries(client: TestClient) -> None:
     assert (
         client.get(E, params={"type": "AirQualityObserved", "georel": "within"}).status_code == 400
     )
+
+
+def test_geo_q_parameter_is_an_alias_of_the_four_geo_parameters(client: TestClient) -> None:
+    # §4.10 gives the geo-query as georel, geometry, coordinates and geoproperty; clients
+    # written for other brokers (ngsildclient) send it whole as geoQ: the same answers
+    load(client)
+    near = {
+        "georel": "near;maxDistance==500",
+        "geometry": "Point",
+        "coordinates": [139.578, 35.634],
+    }
+    as_json = {"type": "AirQualityObserved", "geoQ": orjson.dumps(near).decode()}
+    assert ids(client.get(E, params=as_json)) == ["1", "2"]
+    as_pairs = {
+        "type": "AirQualityObserved",
+        "geoQ": "georel=near;maxDistance==500&geometry=Point&coordinates=[139.578,35.634]"
+        "&geoproperty=location",
+    }
+    assert ids(client.get(E, params=as_pairs)) == ["1", "2"]
+    assert ids(client.get(E, params={"geoQ": as_pairs["geoQ"]})) == ["1", "2"]  # enough alone
+    # the same errors as the separate parameters, and not both forms at once
+    partial = client.get(E, params={"type": "AirQualityObserved", "geoQ": "georel=within"})
+    assert partial.status_code == 400
+    assert "missing geometry, coordinates" in partial.json()["detail"]
+    both = client.get(E, params={**as_json, "georel": "near;maxDistance==500"})
+    assert both.status_code == 400
+    assert "geoQ cannot be combined" in both.json()["detail"]
+    for bad in ("{not json", "near;maxDistance==500", "colour=赤", ""):
+        r = client.get(E, params={"type": "AirQualityObserved", "geoQ": bad})
+        assert r.status_code == 400, bad
+        assert r.json()["type"] == ERR + "BadRequestData"
 
 
 def test_scope_query(client: TestClient) -> None:
