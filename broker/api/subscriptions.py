@@ -11,6 +11,7 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import HubDep, TenantDep
+from broker.model.entity import id_segment
 
 router = APIRouter(prefix="/ngsi-ld/v1")
 LIST_PARAMS = frozenset({"limit", "offset", "count", "options", "local"})
@@ -21,7 +22,8 @@ async def create_subscription(request: Request, hub: HubDep, tenant: TenantDep) 
     P.check_params(request, P.NONE)
     payload, _tm = await hub.payload(request)
     sub_id = await hub.subscriptions.create(tenant, payload.body, payload.context)
-    return Response(status_code=201, headers={"Location": f"/ngsi-ld/v1/subscriptions/{sub_id}"})
+    location = f"/ngsi-ld/v1/subscriptions/{id_segment(sub_id)}"
+    return Response(status_code=201, headers={"Location": location})
 
 
 @router.get("/subscriptions")

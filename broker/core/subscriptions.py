@@ -38,6 +38,7 @@ from broker.model.entity import (
     check_datetime,
     check_entity_id,
     check_name,
+    iri_to_uri,
     now_iso,
 )
 from broker.model.query import GeoQuery, Node, ScopeQuery
@@ -883,7 +884,8 @@ class SubscriptionService:
             notification["@context"] = ctx
             notification["data"] = [{**item, "@context": ctx} for item in data]
         else:
-            headers["Link"] = f'<{sub.context_url}>; rel="{LINK_REL}"; type="application/ld+json"'
+            link = iri_to_uri(sub.context_url)
+            headers["Link"] = f'<{link}>; rel="{LINK_REL}"; type="application/ld+json"'
         if sub.tenant:
             headers["NGSILD-Tenant"] = sub.tenant
         return _Delivery(sub, orjson.dumps(notification), headers)
