@@ -25,6 +25,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Err
 
 from tests.support import broker
 
@@ -257,6 +258,9 @@ def test_every_declared_operation_answers_without_a_server_error(hub_url: str) -
     failures: list[str] = []
     operations = 0
     for result in api.get_all_operations():
+        if isinstance(result, Err):  # a part of the document schemathesis cannot read
+            failures.append(f"invalid OpenAPI operation: {result.err()}"[:1500])
+            continue
         operation = result.ok()
         operations += 1
 
