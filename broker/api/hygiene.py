@@ -2,7 +2,8 @@
 
 * ``RENKEI_ALLOWED_HOSTS``: Starlette's ``TrustedHostMiddleware`` answers 400 to a
   request whose ``Host`` is not listed (DNS rebinding, cache poisoning through forged
-  host names). ``/health`` (and below) is exempt: orchestrators probe it by the pod IP.
+  host names). ``/health...`` and ``/metrics`` are exempt: probes and scrapers address
+  the pod by its IP.
 * ``RENKEI_CORS_ORIGINS``: Starlette's ``CORSMiddleware`` answers preflights and lets
   the listed browser origins read NGSI-LD answers, with credentials (``*``: any origin,
   never with credentials), exposing the headers NGSI-LD clients read.
@@ -122,14 +123,14 @@ class SecurityHeaders:
 
 
 class HostCheck:
-    """``TrustedHostMiddleware`` for every path but ``/health...`` (probes use the pod IP)."""
+    """``TrustedHostMiddleware`` for every path but the probes' and the scraper's."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
         self.app = app
         self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/health"):
+        if scope["type"] == "http" and scope["path"].startswith(("/health", "/metrics")):
             await self.app(scope, receive, send)
             return
         await self.checked(scope, receive, send)

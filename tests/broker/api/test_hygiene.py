@@ -227,7 +227,8 @@ def test_allowed_hosts_refuse_other_host_names(tmp_path: Path) -> None:
         assert bad.headers["x-content-type-options"] == "nosniff"
         assert "Shelter" not in bad.text
         # orchestrators probe /health by the pod's address
-        assert c.get("/health", headers={"Host": "10.1.2.3:1026"}).status_code == 200
+        for probe in ["/health", "/health/live", "/metrics"]:
+            assert c.get(probe, headers={"Host": "10.1.2.3:1026"}).status_code == 200, probe
 
 
 def test_settings_read_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) -> None:
