@@ -4,11 +4,13 @@
 #   docker build -t renkei .
 #   docker run -p 1026:1026 -v renkei-data:/data renkei
 
-# 1. The map viewer's MapLibre bundle, from npm with the committed lock file.
+# 1. The map viewer's MapLibre bundle and the API docs' Swagger UI and ReDoc, from npm
+#    with the committed lock files.
 FROM node:22-bookworm-slim AS viewer
 WORKDIR /src
 COPY scripts/build-viewer.sh scripts/
 COPY broker/static/viewer/ broker/static/viewer/
+COPY broker/static/docs/ broker/static/docs/
 RUN scripts/build-viewer.sh
 
 # 2. Renkei and its dependencies in a virtualenv (binary wheels from PyPI).
@@ -22,6 +24,7 @@ COPY connectors/ connectors/
 COPY opendata/ opendata/
 COPY schemas/ schemas/
 COPY --from=viewer /src/broker/static/viewer/vendor/ broker/static/viewer/vendor/
+COPY --from=viewer /src/broker/static/docs/vendor/ broker/static/docs/vendor/
 RUN /opt/renkei/bin/pip install .
 
 # 3. The runtime: the virtualenv on the same Python, a user without privileges.

@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 ## Run the hub on http://127.0.0.1:1026 with sample data (SQLite file ./renkei.db)
 demo: $(STAMP)
 	@if command -v npm >/dev/null 2>&1; then scripts/build-viewer.sh; \
-	else echo "npm not found: the map viewer is not built / npm がないため地図ビューアーはビルドされません"; fi
+	else echo "npm not found: the map viewer and API docs are not built / npm がないため地図ビューアーと API ドキュメントはビルドされません"; fi
 	$(BIN)/renkei demo
 
-## Build the map viewer (/viewer): MapLibre GL JS from npm into broker/static/viewer/vendor
+## Build the map viewer (/viewer) and API docs (/docs, /redoc): MapLibre GL JS, Swagger UI
+## and ReDoc from npm into broker/static/{viewer,docs}/vendor
 viewer:
 	scripts/build-viewer.sh
 

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from broker import health as probes
 from broker import metrics
 from broker.api import (
+    docs,
     entities,
     entity_operations,
     jsonld_contexts,
@@ -28,6 +29,7 @@ from broker.api import (
 from broker.api import v2 as ngsi_v2
 from broker.api.deps import Hub
 from broker.api.errors import add_exception_handlers
+from broker.api.hygiene import add_http_hygiene
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
@@ -174,10 +176,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Regional data-linkage hub: NGSI-LD (ETSI GS CIM 009 v1.8) context broker.",
         lifespan=lifespan,
+        docs_url=None,  # served from the hub's own assets: broker/api/docs.py
+        redoc_url=None,
     )
     app.state.ready = False
     add_exception_handlers(app)
     app.add_middleware(TrailingSlash)
+    add_http_hygiene(app, settings)
     metrics.install(app)  # outermost: sees every request
     probes.install(app)
     app.include_router(entities.router)
@@ -190,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ogc.router)
     app.include_router(viewer.router)
     app.include_router(ngsi_v2.router)
+    app.include_router(docs.router)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Response:

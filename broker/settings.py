@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     viewer_tiles_url: str | None = None
     viewer_tiles_attribution: str = ""
 
+    # HTTP hygiene (broker/api/hygiene.py).
+    #: Host names (and ``*.example.jp`` wildcards) requests may be addressed to; empty:
+    #: any (a warning is logged when listening on a non-loopback address).
+    allowed_hosts: ListSetting = Field(default_factory=list)
+    #: Origins of browser apps allowed to call the API (CORS), with credentials; ``*``:
+    #: any origin, without credentials. Empty: no cross-origin access.
+    cors_origins: ListSetting = Field(default_factory=list)
+
     log_level: str = "info"
     #: "text", or "json": one JSON object per line (time, level, logger, message,
     #: request_id, tenant, principal) for log collectors
@@ -105,6 +113,19 @@ class Settings(BaseSettings):
     #: default terminationGracePeriodSeconds (30).
     shutdown_timeout: float = Field(25.0, gt=0)
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        origins = [o if o == "*" else o.removesuffix("/") for o in value]
+        for origin in origins:
+            if origin != "*" and (
+                not origin.startswith(("http://", "https://")) or origin.count("/") != 2
+            ):
+                raise ValueError(
+                    f"CORS origins are scheme://host[:port] with no path or '*' (got {origin!r})"
+                )
+        return origins
+
     @field_validator("store")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
@@ -112,7 +133,9 @@ class Settings(BaseSettings):
             raise ValueError(f"store must be sqlite:///PATH or mongodb://HOST (got {value!r})")
         return value
 
-    @field_validator("outbound_allow", "outbound_deny", mode="before")
+    @field_validator(
+        "outbound_allow", "outbound_deny", "allowed_hosts", "cors_origins", mode="before"
+    )
     @classmethod
     def _rule_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -11,6 +11,7 @@ NGSI-LD rules implemented here (clause 6.3):
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from broker.errors import (
     UnsupportedMediaType,
 )
 from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap, single_url
+from broker.model.entity import iri_to_uri
 
 JSON = "application/json"
 LD_JSON = "application/ld+json"
@@ -92,6 +94,39 @@ def check_depth(raw: bytes, body: Any, limit: int) -> None:
         _depth(body, limit)
 
 
+#: Integers the hub keeps exactly: 64-bit signed, as SQLite and MongoDB store them.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def check_integers(raw: bytes) -> None:
+    """Refuse (400) integers beyond 64 bits, which the JSON parser would turn into floats.
+
+    Only a body with a run of 19 or more digits can hold one; that rare body is parsed
+    again with the standard library, which keeps integers exact, and walked.
+    """
+    if _LONG_NUMBER.search(raw) is None:
+        return
+    try:
+        exact = json.loads(raw)
+    except ValueError as exc:  # more digits than Python converts
+        raise BadRequestData(f"the request body holds a number too long to store: {exc}") from exc
+    stack = [exact]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif (
+            isinstance(item, int) and not isinstance(item, bool) and not INT_MIN <= item <= INT_MAX
+        ):
+            raise BadRequestData(
+                f"integer {item} is beyond the 64-bit range kept exactly "
+                f"({INT_MIN} to {INT_MAX}); send it as a string or a float"
+            )
+
+
 @dataclass
 class Payload:
     body: Any
@@ -114,7 +149,7 @@ def check_content_type(request: Request, *, allow_merge_patch: bool = False) -> 
 async def read_body(request: Request, *, max_bytes: int, max_depth: int) -> Any:
     """Read and parse a JSON body within the size and depth bounds."""
     size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > max_bytes:
+    if size is not None and size.isascii() and size.isdigit() and int(size) > max_bytes:
         raise PayloadTooLarge(f"request body larger than {max_bytes} bytes")
     chunks: list[bytes] = []
     received = 0
@@ -131,6 +166,7 @@ async def read_body(request: Request, *, max_bytes: int, max_depth: int) -> Any:
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
     check_depth(raw, body, max_depth)
+    check_integers(raw)
     return body
 
 
@@ -223,7 +259,7 @@ def context_url(tm: TermMap) -> str:
 
 
 def link_header(url: str) -> str:
-    return f'<{url}>; rel="{LINK_REL}"; type="application/ld+json"'
+    return f'<{iri_to_uri(url)}>; rel="{LINK_REL}"; type="application/ld+json"'
 
 
 def respond(

@@ -21,7 +21,7 @@ from broker.core.entities import UpdateResult
 from broker.core.model import View
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from broker.jsonld.context import TermMap
-from broker.model.entity import Entity, check_entity_id, check_name
+from broker.model.entity import Entity, check_entity_id, check_name, id_segment
 from broker.model.query import And, Comparison, Exists, GeoQuery, Node, Or
 from broker.model.store import EntityQuery, Selector
 from broker.query import (
@@ -83,7 +83,8 @@ async def create_entity(
     P.check_params(request)
     payload, tm = await hub.payload(request)
     ent = await hub.entities.create(tenant, payload.body, tm)
-    return Response(status_code=201, headers={"Location": f"/ngsi-ld/v1/entities/{ent['id']}"})
+    location = f"/ngsi-ld/v1/entities/{id_segment(ent['id'])}"
+    return Response(status_code=201, headers={"Location": location})
 
 
 def entity_query(

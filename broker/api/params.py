@@ -26,6 +26,7 @@ from broker.core.projection import Tree, parse_projection
 from broker.errors import BadRequestData, InvalidRequest, TooManyResults
 from broker.jsonld.context import TermMap
 from broker.model.entity import check_name
+from broker.model.query import count_param
 from broker.settings import Settings
 
 _FORMATS = {
@@ -356,17 +357,15 @@ def options_of(raw: str | None) -> set[str]:
 
 
 def int_param(value: str | None, name: str, default: int) -> int:
-    if value is None:
-        return default
-    if not value.isdigit():
-        raise BadRequestData(f"{name} must be a non-negative integer")
-    return int(value)
+    return default if value is None else count_param(value, name)
 
 
 def paging(
     limit: str | None, offset: str | None, settings: Settings, *, bounded: bool = True
 ) -> tuple[int, int]:
     """``limit`` and ``offset`` of a listing; a limit over the maximum is TooManyResults."""
+    if bounded and limit is not None and limit.isascii() and limit.isdigit() and len(limit) > 10:
+        raise TooManyResults(f"limit {limit[:40]} is above the maximum of {settings.max_limit}")
     limit_n = int_param(limit, "limit", settings.default_limit)
     if bounded and limit_n > settings.max_limit:
         raise TooManyResults(f"limit {limit_n} is above the maximum of {settings.max_limit}")
@@ -443,9 +442,7 @@ def view_of(rep: Representation, tm: TermMap, *, temporal: bool = False) -> View
         view.dataset_ids = {None if d == "@none" else d for d in names}
     level = rep.join_level
     if level is not None:
-        if not level.isdigit() or int(level) < 1:
-            raise BadRequestData("joinLevel must be a positive integer")
-        view.join_level = int(level)
+        view.join_level = count_param(level, "joinLevel", 1)
     return view
 
 

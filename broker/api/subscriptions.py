@@ -11,6 +11,7 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import HubDep, TenantDep
+from broker.model.entity import id_segment
 
 router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["subscriptions"])
 ANSWERS = P.answers(JSON, LD_JSON)
@@ -28,7 +29,8 @@ async def create_subscription(
     P.check_params(request)
     payload, _tm = await hub.payload(request)
     sub_id = await hub.subscriptions.create(tenant, payload.body, payload.context)
-    return Response(status_code=201, headers={"Location": f"/ngsi-ld/v1/subscriptions/{sub_id}"})
+    location = f"/ngsi-ld/v1/subscriptions/{id_segment(sub_id)}"
+    return Response(status_code=201, headers={"Location": location})
 
 
 @router.get("/subscriptions", summary="Query subscriptions (clause 6.10.3.2)", responses=ANSWERS)

@@ -25,7 +25,7 @@ from broker.core.model import View
 from broker.core.temporal import Aggregation, TemporalEntity, TemporalResult, time_query
 from broker.errors import BadRequestData, ResourceNotFound
 from broker.jsonld.context import TermMap
-from broker.model.entity import ENTITY_KEYS, check_entity_id, check_name, is_uri
+from broker.model.entity import ENTITY_KEYS, check_entity_id, check_name, id_segment, is_uri
 from broker.model.history import AGGR_METHODS, Duration, check_aggr_methods, from_us, instance_value
 from broker.model.store import EntityQuery, HistoryQuery
 
@@ -388,7 +388,8 @@ async def upsert_temporal(
     if created:
         eid = payload.body.get("id", payload.body.get("@id"))
         return Response(
-            status_code=201, headers={"Location": f"/ngsi-ld/v1/temporal/entities/{eid}"}
+            status_code=201,
+            headers={"Location": f"/ngsi-ld/v1/temporal/entities/{id_segment(str(eid))}"},
         )
     return Response(status_code=204)
 

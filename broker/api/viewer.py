@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import mimetypes
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from broker.api.deps import HubDep
+from broker.api.hygiene import html_policy
 from broker.errors import ResourceNotFound
 
 router = APIRouter(prefix="/viewer", include_in_schema=False)
@@ -28,10 +30,17 @@ _MISSING = """<!doctype html><html lang="ja"><meta charset="utf-8"><title>Renkei
 
 
 @router.get("")
-async def page() -> Response:
+async def page(hub: HubDep) -> Response:
     if not (STATIC / "vendor" / "maplibre-gl.js").is_file():
         return HTMLResponse(_MISSING, status_code=503)
-    return FileResponse(STATIC / "index.html", media_type="text/html")
+    tiles = hub.settings.viewer_tiles_url
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(tiles)) if tiles else None
+    policy = html_policy(origin) if origin else html_policy()
+    return FileResponse(
+        STATIC / "index.html",
+        media_type="text/html",
+        headers={"content-security-policy": policy},
+    )
 
 
 @router.get("/config.json")

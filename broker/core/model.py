@@ -115,12 +115,25 @@ class Parser:
         for name, raw in body.items():
             if name in ENTITY_KEYS:
                 continue
-            count += 1
+            count += self._weight(raw)
             if count > self.max_attributes:
-                raise BadRequestData(f"too many attributes (limit {self.max_attributes})")
+                raise BadRequestData(
+                    "too many attributes, attribute instances and sub-attributes "
+                    f"(limit {self.max_attributes} in all)"
+                )
             iri = _expand_iri(self.tm, name, "attribute name")
             out[iri] = self.attribute(iri, name, raw, partial=partial)
         return out
+
+    def _weight(self, raw: Any) -> int:
+        """What one attribute counts against ``max_attributes``: each of its instances
+        (datasetIds; a temporal representation's many values of one instance count once)
+        and each sub-attribute, at any depth. Counted on the raw JSON, before any work."""
+        if isinstance(raw, list) and is_instance_list(raw):
+            if self.temporal:
+                return max((_members(item) for item in raw), default=1)
+            return sum(_members(item) for item in raw)
+        return _members(raw)
 
     def attribute(self, iri: str, name: str, raw: Any, *, partial: bool = False) -> list[Instance]:
         items = raw if isinstance(raw, list) and is_instance_list(raw) else [raw]
@@ -239,6 +252,22 @@ class Parser:
                 raise BadRequestData(f"attribute {name!r}: unitCode must be a string")
             return value
         return value
+
+
+def _members(raw: Any) -> int:
+    """One attribute instance and its sub-attributes, at any depth (see Parser._weight)."""
+    count = 0
+    stack = [raw]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if (
+            isinstance(item, dict)
+            and ("type" in item or infer_type(item) is not None)
+            and not looks_like_geometry(item)
+        ):
+            stack.extend(v for k, v in item.items() if k not in INSTANCE_KEYS)
+    return count
 
 
 # -- rendering -------------------------------------------------------------------------------

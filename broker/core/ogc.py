@@ -50,6 +50,7 @@ from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from broker.jsonld.context import TermMap
 from broker.model.entity import NGSI_LD, Entity
 from broker.model.query import (
+    MAX_COUNT,
     And,
     AttrPath,
     Comparison,
@@ -60,6 +61,7 @@ from broker.model.query import (
     Or,
     all_of,
     any_of,
+    count_param,
 )
 from broker.model.store import EntityQuery, WriteResult
 from broker.store.base import EntityStore
@@ -186,9 +188,9 @@ def parse_crs(value: str | None, name: str = "crs") -> str:
 def _int(value: str | None, name: str, default: int, minimum: int) -> int:
     if value is None:
         return default
-    if not value.isdigit() or int(value) < minimum:
-        raise BadRequestData(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    return int(value)
+    if minimum > 0 and value.isascii() and value.isdigit() and len(value) > 10:
+        return MAX_COUNT  # a limit beyond the maximum is the maximum (OGC API 7.15.3)
+    return count_param(value, name, minimum)
 
 
 def parse_bbox(value: str, crs: str) -> tuple[float, float, float, float]:

@@ -15,6 +15,11 @@ Tree = dict[str, "Tree | None"]
 _NAME = re.compile(r"[A-Za-z_@][^,{}\s;=<>\"'()\[\]]*")
 
 
+#: Deeper nesting of ``{...}`` is refused: entities are never that deep, and it bounds
+#: recursion here and wherever the tree is walked.
+MAX_DEPTH = 32
+
+
 def parse_projection(text: str, what: str) -> Tree:
     """Parse a pick/omit expression; every syntax error is 400 with its position."""
     tree, pos = _items(text, 0, what, nested=False)
@@ -23,7 +28,9 @@ def parse_projection(text: str, what: str) -> Tree:
     return tree
 
 
-def _items(text: str, pos: int, what: str, *, nested: bool) -> tuple[Tree, int]:
+def _items(text: str, pos: int, what: str, *, nested: bool, depth: int = 0) -> tuple[Tree, int]:
+    if depth > MAX_DEPTH:
+        raise BadRequestData(f"{what}: '{{' nested deeper than {MAX_DEPTH} at position {pos}")
     tree: Tree = {}
     while True:
         match = _NAME.match(text, pos)
@@ -34,7 +41,7 @@ def _items(text: str, pos: int, what: str, *, nested: bool) -> tuple[Tree, int]:
         pos = match.end()
         sub: Tree | None = None
         if pos < len(text) and text[pos] == "{":
-            sub, pos = _items(text, pos + 1, what, nested=True)
+            sub, pos = _items(text, pos + 1, what, nested=True, depth=depth + 1)
             if pos >= len(text) or text[pos] != "}":
                 raise BadRequestData(f"{what}: unclosed '{{' after {name!r}")
             pos += 1

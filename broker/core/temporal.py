@@ -23,6 +23,7 @@ from broker.core.model import Parser
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from broker.model.entity import ENTITY_KEYS, Entity, Instance, check_entity_id, now_iso
 from broker.model.history import Duration, HistoryRow, from_us, row_for, to_us
+from broker.model.query import count_param
 from broker.model.store import ANY_DATASET, DELETE, EntityQuery, HistoryEntity, HistoryQuery
 from broker.query.evaluate import matches_geo, matches_q, matches_scope
 from broker.store.base import Store
@@ -92,9 +93,7 @@ def time_query(
         raise BadRequestData("endTimeAt must be after timeAt")
     n = None
     if last_n is not None:
-        if not last_n.isdigit() or int(last_n) < 1:
-            raise BadRequestData("lastN must be a positive integer")
-        n = int(last_n)
+        n = count_param(last_n, "lastN", 1)
     return HistoryQuery(
         time_property=prop,
         timerel=timerel,

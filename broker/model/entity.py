@@ -21,8 +21,10 @@ context, is ``broker.core.model``'s.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from broker.errors import BadRequestData
 from broker.model.geo import looks_like_geometry
@@ -85,16 +87,79 @@ def is_uri(value: Any) -> bool:
     return isinstance(value, str) and bool(_URI_RE.match(value))
 
 
-def check_entity_id(value: Any) -> str:
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Characters that show as nothing (or as a blank) yet are letters or marks: Hangul
+#: fillers, the combining grapheme joiner, Khmer inherent vowels, the braille blank.
+_INVISIBLE = frozenset({0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0})
+#: Control, format (bidi controls, zero-width characters, BOM ...), surrogate, and line
+#: and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _refused(ch: str) -> bool:
+    cp = ord(ch)
+    return (
+        unicodedata.category(ch) in _REFUSED_CATEGORIES
+        or 0xFDD0 <= cp <= 0xFDEF  # noncharacters
+        or (cp & 0xFFFE) == 0xFFFE
+        or 0xFE00 <= cp <= 0xFE0F  # variation selectors
+        or 0xE0100 <= cp <= 0xE01EF
+        or 0x180B <= cp <= 0x180F  # Mongolian free variation selectors
+        or cp in _INVISIBLE
+    )
+
+
+def check_characters(text: str, what: str) -> None:
+    """Refuse (400) an id or name holding a character that is invisible or changes how
+    the text around it reads: a name that looks like another is a spoofing tool, and
+    control characters break logs, headers and files. Japanese text passes.
+    """
+    if text.isascii():
+        found = _ASCII_CONTROL.search(text)
+        at = found.start() if found else -1
+    else:
+        at = next((i for i, ch in enumerate(text) if _refused(ch)), -1)
+    if at >= 0:
+        ch = text[at]
+        label = unicodedata.name(ch, "") or unicodedata.category(ch)
+        raise BadRequestData(
+            f"{what} contains U+{ord(ch):04X} ({label}) at position {at + 1}: control, format "
+            "(bidi, zero-width, BOM), noncharacter, variation selector and invisible filler "
+            "characters are not allowed"
+        )
+
+
+def check_entity_id(value: Any, what: str = "entity id") -> str:
+    if isinstance(value, str):
+        check_characters(value, what)
     if not is_uri(value):
-        raise BadRequestData(f"entity id must be a URI, got {value!r}")
+        raise BadRequestData(f"{what} must be a URI, got {value!r}")
     return str(value)
 
 
 def check_name(name: Any, what: str = "attribute name") -> str:
+    if isinstance(name, str):
+        check_characters(name, what)
     if not isinstance(name, str) or not name or _FORBIDDEN_NAME.search(name):
         raise BadRequestData(f"invalid {what} {name!r}")
     return name
+
+
+def id_segment(value: str) -> str:
+    """An id as one URL path segment (RFC 3986 pchar): non-ASCII characters (RFC 3987
+    section 3.1) and ``%``, ``/``, ``?`` and ``#`` percent-encoded, so that the server's
+    single decoding of the path gives the id back exactly."""
+    return quote(value, safe="!$&'()*+,;=:@")
+
+
+def iri_to_uri(value: str) -> str:
+    """An IRI as a URI (RFC 3987 section 3.1), for headers that must be ASCII: characters
+    outside URIs percent-encoded as UTF-8, all else (``%XX`` included) kept."""
+    return quote(value, safe=_URI_SAFE) if _NOT_URI.search(value) else value
+
+
+_URI_SAFE = ":/?#[]@!$&'()*+,;=%"
+_NOT_URI = re.compile(r"[^\x21-\x7e]|[<>\"{}|\\^`]")
 
 
 def check_datetime(value: Any, what: str) -> str:

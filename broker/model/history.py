@@ -25,6 +25,8 @@ from broker.model.entity import ATTRIBUTE_TYPES, ENTITY_KEYS, NGSI_LD, NULL, Ent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
+#: The last microsecond datetime can hold (9999-12-31T23:59:59.999999Z).
+_LAST_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 def to_us(value: str) -> int:
@@ -58,8 +60,10 @@ def instance_id(hid: int) -> str:
 
 def instance_number(iid: str) -> int | None:
     """The store's row number behind an instanceId it generated, else None."""
-    if iid.startswith(_INSTANCE_PREFIX) and iid[len(_INSTANCE_PREFIX) :].isdigit():
-        return int(iid[len(_INSTANCE_PREFIX) :])
+    number = iid[len(_INSTANCE_PREFIX) :]
+    if iid.startswith(_INSTANCE_PREFIX) and number.isascii() and number.isdigit():
+        n = int(number)
+        return n if n < 2**63 else None  # none that large was ever generated
     return None
 
 
@@ -251,9 +255,12 @@ class Duration:
     months: int
     us: int
 
+    #: Longest duration accepted: the span of the calendar (years 1 to 9999).
+    MAX_YEARS = 10_000
+
     @classmethod
     def parse(cls, text: str) -> Duration:
-        m = _DURATION.match(text)
+        m = _DURATION.match(text) if len(text) <= 64 else None
         if not m:
             raise BadRequestData(f"{text!r} is not an ISO 8601 duration such as P1D or PT1H")
         y, mo, w, d, h, mi, s = m.groups()
@@ -265,20 +272,25 @@ class Duration:
             + int(mi or 0) * 60
             + float(s or 0)
         )
+        if months > cls.MAX_YEARS * 12 or seconds > cls.MAX_YEARS * 366 * 86_400:
+            raise BadRequestData(f"duration {text!r} is longer than {cls.MAX_YEARS} years")
         us = round(seconds * 1_000_000)
         if months == 0 and us == 0:
             raise BadRequestData(f"duration {text!r} is zero")
         return cls(months, us)
 
     def add(self, us: int) -> int:
+        """``us`` plus this duration; past the calendar's end, its last microsecond."""
         if self.months:
             dt = _EPOCH + timedelta(microseconds=us)
             total = dt.year * 12 + dt.month - 1 + self.months
             year, month = divmod(total, 12)
+            if year > 9999:
+                return _LAST_US
             day = min(dt.day, _month_days(year, month + 1))
             dt = dt.replace(year=year, month=month + 1, day=day)
             us = to_us(dt.isoformat())
-        return us + self.us
+        return min(us + self.us, _LAST_US)
 
     def boundaries(self, start: int, end: int, limit: int = 100_000) -> list[int]:
         """Period starts from ``start`` up to (excluding) ``end``, and ``end`` itself."""

@@ -30,6 +30,28 @@ EQUALITY_OPS: Final = ("==", "!=")
 ORDER_OPS: Final = (">", ">=", "<", "<=")
 PATTERN_OPS: Final = ("~=", "!~=")
 OPERATORS: Final = (*EQUALITY_OPS, *ORDER_OPS, *PATTERN_OPS)
+#: Terms one q or scopeQ expression may hold (and names one ``type`` expression): far more
+#: than any real query, and few enough that every store can evaluate it (SQLite refuses
+#: expression trees deeper than 1000).
+MAX_TERMS: Final = 256
+#: Largest value of a count parameter (limit, offset, lastN, joinLevel ...): far beyond any
+#: listing, and within every store's integers.
+MAX_COUNT: Final = 2**31 - 1
+_COUNT_RE: Final = re.compile(r"[0-9]{1,10}")
+
+
+def count_param(value: str, name: str, minimum: int = 0) -> int:
+    """A decimal count from ``minimum`` to ``MAX_COUNT``; anything else is 400 saying so.
+
+    Only ASCII digits: ``str.isdigit`` also admits digits ``int`` refuses (``²``).
+    """
+    if _COUNT_RE.fullmatch(value):
+        n = int(value)
+        if minimum <= n <= MAX_COUNT:
+            return n
+    raise BadRequestData(
+        f"{name} must be an integer from {minimum} to {MAX_COUNT}, got {value[:40]!r}"
+    )
 
 
 class QuerySyntaxError(BadRequestData):
@@ -454,6 +476,13 @@ class Cursor:
     label: str = "q"
     i: int = 0
     depth: int = 0
+    terms: int = 0
+
+    def count_term(self) -> None:
+        """One more term; more than ``MAX_TERMS`` is refused before any store sees it."""
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise self.error(f"more than {MAX_TERMS} terms")
 
     def error(self, what: str, at: int | None = None) -> QuerySyntaxError:
         return syntax_error(self.label, self.text, self.i if at is None else at, what)

@@ -143,6 +143,7 @@ class _Parser(Cursor):
 
     def term(self) -> Node:
         self.blanks()
+        self.count_term()
         if self.peek() == "(":
             if self.depth >= MAX_DEPTH:
                 raise self.error(f"parentheses nested deeper than {MAX_DEPTH}")

@@ -80,6 +80,7 @@ class _Parser(Cursor):
 
     def term(self) -> ScopeQuery:
         self.blanks()
+        self.count_term()
         if self.peek() == "(":
             if self.depth >= MAX_DEPTH:
                 raise self.error(f"parentheses nested deeper than {MAX_DEPTH}")

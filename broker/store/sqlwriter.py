@@ -52,7 +52,7 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 
-from broker.errors import InternalError, NgsiLdError, StoreUnavailable
+from broker.errors import BadRequestData, InternalError, NgsiLdError, StoreUnavailable
 from broker.model.entity import ENTITY_KEYS, Entity
 from broker.model.history import HistoryPolicy, HistoryRow
 from broker.query.patterns import search
@@ -241,16 +241,40 @@ def connect(path: str, synchronous: str, *, readonly: bool) -> sqlite3.Connectio
     return conn
 
 
+#: SQLite's messages for a statement beyond its own limits (sqlite3.c, "too large",
+#: "too many", "too complex", "too big"): the request asked too much, not a fault.
+_LIMITS = (
+    "expression tree is too large",
+    "too many sql variables",
+    "too many terms",
+    "too many columns",
+    "too many from clause terms",
+    "too many arguments on function",
+    "parser stack overflow",
+    "pattern too complex",
+    "string or blob too big",
+)
+
+
 @contextmanager
 def driver_errors() -> Iterator[None]:
-    """Translate sqlite3 errors at the boundary of this backend."""
+    """Translate sqlite3 errors at the boundary of this backend.
+
+    A request beyond SQLite's limits (a statement too large, an integer beyond 64 bits)
+    is the client's to change: 400, saying which limit.
+    """
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise StoreUnavailable(f"database busy: {exc}") from exc
-        raise InternalError(f"store error: {exc}") from exc
+    except OverflowError as exc:  # sqlite3 binds integers of at most 64 bits
+        raise BadRequestData(f"a number is beyond the store's 64-bit integers: {exc}") from exc
     except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if any(limit in text.lower() for limit in _LIMITS):
+            raise BadRequestData(
+                f"the request is beyond the store's limits ({text}): use fewer terms"
+            ) from exc
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            raise StoreUnavailable(f"database busy: {exc}") from exc
         raise InternalError(f"store error: {exc}") from exc
 
 

@@ -22,7 +22,7 @@ import orjson
 from broker.core.subscriptions.payload import Compiled
 from broker.errors import NgsiLdError
 from broker.jsonld.context import CORE_CONTEXT_URL
-from broker.model.entity import now_iso
+from broker.model.entity import iri_to_uri, now_iso
 from broker.model.store import NotificationRecord
 from broker.notify.senders import DeliveryError, Senders
 from broker.store.base import Store
@@ -104,7 +104,8 @@ class Delivery:
             notification["@context"] = ctx
             notification["data"] = [{**item, "@context": ctx} for item in data]
         else:
-            headers["Link"] = f'<{sub.context_url}>; rel="{LINK_REL}"; type="application/ld+json"'
+            link = iri_to_uri(sub.context_url)
+            headers["Link"] = f'<{link}>; rel="{LINK_REL}"; type="application/ld+json"'
         if sub.tenant:
             headers["NGSILD-Tenant"] = sub.tenant
         return _Delivery(sub, orjson.dumps(notification), headers)
