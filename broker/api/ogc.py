@@ -15,6 +15,7 @@ property filters to the hub instead of filtering every page themselves.
 from __future__ import annotations
 
 import copy
+import logging
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
@@ -30,6 +31,8 @@ from starlette.responses import HTMLResponse, Response
 from broker.api.common import tenant_of
 from broker.api.deps import Hub, HubDep
 from broker.core import ogc as O
+
+log = logging.getLogger("renkei.ogc")
 
 PREFIX = "/ogc"
 router = APIRouter(prefix=PREFIX, tags=["OGC API - Features"])
@@ -424,6 +427,16 @@ async def items(
     )
     kind = _format(request, f, GEOJSON)
     page = await svc.items(col, req)
+    # what the hub filtered itself (RENKEI_LOG_LEVEL=debug): shows a GIS client's
+    # filters reach the hub instead of being applied client-side over every page
+    log.debug(
+        "items %s: filters %s, limit %d, offset %d, matched %d",
+        col.id,
+        orjson.dumps(req.properties).decode(),
+        req.limit,
+        req.offset,
+        page.matched,
+    )
     href = f"{base}/collections/{_cid(col.id)}/items"
     keep = {k: v for k, v in params.items() if k not in ("f", "offset")}
     json_f = {**keep, "f": "json"}
