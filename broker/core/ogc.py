@@ -148,6 +148,9 @@ class CollectionInfo:
     time_attrs: set[str] = field(default_factory=set)
     #: Short property name -> JSON schema type ("string", "number", ...).
     properties: dict[str, str] = field(default_factory=dict)
+    #: Short property name -> expanded attribute, where the name is not the compacted
+    #: term (an attribute outside the core context's vocabulary, named by its local part).
+    iris: dict[str, str] = field(default_factory=dict)
     computed: float = field(default_factory=time.monotonic)
 
     @property
@@ -423,7 +426,9 @@ class OgcService:
                     info.extent.add_time(inst["observedAt"])
                 elif iri == time_prop and isinstance(inst.get("value"), str):
                     info.extent.add_time(inst["value"])
-            name = self.tm.compact(iri)
+            name = property_name(self.tm.compact(iri))
+            if name != self.tm.compact(iri):
+                info.iris.setdefault(name, iri)
             if name not in info.properties:
                 value = self._simple.instance(instances[0])
                 info.properties[name] = "string" if _language_map(value) else _json_type(value)
@@ -596,8 +601,8 @@ class OgcService:
         timeless = all_of([Exists(p, negated=True) for p in paths])
         return any_of([*inside, timeless])
 
-    def _property_filter(self, name: str, text: str) -> Node:
-        path = AttrPath(self.tm.expand(name))
+    def _property_filter(self, info: CollectionInfo, name: str, text: str) -> Node:
+        path = AttrPath(info.iris.get(name) or self.tm.expand(name))
         options: list[Node] = [Comparison(path, "==", text)]
         if text in ("true", "false"):
             options.append(Comparison(path, "==", text == "true"))
@@ -616,7 +621,8 @@ class OgcService:
         if col.layer is not None:
             return self._layer_items(col.layer, req)
         assert col.type_iri is not None
-        nodes: list[Node] = [self._property_filter(k, v) for k, v in req.properties.items()]
+        info = await self.info(col) if req.properties else CollectionInfo()
+        nodes: list[Node] = [self._property_filter(info, k, v) for k, v in req.properties.items()]
         if req.datetime is not None:
             node = self._time_filter(col, await self.info(col), req.datetime)
             if node is not None:
@@ -661,7 +667,10 @@ class OgcService:
     def feature_of(self, ent: Entity, crs: str, lang: str | None) -> dict[str, Any]:
         """An entity as a Feature, LanguageProperty values as text in ``lang``."""
         feat = self._simple.feature(ent, LOCATION)
-        props: dict[str, Any] = feat["properties"]
+        compacted: dict[str, Any] = feat["properties"]
+        props = {k: v for k, v in compacted.items() if property_name(k) == k}
+        for key, value in compacted.items():  # IRIs after the plain names they must not hide
+            props.setdefault(property_name(key), value)
         props.pop("location", None)
         feat["properties"] = flatten_languages(props, lang or self.language)
         feat["geometry"] = to_crs(feat["geometry"], crs)
@@ -738,6 +747,19 @@ def _geometry(ent: Entity) -> dict[str, Any] | None:
     return None
 
 
+def property_name(term: str) -> str:
+    """A compacted attribute name as a GIS field name: a full IRI becomes its local part.
+
+    Attributes outside the default vocabulary compact to full IRIs, which GIS formats
+    mangle (a Shapefile made ``https_//1``); their last path segment is what people call
+    them. Two IRIs with the same local part in one entity keep their first spelling.
+    """
+    if "://" not in term and not term.startswith("urn:"):
+        return term
+    local = re.split(r"[/#:]", term.rstrip("/#"))[-1]
+    return local or term
+
+
 def _language_map(value: Any) -> dict[str, Any] | None:
     """The languageMap of a simplified LanguageProperty value, else None."""
     if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("languageMap"), dict):
@@ -811,4 +833,5 @@ __all__ = [
     "flatten_languages",
     "parse_crs",
     "parse_items",
+    "property_name",
 ]

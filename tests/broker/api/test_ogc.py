@@ -243,6 +243,19 @@ def test_items_property_equality_filters(hub: TestClient) -> None:
     }
 
 
+def test_attributes_outside_the_vocabulary_get_readable_names(hub: TestClient) -> None:
+    noise = "https://smartdatamodels.org/dataModel.Environment/noiseLevel"
+    loud = sensor(200, 139.58, 35.64, None, **{noise: {"type": "Property", "value": 72}})
+    quiet = sensor(201, 139.58, 35.64, None, **{noise: {"type": "Property", "value": 40}})
+    create(hub, [loud, quiet])
+    queryables = hub.get("/ogc/collections/Sensor/queryables").json()["properties"]
+    assert queryables["noiseLevel"] == {"type": "integer"}
+    assert not [name for name in queryables if "://" in name]
+    found = hub.get("/ogc/collections/Sensor/items", params={"noiseLevel": "72"}).json()
+    assert [f["id"] for f in found["features"]] == [loud["id"]]
+    assert found["features"][0]["properties"]["noiseLevel"] == 72
+
+
 def test_crs_jgd2011_is_latitude_first(hub: TestClient) -> None:
     r = hub.get(f"/ogc/collections/Sensor/items/urn:ngsi-ld:Sensor:001?crs={JGD2011}")
     assert r.status_code == 200
