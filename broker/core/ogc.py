@@ -510,13 +510,14 @@ class OgcService:
                 if LAYER_PREFIX + layer.path.stem == cid:
                     return self._layer_collection(layer)
             raise ResourceNotFound(f"no collection {cid}")
+        header = tenant
         if tenant is None:
             owner, sep, name = cid.partition(TENANT_SEP)
             tenant, name = (owner, name) if sep else ("", cid)
-            if tenant not in await self.visible_tenants(None):
-                raise ResourceNotFound(f"no collection {cid}")
         else:
             name = cid
+        if tenant not in await self.visible_tenants(header):
+            raise ResourceNotFound(f"no collection {cid}")
         iri = self.tm.expand(name)
         if not await self._has_type(tenant, iri):
             # not a plain name: a hashed id (discovery is slower, so it comes second)
