@@ -541,6 +541,14 @@ def _oas30(node: Any) -> Any:
     return out
 
 
+#: Parameters whose form on the wire the standard fixes but FastAPI cannot declare: the
+#: route reads ``bbox`` as one comma-separated string (form style, not exploded), which
+#: OGC API - Features Part 1 describes as an array of 4 or 6 numbers.
+_WIRE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "bbox": {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}},
+}
+
+
 def _refs(node: Any, found: set[str]) -> None:
     if isinstance(node, dict):
         ref = node.get("$ref")
@@ -579,6 +587,8 @@ def api_document(
             op.get("responses", {}).pop("422", None)  # validation errors answer 400 here
             op.pop("tags", None)
             for param in op.get("parameters", []):
+                if param.get("in") == "query" and param.get("name") in _WIRE_SCHEMAS:
+                    param["schema"] = dict(_WIRE_SCHEMAS[param["name"]])
                 if param.get("name") == "limit":
                     schema = param.setdefault("schema", {})
                     schema.update(default=default_limit, maximum=max_limit)
