@@ -80,7 +80,7 @@ def main() -> None:
         assert not plan.problems, plan.problems[:3]
 
         preload = tmp / "contexts.json"
-        preload.write_text(json.dumps({DEFAULT_CONTEXT: str(CONTEXTS_DIR / "renkei-v1.jsonld")}))
+        preload.write_text(json.dumps({DEFAULT_CONTEXT: str(CONTEXTS_DIR / "renkei-v2.jsonld")}))
         with hub(
             tmp / "broker.log",
             sqlite_store(tmp / "bench.db"),

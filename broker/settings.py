@@ -91,7 +91,12 @@ class Settings(BaseSettings):
     #: Seconds a computed collection extent is reused (writes through this process
     #: refresh it at once; this bounds staleness from other replicas).
     ogc_cache_ttl: float = Field(60.0, ge=0)
+    #: Features in an /items page when the client sends no ``limit`` (the API definition
+    #: at /ogc/api declares the same number).
     ogc_default_limit: int = Field(100, gt=0)
+    #: Language of LanguageProperty values in /ogc when the client sends no ``lang``; the
+    #: other languages follow as ``{name}_{tag}`` properties (``name_en``).
+    ogc_language: str = Field("ja", min_length=1)
     #: Raster tile URL template of the viewer's basemap ({z}/{x}/{y}); none: a plain one.
     viewer_tiles_url: str | None = None
     viewer_tiles_attribution: str = ""

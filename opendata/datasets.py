@@ -20,7 +20,7 @@ and English, and all problems of a file are reported at once. Format::
       geo: {georel: "near;maxDistance==2000", geometry: Point, coordinates: [139.57, 35.63]}
       attrs: [name, address, capacity, location]
       tenant: komae
-      context: https://renkei.city/ns/renkei-v1.jsonld
+      context: https://renkei.city/ns/renkei-v2.jsonld
     resources:
       - format: csv                     # csv | geojson | standard-csv
         name: {ja: 避難所一覧（CSV）, en: Evacuation sites (CSV)}

@@ -7,7 +7,7 @@ set -euo pipefail
 case "${1:-test}" in
   venv) packages=() ; python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null \
           || packages=(python3-venv python3-dev) ;;
-  test) packages=(mosquitto chromium fonts-noto-cjk postgresql redis-server libpq-dev python3-dev gcc curl) ;;  # CKAN: scripts/ckan-dev.sh
+  test) packages=(mosquitto chromium fonts-noto-cjk gdal-bin postgresql redis-server libpq-dev python3-dev gcc curl) ;;  # CKAN: scripts/ckan-dev.sh
   *) echo "usage: $0 venv|test" >&2; exit 2 ;;
 esac
 missing=()

@@ -4,17 +4,26 @@ The routes parse the request, call :class:`broker.core.ogc.OgcService` and rende
 JSON, GeoJSON or HTML (``f=json|html`` or ``Accept``). Errors are the broker's
 ProblemDetails, with the status codes the OGC abstract test suite checks (400 for
 unknown or invalid parameters, 404 for unknown collections and features).
+
+Every query parameter is declared on its route, so ``/ogc/api`` (OpenAPI 3.0, the
+service description OGC clients read) is generated from the app's own OpenAPI
+document: the ``/ogc`` paths, plus one items path per collection that lists the
+collection's queryable properties as parameters. GDAL and QGIS read those to send
+property filters to the hub instead of filtering every page themselves.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Query
+from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -22,9 +31,11 @@ from starlette.responses import HTMLResponse, Response
 from broker.api.common import tenant_of
 from broker.api.deps import Hub, HubDep
 from broker.core import ogc as O
-from broker.errors import BadRequestData
 
-router = APIRouter(prefix="/ogc", tags=["OGC API - Features"])
+log = logging.getLogger("renkei.ogc")
+
+PREFIX = "/ogc"
+router = APIRouter(prefix=PREFIX, tags=["OGC API - Features"])
 
 JSON = "application/json"
 GEOJSON = "application/geo+json"
@@ -34,7 +45,7 @@ SCHEMA = "application/schema+json"
 QUERYABLES_REL = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
 
 _templates = Environment(
-    loader=FileSystemLoader(Path(__file__).resolve().parent.parent / "templates" / "ogc"),
+    loader=FileSystemLoader(FilePath(__file__).resolve().parent.parent / "templates" / "ogc"),
     autoescape=select_autoescape(["html"]),
 )
 
@@ -61,9 +72,76 @@ def service(request: Request, hub: Hub) -> O.OgcService:
             time_properties=s.ogc_time_properties,
             layers_dir=s.ogc_layers_dir,
             cache_ttl=s.ogc_cache_ttl,
+            language=s.ogc_language,
         )
         request.app.state.ogc = svc
     return svc
+
+
+# -- declared query parameters (the API definition is generated from these) -----------------
+
+FormatQ = Annotated[
+    Literal["json", "geojson", "html"] | None,
+    Query(alias="f", description="Response format / 出力形式 (default: from Accept)"),
+]
+LangQ = Annotated[
+    str | None,
+    Query(
+        description="Language of LanguageProperty values, e.g. ja or en (Accept-Language "
+        "syntax); the other languages follow as name_en-style properties. Default: "
+        "RENKEI_OGC_LANGUAGE / 多言語の値を返す言語",
+    ),
+]
+CrsQ = Annotated[
+    str | None,
+    Query(description="CRS of the returned geometries (default CRS84)"),
+]
+BboxQ = Annotated[
+    str | None,
+    Query(
+        description="Only features whose geometry intersects the box: minx,miny,maxx,maxy "
+        "(or 6 numbers with heights) in bbox-crs",
+    ),
+]
+BboxCrsQ = Annotated[
+    str | None,
+    Query(alias="bbox-crs", description="CRS of bbox (default CRS84)"),
+]
+DatetimeQ = Annotated[
+    str | None,
+    Query(
+        alias="datetime",
+        description="An instant or interval (start/end, '..' for open) matched against "
+        "observedAt or the type's configured time property",
+    ),
+]
+LimitQ = Annotated[
+    int | None,
+    Query(ge=1, description="Maximum number of features in a page (RENKEI_OGC_DEFAULT_LIMIT)"),
+]
+OffsetQ = Annotated[int | None, Query(ge=0, description="Features to skip")]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid or unknown query parameter"},
+    404: {"description": "No such collection or feature"},
+}
+
+
+def _ok(description: str, *kinds: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {k: {} for k in kinds}}}
+
+
+def _declared(request: Request) -> frozenset[str]:
+    """The query parameters the matched route declares (their names on the wire)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return frozenset()
+    return frozenset(p.alias for p in route.dependant.query_params)
+
+
+def _check(request: Request, *extra: str) -> None:
+    """400 for a query parameter the route does not declare, as the OGC ATS expects."""
+    O.check_params(request.query_params, _declared(request) | set(extra))
 
 
 async def _tenant(request: Request) -> str | None:
@@ -78,18 +156,13 @@ def _root(request: Request, hub: Hub) -> str:
 
 
 def _base(request: Request, hub: Hub) -> str:
-    return _root(request, hub) + "/ogc"
+    return _root(request, hub) + PREFIX
 
 
-def _format(request: Request, json_kind: str = JSON) -> str:
+def _format(request: Request, f: str | None, json_kind: str = JSON) -> str:
     """``f`` wins; otherwise HTML only when the client prefers it (browsers)."""
-    f = request.query_params.get("f")
     if f is not None:
-        if f in ("json", "geojson"):
-            return json_kind
-        if f == "html":
-            return HTML
-        raise BadRequestData(f"f must be json or html, got {f!r}")
+        return HTML if f == "html" else json_kind
     accept = request.headers.get("accept", "")
     for part in accept.split(","):
         kind = part.split(";")[0].strip().lower()
@@ -136,10 +209,10 @@ def _cid(cid: str) -> str:
 # -- landing page, conformance, API definition ----------------------------------------------
 
 
-@router.get("")
-async def landing(request: Request, hub: HubDep) -> Response:
-    O.check_params(request.query_params, {"f"})
-    kind = _format(request)
+@router.get("", summary="Landing page", responses={**_ok("Landing page", JSON, HTML), **_ERRORS})
+async def landing(request: Request, hub: HubDep, f: FormatQ = None, lang: LangQ = None) -> Response:
+    _check(request)
+    kind = _format(request, f)
     base = _base(request, hub)
     body = {
         "title": "Renkei OGC API - Features",
@@ -159,22 +232,43 @@ async def landing(request: Request, hub: HubDep) -> Response:
     return _json(body)
 
 
-@router.get("/conformance")
-async def conformance(request: Request, hub: HubDep) -> Response:
-    O.check_params(request.query_params, {"f"})
+@router.get(
+    "/conformance",
+    summary="Conformance classes",
+    responses={**_ok("Conformance classes", JSON, HTML), **_ERRORS},
+)
+async def conformance(
+    request: Request, hub: HubDep, f: FormatQ = None, lang: LangQ = None
+) -> Response:
+    _check(request)
     body = {"conformsTo": list(O.CONFORMANCE)}
-    if _format(request) == HTML:
+    if _format(request, f) == HTML:
         return _html("conformance.html", doc=body, base=_base(request, hub))
     return _json(body)
 
 
-@router.get("/api")
-async def api_definition(request: Request, hub: HubDep) -> Response:
-    O.check_params(request.query_params, {"f"})
+@router.get(
+    "/api",
+    summary="This API definition (OpenAPI 3.0)",
+    responses={**_ok("The API definition", OPENAPI, HTML), **_ERRORS},
+)
+async def api_definition(
+    request: Request, hub: HubDep, f: FormatQ = None, lang: LangQ = None
+) -> Response:
+    _check(request)
     svc = service(request, hub)
-    collections = await svc.collections(await _tenant(request))
-    doc = openapi(_base(request, hub), [c.id for c in collections], hub.settings.max_limit)
-    if _format(request, OPENAPI) == HTML:
+    tenant = await _tenant(request)
+    found = await svc.collections(tenant)
+    queryables = {c.id: (await svc.info(c)).properties for c in found}
+    s = hub.settings
+    doc = api_document(
+        request.app.openapi(),
+        _base(request, hub),
+        queryables,
+        default_limit=s.ogc_default_limit,
+        max_limit=s.max_limit,
+    )
+    if _format(request, f, OPENAPI) == HTML:
         return _html("api.html", doc=doc, base=_base(request, hub))
     return _json(doc, OPENAPI)
 
@@ -209,10 +303,16 @@ async def _collection_doc(
     }
 
 
-@router.get("/collections")
-async def collections(request: Request, hub: HubDep) -> Response:
-    O.check_params(request.query_params, {"f"})
-    kind = _format(request)
+@router.get(
+    "/collections",
+    summary="Collections",
+    responses={**_ok("Collections", JSON, HTML), **_ERRORS},
+)
+async def collections(
+    request: Request, hub: HubDep, f: FormatQ = None, lang: LangQ = None
+) -> Response:
+    _check(request)
+    kind = _format(request, f)
     svc = service(request, hub)
     base = _base(request, hub)
     found = await svc.collections(await _tenant(request))
@@ -226,10 +326,21 @@ async def collections(request: Request, hub: HubDep) -> Response:
     return _json(body)
 
 
-@router.api_route("/collections/{collection_id}", methods=["GET", "HEAD"])
-async def collection(collection_id: str, request: Request, hub: HubDep) -> Response:
-    O.check_params(request.query_params, {"f"})
-    kind = _format(request)
+@router.head("/collections/{collectionId}", include_in_schema=False)
+@router.get(
+    "/collections/{collectionId}",
+    summary="A collection",
+    responses={**_ok("Collection", JSON, HTML), **_ERRORS},
+)
+async def collection(
+    collection_id: Annotated[str, Path(alias="collectionId")],
+    request: Request,
+    hub: HubDep,
+    f: FormatQ = None,
+    lang: LangQ = None,
+) -> Response:
+    _check(request)
+    kind = _format(request, f)
     svc = service(request, hub)
     base = _base(request, hub)
     col = await svc.collection(collection_id, await _tenant(request))
@@ -243,9 +354,19 @@ async def collection(collection_id: str, request: Request, hub: HubDep) -> Respo
     return _json(body, headers=headers)
 
 
-@router.get("/collections/{collection_id}/queryables")
-async def queryables(collection_id: str, request: Request, hub: HubDep) -> Response:
-    O.check_params(request.query_params, {"f"})
+@router.get(
+    "/collections/{collectionId}/queryables",
+    summary="Queryable properties",
+    responses={**_ok("JSON schema of the queryable properties", SCHEMA, HTML), **_ERRORS},
+)
+async def queryables(
+    collection_id: Annotated[str, Path(alias="collectionId")],
+    request: Request,
+    hub: HubDep,
+    f: FormatQ = None,
+    lang: LangQ = None,
+) -> Response:
+    _check(request)
     svc = service(request, hub)
     base = _base(request, hub)
     col = await svc.collection(collection_id, await _tenant(request))
@@ -259,7 +380,7 @@ async def queryables(collection_id: str, request: Request, hub: HubDep) -> Respo
         "properties": {name: {"type": t} for name, t in sorted(info.properties.items())},
         "additionalProperties": False,
     }
-    if _format(request, SCHEMA) == HTML:
+    if _format(request, f, SCHEMA) == HTML:
         return _html("queryables.html", doc=body, base=base, col=col)
     return _json(body, SCHEMA)
 
@@ -271,21 +392,51 @@ def _url(href: str, params: dict[str, str]) -> str:
     return f"{href}?{urlencode(params)}" if params else href
 
 
-@router.get("/collections/{collection_id}/items")
-async def items(collection_id: str, request: Request, hub: HubDep) -> Response:
+@router.get(
+    "/collections/{collectionId}/items",
+    summary="Features of a collection",
+    description="Besides the parameters below, every queryable property of the collection "
+    "(/collections/{collectionId}/queryables) is an equality filter: ?name=狛江第一小学校.",
+    responses={**_ok("Features", GEOJSON, HTML), **_ERRORS},
+)
+async def items(
+    collection_id: Annotated[str, Path(alias="collectionId")],
+    request: Request,
+    hub: HubDep,
+    f: FormatQ = None,
+    bbox: BboxQ = None,
+    bbox_crs: BboxCrsQ = None,
+    crs: CrsQ = None,
+    when: DatetimeQ = None,
+    limit: LimitQ = None,
+    offset: OffsetQ = None,
+    lang: LangQ = None,
+) -> Response:
     svc = service(request, hub)
     base = _base(request, hub)
     col = await svc.collection(collection_id, await _tenant(request))
     params = dict(request.query_params)
+    declared = _declared(request)
     properties: list[str] = []
-    if set(params) - O.ITEMS_PARAMS:  # property filters: names from the data
+    if set(params) - declared:  # property filters: names from the data
         properties = list((await svc.info(col)).properties)
+    O.check_params(params, declared | set(properties))
     s = hub.settings
     req = O.parse_items(
         params, properties, default_limit=s.ogc_default_limit, max_limit=s.max_limit
     )
-    kind = _format(request, GEOJSON)
+    kind = _format(request, f, GEOJSON)
     page = await svc.items(col, req)
+    # what the hub filtered itself (RENKEI_LOG_LEVEL=debug): shows a GIS client's
+    # filters reach the hub instead of being applied client-side over every page
+    log.debug(
+        "items %s: filters %s, limit %d, offset %d, matched %d",
+        col.id,
+        orjson.dumps(req.properties).decode(),
+        req.limit,
+        req.offset,
+        page.matched,
+    )
     href = f"{base}/collections/{_cid(col.id)}/items"
     keep = {k: v for k, v in params.items() if k not in ("f", "offset")}
     json_f = {**keep, "f": "json"}
@@ -331,21 +482,33 @@ async def items(collection_id: str, request: Request, hub: HubDep) -> Response:
     return _json(body, GEOJSON, headers)
 
 
-@router.get("/collections/{collection_id}/items/{feature_id:path}")
-async def feature(collection_id: str, feature_id: str, request: Request, hub: HubDep) -> Response:
-    O.check_params(request.query_params, O.FEATURE_PARAMS)
+@router.get(
+    "/collections/{collectionId}/items/{featureId:path}",
+    summary="One feature",
+    responses={**_ok("Feature", GEOJSON, HTML), **_ERRORS},
+)
+async def feature(
+    collection_id: Annotated[str, Path(alias="collectionId")],
+    feature_id: Annotated[str, Path(alias="featureId")],
+    request: Request,
+    hub: HubDep,
+    f: FormatQ = None,
+    crs: CrsQ = None,
+    lang: LangQ = None,
+) -> Response:
+    _check(request)
     svc = service(request, hub)
     base = _base(request, hub)
     col = await svc.collection(collection_id, await _tenant(request))
-    crs = O.parse_crs(request.query_params.get("crs"))
-    kind = _format(request, GEOJSON)
-    feat = await svc.feature(col, feature_id, crs, request.query_params.get("lang") or None)
+    out_crs = O.parse_crs(crs)
+    kind = _format(request, f, GEOJSON)
+    feat = await svc.feature(col, feature_id, out_crs, lang)
     href = f"{base}/collections/{_cid(col.id)}/items/{quote(feature_id, safe=':')}"
     feat["links"] = [
         *_self_links(href, kind, GEOJSON),
         _link(f"{base}/collections/{_cid(col.id)}", "collection", JSON, col.title),
     ]
-    headers = {"Content-Crs": f"<{crs}>"}
+    headers = {"Content-Crs": f"<{out_crs}>"}
     if kind == HTML:
         response: Response = _html("feature.html", doc=feat, base=base, col=col)
         response.headers.update(headers)
@@ -353,177 +516,127 @@ async def feature(collection_id: str, feature_id: str, request: Request, hub: Hu
     return _json(feat, GEOJSON, headers)
 
 
-# -- the API definition ---------------------------------------------------------------------
+# -- the API definition, generated from the routes above -------------------------------------
 
 
-def _param(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema,
-        "style": "form",
-        "explode": False,
-        **extra,
-    }
+def _oas30(node: Any) -> Any:
+    """OpenAPI 3.1 schemas as 3.0 ones: ``anyOf [X, null]`` becomes ``X``.
+
+    FastAPI writes 3.1; OGC API - Features Part 1 (and GDAL) expect 3.0. Optional
+    query parameters are the only 3.1-only construct the ``/ogc`` routes produce.
+    """
+    if isinstance(node, list):
+        return [_oas30(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _oas30(v) for k, v in node.items()}
+    options = out.get("anyOf")
+    if isinstance(options, list):
+        kept = [o for o in options if o != {"type": "null"}]
+        if len(kept) == 1 and len(kept) < len(options):
+            del out["anyOf"]
+            out = {**kept[0], **out}
+    if "examples" in out and isinstance(out["examples"], list):
+        out["example"] = out.pop("examples")[0]
+    return out
 
 
-def _response(description: str, *kinds: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {k: {"schema": {"type": "object"}} for k in kinds},
-    }
+#: Parameters whose form on the wire the standard fixes but FastAPI cannot declare: the
+#: route reads ``bbox`` as one comma-separated string (form style, not exploded), which
+#: OGC API - Features Part 1 describes as an array of 4 or 6 numbers.
+_WIRE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "bbox": {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}},
+}
 
 
-def openapi(base: str, collection_ids: list[str], max_limit: int) -> dict[str, Any]:
-    """The OpenAPI 3.0 definition of ``/ogc``, with one items path per collection."""
-    crs_schema = {"type": "string", "format": "uri", "enum": list(O.SUPPORTED_CRS)}
-    params = {
-        "f": {
-            "name": "f",
-            "in": "query",
-            "required": False,
-            "description": "Response format / 出力形式",
-            "schema": {"type": "string", "enum": ["json", "html"]},
-            "style": "form",
-            "explode": False,
-        },
-        "bbox": _param(
-            "bbox",
-            {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}},
-            "Only features whose geometry intersects the box (minx,miny,maxx,maxy in bbox-crs)",
-        ),
-        "bbox-crs": _param("bbox-crs", crs_schema, "CRS of bbox (default CRS84)"),
-        "crs": _param("crs", crs_schema, "CRS of the returned geometries (default CRS84)"),
-        "datetime": _param(
-            "datetime",
-            {"type": "string"},
-            "An instant or interval (start/end, '..' for open) matched against observedAt "
-            "or the type's configured time property",
-        ),
-        "limit": _param(
-            "limit",
-            {"type": "integer", "minimum": 1, "maximum": max_limit, "default": 10},
-            "Maximum number of features in a page",
-        ),
-        "offset": _param("offset", {"type": "integer", "minimum": 0}, "Features to skip"),
-        "lang": _param("lang", {"type": "string"}, "Language of LanguageProperty values (ja, en)"),
-        "collectionId": {
-            "name": "collectionId",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string"},
-        },
-        "featureId": {
-            "name": "featureId",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string"},
-        },
-    }
+def _refs(node: Any, found: set[str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            found.add(ref.rsplit("/", 1)[-1])
+        for v in node.values():
+            _refs(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _refs(v, found)
 
-    def ref(name: str) -> dict[str, str]:
-        return {"$ref": f"#/components/parameters/{name}"}
 
-    errors = {
-        "400": {"description": "Invalid or unknown query parameter"},
-        "404": {"description": "No such collection or feature"},
-    }
-    items_params = [
-        ref(n) for n in ("f", "bbox", "bbox-crs", "crs", "datetime", "limit", "offset", "lang")
-    ]
-    paths: dict[str, Any] = {
-        "/": {
-            "get": _op("landing", "Landing page", [ref("f")], _response("Landing page", JSON, HTML))
-        },
-        "/conformance": {
-            "get": _op(
-                "conformance",
-                "Conformance classes",
-                [ref("f")],
-                _response("Conformance", JSON, HTML),
-            )
-        },
-        "/api": {
-            "get": _op("api", "This API definition", [ref("f")], _response("OpenAPI", OPENAPI))
-        },
-        "/collections": {
-            "get": _op(
-                "collections", "Collections", [ref("f")], _response("Collections", JSON, HTML)
-            )
-        },
-        "/collections/{collectionId}": {
-            "get": _op(
-                "collection",
-                "A collection",
-                [ref("collectionId"), ref("f")],
-                _response("Collection", JSON, HTML),
-                errors,
-            )
-        },
-        "/collections/{collectionId}/queryables": {
-            "get": _op(
-                "queryables",
-                "Queryable properties",
-                [ref("collectionId"), ref("f")],
-                _response("JSON schema", SCHEMA),
-                errors,
-            )
-        },
-        "/collections/{collectionId}/items": {
-            "get": _op(
-                "items",
-                "Features of a collection",
-                [ref("collectionId"), *items_params],
-                _response("Features", GEOJSON, HTML),
-                errors,
-            )
-        },
-        "/collections/{collectionId}/items/{featureId}": {
-            "get": _op(
-                "feature",
-                "One feature",
-                [ref("collectionId"), ref("featureId"), ref("f"), ref("crs"), ref("lang")],
-                _response("Feature", GEOJSON, HTML),
-                errors,
-            )
-        },
-    }
-    for cid in collection_ids:
-        paths[f"/collections/{cid}/items"] = {
-            "get": _op(
-                f"items-{cid}",
-                f"Features of {cid}",
-                items_params,
-                _response("Features", GEOJSON, HTML),
-                errors,
-            )
-        }
-    return {
+def api_document(
+    app_openapi: dict[str, Any],
+    base: str,
+    queryables: dict[str, dict[str, str]],
+    *,
+    default_limit: int,
+    max_limit: int,
+) -> dict[str, Any]:
+    """``/ogc/api``: the app's OpenAPI document cut to ``/ogc``, plus per-collection items.
+
+    ``queryables`` maps each collection id to its queryable properties (name -> JSON
+    schema type); each gets a ``/collections/{id}/items`` path whose parameters are the
+    generic ones plus those properties, which is where OGC clients (GDAL's OAPIF
+    driver, QGIS) look for the filters they may send. ``limit`` shows the default and
+    maximum the hub actually applies.
+    """
+    paths: dict[str, Any] = {}
+    for path, ops in app_openapi.get("paths", {}).items():
+        if path != PREFIX and not path.startswith(PREFIX + "/"):
+            continue
+        kept = {}
+        for method, op in ops.items():
+            op = _oas30(copy.deepcopy(op))
+            op.get("responses", {}).pop("422", None)  # validation errors answer 400 here
+            op.pop("tags", None)
+            for param in op.get("parameters", []):
+                if param.get("in") == "query" and param.get("name") in _WIRE_SCHEMAS:
+                    param["schema"] = dict(_WIRE_SCHEMAS[param["name"]])
+                if param.get("name") == "limit":
+                    schema = param.setdefault("schema", {})
+                    schema.update(default=default_limit, maximum=max_limit)
+                if param.get("in") == "query":
+                    param.setdefault("style", "form")
+                    param.setdefault("explode", False)
+            kept[method] = op
+        paths[path[len(PREFIX) :] or "/"] = kept
+    generic = paths.get("/collections/{collectionId}/items", {}).get("get")
+    if generic is not None:
+        for cid, props in sorted(queryables.items()):
+            op = copy.deepcopy(generic)
+            op["operationId"] = f"items_{cid}"
+            op["summary"] = f"Features of {cid}"
+            params = [p for p in op.get("parameters", []) if p.get("in") != "path"]
+            names = {p.get("name") for p in params}
+            for name, kind in sorted(props.items()):
+                if name in names:
+                    continue  # a property named like a parameter is reached as the parameter
+                params.append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": False,
+                        "description": f"Features whose {name} equals the value",
+                        "schema": {"type": kind} if kind != "object" else {"type": "string"},
+                        "style": "form",
+                        "explode": False,
+                    }
+                )
+            op["parameters"] = params
+            paths[f"/collections/{cid}/items"] = {"get": op}
+    schemas = app_openapi.get("components", {}).get("schemas", {})
+    used: set[str] = set()
+    _refs(paths, used)
+    doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
             "title": "Renkei OGC API - Features",
-            "version": "1.0.0",
-            "description": "NGSI-LD entities of the Renkei hub as OGC API - Features collections.",
+            "version": str(app_openapi.get("info", {}).get("version", "1.0.0")),
+            "description": "NGSI-LD entities of the Renkei hub as OGC API - Features "
+            f"collections. Pages hold {default_limit} features unless limit says otherwise "
+            f"(at most {max_limit}).",
             "license": {"name": "Apache-2.0"},
         },
         "servers": [{"url": base}],
         "paths": paths,
-        "components": {"parameters": params},
     }
-
-
-def _op(
-    op_id: str,
-    summary: str,
-    parameters: list[dict[str, Any]],
-    ok: dict[str, Any],
-    errors: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "operationId": op_id,
-        "summary": summary,
-        "parameters": parameters,
-        "responses": {"200": ok, **(errors or {})},
-    }
+    if used:
+        doc["components"] = {"schemas": {k: _oas30(schemas[k]) for k in used if k in schemas}}
+    return doc

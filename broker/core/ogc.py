@@ -19,7 +19,14 @@ Collection ids
 Features
     An entity is a GeoJSON Feature (RFC 7946): its ``location`` is the geometry,
     its other attributes are the properties in the simplified (keyValues) form with
-    short names, rendered by the same ``View.feature`` as NGSI-LD GeoJSON.
+    short names, rendered by the same ``View.feature`` as NGSI-LD GeoJSON. A
+    LanguageProperty is a plain string in the asked language (``lang``, by default
+    ``RENKEI_OGC_LANGUAGE``), the other languages following as ``{name}_{tag}``
+    properties (``name_en``), so GIS tools get text columns, not JSON.
+
+Tenants
+    Which tenants a request sees is decided in one place, :meth:`OgcService.visible_tenants`,
+    so an access policy can narrow it without touching the routes.
 
 Time
     ``datetime`` is matched against the configured time property of the type
@@ -48,7 +55,7 @@ from broker.core.entities import EntityService
 from broker.core.model import View
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
 from broker.jsonld.context import TermMap
-from broker.model.entity import NGSI_LD, Entity
+from broker.model.entity import NGSI_LD, Entity, pick_language
 from broker.model.query import (
     MAX_COUNT,
     And,
@@ -89,7 +96,6 @@ CONFORMANCE: Final = (
 ITEMS_PARAMS: Final = frozenset(
     {"f", "bbox", "bbox-crs", "crs", "datetime", "limit", "offset", "lang"}
 )
-FEATURE_PARAMS: Final = frozenset({"f", "crs", "lang"})
 LAYER_PREFIX: Final = "layer~"
 TENANT_SEP: Final = "~"
 LOCATION: Final = NGSI_LD + "location"
@@ -144,6 +150,9 @@ class CollectionInfo:
     time_attrs: set[str] = field(default_factory=set)
     #: Short property name -> JSON schema type ("string", "number", ...).
     properties: dict[str, str] = field(default_factory=dict)
+    #: Short property name -> expanded attribute, where the name is not the compacted
+    #: term (an attribute outside the core context's vocabulary, named by its local part).
+    iris: dict[str, str] = field(default_factory=dict)
     computed: float = field(default_factory=time.monotonic)
 
     @property
@@ -373,8 +382,10 @@ class OgcService:
         time_properties: Mapping[str, str] | None = None,
         layers_dir: Path | None = None,
         cache_ttl: float = 60.0,
+        language: str = "ja",
     ) -> None:
         self.store = store
+        self.language = language
         self.entities = entities
         self.tm = core
         self.time_properties = {
@@ -417,9 +428,12 @@ class OgcService:
                     info.extent.add_time(inst["observedAt"])
                 elif iri == time_prop and isinstance(inst.get("value"), str):
                     info.extent.add_time(inst["value"])
-            name = self.tm.compact(iri)
+            name = property_name(self.tm.compact(iri))
+            if name != self.tm.compact(iri):
+                info.iris.setdefault(name, iri)
             if name not in info.properties:
-                info.properties[name] = _json_type(self._simple.instance(instances[0]))
+                value = self._simple.instance(instances[0])
+                info.properties[name] = "string" if _language_map(value) else _json_type(value)
 
     # -- collections ---------------------------------------------------------------------------
 
@@ -472,15 +486,20 @@ class OgcService:
             layer=layer,
         )
 
+    async def visible_tenants(self, tenant: str | None) -> list[str]:
+        """The tenants a request lists: the header's tenant, or (no header) every tenant.
+
+        The one place that decides which tenants appear in ``/ogc``: an access policy
+        narrows this list (and :meth:`collection` refuses what it leaves out).
+        """
+        if tenant is not None:
+            return [tenant]
+        return list(dict.fromkeys(["", *(await self.store.tenants())]))
+
     async def collections(self, tenant: str | None) -> list[Collection]:
         """Every collection: a tenant's types (header given) or all tenants', then layers."""
         out: list[Collection] = []
-        tenants = [tenant] if tenant is not None else ["", *(await self.store.tenants())]
-        seen: set[str] = set()
-        for t in tenants:
-            if t in seen:
-                continue
-            seen.add(t)
+        for t in await self.visible_tenants(tenant):
             for iri, count in sorted((await self._types(t)).items()):
                 out.append(self._collection(t, iri, count, prefixed=tenant is None))
         out.extend(self._layer_collection(layer) for layer in self.layers())
@@ -493,11 +512,14 @@ class OgcService:
                 if LAYER_PREFIX + layer.path.stem == cid:
                     return self._layer_collection(layer)
             raise ResourceNotFound(f"no collection {cid}")
+        header = tenant
         if tenant is None:
             owner, sep, name = cid.partition(TENANT_SEP)
             tenant, name = (owner, name) if sep else ("", cid)
         else:
             name = cid
+        if tenant not in await self.visible_tenants(header):
+            raise ResourceNotFound(f"no collection {cid}")
         iri = self.tm.expand(name)
         if not await self._has_type(tenant, iri):
             # not a plain name: a hashed id (discovery is slower, so it comes second)
@@ -582,8 +604,8 @@ class OgcService:
         timeless = all_of([Exists(p, negated=True) for p in paths])
         return any_of([*inside, timeless])
 
-    def _property_filter(self, name: str, text: str) -> Node:
-        path = AttrPath(self.tm.expand(name))
+    def _property_filter(self, info: CollectionInfo, name: str, text: str) -> Node:
+        path = AttrPath(info.iris.get(name) or self.tm.expand(name))
         options: list[Node] = [Comparison(path, "==", text)]
         if text in ("true", "false"):
             options.append(Comparison(path, "==", text == "true"))
@@ -602,7 +624,8 @@ class OgcService:
         if col.layer is not None:
             return self._layer_items(col.layer, req)
         assert col.type_iri is not None
-        nodes: list[Node] = [self._property_filter(k, v) for k, v in req.properties.items()]
+        info = await self.info(col) if req.properties else CollectionInfo()
+        nodes: list[Node] = [self._property_filter(info, k, v) for k, v in req.properties.items()]
         if req.datetime is not None:
             node = self._time_filter(col, await self.info(col), req.datetime)
             if node is not None:
@@ -645,9 +668,14 @@ class OgcService:
         )
 
     def feature_of(self, ent: Entity, crs: str, lang: str | None) -> dict[str, Any]:
-        view = View(self.tm, format="keyValues", lang=lang)
-        feat = view.feature(ent, LOCATION)
-        feat["properties"].pop("location", None)
+        """An entity as a Feature, LanguageProperty values as text in ``lang``."""
+        feat = self._simple.feature(ent, LOCATION)
+        compacted: dict[str, Any] = feat["properties"]
+        props = {k: v for k, v in compacted.items() if property_name(k) == k}
+        for key, value in compacted.items():  # IRIs after the plain names they must not hide
+            props.setdefault(property_name(key), value)
+        props.pop("location", None)
+        feat["properties"] = flatten_languages(props, lang or self.language)
         feat["geometry"] = to_crs(feat["geometry"], crs)
         return feat
 
@@ -722,6 +750,52 @@ def _geometry(ent: Entity) -> dict[str, Any] | None:
     return None
 
 
+def property_name(term: str) -> str:
+    """A compacted attribute name as a GIS field name: a full IRI becomes its local part.
+
+    Attributes outside the default vocabulary compact to full IRIs, which GIS formats
+    mangle (a Shapefile made ``https_//1``); their last path segment is what people call
+    them. Two IRIs with the same local part in one entity keep their first spelling.
+    """
+    if "://" not in term and not term.startswith("urn:"):
+        return term
+    local = re.split(r"[/#:]", term.rstrip("/#"))[-1]
+    return local or term
+
+
+def _language_map(value: Any) -> dict[str, Any] | None:
+    """The languageMap of a simplified LanguageProperty value, else None."""
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("languageMap"), dict):
+        found: dict[str, Any] = value["languageMap"]
+        return found
+    return None
+
+
+def flatten_languages(properties: Mapping[str, Any], lang: str) -> dict[str, Any]:
+    """LanguageProperty values as text: ``name`` in ``lang``, ``name_en`` ... for the others.
+
+    GIS formats have text columns, not language maps; the asked language (an
+    Accept-Language-like value, best match first) fills the plain name so a layer reads
+    the same whatever else the entity carries. A name already taken by a real
+    property is never overwritten.
+    """
+    out: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in properties.items():
+        lmap = _language_map(value)
+        if lmap is None:
+            out[name] = value
+            continue
+        chosen, text = pick_language(lmap, lang) if lmap else ("", None)
+        out[name] = text
+        for tag, other in lmap.items():
+            if tag != chosen and tag != "@none":
+                extra[f"{name}_{tag}"] = other
+    for key, value in extra.items():
+        out.setdefault(key, value)
+    return out
+
+
 def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
@@ -747,7 +821,6 @@ def _text(value: Any) -> str:
 __all__ = [
     "CONFORMANCE",
     "CRS84",
-    "FEATURE_PARAMS",
     "ITEMS_PARAMS",
     "JGD2011",
     "SUPPORTED_CRS",
@@ -760,6 +833,8 @@ __all__ = [
     "Or",
     "Page",
     "check_params",
+    "flatten_languages",
     "parse_crs",
     "parse_items",
+    "property_name",
 ]

@@ -44,8 +44,11 @@ SHOWN_ENTITIES = 3
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``import-csv`` command to the ``renkei`` application."""
+    """Add ``import-csv`` and ``migrate-vocabulary`` to the ``renkei`` application."""
+    from connectors.csv.migrate import migrate_vocabulary  # it uses this module's defaults
+
     app.command("import-csv")(import_csv)
+    app.command("migrate-vocabulary")(migrate_vocabulary)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -13,7 +13,7 @@ or header -> attribute name)::
 
     type: EvacuationSite                       # NGSI-LD entity type
     id: "urn:ngsi-ld:{type}:{localGovernmentCode}-{identifier}"
-    context: https://renkei.city/ns/renkei-v1.jsonld   # optional
+    context: https://renkei.city/ns/renkei-v2.jsonld   # optional
     plane_zone: 9                              # optional: zone of plane-x / plane-y columns
     columns:
       - header: 想定収容人数
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 DATASETS_DIR = SCHEMAS_DIR / "datasets"
-#: Renkei's own JSON-LD context (``schemas/contexts/renkei-v1.jsonld``), sent as the Link.
+#: Renkei's own JSON-LD context (``schemas/contexts/renkei-v2.jsonld``), sent as the Link.
 DEFAULT_CONTEXT = RENKEI_CONTEXT_URL
 
 #: Kinds of column value. ``era-date`` is ``date`` (both read era and Gregorian dates).

@@ -55,6 +55,7 @@ def hub(tmp_path: Path) -> Iterator[TestClient]:
         ogc_layers_dir=layers,
         ogc_time_properties={"Report": "dateIssued"},
         max_limit=50,
+        ogc_default_limit=20,
     )
     with TestClient(create_app(settings)) as c:
         create(
@@ -84,7 +85,30 @@ def test_landing_conformance_and_api_definition(hub: TestClient) -> None:
     assert api.headers["content-type"].startswith("application/vnd.oai.openapi+json")
     doc = api.json()
     assert doc["openapi"].startswith("3.0")
-    assert "/collections/Sensor/items" in doc["paths"]
+    # generated from the declared routes: the app's /openapi.json has the same parameters
+    app_doc = hub.get("/openapi.json").json()
+    generic = doc["paths"]["/collections/{collectionId}/items"]["get"]["parameters"]
+    declared = app_doc["paths"]["/ogc/collections/{collectionId}/items"]["get"]["parameters"]
+    assert {p["name"] for p in generic} == {p["name"] for p in declared}
+    assert {"f", "bbox", "bbox-crs", "crs", "datetime", "limit", "offset", "lang"} <= {
+        p["name"] for p in generic
+    }
+    # one items path per collection, its queryable properties declared as parameters
+    sensor_params = {
+        p["name"]: p for p in doc["paths"]["/collections/Sensor/items"]["get"]["parameters"]
+    }
+    assert sensor_params["status"]["schema"] == {"type": "string"}
+    assert sensor_params["temperature"]["schema"] == {"type": "number"}
+    # the page size described is the one applied (RENKEI_OGC_DEFAULT_LIMIT, RENKEI_MAX_LIMIT)
+    assert sensor_params["limit"]["schema"]["default"] == 20
+    assert sensor_params["limit"]["schema"]["maximum"] == 50
+    page = hub.get("/ogc/collections/Sensor/items").json()
+    assert page["numberReturned"] == 20
+    assert "20 features" in doc["info"]["description"]
+    for path in doc["paths"].values():
+        assert "anyOf" not in json.dumps(path)  # OpenAPI 3.0, as OGC clients expect
+        for op in path.values():
+            assert "422" not in op["responses"]
     assert hub.get("/ogc?f=html").headers["content-type"].startswith("text/html")
     assert hub.get("/ogc", headers={"Accept": "text/html"}).text.startswith("<!doctype html>")
     assert hub.get("/ogc?f=xml").status_code == 400
@@ -219,6 +243,19 @@ def test_items_property_equality_filters(hub: TestClient) -> None:
     }
 
 
+def test_attributes_outside_the_vocabulary_get_readable_names(hub: TestClient) -> None:
+    noise = "https://smartdatamodels.org/dataModel.Environment/noiseLevel"
+    loud = sensor(200, 139.58, 35.64, None, **{noise: {"type": "Property", "value": 72}})
+    quiet = sensor(201, 139.58, 35.64, None, **{noise: {"type": "Property", "value": 40}})
+    create(hub, [loud, quiet])
+    queryables = hub.get("/ogc/collections/Sensor/queryables").json()["properties"]
+    assert queryables["noiseLevel"] == {"type": "integer"}
+    assert not [name for name in queryables if "://" in name]
+    found = hub.get("/ogc/collections/Sensor/items", params={"noiseLevel": "72"}).json()
+    assert [f["id"] for f in found["features"]] == [loud["id"]]
+    assert found["features"][0]["properties"]["noiseLevel"] == 72
+
+
 def test_crs_jgd2011_is_latitude_first(hub: TestClient) -> None:
     r = hub.get(f"/ogc/collections/Sensor/items/urn:ngsi-ld:Sensor:001?crs={JGD2011}")
     assert r.status_code == 200
@@ -251,16 +288,46 @@ def test_feature_by_id(hub: TestClient) -> None:
 
 
 def test_language_property_in_the_asked_language(tmp_path: Path) -> None:
+    school = "urn:ngsi-ld:EvacuationSite:132195-0001"
     with TestClient(create_app(make_settings(tmp_path))) as c:
         create(c, json.loads(SAMPLES.read_text(encoding="utf-8")))
-        plain = c.get("/ogc/collections/EvacuationSite/items").json()["features"][0]
-        assert plain["properties"]["name"] == {
-            "languageMap": {"ja": "狛江第一小学校", "en": "Komae Daiichi Elementary School"}
-        }
-        ja = c.get("/ogc/collections/EvacuationSite/items?lang=ja").json()["features"][0]
-        assert ja["properties"]["name"] == "狛江第一小学校"
-        html = c.get("/ogc/collections/EvacuationSite/items?f=html&lang=ja").text
+        items = "/ogc/collections/EvacuationSite/items"
+        # Japanese by default: text, not a language map; English beside it as name_en
+        plain = c.get(items).json()["features"][0]["properties"]
+        assert plain["name"] == "狛江第一小学校"
+        assert plain["name_en"] == "Komae Daiichi Elementary School"
+        en = c.get(items, params={"lang": "en"}).json()["features"][0]["properties"]
+        assert en["name"] == "Komae Daiichi Elementary School"
+        assert en["name_ja"] == "狛江第一小学校"
+        one = c.get(f"{items}/{school}", params={"lang": "en"}).json()
+        assert one["properties"]["name"] == "Komae Daiichi Elementary School"
+        html = c.get(items, params={"f": "html", "lang": "ja"}).text
         assert "狛江第一小学校" in html
+        # lang is accepted on every resource (OGC clients add it to every URL)
+        for path in (
+            "/ogc",
+            "/ogc/conformance",
+            "/ogc/api",
+            "/ogc/collections",
+            "/ogc/collections/EvacuationSite",
+            "/ogc/collections/EvacuationSite/queryables",
+        ):
+            assert c.get(path, params={"lang": "ja"}).status_code == 200, path
+        # the filter on a language property matches its text in any language
+        found = c.get(items, params={"name": "狛江第一小学校"}).json()
+        assert [f["id"] for f in found["features"]] == [school]
+        queryables = c.get("/ogc/collections/EvacuationSite/queryables").json()
+        assert queryables["properties"]["name"] == {"type": "string"}
+    # the default language is a setting
+    (tmp_path / "en").mkdir()
+    settings = make_settings(tmp_path / "en", ogc_language="en")
+    with TestClient(create_app(settings)) as c:
+        create(c, json.loads(SAMPLES.read_text(encoding="utf-8")))
+        props = c.get(f"/ogc/collections/EvacuationSite/items/{school}").json()["properties"]
+        assert (props["name"], props["name_ja"]) == (
+            "Komae Daiichi Elementary School",
+            "狛江第一小学校",
+        )
 
 
 def test_geojson_layers_folder_is_published_as_collections(hub: TestClient, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from connectors.csv.layout import DEFAULT_CONTEXT, Column, Layout
 from schemas import CONTEXTS_DIR
 
-RENKEI_CONTEXT_FILE = CONTEXTS_DIR / "renkei-v1.jsonld"
+RENKEI_CONTEXT_FILE = CONTEXTS_DIR / "renkei-v2.jsonld"
 
 
 def csv_bytes(rows: list[list[str]], encoding: str = "utf-8") -> bytes:
