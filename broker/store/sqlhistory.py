@@ -287,24 +287,25 @@ class GroupHistory:
             return
         sids = series.get_many(conn, {(t, e, r[0]) for t, e, r in self._rows})
         keyed = [(sids[(t, e, r[0])], r) for t, e, r in self._rows]
+        # Hours whose rollups a replaced instance made stale: only those are recomputed;
+        # new instances elsewhere add to the rollups as entity writes do.
+        stale: dict[int, set[int]] = {}
         if self.replace_observed:
-            conn.executemany(
-                "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
-                [(sid, r[2], r[1]) for sid, r in keyed if r[9] is None and r[10]],
-            )
+            for sid, r in keyed:
+                if r[9] is None and r[10]:
+                    gone = conn.execute(
+                        "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
+                        (sid, r[2], r[1]),
+                    )
+                    if gone.rowcount:
+                        stale.setdefault(sid, set()).add(r[2] // HOUR)
         insert_rows(
             conn,
             "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted)",
             [(sid, *r[1:10]) for sid, r in keyed],
         )
-        if self.replace_observed:
-            touched: dict[int, set[int]] = {}
-            for sid, r in keyed:
-                if r[9] is None:
-                    touched.setdefault(sid, set()).add(r[2] // HOUR)
-            for sid, hours in touched.items():
-                _rebuild_hours(conn, sid, hours)
-            return
+        for sid, hours in stale.items():
+            _rebuild_hours(conn, sid, hours)
         insert_rows(
             conn,
             _HOURLY[0],
@@ -313,7 +314,7 @@ class GroupHistory:
                 if r[5] is not None
                 else (sid, r[2] // HOUR, 1, 0, None, None, None, None)
                 for sid, r in keyed
-                if r[9] is None
+                if r[9] is None and r[2] // HOUR not in stale.get(sid, ())
             ],
             _HOURLY[1],
         )
