@@ -22,6 +22,7 @@ from broker.transport.mqtt import Message, MqttClient, parse_server
 from connectors.client import BrokerClient, BrokerError
 from connectors.mqtt.mapping import (
     TIME_INSTANT,
+    TIMESTAMP_KEYS,
     BadValue,
     convert,
     iso,
@@ -83,6 +84,13 @@ class IoTAgent:
         self._subscribe_wanted = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._last_log: dict[str, float] = {}
+        #: (tenant, entity id) -> arrival time of its last measure (see ``_arrival``)
+        self._last_arrival: dict[tuple[str | None, str], float] = {}
+        #: entities whose static attributes were written since provisioning last changed
+        self._static_sent: set[tuple[str | None, str]] = set()
+        #: (apikey, device id) -> prefix of its command topic: ``/`` (the IoT Agent JSON
+        #: default), or ``json/`` / none for a device publishing without the leading slash
+        self._prefixes: dict[tuple[str, str], str] = {}
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
         self.metrics.gauge("broker_up", lambda: float(self.broker_up and self.batcher.broker_ok))
 
@@ -133,7 +141,7 @@ class IoTAgent:
         return client
 
     async def _write(self, tenant: str | None, entities: list[dict[str, Any]]) -> Any:
-        return await self.client(tenant).upsert(entities, update=True)
+        return await self.client(tenant).upsert_temporal(entities)
 
     async def _watch_broker(self) -> None:
         while True:
@@ -193,24 +201,20 @@ class IoTAgent:
 
     def _handle_one(self, item: Message, ack: Ack | None) -> bool:
         """Queue what ``item`` carries; True if ``ack`` was handed to the batcher."""
-        segments = item.topic.split("/")[1:]
-        if item.topic.startswith("/json/") and len(segments) >= 4:
-            segments = segments[1:]
-        if len(segments) < 3 or segments[2] not in ("attrs", "cmdexe") or len(segments) > 4:
+        parsed = parse_topic(item.topic)
+        if parsed is None:
             self.bad("invalid_topic", item.topic, "not an IoT Agent JSON topic")
             return False
-        apikey, device_id, kind = segments[:3]
+        prefix, apikey, device_id, kind, single = parsed
         self.metrics.inc(
             "messages_received_total", "command_result" if kind == "cmdexe" else "measure"
         )
         device = self._device(apikey, device_id, item.topic)
         if device is None:
             return False
-        if len(segments) == 4:
-            if kind != "attrs":
-                self.bad("invalid_topic", item.topic, "not an IoT Agent JSON topic")
-                return False
-            payload: Any = {segments[3]: self._single_value(item)}
+        self._prefixes[apikey, device_id] = prefix if not prefix.startswith("/") else "/"
+        if single is not None:
+            payload: Any = {single: self._single_value(item)}
         else:
             try:
                 payload = orjson.loads(item.payload)
@@ -224,26 +228,67 @@ class IoTAgent:
         except BadValue as exc:
             self.bad(exc.reason, item.topic, str(exc))
             return False
-        static = static_attributes(device) if device.static else {}
-        queued = False
-        for i, obj in enumerate(objects):
-            measure = convert(device, obj, item.arrival)
+        return self._queue_measures(device, objects, item.arrival, ack, droppable=item.qos == 0)
+
+    def _arrival(self, device: Resolved, arrival: float) -> float:
+        """The arrival time of a device's measure, strictly after its previous one.
+
+        ``observedAt`` has millisecond precision and the history keeps one instance per
+        attribute and ``observedAt``: two measures of a device arriving within the same
+        millisecond (a burst, or an array payload) get consecutive milliseconds, so
+        neither replaces the other.
+        """
+        key = (device.tenant, device.entity_id)
+        last = self._last_arrival.get(key, 0.0)
+        stamp = max(round(arrival, 3), round(last + 0.001, 3))
+        self._last_arrival[key] = stamp
+        return stamp
+
+    def _queue_measures(
+        self,
+        device: Resolved,
+        objects: list[dict[str, Any]],
+        arrival: float,
+        ack: Ack | None,
+        *,
+        droppable: bool,
+    ) -> bool:
+        """Queue a device's measures, each as its own instances; True if ``ack`` was queued."""
+        entity_key = (device.tenant, device.entity_id)
+        send_static = bool(device.static) and entity_key not in self._static_sent
+        adds: list[tuple[str, str, dict[str, dict[str, Any]], int]] = []
+        for obj in objects:
+            has_time = any(k in obj and k not in device.mappings for k in TIMESTAMP_KEYS)
+            measure = convert(device, obj, arrival if has_time else self._arrival(device, arrival))
             for problem in measure.problems:
-                self.bad(problem.reason, item.topic, str(problem))
-            if not measure.attrs:
-                continue
-            last = i == len(objects) - 1
+                self.bad(problem.reason, device.device_id, str(problem))
+            parts = [(eid, etype, attrs, 0) for (eid, etype), attrs in measure.targets.items()]
+            if measure.attrs:
+                attrs = measure.attrs
+                if send_static:
+                    attrs = {**static_attributes(device), **attrs}
+                    send_static = False
+                    self._static_sent.add(entity_key)
+                parts.insert(0, (device.entity_id, device.entity_type, attrs, 1))
+            elif parts:  # every value went to other entities: the measure counts there
+                eid, etype, attrs, _ = parts[0]
+                parts[0] = (eid, etype, attrs, 1)
+            adds.extend(parts)
+        if not adds:
+            return False
+        scope = device.scope_path
+        for i, (eid, etype, attrs, count) in enumerate(adds):
             self.batcher.add(
                 device.tenant,
-                device.entity_id,
-                device.entity_type,
-                {**static, **measure.attrs} if static else measure.attrs,
-                measure.observed,
-                ack=ack if last else None,
-                droppable=item.qos == 0,
+                eid,
+                etype,
+                attrs,
+                scope=scope,
+                ack=ack if i == len(adds) - 1 else None,
+                measures=count,
+                droppable=droppable,
             )
-            queued = queued or last
-        return queued
+        return True
 
     @staticmethod
     def _single_value(item: Message) -> Any:
@@ -280,7 +325,7 @@ class IoTAgent:
             device.entity_id,
             device.entity_type,
             attrs,
-            item.arrival,
+            scope=device.scope_path,
             ack=ack,
             droppable=False,
         )
@@ -297,14 +342,19 @@ class IoTAgent:
                 device.entity_id,
                 device.entity_type,
                 static_attributes(device),
-                time.time(),
+                scope=device.scope_path,
                 droppable=False,
                 measures=0,
             )
+            self._static_sent.add((device.tenant, device.entity_id))
         self.commands_changed()
 
     def commands_changed(self) -> None:
-        """Provisioning changed: bring the command subscriptions in line, in the background."""
+        """Provisioning changed: bring the command subscriptions in line, in the background.
+
+        Static attributes go with a device's next measure again, as they may have changed.
+        """
+        self._static_sent.clear()
         self._subscribe_wanted.set()
 
     async def sync_commands(self) -> None:
@@ -421,7 +471,8 @@ class IoTAgent:
                     continue
                 attr = ent[name]
                 value = attr.get("value", attr.get("object")) if isinstance(attr, dict) else attr
-                topic = f"/{device.apikey}/{device.device_id}/cmd"
+                prefix = self._prefixes.get((device.apikey, device.device_id), "/")
+                topic = f"{prefix}{device.apikey}/{device.device_id}/cmd"
                 if not self.link.publish_nowait(topic, orjson.dumps({name: value})):
                     log.warning("command %s for %s not published: MQTT down", name, topic)
                     status = "ERROR"
@@ -441,11 +492,38 @@ class IoTAgent:
                             "observedAt": iso(now),
                         }
                     },
-                    now,
+                    scope=device.scope_path,
                     droppable=False,
                     measures=0,
                 )
         return sent
+
+
+TopicParts = tuple[str, str, str, str, str | None]
+
+
+def parse_topic(topic: str) -> TopicParts | None:
+    """``(prefix, apikey, device id, kind, single attribute)`` of an IoT Agent JSON topic.
+
+    ``/{apikey}/{device}/attrs``, ``/json/{apikey}/{device}/attrs``, the same without
+    the leading slash (``json/{apikey}/{device}/attrs`` is what iotagent-json documents
+    today), ``.../attrs/{attribute}`` for a single value and ``.../cmdexe``.
+    """
+    prefix = "/" if topic.startswith("/") else ""
+    segments = topic[len(prefix) :].split("/")
+    if segments[0] == "json" and len(segments) >= 4:
+        prefix += "json/"
+        segments = segments[1:]
+    if len(segments) not in (3, 4) or segments[2] not in ("attrs", "cmdexe"):
+        return None
+    apikey, device_id, kind = segments[:3]
+    if not apikey or not device_id:
+        return None
+    if len(segments) == 4:
+        if kind != "attrs" or not segments[3]:
+            return None
+        return prefix, apikey, device_id, kind, segments[3]
+    return prefix, apikey, device_id, kind, None
 
 
 def scope_of(service: str | None, subservice: str | None) -> Scope:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,8 +50,10 @@ class Measure:
     """One measure of one device: attributes ready for an NGSI-LD write."""
 
     attrs: dict[str, dict[str, Any]]
-    observed: float  # epoch seconds, to order measures coalesced in one window
+    observed: float  # epoch seconds
     problems: list[BadValue]
+    #: attributes mapped to other entities (``entity_name``/``entity_type`` of a mapping)
+    targets: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def iso(epoch: float) -> str:
@@ -71,8 +73,14 @@ def _second(seconds: int) -> str:
 
 
 def time_instant(epoch: float) -> dict[str, Any]:
-    """The entity's ``TimeInstant`` attribute (``timestamp: true``) for a measure time."""
-    return {"type": "Property", "value": {"@type": "DateTime", "@value": iso(epoch)}}
+    """The entity's ``TimeInstant`` attribute (``timestamp: true``) for a measure time;
+    its ``observedAt`` lets the newest measure's time win, whatever the arrival order."""
+    stamp = iso(epoch)
+    return {
+        "type": "Property",
+        "value": {"@type": "DateTime", "@value": stamp},
+        "observedAt": stamp,
+    }
 
 
 def parse_time(value: Any) -> float:
@@ -222,6 +230,7 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
             break
     stamp = iso(observed)
     attrs: dict[str, dict[str, Any]] = {}
+    targets: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for key, value in measure.items():
         mapping = device.mappings.get(key)
         if mapping is None:
@@ -231,12 +240,23 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
         else:
             name, type_name = mapping.name, mapping.type
         try:
-            attrs[name] = attribute(type_name, value, stamp)
+            attr = attribute(type_name, value, stamp)
         except BadValue as exc:
             problems.append(BadValue(exc.reason, f"{key}: {exc}"))
             continue
         if mapping is not None:
-            _with_metadata(attrs[name], mapping)
-    if device.timestamp and attrs and TIME_INSTANT not in attrs:
-        attrs[TIME_INSTANT] = time_instant(observed)
-    return Measure(attrs, observed, problems)
+            _with_metadata(attr, mapping)
+            if mapping.entity_name:
+                etype = mapping.entity_type or device.entity_type
+                eid = mapping.entity_name
+                if ":" not in eid:  # an NGSI-LD id is a URI, as iotagent-node-lib makes it
+                    eid = f"urn:ngsi-ld:{etype}:{eid}"
+                target = (eid, etype)
+                targets.setdefault(target, {})[name] = attr
+                continue
+        attrs[name] = attr
+    if device.timestamp:
+        for part in (attrs, *targets.values()):
+            if part and TIME_INSTANT not in part:
+                part[TIME_INSTANT] = time_instant(observed)
+    return Measure(attrs, observed, problems, targets)

@@ -23,6 +23,9 @@ class AttributeMapping(BaseModel):
     metadata: dict[str, Any] | None = None
     expression: Any = None
     reverse: Any = None
+    #: multi-entity measures: the value goes to this entity (of ``entity_type``) instead
+    entity_name: str | None = None
+    entity_type: str | None = None
 
     @property
     def key(self) -> str:

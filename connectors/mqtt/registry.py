@@ -43,6 +43,14 @@ class Scope:
     def tenant(self) -> str | None:
         return self.service or None
 
+    @property
+    def scope_path(self) -> str | None:
+        """The service path as an NGSI-LD scope (``/floor1``); None for the root ``/``."""
+        path = self.subservice.rstrip("/")
+        if not path or any(c in path for c in "#*"):
+            return None
+        return path
+
     def covers(self, other: Scope) -> bool:
         """``/*`` and ``/#`` as servicepath select every subservice of the service."""
         return self.service == other.service and (
@@ -70,6 +78,11 @@ class Resolved:
     @property
     def tenant(self) -> str | None:
         return self.scope.tenant
+
+    @property
+    def scope_path(self) -> str | None:
+        """The entity's NGSI-LD ``scope``: the service path, unless it is the root."""
+        return self.scope.scope_path
 
 
 def _validate(model: type[Group] | type[Device], doc: Any) -> Any:

@@ -84,7 +84,8 @@ def test_measures_become_typed_attributes(
         }
         assert got["x"]["value"] == "y"  # not explicitAttrs: unmapped values pass through
         assert got["city"]["value"] == "Komae"
-        # An array of measures on the /json/ topic: the later TimeInstant wins.
+        # An array of older measures on the /json/ topic: each is an instance of the
+        # history, and neither replaces the newer current value.
         device.publish(
             "/json/k0m4e/ws01/attrs",
             json.dumps(
@@ -95,23 +96,29 @@ def test_measures_become_typed_attributes(
             ),
             qos=1,
         )
-        got = wait_for(
-            lambda: (e := entity(hub, eid)) and e["temperature"]["value"] == 30 and e,
-            what="array measure",
-        )
-        assert got["temperature"]["observedAt"] == "2024-05-01T10:00:02.000Z"
+
+        def history(attr: str) -> list[tuple[Any, str]]:
+            r = httpx.get(
+                f"{hub}/ngsi-ld/v1/temporal/entities/{eid}",
+                params={"attrs": attr, "options": "temporalValues"},
+                headers={"NGSILD-Tenant": "komae"},
+            )
+            assert r.status_code == 200, r.text
+            return [(v, t) for v, t in r.json().get(attr, {}).get("values", [])]
+
+        got_history = wait_for(lambda: len(h := history("temperature")) == 3 and h, what="array")
+        assert got_history[:2] == [
+            (25, "2024-05-01T10:00:01.000Z"),
+            (30, "2024-05-01T10:00:02.000Z"),
+        ]
+        assert got_history[2][0] == 21.5
+        current = entity(hub, eid)
+        assert current is not None
+        assert current["temperature"]["value"] == 21.5
         # A single attribute, raw payload.
         device.publish("/k0m4e/ws01/attrs/h", "55")
         wait_for(lambda: (e := entity(hub, eid)) and e["humidity"]["value"] == 55, what="single")
-        # Every measure that reached the hub is in the history (the temporal API).
-        r = httpx.get(
-            f"{hub}/ngsi-ld/v1/temporal/entities/{eid}",
-            params={"attrs": "temperature,humidity", "options": "temporalValues"},
-            headers={"NGSILD-Tenant": "komae"},
-        )
-        assert r.status_code == 200, r.text
-        assert sorted(v for v, _ in r.json()["temperature"]["values"]) == [21.5, 30]
-        assert sorted(v for v, _ in r.json()["humidity"]["values"]) == [40, 55]
+        assert [v for v, _ in history("humidity")] == [40, 55]
         # Provisioning is visible through the API.
         with agent.http() as http:
             listed = http.get("/iot/devices").json()
@@ -365,3 +372,51 @@ def test_deleting_devices_and_groups_removes_their_command_subscriptions(
             assert [s["entities"][0]["type"] for s in subs] == ["Gate"]
             assert http.delete("/iot/groups?apikey=gate").status_code == 204
         assert command_subscriptions(hub, agent) == []
+
+
+def history_count(hub: str, eid: str, attr: str, tenant: str = "komae") -> int:
+    """How many instances of ``attr`` the broker's history holds for ``eid``."""
+    r = httpx.get(
+        f"{hub}/ngsi-ld/v1/temporal/entities/{eid}",
+        params={"attrs": attr, "options": "aggregatedValues", "aggrMethods": "totalCount"},
+        headers={"NGSILD-Tenant": tenant},
+        timeout=10,
+    )
+    if r.status_code == 404:
+        return 0
+    assert r.status_code == 200, r.text
+    counts = r.json().get(attr, {}).get("totalCount", [])
+    return sum(int(c[0]) for c in counts)
+
+
+def test_every_qos1_measure_reaches_the_history_at_a_high_rate(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker
+) -> None:
+    """Batching keeps the agent fast; no measure is merged away: history == published."""
+    devices, total = 25, 3000
+    with agent_factory(iota_window_ms=50) as agent:
+        provision(agent, {**GROUP, "apikey": "fast", "entity_type": "流量計"})
+        wait_for(lambda: agent.agent.link.connected, what="MQTT")
+        pub = Publisher(mqtt)
+        try:
+            infos = [
+                pub.client.publish(
+                    f"/fast/m{i % devices}/attrs", json.dumps({"t": i, "h": i % 7}), qos=1
+                )
+                for i in range(total)
+            ]
+            for info in infos:
+                info.wait_for_publish(30)
+        finally:
+            pub.close()
+        wait_for(lambda: agent.metric("measures_stored_total") >= total, timeout=60, what="all")
+        assert agent.metric("measures_stored_total") == total
+        assert agent.agent.metrics.total("dropped_total") == 0
+        base = "urn:ngsi-ld:流量計:m"
+        in_history = sum(history_count(hub, f"{base}{d}", "temperature") for d in range(devices))
+        assert in_history == total
+        for d in range(devices):
+            current = entity(hub, f"{base}{d}")
+            assert current is not None
+            last = max(i for i in range(total) if i % devices == d)
+            assert current["temperature"]["value"] == last  # the newest is the current value
