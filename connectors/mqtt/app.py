@@ -1,7 +1,8 @@
 """The agent's HTTP side: provisioning API (iotagent-node-lib paths), notifications,
 ``/health`` and ``/metrics``.
 
-Routes stay thin: they read the scope from ``fiware-service``/``fiware-servicepath``,
+Routes stay thin: they read the scope from ``fiware-service``/``fiware-servicepath``
+(or ``NGSILD-Path``),
 call the :class:`Registry` and tell the :class:`IoTAgent` what changed. Errors are
 answered as ``{"name": ..., "message": ...}``, the shape IoT Agent clients expect.
 """
@@ -36,8 +37,11 @@ def _agent(request: Request) -> IoTAgent:
 def _scope(
     service: Annotated[str | None, Header(alias="fiware-service")] = None,
     subservice: Annotated[str | None, Header(alias="fiware-servicepath")] = None,
+    ld_path: Annotated[str | None, Header(alias="NGSILD-Path")] = None,
 ) -> Scope:
-    scope = scope_of(service, subservice)
+    """The scope of a provisioning request: ``fiware-service`` and ``fiware-servicepath``
+    (or ``NGSILD-Path``, as Orion-LD accepts it), which becomes the entities' scope."""
+    scope = scope_of(service, subservice or ld_path)
     if not _SERVICE.match(scope.service):
         raise BadRequest("fiware-service must be lowercase letters, digits or '_' (at most 50)")
     if not _SUBSERVICE.match(scope.subservice):

@@ -420,3 +420,142 @@ def test_every_qos1_measure_reaches_the_history_at_a_high_rate(
             assert current is not None
             last = max(i for i in range(total) if i % devices == d)
             assert current["temperature"]["value"] == last  # the newest is the current value
+
+
+def query(hub: str, tenant: str = "komae", **params: str) -> list[dict[str, Any]]:
+    r = httpx.get(
+        f"{hub}/ngsi-ld/v1/entities",
+        params=params,
+        headers={"NGSILD-Tenant": tenant},
+        timeout=5,
+    )
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()
+    return found
+
+
+def test_service_path_becomes_the_entity_scope(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    group = {"apikey": "floors", "entity_type": "室温計", "attributes": GROUP["attributes"]}
+    with agent_factory() as agent:
+        with agent.http(path="/floor1") as http:
+            r = http.post("/iot/groups", json={"groups": [group]})
+            assert r.status_code == 201, r.text
+            r = http.post("/iot/devices", json={"devices": [{"device_id": "一階"}]})
+            assert r.status_code == 201, r.text
+        with httpx.Client(
+            base_url=agent.url, headers={"fiware-service": "komae", "NGSILD-Path": "/floor2"}
+        ) as http:  # NGSILD-Path as Orion-LD takes it
+            r = http.post(
+                "/iot/devices",
+                # its own type and mappings: the group is /floor1's
+                json={
+                    "devices": [
+                        {
+                            "device_id": "二階",
+                            "apikey": "floors",
+                            "entity_type": "室温計",
+                            "attributes": GROUP["attributes"],
+                        }
+                    ]
+                },
+            )
+            assert r.status_code == 201, r.text
+            listed = http.get("/iot/devices").json()
+            assert [d["device_id"] for d in listed["devices"]] == ["二階"]
+            assert listed["devices"][0]["service_path"] == "/floor2"
+        device.publish("/floors/一階/attrs", json.dumps({"t": 18.5}), qos=1)
+        device.publish("/floors/二階/attrs", json.dumps({"t": 21.0}), qos=1)
+        one, two = "urn:ngsi-ld:室温計:一階", "urn:ngsi-ld:室温計:二階"
+        wait_for(lambda: (e := entity(hub, two)) and "temperature" in e, what="floor 2")
+        wait_for(lambda: (e := entity(hub, one)) and "temperature" in e, what="floor 1")
+        found = query(hub, type="室温計", scopeQ="/floor2")
+        assert [e["id"] for e in found] == [two]
+        assert found[0]["scope"] == "/floor2"
+        assert [e["id"] for e in query(hub, type="室温計", scopeQ="/floor1")] == [one]
+        # the measures' history keeps the scope too
+        r = httpx.get(
+            f"{hub}/ngsi-ld/v1/temporal/entities",
+            params={
+                "type": "室温計",
+                "scopeQ": "/floor1",
+                "timerel": "after",
+                "timeAt": "2000-01-01T00:00:00Z",
+            },
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert r.status_code == 200, r.text
+        assert [e["id"] for e in r.json()] == [one]
+
+
+def test_topics_without_the_leading_slash(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker, device: Publisher
+) -> None:
+    lamp = {"device_id": "灯1", "entity_type": "Streetlight", "commands": [{"name": "switch"}]}
+    with agent_factory() as agent, subscribe(mqtt, "json/noslash/灯1/cmd") as sub:
+        provision(agent, {**GROUP, "apikey": "noslash"}, lamp)
+        device.publish("json/noslash/ws9/attrs", json.dumps({"t": 12}), qos=1)
+        device.publish("noslash/ws9/attrs/h", "33", qos=1)
+        eid = "urn:ngsi-ld:WeatherObserved:ws9"
+        wait_for(
+            lambda: (e := entity(hub, eid)) and "temperature" in e and "humidity" in e,
+            what="measures on both slash-less topics",
+        )
+        # a device speaking without the slash gets its commands the same way
+        device.publish("json/noslash/灯1/attrs", json.dumps({"t": 1}), qos=1)
+        lamp_id = "urn:ngsi-ld:Streetlight:灯1"
+        wait_for(lambda: (e := entity(hub, lamp_id)) and "temperature" in e, what="lamp")
+        wait_for(lambda: agent.agent._subscribed, what="command subscription")
+        r = httpx.post(
+            f"{hub}/ngsi-ld/v1/entities/{lamp_id}/attrs",
+            json={"switch": {"type": "Property", "value": "点灯"}},
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert r.status_code == 204, r.text
+        assert json.loads(sub.wait(1, timeout=10)[0].payload) == {"switch": "点灯"}
+        assert agent.metric("bad_input_total", "invalid_topic") == 0
+
+
+def test_multi_entity_measures_go_to_the_named_entities(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    meter = {
+        "device_id": "contador12",
+        "entity_type": "multientity",
+        "timestamp": True,
+        "attributes": [
+            {
+                "object_id": "cont1",
+                "name": "vol",
+                "type": "Number",
+                "entity_name": "urn:ngsi-ld:WaterMeter:狛江01",
+                "entity_type": "WaterMeter",
+            },
+            {
+                "object_id": "cont2",
+                "name": "vol",
+                "type": "Number",
+                "entity_name": "狛江02",
+                "entity_type": "WaterMeter",
+            },
+            {"object_id": "b", "name": "battery", "type": "Number"},
+        ],
+    }
+    with agent_factory() as agent:
+        provision(agent, {"apikey": "multi"}, meter)
+        device.publish("/multi/contador12/attrs", json.dumps({"cont1": 3, "cont2": 4, "b": 90}))
+        one, two = "urn:ngsi-ld:WaterMeter:狛江01", "urn:ngsi-ld:WaterMeter:狛江02"
+        got = wait_for(lambda: entity(hub, one), what="first meter")
+        assert got["type"] == "WaterMeter"
+        assert got["vol"]["value"] == 3
+        assert "TimeInstant" in got
+        assert wait_for(lambda: entity(hub, two), what="second meter")["vol"]["value"] == 4
+        own = entity(hub, "urn:ngsi-ld:multientity:contador12")
+        assert own is not None
+        assert own["battery"]["value"] == 90
+        assert "vol" not in own
+        # a measure for the other entities only still counts once
+        device.publish("/multi/contador12/attrs", json.dumps({"cont1": 5}), qos=1)
+        wait_for(lambda: (e := entity(hub, one)) and e["vol"]["value"] == 5, what="update")
+        assert agent.metric("measures_stored_total") == 2
