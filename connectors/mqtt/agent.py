@@ -254,8 +254,6 @@ class IoTAgent:
         droppable: bool,
     ) -> bool:
         """Queue a device's measures, each as its own instances; True if ``ack`` was queued."""
-        entity_key = (device.tenant, device.entity_id)
-        send_static = bool(device.static) and entity_key not in self._static_sent
         adds: list[tuple[str, str, dict[str, dict[str, Any]], int]] = []
         for obj in objects:
             has_time = any(k in obj and k not in device.mappings for k in TIMESTAMP_KEYS)
@@ -265,11 +263,14 @@ class IoTAgent:
             parts = [(eid, etype, attrs, 0) for (eid, etype), attrs in measure.targets.items()]
             if measure.attrs:
                 attrs = measure.attrs
-                if send_static:
-                    attrs = {**static_attributes(device), **attrs}
-                    send_static = False
-                    self._static_sent.add(entity_key)
-                parts.insert(0, (device.entity_id, device.entity_type, attrs, 1))
+                eid = measure.entity_id or device.entity_id
+                if device.static and (device.tenant, eid) not in self._static_sent:
+                    static = static_attributes(device)
+                    if measure.allowed is not None:
+                        static = {k: v for k, v in static.items() if k in measure.allowed}
+                    attrs = {**static, **attrs}
+                    self._static_sent.add((device.tenant, eid))
+                parts.insert(0, (eid, device.entity_type, attrs, 1))
             elif parts:  # every value went to other entities: the measure counts there
                 eid, etype, attrs, _ = parts[0]
                 parts[0] = (eid, etype, attrs, 1)

@@ -132,8 +132,11 @@ devices = APIRouter(prefix="/iot/devices")
 
 @devices.post("", status_code=201)
 async def create_devices(request: Request, agent: AgentDep, scope: ScopeDep) -> Response:
-    agent.devices_added(agent.registry.add_devices(scope, await _items(request, "devices")))
+    added, refused = agent.registry.add_devices(scope, await _items(request, "devices"))
+    agent.devices_added(added)
     await agent.sync_commands()
+    if refused is not None:
+        raise refused
     return Response(status_code=201)
 
 

@@ -21,7 +21,10 @@ class AttributeMapping(BaseModel):
     name: str = Field(min_length=1)
     type: str = "Property"
     metadata: dict[str, Any] | None = None
+    #: JEXL: the value sent is the expression's, evaluated on the measure (``expressions``)
     expression: Any = None
+    #: the attribute is not sent when the expression gives this value (default: null)
+    skipValue: Any = None
     reverse: Any = None
     #: multi-entity measures: the value goes to this entity (of ``entity_type``) instead
     entity_name: str | None = None
@@ -57,7 +60,9 @@ class _Provisioned(BaseModel):
     lazy: list[AttributeMapping] = Field(default_factory=list)
     static_attributes: list[StaticAttribute] = Field(default_factory=list)
     commands: list[Command] = Field(default_factory=list)
-    explicitAttrs: bool | None = None
+    #: true/false, or a JEXL expression giving a boolean or a list of attribute names
+    #: (and ``{object_id: ...}`` objects), as iotagent-node-lib takes it
+    explicitAttrs: bool | str | None = None
     timestamp: bool | None = None
 
     @field_validator("entity_type")

@@ -559,3 +559,57 @@ def test_multi_entity_measures_go_to_the_named_entities(
         device.publish("/multi/contador12/attrs", json.dumps({"cont1": 5}), qos=1)
         wait_for(lambda: (e := entity(hub, one)) and e["vol"]["value"] == 5, what="update")
         assert agent.metric("measures_stored_total") == 2
+
+
+def test_expressions_transform_measures(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    group = {
+        "apikey": "jexl",
+        "entity_type": "WasteContainer",
+        "entityNameExp": "'ごみ箱-' + id",
+        "static_attributes": [{"name": "district", "type": "Text", "value": "岩戸北"}],
+        "attributes": [
+            {"object_id": "l", "name": "level", "type": "Number"},
+            {"name": "fillingLevel", "type": "Number", "expression": "level / 100"},
+            {
+                "name": "status",
+                "type": "Text",
+                "expression": "fillingLevel > 0.8 ? '満杯' : '空きあり'",
+            },
+            {
+                "name": "location",
+                "type": "geo:json",
+                "expression": "{type: 'Point', coordinates: [lon, lat]}",
+            },
+            {"name": "lat", "type": "Number"},
+            {"name": "lon", "type": "Number"},
+            {"name": "at", "type": "DateTime", "expression": "ts|toisodate"},
+            {"name": "broken", "type": "Number", "expression": "l + ('x'|jsonparse)"},
+        ],
+        "explicitAttrs": "['level', 'fillingLevel', 'status', 'location', 'at', 'district']",
+    }
+    with agent_factory() as agent:
+        provision(agent, group)
+        payload = {"l": 85, "lat": 35.63, "lon": 139.58, "ts": 1714532400000, "x": 1}
+        device.publish("/jexl/wc45/attrs", json.dumps(payload), qos=1)
+        eid = "urn:ngsi-ld:WasteContainer:ごみ箱-wc45"  # entityNameExp, made a URN
+        got = wait_for(lambda: entity(hub, eid), what="entity named by entityNameExp")
+        assert got["level"]["value"] == 85
+        assert got["fillingLevel"]["value"] == 0.85
+        assert got["status"]["value"] == "満杯"  # an expression reads the one before it
+        assert got["location"]["value"] == {"type": "Point", "coordinates": [139.58, 35.63]}
+        assert got["at"]["value"] == {"@type": "DateTime", "@value": "2024-05-01T03:00:00.000Z"}
+        assert got["district"]["value"] == "岩戸北"
+        # explicitAttrs as a list: lat, lon and the unmapped x are not sent
+        assert not {"lat", "lon", "x", "broken"} & got.keys()
+        # an expression that fails costs that attribute only, and is counted
+        assert agent.metric("bad_input_total", "expression_error") >= 1
+        # a measure without the expressions' inputs leaves their attributes alone
+        device.publish("/jexl/wc45/attrs", json.dumps({"l": 10}), qos=1)
+        wait_for(lambda: (e := entity(hub, eid)) and e["level"]["value"] == 10, what="update")
+        got = entity(hub, eid)
+        assert got is not None
+        assert got["fillingLevel"]["value"] == 0.1
+        assert got["status"]["value"] == "空きあり"
+        assert got["location"]["value"]["coordinates"] == [139.58, 35.63]
