@@ -32,6 +32,7 @@ from connectors.mqtt.mapping import (
 )
 from connectors.mqtt.metrics import Metrics
 from connectors.mqtt.northbound import Ack, Batcher
+from connectors.mqtt.push import CommandPusher
 from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
 from connectors.mqtt.southbound import southbound
@@ -43,6 +44,8 @@ HEALTH_PERIOD = 2.0
 SUBSCRIBE_RETRY = 2.0
 SYNC_TIMEOUT = 5.0
 STOP_FLUSH_TIMEOUT = 5.0
+#: How long an HTTP measure request waits for its measures to be stored.
+HTTP_STORE_TIMEOUT = 10.0
 
 SubKey = tuple[str | None, str, str]  # (tenant, entity type, command)
 
@@ -91,6 +94,10 @@ class IoTAgent:
         #: (apikey, device id) -> prefix of its command topic: ``/`` (the IoT Agent JSON
         #: default), or ``json/`` / none for a device publishing without the leading slash
         self._prefixes: dict[tuple[str, str], str] = {}
+        #: (tenant, entity id) -> commands waiting for an HTTP device to poll them
+        self._pending: dict[tuple[str | None, str], dict[str, Any]] = {}
+        self._pushes: set[asyncio.Task[None]] = set()
+        self.pusher = CommandPusher(settings)
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
         self.metrics.gauge("broker_up", lambda: float(self.broker_up and self.batcher.broker_ok))
 
@@ -125,6 +132,9 @@ class IoTAgent:
         for task in others:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for push in list(self._pushes):
+            push.cancel()
+        await self.pusher.aclose()
         for client in self._clients.values():
             await client.aclose()
         self.registry.close()
@@ -179,7 +189,9 @@ class IoTAgent:
             if not queued and ack is not None:
                 ack()
 
-    def _device(self, apikey: str, device_id: str, topic: str) -> Resolved | None:
+    def _device(
+        self, apikey: str, device_id: str, topic: str, transport: str | None = None
+    ) -> Resolved | None:
         device = self.registry.resolve(apikey, device_id)
         if device is not None:
             return device
@@ -194,7 +206,7 @@ class IoTAgent:
         if not allowed:
             self.bad("unknown_device", topic, f"device {device_id!r} is not provisioned")
             return None
-        device = self.registry.autoprovision(scope, apikey, device_id)
+        device = self.registry.autoprovision(scope, apikey, device_id, transport)
         log.info("device %s provisioned automatically (apikey %s)", device_id, apikey)
         self.commands_changed()
         return device
@@ -222,7 +234,7 @@ class IoTAgent:
                 self.bad("invalid_json", item.topic, str(exc))
                 return False
         if kind == "cmdexe":
-            return self._command_result(device, payload, item, ack)
+            return self._command_result(device, payload, item.topic, item.arrival, ack)
         try:
             objects = list(measures(payload))
         except BadValue as exc:
@@ -299,16 +311,16 @@ class IoTAgent:
             return item.payload.decode("utf-8", errors="replace")
 
     def _command_result(
-        self, device: Resolved, payload: Any, item: Message, ack: Ack | None
+        self, device: Resolved, payload: Any, topic: str, arrival: float, ack: Ack | None
     ) -> bool:
         if not isinstance(payload, dict) or not payload:
-            self.bad("invalid_payload", item.topic, "a command result must be a JSON object")
+            self.bad("invalid_payload", topic, "a command result must be a JSON object")
             return False
         attrs: dict[str, dict[str, Any]] = {}
-        stamp = iso(item.arrival)
+        stamp = iso(arrival)
         for name, result in payload.items():
             if name not in device.commands:
-                self.bad("unknown_command", item.topic, f"{name!r} is not a command of the device")
+                self.bad("unknown_command", topic, f"{name!r} is not a command of the device")
                 continue
             self.metrics.inc("command_results_total")
             attrs[f"{name}_status"] = {"type": "Property", "value": "OK", "observedAt": stamp}
@@ -320,7 +332,7 @@ class IoTAgent:
         if not attrs:
             return False
         if device.timestamp:
-            attrs[TIME_INSTANT] = time_instant(item.arrival)
+            attrs[TIME_INSTANT] = time_instant(arrival)
         self.batcher.add(
             device.tenant,
             device.entity_id,
@@ -455,7 +467,11 @@ class IoTAgent:
                 self._subscribe_wanted.set()
 
     def notified(self, tenant: str | None, notification: Any) -> int:
-        """A broker notification: publish each updated command to its device."""
+        """A broker notification: send each updated command to its device.
+
+        MQTT devices get it on their ``cmd`` topic; HTTP devices with an ``endpoint``
+        get it pushed; other HTTP devices find it when they poll (``getCmd=1``).
+        """
         data = notification.get("data") if isinstance(notification, dict) else None
         if not isinstance(data, list):
             log.warning("ignoring a notification without data")
@@ -472,32 +488,99 @@ class IoTAgent:
                     continue
                 attr = ent[name]
                 value = attr.get("value", attr.get("object")) if isinstance(attr, dict) else attr
-                prefix = self._prefixes.get((device.apikey, device.device_id), "/")
-                topic = f"{prefix}{device.apikey}/{device.device_id}/cmd"
-                if not self.link.publish_nowait(topic, orjson.dumps({name: value})):
-                    log.warning("command %s for %s not published: MQTT down", name, topic)
-                    status = "ERROR"
+                if device.transport == "HTTP":
+                    status = self._http_command(device, name, value)
                 else:
+                    prefix = self._prefixes.get((device.apikey, device.device_id), "/")
+                    topic = f"{prefix}{device.apikey}/{device.device_id}/cmd"
+                    if self.link.publish_nowait(topic, orjson.dumps({name: value})):
+                        status = "PENDING"
+                    else:
+                        log.warning("command %s for %s not published: MQTT down", name, topic)
+                        status = "ERROR"
+                if status != "ERROR":
                     self.metrics.inc("commands_sent_total")
-                    status = "PENDING"
                     sent += 1
-                now = time.time()
-                self.batcher.add(
-                    device.tenant,
-                    device.entity_id,
-                    device.entity_type,
-                    {
-                        f"{name}_status": {
-                            "type": "Property",
-                            "value": status,
-                            "observedAt": iso(now),
-                        }
-                    },
-                    scope=device.scope_path,
-                    droppable=False,
-                    measures=0,
-                )
+                self._command_status(device, {f"{name}_status": status})
         return sent
+
+    def _command_status(self, device: Resolved, values: dict[str, Any]) -> None:
+        stamp = iso(time.time())
+        self.batcher.add(
+            device.tenant,
+            device.entity_id,
+            device.entity_type,
+            {
+                name: {"type": "Property", "value": value, "observedAt": stamp}
+                for name, value in values.items()
+            },
+            scope=device.scope_path,
+            droppable=False,
+            measures=0,
+        )
+
+    # -- HTTP south (iotagent-json's /iot/json) -------------------------------------------------
+
+    def _http_command(self, device: Resolved, name: str, value: Any) -> str:
+        if device.endpoint is None:
+            key = (device.tenant, device.entity_id)
+            self._pending.setdefault(key, {})[name] = value
+            return "PENDING"
+        task = asyncio.get_running_loop().create_task(
+            self._push(device, device.endpoint, name, value), name=f"iota-push-{name}"
+        )
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+        return "PENDING"
+
+    async def _push(self, device: Resolved, endpoint: str, name: str, value: Any) -> None:
+        ok, answer = await self.pusher.push(endpoint, {name: value})
+        if not ok:
+            log.warning("command %s for %s not delivered: %s", name, device.device_id, answer)
+        self.metrics.inc("command_results_total" if ok else "command_failures_total")
+        self._command_status(
+            device,
+            {
+                f"{name}_status": "OK" if ok else "ERROR",
+                f"{name}_info": "" if answer is None else answer,
+            },
+        )
+
+    def http_device(self, apikey: str, device_id: str) -> Resolved | None:
+        """The device an HTTP request names (``k``, ``i``), provisioned automatically
+        (as an HTTP device) if its group allows; None if unknown."""
+        return self._device(apikey, device_id, f"/iot/json?k={apikey}", "HTTP")
+
+    async def http_measures(self, device: Resolved, payload: Any) -> bool:
+        """Queue the measures of an HTTP request; True once stored, False if still queued
+        after ``HTTP_STORE_TIMEOUT`` (they are kept and written). Raises BadValue."""
+        objects = list(measures(payload))
+        done = asyncio.get_running_loop().create_future()
+
+        def ack() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.metrics.inc("messages_received_total", "measure")
+        if not self._queue_measures(device, objects, time.time(), ack, droppable=False):
+            return True
+        try:
+            async with asyncio.timeout(HTTP_STORE_TIMEOUT):
+                await done
+        except TimeoutError:
+            return False
+        return True
+
+    def http_command_result(self, device: Resolved, payload: Any) -> bool:
+        self.metrics.inc("messages_received_total", "command_result")
+        return self._command_result(device, payload, "/iot/json/commands", time.time(), None)
+
+    def poll_commands(self, device: Resolved) -> dict[str, Any]:
+        """The commands waiting for a polling device, handed over once (``DELIVERED``)."""
+        waiting = self._pending.pop((device.tenant, device.entity_id), {})
+        if waiting:
+            self._command_status(device, {f"{name}_status": "DELIVERED" for name in waiting})
+        return waiting
 
 
 TopicParts = tuple[str, str, str, str, str | None]

@@ -60,6 +60,8 @@ class _Provisioned(BaseModel):
     lazy: list[AttributeMapping] = Field(default_factory=list)
     static_attributes: list[StaticAttribute] = Field(default_factory=list)
     commands: list[Command] = Field(default_factory=list)
+    #: ``MQTT`` (the default) or ``HTTP``: how commands reach the devices
+    transport: str | None = None
     #: true/false, or a JEXL expression giving a boolean or a list of attribute names
     #: (and ``{object_id: ...}`` objects), as iotagent-node-lib takes it
     explicitAttrs: bool | str | None = None
@@ -87,7 +89,22 @@ class Device(_Provisioned):
     entity_name: str | None = None
     apikey: str | None = None
     protocol: str | None = None
-    transport: str | None = None
+    #: HTTP devices: where commands are pushed (without it, the device polls for them)
+    endpoint: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("endpoint must be an http:// or https:// URL")
+        return value
+
+    @field_validator("transport")
+    @classmethod
+    def _transport(cls, value: str | None) -> str | None:
+        if value is not None and value.upper() not in ("MQTT", "HTTP"):
+            raise ValueError("transport must be MQTT or HTTP")
+        return value
 
     @field_validator("device_id")
     @classmethod

@@ -82,6 +82,10 @@ class Resolved:
     explicit_exp: Expression | None = None
     #: the group's ``entityNameExp``, for a device without an ``entity_name`` of its own
     name_exp: Expression | None = None
+    #: ``MQTT`` or ``HTTP`` (upper case): how commands reach the device
+    transport: str = "MQTT"
+    #: HTTP devices: where commands are pushed (None: the device polls for them)
+    endpoint: str | None = None
 
     @property
     def tenant(self) -> str | None:
@@ -377,6 +381,8 @@ class Registry:
             computed=computed,
             explicit_exp=explicit_exp,
             name_exp=name_exp,
+            transport=(dev.transport or (group.transport if group else None) or "MQTT").upper(),
+            endpoint=dev.endpoint,
         )
 
     def resolve(self, apikey: str, device_id: str) -> Resolved | None:
@@ -391,8 +397,10 @@ class Registry:
     def by_entity(self, service: str, entity_id: str) -> Resolved | None:
         return self._by_entity.get((service, entity_id))
 
-    def autoprovision(self, scope: Scope, apikey: str, device_id: str) -> Resolved:
-        dev = Device(device_id=device_id, apikey=apikey)
+    def autoprovision(
+        self, scope: Scope, apikey: str, device_id: str, transport: str | None = None
+    ) -> Resolved:
+        dev = Device(device_id=device_id, apikey=apikey, transport=transport)
         self._save("device", scope, device_id, dev)
         self.devices[scope, device_id] = dev
         self._reindex()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import threading
 import time
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -613,3 +616,139 @@ def test_expressions_transform_measures(
         assert got["fillingLevel"]["value"] == 0.1
         assert got["status"]["value"] == "空きあり"
         assert got["location"]["value"]["coordinates"] == [139.58, 35.63]
+
+
+class DeviceEndpoint:
+    """A real HTTP server playing a device that takes pushed commands."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        received: list[Any] = []
+        got = threading.Event()
+        self.received, self.got = received, got
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                body = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                got.set()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/command"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send_command(hub: str, eid: str, name: str, value: Any) -> None:
+    r = httpx.patch(
+        f"{hub}/ngsi-ld/v1/entities/{eid}/attrs",
+        json={name: {"type": "Property", "value": value}},
+        headers={"NGSILD-Tenant": "komae"},
+    )
+    assert r.status_code == 204, r.text
+
+
+def test_http_devices_measures_polling_and_push_commands(
+    agent_factory: AgentFactory, hub: str
+) -> None:
+    group = {**GROUP, "apikey": "httpkey", "entity_type": "Bell", "transport": "HTTP"}
+    poller = {"device_id": "鐘1", "commands": [{"name": "ring"}]}
+    bell = DeviceEndpoint({"ring": "鳴った"})
+    pushed = {"device_id": "鐘2", "commands": [{"name": "ring"}], "endpoint": bell.url}
+    try:
+        with ExitStack() as stack:
+            agent = stack.enter_context(agent_factory())
+            provision(agent, group, poller, pushed)
+            api = stack.enter_context(httpx.Client(base_url=agent.url, timeout=15))
+            # measures: an object, or an array of them (each its own instance)
+            r = api.post(
+                "/iot/json", params={"k": "httpkey", "i": "鐘1"}, json={"t": 20.5, "h": 40}
+            )
+            assert (r.status_code, r.content) == (200, b"")  # answered once stored
+            one = "urn:ngsi-ld:Bell:鐘1"
+            got = entity(hub, one)
+            assert got is not None
+            assert got["temperature"]["value"] == 20.5
+            stamped = [
+                {"t": 1, "TimeInstant": "2026-11-01T00:00:01Z"},
+                {"t": 2, "TimeInstant": "2026-11-01T00:00:02Z"},
+            ]
+            assert (
+                api.post("/iot/json", params={"k": "httpkey", "i": "鐘1"}, json=stamped).status_code
+                == 200
+            )
+            assert history_count(hub, one, "temperature") == 3
+            # unknown devices of a group are provisioned as HTTP devices; bad input is 4xx
+            r = api.post("/iot/json", params={"k": "httpkey", "i": "新しい鐘"}, json={"t": 1})
+            assert r.status_code == 200
+            assert entity(hub, "urn:ngsi-ld:Bell:新しい鐘") is not None
+            assert (
+                api.post("/iot/json", params={"k": "nokey", "i": "x"}, json={"t": 1}).status_code
+                == 404
+            )
+            assert api.post("/iot/json", params={"k": "httpkey"}, json={"t": 1}).status_code == 400
+            bad = api.post("/iot/json", params={"k": "httpkey", "i": "鐘1"}, content=b"{oops")
+            assert (bad.status_code, bad.json()["name"]) == (400, "WRONG_SYNTAX")
+            # polling: the command waits until the device asks for it
+            wait_for(lambda: agent.agent._subscribed, what="command subscriptions")
+            assert (
+                api.get("/iot/json", params={"k": "httpkey", "i": "鐘1", "getCmd": 1}).json() == {}
+            )
+            send_command(hub, one, "ring", "三回")
+            wait_for(
+                lambda: (
+                    (e := entity(hub, one)) and e.get("ring_status", {}).get("value") == "PENDING"
+                ),
+                what="pending command",
+            )
+            polled = api.get("/iot/json", params={"k": "httpkey", "i": "鐘1", "getCmd": 1})
+            assert polled.json() == {"ring": "三回"}
+            assert (
+                api.get("/iot/json", params={"k": "httpkey", "i": "鐘1", "getCmd": 1}).json() == {}
+            )
+            wait_for(
+                lambda: (e := entity(hub, one)) and e["ring_status"]["value"] == "DELIVERED",
+                what="delivered",
+            )
+            r = api.post(
+                "/iot/json/commands", params={"k": "httpkey", "i": "鐘1"}, json={"ring": "済"}
+            )
+            assert r.status_code == 200
+            got = wait_for(
+                lambda: (e := entity(hub, one)) and e["ring_status"]["value"] == "OK" and e,
+                what="result",
+            )
+            assert got["ring_info"]["value"] == "済"
+            # push: the command is POSTed to the device's endpoint; its answer is the result
+            two = "urn:ngsi-ld:Bell:鐘2"
+            wait_for(lambda: entity(hub, two), what="second bell")
+            send_command(hub, two, "ring", "一回")
+            assert bell.got.wait(10)
+            assert bell.received == [{"ring": "一回"}]
+            got = wait_for(
+                lambda: (
+                    (e := entity(hub, two)) and e.get("ring_status", {}).get("value") == "OK" and e
+                ),
+                what="pushed command result",
+            )
+            assert got["ring_info"]["value"] == "鳴った"
+            # an endpoint the outbound policy refuses is refused when provisioned
+            metadata = {"device_id": "鐘3", "endpoint": "http://169.254.169.254/latest"}
+            with agent.http() as http:
+                r = http.post("/iot/devices", json={"devices": [metadata]})
+            assert r.status_code == 400
+            assert "outbound policy" in r.json()["message"]
+    finally:
+        bell.close()
