@@ -205,7 +205,7 @@ async def test_explicit_history_rows_in_a_group_replace_only_their_own(
     )
     hist = await store.history("", ["urn:g:水位1", "urn:g:水位2"], HistoryQuery())
     assert [r.number for r in hist["urn:g:水位1"][T + "level"]] == [1.0, 3.0]
-    assert sorted(r.number for r in hist["urn:g:水位2"][T + "level"]) == [5.0, 6.0]
+    assert sorted(r.number or 0.0 for r in hist["urn:g:水位2"][T + "level"]) == [5.0, 6.0]
     totals = await store.aggregate_history(
         "", ["urn:g:水位1", "urn:g:水位2"], HistoryQuery(), ["sum", "totalCount"], None
     )
