@@ -477,6 +477,14 @@ def test_service_path_becomes_the_entity_scope(
         assert [e["id"] for e in found] == [two]
         assert found[0]["scope"] == "/floor2"
         assert [e["id"] for e in query(hub, type="室温計", scopeQ="/floor1")] == [one]
+        # NGSI v2 clients select by Fiware-ServicePath, as with Orion
+        r = httpx.get(
+            f"{hub}/v2/entities",
+            params={"type": "室温計"},
+            headers={"Fiware-Service": "komae", "Fiware-ServicePath": "/floor2"},
+        )
+        assert r.status_code == 200, r.text
+        assert [e["id"] for e in r.json()] == [two]
         # the measures' history keeps the scope too
         r = httpx.get(
             f"{hub}/ngsi-ld/v1/temporal/entities",
