@@ -1,6 +1,7 @@
 """A small NGSI-LD HTTP client for connectors: they talk to the broker like any client.
 
-Batch writes go to ``/entityOperations/upsert`` (or ``merge``), with retries and
+Batch writes go to ``/entityOperations/upsert`` (or ``merge``, or the history through
+``/temporal/entityOperations/upsert``), with retries and
 exponential backoff on connection errors, timeouts and 5xx/429 answers; a 207
 answer is not an error of the call but a per-entity result the caller reports.
 """
@@ -171,12 +172,17 @@ class BrokerClient:
             return False
 
     async def _batch(
-        self, op: str, entities: list[dict[str, Any]], params: dict[str, Any] | None
+        self,
+        op: str,
+        entities: list[dict[str, Any]],
+        params: dict[str, Any] | None,
+        *,
+        prefix: str = "/ngsi-ld/v1",
     ) -> BatchOutcome:
         if not entities:
             return BatchOutcome()
         resp = await self._request(
-            "POST", f"/ngsi-ld/v1/entityOperations/{op}", json=entities, params=params
+            "POST", f"{prefix}/entityOperations/{op}", json=entities, params=params
         )
         if resp.status_code in (200, 201, 204):
             return BatchOutcome(success=[e["id"] for e in entities])
@@ -193,6 +199,12 @@ class BrokerClient:
     async def upsert(self, entities: list[dict[str, Any]], *, update: bool = False) -> BatchOutcome:
         """Create or replace (``update=True``: create or update attributes) entities."""
         return await self._batch("upsert", entities, {"options": "update"} if update else None)
+
+    async def upsert_temporal(self, entities: list[dict[str, Any]]) -> BatchOutcome:
+        """Add instances to the history of many entities (each attribute a list of
+        instances); each attribute's current value becomes its newest by ``observedAt``.
+        Renkei's ``/temporal/entityOperations/upsert`` extension."""
+        return await self._batch("upsert", entities, None, prefix="/ngsi-ld/v1/temporal")
 
     async def merge(self, entities: list[dict[str, Any]]) -> BatchOutcome:
         return await self._batch("merge", entities, None)

@@ -1,4 +1,5 @@
-"""The temporal API: ``/ngsi-ld/v1/temporal/entities`` and ``/temporal/entityOperations/query``.
+"""The temporal API: ``/ngsi-ld/v1/temporal/entities`` and ``/temporal/entityOperations/query``
+(plus ``/temporal/entityOperations/upsert``, a Renkei extension for batched history writes).
 
 Routes parse the request into an entity selection (the same parser as ``GET
 /entities``), a ``HistoryQuery`` and a representation, call ``TemporalService`` and
@@ -21,6 +22,7 @@ from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
 from broker.api.entities import entity_query
 from broker.api.entity_operations import BodyQueryParams, body_query
+from broker.api.entity_operations import _items as batch_items
 from broker.core.model import View
 from broker.core.temporal import Aggregation, TemporalEntity, TemporalResult, time_query
 from broker.errors import BadRequestData, ResourceNotFound
@@ -411,6 +413,21 @@ async def append_temporal_attrs(
     check_entity_id(entity_id)
     payload, tm = await hub.payload(request)
     await hub.temporal.add_attrs(tenant, entity_id, payload.body, tm)
+    return Response(status_code=204)
+
+
+@router.post("/entityOperations/upsert")
+async def upsert_temporal_batch(request: Request, hub: HubDep, tenant: TenantDep) -> Response:
+    """Renkei extension (not in ETSI GS CIM 009): ``POST /temporal/entities`` for many
+    entities at once. Every instance lands in the history and each attribute's current
+    value becomes its newest instance by ``observedAt``; per-entity results as the batch
+    entity operations give them (204, or 207 with ``success`` and ``errors``)."""
+    P.check_params(request)
+    items, tm = await batch_items(hub, request)
+    hub.batch.check_size(len(items))
+    result = await hub.temporal.upsert_many(tenant, items)
+    if result.errors:
+        return respond(result.body(), tm=tm, kind=JSON, status=207)
     return Response(status_code=204)
 
 

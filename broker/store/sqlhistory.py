@@ -199,14 +199,15 @@ class GroupHistory:
     transaction. An entity written several times in the group gets one
     ``history_entities`` entry (its last state) and every instance, in order."""
 
-    def __init__(self, policy: HistoryPolicy, *, replace_observed: bool = False) -> None:
+    def __init__(self, policy: HistoryPolicy) -> None:
         self.policy = policy
-        #: explicit rows (temporal API): an observation sent again replaces the old one
-        self.replace_observed = replace_observed
         #: per (tenant, eid): (statement, parameters) of its history_entities entry
         self._entities: dict[tuple[str, str], tuple[str, list[Any]]] = {}
         self._types: list[tuple[str, str, str]] = []
         self._rows: list[tuple[str, str, StoredRow]] = []
+        #: indexes in ``_rows`` of explicit rows (temporal API): an observation sent
+        #: again replaces the stored one with the same observedAt
+        self._explicit: list[int] = []
 
     def add(
         self,
@@ -258,6 +259,8 @@ class GroupHistory:
                     self._entry(tenant, eid, after, _entity_times(after, now), now),
                 )
                 self._types.extend((tenant, t, eid) for t in after["type"])
+        if explicit is not None:
+            self._explicit.extend(range(len(self._rows), len(self._rows) + len(rows)))
         self._rows.extend((tenant, eid, r) for r in rows)
 
     @staticmethod
@@ -287,24 +290,31 @@ class GroupHistory:
             return
         sids = series.get_many(conn, {(t, e, r[0]) for t, e, r in self._rows})
         keyed = [(sids[(t, e, r[0])], r) for t, e, r in self._rows]
-        if self.replace_observed:
+        # An explicit instance replaces a stored one with the same observedAt; the hours
+        # whose rollups that made stale are recomputed (after the insert), the others
+        # are added to as for entity writes. Replacing is rare: one statement finds out.
+        stale: dict[int, set[int]] = {}
+        replacing = [
+            (keyed[i][0], keyed[i][1][2], keyed[i][1][1])
+            for i in self._explicit
+            if keyed[i][1][9] is None and keyed[i][1][10]
+        ]
+        if replacing:
+            before = conn.total_changes
             conn.executemany(
                 "DELETE FROM history WHERE sid=? AND at=? AND ds IS ? AND deleted IS NULL",
-                [(sid, r[2], r[1]) for sid, r in keyed if r[9] is None and r[10]],
+                replacing,
             )
+            if conn.total_changes != before:
+                for sid, at, _ in replacing:
+                    stale.setdefault(sid, set()).add(at // HOUR)
         insert_rows(
             conn,
             "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted)",
             [(sid, *r[1:10]) for sid, r in keyed],
         )
-        if self.replace_observed:
-            touched: dict[int, set[int]] = {}
-            for sid, r in keyed:
-                if r[9] is None:
-                    touched.setdefault(sid, set()).add(r[2] // HOUR)
-            for sid, hours in touched.items():
-                _rebuild_hours(conn, sid, hours)
-            return
+        for sid, hours in stale.items():
+            _rebuild_hours(conn, sid, hours)
         insert_rows(
             conn,
             _HOURLY[0],
@@ -313,7 +323,7 @@ class GroupHistory:
                 if r[5] is not None
                 else (sid, r[2] // HOUR, 1, 0, None, None, None, None)
                 for sid, r in keyed
-                if r[9] is None
+                if r[9] is None and r[2] // HOUR not in stale.get(sid, ())
             ],
             _HOURLY[1],
         )

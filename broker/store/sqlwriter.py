@@ -443,19 +443,16 @@ class Writer:
             self._begin()
             try:
                 now = time.time_ns() // 1000
-                if any(job.explicit for job in jobs):
+                try:
+                    outcomes = self._apply_group(jobs, policy, now)
+                except sqlite3.DatabaseError:
+                    # Some entity's rows failed (too big, say): redo the group entity by
+                    # entity, so that only that entity fails.
+                    self.series.forget()
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
                     outcomes = self._apply_each(jobs, policy, now)
-                else:
-                    try:
-                        outcomes = self._apply_group(jobs, policy, now)
-                    except sqlite3.DatabaseError:
-                        # Some entity's rows failed (too big, say): redo the group entity by
-                        # entity, so that only that entity fails.
-                        self.series.forget()
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        conn.execute("BEGIN IMMEDIATE")
-                        outcomes = self._apply_each(jobs, policy, now)
                 new_tenants = {
                     job.tenant
                     for job, outs in zip(jobs, outcomes, strict=True)
@@ -489,6 +486,7 @@ class Writer:
         outcomes: list[list[Outcome]] = []
         for job in jobs:
             tenant = job.tenant
+            explicit = job.explicit or {}
             self._load(tenant, {it.eid for it in job.items}, slots)
             outs: list[Outcome] = []
             outcomes.append(outs)
@@ -500,7 +498,7 @@ class Writer:
                 outs.append(None)
                 if not it.steps:
                     continue
-                _record(history, tenant, it, slot.doc, now)
+                _record(history, tenant, it, slot.doc, now, explicit.get(it.eid))
                 slot.doc = it.leaves
                 slot.rows = it.rows if slot.doc is not None else None
                 if slot.doc is None:
@@ -590,7 +588,7 @@ class Writer:
             return Conflict(current)
         if not item.steps:
             return None
-        history = sqlhistory.GroupHistory(policy, replace_observed=explicit is not None)
+        history = sqlhistory.GroupHistory(policy)
         conn.execute("SAVEPOINT one")
         try:
             _record(history, tenant, item, current, now, explicit)

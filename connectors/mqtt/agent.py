@@ -22,6 +22,7 @@ from broker.transport.mqtt import Message, MqttClient, parse_server
 from connectors.client import BrokerClient, BrokerError
 from connectors.mqtt.mapping import (
     TIME_INSTANT,
+    TIMESTAMP_KEYS,
     BadValue,
     convert,
     iso,
@@ -31,6 +32,7 @@ from connectors.mqtt.mapping import (
 )
 from connectors.mqtt.metrics import Metrics
 from connectors.mqtt.northbound import Ack, Batcher
+from connectors.mqtt.push import CommandPusher
 from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
 from connectors.mqtt.southbound import southbound
@@ -42,6 +44,8 @@ HEALTH_PERIOD = 2.0
 SUBSCRIBE_RETRY = 2.0
 SYNC_TIMEOUT = 5.0
 STOP_FLUSH_TIMEOUT = 5.0
+#: How long an HTTP measure request waits for its measures to be stored.
+HTTP_STORE_TIMEOUT = 10.0
 
 SubKey = tuple[str | None, str, str]  # (tenant, entity type, command)
 
@@ -83,6 +87,17 @@ class IoTAgent:
         self._subscribe_wanted = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._last_log: dict[str, float] = {}
+        #: (tenant, entity id) -> arrival time of its last measure (see ``_arrival``)
+        self._last_arrival: dict[tuple[str | None, str], float] = {}
+        #: entities whose static attributes were written since provisioning last changed
+        self._static_sent: set[tuple[str | None, str]] = set()
+        #: (apikey, device id) -> prefix of its command topic: ``/`` (the IoT Agent JSON
+        #: default), or ``json/`` / none for a device publishing without the leading slash
+        self._prefixes: dict[tuple[str, str], str] = {}
+        #: (tenant, entity id) -> commands waiting for an HTTP device to poll them
+        self._pending: dict[tuple[str | None, str], dict[str, Any]] = {}
+        self._pushes: set[asyncio.Task[None]] = set()
+        self.pusher = CommandPusher(settings)
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
         self.metrics.gauge("broker_up", lambda: float(self.broker_up and self.batcher.broker_ok))
 
@@ -117,6 +132,9 @@ class IoTAgent:
         for task in others:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for push in list(self._pushes):
+            push.cancel()
+        await self.pusher.aclose()
         for client in self._clients.values():
             await client.aclose()
         self.registry.close()
@@ -133,7 +151,7 @@ class IoTAgent:
         return client
 
     async def _write(self, tenant: str | None, entities: list[dict[str, Any]]) -> Any:
-        return await self.client(tenant).upsert(entities, update=True)
+        return await self.client(tenant).upsert_temporal(entities)
 
     async def _watch_broker(self) -> None:
         while True:
@@ -171,7 +189,9 @@ class IoTAgent:
             if not queued and ack is not None:
                 ack()
 
-    def _device(self, apikey: str, device_id: str, topic: str) -> Resolved | None:
+    def _device(
+        self, apikey: str, device_id: str, topic: str, transport: str | None = None
+    ) -> Resolved | None:
         device = self.registry.resolve(apikey, device_id)
         if device is not None:
             return device
@@ -186,31 +206,27 @@ class IoTAgent:
         if not allowed:
             self.bad("unknown_device", topic, f"device {device_id!r} is not provisioned")
             return None
-        device = self.registry.autoprovision(scope, apikey, device_id)
+        device = self.registry.autoprovision(scope, apikey, device_id, transport)
         log.info("device %s provisioned automatically (apikey %s)", device_id, apikey)
         self.commands_changed()
         return device
 
     def _handle_one(self, item: Message, ack: Ack | None) -> bool:
         """Queue what ``item`` carries; True if ``ack`` was handed to the batcher."""
-        segments = item.topic.split("/")[1:]
-        if item.topic.startswith("/json/") and len(segments) >= 4:
-            segments = segments[1:]
-        if len(segments) < 3 or segments[2] not in ("attrs", "cmdexe") or len(segments) > 4:
+        parsed = parse_topic(item.topic)
+        if parsed is None:
             self.bad("invalid_topic", item.topic, "not an IoT Agent JSON topic")
             return False
-        apikey, device_id, kind = segments[:3]
+        prefix, apikey, device_id, kind, single = parsed
         self.metrics.inc(
             "messages_received_total", "command_result" if kind == "cmdexe" else "measure"
         )
         device = self._device(apikey, device_id, item.topic)
         if device is None:
             return False
-        if len(segments) == 4:
-            if kind != "attrs":
-                self.bad("invalid_topic", item.topic, "not an IoT Agent JSON topic")
-                return False
-            payload: Any = {segments[3]: self._single_value(item)}
+        self._prefixes[apikey, device_id] = prefix if not prefix.startswith("/") else "/"
+        if single is not None:
+            payload: Any = {single: self._single_value(item)}
         else:
             try:
                 payload = orjson.loads(item.payload)
@@ -218,32 +234,74 @@ class IoTAgent:
                 self.bad("invalid_json", item.topic, str(exc))
                 return False
         if kind == "cmdexe":
-            return self._command_result(device, payload, item, ack)
+            return self._command_result(device, payload, item.topic, item.arrival, ack)
         try:
             objects = list(measures(payload))
         except BadValue as exc:
             self.bad(exc.reason, item.topic, str(exc))
             return False
-        static = static_attributes(device) if device.static else {}
-        queued = False
-        for i, obj in enumerate(objects):
-            measure = convert(device, obj, item.arrival)
+        return self._queue_measures(device, objects, item.arrival, ack, droppable=item.qos == 0)
+
+    def _arrival(self, device: Resolved, arrival: float) -> float:
+        """The arrival time of a device's measure, strictly after its previous one.
+
+        ``observedAt`` has millisecond precision and the history keeps one instance per
+        attribute and ``observedAt``: two measures of a device arriving within the same
+        millisecond (a burst, or an array payload) get consecutive milliseconds, so
+        neither replaces the other.
+        """
+        key = (device.tenant, device.entity_id)
+        last = self._last_arrival.get(key, 0.0)
+        stamp = max(round(arrival, 3), round(last + 0.001, 3))
+        self._last_arrival[key] = stamp
+        return stamp
+
+    def _queue_measures(
+        self,
+        device: Resolved,
+        objects: list[dict[str, Any]],
+        arrival: float,
+        ack: Ack | None,
+        *,
+        droppable: bool,
+    ) -> bool:
+        """Queue a device's measures, each as its own instances; True if ``ack`` was queued."""
+        adds: list[tuple[str, str, dict[str, dict[str, Any]], int]] = []
+        for obj in objects:
+            has_time = any(k in obj and k not in device.mappings for k in TIMESTAMP_KEYS)
+            measure = convert(device, obj, arrival if has_time else self._arrival(device, arrival))
             for problem in measure.problems:
-                self.bad(problem.reason, item.topic, str(problem))
-            if not measure.attrs:
-                continue
-            last = i == len(objects) - 1
+                self.bad(problem.reason, device.device_id, str(problem))
+            parts = [(eid, etype, attrs, 0) for (eid, etype), attrs in measure.targets.items()]
+            if measure.attrs:
+                attrs = measure.attrs
+                eid = measure.entity_id or device.entity_id
+                if device.static and (device.tenant, eid) not in self._static_sent:
+                    static = static_attributes(device)
+                    if measure.allowed is not None:
+                        static = {k: v for k, v in static.items() if k in measure.allowed}
+                    attrs = {**static, **attrs}
+                    self._static_sent.add((device.tenant, eid))
+                parts.insert(0, (eid, device.entity_type, attrs, 1))
+            elif parts:  # every value went to other entities: the measure counts there
+                eid, etype, attrs, _ = parts[0]
+                parts[0] = (eid, etype, attrs, 1)
+            adds.extend(parts)
+        if not adds:
+            return False
+        scope = device.scope_path
+        for i, (eid, etype, attrs, count) in enumerate(adds):
             self.batcher.add(
                 device.tenant,
-                device.entity_id,
-                device.entity_type,
-                {**static, **measure.attrs} if static else measure.attrs,
-                measure.observed,
-                ack=ack if last else None,
-                droppable=item.qos == 0,
+                eid,
+                etype,
+                attrs,
+                scope=scope,
+                ack=ack if i == len(adds) - 1 else None,
+                measures=count,
+                droppable=droppable,
             )
-            queued = queued or last
-        return queued
+        return True
 
     @staticmethod
     def _single_value(item: Message) -> Any:
@@ -253,16 +311,16 @@ class IoTAgent:
             return item.payload.decode("utf-8", errors="replace")
 
     def _command_result(
-        self, device: Resolved, payload: Any, item: Message, ack: Ack | None
+        self, device: Resolved, payload: Any, topic: str, arrival: float, ack: Ack | None
     ) -> bool:
         if not isinstance(payload, dict) or not payload:
-            self.bad("invalid_payload", item.topic, "a command result must be a JSON object")
+            self.bad("invalid_payload", topic, "a command result must be a JSON object")
             return False
         attrs: dict[str, dict[str, Any]] = {}
-        stamp = iso(item.arrival)
+        stamp = iso(arrival)
         for name, result in payload.items():
             if name not in device.commands:
-                self.bad("unknown_command", item.topic, f"{name!r} is not a command of the device")
+                self.bad("unknown_command", topic, f"{name!r} is not a command of the device")
                 continue
             self.metrics.inc("command_results_total")
             attrs[f"{name}_status"] = {"type": "Property", "value": "OK", "observedAt": stamp}
@@ -274,13 +332,13 @@ class IoTAgent:
         if not attrs:
             return False
         if device.timestamp:
-            attrs[TIME_INSTANT] = time_instant(item.arrival)
+            attrs[TIME_INSTANT] = time_instant(arrival)
         self.batcher.add(
             device.tenant,
             device.entity_id,
             device.entity_type,
             attrs,
-            item.arrival,
+            scope=device.scope_path,
             ack=ack,
             droppable=False,
         )
@@ -297,14 +355,19 @@ class IoTAgent:
                 device.entity_id,
                 device.entity_type,
                 static_attributes(device),
-                time.time(),
+                scope=device.scope_path,
                 droppable=False,
                 measures=0,
             )
+            self._static_sent.add((device.tenant, device.entity_id))
         self.commands_changed()
 
     def commands_changed(self) -> None:
-        """Provisioning changed: bring the command subscriptions in line, in the background."""
+        """Provisioning changed: bring the command subscriptions in line, in the background.
+
+        Static attributes go with a device's next measure again, as they may have changed.
+        """
+        self._static_sent.clear()
         self._subscribe_wanted.set()
 
     async def sync_commands(self) -> None:
@@ -404,7 +467,11 @@ class IoTAgent:
                 self._subscribe_wanted.set()
 
     def notified(self, tenant: str | None, notification: Any) -> int:
-        """A broker notification: publish each updated command to its device."""
+        """A broker notification: send each updated command to its device.
+
+        MQTT devices get it on their ``cmd`` topic; HTTP devices with an ``endpoint``
+        get it pushed; other HTTP devices find it when they poll (``getCmd=1``).
+        """
         data = notification.get("data") if isinstance(notification, dict) else None
         if not isinstance(data, list):
             log.warning("ignoring a notification without data")
@@ -421,31 +488,126 @@ class IoTAgent:
                     continue
                 attr = ent[name]
                 value = attr.get("value", attr.get("object")) if isinstance(attr, dict) else attr
-                topic = f"/{device.apikey}/{device.device_id}/cmd"
-                if not self.link.publish_nowait(topic, orjson.dumps({name: value})):
-                    log.warning("command %s for %s not published: MQTT down", name, topic)
-                    status = "ERROR"
+                if device.transport == "HTTP":
+                    status = self._http_command(device, name, value)
                 else:
+                    prefix = self._prefixes.get((device.apikey, device.device_id), "/")
+                    topic = f"{prefix}{device.apikey}/{device.device_id}/cmd"
+                    if self.link.publish_nowait(topic, orjson.dumps({name: value})):
+                        status = "PENDING"
+                    else:
+                        log.warning("command %s for %s not published: MQTT down", name, topic)
+                        status = "ERROR"
+                if status != "ERROR":
                     self.metrics.inc("commands_sent_total")
-                    status = "PENDING"
                     sent += 1
-                now = time.time()
-                self.batcher.add(
-                    device.tenant,
-                    device.entity_id,
-                    device.entity_type,
-                    {
-                        f"{name}_status": {
-                            "type": "Property",
-                            "value": status,
-                            "observedAt": iso(now),
-                        }
-                    },
-                    now,
-                    droppable=False,
-                    measures=0,
-                )
+                self._command_status(device, {f"{name}_status": status})
         return sent
+
+    def _command_status(self, device: Resolved, values: dict[str, Any]) -> None:
+        stamp = iso(time.time())
+        self.batcher.add(
+            device.tenant,
+            device.entity_id,
+            device.entity_type,
+            {
+                name: {"type": "Property", "value": value, "observedAt": stamp}
+                for name, value in values.items()
+            },
+            scope=device.scope_path,
+            droppable=False,
+            measures=0,
+        )
+
+    # -- HTTP south (iotagent-json's /iot/json) -------------------------------------------------
+
+    def _http_command(self, device: Resolved, name: str, value: Any) -> str:
+        if device.endpoint is None:
+            key = (device.tenant, device.entity_id)
+            self._pending.setdefault(key, {})[name] = value
+            return "PENDING"
+        task = asyncio.get_running_loop().create_task(
+            self._push(device, device.endpoint, name, value), name=f"iota-push-{name}"
+        )
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+        return "PENDING"
+
+    async def _push(self, device: Resolved, endpoint: str, name: str, value: Any) -> None:
+        ok, answer = await self.pusher.push(endpoint, {name: value})
+        if not ok:
+            log.warning("command %s for %s not delivered: %s", name, device.device_id, answer)
+        self.metrics.inc("command_results_total" if ok else "command_failures_total")
+        self._command_status(
+            device,
+            {
+                f"{name}_status": "OK" if ok else "ERROR",
+                f"{name}_info": "" if answer is None else answer,
+            },
+        )
+
+    def http_device(self, apikey: str, device_id: str) -> Resolved | None:
+        """The device an HTTP request names (``k``, ``i``), provisioned automatically
+        (as an HTTP device) if its group allows; None if unknown."""
+        return self._device(apikey, device_id, f"/iot/json?k={apikey}", "HTTP")
+
+    async def http_measures(self, device: Resolved, payload: Any) -> bool:
+        """Queue the measures of an HTTP request; True once stored, False if still queued
+        after ``HTTP_STORE_TIMEOUT`` (they are kept and written). Raises BadValue."""
+        objects = list(measures(payload))
+        done = asyncio.get_running_loop().create_future()
+
+        def ack() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.metrics.inc("messages_received_total", "measure")
+        if not self._queue_measures(device, objects, time.time(), ack, droppable=False):
+            return True
+        try:
+            async with asyncio.timeout(HTTP_STORE_TIMEOUT):
+                await done
+        except TimeoutError:
+            return False
+        return True
+
+    def http_command_result(self, device: Resolved, payload: Any) -> bool:
+        self.metrics.inc("messages_received_total", "command_result")
+        return self._command_result(device, payload, "/iot/json/commands", time.time(), None)
+
+    def poll_commands(self, device: Resolved) -> dict[str, Any]:
+        """The commands waiting for a polling device, handed over once (``DELIVERED``)."""
+        waiting = self._pending.pop((device.tenant, device.entity_id), {})
+        if waiting:
+            self._command_status(device, {f"{name}_status": "DELIVERED" for name in waiting})
+        return waiting
+
+
+TopicParts = tuple[str, str, str, str, str | None]
+
+
+def parse_topic(topic: str) -> TopicParts | None:
+    """``(prefix, apikey, device id, kind, single attribute)`` of an IoT Agent JSON topic.
+
+    ``/{apikey}/{device}/attrs``, ``/json/{apikey}/{device}/attrs``, the same without
+    the leading slash (``json/{apikey}/{device}/attrs`` is what iotagent-json documents
+    today), ``.../attrs/{attribute}`` for a single value and ``.../cmdexe``.
+    """
+    prefix = "/" if topic.startswith("/") else ""
+    segments = topic[len(prefix) :].split("/")
+    if segments[0] == "json" and len(segments) >= 4:
+        prefix += "json/"
+        segments = segments[1:]
+    if len(segments) not in (3, 4) or segments[2] not in ("attrs", "cmdexe"):
+        return None
+    apikey, device_id, kind = segments[:3]
+    if not apikey or not device_id:
+        return None
+    if len(segments) == 4:
+        if kind != "attrs" or not segments[3]:
+            return None
+        return prefix, apikey, device_id, kind, segments[3]
+    return prefix, apikey, device_id, kind, None
 
 
 def scope_of(service: str | None, subservice: str | None) -> Scope:

@@ -1,7 +1,8 @@
-"""The agent's HTTP side: provisioning API (iotagent-node-lib paths), notifications,
-``/health`` and ``/metrics``.
+"""The agent's HTTP side: provisioning API (iotagent-node-lib paths), HTTP devices
+(iotagent-json's ``/iot/json``), notifications, ``/health`` and ``/metrics``.
 
-Routes stay thin: they read the scope from ``fiware-service``/``fiware-servicepath``,
+Routes stay thin: they read the scope from ``fiware-service``/``fiware-servicepath``
+(or ``NGSILD-Path``),
 call the :class:`Registry` and tell the :class:`IoTAgent` what changed. Errors are
 answered as ``{"name": ..., "message": ...}``, the shape IoT Agent clients expect.
 """
@@ -19,9 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from connectors.mqtt.agent import NOTIFY_PATH, IoTAgent, scope_of
-from connectors.mqtt.errors import AgentError, BadRequest, WrongSyntax
+from connectors.mqtt.errors import AgentError, BadRequest, DeviceNotFound, WrongSyntax
+from connectors.mqtt.mapping import BadValue
 from connectors.mqtt.models import Device, Group, dump
-from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Scope
+from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
 
 _SERVICE = re.compile(r"^[a-z0-9_]{0,50}$")
@@ -36,8 +38,11 @@ def _agent(request: Request) -> IoTAgent:
 def _scope(
     service: Annotated[str | None, Header(alias="fiware-service")] = None,
     subservice: Annotated[str | None, Header(alias="fiware-servicepath")] = None,
+    ld_path: Annotated[str | None, Header(alias="NGSILD-Path")] = None,
 ) -> Scope:
-    scope = scope_of(service, subservice)
+    """The scope of a provisioning request: ``fiware-service`` and ``fiware-servicepath``
+    (or ``NGSILD-Path``, as Orion-LD accepts it), which becomes the entities' scope."""
+    scope = scope_of(service, subservice or ld_path)
     if not _SERVICE.match(scope.service):
         raise BadRequest("fiware-service must be lowercase letters, digits or '_' (at most 50)")
     if not _SUBSERVICE.match(scope.subservice):
@@ -126,10 +131,26 @@ def _group_routes(path: str, key: str) -> APIRouter:
 devices = APIRouter(prefix="/iot/devices")
 
 
+async def _check_endpoints(agent: IoTAgent, docs: list[Any]) -> None:
+    """Refuse a push endpoint the outbound policy refuses (it is checked again on use)."""
+    for doc in docs:
+        url = doc.get("endpoint") if isinstance(doc, dict) else None
+        if isinstance(url, str):
+            try:
+                await agent.pusher.check(url)
+            except (ValueError, OSError) as exc:
+                raise BadRequest(f"endpoint {url}: {exc}") from None
+
+
 @devices.post("", status_code=201)
 async def create_devices(request: Request, agent: AgentDep, scope: ScopeDep) -> Response:
-    agent.devices_added(agent.registry.add_devices(scope, await _items(request, "devices")))
+    docs = await _items(request, "devices")
+    await _check_endpoints(agent, docs)
+    added, refused = agent.registry.add_devices(scope, docs)
+    agent.devices_added(added)
     await agent.sync_commands()
+    if refused is not None:
+        raise refused
     return Response(status_code=201)
 
 
@@ -157,7 +178,9 @@ async def get_device(device_id: str, agent: AgentDep, scope: ScopeDep) -> dict[s
 async def update_device(
     device_id: str, request: Request, agent: AgentDep, scope: ScopeDep
 ) -> Response:
-    agent.registry.update_device(scope, device_id, await _object(request))
+    patch = await _object(request)
+    await _check_endpoints(agent, [patch])
+    agent.registry.update_device(scope, device_id, patch)
     await agent.sync_commands()
     return Response(status_code=204)
 
@@ -167,6 +190,70 @@ async def delete_device(device_id: str, agent: AgentDep, scope: ScopeDep) -> Res
     agent.registry.delete_device(scope, device_id)
     await agent.sync_commands()
     return Response(status_code=204)
+
+
+south = APIRouter(prefix="/iot/json")
+
+
+def _http_device(agent: IoTAgent, apikey: str | None, device_id: str | None) -> Resolved:
+    if not apikey or not device_id:
+        raise WrongSyntax("the k (apikey) and i (device id) query parameters are required")
+    device = agent.http_device(apikey, device_id)
+    if device is None:
+        raise DeviceNotFound(f"no device {device_id!r} with apikey {apikey!r}")
+    return device
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise WrongSyntax(f"the body is not valid JSON: {exc}") from None
+
+
+@south.post("")
+async def http_measures(
+    request: Request,
+    agent: AgentDep,
+    k: str | None = None,
+    i: str | None = None,
+    getCmd: int | None = None,
+) -> Response:
+    """Measures of an HTTP device, as iotagent-json takes them (``?k=apikey&i=device``).
+
+    200 once stored (202 if they are still queued after a while: they will be); with
+    ``getCmd=1`` the answer carries the commands waiting for the device."""
+    device = _http_device(agent, k, i)
+    try:
+        stored = await agent.http_measures(device, await _json(request))
+    except BadValue as exc:
+        raise WrongSyntax(str(exc)) from None
+    if getCmd == 1:
+        return JSONResponse(agent.poll_commands(device), status_code=200 if stored else 202)
+    return Response(status_code=200 if stored else 202)
+
+
+@south.get("")
+async def http_poll(
+    agent: AgentDep,
+    k: str | None = None,
+    i: str | None = None,
+    getCmd: int | None = None,
+) -> JSONResponse:
+    """Commands waiting for a polling HTTP device (``getCmd=1``), handed over once."""
+    device = _http_device(agent, k, i)
+    return JSONResponse(agent.poll_commands(device) if getCmd == 1 else {})
+
+
+@south.post("/commands")
+async def http_command_result(
+    request: Request, agent: AgentDep, k: str | None = None, i: str | None = None
+) -> Response:
+    """An HTTP device's command results: ``{"command": result}``."""
+    device = _http_device(agent, k, i)
+    if not agent.http_command_result(device, await _json(request)):
+        raise BadRequest("a command result must be a JSON object naming the device's commands")
+    return Response(status_code=200)
 
 
 service = APIRouter()
@@ -236,6 +323,7 @@ def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAP
     app.include_router(_group_routes("/iot/groups", "groups"))
     app.include_router(_group_routes("/iot/services", "services"))
     app.include_router(devices)
+    app.include_router(south)
     app.include_router(service)
     app.add_exception_handler(AgentError, _agent_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from connectors.mqtt.expressions import ExpressionError
 from connectors.mqtt.models import AttributeMapping, StaticAttribute
 from connectors.mqtt.registry import Resolved
 
@@ -50,8 +51,14 @@ class Measure:
     """One measure of one device: attributes ready for an NGSI-LD write."""
 
     attrs: dict[str, dict[str, Any]]
-    observed: float  # epoch seconds, to order measures coalesced in one window
+    observed: float  # epoch seconds
     problems: list[BadValue]
+    #: attributes mapped to other entities (``entity_name``/``entity_type`` of a mapping)
+    targets: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: the entity id ``entityNameExp`` gave for this measure (None: the device's own)
+    entity_id: str | None = None
+    #: attribute names ``explicitAttrs`` allows, when its expression gives a list
+    allowed: frozenset[str] | None = None
 
 
 def iso(epoch: float) -> str:
@@ -71,8 +78,14 @@ def _second(seconds: int) -> str:
 
 
 def time_instant(epoch: float) -> dict[str, Any]:
-    """The entity's ``TimeInstant`` attribute (``timestamp: true``) for a measure time."""
-    return {"type": "Property", "value": {"@type": "DateTime", "@value": iso(epoch)}}
+    """The entity's ``TimeInstant`` attribute (``timestamp: true``) for a measure time;
+    its ``observedAt`` lets the newest measure's time win, whatever the arrival order."""
+    stamp = iso(epoch)
+    return {
+        "type": "Property",
+        "value": {"@type": "DateTime", "@value": stamp},
+        "observedAt": stamp,
+    }
 
 
 def parse_time(value: Any) -> float:
@@ -209,6 +222,96 @@ def measures(payload: Any) -> Iterator[dict[str, Any]]:
         raise BadValue("invalid_payload", "a measure must be a JSON object or an array of them")
 
 
+def _entity_id(name: str, entity_type: str) -> str:
+    """An NGSI-LD id for a provisioned entity name: as given if a URI, else a URN, as
+    iotagent-node-lib makes it."""
+    return name if ":" in name else f"urn:ngsi-ld:{entity_type}:{name}"
+
+
+def _place(
+    device: Resolved,
+    mapping: AttributeMapping | None,
+    name: str,
+    attr: dict[str, Any],
+    attrs: dict[str, dict[str, Any]],
+    targets: dict[tuple[str, str], dict[str, dict[str, Any]]],
+) -> None:
+    if mapping is not None and mapping.entity_name:  # multi-entity: another entity's value
+        etype = mapping.entity_type or device.entity_type
+        targets.setdefault((_entity_id(mapping.entity_name, etype), etype), {})[name] = attr
+    else:
+        attrs[name] = attr
+
+
+def _evaluate(
+    device: Resolved,
+    measure: dict[str, Any],
+    attrs: dict[str, dict[str, Any]],
+    targets: dict[tuple[str, str], dict[str, dict[str, Any]]],
+    stamp: str,
+    problems: list[BadValue],
+) -> dict[str, Any]:
+    """Run the device's attribute expressions in provisioning order; each sees the
+    measure, the device and the results before it. Returns the final context."""
+    context = device.context()
+    context.update(measure)
+    present = set(measure)  # what this measure brings: its keys, their names, results
+    for key, mapping in device.mappings.items():
+        if key in measure:
+            present.add(mapping.name)
+            context.setdefault(mapping.name, measure[key])
+    for mapping, expression in device.computed:
+        if mapping.key not in present and not (expression.names & present):
+            continue  # none of its inputs is in this measure
+        try:
+            value = expression.evaluate(context)
+        except ExpressionError as exc:
+            problems.append(BadValue("expression_error", f"{mapping.name}: {exc}"))
+            continue
+        if value is None or value == mapping.skipValue:
+            continue
+        context[mapping.name] = value
+        present.add(mapping.name)
+        try:
+            attr = attribute(mapping.type, value, stamp)
+        except BadValue as exc:
+            problems.append(BadValue(exc.reason, f"{mapping.name}: {exc}"))
+            continue
+        _with_metadata(attr, mapping)
+        _place(device, mapping, mapping.name, attr, attrs, targets)
+    return context
+
+
+def _explicit(
+    device: Resolved, context: dict[str, Any], problems: list[BadValue]
+) -> tuple[bool, frozenset[str] | None]:
+    """``explicitAttrs`` for this measure: (only provisioned attributes, or the names
+    allowed when the expression gives a list)."""
+    if device.explicit_exp is None:
+        return device.explicit, None
+    try:
+        value = device.explicit_exp.evaluate(context)
+    except ExpressionError as exc:
+        problems.append(BadValue("expression_error", f"explicitAttrs: {exc}"))
+        return True, None  # the safe reading: send only what is provisioned
+    if isinstance(value, bool):
+        return value, None
+    if isinstance(value, list):
+        names: set[str] = set()
+        for item in value:
+            if isinstance(item, str):
+                names.add(item)
+            elif isinstance(item, dict) and isinstance(item.get("object_id"), str):
+                mapping = device.mappings.get(item["object_id"])
+                if mapping is not None:
+                    names.add(mapping.name)
+        return True, frozenset(names)
+    problems.append(
+        BadValue("expression_error", f"explicitAttrs gave {value!r}, not a boolean or a list")
+    )
+    return True, None
+
+
 def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measure:
     problems: list[BadValue] = []
     observed = arrival
@@ -222,21 +325,59 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
             break
     stamp = iso(observed)
     attrs: dict[str, dict[str, Any]] = {}
+    targets: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    expressive = device.computed or device.explicit_exp or device.name_exp
+    context = _evaluate(device, measure, attrs, targets, stamp, problems) if expressive else {}
+    explicit, allowed = (
+        _explicit(device, context, problems)
+        if expressive
+        else (
+            device.explicit,
+            None,
+        )
+    )
     for key, value in measure.items():
         mapping = device.mappings.get(key)
         if mapping is None:
-            if key in TIMESTAMP_KEYS or (device.explicit and key not in device.names):
+            if key in TIMESTAMP_KEYS or (explicit and key not in device.names):
                 continue
             name, type_name = key, "geo:json" if key == "location" else "Property"
+        elif mapping.expression is not None:
+            continue  # its value is the expression's, sent above
         else:
             name, type_name = mapping.name, mapping.type
+        if name in attrs:
+            continue  # an expression gave this attribute its value
         try:
-            attrs[name] = attribute(type_name, value, stamp)
+            attr = attribute(type_name, value, stamp)
         except BadValue as exc:
             problems.append(BadValue(exc.reason, f"{key}: {exc}"))
             continue
         if mapping is not None:
-            _with_metadata(attrs[name], mapping)
-    if device.timestamp and attrs and TIME_INSTANT not in attrs:
-        attrs[TIME_INSTANT] = time_instant(observed)
-    return Measure(attrs, observed, problems)
+            _with_metadata(attr, mapping)
+        _place(device, mapping, name, attr, attrs, targets)
+    if allowed is not None:
+        attrs = {k: v for k, v in attrs.items() if k in allowed}
+        targets = {
+            t: kept
+            for t, part in targets.items()
+            if (kept := {k: v for k, v in part.items() if k in allowed})
+        }
+    entity_id = None
+    if device.name_exp is not None:
+        try:
+            name = device.name_exp.evaluate(context)
+        except ExpressionError as exc:
+            problems.append(BadValue("expression_error", f"entityNameExp: {exc}"))
+        else:
+            if isinstance(name, str | int) and not isinstance(name, bool) and str(name):
+                entity_id = _entity_id(str(name), device.entity_type)
+            else:
+                problems.append(
+                    BadValue("expression_error", f"entityNameExp gave {name!r}, not a name")
+                )
+    if device.timestamp:
+        for part in (attrs, *targets.values()):
+            if part and TIME_INSTANT not in part:
+                part[TIME_INSTANT] = time_instant(observed)
+    return Measure(attrs, observed, problems, targets, entity_id, allowed)

@@ -16,15 +16,16 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 PREFIX = "renkei_iota"
 
 _HELP = {
-    "messages_received_total": "MQTT messages received, by kind",
+    "messages_received_total": "Messages (MQTT or HTTP) received, by kind",
     "measures_stored_total": "Measures the broker accepted",
     "bad_input_total": "Messages or values refused, by reason",
     "dropped_total": "Measures dropped, by reason",
     "broker_writes_total": "Batch writes accepted by the broker",
     "broker_write_failures_total": "Batch write attempts that failed and were retried",
     "entities_rejected_total": "Entities of a batch write the broker refused",
-    "commands_sent_total": "Commands published to devices",
+    "commands_sent_total": "Commands sent to devices (published, pushed, or held for polling)",
     "command_results_total": "Command results received from devices",
+    "command_failures_total": "Commands pushed to an HTTP device that failed",
     "mqtt_connections_total": "MQTT connections established (reconnections included)",
 }
 

@@ -21,8 +21,14 @@ class AttributeMapping(BaseModel):
     name: str = Field(min_length=1)
     type: str = "Property"
     metadata: dict[str, Any] | None = None
+    #: JEXL: the value sent is the expression's, evaluated on the measure (``expressions``)
     expression: Any = None
+    #: the attribute is not sent when the expression gives this value (default: null)
+    skipValue: Any = None
     reverse: Any = None
+    #: multi-entity measures: the value goes to this entity (of ``entity_type``) instead
+    entity_name: str | None = None
+    entity_type: str | None = None
 
     @property
     def key(self) -> str:
@@ -54,7 +60,11 @@ class _Provisioned(BaseModel):
     lazy: list[AttributeMapping] = Field(default_factory=list)
     static_attributes: list[StaticAttribute] = Field(default_factory=list)
     commands: list[Command] = Field(default_factory=list)
-    explicitAttrs: bool | None = None
+    #: ``MQTT`` (the default) or ``HTTP``: how commands reach the devices
+    transport: str | None = None
+    #: true/false, or a JEXL expression giving a boolean or a list of attribute names
+    #: (and ``{object_id: ...}`` objects), as iotagent-node-lib takes it
+    explicitAttrs: bool | str | None = None
     timestamp: bool | None = None
 
     @field_validator("entity_type")
@@ -79,7 +89,22 @@ class Device(_Provisioned):
     entity_name: str | None = None
     apikey: str | None = None
     protocol: str | None = None
-    transport: str | None = None
+    #: HTTP devices: where commands are pushed (without it, the device polls for them)
+    endpoint: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("endpoint must be an http:// or https:// URL")
+        return value
+
+    @field_validator("transport")
+    @classmethod
+    def _transport(cls, value: str | None) -> str | None:
+        if value is not None and value.upper() not in ("MQTT", "HTTP"):
+            raise ValueError("transport must be MQTT or HTTP")
+        return value
 
     @field_validator("device_id")
     @classmethod

@@ -1,11 +1,14 @@
-"""Northbound: measures coalesced into one batch upsert per short window.
+"""Northbound: measures coalesced into one batched history write per short window.
 
-Every measure lands in the current window as attributes of its entity fragment; a
-device's later measure replaces an attribute only if its ``observedAt`` is not older,
-so the order of a device's measures survives coalescing. A window is written when it
-is ``window`` seconds old or holds ``max_entities`` entities, one upsert per tenant.
-Windows are written one after the other, so a device's measures never overtake each
-other across windows either.
+Every measure lands in the current window as instances of its entity's attributes,
+each with its own ``observedAt``: nothing is merged away. A window is written when it
+is ``window`` seconds old or holds ``max_entities`` entities, as one
+``/temporal/entityOperations/upsert`` per tenant (split so that no request carries
+more than ``MAX_INSTANCES`` instances): the broker keeps every instance in the
+attribute history and makes each attribute's newest instance by ``observedAt`` its
+current value, so measures that arrive late or out of order (several agents, a
+device's backlog) never overwrite a newer value. Attributes without ``observedAt``
+(static attributes) keep only their last value of the window.
 
 Nothing is acknowledged to the MQTT broker before the NGSI-LD broker accepted the
 write: while it is down, the write is retried with backoff and new measures wait in
@@ -33,16 +36,57 @@ Writer = Callable[[str | None, list[dict[str, Any]]], Awaitable[BatchOutcome]]
 Key = tuple[str | None, str]  # (tenant, entity id)
 
 MAX_BACKOFF = 5.0
+#: Instances in one request at most: a window grown while the broker was down is sent
+#: in several requests, in order, each well under the broker's body size limit.
+MAX_INSTANCES = 5000
+
+
+@dataclass
+class _Entity:
+    """One entity's share of a window: its attributes' instances, in arrival order."""
+
+    type: str
+    scope: str | None
+    attrs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    measures: int = 0
+    instances: int = 0
 
 
 @dataclass
 class _Window:
-    entities: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    stamps: dict[tuple[Key, str], float] = field(default_factory=dict)
-    counts: dict[Key, int] = field(default_factory=dict)
+    entities: dict[Key, _Entity] = field(default_factory=dict)
     acks: list[Ack] = field(default_factory=list)
     measures: int = 0
     opened: float = 0.0
+
+
+def _requests(entities: dict[Key, _Entity], keys: list[Key]) -> list[list[tuple[Key, Any]]]:
+    """The temporal entities of ``keys``, cut into requests of at most MAX_INSTANCES
+    instances; an entity with more is split across requests (in order)."""
+    out: list[list[tuple[Key, Any]]] = [[]]
+    room = MAX_INSTANCES
+    for key in keys:
+        if room == 0:
+            out.append([])
+            room = MAX_INSTANCES
+        ent = entities[key]
+        body: dict[str, Any] = {"id": key[1], "type": ent.type}
+        if ent.scope is not None:
+            body["scope"] = ent.scope
+        for name, instances in ent.attrs.items():
+            start = 0
+            while start < len(instances):
+                if room == 0:
+                    out[-1].append((key, body))
+                    out.append([])
+                    room = MAX_INSTANCES
+                    body = {"id": key[1], "type": ent.type}
+                take = instances[start : start + room]
+                body[name] = take
+                start += len(take)
+                room -= len(take)
+        out[-1].append((key, body))
+    return [req for req in out if req]
 
 
 class Batcher:
@@ -79,8 +123,8 @@ class Batcher:
         entity_id: str,
         entity_type: str,
         attrs: dict[str, dict[str, Any]],
-        observed: float,
         *,
+        scope: str | None = None,
         ack: Ack | None = None,
         measures: int = 1,
         droppable: bool = True,
@@ -102,17 +146,24 @@ class Batcher:
         if not win.entities:
             win.opened = time.monotonic()
         key = (tenant, entity_id)
-        frag = win.entities.get(key)
-        if frag is None:
-            frag = win.entities[key] = {"id": entity_id, "type": entity_type}
+        ent = win.entities.get(key)
+        if ent is None:
+            ent = win.entities[key] = _Entity(entity_type, scope)
             if len(win.entities) >= self.max_entities:
                 self._full.set()
+        elif scope is not None:
+            ent.scope = scope
         for name, attr in attrs.items():
-            slot = (key, name)
-            if win.stamps.get(slot, float("-inf")) <= observed:
-                frag[name] = attr
-                win.stamps[slot] = observed
-        win.counts[key] = win.counts.get(key, 0) + measures
+            instances = ent.attrs.get(name)
+            if instances is None:
+                ent.attrs[name] = [attr]
+            elif "observedAt" in attr:
+                instances.append(attr)
+            else:  # no time of its own (a static attribute): the last value is enough
+                ent.instances -= len(instances)
+                ent.attrs[name] = [attr]
+            ent.instances += 1
+        ent.measures += measures
         win.measures += measures
         if ack is not None:
             win.acks.append(ack)
@@ -148,13 +199,15 @@ class Batcher:
         for key in win.entities:
             by_tenant.setdefault(key[0], []).append(key)
         for tenant, keys in by_tenant.items():
-            outcome = await self._write_until_accepted(tenant, [win.entities[k] for k in keys])
-            if outcome is None:
-                refused = {k[1]: {"title": "batch refused"} for k in keys}
-            else:
-                refused = {eid: problem for eid, problem in outcome.errors}
+            refused: dict[str, dict[str, Any]] = {}
+            for request in _requests(win.entities, keys):
+                outcome = await self._write_until_accepted(tenant, [b for _, b in request])
+                if outcome is None:
+                    refused.update({k[1]: {"title": "batch refused"} for k, _ in request})
+                else:
+                    refused.update({eid: problem for eid, problem in outcome.errors})
             for key in keys:
-                count = win.counts[key]
+                count = win.entities[key].measures
                 if key[1] in refused:
                     self.metrics.inc("entities_rejected_total")
                     self.metrics.inc("dropped_total", "rejected_by_broker", count)

@@ -22,6 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from connectors.mqtt.errors import (
+    AgentError,
     DeviceNotFound,
     DuplicateDevice,
     DuplicateGroup,
@@ -29,6 +30,7 @@ from connectors.mqtt.errors import (
     NotImplementedYet,
     WrongSyntax,
 )
+from connectors.mqtt.expressions import Expression, ExpressionError, compile_expression
 from connectors.mqtt.models import AttributeMapping, Device, Group, StaticAttribute, dump
 
 DEFAULT_TYPE = "Thing"
@@ -42,6 +44,14 @@ class Scope:
     @property
     def tenant(self) -> str | None:
         return self.service or None
+
+    @property
+    def scope_path(self) -> str | None:
+        """The service path as an NGSI-LD scope (``/floor1``); None for the root ``/``."""
+        path = self.subservice.rstrip("/")
+        if not path or any(c in path for c in "#*"):
+            return None
+        return path
 
     def covers(self, other: Scope) -> bool:
         """``/*`` and ``/#`` as servicepath select every subservice of the service."""
@@ -66,10 +76,38 @@ class Resolved:
     names: set[str] = field(default_factory=set)
     #: ``timestamp: true``: every measure also sets the entity's ``TimeInstant``
     timestamp: bool = False
+    #: attributes with an ``expression``, in provisioning order (the order they run in)
+    computed: list[tuple[AttributeMapping, Expression]] = field(default_factory=list)
+    #: ``explicitAttrs`` given as an expression
+    explicit_exp: Expression | None = None
+    #: the group's ``entityNameExp``, for a device without an ``entity_name`` of its own
+    name_exp: Expression | None = None
+    #: ``MQTT`` or ``HTTP`` (upper case): how commands reach the device
+    transport: str = "MQTT"
+    #: HTTP devices: where commands are pushed (None: the device polls for them)
+    endpoint: str | None = None
 
     @property
     def tenant(self) -> str | None:
         return self.scope.tenant
+
+    @property
+    def scope_path(self) -> str | None:
+        """The entity's NGSI-LD ``scope``: the service path, unless it is the root."""
+        return self.scope.scope_path
+
+    def context(self) -> dict[str, Any]:
+        """What every expression of the device may read besides the measure."""
+        return {
+            "id": self.device_id,
+            "entity_name": self.entity_id,
+            "type": self.entity_type,
+            "service": self.scope.service,
+            "subservice": self.scope.subservice,
+            "staticAttributes": [
+                {"name": s.name, "type": s.type, "value": s.value} for s in self.static
+            ],
+        }
 
 
 def _validate(model: type[Group] | type[Device], doc: Any) -> Any:
@@ -81,8 +119,6 @@ def _validate(model: type[Group] | type[Device], doc: Any) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or model.__name__.lower()
         raise WrongSyntax(f"{model.__name__.lower()} {where}: {first['msg']}") from None
-    if isinstance(obj, Group) and obj.entityNameExp is not None:
-        raise NotImplementedYet("entityNameExp is not supported yet")
     if obj.lazy:
         names = ", ".join(m.name for m in obj.lazy)
         raise NotImplementedYet(
@@ -90,10 +126,27 @@ def _validate(model: type[Group] | type[Device], doc: Any) -> Any:
             " registrations, which the broker does not offer; provision them as active"
             " attributes and have the device publish them"
         )
-    for mapping in [*obj.attributes, *obj.lazy]:
-        if mapping.expression is not None or mapping.reverse is not None:
-            raise NotImplementedYet(f"attribute {mapping.name}: expressions are not supported yet")
+    try:
+        if isinstance(obj, Group) and obj.entityNameExp is not None:
+            compile_expression(obj.entityNameExp, "entityNameExp")
+        if isinstance(obj.explicitAttrs, str):
+            compile_expression(obj.explicitAttrs, "explicitAttrs")
+        for mapping in obj.attributes:
+            if mapping.expression is not None:
+                compile_expression(mapping.expression, f"attribute {mapping.name}")
+    except ExpressionError as exc:
+        raise WrongSyntax(str(exc)) from None
+    for mapping in obj.attributes:
+        if mapping.reverse is not None:
+            raise NotImplementedYet(
+                f"attribute {mapping.name}: reverse expressions are not supported"
+            )
     return obj
+
+
+def _doc_name(doc: Any) -> str:
+    name = doc.get("device_id") if isinstance(doc, dict) else None
+    return repr(name) if isinstance(name, str) else "(without device_id)"
 
 
 def _group_key(apikey: str, resource: str) -> str:
@@ -216,8 +269,22 @@ class Registry:
 
     # -- devices ------------------------------------------------------------------------------
 
-    def add_devices(self, scope: Scope, docs: Iterable[Any]) -> list[Resolved]:
-        devices: list[Device] = [_validate(Device, d) for d in docs]
+    def add_devices(
+        self, scope: Scope, docs: Iterable[Any]
+    ) -> tuple[list[Resolved], AgentError | None]:
+        """Provision the valid devices of ``docs``; the error of the others, if any.
+
+        A device that does not validate (a bad expression, say) is refused alone, as
+        iotagent-node-lib does, and the error names each refused device; the same
+        device id twice, or one already provisioned, refuses the whole request.
+        """
+        devices: list[Device] = []
+        refused: list[tuple[str, AgentError]] = []
+        for doc in docs:
+            try:
+                devices.append(_validate(Device, doc))
+            except (WrongSyntax, NotImplementedYet) as exc:
+                refused.append((_doc_name(doc), exc))
         ids = [d.device_id for d in devices]
         if len(set(ids)) != len(ids):
             raise DuplicateDevice("the same device_id appears twice in the request")
@@ -228,7 +295,13 @@ class Registry:
             self._save("device", scope, dev.device_id, dev)
             self.devices[scope, dev.device_id] = dev
         self._reindex()
-        return [self._resolve_device(scope, d.device_id) for d in devices]
+        added = [self._resolve_device(scope, d.device_id) for d in devices]
+        error: AgentError | None = None
+        if refused:
+            detail = "; ".join(f"device {name}: {exc.message}" for name, exc in refused)
+            kept = f" ({len(added)} other devices provisioned)" if added else ""
+            error = type(refused[0][1])(f"{detail}{kept}")
+        return added, error
 
     def list_devices(self, scope: Scope) -> list[Device]:
         return [d for (s, _), d in self.devices.items() if scope.covers(s)]
@@ -276,9 +349,20 @@ class Registry:
             s.name: s for s in [*(group.static_attributes if group else []), *dev.static_attributes]
         }
         commands = {c.name for c in [*(group.commands if group else []), *dev.commands]}
-        explicit = dev.explicitAttrs
-        if explicit is None:
-            explicit = bool(group.explicitAttrs) if group else False
+        explicit_given = dev.explicitAttrs
+        if explicit_given is None and group is not None:
+            explicit_given = group.explicitAttrs
+        explicit_exp = None
+        if isinstance(explicit_given, str):
+            explicit_exp = compile_expression(explicit_given, "explicitAttrs")
+        computed = [
+            (m, compile_expression(m.expression, f"attribute {m.name}"))
+            for m in mappings.values()
+            if m.expression is not None
+        ]
+        name_exp = None
+        if dev.entity_name is None and group is not None and group.entityNameExp:
+            name_exp = compile_expression(group.entityNameExp, "entityNameExp")
         timestamp = dev.timestamp
         if timestamp is None:
             timestamp = bool(group.timestamp) if group else False
@@ -291,9 +375,14 @@ class Registry:
             mappings=mappings,
             static=list(static.values()),
             commands=commands,
-            explicit=explicit,
+            explicit=explicit_given is True,
             names={m.name for m in mappings.values()},
             timestamp=timestamp,
+            computed=computed,
+            explicit_exp=explicit_exp,
+            name_exp=name_exp,
+            transport=(dev.transport or (group.transport if group else None) or "MQTT").upper(),
+            endpoint=dev.endpoint,
         )
 
     def resolve(self, apikey: str, device_id: str) -> Resolved | None:
@@ -308,8 +397,10 @@ class Registry:
     def by_entity(self, service: str, entity_id: str) -> Resolved | None:
         return self._by_entity.get((service, entity_id))
 
-    def autoprovision(self, scope: Scope, apikey: str, device_id: str) -> Resolved:
-        dev = Device(device_id=device_id, apikey=apikey)
+    def autoprovision(
+        self, scope: Scope, apikey: str, device_id: str, transport: str | None = None
+    ) -> Resolved:
+        dev = Device(device_id=device_id, apikey=apikey, transport=transport)
         self._save("device", scope, device_id, dev)
         self.devices[scope, device_id] = dev
         self._reindex()

@@ -8,10 +8,14 @@ its options as overrides, so a flag wins over the environment.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from broker.outbound import DEFAULT_DENY, Rules
+
+ListSetting = Annotated[list[str], NoDecode]
 
 
 class AgentSettings(BaseSettings):
@@ -45,7 +49,25 @@ class AgentSettings(BaseSettings):
     #: Whether unknown devices of a known apikey are provisioned, when the group does not say.
     iota_autoprovision: bool = True
 
+    #: Outbound policy for HTTP push commands (the broker's settings of the same names):
+    #: only these destinations when set, never these (comma-separated rules).
+    outbound_allow: ListSetting = Field(default_factory=list)
+    outbound_deny: ListSetting = Field(default_factory=lambda: list(DEFAULT_DENY))
+
     log_level: str = "info"
+
+    @field_validator("outbound_allow", "outbound_deny", mode="before")
+    @classmethod
+    def _rule_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("outbound_allow", "outbound_deny")
+    @classmethod
+    def _valid_rules(cls, value: list[str]) -> list[str]:
+        Rules.parse(value)  # raises ValueError naming a rule it cannot read
+        return value
 
     @field_validator("mqtt_url")
     @classmethod

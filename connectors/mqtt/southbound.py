@@ -1,7 +1,7 @@
 """Southbound: the agent's MQTT connection, a :class:`broker.transport.mqtt.MqttClient`.
 
 The client subscribes to the IoT Agent JSON topics (``/+/+/attrs``, ``/json/+/+/attrs``,
-single attributes and command results). With MQTT 5 the subscriptions are shared
+single attributes and command results), with or without the leading slash. With MQTT 5 the subscriptions are shared
 (``$share/<group>/...``), so several agents split the messages; an MQTT 3.1.1 broker
 gets plain subscriptions (one agent). In ``auto`` mode the agent speaks MQTT 5 and
 falls back to 3.1.1 when the broker refuses the protocol version, or leaves its first
@@ -31,6 +31,14 @@ TOPICS = (
     "/json/+/+/attrs",
     "/json/+/+/attrs/+",
     "/json/+/+/cmdexe",
+    # the same without the leading slash: ``json/{apikey}/{device}/attrs`` is the form
+    # iotagent-json documents today (no topic matches filters of both kinds)
+    "+/+/attrs",
+    "+/+/attrs/+",
+    "+/+/cmdexe",
+    "json/+/+/attrs",
+    "json/+/+/attrs/+",
+    "json/+/+/cmdexe",
 )
 KEEPALIVE = 30
 CONNACK_TIMEOUT = 5.0

@@ -292,3 +292,52 @@ def test_history_can_be_switched_off_per_type(tmp_path: Path) -> None:
         client.post(E, json=sensor(), headers=JSON)
         assert client.get(f"{T}/urn:ngsi-ld:Building:1").status_code == 404
         assert client.get(f"{T}/{SENSOR}").status_code == 200
+
+
+def test_batch_temporal_upsert_keeps_every_instance_and_the_newest_value(
+    client: TestClient,
+) -> None:
+    """Renkei's /temporal/entityOperations/upsert: many entities' instances in one call."""
+    op = "/ngsi-ld/v1/temporal/entityOperations/upsert"
+    ids = [f"urn:ngsi-ld:AirQualityObserved:狛江-{k}" for k in range(2)]
+
+    def instances(*pairs: tuple[float, str]) -> list[dict[str, Any]]:
+        return [reading(v, f"2026-11-01T00:00:0{s}Z")["NO2"] for v, s in pairs]
+
+    batch = [
+        {"id": ids[0], "type": "AirQualityObserved", "scope": "/駅前", "NO2": instances((1, "2"))},
+        {"id": ids[1], "type": "AirQualityObserved", "NO2": instances((5, "1"), (6, "2"))},
+    ]
+    assert client.post(op, json=batch, headers=JSON).status_code == 204
+    # a later batch with an older measure (out of order) and a newer one; a bad entity
+    # is refused alone
+    late = [
+        {"id": ids[0], "type": "AirQualityObserved", "NO2": instances((0, "1"))},
+        {"id": ids[1], "type": "AirQualityObserved", "NO2": instances((7, "3"))},
+        {"id": "not a uri", "type": "AirQualityObserved", "NO2": instances((9, "1"))},
+    ]
+    r = client.post(op, json=late, headers=JSON)
+    assert r.status_code == 207
+    assert r.json()["success"] == ids
+    assert [e["entityId"] for e in r.json()["errors"]] == ["not a uri"]
+    first = client.get(f"{E}/{ids[0]}").json()
+    assert (first["NO2"]["value"], first["scope"]) == (1, "/駅前")  # the older one did not win
+    assert client.get(f"{E}/{ids[1]}").json()["NO2"]["value"] == 7
+    assert values(client.get(f"{T}/{ids[0]}").json()) == [0, 1]
+    assert values(client.get(f"{T}/{ids[1]}").json()) == [5, 6, 7]
+    # the aggregates agree with the instances
+    r = client.get(
+        f"{T}/{ids[1]}?options=aggregatedValues&aggrMethods=sum,totalCount&aggrPeriodDuration=PT1H"
+    )
+    assert r.json()["NO2"]["sum"][0][0] == 18
+    assert r.json()["NO2"]["totalCount"][0][0] == 3
+    # one observation sent again replaces its instance, and the aggregates follow
+    again = [{"id": ids[1], "type": "AirQualityObserved", "NO2": instances((8, "3"))}]
+    assert client.post(op, json=again, headers=JSON).status_code == 204
+    assert values(client.get(f"{T}/{ids[1]}").json()) == [5, 6, 8]
+    r = client.get(
+        f"{T}/{ids[1]}?options=aggregatedValues&aggrMethods=sum,totalCount&aggrPeriodDuration=PT1H"
+    )
+    assert (r.json()["NO2"]["sum"][0][0], r.json()["NO2"]["totalCount"][0][0]) == (19, 3)
+    assert client.post(op, json=[], headers=JSON).status_code == 400
+    assert client.post(op, json={"id": ids[0]}, headers=JSON).status_code == 400

@@ -16,6 +16,7 @@ import pytest
 
 from broker.errors import InternalError
 from broker.model.entity import Entity
+from broker.model.history import row_for, to_us
 from broker.model.query import AttrPath, Comparison, GeoQuery
 from broker.model.store import DELETE, EntityQuery, HistoryQuery
 from broker.store.sqlite import SqliteStore
@@ -166,3 +167,49 @@ async def test_committed_pages_reach_the_database_file_off_the_write_path(
         assert time.monotonic() < deadline, "committed pages stayed in the WAL"
         await asyncio.sleep(0.05)
     assert await store.get_entity("", "urn:g:299") is not None
+
+
+async def test_explicit_history_rows_in_a_group_replace_only_their_own(
+    store: SqliteStore,
+) -> None:
+    """The temporal API's rows (explicit) and entity writes (what changed) share groups:
+    an explicit observation sent again replaces the stored one; an entity write never
+    replaces, and the hourly rollups stay right."""
+    now = to_us("2026-12-06T00:00:00Z")
+
+    def observed(value: float, second: int) -> dict[str, Any]:
+        at = f"2026-12-06T00:00:0{second}Z"
+        return {"type": "Property", "value": value, "observedAt": at}
+
+    def measured(eid: str, *instances: dict[str, Any]) -> Entity:
+        return {"id": eid, "type": [T + "Gauge"], T + "level": [instances[-1]]}
+
+    async def explicit(eid: str, *instances: dict[str, Any]) -> None:
+        rows = [row_for(T + "level", inst, now) for inst in instances]
+        (result,) = await store.write(
+            "", [(eid, put(measured(eid, *instances)))], history={eid: rows}
+        )
+        assert result.ok
+
+    async def ordinary(eid: str, inst: dict[str, Any]) -> None:
+        (result,) = await store.write("", [(eid, put(measured(eid, inst)))])
+        assert result.ok
+
+    await asyncio.gather(
+        explicit("urn:g:水位1", observed(1.0, 1), observed(2.0, 2)),
+        ordinary("urn:g:水位2", observed(5.0, 1)),
+    )
+    await asyncio.gather(
+        explicit("urn:g:水位1", observed(3.0, 2)),  # the same observation: replaces 2.0
+        ordinary("urn:g:水位2", observed(6.0, 1)),  # an entity write: recorded beside
+    )
+    hist = await store.history("", ["urn:g:水位1", "urn:g:水位2"], HistoryQuery())
+    assert [r.number for r in hist["urn:g:水位1"][T + "level"]] == [1.0, 3.0]
+    assert sorted(r.number or 0.0 for r in hist["urn:g:水位2"][T + "level"]) == [5.0, 6.0]
+    totals = await store.aggregate_history(
+        "", ["urn:g:水位1", "urn:g:水位2"], HistoryQuery(), ["sum", "totalCount"], None
+    )
+    first = totals["urn:g:水位1"][T + "level"].values
+    assert (first["sum"][0][0], first["totalCount"][0][0]) == (4.0, 2)
+    second = totals["urn:g:水位2"][T + "level"].values
+    assert (second["sum"][0][0], second["totalCount"][0][0]) == (11.0, 2)

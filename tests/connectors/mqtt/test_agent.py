@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import threading
 import time
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +87,8 @@ def test_measures_become_typed_attributes(
         }
         assert got["x"]["value"] == "y"  # not explicitAttrs: unmapped values pass through
         assert got["city"]["value"] == "Komae"
-        # An array of measures on the /json/ topic: the later TimeInstant wins.
+        # An array of older measures on the /json/ topic: each is an instance of the
+        # history, and neither replaces the newer current value.
         device.publish(
             "/json/k0m4e/ws01/attrs",
             json.dumps(
@@ -95,23 +99,29 @@ def test_measures_become_typed_attributes(
             ),
             qos=1,
         )
-        got = wait_for(
-            lambda: (e := entity(hub, eid)) and e["temperature"]["value"] == 30 and e,
-            what="array measure",
-        )
-        assert got["temperature"]["observedAt"] == "2024-05-01T10:00:02.000Z"
+
+        def history(attr: str) -> list[tuple[Any, str]]:
+            r = httpx.get(
+                f"{hub}/ngsi-ld/v1/temporal/entities/{eid}",
+                params={"attrs": attr, "options": "temporalValues"},
+                headers={"NGSILD-Tenant": "komae"},
+            )
+            assert r.status_code == 200, r.text
+            return [(v, t) for v, t in r.json().get(attr, {}).get("values", [])]
+
+        got_history = wait_for(lambda: len(h := history("temperature")) == 3 and h, what="array")
+        assert got_history[:2] == [
+            (25, "2024-05-01T10:00:01.000Z"),
+            (30, "2024-05-01T10:00:02.000Z"),
+        ]
+        assert got_history[2][0] == 21.5
+        current = entity(hub, eid)
+        assert current is not None
+        assert current["temperature"]["value"] == 21.5
         # A single attribute, raw payload.
         device.publish("/k0m4e/ws01/attrs/h", "55")
         wait_for(lambda: (e := entity(hub, eid)) and e["humidity"]["value"] == 55, what="single")
-        # Every measure that reached the hub is in the history (the temporal API).
-        r = httpx.get(
-            f"{hub}/ngsi-ld/v1/temporal/entities/{eid}",
-            params={"attrs": "temperature,humidity", "options": "temporalValues"},
-            headers={"NGSILD-Tenant": "komae"},
-        )
-        assert r.status_code == 200, r.text
-        assert sorted(v for v, _ in r.json()["temperature"]["values"]) == [21.5, 30]
-        assert sorted(v for v, _ in r.json()["humidity"]["values"]) == [40, 55]
+        assert [v for v, _ in history("humidity")] == [40, 55]
         # Provisioning is visible through the API.
         with agent.http() as http:
             listed = http.get("/iot/devices").json()
@@ -365,3 +375,389 @@ def test_deleting_devices_and_groups_removes_their_command_subscriptions(
             assert [s["entities"][0]["type"] for s in subs] == ["Gate"]
             assert http.delete("/iot/groups?apikey=gate").status_code == 204
         assert command_subscriptions(hub, agent) == []
+
+
+def history_count(hub: str, eid: str, attr: str, tenant: str = "komae") -> int:
+    """How many instances of ``attr`` the broker's history holds for ``eid``."""
+    r = httpx.get(
+        f"{hub}/ngsi-ld/v1/temporal/entities/{eid}",
+        params={"attrs": attr, "options": "aggregatedValues", "aggrMethods": "totalCount"},
+        headers={"NGSILD-Tenant": tenant},
+        timeout=10,
+    )
+    if r.status_code == 404:
+        return 0
+    assert r.status_code == 200, r.text
+    counts = r.json().get(attr, {}).get("totalCount", [])
+    return sum(int(c[0]) for c in counts)
+
+
+def test_every_qos1_measure_reaches_the_history_at_a_high_rate(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker
+) -> None:
+    """Batching keeps the agent fast; no measure is merged away: history == published."""
+    devices, total = 25, 3000
+    with agent_factory(iota_window_ms=50) as agent:
+        provision(agent, {**GROUP, "apikey": "fast", "entity_type": "流量計"})
+        wait_for(lambda: agent.agent.link.connected, what="MQTT")
+        pub = Publisher(mqtt)
+        try:
+            infos = [
+                pub.client.publish(
+                    f"/fast/m{i % devices}/attrs", json.dumps({"t": i, "h": i % 7}), qos=1
+                )
+                for i in range(total)
+            ]
+            for info in infos:
+                info.wait_for_publish(30)
+        finally:
+            pub.close()
+        wait_for(lambda: agent.metric("measures_stored_total") >= total, timeout=60, what="all")
+        assert agent.metric("measures_stored_total") == total
+        assert agent.agent.metrics.total("dropped_total") == 0
+        base = "urn:ngsi-ld:流量計:m"
+        in_history = sum(history_count(hub, f"{base}{d}", "temperature") for d in range(devices))
+        assert in_history == total
+        for d in range(devices):
+            current = entity(hub, f"{base}{d}")
+            assert current is not None
+            last = max(i for i in range(total) if i % devices == d)
+            assert current["temperature"]["value"] == last  # the newest is the current value
+
+
+def query(hub: str, tenant: str = "komae", **params: str) -> list[dict[str, Any]]:
+    r = httpx.get(
+        f"{hub}/ngsi-ld/v1/entities",
+        params=params,
+        headers={"NGSILD-Tenant": tenant},
+        timeout=5,
+    )
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()
+    return found
+
+
+def test_service_path_becomes_the_entity_scope(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    group = {"apikey": "floors", "entity_type": "室温計", "attributes": GROUP["attributes"]}
+    with agent_factory() as agent:
+        with agent.http(path="/floor1") as http:
+            r = http.post("/iot/groups", json={"groups": [group]})
+            assert r.status_code == 201, r.text
+            r = http.post("/iot/devices", json={"devices": [{"device_id": "一階"}]})
+            assert r.status_code == 201, r.text
+        with httpx.Client(
+            base_url=agent.url, headers={"fiware-service": "komae", "NGSILD-Path": "/floor2"}
+        ) as http:  # NGSILD-Path as Orion-LD takes it
+            r = http.post(
+                "/iot/devices",
+                # its own type and mappings: the group is /floor1's
+                json={
+                    "devices": [
+                        {
+                            "device_id": "二階",
+                            "apikey": "floors",
+                            "entity_type": "室温計",
+                            "attributes": GROUP["attributes"],
+                        }
+                    ]
+                },
+            )
+            assert r.status_code == 201, r.text
+            listed = http.get("/iot/devices").json()
+            assert [d["device_id"] for d in listed["devices"]] == ["二階"]
+            assert listed["devices"][0]["service_path"] == "/floor2"
+        device.publish("/floors/一階/attrs", json.dumps({"t": 18.5}), qos=1)
+        device.publish("/floors/二階/attrs", json.dumps({"t": 21.0}), qos=1)
+        one, two = "urn:ngsi-ld:室温計:一階", "urn:ngsi-ld:室温計:二階"
+        wait_for(lambda: (e := entity(hub, two)) and "temperature" in e, what="floor 2")
+        wait_for(lambda: (e := entity(hub, one)) and "temperature" in e, what="floor 1")
+        found = query(hub, type="室温計", scopeQ="/floor2")
+        assert [e["id"] for e in found] == [two]
+        assert found[0]["scope"] == "/floor2"
+        assert [e["id"] for e in query(hub, type="室温計", scopeQ="/floor1")] == [one]
+        # NGSI v2 clients select by Fiware-ServicePath, as with Orion
+        r = httpx.get(
+            f"{hub}/v2/entities",
+            params={"type": "室温計"},
+            headers={"Fiware-Service": "komae", "Fiware-ServicePath": "/floor2"},
+        )
+        assert r.status_code == 200, r.text
+        assert [e["id"] for e in r.json()] == [two]
+        # the measures' history keeps the scope too
+        r = httpx.get(
+            f"{hub}/ngsi-ld/v1/temporal/entities",
+            params={
+                "type": "室温計",
+                "scopeQ": "/floor1",
+                "timerel": "after",
+                "timeAt": "2000-01-01T00:00:00Z",
+            },
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert r.status_code == 200, r.text
+        assert [e["id"] for e in r.json()] == [one]
+
+
+def test_topics_without_the_leading_slash(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker, device: Publisher
+) -> None:
+    lamp = {"device_id": "灯1", "entity_type": "Streetlight", "commands": [{"name": "switch"}]}
+    with agent_factory() as agent, subscribe(mqtt, "json/noslash/灯1/cmd") as sub:
+        provision(agent, {**GROUP, "apikey": "noslash"}, lamp)
+        device.publish("json/noslash/ws9/attrs", json.dumps({"t": 12}), qos=1)
+        device.publish("noslash/ws9/attrs/h", "33", qos=1)
+        eid = "urn:ngsi-ld:WeatherObserved:ws9"
+        wait_for(
+            lambda: (e := entity(hub, eid)) and "temperature" in e and "humidity" in e,
+            what="measures on both slash-less topics",
+        )
+        # a device speaking without the slash gets its commands the same way
+        device.publish("json/noslash/灯1/attrs", json.dumps({"t": 1}), qos=1)
+        lamp_id = "urn:ngsi-ld:Streetlight:灯1"
+        wait_for(lambda: (e := entity(hub, lamp_id)) and "temperature" in e, what="lamp")
+        wait_for(lambda: agent.agent._subscribed, what="command subscription")
+        r = httpx.post(
+            f"{hub}/ngsi-ld/v1/entities/{lamp_id}/attrs",
+            json={"switch": {"type": "Property", "value": "点灯"}},
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert r.status_code == 204, r.text
+        assert json.loads(sub.wait(1, timeout=10)[0].payload) == {"switch": "点灯"}
+        assert agent.metric("bad_input_total", "invalid_topic") == 0
+
+
+def test_multi_entity_measures_go_to_the_named_entities(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    meter = {
+        "device_id": "contador12",
+        "entity_type": "multientity",
+        "timestamp": True,
+        "attributes": [
+            {
+                "object_id": "cont1",
+                "name": "vol",
+                "type": "Number",
+                "entity_name": "urn:ngsi-ld:WaterMeter:狛江01",
+                "entity_type": "WaterMeter",
+            },
+            {
+                "object_id": "cont2",
+                "name": "vol",
+                "type": "Number",
+                "entity_name": "狛江02",
+                "entity_type": "WaterMeter",
+            },
+            {"object_id": "b", "name": "battery", "type": "Number"},
+        ],
+    }
+    with agent_factory() as agent:
+        provision(agent, {"apikey": "multi"}, meter)
+        device.publish("/multi/contador12/attrs", json.dumps({"cont1": 3, "cont2": 4, "b": 90}))
+        one, two = "urn:ngsi-ld:WaterMeter:狛江01", "urn:ngsi-ld:WaterMeter:狛江02"
+        got = wait_for(lambda: entity(hub, one), what="first meter")
+        assert got["type"] == "WaterMeter"
+        assert got["vol"]["value"] == 3
+        assert "TimeInstant" in got
+        assert wait_for(lambda: entity(hub, two), what="second meter")["vol"]["value"] == 4
+        own = entity(hub, "urn:ngsi-ld:multientity:contador12")
+        assert own is not None
+        assert own["battery"]["value"] == 90
+        assert "vol" not in own
+        # a measure for the other entities only still counts once
+        device.publish("/multi/contador12/attrs", json.dumps({"cont1": 5}), qos=1)
+        wait_for(lambda: (e := entity(hub, one)) and e["vol"]["value"] == 5, what="update")
+        wait_for(lambda: agent.metric("measures_stored_total") >= 2, what="counted")
+        assert agent.metric("measures_stored_total") == 2
+
+
+def test_expressions_transform_measures(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    group = {
+        "apikey": "jexl",
+        "entity_type": "WasteContainer",
+        "entityNameExp": "'ごみ箱-' + id",
+        "static_attributes": [{"name": "district", "type": "Text", "value": "岩戸北"}],
+        "attributes": [
+            {"object_id": "l", "name": "level", "type": "Number"},
+            {"name": "fillingLevel", "type": "Number", "expression": "level / 100"},
+            {
+                "name": "status",
+                "type": "Text",
+                "expression": "fillingLevel > 0.8 ? '満杯' : '空きあり'",
+            },
+            {
+                "name": "location",
+                "type": "geo:json",
+                "expression": "{type: 'Point', coordinates: [lon, lat]}",
+            },
+            {"name": "lat", "type": "Number"},
+            {"name": "lon", "type": "Number"},
+            {"name": "at", "type": "DateTime", "expression": "ts|toisodate"},
+            {"name": "broken", "type": "Number", "expression": "l + ('x'|jsonparse)"},
+        ],
+        "explicitAttrs": "['level', 'fillingLevel', 'status', 'location', 'at', 'district']",
+    }
+    with agent_factory() as agent:
+        provision(agent, group)
+        payload = {"l": 85, "lat": 35.63, "lon": 139.58, "ts": 1714532400000, "x": 1}
+        device.publish("/jexl/wc45/attrs", json.dumps(payload), qos=1)
+        eid = "urn:ngsi-ld:WasteContainer:ごみ箱-wc45"  # entityNameExp, made a URN
+        got = wait_for(lambda: entity(hub, eid), what="entity named by entityNameExp")
+        assert got["level"]["value"] == 85
+        assert got["fillingLevel"]["value"] == 0.85
+        assert got["status"]["value"] == "満杯"  # an expression reads the one before it
+        assert got["location"]["value"] == {"type": "Point", "coordinates": [139.58, 35.63]}
+        assert got["at"]["value"] == {"@type": "DateTime", "@value": "2024-05-01T03:00:00.000Z"}
+        assert got["district"]["value"] == "岩戸北"
+        # explicitAttrs as a list: lat, lon and the unmapped x are not sent
+        assert not {"lat", "lon", "x", "broken"} & got.keys()
+        # an expression that fails costs that attribute only, and is counted
+        assert agent.metric("bad_input_total", "expression_error") >= 1
+        # a measure without the expressions' inputs leaves their attributes alone
+        device.publish("/jexl/wc45/attrs", json.dumps({"l": 10}), qos=1)
+        wait_for(lambda: (e := entity(hub, eid)) and e["level"]["value"] == 10, what="update")
+        got = entity(hub, eid)
+        assert got is not None
+        assert got["fillingLevel"]["value"] == 0.1
+        assert got["status"]["value"] == "空きあり"
+        assert got["location"]["value"]["coordinates"] == [139.58, 35.63]
+
+
+class DeviceEndpoint:
+    """A real HTTP server playing a device that takes pushed commands."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        received: list[Any] = []
+        got = threading.Event()
+        self.received, self.got = received, got
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                body = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                got.set()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/command"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send_command(hub: str, eid: str, name: str, value: Any) -> None:
+    r = httpx.patch(
+        f"{hub}/ngsi-ld/v1/entities/{eid}/attrs",
+        json={name: {"type": "Property", "value": value}},
+        headers={"NGSILD-Tenant": "komae"},
+    )
+    assert r.status_code == 204, r.text
+
+
+def test_http_devices_measures_polling_and_push_commands(
+    agent_factory: AgentFactory, hub: str
+) -> None:
+    group = {**GROUP, "apikey": "httpkey", "entity_type": "Bell", "transport": "HTTP"}
+    poller = {"device_id": "鐘1", "commands": [{"name": "ring"}]}
+    bell = DeviceEndpoint({"ring": "鳴った"})
+    pushed = {"device_id": "鐘2", "commands": [{"name": "ring"}], "endpoint": bell.url}
+    try:
+        with ExitStack() as stack:
+            agent = stack.enter_context(agent_factory())
+            provision(agent, group, poller, pushed)
+            api = stack.enter_context(httpx.Client(base_url=agent.url, timeout=15))
+            # measures: an object, or an array of them (each its own instance)
+            r = api.post(
+                "/iot/json", params={"k": "httpkey", "i": "鐘1"}, json={"t": 20.5, "h": 40}
+            )
+            assert (r.status_code, r.content) == (200, b"")  # answered once stored
+            one = "urn:ngsi-ld:Bell:鐘1"
+            got = entity(hub, one)
+            assert got is not None
+            assert got["temperature"]["value"] == 20.5
+            stamped = [
+                {"t": 1, "TimeInstant": "2026-11-01T00:00:01Z"},
+                {"t": 2, "TimeInstant": "2026-11-01T00:00:02Z"},
+            ]
+            assert (
+                api.post("/iot/json", params={"k": "httpkey", "i": "鐘1"}, json=stamped).status_code
+                == 200
+            )
+            assert history_count(hub, one, "temperature") == 3
+            # unknown devices of a group are provisioned as HTTP devices; bad input is 4xx
+            r = api.post("/iot/json", params={"k": "httpkey", "i": "新しい鐘"}, json={"t": 1})
+            assert r.status_code == 200
+            assert entity(hub, "urn:ngsi-ld:Bell:新しい鐘") is not None
+            assert (
+                api.post("/iot/json", params={"k": "nokey", "i": "x"}, json={"t": 1}).status_code
+                == 404
+            )
+            assert api.post("/iot/json", params={"k": "httpkey"}, json={"t": 1}).status_code == 400
+            bad = api.post("/iot/json", params={"k": "httpkey", "i": "鐘1"}, content=b"{oops")
+            assert (bad.status_code, bad.json()["name"]) == (400, "WRONG_SYNTAX")
+            # polling: the command waits until the device asks for it
+            wait_for(lambda: agent.agent._subscribed, what="command subscriptions")
+            assert (
+                api.get("/iot/json", params={"k": "httpkey", "i": "鐘1", "getCmd": 1}).json() == {}
+            )
+            send_command(hub, one, "ring", "三回")
+            wait_for(
+                lambda: (
+                    (e := entity(hub, one)) and e.get("ring_status", {}).get("value") == "PENDING"
+                ),
+                what="pending command",
+            )
+            polled = api.get("/iot/json", params={"k": "httpkey", "i": "鐘1", "getCmd": 1})
+            assert polled.json() == {"ring": "三回"}
+            assert (
+                api.get("/iot/json", params={"k": "httpkey", "i": "鐘1", "getCmd": 1}).json() == {}
+            )
+            wait_for(
+                lambda: (e := entity(hub, one)) and e["ring_status"]["value"] == "DELIVERED",
+                what="delivered",
+            )
+            r = api.post(
+                "/iot/json/commands", params={"k": "httpkey", "i": "鐘1"}, json={"ring": "済"}
+            )
+            assert r.status_code == 200
+            got = wait_for(
+                lambda: (e := entity(hub, one)) and e["ring_status"]["value"] == "OK" and e,
+                what="result",
+            )
+            assert got["ring_info"]["value"] == "済"
+            # push: the command is POSTed to the device's endpoint; its answer is the result
+            two = "urn:ngsi-ld:Bell:鐘2"
+            wait_for(lambda: entity(hub, two), what="second bell")
+            send_command(hub, two, "ring", "一回")
+            assert bell.got.wait(10)
+            assert bell.received == [{"ring": "一回"}]
+            got = wait_for(
+                lambda: (
+                    (e := entity(hub, two)) and e.get("ring_status", {}).get("value") == "OK" and e
+                ),
+                what="pushed command result",
+            )
+            assert got["ring_info"]["value"] == "鳴った"
+            # an endpoint the outbound policy refuses is refused when provisioned
+            metadata = {"device_id": "鐘3", "endpoint": "http://169.254.169.254/latest"}
+            with agent.http() as http:
+                r = http.post("/iot/devices", json={"devices": [metadata]})
+            assert r.status_code == 400
+            assert "outbound policy" in r.json()["message"]
+    finally:
+        bell.close()

@@ -104,11 +104,11 @@ def test_errors(api: TestClient) -> None:
         (
             api.post(
                 "/iot/groups",
-                json={"groups": [{"apikey": "e", "entityNameExp": "id"}]},
+                json={"groups": [{"apikey": "e", "entityNameExp": "id +* 2"}]},
                 headers=KOMAE,
             ),
-            501,
-            "NOT_IMPLEMENTED",
+            400,
+            "WRONG_SYNTAX",
         ),
     ]
     for response, status, name in cases:
@@ -163,3 +163,40 @@ def test_lazy_attributes_are_refused_not_ignored(api: TestClient) -> None:
     # an empty list asks for nothing and is accepted
     ok = api.post("/iot/groups", json={"groups": [{"apikey": "lz", "lazy": []}]}, headers=KOMAE)
     assert ok.status_code == 201
+
+
+def test_a_device_with_a_bad_expression_is_refused_alone(api: TestClient) -> None:
+    good = {
+        "device_id": "水位計1",
+        "attributes": [
+            {"object_id": "l", "name": "level", "type": "Number", "expression": "l / 100"}
+        ],
+    }
+    bad = {
+        "device_id": "水位計2",
+        "attributes": [
+            {
+                "object_id": "l",
+                "name": "level",
+                "type": "Number",
+                "expression": "l | nosuchtransform",
+            }
+        ],
+    }
+    unparsable = {"device_id": "水位計3", "explicitAttrs": "['level',"}
+    r = api.post("/iot/devices", json={"devices": [bad, good, unparsable]}, headers=KOMAE)
+    assert r.status_code == 400
+    assert r.json()["name"] == "WRONG_SYNTAX"
+    message = r.json()["message"]
+    assert "device '水位計2'" in message
+    assert "nosuchtransform" in message
+    assert "device '水位計3'" in message
+    assert "explicitAttrs" in message
+    assert "1 other devices provisioned" in message
+    listed = api.get("/iot/devices", headers=KOMAE).json()
+    assert [d["device_id"] for d in listed["devices"]] == ["水位計1"]
+    assert listed["devices"][0]["attributes"][0]["expression"] == "l / 100"
+    # an update to a bad expression is refused and the device stays as it was
+    r = api.put("/iot/devices/水位計1", json={"explicitAttrs": "level +"}, headers=KOMAE)
+    assert r.status_code == 400
+    assert "explicitAttrs" not in api.get("/iot/devices/水位計1", headers=KOMAE).json()

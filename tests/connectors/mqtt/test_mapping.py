@@ -123,6 +123,7 @@ def test_timestamp_sets_time_instant_to_the_measure_time() -> None:
     assert got.attrs["TimeInstant"] == {
         "type": "Property",
         "value": {"@type": "DateTime", "@value": "2024-05-01T03:00:00.000Z"},
+        "observedAt": "2024-05-01T03:00:00.000Z",  # so the newest measure's time wins
     }
     assert got.attrs["temperature"]["observedAt"] == "2024-05-01T03:00:00.000Z"
     arrival = convert(stamped, {"n": 1}, 1714532400.0)  # no TimeInstant: the arrival time
