@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,13 +27,17 @@ from broker.api import (
     viewer,
 )
 from broker.api import v2 as ngsi_v2
+from broker.api.auth import AuditMiddleware, AuthState, authorize, check_request
 from broker.api.common import tenant_of
 from broker.api.deps import Hub
 from broker.api.errors import add_exception_handlers, problem_response
+from broker.auth import PolicyHolder, Principal, install_sighup_reload, open_audit_log
+from broker.auth.credentials import Authenticator
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
+from broker.core.guard import GuardedStore
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
 from broker.errors import InternalError, NgsiLdError
@@ -59,9 +63,11 @@ def outbound_policy(settings: Settings) -> OutboundPolicy:
     )
 
 
-async def build_hub(settings: Settings) -> Hub:
-    store = open_store(settings.store)
-    await store.open()
+async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
+    raw = open_store(settings.store)
+    await raw.open()
+    # every service reads and writes through the guard: the request's access applies
+    store: Any = GuardedStore(raw) if auth is not None else raw
     preload = load_preload_map(settings.context_preload) if settings.context_preload else {}
     outbound = outbound_policy(settings)
     resolver = ContextResolver(
@@ -117,6 +123,13 @@ async def build_hub(settings: Settings) -> Hub:
         ),
         temporal=TemporalService(service),
     )
+    if auth is not None:
+        holder = auth.holder
+
+        def may_read(owner: dict[str, Any], tenant: str, types: list[str]) -> bool:
+            return holder.policy.can(Principal.from_record(owner), "read", tenant, types)
+
+        hub.subscriptions.may_read = may_read
     service.on_change(hub.subscriptions.on_change)
     hub.subscriptions.start()
     hub.temporal.start_expiry(settings.history_expiry_interval)
@@ -177,6 +190,7 @@ class EdgeRouter:
             await self.app(scope, receive, send)
             return
         try:
+            await check_request(request, operation=f"{scope['method']} {route.__name__}")
             response = await route(
                 request=request, hub=hub, tenant=await tenant_of(request), **kwargs
             )
@@ -190,15 +204,34 @@ class EdgeRouter:
         await response(scope, receive, send)
 
 
+def auth_state(settings: Settings) -> AuthState | None:
+    """Access control of these settings: None without an auth file (then
+    ``broker.auth.startup`` has decided the hub may run open)."""
+    if settings.auth_file is None:
+        return None
+    holder = PolicyHolder(settings.auth_file)
+    return AuthState(
+        holder=holder,
+        authenticator=Authenticator(holder),
+        audit=open_audit_log(settings.audit_log),
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
+    auth = auth_state(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        hub = await build_hub(settings)
+        hub = await build_hub(settings, auth)
         app.state.hub = hub
         metrics.attach(app, hub)
         app.state.ready = True
+        restore = None
+        if auth is not None:
+            reopen = [auth.audit.reopen] if auth.audit is not None else []
+            restore = install_sighup_reload(auth.holder, *reopen)
         log.info(
             "Renkei broker ready on %s (store %s)", settings.base_url, redact_uri(settings.store)
         )
@@ -206,18 +239,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            if restore is not None:
+                restore()
             await metrics.detach(app)
             await close_hub(hub)
+            if auth is not None:
+                await auth.authenticator.aclose()
+                if auth.audit is not None:
+                    auth.audit.close()
 
     app = FastAPI(
         title="Renkei NGSI-LD broker",
         version="0.1.0",
         description="Regional data-linkage hub: NGSI-LD (ETSI GS CIM 009 v1.8) context broker.",
         lifespan=lifespan,
+        # the one access-control dependency, on every route of every API
+        dependencies=[Depends(authorize)],
     )
     app.state.ready = False
+    app.state.auth = auth
     add_exception_handlers(app)
     app.add_middleware(EdgeRouter)
+    app.add_middleware(AuditMiddleware)
     metrics.install(app)  # outermost: sees every request, EdgeRouter's too
     probes.install(app)
     app.include_router(entities.router)

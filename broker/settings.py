@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     viewer_tiles_url: str | None = None
     viewer_tiles_attribution: str = ""
 
+    # Access control (broker.auth, docs in README "Access control").
+    #: The auth file (YAML); none: access control is off (loopback only, see startup).
+    auth_file: Path | None = None
+    #: Audit log (JSON lines) of every accepted write and every refused request.
+    audit_log: Path | None = None
+    #: Start without an auth file on a non-loopback address, on purpose.
+    insecure_no_auth: bool = False
+
     log_level: str = "info"
     #: "text", or "json": one JSON object per line (time, level, logger, message,
     #: request_id, tenant, principal) for log collectors

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,8 @@ from urllib.parse import unquote
 
 import orjson
 
+from broker.auth.masking import keep_masked, mask_subscription
+from broker.core.guard import OWNER_KEY
 from broker.core.model import View
 from broker.core.projection import Tree
 from broker.errors import BadRequestData, NgsiLdError, NotImplementedYet, ResourceNotFound
@@ -181,6 +183,9 @@ class Compiled:
     join: str | None = None
     join_level: int = 1
     dataset_ids: set[str | None] | None = None
+    #: Who created or last changed the subscription (``Principal.as_record()``), when
+    #: access control is on: notifications carry only what it may read.
+    owner: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -327,12 +332,14 @@ class SubscriptionService:
         self._pending: dict[tuple[str, str], NotificationRecord] = {}
         self._flusher: asyncio.Task[None] | None = None
         self.status_interval = 0.2
+        #: ``(owner record, tenant, entity types) -> bool`` when access control is on
+        self.may_read: Callable[[dict[str, Any], str, list[str]], bool] | None = None
 
     # -- validation and compilation -----------------------------------------------------------
 
     async def compile(self, tenant: str, doc: dict[str, Any]) -> Compiled:
         """Validate a subscription document and compile it; raise BadRequestData if invalid."""
-        unknown = set(doc) - _MEMBERS - {"notificationStatus"}
+        unknown = set(doc) - _MEMBERS - {"notificationStatus", OWNER_KEY}
         if unknown:
             raise BadRequestData(f"unknown subscription member(s): {', '.join(sorted(unknown))}")
         if doc.get("type") != "Subscription":
@@ -443,6 +450,7 @@ class SubscriptionService:
             time_interval=time_interval,
             expires_at=expires_at,
             is_active=is_active,
+            owner=doc.get(OWNER_KEY) if isinstance(doc.get(OWNER_KEY), dict) else None,
             render_tm=render_tm,
             pick=pick,
             omit=omit,
@@ -578,7 +586,10 @@ class SubscriptionService:
                 and isinstance(value, dict)
                 and isinstance(doc.get("notification"), dict)
             ):
-                doc["notification"] = {**doc["notification"], **value}
+                doc["notification"] = {
+                    **doc["notification"],
+                    **keep_masked(doc["notification"], value),
+                }
             elif value is None or value == "urn:ngsi-ld:null":
                 doc.pop(key, None)
             else:
@@ -616,7 +627,7 @@ class SubscriptionService:
         out = {
             k: v
             for k, v in doc.items()
-            if k not in ("@context", "notificationStatus", "createdAt", "modifiedAt")
+            if k not in ("@context", "notificationStatus", "createdAt", "modifiedAt", OWNER_KEY)
         }
         if sys_attrs:
             out.update({k: doc[k] for k in ("createdAt", "modifiedAt") if k in doc})
@@ -643,7 +654,7 @@ class SubscriptionService:
         out["notification"] = notification
         out["status"] = compiled.status
         out["jsonldContext"] = compiled.context_url
-        return out
+        return mask_subscription(out)
 
     # -- matching -----------------------------------------------------------------------------
 
@@ -716,6 +727,8 @@ class SubscriptionService:
             for sub in subs:
                 if not sub.selects(current):
                     continue
+                if not self._owner_reads(sub, tenant, current):
+                    continue
                 events = _attr_events(r.before, r.after, sub.watched)
                 if not events & sub.triggers:
                     continue
@@ -733,6 +746,13 @@ class SubscriptionService:
                 if key is not None:
                     rendered[key] = data[0]
                 self.submit(sub, [*data, *(f for f in flat if f.get("id") != current["id"])])
+
+    def _owner_reads(self, sub: Compiled, tenant: str, ent: Entity) -> bool:
+        """Whether the subscription's owner may read ``ent`` (always, without access
+        control or for a subscription stored before it was on)."""
+        if self.may_read is None or sub.owner is None:
+            return True
+        return self.may_read(sub.owner, tenant, list(ent.get("type", ())))
 
     @staticmethod
     def _filters(sub: Compiled, ent: Entity) -> bool:
@@ -1034,6 +1054,7 @@ class SubscriptionService:
                     limit=1000,
                 )
                 entities, _ = await self.store.query(tenant, query)
+                entities = [e for e in entities if self._owner_reads(sub, tenant, e)]
                 if entities:
                     view = sub.view()
                     self.submit(sub, [view.entity(e) for e in entities])
