@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -229,7 +230,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.attach(app, hub)
         app.state.ready = True
         restore = None
-        if auth is not None:
+        if auth is not None and threading.current_thread() is threading.main_thread():
+            # signals reach the main thread only (an app served from a test client's
+            # thread reloads through ``auth.holder.reload()`` instead)
             reopen = [auth.audit.reopen] if auth.audit is not None else []
             restore = install_sighup_reload(auth.holder, *reopen)
         log.info(

@@ -8,6 +8,7 @@ behaviours test: media types (415/406) and parameters (400) before any look-up (
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -32,6 +33,10 @@ from broker.query import (
 )
 from broker.query.patterns import check_pattern
 from broker.query.types import type_alternatives
+
+#: Characters of an entity id kept as they are in a Location header (others,
+#: such as Japanese ids, are percent-encoded: headers are Latin-1).
+URI_SAFE = ":/@!$&'()*+,;=-._~"
 
 router = APIRouter(prefix="/ngsi-ld/v1")
 
@@ -73,7 +78,10 @@ async def create_entity(request: Request, hub: HubDep, tenant: TenantDep) -> Res
     P.check_params(request, P.NONE)
     payload, tm = await hub.payload(request)
     ent = await hub.entities.create(tenant, payload.body, tm)
-    return Response(status_code=201, headers={"Location": f"/ngsi-ld/v1/entities/{ent['id']}"})
+    return Response(
+        status_code=201,
+        headers={"Location": f"/ngsi-ld/v1/entities/{quote(ent['id'], safe=URI_SAFE)}"},
+    )
 
 
 def entity_query(request: Request, hub: Hub, tm: TermMap, *, paged: bool = True) -> EntityQuery:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -28,6 +29,10 @@ from broker.jsonld.context import TermMap
 from broker.model.entity import ENTITY_KEYS, check_entity_id, check_name, is_uri
 from broker.model.history import AGGR_METHODS, Duration, check_aggr_methods, from_us, instance_value
 from broker.model.store import EntityQuery, HistoryQuery
+
+#: Characters of an entity id kept as they are in a Location header (others,
+#: such as Japanese ids, are percent-encoded: headers are Latin-1).
+URI_SAFE = ":/@!$&'()*+,;=-._~"
 
 router = APIRouter(prefix="/ngsi-ld/v1/temporal")
 
@@ -275,7 +280,8 @@ async def upsert_temporal(request: Request, hub: HubDep, tenant: TenantDep) -> R
     if created:
         eid = payload.body.get("id", payload.body.get("@id"))
         return Response(
-            status_code=201, headers={"Location": f"/ngsi-ld/v1/temporal/entities/{eid}"}
+            status_code=201,
+            headers={"Location": f"/ngsi-ld/v1/temporal/entities/{quote(eid, safe=URI_SAFE)}"},
         )
     return Response(status_code=204)
 
