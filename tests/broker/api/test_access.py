@@ -133,8 +133,8 @@ def _calls(dependant: Any) -> list[Any]:
 
 
 def test_every_route_has_the_access_dependency(tmp_path: Path) -> None:
-    """A route added without the dependency fails here. /health answers probes and is
-    let through inside the dependency itself; /metrics is not served by the app."""
+    """A route added without the dependency fails here. The probes (/health...) are
+    let through inside the dependency itself; /metrics needs admin."""
     app = create_app(make_settings(tmp_path))
     seen = 0
     # FastAPI includes routers lazily: the effective route (prefix, dependencies of the
@@ -421,3 +421,12 @@ def test_audit_log_records_writes_and_refusals_without_secrets(
     }
     assert [x["status"] for x in lines[-2:]] == [403, 401]
     assert lines[-2]["principal"] == "aed-editor"
+
+
+def test_probes_are_open_and_metrics_need_admin(hub: TestClient) -> None:
+    assert hub.get("/health/live").status_code == 200
+    assert hub.get("/metrics").status_code == 401
+    assert hub.get("/metrics", headers=key("komae-writer")).status_code == 403
+    scraped = hub.get("/metrics", headers=key("hub-admin"))
+    assert scraped.status_code == 200
+    assert "renkei" in scraped.text
