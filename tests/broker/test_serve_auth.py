@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +23,9 @@ from tests.support_oidc import oidc_issuer
 
 KEY = "komae-import-key-0001"
 NEW_KEY = "komae-import-key-0002"
-AED = {
-    "id": "urn:ngsi-ld:AEDLocation:狛江市役所",
+AED_ID = "urn:ngsi-ld:AEDLocation:狛江市役所"
+AED: dict[str, Any] = {
+    "id": AED_ID,
     "type": "AEDLocation",
     "name": {"type": "Property", "value": "狛江市役所"},
 }
@@ -109,10 +111,14 @@ def test_clients_send_keys_and_tokens_and_sighup_reloads(tmp_path: Path) -> None
                 anonymous.upsert([AED])
             with Client(url, api_key=KEY) as c:
                 c.upsert([AED])
-                assert c.get_entity(AED["id"])["name"]["value"] == "狛江市役所"
+                got = c.get_entity(AED_ID)
+                assert got is not None
+                assert got["name"]["value"] == "狛江市役所"
             token = issuer.sign({"realm_access": {"roles": ["writer"]}, "tenants": ["*"]})
             with Client(url, token=token) as c:
-                assert c.get_entity(AED["id"])["id"] == AED["id"]
+                by_token = c.get_entity(AED_ID)
+                assert by_token is not None
+                assert by_token["id"] == AED_ID
 
             async def batch() -> None:
                 client = BrokerClient(url, api_key=KEY)
