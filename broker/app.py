@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,13 +29,17 @@ from broker.api import (
     viewer,
 )
 from broker.api import v2 as ngsi_v2
+from broker.api.auth import AuditMiddleware, AuthState, authorize
 from broker.api.deps import Hub
 from broker.api.errors import add_exception_handlers
 from broker.api.hygiene import add_http_hygiene
+from broker.auth import PolicyHolder, Principal, install_sighup_reload, open_audit_log
+from broker.auth.credentials import Authenticator
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
+from broker.core.guard import GuardedStore
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
@@ -58,9 +64,11 @@ def outbound_policy(settings: Settings) -> OutboundPolicy:
     )
 
 
-async def build_hub(settings: Settings) -> Hub:
-    store = open_store(settings.store)
-    await store.open()
+async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
+    raw = open_store(settings.store)
+    await raw.open()
+    # every service reads and writes through the guard: the request's access applies
+    store: Any = GuardedStore(raw) if auth is not None else raw
     preload = load_preload_map(settings.context_preload) if settings.context_preload else {}
     outbound = outbound_policy(settings)
     resolver = ContextResolver(
@@ -116,6 +124,13 @@ async def build_hub(settings: Settings) -> Hub:
         ),
         temporal=TemporalService(service),
     )
+    if auth is not None:
+        holder = auth.holder
+
+        def may_read(owner: dict[str, Any], tenant: str, types: list[str]) -> bool:
+            return holder.policy.can(Principal.from_record(owner), "read", tenant, types)
+
+        hub.subscriptions.may_read = may_read
     service.on_change(hub.subscriptions.on_change)
     hub.subscriptions.start()
     hub.temporal.start_expiry(settings.history_expiry_interval)
@@ -152,15 +167,36 @@ class TrailingSlash:
         await self.app(scope, receive, send)
 
 
+def auth_state(settings: Settings) -> AuthState | None:
+    """Access control of these settings: None without an auth file (then
+    ``broker.auth.startup`` has decided the hub may run open)."""
+    if settings.auth_file is None:
+        return None
+    holder = PolicyHolder(settings.auth_file)
+    return AuthState(
+        holder=holder,
+        authenticator=Authenticator(holder),
+        audit=open_audit_log(settings.audit_log),
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
+    auth = auth_state(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        hub = await build_hub(settings)
+        hub = await build_hub(settings, auth)
         app.state.hub = hub
         metrics.attach(app, hub)
         app.state.ready = True
+        restore = None
+        if auth is not None and threading.current_thread() is threading.main_thread():
+            # signals reach the main thread only (an app served from a test client's
+            # thread reloads through ``auth.holder.reload()`` instead)
+            reopen = [auth.audit.reopen] if auth.audit is not None else []
+            restore = install_sighup_reload(auth.holder, *reopen)
         log.info(
             "Renkei broker ready on %s (store %s)", settings.base_url, redact_uri(settings.store)
         )
@@ -168,8 +204,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            if restore is not None:
+                restore()
             await metrics.detach(app)
             await close_hub(hub)
+            if auth is not None:
+                await auth.authenticator.aclose()
+                if auth.audit is not None:
+                    auth.audit.close()
 
     app = FastAPI(
         title="Renkei NGSI-LD broker",
@@ -178,10 +220,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from the hub's own assets: broker/api/docs.py
         redoc_url=None,
+        # the one access-control dependency, on every route of every API
+        dependencies=[Depends(authorize)],
     )
     app.state.ready = False
+    app.state.auth = auth
     add_exception_handlers(app)
     app.add_middleware(TrailingSlash)
+    app.add_middleware(AuditMiddleware)
     add_http_hygiene(app, settings)
     metrics.install(app)  # outermost: sees every request
     probes.install(app)

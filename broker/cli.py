@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -57,6 +57,17 @@ FetchOpt = Annotated[
         "or off (preloaded contexts only, for LGWAN) [env RENKEI_CONTEXT_FETCH, default any]",
     ),
 ]
+AuthFileOpt = Annotated[
+    Path | None,
+    typer.Option("--auth-file", help="Access-control policy (YAML) [env RENKEI_AUTH_FILE]"),
+]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-auth",
+        help="Start without an auth file on a non-loopback address, on purpose",
+    ),
+]
 
 
 def _settings(
@@ -65,10 +76,16 @@ def _settings(
     store: str | None,
     preload: Path | None,
     context_fetch: str | None = None,
+    **more: Any,
 ) -> Settings:
     try:
         return get_settings(
-            host=host, port=port, store=store, context_preload=preload, context_fetch=context_fetch
+            host=host,
+            port=port,
+            store=store,
+            context_preload=preload,
+            context_fetch=context_fetch,
+            **more,
         )
     except ValueError as exc:
         typer.echo(f"設定エラー / invalid settings: {exc}", err=True)
@@ -77,9 +94,21 @@ def _settings(
 
 def _run(settings: Settings) -> None:
     from broker.app import create_app
+    from broker.auth.startup import InsecureStartRefused, check_open_start
 
     logs.configure(settings.log_level, settings.log_format)
     _refuse_newer_store(settings.store)
+    try:
+        notice = check_open_start(
+            settings.host,
+            auth_file=settings.auth_file,
+            insecure_no_auth=settings.insecure_no_auth,
+        )
+    except InsecureStartRefused as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    if notice:
+        typer.echo(notice, err=True)
     asgi = create_app(settings)
     tune_gc(settings.gc_threshold)
     config = uvicorn.Config(
@@ -114,9 +143,21 @@ def serve(
     store: StoreOpt = None,
     context_preload: PreloadOpt = None,
     context_fetch: FetchOpt = None,
+    auth_file: AuthFileOpt = None,
+    insecure_no_auth: InsecureOpt = False,
 ) -> None:
     """Run the NGSI-LD broker. / NGSI-LD ブローカーを起動します。"""
-    _run(_settings(host, port, store, context_preload, context_fetch))
+    _run(
+        _settings(
+            host,
+            port,
+            store,
+            context_preload,
+            context_fetch,
+            auth_file=auth_file,
+            insecure_no_auth=insecure_no_auth or None,
+        )
+    )
 
 
 async def load_samples(settings: Settings) -> int:

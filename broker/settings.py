@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     #: any origin, without credentials. Empty: no cross-origin access.
     cors_origins: ListSetting = Field(default_factory=list)
 
+    # Access control (broker.auth, docs in README "Access control").
+    #: The auth file (YAML); none: access control is off (loopback only, see startup).
+    auth_file: Path | None = None
+    #: Audit log (JSON lines) of every accepted write and every refused request.
+    audit_log: Path | None = None
+    #: Start without an auth file on a non-loopback address, on purpose.
+    insecure_no_auth: bool = False
+
     log_level: str = "info"
     #: "text", or "json": one JSON object per line (time, level, logger, message,
     #: request_id, tenant, principal) for log collectors

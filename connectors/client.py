@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,9 +95,24 @@ class Pager:
         return page
 
 
-def request_headers(tenant: str | None, context: str | None, *, body: bool) -> dict[str, str]:
-    """The NGSI-LD headers of a client request: JSON, the user @context as a Link, the tenant."""
-    headers = {"Accept": "application/json"}
+def credentials(api_key: str | None = None, token: str | None = None) -> dict[str, str]:
+    """The header that authenticates a client: an API key (``X-API-Key``; else
+    ``RENKEI_API_KEY``) or a bearer token (``RENKEI_TOKEN``), the key winning."""
+    api_key = api_key or os.environ.get("RENKEI_API_KEY") or None
+    token = token or os.environ.get("RENKEI_TOKEN") or None
+    if api_key:
+        return {"X-API-Key": api_key}
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def request_headers(
+    tenant: str | None, context: str | None, *, body: bool, auth: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The NGSI-LD headers of a client request: JSON, the user @context as a Link, the
+    tenant, and the credentials (``credentials()``) when given."""
+    headers = {"Accept": "application/json", **(auth or {})}
     if body:
         headers["Content-Type"] = "application/json"
     if context:
@@ -117,16 +133,21 @@ class BrokerClient:
         retries: int = 3,
         backoff: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
+        token: str | None = None,
     ) -> None:
+        """``api_key`` / ``token``: credentials for a hub with access control (else
+        ``RENKEI_API_KEY`` / ``RENKEI_TOKEN``); never logged."""
         self.base_url = base_url.rstrip("/")
         self.tenant = tenant
         self.context = context
+        self.auth = credentials(api_key, token)
         self.retries = retries
         self.backoff = backoff
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def _headers(self, *, body: bool = False) -> dict[str, str]:
-        return request_headers(self.tenant, self.context, body=body)
+        return request_headers(self.tenant, self.context, body=body, auth=self.auth)
 
     async def _request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None

@@ -194,6 +194,14 @@ def publish(
             "--broker-url", help=f"Broker URL [env RENKEI_BROKER_URL, default {DEFAULT_BROKER_URL}]"
         ),
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="API key of the hub (X-API-Key) [env RENKEI_API_KEY]"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Bearer token for the hub (OIDC) [env RENKEI_TOKEN]"),
+    ] = None,
     rate: Annotated[
         float, typer.Option("--rate", min=0, help="Most CKAN requests per second (0: no limit)")
     ] = 5.0,
@@ -235,6 +243,11 @@ def publish(
     ] = None,
 ) -> None:
     """Publish open data to CKAN. / オープンデータを CKAN に公開します。"""
+    # the broker clients made while publishing read the hub's credentials from these
+    if api_key:
+        os.environ["RENKEI_API_KEY"] = api_key
+    if token:
+        os.environ["RENKEI_TOKEN"] = token
     folder = definitions or Path(os.environ.get("RENKEI_PUBLISH_DIR") or DEFAULT_DIR)
     try:
         defs = _select(load_definitions(folder), dataset or [])

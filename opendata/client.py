@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from connectors.client import BrokerClient, BrokerError, Pager, request_headers
+from connectors.client import BrokerClient, BrokerError, Pager, credentials, request_headers
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -305,10 +305,14 @@ class Client:
         retries: int = 2,
         page_size: int = 500,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tenant = tenant
         self.context = context
+        #: ``X-API-Key`` or bearer token (else RENKEI_API_KEY / RENKEI_TOKEN)
+        self.auth = credentials(api_key, token)
         self.page_size = page_size
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -326,7 +330,7 @@ class Client:
         self._http.close()
 
     def _headers(self, *, body: bool = False) -> dict[str, str]:
-        return request_headers(self.tenant, self.context, body=body)
+        return request_headers(self.tenant, self.context, body=body, auth=self.auth)
 
     def _request(
         self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None

@@ -98,3 +98,37 @@ def mask_subscription(doc: Mapping[str, Any]) -> dict[str, Any]:
             if mapping in part:
                 part[mapping] = mask_headers(part[mapping])
     return out
+
+
+def _unmask_pairs(old: Any, new: Any) -> Any:
+    """``new`` receiverInfo pairs, a ``***`` value taking the stored value of its key."""
+    if not isinstance(new, list) or not isinstance(old, list):
+        return new
+    stored = {p.get("key"): p.get("value") for p in old if isinstance(p, dict)}
+    return [
+        {**p, "value": stored[p["key"]]}
+        if isinstance(p, dict) and p.get("value") == MASK and p.get("key") in stored
+        else p
+        for p in new
+    ]
+
+
+def keep_masked(stored: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """An NGSI-LD ``notification`` patch in which what a client echoes back masked (a
+    URI as ``mask_uri`` answered it, ``***`` receiverInfo values) keeps the stored
+    secret, so a read-modify-write of a subscription does not overwrite it with
+    ``***``."""
+    out = dict(patch)
+    old = stored.get("endpoint")
+    new = out.get("endpoint")
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return out
+    endpoint = dict(new)
+    uri = old.get("uri")
+    if isinstance(uri, str) and endpoint.get("uri") == mask_uri(uri):
+        endpoint["uri"] = uri
+    for name in ("receiverInfo", "notifierInfo"):
+        if name in endpoint:
+            endpoint[name] = _unmask_pairs(old.get(name), endpoint[name])
+    out["endpoint"] = endpoint
+    return out

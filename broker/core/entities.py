@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from broker.auth.access import current as current_access
 from broker.core.model import Parser, expand_types
 from broker.errors import (
     BadRequestData,
+    Forbidden,
     InvalidRequest,
     NonexistentTenant,
     ResourceNotFound,
@@ -222,6 +224,12 @@ class EntityService:
         their other (``keep``) or those (``drop``) attributes are deleted.
         """
         await self.check_tenant(tenant)
+        access = current_access()
+        if access is not None:
+            # every type the query may select must be writable (none named: all types)
+            named = sorted({t for conj in query.types or () for t in conj}) or None
+            if not access.can("write", tenant, named):
+                raise Forbidden("not allowed to change these entities")
         now = now_iso()
 
         def trim(current: Entity | None) -> Any:
@@ -247,7 +255,10 @@ class EntityService:
             if not batch:
                 return done
             results = await self.write(tenant, [(e["id"], trim) for e in batch])
-            done += sum(1 for r in results if r.ok)
+            ok = sum(1 for r in results if r.ok)
+            done += ok
+            if not ok:  # nothing in this page could change: it would come back forever
+                return done
             if keep is not None or drop is not None:
                 offset += page  # entities stay: page through them
 

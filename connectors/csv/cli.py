@@ -132,9 +132,18 @@ def _preview(plan: ImportPlan) -> None:
 
 
 async def _send(
-    plan: ImportPlan, broker_url: str, tenant: str | None, context: str, batch_size: int
+    plan: ImportPlan,
+    broker_url: str,
+    tenant: str | None,
+    context: str,
+    batch_size: int,
+    *,
+    api_key: str | None = None,
+    token: str | None = None,
 ) -> ImportResult:
-    client = BrokerClient(broker_url, tenant=tenant, context=context, timeout=60.0)
+    client = BrokerClient(
+        broker_url, tenant=tenant, context=context, timeout=60.0, api_key=api_key, token=token
+    )
     console = Console(stderr=True)
     try:
         with Progress(
@@ -197,6 +206,14 @@ def import_csv(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, max=1000, help="Entities per upsert")
     ] = BATCH_SIZE,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="RENKEI_API_KEY", help="API key of the hub (X-API-Key)"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="RENKEI_TOKEN", help="Bearer token (OIDC access token)"),
+    ] = None,
 ) -> None:
     """Import a CSV file as NGSI-LD entities. / CSVファイルをエンティティとして取り込みます。"""
     try:
@@ -230,7 +247,11 @@ def import_csv(
             )
         raise typer.Exit(1 if bad_rows else 0)
     try:
-        result = asyncio.run(_send(plan, broker_url, tenant, layout.context, batch_size))
+        result = asyncio.run(
+            _send(
+                plan, broker_url, tenant, layout.context, batch_size, api_key=api_key, token=token
+            )
+        )
     except BrokerError as exc:
         raise _fail(f"ブローカーエラー / broker error: {exc}", 3) from exc
     for line, eid, detail in result.refused:

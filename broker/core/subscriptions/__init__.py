@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.core.subscriptions.delivery import Delivery
@@ -61,6 +61,15 @@ class SubscriptionService:
             concurrency=concurrency,
         )
         self.matcher = Matcher(store, self.registry, self.delivery, linked=linked)
+
+    @property
+    def may_read(self) -> Callable[[dict[str, Any], str, list[str]], bool] | None:
+        """``(owner record, tenant, entity types) -> bool``: set when access control is on."""
+        return self.matcher.may_read
+
+    @may_read.setter
+    def may_read(self, check: Callable[[dict[str, Any], str, list[str]], bool] | None) -> None:
+        self.matcher.may_read = check
 
     async def compile(self, tenant: str, doc: dict[str, Any]) -> Compiled:
         """Validate a subscription document and compile it; raise BadRequestData if invalid."""

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from broker.core.model import View
@@ -204,6 +204,15 @@ class Matcher:
         self.delivery = delivery
         self._linked = linked
         self._scheduler: asyncio.Task[None] | None = None
+        #: ``(owner record, tenant, entity types) -> bool`` when access control is on
+        self.may_read: Callable[[dict[str, Any], str, list[str]], bool] | None = None
+
+    def owner_reads(self, sub: Compiled, tenant: str, ent: Entity) -> bool:
+        """Whether the subscription's owner may read ``ent`` (always, without access
+        control or for a subscription stored before it was on)."""
+        if self.may_read is None or sub.owner is None:
+            return True
+        return self.may_read(sub.owner, tenant, list(ent.get("type", ())))
 
     async def on_change(self, tenant: str, results: Sequence[WriteResult]) -> None:
         """Entity listener: match each committed change and queue notifications."""
@@ -222,6 +231,8 @@ class Matcher:
             rendered: dict[tuple[Any, ...], dict[str, Any]] = {}
             for sub in subs:
                 if not sub.selects(current):
+                    continue
+                if not self.owner_reads(sub, tenant, current):
                     continue
                 events = attr_events(r.before, r.after, sub.watched)
                 if not events & sub.triggers:
@@ -275,6 +286,7 @@ class Matcher:
                     limit=1000,
                 )
                 entities, _ = await self.store.query(tenant, query)
+                entities = [e for e in entities if self.owner_reads(sub, tenant, e)]
                 if entities:
                     view = sub.view()
                     self.delivery.submit(sub, [view.entity(e) for e in entities])

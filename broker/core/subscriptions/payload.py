@@ -311,6 +311,8 @@ class SubscriptionDoc(BaseModel):
     modifiedAt: Any = None
     status: Any = None
     notificationStatus: Any = None
+    #: who created or last changed it (access control on): kept, never shown
+    renkeiOwner: Any = None
 
     @model_validator(mode="after")
     def _what_is_watched(self) -> SubscriptionDoc:
@@ -407,6 +409,9 @@ class Compiled:
     join: str | None = None
     join_level: int = 1
     dataset_ids: set[str | None] | None = None
+    #: Who created or last changed the subscription (``Principal.as_record()``), when
+    #: access control is on: notifications carry only what it may read.
+    owner: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -533,6 +538,7 @@ class Compiler:
             time_interval=float(sub.timeInterval) if sub.timeInterval is not None else None,
             expires_at=_epoch(sub.expiresAt) if sub.expiresAt is not None else None,
             is_active=sub.isActive,
+            owner=sub.renkeiOwner if isinstance(sub.renkeiOwner, dict) else None,
             render_tm=render_tm,
             pick=pick,
             omit=omit,

@@ -14,6 +14,8 @@ import time
 import uuid
 from typing import Any
 
+from broker.auth.masking import keep_masked, mask_subscription
+from broker.core.guard import OWNER_KEY
 from broker.core.subscriptions.payload import Compiled, Compiler
 from broker.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from broker.jsonld.context import ContextValue, TermMap
@@ -104,7 +106,10 @@ class Registry:
                 and isinstance(value, dict)
                 and isinstance(doc.get("notification"), dict)
             ):
-                doc["notification"] = {**doc["notification"], **value}
+                doc["notification"] = {
+                    **doc["notification"],
+                    **keep_masked(doc["notification"], value),
+                }
             elif value is None or value == "urn:ngsi-ld:null":
                 doc.pop(key, None)
             else:
@@ -149,7 +154,7 @@ class Registry:
         out = {
             k: v
             for k, v in doc.items()
-            if k not in ("@context", "notificationStatus", "createdAt", "modifiedAt")
+            if k not in ("@context", "notificationStatus", "createdAt", "modifiedAt", OWNER_KEY)
         }
         if sys_attrs:
             out.update({k: doc[k] for k in ("createdAt", "modifiedAt") if k in doc})
@@ -175,7 +180,7 @@ class Registry:
         out["notification"] = notification
         out["status"] = compiled.status
         out["jsonldContext"] = compiled.context_url
-        return out
+        return mask_subscription(out)
 
     async def active(self, tenant: str) -> list[Compiled]:
         """The tenant's subscriptions, compiled; read again after ``cache_ttl`` (other

@@ -1,0 +1,159 @@
+"""The one access-control dependency of every route, and the audit middleware.
+
+``authorize`` is a dependency of the whole application (``FastAPI(dependencies=...)``),
+so every route of every API has it, and a route added later cannot go without it
+(``tests/broker/api/test_route_auth.py`` enumerates them). Per request it:
+
+1. authenticates once (``Authenticator``: API key or bearer JWT, else anonymous;
+   credentials that do not verify are a 401 with ``WWW-Authenticate``);
+2. classifies the operation: ``admin`` (``jsonldContexts`` add/delete), ``subscribe``
+   (subscriptions), ``write`` (any other change, including batch, purge and temporal
+   writes) or ``read`` (including ``POST .../entityOperations/query``);
+3. refuses an operation the principal may not do in the tenant at all (401 for
+   anonymous clients, 403 otherwise);
+4. sets ``broker.auth.access.CURRENT`` so the store guard (``broker.core.guard``)
+   filters reads by type and checks every write per entity.
+
+Reads are never refused here: what the principal may not read answers as missing.
+``AuditMiddleware`` writes the audit line of every accepted change and every refused
+request (401/403) before the answer leaves. Without an auth file (``app.state.auth``
+is None) both do nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker import logs
+from broker.auth import AuditLog, Authenticator, PolicyHolder, Principal
+from broker.auth.access import CURRENT, Access
+from broker.auth.policy import Action
+from broker.errors import Forbidden, NgsiLdError, Unauthorized
+
+#: Paths served without credentials: liveness and readiness probes (they tell
+#: nothing about the data). ``/metrics`` needs ``admin``: its counts per tenant and
+#: type would tell what each tenant holds.
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+ADMIN_PATHS = frozenset({"/metrics"})
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_UNVERIFIED = Principal(name="-", via="invalid")
+_VERB = {"write": "change entities", "subscribe": "subscribe"}
+
+
+@dataclass
+class AuthState:
+    """What the app holds when access control is on (``app.state.auth``)."""
+
+    holder: PolicyHolder
+    authenticator: Authenticator
+    audit: AuditLog | None = None
+
+
+def classify(method: str, path: str) -> Action:
+    """The action an operation needs (``path`` without the entity ids is enough)."""
+    if path in ADMIN_PATHS:
+        return "admin"
+    if "/jsonldContexts" in path and method not in _READ_METHODS:
+        return "admin"
+    if "/subscriptions" in path:
+        return "subscribe"
+    if method in _READ_METHODS:
+        return "read"
+    if path.endswith(("/entityOperations/query", "/op/query")):
+        return "read"
+    return "write"
+
+
+def request_tenant(request: Request) -> str:
+    headers = request.headers
+    return headers.get("ngsild-tenant") or headers.get("fiware-service") or ""
+
+
+async def authorize(request: Request) -> None:
+    """The dependency (see the module docstring)."""
+    await check_request(request)
+
+
+async def check_request(request: Request, operation: str | None = None) -> None:
+    """``authorize``; ``operation`` names the operation in the audit log when the
+    request did not go through a route (the create/retrieve fast path)."""
+    auth: AuthState | None = getattr(request.app.state, "auth", None)
+    path: str = request.scope["path"]  # not request.url: building it costs per request
+    if auth is None or path in OPEN_PATHS:
+        return
+    method = request.method
+    route = request.scope.get("route")
+    if operation is None:
+        template = getattr(route, "path", None) or path
+        operation = f"{method} {template}"
+    tenant = request_tenant(request)
+    action = classify(method, path)
+    state = request.scope.setdefault("state", {})
+    try:
+        principal = await auth.authenticator.authenticate(request.headers)
+    except NgsiLdError:
+        state["renkei_access"] = Access(auth.holder.policy, _UNVERIFIED, tenant, action, operation)
+        raise
+    access = Access(auth.holder.policy, principal, tenant, action, operation)
+    state["renkei_access"] = access
+    logs.principal.set(principal.name)
+    if action != "read":
+        policy = access.policy
+        if action == "admin":
+            policy.check(principal, "admin", tenant)
+        elif not access.sees(tenant) or access.allowed(action, tenant) == frozenset():
+            if principal.anonymous:
+                raise Unauthorized("credentials are required for this operation")
+            raise Forbidden(f"not allowed to {_VERB[action]} in this tenant")
+    CURRENT.set(access)
+
+
+class AuditMiddleware:
+    """Records the audit line of a request when its answer starts (see the module)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = CURRENT.set(None)
+
+        async def audited(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                _record(scope, int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, audited)
+        finally:
+            CURRENT.reset(token)
+
+
+def _record(scope: Scope, status: int) -> None:
+    app: Any = scope.get("app")
+    auth: AuthState | None = getattr(getattr(app, "state", None), "auth", None)
+    if auth is None or auth.audit is None:
+        return
+    access: Access | None = scope.get("state", {}).get("renkei_access")
+    if access is None:
+        return
+    refused = status in (401, 403)
+    if not refused and (access.action == "read" or status >= 400):
+        return
+    client = scope.get("client")
+    auth.audit.record(
+        principal=access.principal,
+        tenant=access.tenant,
+        operation=access.operation,
+        status=status,
+        entity_ids=list(dict.fromkeys(access.written)),
+        reason="refused" if refused else None,
+        client=client[0] if client else None,
+    )
