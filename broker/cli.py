@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -107,8 +108,8 @@ def _run(settings: Settings) -> None:
     except InsecureStartRefused as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
-    if notice:
-        typer.echo(notice, err=True)
+    if notice:  # logged, so that it is a JSON line too with RENKEI_LOG_FORMAT=json
+        logging.getLogger("renkei").warning(notice)
     asgi = create_app(settings)
     tune_gc(settings.gc_threshold)
     config = uvicorn.Config(

@@ -267,7 +267,9 @@ def test_every_declared_operation_answers_without_a_server_error(hub_url: str) -
             # declared as not offered yet: it must say so (501 OperationNotSupported),
             # which is the one 5xx allowed, and nothing else is fuzzed on it
             method = operation.method.upper()
-            body = {} if method in ("POST", "PUT", "PATCH") else None  # 415 comes first
+            body: dict[str, Any] | None = (
+                {} if method in ("POST", "PUT", "PATCH") else None
+            )  # 415 comes first
             answer = httpx.request(method, f"{hub_url}{operation.path}", json=body)
             if answer.status_code != 501:
                 failures.append(
