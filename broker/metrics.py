@@ -95,7 +95,7 @@ COUNT_COST_FACTOR = 100
 #: seconds a scrape waits for a count under way before it answers with the last one
 COUNT_WAIT = 2.0
 UNMATCHED = "unmatched"
-#: the routes ``broker.app.EdgeRouter`` serves without the router
+#: the templates of create and retrieve, the busiest routes
 _ENTITIES = "/ngsi-ld/v1/entities"
 _ENTITY = "/ngsi-ld/v1/entities/{entity_id:path}"
 
@@ -315,21 +315,12 @@ def route_of(scope: Scope) -> str:
     route = scope.get("route")
     if route is not None:
         return str(getattr(route, "path", UNMATCHED))
-    path: str = scope["path"]
-    if path.startswith(_ENTITIES):  # EdgeRouter serves these before any route
-        method = scope["method"]
-        if path == _ENTITIES and method == "POST":
-            return _ENTITIES
-        rest = path[len(_ENTITIES) + 1 :]
-        if method == "GET" and rest and "/" not in rest:
-            return _ENTITY
     return UNMATCHED
 
 
 def _without_trailing_slash(scope: Scope) -> None:
-    """``/entities/`` is ``/entities``, as EdgeRouter has it; done here on this
-    request's own scope, so the route the router picks is recorded where this
-    middleware reads it (EdgeRouter would make a copy)."""
+    """``/entities/`` is ``/entities``; done here on this request's own scope, so the
+    route the router picks is recorded where this middleware reads it."""
     path: str = scope["path"]
     if len(path) > 1 and path.endswith("/"):
         scope["path"] = path.rstrip("/") or "/"

@@ -103,8 +103,7 @@ def test_requests_are_counted_by_route_template_and_status(client: TestClient) -
 
 
 def test_the_fast_paths_are_labelled_with_their_routes_templates(client: TestClient) -> None:
-    """EdgeRouter serves create and retrieve before the router: their labels are the
-    templates the routes declare."""
+    """Create and retrieve are labelled with the templates the routes declare."""
     with warnings.catch_warnings():  # the OGC routes' duplicate operation ids, not ours
         warnings.simplefilter("ignore")
         paths = client.app.openapi()["paths"]  # type: ignore[attr-defined]
