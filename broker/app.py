@@ -149,7 +149,8 @@ class TrailingSlash:
     """ASGI middleware: ``/entities/`` is ``/entities`` (clients and test suites send both).
 
     Every request then goes through the framework's routing and the routes' declared
-    dependencies; there is no other way in.
+    dependencies; there is no other way in. Outermost, so the request metrics record the
+    route the router picks for the normalised path.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -226,10 +227,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.auth = auth
     add_exception_handlers(app)
-    app.add_middleware(TrailingSlash)
     app.add_middleware(AuditMiddleware)
     add_http_hygiene(app, settings)
-    metrics.install(app)  # outermost: sees every request
+    metrics.install(app)  # sees every request
+    app.add_middleware(TrailingSlash)  # outermost
     probes.install(app)
     app.include_router(entities.router)
     app.include_router(entity_operations.router)

@@ -318,19 +318,9 @@ def route_of(scope: Scope) -> str:
     return UNMATCHED
 
 
-def _without_trailing_slash(scope: Scope) -> None:
-    """``/entities/`` is ``/entities``; done here on this request's own scope, so the
-    route the router picks is recorded where this middleware reads it."""
-    path: str = scope["path"]
-    if len(path) > 1 and path.endswith("/"):
-        scope["path"] = path.rstrip("/") or "/"
-        raw = scope.get("raw_path")
-        if raw:
-            scope["raw_path"] = raw.rstrip(b"/") or b"/"
-
-
 class ObserveRequests:
-    """ASGI middleware, outermost: request id and context for logs, request metrics."""
+    """ASGI middleware, just inside ``TrailingSlash``: request id and context for logs,
+    request metrics."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -341,8 +331,6 @@ class ObserveRequests:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        if scope["path"].endswith("/"):
-            _without_trailing_slash(scope)
         given: bytes | None = None
         tenant: bytes | None = None
         for key, value in scope["headers"]:
@@ -402,7 +390,8 @@ def _timed(
 
 
 def install(app: FastAPI) -> Metrics:
-    """Add the middleware (outermost) and ``GET /metrics`` to ``app``."""
+    """Add the middleware and ``GET /metrics`` to ``app`` (install it after every other
+    middleware but ``TrailingSlash``, so that it sees every request)."""
     metrics = Metrics()
     app.state.metrics = metrics
     app.add_middleware(ObserveRequests, metrics=metrics)
