@@ -14,10 +14,11 @@ import time
 import uuid
 from typing import Any
 
+from broker.auth.access import current
 from broker.auth.masking import keep_masked, mask_subscription
 from broker.core.guard import OWNER_KEY
 from broker.core.subscriptions.payload import Compiled, Compiler
-from broker.errors import BadRequestData, NgsiLdError, ResourceNotFound
+from broker.errors import BadRequestData, Forbidden, NgsiLdError, ResourceNotFound, Unauthorized
 from broker.jsonld.context import ContextValue, TermMap
 from broker.model.entity import check_entity_id, now_iso
 from broker.notify.senders import redact_uri
@@ -25,6 +26,31 @@ from broker.outbound import OutboundPolicy, OutboundRefused
 from broker.store.base import Store
 
 log = logging.getLogger("renkei.subscriptions")
+
+
+def check_subscribe(tenant: str, compiled: Compiled) -> None:
+    """Refuse a subscription reaching beyond the principal's ``subscribe`` types.
+
+    Every entity selector must select only entities of a type the principal may
+    subscribe to: each alternative of its type expression names at least one such type
+    (an entity matching ``A;B`` has both). A subscription without entity selectors, or
+    a selector without a type, watches every type and needs ``subscribe`` on all of them.
+    Outside a request, or with access control off, nothing is checked.
+    """
+    access = current()
+    if access is None:
+        return
+    allowed = access.allowed("subscribe", tenant)
+    if allowed is None:
+        return
+    selectors = compiled.selectors
+    if selectors and all(
+        s.types and all(any(t in allowed for t in conj) for conj in s.types) for s in selectors
+    ):
+        return
+    if access.principal.anonymous:
+        raise Unauthorized("credentials are required for this operation")
+    raise Forbidden("not allowed to subscribe to these entities")
 
 
 class Registry:
@@ -76,6 +102,7 @@ class Registry:
         if context is not None:
             doc["@context"] = context
         compiled = await self.compile(tenant, doc)
+        check_subscribe(tenant, compiled)
         if compiled.expires_at is not None and compiled.expires_at <= time.time():
             raise BadRequestData("expiresAt is in the past")
         await self._check_endpoint(compiled.endpoint.uri)
@@ -117,6 +144,7 @@ class Registry:
         if context is not None:
             doc["@context"] = context
         compiled = await self.compile(tenant, doc)
+        check_subscribe(tenant, compiled)
         if (
             "expiresAt" in patch
             and compiled.expires_at is not None

@@ -27,6 +27,7 @@ KEYS = {
     "aed-editor": "aed-editor-key-0002",
     "aed-reader": "aed-reader-key-0003",
     "hub-admin": "hub-admin-key-0004",
+    "aed-watcher": "aed-watcher-key-0005",
 }
 ENTITIES = "/ngsi-ld/v1/entities"
 KOMAE = {"NGSILD-Tenant": "komae"}
@@ -40,6 +41,7 @@ api_keys:
   - {{name: aed-editor, key_sha256: "{hash_key(KEYS["aed-editor"])}", roles: [aed-editor], tenants: [komae]}}
   - {{name: aed-reader, key_sha256: "{hash_key(KEYS["aed-reader"])}", roles: [aed-reader], tenants: [komae]}}
   - {{name: hub-admin, key_sha256: "{hash_key(KEYS["hub-admin"])}", roles: [admin], tenants: ["*"]}}
+  - {{name: aed-watcher, key_sha256: "{hash_key(KEYS["aed-watcher"])}", roles: [aed-watcher], tenants: [komae]}}
 oidc:
   issuer: {issuer.issuer}
   audience: renkei
@@ -50,6 +52,7 @@ roles:
   writer: {{read: ["*"], write: ["*"], subscribe: ["*"]}}
   aed-editor: {{read: ["*"], write: [AEDLocation]}}
   aed-reader: {{read: [AEDLocation], subscribe: ["*"]}}
+  aed-watcher: {{read: ["*"], subscribe: [AEDLocation]}}
   admin: {{read: ["*"], write: ["*"], subscribe: ["*"], admin: true}}
 anonymous:
   read: ["AEDLocation@komae"]
@@ -396,6 +399,46 @@ def test_notifications_carry_only_what_the_owner_may_read(hub: TestClient) -> No
         assert last[0].get("authorization") == "Bearer s3cret-0001"
     finally:
         receiver.close()
+
+
+def test_subscriptions_reach_only_the_types_the_role_may_subscribe_to(hub: TestClient) -> None:
+    h = {**key("aed-watcher"), **KOMAE, **JSON}
+    subs = "/ngsi-ld/v1/subscriptions"
+
+    def sub(entities: list[dict[str, str]] | None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": "Subscription",
+            "watchedAttributes": ["name"],
+            "notification": {"endpoint": {"uri": "http://127.0.0.1:9/notify"}},
+        }
+        if entities is not None:
+            doc["entities"] = entities
+        return doc
+
+    made = hub.post(subs, headers=h, json=sub([{"type": "AEDLocation"}]))
+    assert made.status_code == 201, made.text
+    # an entity matching AEDLocation;EvacuationShelter is an AEDLocation too
+    both = hub.post(subs, headers=h, json=sub([{"type": "AEDLocation;EvacuationShelter"}]))
+    assert both.status_code == 201, both.text
+    for refused in (
+        sub([{"type": "EvacuationShelter"}]),
+        sub([{"type": "AEDLocation"}, {"type": "EvacuationShelter"}]),
+        sub([{"type": "AEDLocation,EvacuationShelter"}]),
+        sub(None),  # watchedAttributes alone: every type
+    ):
+        r = hub.post(subs, headers=h, json=refused)
+        assert r.status_code == 403, (refused, r.text)
+        assert r.json()["type"].endswith("/Forbidden")
+    url = made.headers["location"]
+    r = hub.patch(url, headers=h, json={"entities": [{"type": "EvacuationShelter"}]})
+    assert r.status_code == 403
+    kept = hub.get(url, headers=h).json()
+    assert kept["entities"] == [{"type": "AEDLocation"}]
+    listed = hub.get(subs, headers=h).json()
+    assert len(listed) == 2
+    # a role with subscribe on every type is not limited
+    w = {**key("komae-writer"), **KOMAE, **JSON}
+    assert hub.post(subs, headers=w, json=sub(None)).status_code == 201
 
 
 # -- audit ---------------------------------------------------------------------------------------
