@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import time
 from typing import Any
@@ -70,6 +71,19 @@ class AgentBrokerClient(BrokerClient):
             raise self._fail(resp, "update subscription")
 
 
+def notify_token(settings: AgentSettings, registry: Registry) -> str:
+    """The secret the broker's notifications must carry: ``iota_notify_token``; else one
+    derived from the agent's API key and public URL, so replicas sharing both (behind one
+    Service) agree on it; else a random one kept in the provisioning file."""
+    if settings.iota_notify_token is not None:
+        return settings.iota_notify_token.get_secret_value()
+    if settings.broker_api_key is not None:
+        key = settings.broker_api_key.get_secret_value().encode()
+        label = f"renkei-iota-notify|{settings.public_url}".encode()
+        return hmac.new(key, label, hashlib.sha256).hexdigest()
+    return registry.secret("notify")
+
+
 class IoTAgent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -108,11 +122,8 @@ class IoTAgent:
         self._pending: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._pushes: set[asyncio.Task[None]] = set()
         self.pusher = CommandPusher(settings)
-        given = settings.iota_notify_token
         #: Secret of the broker's notifications to this agent (``NOTIFY_HEADER``).
-        self.notify_token = (
-            given.get_secret_value() if given is not None else self.registry.secret("notify")
-        )
+        self.notify_token = notify_token(settings, self.registry)
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
         self.metrics.gauge("broker_up", lambda: float(self.broker_up and self.batcher.broker_ok))
 

@@ -51,8 +51,8 @@ class AgentSettings(BaseSettings):
     #: URL the broker posts command notifications to (``http://HOST:PORT`` by default).
     iota_public_url: str | None = None
     #: Secret the broker sends with command notifications (``receiverInfo`` of the
-    #: agent's subscriptions); generated once and kept in ``iota_db`` when unset. Give
-    #: every replica the same one when several agents share a public URL.
+    #: agent's subscriptions). When unset: derived from ``broker_api_key`` (replicas with
+    #: the same key and public URL agree), else made once and kept in ``iota_db``.
     iota_notify_token: SecretStr | None = None
     #: SQLite file holding provisioned groups and devices.
     iota_db: str = "./renkei-iota.db"

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from broker.auth import hash_key
 from connectors.mqtt.access import authorize
-from connectors.mqtt.agent import NOTIFY_HEADER
+from connectors.mqtt.agent import NOTIFY_HEADER, notify_token
 from connectors.mqtt.app import create_app
 from connectors.mqtt.registry import Registry
 from connectors.mqtt.settings import AgentSettings
@@ -445,3 +445,21 @@ def test_without_its_key_the_agent_keeps_the_measures_for_later(
             device.close()
         assert running.metric("dropped_total", "rejected_by_broker") == 0
         assert stored(hub, "komae", "urn:ngsi-ld:WeatherObserved:風速計", "wind") is None
+
+
+def test_replicas_with_one_key_agree_on_the_notification_secret(tmp_path: Path) -> None:
+    def token(db: str, **more: Any) -> str:
+        settings = AgentSettings(iota_db=str(tmp_path / db), **more)
+        registry = Registry(settings.iota_db)
+        try:
+            return notify_token(settings, registry)
+        finally:
+            registry.close()
+
+    shared = {"broker_api_key": KEYS["iot-agent"], "iota_public_url": "http://iota:4041"}
+    assert token("a.db", **shared) == token("b.db", **shared)
+    assert KEYS["iot-agent"] not in token("a.db", **shared)
+    assert token("a.db", **shared) != token("a.db", **{**shared, "broker_api_key": "other"})
+    # without a key: made once, kept in the agent's file
+    assert token("c.db") == token("c.db") != token("d.db")
+    assert token("c.db", iota_notify_token="given-0001") == "given-0001"
