@@ -442,8 +442,8 @@ def test_the_iot_agent_serves_beyond_loopback_only_under_the_auth_file() -> None
         docs = render(values)
         spec = named(docs, "Deployment", "renkei-iot-agent")["spec"]["template"]["spec"]
         (c,) = spec["containers"]
-        c["volumes"] = spec["volumes"]
-        return c
+        found: dict[str, Any] = {**c, "volumes": spec["volumes"]}
+        return found
 
     # the default: no auth file, loopback only; the probes run inside the pod
     c = agent({})
