@@ -23,7 +23,7 @@ from connectors.mqtt.registry import Registry
 from connectors.mqtt.settings import AgentSettings
 from tests.connectors.mqtt.conftest import Publisher, RunningAgent, run_agent, wait_for
 from tests.support import broker, free_port
-from tests.support_mqtt import MqttBroker
+from tests.support_mqtt import MqttBroker, subscribe
 from tests.support_oidc import OidcIssuer, oidc_issuer
 
 pytestmark = pytest.mark.mqtt
@@ -411,6 +411,12 @@ def test_an_apikey_of_two_services_is_ambiguous_until_pinned(
         )
         assert stored(hub, "komae", eid, "rain") is None
         assert stored(hub, "chofu", eid, "rain") is None
+        # over HTTP the device answers as unknown, saying nothing of the two services
+        r = httpx.post(f"{agent.url}/iot/json", params={"k": "同じキー", "i": "雨量計"}, json={})
+        assert r.status_code == 404
+        assert r.json()["name"] == "DEVICE_NOT_FOUND"
+        assert "chofu" not in r.text
+        assert agent.metric("bad_input_total", "ambiguous_device") == 2
         # the operator pins the apikey to komae (as `renkei iot mosquitto-acl` does,
         # another process on the agent's file): komae gets the measures, chofu none
         other = Registry(agent.settings.iota_db)
@@ -420,9 +426,51 @@ def test_an_apikey_of_two_services_is_ambiguous_until_pinned(
         got = wait_for(lambda: stored(hub, "komae", eid, "rain"), what="the pinned measure")
         assert got == 4
         assert stored(hub, "chofu", eid, "rain") is None
-        assert agent.metric("bad_input_total", "ambiguous_device") == 1
+        assert agent.metric("bad_input_total", "ambiguous_device") == 2
     finally:
         device.close()
+
+
+def test_a_command_reaches_the_device_of_the_service_its_apikey_is_pinned_to(
+    agent: RunningAgent, hub: str, mqtt: MqttBroker
+) -> None:
+    """Devices of two services share an apikey and a device id, so they read the same
+    command topic: only the service the apikey is pinned to may send commands there."""
+    lamp = {"device_id": "街灯", "commands": [{"name": "switch"}]}
+    with httpx.Client(base_url=agent.url, timeout=10) as http:
+        for headers in ({**KOMAE, **key("komae-iot")}, {**CHOFU, **key("chofu-iot")}):
+            r = http.post("/iot/groups", json=group("灯り", "Streetlight"), headers=headers)
+            assert r.status_code == 201, r.text
+            r = http.post("/iot/devices", json={"devices": [lamp]}, headers=headers)
+            assert r.status_code == 201, r.text
+    other = Registry(agent.settings.iota_db)
+    other.pin("灯り", "komae")
+    other.close()
+    wait_for(lambda: len(agent.agent._subscribed) == 2, what="both command subscriptions")
+    eid = "urn:ngsi-ld:Streetlight:街灯"
+
+    def switch(tenant: str, value: str) -> None:
+        r = httpx.post(
+            f"{hub}{ENTITIES}/{eid}/attrs",
+            json={"switch": {"type": "Property", "value": value}},
+            headers={**key("hub-admin"), "NGSILD-Tenant": tenant},
+        )
+        assert r.status_code == 204, r.text
+
+    with subscribe(mqtt, "/灯り/街灯/cmd") as sub:
+        switch("chofu", "調布から点灯")
+        wait_for(
+            lambda: stored(hub, "chofu", eid, "switch_status") == "ERROR",
+            what="chofu's command refused",
+        )
+        switch("komae", "狛江から点灯")
+        (msg,) = sub.wait(1, timeout=10)
+        assert json.loads(msg.payload) == {"switch": "狛江から点灯"}
+        wait_for(
+            lambda: stored(hub, "komae", eid, "switch_status") == "PENDING",
+            what="komae's command sent",
+        )
+        assert len(sub.messages) == 1
 
 
 def test_without_its_key_the_agent_keeps_the_measures_for_later(
