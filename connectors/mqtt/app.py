@@ -289,8 +289,13 @@ async def update_device(
 
 
 @devices.delete("/{device_id}", status_code=204)
-async def delete_device(device_id: str, agent: AgentDep, scope: ScopeDep) -> Response:
+async def delete_device(
+    device_id: str, request: Request, agent: AgentDep, scope: ScopeDep
+) -> Response:
+    resolved = agent.registry.resolve_in(scope, device_id)
     agent.registry.delete_device(scope, device_id)
+    if resolved is not None:
+        record_written(request, [resolved.entity_id])
     await agent.sync_commands()
     return Response(status_code=204)
 

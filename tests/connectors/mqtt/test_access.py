@@ -201,6 +201,7 @@ def test_audit_log_records_provisioning_and_refusals_without_secrets(
     devices = {"devices": [{"device_id": "温度計1"}, {"device_id": "温度計2"}]}
     assert api.post("/iot/devices", json=devices, headers=h).status_code == 201
     api.get("/iot/devices", headers=h)  # reads are not recorded
+    assert api.delete("/iot/devices/温度計2", headers=h).status_code == 204
     api.post("/iot/groups", json=group("x"), headers={**CHOFU, **key("komae-iot")})
     api.get("/iot/groups", headers={**KOMAE, "X-API-Key": "wrong-key-0000"})
     text = (tmp_path / "audit.jsonl").read_text(encoding="utf-8")
@@ -210,6 +211,7 @@ def test_audit_log_records_provisioning_and_refusals_without_secrets(
     assert [(x["operation"], x["status"], x["tenant"]) for x in lines] == [
         ("POST /iot/groups", 201, "komae"),
         ("POST /iot/devices", 201, "komae"),
+        ("DELETE /iot/devices/{device_id}", 204, "komae"),
         ("POST /iot/groups", 403, "chofu"),
         ("GET /iot/groups", 401, "komae"),
     ]
@@ -218,7 +220,8 @@ def test_audit_log_records_provisioning_and_refusals_without_secrets(
         "urn:ngsi-ld:WeatherObserved:温度計1",
         "urn:ngsi-ld:WeatherObserved:温度計2",
     ]
-    assert lines[3]["principal"] == "-"
+    assert lines[2]["entities"]["ids"] == ["urn:ngsi-ld:WeatherObserved:温度計2"]
+    assert lines[4]["principal"] == "-"
 
 
 # -- what a group or device may write -------------------------------------------------------------
