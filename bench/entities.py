@@ -13,6 +13,11 @@ load generator in a separate process if ``wrk`` is not installed):
 * bare GET       GET /entity, a fixed document of the size of a retrieved entity
 * broker retrieve GET /ngsi-ld/v1/entities/{id}, random ids among pre-created entities
 
+With ``--auth``, a second ``renkei serve`` runs with an auth file (an API key, and an
+OIDC issuer served from this process whose JWKS the hub fetches once), and create and
+retrieve are measured on it with ``X-API-Key`` and with a bearer JWT, beside the same
+runs without access control.
+
 Each run has a short warm-up. Prints requests/s, p50/p99 latency and errors per run,
 then the broker/bare ratio and the targets. Exit status 1 if any request failed
 (non-2xx or socket error) or, with ``--check``, if a target is missed.
@@ -23,22 +28,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import (
     BenchError,
     Server,
     bare_app,
+    free_port,
     hub,
     machine,
     run_wrk,
@@ -57,6 +70,8 @@ BARE_ENTITY = "/entity"
 # Targets from the acceptance text (2-core machine).
 TARGET_RPS = {"create": 1000.0, "retrieve": 2000.0}
 TARGET_RATIO = 0.40
+#: Authorised requests keep at least this share of the rate without access control (#24).
+TARGET_AUTH_RATIO = 0.90
 
 # A realistic entity: 5 attributes incl. a GeoProperty Point. The two ``%s`` (id, then
 # temperature) are filled per request, here and in the wrk script: no other ``%`` allowed.
@@ -104,6 +119,8 @@ class Workload:
     path: str
     mode: str
     seeds: int = 0
+    #: sent with every request (credentials)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 # -- load generators -------------------------------------------------------------------------
@@ -117,7 +134,9 @@ local seeds = %(seeds)d
 local template = [==[%(template)s]==]
 local id_prefix = "%(id_prefix)s"
 local seed_prefix = "%(seed_prefix)s"
-local post_headers = {["Content-Type"] = "application/json"}
+local get_headers = {%(headers)s}
+local post_headers = {%(headers)s}
+post_headers["Content-Type"] = "application/json"
 
 local threads = {}
 function setup(thread)
@@ -131,7 +150,7 @@ local fixed = nil
 
 function init(args)
   math.randomseed(os.time() * 100 + tid)
-  if mode == "get-fixed" then fixed = wrk.format("GET", path) end
+  if mode == "get-fixed" then fixed = wrk.format("GET", path, get_headers) end
 end
 
 function request()
@@ -141,7 +160,7 @@ function request()
     local body = string.format(template, id, 10 + counter %% 200 / 10)
     return wrk.format("POST", path, post_headers, body)
   elseif mode == "get-random" then
-    return wrk.format("GET", path .. seed_prefix .. string.format("%%06d", math.random(0, seeds - 1)))
+    return wrk.format("GET", path .. seed_prefix .. string.format("%%06d", math.random(0, seeds - 1)), get_headers)
   end
   return fixed
 end
@@ -163,7 +182,9 @@ end
 
 
 def _lua_script(work: Workload, tag: str) -> str:
+    headers = ", ".join(f'["{k}"] = "{v}"' for k, v in work.headers.items())
     return LUA % {
+        "headers": headers,
         "mode": work.mode,
         "path": work.path,
         "tag": tag,
@@ -208,6 +229,7 @@ def load_httpx(
         "tag": tag,
         "duration": duration,
         "connections": connections,
+        "headers": work.headers,
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--httpx-worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -229,9 +251,12 @@ async def _httpx_load(spec: dict[str, Any]) -> RunResult:
     counts = {"non2xx": 0, "socket": 0}
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     deadline = time.perf_counter() + float(spec["duration"])
-    headers = {"Content-Type": "application/json"}
+    extra = dict(spec.get("headers") or {})
+    headers = {"Content-Type": "application/json", **extra}
 
-    async with httpx.AsyncClient(base_url=spec["base_url"], limits=limits, timeout=5.0) as client:
+    async with httpx.AsyncClient(
+        base_url=spec["base_url"], limits=limits, timeout=5.0, headers=extra
+    ) as client:
 
         async def worker(wid: int) -> None:
             n = 0
@@ -278,8 +303,8 @@ def httpx_worker_main(spec_json: str) -> None:
 # -- servers ---------------------------------------------------------------------------------
 
 
-def seed_entities(broker: Server, count: int) -> None:
-    headers = {"Content-Type": "application/json"}
+def seed_entities(broker: Server, count: int, auth: dict[str, str] | None = None) -> None:
+    headers = {"Content-Type": "application/json", **(auth or {})}
     with httpx.Client(base_url=broker.url, timeout=10.0) as client:
         for i in range(count):
             resp = client.post(
@@ -289,14 +314,87 @@ def seed_entities(broker: Server, count: int) -> None:
                 raise BenchError(f"seeding entity {i} failed: {resp.status_code} {resp.text[:300]}")
 
 
-def stored_count(broker: Server) -> int:
+def stored_count(broker: Server, auth: dict[str, str] | None = None) -> int:
     resp = httpx.get(
         broker.url + BROKER_ENTITIES,
         params={"type": ENTITY_TYPE, "count": "true", "limit": "1"},
+        headers=auth,
         timeout=30.0,
     )
     resp.raise_for_status()
     return int(resp.headers["NGSILD-Results-Count"])
+
+
+# -- access control ----------------------------------------------------------------------------
+
+
+@dataclass
+class Credentials:
+    auth_file: Path
+    api_key: str
+    token: str
+
+
+@contextlib.contextmanager
+def access_control(tmp: Path) -> Iterator[Credentials]:
+    """An auth file with one API key and an OIDC issuer on 127.0.0.1 (its JWKS served
+    from a thread here: the hub fetches it once and caches it), and a token it signed."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    algorithm = jwt.get_algorithm_by_name("RS256")
+    public = json.loads(algorithm.to_jwk(private.public_key()))
+    public.update(kid="bench", alg="RS256", use="sig")
+    jwks = json.dumps({"keys": [public]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    issuer = f"http://127.0.0.1:{port}/realms/bench"
+    key = secrets.token_urlsafe(32)
+    now = int(time.time())
+    token = jwt.encode(
+        {
+            "iss": issuer,
+            "aud": "renkei",
+            "sub": "bench",
+            "iat": now,
+            "exp": now + 24 * 3600,
+            "realm_access": {"roles": ["writer"]},
+            "tenants": ["*"],
+        },
+        private,
+        algorithm="RS256",
+        headers={"kid": "bench"},
+    )
+    path = tmp / "auth.yaml"
+    path.write_text(
+        f"""api_keys:
+  - {{name: bench, key_sha256: "{hashlib.sha256(key.encode()).hexdigest()}", roles: [writer], tenants: ["*"]}}
+oidc:
+  issuer: {issuer}
+  audience: renkei
+  jwks_url: {issuer}/certs
+roles:
+  writer: {{read: ["*"], write: ["*"], subscribe: ["*"]}}
+""",
+        encoding="utf-8",
+    )
+    try:
+        yield Credentials(path, key, token)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -323,6 +421,11 @@ def main() -> int:
     )
     parser.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="also measure a hub with access control (API key, bearer JWT)",
+    )
     parser.add_argument("--httpx-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.httpx_worker:
@@ -350,11 +453,29 @@ def main() -> int:
     logs: list[Server] = []
     failed: str | None = None
     try:
-        with (
-            bare_app(tmp / "bare.log") as bare,
-            hub(tmp / "broker.log", sqlite_store(tmp / "bench.db")) as broker,
-        ):
+        with contextlib.ExitStack() as stack:
+            bare = stack.enter_context(bare_app(tmp / "bare.log"))
+            broker = stack.enter_context(hub(tmp / "broker.log", sqlite_store(tmp / "bench.db")))
             logs += [bare, broker]
+            guarded: Server | None = None
+            creds: Credentials | None = None
+            if args.auth:
+                creds = stack.enter_context(access_control(tmp))
+                guarded = stack.enter_context(
+                    hub(
+                        tmp / "broker-auth.log",
+                        sqlite_store(tmp / "bench-auth.db"),
+                        "--auth-file",
+                        str(creds.auth_file),
+                    )
+                )
+                logs.append(guarded)
+            ways: list[tuple[str, dict[str, str]]] = []
+            if creds is not None:
+                ways = [
+                    ("key", {"X-API-Key": creds.api_key}),
+                    ("jwt", {"Authorization": f"Bearer {creds.token}"}),
+                ]
             print(
                 f"Renkei entity benchmark: {generator}, {args.connections} connections, "
                 f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), {machine()}",
@@ -368,13 +489,13 @@ def main() -> int:
                     "tmp": tmp,
                 }
                 if args.warmup > 0:
-                    warm = run(work, tag="warm", duration=args.warmup, **kw)
+                    warm = run(work, tag=f"{server}-warm", duration=args.warmup, **kw)
                     if warm.errors:
                         raise BenchError(
                             f"{op}/{server} warm-up: {warm.non2xx} non-2xx responses, "
                             f"{warm.socket_errors} socket errors"
                         )
-                res = run(work, tag="run", duration=args.duration, **kw)
+                res = run(work, tag=f"{server}-run", duration=args.duration, **kw)
                 results[(op, server)] = res
                 print(
                     f"  {op:<8} {server:<6} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
@@ -392,6 +513,13 @@ def main() -> int:
             measure(
                 "create", "broker", Workload("broker-create", broker.url, BROKER_ENTITIES, "post")
             )
+            for way, headers in ways:
+                assert guarded is not None
+                measure(
+                    "create",
+                    way,
+                    Workload(f"{way}-create", guarded.url, BROKER_ENTITIES, "post", 0, headers),
+                )
             created = stored_count(broker)
             if created < results[("create", "broker")].requests:
                 raise BenchError(
@@ -415,7 +543,23 @@ def main() -> int:
                     "broker-retrieve", broker.url, BROKER_ENTITIES + "/", "get-random", args.seeds
                 ),
             )
-            for srv in (bare, broker):
+            if guarded is not None and ways:
+                seed_entities(guarded, args.seeds, ways[0][1])
+            for way, headers in ways:
+                assert guarded is not None
+                measure(
+                    "retrieve",
+                    way,
+                    Workload(
+                        f"{way}-retrieve",
+                        guarded.url,
+                        BROKER_ENTITIES + "/",
+                        "get-random",
+                        args.seeds,
+                        headers,
+                    ),
+                )
+            for srv in logs:
                 if srv.proc.poll() is not None:
                     raise BenchError(f"{srv.name} exited during the run")
     except KeyboardInterrupt:
@@ -469,6 +613,22 @@ def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
             f"{op:<9} {ratio:>10.0%} {'yes' if ratio_ok else 'NO':>4} (>={TARGET_RATIO:.0%})"
             f" {'yes' if rps_ok else 'NO':>4} (>={target:,.0f}/s)"
         )
+    if any(server in ("key", "jwt") for _, server in results):
+        print()
+        head = f"{'operation':<9} {'credential':<10} {'auth/none':>9} {'ok':>4}"
+        print(head)
+        print("-" * len(head))
+        for (op, server), r in results.items():
+            plain = results.get((op, "broker"))
+            if server not in ("key", "jwt") or plain is None or not plain.rps:
+                continue
+            ratio = r.rps / plain.rps
+            ok = ratio >= TARGET_AUTH_RATIO
+            missed |= not ok
+            print(
+                f"{op:<9} {server:<10} {ratio:>9.0%} {'yes' if ok else 'NO':>4}"
+                f" (>={TARGET_AUTH_RATIO:.0%})"
+            )
     print(f"\ntargets: {'all met' if not missed else 'MISSED'}")
     return missed
 
