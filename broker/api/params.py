@@ -16,11 +16,11 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Path, Query
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.params import Query as QueryInfo
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 
 from broker.api.common import csv_param
+from broker.api.solver import CompiledRoute
 from broker.core.model import View
 from broker.core.projection import Tree, parse_projection
 from broker.errors import BadRequestData, InvalidRequest, TooManyResults
@@ -305,7 +305,7 @@ def _groups(dependant: Any) -> list[type[Group]]:
     return found
 
 
-class DeclaredRoute(APIRoute):
+class DeclaredRoute(CompiledRoute):
     """A route whose query-parameter groups (:func:`group`) appear in its description."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:

@@ -16,12 +16,12 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Header
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from broker.api.common import JSON, media_type, read_body
 from broker.api.deps import Hub
+from broker.api.solver import CompiledRoute
 from broker.core.v2entities import V2Service
 from broker.core.v2map import V2Mapper, query_paths, write_path
 from broker.errors import (
@@ -101,7 +101,7 @@ def error_response(exc: NgsiLdError) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=exc.headers)
 
 
-class V2Route(APIRoute):
+class V2Route(CompiledRoute):
     """An APIRoute whose errors are rendered in v2's shape instead of ProblemDetails."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
