@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import random
 import secrets
 import shutil
@@ -100,6 +101,14 @@ class RunResult:
     p99_ms: float
     non2xx: int
     socket_errors: int
+    #: the server process's CPU seconds (all threads) during the run; None if not read
+    cpu_seconds: float | None = None
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        if self.cpu_seconds is None or not self.requests:
+            return None
+        return self.cpu_seconds * 1000 / self.requests
 
     @property
     def rps(self) -> float:
@@ -303,6 +312,13 @@ def httpx_worker_main(spec_json: str) -> None:
 # -- servers ---------------------------------------------------------------------------------
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far. Steadier than
+    a rate on a busy machine: other load slows a server without making it work more."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def seed_entities(broker: Server, count: int, auth: dict[str, str] | None = None) -> None:
     headers = {"Content-Type": "application/json", **(auth or {})}
     with httpx.Client(base_url=broker.url, timeout=10.0) as client:
@@ -482,6 +498,10 @@ def main() -> int:
                 flush=True,
             )
 
+            servers = {bare.url: bare, broker.url: broker}
+            if guarded is not None:
+                servers[guarded.url] = guarded
+
             def measure(op: str, server: str, work: Workload) -> None:
                 kw: dict[str, Any] = {
                     "connections": args.connections,
@@ -495,11 +515,15 @@ def main() -> int:
                             f"{op}/{server} warm-up: {warm.non2xx} non-2xx responses, "
                             f"{warm.socket_errors} socket errors"
                         )
+                pid = servers[work.base_url].proc.pid
+                cpu = process_cpu(pid)
                 res = run(work, tag=f"{server}-run", duration=args.duration, **kw)
+                res.cpu_seconds = process_cpu(pid) - cpu
                 results[(op, server)] = res
                 print(
                     f"  {op:<8} {server:<6} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
-                    f"p99 {res.p99_ms:6.2f} ms  errors {res.errors}",
+                    f"p99 {res.p99_ms:6.2f} ms  cpu {res.cpu_ms_per_request or 0:5.2f} ms/req  "
+                    f"errors {res.errors}",
                     flush=True,
                 )
                 if res.errors:
@@ -590,11 +614,18 @@ def main() -> int:
 
 def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
     print()
-    head = f"{'operation':<9} {'server':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    head = (
+        f"{'operation':<9} {'server':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'cpu ms/req':>10} {'errors':>7}"
+    )
     print(head)
     print("-" * len(head))
     for (op, server), r in results.items():
-        print(f"{op:<9} {server:<7} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}")
+        cpu = r.cpu_ms_per_request
+        print(
+            f"{op:<9} {server:<7} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+            f"{'' if cpu is None else f'{cpu:.3f}':>10} {r.errors:>7}"
+        )
     print()
     head = f"{'operation':<9} {'broker/bare':>11} {'ratio ok':>9} {'req/s ok':>14}"
     print(head)
@@ -615,7 +646,10 @@ def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
         )
     if any(server in ("key", "jwt") for _, server in results):
         print()
-        head = f"{'operation':<9} {'credential':<10} {'auth/none':>9} {'ok':>4}"
+        head = (
+            f"{'operation':<9} {'credential':<10} {'req/s auth/none':>15} {'ok':>4}"
+            f"          {'cpu/req none/auth':>17}"
+        )
         print(head)
         print("-" * len(head))
         for (op, server), r in results.items():
@@ -625,9 +659,11 @@ def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
             ratio = r.rps / plain.rps
             ok = ratio >= TARGET_AUTH_RATIO
             missed |= not ok
+            cpu_none, cpu_auth = plain.cpu_ms_per_request, r.cpu_ms_per_request
+            cpu_ratio = f"{cpu_none / cpu_auth:.0%}" if cpu_none and cpu_auth else "-"
             print(
-                f"{op:<9} {server:<10} {ratio:>9.0%} {'yes' if ok else 'NO':>4}"
-                f" (>={TARGET_AUTH_RATIO:.0%})"
+                f"{op:<9} {server:<10} {ratio:>15.0%} {'yes' if ok else 'NO':>4}"
+                f" (>={TARGET_AUTH_RATIO:.0%}) {cpu_ratio:>17}"
             )
     print(f"\ntargets: {'all met' if not missed else 'MISSED'}")
     return missed
