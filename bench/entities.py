@@ -13,6 +13,10 @@ load generator in a separate process if ``wrk`` is not installed):
 * bare GET       GET /entity, a fixed document of the size of a retrieved entity
 * broker retrieve GET /ngsi-ld/v1/entities/{id}, random ids among pre-created entities
 
+``--auth key,jwt`` adds a broker per mode with an auth file (an API key; a bearer JWT from
+a test issuer on 127.0.0.1, its key cached after the first request) and prints each
+beside the unauthenticated broker of the same run (target: at most 10% slower).
+
 Each run has a short warm-up. Prints requests/s, p50/p99 latency and errors per run,
 then the broker/bare ratio and the targets. Exit status 1 if any request failed
 (non-2xx or socket error) or, with ``--check``, if a target is missed.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import shutil
@@ -30,7 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +63,11 @@ BARE_ENTITY = "/entity"
 # Targets from the acceptance text (2-core machine).
 TARGET_RPS = {"create": 1000.0, "retrieve": 2000.0}
 TARGET_RATIO = 0.40
+TARGET_AUTH_OVERHEAD = 0.10  # an authorised request at most 10% slower (--auth)
+
+# --auth modes: the broker's name in the tables
+SERVER_NAMES = {"none": "broker", "key": "broker+key", "jwt": "broker+jwt"}
+API_KEY = "bench-api-key-0001"
 
 # A realistic entity: 5 attributes incl. a GeoProperty Point. The two ``%s`` (id, then
 # temperature) are filled per request, here and in the wrk script: no other ``%`` allowed.
@@ -104,6 +115,7 @@ class Workload:
     path: str
     mode: str
     seeds: int = 0
+    headers: dict[str, str] = field(default_factory=dict)  # credentials, for --auth
 
 
 # -- load generators -------------------------------------------------------------------------
@@ -117,7 +129,9 @@ local seeds = %(seeds)d
 local template = [==[%(template)s]==]
 local id_prefix = "%(id_prefix)s"
 local seed_prefix = "%(seed_prefix)s"
-local post_headers = {["Content-Type"] = "application/json"}
+local get_headers = {%(headers)s}
+local post_headers = {%(headers)s}
+post_headers["Content-Type"] = "application/json"
 
 local threads = {}
 function setup(thread)
@@ -131,7 +145,7 @@ local fixed = nil
 
 function init(args)
   math.randomseed(os.time() * 100 + tid)
-  if mode == "get-fixed" then fixed = wrk.format("GET", path) end
+  if mode == "get-fixed" then fixed = wrk.format("GET", path, get_headers) end
 end
 
 function request()
@@ -141,7 +155,8 @@ function request()
     local body = string.format(template, id, 10 + counter %% 200 / 10)
     return wrk.format("POST", path, post_headers, body)
   elseif mode == "get-random" then
-    return wrk.format("GET", path .. seed_prefix .. string.format("%%06d", math.random(0, seeds - 1)))
+    local id = seed_prefix .. string.format("%%06d", math.random(0, seeds - 1))
+    return wrk.format("GET", path .. id, get_headers)
   end
   return fixed
 end
@@ -171,6 +186,7 @@ def _lua_script(work: Workload, tag: str) -> str:
         "template": ENTITY_TEMPLATE,
         "id_prefix": ID_PREFIX,
         "seed_prefix": SEED_PREFIX,
+        "headers": ", ".join(f'["{k}"] = "{v}"' for k, v in work.headers.items()),
     }
 
 
@@ -208,6 +224,7 @@ def load_httpx(
         "tag": tag,
         "duration": duration,
         "connections": connections,
+        "headers": work.headers,
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--httpx-worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -229,9 +246,11 @@ async def _httpx_load(spec: dict[str, Any]) -> RunResult:
     counts = {"non2xx": 0, "socket": 0}
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     deadline = time.perf_counter() + float(spec["duration"])
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **spec["headers"]}
 
-    async with httpx.AsyncClient(base_url=spec["base_url"], limits=limits, timeout=5.0) as client:
+    async with httpx.AsyncClient(
+        base_url=spec["base_url"], limits=limits, timeout=5.0, headers=spec["headers"]
+    ) as client:
 
         async def worker(wid: int) -> None:
             n = 0
@@ -277,10 +296,49 @@ def httpx_worker_main(spec_json: str) -> None:
 
 # -- servers ---------------------------------------------------------------------------------
 
+AUTH_FILE = """
+api_keys:
+  - {name: bench, key_sha256: "%(key_sha256)s", roles: [writer], tenants: ["*"]}
+%(oidc)s
+roles:
+  writer: {read: ["*"], write: ["*"], subscribe: ["*"]}
+"""
 
-def seed_entities(broker: Server, count: int) -> None:
+
+@contextlib.contextmanager
+def auth_broker(mode: str, tmp: Path) -> Iterator[tuple[Server, dict[str, str]]]:
+    """A broker on its own fresh store: ``none`` without an auth file, ``key`` and ``jwt``
+    with one, and the headers a client of that mode sends."""
+    store = sqlite_store(tmp / f"bench-{mode}.db")
+    log = tmp / f"broker-{mode}.log"
+    if mode == "none":
+        with hub(log, store) as server:
+            yield server, {}
+        return
+    with contextlib.ExitStack() as stack:
+        oidc = ""
+        credentials = {"X-API-Key": API_KEY}
+        if mode == "jwt":
+            from tests.support_oidc import oidc_issuer
+
+            issuer = stack.enter_context(oidc_issuer())
+            oidc = (
+                f"oidc: {{issuer: {issuer.issuer}, audience: renkei, jwks_url: {issuer.jwks_url},"
+                " roles_claim: realm_access.roles, tenants_claim: tenants}"
+            )
+            claims = {"realm_access": {"roles": ["writer"]}, "tenants": ["*"]}
+            token = issuer.sign(claims, lifetime=3600)
+            credentials = {"Authorization": f"Bearer {token}"}
+        key_sha256 = hashlib.sha256(API_KEY.encode()).hexdigest()
+        auth_file = tmp / f"auth-{mode}.yaml"
+        auth_file.write_text(AUTH_FILE % {"key_sha256": key_sha256, "oidc": oidc})
+        server = stack.enter_context(hub(log, store, "--auth-file", str(auth_file)))
+        yield server, credentials
+
+
+def seed_entities(broker: Server, count: int, credentials: dict[str, str]) -> None:
     headers = {"Content-Type": "application/json"}
-    with httpx.Client(base_url=broker.url, timeout=10.0) as client:
+    with httpx.Client(base_url=broker.url, timeout=10.0, headers=credentials) as client:
         for i in range(count):
             resp = client.post(
                 BROKER_ENTITIES, content=entity_body(f"{SEED_PREFIX}{i:06d}"), headers=headers
@@ -289,10 +347,11 @@ def seed_entities(broker: Server, count: int) -> None:
                 raise BenchError(f"seeding entity {i} failed: {resp.status_code} {resp.text[:300]}")
 
 
-def stored_count(broker: Server) -> int:
+def stored_count(broker: Server, credentials: dict[str, str]) -> int:
     resp = httpx.get(
         broker.url + BROKER_ENTITIES,
         params={"type": ENTITY_TYPE, "count": "true", "limit": "1"},
+        headers=credentials,
         timeout=30.0,
     )
     resp.raise_for_status()
@@ -322,6 +381,12 @@ def main() -> int:
         "--seeds", type=int, default=1000, help="entities pre-created for retrieve (default 1000)"
     )
     parser.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
+    parser.add_argument(
+        "--auth",
+        default="none",
+        help="comma-separated: none, key (X-API-Key), jwt (bearer token, cached key); each "
+        "mode runs its own broker beside the unauthenticated one (default none)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--httpx-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -340,6 +405,10 @@ def main() -> int:
             file=sys.stderr,
         )
     run = load_wrk if use_wrk else load_httpx
+    modes = ["none", *(m for m in args.auth.split(",") if m and m != "none")]
+    if unknown := [m for m in modes if m not in SERVER_NAMES]:
+        print(f"unknown --auth mode(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
     generator = "wrk" if use_wrk else "httpx"
     threads = max(1, min(args.threads, args.connections))
 
@@ -350,11 +419,9 @@ def main() -> int:
     logs: list[Server] = []
     failed: str | None = None
     try:
-        with (
-            bare_app(tmp / "bare.log") as bare,
-            hub(tmp / "broker.log", sqlite_store(tmp / "bench.db")) as broker,
-        ):
-            logs += [bare, broker]
+        with contextlib.ExitStack() as stack:
+            bare = stack.enter_context(bare_app(tmp / "bare.log"))
+            logs.append(bare)
             print(
                 f"Renkei entity benchmark: {generator}, {args.connections} connections, "
                 f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), {machine()}",
@@ -368,16 +435,16 @@ def main() -> int:
                     "tmp": tmp,
                 }
                 if args.warmup > 0:
-                    warm = run(work, tag="warm", duration=args.warmup, **kw)
+                    warm = run(work, tag=f"warm-{server}", duration=args.warmup, **kw)
                     if warm.errors:
                         raise BenchError(
                             f"{op}/{server} warm-up: {warm.non2xx} non-2xx responses, "
                             f"{warm.socket_errors} socket errors"
                         )
-                res = run(work, tag="run", duration=args.duration, **kw)
+                res = run(work, tag=f"run-{server}", duration=args.duration, **kw)
                 results[(op, server)] = res
                 print(
-                    f"  {op:<8} {server:<6} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
+                    f"  {op:<8} {server:<11} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
                     f"p99 {res.p99_ms:6.2f} ms  errors {res.errors}",
                     flush=True,
                 )
@@ -387,35 +454,40 @@ def main() -> int:
                         f"{res.socket_errors} socket errors"
                     )
 
-            # Create first, on the fresh store.
+            # Create first, each broker on its own fresh store; the bare baseline once.
             measure("create", "bare", Workload("bare-post", bare.url, BARE_ENTITY, "post"))
-            measure(
-                "create", "broker", Workload("broker-create", broker.url, BROKER_ENTITIES, "post")
-            )
-            created = stored_count(broker)
-            if created < results[("create", "broker")].requests:
-                raise BenchError(
-                    f"broker acknowledged {results[('create', 'broker')].requests} creates "
-                    f"but stores only {created} entities"
-                )
-
-            seed_entities(broker, args.seeds)
-            doc = httpx.get(f"{broker.url}{BROKER_ENTITIES}/{SEED_PREFIX}000000").content
+            brokers: list[tuple[str, Server, dict[str, str]]] = []
+            for mode in modes:
+                server, credentials = stack.enter_context(auth_broker(mode, tmp))
+                logs.append(server)
+                brokers.append((SERVER_NAMES[mode], server, credentials))
+            for name, broker, credentials in brokers:
+                work = Workload(name, broker.url, BROKER_ENTITIES, "post", headers=credentials)
+                measure("create", name, work)
+                created = stored_count(broker, credentials)
+                if created < results[("create", name)].requests:
+                    raise BenchError(
+                        f"{name} acknowledged {results[('create', name)].requests} creates "
+                        f"but stores only {created} entities"
+                    )
+            for _, broker, credentials in brokers:
+                seed_entities(broker, args.seeds, credentials)
+            _, broker, credentials = brokers[0]
+            doc = httpx.get(
+                f"{broker.url}{BROKER_ENTITIES}/{SEED_PREFIX}000000", headers=credentials
+            ).content
             bare_doc = httpx.get(bare.url + BARE_ENTITY).content
             print(
-                f"  (store: {created} created + {args.seeds} seeded entities; "
+                f"  (each store: its creates + {args.seeds} seeded entities; "
                 f"retrieve body {len(doc)} B, bare body {len(bare_doc)} B)",
                 flush=True,
             )
             measure("retrieve", "bare", Workload("bare-get", bare.url, BARE_ENTITY, "get-fixed"))
-            measure(
-                "retrieve",
-                "broker",
-                Workload(
-                    "broker-retrieve", broker.url, BROKER_ENTITIES + "/", "get-random", args.seeds
-                ),
-            )
-            for srv in (bare, broker):
+            for name, broker, credentials in brokers:
+                path = BROKER_ENTITIES + "/"
+                work = Workload(name, broker.url, path, "get-random", args.seeds, credentials)
+                measure("retrieve", name, work)
+            for srv in logs:
                 if srv.proc.poll() is not None:
                     raise BenchError(f"{srv.name} exited during the run")
     except KeyboardInterrupt:
@@ -446,11 +518,13 @@ def main() -> int:
 
 def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
     print()
-    head = f"{'operation':<9} {'server':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    head = f"{'operation':<9} {'server':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
     print(head)
     print("-" * len(head))
     for (op, server), r in results.items():
-        print(f"{op:<9} {server:<7} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}")
+        print(
+            f"{op:<9} {server:<11} {r.rps:>9,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}"
+        )
     print()
     head = f"{'operation':<9} {'broker/bare':>11} {'ratio ok':>9} {'req/s ok':>14}"
     print(head)
@@ -469,7 +543,35 @@ def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
             f"{op:<9} {ratio:>10.0%} {'yes' if ratio_ok else 'NO':>4} (>={TARGET_RATIO:.0%})"
             f" {'yes' if rps_ok else 'NO':>4} (>={target:,.0f}/s)"
         )
+    missed |= print_auth_overhead(results)
     print(f"\ntargets: {'all met' if not missed else 'MISSED'}")
+    return missed
+
+
+def print_auth_overhead(results: dict[tuple[str, str], RunResult]) -> bool:
+    """Authorised requests against unauthenticated ones on the same run (``--auth``)."""
+    rows = [
+        (op, server, r, results.get((op, "broker")))
+        for (op, server), r in results.items()
+        if server.startswith("broker+")
+    ]
+    if not rows:
+        return False
+    print()
+    head = f"{'operation':<9} {'server':<11} {'vs broker':>9} {'overhead ok':>16}"
+    print(head)
+    print("-" * len(head))
+    missed = False
+    for op, server, r, plain in rows:
+        if plain is None or not plain.rps:
+            continue
+        overhead = 1 - r.rps / plain.rps
+        ok = overhead <= TARGET_AUTH_OVERHEAD
+        missed |= not ok
+        print(
+            f"{op:<9} {server:<11} {r.rps / plain.rps:>9.0%} {'yes' if ok else 'NO':>4}"
+            f" (<={TARGET_AUTH_OVERHEAD:.0%} slower)"
+        )
     return missed
 
 
