@@ -22,6 +22,7 @@ from broker.api import (
     entity_operations,
     jsonld_contexts,
     ogc,
+    registrations,
     subscriptions,
     temporal,
     types,
@@ -42,6 +43,7 @@ from broker.core.entities import EntityService
 from broker.core.guard import GuardedStore
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
+from broker.federation.registrations import RegistrationService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
 from broker.model.history import HistoryPolicy
 from broker.notify.senders import Senders, redact_uri
@@ -123,6 +125,9 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
             linked=service.linked,
         ),
         temporal=TemporalService(service),
+        registrations=RegistrationService(
+            store, resolve, outbound=outbound, local_entity=store.get_entity
+        ),
     )
     if auth is not None:
         holder = auth.holder
@@ -238,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(jsonld_contexts.router)
     app.include_router(temporal.router)
+    app.include_router(registrations.router)
     app.include_router(unimplemented.router)
     app.include_router(ogc.router)
     app.include_router(viewer.router)

@@ -15,6 +15,7 @@ from broker.core.discovery import DiscoveryService
 from broker.core.entities import EntityService
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
+from broker.federation.registrations import RegistrationService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, single_url
 from broker.settings import Settings
 
@@ -31,6 +32,7 @@ class Hub:
     discovery: DiscoveryService
     subscriptions: SubscriptionService
     temporal: TemporalService
+    registrations: RegistrationService
 
     async def term_map(self, ctx: ContextValue | None, tenant: str = "") -> TermMap:
         tm = await self.resolver.term_map(ctx)
