@@ -31,7 +31,7 @@ from broker.api import (
 )
 from broker.api import v2 as ngsi_v2
 from broker.api.auth import AuditMiddleware, AuthState, authorize
-from broker.api.deps import Hub
+from broker.api.deps import Hub, check_loop
 from broker.api.errors import add_exception_handlers
 from broker.api.hygiene import add_http_hygiene
 from broker.auth import PolicyHolder, Principal, install_sighup_reload, open_audit_log
@@ -39,10 +39,12 @@ from broker.auth.credentials import Authenticator
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.discovery import DiscoveryService
+from broker.core.distributed import DistributedService
 from broker.core.entities import EntityService
 from broker.core.guard import GuardedStore
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
+from broker.federation.forward import Forwarder, hub_name
 from broker.federation.registrations import RegistrationService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
 from broker.model.history import HistoryPolicy
@@ -104,6 +106,9 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
                 contexts.touch(url)
         return tm
 
+    registrations = RegistrationService(
+        store, resolve, outbound=outbound, local_entity=store.get_entity
+    )
     hub = Hub(
         settings=settings,
         resolver=resolver,
@@ -125,8 +130,17 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
             linked=service.linked,
         ),
         temporal=TemporalService(service),
-        registrations=RegistrationService(
-            store, resolve, outbound=outbound, local_entity=store.get_entity
+        registrations=registrations,
+        distributed=DistributedService(
+            service,
+            registrations,
+            Forwarder(
+                outbound,
+                name=hub_name(settings.hub_id, settings.public_url),
+                timeout=settings.federation_timeout,
+                cooldown=settings.federation_cooldown,
+            ),
+            max_limit=settings.max_limit,
         ),
     )
     if auth is not None:
@@ -143,6 +157,7 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
 
 
 async def close_hub(hub: Hub) -> None:
+    await hub.distributed.forwarder.aclose()
     await hub.temporal.aclose()
     await hub.subscriptions.aclose()
     await hub.subscriptions.senders.aclose()
@@ -227,7 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served from the hub's own assets: broker/api/docs.py
         redoc_url=None,
         # the one access-control dependency, on every route of every API
-        dependencies=[Depends(authorize)],
+        dependencies=[Depends(authorize), Depends(check_loop)],
     )
     app.state.ready = False
     app.state.auth = auth

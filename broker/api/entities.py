@@ -20,6 +20,7 @@ from broker.api.deps import Hub, HubDep, TenantDep
 from broker.core.entities import UpdateResult
 from broker.core.model import View
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
+from broker.federation.forward import Call
 from broker.jsonld.context import TermMap
 from broker.model.entity import Entity, check_entity_id, check_name, id_segment
 from broker.model.query import And, Comparison, Exists, GeoQuery, Node, Or
@@ -244,19 +245,46 @@ async def query_entities(
     query = entity_query(
         params, hub, tm, attrs=params.attrs, options=params.options, local=params.local
     )
-    return await query_response(hub, tenant, request, view, query, kind)
+    local = P.bool_param(params.local, "local")
+    return await query_response(
+        hub, tenant, request, view, query, kind, forward=dict(request.query_params), local=local
+    )
+
+
+def forward_call(request: Request, tenant: str) -> Call:
+    """What of a request goes along when it is forwarded to context sources."""
+    headers = request.headers
+    return Call(tenant=tenant, link=headers.get("link"), via=headers.get("via"))
 
 
 async def query_response(
-    hub: Hub, tenant: str, request: Request, view: View, query: EntityQuery, kind: str
+    hub: Hub,
+    tenant: str,
+    request: Request,
+    view: View,
+    query: EntityQuery,
+    kind: str,
+    *,
+    forward: dict[str, str] | None = None,
+    local: bool = False,
 ) -> Response:
-    """Run a query and render the entities (GET /entities, POST /entityOperations/query)."""
+    """Run a query and render the entities (GET /entities, POST /entityOperations/query).
+
+    With ``forward`` (the request's query parameters), the query is also sent to the
+    context sources registered for what it selects (``broker.core.distributed``)."""
     tm = view.tm
-    try:
-        entities, total = await hub.entities.query(tenant, query)
-    except NonexistentTenant:
-        entities, total = [], 0
-    headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
+    headers: dict[str, str] = {}
+    if forward is not None:
+        entities, total, headers = await hub.distributed.query(
+            tenant, query, tm, forward_call(request, tenant), forward, local=local
+        )
+    else:
+        try:
+            entities, total = await hub.entities.query(tenant, query)
+        except NonexistentTenant:
+            entities, total = [], 0
+    if total is not None:
+        headers["NGSILD-Results-Count"] = str(total)
     body = await _render(hub, tenant, request, view, entities, kind)
     if view.pick is not None or view.omit is not None:
         body = [b for b in body if b.get("properties", b)]  # what pick/omit emptied is no match
@@ -337,7 +365,15 @@ async def retrieve_entity(
         [tm.expand(check_name(t, "entity type")) for t in alt]
         for alt in type_alternatives(params.type)
     ]
-    ent = await hub.entities.retrieve(tenant, entity_id)
+    wanted = view.attrs if view.attrs is not None else None
+    ent, headers = await hub.distributed.retrieve(
+        tenant,
+        entity_id,
+        tm,
+        forward_call(request, tenant),
+        attrs=sorted(wanted) if wanted else None,
+        local=P.bool_param(params.local, "local"),
+    )
     if types and not _has_type(ent, types):
         raise ResourceNotFound(f"entity {entity_id} is not of type {params.type}")
     rendered = await _render(hub, tenant, request, view, [ent], kind)
@@ -348,7 +384,7 @@ async def retrieve_entity(
             raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
         if (view.pick is not None or view.omit is not None) and not root:
             raise ResourceNotFound(f"nothing of entity {entity_id} is left after pick/omit")
-    return respond(body, tm=tm, kind=kind)
+    return respond(body, tm=tm, kind=kind, headers=headers)
 
 
 @router.delete(

@@ -1,0 +1,325 @@
+"""Distributed retrieve and query (clause 4.3.6.3): what this hub holds merged with what
+the context sources registered for the same entities answer.
+
+A request is forwarded to each active registration whose ``information`` may hold what
+it selects and whose ``operations`` include it (``retrieveEntity``, ``queryEntity``),
+narrowed to the types and attributes the registration names. The answers are merged
+entity by entity and attribute by attribute (``broker.federation.merge``):
+
+* ``inclusive`` and ``redirect`` sources add to what is held here;
+* ``exclusive`` sources own the attributes they name for an entity id: what this hub
+  holds of those is left out;
+* ``auxiliary`` sources only fill in attributes nobody else has.
+
+Access control comes first: the request went through ``authorize``, its local reads
+through the store guard, and what the sources answer is filtered with the same access
+(an entity of a type the principal may not read is left out). ``local=true`` asks this
+hub only. Paging across sources: every source is asked for the first ``offset + limit``
+matches (ordered by id, with their count); the merged list is ordered by id and cut;
+the count is the sum of the counts less the entities several sources answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from broker.auth.access import current as current_access
+from broker.core.entities import EntityService
+from broker.core.model import Parser
+from broker.errors import NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.federation.forward import Answer, Call, Forwarder, warning
+from broker.federation.merge import merge
+from broker.federation.registrations import Info, Registration, RegistrationService
+from broker.jsonld.context import TermMap
+from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.store import EntityQuery
+
+#: Query parameters passed on as the client wrote them (terms in the request's context).
+PASSED_ON = frozenset(
+    {"id", "idPattern", "q", "georel", "geometry", "coordinates", "geoproperty", "geoQ", "scopeQ"}
+)
+
+
+def parse_remote(body: Any, tm: TermMap) -> Entity | None:
+    """A source's entity (normalized, with sysAttrs) in the internal form, keeping the
+    source's ``createdAt``/``modifiedAt`` (merging needs them); None if invalid."""
+    try:
+        ent = Parser(tm).entity(body)
+    except NgsiLdError:
+        return None
+    for key in ("createdAt", "modifiedAt"):
+        if isinstance(body.get(key), str):
+            ent[key] = body[key]
+    names = [n for n in body if n not in ENTITY_KEYS]
+    iris = [n for n in ent if n not in ENTITY_KEYS]
+    for name, iri in zip(names, iris, strict=False):
+        raw = body[name]
+        raws = raw if isinstance(raw, list) else [raw]
+        for inst, given in zip(ent[iri], raws, strict=False):
+            if isinstance(given, dict):
+                for key in ("createdAt", "modifiedAt"):
+                    if isinstance(given.get(key), str):
+                        inst[key] = given[key]
+    return ent
+
+
+def _fill(base: Entity, other: Entity) -> Entity:
+    """``other``'s attributes that ``base`` lacks added to a copy of ``base``."""
+    out = dict(base)
+    for name, value in other.items():
+        if name not in ENTITY_KEYS and name not in out:
+            out[name] = value
+    return out
+
+
+class DistributedService:
+    """Distributed retrieve and query (see the module docstring)."""
+
+    def __init__(
+        self,
+        entities: EntityService,
+        registrations: RegistrationService,
+        forwarder: Forwarder,
+        *,
+        max_limit: int = 1000,
+    ) -> None:
+        self.entities = entities
+        self.registrations = registrations
+        self.forwarder = forwarder
+        self.max_limit = max_limit
+
+    async def sources(
+        self,
+        tenant: str,
+        operation: str,
+        *,
+        types: Sequence[Sequence[str]] | None = None,
+        ids: Sequence[str] | None = None,
+        id_pattern: str | None = None,
+        attrs: Sequence[str] | None = None,
+    ) -> list[tuple[Registration, list[Info]]]:
+        """The active registrations that may answer ``operation`` for this selection."""
+        out = []
+        for reg in await self.registrations.active(tenant):
+            if not reg.supports(operation):
+                continue
+            infos = reg.infos_for(types=types, ids=ids, id_pattern=id_pattern, attrs=attrs)
+            if infos:
+                out.append((reg, infos))
+        return out
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _attrs(
+        reg: Registration, infos: list[Info], wanted: Sequence[str] | None
+    ) -> list[str] | None:
+        held = reg.attrs_for(infos)
+        if held is None:
+            return list(wanted) if wanted else None
+        return sorted(held & set(wanted)) if wanted else sorted(held)
+
+    @staticmethod
+    def _holds(infos: list[Info], ent: Entity) -> bool:
+        """Whether the registration's groups may hold this entity (a source registered
+        for some ids answers only for those)."""
+        for info in infos:
+            if not info.entities:
+                return True
+            types = ent.get("type") or []
+            for e in info.entities:
+                if e.holds(ent["id"]) and any(t in types for t in e.types):
+                    return True
+        return False
+
+    @staticmethod
+    def _readable(tenant: str, entities: list[Entity]) -> list[Entity]:
+        access = current_access()
+        if access is None:
+            return entities
+        return [e for e in entities if access.can("read", tenant, e.get("type") or [])]
+
+    def _combine(
+        self,
+        tenant: str,
+        local: list[Entity],
+        answered: list[tuple[Registration, list[Info], list[Entity]]],
+    ) -> dict[str, Entity]:
+        """Local and remote entities merged by id (see the module docstring)."""
+        owned: dict[str, set[str]] = {}  # entity id -> attributes an exclusive source owns
+        for reg, infos, _ents in answered:
+            if reg.mode != "exclusive":
+                continue
+            for info in infos:
+                if info.attrs is None:
+                    continue
+                for e in info.entities:
+                    if e.id is not None:
+                        owned.setdefault(e.id, set()).update(info.attrs)
+        out: dict[str, Entity] = {}
+        for ent in local:
+            drop = owned.get(ent["id"])
+            out[ent["id"]] = {k: v for k, v in ent.items() if k not in drop} if drop else ent
+        ordered = sorted(answered, key=lambda a: a[0].mode == "auxiliary")
+        for reg, infos, ents in ordered:
+            for ent in self._readable(tenant, ents):
+                if not self._holds(infos, ent):
+                    continue
+                eid = ent["id"]
+                if eid not in out:
+                    out[eid] = ent
+                elif reg.mode == "auxiliary":
+                    out[eid] = _fill(out[eid], ent)
+                else:
+                    out[eid] = merge(out[eid], ent)
+        return out
+
+    # -- query -----------------------------------------------------------------------------
+
+    async def query(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        params: dict[str, str],
+        *,
+        local: bool = False,
+    ) -> tuple[list[Entity], int | None, dict[str, str]]:
+        """The entities matching ``query`` here and at the sources, with the count and
+        the headers to answer with (``NGSILD-Warning``). ``params`` are the request's
+        own query parameters (passed on in its terms)."""
+        sources = (
+            []
+            if local
+            else await self.sources(
+                tenant,
+                "queryEntity",
+                types=query.types,
+                ids=query.ids,
+                id_pattern=query.id_pattern,
+                attrs=query.attrs,
+            )
+        )
+        if not sources:
+            try:
+                found, total = await self.entities.query(tenant, query)
+            except NonexistentTenant:
+                found, total = [], (0 if query.count else None)
+            return found, total, {}
+        want = min(query.offset + query.limit, self.max_limit)
+        local_query = replace(query, offset=0, limit=want, count=True)
+
+        async def ask_local() -> tuple[list[Entity], int]:
+            try:
+                found, total = await self.entities.query(tenant, local_query)
+            except NonexistentTenant:
+                return [], 0
+            return found, total or 0
+
+        async def ask(reg: Registration, infos: list[Info]) -> Answer:
+            sent = {k: v for k, v in params.items() if k in PASSED_ON}
+            attrs = self._attrs(reg, infos, query.attrs)
+            if attrs:
+                sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
+            if "type" in params:
+                sent["type"] = params["type"]
+            else:
+                types = reg.types_for(infos)
+                if types:
+                    sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+            sent.update(limit=str(max(want, 1)), count="true", options="sysAttrs")
+            return await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+
+        mine = asyncio.ensure_future(ask_local())
+        try:
+            answers: list[Answer] = await asyncio.gather(
+                *(ask(reg, infos) for reg, infos in sources)
+            )
+        finally:
+            found, local_total = await mine
+        answered: list[tuple[Registration, list[Info], list[Entity]]] = []
+        total = local_total
+        failed: list[Answer] = []
+        for (reg, infos), answer in zip(sources, answers, strict=True):
+            if not answer.ok or not isinstance(answer.body, list):
+                if answer.error is None:
+                    answer.error = f"answered {answer.status}"
+                failed.append(answer)
+                continue
+            ents = [e for e in (parse_remote(b, tm) for b in answer.body) if e is not None]
+            answered.append((reg, infos, ents))
+            header = answer.headers.get("NGSILD-Results-Count") if answer.headers else None
+            total += int(header) if header and header.isdigit() else len(ents)
+        merged = self._combine(tenant, found, answered)
+        seen = len(found) + sum(len(a[2]) for a in answered)
+        total -= seen - len(merged)  # the same entity from several sources counts once
+        page = sorted(merged.values(), key=lambda e: e["id"])
+        page = page[query.offset : query.offset + query.limit]
+        return page, (total if query.count else None), warning(failed)
+
+    # -- retrieve --------------------------------------------------------------------------
+
+    async def retrieve(
+        self,
+        tenant: str,
+        entity_id: str,
+        tm: TermMap,
+        call: Call,
+        *,
+        attrs: Sequence[str] | None = None,
+        local: bool = False,
+    ) -> tuple[Entity, dict[str, str]]:
+        """The entity as this hub and the sources registered for it hold it, with the
+        headers to answer with; ResourceNotFound when nobody has it."""
+        sources = (
+            []
+            if local
+            else await self.sources(tenant, "retrieveEntity", ids=[entity_id], attrs=attrs)
+        )
+        if not sources:
+            return await self.entities.retrieve(tenant, entity_id), {}
+
+        async def ask_local() -> list[Entity]:
+            try:
+                return [await self.entities.retrieve(tenant, entity_id)]
+            except ResourceNotFound:
+                return []
+
+        async def ask(reg: Registration, infos: list[Info]) -> Answer:
+            sent = {"options": "sysAttrs"}
+            wanted = self._attrs(reg, infos, attrs)
+            if wanted:
+                sent["attrs"] = ",".join(tm.compact(a) for a in wanted)
+            path = f"/entities/{Forwarder.segment(entity_id)}"
+            return await self.forwarder.send(reg, call, "GET", path, params=sent)
+
+        mine = asyncio.ensure_future(ask_local())
+        try:
+            answers: list[Answer] = await asyncio.gather(
+                *(ask(reg, infos) for reg, infos in sources)
+            )
+        finally:
+            found = await mine
+        answered: list[tuple[Registration, list[Info], list[Entity]]] = []
+        failed: list[Answer] = []
+        for (reg, infos), answer in zip(sources, answers, strict=True):
+            if answer.status == 404:
+                continue
+            if not answer.ok or not isinstance(answer.body, dict):
+                if answer.error is None:
+                    answer.error = f"answered {answer.status}"
+                failed.append(answer)
+                continue
+            ent = parse_remote(answer.body, tm)
+            if ent is not None and ent.get("id") == entity_id:
+                answered.append((reg, infos, [ent]))
+        merged = self._combine(tenant, found, answered)
+        if entity_id not in merged:
+            missing = ResourceNotFound(f"entity {entity_id} not found")
+            missing.headers.update(warning(failed))
+            raise missing
+        return merged[entity_id], warning(failed)
