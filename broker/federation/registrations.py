@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from broker.auth.masking import MASK, mask_pairs, mask_uri
 from broker.errors import BadRequestData, Conflict, NgsiLdError, ResourceNotFound
 from broker.jsonld.context import ContextValue, TermMap
 from broker.model.entity import NGSI_LD, Entity, check_entity_id, check_name, now_iso
@@ -523,6 +524,19 @@ class RegistrationQuery:
         return self.temporal is None or self.temporal.admits(reg)
 
 
+def keep_masked_pairs(stored: Any, new: list[Any]) -> list[Any]:
+    """``new`` contextSourceInfo pairs, a ``***`` value (as answered) keeping the
+    stored value of its key, so reading and writing back a registration keeps its
+    credentials."""
+    old = {p.get("key"): p.get("value") for p in stored or [] if isinstance(p, dict)}
+    return [
+        {**p, "value": old[p["key"]]}
+        if isinstance(p, dict) and p.get("value") == MASK and p.get("key") in old
+        else p
+        for p in new
+    ]
+
+
 # -- the service -----------------------------------------------------------------------------
 
 #: ``(tenant, before, after)`` after a registration changed (None: created / deleted).
@@ -641,6 +655,14 @@ class RegistrationService:
             for key, value in patch.items():
                 if key in ("id", "type", *READ_ONLY, *SYSTEM):
                     continue
+                if key == "contextSourceInfo" and isinstance(value, list):
+                    value = keep_masked_pairs(doc.get(key), value)
+                if (
+                    key == "endpoint"
+                    and isinstance(doc.get(key), str)
+                    and value == mask_uri(doc[key])
+                ):
+                    continue  # echoed back masked: the stored endpoint stays
                 if value is None or value == "urn:ngsi-ld:null":
                     doc.pop(key, None)
                 else:
@@ -721,6 +743,10 @@ class RegistrationService:
                 continue
             if key == "information":
                 out[key] = infos
+            elif key == "contextSourceInfo":
+                out[key] = mask_pairs(value)  # the hub's credentials for the source
+            elif key == "endpoint":
+                out[key] = mask_uri(value)
             elif key in MEMBERS:
                 out[key] = value
             else:

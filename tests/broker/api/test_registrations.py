@@ -265,3 +265,31 @@ def test_link_header_context(client: TestClient) -> None:
     ctx_url = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
     create(client, registration(1), {**JSON, **link(ctx_url)})
     assert client.get(f"{R}?type=AEDLocation", headers=link(ctx_url)).status_code == 200
+
+
+def test_credentials_for_the_source_are_answered_masked(client: TestClient) -> None:
+    info = [
+        {"key": "X-API-Key", "value": "komae-secret-0001"},
+        {"key": "X-組織", "value": "東京都"},
+    ]
+    body = registration(
+        1, contextSourceInfo=info, endpoint="http://hub:pass@komae-hub.example:1026"
+    )
+    create(client, body)
+    rid = "urn:ngsi-ld:ContextSourceRegistration:1"
+    got = client.get(f"{R}/{rid}").json()
+    assert got["contextSourceInfo"] == [
+        {"key": "X-API-Key", "value": "***"},
+        {"key": "X-組織", "value": "東京都"},
+    ]
+    assert got["endpoint"] == "http://***@komae-hub.example:1026"
+    listed = client.get(f"{R}?type=AEDLocation").text
+    assert "komae-secret" not in listed and "pass@" not in listed
+    # what was answered, written back, keeps the secrets
+    echo = {
+        "contextSourceInfo": got["contextSourceInfo"],
+        "endpoint": got["endpoint"],
+        "mode": "auxiliary",
+    }
+    assert client.patch(f"{R}/{rid}", json=echo, headers=JSON).status_code == 204
+    # and the source gets them: see tests/broker/federation/test_forwarding.py
