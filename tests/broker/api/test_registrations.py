@@ -284,7 +284,8 @@ def test_credentials_for_the_source_are_answered_masked(client: TestClient) -> N
     ]
     assert got["endpoint"] == "http://***@komae-hub.example:1026"
     listed = client.get(f"{R}?type=AEDLocation").text
-    assert "komae-secret" not in listed and "pass@" not in listed
+    assert "komae-secret" not in listed
+    assert "pass@" not in listed
     # what was answered, written back, keeps the secrets
     echo = {
         "contextSourceInfo": got["contextSourceInfo"],
