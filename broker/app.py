@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from broker import health as probes
 from broker import metrics
 from broker.api import (
+    csubscriptions,
     docs,
     entities,
     entity_operations,
@@ -38,6 +39,7 @@ from broker.auth import PolicyHolder, Principal, install_sighup_reload, open_aud
 from broker.auth.credentials import Authenticator
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
+from broker.core.csubscriptions import CsourceSubscriptionService
 from broker.core.discovery import DiscoveryService
 from broker.core.distributed import DistributedService
 from broker.core.entities import EntityService
@@ -109,6 +111,11 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
     registrations = RegistrationService(
         store, resolve, outbound=outbound, local_entity=store.get_entity
     )
+    senders = Senders(
+        http_timeout=settings.notification_timeout,
+        mqtt_timeout=settings.notification_timeout,
+        policy=outbound,
+    )
     hub = Hub(
         settings=settings,
         resolver=resolver,
@@ -118,11 +125,7 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
         discovery=DiscoveryService(store),
         subscriptions=SubscriptionService(
             store,
-            Senders(
-                http_timeout=settings.notification_timeout,
-                mqtt_timeout=settings.notification_timeout,
-                policy=outbound,
-            ),
+            senders,
             resolve=resolve,
             outbound=outbound,
             implicit_url=contexts.implicit,
@@ -142,6 +145,9 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
             ),
             max_limit=settings.max_limit,
         ),
+        csubscriptions=CsourceSubscriptionService(
+            store, registrations, senders, resolve, outbound=outbound
+        ),
     )
     if auth is not None:
         holder = auth.holder
@@ -152,11 +158,13 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
         hub.subscriptions.may_read = may_read
     service.on_change(hub.subscriptions.on_change)
     hub.subscriptions.start()
+    hub.csubscriptions.start(store.tenants)
     hub.temporal.start_expiry(settings.history_expiry_interval)
     return hub
 
 
 async def close_hub(hub: Hub) -> None:
+    await hub.csubscriptions.aclose()
     await hub.distributed.forwarder.aclose()
     await hub.temporal.aclose()
     await hub.subscriptions.aclose()
@@ -259,6 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jsonld_contexts.router)
     app.include_router(temporal.router)
     app.include_router(registrations.router)
+    app.include_router(csubscriptions.router)
     app.include_router(unimplemented.router)
     app.include_router(ogc.router)
     app.include_router(viewer.router)

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from broker.api.common import Payload, check_tenant, link_context, read_payload
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
+from broker.core.csubscriptions import CsourceSubscriptionService
 from broker.core.discovery import DiscoveryService
 from broker.core.distributed import DistributedService
 from broker.core.entities import EntityService
@@ -35,6 +36,7 @@ class Hub:
     temporal: TemporalService
     registrations: RegistrationService
     distributed: DistributedService
+    csubscriptions: CsourceSubscriptionService
 
     async def term_map(self, ctx: ContextValue | None, tenant: str = "") -> TermMap:
         tm = await self.resolver.term_map(ctx)

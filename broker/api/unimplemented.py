@@ -20,7 +20,6 @@ from broker.errors import NotImplementedYet
 router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["not available"])
 
 NOT_YET = {
-    "csourceSubscriptions": "context source subscriptions",
     "entityMaps": "entity maps",
     "info": "broker information",
 }
