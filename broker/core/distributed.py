@@ -261,6 +261,68 @@ class DistributedService:
         page = page[query.offset : query.offset + query.limit]
         return page, (total if query.count else None), warning(failed)
 
+    # -- other reads, merged as JSON -------------------------------------------------------
+
+    async def query_json(
+        self,
+        tenant: str,
+        operation: str,
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        path: str,
+        params: dict[str, str],
+    ) -> tuple[list[dict[str, Any]], int, dict[str, str]]:
+        """Forward a read the sources answer with a list of entities in a representation
+        this hub does not parse (temporal evolutions): the request's own parameters are
+        passed on, asking for the first ``offset + limit``. Returns the entities the
+        sources answered (each only if the registration may hold it and the caller may
+        read its type), the sum of their counts, and the ``NGSILD-Warning`` header."""
+        sources = await self.sources(
+            tenant,
+            operation,
+            types=query.types,
+            ids=query.ids,
+            id_pattern=query.id_pattern,
+            attrs=query.attrs,
+        )
+        if not sources:
+            return [], 0, {}
+        want = min(query.offset + query.limit, self.max_limit)
+        sent = {k: v for k, v in params.items() if k not in ("local", "offset", "limit", "count")}
+        sent.update(limit=str(max(want, 1)), count="true")
+        answers: list[Answer] = await asyncio.gather(
+            *(self.forwarder.send(reg, call, "GET", path, params=sent) for reg, _i in sources)
+        )
+        access = current_access()
+        found: list[dict[str, Any]] = []
+        total = 0
+        failed: list[Answer] = []
+        for (_reg, infos), answer in zip(sources, answers, strict=True):
+            if not answer.ok or not isinstance(answer.body, list):
+                if answer.error is None:
+                    answer.error = f"answered {answer.status}"
+                failed.append(answer)
+                continue
+            header = answer.headers.get("NGSILD-Results-Count") if answer.headers else None
+            total += int(header) if header and header.isdigit() else len(answer.body)
+            for item in answer.body:
+                if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                    continue
+                raw = item.get("type")
+                types = [
+                    tm.expand(t)
+                    for t in (raw if isinstance(raw, list) else [raw])
+                    if isinstance(t, str)
+                ]
+                probe = {"id": item["id"], "type": types}
+                if not self._holds(infos, probe):
+                    continue
+                if access is not None and not access.can("read", tenant, types):
+                    continue
+                found.append(item)
+        return found, total, warning(failed)
+
     # -- retrieve --------------------------------------------------------------------------
 
     async def retrieve(

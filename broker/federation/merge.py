@@ -106,3 +106,18 @@ def merge_reference(views: list[Entity]) -> Entity:
             chosen.append(next(i for i in candidates if _stamp(i) == newest))
         out[name] = chosen
     return out
+
+
+def merge_rendered(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Two sources' renderings of one entity's temporal evolution (attribute members
+    holding lists of instances) joined: instances ``base`` lacks are added, in order."""
+    out = dict(base)
+    for name, value in other.items():
+        if name in ENTITY_KEYS:
+            continue
+        held = out.get(name)
+        if held is None:
+            out[name] = value
+        elif isinstance(held, list) and isinstance(value, list):
+            out[name] = [*held, *(v for v in value if v not in held)]
+    return out

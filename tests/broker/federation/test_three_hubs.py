@@ -262,3 +262,38 @@ def test_a_registration_loop_is_508(hubs: dict[str, str]) -> None:
     assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/LoopDetected"
     # the tenant without the loop is unaffected
     assert httpx.get(f"{komae}{E}", params={"type": "AEDLocation"}).status_code == 200
+
+
+def test_a_temporal_query_sees_both_cities(hubs: dict[str, str]) -> None:
+    tokyo, komae, chofu = hubs["tokyo"], hubs["komae"], hubs["chofu"]
+    for url, eid, values in (
+        (komae, "urn:ngsi-ld:EvacuationShelter:komae-1", [300, 420]),
+        (chofu, "urn:ngsi-ld:EvacuationShelter:chofu-2", [800]),
+    ):
+        for n, value in enumerate(values):
+            attr = {
+                "避難者数": {
+                    "type": "Property",
+                    "value": value,
+                    "observedAt": f"2026-09-0{n + 1}T09:00:00Z",
+                }
+            }
+            r = httpx.post(f"{url}{E}/{eid}/attrs", json=attr, headers=JSON)
+            assert r.status_code == 204, r.text
+    r = httpx.get(
+        f"{tokyo}/ngsi-ld/v1/temporal/entities",
+        params={
+            "type": "EvacuationShelter",
+            "attrs": "避難者数",
+            "timerel": "after",
+            "timeAt": "2026-08-01T00:00:00Z",
+            "count": "true",
+        },
+    )
+    assert r.status_code == 200, r.text
+    got = {e["id"]: [i["value"] for i in e["避難者数"]] for e in r.json()}
+    assert got == {
+        "urn:ngsi-ld:EvacuationShelter:chofu-2": [800],
+        "urn:ngsi-ld:EvacuationShelter:komae-1": [300, 420],
+    }
+    assert r.headers["NGSILD-Results-Count"] == "2"
