@@ -323,6 +323,45 @@ class DistributedService:
                 found.append(item)
         return found, total, warning(failed)
 
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def mirror(
+        self,
+        tenant: str,
+        operation: str,
+        call: Call,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        types: Sequence[Sequence[str]] | None = None,
+    ) -> dict[str, str]:
+        """Send a subscription operation on to the sources registered for it, so that a
+        subscription made here also hears of changes at the sources (clause 4.3.6.3,
+        ``federationOps``): the source notifies the subscriber's endpoint directly,
+        under the same subscription id. Returns the ``NGSILD-Warning`` header for the
+        sources that failed (a source that does not know the subscription is no
+        failure)."""
+        sources = await self.sources(tenant, operation, types=types)
+        if not sources:
+            return {}
+        answers: list[Answer] = await asyncio.gather(
+            *(
+                self.forwarder.send(reg, call, method, path, body=body, content_type=content_type)
+                for reg, _i in sources
+            )
+        )
+        failed = []
+        for answer in answers:
+            if answer.error is None and answer.status is not None and answer.status >= 400:
+                if answer.status == 404 and method != "POST":
+                    continue
+                answer.error = f"answered {answer.status}"
+            if answer.error is not None:
+                failed.append(answer)
+        return warning(failed)
+
     # -- retrieve --------------------------------------------------------------------------
 
     async def retrieve(

@@ -154,6 +154,7 @@ class Forwarder:
         *,
         params: dict[str, str] | None = None,
         body: Any = None,
+        content_type: str = "application/json",
     ) -> Answer:
         """One request to the source of ``reg``; never raises but LoopDetected."""
         now = time.monotonic()
@@ -163,7 +164,9 @@ class Forwarder:
         content = None
         if body is not None:
             content = orjson.dumps(body)
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
+            if content_type == "application/ld+json":
+                headers.pop("Link", None)  # the body carries its @context
         try:
             response = await self._client.request(
                 method,

@@ -297,3 +297,45 @@ def test_a_temporal_query_sees_both_cities(hubs: dict[str, str]) -> None:
         "urn:ngsi-ld:EvacuationShelter:komae-1": [300, 420],
     }
     assert r.headers["NGSILD-Results-Count"] == "2"
+
+
+def test_a_subscription_on_the_prefecture_hears_both_cities(hubs: dict[str, str]) -> None:
+    from tests.receiver import Receiver
+
+    tokyo, komae, chofu = hubs["tokyo"], hubs["komae"], hubs["chofu"]
+    receiver = Receiver()
+    sid = "urn:ngsi-ld:Subscription:都の避難所監視"
+    try:
+        sub = {
+            "id": sid,
+            "type": "Subscription",
+            "entities": [{"type": "EvacuationShelter"}],
+            "watchedAttributes": ["開設状況"],
+            "notification": {"endpoint": {"uri": receiver.url, "accept": "application/json"}},
+        }
+        r = httpx.post(f"{tokyo}/ngsi-ld/v1/subscriptions", json=sub, headers=JSON)
+        assert r.status_code == 201, r.text
+        assert "NGSILD-Warning" not in r.headers
+        opened = {"開設状況": {"type": "Property", "value": "開設"}}
+        for url, eid in (
+            (komae, "urn:ngsi-ld:EvacuationShelter:komae-1"),
+            (chofu, "urn:ngsi-ld:EvacuationShelter:chofu-1"),
+        ):
+            assert httpx.post(f"{url}{E}/{eid}/attrs", json=opened, headers=JSON).status_code == 204
+        got = receiver.wait_for(
+            lambda rs: (
+                {d["id"] for _h, n in rs for d in n["data"]}
+                >= {
+                    "urn:ngsi-ld:EvacuationShelter:komae-1",
+                    "urn:ngsi-ld:EvacuationShelter:chofu-1",
+                }
+            ),
+            what="a notification from each city",
+        )
+        assert {n["subscriptionId"] for _h, n in got} == {sid}
+        # deleting it at the prefecture deletes it at the cities too
+        assert httpx.delete(f"{tokyo}/ngsi-ld/v1/subscriptions/{sid}").status_code == 204
+        for url in (komae, chofu):
+            assert httpx.get(f"{url}/ngsi-ld/v1/subscriptions/{sid}").status_code == 404
+    finally:
+        receiver.close()
