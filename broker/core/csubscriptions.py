@@ -370,7 +370,7 @@ class CsourceSubscriptionService:
     ) -> None:
         notification: dict[str, Any] = {
             "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
-            "type": "Notification",
+            "type": "ContextSourceNotification",
             "subscriptionId": sub.id,
             "notifiedAt": now_iso(),
             "data": [self._render_registration(sub, reg, infos) for reg, infos in data],

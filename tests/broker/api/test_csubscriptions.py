@@ -45,7 +45,7 @@ def test_notifications_follow_the_registrations(client: TestClient, receiver: Re
     post(client, CS, subscription(receiver.url))
     # initially: what already matches, with only the matching information groups
     first = receiver.wait(1)[0][1]
-    assert first["type"] == "Notification"
+    assert first["type"] == "ContextSourceNotification"
     assert first["subscriptionId"] == "urn:ngsi-ld:Subscription:都の監視"
     assert first["triggerReason"] == "newlyMatching"
     assert [d["id"] for d in first["data"]] == [REG + "komae"]
