@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import orjson
+
 from broker.auth.access import current as current_access
 from broker.core.entities import EntityService
 from broker.core.model import Parser
@@ -36,11 +38,44 @@ from broker.federation.registrations import Info, Registration, RegistrationServ
 from broker.jsonld.context import TermMap
 from broker.model.entity import ENTITY_KEYS, Entity
 from broker.model.store import EntityQuery
+from broker.query.qlang import format_q, resolve_q
+from broker.query.scopeq import format_scope_q
 
 #: Query parameters passed on as the client wrote them (terms in the request's context).
 PASSED_ON = frozenset(
     {"id", "idPattern", "q", "georel", "geometry", "coordinates", "geoproperty", "geoQ", "scopeQ"}
 )
+
+
+def params_of(query: EntityQuery, tm: TermMap) -> dict[str, str]:
+    """The query parameters of ``GET /entities`` that select what ``query`` selects,
+    terms compacted with ``tm`` (for requests that did not come with parameters of their
+    own: OGC API items, a Query body)."""
+    out: dict[str, str] = {}
+    if query.ids:
+        out["id"] = ",".join(query.ids)
+    if query.id_pattern:
+        out["idPattern"] = query.id_pattern
+    if query.types:
+        out["type"] = "|".join(";".join(tm.compact(t) for t in alt) for alt in query.types)
+    if query.q is not None:
+        out["q"] = format_q(resolve_q(query.q, tm.compact))
+    if query.scope_q is not None:
+        out["scopeQ"] = format_scope_q(query.scope_q)
+    geo = query.geo
+    if geo is not None:
+        rel = geo.georel
+        if geo.max_distance is not None:
+            rel += f";maxDistance=={geo.max_distance:g}"
+        if geo.min_distance is not None:
+            rel += f";minDistance=={geo.min_distance:g}"
+        out.update(
+            georel=rel,
+            geometry=str(geo.geometry["type"]),
+            coordinates=orjson.dumps(geo.geometry["coordinates"]).decode(),
+            geoproperty=tm.compact(geo.geoproperty),
+        )
+    return out
 
 
 def parse_remote(body: Any, tm: TermMap) -> Entity | None:
@@ -185,13 +220,14 @@ class DistributedService:
         query: EntityQuery,
         tm: TermMap,
         call: Call,
-        params: dict[str, str],
+        params: dict[str, str] | None = None,
         *,
         local: bool = False,
     ) -> tuple[list[Entity], int | None, dict[str, str]]:
         """The entities matching ``query`` here and at the sources, with the count and
         the headers to answer with (``NGSILD-Warning``). ``params`` are the request's
-        own query parameters (passed on in its terms)."""
+        own query parameters (passed on in its terms); without them, parameters are made
+        from ``query`` (:func:`params_of`)."""
         sources = (
             []
             if local
@@ -210,6 +246,9 @@ class DistributedService:
             except NonexistentTenant:
                 found, total = [], (0 if query.count else None)
             return found, total, {}
+        if params is None:
+            params = params_of(query, tm)
+        given = params
         want = min(query.offset + query.limit, self.max_limit)
         local_query = replace(query, offset=0, limit=want, count=True)
 
@@ -221,12 +260,12 @@ class DistributedService:
             return found, total or 0
 
         async def ask(reg: Registration, infos: list[Info]) -> Answer:
-            sent = {k: v for k, v in params.items() if k in PASSED_ON}
+            sent = {k: v for k, v in given.items() if k in PASSED_ON}
             attrs = self._attrs(reg, infos, query.attrs)
             if attrs:
                 sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
-            if "type" in params:
-                sent["type"] = params["type"]
+            if "type" in given:
+                sent["type"] = given["type"]
             else:
                 types = reg.types_for(infos)
                 if types:
@@ -260,6 +299,14 @@ class DistributedService:
         page = sorted(merged.values(), key=lambda e: e["id"])
         page = page[query.offset : query.offset + query.limit]
         return page, (total if query.count else None), warning(failed)
+
+    async def registered_types(self, tenant: str) -> set[str]:
+        """The entity types the tenant's active registrations name (expanded)."""
+        out: set[str] = set()
+        for reg in await self.registrations.active(tenant):
+            if reg.supports("queryEntity"):
+                out.update(t for info in reg.infos for e in info.entities for t in e.types)
+        return out
 
     # -- other reads, merged as JSON -------------------------------------------------------
 

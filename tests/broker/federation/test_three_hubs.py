@@ -339,3 +339,29 @@ def test_a_subscription_on_the_prefecture_hears_both_cities(hubs: dict[str, str]
             assert httpx.get(f"{url}/ngsi-ld/v1/subscriptions/{sid}").status_code == 404
     finally:
         receiver.close()
+
+
+def test_an_ogc_collection_read_sees_both_cities(hubs: dict[str, str]) -> None:
+    tokyo = hubs["tokyo"]
+    listed = httpx.get(f"{tokyo}/ogc/collections", params={"f": "json"}).json()
+    assert {"AEDLocation", "EvacuationShelter"} <= {c["id"] for c in listed["collections"]}
+    page = httpx.get(f"{tokyo}/ogc/collections/EvacuationShelter/items", params={"f": "json"})
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert body["type"] == "FeatureCollection"
+    assert {f["properties"]["name"] for f in body["features"]} == {
+        "狛江第一小学校",
+        "調布第一中学校",
+        "調布市総合体育館",
+    }
+    assert body["numberMatched"] == 3
+    # a bounding box around Chofu's city hall, and a property filter
+    box = httpx.get(
+        f"{tokyo}/ogc/collections/EvacuationShelter/items",
+        params={"f": "json", "bbox": "139.53,35.64,139.55,35.66"},
+    ).json()
+    assert [f["properties"]["name"] for f in box["features"]] == ["調布第一中学校"]
+    by_capacity = httpx.get(
+        f"{tokyo}/ogc/collections/EvacuationShelter/items", params={"f": "json", "収容人数": "900"}
+    ).json()
+    assert [f["properties"]["name"] for f in by_capacity["features"]] == ["調布市総合体育館"]
