@@ -246,8 +246,17 @@ async def query_entities(
         params, hub, tm, attrs=params.attrs, options=params.options, local=params.local
     )
     local = P.bool_param(params.local, "local")
+    csf = resolve_q(_checked_q(params.csf), tm.expand) if params.csf else None
     return await query_response(
-        hub, tenant, request, view, query, kind, forward=dict(request.query_params), local=local
+        hub,
+        tenant,
+        request,
+        view,
+        query,
+        kind,
+        forward=dict(request.query_params),
+        local=local,
+        csf=csf,
     )
 
 
@@ -267,6 +276,7 @@ async def query_response(
     *,
     forward: dict[str, str] | None = None,
     local: bool = False,
+    csf: Node | None = None,
 ) -> Response:
     """Run a query and render the entities (GET /entities, POST /entityOperations/query).
 
@@ -276,7 +286,7 @@ async def query_response(
     headers: dict[str, str] = {}
     if forward is not None:
         entities, total, headers = await hub.distributed.query(
-            tenant, query, tm, forward_call(request, tenant), forward, local=local
+            tenant, query, tm, forward_call(request, tenant), forward, local=local, csf=csf
         )
     else:
         try:

@@ -14,6 +14,7 @@ from broker.api.deps import Hub, HubDep, TenantDep
 from broker.federation.forward import Call, Forwarder
 from broker.jsonld.context import TermMap
 from broker.model.entity import id_segment
+from broker.query import parse_q, resolve_q
 
 router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["subscriptions"])
 ANSWERS = P.answers(JSON, LD_JSON)
@@ -64,6 +65,9 @@ async def _mirror(
         named = [e.get("type") for e in body["entities"] if isinstance(e, dict)]
         if named and all(isinstance(t, str) for t in named):
             types = [[tm.expand(str(t))] for t in named]
+    csf = None
+    if body is not None and tm is not None and isinstance(body.get("csf"), str):
+        csf = resolve_q(parse_q(body["csf"]), tm.expand)
     ld = (request.headers.get("content-type") or "").startswith("application/ld+json")
     if ld and body is not None and context is not None:
         body = {**body, "@context": context}
@@ -77,6 +81,7 @@ async def _mirror(
         body=body,
         content_type="application/ld+json" if ld else "application/json",
         types=types,
+        csf=csf,
     )
 
 

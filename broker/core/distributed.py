@@ -37,7 +37,9 @@ from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
 from broker.jsonld.context import TermMap
 from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.query import Node
 from broker.model.store import EntityQuery
+from broker.query.evaluate import matches_q
 from broker.query.qlang import format_q, resolve_q
 from broker.query.scopeq import format_scope_q
 
@@ -135,11 +137,15 @@ class DistributedService:
         ids: Sequence[str] | None = None,
         id_pattern: str | None = None,
         attrs: Sequence[str] | None = None,
+        csf: Node | None = None,
     ) -> list[tuple[Registration, list[Info]]]:
-        """The active registrations that may answer ``operation`` for this selection."""
+        """The active registrations that may answer ``operation`` for this selection
+        (and whose own properties match the context source filter ``csf``)."""
         out = []
         for reg in await self.registrations.active(tenant):
             if not reg.supports(operation):
+                continue
+            if csf is not None and not matches_q(csf, reg.subject):
                 continue
             infos = reg.infos_for(types=types, ids=ids, id_pattern=id_pattern, attrs=attrs)
             if infos:
@@ -223,6 +229,7 @@ class DistributedService:
         params: dict[str, str] | None = None,
         *,
         local: bool = False,
+        csf: Node | None = None,
     ) -> tuple[list[Entity], int | None, dict[str, str]]:
         """The entities matching ``query`` here and at the sources, with the count and
         the headers to answer with (``NGSILD-Warning``). ``params`` are the request's
@@ -238,6 +245,7 @@ class DistributedService:
                 ids=query.ids,
                 id_pattern=query.id_pattern,
                 attrs=query.attrs,
+                csf=csf,
             )
         )
         if not sources:
@@ -383,6 +391,7 @@ class DistributedService:
         body: Any = None,
         content_type: str = "application/json",
         types: Sequence[Sequence[str]] | None = None,
+        csf: Node | None = None,
     ) -> dict[str, str]:
         """Send a subscription operation on to the sources registered for it, so that a
         subscription made here also hears of changes at the sources (clause 4.3.6.3,
@@ -390,7 +399,7 @@ class DistributedService:
         under the same subscription id. Returns the ``NGSILD-Warning`` header for the
         sources that failed (a source that does not know the subscription is no
         failure)."""
-        sources = await self.sources(tenant, operation, types=types)
+        sources = await self.sources(tenant, operation, types=types, csf=csf)
         if not sources:
             return {}
         answers: list[Answer] = await asyncio.gather(

@@ -174,3 +174,21 @@ def test_auxiliary_only_fills_in(hub: TestClient, cs: Source) -> None:
     got = hub.get(f"{E}/{AED}").json()
     assert got["name"]["value"] == "調布市役所 本庁舎"
     assert got["開設時間"]["value"] == "8:30-17:15"
+
+
+def test_csf_picks_the_sources_asked(hub: TestClient) -> None:
+    with source() as komae, source() as chofu:
+        for city, cs, name in (("komae", komae, "狛江市"), ("chofu", chofu, "調布市")):
+            body = {
+                "id": f"urn:ngsi-ld:ContextSourceRegistration:{city}",
+                "type": "ContextSourceRegistration",
+                "information": [{"entities": [{"type": "AEDLocation"}]}],
+                "endpoint": cs.url,
+                "自治体": name,
+            }
+            assert hub.post(R, json=body, headers=JSON).status_code == 201
+            cs.answer("GET", "/ngsi-ld/v1/entities", 200, [])
+        r = hub.get(E, params={"type": "AEDLocation", "csf": '自治体=="調布市"'})
+        assert r.status_code == 200
+        assert (len(komae.requests), len(chofu.requests)) == (0, 1)
+        assert hub.get(E, params={"type": "AEDLocation", "csf": "自治体=="}).status_code == 400
