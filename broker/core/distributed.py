@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ import orjson
 from broker.auth.access import current as current_access
 from broker.core.entities import EntityService
 from broker.core.model import Parser
-from broker.errors import NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import Conflict, NgsiLdError, NonexistentTenant, ResourceNotFound
 from broker.federation.forward import Answer, Call, Forwarder, warning
 from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
@@ -101,6 +101,16 @@ def parse_remote(body: Any, tm: TermMap) -> Entity | None:
                     if isinstance(given.get(key), str):
                         inst[key] = given[key]
     return ent
+
+
+@dataclass(slots=True)
+class WritePlan:
+    """What a distributed write sent to sources (``answers``), and what is left to
+    write here: ``local_body`` when ``run_local``."""
+
+    local_body: Any
+    run_local: bool
+    answers: list[Answer]
 
 
 def _fill(base: Entity, other: Entity) -> Entity:
@@ -377,6 +387,103 @@ class DistributedService:
                     continue
                 found.append(item)
         return found, total, warning(failed)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def forward_write(
+        self,
+        tenant: str,
+        operation: str,
+        call: Call,
+        method: str,
+        path: str,
+        *,
+        entity_id: str,
+        tm: TermMap,
+        body: Any = None,
+        types: Sequence[str] | None = None,
+        attr: str | None = None,
+        params: dict[str, str] | None = None,
+        context: Any = None,
+        content_type: str = "application/json",
+        whole: bool = False,
+    ) -> WritePlan:
+        """Send a write of one entity on to the sources registered for it (clause
+        4.3.6.3) and say what is left to write here.
+
+        Each source supporting ``operation`` gets the attributes it is registered for
+        (all, when it names none); ``auxiliary`` sources are never written to. What
+        ``exclusive`` and ``redirect`` sources hold is not written here; a redirect
+        source for the whole entity leaves nothing here. An exclusive or redirect
+        registration of attributes in the write that does not support ``operation``
+        makes it a Conflict (409): they may not be written here either. ``whole``: the
+        write names the whole entity (create, replace), so it is kept here even when
+        every attribute went to the sources."""
+        attrs: list[str] | None = None
+        if attr is not None:
+            attrs = [tm.expand(attr)]
+        elif isinstance(body, dict):
+            attrs = [tm.expand(k) for k in body if k not in ENTITY_KEYS] or None
+        expanded_types = [[tm.expand(t)] for t in types] if types else None
+        matched = []
+        for reg in await self.registrations.active(tenant):
+            if reg.mode == "auxiliary":
+                continue
+            infos = reg.infos_for(types=expanded_types, ids=[entity_id], attrs=attrs)
+            if infos:
+                matched.append((reg, infos))
+        if not matched:
+            return WritePlan(body, True, [])
+        owned: set[str] = set()
+        everything = False
+        for reg, infos in matched:
+            if reg.mode not in ("exclusive", "redirect"):
+                continue
+            held = reg.attrs_for(infos)
+            touched = attrs is None or held is None or bool(set(attrs) & held)
+            if not reg.supports(operation) and touched:
+                raise Conflict(
+                    f"registration {reg.id} ({reg.mode}) holds what this {operation} "
+                    "would write, and does not accept it"
+                )
+            if held is None:
+                everything = everything or reg.mode == "redirect"
+            else:
+                owned |= held
+
+        def part_for(held: frozenset[str] | None) -> Any:
+            if not isinstance(body, dict) or held is None:
+                part = body
+            else:
+                part = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) in held}
+            if isinstance(part, dict) and context is not None and content_type.endswith("ld+json"):
+                part = {**part, "@context": context}
+            return part
+
+        sends = []
+        for reg, infos in matched:
+            if not reg.supports(operation):
+                continue
+            held = reg.attrs_for(infos)
+            part = part_for(held)
+            partial = attr is None and not whole and isinstance(body, dict)
+            if partial and isinstance(part, dict) and all(k in ENTITY_KEYS for k in part):
+                continue  # none of the attributes written is held there
+            sends.append(
+                self.forwarder.send(
+                    reg, call, method, path, params=params, body=part, content_type=content_type
+                )
+            )
+        answers: list[Answer] = list(await asyncio.gather(*sends))
+        if everything:
+            return WritePlan(None, False, answers)
+        if attr is not None:
+            return WritePlan(body, tm.expand(attr) not in owned, answers)
+        if isinstance(body, dict) and owned:
+            local = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) not in owned}
+            keep = whole or any(k not in ENTITY_KEYS for k in local)
+            return WritePlan(local, keep, answers)
+        return WritePlan(body, True, answers)
 
     # -- subscriptions -----------------------------------------------------------------------
 

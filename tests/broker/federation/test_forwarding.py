@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -192,3 +193,101 @@ def test_csf_picks_the_sources_asked(hub: TestClient) -> None:
         assert r.status_code == 200
         assert (len(komae.requests), len(chofu.requests)) == (0, 1)
         assert hub.get(E, params={"type": "AEDLocation", "csf": "自治体=="}).status_code == 400
+
+
+def vehicle_registration(url: str, mode: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"urn:ngsi-ld:ContextSourceRegistration:{mode}",
+        "type": "ContextSourceRegistration",
+        "information": [{"entities": [{"type": "公用車"}], **extra}],
+        "endpoint": url,
+        "mode": mode,
+        "operations": ["redirectionOps"],
+    }
+
+
+CAR = "urn:ngsi-ld:公用車:品川500あ1234"
+
+
+def car(**attrs: Any) -> dict[str, Any]:
+    return {
+        "id": CAR,
+        "type": "公用車",
+        **{k: {"type": "Property", "value": v} for k, v in attrs.items()},
+    }
+
+
+def test_inclusive_writes_go_to_both(hub: TestClient, cs: Source) -> None:
+    assert (
+        hub.post(R, json=vehicle_registration(cs.url, "inclusive"), headers=JSON).status_code == 201
+    )
+    cs.answer("POST", "/ngsi-ld/v1/entities", 201, None)
+    r = hub.post(E, json=car(速度=40, 燃料=80), headers=JSON)
+    assert r.status_code == 201, r.text
+    sent = cs.requests[-1]
+    assert (sent.method, sent.body["id"], sent.body["速度"]["value"]) == ("POST", CAR, 40)
+    assert "via" in sent.headers
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).json()["速度"]["value"] == 40
+    # the source refusing: 207, naming it; what succeeded here stays
+    cs.answer(
+        "PATCH",
+        f"/ngsi-ld/v1/entities/{CAR}/attrs",
+        400,
+        {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData", "title": "Bad request"},
+    )
+    r = hub.patch(
+        f"{E}/{CAR}/attrs", json={"速度": {"type": "Property", "value": 55}}, headers=JSON
+    )
+    assert r.status_code == 207, r.text
+    [error] = r.json()["errors"]
+    assert error["registrationId"] == "urn:ngsi-ld:ContextSourceRegistration:inclusive"
+    assert error["error"]["status"] == 400
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).json()["速度"]["value"] == 55
+    # local=true writes here only
+    asked = len(cs.requests)
+    assert hub.delete(f"{E}/{CAR}", params={"local": "true"}).status_code == 204
+    assert len(cs.requests) == asked
+    # an invalid entity is refused before anything is sent
+    assert hub.post(E, json={**car(), "速度": None}, headers=JSON).status_code == 400
+    assert len(cs.requests) == asked
+
+
+def test_exclusive_attributes_are_written_at_the_source_only(hub: TestClient, cs: Source) -> None:
+    reg = vehicle_registration(cs.url, "exclusive", propertyNames=["速度"])
+    reg["information"][0]["entities"][0]["id"] = CAR
+    assert hub.post(R, json=reg, headers=JSON).status_code == 201
+    cs.answer("POST", "/ngsi-ld/v1/entities", 201, None)
+    assert hub.post(E, json=car(速度=40, 燃料=80), headers=JSON).status_code == 201
+    assert set(cs.requests[-1].body) == {"id", "type", "速度"}
+    held = hub.get(f"{E}/{CAR}", params={"local": "true"}).json()
+    assert "速度" not in held and held["燃料"]["value"] == 80
+    # an update of the exclusive attribute only goes to the source
+    cs.answer("PATCH", f"/ngsi-ld/v1/entities/{CAR}/attrs/速度", 204, None)
+    r = hub.patch(f"{E}/{CAR}/attrs/速度", json={"value": 60}, headers=JSON)
+    assert r.status_code == 204, r.text
+    assert cs.requests[-1].method == "PATCH"
+
+
+def test_exclusive_without_the_operation_is_a_conflict(hub: TestClient, cs: Source) -> None:
+    reg = vehicle_registration(cs.url, "exclusive", propertyNames=["速度"])
+    reg["information"][0]["entities"][0]["id"] = CAR
+    reg["operations"] = ["retrieveOps"]
+    assert hub.post(R, json=reg, headers=JSON).status_code == 201
+    r = hub.post(E, json=car(速度=40), headers=JSON)
+    assert r.status_code == 409
+    assert cs.requests == []
+    assert hub.post(E, json=car(燃料=80), headers=JSON).status_code == 201  # not its attribute
+
+
+def test_redirect_writes_only_at_the_source(hub: TestClient, cs: Source) -> None:
+    assert (
+        hub.post(R, json=vehicle_registration(cs.url, "redirect"), headers=JSON).status_code == 201
+    )
+    cs.answer("POST", "/ngsi-ld/v1/entities", 201, None)
+    r = hub.post(E, json=car(速度=40), headers=JSON)
+    assert r.status_code == 201
+    assert unquote(r.headers["location"]).endswith(CAR)
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).status_code == 404
+    cs.answer("DELETE", f"/ngsi-ld/v1/entities/{CAR}", 204, None)
+    assert hub.delete(f"{E}/{CAR}").status_code == 204
+    assert cs.requests[-1].method == "DELETE"
