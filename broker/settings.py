@@ -81,6 +81,19 @@ class Settings(BaseSettings):
     notification_timeout: float = Field(10.0, gt=0)
     notification_attempts: int = Field(5, ge=1)
 
+    # Federation (context source registrations, distributed operations).
+    #: Name this hub gives itself in the Via header of the requests it forwards; a
+    #: request that comes back with it is a loop (508). Default: the public URL's
+    #: host and port when set (shared by the replicas of one hub), else a name made up
+    #: at start.
+    hub_id: str | None = None
+    #: Seconds to wait for a context source, unless its registration's
+    #: management.timeout says otherwise.
+    federation_timeout: float = Field(5.0, gt=0)
+    #: Seconds a context source that failed is left alone, unless its registration's
+    #: management.cooldown says otherwise (0: asked again at once).
+    federation_cooldown: float = Field(0.0, ge=0)
+
     # OGC API - Features (/ogc) and the map viewer (/viewer).
     #: Entity type -> attribute whose date-time value is a feature's time (JSON in the
     #: environment: RENKEI_OGC_TIME_PROPERTIES='{"WeatherObserved": "dateObserved"}');

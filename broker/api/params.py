@@ -97,8 +97,8 @@ Csf = Annotated[
     str | None,
     _text(
         "csf",
-        "Context source filter (clause 4.9). Accepted, not applied: context source "
-        "registrations are not available in this version (their endpoints answer 501).",
+        "Context source filter (clause 4.9): a q-language expression on the context "
+        "source registrations' own properties; only the sources it matches are asked.",
     ),
 ]
 OrderBy = Annotated[

@@ -5,8 +5,9 @@ expanded IRIs for types and attribute names. They know nothing of HTTP or JSON-L
 
 The contract is a few narrow protocols, one per concern, so a service asks only for
 what it uses: :class:`EntityStore` (entities, queries and discovery),
-:class:`HistoryStore` (attribute history), :class:`SubscriptionStore` and
-:class:`ContextStore`. A backend implements them all; :class:`Store` is their union
+:class:`HistoryStore` (attribute history), :class:`SubscriptionStore`,
+:class:`ContextStore` and :class:`RegistrationStore` (context source registrations and
+their subscriptions). A backend implements them all; :class:`Store` is their union
 with the connection lifecycle. The values passed and returned are
 ``broker.model.store``'s.
 
@@ -20,7 +21,7 @@ can (one, for SQLite), which is what makes batch operations cheap.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from broker.model.entity import Entity
 from broker.model.history import Duration, HistoryPolicy, HistoryRow
@@ -176,7 +177,37 @@ class ContextStore(Protocol):
         """Delete a context record; False when there was none."""
 
 
-class Store(EntityStore, HistoryStore, SubscriptionStore, ContextStore, Protocol):
+#: What a :class:`RegistrationStore` keeps: context source registrations (clause 5.2.9)
+#: or context source registration subscriptions (clause 5.2.12, ``csourceSubscriptions``).
+RegistrationKind = Literal["registration", "subscription"]
+
+
+class RegistrationStore(Protocol):
+    """Context source registrations and the subscriptions to them, per tenant: documents
+    named by their ``id`` member, listed in the order they were created. They are few
+    (one per context source and data set), so the federation layer reads a tenant's
+    whole list and matches it in memory; the store only keeps them."""
+
+    async def put_registration(
+        self, tenant: str, kind: RegistrationKind, doc: dict[str, Any], *, create: bool
+    ) -> None:
+        """Store a document. ``create``: AlreadyExists when the id is taken; otherwise
+        ResourceNotFound when it is missing."""
+
+    async def get_registration(
+        self, tenant: str, kind: RegistrationKind, reg_id: str
+    ) -> dict[str, Any] | None: ...
+
+    async def list_registrations(self, tenant: str, kind: RegistrationKind) -> list[dict[str, Any]]:
+        """All documents of a tenant, oldest first."""
+
+    async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
+        """Delete a document; False when there was none."""
+
+
+class Store(
+    EntityStore, HistoryStore, SubscriptionStore, ContextStore, RegistrationStore, Protocol
+):
     """A whole backend: every concern, and the connection lifecycle."""
 
     async def open(self) -> None:

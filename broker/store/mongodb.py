@@ -8,7 +8,8 @@ Layout (one database, named by the URL path, default ``renkei``; see docs/mongod
   and the query fields described in ``broker.store.mongoquery``.
 * ``tenants``, ``geo_paths`` (GeoProperty attributes seen, one 2dsphere index each),
   ``subscriptions`` (``_id = {"t", "i"}``, status counters beside the document),
-  ``contexts`` and ``counters``.
+  ``registrations`` (context source registrations and their subscriptions,
+  ``_id = {"t", "k", "i"}``), ``contexts`` and ``counters``.
 
 Tenants share collections and are told apart by the ``t`` field that leads every
 index: tenants appear at run time from a request header, and a database per tenant
@@ -86,7 +87,7 @@ from broker.model.store import (
     WriteResult,
 )
 from broker.query.evaluate import entity_geometry
-from broker.store.base import Store
+from broker.store.base import RegistrationKind, Store
 from broker.store.index import value_rows
 from broker.store.mongohistory import MongoHistory, NumbersNeeded
 from broker.store.mongoquery import (
@@ -317,6 +318,9 @@ class MongoStore(Store):
                 [("t", ASCENDING), ("seq", ASCENDING)], name="tenant_seq"
             )
             await self._db.contexts.create_index([("created_at", ASCENDING)], name="created")
+            await self._db.registrations.create_index(
+                [("t", ASCENDING), ("k", ASCENDING), ("seq", ASCENDING)], name="tenant_kind_seq"
+            )
             async for row in self._db.geo_paths.find():
                 self._geo_paths.add(row["_id"])
             for attr in sorted(self._geo_paths):
@@ -796,6 +800,64 @@ class MongoStore(Store):
                 projection={"_id": 1},
             )
         return row is not None
+
+    # -- context source registrations ---------------------------------------------------------
+
+    async def put_registration(
+        self, tenant: str, kind: RegistrationKind, doc: dict[str, Any], *, create: bool
+    ) -> None:
+        reg_id = doc["id"]
+        key = {"t": tenant, "k": kind, "i": reg_id}
+        what = "registration" if kind == "registration" else "context source subscription"
+        with driver_errors():
+            if create:
+                counter = await self.db.counters.find_one_and_update(
+                    {"_id": "registrations"}, {"$inc": {"n": 1}}, upsert=True, return_document=True
+                )
+                try:
+                    await self.db.registrations.insert_one(
+                        {
+                            "_id": key,
+                            "t": tenant,
+                            "k": kind,
+                            "seq": counter["n"] if counter else 0,
+                            "doc": escape_doc(doc),
+                        }
+                    )
+                except DuplicateKeyError:
+                    raise AlreadyExists(f"{what} {reg_id} already exists") from None
+                await self._note_tenant(tenant)
+            else:
+                res = await self.db.registrations.update_one(
+                    {"_id": key}, {"$set": {"doc": escape_doc(doc)}}
+                )
+                if res.matched_count == 0:
+                    raise ResourceNotFound(f"{what} {reg_id} not found")
+
+    async def get_registration(
+        self, tenant: str, kind: RegistrationKind, reg_id: str
+    ) -> dict[str, Any] | None:
+        with driver_errors():
+            row = await self.db.registrations.find_one(
+                {"_id": {"t": tenant, "k": kind, "i": reg_id}}
+            )
+        return unescape_doc(row["doc"]) if row else None
+
+    async def list_registrations(self, tenant: str, kind: RegistrationKind) -> list[dict[str, Any]]:
+        with driver_errors():
+            return [
+                unescape_doc(row["doc"])
+                async for row in self.db.registrations.find({"t": tenant, "k": kind}).sort(
+                    "seq", ASCENDING
+                )
+            ]
+
+    async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
+        with driver_errors():
+            res = await self.db.registrations.delete_one(
+                {"_id": {"t": tenant, "k": kind, "i": reg_id}}
+            )
+        return res.deleted_count > 0
 
     # -- contexts -----------------------------------------------------------------------------
 

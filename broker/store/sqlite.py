@@ -64,7 +64,7 @@ from broker.model.store import (
     WriteResult,
 )
 from broker.store import sqlhistory
-from broker.store.base import Store
+from broker.store.base import RegistrationKind, Store
 from broker.store.index import UNINDEXED_META, path_key
 from broker.store.sqlbatch import rows_in
 from broker.store.sqlhistory import StoredRow, stored_rows
@@ -191,6 +191,30 @@ def _put_subscription(
         == 0
     ):
         raise ResourceNotFound(f"subscription {sub_id} not found")
+
+
+def _put_registration(
+    conn: sqlite3.Connection, tenant: str, kind: str, reg_id: str, doc: bytes, create: bool
+) -> None:
+    what = "registration" if kind == "registration" else "context source subscription"
+    if create:
+        try:
+            conn.execute(
+                "INSERT INTO registrations(tenant, kind, id, seq, doc) VALUES "
+                "(?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM registrations), ?)",
+                (tenant, kind, reg_id, doc),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"{what} {reg_id} already exists") from None
+        conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (tenant,))
+    elif (
+        conn.execute(
+            "UPDATE registrations SET doc=? WHERE tenant=? AND kind=? AND id=?",
+            (doc, tenant, kind, reg_id),
+        ).rowcount
+        == 0
+    ):
+        raise ResourceNotFound(f"{what} {reg_id} not found")
 
 
 class _Checkpointer:
@@ -758,6 +782,41 @@ class SqliteStore(Store):
             "AND (last_claim IS NULL OR last_claim <= ?)"
         )
         return await self._exec_write(_rowcount, sql, [(now, tenant, sub_id, now - min_gap)]) == 1
+
+    # -- context source registrations ---------------------------------------------------------
+
+    async def put_registration(
+        self, tenant: str, kind: RegistrationKind, doc: dict[str, Any], *, create: bool
+    ) -> None:
+        await self._exec_write(_put_registration, tenant, kind, doc["id"], _dumps(doc), create)
+        if create:
+            self._known_tenants.add(tenant)
+
+    async def get_registration(
+        self, tenant: str, kind: RegistrationKind, reg_id: str
+    ) -> dict[str, Any] | None:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT doc FROM registrations WHERE tenant=? AND kind=? AND id=?",
+                (tenant, kind, reg_id),
+            ).fetchone()
+            return orjson.loads(row[0]) if row else None
+
+        return await self._read(fn)
+
+    async def list_registrations(self, tenant: str, kind: RegistrationKind) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT doc FROM registrations WHERE tenant=? AND kind=? ORDER BY seq",
+                (tenant, kind),
+            )
+            return [orjson.loads(r[0]) for r in rows]
+
+        return await self._read(fn)
+
+    async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
+        sql = "DELETE FROM registrations WHERE tenant=? AND kind=? AND id=?"
+        return await self._exec_write(_rowcount, sql, [(tenant, kind, reg_id)]) > 0
 
     # -- contexts -----------------------------------------------------------------------------
 

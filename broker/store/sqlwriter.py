@@ -114,6 +114,11 @@ CREATE TABLE IF NOT EXISTS subscriptions(
     last_notification TEXT, last_success TEXT, last_failure TEXT, last_claim REAL,
     PRIMARY KEY(tenant, id)
 );
+CREATE TABLE IF NOT EXISTS registrations(
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY(tenant, kind, id)
+);
 CREATE TABLE IF NOT EXISTS contexts(
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,

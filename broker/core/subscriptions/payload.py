@@ -31,7 +31,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from broker.core.model import View
 from broker.core.projection import Tree
-from broker.errors import BadRequestData, NotImplementedYet
+from broker.errors import BadRequestData, NgsiLdError, NotImplementedYet
 from broker.jsonld.context import ContextValue, TermMap, single_url
 from broker.model.entity import Entity, check_datetime, check_entity_id, check_name
 from broker.model.query import GeoQuery, Node, ScopeQuery
@@ -367,7 +367,12 @@ def parse(doc: dict[str, Any]) -> SubscriptionDoc:
 
 def _not_implemented(doc: dict[str, Any]) -> None:
     if "csf" in doc:
-        raise NotImplementedYet("context source filters (csf) are not available in this version")
+        if not isinstance(doc["csf"], str):
+            raise BadRequestData("csf must be a q-language expression")
+        try:
+            parse_q(doc["csf"])
+        except NgsiLdError as exc:
+            raise BadRequestData(f"csf: {exc.detail}") from None
     if "temporalQ" in doc:
         raise NotImplementedYet("temporalQ in subscriptions is not available in this version")
     notification = doc.get("notification")

@@ -356,6 +356,31 @@ def test_contexts_need_admin(hub: TestClient) -> None:
     assert hub.delete(made.headers["location"], headers=a).status_code == 204
 
 
+def test_registrations_need_admin(hub: TestClient) -> None:
+    """A registration makes the hub call another host with its own credentials: every
+    operation on them, reading included, needs admin."""
+    reg = {
+        "id": "urn:ngsi-ld:ContextSourceRegistration:調布",
+        "type": "ContextSourceRegistration",
+        "information": [{"entities": [{"type": "AEDLocation"}]}],
+        "endpoint": "http://127.0.0.1:9/",
+    }
+    base = "/ngsi-ld/v1/csourceRegistrations"
+    item = f"{base}/{reg['id']}"
+    for who in ("komae-writer", "aed-reader"):
+        h = {**key(who), **JSON, **KOMAE}
+        assert hub.post(base, headers=h, json=reg).status_code == 403
+    assert hub.post(base, headers={**JSON, **KOMAE}, json=reg).status_code == 401
+    a = {**key("hub-admin"), **JSON, **KOMAE}
+    assert hub.post(base, headers=a, json=reg).status_code == 201
+    w = {**key("komae-writer"), **KOMAE}
+    for method, url in (("get", item), ("get", f"{base}?type=AEDLocation"), ("delete", item)):
+        assert hub.request(method, url, headers=w).status_code == 403
+    assert hub.patch(item, headers={**w, **JSON}, json={"mode": "auxiliary"}).status_code == 403
+    assert hub.get(item, headers=a).status_code == 200
+    assert hub.delete(item, headers=a).status_code == 204
+
+
 # -- subscriptions -------------------------------------------------------------------------------
 
 
