@@ -297,13 +297,16 @@ def respond(
     status: int = 200,
     headers: dict[str, str] | None = None,
     links: list[str] | None = None,
+    geo_context_in_body: bool = True,
 ) -> Response:
     """Render a JSON body the NGSI-LD way for the negotiated media type ``kind``.
 
     ``links`` are further ``Link`` header values (pages of a listing), sent beside the
-    JSON-LD context link of an ``application/json`` answer."""
+    JSON-LD context link of an ``application/json`` answer. GeoJSON carries its
+    ``@context`` in the body unless ``geo_context_in_body`` is false (``Prefer:
+    body=json``), when a ``Link`` header carries it as for ``application/json``."""
     out_headers = dict(headers or {})
-    if kind == GEO_JSON and isinstance(data, dict):
+    if kind == GEO_JSON and isinstance(data, dict) and geo_context_in_body:
         data = {**data, "@context": tm.context if tm.context is not None else CORE_CONTEXT_URL}
     elif kind == LD_JSON:
         ctx = tm.context if tm.context is not None else CORE_CONTEXT_URL

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, page_links, respond
 from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.prefer import amend, preferences
 from broker.core.entities import UpdateResult
 from broker.core.model import View
 from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
@@ -104,6 +105,9 @@ def entity_query(
 
     ``unfiltered``: a query that names no type, attribute or filter selects every
     entity (``RENKEI_ALLOW_UNFILTERED_QUERIES``) instead of being refused."""
+    with P.parameter("jsonKeys"):
+        for name in csv_param(sel.json_keys):
+            check_name(name)
     return build_query(
         hub,
         tm,
@@ -291,7 +295,6 @@ async def query_response(
     hub: Hub, tenant: str, request: Request, view: View, query: EntityQuery, kind: str
 ) -> Response:
     """Run a query and render the entities (GET /entities, POST /entityOperations/query)."""
-    tm = view.tm
     # one more than a page tells whether a next page exists (clause 5.5.9)
     probe = replace(query, limit=query.limit + 1) if query.limit > 0 else query
     try:
@@ -307,7 +310,36 @@ async def query_response(
         body = [b for b in body if b.get("properties", b)]  # what pick/omit emptied is no match
     if kind == GEO_JSON:
         body = {"type": "FeatureCollection", "features": body}
-    return respond(body, tm=tm, kind=kind, headers=headers, links=links)
+    return _answer(request, view, body, kind, headers=headers, links=links)
+
+
+def _answer(
+    request: Request,
+    view: View,
+    body: Any,
+    kind: str,
+    *,
+    headers: dict[str, str] | None = None,
+    links: list[str] | None = None,
+) -> Response:
+    """Respond with entities as the request's ``Prefer`` headers ask (``broker.api.prefer``)."""
+    prefs = preferences(request)
+    status = 200
+    headers = dict(headers or {})
+    applied = prefs.applied
+    if prefs.version is not None and applied is not None:
+        headers["Preference-Applied"] = applied
+        if view.format != "keyValues" and amend(body, prefs.version):
+            status = 203
+    return respond(
+        body,
+        tm=view.tm,
+        kind=kind,
+        status=status,
+        headers=headers,
+        links=links,
+        geo_context_in_body=not prefs.body_json,
+    )
 
 
 @router.delete("/entities", status_code=204, summary="Purge entities (clause 6.4.3.3)")
@@ -391,7 +423,7 @@ async def retrieve_entity(
             raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
         if (view.pick is not None or view.omit is not None) and not root:
             raise ResourceNotFound(f"nothing of entity {entity_id} is left after pick/omit")
-    return respond(body, tm=tm, kind=kind)
+    return _answer(request, view, body, kind)
 
 
 @router.delete(

@@ -115,7 +115,20 @@ Count = Annotated[
     _text("count", "true: return the total in the NGSILD-Results-Count header (clause 6.3.13)."),
 ]
 ExpandValues = Annotated[
-    str | None, _text("expandValues", "Attribute names whose values are expanded (accepted).")
+    str | None,
+    _text(
+        "expandValues",
+        "Attribute names whose values compared in q are terms to expand with the @context "
+        "(a VocabProperty holds IRIs).",
+    ),
+]
+JsonKeys = Annotated[
+    str | None,
+    _text(
+        "jsonKeys",
+        "Attribute names whose compound values' keys are plain JSON, not terms. This hub "
+        "never expands the keys of compound values, so it only checks the names.",
+    ),
 ]
 Attrs = Annotated[
     str | None, _text("attrs", "Comma-separated attribute names to return (clause 4.21).")
@@ -240,6 +253,7 @@ class Selection(Group):
     offset: Offset = None
     count: Count = None
     expand_values: ExpandValues = None
+    json_keys: JsonKeys = None
 
 
 class EntityQueryParams(Selection, Representation):
