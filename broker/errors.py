@@ -51,13 +51,16 @@ class NgsiLdError(Exception):
         self.detail = detail
         self.extra = extra
         self.headers: dict[str, str] = {}
+        #: A title naming what was wrong (``Invalid query parameter: q``), when known.
+        self.specific_title: str | None = None
 
     @property
     def type_uri(self) -> str:
         return ERRORS_BASE + self.type_name
 
     def problem(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": self.type_uri, "title": self.title, "status": self.status}
+        title = self.specific_title or self.title
+        body: dict[str, Any] = {"type": self.type_uri, "title": title, "status": self.status}
         if self.detail:
             body["detail"] = self.detail
         body.update(self.extra)

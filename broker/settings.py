@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     gc_threshold: int = Field(10_000, ge=0)
 
     # Query bounds.
+    #: GET /entities without type, attrs, q, scopeQ or a geo-query answers every entity of
+    #: the tenant, paged, as Orion-LD does, instead of 400 (clause 5.7.2): for clients
+    #: written for Orion-LD, which list or clear a broker that way.
+    allow_unfiltered_queries: bool = False
     default_limit: int = Field(20, gt=0)
     max_limit: int = Field(1000, gt=0)
     max_batch: int = Field(1000, gt=0)

@@ -8,6 +8,7 @@ behaviours test: media types (415/406) and parameters (400) before any look-up (
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Annotated, Any
 
 import orjson
@@ -16,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.api import params as P
-from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, respond
+from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, page_links, respond
 from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.prefer import amend, preferences
 from broker.core.entities import UpdateResult
 from broker.core.model import Parser, View
 from broker.errors import BadRequestData, NgsiLdError, NonexistentTenant, ResourceNotFound
@@ -27,6 +29,7 @@ from broker.model.entity import Entity, check_entity_id, check_name, id_segment,
 from broker.model.query import And, Comparison, Exists, GeoQuery, Node, Or
 from broker.model.store import EntityQuery, Selector
 from broker.query import (
+    expand_q_values,
     geo_query_from_json,
     parse_geo_query,
     parse_q,
@@ -203,8 +206,15 @@ def entity_query(
     options: str | None = None,
     local: str | None = None,
     paged: bool = True,
+    unfiltered: bool = False,
 ) -> EntityQuery:
-    """The EntityQuery of GET /entities (and of purge) from its query parameters."""
+    """The EntityQuery of GET /entities (and of purge) from its query parameters.
+
+    ``unfiltered``: a query that names no type, attribute or filter selects every
+    entity (``RENKEI_ALLOW_UNFILTERED_QUERIES``) instead of being refused."""
+    with P.parameter("jsonKeys"):
+        for name in csv_param(sel.json_keys):
+            check_name(name)
     return build_query(
         hub,
         tm,
@@ -217,10 +227,11 @@ def entity_query(
         scope_q=sel.scope_q,
         limit=sel.limit,
         offset=sel.offset,
-        count=sel.count == "true" or "count" in P.options_of(options),
+        count=P.bool_param(sel.count, "count") or "count" in P.options_of(options),
         paged=paged,
-        everything=P.bool_param(local, "local"),
+        everything=P.bool_param(local, "local") or unfiltered,
         order_by=_order_by(sel.order_by, tm),
+        expand_values=csv_param(sel.expand_values),
     )
 
 
@@ -232,12 +243,18 @@ def _geo(sel: P.Selection) -> GeoQuery | None:
     a JSON object (as in a Query body, clause 5.2.13) or ``georel=...&geometry=...``."""
     parts = (sel.georel, sel.geometry, sel.coordinates, sel.geoproperty)
     if sel.geo_q is None:
-        return parse_geo_query(*parts)
+        with P.parameter(*(n for n, v in zip(_GEO_PARTS, parts, strict=True) if v is not None)):
+            return parse_geo_query(*parts)
+    with P.parameter("geoQ"):
+        return _geo_q(sel.geo_q, parts)
+
+
+def _geo_q(geo_q: str, parts: tuple[str | None, ...]) -> GeoQuery | None:
     if any(p is not None for p in parts):
         raise BadRequestData(
             "geoQ cannot be combined with georel, geometry, coordinates or geoproperty"
         )
-    text = sel.geo_q.strip()
+    text = geo_q.strip()
     if text.startswith("{"):
         try:
             obj = orjson.loads(text)
@@ -260,6 +277,11 @@ def _order_by(text: str | None, tm: TermMap) -> list[tuple[Any, bool]] | None:
     """``orderBy=name;desc,type``: entity members or attribute paths, ;asc or ;desc."""
     if text is None:
         return None
+    with P.parameter("orderBy"):
+        return _order_keys(text, tm)
+
+
+def _order_keys(text: str, tm: TermMap) -> list[tuple[Any, bool]]:
     keys: list[tuple[Any, bool]] = []
     for part in text.split(","):
         name, _, direction = part.strip().partition(";")
@@ -305,14 +327,20 @@ def build_query(
     selectors: list[Selector] | None = None,
     everything: bool = False,
     order_by: list[tuple[Any, bool]] | None = None,
+    expand_values: list[str] | None = None,
 ) -> EntityQuery:
-    """Validate and resolve (expand) the parts of a query against the request context."""
+    """Validate and resolve (expand) the parts of a query against the request context.
+
+    ``expand_values`` names the attributes whose values in ``q`` are terms to expand
+    (clause 6.3.x, ``expandValues``: a VocabProperty holds IRIs)."""
     s = hub.settings
     limit_n, offset_n = P.paging(limit, offset, s, bounded=paged)
-    for eid in ids:
-        check_entity_id(eid)
+    with P.parameter("id"):
+        for eid in ids:
+            check_entity_id(eid)
     if id_pattern is not None:
-        check_pattern(id_pattern)
+        with P.parameter("idPattern"):
+            check_pattern(id_pattern)
     # a query must narrow by type, attributes or a filter; a purge may also name ids
     typed = bool(types) or any(sel.types for sel in selectors or ())
     if not paged and (ids or id_pattern):
@@ -321,14 +349,24 @@ def build_query(
         raise BadRequestData(
             "a query needs at least one of type, attrs, q, scopeQ or a geo-query (or local=true)"
         )
+    with P.parameter("type"):
+        type_iris = [[tm.expand(check_name(t, "entity type")) for t in alt] for alt in types]
+    with P.parameter("attrs"):
+        attr_iris = [tm.expand(check_name(a)) for a in attrs]
+    with P.parameter("q"):
+        q_node = resolve_q(_checked_q(q), tm.expand) if q else None
+        if q_node is not None and expand_values:
+            q_node = expand_q_values(q_node, {tm.expand(a) for a in expand_values}, tm.expand)
+    with P.parameter("scopeQ"):
+        scope = parse_scope_q(scope_q) if scope_q else None
     return EntityQuery(
         ids=ids or None,
         id_pattern=id_pattern,
-        types=[[tm.expand(check_name(t, "entity type")) for t in alt] for alt in types] or None,
-        attrs=[tm.expand(check_name(a)) for a in attrs] or None,
-        q=resolve_q(_checked_q(q), tm.expand) if q else None,
+        types=type_iris or None,
+        attrs=attr_iris or None,
+        q=q_node,
         geo=resolve_geo(geo, tm.expand) if geo else None,
-        scope_q=parse_scope_q(scope_q) if scope_q else None,
+        scope_q=scope,
         selectors=selectors,
         order_by=order_by,
         limit=limit_n,
@@ -349,7 +387,13 @@ async def query_entities(
     tm = await hub.link_term_map(request)
     view = P.view_of(params, tm)
     query = entity_query(
-        params, hub, tm, attrs=params.attrs, options=params.options, local=params.local
+        params,
+        hub,
+        tm,
+        attrs=params.attrs,
+        options=params.options,
+        local=params.local,
+        unfiltered=hub.settings.allow_unfiltered_queries,
     )
     local = P.bool_param(params.local, "local")
     csf = resolve_q(_checked_q(params.csf), tm.expand) if params.csf else None
@@ -390,25 +434,57 @@ async def query_response(
     context sources registered for what it selects (``broker.core.distributed``)."""
     tm = view.tm
     headers: dict[str, str] = {}
+    # one more than a page tells whether a next page exists (clause 5.5.9)
+    probe = replace(query, limit=query.limit + 1) if query.limit > 0 else query
     if forward is not None:
         entities, total, headers = await hub.distributed.query(
-            tenant, query, tm, forward_call(request, tenant), forward, local=local, csf=csf
+            tenant, probe, tm, forward_call(request, tenant), forward, local=local, csf=csf
         )
     else:
         try:
-            entities, total = await hub.entities.query(tenant, query)
+            entities, total = await hub.entities.query(tenant, probe)
         except NonexistentTenant:
             entities, total = [], 0
+    more = len(entities) > query.limit
+    del entities[query.limit :]
+    links = page_links(request, offset=query.offset, limit=query.limit, more=more, kind=kind)
     if total is not None:
         headers["NGSILD-Results-Count"] = str(total)
     body = await _render(hub, tenant, request, view, entities, kind)
     if view.pick is not None or view.omit is not None:
         body = [b for b in body if b.get("properties", b)]  # what pick/omit emptied is no match
     if kind == GEO_JSON:
-        return respond(
-            {"type": "FeatureCollection", "features": body}, tm=tm, kind=kind, headers=headers
-        )
-    return respond(body, tm=tm, kind=kind, headers=headers)
+        body = {"type": "FeatureCollection", "features": body}
+    return _answer(request, view, body, kind, headers=headers, links=links)
+
+
+def _answer(
+    request: Request,
+    view: View,
+    body: Any,
+    kind: str,
+    *,
+    headers: dict[str, str] | None = None,
+    links: list[str] | None = None,
+) -> Response:
+    """Respond with entities as the request's ``Prefer`` headers ask (``broker.api.prefer``)."""
+    prefs = preferences(request)
+    status = 200
+    headers = dict(headers or {})
+    applied = prefs.applied
+    if prefs.version is not None and applied is not None:
+        headers["Preference-Applied"] = applied
+        if view.format != "keyValues" and amend(body, prefs.version):
+            status = 203
+    return respond(
+        body,
+        tm=view.tm,
+        kind=kind,
+        status=status,
+        headers=headers,
+        links=links,
+        geo_context_in_body=not prefs.body_json,
+    )
 
 
 @router.delete("/entities", status_code=204, summary="Purge entities (clause 6.4.3.3)")
@@ -500,7 +576,7 @@ async def retrieve_entity(
             raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
         if (view.pick is not None or view.omit is not None) and not root:
             raise ResourceNotFound(f"nothing of entity {entity_id} is left after pick/omit")
-    return respond(body, tm=tm, kind=kind, headers=headers)
+    return _answer(request, view, body, kind, headers=headers)
 
 
 @router.delete(

@@ -1,8 +1,13 @@
 """``GET /version``, ``GET /v2``, the parts of v2 not offered yet (501) and v2's answers
-for unknown paths (404) and methods (405), all in v2's error shape."""
+for unknown paths (404) and methods (405), all in v2's error shape.
+
+``/version`` is the one route clients of both FIWARE brokers probe: Orion's shape (an
+``orion`` object, which FiLiP's v2 client reads) and Orion-LD's (``orionld version`` at
+the top level, which ngsildclient reads to recognise the broker), in one body."""
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -18,6 +23,20 @@ router = APIRouter(route_class=V2Route, tags=["NGSI v2"])
 
 #: The Orion release whose v2 behaviour this API follows (clients probe it).
 ORION_COMPAT = "4.1.0"
+#: The Orion-LD release whose NGSI-LD behaviour clients may expect (ngsildclient reads it).
+ORIONLD_COMPAT = "1.6.0"
+#: The NGSI-LD specification this hub implements.
+NGSI_LD_VERSION = "1.8.1"
+_STARTED = time.monotonic()
+
+
+def uptime() -> str:
+    """Time since the process started, in Orion's form: ``0 d, 1 h, 2 m, 3 s``."""
+    seconds = int(time.monotonic() - _STARTED)
+    minutes, s = divmod(seconds, 60)
+    hours, m = divmod(minutes, 60)
+    d, h = divmod(hours, 24)
+    return f"{d} d, {h} h, {m} m, {s} s"
 
 
 def _version() -> str:
@@ -29,10 +48,15 @@ def _version() -> str:
 
 @router.get("/version", summary="Broker version, in Orion's shape")
 async def get_version() -> Response:
+    up = uptime()
     body: dict[str, Any] = {
+        "orionld version": ORIONLD_COMPAT,
+        "orion version": ORION_COMPAT,
+        "uptime": up,
+        "doc": "/docs",
         "orion": {
             "version": ORION_COMPAT,
-            "uptime": "",
+            "uptime": up,
             "git_hash": "",
             "compile_time": "",
             "compiled_by": "",
@@ -42,7 +66,7 @@ async def get_version() -> Response:
             "doc": "https://fiware-orion.rtfd.io/",
             "libversions": {},
         },
-        "renkei": {"version": _version(), "ngsi-ld": "1.8.1"},
+        "renkei": {"version": _version(), "ngsi-ld": NGSI_LD_VERSION},
     }
     return ok(body)
 

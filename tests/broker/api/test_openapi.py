@@ -82,8 +82,8 @@ TEMPORAL = {
     "aggrPeriodDuration",
 }
 # accepted beyond the tables: geoQ (the geo-query in one parameter, as ngsildclient sends
-# it), expandValues (v1.9), via (distributed operations)
-QUERY_EXTRA = {"geoQ", "expandValues", "via"}
+# it), expandValues and jsonKeys (v1.8.1/v1.9.1), via (distributed operations)
+QUERY_EXTRA = {"geoQ", "expandValues", "jsonKeys", "via"}
 
 #: (method, path, clause, the clause's URI parameters, extras the broker also accepts)
 OPERATIONS: list[tuple[str, str, str, set[str], set[str]]] = [
