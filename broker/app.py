@@ -134,11 +134,13 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
     service.on_change(hub.subscriptions.on_change)
     hub.subscriptions.start()
     hub.temporal.start_expiry(settings.history_expiry_interval)
+    hub.entities.start_purge(settings.entity_purge_interval)
     return hub
 
 
 async def close_hub(hub: Hub) -> None:
     await hub.temporal.aclose()
+    await hub.entities.aclose()
     await hub.subscriptions.aclose()
     await hub.subscriptions.senders.aclose()
     await hub.resolver.aclose()
