@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.auth.access import current as current_access
-from broker.core.model import Parser, expand_types
+from broker.core.model import Parser, check_expiry, expand_types
 from broker.errors import (
     BadRequestData,
     Forbidden,
@@ -339,6 +339,10 @@ class EntityService:
         parser = self.parser(tm)
         types = expand_types(body["type"], tm) if "type" in body else []
         scope = check_scope(body["scope"]) if "scope" in body and body["scope"] != NULL else None
+        # a merge sets (or, with NGSI-LD Null, removes) a transient entity's expiresAt
+        expires = body.get("expiresAt")
+        if expires is not None and expires != NULL:
+            expires = check_expiry(expires)
         attrs = parser.attributes(body, partial=True)
         now = parser.now
 
@@ -357,6 +361,10 @@ class EntityService:
                 out["scope"] = scope
             elif body.get("scope") == NULL:
                 out.pop("scope", None)
+            if expires == NULL:
+                out.pop("expiresAt", None)
+            elif expires is not None:
+                out["expiresAt"] = expires
             for iri, instances in attrs.items():
                 existing = out.get(iri, [])
                 for inst in instances:

@@ -94,3 +94,32 @@ def test_expires_at_is_checked(client: TestClient) -> None:
         assert r.status_code == 400, bad
         assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"
     assert client.get(f"{E}/{ID}").status_code == 404
+
+
+def test_writes_set_and_clear_expires_at(client: TestClient) -> None:
+    """A merge (§5.6.17) sets expiresAt or, with NGSI-LD Null, removes it (the entity
+    then lasts); a replace (§5.6.18) and a batch upsert take the one they carry;
+    attribute updates keep it."""
+    later = datetime(2099, 1, 1, tzinfo=UTC)
+    assert client.post(E, json=shelter(ID, later), headers=JSON).status_code == 201
+
+    def expires() -> Any:
+        return client.get(f"{E}/{ID}?options=sysAttrs").json().get("expiresAt")
+
+    r = client.patch(f"{E}/{ID}", json={"expiresAt": "2098-01-01T00:00:00Z"}, headers=JSON)
+    assert r.status_code == 204
+    assert expires() == "2098-01-01T00:00:00Z"
+    r = client.patch(f"{E}/{ID}/attrs", json={"name": "体育館"}, headers=JSON)
+    assert r.status_code == 204
+    assert expires() == "2098-01-01T00:00:00Z"
+    r = client.patch(f"{E}/{ID}", json={"expiresAt": "urn:ngsi-ld:null"}, headers=JSON)
+    assert r.status_code == 204
+    assert expires() is None
+    body = {k: v for k, v in shelter(ID, later).items() if k != "id"}
+    assert client.put(f"{E}/{ID}", json=body, headers=JSON).status_code == 204
+    assert expires() == "2099-01-01T00:00:00Z"
+    upsert = "/ngsi-ld/v1/entityOperations/upsert"
+    assert client.post(upsert, json=[shelter(ID, None)], headers=JSON).status_code == 204
+    assert expires() is None
+    past = {"expiresAt": "2001-01-01T00:00:00Z"}
+    assert client.patch(f"{E}/{ID}", json=past, headers=JSON).status_code == 400
