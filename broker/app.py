@@ -160,6 +160,7 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
     hub.subscriptions.start()
     hub.csubscriptions.start(store.tenants)
     hub.temporal.start_expiry(settings.history_expiry_interval)
+    hub.entities.start_purge(settings.entity_purge_interval)
     return hub
 
 
@@ -167,6 +168,7 @@ async def close_hub(hub: Hub) -> None:
     await hub.csubscriptions.aclose()
     await hub.distributed.forwarder.aclose()
     await hub.temporal.aclose()
+    await hub.entities.aclose()
     await hub.subscriptions.aclose()
     await hub.subscriptions.senders.aclose()
     await hub.resolver.aclose()

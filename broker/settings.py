@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     history_retention: dict[str, float] = Field(default_factory=dict)
     #: Seconds between runs of the retention job (0: never).
     history_expiry_interval: float = Field(3600.0, ge=0)
+    #: Seconds between purges of expired transient entities (expiresAt); 0: never.
+    #: Reads leave expired entities out at once; the purge frees their storage.
+    entity_purge_interval: float = Field(60.0, ge=0)
 
     # Notifications.
     notification_timeout: float = Field(10.0, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -107,7 +108,29 @@ async def list_subscriptions(
         for d in docs[offset_n : offset_n + limit_n]
     ]
     headers = {"NGSILD-Results-Count": str(len(docs))} if count == "true" else {}
-    return respond(page, tm=tm, kind=kind, headers=headers)
+    response = respond(page, tm=tm, kind=kind, headers=headers)
+    for link in page_links(request, limit_n, offset_n, len(docs)):
+        response.headers.append("Link", link)
+    return response
+
+
+def page_links(request: Request, limit: int, offset: int, total: int) -> list[str]:
+    """The ``Link`` values of a paged listing (clause 6.3.9 pagination): ``rel="prev"``
+    and ``rel="next"`` name the neighbouring pages with the request's other parameters."""
+    if limit <= 0:
+        return []
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("limit", "offset")]
+
+    def page(at: int) -> str:
+        query = urlencode([*kept, ("limit", str(limit)), ("offset", str(at))])
+        return f"<{request.url.path}?{query}>"
+
+    links = []
+    if offset > 0:
+        links.append(f'{page(max(offset - limit, 0))}; rel="prev"')
+    if offset + limit < total:
+        links.append(f'{page(offset + limit)}; rel="next"')
+    return links
 
 
 @router.get(

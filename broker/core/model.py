@@ -28,10 +28,12 @@ from broker.model.entity import (
     check_entity_id,
     check_name,
     check_scope,
+    expires_us,
     infer_type,
     is_instance_list,
     is_uri,
     now_iso,
+    now_us,
     pick_language,
 )
 from broker.model.geo import looks_like_geometry, validate_geometry
@@ -94,6 +96,8 @@ class Parser:
         ent["type"] = expand_types(raw_type, self.tm)
         if "scope" in body:
             ent["scope"] = check_scope(body["scope"])
+        if "expiresAt" in body:  # a transient entity (clause 4.22 of v1.8.1)
+            ent["expiresAt"] = check_expiry(body["expiresAt"])
         typed = self.for_types(raw_type)
         ent.update(typed.attributes(body) if typed is not self else self.attributes(body))
         return ent
@@ -360,7 +364,7 @@ class View:
                 rendered.append(item)
             out[self.tm.compact(iri)] = rendered[0] if len(rendered) == 1 else rendered
         if self.sys_attrs and self.format != "keyValues":
-            for key in ("createdAt", "modifiedAt"):
+            for key in ("createdAt", "modifiedAt", "expiresAt"):
                 if key in ent:
                     out[key] = ent[key]
         return out
@@ -455,3 +459,12 @@ class View:
                 geometry = inst.get("value")
                 break
         return {"id": ent["id"], "type": "Feature", "geometry": geometry, "properties": props}
+
+
+def check_expiry(value: Any) -> str:
+    """``expiresAt`` of a transient entity: a DateTime in the future (one in the past
+    would create an entity that no read can see)."""
+    text = check_datetime(value, "expiresAt")
+    if (expires_us({"expiresAt": text}) or 0) <= now_us():
+        raise BadRequestData("expiresAt is in the past")
+    return text

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from broker.errors import AlreadyExists, NgsiLdError
-from broker.model.entity import Entity
+from broker.model.entity import Entity, live
 from broker.model.history import HistoryRow
 from broker.model.query import AttrPath, GeoQuery, Node, ScopeQuery
 
@@ -46,7 +46,7 @@ class Create:
         self.entity = entity
 
     def __call__(self, current: Entity | None) -> Entity:
-        if current is not None:
+        if live(current) is not None:
             raise AlreadyExists(f"entity {self.entity['id']} already exists")
         return self.entity  # the store serialises it; nothing mutates it afterwards
 

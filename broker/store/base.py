@@ -77,6 +77,12 @@ class EntityStore(Protocol):
     async def discovery(self, tenant: str) -> Discovery:
         """Entity types and attributes in use, with counts (``/types``, ``/attributes``)."""
 
+    async def expired_entities(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
+        """(tenant, id) of up to ``limit`` transient entities whose ``expiresAt`` is at or
+        before ``now`` (µs), soonest first. Every other read already leaves them out
+        (``get_entity`` gives None, ``query`` skips them) and ``write`` hands mutations
+        None for them; this is what the background purge deletes."""
+
 
 class HistoryStore(Protocol):
     """Attribute history (the temporal API). Every entity write also appends to it in

@@ -68,7 +68,7 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.entity import ENTITY_KEYS, Entity, expires_us, live, now_us
 from broker.model.geo import validate_geometry
 from broker.model.history import Duration, HistoryRow
 from broker.model.store import (
@@ -215,6 +215,9 @@ def entity_document(
         "scopes": [scopes] if isinstance(scopes, str) else list(scopes),
         "vals": value_docs(value_rows(ent)),
     }
+    expires = expires_us(ent)
+    if expires is not None:
+        doc["x"] = expires  # a transient entity: when it expires, in µs
     geo = _geometries(ent)
     if geo:
         doc["g"] = geo
@@ -400,8 +403,7 @@ class MongoStore(Store):
             doc = await self._entities.find_one({"_id": _key(tenant, entity_id)}, {"e": 1})
         if doc is None:
             return None
-        ent: Entity = unescape_doc(doc["e"])
-        return ent
+        return live(unescape_doc(doc["e"]))
 
     async def write(
         self,
@@ -508,7 +510,8 @@ class MongoStore(Store):
         deletes: list[tuple[_Pending, int]] = []
         for p in todo:
             row = stored.get(p.eid)
-            start: Entity | None = unescape_doc(row["e"]) if row else None
+            # a transient entity past its expiresAt is gone, even before it is purged
+            start: Entity | None = live(unescape_doc(row["e"])) if row else None
             p.start_ver = row["ver"] if row else None
             p.tokens = list(row.get("toks", ())) if row else []
             p.results = {}
@@ -632,7 +635,13 @@ class MongoStore(Store):
 
     async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
         builder = FilterBuilder()
-        where = {"t": tenant, **builder.query(query)}
+        where = {
+            "$and": [
+                {"t": tenant, **builder.query(query)},
+                # transient entities past their expiresAt answer no query
+                {"$or": [{"x": None}, {"x": {"$gt": now_us()}}]},
+            ]
+        }
         stages = [{"$match": where}, *sort_stages(query)]
         with driver_errors():
             if builder.exact:
@@ -668,6 +677,11 @@ class MongoStore(Store):
                 break
         await cursor.close()
         return found, total if query.count else None
+
+    async def expired_entities(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
+        with driver_errors():
+            cursor = self._entities.find({"x": {"$lte": now}}, {"t": 1, "id": 1}).limit(limit)
+            return [(d["t"], d["id"]) async for d in cursor]
 
     async def discovery(self, tenant: str) -> Discovery:
         async def run(pipeline: list[dict[str, Any]]) -> AsyncIterator[Doc]:

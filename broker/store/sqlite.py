@@ -45,7 +45,7 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.model.entity import Entity
+from broker.model.entity import Entity, live, now_us
 from broker.model.history import Duration, HistoryPolicy, HistoryRow, changes
 from broker.model.store import (
     ANY_DATASET,
@@ -123,11 +123,11 @@ def _run(
     last: Entity | None = None
     history: list[list[StoredRow]] | None = [] if recorded is not None else None
     for i, mutation in mutations:
-        result = results[i] = WriteResult(
-            eid, before=orjson.loads(doc) if doc is not None else None
-        )
+        # a transient entity past its expiresAt is gone, even before it is purged
+        current = live(orjson.loads(doc)) if doc is not None else None
+        result = results[i] = WriteResult(eid, before=current)
         try:
-            after = mutation(orjson.loads(doc) if doc is not None else None)
+            after = mutation(orjson.loads(doc) if doc is not None and current is not None else None)
         except NgsiLdError as exc:
             result.error = exc
             continue
@@ -633,10 +633,13 @@ class SqliteStore(Store):
             row = self._loop_conn.execute(
                 "SELECT doc FROM entities WHERE tenant=? AND id=?", (tenant, entity_id)
             ).fetchone()
-        return orjson.loads(row[0]) if row else None
+        return live(orjson.loads(row[0])) if row else None
 
     def _where(self, tenant: str, query: EntityQuery, sql: SqlBuilder) -> tuple[str, list[Any]]:
         clauses, args = selection_sql(query, tenant, _ENTITIES)
+        # transient entities past their expiresAt answer no query
+        clauses.append("NOT EXISTS (SELECT 1 FROM entity_expiry x WHERE x.rid=e.rid AND x.at <= ?)")
+        args.append(now_us())
         if query.q is not None:
             sql.args = []
             clauses.append(sql.q(query.q))
@@ -650,6 +653,19 @@ class SqliteStore(Store):
             clauses.append(sql.geo(query.geo))
             args.extend(sql.args)
         return " AND ".join(clauses), args
+
+    async def expired_entities(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return [
+                (t, i)
+                for t, i in conn.execute(
+                    "SELECT e.tenant, e.id FROM entity_expiry x JOIN entities e ON e.rid=x.rid "
+                    "WHERE x.at <= ? ORDER BY x.at LIMIT ?",
+                    (now, limit),
+                )
+            ]
+
+        return await self._read(fn)
 
     async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
         sql = SqlBuilder(tenant)

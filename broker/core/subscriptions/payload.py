@@ -252,6 +252,9 @@ class NotificationParams(BaseModel):
     def _attributes_or_projection(self) -> NotificationParams:
         if self.attributes is not None and (self.pick is not None or self.omit is not None):
             raise _wrong("notification.attributes cannot be combined with pick or omit")
+        # clause 5.2.14: "showChanges cannot be true in case format is keyValues"
+        if self.showChanges and FORMATS.get(self.format) == "keyValues":
+            raise _wrong("notification.showChanges cannot be true with format keyValues")
         return self
 
 

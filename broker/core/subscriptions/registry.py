@@ -16,7 +16,7 @@ from typing import Any
 
 from broker.auth.masking import keep_masked, mask_subscription
 from broker.core.guard import OWNER_KEY
-from broker.core.subscriptions.payload import Compiled, Compiler
+from broker.core.subscriptions.payload import TRIGGERS, Compiled, Compiler
 from broker.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from broker.jsonld.context import ContextValue, TermMap
 from broker.model.entity import check_entity_id, now_iso
@@ -176,8 +176,12 @@ class Registry:
                 "lastSuccess", ""
             )
             notification["status"] = "failed" if failed else "ok"
+        # the defaults of clause 5.2.12-5.2.15, shown as the subscription works with them
         notification.setdefault("format", "normalized")
+        if isinstance(notification.get("endpoint"), dict):
+            notification["endpoint"] = {"accept": "application/json", **notification["endpoint"]}
         out["notification"] = notification
+        out.setdefault("notificationTrigger", sorted(compiled.triggers, key=TRIGGERS.index))
         out["status"] = compiled.status
         out["jsonldContext"] = compiled.context_url
         return mask_subscription(out)
