@@ -140,7 +140,7 @@ def test_notifications_carry_v2_entities_and_headers(
     receiver.quiet(2)
 
     def counted() -> bool:
-        return status_of(client, sub_id)["notification"].get("timesSent") == 2
+        return bool(status_of(client, sub_id)["notification"].get("timesSent") == 2)
 
     eventually(counted, what="timesSent counting both notifications")
     n = status_of(client, sub_id)["notification"]
@@ -369,7 +369,7 @@ def test_two_replicas_and_a_federated_copy(tmp_path: Path, receiver: Receiver) -
 
         def copied() -> bool:
             r = httpx.get(f"{pref}{E}?type=WaterLevel&options=count", headers=KOMAE)
-            return r.headers.get("Fiware-Total-Count") == "4"
+            return bool(r.headers.get("Fiware-Total-Count") == "4")
 
         eventually(copied, timeout=15, what="the prefecture's copy")
         listed = httpx.get(f"{b}{S}", headers=KOMAE).json()
