@@ -124,6 +124,15 @@ class NotificationRecord:
     last_notification: str | None = None
     last_success: str | None = None
     last_failure: str | None = None
+    #: HTTP status the endpoint answered the last successful delivery with
+    last_success_code: int | None = None
+    #: why the last failed delivery failed (an NGSI v2 subscription shows it)
+    last_failure_reason: str | None = None
+    #: failures since the last success recorded here; ``reset``: a success came in this
+    #: record, so the stored run of consecutive failures ends and ``trailing_failures``
+    #: starts the new one (else they add to it)
+    trailing_failures: int = 0
+    reset: bool = False
 
 
 @dataclass(slots=True)

@@ -159,7 +159,11 @@ class SubscriptionStore(Protocol):
         """Add delivery outcomes to subscriptions' status, all in one write.
 
         Every attempt counts in timesSent, failed ones also in timesFailed; the last*
-        times given replace the stored ones. Records of deleted subscriptions are ignored."""
+        times, ``lastSuccessCode`` and ``lastFailureReason`` given replace the stored
+        ones; ``failsCounter`` (consecutive failures) is replaced by a record's
+        ``trailing_failures`` when it has ``reset``, else grows by them. The status
+        shows ``failsCounter``, ``lastSuccessCode`` and ``lastFailureReason`` only when
+        set (and not 0). Records of deleted subscriptions are ignored."""
 
     async def claim_notification(
         self, tenant: str, sub_id: str, *, now: float, min_gap: float

@@ -757,9 +757,13 @@ class MongoStore(Store):
             ("lastNotification", "last_notification"),
             ("lastSuccess", "last_success"),
             ("lastFailure", "last_failure"),
+            ("lastSuccessCode", "last_success_code"),
+            ("lastFailureReason", "last_failure_reason"),
         ):
             if row.get(field) is not None:
                 status[key] = row[field]
+        if row.get("fails_counter"):
+            status["failsCounter"] = row["fails_counter"]
         sub["notificationStatus"] = status
         return sub
 
@@ -783,16 +787,23 @@ class MongoStore(Store):
     async def record_notifications(self, records: Sequence[NotificationRecord]) -> None:
         ops = []
         for r in records:
-            update: dict[str, Any] = {"$inc": {"sent": r.sent, "failed": r.failed}}
-            latest = {
+            inc: dict[str, Any] = {"sent": r.sent, "failed": r.failed}
+            update: dict[str, Any] = {"$inc": inc}
+            latest: dict[str, Any] = {
                 k: v
                 for k, v in (
                     ("last_notification", r.last_notification),
                     ("last_success", r.last_success),
                     ("last_failure", r.last_failure),
+                    ("last_success_code", r.last_success_code),
+                    ("last_failure_reason", r.last_failure_reason),
                 )
                 if v is not None
             }
+            if r.reset:
+                latest["fails_counter"] = r.trailing_failures
+            elif r.trailing_failures:
+                inc["fails_counter"] = r.trailing_failures
             if latest:
                 update["$set"] = latest
             # no upsert: records of deleted subscriptions match nothing

@@ -735,14 +735,27 @@ class SqliteStore(Store):
         sub: dict[str, Any] = orjson.loads(row[0])
         status = {"timesSent": row[1], "timesFailed": row[2]}
         for key, value in zip(
-            ("lastNotification", "lastSuccess", "lastFailure"), row[3:6], strict=True
+            (
+                "lastNotification",
+                "lastSuccess",
+                "lastFailure",
+                "lastSuccessCode",
+                "lastFailureReason",
+            ),
+            row[3:8],
+            strict=True,
         ):
             if value is not None:
                 status[key] = value
+        if row[8]:
+            status["failsCounter"] = row[8]
         sub["notificationStatus"] = status
         return sub
 
-    _SUB_COLUMNS = "doc, times_sent, times_failed, last_notification, last_success, last_failure"
+    _SUB_COLUMNS = (
+        "doc, times_sent, times_failed, last_notification, last_success, last_failure, "
+        "last_success_code, last_failure_reason, fails_counter"
+    )
 
     async def get_subscription(self, tenant: str, sub_id: str) -> dict[str, Any] | None:
         def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -776,6 +789,11 @@ class SqliteStore(Store):
                 r.last_notification,
                 r.last_success,
                 r.last_failure,
+                r.last_success_code,
+                r.last_failure_reason,
+                r.reset,
+                r.trailing_failures,
+                r.trailing_failures,
                 r.tenant,
                 r.sub_id,
             )
@@ -785,7 +803,10 @@ class SqliteStore(Store):
         sql = (
             "UPDATE subscriptions SET times_sent = times_sent + ?, times_failed = times_failed + ?, "
             "last_notification = coalesce(?, last_notification), "
-            "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure) "
+            "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure), "
+            "last_success_code = coalesce(?, last_success_code), "
+            "last_failure_reason = coalesce(?, last_failure_reason), "
+            "fails_counter = CASE WHEN ? THEN ? ELSE fails_counter + ? END "
             "WHERE tenant=? AND id=?"
         )
         await self._exec_write(_rowcount, sql, rows)

@@ -115,6 +115,8 @@ CREATE TABLE IF NOT EXISTS subscriptions(
     tenant TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, doc BLOB NOT NULL,
     times_sent INTEGER NOT NULL DEFAULT 0, times_failed INTEGER NOT NULL DEFAULT 0,
     last_notification TEXT, last_success TEXT, last_failure TEXT, last_claim REAL,
+    last_success_code INTEGER, last_failure_reason TEXT,
+    fails_counter INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(tenant, id)
 );
 CREATE TABLE IF NOT EXISTS registrations(

@@ -53,6 +53,18 @@ HostOpt = Annotated[
 ]
 
 
+NgsiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ngsi",
+        help="エンティティの書き方: ld (NGSI-LD) または v2 (iotagent-json の "
+        "IOTA_CB_NGSI_VERSION=v2 と同じ形で /v2 へ) / what to write: ld (NGSI-LD) or v2 "
+        "(the NGSI v2 entities iotagent-json writes, through /v2) "
+        "[env RENKEI_IOTA_NGSI, default ld]",
+    ),
+]
+
+
 def settings_from(
     mqtt_url: str | None,
     broker_url: str | None,
@@ -60,6 +72,7 @@ def settings_from(
     host: str | None,
     mqtt_version: str | None = None,
     mqtt_ca_file: str | None = None,
+    ngsi: str | None = None,
 ) -> AgentSettings:
     try:
         return get_settings(
@@ -69,6 +82,7 @@ def settings_from(
             iota_host=host,
             mqtt_version=mqtt_version,
             mqtt_ca_file=mqtt_ca_file,
+            iota_ngsi=ngsi,
         )
     except ValueError as exc:
         typer.echo(f"設定エラー / invalid settings: {exc}", err=True)
@@ -101,9 +115,10 @@ def register(app: typer.Typer) -> None:
         host: HostOpt = None,
         mqtt_version: MqttVersionOpt = None,
         mqtt_ca_file: MqttCaFileOpt = None,
+        ngsi: NgsiOpt = None,
     ) -> None:
         """Run the MQTT IoT agent (FIWARE IoT Agent JSON). / IoT エージェントを起動します。"""
-        run(settings_from(mqtt_url, broker_url, port, host, mqtt_version, mqtt_ca_file))
+        run(settings_from(mqtt_url, broker_url, port, host, mqtt_version, mqtt_ca_file, ngsi))
 
 
 def main() -> None:

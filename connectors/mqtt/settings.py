@@ -48,6 +48,9 @@ class AgentSettings(BaseSettings):
     iota_buffer: int = Field(default=20_000, ge=1)
     #: Whether unknown devices of a known apikey are provisioned, when the group does not say.
     iota_autoprovision: bool = True
+    #: What the agent writes: NGSI-LD entities (``ld``), or the NGSI v2 entities
+    #: iotagent-json writes with ``IOTA_CB_NGSI_VERSION=v2`` (``v2``, through ``/v2``).
+    iota_ngsi: Literal["ld", "v2"] = "ld"
 
     #: Outbound policy for HTTP push commands (the broker's settings of the same names):
     #: only these destinations when set, never these (comma-separated rules).

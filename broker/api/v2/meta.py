@@ -1,5 +1,5 @@
-"""``GET /version``, ``GET /v2``, the parts of v2 not offered yet (501) and v2's answers
-for unknown paths (404) and methods (405), all in v2's error shape.
+"""``GET /version``, ``GET /v2``, registrations (not offered: 501) and v2's answers for
+unknown paths (404) and methods (405), all in v2's error shape.
 
 ``/version`` is the one route clients of both FIWARE brokers probe: Orion's shape (an
 ``orion`` object, which FiLiP's v2 client reads) and Orion-LD's (``orionld version`` at
@@ -83,40 +83,31 @@ async def entry_point() -> Response:
     )
 
 
-_LATER = {
-    "subscriptions": "NGSI v2 subscriptions are not offered yet: use NGSI-LD subscriptions "
-    "(/ngsi-ld/v1/subscriptions), which see v2-written entities",
-    "registrations": "NGSI v2 registrations are not offered: context source registrations "
-    "come with federation",
-    "notify": "POST /v2/op/notify is not offered yet",
-}
+REGISTRATIONS = (
+    "NGSI v2 registrations (/v2/registrations) are not offered: context source "
+    "registrations come with federation. Subscriptions (/v2/subscriptions) are offered."
+)
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-
-
-@router.api_route("/v2/subscriptions", methods=_METHODS, include_in_schema=False)
-@router.api_route("/v2/subscriptions/{rest:path}", methods=_METHODS, include_in_schema=False)
-async def subscriptions() -> Response:
-    raise NotImplementedYet(_LATER["subscriptions"])
 
 
 @router.api_route("/v2/registrations", methods=_METHODS, include_in_schema=False)
 @router.api_route("/v2/registrations/{rest:path}", methods=_METHODS, include_in_schema=False)
 async def registrations() -> Response:
-    raise NotImplementedYet(_LATER["registrations"])
-
-
-@router.api_route("/v2/op/notify", methods=_METHODS, include_in_schema=False)
-async def notify() -> Response:
-    raise NotImplementedYet(_LATER["notify"])
+    raise NotImplementedYet(REGISTRATIONS)
 
 
 @router.api_route("/v2/{rest:path}", methods=_METHODS, include_in_schema=False)
 async def unknown(request: Request) -> Response:
     """No v2 route matched: 405 when the path exists with other methods, else 404."""
-    from broker.api.v2 import batch, entities, types
+    from broker.api.v2 import batch, entities, subscriptions, types
 
     allowed: set[str] = set()
-    for route in [*entities.router.routes, *types.router.routes, *batch.router.routes]:
+    for route in [
+        *entities.router.routes,
+        *types.router.routes,
+        *batch.router.routes,
+        *subscriptions.router.routes,
+    ]:
         match, _ = route.matches(request.scope)
         if match == Match.PARTIAL:
             allowed |= set(getattr(route, "methods", set()) or set())

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from broker.errors import NgsiLdError
 from broker.jsonld.context import CORE_CONTEXT_URL
 from broker.model.entity import iri_to_uri, now_iso
 from broker.model.store import NotificationRecord
-from broker.notify.senders import DeliveryError, Senders
+from broker.notify.senders import DeliveryError, Endpoint, Senders
 from broker.store.base import Store
 
 log = logging.getLogger("renkei.subscriptions")
@@ -37,13 +38,12 @@ class _Delivery:
     sub: Compiled
     body: bytes
     headers: dict[str, str]
+    endpoint: Endpoint
 
 
 #: Notifications of one subscription on their way at once; changes made meanwhile queue
 #: up and go out together, in one notification (``data`` holds them all), keeping order.
 PER_SUBSCRIPTION_IN_FLIGHT = 1
-#: Entities in one notification built from queued changes, at most.
-MAX_COALESCED = 500
 
 
 class Delivery:
@@ -72,6 +72,11 @@ class Delivery:
         self._flusher: asyncio.Task[None] | None = None
         #: seconds delivery outcomes wait before they are written together
         self.status_interval = 0.2
+        #: per subscription: failures in a row here (NGSI v2 ``maxFailsLimit``)
+        self._fails: dict[tuple[str, str], int] = {}
+        #: turns a subscription inactive in the store (a v2 ``oneshot`` that fired, or
+        #: one over its ``maxFailsLimit``); set by the subscription service
+        self.deactivate: Callable[[Compiled, str], Awaitable[None]] | None = None
 
     def submit(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
         """Send a notification of ``data``; when the subscription already has
@@ -90,6 +95,9 @@ class Delivery:
         task.add_done_callback(self._tasks.discard)
 
     def _job(self, sub: Compiled, data: list[dict[str, Any]]) -> _Delivery:
+        if sub.v2 is not None:
+            endpoint, body, v2_headers = sub.v2.message(sub.endpoint, data)
+            return _Delivery(sub, body, v2_headers, endpoint)
         notification: dict[str, Any] = {
             "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
             "type": "Notification",
@@ -108,14 +116,14 @@ class Delivery:
             headers["Link"] = f'<{link}>; rel="{LINK_REL}"; type="application/ld+json"'
         if sub.tenant:
             headers["NGSILD-Tenant"] = sub.tenant
-        return _Delivery(sub, orjson.dumps(notification), headers)
+        return _Delivery(sub, orjson.dumps(notification), headers, sub.endpoint)
 
     async def _deliver_then_queued(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
         key = (sub.tenant, sub.id)
         try:
             while True:
                 await self._deliver(sub, data)
-                data = self._take_queued(key, MAX_COALESCED)
+                data = self._take_queued(key, sub.coalesce)
                 if not data:
                     return
         finally:
@@ -140,26 +148,30 @@ class Delivery:
     async def _deliver(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
         key = (sub.tenant, sub.id)
         job: _Delivery | None = None
+        endpoint = sub.endpoint
+        if sub.coalesce == 1:
+            # one entity per notification, whose endpoint may depend on it (v2 custom
+            # notifications): built now, and nothing queued joins it
+            job = self._job(sub, data)
+            endpoint = job.endpoint
 
         def build() -> tuple[bytes, dict[str, str]]:
             # Built when a connection is free: changes queued while this notification
             # waited for one go with it (a retry sends the same notification again).
             nonlocal job
             if job is None:
-                job = self._job(sub, [*data, *self._take_queued(key, MAX_COALESCED - len(data))])
+                job = self._job(sub, [*data, *self._take_queued(key, sub.coalesce - len(data))])
             return job.body, job.headers
 
         async with self._slots:
-            if sub.throttling is not None and not await self.store.claim_notification(
-                sub.tenant, sub.id, now=time.time(), min_gap=sub.throttling
-            ):
-                return  # throttled: another notification went out less than `throttling` ago
+            if not await self._claimed(sub):
+                return
             delay = self.backoff
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    await self.senders.send_built(sub.endpoint, build)
+                    code = await self.senders.send_built(endpoint, build)
                 except DeliveryError as exc:
-                    await self._record(sub, success=False)
+                    await self._record(sub, success=False, reason=exc.reason)
                     if not exc.retryable or attempt == self.max_attempts:
                         log.warning(
                             "notification for %s failed after %d attempt(s): %s",
@@ -171,10 +183,43 @@ class Delivery:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.backoff_cap)
                 else:
-                    await self._record(sub, success=True)
+                    await self._record(sub, success=True, code=code)
                     return
 
-    async def _record(self, sub: Compiled, *, success: bool) -> None:
+    async def _claimed(self, sub: Compiled) -> bool:
+        """Whether this notification may go out now, claimed through the store so that
+        every broker process agrees: ``throttling``, and a v2 ``oneshot`` subscription,
+        which notifies once after it was (last) set ``oneshot`` and then turns inactive."""
+        now = time.time()
+        if sub.v2 is not None and sub.v2.status == "oneshot":
+            armed = sub.v2.armed_at or 0.0
+            if not await self.store.claim_notification(
+                sub.tenant, sub.id, now=now, min_gap=max(now - armed, 0.0)
+            ):
+                return False  # it fired already
+            await self._deactivate(sub, "oneshot")
+            return True
+        # throttled: another notification went out less than `throttling` ago
+        return sub.throttling is None or await self.store.claim_notification(
+            sub.tenant, sub.id, now=now, min_gap=sub.throttling
+        )
+
+    async def _deactivate(self, sub: Compiled, why: str) -> None:
+        if self.deactivate is None:
+            return
+        try:
+            await self.deactivate(sub, why)
+        except NgsiLdError as exc:
+            log.warning("cannot make subscription %s inactive (%s): %s", sub.id, why, exc.detail)
+
+    async def _record(
+        self,
+        sub: Compiled,
+        *,
+        success: bool,
+        code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
         """Note a delivery outcome; outcomes reach the store together, every ``status_interval``."""
         key = (sub.tenant, sub.id)
         rec = self._pending.get(key)
@@ -185,9 +230,27 @@ class Delivery:
         rec.last_notification = at
         if success:
             rec.last_success = at
+            if code is not None:
+                rec.last_success_code = code
+            rec.reset = True
+            rec.trailing_failures = 0
+            self._fails.pop(key, None)
         else:
             rec.failed += 1
             rec.last_failure = at
+            rec.last_failure_reason = reason
+            rec.trailing_failures += 1
+            fails = self._fails[key] = self._fails.get(key, 0) + 1
+            limit = sub.v2.max_fails if sub.v2 is not None else None
+            if limit is not None and fails > limit:
+                self._fails.pop(key, None)
+                log.warning(
+                    "subscription %s made inactive: %d failures in a row (maxFailsLimit %d)",
+                    sub.id,
+                    fails,
+                    limit,
+                )
+                await self._deactivate(sub, "maxFailsLimit")
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later())
 
@@ -203,9 +266,16 @@ class Delivery:
             ("lastNotification", rec.last_notification),
             ("lastSuccess", rec.last_success),
             ("lastFailure", rec.last_failure),
+            ("lastSuccessCode", rec.last_success_code),
+            ("lastFailureReason", rec.last_failure_reason),
         ):
             if value is not None:
                 status[key] = value
+        fails = rec.trailing_failures + (0 if rec.reset else status.get("failsCounter", 0))
+        if fails:
+            status["failsCounter"] = fails
+        else:
+            status.pop("failsCounter", None)
         return status
 
     async def _flush_later(self) -> None:

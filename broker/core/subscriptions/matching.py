@@ -234,6 +234,11 @@ class Matcher:
                     continue
                 if not self.owner_reads(sub, tenant, current):
                     continue
+                if sub.v2 is not None:  # NGSI v2: its own triggers and rendering
+                    item = sub.v2.change(r.before, r.after)
+                    if item is not None:
+                        self.delivery.submit(sub, [item])
+                    continue
                 events = attr_events(r.before, r.after, sub.watched)
                 if not events & sub.triggers:
                     continue

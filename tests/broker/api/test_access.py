@@ -27,6 +27,7 @@ KEYS = {
     "aed-editor": "aed-editor-key-0002",
     "aed-reader": "aed-reader-key-0003",
     "hub-admin": "hub-admin-key-0004",
+    "aed-watcher": "aed-watcher-key-0005",
 }
 ENTITIES = "/ngsi-ld/v1/entities"
 KOMAE = {"NGSILD-Tenant": "komae"}
@@ -40,6 +41,7 @@ api_keys:
   - {{name: aed-editor, key_sha256: "{hash_key(KEYS["aed-editor"])}", roles: [aed-editor], tenants: [komae]}}
   - {{name: aed-reader, key_sha256: "{hash_key(KEYS["aed-reader"])}", roles: [aed-reader], tenants: [komae]}}
   - {{name: hub-admin, key_sha256: "{hash_key(KEYS["hub-admin"])}", roles: [admin], tenants: ["*"]}}
+  - {{name: aed-watcher, key_sha256: "{hash_key(KEYS["aed-watcher"])}", roles: [aed-watcher], tenants: [komae]}}
 oidc:
   issuer: {issuer.issuer}
   audience: renkei
@@ -50,6 +52,7 @@ roles:
   writer: {{read: ["*"], write: ["*"], subscribe: ["*"]}}
   aed-editor: {{read: ["*"], write: [AEDLocation]}}
   aed-reader: {{read: [AEDLocation], subscribe: ["*"]}}
+  aed-watcher: {{read: ["*"], subscribe: [AEDLocation]}}
   admin: {{read: ["*"], write: ["*"], subscribe: ["*"], admin: true}}
 anonymous:
   read: ["AEDLocation@komae"]
@@ -421,6 +424,56 @@ def test_notifications_carry_only_what_the_owner_may_read(hub: TestClient) -> No
         assert last[0].get("authorization") == "Bearer s3cret-0001"
     finally:
         receiver.close()
+
+
+def test_subscriptions_need_subscribe_on_the_types_they_select(hub: TestClient) -> None:
+    """Both APIs: a role that may subscribe to AEDLocation only cannot subscribe to
+    shelters, nor to entities of any type."""
+    w = {**key("aed-watcher"), **JSON}
+    receiver = "http://127.0.0.1:9/受信"
+
+    def v2(entities: list[dict[str, str]]) -> dict[str, Any]:
+        return {"subject": {"entities": entities}, "notification": {"http": {"url": receiver}}}
+
+    def ld(entities: list[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "type": "Subscription",
+            "entities": entities,
+            "notification": {"endpoint": {"uri": receiver}},
+        }
+
+    v2h = {**w, "Fiware-Service": "komae"}
+    for refused in (
+        [{"idPattern": ".*", "type": "EvacuationShelter"}],
+        [{"idPattern": ".*"}],
+        [{"idPattern": ".*", "typePattern": "^AED"}],
+        [{"id": "AED-1", "type": "AEDLocation"}, {"id": "S-1", "type": "EvacuationShelter"}],
+    ):
+        r = hub.post("/v2/subscriptions", headers=v2h, json=v2(refused))
+        assert r.status_code == 403, (refused, r.text)
+        assert r.json()["error"] == "Forbidden"
+    made = hub.post(
+        "/v2/subscriptions", headers=v2h, json=v2([{"idPattern": ".*", "type": "AEDLocation"}])
+    )
+    assert made.status_code == 201, made.text
+    patch = {"subject": {"entities": [{"idPattern": ".*", "type": "EvacuationShelter"}]}}
+    assert hub.patch(made.headers["location"], headers=v2h, json=patch).status_code == 403
+    ldh = {**w, **KOMAE}
+    assert (
+        hub.post(
+            "/ngsi-ld/v1/subscriptions", headers=ldh, json=ld([{"type": "EvacuationShelter"}])
+        ).status_code
+        == 403
+    )
+    assert (
+        hub.post(
+            "/ngsi-ld/v1/subscriptions", headers=ldh, json=ld([{"type": "AEDLocation"}])
+        ).status_code
+        == 201
+    )
+    watched_only = {**ld([]), "watchedAttributes": ["name"]}
+    del watched_only["entities"]
+    assert hub.post("/ngsi-ld/v1/subscriptions", headers=ldh, json=watched_only).status_code == 403
 
 
 # -- audit ---------------------------------------------------------------------------------------

@@ -173,9 +173,9 @@ def test_bad_input_gets_v2_errors(client: TestClient) -> None:
             client.post(E, json={"id": "A"}, headers={"Fiware-ServicePath": "/a,/b"}),
             (400, "BadRequest"),
         ),
-        (client.get("/v2/subscriptions"), (501, "NotImplemented")),
+        (client.post("/v2/subscriptions", json={}), (400, "BadRequest")),
         (client.post("/v2/registrations", json={}), (501, "NotImplemented")),
-        (client.post("/v2/op/notify", json={}), (501, "NotImplemented")),
+        (client.post("/v2/op/notify", json={}), (400, "BadRequest")),
     ]
     for response, expected in cases:
         assert error(response) == expected, response.request.url

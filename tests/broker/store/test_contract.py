@@ -230,6 +230,35 @@ async def test_subscription_storage_status_and_claims(store: Store) -> None:
         "lastSuccess": "2026-01-02T00:00:00Z",
         "lastFailure": "2026-01-01T00:00:00Z",
     }
+    # consecutive failures add up until a success ends the run; the details stay
+    for trailing in (1, 2):
+        await store.record_notifications(
+            [
+                NotificationRecord(
+                    "komae",
+                    sub["id"],
+                    sent=trailing,
+                    failed=trailing,
+                    last_failure="2026-01-03T00:00:00Z",
+                    last_failure_reason="接続できません (connection refused)",
+                    trailing_failures=trailing,
+                )
+            ]
+        )
+    got = await store.get_subscription("komae", sub["id"])
+    assert got is not None
+    status = got["notificationStatus"]
+    assert (status["failsCounter"], status["timesFailed"]) == (3, 4)
+    assert status["lastFailureReason"] == "接続できません (connection refused)"
+    await store.record_notifications(
+        [NotificationRecord("komae", sub["id"], sent=1, last_success_code=204, reset=True)]
+    )
+    got = await store.get_subscription("komae", sub["id"])
+    assert got is not None
+    status = got["notificationStatus"]
+    assert "failsCounter" not in status
+    assert status["lastSuccessCode"] == 204
+    assert status["lastFailureReason"] == "接続できません (connection refused)"
     assert await store.claim_notification("komae", sub["id"], now=100.0, min_gap=10)
     assert not await store.claim_notification("komae", sub["id"], now=105.0, min_gap=10)
     assert await store.claim_notification("komae", sub["id"], now=110.0, min_gap=10)
