@@ -764,7 +764,9 @@ MIB = 1024 * 1024
 @pytest.fixture
 def mongo_hub(mongo_url: str) -> Iterator[TestClient]:
     """The hub on MongoDB, with request bounds raised past what MongoDB itself stores."""
-    settings = Settings(store=mongo_url, max_body_bytes=40 * MIB, max_json_depth=200)
+    settings = Settings.model_validate(
+        {"store": mongo_url, "max_body_bytes": 40 * MIB, "max_json_depth": 200}
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
