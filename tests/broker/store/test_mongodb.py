@@ -778,7 +778,7 @@ def _gauge(eid: str, **attrs: Any) -> dict[str, Any]:
     return body
 
 
-def _refused_by_limits(r: httpx.Response) -> str:
+def _refused_by_limits(r: Any) -> str:
     assert r.status_code == 400, (r.status_code, r.text[:300])
     detail: str = r.json()["detail"]
     assert "beyond the store's limits" in detail, detail[:300]
