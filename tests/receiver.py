@@ -17,8 +17,9 @@ Received = list[tuple[dict[str, str], Any]]
 
 
 class Receiver:
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
-        """``delay``: seconds the receiver takes before it answers (a slow endpoint)."""
+    def __init__(self, status: int = 200, delay: float = 0.0, port: int = 0) -> None:
+        """``delay``: seconds the receiver takes before it answers (a slow endpoint);
+        ``port``: where it listens (a free one by default)."""
         self.received: Received = []
         self.status = status
         self._arrived = threading.Condition()
@@ -40,7 +41,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

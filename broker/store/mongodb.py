@@ -84,6 +84,7 @@ from broker.model.store import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
+    PendingNotification,
     WriteResult,
 )
 from broker.query.evaluate import entity_geometry
@@ -828,6 +829,26 @@ class MongoStore(Store):
         if ops:
             with driver_errors():
                 await self.db.subscriptions.bulk_write(ops, ordered=False)
+
+    async def hand_over(self, pending: Sequence[PendingNotification]) -> None:
+        # ObjectIds made here in order: the oldest handed over is taken first
+        docs = [
+            {"_id": ObjectId(), "t": p.tenant, "s": p.sub_id, "d": escape_doc(p.data)}
+            for p in pending
+        ]
+        if docs:
+            with driver_errors():
+                await self.db.outbox.insert_many(docs, ordered=True)
+
+    async def take_over(self, limit: int) -> list[PendingNotification]:
+        taken: list[PendingNotification] = []
+        with driver_errors():
+            while len(taken) < limit:  # one at a time: each document goes to one taker
+                doc = await self.db.outbox.find_one_and_delete({}, sort=[("_id", ASCENDING)])
+                if doc is None:
+                    break
+                taken.append(PendingNotification(doc["t"], doc["s"], unescape_doc(doc["d"])))
+        return taken
 
     async def claim_notification(
         self, tenant: str, sub_id: str, *, now: float, min_gap: float

@@ -114,6 +114,10 @@ CREATE TABLE IF NOT EXISTS subscriptions(
     last_notification TEXT, last_success TEXT, last_failure TEXT, last_claim REAL,
     PRIMARY KEY(tenant, id)
 );
+CREATE TABLE IF NOT EXISTS notification_outbox(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL, sub_id TEXT NOT NULL, data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS contexts(
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,
