@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.auth.access import current as current_access
-from broker.core.model import Parser, expand_types
+from broker.core.model import Parser, check_growth, expand_types
 from broker.errors import (
     BadRequestData,
     Forbidden,
@@ -298,6 +298,7 @@ class EntityService:
         scope = check_scope(body["scope"]) if "scope" in body and body["scope"] != NULL else None
         attrs = parser.attributes(body, partial=True)
         now = parser.now
+        limit = self.max_attributes
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
@@ -332,6 +333,7 @@ class EntityService:
                 else:
                     out.pop(iri, None)
             out["modifiedAt"] = now
+            check_growth(current, out, limit)
             return out
 
         return mutate
@@ -364,6 +366,7 @@ class EntityService:
             raise BadRequestData("no attributes to append or update")
         report = UpdateResult()
         now = parser.now
+        limit = self.max_attributes
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
@@ -415,6 +418,7 @@ class EntityService:
                 if not existing:
                     del out[iri]
             out["modifiedAt"] = now
+            check_growth(current, out, limit)
             return out
 
         return mutate, report
