@@ -8,7 +8,7 @@ Layout (one database, named by the URL path, default ``renkei``; see docs/mongod
   and the query fields described in ``broker.store.mongoquery``.
 * ``tenants``, ``geo_paths`` (GeoProperty attributes seen, one 2dsphere index each),
   ``subscriptions`` (``_id = {"t", "i"}``, status counters beside the document),
-  ``contexts`` and ``counters``.
+  ``contexts``, ``counters`` and ``outbox`` (notifications a stopping broker handed over).
 
 Tenants share collections and are told apart by the ``t`` field that leads every
 index: tenants appear at run time from a request header, and a database per tenant
