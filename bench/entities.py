@@ -322,6 +322,12 @@ def main() -> int:
         "--seeds", type=int, default=1000, help="entities pre-created for retrieve (default 1000)"
     )
     parser.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
+    parser.add_argument(
+        "--writer",
+        choices=("process", "thread"),
+        default="process",
+        help="the SQLite store's writer: its own process (default) or a thread",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--httpx-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -352,11 +358,12 @@ def main() -> int:
     try:
         with (
             bare_app(tmp / "bare.log") as bare,
-            hub(tmp / "broker.log", sqlite_store(tmp / "bench.db")) as broker,
+            hub(tmp / "broker.log", sqlite_store(tmp / "bench.db", args.writer)) as broker,
         ):
             logs += [bare, broker]
             print(
                 f"Renkei entity benchmark: {generator}, {args.connections} connections, "
+                f"{args.writer} writer, "
                 f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), {machine()}",
                 flush=True,
             )
