@@ -182,16 +182,18 @@ def test_max_attributes_bounds_what_appends_and_merges_make_of_an_entity(
         ]
 
     assert hub.post(E, json={"id": eid, "type": "Gauge", "水位": instances(0, 40)}).is_success
-    for attempt in (
-        lambda: hub.post(f"{E}/{eid}/attrs", json={"水位": instances(40, 20)}),
-        lambda: hub.patch(f"{E}/{eid}/attrs", json={"流量": instances(0, 20)}),
-        lambda: hub.patch(f"{E}/{eid}", json={"水位": instances(100, 20)}),
-        lambda: hub.post(
+    attempts: list[tuple[str, str, object]] = [
+        ("POST", f"{E}/{eid}/attrs", {"水位": instances(40, 20)}),
+        ("PATCH", f"{E}/{eid}/attrs", {"流量": instances(0, 20)}),
+        ("PATCH", f"{E}/{eid}", {"水位": instances(100, 20)}),
+        (
+            "POST",
             f"{V1}/entityOperations/upsert?options=update",
-            json=[{"id": eid, "type": "Gauge", "流量": instances(0, 20)}],
+            [{"id": eid, "type": "Gauge", "流量": instances(0, 20)}],
         ),
-    ):
-        r = attempt()
+    ]
+    for method, url, body in attempts:
+        r = hub.request(method, url, json=body)
         assert r.status_code in (400, 207), r.text
         problem = r.json() if r.status_code == 400 else r.json()["errors"][0]["error"]
         assert "would hold 60" in problem["detail"]
