@@ -306,10 +306,10 @@ roles:
 
 
 @contextlib.contextmanager
-def auth_broker(mode: str, tmp: Path) -> Iterator[tuple[Server, dict[str, str]]]:
+def auth_broker(mode: str, tmp: Path, writer: str) -> Iterator[tuple[Server, dict[str, str]]]:
     """A broker on its own fresh store: ``none`` without an auth file, ``key`` and ``jwt``
     with one, and the headers a client of that mode sends."""
-    store = sqlite_store(tmp / f"bench-{mode}.db")
+    store = sqlite_store(tmp / f"bench-{mode}.db", writer)
     log = tmp / f"broker-{mode}.log"
     if mode == "none":
         with hub(log, store) as server:
@@ -387,6 +387,12 @@ def main() -> int:
         help="comma-separated: none, key (X-API-Key), jwt (bearer token, cached key); each "
         "mode runs its own broker beside the unauthenticated one (default none)",
     )
+    parser.add_argument(
+        "--writer",
+        choices=("process", "thread"),
+        default="process",
+        help="the SQLite store's writer: its own process (default) or a thread",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--httpx-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -424,6 +430,7 @@ def main() -> int:
             logs.append(bare)
             print(
                 f"Renkei entity benchmark: {generator}, {args.connections} connections, "
+                f"{args.writer} writer, "
                 f"{args.duration:g} s per run (+{args.warmup:g} s warm-up), {machine()}",
                 flush=True,
             )
@@ -458,7 +465,7 @@ def main() -> int:
             measure("create", "bare", Workload("bare-post", bare.url, BARE_ENTITY, "post"))
             brokers: list[tuple[str, Server, dict[str, str]]] = []
             for mode in modes:
-                server, credentials = stack.enter_context(auth_broker(mode, tmp))
+                server, credentials = stack.enter_context(auth_broker(mode, tmp, args.writer))
                 logs.append(server)
                 brokers.append((SERVER_NAMES[mode], server, credentials))
             for name, broker, credentials in brokers:

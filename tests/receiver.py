@@ -28,8 +28,9 @@ class Request:
 
 
 class Receiver:
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
-        """``delay``: seconds the receiver takes before it answers (a slow endpoint).
+    def __init__(self, status: int = 200, delay: float = 0.0, port: int = 0) -> None:
+        """``delay``: seconds the receiver takes before it answers (a slow endpoint);
+        ``port``: where it listens (a free one by default).
 
         ``received`` holds (lower-cased headers, body) of every request, the body parsed
         as JSON (the text when it is not JSON, None when empty); ``requests`` holds
@@ -64,7 +65,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.auth.access import current as current_access
-from broker.core.model import Parser, check_expiry, expand_types
+from broker.core.model import Parser, check_expiry, check_growth, expand_types
 from broker.errors import (
     BadRequestData,
     Forbidden,
@@ -345,6 +345,7 @@ class EntityService:
             expires = check_expiry(expires)
         attrs = parser.attributes(body, partial=True)
         now = parser.now
+        limit = self.max_attributes
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
@@ -383,6 +384,7 @@ class EntityService:
                 else:
                     out.pop(iri, None)
             out["modifiedAt"] = now
+            check_growth(current, out, limit)
             return out
 
         return mutate
@@ -415,6 +417,7 @@ class EntityService:
             raise BadRequestData("no attributes to append or update")
         report = UpdateResult()
         now = parser.now
+        limit = self.max_attributes
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
@@ -466,6 +469,7 @@ class EntityService:
                 if not existing:
                     del out[iri]
             out["modifiedAt"] = now
+            check_growth(current, out, limit)
             return out
 
         return mutate, report

@@ -274,6 +274,35 @@ def _members(raw: Any) -> int:
     return count
 
 
+def stored_weight(ent: Entity) -> int:
+    """What a stored entity counts against ``max_attributes``: every instance of every
+    attribute and every sub-attribute, at any depth (the bound ``Parser`` applies to a
+    request, applied to what a merge or an append makes of the entity)."""
+    count = 0
+    stack: list[Any] = [
+        inst for k, v in ent.items() if k not in ENTITY_KEYS and isinstance(v, list) for inst in v
+    ]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(
+                v for k, v in item.items() if k not in INSTANCE_KEYS and isinstance(v, dict)
+            )
+    return count
+
+
+def check_growth(before: Entity | None, after: Entity, limit: int) -> None:
+    """Refuse a write that grows an entity past ``limit`` instances and sub-attributes
+    (one stored past it, under an earlier limit, may still shrink or change)."""
+    weight = stored_weight(after)
+    if weight > limit and (before is None or weight > stored_weight(before)):
+        raise BadRequestData(
+            f"the entity would hold {weight} attribute instances and sub-attributes "
+            f"(limit {limit} in all)"
+        )
+
+
 # -- rendering -------------------------------------------------------------------------------
 
 Format = Literal["normalized", "concise", "keyValues"]

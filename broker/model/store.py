@@ -136,6 +136,18 @@ class NotificationRecord:
 
 
 @dataclass(slots=True)
+class PendingNotification:
+    """Changes matched for a subscription and not yet delivered when a broker process
+    stopped: handed to the store, so that another process sharing it (a replica, or
+    the same one restarted) sends them. ``data`` is the notification's rendered
+    entities, in the order they changed."""
+
+    tenant: str
+    sub_id: str
+    data: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
 class ContextRecord:
     """A JSON-LD context kept by the broker (``/jsonldContexts``)."""
 

@@ -37,6 +37,7 @@ from broker.model.store import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
+    PendingNotification,
     WriteResult,
 )
 
@@ -171,6 +172,14 @@ class SubscriptionStore(Protocol):
         """Atomically take the right to notify now: true when the last claim is at least
         ``min_gap`` seconds old (or there was none). Several broker processes sharing
         one store use it so throttling and ``timeInterval`` hold across all of them."""
+
+    async def hand_over(self, pending: Sequence[PendingNotification]) -> None:
+        """Keep notifications a stopping process has not delivered, in one write, for
+        whichever process sharing the store takes them (:meth:`take_over`)."""
+
+    async def take_over(self, limit: int) -> list[PendingNotification]:
+        """Remove and return up to ``limit`` handed-over notifications, oldest first.
+        Each goes to one caller only, however many processes ask at once."""
 
 
 class ContextStore(Protocol):

@@ -9,7 +9,8 @@ Layout (one database, named by the URL path, default ``renkei``; see docs/mongod
 * ``tenants``, ``geo_paths`` (GeoProperty attributes seen, one 2dsphere index each),
   ``subscriptions`` (``_id = {"t", "i"}``, status counters beside the document),
   ``registrations`` (context source registrations and their subscriptions,
-  ``_id = {"t", "k", "i"}``), ``contexts`` and ``counters``.
+  ``_id = {"t", "k", "i"}``), ``contexts``, ``counters`` and ``outbox`` (notifications
+  a stopping broker handed over).
 
 Tenants share collections and are told apart by the ``t`` field that leads every
 index: tenants appear at run time from a request header, and a database per tenant
@@ -50,6 +51,7 @@ from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
     ConnectionFailure,
+    DocumentTooLarge,
     DuplicateKeyError,
     ExecutionTimeout,
     NetworkTimeout,
@@ -84,6 +86,7 @@ from broker.model.store import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
+    PendingNotification,
     WriteResult,
 )
 from broker.query.evaluate import entity_geometry
@@ -118,6 +121,14 @@ _MAX_ATTEMPTS: Final = 64
 #: MongoDB error codes for geometries it cannot index (16755 "Can't extract geo keys").
 _GEO_CODES: Final = frozenset({16755, 16756})
 _DUPLICATE: Final = 11000
+#: MongoDB's own limits, answered 400 (the request, not the hub, is at fault):
+#: BSONObjectTooLarge, a document grown past the limit by an update, KeyTooLong (an
+#: index key over 1 KiB, before MongoDB 4.2) and Overflow (nesting deeper than 100).
+_LIMIT_CODES: Final = frozenset({10334, 17419, 17280, 15})
+#: Levels of nested documents and arrays MongoDB stores, the document itself included.
+MAX_NESTING: Final = 100
+#: The largest document MongoDB stores, unless the server's ``hello`` says otherwise.
+MAX_DOCUMENT_BYTES: Final = 16 * 1024 * 1024
 #: Write tokens kept per entity document (see ``MongoStore._bulk``).
 _TOKENS: Final = 16
 
@@ -144,6 +155,8 @@ def driver_errors() -> Iterator[None]:
         yield
     except DuplicateKeyError as exc:
         raise AlreadyExists(f"already exists: {exc.details or exc}") from exc
+    except DocumentTooLarge as exc:
+        raise BadRequestData(f"beyond the store's limits: {exc}") from exc
     except (
         ServerSelectionTimeoutError,
         NetworkTimeout,
@@ -156,9 +169,34 @@ def driver_errors() -> Iterator[None]:
     except OperationFailure as exc:
         if exc.code in _GEO_CODES:
             raise BadRequestData(f"geometry refused by the store: {exc}") from exc
+        if exc.code in _LIMIT_CODES:
+            raise BadRequestData(f"beyond the store's limits: {exc}") from exc
         raise InternalError(f"store error: {exc}") from exc
     except (PyMongoError, BSONError) as exc:
         raise InternalError(f"store error: {exc}") from exc
+
+
+def nested_deeper_than(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests documents and arrays more than ``limit`` levels (``doc``
+    itself is the first), as MongoDB counts them; containers only are visited."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        if level > limit:
+            return True
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                stack.append((child, level + 1))
+    return False
+
+
+def beyond_limits(doc: Doc, size: int, max_bytes: int) -> str | None:
+    """Why MongoDB would refuse to store ``doc`` (``size`` bytes of BSON), or None."""
+    if size > max_bytes:
+        return f"the stored document would be {size} bytes; MongoDB stores at most {max_bytes}"
+    if nested_deeper_than(doc, MAX_NESTING):
+        return f"values nested deeper than MongoDB's {MAX_NESTING} levels"
+    return None
 
 
 def _key(tenant: str, ident: str) -> Doc:
@@ -298,6 +336,8 @@ class MongoStore(Store):
         self._want_transactions = transactions
         #: set at ``open``: writes and history share a transaction
         self.transactions = False
+        #: the largest document the server stores (its ``hello`` says, on open)
+        self.max_document_bytes = MAX_DOCUMENT_BYTES
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -311,6 +351,7 @@ class MongoStore(Store):
         self._db = self._client.get_database(self.database_name, read_concern=concern)
         with driver_errors():
             hello = await self._db.command("hello")
+            self.max_document_bytes = int(hello.get("maxBsonObjectSize", MAX_DOCUMENT_BYTES))
             self.transactions = (
                 supports_transactions(hello)
                 if self._want_transactions is None
@@ -540,12 +581,19 @@ class MongoStore(Store):
                 if p.start_ver is not None:
                     deletes.append((p, p.start_ver))
                 continue
+            new: Doc | None = None
             try:
-                ver = (p.start_ver or 0) + 1
-                p.doc = entity_document(tenant, cur, ver, token, p.tokens)
-                bson.encode(p.doc)  # what BSON cannot hold fails this entity, not the batch
+                new = entity_document(tenant, cur, (p.start_ver or 0) + 1, token, p.tokens)
+                # what BSON or the server cannot hold fails this entity, not the batch
+                why = beyond_limits(new, len(bson.encode(new)), self.max_document_bytes)
             except (BSONError, OverflowError) as exc:
-                error = BadRequestData(f"{p.eid}: cannot be stored: {exc}")
+                why = str(exc)
+            if new is not None and why is None:
+                p.doc = new
+            else:
+                error = BadRequestData(
+                    f"{p.eid}: cannot be stored (beyond the store's limits): {why}"
+                )
                 for r in p.results.values():
                     if r.ok:
                         r.error, r.after = error, None
@@ -553,9 +601,9 @@ class MongoStore(Store):
             p.op_index = len(ops)
             op_owner.append(p)
             if p.start_ver is None:
-                ops.append(InsertOne(p.doc))
+                ops.append(InsertOne(new))
             else:
-                ops.append(ReplaceOne({"_id": p.doc["_id"], "ver": p.start_ver}, p.doc))
+                ops.append(ReplaceOne({"_id": new["_id"], "ver": p.start_ver}, new))
         retry: list[_Pending] = []
         if ops:
             docs = [p.doc for p in op_owner if p.doc is not None]
@@ -607,7 +655,7 @@ class MongoStore(Store):
             else:
                 error: NgsiLdError = (
                     BadRequestData(f"{p.eid}: refused by the store: {err.get('errmsg')}")
-                    if err.get("code") in _GEO_CODES
+                    if err.get("code") in _GEO_CODES | _LIMIT_CODES
                     else InternalError(f"{p.eid}: store error: {err.get('errmsg')}")
                 )
                 for r in p.results.values():
@@ -811,6 +859,26 @@ class MongoStore(Store):
         if ops:
             with driver_errors():
                 await self.db.subscriptions.bulk_write(ops, ordered=False)
+
+    async def hand_over(self, pending: Sequence[PendingNotification]) -> None:
+        # ObjectIds made here in order: the oldest handed over is taken first
+        docs = [
+            {"_id": ObjectId(), "t": p.tenant, "s": p.sub_id, "d": escape_doc(p.data)}
+            for p in pending
+        ]
+        if docs:
+            with driver_errors():
+                await self.db.outbox.insert_many(docs, ordered=True)
+
+    async def take_over(self, limit: int) -> list[PendingNotification]:
+        taken: list[PendingNotification] = []
+        with driver_errors():
+            while len(taken) < limit:  # one at a time: each document goes to one taker
+                doc = await self.db.outbox.find_one_and_delete({}, sort=[("_id", ASCENDING)])
+                if doc is None:
+                    break
+                taken.append(PendingNotification(doc["t"], doc["s"], unescape_doc(doc["d"])))
+        return taken
 
     async def claim_notification(
         self, tenant: str, sub_id: str, *, now: float, min_gap: float

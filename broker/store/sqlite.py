@@ -61,6 +61,7 @@ from broker.model.store import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
+    PendingNotification,
     WriteResult,
 )
 from broker.store import sqlhistory
@@ -215,6 +216,18 @@ def _put_registration(
         == 0
     ):
         raise ResourceNotFound(f"{what} {reg_id} not found")
+
+
+def _take_outbox(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
+    """Remove and return (seq, tenant, sub_id, data) of the oldest ``limit``
+    handed-over notifications, in the writer's transaction: each row goes to one taker."""
+    rows = conn.execute(
+        "DELETE FROM notification_outbox WHERE seq IN "
+        "(SELECT seq FROM notification_outbox ORDER BY seq LIMIT ?) "
+        "RETURNING seq, tenant, sub_id, data",
+        (limit,),
+    ).fetchall()
+    return sorted(rows)
 
 
 class _Checkpointer:
@@ -854,6 +867,20 @@ class SqliteStore(Store):
     async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
         sql = "DELETE FROM registrations WHERE tenant=? AND kind=? AND id=?"
         return await self._exec_write(_rowcount, sql, [(tenant, kind, reg_id)]) > 0
+
+    async def hand_over(self, pending: Sequence[PendingNotification]) -> None:
+        rows = [(p.tenant, p.sub_id, _dumps(p.data)) for p in pending]
+        sql = "INSERT INTO notification_outbox(tenant, sub_id, data) VALUES (?, ?, ?)"
+        await self._exec_write(_rowcount, sql, rows)
+
+    async def take_over(self, limit: int) -> list[PendingNotification]:
+        def any_waiting(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM notification_outbox LIMIT 1").fetchone() is not None
+
+        if not await self._read(any_waiting):  # the usual case, read without a write
+            return []
+        rows = await self._exec_write(_take_outbox, limit)
+        return [PendingNotification(t, s, orjson.loads(d)) for _, t, s, d in rows]
 
     # -- contexts -----------------------------------------------------------------------------
 

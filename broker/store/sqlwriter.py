@@ -124,6 +124,10 @@ CREATE TABLE IF NOT EXISTS registrations(
     doc BLOB NOT NULL,
     PRIMARY KEY(tenant, kind, id)
 );
+CREATE TABLE IF NOT EXISTS notification_outbox(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL, sub_id TEXT NOT NULL, data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS contexts(
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,

@@ -9,6 +9,7 @@
      ├── GroupNotFound (404 DEVICE_GROUP_NOT_FOUND)
      ├── DuplicateDevice (409 DUPLICATE_DEVICE_ID)
      ├── DuplicateGroup (409 DUPLICATE_GROUP)
+     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
      └── NotImplementedYet (501 NOT_IMPLEMENTED)
 
 Clients of iotagent-node-lib (Node-RED flows, provisioning scripts) match on ``name``.
@@ -53,6 +54,11 @@ class DuplicateDevice(AgentError):
 class DuplicateGroup(AgentError):
     status = 409
     name = "DUPLICATE_GROUP"
+
+
+class PayloadTooLarge(AgentError):
+    status = 413
+    name = "PAYLOAD_TOO_LARGE"
 
 
 class NotImplementedYet(AgentError):

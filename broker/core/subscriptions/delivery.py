@@ -5,6 +5,12 @@ coalescing of changes for a busy endpoint, throttling, and the delivery status
 A slow or dead endpoint never slows a write and never holds back other subscriptions.
 Throttling is enforced with ``Store.claim_notification``, an atomic compare-and-set in the
 store, so several broker processes agree.
+
+When the process stops (``aclose``), the notifications not yet delivered (queued, or
+between retries, or cut off while being sent) are handed to the store
+(``Store.hand_over``), and whichever process sharing the store takes them
+(``take_over``, every second) sends them: a stop loses no matched change, and one cut off
+mid-send may reach its endpoint twice.
 """
 
 from __future__ import annotations
@@ -20,11 +26,11 @@ from typing import Any
 
 import orjson
 
-from broker.core.subscriptions.payload import Compiled
+from broker.core.subscriptions.payload import MAX_COALESCED, Compiled
 from broker.errors import NgsiLdError
 from broker.jsonld.context import CORE_CONTEXT_URL
 from broker.model.entity import iri_to_uri, now_iso
-from broker.model.store import NotificationRecord
+from broker.model.store import NotificationRecord, PendingNotification
 from broker.notify.senders import DeliveryError, Endpoint, Senders
 from broker.store.base import Store
 
@@ -44,6 +50,15 @@ class _Delivery:
 #: Notifications of one subscription on their way at once; changes made meanwhile queue
 #: up and go out together, in one notification (``data`` holds them all), keeping order.
 PER_SUBSCRIPTION_IN_FLIGHT = 1
+
+
+@dataclass(eq=False)
+class _Batch:
+    """The changes one delivery task is sending: kept until delivered or given up, so
+    that a stop hands over what was still on its way."""
+
+    sub: Compiled
+    data: list[dict[str, Any]]
 
 
 class Delivery:
@@ -69,6 +84,9 @@ class Delivery:
         self._queued: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._pending: dict[tuple[str, str], NotificationRecord] = {}
+        #: changes on their way in each delivery task
+        self._sending: set[_Batch] = set()
+        self._closing = False
         self._flusher: asyncio.Task[None] | None = None
         #: seconds delivery outcomes wait before they are written together
         self.status_interval = 0.2
@@ -120,13 +138,17 @@ class Delivery:
 
     async def _deliver_then_queued(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
         key = (sub.tenant, sub.id)
+        batch = _Batch(sub, list(data))
+        self._sending.add(batch)
         try:
             while True:
-                await self._deliver(sub, data)
-                data = self._take_queued(key, sub.coalesce)
-                if not data:
+                await self._deliver(batch)
+                batch.data = self._take_queued(key, sub.coalesce)
+                if not batch.data:
                     return
         finally:
+            if not self._closing:  # when closing, ``aclose`` hands over what is left
+                self._sending.discard(batch)
             left = self._in_flight.get(key, 1) - 1
             if left > 0:
                 self._in_flight[key] = left
@@ -145,14 +167,17 @@ class Delivery:
             del self._queued[key]
         return taken
 
-    async def _deliver(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+    async def _deliver(self, batch: _Batch) -> None:
+        """Send ``batch.data`` (with changes queued meanwhile); ``batch.data`` is emptied
+        once the notification is delivered, throttled away or given up."""
+        sub = batch.sub
         key = (sub.tenant, sub.id)
         job: _Delivery | None = None
         endpoint = sub.endpoint
         if sub.coalesce == 1:
             # one entity per notification, whose endpoint may depend on it (v2 custom
             # notifications): built now, and nothing queued joins it
-            job = self._job(sub, data)
+            job = self._job(sub, batch.data)
             endpoint = job.endpoint
 
         def build() -> tuple[bytes, dict[str, str]]:
@@ -160,11 +185,13 @@ class Delivery:
             # waited for one go with it (a retry sends the same notification again).
             nonlocal job
             if job is None:
-                job = self._job(sub, [*data, *self._take_queued(key, sub.coalesce - len(data))])
+                batch.data.extend(self._take_queued(key, sub.coalesce - len(batch.data)))
+                job = self._job(sub, batch.data)
             return job.body, job.headers
 
         async with self._slots:
             if not await self._claimed(sub):
+                batch.data = []
                 return
             delay = self.backoff
             for attempt in range(1, self.max_attempts + 1):
@@ -173,6 +200,7 @@ class Delivery:
                 except DeliveryError as exc:
                     await self._record(sub, success=False, reason=exc.reason)
                     if not exc.retryable or attempt == self.max_attempts:
+                        batch.data = []
                         log.warning(
                             "notification for %s failed after %d attempt(s): %s",
                             sub.id,
@@ -183,6 +211,7 @@ class Delivery:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.backoff_cap)
                 else:
+                    batch.data = []
                     await self._record(sub, success=True, code=code)
                     return
 
@@ -301,6 +330,9 @@ class Delivery:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
+        """Stop sending; hand the notifications not delivered to the store (see the
+        module) and write the delivery status."""
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -309,4 +341,30 @@ class Delivery:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        await self.hand_over()
         await self.flush()
+
+    def unsent(self) -> list[PendingNotification]:
+        """The changes not delivered, per subscription oldest first (those on their way
+        before those queued behind them), in notifications of at most ``MAX_COALESCED``."""
+        found = [((b.sub.tenant, b.sub.id), b.data) for b in self._sending if b.data]
+        found.extend(self._queued.items())
+        out: list[PendingNotification] = []
+        for (tenant, sub_id), data in found:
+            for start in range(0, len(data), MAX_COALESCED):
+                out.append(PendingNotification(tenant, sub_id, data[start : start + MAX_COALESCED]))
+        return out
+
+    async def hand_over(self) -> None:
+        """Give the store the notifications not delivered, for any process to send."""
+        pending = self.unsent()
+        self._sending.clear()
+        self._queued.clear()
+        if not pending:
+            return
+        try:
+            await self.store.hand_over(pending)
+        except NgsiLdError as exc:
+            log.error("cannot hand over %d notification(s): %s", len(pending), exc.detail)
+            return
+        log.info("handed %d notification(s) not yet delivered over to the store", len(pending))
