@@ -11,13 +11,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import httpx
 import typer
 import uvicorn
 
@@ -224,12 +221,21 @@ def _mqtt_address(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port, tls
 
 
-def _start_mosquitto(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def _start_mosquitto(port: int, workdir: Path, logins: bool) -> subprocess.Popen[bytes]:
+    """The demo's Mosquitto; with ``logins``, only the logins and ACL of ``workdir``."""
     conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-        + ("user root\n" if os.geteuid() == 0 else "")
-    )
+    lines = [f"listener {port} 127.0.0.1"]
+    if logins:
+        lines += [
+            "allow_anonymous false",
+            f"password_file {workdir / 'passwd'}",
+            f"acl_file {workdir / 'acl'}",
+        ]
+    else:
+        lines.append("allow_anonymous true")
+    if os.geteuid() == 0:
+        lines.append("user root")
+    conf.write_text("\n".join(lines) + "\n")
     return subprocess.Popen(
         [str(MOSQUITTO), "-c", str(conf)],
         preexec_fn=_die_with_parent,
@@ -238,22 +244,65 @@ def _start_mosquitto(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     )
 
 
+#: The demo's device group: apikey ``demo`` in the ``komae`` service.
+DEMO_APIKEY = "demo"
+DEMO_SERVICE = "komae"
+
+
+def _provision_demo(workdir: Path, logins: bool) -> dict[str, str]:
+    """Provision the demo's group in the agent's file before the agent starts; with
+    ``logins``, also write Mosquitto logins and ACLs for it (``renkei iot
+    mosquitto-acl``'s own plan) and return the new passwords by user."""
+    from connectors.mqtt.mosquitto import (
+        AGENT_USER,
+        password_file_text,
+        plan,
+        render_acl,
+        write_private,
+    )
+    from connectors.mqtt.registry import Registry, Scope
+
+    registry = Registry(workdir / "iota.db")
+    try:
+        registry.add_groups(
+            Scope(DEMO_SERVICE, "/"), [{"apikey": DEMO_APIKEY, "entity_type": "WeatherObserved"}]
+        )
+        if not logins:
+            return {}
+        made = plan(registry, {})
+    finally:
+        registry.close()
+    write_private(workdir / "passwd", password_file_text(made.hashes))
+    write_private(workdir / "acl", render_acl(AGENT_USER, made.pinned))
+    return {user: password for user, _, password in made.new}
+
+
 def _start_iot_demo(
     settings: Settings, workdir: Path, mqtt_url: str, agent_port: int
-) -> list[subprocess.Popen[bytes]] | None:
+) -> tuple[list[subprocess.Popen[bytes]], str | None] | None:
     """Beside the demo broker: the IoT agent on ``agent_port``, reading the MQTT broker at
     ``mqtt_url``: the one already listening there, else a Mosquitto of its own (a local
-    address only). Says which one it uses; ``None`` when neither is possible."""
+    address only), where each login may use only its own topics. Says which one it uses;
+    returns the children and the demo device's Mosquitto password (None with a broker
+    already there); ``None`` when neither is possible."""
     host, port, tls = _mqtt_address(mqtt_url)
     shown = redact_uri(mqtt_url)
     children: list[subprocess.Popen[bytes]] = []
+    device_password = None
+    agent_url = mqtt_url
     if _port_open(host, port):
+        _provision_demo(workdir, logins=False)
         typer.echo(
             f"MQTT: {shown} で動いている既存の MQTT ブローカー (Mosquitto など) を使います / "
             f"using the MQTT broker already listening at {shown}"
         )
     elif host in ("127.0.0.1", "localhost") and not tls and MOSQUITTO.exists():
-        children.append(_start_mosquitto(port, workdir))
+        from connectors.mqtt.mosquitto import AGENT_USER
+
+        passwords = _provision_demo(workdir, logins=True)
+        device_password = passwords[DEMO_APIKEY]
+        agent_url = f"mqtt://{AGENT_USER}:{passwords[AGENT_USER]}@127.0.0.1:{port}"
+        children.append(_start_mosquitto(port, workdir, logins=True))
         typer.echo(
             f"MQTT: Mosquitto を 127.0.0.1:{port} で起動しました (デモの終了とともに停止します) / "
             f"started Mosquitto on 127.0.0.1:{port} (it stops with the demo)"
@@ -276,7 +325,7 @@ def _start_iot_demo(
         "RENKEI_BROKER_URL": f"http://{settings.host}:{settings.port}",
         "RENKEI_IOTA_DB": str(workdir / "iota.db"),
         "RENKEI_IOTA_PORT": str(agent_port),
-        "RENKEI_MQTT_URL": mqtt_url,
+        "RENKEI_MQTT_URL": agent_url,
     }
     children.append(
         subprocess.Popen(
@@ -287,24 +336,7 @@ def _start_iot_demo(
             stderr=subprocess.DEVNULL,
         )
     )
-
-    def provision() -> None:
-        for _ in range(200):
-            try:
-                r = httpx.post(
-                    f"http://127.0.0.1:{agent_port}/iot/groups",
-                    headers={"fiware-service": "komae", "fiware-servicepath": "/"},
-                    json={"groups": [{"apikey": "demo", "entity_type": "WeatherObserved"}]},
-                    timeout=2,
-                )
-                if r.status_code in (201, 409):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-
-    threading.Thread(target=provision, daemon=True).start()
-    return children
+    return children, device_password
 
 
 @app.command()
@@ -360,18 +392,28 @@ OGC API - Features:      {root}/ogc   (QGIS: docs/gis.md)
     )
     children: list[subprocess.Popen[bytes]] | None = None
     with tempfile.TemporaryDirectory(prefix="renkei-demo-") as tmp:
+        started = None
         if not iot_agent:
             typer.echo(
                 "IoT エージェントは起動しません (--no-iot-agent) / the IoT agent is not started"
             )
         else:
-            children = _start_iot_demo(settings, Path(tmp), mqtt_url, iot_agent_port)
-        if children is not None:
+            started = _start_iot_demo(settings, Path(tmp), mqtt_url, iot_agent_port)
+        if started is not None:
+            children, device_password = started
             mqtt_host, mqtt_port, _ = _mqtt_address(mqtt_url)
+            login = ""
+            if device_password is not None:
+                login = f" -u {DEMO_APIKEY} -P '{device_password}'"
+                typer.echo(
+                    f"""デモのセンサーの MQTT ログイン (起動のたびに作り直し、ここにだけ表示します) / the demo sensor's MQTT login (made anew at each start, shown here only):
+  user {DEMO_APIKEY}  password {device_password}
+  (apikey '{DEMO_APIKEY}' のトピックにだけ送信できます / it may publish on the topics of apikey '{DEMO_APIKEY}' only)"""
+                )
             typer.echo(
                 f"""IoT エージェント (MQTT {mqtt_host}:{mqtt_port}、API :{iot_agent_port}) も起動しました / the IoT agent runs too:
-  mosquitto_pub -h {mqtt_host} -p {mqtt_port} -t /demo/sensor01/attrs -m '{{"temperature": 21.5, "location": "35.634,139.578"}}'
-  curl -H 'NGSILD-Tenant: komae' '{base}/entities/urn:ngsi-ld:WeatherObserved:sensor01?options=keyValues'
+  mosquitto_pub -h {mqtt_host} -p {mqtt_port}{login} -t /{DEMO_APIKEY}/sensor01/attrs -m '{{"temperature": 21.5, "location": "35.634,139.578"}}'
+  curl -H 'NGSILD-Tenant: {DEMO_SERVICE}' '{base}/entities/urn:ngsi-ld:WeatherObserved:sensor01?options=keyValues'
   (mosquitto_pub: apt-get install mosquitto-clients)
 """
             )

@@ -3,7 +3,8 @@
 ``mosquitto(tmp_path)`` writes a config file, starts ``/usr/sbin/mosquitto`` on a free
 127.0.0.1 port, waits until it accepts connections and stops it afterwards. With
 ``users={"name": "password"}`` the listener takes only those users (password file
-built with ``mosquitto_passwd``). With ``tls=(certfile, keyfile)`` the listener speaks
+built with ``mosquitto_passwd``); with ``password_file``/``acl_file`` it reads those
+files (``reload()`` sends SIGHUP after they change). With ``tls=(certfile, keyfile)`` the listener speaks
 MQTT over TLS only (``mqtts://``). ``amqtt_broker(tmp_path)`` starts an amqtt broker, which speaks MQTT 3.1.1
 only. The Debian packages come from
 ``scripts/system-deps.sh test`` (run by ``make test``).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +60,9 @@ class MqttBroker:
     process: subprocess.Popen[bytes] | None = None
     #: server certificate and key (PEM) for a TLS listener
     tls: tuple[Path, Path] | None = None
+    #: a password file and an ACL file written elsewhere (``renkei iot mosquitto-acl``)
+    password_file: Path | None = None
+    acl_file: Path | None = None
 
     @property
     def scheme(self) -> str:
@@ -81,9 +86,10 @@ class MqttBroker:
 
     def _write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        closed = bool(self.users) or self.password_file is not None
         lines = [
             f"listener {self.port} {self.host}",
-            f"allow_anonymous {'false' if self.users else 'true'}",
+            f"allow_anonymous {'false' if closed else 'true'}",
             "persistence false",
             f"log_dest file {self.log_file}",
             "log_type error",
@@ -96,6 +102,10 @@ class MqttBroker:
             lines.append("user root")
         if self.users:
             lines.append(f"password_file {self._write_passwords()}")
+        elif self.password_file is not None:
+            lines.append(f"password_file {self.password_file}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
         if self.tls:
             certfile, keyfile = self.tls
             lines += [f"certfile {certfile}", f"keyfile {keyfile}"]
@@ -139,6 +149,11 @@ class MqttBroker:
         self.stop()
         raise TimeoutError(f"mosquitto did not accept connections on port {self.port}")
 
+    def reload(self) -> None:
+        """Have Mosquitto read its password and ACL files again (SIGHUP)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         proc, self.process = self.process, None
         if proc is None:
@@ -158,9 +173,19 @@ def mosquitto(
     tmp_path: Path,
     users: dict[str, str] | None = None,
     tls: tuple[Path, Path] | None = None,
+    *,
+    password_file: Path | None = None,
+    acl_file: Path | None = None,
 ) -> Iterator[MqttBroker]:
-    """A running Mosquitto on 127.0.0.1 (anonymous unless ``users`` is given)."""
-    broker = MqttBroker(tmp_path / "mosquitto", users=dict(users or {}), tls=tls)
+    """A running Mosquitto on 127.0.0.1 (anonymous unless ``users`` or a
+    ``password_file`` is given)."""
+    broker = MqttBroker(
+        tmp_path / "mosquitto",
+        users=dict(users or {}),
+        tls=tls,
+        password_file=password_file,
+        acl_file=acl_file,
+    )
     broker.start()
     try:
         yield broker

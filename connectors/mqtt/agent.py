@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import time
 from typing import Any
@@ -34,13 +35,16 @@ from connectors.mqtt.mapping import (
 from connectors.mqtt.metrics import Metrics
 from connectors.mqtt.northbound import Ack, Batcher
 from connectors.mqtt.push import CommandPusher
-from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
+from connectors.mqtt.registry import DEFAULT_TYPE, Ambiguous, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
 from connectors.mqtt.southbound import southbound
 
 log = logging.getLogger("renkei.iota")
 
 NOTIFY_PATH = "/notify"
+#: The header the broker's notifications carry the agent's secret in (``receiverInfo``);
+#: the broker answers it masked, as it does every value named like a token.
+NOTIFY_HEADER = "X-Renkei-Notify-Token"
 HEALTH_PERIOD = 2.0
 SUBSCRIBE_RETRY = 2.0
 SYNC_TIMEOUT = 5.0
@@ -59,6 +63,26 @@ class AgentBrokerClient(BrokerClient):
         resp = await self._request("DELETE", f"/ngsi-ld/v1/subscriptions/{subscription_id}")
         if resp.status_code not in (204, 404):
             raise self._fail(resp, "unsubscribe")
+
+    async def update_subscription(self, subscription_id: str, patch: dict[str, Any]) -> None:
+        resp = await self._request(
+            "PATCH", f"/ngsi-ld/v1/subscriptions/{subscription_id}", json=patch
+        )
+        if resp.status_code != 204:
+            raise self._fail(resp, "update subscription")
+
+
+def notify_token(settings: AgentSettings, registry: Registry) -> str:
+    """The secret the broker's notifications must carry: ``iota_notify_token``; else one
+    derived from the agent's API key and public URL, so replicas sharing both (behind one
+    Service) agree on it; else a random one kept in the provisioning file."""
+    if settings.iota_notify_token is not None:
+        return settings.iota_notify_token.get_secret_value()
+    if settings.broker_api_key is not None:
+        key = settings.broker_api_key.get_secret_value().encode()
+        label = f"renkei-iota-notify|{settings.public_url}".encode()
+        return hmac.new(key, label, hashlib.sha256).hexdigest()
+    return registry.secret("notify")
 
 
 class IoTAgent:
@@ -93,13 +117,15 @@ class IoTAgent:
         self._last_arrival: dict[tuple[str | None, str], float] = {}
         #: entities whose static attributes were written since provisioning last changed
         self._static_sent: set[tuple[str | None, str]] = set()
-        #: (apikey, device id) -> prefix of its command topic: ``/`` (the IoT Agent JSON
-        #: default), or ``json/`` / none for a device publishing without the leading slash
-        self._prefixes: dict[tuple[str, str], str] = {}
+        #: (tenant, apikey, device id) -> prefix of its command topic: ``/`` (the IoT Agent
+        #: JSON default), or ``json/`` / none for a device publishing without the leading slash
+        self._prefixes: dict[tuple[str | None, str, str], str] = {}
         #: (tenant, entity id) -> commands waiting for an HTTP device to poll them
         self._pending: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._pushes: set[asyncio.Task[None]] = set()
         self.pusher = CommandPusher(settings)
+        #: Secret of the broker's notifications to this agent (``NOTIFY_HEADER``).
+        self.notify_token = notify_token(settings, self.registry)
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
         self.metrics.gauge("broker_up", lambda: float(self.broker_up and self.batcher.broker_ok))
 
@@ -146,11 +172,31 @@ class IoTAgent:
         return self.link.connected and self.broker_up and self.batcher.broker_ok
 
     def client(self, tenant: str | None) -> AgentBrokerClient:
+        """The broker client of a tenant, with the agent's own credentials."""
         client = self._clients.get(tenant)
         if client is None:
-            client = AgentBrokerClient(self.settings.broker_url, tenant=tenant, retries=0)
+            key, token = self.settings.broker_api_key, self.settings.broker_token
+            client = AgentBrokerClient(
+                self.settings.broker_url,
+                tenant=tenant,
+                retries=0,
+                api_key=key.get_secret_value() if key is not None else None,
+                token=token.get_secret_value() if token is not None else None,
+            )
             self._clients[tenant] = client
         return client
+
+    async def entity_types(self, tenant: str | None, ids: list[str]) -> dict[str, list[str]]:
+        """The types of those of ``ids`` that exist at the broker (and the agent may read);
+        ``BrokerError`` when the broker cannot tell."""
+        found: dict[str, list[str]] = {}
+        client = self.client(tenant)
+        for start in range(0, len(ids), 100):
+            chunk = ids[start : start + 100]
+            async for ent in client.query(id=",".join(chunk), pick="id,type", local="true"):
+                t = ent.get("type", [])
+                found[str(ent.get("id"))] = [t] if isinstance(t, str) else list(t)
+        return found
 
     async def _write(self, tenant: str | None, entities: list[dict[str, Any]]) -> Any:
         if not self.ngsi_v2:
@@ -201,10 +247,14 @@ class IoTAgent:
     def _device(
         self, apikey: str, device_id: str, topic: str, transport: str | None = None
     ) -> Resolved | None:
-        device = self.registry.resolve(apikey, device_id)
-        if device is not None:
-            return device
-        found = self.registry.group_for(apikey)
+        try:
+            device = self.registry.resolve(apikey, device_id)
+            if device is not None:
+                return device
+            found = self.registry.group_for(apikey)
+        except Ambiguous as exc:
+            self.bad("ambiguous_device", topic, f"{exc}: not written to any of them")
+            return None
         if found is None:
             self.bad("unknown_apikey", topic, f"no group has apikey {apikey!r}")
             return None
@@ -216,6 +266,9 @@ class IoTAgent:
             self.bad("unknown_device", topic, f"device {device_id!r} is not provisioned")
             return None
         device = self.registry.autoprovision(scope, apikey, device_id, transport)
+        if device is None:
+            self.bad("unknown_device", topic, f"device {device_id!r} has another apikey")
+            return None
         log.info("device %s provisioned automatically (apikey %s)", device_id, apikey)
         self.commands_changed()
         return device
@@ -233,7 +286,9 @@ class IoTAgent:
         device = self._device(apikey, device_id, item.topic)
         if device is None:
             return False
-        self._prefixes[apikey, device_id] = prefix if not prefix.startswith("/") else "/"
+        self._prefixes[device.tenant, apikey, device_id] = (
+            prefix if not prefix.startswith("/") else "/"
+        )
         if single is not None:
             payload: Any = {single: self._single_value(item)}
         else:
@@ -425,6 +480,7 @@ class IoTAgent:
                 "endpoint": {
                     "uri": self.settings.public_url + NOTIFY_PATH,
                     "accept": "application/json",
+                    "receiverInfo": [{"key": NOTIFY_HEADER, "value": self.notify_token}],
                 },
             },
         }
@@ -441,15 +497,22 @@ class IoTAgent:
             for key in sorted(wanted - self._subscribed, key=str):
                 tenant, entity_type, command = key
                 sub_id = self.subscription_id(key)
+                sub = self._subscription(entity_type, command, sub_id)
                 try:
-                    await self.client(tenant).subscribe(
-                        self._subscription(entity_type, command, sub_id)
-                    )
+                    try:
+                        await self.client(tenant).subscribe(sub)
+                    except BrokerError as exc:
+                        if exc.status != 409:
+                            raise
+                        # made before (by this agent, maybe with another notification
+                        # secret): bring its notification up to date
+                        await self.client(tenant).update_subscription(
+                            sub_id, {"notification": sub["notification"]}
+                        )
                 except BrokerError as exc:
-                    if exc.status != 409:
-                        log.warning("cannot subscribe to command %s: %s", command, exc)
-                        done = False
-                        continue
+                    log.warning("cannot subscribe to command %s: %s", command, exc)
+                    done = False
+                    continue
                 self._subscribed.add(key)
             for key in sorted(self._subscribed - wanted, key=str):
                 tenant, entity_type, command = key
@@ -497,8 +560,11 @@ class IoTAgent:
                 value = attr.get("value", attr.get("object")) if isinstance(attr, dict) else attr
                 if device.transport == "HTTP":
                     status = self._http_command(device, name, value)
+                elif not self._addressable(device):
+                    status = "ERROR"
                 else:
-                    prefix = self._prefixes.get((device.apikey, device.device_id), "/")
+                    key = (device.tenant, device.apikey, device.device_id)
+                    prefix = self._prefixes.get(key, "/")
                     topic = f"{prefix}{device.apikey}/{device.device_id}/cmd"
                     if self.link.publish_nowait(topic, orjson.dumps({name: value})):
                         status = "PENDING"
@@ -517,6 +583,21 @@ class IoTAgent:
         if self.ngsi_v2:
             attr[ngsiv2.V2_TYPE] = v2_type
         return attr
+
+    def _addressable(self, device: Resolved) -> bool:
+        """Whether the command topic of ``device`` reaches it alone: not when devices of
+        other tenants share its apikey and id (they would read the same topic)."""
+        try:
+            if self.registry.tenant_for(device.apikey) == device.scope.service:
+                return True
+        except Ambiguous as exc:
+            self.bad("ambiguous_device", device.device_id, f"{exc}: command not published")
+            return False
+        log.warning(
+            "command for %s not published: its apikey's messages belong to another service",
+            device.device_id,
+        )
+        return False
 
     def _command_status(self, device: Resolved, values: dict[str, Any]) -> None:
         stamp = iso(time.time())

@@ -5,12 +5,17 @@ Routes stay thin: they read the scope from ``fiware-service``/``fiware-servicepa
 (or ``NGSILD-Path``),
 call the :class:`Registry` and tell the :class:`IoTAgent` what changed. Errors are
 answered as ``{"name": ..., "message": ...}``, the shape IoT Agent clients expect.
+Every route has the access-control dependency (``connectors.mqtt.access``); a
+provisioning change is checked against the entity types it makes the agent write
+before it is saved.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -19,18 +24,32 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from broker.auth import PolicyHolder, install_sighup_reload, open_audit_log
+from broker.auth.credentials import Authenticator
+from connectors.client import BrokerError
+from connectors.mqtt.access import (
+    AgentAuth,
+    AuditMiddleware,
+    authorize,
+    check_writes,
+    grant_of,
+    record_written,
+)
 from connectors.mqtt.agent import NOTIFY_PATH, IoTAgent, scope_of
 from connectors.mqtt.errors import (
     AgentError,
     BadRequest,
+    BrokerUnavailable,
     DeviceNotFound,
     PayloadTooLarge,
     WrongSyntax,
 )
-from connectors.mqtt.mapping import BadValue
-from connectors.mqtt.models import Device, Group, dump
+from connectors.mqtt.mapping import BadValue, entity_id_for
+from connectors.mqtt.models import AttributeMapping, Device, Group, dump
 from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
+
+log = logging.getLogger("renkei.iota")
 
 _SERVICE = re.compile(r"^[a-z0-9_]{0,50}$")
 _SUBSERVICE = re.compile(r"^/[A-Za-z0-9_/#*]{0,50}$")
@@ -116,12 +135,84 @@ def _device_doc(registry: Registry, scope: Scope, device: Device) -> dict[str, A
     return doc
 
 
+def _targets(entity_type: str, mappings: Iterable[AttributeMapping]) -> tuple[set[str], set[str]]:
+    """Entity types and named entity ids that measures of a group or device write:
+    its own type, and the entities of its multi-entity attributes."""
+    types, ids = {entity_type}, set()
+    for m in mappings:
+        if m.entity_name:
+            target = m.entity_type or entity_type
+            types.add(target)
+            ids.add(entity_id_for(m.entity_name, target))
+    return types, ids
+
+
+async def _check_targets(
+    request: Request, agent: IoTAgent, scope: Scope, types: set[str], ids: set[str]
+) -> None:
+    """403 unless the provisioning principal may write ``types``, and every entity of
+    ``ids`` that exists at the broker (whose types the broker is asked for)."""
+    if grant_of(request) is None:
+        return
+    existing: list[list[str]] = []
+    if ids:
+        try:
+            existing = list((await agent.entity_types(scope.tenant, sorted(ids))).values())
+        except BrokerError as exc:
+            log.warning("cannot check the entities a device names: %s", exc)
+            raise BrokerUnavailable(
+                "the broker cannot be asked about the entities named: try again later"
+            ) from None
+    check_writes(request, types, existing)
+
+
+async def _check_groups(
+    request: Request, agent: IoTAgent, scope: Scope, groups: list[Group]
+) -> None:
+    for group in groups:
+        await _check_targets(
+            request, agent, scope, *_targets(group.entity_type or DEFAULT_TYPE, group.attributes)
+        )
+
+
+async def _check_devices(
+    request: Request, agent: IoTAgent, scope: Scope, devices: list[Device]
+) -> None:
+    for dev in devices:
+        resolved = agent.registry.preview(scope, dev)
+        types, ids = _targets(resolved.entity_type, resolved.mappings.values())
+        if dev.entity_name:
+            ids.add(resolved.entity_id)
+        await _check_targets(request, agent, scope, types, ids)
+        record_written(request, [resolved.entity_id])
+
+
+def _shared_apikeys(agent: IoTAgent, groups: Iterable[Group]) -> None:
+    """Tell the operator (never the client) when an apikey is now used by several
+    services: its MQTT messages are refused until it is pinned to one."""
+    for group in groups:
+        tenants = agent.registry.tenants_of(group.apikey)
+        if len(tenants) > 1 and group.apikey not in agent.registry.pins:
+            log.warning(
+                "apikey %r is now used by %d services: its measures are refused until it is "
+                "pinned to one (renkei iot mosquitto-acl --pin) / apikey %r は %d 個の "
+                "サービスで使われています: いずれかに固定するまで計測値は書き込まれません",
+                group.apikey,
+                len(tenants),
+                group.apikey,
+                len(tenants),
+            )
+
+
 def _group_routes(path: str, key: str) -> APIRouter:
     router = APIRouter(prefix=path)
 
     @router.post("", status_code=201)
     async def create_groups(request: Request, agent: AgentDep, scope: ScopeDep) -> Response:
-        agent.registry.add_groups(scope, await _items(request, key))
+        groups = agent.registry.parse_groups(await _items(request, key))
+        await _check_groups(request, agent, scope, groups)
+        agent.registry.add_groups(scope, groups)
+        _shared_apikeys(agent, groups)
         await agent.sync_commands()
         return Response(status_code=201)
 
@@ -138,7 +229,10 @@ def _group_routes(path: str, key: str) -> APIRouter:
         apikey: str | None = None,
         resource: str | None = None,
     ) -> Response:
-        agent.registry.update_group(scope, apikey, resource, await _object(request))
+        found, group = agent.registry.patched_group(scope, apikey, resource, await _object(request))
+        await _check_groups(request, agent, scope, [group])
+        agent.registry.replace_group(scope, found, group)
+        _shared_apikeys(agent, [group])
         await agent.sync_commands()
         return Response(status_code=204)
 
@@ -171,7 +265,9 @@ async def _check_endpoints(agent: IoTAgent, docs: list[Any]) -> None:
 async def create_devices(request: Request, agent: AgentDep, scope: ScopeDep) -> Response:
     docs = await _items(request, "devices")
     await _check_endpoints(agent, docs)
-    added, refused = agent.registry.add_devices(scope, docs)
+    parsed, invalid = agent.registry.parse_devices(docs)
+    await _check_devices(request, agent, scope, parsed)
+    added, refused = agent.registry.add_devices(scope, parsed, invalid)
     agent.devices_added(added)
     await agent.sync_commands()
     if refused is not None:
@@ -205,14 +301,21 @@ async def update_device(
 ) -> Response:
     patch = await _object(request)
     await _check_endpoints(agent, [patch])
-    agent.registry.update_device(scope, device_id, patch)
+    device = agent.registry.patched_device(scope, device_id, patch)
+    await _check_devices(request, agent, scope, [device])
+    agent.registry.update_device(scope, device_id, device)
     await agent.sync_commands()
     return Response(status_code=204)
 
 
 @devices.delete("/{device_id}", status_code=204)
-async def delete_device(device_id: str, agent: AgentDep, scope: ScopeDep) -> Response:
+async def delete_device(
+    device_id: str, request: Request, agent: AgentDep, scope: ScopeDep
+) -> Response:
+    resolved = agent.registry.resolve_in(scope, device_id)
     agent.registry.delete_device(scope, device_id)
+    if resolved is not None:
+        record_written(request, [resolved.entity_id])
     await agent.sync_commands()
     return Response(status_code=204)
 
@@ -313,7 +416,9 @@ async def about() -> dict[str, str]:
 
 async def _agent_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AgentError)
-    return JSONResponse({"name": exc.name, "message": exc.message}, status_code=exc.status)
+    return JSONResponse(
+        {"name": exc.name, "message": exc.message}, status_code=exc.status, headers=exc.headers
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -325,20 +430,52 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def auth_state(settings: AgentSettings) -> AgentAuth | None:
+    """Access control of these settings: None without an auth file."""
+    if settings.auth_file is None:
+        return None
+    holder = PolicyHolder(settings.auth_file)
+    return AgentAuth(
+        holder=holder,
+        authenticator=Authenticator(holder),
+        audit=open_audit_log(settings.audit_log),
+    )
+
+
 def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAPI:
     """The agent's HTTP app; its lifespan starts and stops the agent."""
+    auth = auth_state(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = agent or IoTAgent(settings)
         app.state.agent = running
+        restore = None
+        if auth is not None and threading.current_thread() is threading.main_thread():
+            reopen = [auth.audit.reopen] if auth.audit is not None else []
+            restore = install_sighup_reload(auth.holder, *reopen)
         await running.start()
         try:
             yield
         finally:
             await running.stop()
+            if restore is not None:
+                restore()
+            if auth is not None:
+                await auth.authenticator.aclose()
+                if auth.audit is not None:
+                    auth.audit.close()
 
-    app = FastAPI(title="Renkei IoT agent", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Renkei IoT agent",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # one access-control dependency, on every route
+        dependencies=[Depends(authorize)],
+    )
+    app.state.auth = auth
+    app.add_middleware(AuditMiddleware)
     app.state.settings = settings
     app.include_router(_group_routes("/iot/groups", "groups"))
     app.include_router(_group_routes("/iot/services", "services"))

@@ -1,8 +1,10 @@
-"""``renkei iot-agent``: added to the ``renkei`` command by :func:`register`."""
+"""``renkei iot-agent`` and ``renkei iot mosquitto-acl``: added to the ``renkei``
+command by :func:`register`."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -63,6 +65,35 @@ NgsiOpt = Annotated[
         "[env RENKEI_IOTA_NGSI, default ld]",
     ),
 ]
+AuthFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--auth-file",
+        help="Access-control policy (YAML), the broker's [env RENKEI_AUTH_FILE]",
+    ),
+]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-no-auth",
+        help="Start without an auth file on a non-loopback address, on purpose",
+    ),
+]
+BrokerKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-api-key",
+        help="The agent's API key at the broker (prefer the environment: options show in "
+        "process lists) [env RENKEI_BROKER_API_KEY]",
+    ),
+]
+BrokerTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-token",
+        help="The agent's bearer token at the broker [env RENKEI_BROKER_TOKEN]",
+    ),
+]
 
 
 def settings_from(
@@ -72,7 +103,7 @@ def settings_from(
     host: str | None,
     mqtt_version: str | None = None,
     mqtt_ca_file: str | None = None,
-    ngsi: str | None = None,
+    **more: object,
 ) -> AgentSettings:
     try:
         return get_settings(
@@ -82,7 +113,7 @@ def settings_from(
             iota_host=host,
             mqtt_version=mqtt_version,
             mqtt_ca_file=mqtt_ca_file,
-            iota_ngsi=ngsi,
+            **more,
         )
     except ValueError as exc:
         typer.echo(f"設定エラー / invalid settings: {exc}", err=True)
@@ -90,11 +121,23 @@ def settings_from(
 
 
 def run(settings: AgentSettings) -> None:
+    from broker.auth.startup import InsecureStartRefused, check_open_start
     from connectors.mqtt.app import create_app
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        notice = check_open_start(
+            settings.iota_host,
+            auth_file=settings.auth_file,
+            insecure_no_auth=settings.insecure_no_auth,
+        )
+    except InsecureStartRefused as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    if notice:
+        logging.getLogger("renkei.iota").warning(notice)
     uvicorn.run(
         create_app(settings),
         host=settings.iota_host,
@@ -116,9 +159,136 @@ def register(app: typer.Typer) -> None:
         mqtt_version: MqttVersionOpt = None,
         mqtt_ca_file: MqttCaFileOpt = None,
         ngsi: NgsiOpt = None,
+        auth_file: AuthFileOpt = None,
+        insecure_no_auth: InsecureOpt = False,
+        broker_api_key: BrokerKeyOpt = None,
+        broker_token: BrokerTokenOpt = None,
     ) -> None:
         """Run the MQTT IoT agent (FIWARE IoT Agent JSON). / IoT エージェントを起動します。"""
-        run(settings_from(mqtt_url, broker_url, port, host, mqtt_version, mqtt_ca_file, ngsi))
+        run(
+            settings_from(
+                mqtt_url,
+                broker_url,
+                port,
+                host,
+                mqtt_version,
+                mqtt_ca_file,
+                iota_ngsi=ngsi,
+                auth_file=auth_file,
+                insecure_no_auth=insecure_no_auth or None,
+                broker_api_key=broker_api_key,
+                broker_token=broker_token,
+            )
+        )
+
+    iot = typer.Typer(
+        help="IoT agent tools. / IoT エージェントの補助コマンド。", no_args_is_help=True
+    )
+    app.add_typer(iot, name="iot")
+
+    @iot.command("mosquitto-acl")
+    def mosquitto_acl(
+        password_file: Annotated[
+            Path, typer.Option("--password-file", help="Mosquitto password_file to write")
+        ],
+        acl_file: Annotated[Path, typer.Option("--acl-file", help="Mosquitto acl_file to write")],
+        iota_db: Annotated[
+            Path | None,
+            typer.Option(
+                "--iota-db",
+                help="The agent's provisioning file [env RENKEI_IOTA_DB, default ./renkei-iota.db]",
+            ),
+        ] = None,
+        agent_user: Annotated[
+            str, typer.Option("--agent-user", help="The agent's own Mosquitto login")
+        ] = "renkei-iota",
+        pin: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--pin",
+                help="APIKEY=SERVICE: the service an apikey used by several belongs to "
+                "(repeatable)",
+            ),
+        ] = None,
+    ) -> None:
+        """Write Mosquitto logins (one per apikey, pinned to its service) and their ACLs.
+        / apikey ごとの Mosquitto ログインと ACL を書き出します。"""
+        write_mosquitto_files(password_file, acl_file, iota_db, agent_user, pin or [])
+
+
+def write_mosquitto_files(
+    password_file: Path,
+    acl_file: Path,
+    iota_db: Path | None,
+    agent_user: str,
+    pins: list[str],
+) -> None:
+    from connectors.mqtt.mosquitto import (
+        PinError,
+        password_file_text,
+        plan,
+        read_password_file,
+        render_acl,
+        valid_user,
+        write_private,
+    )
+    from connectors.mqtt.registry import Registry
+
+    wanted: dict[str, str] = {}
+    for item in pins:
+        apikey, sep, service = item.partition("=")
+        if not sep or not apikey:
+            typer.echo(
+                f"--pin: APIKEY=SERVICE で指定してください / expected APIKEY=SERVICE: {item}"
+            )
+            raise typer.Exit(2)
+        wanted[apikey] = service.strip().lower()
+    if not valid_user(agent_user):
+        typer.echo("--agent-user: 空白や ':' は使えません / no spaces or ':'", err=True)
+        raise typer.Exit(2)
+    db = iota_db or Path(get_settings().iota_db)
+    if not db.exists():
+        typer.echo(f"{db} がありません / no provisioning file at {db}", err=True)
+        raise typer.Exit(2)
+    registry = Registry(db)
+    try:
+        try:
+            made = plan(
+                registry, read_password_file(password_file), pins=wanted, agent_user=agent_user
+            )
+        except PinError as exc:
+            typer.echo(f"--pin: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    finally:
+        registry.close()
+    write_private(password_file, password_file_text(made.hashes))
+    write_private(acl_file, render_acl(agent_user, made.pinned))
+    typer.echo(
+        f"{password_file} と {acl_file} を書きました ({len(made.pinned)} 個の apikey) / wrote "
+        f"{password_file} and {acl_file} ({len(made.pinned)} apikeys); "
+        "Mosquitto に SIGHUP で再読み込みさせてください / send Mosquitto SIGHUP to reload them"
+    )
+    for apikey, services in sorted(made.ambiguous.items()):
+        typer.echo(
+            f"apikey {apikey}: 複数のサービス ({', '.join(services)}) で使われているため"
+            f"ログインを作りません。--pin {apikey}=SERVICE で指定してください / used by "
+            f"several services ({', '.join(services)}): no login until --pin {apikey}=SERVICE",
+            err=True,
+        )
+    for apikey in made.unusable:
+        typer.echo(
+            f"apikey {apikey!r}: ログイン名にできません (空白や ':') / cannot be a login name "
+            "(spaces or ':')",
+            err=True,
+        )
+    if made.new:
+        typer.echo(
+            "\n新しいログイン (パスワードはここに一度だけ表示されます) / new logins (each "
+            "password is shown once, here only):"
+        )
+        for user, pinned_to, password in made.new:
+            where = "agent" if pinned_to is None else f"service {pinned_to or '(default)'}"
+            typer.echo(f"  {user}\t{password}\t({where})")
 
 
 def main() -> None:

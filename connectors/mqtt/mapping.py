@@ -231,10 +231,10 @@ def measures(payload: Any) -> Iterator[dict[str, Any]]:
         raise BadValue("invalid_payload", "a measure must be a JSON object or an array of them")
 
 
-def _entity_id(name: str, entity_type: str, device: Resolved) -> str:
+def entity_id_for(name: str, entity_type: str, ngsi_v2: bool = False) -> str:
     """An NGSI-LD id for a provisioned entity name: as given if a URI, else a URN, as
     iotagent-node-lib makes it; in NGSI v2 mode the name as it is."""
-    if device.ngsi_v2:
+    if ngsi_v2:
         return name
     return name if ":" in name else f"urn:ngsi-ld:{entity_type}:{name}"
 
@@ -249,7 +249,8 @@ def _place(
 ) -> None:
     if mapping is not None and mapping.entity_name:  # multi-entity: another entity's value
         etype = mapping.entity_type or device.entity_type
-        targets.setdefault((_entity_id(mapping.entity_name, etype, device), etype), {})[name] = attr
+        eid = entity_id_for(mapping.entity_name, etype, device.ngsi_v2)
+        targets.setdefault((eid, etype), {})[name] = attr
     else:
         attrs[name] = attr
 
@@ -386,7 +387,7 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
             problems.append(BadValue("expression_error", f"entityNameExp: {exc}"))
         else:
             if isinstance(name, str | int) and not isinstance(name, bool) and str(name):
-                entity_id = _entity_id(str(name), device.entity_type, device)
+                entity_id = entity_id_for(str(name), device.entity_type, device.ngsi_v2)
             else:
                 problems.append(
                     BadValue("expression_error", f"entityNameExp gave {name!r}, not a name")

@@ -83,6 +83,14 @@ class Group(_Provisioned):
     entityNameExp: str | None = None
     autoprovision: bool | None = None
 
+    @field_validator("apikey")
+    @classmethod
+    def _apikey_topic_safe(cls, value: str) -> str:
+        # a level of the devices' MQTT topics, and a Mosquitto user name
+        if any(c in value for c in "/+#:\x00") or value != value.strip():
+            raise ValueError("apikey cannot contain '/', '+', '#', ':', NUL or outer spaces")
+        return value
+
 
 class Device(_Provisioned):
     device_id: str = Field(min_length=1)

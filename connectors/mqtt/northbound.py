@@ -11,7 +11,7 @@ device's backlog) never overwrite a newer value. Attributes without ``observedAt
 (static attributes) keep only their last value of the window.
 
 Nothing is acknowledged to the MQTT broker before the NGSI-LD broker accepted the
-write: while it is down, the write is retried with backoff and new measures wait in
+write: while it is down (or refuses the agent's credentials), the write is retried with backoff and new measures wait in
 memory up to ``capacity``. Beyond that QoS 0 measures are dropped and counted; QoS 1
 measures are bounded by the MQTT receive maximum instead, and stay unacknowledged
 until written (the MQTT broker redelivers them if the agent dies meanwhile).
@@ -36,6 +36,8 @@ Writer = Callable[[str | None, list[dict[str, Any]]], Awaitable[BatchOutcome]]
 Key = tuple[str | None, str]  # (tenant, entity id)
 
 MAX_BACKOFF = 5.0
+#: Client errors of a write that keep its measures for another try.
+_KEPT = (401, 429)
 #: Instances in one request at most: a window grown while the broker was down is sent
 #: in several requests, in order, each well under the broker's body size limit.
 MAX_INSTANCES = 5000
@@ -231,7 +233,9 @@ class Batcher:
             try:
                 outcome = await self._write(tenant, entities)
             except BrokerError as exc:
-                if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                # 401: the agent's credentials (RENKEI_BROKER_API_KEY) are not accepted, a
+                # setting to fix, not a fault of these measures: kept and retried, like 429
+                if exc.status is not None and 400 <= exc.status < 500 and exc.status not in _KEPT:
                     log.warning("broker refused a batch of %d entities: %s", len(entities), exc)
                     self.broker_ok = True
                     return None

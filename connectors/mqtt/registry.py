@@ -7,12 +7,22 @@ knows its devices.
 
 A group or device lives in a :class:`Scope` (``fiware-service`` /
 ``fiware-servicepath``); the service names the NGSI-LD tenant its entities go to.
+Everything is keyed by tenant: the same apikey or device id in two tenants are two
+groups or devices, and provisioning in one tenant never answers differently because
+of what another holds. A message names only an apikey and a device id, so an apikey
+whose groups or devices are in more than one tenant is ambiguous (:class:`Ambiguous`):
+its messages go to none of them, unless the apikey is *pinned* to one tenant
+(``pin``), as ``renkei iot mosquitto-acl`` does when it gives the apikey its Mosquitto
+password: then only that tenant's devices receive its messages, whatever other tenants
+provision.
 """
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +122,23 @@ class Resolved:
         }
 
 
+class Ambiguous(Exception):
+    """An apikey (and device id) provisioned in more than one tenant: a message naming
+    them cannot tell which tenant it belongs to."""
+
+    def __init__(self, apikey: str, tenants: int) -> None:
+        super().__init__(f"apikey {apikey!r} is provisioned in {tenants} services")
+        self.apikey = apikey
+        self.tenants = tenants
+
+
+#: Seconds between two looks for pins another process (the CLI) wrote in the file.
+PIN_REFRESH = 1.0
+
+
 def _validate(model: type[Group] | type[Device], doc: Any) -> Any:
+    if isinstance(doc, model):  # parsed (and checked) already
+        return doc
     if not isinstance(doc, dict):
         raise WrongSyntax(f"each {model.__name__.lower()} must be a JSON object")
     try:
@@ -171,7 +197,18 @@ class Registry:
             " subservice TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,"
             " PRIMARY KEY (kind, service, subservice, key))"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS agent_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS apikey_pins (apikey TEXT PRIMARY KEY, service TEXT NOT NULL)"
+        )
+        #: apikey -> the service its MQTT messages belong to (see the module docstring)
+        self.pins: dict[str, str] = {}
+        self._data_version: int | None = None
+        self._pins_checked = 0.0
         self._lock = threading.Lock()
+        self._refresh_pins(force=True)
         self.groups: dict[tuple[Scope, str], Group] = {}
         self.devices: dict[tuple[Scope, str], Device] = {}
         for kind, service, subservice, key, body in self._db.execute(
@@ -186,6 +223,70 @@ class Registry:
 
     def close(self) -> None:
         self._db.close()
+
+    # -- pins ---------------------------------------------------------------------------------
+
+    def _refresh_pins(self, *, force: bool = False) -> None:
+        """Read the pins again when another connection changed the file (at most once per
+        ``PIN_REFRESH`` seconds): the CLI pins apikeys while the agent runs."""
+        now = time.monotonic()
+        if not force and now - self._pins_checked < PIN_REFRESH:
+            return
+        self._pins_checked = now
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._data_version:
+                return
+            self._data_version = version
+            rows = self._db.execute("SELECT apikey, service FROM apikey_pins").fetchall()
+        self.pins = {str(a): str(s) for a, s in rows}
+
+    def pin(self, apikey: str, service: str | None) -> None:
+        """Pin ``apikey`` to ``service`` (None: unpin)."""
+        with self._lock:
+            if service is None:
+                self._db.execute("DELETE FROM apikey_pins WHERE apikey = ?", (apikey,))
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO apikey_pins VALUES (?, ?)", (apikey, service)
+                )
+        if service is None:
+            self.pins.pop(apikey, None)
+        else:
+            self.pins[apikey] = service
+
+    def tenant_for(self, apikey: str) -> str | None:
+        """The service the messages of ``apikey`` belong to: its pin, else the one service
+        whose groups or devices use it; None when none does; ``Ambiguous`` when several
+        do and it is not pinned."""
+        self._refresh_pins()
+        pinned = self.pins.get(apikey)
+        if pinned is not None:
+            return pinned
+        tenants = self._tenants.get(apikey)
+        if not tenants:
+            return None
+        if len(tenants) > 1:
+            # about to refuse: a pin written a moment ago is worth a look (cheap when
+            # nothing changed, and rare: only ambiguous apikeys come here)
+            self._refresh_pins(force=True)
+            pinned = self.pins.get(apikey)
+            if pinned is not None:
+                return pinned
+            raise Ambiguous(apikey, len(tenants))
+        return next(iter(tenants))
+
+    def secret(self, name: str) -> str:
+        """A random secret kept in the file: made on first use, the same afterwards."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO agent_secrets VALUES (?, ?)",
+                (name, secrets.token_urlsafe(32)),
+            )
+            row = self._db.execute(
+                "SELECT value FROM agent_secrets WHERE name = ?", (name,)
+            ).fetchone()
+        return str(row[0])
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -203,25 +304,40 @@ class Registry:
                 )
 
     def _reindex(self) -> None:
-        self._by_apikey: dict[str, tuple[Scope, Group]] = {}
+        self._by_apikey: dict[str, list[tuple[Scope, Group]]] = {}
         for (scope, _), group in self.groups.items():
-            self._by_apikey.setdefault(group.apikey, (scope, group))
-        self._resolved: dict[tuple[str, str], Resolved | None] = {}
+            self._by_apikey.setdefault(group.apikey, []).append((scope, group))
+        self._resolved: dict[tuple[str, str], list[Resolved]] = {}
         self._by_entity: dict[tuple[str, str], Resolved] = {}
+        #: apikey -> the services whose groups or devices use it
+        self._tenants: dict[str, set[str]] = {}
+        for apikey, found in self._by_apikey.items():
+            self._tenants.setdefault(apikey, set()).update(s.service for s, _ in found)
         for scope, device_id in self.devices:
             res = self._resolve_device(scope, device_id)
             self._by_entity[scope.service, res.entity_id] = res
-            self._resolved[res.apikey, device_id] = res
+            self._resolved.setdefault((res.apikey, device_id), []).append(res)
+            if res.apikey:
+                self._tenants.setdefault(res.apikey, set()).add(scope.service)
 
     # -- groups -------------------------------------------------------------------------------
 
+    def parse_groups(self, docs: Iterable[Any]) -> list[Group]:
+        """Validate group documents (``WrongSyntax``, ``NotImplementedYet``)."""
+        return [_validate(Group, d) for d in docs]
+
+    def _taken(self, scope: Scope, key: str) -> bool:
+        """Whether a group of the same service has this apikey and resource (another
+        tenant's groups are never looked at)."""
+        return any(k == key and s.service == scope.service for (s, k) in self.groups)
+
     def add_groups(self, scope: Scope, docs: Iterable[Any]) -> list[Group]:
-        groups = [_validate(Group, d) for d in docs]
+        groups = self.parse_groups(docs)
         keys = [_group_key(g.apikey, g.resource) for g in groups]
         if len(set(keys)) != len(keys):
             raise DuplicateGroup("the same apikey and resource appear twice in the request")
         for group, key in zip(groups, keys, strict=True):
-            if any(k == key for (_, k) in self.groups):
+            if self._taken(scope, key):
                 raise DuplicateGroup(
                     f"a group with apikey {group.apikey!r} and resource {group.resource!r} exists"
                 )
@@ -246,16 +362,27 @@ class Registry:
             raise GroupNotFound(f"no group with apikey {apikey!r} in this service")
         return found[0]
 
-    def update_group(
+    def patched_group(
         self, scope: Scope, apikey: str | None, resource: str | None, patch: Any
-    ) -> Group:
+    ) -> tuple[str, Group]:
+        """The group a PUT names and what it becomes (not saved): ``(key, group)``."""
         key = self._find_group(scope, apikey, resource)
         if not isinstance(patch, dict):
             raise WrongSyntax("the body must be a JSON object")
         merged = {**dump(self.groups[scope, key]), **patch}
         group: Group = _validate(Group, merged)
+        return key, group
+
+    def update_group(
+        self, scope: Scope, apikey: str | None, resource: str | None, patch: Any
+    ) -> Group:
+        key, group = self.patched_group(scope, apikey, resource, patch)
+        return self.replace_group(scope, key, group)
+
+    def replace_group(self, scope: Scope, key: str, group: Group) -> Group:
+        """Put ``group`` in place of the group at ``key`` (from ``patched_group``)."""
         new_key = _group_key(group.apikey, group.resource)
-        if new_key != key and any(k == new_key for (_, k) in self.groups):
+        if new_key != key and self._taken(scope, new_key):
             raise DuplicateGroup(f"a group with apikey {group.apikey!r} exists")
         self._save("group", scope, key, None)
         del self.groups[scope, key]
@@ -271,19 +398,28 @@ class Registry:
         self._reindex()
 
     def group_for(self, apikey: str) -> tuple[Scope, Group] | None:
-        return self._by_apikey.get(apikey)
+        """The group of ``apikey`` in the service its messages belong to
+        (``tenant_for``, which may raise ``Ambiguous``)."""
+        tenant = self.tenant_for(apikey)
+        for scope, group in self._by_apikey.get(apikey, []):
+            if scope.service == tenant:
+                return scope, group
+        return None
+
+    def tenants_of(self, apikey: str) -> set[str]:
+        """The services whose groups or devices use ``apikey``."""
+        return set(self._tenants.get(apikey, ()))
+
+    def apikeys(self) -> list[str]:
+        """Every apikey a group or device uses."""
+        return sorted(self._tenants)
 
     # -- devices ------------------------------------------------------------------------------
 
-    def add_devices(
-        self, scope: Scope, docs: Iterable[Any]
-    ) -> tuple[list[Resolved], AgentError | None]:
-        """Provision the valid devices of ``docs``; the error of the others, if any.
-
-        A device that does not validate (a bad expression, say) is refused alone, as
-        iotagent-node-lib does, and the error names each refused device; the same
-        device id twice, or one already provisioned, refuses the whole request.
-        """
+    def parse_devices(
+        self, docs: Iterable[Any]
+    ) -> tuple[list[Device], list[tuple[str, AgentError]]]:
+        """The devices of ``docs`` that validate, and (name, error) of the others."""
         devices: list[Device] = []
         refused: list[tuple[str, AgentError]] = []
         for doc in docs:
@@ -291,6 +427,23 @@ class Registry:
                 devices.append(_validate(Device, doc))
             except (WrongSyntax, NotImplementedYet) as exc:
                 refused.append((_doc_name(doc), exc))
+        return devices, refused
+
+    def add_devices(
+        self,
+        scope: Scope,
+        docs: Iterable[Any],
+        refused: list[tuple[str, AgentError]] | None = None,
+    ) -> tuple[list[Resolved], AgentError | None]:
+        """Provision the valid devices of ``docs``; the error of the others, if any.
+
+        A device that does not validate (a bad expression, say) is refused alone, as
+        iotagent-node-lib does, and the error names each refused device; the same
+        device id twice, or one already provisioned, refuses the whole request.
+        ``refused`` are devices ``parse_devices`` refused already, for the error.
+        """
+        devices, more = self.parse_devices(docs)
+        refused = [*(refused or []), *more]
         ids = [d.device_id for d in devices]
         if len(set(ids)) != len(ids):
             raise DuplicateDevice("the same device_id appears twice in the request")
@@ -318,13 +471,19 @@ class Registry:
             raise DeviceNotFound(f"no device {device_id!r} in this service")
         return dev
 
-    def update_device(self, scope: Scope, device_id: str, patch: Any) -> Resolved:
+    def patched_device(self, scope: Scope, device_id: str, patch: Any) -> Device:
+        """What a PUT makes of a device (not saved)."""
         current = self.get_device(scope, device_id)
         if not isinstance(patch, dict):
             raise WrongSyntax("the body must be a JSON object")
         if patch.get("device_id", device_id) != device_id:
             raise WrongSyntax("device_id cannot be changed")
         dev: Device = _validate(Device, {**dump(current), **patch})
+        return dev
+
+    def update_device(self, scope: Scope, device_id: str, patch: Any) -> Resolved:
+        dev = patch if isinstance(patch, Device) else self.patched_device(scope, device_id, patch)
+        self.get_device(scope, device_id)
         self._save("device", scope, device_id, dev)
         self.devices[scope, device_id] = dev
         self._reindex()
@@ -345,7 +504,12 @@ class Registry:
         return candidates[0] if candidates else None
 
     def _resolve_device(self, scope: Scope, device_id: str) -> Resolved:
-        dev = self.devices[scope, device_id]
+        return self.preview(scope, self.devices[scope, device_id])
+
+    def preview(self, scope: Scope, dev: Device) -> Resolved:
+        """``dev`` resolved against the groups of ``scope`` (provisioned or not): what
+        its measures would write."""
+        device_id = dev.device_id
         group = self._group_of(scope, dev)
         entity_type = dev.entity_type or (group.entity_type if group else None) or DEFAULT_TYPE
         mappings: dict[str, AttributeMapping] = {}
@@ -398,8 +562,17 @@ class Registry:
         )
 
     def resolve(self, apikey: str, device_id: str) -> Resolved | None:
-        """The device a message on ``/{apikey}/{device_id}/...`` comes from, if provisioned."""
-        return self._resolved.get((apikey, device_id))
+        """The device a message on ``/{apikey}/{device_id}/...`` comes from, if provisioned
+        in the service the apikey's messages belong to (``tenant_for``, which may raise
+        ``Ambiguous``)."""
+        candidates = self._resolved.get((apikey, device_id))
+        if not candidates:
+            return None
+        tenant = self.tenant_for(apikey)
+        for res in candidates:
+            if res.scope.service == tenant:
+                return res
+        return None
 
     def resolve_in(self, scope: Scope, device_id: str) -> Resolved | None:
         if (scope, device_id) not in self.devices:
@@ -411,14 +584,16 @@ class Registry:
 
     def autoprovision(
         self, scope: Scope, apikey: str, device_id: str, transport: str | None = None
-    ) -> Resolved:
+    ) -> Resolved | None:
+        """Provision a device that published under its group's apikey; None when the
+        service has a device of that id already (under another apikey: it stays hers)."""
+        if (scope, device_id) in self.devices:
+            return None
         dev = Device(device_id=device_id, apikey=apikey, transport=transport)
         self._save("device", scope, device_id, dev)
         self.devices[scope, device_id] = dev
         self._reindex()
-        res = self.resolve(apikey, device_id)
-        assert res is not None
-        return res
+        return self._resolve_device(scope, device_id)
 
     def all_resolved(self) -> list[Resolved]:
         return list(self._by_entity.values())

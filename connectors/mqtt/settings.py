@@ -8,9 +8,10 @@ its options as overrides, so a flag wins over the environment.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from broker.outbound import DEFAULT_DENY, Rules
@@ -33,11 +34,26 @@ class AgentSettings(BaseSettings):
     mqtt_share_group: str = "renkei"
 
     broker_url: str = "http://127.0.0.1:1026"
+    #: The agent's own credentials at the broker (``X-API-Key``, or a bearer token);
+    #: never logged. Without them, ``RENKEI_API_KEY`` / ``RENKEI_TOKEN`` as for clients.
+    broker_api_key: SecretStr | None = None
+    broker_token: SecretStr | None = None
+
+    #: Access control of the provisioning API: the broker's auth file (same format);
+    #: none: open, and then only on a loopback address unless ``insecure_no_auth``.
+    auth_file: Path | None = None
+    #: Audit log (JSON lines) of provisioning changes and refusals (may be the broker's).
+    audit_log: Path | None = None
+    insecure_no_auth: bool = False
 
     iota_host: str = "127.0.0.1"
     iota_port: int = Field(default=4041, ge=1, le=65535)
     #: URL the broker posts command notifications to (``http://HOST:PORT`` by default).
     iota_public_url: str | None = None
+    #: Secret the broker sends with command notifications (``receiverInfo`` of the
+    #: agent's subscriptions). When unset: derived from ``broker_api_key`` (replicas with
+    #: the same key and public URL agree), else made once and kept in ``iota_db``.
+    iota_notify_token: SecretStr | None = None
     #: SQLite file holding provisioned groups and devices.
     iota_db: str = "./renkei-iota.db"
     #: Measures are coalesced into one batch write per window ...
@@ -89,6 +105,13 @@ class AgentSettings(BaseSettings):
     def _readable_ca(cls, value: str | None) -> str | None:
         if value is not None and not os.path.isfile(value):
             raise ValueError(f"mqtt_ca_file {value!r} is not a readable file")
+        return value
+
+    @field_validator("broker_api_key", "broker_token", "iota_notify_token", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     @field_validator("broker_url")

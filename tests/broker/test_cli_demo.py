@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.support import free_port, wait_http
 from tests.support_mqtt import mosquitto
@@ -61,8 +65,11 @@ def demo(tmp_path: Path, *args: str) -> Iterator[tuple[str, Path]]:
             raise AssertionError(f"the demo did not stop on SIGTERM:\n{out.read_text()}") from None
 
 
-def measure_arrives(url: str, mqtt_port: int, agent_port: int) -> None:
-    """A sensor's measure published over MQTT becomes an entity in the demo hub."""
+def measure_arrives(
+    url: str, mqtt_port: int, agent_port: int, login: tuple[str, str] | None = None
+) -> None:
+    """A sensor's measure published over MQTT (with ``login``) becomes an entity in the
+    demo hub."""
     deadline = time.monotonic() + 60
     while True:  # the demo provisions the group once the agent answers
         try:
@@ -78,6 +85,8 @@ def measure_arrives(url: str, mqtt_port: int, agent_port: int) -> None:
         assert time.monotonic() < deadline, "the demo did not provision the IoT agent"
         time.sleep(0.1)
     client = Client(CallbackAPIVersion.VERSION2)
+    if login is not None:
+        client.username_pw_set(*login)
     client.connect("127.0.0.1", mqtt_port)
     client.loop_start()
     entity = f"{url}/ngsi-ld/v1/entities/urn:ngsi-ld:WeatherObserved:狛江センサー01"
@@ -101,6 +110,29 @@ def measure_arrives(url: str, mqtt_port: int, agent_port: int) -> None:
         client.disconnect()
 
 
+def logs_in(port: int, login: tuple[str, str] | None) -> bool:
+    """Whether Mosquitto on ``port`` accepts the login (waits for its answer)."""
+    answered = threading.Event()
+    codes: list[ReasonCode] = []
+
+    def on_connect(c: Client, u: Any, f: Any, rc: ReasonCode, p: Any) -> None:
+        codes.append(rc)
+        answered.set()
+
+    client = Client(CallbackAPIVersion.VERSION2)
+    if login is not None:
+        client.username_pw_set(*login)
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert answered.wait(10), "no answer from Mosquitto"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return not codes[0].is_failure
+
+
 def test_demo_starts_its_own_mosquitto_where_none_listens(tmp_path: Path) -> None:
     mqtt_port, agent_port = free_port(), free_port()
     with demo(
@@ -113,8 +145,15 @@ def test_demo_starts_its_own_mosquitto_where_none_listens(tmp_path: Path) -> Non
         text = out.read_text()
         assert f"Mosquitto を 127.0.0.1:{mqtt_port} で起動しました" in text
         assert f"started Mosquitto on 127.0.0.1:{mqtt_port}" in text
-        assert f"mosquitto_pub -h 127.0.0.1 -p {mqtt_port}" in text
-        measure_arrives(url, mqtt_port, agent_port)
+        assert "デモのセンサーの MQTT ログイン" in text
+        found = re.search(r"^  user demo  password (\S+)$", text, re.MULTILINE)
+        assert found, text
+        password = found.group(1)
+        assert f"mosquitto_pub -h 127.0.0.1 -p {mqtt_port} -u demo -P '{password}'" in text
+        # the demo's Mosquitto takes no anonymous client, nor a wrong password
+        assert not logs_in(mqtt_port, None)
+        assert not logs_in(mqtt_port, ("demo", "wrong"))
+        measure_arrives(url, mqtt_port, agent_port, ("demo", password))
     # the demo's Mosquitto stops with it
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", mqtt_port)) != 0

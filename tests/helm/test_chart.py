@@ -41,6 +41,7 @@ MONGODB_EXTERNAL: dict[str, Any] = {
     },
     "broker": {"autoscaling": {"enabled": False}, "replicas": 4},
     "auth": {"enabled": True, "existingSecret": "renkei-auth"},
+    "iotAgent": {"brokerKey": {"existingSecret": "renkei-iot-agent"}},
     "mqtt": {
         "mosquitto": {"enabled": False},
         "external": {"host": "mqtt.pref.example.lg.jp", "caConfigMap": "pref-ca"},
@@ -436,6 +437,41 @@ def test_sqlite_backups_run_beside_the_broker() -> None:
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "broker"
     assert not [d for d in render(CASES["prefecture"]) if d["metadata"]["name"] == "renkei-backup"]
+
+
+def test_the_iot_agent_serves_beyond_loopback_only_under_the_auth_file() -> None:
+    def agent(values: dict[str, Any]) -> dict[str, Any]:
+        docs = render(values)
+        spec = named(docs, "Deployment", "renkei-iot-agent")["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        found: dict[str, Any] = {**c, "volumes": spec["volumes"]}
+        return found
+
+    # the default: no auth file, loopback only; the probes run inside the pod
+    c = agent({})
+    env = env_of(c)
+    assert env["RENKEI_IOTA_HOST"]["value"] == "127.0.0.1"
+    assert "RENKEI_AUTH_FILE" not in env
+    assert "RENKEI_INSECURE_NO_AUTH" not in env
+    assert "127.0.0.1:4041/health" in " ".join(c["readinessProbe"]["exec"]["command"])
+    assert "exec" in c["livenessProbe"]
+    # with the auth file: the pod's address, the broker's file, its own key
+    c = agent(MONGODB_EXTERNAL)
+    env = env_of(c)
+    assert env["RENKEI_IOTA_HOST"]["value"] == "0.0.0.0"
+    assert env["RENKEI_AUTH_FILE"]["value"] == "/etc/renkei/auth/auth.yaml"
+    key = env["RENKEI_BROKER_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": "renkei-iot-agent", "key": "api-key"}
+    (auth,) = [v for v in c["volumes"] if v["name"] == "auth"]
+    assert auth["secret"]["secretName"] == "renkei-auth"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    # auth on, but no key for the agent: refused with what is missing
+    with pytest.raises(helm.HelmError, match=r"iotAgent\.brokerKey\.existingSecret"):
+        render({"auth": {"enabled": True, "existingSecret": "renkei-auth"}})
+    # open on purpose
+    env = env_of(agent({"iotAgent": {"insecureNoAuth": True}}))
+    assert env["RENKEI_IOTA_HOST"]["value"] == "0.0.0.0"
+    assert env["RENKEI_INSECURE_NO_AUTH"]["value"] == "true"
 
 
 def test_unknown_store_type_is_refused_with_its_name() -> None:

@@ -19,7 +19,7 @@ from broker.auth.masking import keep_masked, keep_masked_v2, mask_subscription
 from broker.core.guard import OWNER_KEY
 from broker.core.subscriptions import v2
 from broker.core.subscriptions.payload import TRIGGERS, Compiled, Compiler
-from broker.errors import BadRequestData, NgsiLdError, ResourceNotFound
+from broker.errors import BadRequestData, Forbidden, NgsiLdError, ResourceNotFound, Unauthorized
 from broker.jsonld.context import ContextValue, TermMap
 from broker.model.entity import check_entity_id, now_iso
 from broker.notify.senders import redact_uri
@@ -31,6 +31,36 @@ _V2_STATUS = ("lastSuccessCode", "lastFailureReason", "failsCounter")
 SUB_NOT_FOUND = "The requested subscription has not been found. Check id"
 
 log = logging.getLogger("renkei.subscriptions")
+
+
+def check_subscribe(tenant: str, compiled: Compiled) -> None:
+    """Refuse a subscription reaching beyond the principal's ``subscribe`` types.
+
+    Every entity selector must select only entities of a type the principal may
+    subscribe to: each alternative of its type expression names at least one such type
+    (an entity matching ``A;B`` has both); an NGSI v2 selector names such a type. A
+    subscription without entity selectors, or a selector without a type (or with a v2
+    ``typePattern``), watches every type and needs ``subscribe`` on all of them.
+    Outside a request, or with access control off, nothing is checked.
+    """
+    access = current()
+    if access is None:
+        return
+    allowed = access.allowed("subscribe", tenant)
+    if allowed is None:
+        return
+    if compiled.v2 is not None:
+        v2_selectors = compiled.v2.selectors
+        if v2_selectors and all(s.type_iri in allowed for s in v2_selectors):
+            return
+    elif compiled.selectors and all(
+        s.types and all(any(t in allowed for t in conj) for conj in s.types)
+        for s in compiled.selectors
+    ):
+        return
+    if access.principal.anonymous:
+        raise Unauthorized("credentials are required for this operation")
+    raise Forbidden("not allowed to subscribe to these entities")
 
 
 class Registry:
@@ -70,35 +100,13 @@ class Registry:
         except (OutboundRefused, ValueError) as exc:
             raise BadRequestData(f"notification endpoint {redact_uri(uri)}: {exc}") from None
 
-    @staticmethod
-    def _check_subscribe(tenant: str, compiled: Compiled) -> None:
-        """With access control on, the principal needs ``subscribe`` on every type the
-        subscription selects; one that selects entities of any type needs it on all."""
-        access = current()
-        if access is None:
-            return
-        wanted: list[str | None]
-        if compiled.v2 is not None:
-            wanted = [s.type_iri for s in compiled.v2.selectors]
-        elif compiled.selectors:
-            wanted = []
-            for sel in compiled.selectors:
-                if not sel.types:
-                    wanted.append(None)
-                else:
-                    wanted.extend(t for conj in sel.types for t in conj)
-        else:
-            wanted = [None]
-        for type_iri in dict.fromkeys(wanted):
-            access.policy.check(access.principal, "subscribe", tenant, type_iri)
-
     async def _save(
         self, tenant: str, doc: dict[str, Any], *, create: bool, past_ok: bool = True
     ) -> None:
         compiled = await self.compile(tenant, doc)
         if not past_ok and compiled.expires_at is not None and compiled.expires_at <= time.time():
             raise BadRequestData("expiresAt is in the past")
-        self._check_subscribe(tenant, compiled)
+        check_subscribe(tenant, compiled)
         await self._check_endpoint(compiled.endpoint.uri)
         doc["modifiedAt"] = now_iso()
         if create:

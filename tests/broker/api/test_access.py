@@ -476,6 +476,46 @@ def test_subscriptions_need_subscribe_on_the_types_they_select(hub: TestClient) 
     assert hub.post("/ngsi-ld/v1/subscriptions", headers=ldh, json=watched_only).status_code == 403
 
 
+def test_subscriptions_reach_only_the_types_the_role_may_subscribe_to(hub: TestClient) -> None:
+    h = {**key("aed-watcher"), **KOMAE, **JSON}
+    subs = "/ngsi-ld/v1/subscriptions"
+
+    def sub(entities: list[dict[str, str]] | None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": "Subscription",
+            "watchedAttributes": ["name"],
+            "notification": {"endpoint": {"uri": "http://127.0.0.1:9/notify"}},
+        }
+        if entities is not None:
+            doc["entities"] = entities
+        return doc
+
+    made = hub.post(subs, headers=h, json=sub([{"type": "AEDLocation"}]))
+    assert made.status_code == 201, made.text
+    # an entity matching AEDLocation;EvacuationShelter is an AEDLocation too
+    both = hub.post(subs, headers=h, json=sub([{"type": "AEDLocation;EvacuationShelter"}]))
+    assert both.status_code == 201, both.text
+    for refused in (
+        sub([{"type": "EvacuationShelter"}]),
+        sub([{"type": "AEDLocation"}, {"type": "EvacuationShelter"}]),
+        sub([{"type": "AEDLocation,EvacuationShelter"}]),
+        sub(None),  # watchedAttributes alone: every type
+    ):
+        r = hub.post(subs, headers=h, json=refused)
+        assert r.status_code == 403, (refused, r.text)
+        assert r.json()["type"].endswith("/Forbidden")
+    url = made.headers["location"]
+    r = hub.patch(url, headers=h, json={"entities": [{"type": "EvacuationShelter"}]})
+    assert r.status_code == 403
+    kept = hub.get(url, headers=h).json()
+    assert kept["entities"] == [{"type": "AEDLocation"}]
+    listed = hub.get(subs, headers=h).json()
+    assert len(listed) == 2
+    # a role with subscribe on every type is not limited
+    w = {**key("komae-writer"), **KOMAE, **JSON}
+    assert hub.post(subs, headers=w, json=sub(None)).status_code == 201
+
+
 # -- audit ---------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""The transport is a leaf, and it is all that ``connectors/`` takes from the broker."""
+"""The transport is a leaf, and with the access-control package (and the errors it
+raises) and the outbound policy, it is all that ``connectors/`` takes from the broker."""
 
 from __future__ import annotations
 
@@ -34,13 +35,18 @@ def test_the_transport_imports_no_other_broker_package() -> None:
     assert found == {}
 
 
+#: What connectors may import from the broker: the MQTT transport, the outbound policy
+#: (a stdlib-only leaf) for push commands, and access control (the agent reads the
+#: broker's auth file) with the errors it raises.
+CONNECTORS_MAY_USE = ("broker.transport", "broker.outbound", "broker.auth", "broker.errors")
+
+
 def test_connectors_import_only_the_transport_from_the_broker() -> None:
     found = broker_imports(ROOT / "connectors")
     outside = {
         path: names
         for path, names in found.items()
-        # the transport, and the outbound policy (a stdlib-only leaf) for push commands
-        if any(not n.startswith(("broker.transport", "broker.outbound")) for n in names)
+        if any(n != "broker" and not n.startswith(CONNECTORS_MAY_USE) for n in names)
     }
     assert outside == {}
     assert found  # the agent does use the transport
@@ -54,4 +60,22 @@ def test_the_agent_loads_no_broker_internals() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
     ).stdout.split()
-    assert out == ["broker", "broker.outbound", "broker.transport", "broker.transport.mqtt"]
+    assert [m for m in out if not m.startswith("broker.auth")] == [
+        "broker",
+        "broker.errors",
+        "broker.outbound",
+        "broker.transport",
+        "broker.transport.mqtt",
+    ]
+
+
+def test_access_control_imports_nothing_else_from_the_broker() -> None:
+    """``broker.auth`` is what the agent shares with the broker: it must stay a leaf
+    (besides the errors), or the agent would load the broker's internals through it."""
+    found = broker_imports(ROOT / "broker" / "auth")
+    outside = {
+        path: names
+        for path, names in found.items()
+        if any(not n.startswith(("broker.auth", "broker.errors")) for n in names)
+    }
+    assert outside == {}

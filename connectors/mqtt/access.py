@@ -1,0 +1,190 @@
+"""Access control of the agent's HTTP side, under the broker's auth file.
+
+The agent reads the same auth file as the broker (``RENKEI_AUTH_FILE``, loaded by
+``broker.auth``), so one policy says who may do what on both. ``authorize`` is a
+dependency of the whole application, so every route has it
+(``tests/connectors/mqtt/test_access.py`` enumerates them). Per door:
+
+* **provisioning** (``/iot/groups``, ``/iot/services``, ``/iot/devices``): an API key or
+  bearer JWT whose principal has ``admin`` in the tenant the ``fiware-service`` header
+  names (none: the default tenant); a change also needs ``write`` on every entity type
+  the group or device writes (``check_writes``), and a device's ``entity_name`` may not
+  name an entity that exists with another type (checked at the broker);
+* **devices over HTTP** (``/iot/json``): the apikey in the request, as over MQTT (where
+  Mosquitto's per-apikey passwords and ACLs pin each apikey, see ``mosquitto``);
+* **notifications from the broker** (``/notify``): the secret the agent put in its
+  subscriptions' ``receiverInfo`` (``NOTIFY_HEADER``), checked whether or not an auth
+  file is given, since a notification makes the agent send commands to devices;
+* ``/health`` and ``/iot/about`` are open; ``/metrics`` needs ``admin``.
+
+Refusals are 401 (with ``WWW-Authenticate``) and 403 as ``{"name", "message"}``; the
+message is the same whatever the reason, so it tells nothing about another tenant.
+``AuditMiddleware`` writes a line (``broker.auth.AuditLog``, the broker's format and
+possibly its file) for every accepted provisioning change and every refusal. Without
+an auth file (``app.state.auth`` is None) only the notification secret is checked.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker.auth import AuditLog, Authenticator, Policy, PolicyHolder, Principal, default_expand
+from broker.errors import NgsiLdError
+from connectors.mqtt.agent import NOTIFY_HEADER, NOTIFY_PATH
+from connectors.mqtt.errors import AccessForbidden, Unauthorized
+
+#: Served to anyone: liveness/readiness and the agent's version.
+OPEN_PATHS = frozenset({"/health", "/iot/about"})
+#: Served to principals with ``admin`` (counts per reason tell what the tenants do).
+ADMIN_PATHS = frozenset({"/metrics"})
+#: Devices' own door: the apikey is their credential.
+DEVICE_PREFIX = "/iot/json"
+#: The provisioning API.
+PROVISIONING_PREFIXES = ("/iot/groups", "/iot/services", "/iot/devices")
+
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_UNVERIFIED = Principal(name="-", via="invalid")
+_REFUSED = "not allowed to provision devices in this service"
+_REFUSED_TYPES = "not allowed to provision devices writing these entities"
+
+
+@dataclass
+class AgentAuth:
+    """What the agent holds when access control is on (``app.state.auth``)."""
+
+    holder: PolicyHolder
+    authenticator: Authenticator
+    audit: AuditLog | None = None
+
+
+@dataclass(slots=True)
+class Grant:
+    """The principal a request was let in as, and what the audit log records of it."""
+
+    policy: Policy
+    principal: Principal
+    tenant: str
+    operation: str
+    #: entity ids the provisioning change concerns (devices' entities)
+    written: list[str] = field(default_factory=list)
+
+
+def _tenant(request: Request) -> str:
+    """The tenant a provisioning request is in: ``fiware-service``, as the agent's
+    ``Scope`` reads it (lower case; none is the default tenant)."""
+    return (request.headers.get("fiware-service") or "").strip().lower()
+
+
+def check_notify_token(request: Request, expected: str) -> None:
+    """401 unless the request carries the notification secret."""
+    got = request.headers.get(NOTIFY_HEADER)
+    if got is None or not hmac.compare_digest(got.encode(), expected.encode()):
+        raise Unauthorized("notifications must carry the agent's notification secret")
+
+
+async def authorize(request: Request) -> None:
+    """The dependency (see the module docstring)."""
+    path: str = request.scope["path"]
+    if path == NOTIFY_PATH:
+        check_notify_token(request, request.app.state.agent.notify_token)
+        return
+    auth: AgentAuth | None = getattr(request.app.state, "auth", None)
+    if auth is None or path in OPEN_PATHS or path.startswith(DEVICE_PREFIX):
+        return
+    method = request.method
+    route = request.scope.get("route")
+    operation = f"{method} {getattr(route, 'path', None) or path}"
+    tenant = _tenant(request)
+    policy = auth.holder.policy
+    state = request.scope.setdefault("state", {})
+    try:
+        principal = await auth.authenticator.authenticate(request.headers)
+    except NgsiLdError as exc:
+        state["renkei_grant"] = Grant(policy, _UNVERIFIED, tenant, operation)
+        challenge = exc.headers.get("WWW-Authenticate", 'Bearer realm="renkei"')
+        raise Unauthorized(exc.detail, challenge=challenge) from None
+    grant = Grant(policy, principal, tenant, operation)
+    state["renkei_grant"] = grant
+    if not policy.can(principal, "admin", tenant):
+        if principal.anonymous:
+            raise Unauthorized("credentials are required for this operation")
+        raise AccessForbidden(_REFUSED)
+
+
+def grant_of(request: Request) -> Grant | None:
+    """The grant of a request let in under access control; None when it is off."""
+    grant: Grant | None = request.scope.get("state", {}).get("renkei_grant")
+    return grant
+
+
+def check_writes(
+    request: Request, types: Iterable[str], existing: Iterable[Collection[str]] = ()
+) -> None:
+    """403 unless the request's principal may write every entity type in ``types``
+    (names as provisioned, expanded as the broker expands them with its core context)
+    and every type of each entity in ``existing`` (types the broker answered for the
+    entities a device names). Nothing is checked with access control off."""
+    grant = grant_of(request)
+    if grant is None:
+        return
+    expanded = {default_expand(t) for t in types}
+    for types_of_entity in existing:
+        expanded.update(default_expand(t) for t in types_of_entity)
+    if expanded and not grant.policy.can(grant.principal, "write", grant.tenant, expanded):
+        raise AccessForbidden(_REFUSED_TYPES)
+
+
+def record_written(request: Request, entity_ids: Iterable[str]) -> None:
+    """Name in the audit line the entities a provisioning change concerns."""
+    grant = grant_of(request)
+    if grant is not None:
+        grant.written.extend(entity_ids)
+
+
+class AuditMiddleware:
+    """Records the audit line of a provisioning change or a refusal when its answer
+    starts (before the client has it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def audited(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                _record(scope, int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, audited)
+
+
+def _record(scope: Scope, status: int) -> None:
+    app: Any = scope.get("app")
+    auth: AgentAuth | None = getattr(getattr(app, "state", None), "auth", None)
+    if auth is None or auth.audit is None:
+        return
+    grant: Grant | None = scope.get("state", {}).get("renkei_grant")
+    if grant is None:
+        return
+    refused = status in (401, 403)
+    if not refused and (scope["method"] not in _WRITE_METHODS or status >= 400):
+        return
+    client = scope.get("client")
+    auth.audit.record(
+        principal=grant.principal,
+        tenant=grant.tenant,
+        operation=grant.operation,
+        status=status,
+        entity_ids=list(dict.fromkeys(grant.written)),
+        reason="refused" if refused else None,
+        client=client[0] if client else None,
+    )
