@@ -137,8 +137,10 @@ def serving(
 # -- the servers the benchmarks measure ------------------------------------------------------
 
 
-def sqlite_store(path: Path) -> str:
-    return f"sqlite:///{path}"
+def sqlite_store(path: Path, writer: str = "process") -> str:
+    """The store URL of a SQLite file; ``writer``: the store's writer in a process of its
+    own (the default) or a thread of the serving process (``?writer=thread``)."""
+    return f"sqlite:///{path}" + ("" if writer == "process" else f"?writer={writer}")
 
 
 def hub_command(port: int, store: str, *extra: str) -> list[str]:
@@ -203,14 +205,21 @@ def iot_agent(
         yield server
 
 
+#: Mosquitto's ``max_queued_messages``, as the Helm chart's default.
+MAX_QUEUED_MESSAGES = 100_000
+
+
 class _Mosquitto(MqttBroker):
     """The tests' Mosquitto, publishing ``$SYS`` every second (the benchmarks read the
-    count of dropped messages there)."""
+    count of dropped messages there), with the queue per client the Helm chart sets
+    (``mqtt.mosquitto.maxQueuedMessages``): Mosquitto's default of 1000 drops QoS 1
+    messages for a subscriber that falls behind by more."""
 
     def _write_config(self) -> Path:
         config = super()._write_config()
         with config.open("a") as f:
             f.write("sys_interval 1\n")
+            f.write(f"max_queued_messages {MAX_QUEUED_MESSAGES}\n")
         return config
 
 

@@ -383,7 +383,7 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> SizeResult:
         f"(generated in {time.perf_counter() - t0:.1f} s)",
         flush=True,
     )
-    with hub(workdir / "broker.log", sqlite_store(workdir / "broker.db")) as broker:
+    with hub(workdir / "broker.log", sqlite_store(workdir / "broker.db", args.writer)) as broker:
         up = load(broker, data, args.concurrency)
         print(
             f"  upsert    {up.per_s:>9,.0f} entities/s  ({up.seconds:.1f} s, {args.concurrency} "
@@ -532,6 +532,12 @@ def main() -> int:
         "(default 60)",
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    parser.add_argument(
+        "--writer",
+        choices=("process", "thread"),
+        default="process",
+        help="the SQLite store's writer: its own process (default) or a thread",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
     if args.queries < 1 or args.warmup < 0 or args.batch < 1 or args.concurrency < 1:
@@ -544,7 +550,7 @@ def main() -> int:
     print(
         f"Renkei query benchmark: sizes {', '.join(f'{n:,}' for n in args.sizes)}; "
         f"{args.queries} queries per kind (+{args.warmup} warm-up), limit={LIMIT}; "
-        f"{machine()}, SQLite {sqlite3.sqlite_version}",
+        f"{args.writer} writer; {machine()}, SQLite {sqlite3.sqlite_version}",
         flush=True,
     )
     tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-q-"))

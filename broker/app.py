@@ -17,11 +17,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from broker import health as probes
 from broker import metrics
 from broker.api import (
+    csubscriptions,
     docs,
     entities,
     entity_operations,
     jsonld_contexts,
     ogc,
+    registrations,
     subscriptions,
     temporal,
     types,
@@ -30,18 +32,22 @@ from broker.api import (
 )
 from broker.api import v2 as ngsi_v2
 from broker.api.auth import AuditMiddleware, AuthState, authorize
-from broker.api.deps import Hub
+from broker.api.deps import Hub, check_loop
 from broker.api.errors import add_exception_handlers
 from broker.api.hygiene import add_http_hygiene
 from broker.auth import PolicyHolder, Principal, install_sighup_reload, open_audit_log
 from broker.auth.credentials import Authenticator
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
+from broker.core.csubscriptions import CsourceSubscriptionService
 from broker.core.discovery import DiscoveryService
+from broker.core.distributed import DistributedService
 from broker.core.entities import EntityService
 from broker.core.guard import GuardedStore
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
+from broker.federation.forward import Forwarder, hub_name
+from broker.federation.registrations import RegistrationService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
 from broker.model.history import HistoryPolicy
 from broker.notify.senders import Senders, redact_uri
@@ -102,6 +108,14 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
                 contexts.touch(url)
         return tm
 
+    registrations = RegistrationService(
+        store, resolve, outbound=outbound, local_entity=store.get_entity
+    )
+    senders = Senders(
+        http_timeout=settings.notification_timeout,
+        mqtt_timeout=settings.notification_timeout,
+        policy=outbound,
+    )
     hub = Hub(
         settings=settings,
         resolver=resolver,
@@ -111,11 +125,7 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
         discovery=DiscoveryService(store),
         subscriptions=SubscriptionService(
             store,
-            Senders(
-                http_timeout=settings.notification_timeout,
-                mqtt_timeout=settings.notification_timeout,
-                policy=outbound,
-            ),
+            senders,
             resolve=resolve,
             outbound=outbound,
             implicit_url=contexts.implicit,
@@ -123,6 +133,21 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
             linked=service.linked,
         ),
         temporal=TemporalService(service),
+        registrations=registrations,
+        distributed=DistributedService(
+            service,
+            registrations,
+            Forwarder(
+                outbound,
+                name=hub_name(settings.hub_id, settings.public_url),
+                timeout=settings.federation_timeout,
+                cooldown=settings.federation_cooldown,
+            ),
+            max_limit=settings.max_limit,
+        ),
+        csubscriptions=CsourceSubscriptionService(
+            store, registrations, senders, resolve, outbound=outbound
+        ),
     )
     if auth is not None:
         holder = auth.holder
@@ -133,12 +158,17 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
         hub.subscriptions.may_read = may_read
     service.on_change(hub.subscriptions.on_change)
     hub.subscriptions.start()
+    hub.csubscriptions.start(store.tenants)
     hub.temporal.start_expiry(settings.history_expiry_interval)
+    hub.entities.start_purge(settings.entity_purge_interval)
     return hub
 
 
 async def close_hub(hub: Hub) -> None:
+    await hub.csubscriptions.aclose()
+    await hub.distributed.forwarder.aclose()
     await hub.temporal.aclose()
+    await hub.entities.aclose()
     await hub.subscriptions.aclose()
     await hub.subscriptions.senders.aclose()
     await hub.resolver.aclose()
@@ -222,7 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served from the hub's own assets: broker/api/docs.py
         redoc_url=None,
         # the one access-control dependency, on every route of every API
-        dependencies=[Depends(authorize)],
+        dependencies=[Depends(authorize), Depends(check_loop)],
     )
     app.state.ready = False
     app.state.auth = auth
@@ -238,6 +268,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(jsonld_contexts.router)
     app.include_router(temporal.router)
+    app.include_router(registrations.router)
+    app.include_router(csubscriptions.router)
     app.include_router(unimplemented.router)
     app.include_router(ogc.router)
     app.include_router(viewer.router)

@@ -15,10 +15,12 @@ HTTP status and problem type as class attributes, so the handler table in
     ├── ResourceNotFound          404
     │   └── NonexistentTenant     404  the NGSILD-Tenant named does not exist
     ├── AlreadyExists             409
+    ├── Conflict                  409  a registration overlapping what another one holds
     ├── OperationNotSupported     422  operation the specification rules out here
     │   └── NotImplementedYet     501  part of the API this hub does not offer (yet)
     ├── TooManyResults            403  limit above the configured maximum
     ├── LdContextNotAvailable     503  a remote @context could not be retrieved
+    ├── LoopDetected              508  a forwarded request came back (its Via names us)
     └── InternalError             500
 
 OperationNotSupported is 422 as the specification's error table says; a feature this
@@ -49,13 +51,16 @@ class NgsiLdError(Exception):
         self.detail = detail
         self.extra = extra
         self.headers: dict[str, str] = {}
+        #: A title naming what was wrong (``Invalid query parameter: q``), when known.
+        self.specific_title: str | None = None
 
     @property
     def type_uri(self) -> str:
         return ERRORS_BASE + self.type_name
 
     def problem(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": self.type_uri, "title": self.title, "status": self.status}
+        title = self.specific_title or self.title
+        body: dict[str, Any] = {"type": self.type_uri, "title": title, "status": self.status}
         if self.detail:
             body["detail"] = self.detail
         body.update(self.extra)
@@ -128,6 +133,12 @@ class AlreadyExists(NgsiLdError):
     title = "Already exists"
 
 
+class Conflict(NgsiLdError):
+    status = 409
+    type_name = "Conflict"
+    title = "Conflict"
+
+
 class OperationNotSupported(NgsiLdError):
     status = 422
     type_name = "OperationNotSupported"
@@ -149,6 +160,12 @@ class LdContextNotAvailable(NgsiLdError):
     status = 503
     type_name = "LdContextNotAvailable"
     title = "JSON-LD context not available"
+
+
+class LoopDetected(NgsiLdError):
+    status = 508
+    type_name = "LoopDetected"
+    title = "Loop detected"
 
 
 class InternalError(NgsiLdError):

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     gc_threshold: int = Field(10_000, ge=0)
 
     # Query bounds.
+    #: GET /entities without type, attrs, q, scopeQ or a geo-query answers every entity of
+    #: the tenant, paged, as Orion-LD does, instead of 400 (clause 5.7.2): for clients
+    #: written for Orion-LD, which list or clear a broker that way.
+    allow_unfiltered_queries: bool = False
     default_limit: int = Field(20, gt=0)
     max_limit: int = Field(1000, gt=0)
     max_batch: int = Field(1000, gt=0)
@@ -76,10 +80,26 @@ class Settings(BaseSettings):
     history_retention: dict[str, float] = Field(default_factory=dict)
     #: Seconds between runs of the retention job (0: never).
     history_expiry_interval: float = Field(3600.0, ge=0)
+    #: Seconds between purges of expired transient entities (expiresAt); 0: never.
+    #: Reads leave expired entities out at once; the purge frees their storage.
+    entity_purge_interval: float = Field(60.0, ge=0)
 
     # Notifications.
     notification_timeout: float = Field(10.0, gt=0)
     notification_attempts: int = Field(5, ge=1)
+
+    # Federation (context source registrations, distributed operations).
+    #: Name this hub gives itself in the Via header of the requests it forwards; a
+    #: request that comes back with it is a loop (508). Default: the public URL's
+    #: host and port when set (shared by the replicas of one hub), else a name made up
+    #: at start.
+    hub_id: str | None = None
+    #: Seconds to wait for a context source, unless its registration's
+    #: management.timeout says otherwise.
+    federation_timeout: float = Field(5.0, gt=0)
+    #: Seconds a context source that failed is left alone, unless its registration's
+    #: management.cooldown says otherwise (0: asked again at once).
+    federation_cooldown: float = Field(0.0, ge=0)
 
     # OGC API - Features (/ogc) and the map viewer (/viewer).
     #: Entity type -> attribute whose date-time value is a feature's time (JSON in the

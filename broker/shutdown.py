@@ -3,9 +3,11 @@
 On SIGTERM (or SIGINT) uvicorn stops accepting connections, closes idle keep-alive
 connections, lets the requests in flight finish and answer, then runs the lifespan's
 shutdown: the store finishes the writes it was sent (``SqliteStore.close`` waits for
-its queue) and the subscriptions' delivery status is written (``SubscriptionService
-.aclose``). A write answered 201/204 was committed before it was answered, so none is
-lost, however the process ends afterwards.
+its queue), the notifications not yet delivered are handed to the store for the next
+process to send and the subscriptions' delivery status is written (``SubscriptionService
+.aclose``). A write answered 201/204 was committed, and matched against the
+subscriptions, before it was answered, so none is lost, however the process ends
+afterwards.
 
 The bound: in-flight requests get ``drain_seconds(timeout)``; the lifespan's shutdown
 gets the rest; should anything still hang at ``timeout`` after the signal, a watchdog

@@ -150,10 +150,19 @@ class BrokerClient:
         return request_headers(self.tenant, self.context, body=body, auth=self.auth)
 
     async def _request(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         content = orjson.dumps(json) if json is not None else None
         delay = self.backoff
+        sent = self._headers(body=content is not None)
+        if headers:
+            sent.update(headers)
         for attempt in range(self.retries + 1):
             try:
                 resp = await self._http.request(
@@ -161,7 +170,7 @@ class BrokerClient:
                     path,
                     content=content,
                     params=params,
-                    headers=self._headers(body=content is not None),
+                    headers=sent,
                 )
             except httpx.TransportError as exc:
                 if attempt == self.retries:
@@ -226,6 +235,49 @@ class BrokerClient:
         instances); each attribute's current value becomes its newest by ``observedAt``.
         Renkei's ``/temporal/entityOperations/upsert`` extension."""
         return await self._batch("upsert", entities, None, prefix="/ngsi-ld/v1/temporal")
+
+    async def update_v2(
+        self, entities: list[dict[str, Any]], *, service_path: str = "/"
+    ) -> BatchOutcome:
+        """NGSI v2 ``POST /v2/op/update`` with ``actionType: append`` (the v2 entities
+        created or their attributes appended/updated), under ``Fiware-Service`` (the
+        tenant) and ``Fiware-ServicePath``. v2 answers a batch as a whole: when it is
+        refused, each entity is sent again alone so that the outcome names the ones
+        refused."""
+        if not entities:
+            return BatchOutcome()
+        headers = {"Fiware-ServicePath": service_path}
+        if self.tenant:
+            headers["Fiware-Service"] = self.tenant
+        body = {"actionType": "append", "entities": entities}
+        resp = await self._request("POST", "/v2/op/update", json=body, headers=headers)
+        ids = list(dict.fromkeys(e["id"] for e in entities))
+        if resp.status_code in (200, 201, 204):
+            return BatchOutcome(success=ids)
+        if resp.status_code not in (400, 404, 413, 422) or len(ids) == 1:
+            raise self._fail(resp, "v2 update")
+        outcome = BatchOutcome()
+        for eid in ids:
+            mine = [e for e in entities if e["id"] == eid]
+            one = await self._request(
+                "POST",
+                "/v2/op/update",
+                json={"actionType": "append", "entities": mine},
+                headers=headers,
+            )
+            if one.status_code in (200, 201, 204):
+                outcome.success.append(eid)
+            elif 400 <= one.status_code < 500 and one.status_code != 429:
+                try:
+                    problem = one.json()
+                except ValueError:
+                    problem = {"error": one.text}
+                outcome.errors.append(
+                    (eid, {"title": problem.get("error"), "detail": problem.get("description")})
+                )
+            else:
+                raise self._fail(one, "v2 update")
+        return outcome
 
     async def merge(self, entities: list[dict[str, Any]]) -> BatchOutcome:
         return await self._batch("merge", entities, None)

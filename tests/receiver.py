@@ -10,26 +10,49 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Received = list[tuple[dict[str, str], Any]]
 
 
+@dataclass
+class Request:
+    """One request as it arrived: method, path with its query, headers, raw body."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+
+
 class Receiver:
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
-        """``delay``: seconds the receiver takes before it answers (a slow endpoint)."""
+    def __init__(self, status: int = 200, delay: float = 0.0, port: int = 0) -> None:
+        """``delay``: seconds the receiver takes before it answers (a slow endpoint);
+        ``port``: where it listens (a free one by default).
+
+        ``received`` holds (lower-cased headers, body) of every request, the body parsed
+        as JSON (the text when it is not JSON, None when empty); ``requests`` holds
+        each request whole, whatever its method."""
         self.received: Received = []
+        self.requests: list[Request] = []
         self.status = status
         self._arrived = threading.Condition()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+            def _any(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"null")
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw or b"null")
+                except ValueError:
+                    body = raw.decode("utf-8", errors="replace")
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with outer._arrived:
-                    outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    outer.received.append((headers, body))
+                    outer.requests.append(Request(self.command, self.path, headers, raw))
                     outer._arrived.notify_all()
                 if delay:
                     time.sleep(delay)
@@ -37,10 +60,12 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            do_POST = do_PUT = do_PATCH = do_DELETE = do_GET = _any
+
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

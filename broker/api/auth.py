@@ -6,7 +6,8 @@ so every route of every API has it, and a route added later cannot go without it
 
 1. authenticates once (``Authenticator``: API key or bearer JWT, else anonymous;
    credentials that do not verify are a 401 with ``WWW-Authenticate``);
-2. classifies the operation: ``admin`` (``jsonldContexts`` add/delete), ``subscribe``
+2. classifies the operation: ``admin`` (``jsonldContexts`` add/delete, every context
+   source registration and registration subscription operation), ``subscribe``
    (subscriptions), ``write`` (any other change, including batch, purge and temporal
    writes) or ``read`` (including ``POST .../entityOperations/query``);
 3. refuses an operation the principal may not do in the tenant at all (401 for
@@ -60,6 +61,8 @@ def classify(method: str, path: str) -> Action:
         return "admin"
     if "/jsonldContexts" in path and method not in _READ_METHODS:
         return "admin"
+    if "/csourceRegistrations" in path or "/csourceSubscriptions" in path:
+        return "admin"  # registrations make the hub call other hosts with its credentials
     if "/subscriptions" in path:
         return "subscribe"
     if method in _READ_METHODS:

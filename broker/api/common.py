@@ -15,6 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.requests import Request
@@ -262,6 +263,32 @@ def link_header(url: str) -> str:
     return f'<{iri_to_uri(url)}>; rel="{LINK_REL}"; type="application/ld+json"'
 
 
+def page_links(request: Request, *, offset: int, limit: int, more: bool, kind: str) -> list[str]:
+    """``Link`` values to the previous and next pages of a listing (clauses 5.5.9, 6.3.10).
+
+    The request's own path and parameters, with ``offset`` (and ``limit``) moved by one
+    page: ``rel="prev"`` unless this is the first page, ``rel="next"`` when ``more``
+    results follow. Each link names the media type of this answer.
+    """
+    if limit <= 0:
+        return []
+
+    def link(at: int, rel: str) -> str:
+        items = [(k, v) for k, v in request.query_params.multi_items() if k != "offset"]
+        if not any(k == "limit" for k, _ in items):
+            items.append(("limit", str(limit)))
+        items.append(("offset", str(at)))
+        query = "&".join(f"{quote(k, safe='')}={quote(v, safe=':/,;@')}" for k, v in items)
+        return f'<{quote(request.url.path, safe="/:@")}?{query}>; rel="{rel}"; type="{kind}"'
+
+    links = []
+    if offset > 0:
+        links.append(link(max(0, offset - limit), "prev"))
+    if more:
+        links.append(link(offset + limit, "next"))
+    return links
+
+
 def respond(
     data: Any,
     *,
@@ -269,10 +296,17 @@ def respond(
     kind: str,
     status: int = 200,
     headers: dict[str, str] | None = None,
+    links: list[str] | None = None,
+    geo_context_in_body: bool = True,
 ) -> Response:
-    """Render a JSON body the NGSI-LD way for the negotiated media type ``kind``."""
+    """Render a JSON body the NGSI-LD way for the negotiated media type ``kind``.
+
+    ``links`` are further ``Link`` header values (pages of a listing), sent beside the
+    JSON-LD context link of an ``application/json`` answer. GeoJSON carries its
+    ``@context`` in the body unless ``geo_context_in_body`` is false (``Prefer:
+    body=json``), when a ``Link`` header carries it as for ``application/json``."""
     out_headers = dict(headers or {})
-    if kind == GEO_JSON and isinstance(data, dict):
+    if kind == GEO_JSON and isinstance(data, dict) and geo_context_in_body:
         data = {**data, "@context": tm.context if tm.context is not None else CORE_CONTEXT_URL}
     elif kind == LD_JSON:
         ctx = tm.context if tm.context is not None else CORE_CONTEXT_URL
@@ -282,7 +316,12 @@ def respond(
             data = {"@context": ctx, **data}
     else:
         out_headers["Link"] = link_header(context_url(tm))
-    return Response(orjson.dumps(data), status_code=status, media_type=kind, headers=out_headers)
+    response = Response(
+        orjson.dumps(data), status_code=status, media_type=kind, headers=out_headers
+    )
+    for value in links or ():
+        response.headers.append("Link", value)
+    return response
 
 
 def csv_param(value: str | None) -> list[str]:

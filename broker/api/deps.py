@@ -11,10 +11,13 @@ from starlette.requests import Request
 from broker.api.common import Payload, check_tenant, link_context, read_payload
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
+from broker.core.csubscriptions import CsourceSubscriptionService
 from broker.core.discovery import DiscoveryService
+from broker.core.distributed import DistributedService
 from broker.core.entities import EntityService
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
+from broker.federation.registrations import RegistrationService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, single_url
 from broker.settings import Settings
 
@@ -31,6 +34,9 @@ class Hub:
     discovery: DiscoveryService
     subscriptions: SubscriptionService
     temporal: TemporalService
+    registrations: RegistrationService
+    distributed: DistributedService
+    csubscriptions: CsourceSubscriptionService
 
     async def term_map(self, ctx: ContextValue | None, tenant: str = "") -> TermMap:
         tm = await self.resolver.term_map(ctx)
@@ -67,6 +73,18 @@ class Hub:
 def request_tenant(request: Request) -> str:
     """The request's tenant as named (routes check it with ``TenantDep``)."""
     return request.headers.get("ngsild-tenant") or ""
+
+
+async def check_loop(request: Request) -> None:
+    """508 LoopDetected for an NGSI-LD request whose ``Via`` names this hub: it was
+    forwarded here by a context source that this hub itself forwarded it to (clause
+    6.3.18). A dependency of the whole application, like ``authorize``."""
+    via = request.headers.get("via")
+    if via is None or not str(request.scope["path"]).startswith("/ngsi-ld/"):
+        return
+    hub: Hub | None = getattr(request.app.state, "hub", None)
+    if hub is not None:
+        hub.distributed.forwarder.check_loop(via)
 
 
 async def get_hub(request: Request) -> Hub:

@@ -7,6 +7,8 @@ behaviours test: media types (415/406) and parameters (400) before any look-up (
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Annotated, Any
 
 import orjson
@@ -15,16 +17,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.api import params as P
-from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, respond
+from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, page_links, respond
 from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.prefer import amend, preferences
 from broker.core.entities import UpdateResult
-from broker.core.model import View
-from broker.errors import BadRequestData, NonexistentTenant, ResourceNotFound
+from broker.core.model import Parser, View
+from broker.errors import BadRequestData, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.federation.forward import Answer, Call
 from broker.jsonld.context import TermMap
-from broker.model.entity import Entity, check_entity_id, check_name, id_segment
+from broker.model.entity import Entity, check_entity_id, check_name, id_segment, is_uri
 from broker.model.query import And, Comparison, Exists, GeoQuery, Node, Or
 from broker.model.store import EntityQuery, Selector
 from broker.query import (
+    expand_q_values,
     geo_query_from_json,
     parse_geo_query,
     parse_q,
@@ -68,6 +73,84 @@ async def _render(
     return [*roots, *(f for f in flat if f.get("id") not in seen)]
 
 
+# -- distributed writes ----------------------------------------------------------------------
+
+LocalWrite = Callable[[Any], Awaitable[Response]]
+
+
+def _source_error(entity_id: str, answer: Answer) -> dict[str, Any]:
+    body = answer.body if isinstance(answer.body, dict) else {}
+    problem = {
+        "type": body.get("type", "https://uri.etsi.org/ngsi-ld/errors/InternalError"),
+        "title": body.get("title", "Context source error"),
+        "status": answer.status or 504,
+        "detail": f"{answer.reg.endpoint}: {answer.error or body.get('detail', '')}".strip(),
+    }
+    return {"entityId": entity_id, "registrationId": answer.reg.id, "error": problem}
+
+
+async def write_through(
+    request: Request,
+    hub: Hub,
+    tenant: str,
+    operation: str,
+    entity_id: str,
+    local_write: LocalWrite,
+    *,
+    tm: TermMap,
+    body: Any = None,
+    context: Any = None,
+    types: list[str] | None = None,
+    attr: str | None = None,
+    whole: bool = False,
+    created: bool = False,
+) -> Response:
+    """A write of one entity here and at the context sources registered for it
+    (``broker.core.distributed``: what goes where). When every part succeeds the answer
+    is the operation's own; otherwise 207 with a BatchOperationResult naming each
+    failure, this hub's and the sources'."""
+    if P.bool_param(request.query_params.get("local"), "local"):
+        return await local_write(body)
+    ld = (request.headers.get("content-type") or "").startswith("application/ld+json")
+    params = {k: v for k, v in request.query_params.items() if k != "local"}
+    plan = await hub.distributed.forward_write(
+        tenant,
+        operation,
+        forward_call(request, tenant),
+        request.method,
+        str(request.scope["path"]).removeprefix("/ngsi-ld/v1"),
+        entity_id=entity_id,
+        tm=tm,
+        body=body,
+        types=types,
+        attr=attr,
+        params=params or None,
+        context=context,
+        content_type="application/ld+json" if ld else "application/json",
+        whole=whole,
+    )
+    if not plan.answers:
+        return await local_write(plan.local_body) if plan.run_local else _no_content()
+    errors: list[dict[str, Any]] = []
+    answer: Response | None = None
+    if plan.run_local:
+        try:
+            answer = await local_write(plan.local_body)
+        except NgsiLdError as exc:
+            errors.append({"entityId": entity_id, "error": exc.problem()})
+    errors += [_source_error(entity_id, a) for a in plan.answers if not a.ok]
+    if errors:
+        done = answer is not None or any(a.ok for a in plan.answers)
+        result = {"success": [entity_id] if done else [], "errors": errors}
+        return respond(result, tm=tm, kind=JSON, status=207)
+    if answer is not None:
+        return answer
+    if created:
+        location = f"/ngsi-ld/v1/entities/{id_segment(entity_id)}"
+        return Response(status_code=201, headers={"Location": location})
+    return _no_content()
+
+
 # -- collection ------------------------------------------------------------------------------
 
 
@@ -82,9 +165,36 @@ async def create_entity(
 ) -> Response:
     P.check_params(request)
     payload, tm = await hub.payload(request)
-    ent = await hub.entities.create(tenant, payload.body, tm)
-    location = f"/ngsi-ld/v1/entities/{id_segment(ent['id'])}"
-    return Response(status_code=201, headers={"Location": location})
+
+    async def here(body: Any) -> Response:
+        ent = await hub.entities.create(tenant, body, tm)
+        location = f"/ngsi-ld/v1/entities/{id_segment(ent['id'])}"
+        return Response(status_code=201, headers={"Location": location})
+
+    body = payload.body
+    eid = body.get("id", body.get("@id")) if isinstance(body, dict) else None
+    if not isinstance(eid, str) or not is_uri(eid):
+        return await here(body)  # invalid: refused here, sent nowhere
+    if await hub.registrations.active(tenant):
+        Parser(tm, max_attributes=hub.settings.max_attributes).entity(body)  # 400 before sending
+    raw_type = body.get("type", body.get("@type"))
+    types = [
+        t for t in (raw_type if isinstance(raw_type, list) else [raw_type]) if isinstance(t, str)
+    ]
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "createEntity",
+        eid,
+        here,
+        tm=tm,
+        body=body,
+        context=payload.context,
+        types=types or None,
+        whole=True,
+        created=True,
+    )
 
 
 def entity_query(
@@ -96,8 +206,15 @@ def entity_query(
     options: str | None = None,
     local: str | None = None,
     paged: bool = True,
+    unfiltered: bool = False,
 ) -> EntityQuery:
-    """The EntityQuery of GET /entities (and of purge) from its query parameters."""
+    """The EntityQuery of GET /entities (and of purge) from its query parameters.
+
+    ``unfiltered``: a query that names no type, attribute or filter selects every
+    entity (``RENKEI_ALLOW_UNFILTERED_QUERIES``) instead of being refused."""
+    with P.parameter("jsonKeys"):
+        for name in csv_param(sel.json_keys):
+            check_name(name)
     return build_query(
         hub,
         tm,
@@ -110,10 +227,11 @@ def entity_query(
         scope_q=sel.scope_q,
         limit=sel.limit,
         offset=sel.offset,
-        count=sel.count == "true" or "count" in P.options_of(options),
+        count=P.bool_param(sel.count, "count") or "count" in P.options_of(options),
         paged=paged,
-        everything=P.bool_param(local, "local"),
+        everything=P.bool_param(local, "local") or unfiltered,
         order_by=_order_by(sel.order_by, tm),
+        expand_values=csv_param(sel.expand_values),
     )
 
 
@@ -125,12 +243,18 @@ def _geo(sel: P.Selection) -> GeoQuery | None:
     a JSON object (as in a Query body, clause 5.2.13) or ``georel=...&geometry=...``."""
     parts = (sel.georel, sel.geometry, sel.coordinates, sel.geoproperty)
     if sel.geo_q is None:
-        return parse_geo_query(*parts)
+        with P.parameter(*(n for n, v in zip(_GEO_PARTS, parts, strict=True) if v is not None)):
+            return parse_geo_query(*parts)
+    with P.parameter("geoQ"):
+        return _geo_q(sel.geo_q, parts)
+
+
+def _geo_q(geo_q: str, parts: tuple[str | None, ...]) -> GeoQuery | None:
     if any(p is not None for p in parts):
         raise BadRequestData(
             "geoQ cannot be combined with georel, geometry, coordinates or geoproperty"
         )
-    text = sel.geo_q.strip()
+    text = geo_q.strip()
     if text.startswith("{"):
         try:
             obj = orjson.loads(text)
@@ -153,6 +277,11 @@ def _order_by(text: str | None, tm: TermMap) -> list[tuple[Any, bool]] | None:
     """``orderBy=name;desc,type``: entity members or attribute paths, ;asc or ;desc."""
     if text is None:
         return None
+    with P.parameter("orderBy"):
+        return _order_keys(text, tm)
+
+
+def _order_keys(text: str, tm: TermMap) -> list[tuple[Any, bool]]:
     keys: list[tuple[Any, bool]] = []
     for part in text.split(","):
         name, _, direction = part.strip().partition(";")
@@ -198,14 +327,20 @@ def build_query(
     selectors: list[Selector] | None = None,
     everything: bool = False,
     order_by: list[tuple[Any, bool]] | None = None,
+    expand_values: list[str] | None = None,
 ) -> EntityQuery:
-    """Validate and resolve (expand) the parts of a query against the request context."""
+    """Validate and resolve (expand) the parts of a query against the request context.
+
+    ``expand_values`` names the attributes whose values in ``q`` are terms to expand
+    (clause 6.3.x, ``expandValues``: a VocabProperty holds IRIs)."""
     s = hub.settings
     limit_n, offset_n = P.paging(limit, offset, s, bounded=paged)
-    for eid in ids:
-        check_entity_id(eid)
+    with P.parameter("id"):
+        for eid in ids:
+            check_entity_id(eid)
     if id_pattern is not None:
-        check_pattern(id_pattern)
+        with P.parameter("idPattern"):
+            check_pattern(id_pattern)
     # a query must narrow by type, attributes or a filter; a purge may also name ids
     typed = bool(types) or any(sel.types for sel in selectors or ())
     if not paged and (ids or id_pattern):
@@ -214,14 +349,24 @@ def build_query(
         raise BadRequestData(
             "a query needs at least one of type, attrs, q, scopeQ or a geo-query (or local=true)"
         )
+    with P.parameter("type"):
+        type_iris = [[tm.expand(check_name(t, "entity type")) for t in alt] for alt in types]
+    with P.parameter("attrs"):
+        attr_iris = [tm.expand(check_name(a)) for a in attrs]
+    with P.parameter("q"):
+        q_node = resolve_q(_checked_q(q), tm.expand) if q else None
+        if q_node is not None and expand_values:
+            q_node = expand_q_values(q_node, {tm.expand(a) for a in expand_values}, tm.expand)
+    with P.parameter("scopeQ"):
+        scope = parse_scope_q(scope_q) if scope_q else None
     return EntityQuery(
         ids=ids or None,
         id_pattern=id_pattern,
-        types=[[tm.expand(check_name(t, "entity type")) for t in alt] for alt in types] or None,
-        attrs=[tm.expand(check_name(a)) for a in attrs] or None,
-        q=resolve_q(_checked_q(q), tm.expand) if q else None,
+        types=type_iris or None,
+        attrs=attr_iris or None,
+        q=q_node,
         geo=resolve_geo(geo, tm.expand) if geo else None,
-        scope_q=parse_scope_q(scope_q) if scope_q else None,
+        scope_q=scope,
         selectors=selectors,
         order_by=order_by,
         limit=limit_n,
@@ -242,29 +387,104 @@ async def query_entities(
     tm = await hub.link_term_map(request)
     view = P.view_of(params, tm)
     query = entity_query(
-        params, hub, tm, attrs=params.attrs, options=params.options, local=params.local
+        params,
+        hub,
+        tm,
+        attrs=params.attrs,
+        options=params.options,
+        local=params.local,
+        unfiltered=hub.settings.allow_unfiltered_queries,
     )
-    return await query_response(hub, tenant, request, view, query, kind)
+    local = P.bool_param(params.local, "local")
+    csf = resolve_q(_checked_q(params.csf), tm.expand) if params.csf else None
+    return await query_response(
+        hub,
+        tenant,
+        request,
+        view,
+        query,
+        kind,
+        forward=dict(request.query_params),
+        local=local,
+        csf=csf,
+    )
+
+
+def forward_call(request: Request, tenant: str) -> Call:
+    """What of a request goes along when it is forwarded to context sources."""
+    headers = request.headers
+    return Call(tenant=tenant, link=headers.get("link"), via=headers.get("via"))
 
 
 async def query_response(
-    hub: Hub, tenant: str, request: Request, view: View, query: EntityQuery, kind: str
+    hub: Hub,
+    tenant: str,
+    request: Request,
+    view: View,
+    query: EntityQuery,
+    kind: str,
+    *,
+    forward: dict[str, str] | None = None,
+    local: bool = False,
+    csf: Node | None = None,
 ) -> Response:
-    """Run a query and render the entities (GET /entities, POST /entityOperations/query)."""
+    """Run a query and render the entities (GET /entities, POST /entityOperations/query).
+
+    With ``forward`` (the request's query parameters), the query is also sent to the
+    context sources registered for what it selects (``broker.core.distributed``)."""
     tm = view.tm
-    try:
-        entities, total = await hub.entities.query(tenant, query)
-    except NonexistentTenant:
-        entities, total = [], 0
-    headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
+    headers: dict[str, str] = {}
+    # one more than a page tells whether a next page exists (clause 5.5.9)
+    probe = replace(query, limit=query.limit + 1) if query.limit > 0 else query
+    if forward is not None:
+        entities, total, headers = await hub.distributed.query(
+            tenant, probe, tm, forward_call(request, tenant), forward, local=local, csf=csf
+        )
+    else:
+        try:
+            entities, total = await hub.entities.query(tenant, probe)
+        except NonexistentTenant:
+            entities, total = [], 0
+    more = len(entities) > query.limit
+    del entities[query.limit :]
+    links = page_links(request, offset=query.offset, limit=query.limit, more=more, kind=kind)
+    if total is not None:
+        headers["NGSILD-Results-Count"] = str(total)
     body = await _render(hub, tenant, request, view, entities, kind)
     if view.pick is not None or view.omit is not None:
         body = [b for b in body if b.get("properties", b)]  # what pick/omit emptied is no match
     if kind == GEO_JSON:
-        return respond(
-            {"type": "FeatureCollection", "features": body}, tm=tm, kind=kind, headers=headers
-        )
-    return respond(body, tm=tm, kind=kind, headers=headers)
+        body = {"type": "FeatureCollection", "features": body}
+    return _answer(request, view, body, kind, headers=headers, links=links)
+
+
+def _answer(
+    request: Request,
+    view: View,
+    body: Any,
+    kind: str,
+    *,
+    headers: dict[str, str] | None = None,
+    links: list[str] | None = None,
+) -> Response:
+    """Respond with entities as the request's ``Prefer`` headers ask (``broker.api.prefer``)."""
+    prefs = preferences(request)
+    status = 200
+    headers = dict(headers or {})
+    applied = prefs.applied
+    if prefs.version is not None and applied is not None:
+        headers["Preference-Applied"] = applied
+        if view.format != "keyValues" and amend(body, prefs.version):
+            status = 203
+    return respond(
+        body,
+        tm=view.tm,
+        kind=kind,
+        status=status,
+        headers=headers,
+        links=links,
+        geo_context_in_body=not prefs.body_json,
+    )
 
 
 @router.delete("/entities", status_code=204, summary="Purge entities (clause 6.4.3.3)")
@@ -337,7 +557,15 @@ async def retrieve_entity(
         [tm.expand(check_name(t, "entity type")) for t in alt]
         for alt in type_alternatives(params.type)
     ]
-    ent = await hub.entities.retrieve(tenant, entity_id)
+    wanted = view.attrs if view.attrs is not None else None
+    ent, headers = await hub.distributed.retrieve(
+        tenant,
+        entity_id,
+        tm,
+        forward_call(request, tenant),
+        attrs=sorted(wanted) if wanted else None,
+        local=P.bool_param(params.local, "local"),
+    )
     if types and not _has_type(ent, types):
         raise ResourceNotFound(f"entity {entity_id} is not of type {params.type}")
     rendered = await _render(hub, tenant, request, view, [ent], kind)
@@ -348,7 +576,7 @@ async def retrieve_entity(
             raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
         if (view.pick is not None or view.omit is not None) and not root:
             raise ResourceNotFound(f"nothing of entity {entity_id} is left after pick/omit")
-    return respond(body, tm=tm, kind=kind)
+    return _answer(request, view, body, kind, headers=headers)
 
 
 @router.delete(
@@ -368,15 +596,23 @@ async def delete_attribute(
 ) -> Response:
     P.check_params(request)
     tm = await hub.link_term_map(request)
-    await hub.entities.delete_attr(
-        tenant,
-        entity_id,
-        check_name(attr),
-        tm,
-        dataset_id=dataset_id,
-        delete_all=P.bool_param(delete_all, "deleteAll"),
+    name = check_name(attr)
+    check_entity_id(entity_id)
+
+    async def here(_body: Any) -> Response:
+        await hub.entities.delete_attr(
+            tenant,
+            entity_id,
+            name,
+            tm,
+            dataset_id=dataset_id,
+            delete_all=P.bool_param(delete_all, "deleteAll"),
+        )
+        return _no_content()
+
+    return await write_through(
+        request, hub, tenant, "deleteAttrs", entity_id, here, tm=tm, attr=name
     )
-    return _no_content()
 
 
 @router.delete("/entities/{entity_id:path}/attrs", include_in_schema=False)
@@ -396,8 +632,14 @@ async def delete_entity(
     local: P.Local = None,
 ) -> Response:
     P.check_params(request)
-    await hub.entities.delete(tenant, entity_id)
-    return _no_content()
+    check_entity_id(entity_id)
+    tm = hub.resolver.core  # nothing to expand: no need to read the Link header
+
+    async def here(_body: Any) -> Response:
+        await hub.entities.delete(tenant, entity_id)
+        return _no_content()
+
+    return await write_through(request, hub, tenant, "deleteEntity", entity_id, here, tm=tm)
 
 
 @router.put(
@@ -417,10 +659,25 @@ async def replace_attribute(
 ) -> Response:
     P.check_params(request)
     payload, tm = await hub.payload(request)
-    await hub.entities.update_attr(
-        tenant, entity_id, check_name(attr), payload.body, tm, replace=True
+    name = check_name(attr)
+    check_entity_id(entity_id)
+
+    async def here(body: Any) -> Response:
+        await hub.entities.update_attr(tenant, entity_id, name, body, tm, replace=True)
+        return _no_content()
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "replaceAttrs",
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+        attr=name,
     )
-    return _no_content()
 
 
 @router.patch(
@@ -440,10 +697,25 @@ async def update_attribute(
 ) -> Response:
     P.check_params(request)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
-    await hub.entities.update_attr(
-        tenant, entity_id, check_name(attr), payload.body, tm, replace=False
+    name = check_name(attr)
+    check_entity_id(entity_id)
+
+    async def here(body: Any) -> Response:
+        await hub.entities.update_attr(tenant, entity_id, name, body, tm, replace=False)
+        return _no_content()
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "updateAttrs",
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+        attr=name,
     )
-    return _no_content()
 
 
 @router.post(
@@ -463,10 +735,25 @@ async def append_attributes(
     P.check_params(request)
     no_overwrite = "noOverwrite" in P.options_of(options)
     payload, tm = await hub.payload(request)
-    result = await hub.entities.append_attrs(
-        tenant, entity_id, payload.body, tm, no_overwrite=no_overwrite
+    check_entity_id(entity_id)
+
+    async def here(body: Any) -> Response:
+        result = await hub.entities.append_attrs(
+            tenant, entity_id, body, tm, no_overwrite=no_overwrite
+        )
+        return _update_response(result, tm)
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "appendAttrs",
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
     )
-    return _update_response(result, tm)
 
 
 @router.patch(
@@ -485,8 +772,23 @@ async def update_attributes(
 ) -> Response:
     P.check_params(request)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
-    result = await hub.entities.update_attrs(tenant, entity_id, payload.body, tm)
-    return _update_response(result, tm)
+    check_entity_id(entity_id)
+
+    async def here(body: Any) -> Response:
+        result = await hub.entities.update_attrs(tenant, entity_id, body, tm)
+        return _update_response(result, tm)
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "updateAttrs",
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+    )
 
 
 @router.put(
@@ -505,8 +807,24 @@ async def replace_entity(
 ) -> Response:
     P.check_params(request)
     payload, tm = await hub.payload(request)
-    await hub.entities.replace(tenant, entity_id, payload.body, tm)
-    return _no_content()
+    check_entity_id(entity_id)
+
+    async def here(body: Any) -> Response:
+        await hub.entities.replace(tenant, entity_id, body, tm)
+        return _no_content()
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "replaceEntity",
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+        whole=True,
+    )
 
 
 @router.patch(
@@ -527,5 +845,20 @@ async def merge_entity(
 ) -> Response:
     P.check_params(request)
     payload, tm = await hub.payload(request, allow_merge_patch=True)
-    await hub.entities.merge(tenant, entity_id, payload.body, tm)
-    return _no_content()
+    check_entity_id(entity_id)
+
+    async def here(body: Any) -> Response:
+        await hub.entities.merge(tenant, entity_id, body, tm)
+        return _no_content()
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "mergeEntity",
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+    )

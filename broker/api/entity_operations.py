@@ -175,7 +175,7 @@ def body_query(
         scope_q=body.get("scopeQ"),
         limit=params.limit,
         offset=params.offset,
-        count=params.count == "true" or "count" in P.options_of(params.options),
+        count=P.bool_param(params.count, "count") or "count" in P.options_of(params.options),
         selectors=selectors or None,
     )
     return view, query

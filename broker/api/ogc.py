@@ -31,6 +31,9 @@ from starlette.responses import HTMLResponse, Response
 from broker.api.common import tenant_of
 from broker.api.deps import Hub, HubDep
 from broker.core import ogc as O
+from broker.federation.forward import Call
+from broker.model.entity import Entity
+from broker.model.store import EntityQuery
 
 log = logging.getLogger("renkei.ogc")
 
@@ -60,6 +63,17 @@ def _show(value: Any) -> str:
 _templates.filters["show"] = _show
 
 
+def _federated(hub: Hub) -> O.QueryFn:
+    """Item queries of the hub and of the context sources registered with it."""
+
+    async def query(tenant: str, q: EntityQuery) -> tuple[list[Entity], int | None]:
+        core = hub.resolver.core
+        found, total, _warned = await hub.distributed.query(tenant, q, core, Call(tenant))
+        return found, total
+
+    return query
+
+
 def service(request: Request, hub: Hub) -> O.OgcService:
     """The app's OGC service, built on first use with the hub it serves."""
     svc: O.OgcService | None = getattr(request.app.state, "ogc", None)
@@ -73,6 +87,8 @@ def service(request: Request, hub: Hub) -> O.OgcService:
             layers_dir=s.ogc_layers_dir,
             cache_ttl=s.ogc_cache_ttl,
             language=s.ogc_language,
+            query=_federated(hub),
+            extra_types=hub.distributed.registered_types,
         )
         request.app.state.ogc = svc
     return svc

@@ -10,7 +10,8 @@ InvalidRequest (``check_params``), checked before anything is looked up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Query
@@ -23,7 +24,7 @@ from broker.api.common import csv_param
 from broker.api.solver import CompiledRoute
 from broker.core.model import View
 from broker.core.projection import Tree, parse_projection
-from broker.errors import BadRequestData, InvalidRequest, TooManyResults
+from broker.errors import BadRequestData, InvalidRequest, NgsiLdError, TooManyResults
 from broker.jsonld.context import TermMap
 from broker.model.entity import check_name
 from broker.model.query import count_param
@@ -97,8 +98,8 @@ Csf = Annotated[
     str | None,
     _text(
         "csf",
-        "Context source filter (clause 4.9). Accepted, not applied: context source "
-        "registrations are not available in this version (their endpoints answer 501).",
+        "Context source filter (clause 4.9): a q-language expression on the context "
+        "source registrations' own properties; only the sources it matches are asked.",
     ),
 ]
 OrderBy = Annotated[
@@ -114,7 +115,20 @@ Count = Annotated[
     _text("count", "true: return the total in the NGSILD-Results-Count header (clause 6.3.13)."),
 ]
 ExpandValues = Annotated[
-    str | None, _text("expandValues", "Attribute names whose values are expanded (accepted).")
+    str | None,
+    _text(
+        "expandValues",
+        "Attribute names whose values compared in q are terms to expand with the @context "
+        "(a VocabProperty holds IRIs).",
+    ),
+]
+JsonKeys = Annotated[
+    str | None,
+    _text(
+        "jsonKeys",
+        "Attribute names whose compound values' keys are plain JSON, not terms. This hub "
+        "never expands the keys of compound values, so it only checks the names.",
+    ),
 ]
 Attrs = Annotated[
     str | None, _text("attrs", "Comma-separated attribute names to return (clause 4.21).")
@@ -239,6 +253,7 @@ class Selection(Group):
     offset: Offset = None
     count: Count = None
     expand_values: ExpandValues = None
+    json_keys: JsonKeys = None
 
 
 class EntityQueryParams(Selection, Representation):
@@ -338,26 +353,46 @@ def check_params(request: Request) -> None:
         raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}")
 
 
+@contextmanager
+def parameter(*names: str) -> Iterator[None]:
+    """A 400 raised while reading the query parameter(s) ``names`` says so in its title.
+
+    Clause 5.7.2 wants an invalid query answered with BadRequestData; the title
+    (``Invalid query parameter: q``) tells the client which parameter, the detail why.
+    """
+    try:
+        yield
+    except NgsiLdError as exc:
+        if exc.status == 400 and exc.specific_title is None:
+            exc.specific_title = f"Invalid query parameter: {', '.join(names)}"
+        raise
+
+
 def bool_param(value: str | None, name: str) -> bool:
     if value is None:
         return False
     if value not in ("true", "false"):
-        raise BadRequestData(f"{name} must be true or false")
+        with parameter(name):
+            raise BadRequestData(f"{name} must be true or false")
     return value == "true"
 
 
 def options_of(raw: str | None) -> set[str]:
     opts = set(csv_param(raw))
-    if raw is not None and not opts:
-        raise InvalidRequest("options must not be empty")
-    unknown = opts - _OPTIONS
-    if unknown:
-        raise InvalidRequest(f"unknown options value(s): {', '.join(sorted(unknown))}")
+    with parameter("options"):
+        if raw is not None and not opts:
+            raise InvalidRequest("options must not be empty")
+        unknown = opts - _OPTIONS
+        if unknown:
+            raise InvalidRequest(f"unknown options value(s): {', '.join(sorted(unknown))}")
     return opts
 
 
 def int_param(value: str | None, name: str, default: int) -> int:
-    return default if value is None else count_param(value, name)
+    if value is None:
+        return default
+    with parameter(name):
+        return count_param(value, name)
 
 
 def paging(
@@ -391,58 +426,71 @@ def view_of(rep: Representation, tm: TermMap, *, temporal: bool = False) -> View
     formats = {_FORMATS[o] for o in opts if o in _FORMATS}
     fmt = rep.format
     if fmt is not None:
+        # clause 6.3.6: format, when present, wins over a format named in options
         if temporal and fmt in TEMPORAL_FORMATS:
             formats = set()
         elif fmt not in _FORMATS:
-            raise InvalidRequest(f"unknown format {fmt!r}")
+            with parameter("format"):
+                raise InvalidRequest(f"unknown format {fmt!r}")
         else:
             formats = {_FORMATS[fmt]}
     if len(formats) > 1:
-        raise InvalidRequest("options asks for more than one representation format")
+        with parameter("options"):
+            raise InvalidRequest("options asks for more than one representation format")
     view = View(tm, format=formats.pop() if formats else "normalized", sys_attrs="sysAttrs" in opts)  # type: ignore[arg-type]
     attrs, pick, omit = rep.attrs, rep.pick, rep.omit
     if attrs is not None and (pick is not None or omit is not None):
-        raise BadRequestData("attrs cannot be combined with pick or omit")
+        with parameter("attrs", "pick", "omit"):
+            raise BadRequestData("attrs cannot be combined with pick or omit")
     if pick is not None and omit is not None:
-        pick_tree = parse_projection(pick, "pick")
-        omit_tree = parse_projection(omit, "omit")
-        both = set(pick_tree) & set(omit_tree)
-        raise BadRequestData(
-            f"{', '.join(sorted(both))} both picked and omitted"
-            if both
-            else "pick and omit cannot be used together"
-        )
+        with parameter("pick", "omit"):
+            pick_tree = parse_projection(pick, "pick")
+            omit_tree = parse_projection(omit, "omit")
+            both = set(pick_tree) & set(omit_tree)
+            raise BadRequestData(
+                f"{', '.join(sorted(both))} both picked and omitted"
+                if both
+                else "pick and omit cannot be used together"
+            )
     if attrs is not None:
-        names = csv_param(attrs)
-        if not names:
-            raise BadRequestData("attrs must name at least one attribute")
-        view.attrs = {tm.expand(check_name(a)) for a in names}
+        with parameter("attrs"):
+            names = csv_param(attrs)
+            if not names:
+                raise BadRequestData("attrs must name at least one attribute")
+            view.attrs = {tm.expand(check_name(a)) for a in names}
     if pick is not None:
-        view.pick = _expand_tree(parse_projection(pick, "pick"), tm)
+        with parameter("pick"):
+            view.pick = _expand_tree(parse_projection(pick, "pick"), tm)
     if omit is not None:
-        view.omit = _expand_tree(parse_projection(omit, "omit"), tm)
+        with parameter("omit"):
+            view.omit = _expand_tree(parse_projection(omit, "omit"), tm)
     lang = rep.lang
     if lang is not None:
         if not lang.strip():
-            raise BadRequestData("lang must not be empty")
+            with parameter("lang"):
+                raise BadRequestData("lang must not be empty")
         view.lang = lang
     join = rep.join
     if join is not None:
         if join not in ("inline", "flat", "@none"):
-            raise BadRequestData("join must be inline, flat or @none")
+            with parameter("join"):
+                raise BadRequestData("join must be inline, flat or @none")
         view.join = None if join == "@none" else join
     geometry = rep.geometry_property
     if geometry is not None:
-        view.geometry_property = tm.expand(check_name(geometry, "geometryProperty"))
+        with parameter("geometryProperty"):
+            view.geometry_property = tm.expand(check_name(geometry, "geometryProperty"))
     datasets = rep.dataset_id
     if datasets is not None:
         names = csv_param(datasets)
         if not names:
-            raise BadRequestData("datasetId must name at least one dataset (or @none)")
+            with parameter("datasetId"):
+                raise BadRequestData("datasetId must name at least one dataset (or @none)")
         view.dataset_ids = {None if d == "@none" else d for d in names}
     level = rep.join_level
     if level is not None:
-        view.join_level = count_param(level, "joinLevel", 1)
+        with parameter("joinLevel"):
+            view.join_level = count_param(level, "joinLevel", 1)
     return view
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -10,8 +11,11 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
-from broker.api.deps import HubDep, TenantDep
+from broker.api.deps import Hub, HubDep, TenantDep
+from broker.federation.forward import Call, Forwarder
+from broker.jsonld.context import TermMap
 from broker.model.entity import id_segment
+from broker.query import parse_q, resolve_q
 
 router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["subscriptions"])
 ANSWERS = P.answers(JSON, LD_JSON)
@@ -27,10 +31,59 @@ async def create_subscription(
     request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
 ) -> Response:
     P.check_params(request)
-    payload, _tm = await hub.payload(request)
+    payload, tm = await hub.payload(request)
     sub_id = await hub.subscriptions.create(tenant, payload.body, payload.context)
     location = f"/ngsi-ld/v1/subscriptions/{id_segment(sub_id)}"
-    return Response(status_code=201, headers={"Location": location})
+    headers = {"Location": location}
+    if not P.bool_param(local, "local"):
+        headers.update(
+            await _mirror(
+                request, hub, tenant, "POST", "/subscriptions", tm, {**payload.body, "id": sub_id}
+            )
+        )
+    return Response(status_code=201, headers=headers)
+
+
+async def _mirror(
+    request: Request,
+    hub: Hub,
+    tenant: str,
+    method: str,
+    path: str,
+    tm: TermMap | None = None,
+    body: dict[str, Any] | None = None,
+    context: Any = None,
+) -> dict[str, str]:
+    """The operation sent on to the context sources registered for it (federationOps):
+    they then notify the subscriber of their own changes too."""
+    operation = {
+        "POST": "createSubscription",
+        "PATCH": "updateSubscription",
+        "DELETE": "deleteSubscription",
+    }[method]
+    types = None
+    if body is not None and tm is not None and isinstance(body.get("entities"), list):
+        named = [e.get("type") for e in body["entities"] if isinstance(e, dict)]
+        if named and all(isinstance(t, str) for t in named):
+            types = [[tm.expand(str(t))] for t in named]
+    csf = None
+    if body is not None and tm is not None and isinstance(body.get("csf"), str):
+        csf = resolve_q(parse_q(body["csf"]), tm.expand)
+    ld = (request.headers.get("content-type") or "").startswith("application/ld+json")
+    if ld and body is not None and context is not None:
+        body = {**body, "@context": context}
+    call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
+    return await hub.distributed.mirror(
+        tenant,
+        operation,
+        call,
+        method,
+        path,
+        body=body,
+        content_type="application/ld+json" if ld else "application/json",
+        types=types,
+        csf=csf,
+    )
 
 
 @router.get("/subscriptions", summary="Query subscriptions (clause 6.10.3.2)", responses=ANSWERS)
@@ -55,7 +108,29 @@ async def list_subscriptions(
         for d in docs[offset_n : offset_n + limit_n]
     ]
     headers = {"NGSILD-Results-Count": str(len(docs))} if count == "true" else {}
-    return respond(page, tm=tm, kind=kind, headers=headers)
+    response = respond(page, tm=tm, kind=kind, headers=headers)
+    for link in page_links(request, limit_n, offset_n, len(docs)):
+        response.headers.append("Link", link)
+    return response
+
+
+def page_links(request: Request, limit: int, offset: int, total: int) -> list[str]:
+    """The ``Link`` values of a paged listing (clause 6.3.9 pagination): ``rel="prev"``
+    and ``rel="next"`` name the neighbouring pages with the request's other parameters."""
+    if limit <= 0:
+        return []
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("limit", "offset")]
+
+    def page(at: int) -> str:
+        query = urlencode([*kept, ("limit", str(limit)), ("offset", str(at))])
+        return f"<{request.url.path}?{query}>"
+
+    links = []
+    if offset > 0:
+        links.append(f'{page(max(offset - limit, 0))}; rel="prev"')
+    if offset + limit < total:
+        links.append(f'{page(offset + limit)}; rel="next"')
+    return links
 
 
 @router.get(
@@ -96,7 +171,13 @@ async def update_subscription(
     P.check_params(request)
     payload, _tm = await hub.payload(request, allow_merge_patch=True)
     await hub.subscriptions.update(tenant, sub_id, payload.body, payload.context)
-    return Response(status_code=204)
+    headers = {}
+    if not P.bool_param(local, "local"):
+        path = f"/subscriptions/{Forwarder.segment(sub_id)}"
+        headers = await _mirror(
+            request, hub, tenant, "PATCH", path, body=payload.body, context=payload.context
+        )
+    return Response(status_code=204, headers=headers)
 
 
 @router.delete(
@@ -113,4 +194,8 @@ async def delete_subscription(
 ) -> Response:
     P.check_params(request)
     await hub.subscriptions.delete(tenant, sub_id)
-    return Response(status_code=204)
+    headers = {}
+    if not P.bool_param(local, "local"):
+        path = f"/subscriptions/{Forwarder.segment(sub_id)}"
+        headers = await _mirror(request, hub, tenant, "DELETE", path)
+    return Response(status_code=204, headers=headers)

@@ -26,6 +26,8 @@ from broker.api.entity_operations import _items as batch_items
 from broker.core.model import View
 from broker.core.temporal import Aggregation, TemporalEntity, TemporalResult, time_query
 from broker.errors import BadRequestData, ResourceNotFound
+from broker.federation.forward import Call
+from broker.federation.merge import merge_rendered
 from broker.jsonld.context import TermMap
 from broker.model.entity import ENTITY_KEYS, check_entity_id, check_name, id_segment, is_uri
 from broker.model.history import AGGR_METHODS, Duration, check_aggr_methods, from_us, instance_value
@@ -235,25 +237,52 @@ async def _run_query(
     options: str | None,
     *,
     one: str | None = None,
+    forward: dict[str, str] | None = None,
 ) -> Response:
+    """Run a temporal query (or retrieve, ``one``) and render it. With ``forward`` (the
+    request's query parameters), the context sources registered for ``queryTemporal``
+    are asked the same and their entities merged in (``broker.core.distributed``)."""
     fmt = P.temporal_format(fmt_param, options)
     aggregation = _aggregation(tp, fmt)
     if aggregation is not None and hq.last_n:
         raise BadRequestData("lastN cannot be combined with aggregatedValues")
     if view.attrs is not None:
         hq = replace(hq, attrs=sorted(view.attrs))
+    remote: list[dict[str, Any]] = []
+    warned: dict[str, str] = {}
+    page = (selection.offset, selection.limit)
+    if forward is not None and one is None:
+        call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
+        remote, remote_total, warned = await hub.distributed.query_json(
+            tenant, "queryTemporal", selection, view.tm, call, "/temporal/entities", forward
+        )
+        if remote or warned:
+            want = min(selection.offset + selection.limit, hub.settings.max_limit)
+            selection = replace(selection, offset=0, limit=want)
     result = await hub.temporal.query(tenant, selection, hq, aggregation, omit_empty=one is None)
     sys_attrs = "sysAttrs" in P.options_of(options)
     view.sys_attrs = sys_attrs
     bodies = [
         _render(te, view, fmt, hq.time_property, sys_attrs=sys_attrs) for te in result.entities
     ]
+    if remote or warned:
+        merged: dict[str, dict[str, Any]] = {}
+        for item in [*bodies, *remote]:
+            eid = str(item.get("id"))
+            merged[eid] = merge_rendered(merged[eid], item) if eid in merged else item
+        before = len(bodies) + len(remote)
+        ordered = sorted(merged.values(), key=lambda b: str(b.get("id")))
+        bodies = ordered[page[0] : page[0] + page[1]]
+        if result.total is not None:
+            result.total += remote_total - (before - len(merged))
     if one is None:
         if view.pick is not None or view.omit is not None:
             bodies = [b for b in bodies if b]
         if view.dataset_ids is not None:  # no instance of the datasets asked for: no match
             bodies = [b for b in bodies if any(k not in ENTITY_KEYS for k in b)]
-        return _respond(request, result, bodies, view.tm, hq)
+        response = _respond(request, result, bodies, view.tm, hq)
+        response.headers.update(warned)
+        return response
     if not bodies:
         raise ResourceNotFound(f"no temporal evolution of entity {one}")
     root = bodies[0]
@@ -284,8 +313,18 @@ async def query_temporal(
     selection = entity_query(
         params, hub, tm, attrs=params.attrs, options=params.options, local=params.local
     )
+    forward = None if P.bool_param(params.local, "local") else dict(request.query_params)
     return await _run_query(
-        hub, tenant, request, view, selection, hq, params, params.format, params.options
+        hub,
+        tenant,
+        request,
+        view,
+        selection,
+        hq,
+        params,
+        params.format,
+        params.options,
+        forward=forward,
     )
 
 

@@ -20,8 +20,6 @@ from broker.errors import NotImplementedYet
 router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["not available"])
 
 NOT_YET = {
-    "csourceRegistrations": "context source registrations",
-    "csourceSubscriptions": "context source subscriptions",
     "entityMaps": "entity maps",
     "info": "broker information",
 }

@@ -18,6 +18,7 @@ nor the token appears in any message or log line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 
 import httpx
 import jwt
+from starlette.datastructures import Headers
 
 from broker.auth.policy import ANONYMOUS, TENANT_RE, ApiKey, OidcSettings, Policy, Principal
 from broker.errors import Unauthorized
@@ -49,7 +51,7 @@ def invalid_token(description: str) -> Unauthorized:
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     """``name`` from Starlette headers (case-insensitive already) or a plain mapping."""
     value = headers.get(name)
-    if value is not None:
+    if value is not None or isinstance(headers, Headers):
         return value
     lower = name.lower()
     for key, value in headers.items():
@@ -355,6 +357,7 @@ class Authenticator:
             await self._client.aclose()
 
 
+@functools.lru_cache(maxsize=1024)
 def _key_principal(entry: ApiKey) -> Principal:
     return Principal(
         name=entry.name, roles=frozenset(entry.roles), tenants=entry.tenants, via="api_key"

@@ -132,3 +132,29 @@ def keep_masked(stored: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
             endpoint[name] = _unmask_pairs(old.get(name), endpoint[name])
     out["endpoint"] = endpoint
     return out
+
+
+def keep_masked_v2(stored: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """An NGSI v2 ``notification`` given in a PATCH, in which what a client echoes back
+    masked (a URL as ``mask_uri`` answered it, ``***`` header, query or ``passwd``
+    values) keeps the stored secret."""
+    out = dict(patch)
+    for name in ("http", "httpCustom", "mqtt", "mqttCustom"):
+        old = stored.get(name)
+        new = out.get(name)
+        if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+            continue
+        part = dict(new)
+        url = old.get("url")
+        if isinstance(url, str) and part.get("url") == mask_uri(url):
+            part["url"] = url
+        if part.get("passwd") == MASK and "passwd" in old:
+            part["passwd"] = old["passwd"]
+        for mapping in ("headers", "qs"):
+            kept, given = old.get(mapping), part.get(mapping)
+            if isinstance(kept, Mapping) and isinstance(given, Mapping):
+                part[mapping] = {
+                    k: kept[k] if v == MASK and k in kept else v for k, v in given.items()
+                }
+        out[name] = part
+    return out

@@ -8,13 +8,16 @@ change (subscriptions hook in there).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.auth.access import current as current_access
-from broker.core.model import Parser, expand_types
+from broker.core.model import Parser, check_expiry, check_growth, expand_types
 from broker.errors import (
     BadRequestData,
     Forbidden,
@@ -33,10 +36,13 @@ from broker.model.entity import (
     check_scope,
     linked_ids,
     now_iso,
+    now_us,
 )
 from broker.model.history import HistoryRow
 from broker.model.store import DELETE, Create, EntityQuery, Mutation, WriteResult
 from broker.store.base import Store
+
+log = logging.getLogger("renkei.entities")
 
 ChangeListener = Callable[[str, Sequence[WriteResult]], Awaitable[None]]
 
@@ -121,9 +127,46 @@ class EntityService:
         self.store = store
         self.max_attributes = max_attributes
         self._listeners: list[ChangeListener] = []
+        self._purger: asyncio.Task[None] | None = None
 
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
+
+    async def purge_expired(self, limit: int = 1000) -> int:
+        """Delete the transient entities whose ``expiresAt`` has passed (clause 4.22 of
+        v1.8.1); reads already leave them out. An entity given a later ``expiresAt``
+        meanwhile is kept. Returns how many were deleted."""
+        found = await self.store.expired_entities(now_us(), limit)
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, eid in found:
+            by_tenant.setdefault(tenant, []).append(eid)
+        gone = 0
+        for tenant, ids in by_tenant.items():
+            results = await self.store.write(tenant, [(eid, _purge) for eid in ids])
+            gone += sum(1 for r in results if r.ok and r.after is None)
+        return gone
+
+    def start_purge(self, interval: float) -> None:
+        """Run :meth:`purge_expired` every ``interval`` seconds (0: never)."""
+        if interval > 0 and self._purger is None:
+            self._purger = asyncio.create_task(self._purge_loop(interval), name="renkei-purge")
+
+    async def _purge_loop(self, interval: float) -> None:
+        while True:
+            try:
+                gone = await self.purge_expired()
+                if gone:
+                    log.info("transient entities: %d expired and purged", gone)
+            except Exception:
+                log.exception("purging expired entities failed; retrying at the next run")
+            await asyncio.sleep(interval)
+
+    async def aclose(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+            self._purger = None
 
     def parser(self, tm: TermMap) -> Parser:
         return Parser(tm, max_attributes=self.max_attributes)
@@ -296,8 +339,13 @@ class EntityService:
         parser = self.parser(tm)
         types = expand_types(body["type"], tm) if "type" in body else []
         scope = check_scope(body["scope"]) if "scope" in body and body["scope"] != NULL else None
+        # a merge sets (or, with NGSI-LD Null, removes) a transient entity's expiresAt
+        expires = body.get("expiresAt")
+        if expires is not None and expires != NULL:
+            expires = check_expiry(expires)
         attrs = parser.attributes(body, partial=True)
         now = parser.now
+        limit = self.max_attributes
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
@@ -314,6 +362,10 @@ class EntityService:
                 out["scope"] = scope
             elif body.get("scope") == NULL:
                 out.pop("scope", None)
+            if expires == NULL:
+                out.pop("expiresAt", None)
+            elif expires is not None:
+                out["expiresAt"] = expires
             for iri, instances in attrs.items():
                 existing = out.get(iri, [])
                 for inst in instances:
@@ -332,6 +384,7 @@ class EntityService:
                 else:
                     out.pop(iri, None)
             out["modifiedAt"] = now
+            check_growth(current, out, limit)
             return out
 
         return mutate
@@ -364,6 +417,7 @@ class EntityService:
             raise BadRequestData("no attributes to append or update")
         report = UpdateResult()
         now = parser.now
+        limit = self.max_attributes
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
@@ -415,6 +469,7 @@ class EntityService:
                 if not existing:
                     del out[iri]
             out["modifiedAt"] = now
+            check_growth(current, out, limit)
             return out
 
         return mutate, report
@@ -531,3 +586,9 @@ class EntityService:
             return out
 
         await self._write_one(tenant, entity_id, mutate)
+
+
+def _purge(current: Entity | None) -> Any:
+    """The purge's mutation: the store hands None for an expired entity, which goes; one
+    given a later expiresAt in the meantime stays as it is."""
+    return DELETE if current is None else current

@@ -28,10 +28,12 @@ from broker.model.entity import (
     check_entity_id,
     check_name,
     check_scope,
+    expires_us,
     infer_type,
     is_instance_list,
     is_uri,
     now_iso,
+    now_us,
     pick_language,
 )
 from broker.model.geo import looks_like_geometry, validate_geometry
@@ -94,6 +96,8 @@ class Parser:
         ent["type"] = expand_types(raw_type, self.tm)
         if "scope" in body:
             ent["scope"] = check_scope(body["scope"])
+        if "expiresAt" in body:  # a transient entity (clause 4.22 of v1.8.1)
+            ent["expiresAt"] = check_expiry(body["expiresAt"])
         typed = self.for_types(raw_type)
         ent.update(typed.attributes(body) if typed is not self else self.attributes(body))
         return ent
@@ -270,6 +274,35 @@ def _members(raw: Any) -> int:
     return count
 
 
+def stored_weight(ent: Entity) -> int:
+    """What a stored entity counts against ``max_attributes``: every instance of every
+    attribute and every sub-attribute, at any depth (the bound ``Parser`` applies to a
+    request, applied to what a merge or an append makes of the entity)."""
+    count = 0
+    stack: list[Any] = [
+        inst for k, v in ent.items() if k not in ENTITY_KEYS and isinstance(v, list) for inst in v
+    ]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(
+                v for k, v in item.items() if k not in INSTANCE_KEYS and isinstance(v, dict)
+            )
+    return count
+
+
+def check_growth(before: Entity | None, after: Entity, limit: int) -> None:
+    """Refuse a write that grows an entity past ``limit`` instances and sub-attributes
+    (one stored past it, under an earlier limit, may still shrink or change)."""
+    weight = stored_weight(after)
+    if weight > limit and (before is None or weight > stored_weight(before)):
+        raise BadRequestData(
+            f"the entity would hold {weight} attribute instances and sub-attributes "
+            f"(limit {limit} in all)"
+        )
+
+
 # -- rendering -------------------------------------------------------------------------------
 
 Format = Literal["normalized", "concise", "keyValues"]
@@ -360,7 +393,7 @@ class View:
                 rendered.append(item)
             out[self.tm.compact(iri)] = rendered[0] if len(rendered) == 1 else rendered
         if self.sys_attrs and self.format != "keyValues":
-            for key in ("createdAt", "modifiedAt"):
+            for key in ("createdAt", "modifiedAt", "expiresAt"):
                 if key in ent:
                     out[key] = ent[key]
         return out
@@ -455,3 +488,12 @@ class View:
                 geometry = inst.get("value")
                 break
         return {"id": ent["id"], "type": "Feature", "geometry": geometry, "properties": props}
+
+
+def check_expiry(value: Any) -> str:
+    """``expiresAt`` of a transient entity: a DateTime in the future (one in the past
+    would create an entity that no read can see)."""
+    text = check_datetime(value, "expiresAt")
+    if (expires_us({"expiresAt": text}) or 0) <= now_us():
+        raise BadRequestData("expiresAt is in the past")
+    return text

@@ -41,7 +41,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -370,6 +370,12 @@ class Layer:
 # -- the service ------------------------------------------------------------------------------
 
 
+#: ``(tenant, query) -> (entities, count)``
+QueryFn = Callable[[str, EntityQuery], Awaitable[tuple[list[Entity], int | None]]]
+#: ``tenant -> entity types (expanded)``
+TypesFn = Callable[[str], Awaitable[set[str]]]
+
+
 class OgcService:
     """Collections, extents and items for the ``/ogc`` router."""
 
@@ -383,8 +389,16 @@ class OgcService:
         layers_dir: Path | None = None,
         cache_ttl: float = 60.0,
         language: str = "ja",
+        query: QueryFn | None = None,
+        extra_types: TypesFn | None = None,
     ) -> None:
+        """``query`` answers item queries (default: this hub's entities; the app passes
+        the distributed query, so a hub registered over others serves their entities
+        too); ``extra_types`` names more collection types than the hub holds (those of
+        its context source registrations)."""
         self.store = store
+        self._query: QueryFn = query or entities.query
+        self._extra_types = extra_types
         self.language = language
         self.entities = entities
         self.tm = core
@@ -459,10 +473,14 @@ class OgcService:
             count=count,
         )
 
-    async def _types(self, tenant: str) -> dict[str, int]:
-        if tenant and not await self.store.tenant_exists(tenant):
-            return {}
-        return (await self.store.discovery(tenant)).types
+    async def _types(self, tenant: str) -> dict[str, int | None]:
+        held: dict[str, int | None] = {}
+        if not tenant or await self.store.tenant_exists(tenant):
+            held.update((await self.store.discovery(tenant)).types)
+        if self._extra_types is not None:
+            for iri in sorted(await self._extra_types(tenant)):
+                held.setdefault(iri, None)  # held by context sources: not counted here
+        return held
 
     def layers(self) -> list[Layer]:
         if self.layers_dir is None or not self.layers_dir.is_dir():
@@ -536,7 +554,7 @@ class OgcService:
         if self.type_id(iri) != self.tm.compact(iri):
             return False
         try:
-            found, _ = await self.entities.query(tenant, EntityQuery(types=[[iri]], limit=1))
+            found, _ = await self._query(tenant, EntityQuery(types=[[iri]], limit=1))
         except NonexistentTenant:
             return False
         return bool(found)
@@ -558,7 +576,7 @@ class OgcService:
         while True:
             query = EntityQuery(types=[[col.type_iri]], limit=_SCAN_PAGE, offset=offset)
             try:
-                page, _ = await self.entities.query(col.tenant, query)
+                page, _ = await self._query(col.tenant, query)
             except NonexistentTenant:
                 page = []
             for ent in page:
@@ -642,7 +660,7 @@ class OgcService:
             count=True,
         )
         try:
-            entities, total = await self.entities.query(col.tenant, query)
+            entities, total = await self._query(col.tenant, query)
         except NonexistentTenant:
             entities, total = [], 0
         features = [self.feature_of(ent, req.crs, req.lang) for ent in entities]

@@ -65,6 +65,8 @@ class TemporalResult:
     #: the time range actually returned when truncated (ISO strings)
     range_start: str | None = None
     range_end: str | None = None
+    #: the same range going forwards, in µs (aggregates are computed over it)
+    bounds: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -426,9 +428,9 @@ class TemporalService:
         window = read if omit_empty else None
         if not filtered:
             metas, total = await self.store.history_entities(tenant, selection, window)
-            if aggregation is not None:  # computed in the store: no instance is read here
-                return await self._aggregated(tenant, metas, total, read, aggregation)
             history = await self.store.history(tenant, [m.id for m in metas], read)
+            if aggregation is not None:  # computed in the store over the page's range
+                return await self._aggregated(tenant, metas, total, read, aggregation, history)
         else:
             metas, _ = await self.store.history_entities(
                 tenant, replace(selection, limit=_FILTER_SCAN, offset=0, count=False), window
@@ -451,7 +453,7 @@ class TemporalService:
                 for m in metas
             }
         if aggregation is not None:
-            return await self._aggregated(tenant, metas, total, read, aggregation)
+            return await self._aggregated(tenant, metas, total, read, aggregation, history)
         result = TemporalResult([], total)
         cut = self._cut(result, history, hq)
         for meta in metas:
@@ -469,7 +471,13 @@ class TemporalService:
     def _cut(
         result: TemporalResult, history: dict[str, dict[str, list[HistoryRow]]], hq: HistoryQuery
     ) -> Any:
-        """Keep at most ``hq.limit`` instances in all; returns the row filter."""
+        """Keep at most ``hq.limit`` instances in all; returns the row filter.
+
+        Clause 6.3.10: with lastN the page goes "backwards" (the most recent first),
+        else "forwards"; the range it announces starts where the requested time range
+        starts in that direction (the first instance when the request leaves it open)
+        and ends at the last instance kept. Instances sharing that last time are kept
+        together, so that a next page starting after it misses none."""
         prop = hq.time_property
         times = sorted(
             (
@@ -495,8 +503,11 @@ class TemporalService:
             result.range_start, result.range_end = from_us(start), from_us(bound)
             return lambda row: _time_of(row, prop) >= bound
         oldest = times[0]
-        start = hq.time_at if hq.timerel in ("after", "between") and hq.time_at else oldest
+        start = (
+            hq.time_at if hq.timerel in ("after", "between") and hq.time_at is not None else oldest
+        )
         result.range_start, result.range_end = from_us(start), from_us(bound)
+        result.bounds = (start, bound)
         return lambda row: _time_of(row, prop) <= bound
 
     async def _ordered(
@@ -538,11 +549,19 @@ class TemporalService:
         total: int | None,
         hq: HistoryQuery,
         aggregation: Aggregation,
+        history: dict[str, dict[str, list[HistoryRow]]],
     ) -> TemporalResult:
+        """Aggregates over the page's range: when the instances in the time range are
+        more than one answer holds, the aggregates cover the instances of the first
+        page (paging forwards, clause 6.3.10) and the result announces its range."""
+        result = TemporalResult([], total)
+        self._cut(result, history, hq)
+        if result.bounds is not None:
+            start, bound = result.bounds
+            hq = replace(hq, timerel="between", time_at=start, end_time_at=bound + 1)
         found = await self.store.aggregate_history(
             tenant, [m.id for m in metas], hq, aggregation.methods, aggregation.period
         )
-        result = TemporalResult([], total)
         for meta in metas:
             per_attr = found.get(meta.id)
             if not per_attr:

@@ -21,7 +21,9 @@ context, is ``broker.core.model``'s.
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -68,7 +70,9 @@ INSTANCE_KEYS = frozenset(
         *SYSTEM_KEYS,
     }
 )
-ENTITY_KEYS = frozenset({"id", "type", "scope", "@context", "@id", "@type", *SYSTEM_KEYS})
+ENTITY_KEYS = frozenset(
+    {"id", "type", "scope", "@context", "@id", "@type", "expiresAt", *SYSTEM_KEYS}
+)
 GEO_ATTRIBUTES = frozenset(
     {NGSI_LD + "location", NGSI_LD + "observationSpace", NGSI_LD + "operationSpace"}
 )
@@ -241,3 +245,30 @@ def pick_language(language_map: dict[str, Any], wanted: str) -> tuple[str, Any]:
         return "@none", language_map["@none"]
     first = next(iter(language_map))
     return first, language_map[first]
+
+
+def expires_us(ent: Mapping[str, Any]) -> int | None:
+    """When a transient entity expires (its ``expiresAt``, in µs since the epoch), or None."""
+    at = ent.get("expiresAt")
+    if not isinstance(at, str):
+        return None
+    moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+def now_us() -> int:
+    return int(time.time() * 1_000_000)
+
+
+def live(ent: Entity | None, now: int | None = None) -> Entity | None:
+    """``ent`` unless it is a transient entity whose ``expiresAt`` has passed (clause
+    4.22 of v1.8.1): an expired entity is gone for every read and write, even before
+    the background purge removes it."""
+    if ent is None:
+        return None
+    at = expires_us(ent)
+    if at is not None and at <= (now_us() if now is None else now):
+        return None
+    return ent

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from broker.errors import AlreadyExists, NgsiLdError
-from broker.model.entity import Entity
+from broker.model.entity import Entity, live
 from broker.model.history import HistoryRow
 from broker.model.query import AttrPath, GeoQuery, Node, ScopeQuery
 
@@ -46,7 +46,7 @@ class Create:
         self.entity = entity
 
     def __call__(self, current: Entity | None) -> Entity:
-        if current is not None:
+        if live(current) is not None:
             raise AlreadyExists(f"entity {self.entity['id']} already exists")
         return self.entity  # the store serialises it; nothing mutates it afterwards
 
@@ -124,6 +124,27 @@ class NotificationRecord:
     last_notification: str | None = None
     last_success: str | None = None
     last_failure: str | None = None
+    #: HTTP status the endpoint answered the last successful delivery with
+    last_success_code: int | None = None
+    #: why the last failed delivery failed (an NGSI v2 subscription shows it)
+    last_failure_reason: str | None = None
+    #: failures since the last success recorded here; ``reset``: a success came in this
+    #: record, so the stored run of consecutive failures ends and ``trailing_failures``
+    #: starts the new one (else they add to it)
+    trailing_failures: int = 0
+    reset: bool = False
+
+
+@dataclass(slots=True)
+class PendingNotification:
+    """Changes matched for a subscription and not yet delivered when a broker process
+    stopped: handed to the store, so that another process sharing it (a replica, or
+    the same one restarted) sends them. ``data`` is the notification's rendered
+    entities, in the order they changed."""
+
+    tenant: str
+    sub_id: str
+    data: list[dict[str, Any]]
 
 
 @dataclass(slots=True)

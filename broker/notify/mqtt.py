@@ -71,17 +71,25 @@ class MqttTarget:
     broker: BrokerKey
     topic: str
     qos: int = 0
+    retain: bool = False
 
     @property
     def display(self) -> str:
         return f"{self.broker.display}/{self.topic}"
 
 
-def parse_target(uri: str, notifier_info: Iterable[tuple[str, str]] = ()) -> MqttTarget:
+def parse_target(
+    uri: str,
+    notifier_info: Iterable[tuple[str, str]] = (),
+    *,
+    topic: str | None = None,
+    retain: bool = False,
+) -> MqttTarget:
     """Read an ``mqtt(s)://[user[:password]@]host[:port]/topic`` endpoint.
 
     ``notifier_info`` may hold ``MQTT-QoS`` (0, 1, 2; default 0) and ``MQTT-Version``
-    (``mqtt3.1.1``, the default, or ``mqtt5.0``). Raises a non-retryable
+    (``mqtt3.1.1``, the default, or ``mqtt5.0``). ``topic``, when given, is the topic as
+    it is (NGSI v2 names it apart from a URL without a path). Raises a non-retryable
     :class:`MqttError` for anything malformed.
     """
     try:
@@ -89,7 +97,10 @@ def parse_target(uri: str, notifier_info: Iterable[tuple[str, str]] = ()) -> Mqt
     except MqttAddressError as exc:
         raise MqttError(f"MQTT endpoint: {exc}", retryable=False) from None
     parts = urlsplit(uri)
-    topic = unquote(parts.path.removeprefix("/"))
+    if topic is None:
+        topic = unquote(parts.path.removeprefix("/"))
+    elif parts.path not in ("", "/"):
+        raise MqttError(f"MQTT endpoint {server.display} has a path and a topic", retryable=False)
     shown = f"{server.display}/{topic}"
     if not topic:
         raise MqttError(f"MQTT endpoint {shown} has no topic", retryable=False)
@@ -110,7 +121,7 @@ def parse_target(uri: str, notifier_info: Iterable[tuple[str, str]] = ()) -> Mqt
     broker = BrokerKey(
         server.host, server.port, server.tls, version, server.username, server.password
     )
-    return MqttTarget(broker, topic, int(qos_text))
+    return MqttTarget(broker, topic, int(qos_text), retain)
 
 
 class MqttPool:
@@ -142,7 +153,13 @@ class MqttPool:
         try:
             async with asyncio.timeout(self.timeout):
                 client = await self._client(target.broker)
-                await client.publish(target.topic, payload, target.qos, content_type=content_type)
+                await client.publish(
+                    target.topic,
+                    payload,
+                    target.qos,
+                    content_type=content_type,
+                    retain=target.retain,
+                )
         except TimeoutError:
             raise MqttError(
                 f"no answer from {target.broker.display} within {self.timeout:g}s", retryable=True

@@ -12,7 +12,11 @@ the engine whether trying again later may help::
                    "body": <notification>}  retryable; bad credentials, malformed
                                             endpoints final
 
-The MQTT message follows the NGSI-LD MQTT binding: the notification headers and the
+NGSI v2 notifications use the same transports with what v2 adds: another HTTP method
+(``httpCustom.method``), and over MQTT the notification published as it is on the topic
+the subscription names, with QoS and retain (``Endpoint.raw``, ``topic``, ``retain``).
+
+The MQTT message of NGSI-LD follows the NGSI-LD MQTT binding: the notification headers and the
 receiverInfo pairs go in ``metadata`` (so ``metadata.Content-Type``, ``metadata.Link``
 and ``metadata.<receiverInfo key>``), the notification object in ``body``. Both
 protocol versions carry the same message; with MQTT 5.0 it is also labelled with a
@@ -71,15 +75,35 @@ class Endpoint:
     accept: str = "application/json"
     receiver_info: tuple[tuple[str, str], ...] = ()
     notifier_info: tuple[tuple[str, str], ...] = ()
+    #: HTTP method (NGSI v2 ``httpCustom.method``)
+    method: str = "POST"
+    #: MQTT: publish the notification as it is, as NGSI v2 does, instead of wrapping it
+    #: in the NGSI-LD binding's ``{"metadata", "body"}``
+    raw: bool = False
+    #: MQTT topic named apart from the URI (NGSI v2 ``mqtt.topic``), and the retain flag
+    topic: str | None = None
+    retain: bool = False
+    #: seconds to wait for the answer, when not the senders' own limit (v2 ``timeout``)
+    timeout: float | None = None
 
 
 class DeliveryError(Exception):
     """Delivery failed; `retryable` says whether trying again may help (timeouts, 5xx, connection refused: yes; 4xx: no)."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status  # HTTP status of the endpoint's answer, when there was one
+        #: what went wrong, without the endpoint's address (it may carry a token):
+        #: shown to the subscription's owner as ``lastFailureReason``
+        self.reason = reason if reason is not None else message
 
 
 def redact_uri(uri: str) -> str:
@@ -204,15 +228,18 @@ class Senders:
         """MQTT connections made so far (a reused connection counts once)."""
         return self.mqtt.connections_opened
 
-    async def send(self, endpoint: Endpoint, body: bytes, headers: dict[str, str]) -> None:
+    async def send(self, endpoint: Endpoint, body: bytes, headers: dict[str, str]) -> int | None:
         """Deliver one notification. `headers` are the NGSI-LD headers of the notification (Content-Type, Link, NGSILD-Tenant ...). Raises DeliveryError."""
-        await self.send_built(endpoint, lambda: (body, headers))
+        return await self.send_built(endpoint, lambda: (body, headers))
 
-    async def send_built(self, endpoint: Endpoint, build: Build) -> None:
+    async def send_built(self, endpoint: Endpoint, build: Build) -> int | None:
         """Deliver the notification ``build()`` returns, called when it is its turn: for
         HTTP once one of the origin's connections is free. A notification that waited
         for one can thus still take in the changes made meanwhile, rather than leave
-        them to the next one. Raises DeliveryError."""
+        them to the next one. Returns the HTTP status the endpoint answered (None for
+        MQTT). Raises DeliveryError.
+
+        A header whose value is empty is not sent (NGSI v2's way to remove a header)."""
         if self._closed:
             raise DeliveryError("the notification senders are closed", retryable=False)
         try:
@@ -226,9 +253,10 @@ class Senders:
                 retryable=False,
             )
         self.waiting[transport] += 1
+        status: int | None = None
         try:
             if transport == "http":
-                await self._post(endpoint, build)
+                status = await self._post(endpoint, build)
             else:
                 body, headers = build()
                 await self._publish(endpoint, body, _typed(endpoint, headers))
@@ -239,6 +267,7 @@ class Senders:
             self.outcomes[transport, "sent"] += 1
         finally:
             self.waiting[transport] -= 1
+        return status
 
     def _origin(self, uri: str) -> _Origin:
         parts = urlsplit(uri)
@@ -252,8 +281,8 @@ class Senders:
             )
         return found
 
-    async def _post(self, endpoint: Endpoint, build: Build) -> None:
-        shown = redact_uri(endpoint.uri)
+    async def _post(self, endpoint: Endpoint, build: Build) -> int:
+        shown = f"{endpoint.method} {redact_uri(endpoint.uri)}"
         try:
             origin = self._origin(endpoint.uri)
             parts = urlsplit(endpoint.uri)
@@ -261,20 +290,32 @@ class Senders:
             port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
             self.policy.check_literal(parts.hostname or "", port)
         except OutboundRefused as exc:
-            raise DeliveryError(f"POST {shown}: {exc}", retryable=False) from None
+            raise DeliveryError(f"{shown}: {exc}", retryable=False, reason=str(exc)) from None
         except ValueError as exc:
-            raise DeliveryError(f"POST {shown}: {exc}", retryable=False) from None
+            raise DeliveryError(f"{shown}: {exc}", retryable=False, reason=str(exc)) from None
         async with origin.slots:
             body, headers = build()
-            request_headers = merge_metadata(_typed(endpoint, headers), endpoint.receiver_info)
+            request_headers = {
+                k: v
+                for k, v in merge_metadata(
+                    _typed(endpoint, headers), endpoint.receiver_info
+                ).items()
+                if v != ""
+            }
             problem = unsendable_header(request_headers)
             if problem is not None:
-                raise DeliveryError(f"POST {shown}: {problem}", retryable=False)
+                raise DeliveryError(f"{shown}: {problem}", retryable=False, reason=problem)
+            limit = endpoint.timeout or self.http_timeout
             try:
                 async with (
-                    asyncio.timeout(self.http_timeout),
-                    origin.session.post(
-                        endpoint.uri, data=body, headers=request_headers, allow_redirects=False
+                    asyncio.timeout(limit),
+                    origin.session.request(
+                        endpoint.method,
+                        endpoint.uri,
+                        data=body,
+                        headers=request_headers,
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=limit),
                     ) as response,
                 ):
                     read = 0
@@ -284,52 +325,65 @@ class Senders:
                             break  # the connection is closed, not reused
                     status, reason = response.status, response.reason or ""
             except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-                raise DeliveryError(
-                    f"POST {shown}: no answer within {self.http_timeout:g}s", retryable=True
-                ) from None
+                reason = f"no answer within {limit:g}s (timeout)"
+                raise DeliveryError(f"{shown}: {reason}", retryable=True, reason=reason) from None
             except aiohttp.InvalidURL:
-                raise DeliveryError(f"POST {shown}: invalid URL", retryable=False) from None
+                raise DeliveryError(
+                    f"{shown}: invalid URL", retryable=False, reason="invalid URL"
+                ) from None
             except aiohttp.ClientConnectorError as exc:
                 if isinstance(exc.os_error, OutboundRefused):  # from the policy's resolver
-                    raise DeliveryError(f"POST {shown}: {exc.os_error}", retryable=False) from None
-                detail = _without_credentials(str(exc), endpoint.uri)
-                raise DeliveryError(
-                    f"POST {shown}: {type(exc).__name__}: {detail}", retryable=True
-                ) from None
+                    reason = str(exc.os_error)
+                    raise DeliveryError(
+                        f"{shown}: {reason}", retryable=False, reason=reason
+                    ) from None
+                reason = f"cannot connect: {_without_credentials(str(exc), endpoint.uri)}"
+                raise DeliveryError(f"{shown}: {reason}", retryable=True, reason=reason) from None
             except aiohttp.ClientError as exc:  # refused, reset, TLS, malformed answers
-                detail = _without_credentials(str(exc), endpoint.uri)
-                raise DeliveryError(
-                    f"POST {shown}: {type(exc).__name__}: {detail}", retryable=True
-                ) from None
+                reason = f"{type(exc).__name__}: {_without_credentials(str(exc), endpoint.uri)}"
+                raise DeliveryError(f"{shown}: {reason}", retryable=True, reason=reason) from None
             except (ValueError, TypeError) as exc:  # a request that cannot be sent
-                detail = _without_credentials(str(exc), endpoint.uri)
-                raise DeliveryError(f"POST {shown}: {detail}", retryable=False) from None
+                reason = _without_credentials(str(exc), endpoint.uri)
+                raise DeliveryError(f"{shown}: {reason}", retryable=False, reason=reason) from None
         if 200 <= status < 300:
             log.debug("notified %s: %d", shown, status)
-            return
+            return status
         retryable = status >= 500 or status in RETRYABLE_STATUSES
+        answered = f"the endpoint answered {status} {reason}".rstrip()
         raise DeliveryError(
-            f"POST {shown}: {status} {reason}".rstrip(), retryable=retryable, status=status
+            f"{shown}: {status} {reason}".rstrip(),
+            retryable=retryable,
+            status=status,
+            reason=answered,
         )
 
     async def _publish(self, endpoint: Endpoint, body: bytes, headers: dict[str, str]) -> None:
         try:
-            target = parse_target(endpoint.uri, endpoint.notifier_info)
+            target = parse_target(
+                endpoint.uri, endpoint.notifier_info, topic=endpoint.topic, retain=endpoint.retain
+            )
         except MqttError as exc:
             raise DeliveryError(str(exc), retryable=exc.retryable) from None
+        if endpoint.raw:
+            payload = body
+            content_type = next(
+                (v for k, v in headers.items() if k.lower() == "content-type" and v), None
+            )
+        else:
+            try:
+                notification: Any = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise DeliveryError(
+                    f"notification for {target.display} is not JSON: {exc}", retryable=False
+                ) from None
+            message = {
+                "metadata": merge_metadata(headers, endpoint.receiver_info),
+                "body": notification,
+            }
+            payload = orjson.dumps(message)
+            content_type = "application/json"
         try:
-            notification: Any = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise DeliveryError(
-                f"notification for {target.display} is not JSON: {exc}", retryable=False
-            ) from None
-        message = {
-            "metadata": merge_metadata(headers, endpoint.receiver_info),
-            "body": notification,
-        }
-        payload = orjson.dumps(message)
-        try:
-            await self.mqtt.publish(target, payload, content_type="application/json")
+            await self.mqtt.publish(target, payload, content_type=content_type)
         except MqttError as exc:
             raise DeliveryError(str(exc), retryable=exc.retryable) from None
         log.debug("notified %s (QoS %d, %s)", target.display, target.qos, target.broker.version)

@@ -7,11 +7,12 @@ The services parse request parameters here (``parse_q``, ``parse_scope_q``,
 """
 
 from broker.query.geo import geo_query_from_json, parse_geo_query, resolve_geo
-from broker.query.qlang import attribute_names, format_q, parse_q, resolve_q
+from broker.query.qlang import attribute_names, expand_q_values, format_q, parse_q, resolve_q
 from broker.query.scopeq import format_scope_q, parse_scope_q, scope_matches
 
 __all__ = [
     "attribute_names",
+    "expand_q_values",
     "format_q",
     "format_scope_q",
     "geo_query_from_json",

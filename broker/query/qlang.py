@@ -5,7 +5,7 @@ Grammar, as accepted here (``;`` binds tighter than ``|``; parentheses group)::
     query      = and *( "|" and )
     and        = term *( ";" term )
     term       = "(" query ")" / "!" path / path [ op value ] / path pattern-op pattern
-    path       = name *( "." name ) *( "[" key "]" )
+    path       = name *( "." name ) *( "[" key *( "." key ) "]" )   ; [a.b] is [a][b]
     op         = "==" / "!=" / ">=" / ">" / "<=" / "<"
     pattern-op = "~=" / "!~="
     value      = scalar [ ".." scalar ] / scalar 1*( "," scalar )     ; ranges, lists: == != only
@@ -62,7 +62,7 @@ from broker.model.query import (
 MAX_DEPTH: Final = 32
 
 _NAME_STOP = frozenset(".[]()<>=!~;|,\"'\\")
-_KEY_STOP = frozenset("[]()<>=!~;|,\"'\\")
+_KEY_STOP = frozenset(".[]()<>=!~;|,\"'\\")
 _ATOM_STOP = frozenset(';|(),"')
 _OPERATOR_CHARS = frozenset("<>=!~")
 _BLANKS = BLANKS
@@ -211,10 +211,14 @@ class _Parser(Cursor):
             sub.append(name)
         keys: list[str] = []
         while self.peek() == "[":
+            # a trailing path: "[" AttrName *("." AttrName) "]", so [a.b] is [a][b]
             if meta_at is not None:
                 raise self.error(f"{sub[-1]} has no JSON keys")
             self.i += 1
             keys.append(self.name(_KEY_STOP, "a key"))
+            while self.peek() == ".":
+                self.i += 1
+                keys.append(self.name(_KEY_STOP, "a key"))
             if self.peek() != "]":
                 raise self.unexpected()
             self.i += 1
@@ -495,3 +499,34 @@ def paths(node: Node) -> list[AttrPath]:
 def attribute_names(node: Node) -> list[str]:
     """The attribute names the query refers to, in first-use order, without duplicates."""
     return list(dict.fromkeys(p.attr for p in paths(node)))
+
+
+def expand_q_values(node: Node, attrs: set[str], expand: Callable[[str], str]) -> Node:
+    """The query with the string values compared with the attributes ``attrs`` (expanded
+    IRIs) expanded as terms too: ``expandValues`` (clause 4.9), for attributes such as
+    VocabProperties whose values are IRIs. Patterns, keys and members are left alone."""
+    if isinstance(node, Exists):
+        return node
+    if isinstance(node, Comparison):
+        path = node.path
+        if path.attr not in attrs or path.json or path.meta is not None or node.op in PATTERN_OPS:
+            return node
+        return Comparison(path, node.op, _expanded(node.value, expand))
+    items = tuple(expand_q_values(i, attrs, expand) for i in node.items)
+    return And(items) if isinstance(node, And) else Or(items)
+
+
+def _expanded(value: Value, expand: Callable[[str], str]) -> Value:
+    if isinstance(value, tuple):
+        return tuple(_expanded_scalar(v, expand) for v in value)
+    if isinstance(value, Range):
+        return value
+    return _expanded_scalar(value, expand)
+
+
+def _expanded_scalar(value: Scalar, expand: Callable[[str], str]) -> Scalar:
+    if isinstance(value, str):
+        return expand(value)
+    if isinstance(value, URI):
+        return URI(expand(value.text))
+    return value

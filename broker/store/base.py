@@ -5,8 +5,9 @@ expanded IRIs for types and attribute names. They know nothing of HTTP or JSON-L
 
 The contract is a few narrow protocols, one per concern, so a service asks only for
 what it uses: :class:`EntityStore` (entities, queries and discovery),
-:class:`HistoryStore` (attribute history), :class:`SubscriptionStore` and
-:class:`ContextStore`. A backend implements them all; :class:`Store` is their union
+:class:`HistoryStore` (attribute history), :class:`SubscriptionStore`,
+:class:`ContextStore` and :class:`RegistrationStore` (context source registrations and
+their subscriptions). A backend implements them all; :class:`Store` is their union
 with the connection lifecycle. The values passed and returned are
 ``broker.model.store``'s.
 
@@ -20,7 +21,7 @@ can (one, for SQLite), which is what makes batch operations cheap.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from broker.model.entity import Entity
 from broker.model.history import Duration, HistoryPolicy, HistoryRow
@@ -36,6 +37,7 @@ from broker.model.store import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
+    PendingNotification,
     WriteResult,
 )
 
@@ -75,6 +77,12 @@ class EntityStore(Protocol):
 
     async def discovery(self, tenant: str) -> Discovery:
         """Entity types and attributes in use, with counts (``/types``, ``/attributes``)."""
+
+    async def expired_entities(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
+        """(tenant, id) of up to ``limit`` transient entities whose ``expiresAt`` is at or
+        before ``now`` (µs), soonest first. Every other read already leaves them out
+        (``get_entity`` gives None, ``query`` skips them) and ``write`` hands mutations
+        None for them; this is what the background purge deletes."""
 
 
 class HistoryStore(Protocol):
@@ -152,7 +160,11 @@ class SubscriptionStore(Protocol):
         """Add delivery outcomes to subscriptions' status, all in one write.
 
         Every attempt counts in timesSent, failed ones also in timesFailed; the last*
-        times given replace the stored ones. Records of deleted subscriptions are ignored."""
+        times, ``lastSuccessCode`` and ``lastFailureReason`` given replace the stored
+        ones; ``failsCounter`` (consecutive failures) is replaced by a record's
+        ``trailing_failures`` when it has ``reset``, else grows by them. The status
+        shows ``failsCounter``, ``lastSuccessCode`` and ``lastFailureReason`` only when
+        set (and not 0). Records of deleted subscriptions are ignored."""
 
     async def claim_notification(
         self, tenant: str, sub_id: str, *, now: float, min_gap: float
@@ -160,6 +172,14 @@ class SubscriptionStore(Protocol):
         """Atomically take the right to notify now: true when the last claim is at least
         ``min_gap`` seconds old (or there was none). Several broker processes sharing
         one store use it so throttling and ``timeInterval`` hold across all of them."""
+
+    async def hand_over(self, pending: Sequence[PendingNotification]) -> None:
+        """Keep notifications a stopping process has not delivered, in one write, for
+        whichever process sharing the store takes them (:meth:`take_over`)."""
+
+    async def take_over(self, limit: int) -> list[PendingNotification]:
+        """Remove and return up to ``limit`` handed-over notifications, oldest first.
+        Each goes to one caller only, however many processes ask at once."""
 
 
 class ContextStore(Protocol):
@@ -176,7 +196,37 @@ class ContextStore(Protocol):
         """Delete a context record; False when there was none."""
 
 
-class Store(EntityStore, HistoryStore, SubscriptionStore, ContextStore, Protocol):
+#: What a :class:`RegistrationStore` keeps: context source registrations (clause 5.2.9)
+#: or context source registration subscriptions (clause 5.2.12, ``csourceSubscriptions``).
+RegistrationKind = Literal["registration", "subscription"]
+
+
+class RegistrationStore(Protocol):
+    """Context source registrations and the subscriptions to them, per tenant: documents
+    named by their ``id`` member, listed in the order they were created. They are few
+    (one per context source and data set), so the federation layer reads a tenant's
+    whole list and matches it in memory; the store only keeps them."""
+
+    async def put_registration(
+        self, tenant: str, kind: RegistrationKind, doc: dict[str, Any], *, create: bool
+    ) -> None:
+        """Store a document. ``create``: AlreadyExists when the id is taken; otherwise
+        ResourceNotFound when it is missing."""
+
+    async def get_registration(
+        self, tenant: str, kind: RegistrationKind, reg_id: str
+    ) -> dict[str, Any] | None: ...
+
+    async def list_registrations(self, tenant: str, kind: RegistrationKind) -> list[dict[str, Any]]:
+        """All documents of a tenant, oldest first."""
+
+    async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
+        """Delete a document; False when there was none."""
+
+
+class Store(
+    EntityStore, HistoryStore, SubscriptionStore, ContextStore, RegistrationStore, Protocol
+):
     """A whole backend: every concern, and the connection lifecycle."""
 
     async def open(self) -> None:

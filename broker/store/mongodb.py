@@ -8,7 +8,9 @@ Layout (one database, named by the URL path, default ``renkei``; see docs/mongod
   and the query fields described in ``broker.store.mongoquery``.
 * ``tenants``, ``geo_paths`` (GeoProperty attributes seen, one 2dsphere index each),
   ``subscriptions`` (``_id = {"t", "i"}``, status counters beside the document),
-  ``contexts`` and ``counters``.
+  ``registrations`` (context source registrations and their subscriptions,
+  ``_id = {"t", "k", "i"}``), ``contexts``, ``counters`` and ``outbox`` (notifications
+  a stopping broker handed over).
 
 Tenants share collections and are told apart by the ``t`` field that leads every
 index: tenants appear at run time from a request header, and a database per tenant
@@ -49,6 +51,7 @@ from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
     ConnectionFailure,
+    DocumentTooLarge,
     DuplicateKeyError,
     ExecutionTimeout,
     NetworkTimeout,
@@ -67,7 +70,7 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.entity import ENTITY_KEYS, Entity, expires_us, live, now_us
 from broker.model.geo import validate_geometry
 from broker.model.history import Duration, HistoryRow
 from broker.model.store import (
@@ -83,10 +86,11 @@ from broker.model.store import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
+    PendingNotification,
     WriteResult,
 )
 from broker.query.evaluate import entity_geometry
-from broker.store.base import Store
+from broker.store.base import RegistrationKind, Store
 from broker.store.index import value_rows
 from broker.store.mongohistory import MongoHistory, NumbersNeeded
 from broker.store.mongoquery import (
@@ -117,6 +121,14 @@ _MAX_ATTEMPTS: Final = 64
 #: MongoDB error codes for geometries it cannot index (16755 "Can't extract geo keys").
 _GEO_CODES: Final = frozenset({16755, 16756})
 _DUPLICATE: Final = 11000
+#: MongoDB's own limits, answered 400 (the request, not the hub, is at fault):
+#: BSONObjectTooLarge, a document grown past the limit by an update, KeyTooLong (an
+#: index key over 1 KiB, before MongoDB 4.2) and Overflow (nesting deeper than 100).
+_LIMIT_CODES: Final = frozenset({10334, 17419, 17280, 15})
+#: Levels of nested documents and arrays MongoDB stores, the document itself included.
+MAX_NESTING: Final = 100
+#: The largest document MongoDB stores, unless the server's ``hello`` says otherwise.
+MAX_DOCUMENT_BYTES: Final = 16 * 1024 * 1024
 #: Write tokens kept per entity document (see ``MongoStore._bulk``).
 _TOKENS: Final = 16
 
@@ -143,6 +155,8 @@ def driver_errors() -> Iterator[None]:
         yield
     except DuplicateKeyError as exc:
         raise AlreadyExists(f"already exists: {exc.details or exc}") from exc
+    except DocumentTooLarge as exc:
+        raise BadRequestData(f"beyond the store's limits: {exc}") from exc
     except (
         ServerSelectionTimeoutError,
         NetworkTimeout,
@@ -155,9 +169,34 @@ def driver_errors() -> Iterator[None]:
     except OperationFailure as exc:
         if exc.code in _GEO_CODES:
             raise BadRequestData(f"geometry refused by the store: {exc}") from exc
+        if exc.code in _LIMIT_CODES:
+            raise BadRequestData(f"beyond the store's limits: {exc}") from exc
         raise InternalError(f"store error: {exc}") from exc
     except (PyMongoError, BSONError) as exc:
         raise InternalError(f"store error: {exc}") from exc
+
+
+def nested_deeper_than(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests documents and arrays more than ``limit`` levels (``doc``
+    itself is the first), as MongoDB counts them; containers only are visited."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        if level > limit:
+            return True
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                stack.append((child, level + 1))
+    return False
+
+
+def beyond_limits(doc: Doc, size: int, max_bytes: int) -> str | None:
+    """Why MongoDB would refuse to store ``doc`` (``size`` bytes of BSON), or None."""
+    if size > max_bytes:
+        return f"the stored document would be {size} bytes; MongoDB stores at most {max_bytes}"
+    if nested_deeper_than(doc, MAX_NESTING):
+        return f"values nested deeper than MongoDB's {MAX_NESTING} levels"
+    return None
 
 
 def _key(tenant: str, ident: str) -> Doc:
@@ -214,6 +253,9 @@ def entity_document(
         "scopes": [scopes] if isinstance(scopes, str) else list(scopes),
         "vals": value_docs(value_rows(ent)),
     }
+    expires = expires_us(ent)
+    if expires is not None:
+        doc["x"] = expires  # a transient entity: when it expires, in µs
     geo = _geometries(ent)
     if geo:
         doc["g"] = geo
@@ -294,6 +336,8 @@ class MongoStore(Store):
         self._want_transactions = transactions
         #: set at ``open``: writes and history share a transaction
         self.transactions = False
+        #: the largest document the server stores (its ``hello`` says, on open)
+        self.max_document_bytes = MAX_DOCUMENT_BYTES
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -307,6 +351,7 @@ class MongoStore(Store):
         self._db = self._client.get_database(self.database_name, read_concern=concern)
         with driver_errors():
             hello = await self._db.command("hello")
+            self.max_document_bytes = int(hello.get("maxBsonObjectSize", MAX_DOCUMENT_BYTES))
             self.transactions = (
                 supports_transactions(hello)
                 if self._want_transactions is None
@@ -317,6 +362,9 @@ class MongoStore(Store):
                 [("t", ASCENDING), ("seq", ASCENDING)], name="tenant_seq"
             )
             await self._db.contexts.create_index([("created_at", ASCENDING)], name="created")
+            await self._db.registrations.create_index(
+                [("t", ASCENDING), ("k", ASCENDING), ("seq", ASCENDING)], name="tenant_kind_seq"
+            )
             async for row in self._db.geo_paths.find():
                 self._geo_paths.add(row["_id"])
             for attr in sorted(self._geo_paths):
@@ -396,8 +444,7 @@ class MongoStore(Store):
             doc = await self._entities.find_one({"_id": _key(tenant, entity_id)}, {"e": 1})
         if doc is None:
             return None
-        ent: Entity = unescape_doc(doc["e"])
-        return ent
+        return live(unescape_doc(doc["e"]))
 
     async def write(
         self,
@@ -504,7 +551,8 @@ class MongoStore(Store):
         deletes: list[tuple[_Pending, int]] = []
         for p in todo:
             row = stored.get(p.eid)
-            start: Entity | None = unescape_doc(row["e"]) if row else None
+            # a transient entity past its expiresAt is gone, even before it is purged
+            start: Entity | None = live(unescape_doc(row["e"])) if row else None
             p.start_ver = row["ver"] if row else None
             p.tokens = list(row.get("toks", ())) if row else []
             p.results = {}
@@ -533,12 +581,19 @@ class MongoStore(Store):
                 if p.start_ver is not None:
                     deletes.append((p, p.start_ver))
                 continue
+            new: Doc | None = None
             try:
-                ver = (p.start_ver or 0) + 1
-                p.doc = entity_document(tenant, cur, ver, token, p.tokens)
-                bson.encode(p.doc)  # what BSON cannot hold fails this entity, not the batch
+                new = entity_document(tenant, cur, (p.start_ver or 0) + 1, token, p.tokens)
+                # what BSON or the server cannot hold fails this entity, not the batch
+                why = beyond_limits(new, len(bson.encode(new)), self.max_document_bytes)
             except (BSONError, OverflowError) as exc:
-                error = BadRequestData(f"{p.eid}: cannot be stored: {exc}")
+                why = str(exc)
+            if new is not None and why is None:
+                p.doc = new
+            else:
+                error = BadRequestData(
+                    f"{p.eid}: cannot be stored (beyond the store's limits): {why}"
+                )
                 for r in p.results.values():
                     if r.ok:
                         r.error, r.after = error, None
@@ -546,9 +601,9 @@ class MongoStore(Store):
             p.op_index = len(ops)
             op_owner.append(p)
             if p.start_ver is None:
-                ops.append(InsertOne(p.doc))
+                ops.append(InsertOne(new))
             else:
-                ops.append(ReplaceOne({"_id": p.doc["_id"], "ver": p.start_ver}, p.doc))
+                ops.append(ReplaceOne({"_id": new["_id"], "ver": p.start_ver}, new))
         retry: list[_Pending] = []
         if ops:
             docs = [p.doc for p in op_owner if p.doc is not None]
@@ -600,7 +655,7 @@ class MongoStore(Store):
             else:
                 error: NgsiLdError = (
                     BadRequestData(f"{p.eid}: refused by the store: {err.get('errmsg')}")
-                    if err.get("code") in _GEO_CODES
+                    if err.get("code") in _GEO_CODES | _LIMIT_CODES
                     else InternalError(f"{p.eid}: store error: {err.get('errmsg')}")
                 )
                 for r in p.results.values():
@@ -628,7 +683,13 @@ class MongoStore(Store):
 
     async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
         builder = FilterBuilder()
-        where = {"t": tenant, **builder.query(query)}
+        where = {
+            "$and": [
+                {"t": tenant, **builder.query(query)},
+                # transient entities past their expiresAt answer no query
+                {"$or": [{"x": None}, {"x": {"$gt": now_us()}}]},
+            ]
+        }
         stages = [{"$match": where}, *sort_stages(query)]
         with driver_errors():
             if builder.exact:
@@ -664,6 +725,11 @@ class MongoStore(Store):
                 break
         await cursor.close()
         return found, total if query.count else None
+
+    async def expired_entities(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
+        with driver_errors():
+            cursor = self._entities.find({"x": {"$lte": now}}, {"t": 1, "id": 1}).limit(limit)
+            return [(d["t"], d["id"]) async for d in cursor]
 
     async def discovery(self, tenant: str) -> Discovery:
         async def run(pipeline: list[dict[str, Any]]) -> AsyncIterator[Doc]:
@@ -739,9 +805,13 @@ class MongoStore(Store):
             ("lastNotification", "last_notification"),
             ("lastSuccess", "last_success"),
             ("lastFailure", "last_failure"),
+            ("lastSuccessCode", "last_success_code"),
+            ("lastFailureReason", "last_failure_reason"),
         ):
             if row.get(field) is not None:
                 status[key] = row[field]
+        if row.get("fails_counter"):
+            status["failsCounter"] = row["fails_counter"]
         sub["notificationStatus"] = status
         return sub
 
@@ -765,16 +835,23 @@ class MongoStore(Store):
     async def record_notifications(self, records: Sequence[NotificationRecord]) -> None:
         ops = []
         for r in records:
-            update: dict[str, Any] = {"$inc": {"sent": r.sent, "failed": r.failed}}
-            latest = {
+            inc: dict[str, Any] = {"sent": r.sent, "failed": r.failed}
+            update: dict[str, Any] = {"$inc": inc}
+            latest: dict[str, Any] = {
                 k: v
                 for k, v in (
                     ("last_notification", r.last_notification),
                     ("last_success", r.last_success),
                     ("last_failure", r.last_failure),
+                    ("last_success_code", r.last_success_code),
+                    ("last_failure_reason", r.last_failure_reason),
                 )
                 if v is not None
             }
+            if r.reset:
+                latest["fails_counter"] = r.trailing_failures
+            elif r.trailing_failures:
+                inc["fails_counter"] = r.trailing_failures
             if latest:
                 update["$set"] = latest
             # no upsert: records of deleted subscriptions match nothing
@@ -782,6 +859,26 @@ class MongoStore(Store):
         if ops:
             with driver_errors():
                 await self.db.subscriptions.bulk_write(ops, ordered=False)
+
+    async def hand_over(self, pending: Sequence[PendingNotification]) -> None:
+        # ObjectIds made here in order: the oldest handed over is taken first
+        docs = [
+            {"_id": ObjectId(), "t": p.tenant, "s": p.sub_id, "d": escape_doc(p.data)}
+            for p in pending
+        ]
+        if docs:
+            with driver_errors():
+                await self.db.outbox.insert_many(docs, ordered=True)
+
+    async def take_over(self, limit: int) -> list[PendingNotification]:
+        taken: list[PendingNotification] = []
+        with driver_errors():
+            while len(taken) < limit:  # one at a time: each document goes to one taker
+                doc = await self.db.outbox.find_one_and_delete({}, sort=[("_id", ASCENDING)])
+                if doc is None:
+                    break
+                taken.append(PendingNotification(doc["t"], doc["s"], unescape_doc(doc["d"])))
+        return taken
 
     async def claim_notification(
         self, tenant: str, sub_id: str, *, now: float, min_gap: float
@@ -796,6 +893,64 @@ class MongoStore(Store):
                 projection={"_id": 1},
             )
         return row is not None
+
+    # -- context source registrations ---------------------------------------------------------
+
+    async def put_registration(
+        self, tenant: str, kind: RegistrationKind, doc: dict[str, Any], *, create: bool
+    ) -> None:
+        reg_id = doc["id"]
+        key = {"t": tenant, "k": kind, "i": reg_id}
+        what = "registration" if kind == "registration" else "context source subscription"
+        with driver_errors():
+            if create:
+                counter = await self.db.counters.find_one_and_update(
+                    {"_id": "registrations"}, {"$inc": {"n": 1}}, upsert=True, return_document=True
+                )
+                try:
+                    await self.db.registrations.insert_one(
+                        {
+                            "_id": key,
+                            "t": tenant,
+                            "k": kind,
+                            "seq": counter["n"] if counter else 0,
+                            "doc": escape_doc(doc),
+                        }
+                    )
+                except DuplicateKeyError:
+                    raise AlreadyExists(f"{what} {reg_id} already exists") from None
+                await self._note_tenant(tenant)
+            else:
+                res = await self.db.registrations.update_one(
+                    {"_id": key}, {"$set": {"doc": escape_doc(doc)}}
+                )
+                if res.matched_count == 0:
+                    raise ResourceNotFound(f"{what} {reg_id} not found")
+
+    async def get_registration(
+        self, tenant: str, kind: RegistrationKind, reg_id: str
+    ) -> dict[str, Any] | None:
+        with driver_errors():
+            row = await self.db.registrations.find_one(
+                {"_id": {"t": tenant, "k": kind, "i": reg_id}}
+            )
+        return unescape_doc(row["doc"]) if row else None
+
+    async def list_registrations(self, tenant: str, kind: RegistrationKind) -> list[dict[str, Any]]:
+        with driver_errors():
+            return [
+                unescape_doc(row["doc"])
+                async for row in self.db.registrations.find({"t": tenant, "k": kind}).sort(
+                    "seq", ASCENDING
+                )
+            ]
+
+    async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
+        with driver_errors():
+            res = await self.db.registrations.delete_one(
+                {"_id": {"t": tenant, "k": kind, "i": reg_id}}
+            )
+        return res.deleted_count > 0
 
     # -- contexts -----------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from broker.errors import (
     ResourceNotFound,
     StoreUnavailable,
 )
-from broker.model.entity import Entity
+from broker.model.entity import Entity, live, now_us
 from broker.model.history import Duration, HistoryPolicy, HistoryRow, changes
 from broker.model.store import (
     ANY_DATASET,
@@ -61,10 +61,11 @@ from broker.model.store import (
     HistoryQuery,
     Mutation,
     NotificationRecord,
+    PendingNotification,
     WriteResult,
 )
 from broker.store import sqlhistory
-from broker.store.base import Store
+from broker.store.base import RegistrationKind, Store
 from broker.store.index import UNINDEXED_META, path_key
 from broker.store.sqlbatch import rows_in
 from broker.store.sqlhistory import StoredRow, stored_rows
@@ -123,11 +124,11 @@ def _run(
     last: Entity | None = None
     history: list[list[StoredRow]] | None = [] if recorded is not None else None
     for i, mutation in mutations:
-        result = results[i] = WriteResult(
-            eid, before=orjson.loads(doc) if doc is not None else None
-        )
+        # a transient entity past its expiresAt is gone, even before it is purged
+        current = live(orjson.loads(doc)) if doc is not None else None
+        result = results[i] = WriteResult(eid, before=current)
         try:
-            after = mutation(orjson.loads(doc) if doc is not None else None)
+            after = mutation(orjson.loads(doc) if doc is not None and current is not None else None)
         except NgsiLdError as exc:
             result.error = exc
             continue
@@ -191,6 +192,42 @@ def _put_subscription(
         == 0
     ):
         raise ResourceNotFound(f"subscription {sub_id} not found")
+
+
+def _put_registration(
+    conn: sqlite3.Connection, tenant: str, kind: str, reg_id: str, doc: bytes, create: bool
+) -> None:
+    what = "registration" if kind == "registration" else "context source subscription"
+    if create:
+        try:
+            conn.execute(
+                "INSERT INTO registrations(tenant, kind, id, seq, doc) VALUES "
+                "(?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM registrations), ?)",
+                (tenant, kind, reg_id, doc),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"{what} {reg_id} already exists") from None
+        conn.execute("INSERT OR IGNORE INTO tenants(name) VALUES (?)", (tenant,))
+    elif (
+        conn.execute(
+            "UPDATE registrations SET doc=? WHERE tenant=? AND kind=? AND id=?",
+            (doc, tenant, kind, reg_id),
+        ).rowcount
+        == 0
+    ):
+        raise ResourceNotFound(f"{what} {reg_id} not found")
+
+
+def _take_outbox(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
+    """Remove and return (seq, tenant, sub_id, data) of the oldest ``limit``
+    handed-over notifications, in the writer's transaction: each row goes to one taker."""
+    rows = conn.execute(
+        "DELETE FROM notification_outbox WHERE seq IN "
+        "(SELECT seq FROM notification_outbox ORDER BY seq LIMIT ?) "
+        "RETURNING seq, tenant, sub_id, data",
+        (limit,),
+    ).fetchall()
+    return sorted(rows)
 
 
 class _Checkpointer:
@@ -609,10 +646,13 @@ class SqliteStore(Store):
             row = self._loop_conn.execute(
                 "SELECT doc FROM entities WHERE tenant=? AND id=?", (tenant, entity_id)
             ).fetchone()
-        return orjson.loads(row[0]) if row else None
+        return live(orjson.loads(row[0])) if row else None
 
     def _where(self, tenant: str, query: EntityQuery, sql: SqlBuilder) -> tuple[str, list[Any]]:
         clauses, args = selection_sql(query, tenant, _ENTITIES)
+        # transient entities past their expiresAt answer no query
+        clauses.append("NOT EXISTS (SELECT 1 FROM entity_expiry x WHERE x.rid=e.rid AND x.at <= ?)")
+        args.append(now_us())
         if query.q is not None:
             sql.args = []
             clauses.append(sql.q(query.q))
@@ -626,6 +666,19 @@ class SqliteStore(Store):
             clauses.append(sql.geo(query.geo))
             args.extend(sql.args)
         return " AND ".join(clauses), args
+
+    async def expired_entities(self, now: int, limit: int = 1000) -> list[tuple[str, str]]:
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return [
+                (t, i)
+                for t, i in conn.execute(
+                    "SELECT e.tenant, e.id FROM entity_expiry x JOIN entities e ON e.rid=x.rid "
+                    "WHERE x.at <= ? ORDER BY x.at LIMIT ?",
+                    (now, limit),
+                )
+            ]
+
+        return await self._read(fn)
 
     async def query(self, tenant: str, query: EntityQuery) -> tuple[list[Entity], int | None]:
         sql = SqlBuilder(tenant)
@@ -695,14 +748,27 @@ class SqliteStore(Store):
         sub: dict[str, Any] = orjson.loads(row[0])
         status = {"timesSent": row[1], "timesFailed": row[2]}
         for key, value in zip(
-            ("lastNotification", "lastSuccess", "lastFailure"), row[3:6], strict=True
+            (
+                "lastNotification",
+                "lastSuccess",
+                "lastFailure",
+                "lastSuccessCode",
+                "lastFailureReason",
+            ),
+            row[3:8],
+            strict=True,
         ):
             if value is not None:
                 status[key] = value
+        if row[8]:
+            status["failsCounter"] = row[8]
         sub["notificationStatus"] = status
         return sub
 
-    _SUB_COLUMNS = "doc, times_sent, times_failed, last_notification, last_success, last_failure"
+    _SUB_COLUMNS = (
+        "doc, times_sent, times_failed, last_notification, last_success, last_failure, "
+        "last_success_code, last_failure_reason, fails_counter"
+    )
 
     async def get_subscription(self, tenant: str, sub_id: str) -> dict[str, Any] | None:
         def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -736,6 +802,11 @@ class SqliteStore(Store):
                 r.last_notification,
                 r.last_success,
                 r.last_failure,
+                r.last_success_code,
+                r.last_failure_reason,
+                r.reset,
+                r.trailing_failures,
+                r.trailing_failures,
                 r.tenant,
                 r.sub_id,
             )
@@ -745,7 +816,10 @@ class SqliteStore(Store):
         sql = (
             "UPDATE subscriptions SET times_sent = times_sent + ?, times_failed = times_failed + ?, "
             "last_notification = coalesce(?, last_notification), "
-            "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure) "
+            "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure), "
+            "last_success_code = coalesce(?, last_success_code), "
+            "last_failure_reason = coalesce(?, last_failure_reason), "
+            "fails_counter = CASE WHEN ? THEN ? ELSE fails_counter + ? END "
             "WHERE tenant=? AND id=?"
         )
         await self._exec_write(_rowcount, sql, rows)
@@ -758,6 +832,55 @@ class SqliteStore(Store):
             "AND (last_claim IS NULL OR last_claim <= ?)"
         )
         return await self._exec_write(_rowcount, sql, [(now, tenant, sub_id, now - min_gap)]) == 1
+
+    # -- context source registrations ---------------------------------------------------------
+
+    async def put_registration(
+        self, tenant: str, kind: RegistrationKind, doc: dict[str, Any], *, create: bool
+    ) -> None:
+        await self._exec_write(_put_registration, tenant, kind, doc["id"], _dumps(doc), create)
+        if create:
+            self._known_tenants.add(tenant)
+
+    async def get_registration(
+        self, tenant: str, kind: RegistrationKind, reg_id: str
+    ) -> dict[str, Any] | None:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT doc FROM registrations WHERE tenant=? AND kind=? AND id=?",
+                (tenant, kind, reg_id),
+            ).fetchone()
+            return orjson.loads(row[0]) if row else None
+
+        return await self._read(fn)
+
+    async def list_registrations(self, tenant: str, kind: RegistrationKind) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT doc FROM registrations WHERE tenant=? AND kind=? ORDER BY seq",
+                (tenant, kind),
+            )
+            return [orjson.loads(r[0]) for r in rows]
+
+        return await self._read(fn)
+
+    async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
+        sql = "DELETE FROM registrations WHERE tenant=? AND kind=? AND id=?"
+        return await self._exec_write(_rowcount, sql, [(tenant, kind, reg_id)]) > 0
+
+    async def hand_over(self, pending: Sequence[PendingNotification]) -> None:
+        rows = [(p.tenant, p.sub_id, _dumps(p.data)) for p in pending]
+        sql = "INSERT INTO notification_outbox(tenant, sub_id, data) VALUES (?, ?, ?)"
+        await self._exec_write(_rowcount, sql, rows)
+
+    async def take_over(self, limit: int) -> list[PendingNotification]:
+        def any_waiting(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM notification_outbox LIMIT 1").fetchone() is not None
+
+        if not await self._read(any_waiting):  # the usual case, read without a write
+            return []
+        rows = await self._exec_write(_take_outbox, limit)
+        return [PendingNotification(t, s, orjson.loads(d)) for _, t, s, d in rows]
 
     # -- contexts -----------------------------------------------------------------------------
 

@@ -45,8 +45,17 @@ def _layout_of_0_1_0(conn: sqlite3.Connection) -> None:
     """Release 0.1.0 wrote version 1's layout without a number: nothing to change."""
 
 
+def _delivery_details(conn: sqlite3.Connection) -> None:
+    """Subscriptions keep the HTTP status of the last success, the reason of the last
+    failure and the run of consecutive failures (NGSI v2 shows them)."""
+    conn.execute("ALTER TABLE subscriptions ADD COLUMN last_success_code INTEGER")
+    conn.execute("ALTER TABLE subscriptions ADD COLUMN last_failure_reason TEXT")
+    conn.execute("ALTER TABLE subscriptions ADD COLUMN fails_counter INTEGER NOT NULL DEFAULT 0")
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "number the layout of release 0.1.0", _layout_of_0_1_0, rewrites=False),
+    Step(2, "delivery details of subscriptions", _delivery_details, rewrites=False),
 )
 CURRENT = STEPS[-1].version
 

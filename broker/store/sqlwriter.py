@@ -53,7 +53,7 @@ from typing import Any, NamedTuple, cast
 import orjson
 
 from broker.errors import BadRequestData, InternalError, NgsiLdError, StoreUnavailable
-from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.entity import ENTITY_KEYS, Entity, expires_us
 from broker.model.history import HistoryPolicy, HistoryRow
 from broker.query.patterns import search
 from broker.store import sqlhistory, sqlschema
@@ -83,6 +83,9 @@ CREATE TABLE IF NOT EXISTS entity_attrs(
     PRIMARY KEY(tenant, attr, rid, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_attrs_rid ON entity_attrs(rid);
+-- transient entities (expiresAt): when each expires, in µs
+CREATE TABLE IF NOT EXISTS entity_expiry(rid INTEGER PRIMARY KEY, at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS entity_expiry_at ON entity_expiry(at);
 CREATE TABLE IF NOT EXISTS entity_scopes(
     tenant TEXT NOT NULL, scope TEXT NOT NULL, rid INTEGER NOT NULL,
     PRIMARY KEY(tenant, scope, rid)
@@ -112,7 +115,18 @@ CREATE TABLE IF NOT EXISTS subscriptions(
     tenant TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, doc BLOB NOT NULL,
     times_sent INTEGER NOT NULL DEFAULT 0, times_failed INTEGER NOT NULL DEFAULT 0,
     last_notification TEXT, last_success TEXT, last_failure TEXT, last_claim REAL,
+    last_success_code INTEGER, last_failure_reason TEXT,
+    fails_counter INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(tenant, id)
+);
+CREATE TABLE IF NOT EXISTS registrations(
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY(tenant, kind, id)
+);
+CREATE TABLE IF NOT EXISTS notification_outbox(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL, sub_id TEXT NOT NULL, data BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS contexts(
     id TEXT PRIMARY KEY,
@@ -139,6 +153,8 @@ class IndexRows(NamedTuple):
     scopes: list[str]
     values: list[tuple[Any, ...]]
     shapes: list[tuple[str, bytes, tuple[float, float, float, float]]]
+    #: when a transient entity expires (µs), else None
+    expires: int | None = None
 
 
 def index_rows(ent: Entity) -> IndexRows:
@@ -155,6 +171,7 @@ def index_rows(ent: Entity) -> IndexRows:
         list(ent.get("scope") or ()),
         value_rows(ent),
         [(g.path, g.wkb, g.bounds) for g in geo_rows(ent)],
+        expires_us(ent),
     )
 
 
@@ -292,7 +309,7 @@ class _Slot:
 def _unindex(conn: sqlite3.Connection, rids: Sequence[int]) -> None:
     if not rids:
         return
-    for table in ("entity_types", "entity_attrs", "entity_scopes", "attr_values"):
+    for table in ("entity_types", "entity_attrs", "entity_scopes", "attr_values", "entity_expiry"):
         where_in(conn, f"DELETE FROM {table} WHERE rid IN ({{}})", rids)
     where_in(
         conn,
@@ -315,6 +332,11 @@ def _index(conn: sqlite3.Connection, items: Sequence[tuple[str, int, IndexRows]]
         conn,
         "INSERT OR IGNORE INTO entity_attrs(tenant, attr, rid, kind)",
         [(tenant, k, rid, kind) for tenant, rid, rows in items for k, kind in rows.attrs],
+    )
+    insert_rows(
+        conn,
+        "INSERT OR REPLACE INTO entity_expiry(rid, at)",
+        [(rid, rows.expires) for _, rid, rows in items if rows.expires is not None],
     )
     insert_rows(
         conn,

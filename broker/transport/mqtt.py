@@ -685,10 +685,17 @@ class MqttClient:
         return properties
 
     async def publish(
-        self, topic: str, payload: bytes, qos: int = 0, *, content_type: str | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        *,
+        content_type: str | None = None,
+        retain: bool = False,
     ) -> None:
         """Publish and wait until the broker acknowledged it (QoS 1 and 2) or, for
-        QoS 0, until it is written. ``content_type`` is sent over MQTT 5 only.
+        QoS 0, until it is written. ``content_type`` is sent over MQTT 5 only;
+        ``retain`` asks the broker to keep the message for later subscribers.
 
         Raises :class:`MqttError` (retryable when the connection is down or lost). The
         caller bounds the time taken; a publish given up on a :meth:`connect` client
@@ -699,7 +706,9 @@ class MqttClient:
         if client is None or not self.connected:
             raise MqttError(f"not connected to {self.display}", retryable=True)
         try:
-            info = client.publish(topic, payload, qos, properties=self._properties(content_type))
+            info = client.publish(
+                topic, payload, qos, retain, properties=self._properties(content_type)
+            )
         except ValueError as exc:
             raise MqttError(f"cannot publish to {topic!r}: {exc}", retryable=False) from None
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):

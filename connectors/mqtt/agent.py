@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 
 from broker.transport.mqtt import Message, MqttClient, parse_server
-from connectors.client import BrokerClient, BrokerError
+from connectors.client import BatchOutcome, BrokerClient, BrokerError
+from connectors.mqtt import ngsiv2
 from connectors.mqtt.mapping import (
     TIME_INSTANT,
     TIMESTAMP_KEYS,
@@ -88,7 +89,8 @@ class IoTAgent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.registry = Registry(settings.iota_db)
+        self.ngsi_v2 = settings.iota_ngsi == "v2"
+        self.registry = Registry(settings.iota_db, ngsi_v2=self.ngsi_v2)
         self.batcher = Batcher(
             self._write,
             self.metrics,
@@ -197,7 +199,14 @@ class IoTAgent:
         return found
 
     async def _write(self, tenant: str | None, entities: list[dict[str, Any]]) -> Any:
-        return await self.client(tenant).upsert_temporal(entities)
+        if not self.ngsi_v2:
+            return await self.client(tenant).upsert_temporal(entities)
+        outcome = BatchOutcome()
+        for path, v2_entities in ngsiv2.requests(entities):
+            done = await self.client(tenant).update_v2(v2_entities, service_path=path)
+            outcome.success.extend(done.success)
+            outcome.errors.extend(done.errors)
+        return outcome
 
     async def _watch_broker(self) -> None:
         while True:
@@ -378,12 +387,10 @@ class IoTAgent:
                 self.bad("unknown_command", topic, f"{name!r} is not a command of the device")
                 continue
             self.metrics.inc("command_results_total")
-            attrs[f"{name}_status"] = {"type": "Property", "value": "OK", "observedAt": stamp}
-            attrs[f"{name}_info"] = {
-                "type": "Property",
-                "value": "" if result is None else result,
-                "observedAt": stamp,
-            }
+            attrs[f"{name}_status"] = self._command_attr("commandStatus", "OK", stamp)
+            attrs[f"{name}_info"] = self._command_attr(
+                "commandResult", "" if result is None else result, stamp
+            )
         if not attrs:
             return False
         if device.timestamp:
@@ -570,6 +577,13 @@ class IoTAgent:
                 self._command_status(device, {f"{name}_status": status})
         return sent
 
+    def _command_attr(self, v2_type: str, value: Any, stamp: str) -> dict[str, Any]:
+        """A command's ``_status``/``_info`` attribute (v2 types as iotagent-node-lib's)."""
+        attr: dict[str, Any] = {"type": "Property", "value": value, "observedAt": stamp}
+        if self.ngsi_v2:
+            attr[ngsiv2.V2_TYPE] = v2_type
+        return attr
+
     def _addressable(self, device: Resolved) -> bool:
         """Whether the command topic of ``device`` reaches it alone: not when devices of
         other tenants share its apikey and id (they would read the same topic)."""
@@ -592,7 +606,9 @@ class IoTAgent:
             device.entity_id,
             device.entity_type,
             {
-                name: {"type": "Property", "value": value, "observedAt": stamp}
+                name: self._command_attr(
+                    "commandStatus" if name.endswith("_status") else "commandResult", value, stamp
+                )
                 for name, value in values.items()
             },
             scope=device.scope_path,

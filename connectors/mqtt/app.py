@@ -41,6 +41,7 @@ from connectors.mqtt.errors import (
     BadRequest,
     BrokerUnavailable,
     DeviceNotFound,
+    PayloadTooLarge,
     WrongSyntax,
 )
 from connectors.mqtt.mapping import BadValue, entity_id_for
@@ -78,22 +79,41 @@ AgentDep = Annotated[IoTAgent, Depends(_agent)]
 ScopeDep = Annotated[Scope, Depends(_scope)]
 
 
-async def _items(request: Request, key: str) -> list[Any]:
+async def _json(request: Request) -> Any:
+    """The request's JSON body, read up to ``iota_max_body_bytes`` (413 beyond: a body
+    is never held in memory whole before its size is known to be within the bound)."""
+    limit: int = request.app.state.settings.iota_max_body_bytes
+    size = request.headers.get("content-length")
+    if size is not None and size.isascii() and size.isdigit() and int(size) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
     try:
-        body = orjson.loads(await request.body())
+        return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
         raise WrongSyntax(f"the body is not valid JSON: {exc}") from None
+
+
+async def _items(request: Request, key: str) -> list[Any]:
+    body = await _json(request)
     if not isinstance(body, dict) or not isinstance(body.get(key), list) or not body[key]:
         raise WrongSyntax(f'the body must be {{"{key}": [...]}} with at least one item')
     items: list[Any] = body[key]
+    limit: int = request.app.state.settings.iota_max_devices
+    if len(items) > limit:
+        raise BadRequest(
+            f"{len(items)} {key} in one request; at most {limit} (RENKEI_IOTA_MAX_DEVICES)"
+        )
     return items
 
 
 async def _object(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise WrongSyntax(f"the body is not valid JSON: {exc}") from None
+    body = await _json(request)
     if not isinstance(body, dict):
         raise WrongSyntax("the body must be a JSON object")
     return body
@@ -314,13 +334,6 @@ def _http_device(agent: IoTAgent, apikey: str | None, device_id: str | None) -> 
     return device
 
 
-async def _json(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise WrongSyntax(f"the body is not valid JSON: {exc}") from None
-
-
 @south.post("")
 async def http_measures(
     request: Request,
@@ -333,9 +346,10 @@ async def http_measures(
 
     200 once stored (202 if they are still queued after a while: they will be); with
     ``getCmd=1`` the answer carries the commands waiting for the device."""
+    body = await _json(request)  # before the device: a refused body provisions nothing
     device = _http_device(agent, k, i)
     try:
-        stored = await agent.http_measures(device, await _json(request))
+        stored = await agent.http_measures(device, body)
     except BadValue as exc:
         raise WrongSyntax(str(exc)) from None
     if getCmd == 1:
@@ -464,6 +478,7 @@ def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAP
     )
     app.state.auth = auth
     app.add_middleware(AuditMiddleware)
+    app.state.settings = settings
     app.include_router(_group_routes("/iot/groups", "groups"))
     app.include_router(_group_routes("/iot/services", "services"))
     app.include_router(devices)

@@ -55,6 +55,16 @@ HostOpt = Annotated[
 ]
 
 
+NgsiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ngsi",
+        help="エンティティの書き方: ld (NGSI-LD) または v2 (iotagent-json の "
+        "IOTA_CB_NGSI_VERSION=v2 と同じ形で /v2 へ) / what to write: ld (NGSI-LD) or v2 "
+        "(the NGSI v2 entities iotagent-json writes, through /v2) "
+        "[env RENKEI_IOTA_NGSI, default ld]",
+    ),
+]
 AuthFileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -148,6 +158,7 @@ def register(app: typer.Typer) -> None:
         host: HostOpt = None,
         mqtt_version: MqttVersionOpt = None,
         mqtt_ca_file: MqttCaFileOpt = None,
+        ngsi: NgsiOpt = None,
         auth_file: AuthFileOpt = None,
         insecure_no_auth: InsecureOpt = False,
         broker_api_key: BrokerKeyOpt = None,
@@ -162,6 +173,7 @@ def register(app: typer.Typer) -> None:
                 host,
                 mqtt_version,
                 mqtt_ca_file,
+                iota_ngsi=ngsi,
                 auth_file=auth_file,
                 insecure_no_auth=insecure_no_auth or None,
                 broker_api_key=broker_api_key,

@@ -11,6 +11,7 @@
      ├── GroupNotFound (404 DEVICE_GROUP_NOT_FOUND)
      ├── DuplicateDevice (409 DUPLICATE_DEVICE_ID)
      ├── DuplicateGroup (409 DUPLICATE_GROUP)
+     ├── PayloadTooLarge (413 PAYLOAD_TOO_LARGE)
      ├── NotImplementedYet (501 NOT_IMPLEMENTED)
      └── BrokerUnavailable (503 BROKER_UNAVAILABLE)
 
@@ -76,6 +77,11 @@ class DuplicateDevice(AgentError):
 class DuplicateGroup(AgentError):
     status = 409
     name = "DUPLICATE_GROUP"
+
+
+class PayloadTooLarge(AgentError):
+    status = 413
+    name = "PAYLOAD_TOO_LARGE"
 
 
 class NotImplementedYet(AgentError):

@@ -23,6 +23,7 @@ from typing import Any
 
 from connectors.mqtt.expressions import ExpressionError
 from connectors.mqtt.models import AttributeMapping, StaticAttribute
+from connectors.mqtt.ngsiv2 import V2_TYPE
 from connectors.mqtt.registry import Resolved
 
 TIMESTAMP_KEYS = ("TimeInstant", "timeInstant", "observedAt")
@@ -193,6 +194,14 @@ def attribute(type_name: str, value: Any, observed: str | None) -> dict[str, Any
     return attr
 
 
+def _declared(attr: dict[str, Any], type_name: str, device: Resolved) -> dict[str, Any]:
+    """In NGSI v2 mode, the attribute keeps the type it was provisioned with (``Text``
+    for a measure nobody provisioned, as iotagent-json sends it)."""
+    if device.ngsi_v2:
+        attr[V2_TYPE] = type_name
+    return attr
+
+
 def _with_metadata(attr: dict[str, Any], mapping: AttributeMapping | StaticAttribute) -> None:
     unit = (mapping.metadata or {}).get("unitCode")
     if isinstance(unit, dict):
@@ -205,7 +214,7 @@ def static_attributes(device: Resolved) -> dict[str, dict[str, Any]]:
     out = {}
     for s in device.static:
         try:
-            out[s.name] = attribute(s.type, s.value, None)
+            out[s.name] = _declared(attribute(s.type, s.value, None), s.type, device)
         except BadValue:
             continue  # refused at provisioning time already; never block measures
         _with_metadata(out[s.name], s)
@@ -222,9 +231,11 @@ def measures(payload: Any) -> Iterator[dict[str, Any]]:
         raise BadValue("invalid_payload", "a measure must be a JSON object or an array of them")
 
 
-def entity_id_for(name: str, entity_type: str) -> str:
+def entity_id_for(name: str, entity_type: str, ngsi_v2: bool = False) -> str:
     """An NGSI-LD id for a provisioned entity name: as given if a URI, else a URN, as
-    iotagent-node-lib makes it."""
+    iotagent-node-lib makes it; in NGSI v2 mode the name as it is."""
+    if ngsi_v2:
+        return name
     return name if ":" in name else f"urn:ngsi-ld:{entity_type}:{name}"
 
 
@@ -238,7 +249,8 @@ def _place(
 ) -> None:
     if mapping is not None and mapping.entity_name:  # multi-entity: another entity's value
         etype = mapping.entity_type or device.entity_type
-        targets.setdefault((entity_id_for(mapping.entity_name, etype), etype), {})[name] = attr
+        eid = entity_id_for(mapping.entity_name, etype, device.ngsi_v2)
+        targets.setdefault((eid, etype), {})[name] = attr
     else:
         attrs[name] = attr
 
@@ -273,7 +285,7 @@ def _evaluate(
         context[mapping.name] = value
         present.add(mapping.name)
         try:
-            attr = attribute(mapping.type, value, stamp)
+            attr = _declared(attribute(mapping.type, value, stamp), mapping.type, device)
         except BadValue as exc:
             problems.append(BadValue(exc.reason, f"{mapping.name}: {exc}"))
             continue
@@ -342,6 +354,8 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
             if key in TIMESTAMP_KEYS or (explicit and key not in device.names):
                 continue
             name, type_name = key, "geo:json" if key == "location" else "Property"
+            if device.ngsi_v2:  # passed on as it came, typed Text (iotagent-json's default)
+                type_name = "Property"
         elif mapping.expression is not None:
             continue  # its value is the expression's, sent above
         else:
@@ -350,6 +364,8 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
             continue  # an expression gave this attribute its value
         try:
             attr = attribute(type_name, value, stamp)
+            if device.ngsi_v2:
+                _declared(attr, mapping.type if mapping is not None else "Text", device)
         except BadValue as exc:
             problems.append(BadValue(exc.reason, f"{key}: {exc}"))
             continue
@@ -371,7 +387,7 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
             problems.append(BadValue("expression_error", f"entityNameExp: {exc}"))
         else:
             if isinstance(name, str | int) and not isinstance(name, bool) and str(name):
-                entity_id = entity_id_for(str(name), device.entity_type)
+                entity_id = entity_id_for(str(name), device.entity_type, device.ngsi_v2)
             else:
                 problems.append(
                     BadValue("expression_error", f"entityNameExp gave {name!r}, not a name")

@@ -96,6 +96,8 @@ class Resolved:
     transport: str = "MQTT"
     #: HTTP devices: where commands are pushed (None: the device polls for them)
     endpoint: str | None = None
+    #: the agent writes NGSI v2 entities (``--ngsi v2``): attributes carry their v2 type
+    ngsi_v2: bool = False
 
     @property
     def tenant(self) -> str | None:
@@ -180,8 +182,12 @@ def _group_key(apikey: str, resource: str) -> str:
 
 
 class Registry:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, ngsi_v2: bool = False) -> None:
+        """``ngsi_v2``: devices without an ``entity_name`` are ``{type}:{device_id}``, as
+        iotagent-node-lib names them for NGSI v2 (``urn:ngsi-ld:{type}:{device_id}``
+        otherwise)."""
         self.path = str(path)
+        self.ngsi_v2 = ngsi_v2
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -534,7 +540,12 @@ class Registry:
             scope=scope,
             device_id=device_id,
             apikey=dev.apikey or (group.apikey if group else ""),
-            entity_id=dev.entity_name or f"urn:ngsi-ld:{entity_type}:{device_id}",
+            entity_id=dev.entity_name
+            or (
+                f"{entity_type}:{device_id}"
+                if self.ngsi_v2
+                else f"urn:ngsi-ld:{entity_type}:{device_id}"
+            ),
             entity_type=entity_type,
             mappings=mappings,
             static=list(static.values()),
@@ -547,6 +558,7 @@ class Registry:
             name_exp=name_exp,
             transport=(dev.transport or (group.transport if group else None) or "MQTT").upper(),
             endpoint=dev.endpoint,
+            ngsi_v2=self.ngsi_v2,
         )
 
     def resolve(self, apikey: str, device_id: str) -> Resolved | None:

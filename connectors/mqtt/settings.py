@@ -64,6 +64,14 @@ class AgentSettings(BaseSettings):
     iota_buffer: int = Field(default=20_000, ge=1)
     #: Whether unknown devices of a known apikey are provisioned, when the group does not say.
     iota_autoprovision: bool = True
+    #: What the agent writes: NGSI-LD entities (``ld``), or the NGSI v2 entities
+    #: iotagent-json writes with ``IOTA_CB_NGSI_VERSION=v2`` (``v2``, through ``/v2``).
+    iota_ngsi: Literal["ld", "v2"] = "ld"
+    #: Largest request body the agent reads (bytes); larger ones get 413. 1 MiB, as
+    #: iotagent-node-lib's default (``IOTA_EXPRESS_LIMIT``).
+    iota_max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    #: Devices (or groups) one provisioning request may carry; more get 400.
+    iota_max_devices: int = Field(default=1000, gt=0)
 
     #: Outbound policy for HTTP push commands (the broker's settings of the same names):
     #: only these destinations when set, never these (comma-separated rules).

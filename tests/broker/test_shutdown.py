@@ -14,24 +14,30 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from tests.burst import WriteBurst
+from tests.receiver import Receiver
 from tests.support import free_port, wait_http
 
 pytestmark = pytest.mark.slow
 
 
 @contextmanager
-def serving(db: Path, log: Path, timeout: float) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def serving(
+    db: Path, log: Path, timeout: float, **settings: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
     env = {
         **os.environ,
         "RENKEI_SHUTDOWN_TIMEOUT": str(timeout),
         "RENKEI_LOG_FORMAT": "json",
         "RENKEI_LOG_LEVEL": "info",
+        **{f"RENKEI_{name.upper()}": value for name, value in settings.items()},
     }
     with log.open("wb") as err:
         proc = subprocess.Popen(
@@ -98,6 +104,58 @@ def test_sigterm_during_a_write_burst_loses_no_acknowledged_write(tmp_path: Path
     messages = [str(line["message"]) for line in json_lines(log)]
     assert any("shutting down within 10 s" in m for m in messages)
     assert any("Renkei broker ready" in m for m in messages)
+
+
+def test_notifications_not_delivered_at_sigterm_are_sent_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    """The subscriber's endpoint is down while the broker takes a burst of writes, so
+    their notifications are queued or waiting to be tried again when SIGTERM comes: the
+    broker hands them to the store, and the broker started next sends every one."""
+    db = tmp_path / "renkei.db"
+    endpoint_port = free_port()  # nothing listens there yet
+    subscription = {
+        "type": "Subscription",
+        "entities": [{"type": "WaterLevelObserved"}],
+        "notification": {"endpoint": {"uri": f"http://127.0.0.1:{endpoint_port}/notify"}},
+    }
+    with serving(db, tmp_path / "first.log", timeout=10, notification_attempts="100") as (
+        proc,
+        port,
+    ):
+        base = f"http://127.0.0.1:{port}"
+        created = httpx.post(
+            f"{base}/ngsi-ld/v1/subscriptions",
+            json=subscription,
+            headers={"NGSILD-Tenant": "komae"},
+        )
+        assert created.status_code == 201, created.text
+        with WriteBurst(base) as burst:
+            burst.wait_for(200)
+            took = stopped_within(proc, 10)
+    assert took < 10
+    assert proc.returncode == 0
+    acknowledged = burst.acked()
+    assert len(acknowledged) >= 200
+    messages = [str(line["message"]) for line in json_lines(tmp_path / "first.log")]
+    assert any("not yet delivered over to the store" in m for m in messages), messages[-5:]
+
+    def notified(received: list[tuple[dict[str, str], Any]]) -> set[str]:
+        return {e["id"] for _, body in received for e in body["data"]}
+
+    endpoint = Receiver(port=endpoint_port)  # the endpoint is back
+    try:
+        with serving(db, tmp_path / "second.log", timeout=10):
+            received = endpoint.wait_for(
+                lambda r: set(acknowledged) <= notified(r),
+                timeout=60,
+                what="a notification of every acknowledged write",
+            )
+    finally:
+        endpoint.close()
+    assert all(headers["ngsild-tenant"] == "komae" for headers, _ in received)
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM notification_outbox").fetchone() == (0,)
 
 
 def test_sigterm_to_every_process_of_the_service_drains_writes_too(tmp_path: Path) -> None:

@@ -327,6 +327,8 @@ def test_mosquitto_reads_passwords_and_acls_from_a_secret() -> None:
     assert "allow_anonymous false" in conf
     assert "password_file /mosquitto/secret/passwd" in conf
     assert "acl_file /mosquitto/secret/acl" in conf
+    # QoS 1 measures queued for an agent that falls behind are kept, not dropped at 1000
+    assert "max_queued_messages 100000" in conf
     spec = named(docs, "Deployment", "renkei-mosquitto")["spec"]["template"]["spec"]
     (volume,) = [v for v in spec["volumes"] if "secret" in v]
     assert volume["secret"]["secretName"] == "renkei-mosquitto"

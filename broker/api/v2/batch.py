@@ -1,4 +1,5 @@
-"""``POST /v2/op/update`` and ``POST /v2/op/query`` (``orion-api.md``, "Batch Operations")."""
+"""``POST /v2/op/update``, ``POST /v2/op/query`` and ``POST /v2/op/notify``
+(``orion-api.md``, "Batch Operations")."""
 
 from __future__ import annotations
 
@@ -68,6 +69,48 @@ async def batch_update(
         first.detail = f"{first.detail or first.title} ({ids})"
         raise first
     return no_content()
+
+
+@router.post("/notify", summary="Notify (apply a notification as an update)")
+async def notify(
+    request: Request,
+    svc: V2Dep,
+    tenant: ServiceDep,
+    scope: ScopeDep,
+    paths: PathsDep,
+    options: Annotated[str | None, Query(description="not offered: keyValues")] = None,
+) -> Response:
+    """A notification payload (``{"subscriptionId", "data": [entities]}``), applied as
+    ``POST /v2/op/update`` with ``append``: how one broker subscribed to another keeps
+    its copy (``orion-api.md``, "Notify operation"). ``keyValues`` is refused, as Orion
+    does."""
+    opts = options_of(options, frozenset({"normalized", "keyValues"}))
+    if "keyValues" in opts:
+        raise BadRequestData("keyValues is not supported in POST /v2/op/notify")
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise BadRequestData("the notification must be a JSON object")
+    unknown = set(body) - {"subscriptionId", "data"}
+    if unknown:
+        raise BadRequestData(f"unrecognized field in JSON payload: {', '.join(sorted(unknown))}")
+    if not isinstance(body.get("subscriptionId"), str):
+        raise BadRequestData("subscriptionId is missing")
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise BadRequestData("data must be a JSON array of entities")
+    outcome = await svc.update_batch(
+        tenant,
+        "append",
+        data,
+        scope,
+        paths if paths is not None and scope is not None else None,
+    )
+    if outcome.errors:
+        first: NgsiLdError = outcome.errors[0][1]
+        ids = ", ".join(eid for eid, _ in outcome.errors)
+        first.detail = f"{first.detail or first.title} ({ids})"
+        raise first
+    return Response(status_code=200)
 
 
 def _selectors(svc_types: dict[str, list[list[str]]], items: Any) -> list[Selector]:

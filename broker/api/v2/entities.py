@@ -54,7 +54,7 @@ AttrsParam = Annotated[str | None, Query(description="attributes to render, comm
 MetadataParam = Annotated[str | None, Query(description="metadata to render, comma-separated")]
 
 
-def _paging(limit: str | None, offset: str | None) -> tuple[int, int]:
+def paging(limit: str | None, offset: str | None) -> tuple[int, int]:
     try:
         limit_n = 20 if limit is None else int(limit)
         offset_n = 0 if offset is None else int(offset)
@@ -135,7 +135,7 @@ async def entity_query(
     types = await _types(svc, tenant, type_, type_pattern)
     if types == []:
         return None
-    limit_n, offset_n = _paging(limit, offset)
+    limit_n, offset_n = paging(limit, offset)
     return EntityQuery(
         ids=ids,
         id_pattern=id_pattern,

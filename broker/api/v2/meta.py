@@ -1,8 +1,13 @@
-"""``GET /version``, ``GET /v2``, the parts of v2 not offered yet (501) and v2's answers
-for unknown paths (404) and methods (405), all in v2's error shape."""
+"""``GET /version``, ``GET /v2``, registrations (not offered: 501) and v2's answers for
+unknown paths (404) and methods (405), all in v2's error shape.
+
+``/version`` is the one route clients of both FIWARE brokers probe: Orion's shape (an
+``orion`` object, which FiLiP's v2 client reads) and Orion-LD's (``orionld version`` at
+the top level, which ngsildclient reads to recognise the broker), in one body."""
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -18,6 +23,20 @@ router = APIRouter(route_class=V2Route, tags=["NGSI v2"])
 
 #: The Orion release whose v2 behaviour this API follows (clients probe it).
 ORION_COMPAT = "4.1.0"
+#: The Orion-LD release whose NGSI-LD behaviour clients may expect (ngsildclient reads it).
+ORIONLD_COMPAT = "1.6.0"
+#: The NGSI-LD specification this hub implements.
+NGSI_LD_VERSION = "1.8.1"
+_STARTED = time.monotonic()
+
+
+def uptime() -> str:
+    """Time since the process started, in Orion's form: ``0 d, 1 h, 2 m, 3 s``."""
+    seconds = int(time.monotonic() - _STARTED)
+    minutes, s = divmod(seconds, 60)
+    hours, m = divmod(minutes, 60)
+    d, h = divmod(hours, 24)
+    return f"{d} d, {h} h, {m} m, {s} s"
 
 
 def _version() -> str:
@@ -29,10 +48,15 @@ def _version() -> str:
 
 @router.get("/version", summary="Broker version, in Orion's shape")
 async def get_version() -> Response:
+    up = uptime()
     body: dict[str, Any] = {
+        "orionld version": ORIONLD_COMPAT,
+        "orion version": ORION_COMPAT,
+        "uptime": up,
+        "doc": "/docs",
         "orion": {
             "version": ORION_COMPAT,
-            "uptime": "",
+            "uptime": up,
             "git_hash": "",
             "compile_time": "",
             "compiled_by": "",
@@ -42,7 +66,7 @@ async def get_version() -> Response:
             "doc": "https://fiware-orion.rtfd.io/",
             "libversions": {},
         },
-        "renkei": {"version": _version(), "ngsi-ld": "1.8.1"},
+        "renkei": {"version": _version(), "ngsi-ld": NGSI_LD_VERSION},
     }
     return ok(body)
 
@@ -59,40 +83,31 @@ async def entry_point() -> Response:
     )
 
 
-_LATER = {
-    "subscriptions": "NGSI v2 subscriptions are not offered yet: use NGSI-LD subscriptions "
-    "(/ngsi-ld/v1/subscriptions), which see v2-written entities",
-    "registrations": "NGSI v2 registrations are not offered: context source registrations "
-    "come with federation",
-    "notify": "POST /v2/op/notify is not offered yet",
-}
+REGISTRATIONS = (
+    "NGSI v2 registrations (/v2/registrations) are not offered: context source "
+    "registrations come with federation. Subscriptions (/v2/subscriptions) are offered."
+)
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-
-
-@router.api_route("/v2/subscriptions", methods=_METHODS, include_in_schema=False)
-@router.api_route("/v2/subscriptions/{rest:path}", methods=_METHODS, include_in_schema=False)
-async def subscriptions() -> Response:
-    raise NotImplementedYet(_LATER["subscriptions"])
 
 
 @router.api_route("/v2/registrations", methods=_METHODS, include_in_schema=False)
 @router.api_route("/v2/registrations/{rest:path}", methods=_METHODS, include_in_schema=False)
 async def registrations() -> Response:
-    raise NotImplementedYet(_LATER["registrations"])
-
-
-@router.api_route("/v2/op/notify", methods=_METHODS, include_in_schema=False)
-async def notify() -> Response:
-    raise NotImplementedYet(_LATER["notify"])
+    raise NotImplementedYet(REGISTRATIONS)
 
 
 @router.api_route("/v2/{rest:path}", methods=_METHODS, include_in_schema=False)
 async def unknown(request: Request) -> Response:
     """No v2 route matched: 405 when the path exists with other methods, else 404."""
-    from broker.api.v2 import batch, entities, types
+    from broker.api.v2 import batch, entities, subscriptions, types
 
     allowed: set[str] = set()
-    for route in [*entities.router.routes, *types.router.routes, *batch.router.routes]:
+    for route in [
+        *entities.router.routes,
+        *types.router.routes,
+        *batch.router.routes,
+        *subscriptions.router.routes,
+    ]:
         match, _ = route.matches(request.scope)
         if match == Match.PARTIAL:
             allowed |= set(getattr(route, "methods", set()) or set())

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from broker.api.v2.common import ServiceDep, V2Dep, V2Route, ok, options_of
-from broker.api.v2.entities import _paging
+from broker.api.v2.entities import paging
 from broker.core.v2map import check_id
 from broker.errors import ResourceNotFound
 
@@ -24,7 +24,7 @@ async def list_types(
     options: Annotated[str | None, Query(description="count, values, noAttrDetail")] = None,
 ) -> Response:
     opts = options_of(options, frozenset({"count", "values", "noAttrDetail"}))
-    limit_n, offset_n = _paging(limit, offset)
+    limit_n, offset_n = paging(limit, offset)
     entries = await svc.types(tenant)
     page = entries[offset_n : offset_n + limit_n]
     headers = {"Fiware-Total-Count": str(len(entries))} if "count" in opts else None

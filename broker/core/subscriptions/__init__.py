@@ -60,6 +60,7 @@ class SubscriptionService:
             backoff_cap=backoff_cap,
             concurrency=concurrency,
         )
+        self.delivery.deactivate = self.registry.deactivate
         self.matcher = Matcher(store, self.registry, self.delivery, linked=linked)
 
     @property
@@ -99,6 +100,29 @@ class SubscriptionService:
         yet written, so this process reads its own), terms in the request's context."""
         status = self.delivery.status(tenant, doc.get("id", ""), doc.get("notificationStatus", {}))
         return await self.registry.render(tenant, doc, tm, status, sys_attrs=sys_attrs)
+
+    # -- NGSI v2 (``/v2/subscriptions``) -------------------------------------------------------
+
+    async def create_v2(self, tenant: str, body: Any, service_path: str | None) -> str:
+        return await self.registry.create_v2(tenant, body, service_path)
+
+    async def get_v2(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        return await self.registry.get_v2(tenant, sub_id)
+
+    async def update_v2(self, tenant: str, sub_id: str, body: Any) -> None:
+        await self.registry.update_v2(tenant, sub_id, body)
+
+    async def delete_v2(self, tenant: str, sub_id: str) -> None:
+        await self.registry.delete_v2(tenant, sub_id)
+
+    async def all_v2(self, tenant: str, service_path: str | None) -> list[dict[str, Any]]:
+        return await self.registry.all_v2(tenant, service_path)
+
+    def render_v2(self, tenant: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """A v2 subscription as ``GET /v2/subscriptions`` shows it, with its delivery
+        status (the outcomes not yet written included)."""
+        status = self.delivery.status(tenant, doc.get("id", ""), doc.get("notificationStatus", {}))
+        return self.registry.render_v2(doc, status)
 
     async def on_change(self, tenant: str, results: Sequence[WriteResult]) -> None:
         """Entity listener: match each committed change and queue notifications."""

@@ -5,6 +5,12 @@ coalescing of changes for a busy endpoint, throttling, and the delivery status
 A slow or dead endpoint never slows a write and never holds back other subscriptions.
 Throttling is enforced with ``Store.claim_notification``, an atomic compare-and-set in the
 store, so several broker processes agree.
+
+When the process stops (``aclose``), the notifications not yet delivered (queued, or
+between retries, or cut off while being sent) are handed to the store
+(``Store.hand_over``), and whichever process sharing the store takes them
+(``take_over``, every second) sends them: a stop loses no matched change, and one cut off
+mid-send may reach its endpoint twice.
 """
 
 from __future__ import annotations
@@ -14,17 +20,18 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from broker.core.subscriptions.payload import Compiled
+from broker.core.subscriptions.payload import MAX_COALESCED, Compiled
 from broker.errors import NgsiLdError
 from broker.jsonld.context import CORE_CONTEXT_URL
 from broker.model.entity import iri_to_uri, now_iso
-from broker.model.store import NotificationRecord
-from broker.notify.senders import DeliveryError, Senders
+from broker.model.store import NotificationRecord, PendingNotification
+from broker.notify.senders import DeliveryError, Endpoint, Senders
 from broker.store.base import Store
 
 log = logging.getLogger("renkei.subscriptions")
@@ -37,13 +44,21 @@ class _Delivery:
     sub: Compiled
     body: bytes
     headers: dict[str, str]
+    endpoint: Endpoint
 
 
 #: Notifications of one subscription on their way at once; changes made meanwhile queue
 #: up and go out together, in one notification (``data`` holds them all), keeping order.
 PER_SUBSCRIPTION_IN_FLIGHT = 1
-#: Entities in one notification built from queued changes, at most.
-MAX_COALESCED = 500
+
+
+@dataclass(eq=False)
+class _Batch:
+    """The changes one delivery task is sending: kept until delivered or given up, so
+    that a stop hands over what was still on its way."""
+
+    sub: Compiled
+    data: list[dict[str, Any]]
 
 
 class Delivery:
@@ -69,9 +84,17 @@ class Delivery:
         self._queued: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._pending: dict[tuple[str, str], NotificationRecord] = {}
+        #: changes on their way in each delivery task
+        self._sending: set[_Batch] = set()
+        self._closing = False
         self._flusher: asyncio.Task[None] | None = None
         #: seconds delivery outcomes wait before they are written together
         self.status_interval = 0.2
+        #: per subscription: failures in a row here (NGSI v2 ``maxFailsLimit``)
+        self._fails: dict[tuple[str, str], int] = {}
+        #: turns a subscription inactive in the store (a v2 ``oneshot`` that fired, or
+        #: one over its ``maxFailsLimit``); set by the subscription service
+        self.deactivate: Callable[[Compiled, str], Awaitable[None]] | None = None
 
     def submit(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
         """Send a notification of ``data``; when the subscription already has
@@ -90,6 +113,9 @@ class Delivery:
         task.add_done_callback(self._tasks.discard)
 
     def _job(self, sub: Compiled, data: list[dict[str, Any]]) -> _Delivery:
+        if sub.v2 is not None:
+            endpoint, body, v2_headers = sub.v2.message(sub.endpoint, data)
+            return _Delivery(sub, body, v2_headers, endpoint)
         notification: dict[str, Any] = {
             "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
             "type": "Notification",
@@ -108,17 +134,21 @@ class Delivery:
             headers["Link"] = f'<{link}>; rel="{LINK_REL}"; type="application/ld+json"'
         if sub.tenant:
             headers["NGSILD-Tenant"] = sub.tenant
-        return _Delivery(sub, orjson.dumps(notification), headers)
+        return _Delivery(sub, orjson.dumps(notification), headers, sub.endpoint)
 
     async def _deliver_then_queued(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
         key = (sub.tenant, sub.id)
+        batch = _Batch(sub, list(data))
+        self._sending.add(batch)
         try:
             while True:
-                await self._deliver(sub, data)
-                data = self._take_queued(key, MAX_COALESCED)
-                if not data:
+                await self._deliver(batch)
+                batch.data = self._take_queued(key, sub.coalesce)
+                if not batch.data:
                     return
         finally:
+            if not self._closing:  # when closing, ``aclose`` hands over what is left
+                self._sending.discard(batch)
             left = self._in_flight.get(key, 1) - 1
             if left > 0:
                 self._in_flight[key] = left
@@ -137,30 +167,40 @@ class Delivery:
             del self._queued[key]
         return taken
 
-    async def _deliver(self, sub: Compiled, data: list[dict[str, Any]]) -> None:
+    async def _deliver(self, batch: _Batch) -> None:
+        """Send ``batch.data`` (with changes queued meanwhile); ``batch.data`` is emptied
+        once the notification is delivered, throttled away or given up."""
+        sub = batch.sub
         key = (sub.tenant, sub.id)
         job: _Delivery | None = None
+        endpoint = sub.endpoint
+        if sub.coalesce == 1:
+            # one entity per notification, whose endpoint may depend on it (v2 custom
+            # notifications): built now, and nothing queued joins it
+            job = self._job(sub, batch.data)
+            endpoint = job.endpoint
 
         def build() -> tuple[bytes, dict[str, str]]:
             # Built when a connection is free: changes queued while this notification
             # waited for one go with it (a retry sends the same notification again).
             nonlocal job
             if job is None:
-                job = self._job(sub, [*data, *self._take_queued(key, MAX_COALESCED - len(data))])
+                batch.data.extend(self._take_queued(key, sub.coalesce - len(batch.data)))
+                job = self._job(sub, batch.data)
             return job.body, job.headers
 
         async with self._slots:
-            if sub.throttling is not None and not await self.store.claim_notification(
-                sub.tenant, sub.id, now=time.time(), min_gap=sub.throttling
-            ):
-                return  # throttled: another notification went out less than `throttling` ago
+            if not await self._claimed(sub):
+                batch.data = []
+                return
             delay = self.backoff
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    await self.senders.send_built(sub.endpoint, build)
+                    code = await self.senders.send_built(endpoint, build)
                 except DeliveryError as exc:
-                    await self._record(sub, success=False)
+                    await self._record(sub, success=False, reason=exc.reason)
                     if not exc.retryable or attempt == self.max_attempts:
+                        batch.data = []
                         log.warning(
                             "notification for %s failed after %d attempt(s): %s",
                             sub.id,
@@ -171,10 +211,44 @@ class Delivery:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.backoff_cap)
                 else:
-                    await self._record(sub, success=True)
+                    batch.data = []
+                    await self._record(sub, success=True, code=code)
                     return
 
-    async def _record(self, sub: Compiled, *, success: bool) -> None:
+    async def _claimed(self, sub: Compiled) -> bool:
+        """Whether this notification may go out now, claimed through the store so that
+        every broker process agrees: ``throttling``, and a v2 ``oneshot`` subscription,
+        which notifies once after it was (last) set ``oneshot`` and then turns inactive."""
+        now = time.time()
+        if sub.v2 is not None and sub.v2.status == "oneshot":
+            armed = sub.v2.armed_at or 0.0
+            if not await self.store.claim_notification(
+                sub.tenant, sub.id, now=now, min_gap=max(now - armed, 0.0)
+            ):
+                return False  # it fired already
+            await self._deactivate(sub, "oneshot")
+            return True
+        # throttled: another notification went out less than `throttling` ago
+        return sub.throttling is None or await self.store.claim_notification(
+            sub.tenant, sub.id, now=now, min_gap=sub.throttling
+        )
+
+    async def _deactivate(self, sub: Compiled, why: str) -> None:
+        if self.deactivate is None:
+            return
+        try:
+            await self.deactivate(sub, why)
+        except NgsiLdError as exc:
+            log.warning("cannot make subscription %s inactive (%s): %s", sub.id, why, exc.detail)
+
+    async def _record(
+        self,
+        sub: Compiled,
+        *,
+        success: bool,
+        code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
         """Note a delivery outcome; outcomes reach the store together, every ``status_interval``."""
         key = (sub.tenant, sub.id)
         rec = self._pending.get(key)
@@ -185,9 +259,27 @@ class Delivery:
         rec.last_notification = at
         if success:
             rec.last_success = at
+            if code is not None:
+                rec.last_success_code = code
+            rec.reset = True
+            rec.trailing_failures = 0
+            self._fails.pop(key, None)
         else:
             rec.failed += 1
             rec.last_failure = at
+            rec.last_failure_reason = reason
+            rec.trailing_failures += 1
+            fails = self._fails[key] = self._fails.get(key, 0) + 1
+            limit = sub.v2.max_fails if sub.v2 is not None else None
+            if limit is not None and fails > limit:
+                self._fails.pop(key, None)
+                log.warning(
+                    "subscription %s made inactive: %d failures in a row (maxFailsLimit %d)",
+                    sub.id,
+                    fails,
+                    limit,
+                )
+                await self._deactivate(sub, "maxFailsLimit")
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later())
 
@@ -203,9 +295,16 @@ class Delivery:
             ("lastNotification", rec.last_notification),
             ("lastSuccess", rec.last_success),
             ("lastFailure", rec.last_failure),
+            ("lastSuccessCode", rec.last_success_code),
+            ("lastFailureReason", rec.last_failure_reason),
         ):
             if value is not None:
                 status[key] = value
+        fails = rec.trailing_failures + (0 if rec.reset else status.get("failsCounter", 0))
+        if fails:
+            status["failsCounter"] = fails
+        else:
+            status.pop("failsCounter", None)
         return status
 
     async def _flush_later(self) -> None:
@@ -231,6 +330,9 @@ class Delivery:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
+        """Stop sending; hand the notifications not delivered to the store (see the
+        module) and write the delivery status."""
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -239,4 +341,30 @@ class Delivery:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        await self.hand_over()
         await self.flush()
+
+    def unsent(self) -> list[PendingNotification]:
+        """The changes not delivered, per subscription oldest first (those on their way
+        before those queued behind them), in notifications of at most ``MAX_COALESCED``."""
+        found = [((b.sub.tenant, b.sub.id), b.data) for b in self._sending if b.data]
+        found.extend(self._queued.items())
+        out: list[PendingNotification] = []
+        for (tenant, sub_id), data in found:
+            for start in range(0, len(data), MAX_COALESCED):
+                out.append(PendingNotification(tenant, sub_id, data[start : start + MAX_COALESCED]))
+        return out
+
+    async def hand_over(self) -> None:
+        """Give the store the notifications not delivered, for any process to send."""
+        pending = self.unsent()
+        self._sending.clear()
+        self._queued.clear()
+        if not pending:
+            return
+        try:
+            await self.store.hand_over(pending)
+        except NgsiLdError as exc:
+            log.error("cannot hand over %d notification(s): %s", len(pending), exc.detail)
+            return
+        log.info("handed %d notification(s) not yet delivered over to the store", len(pending))

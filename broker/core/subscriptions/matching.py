@@ -190,6 +190,10 @@ def _member_value(view: View, member: str, value: Any) -> Any:
     return value
 
 
+#: Handed-over notifications taken from the store in one round trip.
+TAKE_OVER_BATCH = 100
+
+
 class Matcher:
     def __init__(
         self,
@@ -234,6 +238,11 @@ class Matcher:
                     continue
                 if not self.owner_reads(sub, tenant, current):
                     continue
+                if sub.v2 is not None:  # NGSI v2: its own triggers and rendering
+                    item = sub.v2.change(r.before, r.after)
+                    if item is not None:
+                        self.delivery.submit(sub, [item])
+                    continue
                 events = attr_events(r.before, r.after, sub.watched)
                 if not events & sub.triggers:
                     continue
@@ -263,10 +272,34 @@ class Matcher:
     async def _periodic(self) -> None:
         while True:
             try:
-                await self.tick()
+                await self.take_over()
             except Exception:  # keep the scheduler alive whatever one round met
+                log.exception("taking over handed-over notifications failed")
+            try:
+                await self.tick()
+            except Exception:
                 log.exception("periodic notifications failed")
             await asyncio.sleep(1.0)
+
+    async def take_over(self) -> int:
+        """Send the notifications stopped processes handed over to the store (see
+        ``delivery``); returns how many were taken. Those of a subscription deleted or
+        no longer active meanwhile are dropped, as its own queue would have been."""
+        taken = 0
+        while True:
+            pending = await self.store.take_over(TAKE_OVER_BATCH)
+            for item in pending:
+                subs = await self.registry.active(item.tenant)
+                sub = next((s for s in subs if s.id == item.sub_id), None)
+                if sub is None or sub.status != "active":
+                    log.info("handed-over notification for %s dropped: not active", item.sub_id)
+                    continue
+                step = max(sub.coalesce, 1)  # one entity each where notifications are per entity
+                for start in range(0, len(item.data), step):
+                    self.delivery.submit(sub, item.data[start : start + step])
+            taken += len(pending)
+            if len(pending) < TAKE_OVER_BATCH:
+                return taken
 
     async def tick(self) -> None:
         """Send the timeInterval notifications that are due (claimed through the store)."""

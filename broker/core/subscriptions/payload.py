@@ -31,7 +31,10 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from broker.core.model import View
 from broker.core.projection import Tree
-from broker.errors import BadRequestData, NotImplementedYet
+from broker.core.subscriptions.v2 import V2_KEY, V2Spec, endpoint_of, expires_at, spec_of
+from broker.core.subscriptions.v2 import throttling_of as v2_throttling
+from broker.core.v2map import V2Mapper
+from broker.errors import BadRequestData, NgsiLdError, NotImplementedYet
 from broker.jsonld.context import ContextValue, TermMap, single_url
 from broker.model.entity import Entity, check_datetime, check_entity_id, check_name
 from broker.model.query import GeoQuery, Node, ScopeQuery
@@ -70,6 +73,8 @@ FORMATS = {
     "simplified": "keyValues",
 }
 ACCEPTS = ("application/json", "application/ld+json")
+#: Entities in one notification built from queued changes, at most.
+MAX_COALESCED = 500
 GEOJSON = "application/geo+json"
 SCHEMES = ("http://", "https://", "mqtt://", "mqtts://")
 _ERROR = "subscription"
@@ -252,6 +257,9 @@ class NotificationParams(BaseModel):
     def _attributes_or_projection(self) -> NotificationParams:
         if self.attributes is not None and (self.pick is not None or self.omit is not None):
             raise _wrong("notification.attributes cannot be combined with pick or omit")
+        # clause 5.2.14: "showChanges cannot be true in case format is keyValues"
+        if self.showChanges and FORMATS.get(self.format) == "keyValues":
+            raise _wrong("notification.showChanges cannot be true with format keyValues")
         return self
 
 
@@ -367,7 +375,12 @@ def parse(doc: dict[str, Any]) -> SubscriptionDoc:
 
 def _not_implemented(doc: dict[str, Any]) -> None:
     if "csf" in doc:
-        raise NotImplementedYet("context source filters (csf) are not available in this version")
+        if not isinstance(doc["csf"], str):
+            raise BadRequestData("csf must be a q-language expression")
+        try:
+            parse_q(doc["csf"])
+        except NgsiLdError as exc:
+            raise BadRequestData(f"csf: {exc.detail}") from None
     if "temporalQ" in doc:
         raise NotImplementedYet("temporalQ in subscriptions is not available in this version")
     notification = doc.get("notification")
@@ -412,6 +425,13 @@ class Compiled:
     #: Who created or last changed the subscription (``Principal.as_record()``), when
     #: access control is on: notifications carry only what it may read.
     owner: dict[str, Any] | None = None
+    #: An NGSI v2 subscription (``/v2/subscriptions``): its own triggers and messages.
+    v2: V2Spec | None = None
+
+    @property
+    def coalesce(self) -> int:
+        """Entities one notification may carry when changes wait for the endpoint."""
+        return 1 if self.v2 is not None and self.v2.single else MAX_COALESCED
 
     @property
     def status(self) -> str:
@@ -420,6 +440,8 @@ class Compiled:
         return "active" if self.is_active else "paused"
 
     def selects(self, ent: Entity) -> bool:
+        if self.v2 is not None:
+            return self.v2.selects(ent)
         if not self.selectors:
             return True
         types = set(ent.get("type", ()))
@@ -438,7 +460,7 @@ class Compiled:
         """What a notification's entity depends on besides the change itself:
         subscriptions with equal keys render a change identically (None: not shared,
         linked entities are joined per subscription)."""
-        if self.join is not None:
+        if self.join is not None or self.v2 is not None:
             return None
         return (
             id(self.render_tm or self.tm),
@@ -476,9 +498,12 @@ class Compiler:
     def __init__(self, resolve: ResolveContext, implicit_url: ImplicitUrl) -> None:
         self._resolve = resolve
         self._implicit_url = implicit_url
+        self._mapper: V2Mapper | None = None
 
     async def compile(self, tenant: str, doc: dict[str, Any]) -> Compiled:
         """Validate a subscription document and compile it; raise BadRequestData if invalid."""
+        if isinstance(doc.get(V2_KEY), dict):
+            return await self._compile_v2(tenant, doc)
         sub = parse(doc)
         tm = await self._resolve(sub.context)
         render_tm = await self._resolve(sub.jsonldContext) if sub.jsonldContext else tm
@@ -549,6 +574,42 @@ class Compiler:
                 if sub.datasetId is not None
                 else None
             ),
+        )
+
+    async def _compile_v2(self, tenant: str, doc: dict[str, Any]) -> Compiled:
+        """An NGSI v2 subscription (stored checked by ``v2.checked``): v2 names are terms
+        of the core context, as every v2 name is."""
+        tm = await self._resolve(None)
+        if self._mapper is None or self._mapper.tm is not tm:
+            self._mapper = V2Mapper(tm)
+        v2 = doc[V2_KEY]
+        spec = spec_of(tenant, doc, self._mapper)
+        _, _, endpoint = endpoint_of(v2)
+        owner = doc.get("renkeiOwner")
+        return Compiled(
+            tenant=tenant,
+            id=str(doc["id"]),
+            doc=doc,
+            tm=tm,
+            context_url=single_url(tm.context) or "",
+            selectors=[],
+            watched=spec.watched,
+            triggers=set(),
+            q=None,
+            geo=None,
+            scope=None,
+            attributes=None,
+            endpoint=endpoint,
+            format="normalized",
+            sys_attrs=False,
+            show_changes=False,
+            lang=None,
+            throttling=v2_throttling(v2),
+            time_interval=None,
+            expires_at=expires_at(v2),
+            is_active=spec.status in ("active", "oneshot"),
+            owner=owner if isinstance(owner, dict) else None,
+            v2=spec,
         )
 
     @staticmethod

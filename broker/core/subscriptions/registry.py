@@ -15,15 +15,20 @@ import uuid
 from typing import Any
 
 from broker.auth.access import current
-from broker.auth.masking import keep_masked, mask_subscription
+from broker.auth.masking import keep_masked, keep_masked_v2, mask_subscription
 from broker.core.guard import OWNER_KEY
-from broker.core.subscriptions.payload import Compiled, Compiler
+from broker.core.subscriptions import v2
+from broker.core.subscriptions.payload import TRIGGERS, Compiled, Compiler
 from broker.errors import BadRequestData, Forbidden, NgsiLdError, ResourceNotFound, Unauthorized
 from broker.jsonld.context import ContextValue, TermMap
 from broker.model.entity import check_entity_id, now_iso
 from broker.notify.senders import redact_uri
 from broker.outbound import OutboundPolicy, OutboundRefused
 from broker.store.base import Store
+
+#: Delivery status members only NGSI v2 shows.
+_V2_STATUS = ("lastSuccessCode", "lastFailureReason", "failsCounter")
+SUB_NOT_FOUND = "The requested subscription has not been found. Check id"
 
 log = logging.getLogger("renkei.subscriptions")
 
@@ -33,8 +38,9 @@ def check_subscribe(tenant: str, compiled: Compiled) -> None:
 
     Every entity selector must select only entities of a type the principal may
     subscribe to: each alternative of its type expression names at least one such type
-    (an entity matching ``A;B`` has both). A subscription without entity selectors, or
-    a selector without a type, watches every type and needs ``subscribe`` on all of them.
+    (an entity matching ``A;B`` has both); an NGSI v2 selector names such a type. A
+    subscription without entity selectors, or a selector without a type (or with a v2
+    ``typePattern``), watches every type and needs ``subscribe`` on all of them.
     Outside a request, or with access control off, nothing is checked.
     """
     access = current()
@@ -43,9 +49,13 @@ def check_subscribe(tenant: str, compiled: Compiled) -> None:
     allowed = access.allowed("subscribe", tenant)
     if allowed is None:
         return
-    selectors = compiled.selectors
-    if selectors and all(
-        s.types and all(any(t in allowed for t in conj) for conj in s.types) for s in selectors
+    if compiled.v2 is not None:
+        v2_selectors = compiled.v2.selectors
+        if v2_selectors and all(s.type_iri in allowed for s in v2_selectors):
+            return
+    elif compiled.selectors and all(
+        s.types and all(any(t in allowed for t in conj) for conj in s.types)
+        for s in compiled.selectors
     ):
         return
     if access.principal.anonymous:
@@ -80,11 +90,29 @@ class Registry:
 
     async def _check_endpoint(self, uri: str) -> None:
         """400 for an endpoint the outbound policy refuses (by name, literal address or
-        what the name resolves to now); every connection is checked again when made."""
+        what the name resolves to now); every connection is checked again when made.
+        ``${...}`` macros of a v2 custom URL are checked as plain text here."""
         try:
-            await self.outbound.check_url(uri, ("http", "https", "mqtt", "mqtts"))
+            await self.outbound.check_url(
+                v2.substitute_text(uri, {}) if "${" in uri else uri,
+                ("http", "https", "mqtt", "mqtts"),
+            )
         except (OutboundRefused, ValueError) as exc:
             raise BadRequestData(f"notification endpoint {redact_uri(uri)}: {exc}") from None
+
+    async def _save(
+        self, tenant: str, doc: dict[str, Any], *, create: bool, past_ok: bool = True
+    ) -> None:
+        compiled = await self.compile(tenant, doc)
+        if not past_ok and compiled.expires_at is not None and compiled.expires_at <= time.time():
+            raise BadRequestData("expiresAt is in the past")
+        check_subscribe(tenant, compiled)
+        await self._check_endpoint(compiled.endpoint.uri)
+        doc["modifiedAt"] = now_iso()
+        if create:
+            doc["createdAt"] = doc["modifiedAt"]
+        await self.store.put_subscription(tenant, doc, create=create)
+        self._forget(tenant)
 
     # -- CRUD ---------------------------------------------------------------------------------
 
@@ -101,20 +129,14 @@ class Registry:
         doc.setdefault("id", f"urn:ngsi-ld:Subscription:{uuid.uuid4()}")
         if context is not None:
             doc["@context"] = context
-        compiled = await self.compile(tenant, doc)
-        check_subscribe(tenant, compiled)
-        if compiled.expires_at is not None and compiled.expires_at <= time.time():
-            raise BadRequestData("expiresAt is in the past")
-        await self._check_endpoint(compiled.endpoint.uri)
-        doc["createdAt"] = doc["modifiedAt"] = now_iso()
-        await self.store.put_subscription(tenant, doc, create=True)
-        self._forget(tenant)
+        await self._save(tenant, doc, create=True, past_ok=False)
         return str(doc["id"])
 
     async def get(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        """An NGSI-LD subscription (an NGSI v2 one answers as missing here)."""
         check_entity_id(sub_id)
         doc = await self.store.get_subscription(tenant, sub_id)
-        if doc is None:
+        if doc is None or v2.is_v2(doc):
             raise ResourceNotFound(f"subscription {sub_id} not found")
         return doc
 
@@ -143,27 +165,95 @@ class Registry:
                 doc[key] = value
         if context is not None:
             doc["@context"] = context
-        compiled = await self.compile(tenant, doc)
-        check_subscribe(tenant, compiled)
-        if (
-            "expiresAt" in patch
-            and compiled.expires_at is not None
-            and compiled.expires_at <= time.time()
-        ):
-            raise BadRequestData("expiresAt is in the past")
-        await self._check_endpoint(compiled.endpoint.uri)
-        doc["modifiedAt"] = now_iso()
-        await self.store.put_subscription(tenant, doc, create=False)
-        self._forget(tenant)
+        await self._save(tenant, doc, create=False, past_ok="expiresAt" not in patch)
 
     async def delete(self, tenant: str, sub_id: str) -> None:
-        check_entity_id(sub_id)
+        await self.get(tenant, sub_id)
         if not await self.store.delete_subscription(tenant, sub_id):
             raise ResourceNotFound(f"subscription {sub_id} not found")
         self._forget(tenant)
 
     async def all(self, tenant: str) -> list[dict[str, Any]]:
-        return await self.store.list_subscriptions(tenant)
+        """The tenant's NGSI-LD subscriptions."""
+        return [d for d in await self.store.list_subscriptions(tenant) if not v2.is_v2(d)]
+
+    # -- NGSI v2 ------------------------------------------------------------------------------
+
+    async def create_v2(self, tenant: str, body: Any, service_path: str | None) -> str:
+        """Create an NGSI v2 subscription; ``service_path`` is the ``Fiware-ServicePath``
+        it was created under (the entities it selects)."""
+        doc_v2 = v2.checked(body)
+        doc: dict[str, Any] = {
+            "id": v2.new_id(),
+            v2.V2_KEY: doc_v2,
+            "servicePath": v2.stored_paths(service_path),
+        }
+        if doc_v2.get("status") == "oneshot":
+            doc["oneshotSince"] = time.time()
+        await self._save(tenant, doc, create=True)
+        return str(doc["id"])
+
+    async def get_v2(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        doc = await self.store.get_subscription(tenant, sub_id) if v2.check_sub_id(sub_id) else None
+        if doc is None or not v2.is_v2(doc):
+            raise ResourceNotFound(SUB_NOT_FOUND)
+        return doc
+
+    async def update_v2(self, tenant: str, sub_id: str, body: Any) -> None:
+        """PATCH: each member given replaces the stored one (``expires: null`` drops it);
+        credentials echoed back masked keep the stored ones."""
+        patch = v2.checked(body, partial=True)
+        doc = await self.get_v2(tenant, sub_id)
+        doc.pop("notificationStatus", None)
+        stored = dict(doc[v2.V2_KEY])
+        if "notification" in patch:
+            patch["notification"] = keep_masked_v2(stored["notification"], patch["notification"])
+        for key, value in patch.items():
+            if value is None:
+                stored.pop(key, None)
+            else:
+                stored[key] = value
+        doc[v2.V2_KEY] = stored
+        if patch.get("status") == "oneshot":
+            doc["oneshotSince"] = time.time()
+        await self._save(tenant, doc, create=False)
+
+    async def delete_v2(self, tenant: str, sub_id: str) -> None:
+        await self.get_v2(tenant, sub_id)
+        if not await self.store.delete_subscription(tenant, sub_id):
+            raise ResourceNotFound(SUB_NOT_FOUND)
+        self._forget(tenant)
+
+    async def all_v2(self, tenant: str, service_path: str | None) -> list[dict[str, Any]]:
+        """The tenant's NGSI v2 subscriptions; with a ``Fiware-ServicePath`` other than
+        ``/#``, those created under exactly that one (as Orion lists them)."""
+        wanted = v2.stored_paths(service_path)
+        return [
+            d
+            for d in await self.store.list_subscriptions(tenant)
+            if v2.is_v2(d) and (wanted == "/#" or d.get("servicePath") == wanted)
+        ]
+
+    def render_v2(self, doc: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        return mask_subscription(v2.shown(doc, status))
+
+    async def deactivate(self, sub: Compiled, why: str) -> None:
+        """Make a v2 subscription inactive: a ``oneshot`` one that fired (unless it was
+        set ``oneshot`` again meanwhile), or one over its ``maxFailsLimit``."""
+        doc = await self.store.get_subscription(sub.tenant, sub.id)
+        if doc is None or not v2.is_v2(doc):
+            return
+        doc.pop("notificationStatus", None)
+        stored = doc[v2.V2_KEY]
+        if why == "oneshot" and (
+            stored.get("status") != "oneshot"
+            or (sub.v2 is not None and doc.get("oneshotSince") != sub.v2.armed_at)
+        ):
+            return
+        stored["status"] = "inactive"
+        doc["modifiedAt"] = now_iso()
+        await self.store.put_subscription(sub.tenant, doc, create=False)
+        self._forget(sub.tenant)
 
     async def render(
         self,
@@ -198,14 +288,18 @@ class Registry:
             notification["attributes"] = [
                 tm.compact(compiled.tm.expand(a)) for a in notification["attributes"]
             ]
-        notification.update(status)
+        notification.update({k: v for k, v in status.items() if k not in _V2_STATUS})
         if status.get("timesSent"):  # "ok"/"failed" describe the last delivery, once there was one
             failed = "lastFailure" in status and status["lastFailure"] >= status.get(
                 "lastSuccess", ""
             )
             notification["status"] = "failed" if failed else "ok"
+        # the defaults of clause 5.2.12-5.2.15, shown as the subscription works with them
         notification.setdefault("format", "normalized")
+        if isinstance(notification.get("endpoint"), dict):
+            notification["endpoint"] = {"accept": "application/json", **notification["endpoint"]}
         out["notification"] = notification
+        out.setdefault("notificationTrigger", sorted(compiled.triggers, key=TRIGGERS.index))
         out["status"] = compiled.status
         out["jsonldContext"] = compiled.context_url
         return mask_subscription(out)

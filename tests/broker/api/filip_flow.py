@@ -7,16 +7,25 @@ with ours), as ``python filip_flow.py BASE_URL``; exits non-zero on the first fa
 from __future__ import annotations
 
 import sys
+import time
 
 import requests
 from filip.clients.exceptions import BaseHttpClientException
 from filip.clients.ngsi_v2 import ContextBrokerClient
 from filip.models.base import FiwareHeader
+from filip.models.ngsi_v2.base import EntityPattern
 from filip.models.ngsi_v2.context import (
     ActionType,
     ContextEntity,
     NamedContextAttribute,
     Query,
+)
+from filip.models.ngsi_v2.subscriptions import (
+    Condition,
+    Http,
+    Notification,
+    Subject,
+    Subscription,
 )
 
 SHELTER = "urn:ngsi-ld:Shelter:komae-1"
@@ -107,8 +116,55 @@ def queries_and_batch(url: str) -> None:
     assert cb.get_entity_list(entity_types=["Shelter"]) == []
 
 
+def times_sent(cb: ContextBrokerClient, sub_id: str, count: int) -> None:
+    """Wait until the subscription counts ``count`` notifications (its status, read back)."""
+    deadline = time.monotonic() + 20
+    while (cb.get_subscription(sub_id).notification.timesSent or 0) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timesSent did not reach {count}")
+        time.sleep(0.1)
+
+
+def subscriptions(url: str, receiver: str) -> None:
+    """Create, list, read, update and delete a subscription; the notifications reach the
+    receiver the test runs (it checks them)."""
+    cb = client(url, path="/subs")
+    sub = Subscription(
+        description="避難所の収容人数",
+        subject=Subject(
+            entities=[EntityPattern(idPattern=".*", type="Shelter")],
+            condition=Condition(attrs=["capacity"]),
+        ),
+        notification=Notification(http=Http(url=receiver), attrs=["name", "capacity"]),
+        throttling=0,
+    )
+    sub_id = cb.post_subscription(sub)
+    assert [s.id for s in cb.get_subscription_list()] == [sub_id]
+    assert cb.get_subscription(sub_id).description == "避難所の収容人数"
+    cb.post_entity(shelter("urn:ngsi-ld:Shelter:subs-1"))
+    cb.update_attribute_value(
+        entity_id="urn:ngsi-ld:Shelter:subs-1", attr_name="capacity", value=350
+    )
+    times_sent(cb, sub_id, 2)
+    # updated through FiLiP's model: inactive, so the next change is not notified
+    stored = cb.get_subscription(sub_id)
+    stored.status = "inactive"
+    stored.description = "休止中"
+    cb.update_subscription(stored)
+    again = cb.get_subscription(sub_id)
+    assert (again.status.value, again.description) == ("inactive", "休止中")
+    cb.update_attribute_value(
+        entity_id="urn:ngsi-ld:Shelter:subs-1", attr_name="capacity", value=360
+    )
+    assert cb.get_subscription(sub_id).notification.timesSent == 2
+    cb.delete_subscription(sub_id)
+    assert cb.get_subscription_list() == []
+
+
 if __name__ == "__main__":
     base = sys.argv[1]
     entities_and_attribute_values(base)
     queries_and_batch(base)
+    if len(sys.argv) > 2:
+        subscriptions(base, sys.argv[2])
     print("filip flow ok")

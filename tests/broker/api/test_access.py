@@ -359,6 +359,31 @@ def test_contexts_need_admin(hub: TestClient) -> None:
     assert hub.delete(made.headers["location"], headers=a).status_code == 204
 
 
+def test_registrations_need_admin(hub: TestClient) -> None:
+    """A registration makes the hub call another host with its own credentials: every
+    operation on them, reading included, needs admin."""
+    reg = {
+        "id": "urn:ngsi-ld:ContextSourceRegistration:調布",
+        "type": "ContextSourceRegistration",
+        "information": [{"entities": [{"type": "AEDLocation"}]}],
+        "endpoint": "http://127.0.0.1:9/",
+    }
+    base = "/ngsi-ld/v1/csourceRegistrations"
+    item = f"{base}/{reg['id']}"
+    for who in ("komae-writer", "aed-reader"):
+        h = {**key(who), **JSON, **KOMAE}
+        assert hub.post(base, headers=h, json=reg).status_code == 403
+    assert hub.post(base, headers={**JSON, **KOMAE}, json=reg).status_code == 401
+    a = {**key("hub-admin"), **JSON, **KOMAE}
+    assert hub.post(base, headers=a, json=reg).status_code == 201
+    w = {**key("komae-writer"), **KOMAE}
+    for method, url in (("get", item), ("get", f"{base}?type=AEDLocation"), ("delete", item)):
+        assert hub.request(method, url, headers=w).status_code == 403
+    assert hub.patch(item, headers={**w, **JSON}, json={"mode": "auxiliary"}).status_code == 403
+    assert hub.get(item, headers=a).status_code == 200
+    assert hub.delete(item, headers=a).status_code == 204
+
+
 # -- subscriptions -------------------------------------------------------------------------------
 
 
@@ -399,6 +424,56 @@ def test_notifications_carry_only_what_the_owner_may_read(hub: TestClient) -> No
         assert last[0].get("authorization") == "Bearer s3cret-0001"
     finally:
         receiver.close()
+
+
+def test_subscriptions_need_subscribe_on_the_types_they_select(hub: TestClient) -> None:
+    """Both APIs: a role that may subscribe to AEDLocation only cannot subscribe to
+    shelters, nor to entities of any type."""
+    w = {**key("aed-watcher"), **JSON}
+    receiver = "http://127.0.0.1:9/受信"
+
+    def v2(entities: list[dict[str, str]]) -> dict[str, Any]:
+        return {"subject": {"entities": entities}, "notification": {"http": {"url": receiver}}}
+
+    def ld(entities: list[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "type": "Subscription",
+            "entities": entities,
+            "notification": {"endpoint": {"uri": receiver}},
+        }
+
+    v2h = {**w, "Fiware-Service": "komae"}
+    for refused in (
+        [{"idPattern": ".*", "type": "EvacuationShelter"}],
+        [{"idPattern": ".*"}],
+        [{"idPattern": ".*", "typePattern": "^AED"}],
+        [{"id": "AED-1", "type": "AEDLocation"}, {"id": "S-1", "type": "EvacuationShelter"}],
+    ):
+        r = hub.post("/v2/subscriptions", headers=v2h, json=v2(refused))
+        assert r.status_code == 403, (refused, r.text)
+        assert r.json()["error"] == "Forbidden"
+    made = hub.post(
+        "/v2/subscriptions", headers=v2h, json=v2([{"idPattern": ".*", "type": "AEDLocation"}])
+    )
+    assert made.status_code == 201, made.text
+    patch = {"subject": {"entities": [{"idPattern": ".*", "type": "EvacuationShelter"}]}}
+    assert hub.patch(made.headers["location"], headers=v2h, json=patch).status_code == 403
+    ldh = {**w, **KOMAE}
+    assert (
+        hub.post(
+            "/ngsi-ld/v1/subscriptions", headers=ldh, json=ld([{"type": "EvacuationShelter"}])
+        ).status_code
+        == 403
+    )
+    assert (
+        hub.post(
+            "/ngsi-ld/v1/subscriptions", headers=ldh, json=ld([{"type": "AEDLocation"}])
+        ).status_code
+        == 201
+    )
+    watched_only = {**ld([]), "watchedAttributes": ["name"]}
+    del watched_only["entities"]
+    assert hub.post("/ngsi-ld/v1/subscriptions", headers=ldh, json=watched_only).status_code == 403
 
 
 def test_subscriptions_reach_only_the_types_the_role_may_subscribe_to(hub: TestClient) -> None:

@@ -167,3 +167,43 @@ def test_max_attributes_counts_instances_and_sub_attributes(hub: TestClient) -> 
     ]
     r = hub.post(T, json={"id": "urn:ngsi-ld:Gauge:履歴", "type": "Gauge", "水位": history})
     assert r.status_code == 201, r.text
+
+
+def test_max_attributes_bounds_what_appends_and_merges_make_of_an_entity(
+    hub: TestClient,
+) -> None:
+    """Each request within the bound may not grow one entity past it (the hub allows 50)."""
+    eid = "urn:ngsi-ld:Gauge:積み重ね"
+
+    def instances(start: int, count: int) -> list[dict[str, object]]:
+        return [
+            {"type": "Property", "value": i, "datasetId": f"urn:ngsi-ld:Dataset:{i}"}
+            for i in range(start, start + count)
+        ]
+
+    assert hub.post(E, json={"id": eid, "type": "Gauge", "水位": instances(0, 40)}).is_success
+    attempts: list[tuple[str, str, object]] = [
+        ("POST", f"{E}/{eid}/attrs", {"水位": instances(40, 20)}),
+        ("PATCH", f"{E}/{eid}/attrs", {"流量": instances(0, 20)}),
+        ("PATCH", f"{E}/{eid}", {"水位": instances(100, 20)}),
+        (
+            "POST",
+            f"{V1}/entityOperations/upsert?options=update",
+            [{"id": eid, "type": "Gauge", "流量": instances(0, 20)}],
+        ),
+    ]
+    for method, url, body in attempts:
+        r = hub.request(method, url, json=body)
+        assert r.status_code in (400, 207), r.text
+        problem = r.json() if r.status_code == 400 else r.json()["errors"][0]["error"]
+        assert "would hold 60" in problem["detail"]
+        assert "limit 50" in problem["detail"]
+    kept = hub.get(f"{E}/{eid}").json()
+    assert set(kept) == {"id", "type", "水位"}
+    assert len(kept["水位"]) == 40
+    # changing instances in place, or dropping some, is not growing
+    changed = hub.post(f"{E}/{eid}/attrs", json={"水位": instances(0, 10)})
+    assert changed.status_code == 204, changed.text
+    merged = hub.patch(f"{E}/{eid}", json={"水位": instances(35, 10)})
+    assert merged.status_code == 204, merged.text
+    assert len(hub.get(f"{E}/{eid}").json()["水位"]) == 45

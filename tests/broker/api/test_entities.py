@@ -356,7 +356,7 @@ def test_delete_entity(client: TestClient) -> None:
 
 
 def test_not_built_sections_say_so(client: TestClient) -> None:
-    r = client.get("/ngsi-ld/v1/csourceRegistrations?type=X")
+    r = client.get("/ngsi-ld/v1/entityMaps")
     assert r.status_code == 501
     assert r.json()["type"] == ERR + "OperationNotSupported"
 

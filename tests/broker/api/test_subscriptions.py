@@ -67,7 +67,16 @@ def test_lifecycle_and_validation(client: TestClient, receiver: Receiver) -> Non
     ]
     for body in bad:
         assert client.post(S, json=body, headers=JSON).status_code == 400, body
-    assert client.post(S, json=subscription(receiver.url, csf="x"), headers=JSON).status_code == 501
+    assert (
+        client.post(S, json=subscription(receiver.url, csf="name=="), headers=JSON).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            S, json=subscription(receiver.url, csf='自治体=="狛江市"'), headers=JSON
+        ).status_code
+        == 201
+    )
 
 
 def test_notifications_follow_writes(client: TestClient, receiver: Receiver) -> None:

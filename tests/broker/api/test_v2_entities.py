@@ -173,9 +173,9 @@ def test_bad_input_gets_v2_errors(client: TestClient) -> None:
             client.post(E, json={"id": "A"}, headers={"Fiware-ServicePath": "/a,/b"}),
             (400, "BadRequest"),
         ),
-        (client.get("/v2/subscriptions"), (501, "NotImplemented")),
+        (client.post("/v2/subscriptions", json={}), (400, "BadRequest")),
         (client.post("/v2/registrations", json={}), (501, "NotImplemented")),
-        (client.post("/v2/op/notify", json={}), (501, "NotImplemented")),
+        (client.post("/v2/op/notify", json={}), (400, "BadRequest")),
     ]
     for response, expected in cases:
         assert error(response) == expected, response.request.url
@@ -513,7 +513,12 @@ def test_v2_writes_build_history_and_fire_ngsi_ld_subscriptions(
 
 
 def test_version_entry_point_and_openapi(client: TestClient) -> None:
-    assert "version" in client.get("/version").json()["orion"]
+    version = client.get("/version").json()
+    assert "version" in version["orion"]  # Orion's shape, which v2 clients read
+    # and Orion-LD's, which NGSI-LD clients read to recognise the broker
+    assert version["orionld version"]
+    assert version["orion version"] == version["orion"]["version"]
+    assert version["uptime"].endswith(" s")
     assert client.get("/v2").json()["entities_url"] == "/v2/entities"
     spec = get_openapi(title="v2", version="0", routes=ngsi_v2.router.routes)
     params = {p["name"] for p in spec["paths"]["/v2/entities"]["get"]["parameters"]}

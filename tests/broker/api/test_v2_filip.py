@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.receiver import Receiver
 from tests.support import broker
 
 FILIP = "filip==0.8.1"
@@ -36,10 +37,10 @@ def filip_python() -> Path:
 
 
 @pytest.mark.filip
-def test_filip_flow(filip_python: Path, tmp_path: Path) -> None:
+def test_filip_flow(filip_python: Path, tmp_path: Path, receiver: Receiver) -> None:
     with broker(tmp_path / "hub.db") as url:
         run = subprocess.run(
-            [str(filip_python), str(FLOW), url],
+            [str(filip_python), str(FLOW), url, receiver.url],
             capture_output=True,
             text=True,
             timeout=300,
@@ -47,3 +48,11 @@ def test_filip_flow(filip_python: Path, tmp_path: Path) -> None:
         )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "filip flow ok" in run.stdout
+    # the subscription FiLiP made notified the creation and the change, nothing once inactive
+    received = receiver.wait(2)
+    receiver.quiet(2)
+    (h1, first), (_, second) = received
+    assert h1["ngsiv2-attrsformat"] == "normalized"
+    assert (h1["fiware-service"], h1["fiware-servicepath"]) == ("komae", "/subs")
+    assert first["data"][0]["name"]["value"] == "狛江第一小学校"
+    assert [n["data"][0]["capacity"]["value"] for n in (first, second)] == [300, 350]

@@ -193,6 +193,49 @@ async def test_data_survives_reopen(make_store: Callable[[], Store]) -> None:
         await s.close()
 
 
+async def test_handed_over_notifications_go_to_one_taker_each_oldest_first(
+    make_store: Callable[[], Store],
+) -> None:
+    """What a stopping process hands over, another process on the same store takes:
+    each once, however many take at the same time, and survives a reopening."""
+    from broker.model.store import PendingNotification
+
+    stopping, replica, other = make_store(), make_store(), make_store()
+    for s in (stopping, replica, other):
+        await s.open()
+    try:
+        assert await replica.take_over(10) == []
+        pending = [
+            PendingNotification(
+                "komae" if i % 2 else "",
+                f"urn:ngsi-ld:Subscription:通知{i % 3}",
+                [
+                    {
+                        "id": f"urn:ngsi-ld:WaterLevel:多摩川{i}",
+                        "type": "WaterLevel",
+                        "水位": i,
+                        "https://example.org/a.b$c": {"value": [i, {"@type": "x"}]},
+                    }
+                ],
+            )
+            for i in range(40)
+        ]
+        await stopping.hand_over(pending[:30])
+        await stopping.close()
+        stopping = make_store()  # what was handed over is kept in the store itself
+        await stopping.open()
+        await stopping.hand_over(pending[30:])
+        first = await replica.take_over(5)
+        assert first == pending[:5]
+        rest = await asyncio.gather(*(s.take_over(4) for s in (replica, other) for _ in range(5)))
+        taken = first + [p for batch in rest for p in batch]
+        assert sorted(p.data[0]["水位"] for p in taken) == list(range(40))
+        assert await other.take_over(10) == []
+    finally:
+        for s in (stopping, replica, other):
+            await s.close()
+
+
 async def test_subscription_storage_status_and_claims(store: Store) -> None:
     from broker.errors import AlreadyExists as Exists
     from broker.model.store import NotificationRecord
@@ -230,6 +273,35 @@ async def test_subscription_storage_status_and_claims(store: Store) -> None:
         "lastSuccess": "2026-01-02T00:00:00Z",
         "lastFailure": "2026-01-01T00:00:00Z",
     }
+    # consecutive failures add up until a success ends the run; the details stay
+    for trailing in (1, 2):
+        await store.record_notifications(
+            [
+                NotificationRecord(
+                    "komae",
+                    sub["id"],
+                    sent=trailing,
+                    failed=trailing,
+                    last_failure="2026-01-03T00:00:00Z",
+                    last_failure_reason="接続できません (connection refused)",
+                    trailing_failures=trailing,
+                )
+            ]
+        )
+    got = await store.get_subscription("komae", sub["id"])
+    assert got is not None
+    status = got["notificationStatus"]
+    assert (status["failsCounter"], status["timesFailed"]) == (3, 4)
+    assert status["lastFailureReason"] == "接続できません (connection refused)"
+    await store.record_notifications(
+        [NotificationRecord("komae", sub["id"], sent=1, last_success_code=204, reset=True)]
+    )
+    got = await store.get_subscription("komae", sub["id"])
+    assert got is not None
+    status = got["notificationStatus"]
+    assert "failsCounter" not in status
+    assert status["lastSuccessCode"] == 204
+    assert status["lastFailureReason"] == "接続できません (connection refused)"
     assert await store.claim_notification("komae", sub["id"], now=100.0, min_gap=10)
     assert not await store.claim_notification("komae", sub["id"], now=105.0, min_gap=10)
     assert await store.claim_notification("komae", sub["id"], now=110.0, min_gap=10)

@@ -14,22 +14,30 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 from pymongo import monitoring
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
+from broker.app import create_app
 from broker.errors import AlreadyExists, BadRequestData, InternalError
 from broker.model.entity import Entity
 from broker.model.history import Duration, to_us
 from broker.model.query import AttrPath, Comparison, GeoQuery
 from broker.model.store import DELETE, EntityQuery, HistoryQuery, NotificationRecord
-from broker.store.mongodb import MongoStore, supports_transactions
+from broker.settings import Settings
+from broker.store.mongodb import (
+    MongoStore,
+    driver_errors,
+    nested_deeper_than,
+    supports_transactions,
+)
 from broker.store.mongohistory import MongoHistory
 from broker.store.mongoquery import escape_doc, escape_key, unescape_doc, unescape_key
 from tests.mongo_support import mongoeco_server
@@ -745,3 +753,133 @@ async def test_history_aggregates_are_computed_by_mongodb(mongo_url: str) -> Non
         None,
     )
     assert set(match["at"]) == {"$gte", "$lte"}
+
+
+# -- MongoDB's own limits are the request's fault: 400, never 500 ----------------------------
+
+V1 = "/ngsi-ld/v1"
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def mongo_hub(mongo_url: str) -> Iterator[TestClient]:
+    """The hub on MongoDB, with request bounds raised past what MongoDB itself stores."""
+    settings = Settings.model_validate(
+        {"store": mongo_url, "max_body_bytes": 40 * MIB, "max_json_depth": 200}
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _gauge(eid: str, **attrs: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": eid, "type": "水位計"}
+    for name, value in attrs.items():
+        body[name] = {"type": "Property", "value": value}
+    return body
+
+
+def _refused_by_limits(r: Any) -> str:
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    detail: str = r.json()["detail"]
+    assert "beyond the store's limits" in detail, detail[:300]
+    return detail
+
+
+def test_a_document_over_16_mib_is_400_and_nothing_is_stored(mongo_hub: TestClient) -> None:
+    eid = "urn:ngsi-ld:水位計:多摩川大"
+    r = mongo_hub.post(f"{V1}/entities", json=_gauge(eid, 記録="水" * (6 * MIB)))  # 18 MiB
+    assert "MongoDB stores at most" in _refused_by_limits(r)
+    assert mongo_hub.get(f"{V1}/entities/{eid}").status_code == 404
+    # an entity that grows past the limit keeps what it had (a string is stored twice:
+    # as the value and as its index entry, so 2 Mi characters of 3 bytes take 12 MiB)
+    assert mongo_hub.post(f"{V1}/entities", json=_gauge(eid, 記録="川" * (2 * MIB))).is_success
+    grown = mongo_hub.post(
+        f"{V1}/entities/{eid}/attrs", json={"追記": {"type": "Property", "value": "水" * (1 * MIB)}}
+    )
+    _refused_by_limits(grown)
+    kept = mongo_hub.get(f"{V1}/entities/{eid}", params={"options": "keyValues"}).json()
+    assert set(kept) == {"id", "type", "記録"}
+    assert len(kept["記録"]) == 2 * MIB
+
+
+def test_in_a_batch_only_the_oversized_entity_fails(mongo_hub: TestClient) -> None:
+    big, small = "urn:ngsi-ld:水位計:大", "urn:ngsi-ld:水位計:小"
+    r = mongo_hub.post(
+        f"{V1}/entityOperations/create",
+        json=[_gauge(big, 記録="水" * (6 * MIB)), _gauge(small, 水位=1.2)],
+    )
+    assert r.status_code == 207, r.text[:300]
+    assert r.json()["success"] == [small]
+    (error,) = r.json()["errors"]
+    assert error["entityId"] == big
+    assert error["error"]["status"] == 400
+    assert mongo_hub.get(f"{V1}/entities/{small}").status_code == 200
+
+
+def test_values_nested_deeper_than_mongodb_stores_are_400(mongo_hub: TestClient) -> None:
+    eid = "urn:ngsi-ld:水位計:入れ子"
+    value: Any = "底"
+    for _ in range(120):
+        value = {"階層": value}
+    _refused_by_limits(mongo_hub.post(f"{V1}/entities", json=_gauge(eid, 構造=value)))
+    assert mongo_hub.get(f"{V1}/entities/{eid}").status_code == 404
+    for _ in range(60):  # 60 levels of value, within MongoDB's 100 with the document's own
+        value = value["階層"]
+    r = mongo_hub.post(f"{V1}/entities", json=_gauge(eid, 構造=value))
+    assert r.status_code == 201, r.text[:300]
+
+
+def test_nesting_is_counted_as_mongodb_counts_it() -> None:
+    doc: Any = "底"
+    for level in range(100):  # 100 levels: 50 documents and 50 arrays
+        doc = {"a": doc} if level % 2 else [doc]
+    assert not nested_deeper_than(doc, 100)
+    assert nested_deeper_than(doc, 99)
+    assert not nested_deeper_than({"a": 1, "b": [1, 2]}, 2)
+    assert nested_deeper_than({"a": 1, "b": [1, {"c": 2}]}, 2)
+
+
+def test_limit_errors_the_server_reports_are_400(
+    mongo_hub: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAULT INJECTION: the errors a server enforcing limits mongoeco does not (index keys
+    over 1 KiB before MongoDB 4.2, nesting depth) answers a bulk write with."""
+    from pymongo.asynchronous.collection import AsyncCollection
+
+    real = AsyncCollection.bulk_write
+
+    async def refusing(self: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "entities" and any(
+            "長い鍵" in str(getattr(op, "_doc", "")) for op in requests
+        ):
+            raise BulkWriteError(
+                {
+                    "writeErrors": [
+                        {
+                            "index": 0,
+                            "code": 17280,
+                            "errmsg": "WiredTigerIndex::insert: key too large to index",
+                        }
+                    ],
+                    "nInserted": 0,
+                }
+            )
+        return await real(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "bulk_write", refusing)
+    r = mongo_hub.post(f"{V1}/entities", json=_gauge("urn:ngsi-ld:水位計:鍵", 名称="長い鍵" * 400))
+    assert r.status_code == 400, r.text
+    assert "key too large" in r.json()["detail"]
+    ok = mongo_hub.post(f"{V1}/entities", json=_gauge("urn:ngsi-ld:水位計:普通", 名称="普通"))
+    assert ok.status_code == 201
+
+
+@pytest.mark.parametrize("code", [10334, 17419, 17280, 15])
+def test_driver_limit_errors_are_bad_request(code: int) -> None:
+    """FAULT INJECTION: each limit error code, as pymongo raises it, is translated to 400."""
+    with pytest.raises(BadRequestData, match="beyond the store's limits"), driver_errors():
+        raise OperationFailure("limit", code=code)
+    with pytest.raises(BadRequestData, match="beyond the store's limits"), driver_errors():
+        raise DocumentTooLarge("BSON document too large")
+    with pytest.raises(InternalError), driver_errors():
+        raise OperationFailure("something else", code=8)

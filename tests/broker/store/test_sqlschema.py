@@ -88,11 +88,12 @@ def _broken(conn: sqlite3.Connection) -> None:
 
 
 def test_a_rewriting_migration_takes_a_copy_first(old_store: Path) -> None:
-    steps = (*sqlschema.STEPS, Step(2, "units beside entities", _add_reading_unit, rewrites=True))
+    nxt = sqlschema.CURRENT + 1
+    steps = (*sqlschema.STEPS, Step(nxt, "units beside entities", _add_reading_unit, rewrites=True))
     conn = sqlite3.connect(old_store, isolation_level=None)
     try:
         copy = sqlschema.upgrade(conn, str(old_store), steps)
-        assert sqlschema.version(conn) == 2
+        assert sqlschema.version(conn) == nxt
         assert conn.execute("SELECT DISTINCT unit FROM entities").fetchall() == [("水位 m",)]
     finally:
         conn.close()
@@ -107,12 +108,12 @@ def test_a_rewriting_migration_takes_a_copy_first(old_store: Path) -> None:
 
 
 def test_a_failing_migration_leaves_the_store_at_the_last_step(old_store: Path) -> None:
-    steps = (*sqlschema.STEPS, Step(2, "a bug", _broken, rewrites=True))
+    steps = (*sqlschema.STEPS, Step(sqlschema.CURRENT + 1, "a bug", _broken, rewrites=True))
     conn = sqlite3.connect(old_store, isolation_level=None)
     try:
         with pytest.raises(RuntimeError, match="a migration bug"):
             sqlschema.upgrade(conn, str(old_store), steps)
-        assert sqlschema.version(conn) == 1
+        assert sqlschema.version(conn) == sqlschema.CURRENT
         docs = [r[0] for r in conn.execute("SELECT doc FROM entities")]
         assert len(docs) == 3
         assert all(doc != b"\x00" for doc in docs)

@@ -200,3 +200,48 @@ def test_a_device_with_a_bad_expression_is_refused_alone(api: TestClient) -> Non
     r = api.put("/iot/devices/水位計1", json={"explicitAttrs": "level +"}, headers=KOMAE)
     assert r.status_code == 400
     assert "explicitAttrs" not in api.get("/iot/devices/水位計1", headers=KOMAE).json()
+
+
+def test_bodies_over_the_limit_are_413_and_change_nothing(tmp_path: Path) -> None:
+    limited = settings(tmp_path).model_copy(update={"iota_max_body_bytes": 64 * 1024})
+    with TestClient(create_app(limited)) as api:
+        group = {"apikey": "k1", "entity_type": "水位計"}
+        assert api.post("/iot/groups", json={"groups": [group]}, headers=KOMAE).status_code == 201
+        devices = [{"device_id": f"水位計{i}", "protocol": "JSON"} for i in range(2000)]
+        r = api.post("/iot/devices", json={"devices": devices}, headers=KOMAE)
+        assert r.status_code == 413
+        assert r.json() == {
+            "name": "PAYLOAD_TOO_LARGE",
+            "message": "the body is larger than 65536 bytes",
+        }
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"devices": ['
+            for i in range(2000):
+                yield b'{"device_id": "d%d", "protocol": "JSON"},' % i
+            yield b'{"device_id": "last"}]}'
+
+        streamed = api.post("/iot/devices", content=chunks(), headers=KOMAE)
+        assert streamed.status_code == 413
+        assert api.get("/iot/devices", headers=KOMAE).json()["count"] == 0
+        measures = api.post("/iot/json?k=k1&i=水位計1", json={"水位": ["1.2" * 30_000]})
+        assert measures.status_code == 413
+        assert api.get("/iot/devices", headers=KOMAE).json()["count"] == 0  # not provisioned
+        small = api.post("/iot/devices", json={"devices": devices[:10]}, headers=KOMAE)
+        assert small.status_code == 201
+
+
+def test_a_request_with_too_many_devices_is_refused_whole(tmp_path: Path) -> None:
+    limited = settings(tmp_path).model_copy(update={"iota_max_devices": 50})
+    with TestClient(create_app(limited)) as api:
+        devices = [{"device_id": f"水位計{i}", "entity_type": "水位計"} for i in range(51)]
+        r = api.post("/iot/devices", json={"devices": devices}, headers=KOMAE)
+        assert r.status_code == 400
+        assert r.json()["name"] == "BAD_REQUEST"
+        assert "at most 50" in r.json()["message"]
+        assert api.get("/iot/devices", headers=KOMAE).json()["count"] == 0
+        groups = [{"apikey": f"k{i}", "entity_type": "水位計"} for i in range(51)]
+        assert api.post("/iot/groups", json={"groups": groups}, headers=KOMAE).status_code == 400
+        ok = api.post("/iot/devices", json={"devices": devices[:50]}, headers=KOMAE)
+        assert ok.status_code == 201
+        assert api.get("/iot/devices", headers=KOMAE).json()["count"] == 50

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from broker.api.deps import Hub
@@ -54,3 +56,50 @@ async def test_a_client_reads_outcomes_not_yet_written(hub: Hub, receiver: Recei
     assert stored.get("notificationStatus", {}).get("timesSent", 0) == 0  # not yet written
     shown = await hub.subscriptions.render("", stored, tm)
     assert shown["notification"]["status"] == "ok"
+
+
+async def test_a_stop_hands_what_was_not_delivered_to_the_next_process(hub: Hub) -> None:
+    """Changes between retries and changes queued behind them are not lost when the
+    process stops: the store keeps them, and a process on the same store sends them."""
+    endpoint = Receiver(status=503)  # unavailable while the first process runs
+    try:
+        sid = await hub.subscriptions.create("", subscription(endpoint.url), CONTEXT)
+        sub = await hub.subscriptions.compile("", await hub.subscriptions.get("", sid))
+        stopping = Delivery(hub.entities.store, hub.subscriptions.senders, backoff=30.0)
+        ids = [f"urn:ngsi-ld:避難所:狛江-{n:03d}" for n in range(1, 6)]
+        stopping.submit(sub, [{"id": ids[0], "type": "避難所"}])
+        await asyncio.to_thread(endpoint.wait, 1)  # refused once: now waiting 30 s
+        for eid in ids[1:]:
+            stopping.submit(sub, [{"id": eid, "type": "避難所"}])  # queued behind it
+        await stopping.aclose()
+        assert stopping.unsent() == []
+        endpoint.status = 200  # the endpoint is back; the hub's own process takes over
+        await hub.subscriptions.matcher.take_over()
+        await hub.subscriptions.delivery.idle()
+        received = endpoint.wait_for(
+            lambda r: [e["id"] for _, body in r[1:] for e in body["data"]] == ids,
+            what="the handed-over changes, in order",
+        )
+        assert all(body["subscriptionId"] == sid for _, body in received)
+        assert await hub.entities.store.take_over(10) == []  # each sent once
+    finally:
+        endpoint.close()
+
+
+async def test_handed_over_notifications_of_a_deleted_subscription_are_dropped(
+    hub: Hub, receiver: Receiver
+) -> None:
+    from broker.model.store import PendingNotification
+
+    sid = await hub.subscriptions.create("", subscription(receiver.url), CONTEXT)
+    gone = await hub.subscriptions.create("", subscription(receiver.url), CONTEXT)
+    await hub.subscriptions.delete("", gone)
+    change = [{"id": "urn:ngsi-ld:避難所:狛江-001", "type": "避難所"}]
+    await hub.entities.store.hand_over(
+        [PendingNotification("", gone, change), PendingNotification("", sid, change)]
+    )
+    await hub.subscriptions.matcher.take_over()
+    await hub.subscriptions.delivery.idle()
+    received = receiver.wait(1)
+    assert [body["subscriptionId"] for _, body in received] == [sid]
+    receiver.quiet(1)

@@ -1,0 +1,589 @@
+"""Distributed retrieve and query (clause 4.3.6.3): what this hub holds merged with what
+the context sources registered for the same entities answer.
+
+A request is forwarded to each active registration whose ``information`` may hold what
+it selects and whose ``operations`` include it (``retrieveEntity``, ``queryEntity``),
+narrowed to the types and attributes the registration names. The answers are merged
+entity by entity and attribute by attribute (``broker.federation.merge``):
+
+* ``inclusive`` and ``redirect`` sources add to what is held here;
+* ``exclusive`` sources own the attributes they name for an entity id: what this hub
+  holds of those is left out;
+* ``auxiliary`` sources only fill in attributes nobody else has.
+
+Access control comes first: the request went through ``authorize``, its local reads
+through the store guard, and what the sources answer is filtered with the same access
+(an entity of a type the principal may not read is left out). ``local=true`` asks this
+hub only. Paging across sources: every source is asked for the first ``offset + limit``
+matches (ordered by id, with their count); the merged list is ordered by id and cut;
+the count is the sum of the counts less the entities several sources answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from broker.auth.access import current as current_access
+from broker.core.entities import EntityService
+from broker.core.model import Parser
+from broker.errors import Conflict, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.federation.forward import Answer, Call, Forwarder, warning
+from broker.federation.merge import merge
+from broker.federation.registrations import Info, Registration, RegistrationService
+from broker.jsonld.context import TermMap
+from broker.model.entity import ENTITY_KEYS, Entity
+from broker.model.query import Node
+from broker.model.store import EntityQuery
+from broker.query.evaluate import matches_q
+from broker.query.qlang import format_q, resolve_q
+from broker.query.scopeq import format_scope_q
+
+#: Query parameters passed on as the client wrote them (terms in the request's context).
+PASSED_ON = frozenset(
+    {"id", "idPattern", "q", "georel", "geometry", "coordinates", "geoproperty", "geoQ", "scopeQ"}
+)
+
+
+def params_of(query: EntityQuery, tm: TermMap) -> dict[str, str]:
+    """The query parameters of ``GET /entities`` that select what ``query`` selects,
+    terms compacted with ``tm`` (for requests that did not come with parameters of their
+    own: OGC API items, a Query body)."""
+    out: dict[str, str] = {}
+    if query.ids:
+        out["id"] = ",".join(query.ids)
+    if query.id_pattern:
+        out["idPattern"] = query.id_pattern
+    if query.types:
+        out["type"] = "|".join(";".join(tm.compact(t) for t in alt) for alt in query.types)
+    if query.q is not None:
+        out["q"] = format_q(resolve_q(query.q, tm.compact))
+    if query.scope_q is not None:
+        out["scopeQ"] = format_scope_q(query.scope_q)
+    geo = query.geo
+    if geo is not None:
+        rel = geo.georel
+        if geo.max_distance is not None:
+            rel += f";maxDistance=={geo.max_distance:g}"
+        if geo.min_distance is not None:
+            rel += f";minDistance=={geo.min_distance:g}"
+        out.update(
+            georel=rel,
+            geometry=str(geo.geometry["type"]),
+            coordinates=orjson.dumps(geo.geometry["coordinates"]).decode(),
+            geoproperty=tm.compact(geo.geoproperty),
+        )
+    return out
+
+
+def parse_remote(body: Any, tm: TermMap) -> Entity | None:
+    """A source's entity (normalized, with sysAttrs) in the internal form, keeping the
+    source's ``createdAt``/``modifiedAt`` (merging needs them); None if invalid."""
+    try:
+        ent = Parser(tm).entity(body)
+    except NgsiLdError:
+        return None
+    for key in ("createdAt", "modifiedAt"):
+        if isinstance(body.get(key), str):
+            ent[key] = body[key]
+    names = [n for n in body if n not in ENTITY_KEYS]
+    iris = [n for n in ent if n not in ENTITY_KEYS]
+    for name, iri in zip(names, iris, strict=False):
+        raw = body[name]
+        raws = raw if isinstance(raw, list) else [raw]
+        for inst, given in zip(ent[iri], raws, strict=False):
+            if isinstance(given, dict):
+                for key in ("createdAt", "modifiedAt"):
+                    if isinstance(given.get(key), str):
+                        inst[key] = given[key]
+    return ent
+
+
+@dataclass(slots=True)
+class WritePlan:
+    """What a distributed write sent to sources (``answers``), and what is left to
+    write here: ``local_body`` when ``run_local``."""
+
+    local_body: Any
+    run_local: bool
+    answers: list[Answer]
+
+
+def _fill(base: Entity, other: Entity) -> Entity:
+    """``other``'s attributes that ``base`` lacks added to a copy of ``base``."""
+    out = dict(base)
+    for name, value in other.items():
+        if name not in ENTITY_KEYS and name not in out:
+            out[name] = value
+    return out
+
+
+class DistributedService:
+    """Distributed retrieve and query (see the module docstring)."""
+
+    def __init__(
+        self,
+        entities: EntityService,
+        registrations: RegistrationService,
+        forwarder: Forwarder,
+        *,
+        max_limit: int = 1000,
+    ) -> None:
+        self.entities = entities
+        self.registrations = registrations
+        self.forwarder = forwarder
+        self.max_limit = max_limit
+
+    async def sources(
+        self,
+        tenant: str,
+        operation: str,
+        *,
+        types: Sequence[Sequence[str]] | None = None,
+        ids: Sequence[str] | None = None,
+        id_pattern: str | None = None,
+        attrs: Sequence[str] | None = None,
+        csf: Node | None = None,
+    ) -> list[tuple[Registration, list[Info]]]:
+        """The active registrations that may answer ``operation`` for this selection
+        (and whose own properties match the context source filter ``csf``)."""
+        out = []
+        for reg in await self.registrations.active(tenant):
+            if not reg.supports(operation):
+                continue
+            if csf is not None and not matches_q(csf, reg.subject):
+                continue
+            infos = reg.infos_for(types=types, ids=ids, id_pattern=id_pattern, attrs=attrs)
+            if infos:
+                out.append((reg, infos))
+        return out
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _attrs(
+        reg: Registration, infos: list[Info], wanted: Sequence[str] | None
+    ) -> list[str] | None:
+        held = reg.attrs_for(infos)
+        if held is None:
+            return list(wanted) if wanted else None
+        return sorted(held & set(wanted)) if wanted else sorted(held)
+
+    @staticmethod
+    def _holds(infos: list[Info], ent: Entity) -> bool:
+        """Whether the registration's groups may hold this entity (a source registered
+        for some ids answers only for those)."""
+        for info in infos:
+            if not info.entities:
+                return True
+            types = ent.get("type") or []
+            for e in info.entities:
+                if e.holds(ent["id"]) and any(t in types for t in e.types):
+                    return True
+        return False
+
+    @staticmethod
+    def _readable(tenant: str, entities: list[Entity]) -> list[Entity]:
+        access = current_access()
+        if access is None:
+            return entities
+        return [e for e in entities if access.can("read", tenant, e.get("type") or [])]
+
+    def _combine(
+        self,
+        tenant: str,
+        local: list[Entity],
+        answered: list[tuple[Registration, list[Info], list[Entity]]],
+    ) -> dict[str, Entity]:
+        """Local and remote entities merged by id (see the module docstring)."""
+        owned: dict[str, set[str]] = {}  # entity id -> attributes an exclusive source owns
+        for reg, infos, _ents in answered:
+            if reg.mode != "exclusive":
+                continue
+            for info in infos:
+                if info.attrs is None:
+                    continue
+                for e in info.entities:
+                    if e.id is not None:
+                        owned.setdefault(e.id, set()).update(info.attrs)
+        out: dict[str, Entity] = {}
+        for ent in local:
+            drop = owned.get(ent["id"])
+            out[ent["id"]] = {k: v for k, v in ent.items() if k not in drop} if drop else ent
+        ordered = sorted(answered, key=lambda a: a[0].mode == "auxiliary")
+        for reg, infos, ents in ordered:
+            for ent in self._readable(tenant, ents):
+                if not self._holds(infos, ent):
+                    continue
+                eid = ent["id"]
+                if eid not in out:
+                    out[eid] = ent
+                elif reg.mode == "auxiliary":
+                    out[eid] = _fill(out[eid], ent)
+                else:
+                    out[eid] = merge(out[eid], ent)
+        return out
+
+    # -- query -----------------------------------------------------------------------------
+
+    async def query(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        params: dict[str, str] | None = None,
+        *,
+        local: bool = False,
+        csf: Node | None = None,
+    ) -> tuple[list[Entity], int | None, dict[str, str]]:
+        """The entities matching ``query`` here and at the sources, with the count and
+        the headers to answer with (``NGSILD-Warning``). ``params`` are the request's
+        own query parameters (passed on in its terms); without them, parameters are made
+        from ``query`` (:func:`params_of`)."""
+        sources = (
+            []
+            if local
+            else await self.sources(
+                tenant,
+                "queryEntity",
+                types=query.types,
+                ids=query.ids,
+                id_pattern=query.id_pattern,
+                attrs=query.attrs,
+                csf=csf,
+            )
+        )
+        if not sources:
+            try:
+                found, total = await self.entities.query(tenant, query)
+            except NonexistentTenant:
+                found, total = [], (0 if query.count else None)
+            return found, total, {}
+        if params is None:
+            params = params_of(query, tm)
+        given = params
+        want = min(query.offset + query.limit, self.max_limit)
+        local_query = replace(query, offset=0, limit=want, count=True)
+
+        async def ask_local() -> tuple[list[Entity], int]:
+            try:
+                found, total = await self.entities.query(tenant, local_query)
+            except NonexistentTenant:
+                return [], 0
+            return found, total or 0
+
+        async def ask(reg: Registration, infos: list[Info]) -> Answer:
+            sent = {k: v for k, v in given.items() if k in PASSED_ON}
+            attrs = self._attrs(reg, infos, query.attrs)
+            if attrs:
+                sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
+            if "type" in given:
+                sent["type"] = given["type"]
+            else:
+                types = reg.types_for(infos)
+                if types:
+                    sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+            sent.update(limit=str(max(want, 1)), count="true", options="sysAttrs")
+            return await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+
+        mine = asyncio.ensure_future(ask_local())
+        try:
+            answers: list[Answer] = await asyncio.gather(
+                *(ask(reg, infos) for reg, infos in sources)
+            )
+        finally:
+            found, local_total = await mine
+        answered: list[tuple[Registration, list[Info], list[Entity]]] = []
+        total = local_total
+        failed: list[Answer] = []
+        for (reg, infos), answer in zip(sources, answers, strict=True):
+            if not answer.ok or not isinstance(answer.body, list):
+                if answer.error is None:
+                    answer.error = f"answered {answer.status}"
+                failed.append(answer)
+                continue
+            ents = [e for e in (parse_remote(b, tm) for b in answer.body) if e is not None]
+            answered.append((reg, infos, ents))
+            header = answer.headers.get("NGSILD-Results-Count") if answer.headers else None
+            total += int(header) if header and header.isdigit() else len(ents)
+        merged = self._combine(tenant, found, answered)
+        seen = len(found) + sum(len(a[2]) for a in answered)
+        total -= seen - len(merged)  # the same entity from several sources counts once
+        page = sorted(merged.values(), key=lambda e: e["id"])
+        page = page[query.offset : query.offset + query.limit]
+        return page, (total if query.count else None), warning(failed)
+
+    async def registered_types(self, tenant: str) -> set[str]:
+        """The entity types the tenant's active registrations name (expanded)."""
+        out: set[str] = set()
+        for reg in await self.registrations.active(tenant):
+            if reg.supports("queryEntity"):
+                out.update(t for info in reg.infos for e in info.entities for t in e.types)
+        return out
+
+    # -- other reads, merged as JSON -------------------------------------------------------
+
+    async def query_json(
+        self,
+        tenant: str,
+        operation: str,
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        path: str,
+        params: dict[str, str],
+    ) -> tuple[list[dict[str, Any]], int, dict[str, str]]:
+        """Forward a read the sources answer with a list of entities in a representation
+        this hub does not parse (temporal evolutions): the request's own parameters are
+        passed on, asking for the first ``offset + limit``. Returns the entities the
+        sources answered (each only if the registration may hold it and the caller may
+        read its type), the sum of their counts, and the ``NGSILD-Warning`` header."""
+        sources = await self.sources(
+            tenant,
+            operation,
+            types=query.types,
+            ids=query.ids,
+            id_pattern=query.id_pattern,
+            attrs=query.attrs,
+        )
+        if not sources:
+            return [], 0, {}
+        want = min(query.offset + query.limit, self.max_limit)
+        sent = {k: v for k, v in params.items() if k not in ("local", "offset", "limit", "count")}
+        sent.update(limit=str(max(want, 1)), count="true")
+        answers: list[Answer] = await asyncio.gather(
+            *(self.forwarder.send(reg, call, "GET", path, params=sent) for reg, _i in sources)
+        )
+        access = current_access()
+        found: list[dict[str, Any]] = []
+        total = 0
+        failed: list[Answer] = []
+        for (_reg, infos), answer in zip(sources, answers, strict=True):
+            if not answer.ok or not isinstance(answer.body, list):
+                if answer.error is None:
+                    answer.error = f"answered {answer.status}"
+                failed.append(answer)
+                continue
+            header = answer.headers.get("NGSILD-Results-Count") if answer.headers else None
+            total += int(header) if header and header.isdigit() else len(answer.body)
+            for item in answer.body:
+                if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                    continue
+                raw = item.get("type")
+                types = [
+                    tm.expand(t)
+                    for t in (raw if isinstance(raw, list) else [raw])
+                    if isinstance(t, str)
+                ]
+                probe = {"id": item["id"], "type": types}
+                if not self._holds(infos, probe):
+                    continue
+                if access is not None and not access.can("read", tenant, types):
+                    continue
+                found.append(item)
+        return found, total, warning(failed)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def forward_write(
+        self,
+        tenant: str,
+        operation: str,
+        call: Call,
+        method: str,
+        path: str,
+        *,
+        entity_id: str,
+        tm: TermMap,
+        body: Any = None,
+        types: Sequence[str] | None = None,
+        attr: str | None = None,
+        params: dict[str, str] | None = None,
+        context: Any = None,
+        content_type: str = "application/json",
+        whole: bool = False,
+    ) -> WritePlan:
+        """Send a write of one entity on to the sources registered for it (clause
+        4.3.6.3) and say what is left to write here.
+
+        Each source supporting ``operation`` gets the attributes it is registered for
+        (all, when it names none); ``auxiliary`` sources are never written to. What
+        ``exclusive`` and ``redirect`` sources hold is not written here; a redirect
+        source for the whole entity leaves nothing here. An exclusive or redirect
+        registration of attributes in the write that does not support ``operation``
+        makes it a Conflict (409): they may not be written here either. ``whole``: the
+        write names the whole entity (create, replace), so it is kept here even when
+        every attribute went to the sources."""
+        attrs: list[str] | None = None
+        if attr is not None:
+            attrs = [tm.expand(attr)]
+        elif isinstance(body, dict):
+            attrs = [tm.expand(k) for k in body if k not in ENTITY_KEYS] or None
+        expanded_types = [[tm.expand(t)] for t in types] if types else None
+        matched = []
+        for reg in await self.registrations.active(tenant):
+            if reg.mode == "auxiliary":
+                continue
+            infos = reg.infos_for(types=expanded_types, ids=[entity_id], attrs=attrs)
+            if infos:
+                matched.append((reg, infos))
+        if not matched:
+            return WritePlan(body, True, [])
+        owned: set[str] = set()
+        everything = False
+        for reg, infos in matched:
+            if reg.mode not in ("exclusive", "redirect"):
+                continue
+            held = reg.attrs_for(infos)
+            touched = attrs is None or held is None or bool(set(attrs) & held)
+            if not reg.supports(operation) and touched:
+                raise Conflict(
+                    f"registration {reg.id} ({reg.mode}) holds what this {operation} "
+                    "would write, and does not accept it"
+                )
+            if held is None:
+                everything = everything or reg.mode == "redirect"
+            else:
+                owned |= held
+
+        def part_for(held: frozenset[str] | None) -> Any:
+            if not isinstance(body, dict) or held is None:
+                part = body
+            else:
+                part = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) in held}
+            if isinstance(part, dict) and context is not None and content_type.endswith("ld+json"):
+                part = {**part, "@context": context}
+            return part
+
+        sends = []
+        for reg, infos in matched:
+            if not reg.supports(operation):
+                continue
+            held = reg.attrs_for(infos)
+            part = part_for(held)
+            partial = attr is None and not whole and isinstance(body, dict)
+            if partial and isinstance(part, dict) and all(k in ENTITY_KEYS for k in part):
+                continue  # none of the attributes written is held there
+            sends.append(
+                self.forwarder.send(
+                    reg, call, method, path, params=params, body=part, content_type=content_type
+                )
+            )
+        answers: list[Answer] = list(await asyncio.gather(*sends))
+        if everything:
+            return WritePlan(None, False, answers)
+        if attr is not None:
+            return WritePlan(body, tm.expand(attr) not in owned, answers)
+        if isinstance(body, dict) and owned:
+            local = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) not in owned}
+            keep = whole or any(k not in ENTITY_KEYS for k in local)
+            return WritePlan(local, keep, answers)
+        return WritePlan(body, True, answers)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def mirror(
+        self,
+        tenant: str,
+        operation: str,
+        call: Call,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        types: Sequence[Sequence[str]] | None = None,
+        csf: Node | None = None,
+    ) -> dict[str, str]:
+        """Send a subscription operation on to the sources registered for it, so that a
+        subscription made here also hears of changes at the sources (clause 4.3.6.3,
+        ``federationOps``): the source notifies the subscriber's endpoint directly,
+        under the same subscription id. Returns the ``NGSILD-Warning`` header for the
+        sources that failed (a source that does not know the subscription is no
+        failure)."""
+        sources = await self.sources(tenant, operation, types=types, csf=csf)
+        if not sources:
+            return {}
+        answers: list[Answer] = await asyncio.gather(
+            *(
+                self.forwarder.send(reg, call, method, path, body=body, content_type=content_type)
+                for reg, _i in sources
+            )
+        )
+        failed = []
+        for answer in answers:
+            if answer.error is None and answer.status is not None and answer.status >= 400:
+                if answer.status == 404 and method != "POST":
+                    continue
+                answer.error = f"answered {answer.status}"
+            if answer.error is not None:
+                failed.append(answer)
+        return warning(failed)
+
+    # -- retrieve --------------------------------------------------------------------------
+
+    async def retrieve(
+        self,
+        tenant: str,
+        entity_id: str,
+        tm: TermMap,
+        call: Call,
+        *,
+        attrs: Sequence[str] | None = None,
+        local: bool = False,
+    ) -> tuple[Entity, dict[str, str]]:
+        """The entity as this hub and the sources registered for it hold it, with the
+        headers to answer with; ResourceNotFound when nobody has it."""
+        sources = (
+            []
+            if local
+            else await self.sources(tenant, "retrieveEntity", ids=[entity_id], attrs=attrs)
+        )
+        if not sources:
+            return await self.entities.retrieve(tenant, entity_id), {}
+
+        async def ask_local() -> list[Entity]:
+            try:
+                return [await self.entities.retrieve(tenant, entity_id)]
+            except ResourceNotFound:
+                return []
+
+        async def ask(reg: Registration, infos: list[Info]) -> Answer:
+            sent = {"options": "sysAttrs"}
+            wanted = self._attrs(reg, infos, attrs)
+            if wanted:
+                sent["attrs"] = ",".join(tm.compact(a) for a in wanted)
+            path = f"/entities/{Forwarder.segment(entity_id)}"
+            return await self.forwarder.send(reg, call, "GET", path, params=sent)
+
+        mine = asyncio.ensure_future(ask_local())
+        try:
+            answers: list[Answer] = await asyncio.gather(
+                *(ask(reg, infos) for reg, infos in sources)
+            )
+        finally:
+            found = await mine
+        answered: list[tuple[Registration, list[Info], list[Entity]]] = []
+        failed: list[Answer] = []
+        for (reg, infos), answer in zip(sources, answers, strict=True):
+            if answer.status == 404:
+                continue
+            if not answer.ok or not isinstance(answer.body, dict):
+                if answer.error is None:
+                    answer.error = f"answered {answer.status}"
+                failed.append(answer)
+                continue
+            ent = parse_remote(answer.body, tm)
+            if ent is not None and ent.get("id") == entity_id:
+                answered.append((reg, infos, [ent]))
+        merged = self._combine(tenant, found, answered)
+        if entity_id not in merged:
+            missing = ResourceNotFound(f"entity {entity_id} not found")
+            missing.headers.update(warning(failed))
+            raise missing
+        return merged[entity_id], warning(failed)

@@ -1,0 +1,202 @@
+"""Requests forwarded to context sources (clauses 4.3.6.3, 6.3.17 and 6.3.18).
+
+Every forwarded request:
+
+* goes through httpx with the outbound policy's transport (the address is checked when
+  connecting, as for remote contexts), without environment proxies;
+* carries ``Via`` (RFC 9110 §7.6.3): the one it came with plus this hub's name. A
+  request whose ``Via`` already names this hub has gone round a loop: it is refused
+  with 508 LoopDetected (:meth:`Forwarder.check_loop`), and a source answering 508
+  makes the whole operation 508, so a loop is never hidden in a partial answer;
+* carries the request's ``@context`` (its Link header), ``Accept``, the tenant (the
+  registration's ``tenant`` member, else the request's), and the registration's
+  ``contextSourceInfo`` pairs as headers, which is where the hub's own credentials for
+  that source live (``X-API-Key``, ``Authorization``);
+* waits at most the registration's ``management.timeout`` (ms), else the hub's
+  ``federation_timeout``; a source that failed or timed out is left alone for its
+  ``management.cooldown`` (ms), else ``federation_cooldown``.
+
+A source that fails does not fail the operation: its :class:`Answer` says why, and the
+operation reports it in ``NGSILD-Warning`` (:func:`warning`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import orjson
+
+from broker.errors import LoopDetected
+from broker.federation.registrations import Registration
+from broker.outbound import OutboundPolicy, OutboundRefused, policy_transport
+
+#: Via's protocol part for the requests this hub forwards.
+PROTOCOL = "1.1"
+NGSI_LD = "/ngsi-ld/v1"
+
+
+def hub_name(configured: str | None, public_url: str | None) -> str:
+    """The name this hub gives itself in ``Via`` (see the settings' ``hub_id``)."""
+    if configured:
+        return configured
+    if public_url:
+        netloc = urlsplit(public_url).netloc
+        if netloc:
+            return netloc.rpartition("@")[2]
+    return f"renkei-{uuid.uuid4().hex[:12]}"
+
+
+def via_names(via: str | None) -> list[str]:
+    """The received-by names of a ``Via`` header (``1.1 a, HTTP/1.1 b (comment)``)."""
+    names = []
+    for hop in (via or "").split(","):
+        parts = hop.strip().split()
+        if len(parts) >= 2:
+            names.append(parts[1])
+    return names
+
+
+@dataclass(slots=True)
+class Call:
+    """What of the incoming request goes along with every forwarded request."""
+
+    tenant: str = ""
+    #: the request's Link header (its @context), passed on as it came
+    link: str | None = None
+    via: str | None = None
+    accept: str = "application/json"
+
+
+@dataclass(slots=True)
+class Answer:
+    """A source's answer, or why there is none (``error``)."""
+
+    reg: Registration
+    status: int | None = None
+    body: Any = None
+    headers: httpx.Headers | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and self.status < 400
+
+
+def warning(answers: list[Answer]) -> dict[str, str]:
+    """The ``NGSILD-Warning`` header (clause 6.3.18) naming the sources that failed."""
+    failed = [a for a in answers if a.error is not None]
+    if not failed:
+        return {}
+    text = ", ".join(
+        f'199 {a.reg.id} "{a.reg.endpoint}: {a.error}"'.replace("\n", " ") for a in failed
+    )
+    return {"NGSILD-Warning": text}
+
+
+class Forwarder:
+    """Sends the requests of distributed operations (see the module docstring)."""
+
+    def __init__(
+        self,
+        policy: OutboundPolicy,
+        *,
+        name: str,
+        timeout: float = 5.0,
+        cooldown: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.cooldown = cooldown
+        self._client = httpx.AsyncClient(
+            transport=policy_transport(policy), timeout=timeout, follow_redirects=False
+        )
+        #: endpoint -> monotonic time until which it is left alone
+        self._resting: dict[str, float] = {}
+
+    def check_loop(self, via: str | None) -> None:
+        """508 LoopDetected when ``via`` names this hub (the request went round)."""
+        if self.name in via_names(via):
+            raise LoopDetected(f"this request has already passed through {self.name}")
+
+    def via(self, incoming: str | None) -> str:
+        hop = f"{PROTOCOL} {self.name}"
+        return f"{incoming}, {hop}" if incoming else hop
+
+    def headers(self, reg: Registration, call: Call) -> dict[str, str]:
+        headers = {"Accept": call.accept, "Via": self.via(call.via)}
+        if call.link:
+            headers["Link"] = call.link
+        tenant = reg.tenant if reg.tenant is not None else call.tenant
+        if tenant:
+            headers["NGSILD-Tenant"] = tenant
+        for key, value in reg.source_info:
+            headers[key] = value
+        return headers
+
+    def url(self, reg: Registration, path: str) -> str:
+        return reg.endpoint.rstrip("/") + NGSI_LD + path
+
+    @staticmethod
+    def segment(value: str) -> str:
+        return quote(value, safe=":")
+
+    async def send(
+        self,
+        reg: Registration,
+        call: Call,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Answer:
+        """One request to the source of ``reg``; never raises but LoopDetected."""
+        now = time.monotonic()
+        if self._resting.get(reg.endpoint, 0.0) > now:
+            return Answer(reg, error="not asked: resting after a failure (cooldown)")
+        headers = self.headers(reg, call)
+        content = None
+        if body is not None:
+            content = orjson.dumps(body)
+            headers["Content-Type"] = content_type
+            if content_type == "application/ld+json":
+                headers.pop("Link", None)  # the body carries its @context
+        try:
+            response = await self._client.request(
+                method,
+                self.url(reg, path),
+                params=params,
+                content=content,
+                headers=headers,
+                timeout=reg.timeout or self.timeout,
+            )
+        except httpx.TimeoutException:
+            return self._failed(reg, "timed out")
+        except (httpx.HTTPError, OutboundRefused, OSError) as exc:
+            return self._failed(reg, f"unreachable ({type(exc).__name__})")
+        if response.status_code == 508:
+            raise LoopDetected(f"context source {reg.endpoint} detected a loop")
+        parsed: Any = None
+        if response.content:
+            try:
+                parsed = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                parsed = None
+        if response.status_code >= 500:
+            return self._failed(reg, f"answered {response.status_code}")
+        return Answer(reg, status=response.status_code, body=parsed, headers=response.headers)
+
+    def _failed(self, reg: Registration, why: str) -> Answer:
+        rest = reg.cooldown if reg.cooldown is not None else self.cooldown
+        if rest > 0:
+            self._resting[reg.endpoint] = time.monotonic() + rest
+        return Answer(reg, error=why)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

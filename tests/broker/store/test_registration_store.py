@@ -1,0 +1,83 @@
+"""The registration part of the store contract (``RegistrationStore``), on every backend:
+context source registrations and their subscriptions kept per tenant and per kind,
+in creation order, surviving a reopen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from broker.errors import AlreadyExists, ResourceNotFound
+from broker.store.base import Store
+
+pytestmark = pytest.mark.anyio
+
+CSR = "urn:ngsi-ld:ContextSourceRegistration:"
+
+
+def registration(n: int, endpoint: str = "http://komae-hub.example:1026") -> dict[str, object]:
+    return {
+        "id": f"{CSR}{n}",
+        "type": "ContextSourceRegistration",
+        "registrationName": f"狛江市 AED 台帳 {n}",
+        "information": [{"entities": [{"type": "AEDLocation"}]}],
+        "endpoint": endpoint,
+        "location": {"type": "Point", "coordinates": [139.578, 35.634]},
+        "a.dotted$name": {"値": 1},  # any member name survives (MongoDB escapes it)
+    }
+
+
+async def test_registrations_crud_in_creation_order(store: Store) -> None:
+    for n in (3, 1, 2):
+        await store.put_registration("komae", "registration", registration(n), create=True)
+    with pytest.raises(AlreadyExists):
+        await store.put_registration("komae", "registration", registration(1), create=True)
+    with pytest.raises(ResourceNotFound):
+        await store.put_registration("komae", "registration", registration(9), create=False)
+    listed = await store.list_registrations("komae", "registration")
+    assert [r["id"] for r in listed] == [f"{CSR}3", f"{CSR}1", f"{CSR}2"]
+    assert listed[1] == registration(1)
+
+    changed = registration(1, "http://chofu-hub.example:1026")
+    await store.put_registration("komae", "registration", changed, create=False)
+    assert await store.get_registration("komae", "registration", f"{CSR}1") == changed
+    assert await store.tenant_exists("komae")
+
+    assert await store.delete_registration("komae", "registration", f"{CSR}1")
+    assert not await store.delete_registration("komae", "registration", f"{CSR}1")
+    assert await store.get_registration("komae", "registration", f"{CSR}1") is None
+    assert [r["id"] for r in await store.list_registrations("komae", "registration")] == [
+        f"{CSR}3",
+        f"{CSR}2",
+    ]
+
+
+async def test_tenants_and_kinds_are_apart(store: Store) -> None:
+    await store.put_registration("komae", "registration", registration(1), create=True)
+    # the same id in another tenant, and as a subscription, is another document
+    await store.put_registration("chofu", "registration", registration(1), create=True)
+    sub = {"id": f"{CSR}1", "type": "Subscription", "entities": [{"type": "AEDLocation"}]}
+    await store.put_registration("komae", "subscription", sub, create=True)
+    assert await store.list_registrations("", "registration") == []
+    assert [r["type"] for r in await store.list_registrations("komae", "subscription")] == [
+        "Subscription"
+    ]
+    assert await store.delete_registration("chofu", "registration", f"{CSR}1")
+    assert await store.get_registration("komae", "registration", f"{CSR}1") == registration(1)
+    assert await store.get_registration("komae", "subscription", f"{CSR}1") == sub
+
+
+async def test_registrations_survive_reopening(make_store: Callable[[], Store]) -> None:
+    s = make_store()
+    await s.open()
+    try:
+        await s.put_registration("komae", "registration", registration(1), create=True)
+    finally:
+        await s.close()
+    s = make_store()
+    await s.open()
+    try:
+        assert await s.list_registrations("komae", "registration") == [registration(1)]
+    finally:
+        await s.close()
