@@ -104,6 +104,90 @@ def parse_remote(body: Any, tm: TermMap) -> Entity | None:
 
 
 @dataclass(slots=True)
+class Route:
+    """Where the parts of a write go: ``parts`` to sources, ``local_body`` here (when
+    ``run_local``)."""
+
+    parts: list[tuple[Registration, Any]]
+    local_body: Any
+    run_local: bool
+
+
+def route_write(
+    registrations: Sequence[Registration],
+    operation: str,
+    *,
+    entity_id: str,
+    tm: TermMap,
+    body: Any = None,
+    types: Sequence[str] | None = None,
+    attr: str | None = None,
+    whole: bool = False,
+) -> Route:
+    """What of a write of one entity goes to which source, and what is written here.
+
+    Each registration supporting ``operation`` gets the attributes it is registered for
+    (all, when it names none); ``auxiliary`` ones are never written to. What
+    ``exclusive`` and ``redirect`` registrations hold is not written here; a redirect
+    registration of the whole entity leaves nothing here. An exclusive or redirect
+    registration of attributes in the write that does not support ``operation`` makes
+    it a Conflict (409): they may be written neither there nor here. ``whole``: the
+    write names the whole entity (create, replace, upsert), so the entity is written
+    here even when all its attributes went to sources."""
+    attrs: list[str] | None = None
+    if attr is not None:
+        attrs = [tm.expand(attr)]
+    elif isinstance(body, dict):
+        attrs = [tm.expand(k) for k in body if k not in ENTITY_KEYS] or None
+    expanded_types = [[tm.expand(t)] for t in types] if types else None
+    matched = []
+    for reg in registrations:
+        if reg.mode == "auxiliary":
+            continue
+        infos = reg.infos_for(types=expanded_types, ids=[entity_id], attrs=attrs)
+        if infos:
+            matched.append((reg, infos))
+    if not matched:
+        return Route([], body, True)
+    owned: set[str] = set()
+    everything = False
+    for reg, infos in matched:
+        if reg.mode not in ("exclusive", "redirect"):
+            continue
+        held = reg.attrs_for(infos)
+        touched = attrs is None or held is None or bool(set(attrs) & held)
+        if not reg.supports(operation) and touched:
+            raise Conflict(
+                f"registration {reg.id} ({reg.mode}) holds what this {operation} "
+                "would write, and does not accept it"
+            )
+        if held is None:
+            everything = everything or reg.mode == "redirect"
+        else:
+            owned |= held
+    parts: list[tuple[Registration, Any]] = []
+    for reg, infos in matched:
+        if not reg.supports(operation):
+            continue
+        held = reg.attrs_for(infos)
+        part = body
+        if isinstance(body, dict) and held is not None:
+            part = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) in held}
+        partial = attr is None and not whole and isinstance(body, dict)
+        if partial and isinstance(part, dict) and all(k in ENTITY_KEYS for k in part):
+            continue  # none of the attributes written is held there
+        parts.append((reg, part))
+    if everything:
+        return Route(parts, None, False)
+    if attr is not None:
+        return Route(parts, body, tm.expand(attr) not in owned)
+    if isinstance(body, dict) and owned:
+        local = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) not in owned}
+        return Route(parts, local, whole or any(k not in ENTITY_KEYS for k in local))
+    return Route(parts, body, True)
+
+
+@dataclass(slots=True)
 class WritePlan:
     """What a distributed write sent to sources (``answers``), and what is left to
     write here: ``local_body`` when ``run_local``."""
@@ -409,81 +493,82 @@ class DistributedService:
         whole: bool = False,
     ) -> WritePlan:
         """Send a write of one entity on to the sources registered for it (clause
-        4.3.6.3) and say what is left to write here.
-
-        Each source supporting ``operation`` gets the attributes it is registered for
-        (all, when it names none); ``auxiliary`` sources are never written to. What
-        ``exclusive`` and ``redirect`` sources hold is not written here; a redirect
-        source for the whole entity leaves nothing here. An exclusive or redirect
-        registration of attributes in the write that does not support ``operation``
-        makes it a Conflict (409): they may not be written here either. ``whole``: the
-        write names the whole entity (create, replace), so it is kept here even when
-        every attribute went to the sources."""
-        attrs: list[str] | None = None
-        if attr is not None:
-            attrs = [tm.expand(attr)]
-        elif isinstance(body, dict):
-            attrs = [tm.expand(k) for k in body if k not in ENTITY_KEYS] or None
-        expanded_types = [[tm.expand(t)] for t in types] if types else None
-        matched = []
-        for reg in await self.registrations.active(tenant):
-            if reg.mode == "auxiliary":
-                continue
-            infos = reg.infos_for(types=expanded_types, ids=[entity_id], attrs=attrs)
-            if infos:
-                matched.append((reg, infos))
-        if not matched:
-            return WritePlan(body, True, [])
-        owned: set[str] = set()
-        everything = False
-        for reg, infos in matched:
-            if reg.mode not in ("exclusive", "redirect"):
-                continue
-            held = reg.attrs_for(infos)
-            touched = attrs is None or held is None or bool(set(attrs) & held)
-            if not reg.supports(operation) and touched:
-                raise Conflict(
-                    f"registration {reg.id} ({reg.mode}) holds what this {operation} "
-                    "would write, and does not accept it"
-                )
-            if held is None:
-                everything = everything or reg.mode == "redirect"
-            else:
-                owned |= held
-
-        def part_for(held: frozenset[str] | None) -> Any:
-            if not isinstance(body, dict) or held is None:
-                part = body
-            else:
-                part = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) in held}
-            if isinstance(part, dict) and context is not None and content_type.endswith("ld+json"):
-                part = {**part, "@context": context}
-            return part
-
-        sends = []
-        for reg, infos in matched:
-            if not reg.supports(operation):
-                continue
-            held = reg.attrs_for(infos)
-            part = part_for(held)
-            partial = attr is None and not whole and isinstance(body, dict)
-            if partial and isinstance(part, dict) and all(k in ENTITY_KEYS for k in part):
-                continue  # none of the attributes written is held there
-            sends.append(
+        4.3.6.3; :func:`route_write` says what goes where) and say what is left to
+        write here."""
+        route = route_write(
+            await self.registrations.active(tenant),
+            operation,
+            entity_id=entity_id,
+            tm=tm,
+            body=body,
+            types=types,
+            attr=attr,
+            whole=whole,
+        )
+        ld = content_type.endswith("ld+json")
+        answers: list[Answer] = await asyncio.gather(
+            *(
                 self.forwarder.send(
-                    reg, call, method, path, params=params, body=part, content_type=content_type
+                    reg,
+                    call,
+                    method,
+                    path,
+                    params=params,
+                    body={**part, "@context": context}
+                    if ld and isinstance(part, dict) and context is not None
+                    else part,
+                    content_type=content_type,
                 )
+                for reg, part in route.parts
             )
-        answers: list[Answer] = list(await asyncio.gather(*sends))
-        if everything:
-            return WritePlan(None, False, answers)
-        if attr is not None:
-            return WritePlan(body, tm.expand(attr) not in owned, answers)
-        if isinstance(body, dict) and owned:
-            local = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) not in owned}
-            keep = whole or any(k not in ENTITY_KEYS for k in local)
-            return WritePlan(local, keep, answers)
-        return WritePlan(body, True, answers)
+        )
+        return WritePlan(route.local_body, route.run_local, list(answers))
+
+    async def forward_batch(
+        self,
+        tenant: str,
+        operation: str,
+        call: Call,
+        path: str,
+        items: Sequence[tuple[str, Sequence[str] | None, Any, TermMap]],
+        *,
+        params: dict[str, str] | None = None,
+    ) -> tuple[list[tuple[Any, bool] | NgsiLdError], list[tuple[Registration, list[str], Answer]]]:
+        """A batch write (``items``: entity id, types, body, term map; a delete's body is
+        None) sent on to the sources, one batch request per source holding part of it.
+        Returns, per item, what is left to write here (body, whether to) or the error
+        refusing it (a Conflict of :func:`route_write`), and per source the ids it was
+        sent and its answer."""
+        regs = await self.registrations.active(tenant)
+        left: list[tuple[Any, bool] | NgsiLdError] = []
+        per_source: dict[str, tuple[Registration, list[str], list[Any]]] = {}
+        for entity_id, types, body, tm in items:
+            try:
+                route = route_write(
+                    regs,
+                    operation,
+                    entity_id=entity_id,
+                    tm=tm,
+                    body=body,
+                    types=types,
+                    whole=operation in ("createBatch", "upsertBatch"),
+                )
+            except NgsiLdError as exc:
+                left.append(exc)
+                continue
+            left.append((route.local_body, route.run_local))
+            for reg, part in route.parts:
+                held = per_source.setdefault(reg.id, (reg, [], []))
+                held[1].append(entity_id)
+                held[2].append(entity_id if part is None else part)
+        sources = list(per_source.values())
+        answers: list[Answer] = await asyncio.gather(
+            *(
+                self.forwarder.send(reg, call, "POST", path, params=params, body=parts)
+                for reg, _ids, parts in sources
+            )
+        )
+        return left, [(reg, ids, a) for (reg, ids, _p), a in zip(sources, answers, strict=True)]
 
     # -- subscriptions -----------------------------------------------------------------------
 

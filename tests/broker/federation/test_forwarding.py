@@ -292,3 +292,31 @@ def test_redirect_writes_only_at_the_source(hub: TestClient, cs: Source) -> None
     cs.answer("DELETE", f"/ngsi-ld/v1/entities/{CAR}", 204, None)
     assert hub.delete(f"{E}/{CAR}").status_code == 204
     assert cs.requests[-1].method == "DELETE"
+
+
+def test_batches_are_split_by_source(hub: TestClient, cs: Source) -> None:
+    reg = vehicle_registration(cs.url, "redirect")
+    reg["information"][0]["entities"][0]["idPattern"] = ".*品川.*"
+    assert hub.post(R, json=reg, headers=JSON).status_code == 201
+    cs.answer("POST", "/ngsi-ld/v1/entityOperations/create", 201, [CAR])
+    other = {**car(速度=10), "id": "urn:ngsi-ld:公用車:多摩300い5678"}
+    r = hub.post("/ngsi-ld/v1/entityOperations/create", json=[car(速度=40), other], headers=JSON)
+    assert r.status_code == 201, r.text
+    assert sorted(r.json()) == sorted([CAR, other["id"]])
+    sent = cs.requests[-1]
+    assert sent.path == "/ngsi-ld/v1/entityOperations/create"
+    assert [e["id"] for e in sent.body] == [CAR]  # only what the source is registered for
+    assert hub.get(f"{E}/{other['id']}", params={"local": "true"}).status_code == 200
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).status_code == 404
+    # the source refusing its part: 207 naming it; the rest is done
+    cs.answer(
+        "POST",
+        "/ngsi-ld/v1/entityOperations/delete",
+        400,
+        {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"},
+    )
+    r = hub.post("/ngsi-ld/v1/entityOperations/delete", json=[CAR, other["id"]], headers=JSON)
+    assert r.status_code == 207, r.text
+    assert r.json()["success"] == [other["id"]]
+    assert [e["entityId"] for e in r.json()["errors"]] == [CAR]
+    assert cs.requests[-1].body == [CAR]
