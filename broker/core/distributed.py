@@ -570,6 +570,22 @@ class DistributedService:
         )
         return left, [(reg, ids, a) for (reg, ids, _p), a in zip(sources, answers, strict=True)]
 
+    async def forward_purge(
+        self, tenant: str, query: EntityQuery, call: Call, params: dict[str, str]
+    ) -> list[Answer]:
+        """``DELETE /entities`` (purge) sent on, with the request's own parameters, to
+        the sources registered for ``purgeEntity`` and for what it selects."""
+        sources = await self.sources(
+            tenant, "purgeEntity", types=query.types, ids=query.ids, id_pattern=query.id_pattern
+        )
+        answers: list[Answer] = await asyncio.gather(
+            *(
+                self.forwarder.send(reg, call, "DELETE", "/entities", params=params)
+                for reg, _infos in sources
+            )
+        )
+        return answers
+
     # -- subscriptions -----------------------------------------------------------------------
 
     async def mirror(
@@ -623,12 +639,15 @@ class DistributedService:
         local: bool = False,
     ) -> tuple[Entity, dict[str, str]]:
         """The entity as this hub and the sources registered for it hold it, with the
-        headers to answer with; ResourceNotFound when nobody has it."""
-        sources = (
-            []
-            if local
-            else await self.sources(tenant, "retrieveEntity", ids=[entity_id], attrs=attrs)
-        )
+        headers to answer with; ResourceNotFound when nobody has it. A source registered
+        for ``queryEntity`` or ``queryBatch`` but not ``retrieveEntity`` is asked with a
+        query by id (``GET /entities?id=...``)."""
+        sources: list[tuple[Registration, list[Info]]] = []
+        if not local:
+            for op in ("retrieveEntity", "queryEntity", "queryBatch"):
+                for reg, infos in await self.sources(tenant, op, ids=[entity_id], attrs=attrs):
+                    if all(reg.id != r.id for r, _i in sources):
+                        sources.append((reg, infos))
         if not sources:
             return await self.entities.retrieve(tenant, entity_id), {}
 
@@ -643,8 +662,19 @@ class DistributedService:
             wanted = self._attrs(reg, infos, attrs)
             if wanted:
                 sent["attrs"] = ",".join(tm.compact(a) for a in wanted)
-            path = f"/entities/{Forwarder.segment(entity_id)}"
-            return await self.forwarder.send(reg, call, "GET", path, params=sent)
+            if reg.supports("retrieveEntity"):
+                path = f"/entities/{Forwarder.segment(entity_id)}"
+                return await self.forwarder.send(reg, call, "GET", path, params=sent)
+            sent["id"] = entity_id
+            types = reg.types_for(infos)
+            if types:
+                sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+            answer = await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+            if answer.ok and isinstance(answer.body, list):  # a query's answer: a list
+                found = [e for e in answer.body if isinstance(e, dict) and e.get("id") == entity_id]
+                answer.body = found[0] if found else None
+                answer.status = 200 if found else 404
+            return answer
 
         mine = asyncio.ensure_future(ask_local())
         try:

@@ -320,3 +320,33 @@ def test_batches_are_split_by_source(hub: TestClient, cs: Source) -> None:
     assert r.json()["success"] == [other["id"]]
     assert [e["entityId"] for e in r.json()["errors"]] == [CAR]
     assert cs.requests[-1].body == [CAR]
+
+
+def test_retrieve_from_a_source_that_only_answers_queries(hub: TestClient, cs: Source) -> None:
+    register(hub, cs.url, operations=["queryEntity"])
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
+    r = hub.get(f"{E}/{AED}")
+    assert r.status_code == 200, r.text
+    assert r.json()["name"]["value"] == "調布市役所"
+    assert cs.requests[-1].query["id"] == AED
+    assert cs.requests[-1].query["type"] == "AEDLocation"
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [])
+    assert hub.get(f"{E}/{AED}").status_code == 404
+
+
+def test_purge_goes_to_the_sources_too(hub: TestClient, cs: Source) -> None:
+    assert (
+        hub.post(R, json=vehicle_registration(cs.url, "inclusive"), headers=JSON).status_code == 201
+    )
+    assert hub.post(E, json=car(速度=40), headers=JSON).status_code in (201, 207)
+    cs.answer("DELETE", "/ngsi-ld/v1/entities", 204, None)
+    r = hub.delete(E, params={"type": "公用車"})
+    assert r.status_code == 204, r.text
+    assert (cs.requests[-1].method, cs.requests[-1].query) == ("DELETE", {"type": "公用車"})
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).status_code == 404
+    cs.answer("DELETE", "/ngsi-ld/v1/entities", 500, None)
+    r = hub.delete(E, params={"type": "公用車"})
+    assert r.status_code == 207
+    assert (
+        r.json()["errors"][0]["registrationId"] == "urn:ngsi-ld:ContextSourceRegistration:inclusive"
+    )
