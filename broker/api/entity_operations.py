@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -13,6 +14,7 @@ from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep, request_tenant
 from broker.api.entities import ENTITY_ANSWERS, ENTITY_OFFERS, build_query, query_response
 from broker.core.batch import BatchItem, BatchResult, Operation
+from broker.core.distributed import params_of
 from broker.core.model import View
 from broker.errors import BadRequestData, NgsiLdError
 from broker.federation.forward import Call
@@ -240,7 +242,21 @@ async def batch_query(
     kind = negotiate(request, ENTITY_OFFERS)
     payload, tm = await hub.payload(request)
     view, query = body_query(params, hub, payload.body, tm)
-    return await query_response(hub, tenant, request, view, query, kind)
+    forward = None
+    selectors = query.selectors or []
+    inline = payload.kind == LD_JSON  # its @context is in the body: none to pass on
+    if len(selectors) <= 1 and not inline and not P.bool_param(params.local, "local"):
+        # one selector folds into GET /entities parameters for the context sources
+        sel = selectors[0] if selectors else None
+        folded = replace(
+            query,
+            ids=sel.ids if sel else None,
+            id_pattern=sel.id_pattern if sel else None,
+            types=sel.types if sel else None,
+            selectors=None,
+        )
+        forward = params_of(folded, tm)
+    return await query_response(hub, tenant, request, view, query, kind, forward=forward)
 
 
 def body_query(

@@ -350,3 +350,14 @@ def test_purge_goes_to_the_sources_too(hub: TestClient, cs: Source) -> None:
     assert (
         r.json()["errors"][0]["registrationId"] == "urn:ngsi-ld:ContextSourceRegistration:inclusive"
     )
+
+
+def test_a_query_body_is_sent_on_as_parameters(hub: TestClient, cs: Source) -> None:
+    register(hub, cs.url)
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
+    body = {"type": "Query", "entities": [{"type": "AEDLocation"}], "q": 'name=="調布市役所"'}
+    r = hub.post("/ngsi-ld/v1/entityOperations/query", json=body, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert [e["id"] for e in r.json()] == [AED]
+    assert cs.requests[-1].query["type"] == "AEDLocation"
+    assert cs.requests[-1].query["q"] == 'name=="調布市役所"'
