@@ -22,7 +22,7 @@ the count is the sum of the counts less the entities several sources answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,7 +31,7 @@ import orjson
 from broker.auth.access import current as current_access
 from broker.core.entities import EntityService
 from broker.core.model import Parser
-from broker.errors import Conflict, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import Conflict, Forbidden, NgsiLdError, NonexistentTenant, ResourceNotFound
 from broker.federation.forward import Answer, Call, Forwarder, warning
 from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
@@ -123,6 +123,7 @@ def route_write(
     types: Sequence[str] | None = None,
     attr: str | None = None,
     whole: bool = False,
+    may_write: Callable[[list[str] | None], bool] | None = None,
 ) -> Route:
     """What of a write of one entity goes to which source, and what is written here.
 
@@ -133,7 +134,9 @@ def route_write(
     registration of attributes in the write that does not support ``operation`` makes
     it a Conflict (409): they may be written neither there nor here. ``whole``: the
     write names the whole entity (create, replace, upsert), so the entity is written
-    here even when all its attributes went to sources."""
+    here even when all its attributes went to sources. ``may_write(types)`` says whether
+    the caller may write entities of these types (None: of any type); a part it may
+    not write is Forbidden, as a local write would be."""
     attrs: list[str] | None = None
     if attr is not None:
         attrs = [tm.expand(attr)]
@@ -176,6 +179,11 @@ def route_write(
         partial = attr is None and not whole and isinstance(body, dict)
         if partial and isinstance(part, dict) and all(k in ENTITY_KEYS for k in part):
             continue  # none of the attributes written is held there
+        if may_write is not None:
+            named = [t[0] for t in expanded_types] if expanded_types else None
+            held_types = reg.types_for(infos)
+            if not may_write(named or (sorted(held_types) if held_types else None)):
+                raise Forbidden(f"not allowed to change these entities at {reg.id}")
         parts.append((reg, part))
     if everything:
         return Route(parts, None, False)
@@ -269,6 +277,15 @@ class DistributedService:
                 if e.holds(ent["id"]) and any(t in types for t in e.types):
                     return True
         return False
+
+    @staticmethod
+    def _may_write(tenant: str) -> Callable[[list[str] | None], bool] | None:
+        """The caller's write check for parts sent to sources (None: access control is
+        off). Nothing at a source passes this hub's store guard, so it is checked here."""
+        access = current_access()
+        if access is None:
+            return None
+        return lambda types: access.can("write", tenant, types)
 
     @staticmethod
     def _readable(tenant: str, entities: list[Entity]) -> list[Entity]:
@@ -504,6 +521,7 @@ class DistributedService:
             types=types,
             attr=attr,
             whole=whole,
+            may_write=self._may_write(tenant),
         )
         ld = content_type.endswith("ld+json")
         answers: list[Answer] = await asyncio.gather(
@@ -552,6 +570,7 @@ class DistributedService:
                     body=body,
                     types=types,
                     whole=operation in ("createBatch", "upsertBatch"),
+                    may_write=self._may_write(tenant),
                 )
             except NgsiLdError as exc:
                 left.append(exc)
