@@ -361,3 +361,22 @@ def test_a_query_body_is_sent_on_as_parameters(hub: TestClient, cs: Source) -> N
     assert [e["id"] for e in r.json()] == [AED]
     assert cs.requests[-1].query["type"] == "AEDLocation"
     assert cs.requests[-1].query["q"] == 'name=="調布市役所"'
+
+
+def test_configured_credentials_for_an_endpoint(tmp_path: Any, cs: Source) -> None:
+    headers = {cs.url + "/": {"X-API-Key": "tokyo-hub-key-0002", "X-Org": "tokyo"}}
+    settings = make_settings(tmp_path, federation_headers=headers)
+    with TestClient(create_app(settings)) as client:
+        info = [
+            {"key": "X-Org", "value": "tocho"},
+            {"key": "備考", "value": "都庁"},
+            {"key": "Via", "value": "x"},
+        ]
+        register(client, cs.url + "/chofu", contextSourceInfo=info)
+        cs.answer("GET", f"/chofu/ngsi-ld/v1/entities/{AED}", 200, chofu_aed())
+        assert client.get(f"{E}/{AED}").status_code == 200
+        sent = cs.requests[-1].headers
+        assert sent["x-api-key"] == "tokyo-hub-key-0002"
+        assert sent["x-org"] == "tocho"  # the registration's own wins
+        assert sent["via"].startswith("1.1 renkei-")  # the registration cannot replace it
+        assert "備考" not in str(sent)  # no header can carry it
