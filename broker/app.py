@@ -142,6 +142,7 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
                 name=hub_name(settings.hub_id, settings.public_url),
                 timeout=settings.federation_timeout,
                 cooldown=settings.federation_cooldown,
+                credentials=settings.federation_headers,
             ),
             max_limit=settings.max_limit,
         ),
