@@ -3,6 +3,7 @@ unknown paths (404) and methods (405), all in v2's error shape."""
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -27,12 +28,26 @@ def _version() -> str:
         return "0.0.0"
 
 
+_STARTED = time.monotonic()
+
+
+def _uptime() -> str:
+    """Seconds since the process started, as Orion prints them (``0 d, 1 h, 2 m, 3 s``)."""
+    seconds = int(time.monotonic() - _STARTED)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days} d, {hours} h, {minutes} m, {secs} s"
+
+
 @router.get("/version", summary="Broker version, in Orion's shape")
 async def get_version() -> Response:
+    """One answer for both kinds of client: NGSI v2 clients (FiLiP, ngsi-go, IoT agents)
+    read ``orion.version``; NGSI-LD clients find the NGSI-LD version under ``renkei``."""
     body: dict[str, Any] = {
         "orion": {
             "version": ORION_COMPAT,
-            "uptime": "",
+            "uptime": _uptime(),
             "git_hash": "",
             "compile_time": "",
             "compiled_by": "",

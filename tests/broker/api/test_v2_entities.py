@@ -513,7 +513,10 @@ def test_v2_writes_build_history_and_fire_ngsi_ld_subscriptions(
 
 
 def test_version_entry_point_and_openapi(client: TestClient) -> None:
-    assert "version" in client.get("/version").json()["orion"]
+    shown = client.get("/version").json()
+    assert shown["orion"]["version"]
+    assert shown["orion"]["uptime"].endswith(" s")
+    assert shown["renkei"]["ngsi-ld"]
     assert client.get("/v2").json()["entities_url"] == "/v2/entities"
     spec = get_openapi(title="v2", version="0", routes=ngsi_v2.router.routes)
     params = {p["name"] for p in spec["paths"]["/v2/entities"]["get"]["parameters"]}
