@@ -390,6 +390,8 @@ class DistributedService:
                 if types:
                     sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
             sent.update(limit=str(max(want, 1)), count="true", options="sysAttrs")
+            if reg.local_only:
+                sent["local"] = "true"  # management.localOnly: its own data, not its sources'
             return await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
 
         mine = asyncio.ensure_future(ask_local())
@@ -678,6 +680,8 @@ class DistributedService:
 
         async def ask(reg: Registration, infos: list[Info]) -> Answer:
             sent = {"options": "sysAttrs"}
+            if reg.local_only:
+                sent["local"] = "true"
             wanted = self._attrs(reg, infos, attrs)
             if wanted:
                 sent["attrs"] = ",".join(tm.compact(a) for a in wanted)

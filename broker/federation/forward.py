@@ -23,6 +23,7 @@ operation reports it in ``NGSILD-Warning`` (:func:`warning`).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -42,6 +43,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\t\x20-\x7e]*")
 #: Headers this hub sets itself, which a registration cannot replace.
 _OWN = frozenset({"via", "link", "ngsild-tenant", "content-type", "content-length", "host"})
+
+log = logging.getLogger("renkei.federation")
 
 #: Via's protocol part for the requests this hub forwards.
 PROTOCOL = "1.1"
@@ -180,6 +183,7 @@ class Forwarder:
         if self._resting.get(reg.endpoint, 0.0) > now:
             return Answer(reg, error="not asked: resting after a failure (cooldown)")
         headers = self.headers(reg, call)
+        log.debug("forwarding %s %s to %s (%s)", method, path, reg.endpoint, reg.id)
         content = None
         if body is not None:
             content = orjson.dumps(body)
@@ -196,6 +200,7 @@ class Forwarder:
                 timeout=reg.timeout or self.timeout,
             )
         except httpx.TimeoutException:
+            log.debug("%s %s at %s timed out", method, path, reg.endpoint)
             return self._failed(reg, "timed out")
         except (httpx.HTTPError, OutboundRefused, OSError) as exc:
             return self._failed(reg, f"unreachable ({type(exc).__name__})")

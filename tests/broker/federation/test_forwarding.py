@@ -380,3 +380,10 @@ def test_configured_credentials_for_an_endpoint(tmp_path: Any, cs: Source) -> No
         assert sent["x-org"] == "tocho"  # the registration's own wins
         assert sent["via"].startswith("1.1 renkei-")  # the registration cannot replace it
         assert "備考" not in str(sent)  # no header can carry it
+
+
+def test_local_only_sources_are_asked_for_their_own_data(hub: TestClient, cs: Source) -> None:
+    register(hub, cs.url, management={"localOnly": True})
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
+    assert [e["id"] for e in hub.get(E, params={"type": "AEDLocation"}).json()] == [AED]
+    assert cs.requests[-1].query["local"] == "true"

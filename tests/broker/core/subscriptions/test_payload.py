@@ -102,8 +102,7 @@ async def test_rules_across_members_are_400(hub: Hub, members: dict[str, Any], s
     [
         {"temporalQ": {"timerel": "after", "timeAt": "2026-04-01T00:00:00Z"}},
         {"notification": {"endpoint": {"uri": URL, "accept": "application/geo+json"}}},
-        # 501 before the other members' errors
-        {"temporalQ": {"timerel": "after", "timeAt": "2026-04-01T00:00:00Z"}, "entities": []},
+        {"temporalQ": {"timerel": "after"}, "entities": []},  # 501 before the others' errors
     ],
 )
 async def test_what_this_version_does_not_do_is_501(hub: Hub, members: dict[str, Any]) -> None:
@@ -111,11 +110,17 @@ async def test_what_this_version_does_not_do_is_501(hub: Hub, members: dict[str,
         await hub.subscriptions.compile("", doc(**members))
 
 
+async def test_csf_is_a_q_expression(hub: Hub) -> None:
+    """csf picks the context sources a subscription is sent on to (broker.api.subscriptions)."""
+    await hub.subscriptions.compile("", doc(csf='管理者=="狛江市"'))
+    for bad in ("管理者==", 5):
+        with pytest.raises(BadRequestData):
+            await hub.subscriptions.compile("", doc(csf=bad))
+
+
 async def test_identity_errors_come_before_501(hub: Hub) -> None:
     with pytest.raises(BadRequestData):
-        await hub.subscriptions.compile(
-            "", doc(type="Other", temporalQ={"timerel": "after", "timeAt": "2026-04-01T00:00:00Z"})
-        )
+        await hub.subscriptions.compile("", doc(type="Other", csf="管理者==狛江市"))
 
 
 async def test_expiry_in_the_past_reads_as_expired(hub: Hub) -> None:
