@@ -452,8 +452,8 @@ class DistributedService:
                 owned |= held
 
         def part_for(held: frozenset[str] | None) -> Any:
-            if not isinstance(body, dict) or held is None:
-                part = body
+            if not isinstance(body, dict) or held is None or attr is not None:
+                part = body  # a write of one attribute: its body is that attribute
             else:
                 part = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) in held}
             if isinstance(part, dict) and context is not None and content_type.endswith("ld+json"):
