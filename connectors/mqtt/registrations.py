@@ -11,7 +11,9 @@ Each registration is ``exclusive``, as iotagent-node-lib makes them: those attri
 those entities live at the agent only; the broker never stores them, and refuses
 (409 Conflict, clause 4.3.6.2) to write them itself through an operation the
 registration does not take. Its ``operations`` are ``retrieveOps`` for lazy attributes
-and ``updateOps`` with ``mergeEntity`` for commands; its ``endpoint`` is the agent's
+and ``updateOps`` with ``mergeEntity`` for commands, as iotagent-node-lib's, and
+``appendAttrs`` (``POST /entities/{id}/attrs``, which clients of the subscription-based
+commands use to send one); its ``endpoint`` is the agent's
 public URL and its ``contextSourceInfo`` a header carrying the agent's secret, which
 the broker sends with every forwarded request (and answers masked).
 
@@ -123,7 +125,7 @@ class SourceRegistrations:
         if lazy:
             operations.append("retrieveOps")
         if commands:
-            operations += ["updateOps", "mergeEntity"]
+            operations += ["updateOps", "mergeEntity", "appendAttrs"]
         return {
             "id": self.registration_id(key),
             "type": CSR_TYPE,

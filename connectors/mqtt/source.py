@@ -13,6 +13,7 @@ attributes and commands (clause 4.3.6.3):
   (``id``, ``idPattern``, ``type``, ``attrs``, ``q``, ``scopeQ``, geo-queries) are
   evaluated on what the agent holds, as each source of a distributed query does;
 * ``PATCH /ngsi-ld/v1/entities/{id}/attrs`` and ``.../attrs/{name}`` (updateAttrs),
+  ``POST /ngsi-ld/v1/entities/{id}/attrs`` (appendAttrs),
   ``PUT .../attrs/{name}`` (replaceAttrs), ``PATCH`` and ``PUT /ngsi-ld/v1/entities/{id}``
   (mergeEntity, replaceEntity): each command named is sent to its device, as a command
   notification would be (MQTT ``cmd`` topic, HTTP push, or held for polling), and its
@@ -293,6 +294,12 @@ async def _body_object(request: Request) -> dict[str, Any]:
 @router.patch("/entities/{entity_id}/attrs", status_code=204)
 async def update_attrs(entity_id: str, request: Request, tenant: TenantHeader = None) -> Response:
     """Commands written with updateAttrs."""
+    return await _commands(request, tenant, entity_id, await _body_object(request))
+
+
+@router.post("/entities/{entity_id}/attrs", status_code=204)
+async def append_attrs(entity_id: str, request: Request, tenant: TenantHeader = None) -> Response:
+    """Commands written with appendAttrs."""
     return await _commands(request, tenant, entity_id, await _body_object(request))
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from connectors.mqtt.registrations import ID_PREFIX, SOURCE_HEADER
 from tests.connectors.mqtt.conftest import AgentFactory, Publisher, RunningAgent, wait_for
+from tests.support import free_port
 from tests.support_mqtt import MqttBroker, subscribe
 
 pytestmark = pytest.mark.mqtt
@@ -88,7 +89,12 @@ def test_commands_and_lazy_attributes_through_the_broker(
         (reg,) = registrations(hub, agent)
         assert reg["id"].startswith(ID_PREFIX)
         assert reg["mode"] == "exclusive"
-        assert sorted(reg["operations"]) == ["mergeEntity", "retrieveOps", "updateOps"]
+        assert sorted(reg["operations"]) == [
+            "appendAttrs",
+            "mergeEntity",
+            "retrieveOps",
+            "updateOps",
+        ]
         assert reg["information"] == [
             {"entities": [{"id": eid, "type": TYPE}], "propertyNames": ["点灯", "電池残量"]}
         ]
@@ -179,3 +185,52 @@ def test_commands_and_lazy_attributes_through_the_broker(
         stored = entity(hub, eid)
         assert stored is not None
         assert stored["点灯"]["value"] == "迷子"
+
+
+def test_registrations_follow_provisioning_restarts_and_the_mode(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker, tmp_path: Any
+) -> None:
+    """One registration per type and set of names lists its entities; deleting devices
+    narrows it, then removes it; a restarted agent removes what it no longer wants, and
+    switching modes moves commands between registrations and subscriptions."""
+    group = {"apikey": "門key", "entity_type": "門扉", "commands": [{"name": "開閉"}]}
+    gates = [{"device_id": f"門{i}"} for i in (1, 2, 3)]
+    ids = [f"urn:ngsi-ld:門扉:門{i}" for i in (1, 2, 3)]
+    db = str(tmp_path / "gates.db")
+    port = free_port()
+    with agent_factory(iota_db=db, iota_port=port) as agent:
+        provision(agent, group, *gates)
+        assert registered_ids(hub, agent) == [ids]
+        with agent.http() as http:
+            # another command for one device: it moves to a registration of its own
+            r = http.put("/iot/devices/門3", json={"commands": [{"name": "施錠"}]})
+            assert r.status_code == 204
+            assert registered_ids(hub, agent) == [ids[:2], ids[2:]]
+            assert http.delete("/iot/devices/門1").status_code == 204
+            assert registered_ids(hub, agent) == [ids[1:2], ids[2:]]
+    # restarted in subscription mode: the registrations go, subscriptions come
+    with agent_factory(iota_db=db, iota_port=port, iota_command_mode="subscription") as agent:
+        wait_for(lambda: not registrations(hub, agent), what="registrations removed")
+        wait_for(lambda: agent.agent._subscribed, what="command subscriptions")
+        # a client's command is now stored at the broker (and notified to the agent)
+        with subscribe(mqtt, "/門key/門2/cmd") as sub:
+            assert command(hub, ids[1], "開閉", "開").status_code == 204
+            assert json.loads(sub.wait(1, timeout=10)[0].payload) == {"開閉": "開"}
+        held = entity(hub, ids[1], local="true")
+        assert held is not None
+        assert held["開閉"]["value"] == "開"
+    # and back: the command the broker holds is given up to the agent, which registers
+    with agent_factory(iota_db=db, iota_port=port) as agent:
+        wait_for(lambda: registered_ids(hub, agent) == [ids[1:2], ids[2:]], what="registered")
+        held = entity(hub, ids[1], local="true")
+        assert held is not None
+        assert "開閉" not in held
+        subs = httpx.get(f"{hub}/ngsi-ld/v1/subscriptions", headers=KOMAE, timeout=10).json()
+        assert [s for s in subs if agent.url in s["notification"]["endpoint"]["uri"]] == []
+        with subscribe(mqtt, "/門key/門2/cmd") as sub:
+            assert command(hub, ids[1], "開閉", "閉").status_code == 204
+            assert json.loads(sub.wait(1, timeout=10)[0].payload) == {"開閉": "閉"}
+        with agent.http() as http:
+            assert http.delete("/iot/devices/門2").status_code == 204
+            assert http.delete("/iot/devices/門3").status_code == 204
+        assert registrations(hub, agent) == []
