@@ -532,6 +532,7 @@ def test_the_agents_ngsi_ld_endpoints_take_the_broker_or_a_principal_with_rights
         assert r.status_code == 204, r.text
         assert json.loads(sub.wait(2, timeout=10)[1].payload) == {"点灯": "経由"}
         assert len(sub.messages) == 2
+    assert agent.settings.audit_log is not None
     lines = [json.loads(x) for x in agent.settings.audit_log.read_text().splitlines()]
     commanded = [x for x in lines if x["operation"].startswith("PATCH /ngsi-ld/")]
     assert [(x["principal"], x["status"]) for x in commanded][-1] == ("komae-writer", 204)
