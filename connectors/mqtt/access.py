@@ -44,7 +44,7 @@ from broker.auth import AuditLog, Authenticator, Policy, PolicyHolder, Principal
 from broker.auth.policy import Action
 from broker.errors import NgsiLdError
 from connectors.mqtt.agent import NOTIFY_HEADER, NOTIFY_PATH
-from connectors.mqtt.errors import AccessForbidden, Unauthorized
+from connectors.mqtt.errors import AccessForbidden, DeviceNotFound, Unauthorized
 from connectors.mqtt.registrations import SOURCE_HEADER
 
 #: Served to anyone: liveness/readiness and the agent's version.
@@ -151,8 +151,9 @@ def check_source(
 ) -> bool:
     """On the agent's NGSI-LD endpoints: whether the request may ``action`` (``read``,
     ``write``) a device's entity of ``types``. The broker's requests (with the secret)
-    may; a principal needs the action on the types in the tenant. ``refuse``: raise 401
-    (anonymous) or 403 instead of answering False."""
+    may; a principal needs the action on the types in the tenant. ``refuse``: raise
+    instead of answering False: 404 for a read (the entity answers as missing, as the
+    broker answers it), else 401 (anonymous) or 403."""
     state = request.scope.get("state", {})
     if state.get("renkei_source"):
         return True
@@ -162,6 +163,8 @@ def check_source(
     )
     if allowed or not refuse:
         return allowed
+    if action == "read":
+        raise DeviceNotFound("no such entity among the agent's devices")
     if grant is None or grant.principal.anonymous:
         raise Unauthorized("credentials are required for this operation")
     raise AccessForbidden(_REFUSED_SOURCE)

@@ -208,6 +208,13 @@ def test_registrations_follow_provisioning_restarts_and_the_mode(
             assert registered_ids(hub, agent) == [ids[:2], ids[2:]]
             assert http.delete("/iot/devices/門1").status_code == 204
             assert registered_ids(hub, agent) == [ids[1:2], ids[2:]]
+    # the agent is down: a command written at the broker is refused, naming the agent
+    r = command(hub, ids[1], "開閉", "届かない")
+    assert r.status_code == 207, r.text
+    assert r.json()["errors"][0]["registrationId"].startswith(ID_PREFIX)
+    held = entity(hub, ids[1], local="true")
+    assert held is not None
+    assert "開閉" not in held
     # restarted in subscription mode: the registrations go, subscriptions come
     with agent_factory(iota_db=db, iota_port=port, iota_command_mode="subscription") as agent:
         wait_for(lambda: not registrations(hub, agent), what="registrations removed")
