@@ -34,7 +34,6 @@ without an auth file it is refused. Errors are NGSI-LD ProblemDetails.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -330,6 +329,3 @@ async def replace_entity(entity_id: str, request: Request, tenant: TenantHeader 
     """Commands written with replaceEntity (the broker sends only the registered part)."""
     return await _commands(request, tenant, entity_id, await _body_object(request))
 
-
-def entity_keys(devices: Iterable[Resolved]) -> set[tuple[str | None, str]]:
-    return {(d.tenant, d.entity_id) for d in devices}
