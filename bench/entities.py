@@ -13,12 +13,20 @@ load generator in a separate process if ``wrk`` is not installed):
 * bare GET       GET /entity, a fixed document of the size of a retrieved entity
 * broker retrieve GET /ngsi-ld/v1/entities/{id}, random ids among pre-created entities
 
+and the same through NGSI v2 on the same store, in turns with the NGSI-LD runs (LD, v2,
+v2, LD, half the duration each, so that the machine's load weighs on both alike; #26):
+
+* v2 create      POST /v2/entities, the same entity in v2 form, a unique id per request
+* v2 retrieve    GET /v2/entities/{id}, the same pre-created entities
+* query          GET /ngsi-ld/v1/entities?type=..&q=temperature>29&limit=20, and the
+                 same query through GET /v2/entities
+
 ``--auth key,jwt`` adds a broker per mode with an auth file (an API key; a bearer JWT from
 a test issuer on 127.0.0.1, its key cached after the first request) and prints each
 beside the unauthenticated broker of the same run (target: at most 10% slower).
 
 Each run has a short warm-up. Prints requests/s, p50/p99 latency and errors per run,
-then the broker/bare ratio and the targets. Exit status 1 if any request failed
+then the broker/bare and v2/NGSI-LD ratios and the targets. Exit status 1 if any request failed
 (non-2xx or socket error) or, with ``--check``, if a target is missed.
 """
 
@@ -58,11 +66,16 @@ ENTITY_TYPE = "AirQualityObserved"
 ID_PREFIX = f"urn:ngsi-ld:{ENTITY_TYPE}:bench-"
 SEED_PREFIX = ID_PREFIX + "seed-"
 BROKER_ENTITIES = "/ngsi-ld/v1/entities"
+V2_ENTITIES = "/v2/entities"
 BARE_ENTITY = "/entity"
+QUERY = f"?type={ENTITY_TYPE}&q=temperature%3E29&limit=20"
 
 # Targets from the acceptance text (2-core machine).
 TARGET_RPS = {"create": 1000.0, "retrieve": 2000.0}
 TARGET_RATIO = 0.40
+#: NGSI v2 is no slower than NGSI-LD on the same store (#26); 5% is this machine's noise
+#: between two runs of the same workload.
+TARGET_V2_RATIO = 0.95
 TARGET_AUTH_OVERHEAD = 0.10  # an authorised request at most 10% slower (--auth)
 
 # --auth modes: the broker's name in the tables
@@ -81,8 +94,23 @@ ENTITY_TEMPLATE = (
 )
 
 
-def entity_body(eid: str, temp: float = 18.4) -> str:
-    return ENTITY_TEMPLATE % (eid, temp)
+# The same entity in NGSI v2 form (what a FIWARE client sends to Orion).
+V2_TEMPLATE = (
+    '{"id":"%s","type":"' + ENTITY_TYPE + '",'
+    '"name":{"type":"Text","value":"Komae station"},'
+    '"temperature":{"type":"Number","value":%s,"metadata":{'
+    '"unitCode":{"type":"Text","value":"CEL"},'
+    '"observedAt":{"type":"DateTime","value":"2024-05-01T10:00:00Z"}}},'
+    '"NO2":{"type":"Number","value":22.5,"metadata":{'
+    '"unitCode":{"type":"Text","value":"GQ"},'
+    '"observedAt":{"type":"DateTime","value":"2024-05-01T10:00:00Z"}}},'
+    '"location":{"type":"geo:json","value":{"type":"Point","coordinates":[139.5786,35.6348]}},'
+    '"refDevice":{"type":"Relationship","value":"urn:ngsi-ld:Device:komae-01"}}'
+)
+
+
+def entity_body(eid: str, temp: float = 18.4, template: str = ENTITY_TEMPLATE) -> str:
+    return template % (eid, temp)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -116,6 +144,7 @@ class Workload:
     mode: str
     seeds: int = 0
     headers: dict[str, str] = field(default_factory=dict)  # credentials, for --auth
+    template: str = ENTITY_TEMPLATE
 
 
 # -- load generators -------------------------------------------------------------------------
@@ -181,9 +210,9 @@ def _lua_script(work: Workload, tag: str) -> str:
     return LUA % {
         "mode": work.mode,
         "path": work.path,
-        "tag": tag,
+        "tag": f"{work.label}-{tag}",
         "seeds": work.seeds,
-        "template": ENTITY_TEMPLATE,
+        "template": work.template,
         "id_prefix": ID_PREFIX,
         "seed_prefix": SEED_PREFIX,
         "headers": ", ".join(f'["{k}"] = "{v}"' for k, v in work.headers.items()),
@@ -221,7 +250,8 @@ def load_httpx(
         "path": work.path,
         "mode": work.mode,
         "seeds": work.seeds,
-        "tag": tag,
+        "tag": f"{work.label}-{tag}",
+        "template": work.template,
         "duration": duration,
         "connections": connections,
         "headers": work.headers,
@@ -260,7 +290,7 @@ async def _httpx_load(spec: dict[str, Any]) -> RunResult:
                 try:
                     if spec["mode"] == "post":
                         eid = f"{ID_PREFIX}{spec['tag']}-{wid}-{n}"
-                        body = entity_body(eid, 10 + n % 200 / 10).encode()
+                        body = entity_body(eid, 10 + n % 200 / 10, spec["template"]).encode()
                         resp = await client.post(spec["path"], content=body, headers=headers)
                     elif spec["mode"] == "get-random":
                         i = random.randrange(int(spec["seeds"]))
@@ -435,20 +465,18 @@ def main() -> int:
                 flush=True,
             )
 
-            def measure(op: str, server: str, work: Workload) -> None:
-                kw: dict[str, Any] = {
-                    "connections": args.connections,
-                    "threads": threads,
-                    "tmp": tmp,
-                }
+            kw: dict[str, Any] = {"connections": args.connections, "threads": threads, "tmp": tmp}
+
+            def warm_up(op: str, server: str, work: Workload) -> None:
                 if args.warmup > 0:
-                    warm = run(work, tag=f"warm-{server}", duration=args.warmup, **kw)
+                    warm = run(work, tag="warm", duration=args.warmup, **kw)
                     if warm.errors:
                         raise BenchError(
                             f"{op}/{server} warm-up: {warm.non2xx} non-2xx responses, "
                             f"{warm.socket_errors} socket errors"
                         )
-                res = run(work, tag=f"run-{server}", duration=args.duration, **kw)
+
+            def keep(op: str, server: str, res: RunResult) -> None:
                 results[(op, server)] = res
                 print(
                     f"  {op:<8} {server:<11} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
@@ -461,7 +489,26 @@ def main() -> int:
                         f"{res.socket_errors} socket errors"
                     )
 
-            # Create first, each broker on its own fresh store; the bare baseline once.
+            def measure(op: str, server: str, work: Workload) -> None:
+                warm_up(op, server, work)
+                keep(op, server, run(work, tag="run", duration=args.duration, **kw))
+
+            def pair(op: str, ld: Workload, v2: Workload) -> None:
+                """NGSI-LD and v2 in turns (LD, v2, v2, LD; each half the duration), so
+                that a change of the machine's load during the run weighs on both."""
+                warm_up(op, "broker", ld)
+                warm_up(op, "v2", v2)
+                half = args.duration / 2
+                parts: dict[str, list[RunResult]] = {"broker": [], "v2": []}
+                for i, (server, work) in enumerate(
+                    [("broker", ld), ("v2", v2), ("v2", v2), ("broker", ld)]
+                ):
+                    parts[server].append(run(work, tag=f"run{i}", duration=half, **kw))
+                for server, (a, b) in parts.items():
+                    keep(op, server, combined(a, b))
+
+            # Create first, each broker on its own fresh store; the bare baseline once. The
+            # broker without access control also runs NGSI v2 in turns with NGSI-LD.
             measure("create", "bare", Workload("bare-post", bare.url, BARE_ENTITY, "post"))
             brokers: list[tuple[str, Server, dict[str, str]]] = []
             for mode in modes:
@@ -470,11 +517,18 @@ def main() -> int:
                 brokers.append((SERVER_NAMES[mode], server, credentials))
             for name, broker, credentials in brokers:
                 work = Workload(name, broker.url, BROKER_ENTITIES, "post", headers=credentials)
-                measure("create", name, work)
+                if name == "broker":
+                    v2 = Workload("v2", broker.url, V2_ENTITIES, "post", template=V2_TEMPLATE)
+                    pair("create", work, v2)
+                    acknowledged = results[("create", name)].requests
+                    acknowledged += results[("create", "v2")].requests
+                else:
+                    measure("create", name, work)
+                    acknowledged = results[("create", name)].requests
                 created = stored_count(broker, credentials)
-                if created < results[("create", name)].requests:
+                if created < acknowledged:
                     raise BenchError(
-                        f"{name} acknowledged {results[('create', name)].requests} creates "
+                        f"{name} acknowledged {acknowledged} creates "
                         f"but stores only {created} entities"
                     )
             for _, broker, credentials in brokers:
@@ -493,7 +547,23 @@ def main() -> int:
             for name, broker, credentials in brokers:
                 path = BROKER_ENTITIES + "/"
                 work = Workload(name, broker.url, path, "get-random", args.seeds, credentials)
-                measure("retrieve", name, work)
+                if name != "broker":
+                    measure("retrieve", name, work)
+                    continue
+                v2 = Workload("v2", broker.url, V2_ENTITIES + "/", "get-random", args.seeds)
+                pair("retrieve", work, v2)
+                ld_page = httpx.get(broker.url + BROKER_ENTITIES + QUERY).json()
+                v2_page = httpx.get(broker.url + V2_ENTITIES + QUERY).json()
+                if len(ld_page) != len(v2_page) or not ld_page:
+                    raise BenchError(
+                        f"the query answers {len(ld_page)} entities over NGSI-LD, "
+                        f"{len(v2_page)} over v2"
+                    )
+                pair(
+                    "query",
+                    Workload("broker-query", broker.url, BROKER_ENTITIES + QUERY, "get-fixed"),
+                    Workload("v2-query", broker.url, V2_ENTITIES + QUERY, "get-fixed"),
+                )
             for srv in logs:
                 if srv.proc.poll() is not None:
                     raise BenchError(f"{srv.name} exited during the run")
@@ -523,6 +593,18 @@ def main() -> int:
     return 1
 
 
+def combined(a: RunResult, b: RunResult) -> RunResult:
+    """Two runs of one workload as one (latencies: the mean p50, the worse p99)."""
+    return RunResult(
+        requests=a.requests + b.requests,
+        seconds=a.seconds + b.seconds,
+        p50_ms=(a.p50_ms + b.p50_ms) / 2,
+        p99_ms=max(a.p99_ms, b.p99_ms),
+        non2xx=a.non2xx + b.non2xx,
+        socket_errors=a.socket_errors + b.socket_errors,
+    )
+
+
 def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
     print()
     head = f"{'operation':<9} {'server':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
@@ -550,6 +632,20 @@ def print_table(results: dict[tuple[str, str], RunResult]) -> bool:
             f"{op:<9} {ratio:>10.0%} {'yes' if ratio_ok else 'NO':>4} (>={TARGET_RATIO:.0%})"
             f" {'yes' if rps_ok else 'NO':>4} (>={target:,.0f}/s)"
         )
+    print()
+    head = f"{'operation':<9} {'v2/NGSI-LD':>11} {'ok':>4}"
+    print(head)
+    print("-" * len(head))
+    for op in ("create", "retrieve", "query"):
+        ld, v2 = results.get((op, "broker")), results.get((op, "v2"))
+        if ld is None or v2 is None:
+            print(f"{op:<9} {'not measured':>11}")
+            missed = True
+            continue
+        ratio = v2.rps / ld.rps if ld.rps else 0.0
+        ok = ratio >= TARGET_V2_RATIO
+        missed |= not ok
+        print(f"{op:<9} {ratio:>10.0%} {'yes' if ok else 'NO':>4} (>={TARGET_V2_RATIO:.0%})")
     missed |= print_auth_overhead(results)
     print(f"\ntargets: {'all met' if not missed else 'MISSED'}")
     return missed

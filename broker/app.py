@@ -142,6 +142,7 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
                 name=hub_name(settings.hub_id, settings.public_url),
                 timeout=settings.federation_timeout,
                 cooldown=settings.federation_cooldown,
+                credentials=settings.federation_headers,
             ),
             max_limit=settings.max_limit,
         ),
@@ -263,6 +264,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TrailingSlash)  # outermost
     probes.install(app)
     app.include_router(entities.router)
+    # routes are tried in order: NGSI v2's right after NGSI-LD's entities, so that neither
+    # API's entity requests wait behind the 501 placeholders, OGC and the viewer
+    for v2_router in ngsi_v2.ROUTERS:
+        app.include_router(v2_router)
     app.include_router(entity_operations.router)
     app.include_router(types.router)
     app.include_router(subscriptions.router)
@@ -273,7 +278,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(unimplemented.router)
     app.include_router(ogc.router)
     app.include_router(viewer.router)
-    app.include_router(ngsi_v2.router)
     app.include_router(docs.router)
 
     @app.get("/health", include_in_schema=False)

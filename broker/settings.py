@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     #: Seconds a context source that failed is left alone, unless its registration's
     #: management.cooldown says otherwise (0: asked again at once).
     federation_cooldown: float = Field(0.0, ge=0)
+    #: The hub's own credentials for context sources: endpoint URL prefix -> headers
+    #: sent with every request forwarded to an endpoint it starts (JSON in the
+    #: environment: RENKEI_FEDERATION_HEADERS='{"https://chofu.example/": {"X-API-Key":
+    #: "..."}}'). A registration's contextSourceInfo adds to (and wins over) them.
+    federation_headers: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     # OGC API - Features (/ogc) and the map viewer (/viewer).
     #: Entity type -> attribute whose date-time value is a feature's time (JSON in the

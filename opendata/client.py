@@ -138,7 +138,7 @@ class TemporalPages:
 def _next_page(params: dict[str, Any], content_range: str | None) -> dict[str, Any] | None:
     """The request for the rest of a 206 temporal answer read oldest first, or None."""
     match = _CONTENT_RANGE.match(content_range or "")
-    if match is None or params.get("lastN") or params.get("options") == "aggregatedValues":
+    if match is None or params.get("lastN"):
         return None
     end = match.group(2)
     if params.get("timerel") == "between":
@@ -147,9 +147,22 @@ def _next_page(params: dict[str, Any], content_range: str | None) -> dict[str, A
 
 
 def _merge_pages(into: dict[str, Any], page: Mapping[str, Any]) -> int:
-    """Add a page's instances not seen yet (by instanceId); returns how many were new."""
+    """Add a page's instances not seen yet (by instanceId), or its aggregation periods
+    (aggregatedValues: whole periods, never split across pages); returns how many were
+    new."""
     added = 0
     for key, value in page.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            for method, series in value.items():
+                have = into[key].setdefault(method, [])
+                if not isinstance(series, list) or not isinstance(have, list):
+                    continue
+                starts = {p[1] for p in have if isinstance(p, list) and len(p) == 3}
+                new = [p for p in series if isinstance(p, list) and len(p) == 3]
+                fresh = [p for p in new if p[1] not in starts]
+                have.extend(fresh)
+                added += len(fresh)
+            continue
         if key in ("id", "type", "scope", "@context") or not isinstance(value, list):
             into.setdefault(key, value)
             continue

@@ -512,12 +512,21 @@ async def purge_entities(
         query = entity_query(sel, hub, tm, local=local, paged=False)
     names = csv_param(keep if keep is not None else drop)
     attrs = {tm.expand(check_name(a)) for a in names}
+    sent: list[Answer] = []
+    if not P.bool_param(local, "local"):
+        params = {k: v for k, v in request.query_params.items() if k != "local"}
+        sent = await hub.distributed.forward_purge(
+            tenant, query, forward_call(request, tenant), params
+        )
     await hub.entities.purge(
         tenant,
         query,
         keep=attrs if keep is not None else None,
         drop=attrs if drop is not None else None,
     )
+    errors = [_source_error("", a) for a in sent if not a.ok]
+    if errors:
+        return respond({"success": [], "errors": errors}, tm=tm, kind=JSON, status=207)
     return _no_content()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -13,10 +14,12 @@ from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep, request_tenant
 from broker.api.entities import ENTITY_ANSWERS, ENTITY_OFFERS, build_query, query_response
 from broker.core.batch import BatchItem, BatchResult, Operation
+from broker.core.distributed import params_of
 from broker.core.model import View
 from broker.errors import BadRequestData, NgsiLdError
+from broker.federation.forward import Call
 from broker.jsonld.context import TermMap
-from broker.model.entity import check_entity_id, check_name
+from broker.model.entity import check_entity_id, check_name, is_uri
 from broker.model.store import EntityQuery, Selector
 from broker.query import geo_query_from_json
 from broker.query.patterns import check_pattern
@@ -67,13 +70,128 @@ def _result(result: BatchResult, tm: Any, *, ok_status: int, ok_body: Any = None
     return respond(ok_body, tm=tm, kind=JSON, status=ok_status)
 
 
+#: The operation name (clause 4.3.6.3 table) of each batch operation.
+BATCH_OPERATIONS = {
+    "create": "createBatch",
+    "upsert": "upsertBatch",
+    "update": "updateBatch",
+    "merge": "mergeBatch",
+    "delete": "deleteBatch",
+}
+
+
+def _item_ident(op: Operation, item: BatchItem) -> str | None:
+    """The entity id of a batch item that can be sent on, or None."""
+    if item.error is not None or item.tm is None:
+        return None
+    raw = (
+        item.body
+        if op == "delete"
+        else item.body.get("id")
+        if isinstance(item.body, dict)
+        else None
+    )
+    return raw if isinstance(raw, str) and is_uri(raw) else None
+
+
 async def _run(
     op: Operation, request: Request, hub: Hub, tenant: str, options: str | None
 ) -> tuple[BatchResult, Any]:
     P.check_params(request)
     opts = P.options_of(options)
     items, tm = await _items(hub, request, allow_merge_patch=op == "merge")
-    return await hub.batch.run(tenant, op, items, opts), tm
+    if P.bool_param(request.query_params.get("local"), "local") or not (
+        await hub.registrations.active(tenant)
+    ):
+        return await hub.batch.run(tenant, op, items, opts), tm
+    hub.batch.check_size(len(items))
+    return await _run_distributed(op, request, hub, tenant, items, opts, tm), tm
+
+
+async def _run_distributed(
+    op: Operation,
+    request: Request,
+    hub: Hub,
+    tenant: str,
+    items: list[BatchItem],
+    opts: set[str],
+    tm: TermMap,
+) -> BatchResult:
+    """A batch written here and sent on to the context sources registered for its
+    entities (``broker.core.distributed.route_write`` for each entity), the results
+    joined: an entity succeeds where every part of it succeeded."""
+    sendable = [(n, eid) for n, item in enumerate(items) if (eid := _item_ident(op, item))]
+    forward = []
+    for n, eid in sendable:
+        item = items[n]
+        assert item.tm is not None
+        body = None if op == "delete" else item.body
+        raw_type = item.body.get("type") if isinstance(item.body, dict) else None
+        types = [
+            t
+            for t in (raw_type if isinstance(raw_type, list) else [raw_type])
+            if isinstance(t, str)
+        ]
+        forward.append((eid, types or None, body, item.tm))
+    call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
+    params = {k: v for k, v in request.query_params.items() if k != "local"}
+    left, sent = await hub.distributed.forward_batch(
+        tenant,
+        BATCH_OPERATIONS[op],
+        call,
+        f"/entityOperations/{op}",
+        forward,
+        params=params or None,
+    )
+    refused: dict[str, NgsiLdError] = {}
+    remote_only: list[str] = []
+    for (n, eid), what in zip(sendable, left, strict=True):
+        if isinstance(what, NgsiLdError):
+            refused[eid] = what
+            items[n] = BatchItem(items[n].body, error=what)
+            continue
+        body, run_here = what
+        if not run_here:
+            remote_only.append(eid)
+            items[n] = BatchItem(None)  # dropped below
+        elif op != "delete":
+            items[n] = BatchItem(body, tm=items[n].tm)
+    here = [i for i in items if not (i.body is None and i.error is None and i.tm is None)]
+    if op == "delete":
+        result = BatchResult()
+        for item in here:
+            if item.error is not None:
+                result.fail(str(item.body), item.error)
+        ids = [i.body for i in here if i.error is None]
+        if ids:
+            deleted = await hub.batch.delete(tenant, ids)
+            result.success += deleted.success
+            result.errors += deleted.errors
+    else:
+        result = await hub.batch.run(tenant, op, here, opts) if here else BatchResult()
+    failed = {e["entityId"] for e in result.errors}
+    for reg, ids, answer in sent:
+        errors: list[dict[str, Any]] = []
+        if answer.ok and answer.status == 207 and isinstance(answer.body, dict):
+            errors = [e for e in answer.body.get("errors") or [] if isinstance(e, dict)]
+        elif not answer.ok:
+            body = answer.body if isinstance(answer.body, dict) else {}
+            problem = {
+                "type": body.get("type", "https://uri.etsi.org/ngsi-ld/errors/InternalError"),
+                "title": body.get("title", "Context source error"),
+                "status": answer.status or 504,
+                "detail": f"{reg.endpoint}: {answer.error or body.get('detail', '')}".strip(),
+            }
+            errors = [{"entityId": eid, "error": problem} for eid in ids]
+        for error in errors:
+            result.errors.append({**error, "registrationId": reg.id})
+            failed.add(str(error.get("entityId")))
+    result.success = [e for e in dict.fromkeys([*result.success, *remote_only]) if e not in failed]
+    if op in ("create", "upsert"):
+        result.created = [
+            e for e in dict.fromkeys([*result.created, *remote_only]) if e not in failed
+        ]
+    return result
 
 
 class BodyQueryParams(P.Group):
@@ -124,7 +242,21 @@ async def batch_query(
     kind = negotiate(request, ENTITY_OFFERS)
     payload, tm = await hub.payload(request)
     view, query = body_query(params, hub, payload.body, tm)
-    return await query_response(hub, tenant, request, view, query, kind)
+    forward = None
+    selectors = query.selectors or []
+    inline = payload.kind == LD_JSON  # its @context is in the body: none to pass on
+    if len(selectors) <= 1 and not inline and not P.bool_param(params.local, "local"):
+        # one selector folds into GET /entities parameters for the context sources
+        sel = selectors[0] if selectors else None
+        folded = replace(
+            query,
+            ids=sel.ids if sel else None,
+            id_pattern=sel.id_pattern if sel else None,
+            types=sel.types if sel else None,
+            selectors=None,
+        )
+        forward = params_of(folded, tm)
+    return await query_response(hub, tenant, request, view, query, kind, forward=forward)
 
 
 def body_query(
@@ -297,5 +429,10 @@ async def batch_delete(
 ) -> Response:
     P.check_params(request)
     payload, tm = await hub.payload(request, shape=list)
-    result = await hub.batch.delete(tenant, payload.body)
+    if P.bool_param(local, "local") or not await hub.registrations.active(tenant):
+        result = await hub.batch.delete(tenant, payload.body)
+    else:
+        hub.batch.check_size(len(payload.body))
+        items = [BatchItem(eid, tm=tm) for eid in payload.body]
+        result = await _run_distributed("delete", request, hub, tenant, items, set(), tm)
     return _result(result, tm, ok_status=204)

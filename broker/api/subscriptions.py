@@ -12,6 +12,7 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep
+from broker.auth.access import current as current_access
 from broker.federation.forward import Call, Forwarder
 from broker.jsonld.context import TermMap
 from broker.model.entity import id_segment
@@ -69,6 +70,13 @@ async def _mirror(
     csf = None
     if body is not None and tm is not None and isinstance(body.get("csf"), str):
         csf = resolve_q(parse_q(body["csf"]), tm.expand)
+    access = current_access()
+    if access is not None and method == "POST":
+        # the sources notify the subscriber directly, past this hub's read filter: only
+        # what the subscriber may read here is subscribed to there
+        flat = [t for alt in types or [] for t in alt] or None
+        if flat is None or not access.can("read", tenant, flat):
+            return {}
     ld = (request.headers.get("content-type") or "").startswith("application/ld+json")
     if ld and body is not None and context is not None:
         body = {**body, "@context": context}

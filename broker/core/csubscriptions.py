@@ -136,6 +136,8 @@ class CsourceSubscriptionService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._last_round: dict[tuple[str, str], float] = {}
+        #: tenants with timeInterval subscriptions (see ``start``)
+        self._periodic: set[str] = set()
         registrations.listeners.append(self.on_change)
 
     # -- validation ------------------------------------------------------------------------
@@ -262,6 +264,8 @@ class CsourceSubscriptionService:
                 self._submit(sub, data, "newlyMatching")
             if sub.time_interval is not None:
                 self._last_round[(tenant, sub.id)] = time.monotonic()
+        if sub.time_interval is not None:
+            self._periodic.add(tenant)
         return sub.id
 
     async def get(self, tenant: str, sub_id: str) -> dict[str, Any]:
@@ -294,6 +298,8 @@ class CsourceSubscriptionService:
         await self._check_endpoint(sub.endpoint.uri)
         doc["modifiedAt"] = now_iso()
         await self.store.put_registration(tenant, "subscription", doc, create=False)
+        if sub.time_interval is not None:
+            self._periodic.add(tenant)
 
     async def delete(self, tenant: str, sub_id: str) -> None:
         check_entity_id(sub_id, "subscription id")
@@ -418,18 +424,30 @@ class CsourceSubscriptionService:
 
     # -- timeInterval ----------------------------------------------------------------------
 
-    def start(self, tenants: Any) -> None:
+    def start(self, tenants: Any, *, rescan: float = 30.0) -> None:
         """Start the periodic round of ``timeInterval`` subscriptions; ``tenants`` is an
-        async callable naming the tenants to look at."""
+        async callable naming the tenants. The tenants having such subscriptions are
+        looked for every ``rescan`` seconds (and noted at once when one is made here);
+        only those are looked at every second."""
 
         async def loop() -> None:
+            last_scan = -rescan
+            failing = False
             while True:
                 await asyncio.sleep(1.0)
                 try:
-                    for tenant in dict.fromkeys(["", *await tenants()]):
+                    if time.monotonic() - last_scan >= rescan:
+                        last_scan = time.monotonic()
+                        for tenant in dict.fromkeys(["", *await tenants()]):
+                            if any(s.time_interval for s in await self._active(tenant)):
+                                self._periodic.add(tenant)
+                    for tenant in sorted(self._periodic):
                         await self.tick(tenant)
+                    failing = False
                 except NgsiLdError as exc:  # the store is unavailable: next round
-                    log.warning("registration subscription round failed: %s", exc.detail)
+                    if not failing:
+                        log.warning("registration subscription round failed: %s", exc.detail)
+                    failing = True
 
         self._ticker = asyncio.create_task(loop())
 

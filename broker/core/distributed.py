@@ -22,7 +22,7 @@ the count is the sum of the counts less the entities several sources answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,7 +31,7 @@ import orjson
 from broker.auth.access import current as current_access
 from broker.core.entities import EntityService
 from broker.core.model import Parser
-from broker.errors import Conflict, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import Conflict, Forbidden, NgsiLdError, NonexistentTenant, ResourceNotFound
 from broker.federation.forward import Answer, Call, Forwarder, warning
 from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
@@ -101,6 +101,98 @@ def parse_remote(body: Any, tm: TermMap) -> Entity | None:
                     if isinstance(given.get(key), str):
                         inst[key] = given[key]
     return ent
+
+
+@dataclass(slots=True)
+class Route:
+    """Where the parts of a write go: ``parts`` to sources, ``local_body`` here (when
+    ``run_local``)."""
+
+    parts: list[tuple[Registration, Any]]
+    local_body: Any
+    run_local: bool
+
+
+def route_write(
+    registrations: Sequence[Registration],
+    operation: str,
+    *,
+    entity_id: str,
+    tm: TermMap,
+    body: Any = None,
+    types: Sequence[str] | None = None,
+    attr: str | None = None,
+    whole: bool = False,
+    may_write: Callable[[list[str] | None], bool] | None = None,
+) -> Route:
+    """What of a write of one entity goes to which source, and what is written here.
+
+    Each registration supporting ``operation`` gets the attributes it is registered for
+    (all, when it names none); ``auxiliary`` ones are never written to. What
+    ``exclusive`` and ``redirect`` registrations hold is not written here; a redirect
+    registration of the whole entity leaves nothing here. An exclusive or redirect
+    registration of attributes in the write that does not support ``operation`` makes
+    it a Conflict (409): they may be written neither there nor here. ``whole``: the
+    write names the whole entity (create, replace, upsert), so the entity is written
+    here even when all its attributes went to sources. ``may_write(types)`` says whether
+    the caller may write entities of these types (None: of any type); a part it may
+    not write is Forbidden, as a local write would be."""
+    attrs: list[str] | None = None
+    if attr is not None:
+        attrs = [tm.expand(attr)]
+    elif isinstance(body, dict):
+        attrs = [tm.expand(k) for k in body if k not in ENTITY_KEYS] or None
+    expanded_types = [[tm.expand(t)] for t in types] if types else None
+    matched = []
+    for reg in registrations:
+        if reg.mode == "auxiliary":
+            continue
+        infos = reg.infos_for(types=expanded_types, ids=[entity_id], attrs=attrs)
+        if infos:
+            matched.append((reg, infos))
+    if not matched:
+        return Route([], body, True)
+    owned: set[str] = set()
+    everything = False
+    for reg, infos in matched:
+        if reg.mode not in ("exclusive", "redirect"):
+            continue
+        held = reg.attrs_for(infos)
+        touched = attrs is None or held is None or bool(set(attrs) & held)
+        if not reg.supports(operation) and touched:
+            raise Conflict(
+                f"registration {reg.id} ({reg.mode}) holds what this {operation} "
+                "would write, and does not accept it"
+            )
+        if held is None:
+            everything = everything or reg.mode == "redirect"
+        else:
+            owned |= held
+    parts: list[tuple[Registration, Any]] = []
+    for reg, infos in matched:
+        if not reg.supports(operation):
+            continue
+        held = reg.attrs_for(infos)
+        part = body  # a write of one attribute (``attr``): its body is that attribute
+        if isinstance(body, dict) and held is not None and attr is None:
+            part = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) in held}
+        partial = attr is None and not whole and isinstance(body, dict)
+        if partial and isinstance(part, dict) and all(k in ENTITY_KEYS for k in part):
+            continue  # none of the attributes written is held there
+        if may_write is not None:
+            named = [t[0] for t in expanded_types] if expanded_types else None
+            held_types = reg.types_for(infos)
+            if not may_write(named or (sorted(held_types) if held_types else None)):
+                raise Forbidden(f"not allowed to change these entities at {reg.id}")
+        parts.append((reg, part))
+    if everything:
+        return Route(parts, None, False)
+    if attr is not None:
+        return Route(parts, body, tm.expand(attr) not in owned)
+    if isinstance(body, dict) and owned:
+        local = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) not in owned}
+        return Route(parts, local, whole or any(k not in ENTITY_KEYS for k in local))
+    return Route(parts, body, True)
 
 
 @dataclass(slots=True)
@@ -185,6 +277,15 @@ class DistributedService:
                 if e.holds(ent["id"]) and any(t in types for t in e.types):
                     return True
         return False
+
+    @staticmethod
+    def _may_write(tenant: str) -> Callable[[list[str] | None], bool] | None:
+        """The caller's write check for parts sent to sources (None: access control is
+        off). Nothing at a source passes this hub's store guard, so it is checked here."""
+        access = current_access()
+        if access is None:
+            return None
+        return lambda types: access.can("write", tenant, types)
 
     @staticmethod
     def _readable(tenant: str, entities: list[Entity]) -> list[Entity]:
@@ -409,81 +510,100 @@ class DistributedService:
         whole: bool = False,
     ) -> WritePlan:
         """Send a write of one entity on to the sources registered for it (clause
-        4.3.6.3) and say what is left to write here.
-
-        Each source supporting ``operation`` gets the attributes it is registered for
-        (all, when it names none); ``auxiliary`` sources are never written to. What
-        ``exclusive`` and ``redirect`` sources hold is not written here; a redirect
-        source for the whole entity leaves nothing here. An exclusive or redirect
-        registration of attributes in the write that does not support ``operation``
-        makes it a Conflict (409): they may not be written here either. ``whole``: the
-        write names the whole entity (create, replace), so it is kept here even when
-        every attribute went to the sources."""
-        attrs: list[str] | None = None
-        if attr is not None:
-            attrs = [tm.expand(attr)]
-        elif isinstance(body, dict):
-            attrs = [tm.expand(k) for k in body if k not in ENTITY_KEYS] or None
-        expanded_types = [[tm.expand(t)] for t in types] if types else None
-        matched = []
-        for reg in await self.registrations.active(tenant):
-            if reg.mode == "auxiliary":
-                continue
-            infos = reg.infos_for(types=expanded_types, ids=[entity_id], attrs=attrs)
-            if infos:
-                matched.append((reg, infos))
-        if not matched:
-            return WritePlan(body, True, [])
-        owned: set[str] = set()
-        everything = False
-        for reg, infos in matched:
-            if reg.mode not in ("exclusive", "redirect"):
-                continue
-            held = reg.attrs_for(infos)
-            touched = attrs is None or held is None or bool(set(attrs) & held)
-            if not reg.supports(operation) and touched:
-                raise Conflict(
-                    f"registration {reg.id} ({reg.mode}) holds what this {operation} "
-                    "would write, and does not accept it"
-                )
-            if held is None:
-                everything = everything or reg.mode == "redirect"
-            else:
-                owned |= held
-
-        def part_for(held: frozenset[str] | None) -> Any:
-            if not isinstance(body, dict) or held is None or attr is not None:
-                part = body  # a write of one attribute: its body is that attribute
-            else:
-                part = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) in held}
-            if isinstance(part, dict) and context is not None and content_type.endswith("ld+json"):
-                part = {**part, "@context": context}
-            return part
-
-        sends = []
-        for reg, infos in matched:
-            if not reg.supports(operation):
-                continue
-            held = reg.attrs_for(infos)
-            part = part_for(held)
-            partial = attr is None and not whole and isinstance(body, dict)
-            if partial and isinstance(part, dict) and all(k in ENTITY_KEYS for k in part):
-                continue  # none of the attributes written is held there
-            sends.append(
+        4.3.6.3; :func:`route_write` says what goes where) and say what is left to
+        write here."""
+        route = route_write(
+            await self.registrations.active(tenant),
+            operation,
+            entity_id=entity_id,
+            tm=tm,
+            body=body,
+            types=types,
+            attr=attr,
+            whole=whole,
+            may_write=self._may_write(tenant),
+        )
+        ld = content_type.endswith("ld+json")
+        answers: list[Answer] = await asyncio.gather(
+            *(
                 self.forwarder.send(
-                    reg, call, method, path, params=params, body=part, content_type=content_type
+                    reg,
+                    call,
+                    method,
+                    path,
+                    params=params,
+                    body={**part, "@context": context}
+                    if ld and isinstance(part, dict) and context is not None
+                    else part,
+                    content_type=content_type,
                 )
+                for reg, part in route.parts
             )
-        answers: list[Answer] = list(await asyncio.gather(*sends))
-        if everything:
-            return WritePlan(None, False, answers)
-        if attr is not None:
-            return WritePlan(body, tm.expand(attr) not in owned, answers)
-        if isinstance(body, dict) and owned:
-            local = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) not in owned}
-            keep = whole or any(k not in ENTITY_KEYS for k in local)
-            return WritePlan(local, keep, answers)
-        return WritePlan(body, True, answers)
+        )
+        return WritePlan(route.local_body, route.run_local, list(answers))
+
+    async def forward_batch(
+        self,
+        tenant: str,
+        operation: str,
+        call: Call,
+        path: str,
+        items: Sequence[tuple[str, Sequence[str] | None, Any, TermMap]],
+        *,
+        params: dict[str, str] | None = None,
+    ) -> tuple[list[tuple[Any, bool] | NgsiLdError], list[tuple[Registration, list[str], Answer]]]:
+        """A batch write (``items``: entity id, types, body, term map; a delete's body is
+        None) sent on to the sources, one batch request per source holding part of it.
+        Returns, per item, what is left to write here (body, whether to) or the error
+        refusing it (a Conflict of :func:`route_write`), and per source the ids it was
+        sent and its answer."""
+        regs = await self.registrations.active(tenant)
+        left: list[tuple[Any, bool] | NgsiLdError] = []
+        per_source: dict[str, tuple[Registration, list[str], list[Any]]] = {}
+        for entity_id, types, body, tm in items:
+            try:
+                route = route_write(
+                    regs,
+                    operation,
+                    entity_id=entity_id,
+                    tm=tm,
+                    body=body,
+                    types=types,
+                    whole=operation in ("createBatch", "upsertBatch"),
+                    may_write=self._may_write(tenant),
+                )
+            except NgsiLdError as exc:
+                left.append(exc)
+                continue
+            left.append((route.local_body, route.run_local))
+            for reg, part in route.parts:
+                held = per_source.setdefault(reg.id, (reg, [], []))
+                held[1].append(entity_id)
+                held[2].append(entity_id if part is None else part)
+        sources = list(per_source.values())
+        answers: list[Answer] = await asyncio.gather(
+            *(
+                self.forwarder.send(reg, call, "POST", path, params=params, body=parts)
+                for reg, _ids, parts in sources
+            )
+        )
+        return left, [(reg, ids, a) for (reg, ids, _p), a in zip(sources, answers, strict=True)]
+
+    async def forward_purge(
+        self, tenant: str, query: EntityQuery, call: Call, params: dict[str, str]
+    ) -> list[Answer]:
+        """``DELETE /entities`` (purge) sent on, with the request's own parameters, to
+        the sources registered for ``purgeEntity`` and for what it selects."""
+        sources = await self.sources(
+            tenant, "purgeEntity", types=query.types, ids=query.ids, id_pattern=query.id_pattern
+        )
+        answers: list[Answer] = await asyncio.gather(
+            *(
+                self.forwarder.send(reg, call, "DELETE", "/entities", params=params)
+                for reg, _infos in sources
+            )
+        )
+        return answers
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -538,12 +658,15 @@ class DistributedService:
         local: bool = False,
     ) -> tuple[Entity, dict[str, str]]:
         """The entity as this hub and the sources registered for it hold it, with the
-        headers to answer with; ResourceNotFound when nobody has it."""
-        sources = (
-            []
-            if local
-            else await self.sources(tenant, "retrieveEntity", ids=[entity_id], attrs=attrs)
-        )
+        headers to answer with; ResourceNotFound when nobody has it. A source registered
+        for ``queryEntity`` or ``queryBatch`` but not ``retrieveEntity`` is asked with a
+        query by id (``GET /entities?id=...``)."""
+        sources: list[tuple[Registration, list[Info]]] = []
+        if not local:
+            for op in ("retrieveEntity", "queryEntity", "queryBatch"):
+                for reg, infos in await self.sources(tenant, op, ids=[entity_id], attrs=attrs):
+                    if all(reg.id != r.id for r, _i in sources):
+                        sources.append((reg, infos))
         if not sources:
             return await self.entities.retrieve(tenant, entity_id), {}
 
@@ -558,8 +681,19 @@ class DistributedService:
             wanted = self._attrs(reg, infos, attrs)
             if wanted:
                 sent["attrs"] = ",".join(tm.compact(a) for a in wanted)
-            path = f"/entities/{Forwarder.segment(entity_id)}"
-            return await self.forwarder.send(reg, call, "GET", path, params=sent)
+            if reg.supports("retrieveEntity"):
+                path = f"/entities/{Forwarder.segment(entity_id)}"
+                return await self.forwarder.send(reg, call, "GET", path, params=sent)
+            sent["id"] = entity_id
+            types = reg.types_for(infos)
+            if types:
+                sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+            answer = await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+            if answer.ok and isinstance(answer.body, list):  # a query's answer: a list
+                found = [e for e in answer.body if isinstance(e, dict) and e.get("id") == entity_id]
+                answer.body = found[0] if found else None
+                answer.status = 200 if found else 404
+            return answer
 
         mine = asyncio.ensure_future(ask_local())
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.auth.access import current as current_access
-from broker.core.model import Parser, check_expiry, check_growth, expand_types
+from broker.core.model import Parser, check_expiry, check_growth, expand_types, stored_weight
 from broker.errors import (
     BadRequestData,
     Forbidden,
@@ -178,12 +178,41 @@ class EntityService:
         *,
         history: Mapping[str, Sequence[HistoryRow]] | None = None,
     ) -> list[WriteResult]:
-        results = await self.store.write(tenant, mutations, history=history)
+        """Every write of the hub's entities (NGSI-LD, NGSI v2, batches, the temporal API,
+        connectors through them): ``max_attributes`` bounds what each makes of an entity,
+        and the change listeners (subscriptions) see what was committed."""
+        bounded = [(eid, self._bounded(mutation)) for eid, mutation in mutations]
+        results = await self.store.write(tenant, bounded, history=history)
         changed = [r for r in results if r.ok]
         if changed:
             for listener in self._listeners:
                 await listener(tenant, changed)
         return results
+
+    def _bounded(self, mutation: Mutation) -> Mutation:
+        """``mutation``, refusing (for its entity alone) to make an entity hold more than
+        ``max_attributes`` instances and sub-attributes, or to grow one that already does.
+        Requests are bounded as they are parsed; this bounds what appends, merges and
+        updates add up to, on every API."""
+        limit = self.max_attributes
+        if isinstance(mutation, Create):  # kept a Create: stores skip the read for those
+            entity = mutation.entity
+            if stored_weight(entity) <= limit:
+                return mutation
+
+            def refuse(current: Entity | None) -> Entity:
+                check_growth(None, entity, limit)  # raises: it holds more than the limit
+                return entity
+
+            return refuse
+
+        def bounded(current: Entity | None) -> Entity | Any:
+            out = mutation(current)
+            if isinstance(out, dict):
+                check_growth(current, out, limit)
+            return out
+
+        return bounded
 
     async def _write_one(self, tenant: str, eid: str, mutation: Mutation) -> WriteResult:
         (result,) = await self.write(tenant, [(eid, mutation)])
@@ -345,7 +374,6 @@ class EntityService:
             expires = check_expiry(expires)
         attrs = parser.attributes(body, partial=True)
         now = parser.now
-        limit = self.max_attributes
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
@@ -384,7 +412,6 @@ class EntityService:
                 else:
                     out.pop(iri, None)
             out["modifiedAt"] = now
-            check_growth(current, out, limit)
             return out
 
         return mutate
@@ -417,7 +444,6 @@ class EntityService:
             raise BadRequestData("no attributes to append or update")
         report = UpdateResult()
         now = parser.now
-        limit = self.max_attributes
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
@@ -469,7 +495,6 @@ class EntityService:
                 if not existing:
                     del out[iri]
             out["modifiedAt"] = now
-            check_growth(current, out, limit)
             return out
 
         return mutate, report

@@ -65,8 +65,6 @@ class TemporalResult:
     #: the time range actually returned when truncated (ISO strings)
     range_start: str | None = None
     range_end: str | None = None
-    #: the same range going forwards, in µs (aggregates are computed over it)
-    bounds: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -428,9 +426,9 @@ class TemporalService:
         window = read if omit_empty else None
         if not filtered:
             metas, total = await self.store.history_entities(tenant, selection, window)
+            if aggregation is not None:  # computed in the store: no instance is read here
+                return await self._aggregated(tenant, metas, total, read, aggregation)
             history = await self.store.history(tenant, [m.id for m in metas], read)
-            if aggregation is not None:  # computed in the store over the page's range
-                return await self._aggregated(tenant, metas, total, read, aggregation, history)
         else:
             metas, _ = await self.store.history_entities(
                 tenant, replace(selection, limit=_FILTER_SCAN, offset=0, count=False), window
@@ -453,7 +451,7 @@ class TemporalService:
                 for m in metas
             }
         if aggregation is not None:
-            return await self._aggregated(tenant, metas, total, read, aggregation, history)
+            return await self._aggregated(tenant, metas, total, read, aggregation)
         result = TemporalResult([], total)
         cut = self._cut(result, history, hq)
         for meta in metas:
@@ -507,7 +505,6 @@ class TemporalService:
             hq.time_at if hq.timerel in ("after", "between") and hq.time_at is not None else oldest
         )
         result.range_start, result.range_end = from_us(start), from_us(bound)
-        result.bounds = (start, bound)
         return lambda row: _time_of(row, prop) <= bound
 
     async def _ordered(
@@ -549,19 +546,36 @@ class TemporalService:
         total: int | None,
         hq: HistoryQuery,
         aggregation: Aggregation,
-        history: dict[str, dict[str, list[HistoryRow]]],
     ) -> TemporalResult:
-        """Aggregates over the page's range: when the instances in the time range are
-        more than one answer holds, the aggregates cover the instances of the first
-        page (paging forwards, clause 6.3.10) and the result announces its range."""
+        """Aggregates per period. Each period is one instance of the aggregated
+        representation: when the answer spans more periods than ``hq.limit``, it holds
+        the earliest ones (paging forwards, clause 6.3.10; aggregates are never split
+        across pages) and announces their range, which ends where the next page starts."""
         result = TemporalResult([], total)
-        self._cut(result, history, hq)
-        if result.bounds is not None:
-            start, bound = result.bounds
-            hq = replace(hq, timerel="between", time_at=start, end_time_at=bound + 1)
         found = await self.store.aggregate_history(
             tenant, [m.id for m in metas], hq, aggregation.methods, aggregation.period
         )
+        starts = sorted(
+            {
+                start
+                for aggs in found.values()
+                for agg in aggs.values()
+                for series in agg.values.values()
+                for _, start, _ in series
+            }
+        )
+        if len(starts) > hq.limit:
+            bound = starts[hq.limit - 1]
+            end = 0
+            for aggs in found.values():
+                for agg in aggs.values():
+                    for m, series in agg.values.items():
+                        agg.values[m] = kept = [p for p in series if p[1] <= bound]
+                        end = max([end, *(p[2] for p in kept)])
+            first = hq.time_at if hq.timerel in ("after", "between") else None
+            result.truncated = True
+            result.range_start = from_us(first if first is not None else starts[0])
+            result.range_end = from_us(end)
         for meta in metas:
             per_attr = found.get(meta.id)
             if not per_attr:

@@ -15,9 +15,15 @@ from typing import Any, ClassVar, Literal
 
 from broker.core.entities import EntityService
 from broker.core.v2map import ATTR_TYPE, V2Mapper, check_attr_name, check_id, in_paths
-from broker.errors import BadRequestData, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import (
+    AlreadyExists,
+    BadRequestData,
+    NgsiLdError,
+    NonexistentTenant,
+    ResourceNotFound,
+)
 from broker.model.entity import ENTITY_KEYS, Entity, Instance, now_iso
-from broker.model.store import DELETE, EntityQuery, Mutation, Selector
+from broker.model.store import DELETE, Create, EntityQuery, Mutation, Selector
 from broker.query.patterns import check_pattern, search
 
 ENTITY_NOT_FOUND = "The requested entity has not been found. Check type and id"
@@ -111,12 +117,18 @@ class V2Service:
         if key_values:
             body = {k: (v if k in ("id", "type") else {"value": v}) for k, v in body.items()}
         new = mapper.entity(body, now, scope)
+        if not upsert:
+            # the store may then skip reading the entity first, as for an NGSI-LD create
+            result = await self.entities.write(tenant, [(new["id"], Create(new))])
+            if result[0].error is not None:
+                if isinstance(result[0].error, AlreadyExists):
+                    raise Unprocessable("Already Exists") from None
+                raise result[0].error
+            return True
 
         def mutate(current: Entity | None) -> Entity:
             if current is None:
                 return new
-            if not upsert:
-                raise Unprocessable("Already Exists")
             if mapper.entity_type(current) != mapper.entity_type(new):
                 raise Unprocessable("Already Exists (with another type)")
             out = copy.deepcopy(current)

@@ -11,7 +11,8 @@ Every forwarded request:
 * carries the request's ``@context`` (its Link header), ``Accept``, the tenant (the
   registration's ``tenant`` member, else the request's), and the registration's
   ``contextSourceInfo`` pairs as headers, which is where the hub's own credentials for
-  that source live (``X-API-Key``, ``Authorization``);
+  that source live (``X-API-Key``, ``Authorization``), over those the configuration
+  gives for the endpoint (``RENKEI_FEDERATION_HEADERS``, by URL prefix);
 * waits at most the registration's ``management.timeout`` (ms), else the hub's
   ``federation_timeout``; a source that failed or timed out is left alone for its
   ``management.cooldown`` (ms), else ``federation_cooldown``.
@@ -22,8 +23,10 @@ operation reports it in ``NGSILD-Warning`` (:func:`warning`).
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -34,6 +37,11 @@ import orjson
 from broker.errors import LoopDetected
 from broker.federation.registrations import Registration
 from broker.outbound import OutboundPolicy, OutboundRefused, policy_transport
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(r"[\t\x20-\x7e]*")
+#: Headers this hub sets itself, which a registration cannot replace.
+_OWN = frozenset({"via", "link", "ngsild-tenant", "content-type", "content-length", "host"})
 
 #: Via's protocol part for the requests this hub forwards.
 PROTOCOL = "1.1"
@@ -108,8 +116,11 @@ class Forwarder:
         name: str,
         timeout: float = 5.0,
         cooldown: float = 0.0,
+        credentials: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.name = name
+        #: endpoint URL prefix -> headers (the hub's own credentials), longest first
+        self.credentials = sorted((credentials or {}).items(), key=lambda kv: -len(kv[0]))
         self.timeout = timeout
         self.cooldown = cooldown
         self._client = httpx.AsyncClient(
@@ -134,8 +145,16 @@ class Forwarder:
         tenant = reg.tenant if reg.tenant is not None else call.tenant
         if tenant:
             headers["NGSILD-Tenant"] = tenant
-        for key, value in reg.source_info:
-            headers[key] = value
+        extra: list[tuple[str, str]] = []
+        for prefix, configured in self.credentials:
+            if reg.endpoint.startswith(prefix):
+                extra += configured.items()
+                break
+        extra += reg.source_info
+        for key, value in extra:
+            # only what HTTP can carry as a header; other pairs are information only
+            if _TOKEN.fullmatch(key) and _VALUE.fullmatch(value) and key.lower() not in _OWN:
+                headers[key] = value
         return headers
 
     def url(self, reg: Registration, path: str) -> str:

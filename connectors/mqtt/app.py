@@ -177,19 +177,19 @@ async def _check_devices(
         record_written(request, [resolved.entity_id])
 
 
-def _shared_apikeys(agent: IoTAgent, groups: Iterable[Group]) -> None:
+def _shared_apikeys(agent: IoTAgent, apikeys: Iterable[str | None]) -> None:
     """Tell the operator (never the client) when an apikey is now used by several
     services: its MQTT messages are refused until it is pinned to one."""
-    for group in groups:
-        tenants = agent.registry.tenants_of(group.apikey)
-        if len(tenants) > 1 and group.apikey not in agent.registry.pins:
+    for apikey in dict.fromkeys(a for a in apikeys if a):
+        tenants = agent.registry.tenants_of(apikey)
+        if len(tenants) > 1 and apikey not in agent.registry.pins:
             log.warning(
                 "apikey %r is now used by %d services: its measures are refused until it is "
                 "pinned to one (renkei iot mosquitto-acl --pin) / apikey %r は %d 個の "
                 "サービスで使われています: いずれかに固定するまで計測値は書き込まれません",
-                group.apikey,
+                apikey,
                 len(tenants),
-                group.apikey,
+                apikey,
                 len(tenants),
             )
 
@@ -202,7 +202,7 @@ def _group_routes(path: str, key: str) -> APIRouter:
         groups = agent.registry.parse_groups(await _items(request, key))
         await _check_groups(request, agent, scope, groups)
         agent.registry.add_groups(scope, groups)
-        _shared_apikeys(agent, groups)
+        _shared_apikeys(agent, [g.apikey for g in groups])
         await agent.sync_commands()
         return Response(status_code=201)
 
@@ -222,7 +222,7 @@ def _group_routes(path: str, key: str) -> APIRouter:
         found, group = agent.registry.patched_group(scope, apikey, resource, await _object(request))
         await _check_groups(request, agent, scope, [group])
         agent.registry.replace_group(scope, found, group)
-        _shared_apikeys(agent, [group])
+        _shared_apikeys(agent, [group.apikey])
         await agent.sync_commands()
         return Response(status_code=204)
 
@@ -258,6 +258,7 @@ async def create_devices(request: Request, agent: AgentDep, scope: ScopeDep) -> 
     parsed, invalid = agent.registry.parse_devices(docs)
     await _check_devices(request, agent, scope, parsed)
     added, refused = agent.registry.add_devices(scope, parsed, invalid)
+    _shared_apikeys(agent, [d.apikey for d in added])
     agent.devices_added(added)
     await agent.sync_commands()
     if refused is not None:
@@ -294,6 +295,7 @@ async def update_device(
     device = agent.registry.patched_device(scope, device_id, patch)
     await _check_devices(request, agent, scope, [device])
     agent.registry.update_device(scope, device_id, device)
+    _shared_apikeys(agent, [device.apikey])
     await agent.sync_commands()
     return Response(status_code=204)
 

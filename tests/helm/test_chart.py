@@ -204,6 +204,18 @@ def test_pods_run_restricted(case: tuple[str, list[dict[str, Any]]]) -> None:
                 assert mounts.get("/tmp") in tmp, (name, where, "no emptyDir on /tmp")
 
 
+@pytest.mark.parametrize("grace", [None, 60, 8])
+def test_the_broker_stops_within_its_grace_period(grace: int | None) -> None:
+    values: dict[str, Any] = (
+        {} if grace is None else {"broker": {"terminationGracePeriodSeconds": grace}}
+    )
+    spec = named(render(values), "Deployment", "renkei-broker")["spec"]["template"]["spec"]
+    (broker,) = spec["containers"]
+    timeout = float(env_of(broker)["RENKEI_SHUTDOWN_TIMEOUT"]["value"])
+    assert spec["terminationGracePeriodSeconds"] == (grace or 30)
+    assert timeout == spec["terminationGracePeriodSeconds"] - 5
+
+
 @pytest.mark.parametrize("name", ["default", "small-town"])
 def test_sqlite_is_one_replica_recreated_on_a_volume(name: str) -> None:
     # Even asked for more replicas and autoscaling, the SQLite file keeps one writer.

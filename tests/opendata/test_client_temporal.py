@@ -63,6 +63,13 @@ def test_aggregates_come_back_as_series(hub_url: str) -> None:
             "2026-11-01T06:30:00+00:00",
         ]
         assert aggregated_series(body, "NO2", "max").to_list() == [5.0, 11.0]
+        # hourly: 12 periods, more than a page holds (206): read page by page, whole
+        hourly = {"options": "aggregatedValues", "aggrMethods": "max", "aggrPeriodDuration": "PT1H"}
+        first = httpx.get(f"{hub_url}/ngsi-ld/v1/temporal/entities/{SENSOR}", params=hourly)
+        assert first.status_code == 206
+        body = hub.temporal(SENSOR, attrs="NO2", **hourly)
+        assert body is not None
+        assert aggregated_series(body, "NO2", "max").to_list() == [float(i) for i in range(12)]
 
 
 @pytest.mark.anyio

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -21,7 +22,7 @@ from starlette.responses import Response
 
 from broker.api.common import JSON, media_type, read_body
 from broker.api.deps import Hub
-from broker.api.solver import CompiledRoute
+from broker.api.params import DeclaredRoute
 from broker.core.v2entities import V2Service
 from broker.core.v2map import V2Mapper, query_paths, write_path
 from broker.errors import (
@@ -101,8 +102,19 @@ def error_response(exc: NgsiLdError) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=exc.headers)
 
 
-class V2Route(CompiledRoute):
-    """An APIRoute whose errors are rendered in v2's shape instead of ProblemDetails."""
+class V2Route(DeclaredRoute):
+    """An APIRoute whose errors are rendered in v2's shape instead of ProblemDetails;
+    its query-parameter groups (``P.group``) and the headers :func:`v2_call` reads are
+    declared in its OpenAPI description."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if _uses(self.dependant, v2_call):
+            self.openapi_extra = dict(self.openapi_extra or {})
+            self.openapi_extra["parameters"] = [
+                *self.openapi_extra.get("parameters", []),
+                *HEADER_PARAMETERS,
+            ]
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -176,7 +188,68 @@ async def scope_of(
     return write_path(fiware_servicepath)
 
 
+@dataclass
+class V2Call:
+    """What every v2 operation needs, read in one step (see :func:`v2_call`)."""
+
+    svc: V2Service
+    tenant: str
+    #: the ``Fiware-ServicePath`` header as it came
+    service_path: str | None
+
+    @property
+    def paths(self) -> list[str] | None:
+        """The service paths of a query (None: every entity)."""
+        return query_paths(self.service_path)
+
+    @property
+    def scope(self) -> str | None:
+        """The scope an entity written under the service path gets."""
+        return write_path(self.service_path)
+
+
+async def v2_call(request: Request) -> V2Call:
+    """The v2 service, the tenant (``Fiware-Service``) and the service path, read straight
+    from the headers: the framework's per-parameter resolution costs more than a cached
+    retrieve (see ``broker.api.params.group``). ``V2Route`` declares both headers."""
+    headers = request.headers
+    return V2Call(
+        await get_v2(request),
+        await service_of(headers.get("fiware-service")),
+        headers.get("fiware-servicepath"),
+    )
+
+
+HEADER_PARAMETERS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "fiware-service",
+        "in": "header",
+        "required": False,
+        "description": "Tenant (the same tenants as NGSILD-Tenant)",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "fiware-servicepath",
+        "in": "header",
+        "required": False,
+        "description": "Service path(s): /a/b, /a/# for a subtree, up to 10 comma-separated",
+        "schema": {"type": "string"},
+    },
+)
+
+
+def _uses(dependant: Any, call: Callable[..., Any]) -> bool:
+    stack = [dependant]
+    while stack:
+        dep = stack.pop()
+        if dep.call is call:
+            return True
+        stack.extend(dep.dependencies)
+    return False
+
+
 V2Dep = Annotated[V2Service, Depends(get_v2)]
+CallDep = Annotated[V2Call, Depends(v2_call)]
 ServiceDep = Annotated[str, Depends(service_of)]
 PathsDep = Annotated["list[str] | None", Depends(paths_of)]
 ScopeDep = Annotated["str | None", Depends(scope_of)]

@@ -13,14 +13,16 @@ from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Header, Query
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from broker.api import params as P
 from broker.api.common import JSON, negotiate
 from broker.api.v2.common import (
     TEXT,
+    CallDep,
     PathsDep,
-    ScopeDep,
     ServiceDep,
     V2Dep,
     V2Route,
@@ -170,54 +172,75 @@ async def query_response(
     return ok(body, headers=headers)
 
 
+class ListParams(P.Group):
+    """``GET /v2/entities``."""
+
+    id: Annotated[str | None, Field(description="entity ids, comma-separated")] = None
+    type: Annotated[str | None, Field(description="entity types, comma-separated")] = None
+    idPattern: Annotated[str | None, Field(description="regular expression on ids")] = None
+    typePattern: Annotated[str | None, Field(description="regular expression on types")] = None
+    q: Annotated[str | None, Field(description="Simple Query Language on attribute values")] = None
+    mq: Annotated[str | None, Field(description="Simple Query Language on metadata")] = None
+    georel: Annotated[str | None, Field(description="near;maxDistance:N, coveredBy, ...")] = None
+    geometry: Annotated[str | None, Field(description="point, line, polygon or box")] = None
+    coords: Annotated[str | None, Field(description="lat,lon;lat,lon;...")] = None
+    attrs: Annotated[str | None, Field(description="attributes to render, comma-separated")] = None
+    metadata: Annotated[str | None, Field(description="metadata to render, comma-separated")] = None
+    orderBy: Annotated[str | None, Field(description="attr,!attr (! = descending)")] = None
+    limit: Annotated[str | None, Field(description="1 to 1000, default 20")] = None
+    offset: Annotated[str | None, Field(description="entities to skip")] = None
+    options: Annotated[str | None, Field(description="count, keyValues, values, unique")] = None
+
+
+class RetrieveParams(P.Group):
+    """``GET /v2/entities/{id}``."""
+
+    type: Annotated[str | None, Field(description="entity type, to tell entities apart")] = None
+    attrs: Annotated[str | None, Field(description="attributes to render, comma-separated")] = None
+    metadata: Annotated[str | None, Field(description="metadata to render, comma-separated")] = None
+    options: Annotated[str | None, Field(description="keyValues, values, unique")] = None
+
+
+class CreateParams(P.Group):
+    """``POST /v2/entities``."""
+
+    options: Annotated[str | None, Field(description="keyValues, upsert")] = None
+
+
 @router.get("/entities", summary="List entities")
 async def list_entities(
     request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    id: Annotated[str | None, Query(description="entity ids, comma-separated")] = None,
-    type: Annotated[str | None, Query(description="entity types, comma-separated")] = None,
-    idPattern: Annotated[str | None, Query(description="regular expression on ids")] = None,
-    typePattern: Annotated[str | None, Query(description="regular expression on types")] = None,
-    q: Annotated[str | None, Query(description="Simple Query Language on attribute values")] = None,
-    mq: Annotated[str | None, Query(description="Simple Query Language on metadata")] = None,
-    georel: Annotated[str | None, Query(description="near;maxDistance:N, coveredBy, ...")] = None,
-    geometry: Annotated[str | None, Query(description="point, line, polygon or box")] = None,
-    coords: Annotated[str | None, Query(description="lat,lon;lat,lon;...")] = None,
-    attrs: AttrsParam = None,
-    metadata: MetadataParam = None,
-    orderBy: Annotated[str | None, Query(description="attr,!attr (! = descending)")] = None,
-    limit: Annotated[str | None, Query(description="1 to 1000, default 20")] = None,
-    offset: Annotated[str | None, Query()] = None,
-    options: Annotated[str | None, Query(description="count, keyValues, values, unique")] = None,
+    call: CallDep,
+    params: Annotated[ListParams, P.group(ListParams)],
 ) -> Response:
     negotiate(request, (JSON,))
-    opts = options_of(options, LIST_OPTIONS)
+    p = params
+    opts = options_of(p.options, LIST_OPTIONS)
+    svc, tenant = call.svc, call.tenant
     query = await entity_query(
         svc,
         tenant,
-        paths,
-        ids=csv(id),
-        id_pattern=idPattern,
-        type_=type,
-        type_pattern=typePattern,
-        q=q,
-        mq=mq,
-        georel=georel,
-        geometry=geometry,
-        coords=coords,
-        order_by=orderBy,
-        limit=limit,
-        offset=offset,
+        call.paths,
+        ids=csv(p.id),
+        id_pattern=p.idPattern,
+        type_=p.type,
+        type_pattern=p.typePattern,
+        q=p.q,
+        mq=p.mq,
+        georel=p.georel,
+        geometry=p.geometry,
+        coords=p.coords,
+        order_by=p.orderBy,
+        limit=p.limit,
+        offset=p.offset,
         count="count" in opts,
     )
     return await query_response(
         svc,
         tenant,
         query,
-        attrs=csv(attrs),
-        metadata=csv(metadata),
+        attrs=csv(p.attrs),
+        metadata=csv(p.metadata),
         mode=render_mode(opts),
         count="count" in opts,
     )
@@ -226,15 +249,13 @@ async def list_entities(
 @router.post("/entities", summary="Create entity", status_code=201)
 async def create_entity(
     request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    scope: ScopeDep,
-    options: Annotated[str | None, Query(description="keyValues, upsert")] = None,
+    call: CallDep,
+    params: Annotated[CreateParams, P.group(CreateParams)],
 ) -> Response:
-    opts = options_of(options, CREATE_OPTIONS)
+    opts = options_of(params.options, CREATE_OPTIONS)
     body = await json_body(request)
-    created = await svc.create(
-        tenant, body, scope, key_values="keyValues" in opts, upsert="upsert" in opts
+    created = await call.svc.create(
+        call.tenant, body, call.scope, key_values="keyValues" in opts, upsert="upsert" in opts
     )
     etype = body.get("type", "Thing")
     location = {
@@ -255,19 +276,18 @@ def _target(entity_id: str, type_: str | None, paths: list[str] | None) -> Targe
 async def retrieve_entity(
     entity_id: str,
     request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-    attrs: AttrsParam = None,
-    metadata: MetadataParam = None,
-    options: Annotated[str | None, Query(description="keyValues, values, unique")] = None,
+    call: CallDep,
+    params: Annotated[RetrieveParams, P.group(RetrieveParams)],
 ) -> Response:
     negotiate(request, (JSON,))
-    opts = options_of(options, GET_OPTIONS)
-    ent = await svc.get(tenant, _target(entity_id, type, paths))
+    p = params
+    opts = options_of(p.options, GET_OPTIONS)
+    svc = call.svc
+    ent = await svc.get(call.tenant, _target(entity_id, p.type, call.paths))
     return ok(
-        svc.mapper.entity_out(ent, attrs=csv(attrs), metadata=csv(metadata), mode=render_mode(opts))
+        svc.mapper.entity_out(
+            ent, attrs=csv(p.attrs), metadata=csv(p.metadata), mode=render_mode(opts)
+        )
     )
 
 

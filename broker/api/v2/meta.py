@@ -48,6 +48,9 @@ def _version() -> str:
 
 @router.get("/version", summary="Broker version, in Orion's shape")
 async def get_version() -> Response:
+    """One answer for both kinds of client: NGSI v2 clients (FiLiP, ngsi-go, IoT agents)
+    read ``orion.version``; NGSI-LD clients (ngsildclient) recognise the broker from
+    ``orionld version``; both find the NGSI-LD version under ``renkei``."""
     up = uptime()
     body: dict[str, Any] = {
         "orionld version": ORIONLD_COMPAT,

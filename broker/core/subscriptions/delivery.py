@@ -61,6 +61,30 @@ class _Batch:
     data: list[dict[str, Any]]
 
 
+def _add(status: dict[str, Any], rec: NotificationRecord) -> None:
+    """``status`` with the outcomes of ``rec`` added."""
+    status["timesSent"] = status.get("timesSent", 0) + rec.sent
+    status["timesFailed"] = status.get("timesFailed", 0) + rec.failed
+    for key, value in (
+        ("lastNotification", rec.last_notification),
+        ("lastSuccess", rec.last_success),
+        ("lastFailure", rec.last_failure),
+        ("lastSuccessCode", rec.last_success_code),
+        ("lastFailureReason", rec.last_failure_reason),
+    ):
+        if value is not None:
+            status[key] = value
+    fails = rec.trailing_failures + (0 if rec.reset else status.get("failsCounter", 0))
+    if fails:
+        status["failsCounter"] = fails
+    else:
+        status.pop("failsCounter", None)
+
+
+def _order(status: dict[str, Any]) -> tuple[int, str]:
+    return int(status.get("timesSent", 0)), str(status.get("lastNotification", ""))
+
+
 class Delivery:
     def __init__(
         self,
@@ -90,6 +114,9 @@ class Delivery:
         self._flusher: asyncio.Task[None] | None = None
         #: seconds delivery outcomes wait before they are written together
         self.status_interval = 0.2
+        #: outcomes on their way to the store, and the status last shown (see ``status``)
+        self._writing: list[dict[tuple[str, str], NotificationRecord]] = []
+        self._shown: dict[tuple[str, str], dict[str, Any]] = {}
         #: per subscription: failures in a row here (NGSI v2 ``maxFailsLimit``)
         self._fails: dict[tuple[str, str], int] = {}
         #: turns a subscription inactive in the store (a v2 ``oneshot`` that fired, or
@@ -284,28 +311,24 @@ class Delivery:
             self._flusher = asyncio.create_task(self._flush_later())
 
     def status(self, tenant: str, sub_id: str, stored: dict[str, Any]) -> dict[str, Any]:
-        """Stored status plus the outcomes not yet written, so this process reads its own."""
-        rec = self._pending.get((tenant, sub_id))
-        if rec is None:
-            return dict(stored)
+        """Stored status plus the outcomes not yet written (pending, or being written),
+        so this process reads its own.
+
+        A status read from the store just before a write of outcomes completed may come
+        after that write has left ``_writing``: it would then show less than this
+        process showed before. So the status shown never goes back: between what is
+        computed now and what was shown last, the one with more notifications (then the
+        later one) wins."""
+        key = (tenant, sub_id)
         status = dict(stored)
-        status["timesSent"] = status.get("timesSent", 0) + rec.sent
-        status["timesFailed"] = status.get("timesFailed", 0) + rec.failed
-        for key, value in (
-            ("lastNotification", rec.last_notification),
-            ("lastSuccess", rec.last_success),
-            ("lastFailure", rec.last_failure),
-            ("lastSuccessCode", rec.last_success_code),
-            ("lastFailureReason", rec.last_failure_reason),
-        ):
-            if value is not None:
-                status[key] = value
-        fails = rec.trailing_failures + (0 if rec.reset else status.get("failsCounter", 0))
-        if fails:
-            status["failsCounter"] = fails
-        else:
-            status.pop("failsCounter", None)
-        return status
+        for rec in [w[key] for w in self._writing if key in w] + [self._pending.get(key)]:
+            if rec is not None:
+                _add(status, rec)
+        shown = self._shown.get(key)
+        if shown is not None and _order(shown) > _order(status):
+            return dict(shown)
+        self._shown[key] = status
+        return dict(status)
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.status_interval)
@@ -315,11 +338,14 @@ class Delivery:
         """Write the pending delivery outcomes to the store."""
         if not self._pending:
             return
-        records, self._pending = list(self._pending.values()), {}
+        writing, self._pending = self._pending, {}
+        self._writing.append(writing)
         try:
-            await self.store.record_notifications(records)
+            await self.store.record_notifications(list(writing.values()))
         except NgsiLdError as exc:
             log.warning("cannot record notification status: %s", exc.detail)
+        finally:
+            self._writing.remove(writing)
 
     # -- periodic (timeInterval) --------------------------------------------------------------
 

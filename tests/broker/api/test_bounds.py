@@ -207,3 +207,29 @@ def test_max_attributes_bounds_what_appends_and_merges_make_of_an_entity(
     merged = hub.patch(f"{E}/{eid}", json={"水位": instances(35, 10)})
     assert merged.status_code == 204, merged.text
     assert len(hub.get(f"{E}/{eid}").json()["水位"]) == 45
+
+
+def test_max_attributes_bounds_ngsi_v2_writes_too(hub: TestClient) -> None:
+    """The same bound on /v2 (the hub allows 50 instances and sub-attributes in all):
+    metadata are sub-attributes, and appends may not grow an entity past it."""
+    many = {f"水位{i}": {"type": "Number", "value": i} for i in range(60)}
+    r = hub.post("/v2/entities", json={"id": "水位計多", "type": "Gauge", **many})
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error", "description"}
+    assert "limit 50" in r.json()["description"]
+    annotated = {
+        f"水位{i}": {"type": "Number", "value": i, "metadata": {"単位": {"value": "m"}}}
+        for i in range(30)
+    }
+    r = hub.post("/v2/entities", json={"id": "水位計注", "type": "Gauge", **annotated})
+    assert r.status_code == 400, r.text
+    first = {f"水位{i}": {"type": "Number", "value": i} for i in range(40)}
+    created = hub.post("/v2/entities", json={"id": "水位計", "type": "Gauge", **first})
+    assert created.status_code == 201, created.text
+    more = {f"流量{i}": {"type": "Number", "value": i} for i in range(20)}
+    r = hub.post("/v2/entities/水位計/attrs", json=more)
+    assert r.status_code == 400, r.text
+    assert "would hold 60" in r.json()["description"]
+    assert len(hub.get("/v2/entities/水位計", params={"options": "keyValues"}).json()) == 42
+    for eid in ("水位計多", "水位計注"):
+        assert hub.get(f"/v2/entities/{eid}").status_code == 404

@@ -120,3 +120,11 @@ def test_lifecycle_and_validation(client: TestClient, receiver: Receiver) -> Non
         r = client.post(CS, json=body, headers=JSON)
         assert r.status_code == 400, (body, r.text)
     assert client.get(f"{CS}/not-a-uri").status_code == 400
+
+
+def test_time_interval_sends_what_matches_again(client: TestClient, receiver: Receiver) -> None:
+    post(client, R, registration("komae", "AEDLocation"))
+    post(client, CS, subscription(receiver.url, timeInterval=1))
+    got = receiver.wait(3, timeout=15)  # at creation, then every second
+    assert {n["subscriptionId"] for _h, n in got} == {"urn:ngsi-ld:Subscription:都の監視"}
+    assert all(n["data"][0]["id"] == REG + "komae" for _h, n in got)

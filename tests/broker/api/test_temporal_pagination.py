@@ -145,27 +145,47 @@ def test_pages_and_their_range(
     assert got_pairs(entity, representation) == pairs
 
 
+def expected_periods(timerel: str) -> tuple[list[datetime], str | None]:
+    """aggrPeriodDuration=PT1M: the periods (their starts) a page holds, and its
+    Content-Range (None: all fit). Periods start at the first instance in the range."""
+    lo = AFTER if timerel in ("after", "between") else None
+    hi = BEFORE if timerel in ("before", "between") else None
+    times = sorted(
+        t for ts in SERIES.values() for t in ts if (lo is None or t > lo) and (hi is None or t < hi)
+    )
+    step = timedelta(minutes=1)
+    periods = [times[0] + step * k for k in range((times[-1] - times[0]) // step + 1)]
+    if len(periods) <= LIMIT:
+        return periods, None
+    kept = periods[:LIMIT]
+    start = lo if lo is not None else kept[0]
+    return kept, f"date-time {z(start)}-{z(kept[-1] + step)}/*"
+
+
 @pytest.mark.parametrize("how", ["retrieve", "query", "post"])
 @pytest.mark.parametrize("timerel", list(TIMERELS))
-def test_aggregated_values_cover_the_announced_range(
-    client: TestClient, how: str, timerel: str
-) -> None:
-    """aggregatedValues (§4.5.19) paginate forwards like the instances they aggregate:
-    the aggregates are those of the instances within the announced range."""
+def test_aggregated_values_page_by_period(client: TestClient, how: str, timerel: str) -> None:
+    """aggregatedValues (§4.5.19): each period is one instance of the representation,
+    so a page holds the earliest periods whole (an aggregate is never split across
+    pages), and the announced range ends where the next page starts."""
     params = {
         **TIMERELS[timerel],
         "options": "aggregatedValues",
-        "aggrMethods": "totalCount",
-        "aggrPeriodDuration": "P1D",
+        "aggrMethods": "totalCount,max",
+        "aggrPeriodDuration": "PT1M",
     }
     r = ask(client, how, params)
-    pairs, content_range = expected(timerel, None)
+    periods, content_range = expected_periods(timerel)
     assert r.status_code == (206 if content_range else 200), r.text
     assert r.headers.get("content-range") == content_range
     body = r.json()
     entity = body if how == "retrieve" else body[0]
-    counted = {attr: sum(p[0] for p in entity[attr]["totalCount"]) for attr in SERIES}
-    assert counted == {attr: sum(1 for a, _ in pairs if a == attr) for attr in SERIES}
+    for attr in SERIES:
+        assert [
+            z(datetime.fromisoformat(p[1].replace("Z", "+00:00")))
+            for p in entity[attr]["totalCount"]
+        ] == [z(p) for p in periods]
+        assert {p[0] for p in entity[attr]["totalCount"]} == {1}  # one instance a minute each
 
 
 def test_a_client_pages_through_everything_going_forwards(client: TestClient) -> None:

@@ -519,6 +519,7 @@ def test_version_entry_point_and_openapi(client: TestClient) -> None:
     assert version["orionld version"]
     assert version["orion version"] == version["orion"]["version"]
     assert version["uptime"].endswith(" s")
+    assert version["renkei"]["ngsi-ld"]
     assert client.get("/v2").json()["entities_url"] == "/v2/entities"
     spec = get_openapi(title="v2", version="0", routes=ngsi_v2.router.routes)
     params = {p["name"] for p in spec["paths"]["/v2/entities"]["get"]["parameters"]}

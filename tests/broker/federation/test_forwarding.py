@@ -293,3 +293,91 @@ def test_redirect_writes_only_at_the_source(hub: TestClient, cs: Source) -> None
     cs.answer("DELETE", f"/ngsi-ld/v1/entities/{CAR}", 204, None)
     assert hub.delete(f"{E}/{CAR}").status_code == 204
     assert cs.requests[-1].method == "DELETE"
+
+
+def test_batches_are_split_by_source(hub: TestClient, cs: Source) -> None:
+    reg = vehicle_registration(cs.url, "redirect")
+    reg["information"][0]["entities"][0]["idPattern"] = ".*品川.*"
+    assert hub.post(R, json=reg, headers=JSON).status_code == 201
+    cs.answer("POST", "/ngsi-ld/v1/entityOperations/create", 201, [CAR])
+    other = {**car(速度=10), "id": "urn:ngsi-ld:公用車:多摩300い5678"}
+    r = hub.post("/ngsi-ld/v1/entityOperations/create", json=[car(速度=40), other], headers=JSON)
+    assert r.status_code == 201, r.text
+    assert sorted(r.json()) == sorted([CAR, other["id"]])
+    sent = cs.requests[-1]
+    assert sent.path == "/ngsi-ld/v1/entityOperations/create"
+    assert [e["id"] for e in sent.body] == [CAR]  # only what the source is registered for
+    assert hub.get(f"{E}/{other['id']}", params={"local": "true"}).status_code == 200
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).status_code == 404
+    # the source refusing its part: 207 naming it; the rest is done
+    cs.answer(
+        "POST",
+        "/ngsi-ld/v1/entityOperations/delete",
+        400,
+        {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"},
+    )
+    r = hub.post("/ngsi-ld/v1/entityOperations/delete", json=[CAR, other["id"]], headers=JSON)
+    assert r.status_code == 207, r.text
+    assert r.json()["success"] == [other["id"]]
+    assert [e["entityId"] for e in r.json()["errors"]] == [CAR]
+    assert cs.requests[-1].body == [CAR]
+
+
+def test_retrieve_from_a_source_that_only_answers_queries(hub: TestClient, cs: Source) -> None:
+    register(hub, cs.url, operations=["queryEntity"])
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
+    r = hub.get(f"{E}/{AED}")
+    assert r.status_code == 200, r.text
+    assert r.json()["name"]["value"] == "調布市役所"
+    assert cs.requests[-1].query["id"] == AED
+    assert cs.requests[-1].query["type"] == "AEDLocation"
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [])
+    assert hub.get(f"{E}/{AED}").status_code == 404
+
+
+def test_purge_goes_to_the_sources_too(hub: TestClient, cs: Source) -> None:
+    assert (
+        hub.post(R, json=vehicle_registration(cs.url, "inclusive"), headers=JSON).status_code == 201
+    )
+    assert hub.post(E, json=car(速度=40), headers=JSON).status_code in (201, 207)
+    cs.answer("DELETE", "/ngsi-ld/v1/entities", 204, None)
+    r = hub.delete(E, params={"type": "公用車"})
+    assert r.status_code == 204, r.text
+    assert (cs.requests[-1].method, cs.requests[-1].query) == ("DELETE", {"type": "公用車"})
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).status_code == 404
+    cs.answer("DELETE", "/ngsi-ld/v1/entities", 500, None)
+    r = hub.delete(E, params={"type": "公用車"})
+    assert r.status_code == 207
+    assert (
+        r.json()["errors"][0]["registrationId"] == "urn:ngsi-ld:ContextSourceRegistration:inclusive"
+    )
+
+
+def test_a_query_body_is_sent_on_as_parameters(hub: TestClient, cs: Source) -> None:
+    register(hub, cs.url)
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
+    body = {"type": "Query", "entities": [{"type": "AEDLocation"}], "q": 'name=="調布市役所"'}
+    r = hub.post("/ngsi-ld/v1/entityOperations/query", json=body, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert [e["id"] for e in r.json()] == [AED]
+    assert cs.requests[-1].query["type"] == "AEDLocation"
+    assert cs.requests[-1].query["q"] == 'name=="調布市役所"'
+
+
+def test_configured_credentials_for_an_endpoint(tmp_path: Any, cs: Source) -> None:
+    headers = {cs.url + "/": {"X-API-Key": "tokyo-hub-key-0002", "X-Org": "tokyo"}}
+    settings = make_settings(tmp_path, federation_headers=headers)
+    with TestClient(create_app(settings)) as client:
+        info = [
+            {"key": "X-Org", "value": "tocho"},
+            {"key": "備考", "value": "都庁"},
+            {"key": "Via", "value": "x"},
+        ]
+        register(client, cs.url + "/chofu", contextSourceInfo=info)
+        cs.answer("GET", f"/chofu/ngsi-ld/v1/entities/{AED}", 200, chofu_aed())
+        assert client.get(f"{E}/{AED}").status_code == 200
+        sent = cs.requests[-1].headers
+        assert sent["x-api-key"] == "tokyo-hub-key-0002"
+        assert sent["x-org"] == "tocho"  # the registration's own wins
+        assert sent["via"].startswith("1.1 renkei-")  # the registration cannot replace it
+        assert "備考" not in str(sent)  # no header can carry it

@@ -103,3 +103,44 @@ async def test_handed_over_notifications_of_a_deleted_subscription_are_dropped(
     received = receiver.wait(1)
     assert [body["subscriptionId"] for _, body in received] == [sid]
     receiver.quiet(1)
+
+
+class SlowStatusWrites:
+    """The store, except that writing delivery outcomes waits for ``release``: a write
+    slower than the reads around it, which a local SQLite file does not do on demand."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def record_notifications(self, records: list[object]) -> None:
+        self.started.set()
+        await self.release.wait()
+        await self.store.record_notifications(records)  # type: ignore[attr-defined]
+
+
+async def test_the_status_shown_never_goes_back(hub: Hub, receiver: Receiver) -> None:
+    """While outcomes are being written, and after, a status read from the store before
+    the write still shows them."""
+    sid = await hub.subscriptions.create("", subscription(receiver.url), CONTEXT)
+    sub = await hub.subscriptions.compile("", await hub.subscriptions.get("", sid))
+    slow = SlowStatusWrites(hub.entities.store)
+    delivery = Delivery(slow, hub.subscriptions.senders)  # type: ignore[arg-type]
+    delivery.submit(sub, [{"id": "urn:ngsi-ld:避難所:狛江-001", "type": "避難所"}])
+    await delivery.idle()
+    before = (await hub.subscriptions.get("", sid))["notificationStatus"]
+    assert before["timesSent"] == 0
+    assert delivery.status("", sid, before)["timesSent"] == 1  # pending
+    flushing = asyncio.create_task(delivery.flush())
+    await slow.started.wait()
+    assert delivery.status("", sid, before)["timesSent"] == 1  # being written
+    slow.release.set()
+    await flushing
+    assert delivery.status("", sid, before)["timesSent"] == 1  # read before the write
+    after = (await hub.subscriptions.get("", sid))["notificationStatus"]
+    assert delivery.status("", sid, after)["timesSent"] == 1  # written: counted once
+    await delivery.aclose()
