@@ -328,4 +328,3 @@ async def merge_entity(entity_id: str, request: Request, tenant: TenantHeader = 
 async def replace_entity(entity_id: str, request: Request, tenant: TenantHeader = None) -> Response:
     """Commands written with replaceEntity (the broker sends only the registered part)."""
     return await _commands(request, tenant, entity_id, await _body_object(request))
-
