@@ -21,6 +21,7 @@ import orjson
 log = logging.getLogger("renkei.client")
 
 LINK_REL = "http://www.w3.org/ns/json-ld#context"
+REGISTRATIONS = "/ngsi-ld/v1/csourceRegistrations"
 
 
 class BrokerError(Exception):
@@ -306,6 +307,50 @@ class BrokerClient:
                 raise self._fail(resp, "query")
             for ent in pager.feed(resp.json(), resp.headers.get("NGSILD-Results-Count")):
                 yield ent
+
+    # -- context source registrations (the IoT agent registers itself) ----------------------
+
+    async def create_registration(self, registration: dict[str, Any]) -> None:
+        """``POST /csourceRegistrations``; a 409 is a ``BrokerError`` whose ``problem``
+        says which (``AlreadyExists``, or ``Conflict`` with another registration or with
+        attributes the broker holds)."""
+        resp = await self._request("POST", REGISTRATIONS, json=registration)
+        if resp.status_code != 201:
+            raise self._fail(resp, "register")
+
+    async def update_registration(self, registration_id: str, patch: dict[str, Any]) -> None:
+        resp = await self._request("PATCH", f"{REGISTRATIONS}/{registration_id}", json=patch)
+        if resp.status_code != 204:
+            raise self._fail(resp, "update registration")
+
+    async def delete_registration(self, registration_id: str) -> None:
+        """Delete a registration; one already gone counts as deleted."""
+        resp = await self._request("DELETE", f"{REGISTRATIONS}/{registration_id}")
+        if resp.status_code not in (204, 404):
+            raise self._fail(resp, "delete registration")
+
+    async def query_registrations(self, **params: Any) -> list[dict[str, Any]]:
+        """The registrations matching ``params`` (``q``, ``type`` ...), every page."""
+        found: list[dict[str, Any]] = []
+        page = 500
+        while True:
+            resp = await self._request(
+                "GET", REGISTRATIONS, params={**params, "limit": page, "offset": len(found)}
+            )
+            if resp.status_code != 200:
+                raise self._fail(resp, "query registrations")
+            batch = resp.json()
+            found.extend(batch)
+            if len(batch) < page:
+                return found
+
+    async def delete_attribute(self, entity_id: str, name: str, **params: Any) -> None:
+        """Delete one attribute of an entity; one already gone counts as deleted."""
+        resp = await self._request(
+            "DELETE", f"/ngsi-ld/v1/entities/{entity_id}/attrs/{name}", params=params or None
+        )
+        if resp.status_code not in (204, 404):
+            raise self._fail(resp, f"delete attribute {name} of {entity_id}")
 
     async def subscribe(self, subscription: dict[str, Any]) -> str:
         resp = await self._request("POST", "/ngsi-ld/v1/subscriptions", json=subscription)

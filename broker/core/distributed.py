@@ -173,8 +173,8 @@ def route_write(
         if not reg.supports(operation):
             continue
         held = reg.attrs_for(infos)
-        part = body
-        if isinstance(body, dict) and held is not None:
+        part = body  # a write of one attribute (``attr``): its body is that attribute
+        if isinstance(body, dict) and held is not None and attr is None:
             part = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) in held}
         partial = attr is None and not whole and isinstance(body, dict)
         if partial and isinstance(part, dict) and all(k in ENTITY_KEYS for k in part):

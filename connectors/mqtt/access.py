@@ -15,6 +15,12 @@ dependency of the whole application, so every route has it
 * **notifications from the broker** (``/notify``): the secret the agent put in its
   subscriptions' ``receiverInfo`` (``NOTIFY_HEADER``), checked whether or not an auth
   file is given, since a notification makes the agent send commands to devices;
+* **the agent as a context source** (``/ngsi-ld/v1/...``, ``connectors.mqtt.source``):
+  the broker's forwarded requests carry the same secret in ``SOURCE_HEADER`` (its
+  registrations' ``contextSourceInfo``); any other request needs a principal of the
+  auth file with ``read`` (lazy attributes) or ``write`` (commands) on the device's
+  entity type in the ``NGSILD-Tenant`` tenant (``check_source``, called by the route
+  once it knows the device), and is refused without an auth file;
 * ``/health`` and ``/iot/about`` are open; ``/metrics`` needs ``admin``.
 
 Refusals are 401 (with ``WWW-Authenticate``) and 403 as ``{"name", "message"}``; the
@@ -35,9 +41,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.auth import AuditLog, Authenticator, Policy, PolicyHolder, Principal, default_expand
+from broker.auth.policy import Action
 from broker.errors import NgsiLdError
 from connectors.mqtt.agent import NOTIFY_HEADER, NOTIFY_PATH
-from connectors.mqtt.errors import AccessForbidden, Unauthorized
+from connectors.mqtt.errors import AccessForbidden, DeviceNotFound, Unauthorized
+from connectors.mqtt.registrations import SOURCE_HEADER
 
 #: Served to anyone: liveness/readiness and the agent's version.
 OPEN_PATHS = frozenset({"/health", "/iot/about"})
@@ -47,11 +55,14 @@ ADMIN_PATHS = frozenset({"/metrics"})
 DEVICE_PREFIX = "/iot/json"
 #: The provisioning API.
 PROVISIONING_PREFIXES = ("/iot/groups", "/iot/services", "/iot/devices")
+#: The agent's NGSI-LD endpoints (it is the context source of lazy attributes, commands).
+SOURCE_PREFIX = "/ngsi-ld/"
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _UNVERIFIED = Principal(name="-", via="invalid")
 _REFUSED = "not allowed to provision devices in this service"
 _REFUSED_TYPES = "not allowed to provision devices writing these entities"
+_REFUSED_SOURCE = "not allowed to read or command this device"
 
 
 @dataclass
@@ -76,15 +87,22 @@ class Grant:
 
 
 def _tenant(request: Request) -> str:
-    """The tenant a provisioning request is in: ``fiware-service``, as the agent's
-    ``Scope`` reads it (lower case; none is the default tenant)."""
+    """The tenant a request is in: ``fiware-service``, as the agent's ``Scope`` reads it
+    (lower case; none is the default tenant), or ``NGSILD-Tenant`` on the NGSI-LD
+    endpoints."""
+    if request.scope["path"].startswith(SOURCE_PREFIX):
+        return request.headers.get("NGSILD-Tenant") or ""
     return (request.headers.get("fiware-service") or "").strip().lower()
+
+
+def _has_secret(request: Request, header: str, expected: str) -> bool:
+    got = request.headers.get(header)
+    return got is not None and hmac.compare_digest(got.encode(), expected.encode())
 
 
 def check_notify_token(request: Request, expected: str) -> None:
     """401 unless the request carries the notification secret."""
-    got = request.headers.get(NOTIFY_HEADER)
-    if got is None or not hmac.compare_digest(got.encode(), expected.encode()):
+    if not _has_secret(request, NOTIFY_HEADER, expected):
         raise Unauthorized("notifications must carry the agent's notification secret")
 
 
@@ -95,7 +113,16 @@ async def authorize(request: Request) -> None:
         check_notify_token(request, request.app.state.agent.notify_token)
         return
     auth: AgentAuth | None = getattr(request.app.state, "auth", None)
-    if auth is None or path in OPEN_PATHS or path.startswith(DEVICE_PREFIX):
+    if path.startswith(SOURCE_PREFIX):
+        if _has_secret(request, SOURCE_HEADER, request.app.state.agent.notify_token):
+            request.scope.setdefault("state", {})["renkei_source"] = True
+            return
+        if auth is None:
+            raise Unauthorized(
+                "requests to the agent's NGSI-LD endpoints must come from the broker (with"
+                " the secret of the agent's registrations) or with credentials"
+            )
+    elif auth is None or path in OPEN_PATHS or path.startswith(DEVICE_PREFIX):
         return
     method = request.method
     route = request.scope.get("route")
@@ -111,10 +138,36 @@ async def authorize(request: Request) -> None:
         raise Unauthorized(exc.detail, challenge=challenge) from None
     grant = Grant(policy, principal, tenant, operation)
     state["renkei_grant"] = grant
+    if path.startswith(SOURCE_PREFIX):
+        return  # checked by the route against the device's type (``check_source``)
     if not policy.can(principal, "admin", tenant):
         if principal.anonymous:
             raise Unauthorized("credentials are required for this operation")
         raise AccessForbidden(_REFUSED)
+
+
+def check_source(
+    request: Request, action: Action, types: Iterable[str], *, refuse: bool = True
+) -> bool:
+    """On the agent's NGSI-LD endpoints: whether the request may ``action`` (``read``,
+    ``write``) a device's entity of ``types``. The broker's requests (with the secret)
+    may; a principal needs the action on the types in the tenant. ``refuse``: raise
+    instead of answering False: 404 for a read (the entity answers as missing, as the
+    broker answers it), else 401 (anonymous) or 403."""
+    state = request.scope.get("state", {})
+    if state.get("renkei_source"):
+        return True
+    grant = grant_of(request)
+    allowed = grant is not None and grant.policy.can(
+        grant.principal, action, grant.tenant, {default_expand(t) for t in types}
+    )
+    if allowed or not refuse:
+        return allowed
+    if action == "read":
+        raise DeviceNotFound("no such entity among the agent's devices")
+    if grant is None or grant.principal.anonymous:
+        raise Unauthorized("credentials are required for this operation")
+    raise AccessForbidden(_REFUSED_SOURCE)
 
 
 def grant_of(request: Request) -> Grant | None:

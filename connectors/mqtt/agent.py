@@ -2,8 +2,9 @@
 
 :class:`IoTAgent` owns the parts and their tasks: the :class:`Registry` of
 provisioned devices, the :class:`~broker.transport.mqtt.MqttClient` (southbound), the :class:`Batcher`
-(northbound), the broker subscriptions through which it learns of commands, and a
-health watch of the broker. Everything but paho's network thread runs on one event
+(northbound), how it learns of commands (its context source registrations at the
+broker, ``connectors.mqtt.registrations``, which also make the broker ask it for lazy
+attributes; or a broker subscription per command), and a health watch of the broker. Everything but paho's network thread runs on one event
 loop; a bad message is counted, logged with its topic and skipped, never raised.
 """
 
@@ -22,19 +23,23 @@ import orjson
 from broker.transport.mqtt import Message, MqttClient, parse_server
 from connectors.client import BatchOutcome, BrokerClient, BrokerError
 from connectors.mqtt import ngsiv2
+from connectors.mqtt.lazy import LazyValues
 from connectors.mqtt.mapping import (
     TIME_INSTANT,
     TIMESTAMP_KEYS,
     BadValue,
     convert,
     iso,
+    lazy_attribute,
     measures,
+    parse_time,
     static_attributes,
     time_instant,
 )
 from connectors.mqtt.metrics import Metrics
 from connectors.mqtt.northbound import Ack, Batcher
 from connectors.mqtt.push import CommandPusher
+from connectors.mqtt.registrations import SourceRegistrations
 from connectors.mqtt.registry import DEFAULT_TYPE, Ambiguous, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
 from connectors.mqtt.southbound import southbound
@@ -47,6 +52,8 @@ NOTIFY_PATH = "/notify"
 NOTIFY_HEADER = "X-Renkei-Notify-Token"
 HEALTH_PERIOD = 2.0
 SUBSCRIBE_RETRY = 2.0
+#: Longest wait between two attempts to bring registrations or subscriptions in line.
+SUBSCRIBE_RETRY_MAX = 60.0
 SYNC_TIMEOUT = 5.0
 STOP_FLUSH_TIMEOUT = 5.0
 #: How long an HTTP measure request waits for its measures to be stored.
@@ -73,7 +80,8 @@ class AgentBrokerClient(BrokerClient):
 
 
 def notify_token(settings: AgentSettings, registry: Registry) -> str:
-    """The secret the broker's notifications must carry: ``iota_notify_token``; else one
+    """The secret the broker's requests to the agent must carry (notifications, and
+    requests forwarded through its registrations): ``iota_notify_token``; else one
     derived from the agent's API key and public URL, so replicas sharing both (behind one
     Service) agree on it; else a random one kept in the provisioning file."""
     if settings.iota_notify_token is not None:
@@ -90,7 +98,9 @@ class IoTAgent:
         self.settings = settings
         self.metrics = Metrics()
         self.ngsi_v2 = settings.iota_ngsi == "v2"
-        self.registry = Registry(settings.iota_db, ngsi_v2=self.ngsi_v2)
+        self.command_mode = settings.command_mode
+        registering = self.command_mode == "registration"
+        self.registry = Registry(settings.iota_db, ngsi_v2=self.ngsi_v2, lazy=registering)
         self.batcher = Batcher(
             self._write,
             self.metrics,
@@ -124,8 +134,20 @@ class IoTAgent:
         self._pending: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._pushes: set[asyncio.Task[None]] = set()
         self.pusher = CommandPusher(settings)
-        #: Secret of the broker's notifications to this agent (``NOTIFY_HEADER``).
+        #: Secret of the broker's requests to this agent (``NOTIFY_HEADER`` on
+        #: notifications, ``registrations.SOURCE_HEADER`` on forwarded requests).
         self.notify_token = notify_token(settings, self.registry)
+        #: The last values of the devices' lazy attributes (``source`` serves them).
+        self.lazy = LazyValues()
+        self.registrations = SourceRegistrations(
+            settings.public_url, self.notify_token, self.client, enabled=registering
+        )
+        self._old_subscriptions_gone = False
+        if not registering and any(d.lazy for d in self.registry.all_resolved()):
+            log.warning(
+                "devices with lazy attributes are provisioned, but commands go through"
+                " subscriptions: their lazy attributes are not served (they are measures)"
+            )
         self.metrics.gauge("mqtt_connected", lambda: float(self.link.connected))
         self.metrics.gauge("broker_up", lambda: float(self.broker_up and self.batcher.broker_ok))
 
@@ -135,14 +157,15 @@ class IoTAgent:
         self._tasks = [
             asyncio.create_task(self.batcher.run(), name="iota-batcher"),
             asyncio.create_task(self._watch_broker(), name="iota-health"),
-            asyncio.create_task(self._keep_subscriptions(), name="iota-subscriptions"),
+            asyncio.create_task(self._keep_commands(), name="iota-commands"),
         ]
         await self.link.start(self.handle)
         log.info(
-            "IoT agent: MQTT %s -> broker %s, provisioning on %s",
+            "IoT agent: MQTT %s -> broker %s, provisioning on %s, commands through %ss",
             self.link.server.display,
             self.settings.broker_url,
             self.settings.public_url,
+            self.command_mode,
         )
 
     async def stop(self) -> None:
@@ -333,7 +356,10 @@ class IoTAgent:
         adds: list[tuple[str, str, dict[str, dict[str, Any]], int]] = []
         for obj in objects:
             has_time = any(k in obj and k not in device.mappings for k in TIMESTAMP_KEYS)
-            measure = convert(device, obj, arrival if has_time else self._arrival(device, arrival))
+            at = arrival if has_time else self._arrival(device, arrival)
+            if device.lazy and self.command_mode == "registration":
+                obj = self._keep_lazy(device, obj, at)
+            measure = convert(device, obj, at)
             for problem in measure.problems:
                 self.bad(problem.reason, device.device_id, str(problem))
             parts = [(eid, etype, attrs, 0) for (eid, etype), attrs in measure.targets.items()]
@@ -366,6 +392,30 @@ class IoTAgent:
                 droppable=droppable,
             )
         return True
+
+    def _keep_lazy(self, device: Resolved, obj: dict[str, Any], arrival: float) -> dict[str, Any]:
+        """Keep the lazy attributes a measure carries (served to the broker's reads,
+        never written to it); the rest of the measure."""
+        keys = [k for k in obj if k in device.lazy]
+        if not keys:
+            return obj
+        observed = arrival
+        for key in TIMESTAMP_KEYS:
+            if key in obj and key not in device.mappings:
+                with contextlib.suppress(BadValue):  # convert() reports it
+                    observed = parse_time(obj[key])
+                break
+        stamp = iso(observed)
+        for key in keys:
+            mapping = device.lazy[key]
+            try:
+                attr = lazy_attribute(mapping, obj[key], stamp)
+            except BadValue as exc:
+                self.bad(exc.reason, device.device_id, f"{key}: {exc}")
+                continue
+            self.lazy.put(device.tenant, device.entity_id, mapping.name, observed, attr)
+            self.metrics.inc("lazy_values_total")
+        return {k: v for k, v in obj.items() if k not in device.lazy}
 
     @staticmethod
     def _single_value(item: Message) -> Any:
@@ -409,7 +459,8 @@ class IoTAgent:
     # -- provisioning hooks -------------------------------------------------------------------
 
     def devices_added(self, devices: list[Resolved]) -> None:
-        """Create each device's entity (static attributes) and its command subscriptions."""
+        """Create each device's entity (static attributes); register its commands and
+        lazy attributes (or subscribe to its commands)."""
         for device in devices:
             # No TimeInstant here even with ``timestamp``: it is the time of a measure.
             self.batcher.add(
@@ -425,7 +476,8 @@ class IoTAgent:
         self.commands_changed()
 
     def commands_changed(self) -> None:
-        """Provisioning changed: bring the command subscriptions in line, in the background.
+        """Provisioning changed: bring registrations or command subscriptions in line, in
+        the background.
 
         Static attributes go with a device's next measure again, as they may have changed.
         """
@@ -433,19 +485,51 @@ class IoTAgent:
         self._subscribe_wanted.set()
 
     async def sync_commands(self) -> None:
-        """Bring the command subscriptions in line now, waiting at most ``SYNC_TIMEOUT``.
+        """Bring registrations or command subscriptions in line now, waiting at most
+        ``SYNC_TIMEOUT``.
 
-        Provisioning routes call this before answering, so a device's commands work
-        (and a deleted device's stop) as soon as the request returns; if the broker is
-        slow or down, the background task keeps trying.
+        Provisioning routes call this before answering, so a device's commands and lazy
+        attributes work (and a deleted device's stop) as soon as the request returns; if
+        the broker is slow or down, the background task keeps trying.
         """
         try:
             async with asyncio.timeout(SYNC_TIMEOUT):
-                if not await self._sync_subscriptions():
+                if not await self._sync_commands():
                     self._subscribe_wanted.set()
         except TimeoutError:
-            log.warning("command subscriptions not updated yet: the broker is slow or down")
+            log.warning("commands not registered yet: the broker is slow or down")
             self._subscribe_wanted.set()
+
+    def tenants(self) -> set[str | None]:
+        """Every tenant a group or device is in, and the default one."""
+        scopes = [s for s, _ in self.registry.groups] + [s for s, _ in self.registry.devices]
+        return {None, *(s.tenant for s in scopes)}
+
+    async def _sync_commands(self) -> bool:
+        """Bring the broker in line with the provisioned commands and lazy attributes:
+        registrations (and once, the removal of the command subscriptions an earlier run
+        in subscription mode left), or subscriptions (and the removal of registrations an
+        earlier run made). True if all was done."""
+        async with self._sync_lock:
+            devices = self.registry.all_resolved()
+            self.lazy.retain({(d.tenant, d.entity_id) for d in devices})
+            done = await self.registrations.sync(devices, self.tenants())
+            if self.command_mode == "subscription":
+                return await self._sync_subscriptions() and done
+            if not self._old_subscriptions_gone:
+                self._old_subscriptions_gone = await self._remove_old_subscriptions()
+            return done
+
+    async def _remove_old_subscriptions(self) -> bool:
+        """Delete the command subscriptions this agent would make in subscription mode
+        (their ids are derived, so they are known without looking)."""
+        for key in sorted(self._wanted_subscriptions(), key=str):
+            try:
+                await self.client(key[0]).unsubscribe(self.subscription_id(key))
+            except BrokerError as exc:
+                if exc.status is None or exc.status >= 500:
+                    return False
+        return True
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -490,51 +574,57 @@ class IoTAgent:
 
         A subscription serves every device of a (tenant, entity type) with the command,
         so it goes only when no device or group of that type has the command any more.
+        Called under ``_sync_lock`` (``_sync_commands``).
         """
-        async with self._sync_lock:
-            wanted = self._wanted_subscriptions()
-            done = True
-            for key in sorted(wanted - self._subscribed, key=str):
-                tenant, entity_type, command = key
-                sub_id = self.subscription_id(key)
-                sub = self._subscription(entity_type, command, sub_id)
+        wanted = self._wanted_subscriptions()
+        done = True
+        for key in sorted(wanted - self._subscribed, key=str):
+            tenant, entity_type, command = key
+            sub_id = self.subscription_id(key)
+            sub = self._subscription(entity_type, command, sub_id)
+            try:
                 try:
-                    try:
-                        await self.client(tenant).subscribe(sub)
-                    except BrokerError as exc:
-                        if exc.status != 409:
-                            raise
-                        # made before (by this agent, maybe with another notification
-                        # secret): bring its notification up to date
-                        await self.client(tenant).update_subscription(
-                            sub_id, {"notification": sub["notification"]}
-                        )
+                    await self.client(tenant).subscribe(sub)
                 except BrokerError as exc:
-                    log.warning("cannot subscribe to command %s: %s", command, exc)
-                    done = False
-                    continue
-                self._subscribed.add(key)
-            for key in sorted(self._subscribed - wanted, key=str):
-                tenant, entity_type, command = key
-                try:
-                    await self.client(tenant).unsubscribe(self.subscription_id(key))
-                except BrokerError as exc:
-                    log.warning("cannot remove the subscription to command %s: %s", command, exc)
-                    done = False
-                    continue
-                log.info("command %s of %s no longer provisioned", command, entity_type)
-                self._subscribed.discard(key)
-            return done
+                    if exc.status != 409:
+                        raise
+                    # made before (by this agent, maybe with another notification
+                    # secret): bring its notification up to date
+                    await self.client(tenant).update_subscription(
+                        sub_id, {"notification": sub["notification"]}
+                    )
+            except BrokerError as exc:
+                log.warning("cannot subscribe to command %s: %s", command, exc)
+                done = False
+                continue
+            self._subscribed.add(key)
+        for key in sorted(self._subscribed - wanted, key=str):
+            tenant, entity_type, command = key
+            try:
+                await self.client(tenant).unsubscribe(self.subscription_id(key))
+            except BrokerError as exc:
+                log.warning("cannot remove the subscription to command %s: %s", command, exc)
+                done = False
+                continue
+            log.info("command %s of %s no longer provisioned", command, entity_type)
+            self._subscribed.discard(key)
+        return done
 
-    async def _keep_subscriptions(self) -> None:
-        """Make sure the broker tells the agent of every provisioned command's updates."""
+    async def _keep_commands(self) -> None:
+        """Make sure the broker sends the agent every provisioned command (and asks it
+        for lazy attributes): after each provisioning change, and again after a failure,
+        waiting longer each time up to ``SUBSCRIBE_RETRY_MAX``."""
         self._subscribe_wanted.set()
+        delay = SUBSCRIBE_RETRY
         while True:
             await self._subscribe_wanted.wait()
             self._subscribe_wanted.clear()
-            if not await self._sync_subscriptions():
-                await asyncio.sleep(SUBSCRIBE_RETRY)
-                self._subscribe_wanted.set()
+            if await self._sync_commands():
+                delay = SUBSCRIBE_RETRY
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SUBSCRIBE_RETRY_MAX)
+            self._subscribe_wanted.set()
 
     def notified(self, tenant: str | None, notification: Any) -> int:
         """A broker notification: send each updated command to its device.
@@ -558,24 +648,43 @@ class IoTAgent:
                     continue
                 attr = ent[name]
                 value = attr.get("value", attr.get("object")) if isinstance(attr, dict) else attr
-                if device.transport == "HTTP":
-                    status = self._http_command(device, name, value)
-                elif not self._addressable(device):
-                    status = "ERROR"
-                else:
-                    key = (device.tenant, device.apikey, device.device_id)
-                    prefix = self._prefixes.get(key, "/")
-                    topic = f"{prefix}{device.apikey}/{device.device_id}/cmd"
-                    if self.link.publish_nowait(topic, orjson.dumps({name: value})):
-                        status = "PENDING"
-                    else:
-                        log.warning("command %s for %s not published: MQTT down", name, topic)
-                        status = "ERROR"
+                status = self._send_command(device, name, value)
                 if status != "ERROR":
-                    self.metrics.inc("commands_sent_total")
                     sent += 1
                 self._command_status(device, {f"{name}_status": status})
         return sent
+
+    def source_commands(self, device: Resolved, commands: dict[str, list[Any]]) -> list[str]:
+        """Commands the broker forwarded (``connectors.mqtt.source``): each value sent to
+        the device, each command's ``_status`` set; the names of those not sent."""
+        failed = []
+        for name, values in commands.items():
+            statuses = [self._send_command(device, name, value) for value in values]
+            status = "ERROR" if "ERROR" in statuses else statuses[-1]
+            if status == "ERROR":
+                failed.append(name)
+            self._command_status(device, {f"{name}_status": status})
+        return failed
+
+    def _send_command(self, device: Resolved, name: str, value: Any) -> str:
+        """Send one command: published on the device's ``cmd`` topic (MQTT), pushed to
+        its ``endpoint`` or held for it to poll (HTTP). Its status: PENDING or ERROR."""
+        if device.transport == "HTTP":
+            status = self._http_command(device, name, value)
+        elif not self._addressable(device):
+            status = "ERROR"
+        else:
+            key = (device.tenant, device.apikey, device.device_id)
+            prefix = self._prefixes.get(key, "/")
+            topic = f"{prefix}{device.apikey}/{device.device_id}/cmd"
+            if self.link.publish_nowait(topic, orjson.dumps({name: value})):
+                status = "PENDING"
+            else:
+                log.warning("command %s for %s not published: MQTT down", name, topic)
+                status = "ERROR"
+        if status != "ERROR":
+            self.metrics.inc("commands_sent_total")
+        return status
 
     def _command_attr(self, v2_type: str, value: Any, stamp: str) -> dict[str, Any]:
         """A command's ``_status``/``_info`` attribute (v2 types as iotagent-node-lib's)."""

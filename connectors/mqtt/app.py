@@ -1,10 +1,13 @@
 """The agent's HTTP side: provisioning API (iotagent-node-lib paths), HTTP devices
-(iotagent-json's ``/iot/json``), notifications, ``/health`` and ``/metrics``.
+(iotagent-json's ``/iot/json``), notifications, the NGSI-LD endpoints the broker
+forwards commands and lazy reads to (``connectors.mqtt.source``), ``/health`` and
+``/metrics``.
 
 Routes stay thin: they read the scope from ``fiware-service``/``fiware-servicepath``
 (or ``NGSILD-Path``),
 call the :class:`Registry` and tell the :class:`IoTAgent` what changed. Errors are
-answered as ``{"name": ..., "message": ...}``, the shape IoT Agent clients expect.
+answered as ``{"name": ..., "message": ...}``, the shape IoT Agent clients expect, and
+as NGSI-LD ProblemDetails on the NGSI-LD endpoints.
 Every route has the access-control dependency (``connectors.mqtt.access``); a
 provisioning change is checked against the entity types it makes the agent write
 before it is saved.
@@ -19,13 +22,18 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from broker.auth import PolicyHolder, install_sighup_reload, open_audit_log
 from broker.auth.credentials import Authenticator
+from broker.errors import BadRequestData, NgsiLdError
+from broker.errors import Forbidden as LdForbidden
+from broker.errors import InternalError as LdInternalError
+from broker.errors import PayloadTooLarge as LdPayloadTooLarge
+from broker.errors import ResourceNotFound as LdNotFound
+from broker.errors import Unauthorized as LdUnauthorized
 from connectors.client import BrokerError
 from connectors.mqtt.access import (
     AgentAuth,
@@ -36,18 +44,20 @@ from connectors.mqtt.access import (
     record_written,
 )
 from connectors.mqtt.agent import NOTIFY_PATH, IoTAgent, scope_of
+from connectors.mqtt.body import read_json as _json
 from connectors.mqtt.errors import (
     AgentError,
     BadRequest,
     BrokerUnavailable,
     DeviceNotFound,
-    PayloadTooLarge,
     WrongSyntax,
 )
 from connectors.mqtt.mapping import BadValue, entity_id_for
 from connectors.mqtt.models import AttributeMapping, Device, Group, dump
 from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
 from connectors.mqtt.settings import AgentSettings
+from connectors.mqtt.source import router as source
+from connectors.mqtt.source import wants_problem
 
 log = logging.getLogger("renkei.iota")
 
@@ -77,26 +87,6 @@ def _scope(
 
 AgentDep = Annotated[IoTAgent, Depends(_agent)]
 ScopeDep = Annotated[Scope, Depends(_scope)]
-
-
-async def _json(request: Request) -> Any:
-    """The request's JSON body, read up to ``iota_max_body_bytes`` (413 beyond: a body
-    is never held in memory whole before its size is known to be within the bound)."""
-    limit: int = request.app.state.settings.iota_max_body_bytes
-    size = request.headers.get("content-length")
-    if size is not None and size.isascii() and size.isdigit() and int(size) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise WrongSyntax(f"the body is not valid JSON: {exc}") from None
 
 
 async def _items(request: Request, key: str) -> list[Any]:
@@ -400,6 +390,7 @@ async def health(agent: AgentDep) -> JSONResponse:
         "mqttVersion": "5" if agent.link.mqtt5 else "3.1.1",
         "broker": agent.broker_up and agent.batcher.broker_ok,
         "buffered": agent.batcher.buffered,
+        "commandMode": agent.command_mode,
     }
     if not agent.link.connected and agent.link.last_error:
         body["mqttError"] = agent.link.last_error
@@ -416,17 +407,46 @@ async def about() -> dict[str, str]:
     return {"libVersion": "renkei", "port": "", "baseRoot": "/", "version": "0.1.0"}
 
 
+#: An agent error's NGSI-LD counterpart, by status, on the NGSI-LD endpoints.
+_AS_PROBLEM: dict[int, type[NgsiLdError]] = {
+    400: BadRequestData,
+    401: LdUnauthorized,
+    403: LdForbidden,
+    404: LdNotFound,
+    413: LdPayloadTooLarge,
+}
+
+
+def _problem(exc: NgsiLdError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        exc.problem(),
+        status_code=exc.status,
+        headers={**exc.headers, **(headers or {})},
+        media_type="application/json",
+    )
+
+
 async def _agent_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AgentError)
+    if wants_problem(request):
+        as_problem = _AS_PROBLEM.get(exc.status, LdInternalError)(exc.message)
+        return _problem(as_problem, exc.headers)
     return JSONResponse(
         {"name": exc.name, "message": exc.message}, status_code=exc.status, headers=exc.headers
     )
+
+
+async def _ngsi_ld_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NgsiLdError)
+    return _problem(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"])
+    if wants_problem(request):
+        return _problem(BadRequestData(f"{where}: {first['msg']}"))
     return JSONResponse(
         {"name": "WRONG_SYNTAX", "message": f"{where}: {first['msg']}"}, status_code=400
     )
@@ -484,6 +504,8 @@ def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAP
     app.include_router(devices)
     app.include_router(south)
     app.include_router(service)
+    app.include_router(source)
     app.add_exception_handler(AgentError, _agent_error)
+    app.add_exception_handler(NgsiLdError, _ngsi_ld_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app

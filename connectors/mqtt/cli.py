@@ -65,6 +65,19 @@ NgsiOpt = Annotated[
         "[env RENKEI_IOTA_NGSI, default ld]",
     ),
 ]
+CommandModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--command-mode",
+        help="コマンドと lazy 属性の受け取り方: registration (ブローカーにコンテキストソースとして"
+        "登録、ブローカーでの admin 権限が必要)、subscription (コマンドごとのサブスクリプション、"
+        "lazy 属性なし)、auto (--ngsi ld なら registration) / how commands and lazy attributes "
+        "reach the agent: registration (registered at the broker as their context source; "
+        "the agent's key needs admin there), subscription (a subscription per command, no "
+        "lazy attributes), auto (registration with --ngsi ld) "
+        "[env RENKEI_IOTA_COMMAND_MODE, default auto]",
+    ),
+]
 AuthFileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -159,6 +172,7 @@ def register(app: typer.Typer) -> None:
         mqtt_version: MqttVersionOpt = None,
         mqtt_ca_file: MqttCaFileOpt = None,
         ngsi: NgsiOpt = None,
+        command_mode: CommandModeOpt = None,
         auth_file: AuthFileOpt = None,
         insecure_no_auth: InsecureOpt = False,
         broker_api_key: BrokerKeyOpt = None,
@@ -174,6 +188,7 @@ def register(app: typer.Typer) -> None:
                 mqtt_version,
                 mqtt_ca_file,
                 iota_ngsi=ngsi,
+                iota_command_mode=command_mode,
                 auth_file=auth_file,
                 insecure_no_auth=insecure_no_auth or None,
                 broker_api_key=broker_api_key,

@@ -210,6 +210,13 @@ def _with_metadata(attr: dict[str, Any], mapping: AttributeMapping | StaticAttri
         attr["unitCode"] = unit
 
 
+def lazy_attribute(mapping: AttributeMapping, value: Any, observed: str) -> dict[str, Any]:
+    """A lazy attribute's value as the agent serves it (raises BadValue)."""
+    attr = attribute(mapping.type, value, observed)
+    _with_metadata(attr, mapping)
+    return attr
+
+
 def static_attributes(device: Resolved) -> dict[str, dict[str, Any]]:
     out = {}
     for s in device.static:

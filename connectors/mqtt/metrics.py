@@ -26,6 +26,8 @@ _HELP = {
     "commands_sent_total": "Commands sent to devices (published, pushed, or held for polling)",
     "command_results_total": "Command results received from devices",
     "command_failures_total": "Commands pushed to an HTTP device that failed",
+    "lazy_values_total": "Values of lazy attributes received (kept for the broker's reads)",
+    "lazy_reads_total": "Entities whose lazy attributes were read through the agent",
     "mqtt_connections_total": "MQTT connections established (reconnections included)",
 }
 

@@ -98,6 +98,9 @@ class Resolved:
     endpoint: str | None = None
     #: the agent writes NGSI v2 entities (``--ngsi v2``): attributes carry their v2 type
     ngsi_v2: bool = False
+    #: lazy attributes by the key a measure gives them under (``object_id`` or ``name``):
+    #: kept by the agent and served to the broker, never written to it
+    lazy: dict[str, AttributeMapping] = field(default_factory=dict)
 
     @property
     def tenant(self) -> str | None:
@@ -136,7 +139,9 @@ class Ambiguous(Exception):
 PIN_REFRESH = 1.0
 
 
-def _validate(model: type[Group] | type[Device], doc: Any) -> Any:
+def _validate(model: type[Group] | type[Device], doc: Any, *, lazy: bool = False) -> Any:
+    """``doc`` as a checked ``model``; ``lazy``: lazy attributes are served (the agent
+    registers itself as their context source), else they are refused (501)."""
     if isinstance(doc, model):  # parsed (and checked) already
         return doc
     if not isinstance(doc, dict):
@@ -147,11 +152,12 @@ def _validate(model: type[Group] | type[Device], doc: Any) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or model.__name__.lower()
         raise WrongSyntax(f"{model.__name__.lower()} {where}: {first['msg']}") from None
-    if obj.lazy:
+    if obj.lazy and not lazy:
         names = ", ".join(m.name for m in obj.lazy)
         raise NotImplementedYet(
-            f"lazy attributes ({names}) are not supported: they need context source"
-            " registrations, which the broker does not offer; provision them as active"
+            f"lazy attributes ({names}) are not supported with commands through"
+            " subscriptions (RENKEI_IOTA_COMMAND_MODE=subscription, or --ngsi v2): they"
+            " need the agent registered as their context source; provision them as active"
             " attributes and have the device publish them"
         )
     try:
@@ -182,12 +188,13 @@ def _group_key(apikey: str, resource: str) -> str:
 
 
 class Registry:
-    def __init__(self, path: str | Path, *, ngsi_v2: bool = False) -> None:
+    def __init__(self, path: str | Path, *, ngsi_v2: bool = False, lazy: bool = False) -> None:
         """``ngsi_v2``: devices without an ``entity_name`` are ``{type}:{device_id}``, as
         iotagent-node-lib names them for NGSI v2 (``urn:ngsi-ld:{type}:{device_id}``
-        otherwise)."""
+        otherwise). ``lazy``: lazy attributes may be provisioned (see ``_validate``)."""
         self.path = str(path)
         self.ngsi_v2 = ngsi_v2
+        self.lazy = lazy
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -324,7 +331,7 @@ class Registry:
 
     def parse_groups(self, docs: Iterable[Any]) -> list[Group]:
         """Validate group documents (``WrongSyntax``, ``NotImplementedYet``)."""
-        return [_validate(Group, d) for d in docs]
+        return [_validate(Group, d, lazy=self.lazy) for d in docs]
 
     def _taken(self, scope: Scope, key: str) -> bool:
         """Whether a group of the same service has this apikey and resource (another
@@ -370,7 +377,7 @@ class Registry:
         if not isinstance(patch, dict):
             raise WrongSyntax("the body must be a JSON object")
         merged = {**dump(self.groups[scope, key]), **patch}
-        group: Group = _validate(Group, merged)
+        group: Group = _validate(Group, merged, lazy=self.lazy)
         return key, group
 
     def update_group(
@@ -424,7 +431,7 @@ class Registry:
         refused: list[tuple[str, AgentError]] = []
         for doc in docs:
             try:
-                devices.append(_validate(Device, doc))
+                devices.append(_validate(Device, doc, lazy=self.lazy))
             except (WrongSyntax, NotImplementedYet) as exc:
                 refused.append((_doc_name(doc), exc))
         return devices, refused
@@ -478,7 +485,7 @@ class Registry:
             raise WrongSyntax("the body must be a JSON object")
         if patch.get("device_id", device_id) != device_id:
             raise WrongSyntax("device_id cannot be changed")
-        dev: Device = _validate(Device, {**dump(current), **patch})
+        dev: Device = _validate(Device, {**dump(current), **patch}, lazy=self.lazy)
         return dev
 
     def update_device(self, scope: Scope, device_id: str, patch: Any) -> Resolved:
@@ -519,6 +526,7 @@ class Registry:
             s.name: s for s in [*(group.static_attributes if group else []), *dev.static_attributes]
         }
         commands = {c.name for c in [*(group.commands if group else []), *dev.commands]}
+        lazy = {m.key: m for m in [*(group.lazy if group else []), *dev.lazy]}
         explicit_given = dev.explicitAttrs
         if explicit_given is None and group is not None:
             explicit_given = group.explicitAttrs
@@ -551,6 +559,7 @@ class Registry:
             static=list(static.values()),
             commands=commands,
             explicit=explicit_given is True,
+            lazy=lazy,
             names={m.name for m in mappings.values()},
             timestamp=timestamp,
             computed=computed,

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from broker.outbound import DEFAULT_DENY, Rules
@@ -48,11 +48,14 @@ class AgentSettings(BaseSettings):
 
     iota_host: str = "127.0.0.1"
     iota_port: int = Field(default=4041, ge=1, le=65535)
-    #: URL the broker posts command notifications to (``http://HOST:PORT`` by default).
+    #: URL the broker reaches the agent at: the endpoint of its registrations, or of its
+    #: command notifications (``http://HOST:PORT`` by default).
     iota_public_url: str | None = None
-    #: Secret the broker sends with command notifications (``receiverInfo`` of the
-    #: agent's subscriptions). When unset: derived from ``broker_api_key`` (replicas with
-    #: the same key and public URL agree), else made once and kept in ``iota_db``.
+    #: Secret the broker sends with every request to the agent: in the headers its
+    #: registrations' ``contextSourceInfo`` name, or with command notifications
+    #: (``receiverInfo`` of its subscriptions). When unset: derived from
+    #: ``broker_api_key`` (replicas with the same key and public URL agree), else made
+    #: once and kept in ``iota_db``.
     iota_notify_token: SecretStr | None = None
     #: SQLite file holding provisioned groups and devices.
     iota_db: str = "./renkei-iota.db"
@@ -67,6 +70,14 @@ class AgentSettings(BaseSettings):
     #: What the agent writes: NGSI-LD entities (``ld``), or the NGSI v2 entities
     #: iotagent-json writes with ``IOTA_CB_NGSI_VERSION=v2`` (``v2``, through ``/v2``).
     iota_ngsi: Literal["ld", "v2"] = "ld"
+    #: How the agent learns of commands, and whether it serves lazy attributes:
+    #: ``registration`` (it registers its devices' commands and lazy attributes at the
+    #: broker as their context source, as iotagent-node-lib does for NGSI-LD; the
+    #: broker's key for the agent needs ``admin``), ``subscription`` (a broker
+    #: subscription per command; no lazy attributes), or ``auto``: registration with
+    #: ``iota_ngsi=ld``, subscription with ``v2`` (the broker forwards NGSI-LD requests
+    #: only).
+    iota_command_mode: Literal["auto", "registration", "subscription"] = "auto"
     #: Largest request body the agent reads (bytes); larger ones get 413. 1 MiB, as
     #: iotagent-node-lib's default (``IOTA_EXPRESS_LIMIT``).
     iota_max_body_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -120,6 +131,22 @@ class AgentSettings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("broker_url must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _registrations_are_ngsi_ld(self) -> AgentSettings:
+        if self.iota_command_mode == "registration" and self.iota_ngsi == "v2":
+            raise ValueError(
+                "iota_command_mode=registration needs iota_ngsi=ld: the broker forwards"
+                " NGSI-LD requests to context sources, not NGSI v2 ones"
+            )
+        return self
+
+    @property
+    def command_mode(self) -> Literal["registration", "subscription"]:
+        """``iota_command_mode`` with ``auto`` decided."""
+        if self.iota_command_mode != "auto":
+            return self.iota_command_mode
+        return "subscription" if self.iota_ngsi == "v2" else "registration"
 
     @property
     def public_url(self) -> str:

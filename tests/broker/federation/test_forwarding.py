@@ -267,6 +267,7 @@ def test_exclusive_attributes_are_written_at_the_source_only(hub: TestClient, cs
     r = hub.patch(f"{E}/{CAR}/attrs/速度", json={"value": 60}, headers=JSON)
     assert r.status_code == 204, r.text
     assert cs.requests[-1].method == "PATCH"
+    assert cs.requests[-1].body == {"value": 60}  # the attribute's fragment, whole
 
 
 def test_exclusive_without_the_operation_is_a_conflict(hub: TestClient, cs: Source) -> None:

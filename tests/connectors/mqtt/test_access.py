@@ -64,7 +64,7 @@ roles:
   iot-admin: {{read: ["*"], write: ["*"], admin: true}}
   weather-admin: {{read: ["*"], write: [WeatherObserved], admin: true}}
   writer: {{read: ["*"], write: ["*"], subscribe: ["*"]}}
-  agent: {{read: ["*"], write: ["*"], subscribe: ["*"]}}
+  agent: {{read: ["*"], write: ["*"], subscribe: ["*"], admin: true}}
   admin: {{read: ["*"], write: ["*"], subscribe: ["*"], admin: true}}
 """
     )
@@ -146,6 +146,7 @@ def test_every_agent_route_has_the_access_dependency(tmp_path: Path) -> None:
         seen.add(route.path)  # type: ignore[attr-defined]
     assert {"/iot/groups", "/iot/services", "/iot/devices", "/iot/devices/{device_id}"} <= seen
     assert {"/iot/json", "/notify", "/metrics", "/health"} <= seen
+    assert {"/ngsi-ld/v1/entities", "/ngsi-ld/v1/entities/{entity_id}/attrs"} <= seen
 
 
 # -- who may provision ---------------------------------------------------------------------------
@@ -449,24 +450,25 @@ def test_a_command_reaches_the_device_of_the_service_its_apikey_is_pinned_to(
     other = Registry(agent.settings.iota_db)
     other.pin("灯り", "komae")
     other.close()
-    wait_for(lambda: len(agent.agent._subscribed) == 2, what="both command subscriptions")
+    assert len(agent.agent.registrations.held) == 2  # one in each service
     eid = "urn:ngsi-ld:Streetlight:街灯"
 
-    def switch(tenant: str, value: str) -> None:
-        r = httpx.post(
+    def switch(tenant: str, value: str) -> httpx.Response:
+        return httpx.post(
             f"{hub}{ENTITIES}/{eid}/attrs",
             json={"switch": {"type": "Property", "value": value}},
             headers={**key("hub-admin"), "NGSILD-Tenant": tenant},
         )
-        assert r.status_code == 204, r.text
 
     with subscribe(mqtt, "/灯り/街灯/cmd") as sub:
-        switch("chofu", "調布から点灯")
+        refused = switch("chofu", "調布から点灯")
+        assert refused.status_code == 207  # the agent could not send it, and said so
+        assert refused.json()["success"] == []
         wait_for(
             lambda: stored(hub, "chofu", eid, "switch_status") == "ERROR",
             what="chofu's command refused",
         )
-        switch("komae", "狛江から点灯")
+        assert switch("komae", "狛江から点灯").status_code == 204
         (msg,) = sub.wait(1, timeout=10)
         assert json.loads(msg.payload) == {"switch": "狛江から点灯"}
         wait_for(
@@ -474,6 +476,96 @@ def test_a_command_reaches_the_device_of_the_service_its_apikey_is_pinned_to(
             what="komae's command sent",
         )
         assert len(sub.messages) == 1
+
+
+def test_the_agents_ngsi_ld_endpoints_take_the_broker_or_a_principal_with_rights(
+    agent: RunningAgent, hub: str, mqtt: MqttBroker
+) -> None:
+    """The endpoints the broker forwards commands and lazy reads to: the broker's
+    requests carry the agent's secret; anyone else needs read (lazy attributes) or write
+    (commands) on the device's type in the tenant."""
+    lamp = {
+        "device_id": "門灯",
+        "commands": [{"name": "点灯"}],
+        "lazy": [{"object_id": "b", "name": "電池", "type": "Number"}],
+    }
+    with httpx.Client(base_url=agent.url, timeout=10) as http:
+        h = {**KOMAE, **key("komae-iot")}
+        assert (
+            http.post("/iot/groups", json=group("門", "Streetlight"), headers=h).status_code == 201
+        )
+        r = http.post("/iot/devices", json={"devices": [lamp]}, headers=h)
+        assert r.status_code == 201, r.text
+    eid = "urn:ngsi-ld:Streetlight:門灯"
+    path = f"{ENTITIES}/{eid}/attrs"
+    body = {"点灯": {"type": "Property", "value": "直接"}}
+    in_komae = {"NGSILD-Tenant": "komae"}
+    device = Publisher(mqtt)
+    try:
+        device.publish("/門/門灯/attrs", '{"b": 64}', qos=1)
+        wait_for(lambda: agent.agent.lazy.of("komae", eid), what="the lazy value kept")
+    finally:
+        device.close()
+    with subscribe(mqtt, "/門/門灯/cmd") as sub, httpx.Client(base_url=agent.url) as direct:
+        anonymous = direct.patch(path, json=body, headers=in_komae)
+        assert anonymous.status_code == 401
+        assert anonymous.json()["type"].endswith("/Unauthorized")
+        # a read refused answers as missing, as the broker answers it
+        hidden = direct.get(f"{ENTITIES}/{eid}", headers={**key("chofu-iot"), **in_komae})
+        assert hidden.status_code == 404
+        assert hidden.json()["type"].endswith("/ResourceNotFound")
+        for who, tenant in (("chofu-iot", "komae"), ("komae-weather", "komae")):
+            r = direct.patch(path, json=body, headers={**key(who), "NGSILD-Tenant": tenant})
+            assert r.status_code == 403, (who, r.text)
+            assert r.json()["type"].endswith("/Forbidden")
+        # komae-weather may read every type: the lazy value, but not a command
+        r = direct.get(f"{ENTITIES}/{eid}", headers={**key("komae-weather"), **in_komae})
+        assert r.status_code == 200, r.text
+        assert r.json()["電池"]["value"] == 64
+        # a writer of komae commands the device directly
+        r = direct.patch(path, json=body, headers={**key("komae-writer"), **in_komae})
+        assert r.status_code == 204, r.text
+        assert json.loads(sub.wait(1, timeout=10)[0].payload) == {"点灯": "直接"}
+        # and through the broker, which forwards with the agent's secret
+        r = httpx.patch(
+            f"{hub}{path}",
+            json={"点灯": {"type": "Property", "value": "経由"}},
+            headers={**key("komae-writer"), **in_komae},
+        )
+        assert r.status_code == 204, r.text
+        assert json.loads(sub.wait(2, timeout=10)[1].payload) == {"点灯": "経由"}
+        assert len(sub.messages) == 2
+    assert agent.settings.audit_log is not None
+    lines = [json.loads(x) for x in agent.settings.audit_log.read_text().splitlines()]
+    commanded = [x for x in lines if x["operation"].startswith("PATCH /ngsi-ld/")]
+    assert [(x["principal"], x["status"]) for x in commanded][-1] == ("komae-writer", 204)
+    assert commanded[-1]["entities"]["ids"] == [eid]
+
+
+def test_without_admin_at_the_broker_the_agent_cannot_register(
+    tmp_path: Path, auth_file: Path, hub: str, mqtt: MqttBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Registrations need admin at the broker: with a writer's key the agent says so
+    (commands then stay at the broker, as if no agent were there)."""
+    settings = agent_settings(
+        tmp_path, auth_file, broker_url=hub, mqtt_url=mqtt.url, broker_api_key=KEYS["komae-writer"]
+    )
+    lamp = {"device_id": "裏門灯", "commands": [{"name": "点灯"}]}
+    with run_agent(settings) as running, httpx.Client(base_url=running.url, timeout=10) as http:
+        h = {**KOMAE, **key("komae-iot")}
+        assert (
+            http.post("/iot/groups", json=group("裏", "Streetlight"), headers=h).status_code == 201
+        )
+        assert http.post("/iot/devices", json={"devices": [lamp]}, headers=h).status_code == 201
+        assert running.agent.registrations.held == {}
+    assert any("needs the admin role" in r.getMessage() for r in caplog.records)
+    found = httpx.get(
+        f"{hub}/ngsi-ld/v1/csourceRegistrations",
+        params={"type": "Streetlight"},
+        headers={**key("hub-admin"), "NGSILD-Tenant": "komae"},
+    )
+    assert found.status_code == 200
+    assert [r for r in found.json() if r["endpoint"] == running.url] == []
 
 
 def test_without_its_key_the_agent_keeps_the_measures_for_later(

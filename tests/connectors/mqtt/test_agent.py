@@ -169,13 +169,25 @@ def test_autoprovision(agent_factory: AgentFactory, hub: str, device: Publisher)
             assert http.get("/iot/devices/new-one").status_code == 200
 
 
-def test_commands_round_trip(agent_factory: AgentFactory, hub: str, mqtt: MqttBroker) -> None:
-    lamp = {"device_id": "lamp1", "entity_type": "Streetlight", "commands": [{"name": "switch"}]}
-    with agent_factory() as agent, subscribe(mqtt, "/cmdkey/lamp1/cmd") as sub:
-        provision(agent, {"apikey": "cmdkey", "entity_type": "Streetlight"}, lamp)
-        eid = "urn:ngsi-ld:Streetlight:lamp1"
+@pytest.mark.parametrize("mode", ["registration", "subscription"])
+def test_commands_round_trip(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker, mode: str
+) -> None:
+    """Both ways for the broker to hand the agent a command: forwarded through the
+    agent's registration, or notified through its subscription."""
+    key = f"cmd{mode[:3]}"
+    eid = f"urn:ngsi-ld:Streetlight:lamp1-{mode}"
+    lamp = {"device_id": "lamp1", "entity_name": eid, "commands": [{"name": "switch"}]}
+    with (
+        agent_factory(iota_command_mode=mode) as agent,
+        subscribe(mqtt, f"/{key}/lamp1/cmd") as sub,
+    ):
+        provision(agent, {"apikey": key, "entity_type": "Streetlight"}, lamp)
         wait_for(lambda: entity(hub, eid), what="entity")
-        wait_for(lambda: agent.agent._subscribed, what="command subscription")
+        ready = (
+            agent.agent._subscribed if mode == "subscription" else agent.agent.registrations.held
+        )
+        assert ready  # in place when provisioning answered
         r = httpx.post(
             f"{hub}/ngsi-ld/v1/entities/{eid}/attrs",
             json={"switch": {"type": "Property", "value": "on"}},
@@ -189,7 +201,7 @@ def test_commands_round_trip(agent_factory: AgentFactory, hub: str, mqtt: MqttBr
         )
         pub = Publisher(mqtt)
         try:
-            pub.publish("/json/cmdkey/lamp1/cmdexe", '{"switch": "switched on"}', qos=1)
+            pub.publish(f"/json/{key}/lamp1/cmdexe", '{"switch": "switched on"}', qos=1)
         finally:
             pub.close()
         got = wait_for(
@@ -333,7 +345,10 @@ def test_deleting_devices_and_groups_removes_their_command_subscriptions(
         {"device_id": d, "apikey": "del", "commands": [{"name": "switch"}]}
         for d in ("lamp-a", "lamp-b")
     ]
-    with agent_factory() as agent, subscribe(mqtt, "/del/+/cmd") as sub:
+    with (
+        agent_factory(iota_command_mode="subscription") as agent,
+        subscribe(mqtt, "/del/+/cmd") as sub,
+    ):
         provision(agent, {"apikey": "del", "entity_type": "Lamp"}, *lamps)
         subs = command_subscriptions(hub, agent)  # in place when the POST answered
         assert [s["watchedAttributes"] for s in subs] == [["switch"]]
@@ -517,7 +532,6 @@ def test_topics_without_the_leading_slash(
         device.publish("json/noslash/灯1/attrs", json.dumps({"t": 1}), qos=1)
         lamp_id = "urn:ngsi-ld:Streetlight:灯1"
         wait_for(lambda: (e := entity(hub, lamp_id)) and "temperature" in e, what="lamp")
-        wait_for(lambda: agent.agent._subscribed, what="command subscription")
         r = httpx.post(
             f"{hub}/ngsi-ld/v1/entities/{lamp_id}/attrs",
             json={"switch": {"type": "Property", "value": "点灯"}},
@@ -711,7 +725,6 @@ def test_http_devices_measures_polling_and_push_commands(
             bad = api.post("/iot/json", params={"k": "httpkey", "i": "鐘1"}, content=b"{oops")
             assert (bad.status_code, bad.json()["name"]) == (400, "WRONG_SYNTAX")
             # polling: the command waits until the device asks for it
-            wait_for(lambda: agent.agent._subscribed, what="command subscriptions")
             assert (
                 api.get("/iot/json", params={"k": "httpkey", "i": "鐘1", "getCmd": 1}).json() == {}
             )

@@ -137,7 +137,24 @@ def test_provisioning_survives_a_restart(tmp_path: Path) -> None:
         assert api.get("/iot/groups", headers=KOMAE).json()["count"] == 1
 
 
-def test_lazy_attributes_are_refused_not_ignored(api: TestClient) -> None:
+def test_lazy_attributes_are_served_through_registrations(api: TestClient) -> None:
+    """With commands through registrations (the default) a lazy attribute is accepted:
+    the agent registers as its source (tests/connectors/mqtt/test_registrations.py)."""
+    lazy = [{"object_id": "b", "name": "電池残量", "type": "Number"}]
+    r = api.post(
+        "/iot/devices", json={"devices": [{"device_id": "d1", "lazy": lazy}]}, headers=KOMAE
+    )
+    assert r.status_code == 201, r.text
+    assert api.get("/iot/devices/d1", headers=KOMAE).json()["lazy"] == lazy
+
+
+def test_lazy_attributes_are_refused_not_ignored_with_subscriptions(tmp_path: Path) -> None:
+    subscriptions = settings(tmp_path).model_copy(update={"iota_command_mode": "subscription"})
+    with TestClient(create_app(subscriptions)) as api:
+        refused_everywhere(api)
+
+
+def refused_everywhere(api: TestClient) -> None:
     lazy = [{"object_id": "b", "name": "battery", "type": "Number"}]
     group = api.post(
         "/iot/groups", json={"groups": [{"apikey": "lz", "lazy": lazy}]}, headers=KOMAE

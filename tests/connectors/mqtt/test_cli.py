@@ -66,6 +66,25 @@ def test_options_env_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "--mqtt-url" in runner.invoke(app(), ["iot-agent", "--help"]).output
 
 
+def test_command_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations by default with NGSI-LD; subscriptions with --ngsi v2, where the
+    broker forwards nothing; registrations with v2 are refused as a setting."""
+    seen: list[AgentSettings] = []
+    monkeypatch.setattr(cli, "run", seen.append)
+    monkeypatch.delenv("RENKEI_IOTA_COMMAND_MODE", raising=False)
+    monkeypatch.delenv("RENKEI_IOTA_NGSI", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(app(), ["iot-agent"]).exit_code == 0
+    assert runner.invoke(app(), ["iot-agent", "--ngsi", "v2"]).exit_code == 0
+    monkeypatch.setenv("RENKEI_IOTA_COMMAND_MODE", "subscription")
+    assert runner.invoke(app(), ["iot-agent"]).exit_code == 0
+    assert [s.command_mode for s in seen] == ["registration", "subscription", "subscription"]
+    refused = runner.invoke(app(), ["iot-agent", "--ngsi", "v2", "--command-mode", "registration"])
+    assert refused.exit_code == 2
+    assert "iota_command_mode=registration needs iota_ngsi=ld" in refused.output
+    assert runner.invoke(app(), ["iot-agent", "--command-mode", "both"]).exit_code == 2
+
+
 def test_access_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: list[AgentSettings] = []
     monkeypatch.setattr(cli, "run", seen.append)
