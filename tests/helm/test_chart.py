@@ -281,12 +281,16 @@ def test_operator_mongodb_is_a_replica_set_the_broker_logs_into_from_a_secret() 
     assert store.count(".renkei-mongodb-svc.komae.svc.cluster.local:27017") == 3
 
 
+GENERATED_AUTH = "renkei-generated-auth"
 SECRETISH = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|_KEY$|_URI$", re.IGNORECASE)
 
 
 def test_credentials_come_only_from_secrets(case: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = case
-    assert not of_kind(docs, "Secret"), "the chart never holds secret values"
+    # No secret of the operator's passes through values; the one Secret the chart may make
+    # is the generated access-control file (random key, tests below).
+    made = [d["metadata"]["name"] for d in of_kind(docs, "Secret")]
+    assert made in ([], [GENERATED_AUTH]), (name, made)
     for where, _, spec in pod_specs(docs):
         secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v}
         for c in containers(spec):
@@ -447,8 +451,8 @@ def test_the_iot_agent_serves_beyond_loopback_only_under_the_auth_file() -> None
         found: dict[str, Any] = {**c, "volumes": spec["volumes"]}
         return found
 
-    # the default: no auth file, loopback only; the probes run inside the pod
-    c = agent({})
+    # no auth file at all (the broker open on purpose): loopback only; the probes run inside
+    c = agent({"broker": {"insecureNoAuth": True}})
     env = env_of(c)
     assert env["RENKEI_IOTA_HOST"]["value"] == "127.0.0.1"
     assert "RENKEI_AUTH_FILE" not in env
@@ -468,10 +472,19 @@ def test_the_iot_agent_serves_beyond_loopback_only_under_the_auth_file() -> None
     # auth on, but no key for the agent: refused with what is missing
     with pytest.raises(helm.HelmError, match=r"iotAgent\.brokerKey\.existingSecret"):
         render({"auth": {"enabled": True, "existingSecret": "renkei-auth"}})
-    # open on purpose
+    # open on purpose, beside a broker open on purpose
+    env = env_of(agent({"broker": {"insecureNoAuth": True}, "iotAgent": {"insecureNoAuth": True}}))
+    assert env["RENKEI_IOTA_HOST"]["value"] == "0.0.0.0"
+    assert env["RENKEI_INSECURE_NO_AUTH"]["value"] == "true"
+    assert "RENKEI_BROKER_API_KEY" not in env
+    # provisioning open on purpose, the broker under the generated file: the agent still
+    # writes with the generated key
     env = env_of(agent({"iotAgent": {"insecureNoAuth": True}}))
     assert env["RENKEI_IOTA_HOST"]["value"] == "0.0.0.0"
     assert env["RENKEI_INSECURE_NO_AUTH"]["value"] == "true"
+    assert "RENKEI_AUTH_FILE" not in env
+    key = env["RENKEI_BROKER_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": GENERATED_AUTH, "key": "admin-api-key"}
 
 
 def test_unknown_store_type_is_refused_with_its_name() -> None:
