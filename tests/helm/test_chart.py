@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
 from broker.jsonld.context import load_preload_map
 from opendata.datasets import load_definitions
+from tests.support import broker
 
 pytestmark = pytest.mark.helm
 
@@ -67,6 +69,7 @@ CASES: dict[str, dict[str, Any]] = {
     "small-town": example("small-town"),
     "prefecture": example("prefecture"),
     "mongodb-external": MONGODB_EXTERNAL,
+    "broker-open": {"broker": {"insecureNoAuth": True}},
 }
 
 
@@ -578,6 +581,51 @@ def test_generated_auth_file_loads_in_the_broker_and_admits_only_its_key() -> No
         assert not policy.anonymous.admin
     # a fresh install makes a fresh key (an upgrade reads the one in the cluster back)
     assert secrets[0]["admin-api-key"] != secrets[1]["admin-api-key"]
+
+
+@pytest.mark.parametrize("values", [{}, {"broker": {"insecureNoAuth": True}}])
+def test_broker_starts_on_the_pods_address_with_the_rendered_settings(
+    values: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker's own start rule, given the access-control settings the chart renders:
+    # the generated file (the key admitted, nobody else), or open on purpose.
+    import base64
+
+    docs = render(values)
+    env = env_of(broker_container(docs))
+    monkeypatch.setenv("RENKEI_HOST", env["RENKEI_HOST"]["value"])
+    monkeypatch.delenv("RENKEI_AUTH_FILE", raising=False)
+    monkeypatch.delenv("RENKEI_INSECURE_NO_AUTH", raising=False)
+    key = None
+    if "RENKEI_AUTH_FILE" in env:
+        data = named(docs, "Secret", GENERATED_AUTH)["data"]
+        path = tmp_path / Path(env["RENKEI_AUTH_FILE"]["value"]).name
+        path.write_bytes(base64.b64decode(data["auth.yaml"]))
+        monkeypatch.setenv("RENKEI_AUTH_FILE", str(path))
+        key = base64.b64decode(data["admin-api-key"]).decode()
+    else:
+        monkeypatch.setenv("RENKEI_INSECURE_NO_AUTH", env["RENKEI_INSECURE_NO_AUTH"]["value"])
+    shelter = {
+        "id": "urn:ngsi-ld:EvacuationSite:狛江第一小学校",
+        "type": "EvacuationSite",
+        "name": {"type": "Property", "value": "狛江第一小学校"},
+    }
+    with broker(tmp_path / "hub.db") as url:
+        entities = f"{url}/ngsi-ld/v1/entities"
+        anonymous = httpx.post(entities, json=shelter)
+        if key is None:
+            assert anonymous.status_code == 201
+            return
+        assert anonymous.status_code == 401
+        assert httpx.post(entities, json=shelter, headers={"X-API-Key": key}).status_code == 201
+        # no anonymous reads: the entity is hidden as a missing one would be
+        assert httpx.get(f"{entities}/{shelter['id']}").status_code == 404
+        got = httpx.get(
+            f"{entities}/{shelter['id']}", headers={"NGSILD-Tenant": "komae", "X-API-Key": key}
+        )
+        assert got.status_code == 404  # admitted in another tenant, where it does not exist
+        got = httpx.get(f"{entities}/{shelter['id']}", headers={"X-API-Key": key})
+        assert got.json()["name"]["value"] == "狛江第一小学校"
 
 
 def test_broker_open_on_purpose_generates_nothing() -> None:
