@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
 from broker.jsonld.context import load_preload_map
 from opendata.datasets import load_definitions
+from tests.support import broker
 
 pytestmark = pytest.mark.helm
 
@@ -67,6 +69,7 @@ CASES: dict[str, dict[str, Any]] = {
     "small-town": example("small-town"),
     "prefecture": example("prefecture"),
     "mongodb-external": MONGODB_EXTERNAL,
+    "broker-open": {"broker": {"insecureNoAuth": True}},
 }
 
 
@@ -293,12 +296,16 @@ def test_operator_mongodb_is_a_replica_set_the_broker_logs_into_from_a_secret() 
     assert store.count(".renkei-mongodb-svc.komae.svc.cluster.local:27017") == 3
 
 
+GENERATED_AUTH = "renkei-generated-auth"
 SECRETISH = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|_KEY$|_URI$", re.IGNORECASE)
 
 
 def test_credentials_come_only_from_secrets(case: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = case
-    assert not of_kind(docs, "Secret"), "the chart never holds secret values"
+    # No secret of the operator's passes through values; the one Secret the chart may make
+    # is the generated access-control file (random key, tests below).
+    made = [d["metadata"]["name"] for d in of_kind(docs, "Secret")]
+    assert made in ([], [GENERATED_AUTH]), (name, made)
     for where, _, spec in pod_specs(docs):
         secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v}
         for c in containers(spec):
@@ -459,8 +466,8 @@ def test_the_iot_agent_serves_beyond_loopback_only_under_the_auth_file() -> None
         found: dict[str, Any] = {**c, "volumes": spec["volumes"]}
         return found
 
-    # the default: no auth file, loopback only; the probes run inside the pod
-    c = agent({})
+    # no auth file at all (the broker open on purpose): loopback only; the probes run inside
+    c = agent({"broker": {"insecureNoAuth": True}})
     env = env_of(c)
     assert env["RENKEI_IOTA_HOST"]["value"] == "127.0.0.1"
     assert "RENKEI_AUTH_FILE" not in env
@@ -480,10 +487,188 @@ def test_the_iot_agent_serves_beyond_loopback_only_under_the_auth_file() -> None
     # auth on, but no key for the agent: refused with what is missing
     with pytest.raises(helm.HelmError, match=r"iotAgent\.brokerKey\.existingSecret"):
         render({"auth": {"enabled": True, "existingSecret": "renkei-auth"}})
-    # open on purpose
+    # open on purpose, beside a broker open on purpose
+    env = env_of(agent({"broker": {"insecureNoAuth": True}, "iotAgent": {"insecureNoAuth": True}}))
+    assert env["RENKEI_IOTA_HOST"]["value"] == "0.0.0.0"
+    assert env["RENKEI_INSECURE_NO_AUTH"]["value"] == "true"
+    assert "RENKEI_BROKER_API_KEY" not in env
+    # provisioning open on purpose, the broker under the generated file: the agent still
+    # writes with the generated key
     env = env_of(agent({"iotAgent": {"insecureNoAuth": True}}))
     assert env["RENKEI_IOTA_HOST"]["value"] == "0.0.0.0"
     assert env["RENKEI_INSECURE_NO_AUTH"]["value"] == "true"
+    assert "RENKEI_AUTH_FILE" not in env
+    key = env["RENKEI_BROKER_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": GENERATED_AUTH, "key": "admin-api-key"}
+
+
+def broker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = named(docs, "Deployment", "renkei-broker")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    found: dict[str, Any] = {**c, "volumes": spec["volumes"]}
+    return found
+
+
+def agent_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = named(docs, "Deployment", "renkei-iot-agent")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    found: dict[str, Any] = {**c, "volumes": spec["volumes"]}
+    return found
+
+
+def mounted_auth_file(c: dict[str, Any]) -> tuple[str, str]:
+    """(Secret name, key) of the file ``RENKEI_AUTH_FILE`` names in container ``c``."""
+    path = Path(env_of(c)["RENKEI_AUTH_FILE"]["value"])
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volume_name = mounts[str(path.parent)]
+    (volume,) = [v for v in c["volumes"] if v["name"] == volume_name]
+    items = {i["path"]: i["key"] for i in volume["secret"]["items"]}
+    return volume["secret"]["secretName"], items[path.name]
+
+
+def test_default_install_starts_under_a_generated_auth_file() -> None:
+    # A default install listens on the pod's address: without an auth file the broker
+    # would refuse to start, and running it open is never the default.
+    docs = render({})
+    secret = named(docs, "Secret", GENERATED_AUTH)
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert set(secret["data"]) == {"auth.yaml", "admin-api-key"}
+    broker = broker_container(docs)
+    env = env_of(broker)
+    assert env["RENKEI_HOST"]["value"] == "0.0.0.0"
+    assert "RENKEI_INSECURE_NO_AUTH" not in env
+    assert mounted_auth_file(broker) == (GENERATED_AUTH, "auth.yaml")
+    # only the file is mounted, never the plain key beside it
+    (volume,) = [v for v in broker["volumes"] if v["name"] == "auth"]
+    assert [i["key"] for i in volume["secret"]["items"]] == ["auth.yaml"]
+    # the agent reads the same file, serves on its pod's address and writes with the key
+    agent = agent_container(docs)
+    env = env_of(agent)
+    assert mounted_auth_file(agent) == (GENERATED_AUTH, "auth.yaml")
+    assert env["RENKEI_IOTA_HOST"]["value"] == "0.0.0.0"
+    assert "RENKEI_INSECURE_NO_AUTH" not in env
+    key = env["RENKEI_BROKER_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": GENERATED_AUTH, "key": "admin-api-key"}
+    assert agent["readinessProbe"]["httpGet"]["path"] == "/health"
+    # the agent's own key, when given, is used instead of the generated one
+    agent = agent_container(
+        render({"iotAgent": {"brokerKey": {"existingSecret": "renkei-iot-agent-key"}}})
+    )
+    key = env_of(agent)["RENKEI_BROKER_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": "renkei-iot-agent-key", "key": "api-key"}
+    assert mounted_auth_file(agent) == (GENERATED_AUTH, "auth.yaml")
+
+
+def test_generated_auth_file_loads_in_the_broker_and_admits_only_its_key() -> None:
+    import base64
+
+    from broker.auth.config import hash_key, parse_auth_text
+    from broker.auth.credentials import match_api_key
+    from broker.auth.policy import Principal
+
+    secrets = []
+    for _ in range(2):
+        secret = named(render({}), "Secret", GENERATED_AUTH)
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        secrets.append(data)
+        key = data["admin-api-key"]
+        assert re.fullmatch(r"[A-Za-z0-9]{40}", key)
+        policy = parse_auth_text(data["auth.yaml"], "auth.yaml")
+        (entry,) = policy.api_keys
+        assert entry.digest.hex() == hash_key(key)
+        assert key not in data["auth.yaml"], "the file holds only the key's SHA-256"
+        assert match_api_key(policy.api_keys, key) is entry
+        assert match_api_key(policy.api_keys, key[:-1] + ("a" if key[-1] != "a" else "b")) is None
+        principal = Principal(
+            name=entry.name, roles=frozenset(entry.roles), tenants=entry.tenants, via="api_key"
+        )
+        shelter = "https://uri.etsi.org/ngsi-ld/default-context/避難所"
+        for tenant in ("", "komae", "chofu"):
+            assert policy.can(principal, "write", tenant, shelter)
+            assert policy.can(principal, "subscribe", tenant, shelter)
+        assert policy.role_of(principal).admin
+        # no anonymous access
+        assert not policy.anonymous.read.pairs
+        assert not policy.anonymous.write.pairs
+        assert not policy.anonymous.admin
+    # a fresh install makes a fresh key (an upgrade reads the one in the cluster back)
+    assert secrets[0]["admin-api-key"] != secrets[1]["admin-api-key"]
+
+
+@pytest.mark.parametrize("values", [{}, {"broker": {"insecureNoAuth": True}}])
+def test_broker_starts_on_the_pods_address_with_the_rendered_settings(
+    values: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker's own start rule, given the access-control settings the chart renders:
+    # the generated file (the key admitted, nobody else), or open on purpose.
+    import base64
+
+    docs = render(values)
+    env = env_of(broker_container(docs))
+    monkeypatch.setenv("RENKEI_HOST", env["RENKEI_HOST"]["value"])
+    monkeypatch.delenv("RENKEI_AUTH_FILE", raising=False)
+    monkeypatch.delenv("RENKEI_INSECURE_NO_AUTH", raising=False)
+    key = None
+    if "RENKEI_AUTH_FILE" in env:
+        data = named(docs, "Secret", GENERATED_AUTH)["data"]
+        path = tmp_path / Path(env["RENKEI_AUTH_FILE"]["value"]).name
+        path.write_bytes(base64.b64decode(data["auth.yaml"]))
+        monkeypatch.setenv("RENKEI_AUTH_FILE", str(path))
+        key = base64.b64decode(data["admin-api-key"]).decode()
+    else:
+        monkeypatch.setenv("RENKEI_INSECURE_NO_AUTH", env["RENKEI_INSECURE_NO_AUTH"]["value"])
+    shelter = {
+        "id": "urn:ngsi-ld:EvacuationSite:狛江第一小学校",
+        "type": "EvacuationSite",
+        "name": {"type": "Property", "value": "狛江第一小学校"},
+    }
+    with broker(tmp_path / "hub.db") as url:
+        entities = f"{url}/ngsi-ld/v1/entities"
+        anonymous = httpx.post(entities, json=shelter)
+        if key is None:
+            assert anonymous.status_code == 201
+            return
+        assert anonymous.status_code == 401
+        assert httpx.post(entities, json=shelter, headers={"X-API-Key": key}).status_code == 201
+        # no anonymous reads: the entity is hidden as a missing one would be
+        assert httpx.get(f"{entities}/{shelter['id']}").status_code == 404
+        got = httpx.get(
+            f"{entities}/{shelter['id']}", headers={"NGSILD-Tenant": "komae", "X-API-Key": key}
+        )
+        assert got.status_code == 404  # admitted in another tenant, where it does not exist
+        got = httpx.get(f"{entities}/{shelter['id']}", headers={"X-API-Key": key})
+        assert got.json()["name"]["value"] == "狛江第一小学校"
+
+
+def test_broker_open_on_purpose_generates_nothing() -> None:
+    docs = render({"broker": {"insecureNoAuth": True}})
+    assert not of_kind(docs, "Secret")
+    broker = broker_container(docs)
+    env = env_of(broker)
+    assert env["RENKEI_INSECURE_NO_AUTH"]["value"] == "true"
+    assert "RENKEI_AUTH_FILE" not in env
+    assert not [v for v in broker["volumes"] if v["name"] == "auth"]
+    agent = env_of(agent_container(docs))
+    assert "RENKEI_BROKER_API_KEY" not in agent
+    assert "RENKEI_AUTH_FILE" not in agent
+
+
+def test_operators_auth_file_replaces_the_generated_one() -> None:
+    # broker.insecureNoAuth changes nothing once a file is given
+    for extra in ({}, {"broker": {"insecureNoAuth": True}}):
+        values = {**MONGODB_EXTERNAL, **extra}
+        docs = render(values)
+        assert not of_kind(docs, "Secret")
+        broker = broker_container(docs)
+        assert "RENKEI_INSECURE_NO_AUTH" not in env_of(broker)
+        assert mounted_auth_file(broker) == ("renkei-auth", "auth.yaml")
+        agent = agent_container(docs)
+        assert mounted_auth_file(agent) == ("renkei-auth", "auth.yaml")
+        key = env_of(agent)["RENKEI_BROKER_API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert key == {"name": "renkei-iot-agent", "key": "api-key"}
+    # another key name in the operator's Secret
+    docs = render({**MONGODB_EXTERNAL, "auth": {**MONGODB_EXTERNAL["auth"], "key": "policy.yaml"}})
+    assert mounted_auth_file(broker_container(docs)) == ("renkei-auth", "policy.yaml")
 
 
 def test_unknown_store_type_is_refused_with_its_name() -> None:

@@ -198,3 +198,46 @@ seccompProfile:
   {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Access control ----------------------------------------------------------- */}}
+{{/* "true" when the chart makes the auth file itself: no file of the operator's
+     (auth.enabled) and the broker not asked to run open (broker.insecureNoAuth) */}}
+{{- define "renkei.generatedAuth" -}}
+{{- if and (not .Values.auth.enabled) (not .Values.broker.insecureNoAuth) -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the broker and the agent get an auth file (the operator's or the chart's) */}}
+{{- define "renkei.authFile" -}}
+{{- if or .Values.auth.enabled (include "renkei.generatedAuth" .) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "renkei.generatedAuthName" -}}
+{{- include "renkei.component" (dict "root" . "name" "generated-auth") -}}
+{{- end -}}
+
+{{/* Key of the generated Secret holding the admin API key itself (not the file) */}}
+{{- define "renkei.generatedAuthKeyName" -}}admin-api-key{{- end -}}
+
+{{/* Key of the auth file in its Secret, and where the pods read it */}}
+{{- define "renkei.authFileKey" -}}
+{{- if .Values.auth.enabled -}}{{ .Values.auth.key }}{{- else -}}auth.yaml{{- end -}}
+{{- end -}}
+
+{{- define "renkei.authFilePath" -}}
+{{- printf "/etc/renkei/auth/%s" (include "renkei.authFileKey" .) -}}
+{{- end -}}
+
+{{/* The Secret volume of the auth file: only the file, never the plain key beside it */}}
+{{- define "renkei.authVolume" -}}
+- name: auth
+  secret:
+    {{- if .Values.auth.enabled }}
+    secretName: {{ required "auth.existingSecret: the Secret holding the access-control file" .Values.auth.existingSecret }}
+    {{- else }}
+    secretName: {{ include "renkei.generatedAuthName" . }}
+    {{- end }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "renkei.authFileKey" . }}
+        path: {{ include "renkei.authFileKey" . }}
+{{- end -}}
