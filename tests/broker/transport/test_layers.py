@@ -36,9 +36,19 @@ def test_the_transport_imports_no_other_broker_package() -> None:
 
 
 #: What connectors may import from the broker: the MQTT transport, the outbound policy
-#: (a stdlib-only leaf) for push commands, and access control (the agent reads the
-#: broker's auth file) with the errors it raises.
-CONNECTORS_MAY_USE = ("broker.transport", "broker.outbound", "broker.auth", "broker.errors")
+#: (a stdlib-only leaf) for push commands, access control (the agent reads the broker's
+#: auth file) with the errors it raises, and the query language with the domain model it
+#: evaluates over (the agent answers the queries the broker forwards to it as a context
+#: source with the one reference evaluator, ``broker.query``, which imports only
+#: ``broker.model``).
+CONNECTORS_MAY_USE = (
+    "broker.transport",
+    "broker.outbound",
+    "broker.auth",
+    "broker.errors",
+    "broker.query",
+    "broker.model",
+)
 
 
 def test_connectors_import_only_the_transport_from_the_broker() -> None:
@@ -60,7 +70,8 @@ def test_the_agent_loads_no_broker_internals() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
     ).stdout.split()
-    assert [m for m in out if not m.startswith("broker.auth")] == [
+    shared = ("broker.auth", "broker.query", "broker.model")
+    assert [m for m in out if not m.startswith(shared)] == [
         "broker",
         "broker.errors",
         "broker.outbound",
