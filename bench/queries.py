@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/queries.py [--sizes 10000,100000] [--queries 200]
+    .venv/bin/python bench/queries.py [--sizes 10000,100000] [--queries 200] [--keep DIR]
 
 For each size N: starts ``renkei serve`` on a fresh temporary SQLite file, loads N
 entities of three types (``AirQualityObserved``, ``ParkingSpot``, ``EvacuationSite``,
@@ -22,6 +22,10 @@ Every response must be 200 and every returned entity must satisfy the query (che
 after the clock stops). Prints p50/p95 per size, then a table with the targets and the
 p95 growth from the smallest to the largest size. Exit status 1 on a failure or, with
 ``--check``, when a target is missed.
+
+With ``--keep DIR`` the store of each size stays in ``DIR/n<size>/``; a store already
+loaded there with that many entities is reused (no load, no upsert figures), so that
+query latency at 1M entities can be measured again without loading it again.
 """
 
 from __future__ import annotations
@@ -368,14 +372,37 @@ def run_queries(
 @dataclass
 class SizeResult:
     size: int
-    upsert: LoadResult
-    baseline: LoadResult
+    #: None when a kept store was reused (nothing loaded)
+    upsert: LoadResult | None
+    baseline: LoadResult | None
     queries: dict[str, QueryResult]
 
 
+def stored_entities(db: Path) -> int:
+    """Entities in a kept store (0 when there is none yet)."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM entities").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
 def run_size(size: int, args: argparse.Namespace, tmp: Path) -> SizeResult:
-    workdir = tmp / f"n{size}"
-    workdir.mkdir()
+    workdir = (args.keep or tmp) / f"n{size}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "broker.db"
+    found = stored_entities(db)
+    if found == size:
+        print(f"\n== {size:,} entities: reusing {db}", flush=True)
+        with hub(workdir / "broker.log", sqlite_store(db, args.writer)) as broker:
+            queries = measure_queries(broker, args)
+        return SizeResult(size, None, None, queries)
+    if found:
+        raise BenchError(f"{db} holds {found:,} entities, not {size:,}: remove it")
     t0 = time.perf_counter()
     data = make_dataset(size, args.batch, args.seed)
     print(
@@ -383,7 +410,7 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> SizeResult:
         f"(generated in {time.perf_counter() - t0:.1f} s)",
         flush=True,
     )
-    with hub(workdir / "broker.log", sqlite_store(workdir / "broker.db", args.writer)) as broker:
+    with hub(workdir / "broker.log", sqlite_store(db, args.writer)) as broker:
         up = load(broker, data, args.concurrency)
         print(
             f"  upsert    {up.per_s:>9,.0f} entities/s  ({up.seconds:.1f} s, {args.concurrency} "
@@ -403,26 +430,32 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> SizeResult:
             flush=True,
         )
         del data
-
-        queries: dict[str, QueryResult] = {}
-        for i, kind in enumerate(KINDS):
-            rng = random.Random(args.seed * 1000 + i)  # same parameters at every size
-            res = run_queries(broker, kind, args.queries, args.warmup, rng, args.budget)
-            queries[kind] = res
-            short = f", time budget: {len(res.latencies_ms)} measured" if res.cut_short else ""
-            short += f", {res.reconnects} refused connections retried" if res.reconnects else ""
-            print(
-                f"  {kind:<8}  p50 {res.pct(50):7.2f} ms  p95 {res.pct(95):7.2f} ms  "
-                f"max {max(res.latencies_ms):7.2f} ms  results/query {res.mean_results:5.1f} "
-                f"(empty {res.empty_share:.0%}{short})",
-                flush=True,
-            )
-            if res.mean_results == 0:
-                raise BenchError(f"{kind}: every query returned nothing; the data or query is off")
-        if not broker.alive():
-            raise BenchError("the broker exited during the run")
-    shutil.rmtree(workdir, ignore_errors=True)
+        (workdir / "baseline.db").unlink()
+        queries = measure_queries(broker, args)
+    if args.keep is None:
+        shutil.rmtree(workdir, ignore_errors=True)
     return SizeResult(size, up, base, queries)
+
+
+def measure_queries(broker: Server, args: argparse.Namespace) -> dict[str, QueryResult]:
+    queries: dict[str, QueryResult] = {}
+    for i, kind in enumerate(KINDS):
+        rng = random.Random(args.seed * 1000 + i)  # same parameters at every size
+        res = run_queries(broker, kind, args.queries, args.warmup, rng, args.budget)
+        queries[kind] = res
+        short = f", time budget: {len(res.latencies_ms)} measured" if res.cut_short else ""
+        short += f", {res.reconnects} refused connections retried" if res.reconnects else ""
+        print(
+            f"  {kind:<8}  p50 {res.pct(50):7.2f} ms  p95 {res.pct(95):7.2f} ms  "
+            f"max {max(res.latencies_ms):7.2f} ms  results/query {res.mean_results:5.1f} "
+            f"(empty {res.empty_share:.0%}{short})",
+            flush=True,
+        )
+        if res.mean_results == 0:
+            raise BenchError(f"{kind}: every query returned nothing; the data or query is off")
+    if not broker.alive():
+        raise BenchError("the broker exited during the run")
+    return queries
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -443,6 +476,9 @@ def print_report(results: list[SizeResult]) -> bool:
     print(head)
     print("-" * len(head))
     for r in results:
+        if r.upsert is None or r.baseline is None:
+            print(f"{r.size:>9,} {'(kept store reused: not loaded)':>38}")
+            continue
         ok = r.upsert.per_s >= TARGET_UPSERT_PER_S
         missed |= not ok
         print(
@@ -537,6 +573,11 @@ def main() -> int:
         choices=("process", "thread"),
         default="process",
         help="the SQLite store's writer: its own process (default) or a thread",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep each size's store in this folder; a store already loaded there is reused",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()

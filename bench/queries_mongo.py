@@ -127,6 +127,8 @@ def main() -> int:
         print(f"\n{'entities':>9} {'upsert/s':>9} {'pymongo/s':>10} {'ratio':>6}", end="")
         print("".join(f" {kind + ' p95':>12}" for kind in KINDS))
         for r in results:
+            assert r.upsert is not None  # loaded here, never reused
+            assert r.baseline is not None
             print(
                 f"{r.size:>9,} {r.upsert.per_s:>9,.0f} {r.baseline.per_s:>10,.0f} "
                 f"{r.upsert.per_s / r.baseline.per_s:>6.1%}"

@@ -11,8 +11,10 @@ the R*Tree lets through (``geo_match``).
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -45,6 +47,7 @@ from broker.model.store import EntityQuery, Selector
 from broker.query.evaluate import (
     distance_m,
     entity_geometry,
+    haversine_m,
     matches_q,
 )
 from broker.query.patterns import check_pattern
@@ -146,15 +149,93 @@ def geo_rows(ent: Entity) -> list[GeoRow]:
 
 # -- geo predicates registered per query ----------------------------------------------------
 
-_geo_queries: dict[int, tuple[GeoQuery, BaseGeometry, dict[str, Any]]] = {}
+#: little-endian WKB of a 2D Point: byte order, type 1, then x and y (what ``_geo_row``
+#: stores for every point, and shapely writes for one)
+_POINT_HEAD = b"\x01\x01\x00\x00\x00"
+_POINT_XY = struct.Struct("<dd")
+
+PointTest = Callable[[float, float], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Registered:
+    geo: GeoQuery
+    shape: BaseGeometry
+    #: the predicate for a stored Point at (x, y), where one answers exactly what the
+    #: general path answers without building geometries; else None
+    point_test: PointTest | None
+
+
+def _rectangle(geometry: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    """``(minx, miny, maxx, maxy)`` of a Polygon that is an axis-aligned rectangle
+    (one ring of four corners, no holes), else None."""
+    if geometry.get("type") != "Polygon":
+        return None
+    rings = geometry.get("coordinates")
+    if not isinstance(rings, list) or len(rings) != 1 or len(rings[0]) != 5:
+        return None
+    try:
+        ring = [(float(p[0]), float(p[1])) for p in rings[0] if len(p) == 2]
+    except (TypeError, ValueError, IndexError):
+        return None
+    if len(ring) != 5 or ring[0] != ring[4]:
+        return None
+    xs = {x for x, _ in ring}
+    ys = {y for _, y in ring}
+    if len(xs) != 2 or len(ys) != 2 or len(set(ring)) != 4:
+        return None
+    for (ax, ay), (bx, by) in itertools.pairwise(ring):
+        if (ax != bx) == (ay != by):  # each side is horizontal or vertical, not both
+            return None
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _point_test(geo: GeoQuery) -> PointTest | None:
+    """What the reference (``broker.query.evaluate.matches_geo``) answers for an entity
+    whose geometry is the Point (x, y), computed on the two numbers:
+
+    * ``near`` a Point: the reference's nearest points of two points are the points
+      themselves, so its distance is ``haversine_m`` of the two coordinate pairs;
+    * ``within`` / ``intersects`` an axis-aligned rectangle: a point lies within a
+      polygon when it is in its interior (strictly between the sides), and intersects
+      it when it is in the interior or on the boundary. Comparisons of the same
+      floats are exact, as GEOS's point-in-polygon test is."""
+    if geo.georel == "near":
+        coords = geo.geometry.get("coordinates")
+        if geo.geometry.get("type") != "Point" or not isinstance(coords, list | tuple):
+            return None
+        if len(coords) != 2:
+            return None
+        qx, qy = float(coords[0]), float(coords[1])
+        hi = geo.max_distance
+        lo = geo.min_distance
+
+        def near(x: float, y: float) -> bool:
+            d = haversine_m(qx, qy, x, y)
+            return (hi is None or d <= hi) and (lo is None or d >= lo)
+
+        return near
+    if geo.georel in ("within", "intersects"):
+        box = _rectangle(geo.geometry)
+        if box is None:
+            return None
+        minx, miny, maxx, maxy = box
+        if geo.georel == "within":
+            return lambda x, y: minx < x < maxx and miny < y < maxy
+        return lambda x, y: minx <= x <= maxx and miny <= y <= maxy
+    return None
+
+
+_geo_queries: dict[int, _Registered] = {}
 _geo_ids = itertools.count(1)
 _geo_lock = threading.Lock()
 
 
 def register_geo(geo: GeoQuery) -> int:
+    entry = _Registered(geo, shape(geo.geometry), _point_test(geo))
     with _geo_lock:
         qid = next(_geo_ids)
-        _geo_queries[qid] = (geo, shape(geo.geometry), geo.geometry)
+        _geo_queries[qid] = entry
     return qid
 
 
@@ -168,16 +249,20 @@ def geo_match(blob: bytes, qid: int) -> int:
     entry = _geo_queries.get(qid)
     if entry is None:
         return 0
-    geo, query_geom, query_json = entry
+    if entry.point_test is not None and len(blob) == 21 and blob.startswith(_POINT_HEAD):
+        x, y = _POINT_XY.unpack_from(blob, 5)
+        if math.isfinite(x) and math.isfinite(y):
+            return int(entry.point_test(x, y))
+    geo = entry.geo
     try:
         subject = wkb.loads(blob)
         if geo.georel == "near":
-            d = distance_m(query_json, subject.__geo_interface__)
+            d = distance_m(geo.geometry, subject.__geo_interface__)
             return int(
                 (geo.max_distance is None or d <= geo.max_distance)
                 and (geo.min_distance is None or d >= geo.min_distance)
             )
-        return int(bool(getattr(subject, geo.georel)(query_geom)))
+        return int(bool(getattr(subject, geo.georel)(entry.shape)))
     except (ValueError, TypeError, AttributeError):
         return 0
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,7 +66,7 @@ from broker.model.store import (
 )
 from broker.store import sqlhistory
 from broker.store.base import RegistrationKind, Store
-from broker.store.index import UNINDEXED_META, path_key
+from broker.store.index import UNINDEXED_META, geo_window, path_key
 from broker.store.sqlbatch import rows_in
 from broker.store.sqlhistory import StoredRow, stored_rows
 from broker.store.sqlindex import EntityTable, SqlBuilder, selection_sql
@@ -99,6 +99,11 @@ _ENTITIES = EntityTable(
     attr_probe="EXISTS (SELECT 1 FROM entity_attrs a WHERE a.tenant=? AND a.rid=e.rid "
     "AND a.attr IN ({marks}))",
 )
+#: The same, for a query with a geo window. The R*Tree's candidates in the window are
+#: gathered (and checked) first whatever the plan, so the entities are read by those row
+#: numbers and sorted, rather than walked in id order (every entity when fewer than a
+#: page match): ``+`` keeps SQLite from taking the (tenant, id) index for the walk.
+_ENTITIES_IN_WINDOW = replace(_ENTITIES, tenant_column="+e.tenant")
 #: rounds of optimistic retries before a write gives up on an entity
 _MAX_ROUNDS = 16
 #: stored documents remembered as the likely state for the next write of an entity
@@ -649,7 +654,8 @@ class SqliteStore(Store):
         return live(orjson.loads(row[0])) if row else None
 
     def _where(self, tenant: str, query: EntityQuery, sql: SqlBuilder) -> tuple[str, list[Any]]:
-        clauses, args = selection_sql(query, tenant, _ENTITIES)
+        windowed = query.geo is not None and geo_window(query.geo) is not None
+        clauses, args = selection_sql(query, tenant, _ENTITIES_IN_WINDOW if windowed else _ENTITIES)
         # transient entities past their expiresAt answer no query
         clauses.append("NOT EXISTS (SELECT 1 FROM entity_expiry x WHERE x.rid=e.rid AND x.at <= ?)")
         args.append(now_us())

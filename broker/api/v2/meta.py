@@ -87,8 +87,9 @@ async def entry_point() -> Response:
 
 
 REGISTRATIONS = (
-    "NGSI v2 registrations (/v2/registrations) are not offered: context source "
-    "registrations come with federation. Subscriptions (/v2/subscriptions) are offered."
+    "NGSI v2 registrations (/v2/registrations) are not offered: register context sources "
+    "through NGSI-LD (/ngsi-ld/v1/csourceRegistrations). Subscriptions (/v2/subscriptions) "
+    "are offered."
 )
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
