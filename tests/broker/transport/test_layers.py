@@ -1,5 +1,6 @@
 """The transport is a leaf, and with the access-control package (and the errors it
-raises) and the outbound policy, it is all that ``connectors/`` takes from the broker."""
+raises), the outbound policy and the query language, it is all that ``connectors/`` takes
+from the broker."""
 
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ def test_the_transport_imports_no_other_broker_package() -> None:
 
 #: What connectors may import from the broker: the MQTT transport, the outbound policy
 #: (a stdlib-only leaf) for push commands, access control (the agent reads the broker's
-#: auth file) with the errors it raises, and the query language with the domain model it
-#: evaluates over (the agent answers the queries the broker forwards to it as a context
-#: source with the one reference evaluator, ``broker.query``, which imports only
-#: ``broker.model``).
+#: auth file) with the errors it raises, and the query language (``broker.query`` and the
+#: model it parses into, leaves that reach no service or store): as a context source the
+#: agent evaluates ``q``, ``scopeQ`` and geo-queries on its lazy attributes with the
+#: broker's own reference evaluator, not a second one that could disagree with it.
 CONNECTORS_MAY_USE = (
     "broker.transport",
     "broker.outbound",
@@ -70,8 +71,9 @@ def test_the_agent_loads_no_broker_internals() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
     ).stdout.split()
-    shared = ("broker.auth", "broker.query", "broker.model")
-    assert [m for m in out if not m.startswith(shared)] == [
+    assert [
+        m for m in out if not m.startswith(("broker.auth", "broker.query", "broker.model"))
+    ] == [
         "broker",
         "broker.errors",
         "broker.outbound",
@@ -88,5 +90,20 @@ def test_access_control_imports_nothing_else_from_the_broker() -> None:
         path: names
         for path, names in found.items()
         if any(not n.startswith(("broker.auth", "broker.errors")) for n in names)
+    }
+    assert outside == {}
+
+
+def test_the_query_language_reaches_no_service_or_store() -> None:
+    """What the agent takes of the query language must stay leaves (besides the errors),
+    or the agent would load the broker's services or stores through it."""
+    found = {
+        **broker_imports(ROOT / "broker" / "query"),
+        **broker_imports(ROOT / "broker" / "model"),
+    }
+    outside = {
+        path: names
+        for path, names in found.items()
+        if any(not n.startswith(("broker.query", "broker.model", "broker.errors")) for n in names)
     }
     assert outside == {}
