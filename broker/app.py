@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,12 +32,12 @@ from broker.api import (
     viewer,
 )
 from broker.api import v2 as ngsi_v2
-from broker.api.auth import AuditMiddleware, AuthState, authorize
+from broker.api.auth import authorize
 from broker.api.deps import Hub, check_loop
 from broker.api.errors import add_exception_handlers
 from broker.api.hygiene import add_http_hygiene
-from broker.auth import PolicyHolder, Principal, install_sighup_reload, open_audit_log
-from broker.auth.credentials import Authenticator
+from broker.auth import Principal
+from broker.auth.middleware import AuditMiddleware, AuthState, auth_state
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.csubscriptions import CsourceSubscriptionService
@@ -201,19 +200,6 @@ class TrailingSlash:
         await self.app(scope, receive, send)
 
 
-def auth_state(settings: Settings) -> AuthState | None:
-    """Access control of these settings: None without an auth file (then
-    ``broker.auth.startup`` has decided the hub may run open)."""
-    if settings.auth_file is None:
-        return None
-    holder = PolicyHolder(settings.auth_file)
-    return AuthState(
-        holder=holder,
-        authenticator=Authenticator(holder),
-        audit=open_audit_log(settings.audit_log),
-    )
-
-
 #: ``add_api_route`` keywords not copied from a route: given explicitly or derived.
 _NOT_COPIED = frozenset({"self", "path", "endpoint", "dependencies", "route_class_override"})
 
@@ -248,7 +234,7 @@ def include_flat(app: FastAPI, router: APIRouter) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
-    auth = auth_state(settings)
+    auth = auth_state(settings.auth_file, settings.audit_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -256,12 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub = hub
         metrics.attach(app, hub)
         app.state.ready = True
-        restore = None
-        if auth is not None and threading.current_thread() is threading.main_thread():
-            # signals reach the main thread only (an app served from a test client's
-            # thread reloads through ``auth.holder.reload()`` instead)
-            reopen = [auth.audit.reopen] if auth.audit is not None else []
-            restore = install_sighup_reload(auth.holder, *reopen)
+        restore = auth.watch() if auth is not None else None
         log.info(
             "Renkei broker ready on %s (store %s)", settings.base_url, redact_uri(settings.store)
         )
@@ -274,9 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await metrics.detach(app)
             await close_hub(hub)
             if auth is not None:
-                await auth.authenticator.aclose()
-                if auth.audit is not None:
-                    auth.audit.close()
+                await auth.aclose()
 
     app = FastAPI(
         title="Renkei NGSI-LD broker",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -26,8 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from broker.auth import PolicyHolder, install_sighup_reload, open_audit_log
-from broker.auth.credentials import Authenticator
+from broker.auth.middleware import AuditMiddleware, auth_state
 from broker.errors import BadRequestData, NgsiLdError
 from broker.errors import Forbidden as LdForbidden
 from broker.errors import InternalError as LdInternalError
@@ -36,8 +34,6 @@ from broker.errors import ResourceNotFound as LdNotFound
 from broker.errors import Unauthorized as LdUnauthorized
 from connectors.client import BrokerError
 from connectors.mqtt.access import (
-    AgentAuth,
-    AuditMiddleware,
     authorize,
     check_writes,
     grant_of,
@@ -452,30 +448,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def auth_state(settings: AgentSettings) -> AgentAuth | None:
-    """Access control of these settings: None without an auth file."""
-    if settings.auth_file is None:
-        return None
-    holder = PolicyHolder(settings.auth_file)
-    return AgentAuth(
-        holder=holder,
-        authenticator=Authenticator(holder),
-        audit=open_audit_log(settings.audit_log),
-    )
-
-
 def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAPI:
     """The agent's HTTP app; its lifespan starts and stops the agent."""
-    auth = auth_state(settings)
+    auth = auth_state(settings.auth_file, settings.audit_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = agent or IoTAgent(settings)
         app.state.agent = running
-        restore = None
-        if auth is not None and threading.current_thread() is threading.main_thread():
-            reopen = [auth.audit.reopen] if auth.audit is not None else []
-            restore = install_sighup_reload(auth.holder, *reopen)
+        restore = auth.watch() if auth is not None else None
         await running.start()
         try:
             yield
@@ -484,9 +465,7 @@ def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAP
             if restore is not None:
                 restore()
             if auth is not None:
-                await auth.authenticator.aclose()
-                if auth.audit is not None:
-                    auth.audit.close()
+                await auth.aclose()
 
     app = FastAPI(
         title="Renkei IoT agent",
