@@ -48,9 +48,9 @@ from connectors.mqtt.errors import (
     DeviceNotFound,
     WrongSyntax,
 )
-from connectors.mqtt.mapping import BadValue, entity_id_for
+from connectors.mqtt.mapping import BadValue
 from connectors.mqtt.models import AttributeMapping, Device, Group, dump
-from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
+from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope, entity_id_for
 from connectors.mqtt.settings import AgentSettings
 from connectors.mqtt.source import router as source
 from connectors.mqtt.source import wants_problem
@@ -167,7 +167,7 @@ async def _check_devices(
     for dev in devices:
         resolved = agent.registry.preview(scope, dev)
         types, ids = _targets(resolved.entity_type, resolved.mappings.values())
-        if dev.entity_name:
+        if dev.entity_name or resolved.name_exp is not None:  # a name given, or computed
             ids.add(resolved.entity_id)
         await _check_targets(request, agent, scope, types, ids)
         record_written(request, [resolved.entity_id])
@@ -300,10 +300,9 @@ async def update_device(
 async def delete_device(
     device_id: str, request: Request, agent: AgentDep, scope: ScopeDep
 ) -> Response:
-    resolved = agent.registry.resolve_in(scope, device_id)
+    entities = agent.registry.entities_of(scope, device_id)
     agent.registry.delete_device(scope, device_id)
-    if resolved is not None:
-        record_written(request, [resolved.entity_id])
+    record_written(request, entities)
     await agent.sync_commands()
     return Response(status_code=204)
 
