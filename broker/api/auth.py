@@ -9,9 +9,12 @@ so every route of every API has it, and a route added later cannot go without it
 2. classifies the operation: ``admin`` (``jsonldContexts`` add/delete, every context
    source registration and registration subscription operation), ``subscribe``
    (subscriptions), ``write`` (any other change, including batch, purge and temporal
-   writes) or ``read`` (including ``POST .../entityOperations/query``);
+   writes) or ``read`` (including ``POST .../entityOperations/query`` and every
+   operation on ``/entityMaps``: a map belongs to the principal whose query made it,
+   ``broker.core.entitymaps``);
 3. refuses an operation the principal may not do in the tenant at all (401 for
-   anonymous clients, 403 otherwise);
+   anonymous clients, 403 otherwise), and any ``/entityMaps`` operation of an anonymous
+   client (401);
 4. sets ``broker.auth.access.CURRENT`` so the store guard (``broker.core.guard``)
    filters reads by type and checks every write per entity.
 
@@ -65,6 +68,8 @@ def classify(method: str, path: str) -> Action:
         return "admin"  # registrations make the hub call other hosts with its credentials
     if "/subscriptions" in path:
         return "subscribe"
+    if "/entityMaps" in path:
+        return "read"  # a map is its owner's: seen, changed and deleted by it alone
     if method in _READ_METHODS:
         return "read"
     if path.endswith(("/entityOperations/query", "/op/query")):
@@ -105,6 +110,9 @@ async def check_request(request: Request, operation: str | None = None) -> None:
     access = Access(auth.holder.policy, principal, tenant, action, operation)
     state["renkei_access"] = access
     logs.principal.set(principal.name)
+    if principal.anonymous and "/entityMaps" in path:
+        # which sources hold which entities is not open data
+        raise Unauthorized("credentials are required for entity maps")
     if action != "read":
         policy = access.policy
         if action == "admin":

@@ -177,12 +177,17 @@ class Forwarder:
         params: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        extra: Mapping[str, str] | None = None,
     ) -> Answer:
-        """One request to the source of ``reg``; never raises but LoopDetected."""
+        """One request to the source of ``reg``; never raises but LoopDetected.
+        ``extra``: headers of the operation itself (``NGSILD-EntityMap``)."""
         now = time.monotonic()
         if self._resting.get(reg.endpoint, 0.0) > now:
             return Answer(reg, error="not asked: resting after a failure (cooldown)")
         headers = self.headers(reg, call)
+        for key, value in (extra or {}).items():
+            if _TOKEN.fullmatch(key) and _VALUE.fullmatch(value):
+                headers[key] = value
         log.debug("forwarding %s %s to %s (%s)", method, path, reg.endpoint, reg.id)
         content = None
         if body is not None:
