@@ -43,6 +43,8 @@ from broker.errors import Forbidden, NgsiLdError, Unauthorized
 #: type would tell what each tenant holds.
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 ADMIN_PATHS = frozenset({"/metrics"})
+#: Entity maps (``broker.api.entitymaps``): only for identified principals.
+ENTITY_MAPS = "/ngsi-ld/v1/entityMaps"
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _UNVERIFIED = Principal(name="-", via="invalid")
@@ -68,7 +70,7 @@ def classify(method: str, path: str) -> Action:
         return "admin"  # registrations make the hub call other hosts with its credentials
     if "/subscriptions" in path:
         return "subscribe"
-    if "/entityMaps" in path:
+    if path.startswith(ENTITY_MAPS):
         return "read"  # a map is its owner's: seen, changed and deleted by it alone
     if method in _READ_METHODS:
         return "read"
@@ -110,7 +112,7 @@ async def check_request(request: Request, operation: str | None = None) -> None:
     access = Access(auth.holder.policy, principal, tenant, action, operation)
     state["renkei_access"] = access
     logs.principal.set(principal.name)
-    if principal.anonymous and "/entityMaps" in path:
+    if principal.anonymous and path.startswith(ENTITY_MAPS):
         # which sources hold which entities is not open data
         raise Unauthorized("credentials are required for entity maps")
     if action != "read":

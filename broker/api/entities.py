@@ -601,13 +601,14 @@ async def retrieve_entity(
         for alt in type_alternatives(params.type)
     ]
     wanted = view.attrs if view.attrs is not None else None
-    ent, headers = await hub.distributed.retrieve(
+    ent, headers, created = await hub.distributed.retrieve(
         tenant,
         entity_id,
         tm,
         forward_call(request, tenant),
         attrs=sorted(wanted) if wanted else None,
         local=P.bool_param(params.local, "local"),
+        asked=map_request(request, params),
     )
     if types and not _has_type(ent, types):
         raise ResourceNotFound(f"entity {entity_id} is not of type {params.type}")
@@ -619,7 +620,7 @@ async def retrieve_entity(
             raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
         if (view.pick is not None or view.omit is not None) and not root:
             raise ResourceNotFound(f"nothing of entity {entity_id} is left after pick/omit")
-    return _answer(request, view, body, kind, headers=headers)
+    return _answer(request, view, body, kind, headers=headers, created=created)
 
 
 @router.delete(

@@ -30,6 +30,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -217,6 +218,25 @@ class WritePlan:
     local_body: Any
     run_local: bool
     answers: list[Answer]
+
+
+#: Characters of (percent-encoded) entity ids sent in one forwarded request (``id=``):
+#: URLs stay short enough for every server's request line limit.
+ID_CHARS = 4000
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    """``ids`` in runs whose encoded, comma-joined length stays under :data:`ID_CHARS`."""
+    out: list[list[str]] = [[]]
+    size = 0
+    for eid in ids:
+        n = len(quote(eid, safe=":")) + 1
+        if out[-1] and size + n > ID_CHARS:
+            out.append([])
+            size = 0
+        out[-1].append(eid)
+        size += n
+    return out
 
 
 def _fill(base: Entity, other: Entity) -> Entity:
@@ -608,6 +628,10 @@ class DistributedService:
                     params=sent,
                     extra={"NGSILD-EntityMap": linked} if linked else None,
                 )
+                if answer.status == 400 and offset == 0 and "entityMap" in sent:
+                    # a source that knows no entity maps may refuse the parameter
+                    del sent["entityMap"]
+                    continue
                 if not answer.ok or not isinstance(answer.body, list):
                     if answer.error is None:
                         answer.error = f"answered {answer.status}"
@@ -681,7 +705,9 @@ class DistributedService:
                 for holder in entries[eid]:
                     if holder != LOCAL and holder in by_id:
                         per_source.setdefault(holder, []).append(eid)
-            asking = [(by_id[rid], ids) for rid, ids in per_source.items()]
+            asking = [
+                (by_id[rid], chunk) for rid, ids in per_source.items() for chunk in _chunks(ids)
+            ]
 
             async def ask_local(here: list[str] = here) -> list[Entity]:
                 if not here:
@@ -973,19 +999,33 @@ class DistributedService:
         *,
         attrs: Sequence[str] | None = None,
         local: bool = False,
-    ) -> tuple[Entity, dict[str, str]]:
+        asked: MapRequest | None = None,
+    ) -> tuple[Entity, dict[str, str], bool]:
         """The entity as this hub and the sources registered for it hold it, with the
-        headers to answer with; ResourceNotFound when nobody has it. A source registered
-        for ``queryEntity`` or ``queryBatch`` but not ``retrieveEntity`` is asked with a
-        query by id (``GET /entities?id=...``)."""
+        headers to answer with and whether an entity map was made for the request;
+        ResourceNotFound when nobody has it. A source registered for ``queryEntity`` or
+        ``queryBatch`` but not ``retrieveEntity`` is asked with a query by id
+        (``GET /entities?id=...``).
+
+        ``asked`` (clause 5.7.1.4): "If the data has not expired, only the retrieved
+        Entity Map shall be used to determine which Context Source Registrations match
+        the Entity ID"; otherwise a new map of who answered for the entity is made."""
+        doc = None
+        if asked is not None and asked.ref is not None and self.maps is not None:
+            doc = await self.maps.find(tenant, asked.ref)
         sources: list[tuple[Registration, list[Info]]] = []
         if not local:
             for op in ("retrieveEntity", "queryEntity", "queryBatch"):
                 for reg, infos in await self.sources(tenant, op, ids=[entity_id], attrs=attrs):
                     if all(reg.id != r.id for r, _i in sources):
                         sources.append((reg, infos))
-        if not sources:
-            return await self.entities.retrieve(tenant, entity_id), {}
+        linked: dict[str, str] = {}
+        if doc is not None:
+            holders = doc["entityMap"].get(entity_id, [])
+            sources = [(reg, infos) for reg, infos in sources if reg.id in holders]
+            linked = doc.get("linkedMaps") or {}
+        if not sources and asked is None:
+            return await self.entities.retrieve(tenant, entity_id), {}, False
 
         async def ask_local() -> list[Entity]:
             try:
@@ -1000,14 +1040,18 @@ class DistributedService:
             wanted = self._attrs(reg, infos, attrs)
             if wanted:
                 sent["attrs"] = ",".join(tm.compact(a) for a in wanted)
+            link = linked.get(reg.id)
+            extra = {"NGSILD-EntityMap": link} if link else None
             if reg.supports("retrieveEntity"):
                 path = f"/entities/{Forwarder.segment(entity_id)}"
-                return await self.forwarder.send(reg, call, "GET", path, params=sent)
+                return await self.forwarder.send(reg, call, "GET", path, params=sent, extra=extra)
             sent["id"] = entity_id
             types = reg.types_for(infos)
             if types:
                 sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-            answer = await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+            answer = await self.forwarder.send(
+                reg, call, "GET", "/entities", params=sent, extra=extra
+            )
             if answer.ok and isinstance(answer.body, list):  # a query's answer: a list
                 found = [e for e in answer.body if isinstance(e, dict) and e.get("id") == entity_id]
                 answer.body = found[0] if found else None
@@ -1039,4 +1083,15 @@ class DistributedService:
             missing = ResourceNotFound(f"entity {entity_id} not found")
             missing.headers.update(warning(failed))
             raise missing
-        return merged[entity_id], warning(failed)
+        headers = warning(failed)
+        created = False
+        if asked is not None and self.maps is not None:
+            if doc is None:
+                holders = [LOCAL] if found else []
+                holders += [reg.id for reg, _infos, _ents in answered]
+                doc = await self.maps.create(
+                    tenant, {entity_id: holders}, {}, lifetime=asked.lifetime
+                )
+                created = True
+            headers["NGSILD-EntityMap"] = location(doc["id"])
+        return merged[entity_id], headers, created

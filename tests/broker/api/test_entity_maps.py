@@ -314,3 +314,21 @@ def test_get_entityMaps_makes_a_map_for_a_query(hub: TestClient) -> None:
     assert wide.json()["type"] == ERR + "BadRequestData"
     # the Query body form (clause 6.34.3.2) is not read yet
     assert hub.post(M, json={"type": "Query"}, headers=JSON).status_code == 501
+
+
+def test_retrieve_entity_with_an_entity_map(hub: TestClient) -> None:
+    """Clause 5.7.1.4: "If a flag to return an EntityMap was present in the request, and
+    no EntityMap currently exists, then a new EntityMap shall be created"; clause
+    5.7.1.5: "If the location of a previously generated EntityMap was passed into the
+    request, or a flag to return an EntityMap was present in the request, the location
+    of the EntityMap used in the operation shall be returned in a specific field in the
+    response"."""
+    r = hub.get(f"{E}/{P}1", params={"entityMap": "true"})
+    assert r.status_code == 201, r.text
+    assert r.json()["id"] == f"{P}1"  # the body stays the entity
+    where = r.headers["NGSILD-EntityMap"]
+    assert hub.get(where).json()["entityMap"] == {f"{P}1": ["@none"]}
+    again = hub.get(f"{E}/{P}1", headers={"NGSILD-EntityMap": where})
+    assert again.status_code == 200
+    assert again.headers["NGSILD-EntityMap"] == where
+    assert "NGSILD-EntityMap" not in hub.get(f"{E}/{P}1").headers

@@ -181,6 +181,15 @@ def test_a_page_asks_only_the_sources_the_map_names(hub: TestClient, cs: Source)
     sent = cs.requests[-1]
     assert sent.query["id"] == f"{SHIBUYA}1,{SHIBUYA}2"
     assert sent.headers["ngsild-entitymap"] == theirs
+    # retrieving one entity with the map: only the map says who holds it (clause
+    # 5.7.1.4: "only the retrieved Entity Map shall be used to determine which Context
+    # Source Registrations match the Entity ID")
+    asked = len(cs.requests)
+    one = hub.get(f"{E}/urn:ngsi-ld:駐車場:あ-1", headers={"NGSILD-EntityMap": where})
+    assert one.status_code == 200, one.text
+    assert len(cs.requests) == asked
+    assert hub.get(f"{E}/urn:ngsi-ld:駐車場:あ-1").status_code == 200
+    assert len(cs.requests) == asked + 1  # without the map, the registration matches
     # a source that fails: its entities stay in the map, and the answer says why
     cs.answer("GET", "/ngsi-ld/v1/entities", 500, {"type": "InternalError"})
     failed = hub.get(E, params={**q, "offset": "2"}, headers={"NGSILD-EntityMap": where})
@@ -188,3 +197,17 @@ def test_a_page_asks_only_the_sources_the_map_names(hub: TestClient, cs: Source)
     assert ids(failed) == []
     assert REG in failed.headers["NGSILD-Warning"]
     assert len(hub.get(where).json()["entityMap"]) == 4
+
+
+def test_ids_sent_to_a_source_are_split_to_keep_urls_short() -> None:
+    """A page forwarded by id names at most ID_CHARS encoded characters of ids per
+    request, so a page of a thousand Japanese ids does not exceed a request line."""
+    from urllib.parse import quote
+
+    from broker.core.distributed import ID_CHARS, _chunks
+
+    many = [f"urn:ngsi-ld:駐車場:渋谷区道玄坂-{n}" for n in range(1000)]
+    chunks = _chunks(many)
+    assert len(chunks) > 1
+    assert [eid for chunk in chunks for eid in chunk] == many
+    assert all(len(quote(",".join(c), safe=":,")) <= ID_CHARS for c in chunks)
