@@ -109,7 +109,13 @@ def public(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class EntityMapService:
-    """Entity maps of a hub's tenants (see the module docstring)."""
+    """Entity maps of a hub's tenants (see the module docstring).
+
+    Maps can be large (thousands of entity ids), so the service does not read a
+    tenant's maps to bound them: it keeps an index of their ids and expiry times, read
+    from the store once per tenant and kept up to date with what this process does.
+    The background job deletes what the index says has expired and rereads the store
+    every ``rescan`` runs, so maps other replicas made are bounded and purged too."""
 
     def __init__(
         self,
@@ -119,20 +125,35 @@ class EntityMapService:
         max_lifetime: float = 86_400.0,
         max_entries: int = 10_000,
         max_maps: int = 1000,
+        rescan: int = 60,
     ) -> None:
         self.store = store
         self.lifetime = lifetime
         self.max_lifetime = max_lifetime
         self.max_entries = max_entries
         self.max_maps = max_maps
+        self.rescan = rescan
         self._purger: asyncio.Task[None] | None = None
-        #: tenants this process made maps in (the store's tenant list names only
-        #: tenants that hold entities)
-        self._tenants: set[str] = {""}
+        #: tenant -> map id -> expiry (epoch seconds), for the tenants read so far
+        self._index: dict[str, dict[str, float]] = {}
+        self._runs = 0
 
     def _expiry(self, lifetime: float | None) -> float:
         wanted = self.lifetime if lifetime is None else lifetime
         return time.time() + max(1.0, min(wanted, self.max_lifetime))
+
+    async def _known(self, tenant: str, *, reread: bool = False) -> dict[str, float]:
+        """The index of a tenant's maps (read from the store the first time)."""
+        index = self._index.get(tenant)
+        if index is None or reread:
+            docs = await self.store.list_registrations(tenant, KIND)
+            index = {d["id"]: _epoch(d.get("expiresAt")) for d in docs}
+            self._index[tenant] = index
+        return index
+
+    async def _drop(self, tenant: str, map_id: str) -> None:
+        await self.store.delete_registration(tenant, KIND, map_id)
+        self._index.get(tenant, {}).pop(map_id, None)
 
     async def create(
         self,
@@ -143,28 +164,25 @@ class EntityMapService:
         lifetime: float | None = None,
     ) -> dict[str, Any]:
         """Store a new map of ``entries`` (entity id -> holders, ``@none`` for this
-        hub) and return it; the oldest of the tenant's maps make room."""
-        maps = await self.store.list_registrations(tenant, KIND)
+        hub) and return it; the expired maps of the tenant, then those expiring first,
+        make room."""
+        index = await self._known(tenant)
         now = time.time()
-        live = []
-        for doc in maps:
-            if expired(doc, now):
-                await self.store.delete_registration(tenant, KIND, doc["id"])
-            else:
-                live.append(doc)
-        live.sort(key=lambda d: _epoch(d.get("expiresAt")))
-        for doc in live[: max(0, len(live) - self.max_maps + 1)]:
-            await self.store.delete_registration(tenant, KIND, doc["id"])
+        for map_id in [m for m, at in index.items() if at <= now]:
+            await self._drop(tenant, map_id)
+        while len(index) >= self.max_maps:
+            await self._drop(tenant, min(index, key=index.__getitem__))
+        at = self._expiry(lifetime)
         doc: dict[str, Any] = {
             "id": f"urn:ngsi-ld:EntityMap:{uuid.uuid4().hex}",
             "type": "EntityMap",
-            "expiresAt": _iso(self._expiry(lifetime)),
+            "expiresAt": _iso(at),
             "entityMap": dict(list(entries.items())[: self.max_entries]),
             "linkedMaps": linked,
             _OWNER: _owner(),
         }
         await self.store.put_registration(tenant, KIND, doc, create=True)
-        self._tenants.add(tenant)
+        index[doc["id"]] = at
         return doc
 
     async def find(self, tenant: str, map_id: str) -> dict[str, Any] | None:
@@ -172,12 +190,15 @@ class EntityMapService:
         principal's."""
         doc = await self.store.get_registration(tenant, KIND, map_id)
         if doc is None:
+            self._index.get(tenant, {}).pop(map_id, None)
             return None
         if expired(doc):
-            await self.store.delete_registration(tenant, KIND, map_id)
+            await self._drop(tenant, map_id)
             return None
         if doc.get(_OWNER) != _owner():
             return None
+        if tenant in self._index:  # another replica's map, or its new expiry
+            self._index[tenant][map_id] = _epoch(doc.get("expiresAt"))
         return doc
 
     async def get(self, tenant: str, map_id: str) -> dict[str, Any]:
@@ -208,23 +229,30 @@ class EntityMapService:
             text = check_datetime(fragment["expiresAt"], "expiresAt")
             at = min(_epoch(text), time.time() + self.max_lifetime)
             doc["expiresAt"] = _iso(at)
+            if tenant in self._index:
+                self._index[tenant][map_id] = at
         await self.save(tenant, doc)
 
     async def delete(self, tenant: str, map_id: str) -> None:
         """Delete EntityMap (clause 5.14.3.4)."""
         await self.get(tenant, map_id)
-        await self.store.delete_registration(tenant, KIND, map_id)
+        await self._drop(tenant, map_id)
 
     async def purge_expired(self) -> int:
-        """Delete the expired maps of every tenant; how many there were."""
+        """Delete the expired maps this process knows of (rereading every tenant's
+        from the store every ``rescan`` runs); how many there were."""
+        reread = self._runs % self.rescan == 0
+        self._runs += 1
+        tenants = set(self._index)
+        if reread:
+            tenants |= set(await self.store.tenants()) | {""}
         gone = 0
         now = time.time()
-        tenants = set(await self.store.tenants()) | self._tenants
         for tenant in sorted(tenants):
-            for doc in await self.store.list_registrations(tenant, KIND):
-                if expired(doc, now):
-                    await self.store.delete_registration(tenant, KIND, doc["id"])
-                    gone += 1
+            index = await self._known(tenant, reread=reread)
+            for map_id in [m for m, at in index.items() if at <= now]:
+                await self._drop(tenant, map_id)
+                gone += 1
         return gone
 
     def start_purge(self, interval: float) -> None:
