@@ -22,6 +22,7 @@ from broker.api import (
     docs,
     entities,
     entity_operations,
+    entitymaps,
     jsonld_contexts,
     ogc,
     registrations,
@@ -44,6 +45,7 @@ from broker.core.csubscriptions import CsourceSubscriptionService
 from broker.core.discovery import DiscoveryService
 from broker.core.distributed import DistributedService
 from broker.core.entities import EntityService
+from broker.core.entitymaps import EntityMapService
 from broker.core.guard import GuardedStore
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
@@ -146,6 +148,13 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
                 credentials=settings.federation_headers,
             ),
             max_limit=settings.max_limit,
+            maps=EntityMapService(
+                store,
+                lifetime=settings.entity_map_lifetime,
+                max_lifetime=settings.entity_map_max_lifetime,
+                max_entries=settings.entity_map_max_entries,
+                max_maps=settings.entity_map_max_count,
+            ),
         ),
         csubscriptions=CsourceSubscriptionService(
             store, registrations, senders, resolve, outbound=outbound
@@ -163,12 +172,14 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
     hub.csubscriptions.start(store.tenants)
     hub.temporal.start_expiry(settings.history_expiry_interval)
     hub.entities.start_purge(settings.entity_purge_interval)
+    hub.entity_maps.start_purge(settings.entity_purge_interval)
     return hub
 
 
 async def close_hub(hub: Hub) -> None:
     await hub.csubscriptions.aclose()
     await hub.distributed.forwarder.aclose()
+    await hub.entity_maps.aclose()
     await hub.temporal.aclose()
     await hub.entities.aclose()
     await hub.subscriptions.aclose()
@@ -287,6 +298,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     include_flat(app, temporal.router)
     include_flat(app, registrations.router)
     include_flat(app, csubscriptions.router)
+    include_flat(app, entitymaps.router)
     include_flat(app, unimplemented.router)
     include_flat(app, ogc.router)
     include_flat(app, viewer.router)

@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     #: environment: RENKEI_FEDERATION_HEADERS='{"https://chofu.example/": {"X-API-Key":
     #: "..."}}'). A registration's contextSourceInfo adds to (and wins over) them.
     federation_headers: dict[str, dict[str, str]] = Field(default_factory=dict)
+    #: Entity maps of distributed queries (clause 5.2.39): seconds a map lives unless
+    #: the query asks otherwise (entityMapLifetime), the most any may live (a PATCH of
+    #: expiresAt included), entities one map holds at most, and maps one tenant keeps
+    #: at most (one more drops the one expiring first). Expired maps are purged every
+    #: entity_purge_interval seconds.
+    entity_map_lifetime: float = Field(600.0, gt=0)
+    entity_map_max_lifetime: float = Field(86_400.0, gt=0)
+    entity_map_max_entries: int = Field(10_000, gt=0)
+    entity_map_max_count: int = Field(1000, gt=0)
 
     # OGC API - Features (/ogc) and the map viewer (/viewer).
     #: Entity type -> attribute whose date-time value is a feature's time (JSON in the

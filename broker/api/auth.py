@@ -9,9 +9,12 @@ so every route of every API has it, and a route added later cannot go without it
 2. classifies the operation: ``admin`` (``jsonldContexts`` add/delete, every context
    source registration and registration subscription operation), ``subscribe``
    (subscriptions), ``write`` (any other change, including batch, purge and temporal
-   writes) or ``read`` (including ``POST .../entityOperations/query``);
+   writes) or ``read`` (including ``POST .../entityOperations/query`` and every
+   operation on ``/entityMaps``: a map belongs to the principal whose query made it,
+   ``broker.core.entitymaps``);
 3. refuses an operation the principal may not do in the tenant at all (401 for
-   anonymous clients, 403 otherwise);
+   anonymous clients, 403 otherwise), and any ``/entityMaps`` operation of an anonymous
+   client (401);
 4. sets ``broker.auth.access.CURRENT`` so the store guard (``broker.core.guard``)
    filters reads by type and checks every write per entity.
 
@@ -37,6 +40,8 @@ from broker.errors import Forbidden, NgsiLdError, Unauthorized
 #: type would tell what each tenant holds.
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 ADMIN_PATHS = frozenset({"/metrics"})
+#: Entity maps (``broker.api.entitymaps``): only for identified principals.
+ENTITY_MAPS = "/ngsi-ld/v1/entityMaps"
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _VERB = {"write": "change entities", "subscribe": "subscribe"}
@@ -52,6 +57,8 @@ def classify(method: str, path: str) -> Action:
         return "admin"  # registrations make the hub call other hosts with its credentials
     if "/subscriptions" in path:
         return "subscribe"
+    if path.startswith(ENTITY_MAPS):
+        return "read"  # a map is its owner's: seen, changed and deleted by it alone
     if method in _READ_METHODS:
         return "read"
     if path.endswith(("/entityOperations/query", "/op/query")):
@@ -92,6 +99,9 @@ async def check_request(request: Request, operation: str | None = None) -> None:
     access = Access(auth.holder.policy, principal, tenant, action, operation)
     state[AUDITED] = access
     logs.principal.set(principal.name)
+    if principal.anonymous and path.startswith(ENTITY_MAPS):
+        # which sources hold which entities is not open data
+        raise Unauthorized("credentials are required for entity maps")
     if action != "read":
         policy = access.policy
         if action == "admin":

@@ -15,8 +15,10 @@ from broker.core.csubscriptions import CsourceSubscriptionService
 from broker.core.discovery import DiscoveryService
 from broker.core.distributed import DistributedService
 from broker.core.entities import EntityService
+from broker.core.entitymaps import EntityMapService
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
+from broker.errors import InternalError
 from broker.federation.registrations import RegistrationService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, single_url
 from broker.settings import Settings
@@ -37,6 +39,14 @@ class Hub:
     registrations: RegistrationService
     distributed: DistributedService
     csubscriptions: CsourceSubscriptionService
+
+    @property
+    def entity_maps(self) -> EntityMapService:
+        """The entity maps of distributed queries (kept by the distributed service)."""
+        maps = self.distributed.maps
+        if maps is None:
+            raise InternalError("entity maps are not set up")
+        return maps
 
     async def term_map(self, ctx: ContextValue | None, tenant: str = "") -> TermMap:
         tm = await self.resolver.term_map(ctx)

@@ -20,7 +20,9 @@ from broker.api import params as P
 from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, page_links, respond
 from broker.api.deps import Hub, HubDep, TenantDep
 from broker.api.prefer import amend, preferences
+from broker.core.distributed import MapRequest
 from broker.core.entities import UpdateResult
+from broker.core.entitymaps import lifetime_of, map_id_of
 from broker.core.model import Parser, View
 from broker.errors import BadRequestData, NgsiLdError, NonexistentTenant, ResourceNotFound
 from broker.federation.forward import Answer, Call
@@ -297,7 +299,7 @@ def _order_keys(text: str, tm: TermMap) -> list[tuple[Any, bool]]:
     return keys
 
 
-def _checked_q(text: str) -> Node:
+def checked_q(text: str) -> Node:
     node = parse_q(text)
     stack = [node]
     while stack:
@@ -354,7 +356,7 @@ def build_query(
     with P.parameter("attrs"):
         attr_iris = [tm.expand(check_name(a)) for a in attrs]
     with P.parameter("q"):
-        q_node = resolve_q(_checked_q(q), tm.expand) if q else None
+        q_node = resolve_q(checked_q(q), tm.expand) if q else None
         if q_node is not None and expand_values:
             q_node = expand_q_values(q_node, {tm.expand(a) for a in expand_values}, tm.expand)
     with P.parameter("scopeQ"):
@@ -396,7 +398,7 @@ async def query_entities(
         unfiltered=hub.settings.allow_unfiltered_queries,
     )
     local = P.bool_param(params.local, "local")
-    csf = resolve_q(_checked_q(params.csf), tm.expand) if params.csf else None
+    csf = resolve_q(checked_q(params.csf), tm.expand) if params.csf else None
     return await query_response(
         hub,
         tenant,
@@ -407,7 +409,20 @@ async def query_entities(
         forward=dict(request.query_params),
         local=local,
         csf=csf,
+        entity_map=map_request(request, params),
     )
+
+
+def map_request(request: Request, params: P.Representation) -> MapRequest | None:
+    """What a request asks of entity maps (Table 6.4.3.2-1/-2): ``entityMap=true`` or a
+    map named by the ``NGSILD-EntityMap`` header; None when neither."""
+    wanted = P.bool_param(params.entity_map, "entityMap")
+    with P.parameter("entityMapLifetime"):
+        lifetime = lifetime_of(params.entity_map_lifetime)
+    named = request.headers.get("ngsild-entitymap")
+    if named is not None:
+        return MapRequest(ref=map_id_of(named), lifetime=lifetime)
+    return MapRequest(lifetime=lifetime) if wanted else None
 
 
 def forward_call(request: Request, tenant: str) -> Call:
@@ -427,16 +442,33 @@ async def query_response(
     forward: dict[str, str] | None = None,
     local: bool = False,
     csf: Node | None = None,
+    entity_map: MapRequest | None = None,
 ) -> Response:
     """Run a query and render the entities (GET /entities, POST /entityOperations/query).
 
     With ``forward`` (the request's query parameters), the query is also sent to the
-    context sources registered for what it selects (``broker.core.distributed``)."""
+    context sources registered for what it selects (``broker.core.distributed``); with
+    ``entity_map``, through an entity map (``broker.core.entitymaps``): 201 when the
+    map was made for this request (Table 6.4.3.2-3)."""
     tm = view.tm
     headers: dict[str, str] = {}
+    created = False
+    mapped_more: bool | None = None  # what the map says follows this page
     # one more than a page tells whether a next page exists (clause 5.5.9)
     probe = replace(query, limit=query.limit + 1) if query.limit > 0 else query
-    if forward is not None:
+    if entity_map is not None:
+        # the map tells whether entities follow: no need to fetch one more
+        entities, total, headers, created, mapped_more = await hub.distributed.query_mapped(
+            tenant,
+            query,
+            tm,
+            forward_call(request, tenant),
+            forward,
+            entity_map,
+            local=local,
+            csf=csf,
+        )
+    elif forward is not None:
         entities, total, headers = await hub.distributed.query(
             tenant, probe, tm, forward_call(request, tenant), forward, local=local, csf=csf
         )
@@ -445,7 +477,7 @@ async def query_response(
             entities, total = await hub.entities.query(tenant, probe)
         except NonexistentTenant:
             entities, total = [], 0
-    more = len(entities) > query.limit
+    more = len(entities) > query.limit if mapped_more is None else mapped_more and query.limit > 0
     del entities[query.limit :]
     links = page_links(request, offset=query.offset, limit=query.limit, more=more, kind=kind)
     if total is not None:
@@ -455,7 +487,7 @@ async def query_response(
         body = [b for b in body if b.get("properties", b)]  # what pick/omit emptied is no match
     if kind == GEO_JSON:
         body = {"type": "FeatureCollection", "features": body}
-    return _answer(request, view, body, kind, headers=headers, links=links)
+    return _answer(request, view, body, kind, headers=headers, links=links, created=created)
 
 
 def _answer(
@@ -466,10 +498,12 @@ def _answer(
     *,
     headers: dict[str, str] | None = None,
     links: list[str] | None = None,
+    created: bool = False,
 ) -> Response:
-    """Respond with entities as the request's ``Prefer`` headers ask (``broker.api.prefer``)."""
+    """Respond with entities as the request's ``Prefer`` headers ask (``broker.api.prefer``);
+    ``created``: an entity map was made for the request (201, Table 6.4.3.2-3)."""
     prefs = preferences(request)
-    status = 200
+    status = 201 if created else 200
     headers = dict(headers or {})
     applied = prefs.applied
     if prefs.version is not None and applied is not None:
@@ -567,13 +601,14 @@ async def retrieve_entity(
         for alt in type_alternatives(params.type)
     ]
     wanted = view.attrs if view.attrs is not None else None
-    ent, headers = await hub.distributed.retrieve(
+    ent, headers, created = await hub.distributed.retrieve(
         tenant,
         entity_id,
         tm,
         forward_call(request, tenant),
         attrs=sorted(wanted) if wanted else None,
         local=P.bool_param(params.local, "local"),
+        asked=map_request(request, params),
     )
     if types and not _has_type(ent, types):
         raise ResourceNotFound(f"entity {entity_id} is not of type {params.type}")
@@ -585,11 +620,11 @@ async def retrieve_entity(
             raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
         if (view.pick is not None or view.omit is not None) and not root:
             raise ResourceNotFound(f"nothing of entity {entity_id} is left after pick/omit")
-    return _answer(request, view, body, kind, headers=headers)
+    return _answer(request, view, body, kind, headers=headers, created=created)
 
 
 @router.delete(
-    "/entities/{entity_id:path}/attrs/{attr}",
+    "/entities/{entity_id:path}/attrs/{attr:attr}",
     status_code=204,
     summary="Delete attribute (clause 6.7.3.2)",
 )
@@ -652,7 +687,7 @@ async def delete_entity(
 
 
 @router.put(
-    "/entities/{entity_id:path}/attrs/{attr}",
+    "/entities/{entity_id:path}/attrs/{attr:attr}",
     status_code=204,
     summary="Replace attribute (clause 6.7.3.3)",
     openapi_extra=P.json_body("The attribute to replace (clause 5.6.19)."),
@@ -690,7 +725,7 @@ async def replace_attribute(
 
 
 @router.patch(
-    "/entities/{entity_id:path}/attrs/{attr}",
+    "/entities/{entity_id:path}/attrs/{attr:attr}",
     status_code=204,
     summary="Partial attribute update (clause 6.7.3.1)",
     openapi_extra=P.json_body("The attribute fragment to update (clause 5.6.4).", merge_patch=True),

@@ -19,6 +19,7 @@ from fastapi.dependencies.utils import get_flat_params
 from fastapi.params import Query as QueryInfo
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 
 from broker.api.common import csv_param
@@ -180,7 +181,19 @@ Via = Annotated[
     str | None, _text("via", "Brokers a distributed request already passed (accepted).")
 ]
 EntityMap = Annotated[
-    str | None, _text("entityMap", "Entity map of a distributed query (accepted, not applied).")
+    str | None,
+    _text(
+        "entityMap",
+        "true: answer with the location of the entity map used (NGSILD-EntityMap header), "
+        "creating one if the request names none (Table 6.4.3.2-1).",
+    ),
+]
+EntityMapLifetime = Annotated[
+    str | None,
+    _text(
+        "entityMapLifetime",
+        "ISO 8601 duration the entity map should live; the hub may shorten it.",
+    ),
 ]
 DeleteAll = Annotated[
     str | None, _text("deleteAll", "true: delete every instance of the attribute (6.7.3.2).")
@@ -232,6 +245,7 @@ class Representation(Group):
     local: Local = None
     via: Via = None
     entity_map: EntityMap = None
+    entity_map_lifetime: EntityMapLifetime = None
 
 
 class Selection(Group):
@@ -561,6 +575,23 @@ def answers(*kinds: str, status: int = 200) -> dict[int | str, dict[str, Any]]:
 
 EntityIdPath = Annotated[str, Path(description="Entity id (a URI, clause 4.5.2).")]
 AttrPath = Annotated[str, Path(description="Attribute name (or its IRI).")]
+
+
+class AttrConvertor(StringConvertor):
+    """``{attr:attr}`` in a route: an attribute name, or its full IRI even with the
+    ``/`` its path holds (``https://example.org/prop``, or ``https%3A%2F%2F…`` which
+    the server decodes to the same), so that ``/attrs/{attrId}`` addresses the
+    attribute by either (clauses 6.7, 5.5.7). An entity id may hold ``/attrs/`` too:
+    a name without a scheme is still one path segment, so ``…/attrs`` after such an
+    id does not look like an attribute."""
+
+    regex = r"[^/]+|[A-Za-z][A-Za-z0-9+.\-]*:/[^?#]*"
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("attr", AttrConvertor())
 InstancePath = Annotated[str, Path(description="instanceId of an attribute instance (a URI).")]
 SubscriptionIdPath = Annotated[str, Path(description="Subscription id (a URI).")]
 TypePath = Annotated[str, Path(description="Entity type name (or its IRI).")]

@@ -525,7 +525,7 @@ async def patch_temporal_instance(
 
 
 @router.delete(
-    "/entities/{entity_id:path}/attrs/{attr}",
+    "/entities/{entity_id:path}/attrs/{attr:attr}",
     status_code=204,
     summary="Delete an attribute's temporal evolution (clause 6.21.3.1)",
 )

@@ -17,6 +17,11 @@ through the store guard, and what the sources answer is filtered with the same a
 hub only. Paging across sources: every source is asked for the first ``offset + limit``
 matches (ordered by id, with their count); the merged list is ordered by id and cut;
 the count is the sum of the counts less the entities several sources answered.
+
+With an entity map (``entityMap=true`` or the ``NGSILD-EntityMap`` header, clauses
+5.7.2.4, 5.5.9.3; the maps: ``broker.core.entitymaps``) paging is exact instead: the map
+records every entity the query matched and who holds it, and each page asks each
+source only for the entities of that page it holds, by id.
 """
 
 from __future__ import annotations
@@ -25,13 +30,22 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from broker.auth.access import current as current_access
 from broker.core.entities import EntityService
+from broker.core.entitymaps import LOCAL, EntityMapService, location
 from broker.core.model import Parser
-from broker.errors import Conflict, Forbidden, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import (
+    Conflict,
+    Forbidden,
+    InternalError,
+    NgsiLdError,
+    NonexistentTenant,
+    ResourceNotFound,
+)
 from broker.federation.forward import Answer, Call, Forwarder, warning
 from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
@@ -40,6 +54,7 @@ from broker.model.entity import ENTITY_KEYS, Entity
 from broker.model.query import Node
 from broker.model.store import EntityQuery
 from broker.query.evaluate import matches_q
+from broker.query.patterns import search
 from broker.query.qlang import format_q, resolve_q
 from broker.query.scopeq import format_scope_q
 
@@ -205,6 +220,25 @@ class WritePlan:
     answers: list[Answer]
 
 
+#: Characters of (percent-encoded) entity ids sent in one forwarded request (``id=``):
+#: URLs stay short enough for every server's request line limit.
+ID_CHARS = 4000
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    """``ids`` in runs whose encoded, comma-joined length stays under :data:`ID_CHARS`."""
+    out: list[list[str]] = [[]]
+    size = 0
+    for eid in ids:
+        n = len(quote(eid, safe=":")) + 1
+        if out[-1] and size + n > ID_CHARS:
+            out.append([])
+            size = 0
+        out[-1].append(eid)
+        size += n
+    return out
+
+
 def _fill(base: Entity, other: Entity) -> Entity:
     """``other``'s attributes that ``base`` lacks added to a copy of ``base``."""
     out = dict(base)
@@ -212,6 +246,16 @@ def _fill(base: Entity, other: Entity) -> Entity:
         if name not in ENTITY_KEYS and name not in out:
             out[name] = value
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class MapRequest:
+    """What a query asks of entity maps (Table 6.4.3.2-1/-2): a map to use (the id the
+    ``NGSILD-EntityMap`` header names), or a new one (``entityMap=true``), living
+    ``lifetime`` seconds (``entityMapLifetime``) if the hub allows as much."""
+
+    ref: str | None = None
+    lifetime: float | None = None
 
 
 class DistributedService:
@@ -224,11 +268,13 @@ class DistributedService:
         forwarder: Forwarder,
         *,
         max_limit: int = 1000,
+        maps: EntityMapService | None = None,
     ) -> None:
         self.entities = entities
         self.registrations = registrations
         self.forwarder = forwarder
         self.max_limit = max_limit
+        self.maps = maps
 
     async def sources(
         self,
@@ -255,6 +301,31 @@ class DistributedService:
         return out
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _sent(
+        self,
+        reg: Registration,
+        infos: list[Info],
+        query: EntityQuery,
+        tm: TermMap,
+        given: dict[str, str],
+    ) -> dict[str, str]:
+        """The parameters of a query forwarded to ``reg`` (without its page): the
+        client's selection in its terms, narrowed to what the registration holds."""
+        sent = {k: v for k, v in given.items() if k in PASSED_ON}
+        attrs = self._attrs(reg, infos, query.attrs)
+        if attrs:
+            sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
+        if "type" in given:
+            sent["type"] = given["type"]
+        else:
+            types = reg.types_for(infos)
+            if types:
+                sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+        sent["options"] = "sysAttrs"
+        if reg.local_only:
+            sent["local"] = "true"  # management.localOnly: its own data, not its sources'
+        return sent
 
     @staticmethod
     def _attrs(
@@ -379,19 +450,8 @@ class DistributedService:
             return found, total or 0
 
         async def ask(reg: Registration, infos: list[Info]) -> Answer:
-            sent = {k: v for k, v in given.items() if k in PASSED_ON}
-            attrs = self._attrs(reg, infos, query.attrs)
-            if attrs:
-                sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
-            if "type" in given:
-                sent["type"] = given["type"]
-            else:
-                types = reg.types_for(infos)
-                if types:
-                    sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-            sent.update(limit=str(max(want, 1)), count="true", options="sysAttrs")
-            if reg.local_only:
-                sent["local"] = "true"  # management.localOnly: its own data, not its sources'
+            sent = self._sent(reg, infos, query, tm, given)
+            sent.update(limit=str(max(want, 1)), count="true")
             return await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
 
         mine = asyncio.ensure_future(ask_local())
@@ -420,6 +480,287 @@ class DistributedService:
         page = sorted(merged.values(), key=lambda e: e["id"])
         page = page[query.offset : query.offset + query.limit]
         return page, (total if query.count else None), warning(failed)
+
+    # -- query with an entity map (clauses 5.7.2.4, 5.5.9.3) -------------------------------
+
+    async def query_mapped(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        params: dict[str, str] | None,
+        asked: MapRequest,
+        *,
+        local: bool = False,
+        csf: Node | None = None,
+    ) -> tuple[list[Entity], int | None, dict[str, str], bool, bool]:
+        """A query that uses an entity map (``broker.core.entitymaps``): the one the
+        request names if it is still there, else a new one made of every entity the
+        query matches here and at the sources (clause 5.7.2.4: "If the resource cannot
+        be found, or the data has expired, a new EntityMap shall be created"). The page
+        is taken from the map (clause 5.5.9.3), asking each source only for the
+        entities the map says it holds, with the filters checked again; an entity no
+        longer found is removed from the map. Returns the page, the count, the headers
+        (``NGSILD-EntityMap`` with the map's location, ``NGSILD-Warning``), whether the
+        map was created (201, Table 6.4.3.2-3) and whether the map has entities after
+        this page (the next page's link)."""
+        maps = self.maps
+        if maps is None:
+            raise InternalError("entity maps are not set up")
+        doc = await maps.find(tenant, asked.ref) if asked.ref is not None else None
+        given = params if params is not None else params_of(query, tm)
+        sources = (
+            []
+            if local
+            else await self.sources(
+                tenant,
+                "queryEntity",
+                types=query.types,
+                ids=query.ids,
+                id_pattern=query.id_pattern,
+                attrs=query.attrs,
+                csf=csf,
+            )
+        )
+        failed: list[Answer] = []
+        created = doc is None
+        if doc is None:
+            doc = await self._make_map(tenant, query, tm, call, given, sources, failed, asked)
+        page, total, more = await self._map_page(
+            tenant, doc, query, tm, call, given, sources, failed
+        )
+        headers = warning(failed)
+        headers["NGSILD-EntityMap"] = location(doc["id"])
+        return page, (total if query.count else None), headers, created, more
+
+    async def make_map(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        params: dict[str, str] | None,
+        asked: MapRequest,
+        *,
+        local: bool = False,
+        csf: Node | None = None,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Create EntityMap for Query Entities (clause 5.14.4.4): the map of every
+        entity the query matches here and at the sources ("For each matching Context
+        Source Registration, the request is forwarded ... The mapping between the
+        Context Source Registration and the EntityMap Id is added to the linkedMaps
+        element"), stored; with the ``NGSILD-Warning`` header for sources that failed."""
+        given = params if params is not None else params_of(query, tm)
+        sources = (
+            []
+            if local
+            else await self.sources(
+                tenant,
+                "queryEntity",
+                types=query.types,
+                ids=query.ids,
+                id_pattern=query.id_pattern,
+                attrs=query.attrs,
+                csf=csf,
+            )
+        )
+        failed: list[Answer] = []
+        doc = await self._make_map(tenant, query, tm, call, given, sources, failed, asked)
+        return doc, warning(failed)
+
+    async def _make_map(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        given: dict[str, str],
+        sources: list[tuple[Registration, list[Info]]],
+        failed: list[Answer],
+        asked: MapRequest,
+    ) -> dict[str, Any]:
+        maps = self.maps
+        if maps is None:
+            raise InternalError("entity maps are not set up")
+        entries, linked = await self._candidates(
+            tenant, query, tm, call, given, sources, failed, maps.max_entries
+        )
+        return await maps.create(tenant, entries, linked, lifetime=asked.lifetime)
+
+    async def _candidates(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        given: dict[str, str],
+        sources: list[tuple[Registration, list[Info]]],
+        failed: list[Answer],
+        cap: int,
+    ) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """Every entity the query matches (at most ``cap``), with who holds it, and the
+        entity maps the sources made of their part (``linkedMaps``)."""
+
+        async def ask_local() -> list[Entity]:
+            try:
+                found, _total = await self.entities.query(
+                    tenant, replace(query, offset=0, limit=cap, count=False)
+                )
+            except NonexistentTenant:
+                return []
+            return found
+
+        async def ask(reg: Registration, infos: list[Info]) -> tuple[list[Entity], str | None]:
+            sent = self._sent(reg, infos, query, tm, given)
+            sent.update(entityMap="true", count="true")
+            held: list[Entity] = []
+            linked: str | None = None
+            offset = 0
+            while len(held) < cap:
+                size = min(self.max_limit, cap - len(held))
+                sent.update(limit=str(size), offset=str(offset))
+                answer = await self.forwarder.send(
+                    reg,
+                    call,
+                    "GET",
+                    "/entities",
+                    params=sent,
+                    extra={"NGSILD-EntityMap": linked} if linked else None,
+                )
+                if answer.status == 400 and offset == 0 and "entityMap" in sent:
+                    # a source that knows no entity maps may refuse the parameter
+                    del sent["entityMap"]
+                    continue
+                if not answer.ok or not isinstance(answer.body, list):
+                    if answer.error is None:
+                        answer.error = f"answered {answer.status}"
+                    failed.append(answer)
+                    break
+                headers = answer.headers
+                if linked is None and headers is not None:
+                    linked = headers.get("NGSILD-EntityMap")
+                held += [e for e in (parse_remote(b, tm) for b in answer.body) if e is not None]
+                offset += len(answer.body)
+                count = headers.get("NGSILD-Results-Count") if headers is not None else None
+                if len(answer.body) < size or (count and count.isdigit() and offset >= int(count)):
+                    break
+            return held, linked
+
+        mine = asyncio.ensure_future(ask_local())
+        try:
+            answers = await asyncio.gather(*(ask(reg, infos) for reg, infos in sources))
+        finally:
+            found = await mine
+        holders: dict[str, list[str]] = {e["id"]: [LOCAL] for e in found}
+        linked: dict[str, str] = {}
+        for (reg, infos), (held, link) in zip(sources, answers, strict=True):
+            if link:
+                linked[reg.id] = link
+            for ent in self._readable(tenant, held):
+                if self._holds(infos, ent):
+                    ids = holders.setdefault(ent["id"], [])
+                    if reg.id not in ids:
+                        ids.append(reg.id)
+        return dict(sorted(holders.items())[:cap]), linked
+
+    async def _map_page(
+        self,
+        tenant: str,
+        doc: dict[str, Any],
+        query: EntityQuery,
+        tm: TermMap,
+        call: Call,
+        given: dict[str, str],
+        sources: list[tuple[Registration, list[Info]]],
+        failed: list[Answer],
+    ) -> tuple[list[Entity], int, bool]:
+        """One page of a query over the entities of a map (clause 5.5.9.3): "filters
+        shall be rechecked before returning results", "Entities not or no longer
+        fitting the query shall be removed from the Entity map during pagination",
+        "Pages shall always be filled to the maximum, as long as Entities are
+        available". The request's own ids and id pattern narrow the map's entities
+        without removing any (a page forwarded by id is no reason to forget the rest);
+        an entity whose source failed is left in the map. The map's entities are
+        ordered by id; ``offset`` counts them."""
+        entries: dict[str, list[str]] = doc["entityMap"]
+        linked: dict[str, str] = doc.get("linkedMaps") or {}
+        wanted = set(query.ids) if query.ids else None
+        candidates = [
+            eid
+            for eid in sorted(entries)
+            if (wanted is None or eid in wanted)
+            and (query.id_pattern is None or search(query.id_pattern, eid))
+        ]
+        by_id = {reg.id: (reg, infos) for reg, infos in sources}
+        page: list[Entity] = []
+        removed = 0
+        pos = query.offset
+        while len(page) < query.limit and pos < len(candidates):
+            batch = candidates[pos : pos + query.limit - len(page)]
+            pos += len(batch)
+            here = [eid for eid in batch if LOCAL in entries[eid]]
+            per_source: dict[str, list[str]] = {}
+            for eid in batch:
+                for holder in entries[eid]:
+                    if holder != LOCAL and holder in by_id:
+                        per_source.setdefault(holder, []).append(eid)
+            asking = [
+                (by_id[rid], chunk) for rid, ids in per_source.items() for chunk in _chunks(ids)
+            ]
+
+            async def ask_local(here: list[str] = here) -> list[Entity]:
+                if not here:
+                    return []
+                try:
+                    found, _total = await self.entities.query(
+                        tenant, replace(query, ids=here, offset=0, limit=len(here), count=False)
+                    )
+                except NonexistentTenant:
+                    return []
+                return found
+
+            async def ask(reg: Registration, infos: list[Info], ids: list[str]) -> Answer:
+                sent = self._sent(reg, infos, query, tm, given)
+                sent.update(id=",".join(ids), limit=str(len(ids)))
+                link = linked.get(reg.id)
+                return await self.forwarder.send(
+                    reg,
+                    call,
+                    "GET",
+                    "/entities",
+                    params=sent,
+                    extra={"NGSILD-EntityMap": link} if link else None,
+                )
+
+            mine = asyncio.ensure_future(ask_local())
+            try:
+                answers: list[Answer] = await asyncio.gather(
+                    *(ask(reg, infos, ids) for (reg, infos), ids in asking)
+                )
+            finally:
+                found = await mine
+            answered: list[tuple[Registration, list[Info], list[Entity]]] = []
+            unsure: set[str] = set()
+            for ((reg, infos), ids), answer in zip(asking, answers, strict=True):
+                if not answer.ok or not isinstance(answer.body, list):
+                    if answer.error is None:
+                        answer.error = f"answered {answer.status}"
+                    failed.append(answer)
+                    unsure.update(ids)
+                    continue
+                ents = [e for e in (parse_remote(b, tm) for b in answer.body) if e is not None]
+                answered.append((reg, infos, ents))
+            merged = self._combine(tenant, found, answered)
+            for eid in batch:
+                if eid in merged:
+                    page.append(merged[eid])
+                elif eid not in unsure:
+                    del entries[eid]  # no longer fits the query (or is gone)
+                    removed += 1
+        if removed and self.maps is not None:
+            await self.maps.save(tenant, doc)
+        return page, len(candidates) - removed, pos < len(candidates)
 
     async def registered_types(self, tenant: str) -> set[str]:
         """The entity types the tenant's active registrations name (expanded)."""
@@ -658,19 +999,33 @@ class DistributedService:
         *,
         attrs: Sequence[str] | None = None,
         local: bool = False,
-    ) -> tuple[Entity, dict[str, str]]:
+        asked: MapRequest | None = None,
+    ) -> tuple[Entity, dict[str, str], bool]:
         """The entity as this hub and the sources registered for it hold it, with the
-        headers to answer with; ResourceNotFound when nobody has it. A source registered
-        for ``queryEntity`` or ``queryBatch`` but not ``retrieveEntity`` is asked with a
-        query by id (``GET /entities?id=...``)."""
+        headers to answer with and whether an entity map was made for the request;
+        ResourceNotFound when nobody has it. A source registered for ``queryEntity`` or
+        ``queryBatch`` but not ``retrieveEntity`` is asked with a query by id
+        (``GET /entities?id=...``).
+
+        ``asked`` (clause 5.7.1.4): "If the data has not expired, only the retrieved
+        Entity Map shall be used to determine which Context Source Registrations match
+        the Entity ID"; otherwise a new map of who answered for the entity is made."""
+        doc = None
+        if asked is not None and asked.ref is not None and self.maps is not None:
+            doc = await self.maps.find(tenant, asked.ref)
         sources: list[tuple[Registration, list[Info]]] = []
         if not local:
             for op in ("retrieveEntity", "queryEntity", "queryBatch"):
                 for reg, infos in await self.sources(tenant, op, ids=[entity_id], attrs=attrs):
                     if all(reg.id != r.id for r, _i in sources):
                         sources.append((reg, infos))
-        if not sources:
-            return await self.entities.retrieve(tenant, entity_id), {}
+        linked: dict[str, str] = {}
+        if doc is not None:
+            holders = doc["entityMap"].get(entity_id, [])
+            sources = [(reg, infos) for reg, infos in sources if reg.id in holders]
+            linked = doc.get("linkedMaps") or {}
+        if not sources and asked is None:
+            return await self.entities.retrieve(tenant, entity_id), {}, False
 
         async def ask_local() -> list[Entity]:
             try:
@@ -685,14 +1040,18 @@ class DistributedService:
             wanted = self._attrs(reg, infos, attrs)
             if wanted:
                 sent["attrs"] = ",".join(tm.compact(a) for a in wanted)
+            link = linked.get(reg.id)
+            extra = {"NGSILD-EntityMap": link} if link else None
             if reg.supports("retrieveEntity"):
                 path = f"/entities/{Forwarder.segment(entity_id)}"
-                return await self.forwarder.send(reg, call, "GET", path, params=sent)
+                return await self.forwarder.send(reg, call, "GET", path, params=sent, extra=extra)
             sent["id"] = entity_id
             types = reg.types_for(infos)
             if types:
                 sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-            answer = await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+            answer = await self.forwarder.send(
+                reg, call, "GET", "/entities", params=sent, extra=extra
+            )
             if answer.ok and isinstance(answer.body, list):  # a query's answer: a list
                 found = [e for e in answer.body if isinstance(e, dict) and e.get("id") == entity_id]
                 answer.body = found[0] if found else None
@@ -724,4 +1083,15 @@ class DistributedService:
             missing = ResourceNotFound(f"entity {entity_id} not found")
             missing.headers.update(warning(failed))
             raise missing
-        return merged[entity_id], warning(failed)
+        headers = warning(failed)
+        created = False
+        if asked is not None and self.maps is not None:
+            if doc is None:
+                holders = [LOCAL] if found else []
+                holders += [reg.id for reg, _infos, _ents in answered]
+                doc = await self.maps.create(
+                    tenant, {entity_id: holders}, {}, lifetime=asked.lifetime
+                )
+                created = True
+            headers["NGSILD-EntityMap"] = location(doc["id"])
+        return merged[entity_id], headers, created

@@ -37,6 +37,7 @@ import orjson
 
 from broker.errors import LoopDetected
 from broker.federation.registrations import Registration
+from broker.model.entity import iri_to_uri
 from broker.outbound import OutboundPolicy, OutboundRefused, policy_transport
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -103,8 +104,10 @@ def warning(answers: list[Answer]) -> dict[str, str]:
     failed = [a for a in answers if a.error is not None]
     if not failed:
         return {}
+    # a header is ASCII: ids and addresses with other characters go percent-encoded
     text = ", ".join(
-        f'199 {a.reg.id} "{a.reg.endpoint}: {a.error}"'.replace("\n", " ") for a in failed
+        f'199 {iri_to_uri(a.reg.id)} "{iri_to_uri(a.reg.endpoint)}: {a.error}"'.replace("\n", " ")
+        for a in failed
     )
     return {"NGSILD-Warning": text}
 
@@ -177,12 +180,17 @@ class Forwarder:
         params: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        extra: Mapping[str, str] | None = None,
     ) -> Answer:
-        """One request to the source of ``reg``; never raises but LoopDetected."""
+        """One request to the source of ``reg``; never raises but LoopDetected.
+        ``extra``: headers of the operation itself (``NGSILD-EntityMap``)."""
         now = time.monotonic()
         if self._resting.get(reg.endpoint, 0.0) > now:
             return Answer(reg, error="not asked: resting after a failure (cooldown)")
         headers = self.headers(reg, call)
+        for key, value in (extra or {}).items():
+            if _TOKEN.fullmatch(key) and _VALUE.fullmatch(value):
+                headers[key] = value
         log.debug("forwarding %s %s to %s (%s)", method, path, reg.endpoint, reg.id)
         content = None
         if body is not None:

@@ -196,16 +196,18 @@ class ContextStore(Protocol):
         """Delete a context record; False when there was none."""
 
 
-#: What a :class:`RegistrationStore` keeps: context source registrations (clause 5.2.9)
-#: or context source registration subscriptions (clause 5.2.12, ``csourceSubscriptions``).
-RegistrationKind = Literal["registration", "subscription"]
+#: What a :class:`RegistrationStore` keeps: context source registrations (clause 5.2.9),
+#: context source registration subscriptions (clause 5.2.12, ``csourceSubscriptions``)
+#: or the entity maps of distributed queries (clause 5.2.39, ``broker.core.entitymaps``).
+RegistrationKind = Literal["registration", "subscription", "entityMap"]
 
 
 class RegistrationStore(Protocol):
     """Context source registrations and the subscriptions to them, per tenant: documents
     named by their ``id`` member, listed in the order they were created. They are few
     (one per context source and data set), so the federation layer reads a tenant's
-    whole list and matches it in memory; the store only keeps them."""
+    whole list and matches it in memory; the store only keeps them. Entity maps are kept
+    here too (a bounded number per tenant, ``broker.core.entitymaps``)."""
 
     async def put_registration(
         self, tenant: str, kind: RegistrationKind, doc: dict[str, Any], *, create: bool

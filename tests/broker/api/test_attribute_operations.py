@@ -6,6 +6,7 @@ delete of one attribute). A refused request changes nothing."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -253,3 +254,43 @@ def test_japanese_names_are_names(client: TestClient, shelter: dict[str, Any]) -
     r = client.patch(f"{E}/{EID}/attrs/収容人数", json={"value": 310}, headers=JSON)
     assert r.status_code == 204, r.text
     assert stored(client)["収容人数"] == prop(310)
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "{iri}",  # as it is, its "/" in the path
+        "{quoted}",  # percent-encoded: https%3A%2F%2F...
+    ],
+)
+def test_an_attribute_is_addressed_by_its_full_iri_in_the_path(
+    client: TestClient, shelter: dict[str, Any], written: str
+) -> None:
+    """Clause 5.5.7: "NGSI-LD API operations allow clients to use short-hand strings as
+    non-qualified names, particularly for Property, Relationship or Type names ... NGSI-LD
+    systems shall expand terms to URIs, in order to obtain and store Fully Qualified
+    Names." A term is a short-hand: the Fully Qualified Name it expands to, written in
+    the path of clause 6.7 (``/entities/{entityId}/attrs/{attrId}``) as it is or
+    percent-encoded, addresses the same attribute (here ``capacity`` of the default
+    @vocab) for PATCH, PUT and DELETE."""
+    iri = f"{VOCAB}capacity"
+    path = written.format(iri=iri, quoted=quote(iri, safe=""))
+    r = client.patch(f"{E}/{EID}/attrs/{path}", json={"value": 450}, headers=JSON)
+    assert r.status_code == 204, r.text
+    assert stored(client)["capacity"]["value"] == 450
+    r = client.put(f"{E}/{EID}/attrs/{path}", json=prop(500), headers=JSON)
+    assert r.status_code == 204, r.text
+    assert stored(client)["capacity"]["value"] == 500
+    # an attribute named by an IRI of another vocabulary is that attribute
+    other = "https://example.org/防災/収容人数"
+    r = client.post(f"{E}/{EID}/attrs", json={other: prop(1)}, headers=JSON)
+    assert r.status_code in (204, 207), r.text
+    other_path = written.format(iri=other, quoted=quote(other, safe=""))
+    r = client.patch(f"{E}/{EID}/attrs/{other_path}", json={"value": 2}, headers=JSON)
+    assert r.status_code == 204, r.text
+    assert stored(client)[other]["value"] == 2
+    assert client.delete(f"{E}/{EID}/attrs/{path}").status_code == 204
+    assert "capacity" not in stored(client)
+    assert client.delete(f"{E}/{EID}/attrs/{other_path}").status_code == 204
+    assert other not in stored(client)
+    assert client.delete(f"{E}/{EID}/attrs/{path}").status_code == 404

@@ -81,3 +81,28 @@ async def test_registrations_survive_reopening(make_store: Callable[[], Store]) 
         assert await s.list_registrations("komae", "registration") == [registration(1)]
     finally:
         await s.close()
+
+
+async def test_entity_maps_are_kept_beside_registrations(store: Store) -> None:
+    """Entity maps (clause 5.2.39) are kept as their own kind: entity ids with dots and
+    Japanese names as member names survive, and they are apart from registrations."""
+    doc = {
+        "id": "urn:ngsi-ld:EntityMap:1",
+        "type": "EntityMap",
+        "expiresAt": "2030-01-01T00:00:00.000Z",
+        "entityMap": {
+            "urn:ngsi-ld:駐車場:渋谷-1": ["@none"],
+            "urn:ngsi-ld:駐車場:v1.2$3": [f"{CSR}1", "@none"],
+        },
+        "linkedMaps": {f"{CSR}1": "/ngsi-ld/v1/entityMaps/urn:ngsi-ld:EntityMap:渋谷"},
+    }
+    await store.put_registration("tokyo", "entityMap", doc, create=True)
+    await store.put_registration("tokyo", "registration", registration(1), create=True)
+    assert await store.get_registration("tokyo", "entityMap", doc["id"]) == doc
+    assert [d["id"] for d in await store.list_registrations("tokyo", "entityMap")] == [doc["id"]]
+    assert await store.get_registration("chofu", "entityMap", doc["id"]) is None
+    smaller = {**doc, "entityMap": {"urn:ngsi-ld:駐車場:渋谷-1": ["@none"]}}
+    await store.put_registration("tokyo", "entityMap", smaller, create=False)
+    assert await store.get_registration("tokyo", "entityMap", doc["id"]) == smaller
+    assert await store.delete_registration("tokyo", "entityMap", doc["id"])
+    assert await store.list_registrations("tokyo", "registration") == [registration(1)]
