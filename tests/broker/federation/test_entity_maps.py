@@ -57,7 +57,8 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         yield {"shibuya": shibuya, "tokyo": tokyo}
 
 
-def ids(response: httpx.Response) -> list[str]:
+def ids(response: Any) -> list[str]:
+    """The ids of a query answer (from a test client or an httpx client)."""
     return [e["id"] for e in response.json()]
 
 

@@ -5,6 +5,7 @@ in creation order, surviving a reopen."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -86,7 +87,7 @@ async def test_registrations_survive_reopening(make_store: Callable[[], Store]) 
 async def test_entity_maps_are_kept_beside_registrations(store: Store) -> None:
     """Entity maps (clause 5.2.39) are kept as their own kind: entity ids with dots and
     Japanese names as member names survive, and they are apart from registrations."""
-    doc = {
+    doc: dict[str, Any] = {
         "id": "urn:ngsi-ld:EntityMap:1",
         "type": "EntityMap",
         "expiresAt": "2030-01-01T00:00:00.000Z",
