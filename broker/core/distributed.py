@@ -302,6 +302,20 @@ class DistributedService:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    async def _query_sources(
+        self, tenant: str, query: EntityQuery, csf: Node | None
+    ) -> list[tuple[Registration, list[Info]]]:
+        """The sources a query of entities is forwarded to (``queryEntity``)."""
+        return await self.sources(
+            tenant,
+            "queryEntity",
+            types=query.types,
+            ids=query.ids,
+            id_pattern=query.id_pattern,
+            attrs=query.attrs,
+            csf=csf,
+        )
+
     def _sent(
         self,
         reg: Registration,
@@ -417,19 +431,7 @@ class DistributedService:
         the headers to answer with (``NGSILD-Warning``). ``params`` are the request's
         own query parameters (passed on in its terms); without them, parameters are made
         from ``query`` (:func:`params_of`)."""
-        sources = (
-            []
-            if local
-            else await self.sources(
-                tenant,
-                "queryEntity",
-                types=query.types,
-                ids=query.ids,
-                id_pattern=query.id_pattern,
-                attrs=query.attrs,
-                csf=csf,
-            )
-        )
+        sources = [] if local else await self._query_sources(tenant, query, csf)
         if not sources:
             try:
                 found, total = await self.entities.query(tenant, query)
@@ -510,19 +512,7 @@ class DistributedService:
             raise InternalError("entity maps are not set up")
         doc = await maps.find(tenant, asked.ref) if asked.ref is not None else None
         given = params if params is not None else params_of(query, tm)
-        sources = (
-            []
-            if local
-            else await self.sources(
-                tenant,
-                "queryEntity",
-                types=query.types,
-                ids=query.ids,
-                id_pattern=query.id_pattern,
-                attrs=query.attrs,
-                csf=csf,
-            )
-        )
+        sources = [] if local else await self._query_sources(tenant, query, csf)
         failed: list[Answer] = []
         created = doc is None
         if doc is None:
@@ -552,19 +542,7 @@ class DistributedService:
         Context Source Registration and the EntityMap Id is added to the linkedMaps
         element"), stored; with the ``NGSILD-Warning`` header for sources that failed."""
         given = params if params is not None else params_of(query, tm)
-        sources = (
-            []
-            if local
-            else await self.sources(
-                tenant,
-                "queryEntity",
-                types=query.types,
-                ids=query.ids,
-                id_pattern=query.id_pattern,
-                attrs=query.attrs,
-                csf=csf,
-            )
-        )
+        sources = [] if local else await self._query_sources(tenant, query, csf)
         failed: list[Answer] = []
         doc = await self._make_map(tenant, query, tm, call, given, sources, failed, asked)
         return doc, warning(failed)
