@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends
-from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, Payload, negotiate, respond
-from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.deps import Hub, Operation, OperationDep
 from broker.jsonld.context import ContextValue, TermMap
 from broker.model.entity import id_segment
 
@@ -57,29 +56,6 @@ class Listed(Documents, Protocol):
     async def render(
         self, tenant: str, doc: dict[str, Any], tm: TermMap, *, sys_attrs: bool = False
     ) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """A request to one of a collection's operations, past the shared dependencies."""
-
-    request: Request
-    hub: Hub
-    tenant: str
-    #: the ``local`` parameter as given (only subscriptions read it)
-    local: str | None
-
-
-async def operation(
-    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
-) -> Operation:
-    """The dependency every operation of a collection has: after the tenant, the query
-    parameters are checked (400 for one the operation does not declare)."""
-    P.check_params(request)
-    return Operation(request, hub, tenant, local)
-
-
-OperationDep = Annotated[Operation, Depends(operation)]
 
 
 async def subscription_id(sub_id: P.SubscriptionIdPath) -> str:

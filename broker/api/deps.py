@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header
 from starlette.requests import Request
 
+from broker.api import params as P
 from broker.api.common import Payload, check_tenant, link_context, read_payload
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
@@ -139,3 +140,27 @@ async def tenant_only(ngsild_tenant: TenantHeader = None) -> str:
 HubDep = Annotated[Hub, Depends(get_hub)]
 TenantDep = Annotated[str, Depends(tenant)]
 ContextsTenantDep = Annotated[str, Depends(tenant_only)]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A request to an NGSI-LD operation, past the dependencies most of them share."""
+
+    request: Request
+    hub: Hub
+    tenant: str
+    #: the ``local`` parameter as given (read by the operations a federation mirrors)
+    local: str | None
+
+
+async def operation(
+    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
+) -> Operation:
+    """The request, the hub, the tenant and ``local``, as most operations take them:
+    after the tenant, the query parameters are checked (400 for one the operation does
+    not declare)."""
+    P.check_params(request)
+    return Operation(request, hub, tenant, local)
+
+
+OperationDep = Annotated[Operation, Depends(operation)]

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.api import params as P
-from broker.api.collection import ANSWERS, Collection, Names, Operation, Texts, declare
+from broker.api.collection import ANSWERS, Collection, Names, Texts, declare
 from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
-from broker.api.deps import HubDep, TenantDep
+from broker.api.deps import HubDep, Operation, TenantDep
 from broker.errors import BadRequestData
 from broker.federation.registrations import RegistrationQuery, TemporalFilter
 from broker.jsonld.context import TermMap

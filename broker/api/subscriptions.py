@@ -9,16 +9,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 
 from broker.api import params as P
-from broker.api.collection import (
-    ListedCollection,
-    Names,
-    Operation,
-    Texts,
-    declare,
-    subscription_id,
-)
+from broker.api.collection import ListedCollection, Names, Texts, declare, subscription_id
 from broker.api.common import Payload
-from broker.api.deps import Hub
+from broker.api.deps import Hub, Operation
 from broker.auth.access import current as current_access
 from broker.federation.forward import Call, Forwarder
 from broker.jsonld.context import TermMap
