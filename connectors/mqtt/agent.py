@@ -140,9 +140,6 @@ class IoTAgent:
         #: (scope, device id) -> commands waiting for an HTTP device to poll them: name ->
         #: (value, the entity the command was written to)
         self._pending: dict[tuple[Scope, str], dict[str, tuple[Any, Resolved]]] = {}
-        #: (scope, device id, command) -> the entity the command was last written to, where
-        #: the device's answer goes (one its ``entityNameExp`` named, or its own)
-        self._command_targets: dict[tuple[Scope, str, str], str] = {}
         #: devices told about: their ``entityNameExp`` named more entities than are served
         self._named_full: set[tuple[Scope, str]] = set()
         self._pushes: set[asyncio.Task[None]] = set()
@@ -466,17 +463,6 @@ class IoTAgent:
         except orjson.JSONDecodeError:
             return item.payload.decode("utf-8", errors="replace")
 
-    def _command_target(self, device: Resolved, name: str) -> Resolved:
-        """The entity a device's answer to command ``name`` goes to: the one the command
-        was last written to, while it is still the device's; else the device's own."""
-        eid = self._command_targets.get((device.scope, device.device_id, name))
-        if eid is None or eid == device.entity_id:
-            return device
-        target = self.registry.by_entity(device.scope.service, eid)
-        if target is None or (target.scope, target.device_id) != (device.scope, device.device_id):
-            return device
-        return target
-
     def _command_result(
         self, device: Resolved, payload: Any, topic: str, arrival: float, ack: Ack | None
     ) -> bool:
@@ -491,7 +477,7 @@ class IoTAgent:
                 self.bad("unknown_command", topic, f"{name!r} is not a command of the device")
                 continue
             self.metrics.inc("command_results_total")
-            target = self._command_target(device, name)
+            target = self.registry.command_target(device, name)
             attrs = targets.setdefault(target.entity_id, (target, {}))[1]
             attrs[f"{name}_status"] = self._command_attr("commandStatus", "OK", stamp)
             attrs[f"{name}_info"] = self._command_attr(
@@ -729,7 +715,7 @@ class IoTAgent:
 
         ``device`` is the entity the command was written to (the device's own, or one its
         ``entityNameExp`` named): the device's answer goes there."""
-        self._command_targets[device.scope, device.device_id, name] = device.entity_id
+        self.registry.command_sent(device, name)
         if device.transport == "HTTP":
             status = self._http_command(device, name, value)
         elif not self._addressable(device):

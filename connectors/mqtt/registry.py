@@ -240,6 +240,11 @@ class Registry:
             " entity_id TEXT NOT NULL, subservice TEXT NOT NULL, device_id TEXT NOT NULL,"
             " PRIMARY KEY (service, entity_id))"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS command_targets (service TEXT NOT NULL,"
+            " subservice TEXT NOT NULL, device_id TEXT NOT NULL, command TEXT NOT NULL,"
+            " entity_id TEXT NOT NULL, PRIMARY KEY (service, subservice, device_id, command))"
+        )
         #: apikey -> the service its MQTT messages belong to (see the module docstring)
         self.pins: dict[str, str] = {}
         self._data_version: int | None = None
@@ -261,6 +266,13 @@ class Registry:
             (str(service), str(eid)): (Scope(str(service), str(subservice)), str(device_id))
             for service, eid, subservice, device_id in self._db.execute(
                 "SELECT service, entity_id, subservice, device_id FROM named_entities"
+            )
+        }
+        #: (scope, device id, command) -> the entity the command was last written to
+        self.command_targets: dict[tuple[Scope, str, str], str] = {
+            (Scope(str(service), str(subservice)), str(device_id), str(command)): str(eid)
+            for service, subservice, device_id, command, eid in self._db.execute(
+                "SELECT service, subservice, device_id, command, entity_id FROM command_targets"
             )
         }
         self._reindex()
@@ -553,6 +565,14 @@ class Registry:
             )
         for key in gone:
             del self.named[key]
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM command_targets WHERE service = ? AND subservice = ?"
+                " AND device_id = ?",
+                (scope.service, scope.subservice, device_id),
+            )
+        for target in [t for t in self.command_targets if t[:2] == (scope, device_id)]:
+            del self.command_targets[target]
         self._reindex()
 
     # -- message path -------------------------------------------------------------------------
@@ -725,6 +745,37 @@ class Registry:
         if base is not None:
             self._by_entity[key] = dataclasses.replace(base, entity_id=entity_id, named=True)
         return True
+
+    def command_sent(self, device: Resolved, command: str) -> None:
+        """Remember (in the file) which entity ``command`` of the device was last written
+        to, so the device's answer goes there, even after a restart."""
+        key = (device.scope, device.device_id, command)
+        held = self.command_targets.get(key)
+        if held == device.entity_id or (held is None and not device.named):
+            return  # known, or the device's own entity (where answers go by default)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO command_targets VALUES (?, ?, ?, ?, ?)",
+                (
+                    device.scope.service,
+                    device.scope.subservice,
+                    device.device_id,
+                    command,
+                    device.entity_id,
+                ),
+            )
+        self.command_targets[key] = device.entity_id
+
+    def command_target(self, device: Resolved, command: str) -> Resolved:
+        """The entity the device's answer to ``command`` goes to: the one the command was
+        last written to, while it is still the device's; else the device's own."""
+        eid = self.command_targets.get((device.scope, device.device_id, command))
+        if eid is None or eid == device.entity_id:
+            return device
+        target = self._by_entity.get((device.scope.service, eid))
+        if target is None or (target.scope, target.device_id) != (device.scope, device.device_id):
+            return device
+        return target
 
     def entities_of(self, scope: Scope, device_id: str) -> list[str]:
         """The ids of a device's entities: its own, and those its ``entityNameExp`` named."""

@@ -342,6 +342,31 @@ def test_entities_named_by_entity_name_exp_are_registered_and_served(
         assert registrations(hub, agent) == []
 
 
+def test_an_answer_after_a_restart_goes_to_the_entity_commanded(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker, device: Publisher, tmp_path: Path
+) -> None:
+    """The entity a command was written to is kept in the agent's file: a device that
+    answers after the agent restarted still sets ``{cmd}_status``/``_info`` there."""
+    db, port = str(tmp_path / "bays.db"), free_port()
+    bay = f"urn:ngsi-ld:{PARKING}:ゲート2-B07"
+    with (
+        agent_factory(iota_db=db, iota_port=port) as agent,
+        subscribe(mqtt, "/区画key/ゲート2/cmd") as sub,
+    ):
+        provision(agent, PARKING_GROUP, {"device_id": "ゲート2"})
+        device.publish("/区画key/ゲート2/attrs", json.dumps({"sn": "B07", "b": 90}), qos=1)
+        wait_for(lambda: lazy_value(hub, bay) == 90, what="the named entity registered")
+        assert command(hub, bay, "表示", "空車").status_code == 204
+        assert json.loads(sub.wait(1, timeout=10)[0].payload) == {"表示": "空車"}
+    with agent_factory(iota_db=db, iota_port=port):
+        device.publish("/区画key/ゲート2/cmdexe", json.dumps({"表示": "済"}), qos=1)
+        got = wait_for(
+            lambda: (e := entity(hub, bay)) and e.get("表示_status", {}).get("value") == "OK" and e,
+            what="the answer on the entity commanded",
+        )
+        assert got["表示_info"]["value"] == "済"
+
+
 def test_entity_name_exp_names_a_device_when_it_is_provisioned(
     agent_factory: AgentFactory, hub: str, device: Publisher
 ) -> None:
