@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
-from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.deps import Hub, HubDep, OperationDep, TenantDep
 from broker.api.entities import entity_query
 from broker.api.entity_operations import BodyQueryParams, body_query
 from broker.api.entity_operations import _items as batch_items
@@ -420,12 +420,9 @@ async def retrieve_temporal(
     summary="Create or update temporal evolution of an entity (clause 6.18.3.1)",
     openapi_extra=P.json_body("A temporal entity (clause 5.2.37)."),
 )
-async def upsert_temporal(
-    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
-) -> Response:
-    P.check_params(request)
-    payload, tm = await hub.payload(request)
-    created = await hub.temporal.upsert(tenant, payload.body, tm)
+async def upsert_temporal(op: OperationDep) -> Response:
+    payload, tm = await op.hub.payload(op.request)
+    created = await op.hub.temporal.upsert(op.tenant, payload.body, tm)
     if created:
         eid = payload.body.get("id", payload.body.get("@id"))
         return Response(
@@ -441,17 +438,10 @@ async def upsert_temporal(
     summary="Add attributes to the temporal evolution of an entity (clause 6.20.3.1)",
     openapi_extra=P.json_body("Attribute instances to add."),
 )
-async def append_temporal_attrs(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
+async def append_temporal_attrs(entity_id: P.EntityIdPath, op: OperationDep) -> Response:
     check_entity_id(entity_id)
-    payload, tm = await hub.payload(request)
-    await hub.temporal.add_attrs(tenant, entity_id, payload.body, tm)
+    payload, tm = await op.hub.payload(op.request)
+    await op.hub.temporal.add_attrs(op.tenant, entity_id, payload.body, tm)
     return Response(status_code=204)
 
 
@@ -482,19 +472,12 @@ def _instance_id(value: str) -> str:
     summary="Delete an attribute instance (clause 6.22.3.2)",
 )
 async def delete_temporal_instance(
-    entity_id: P.EntityIdPath,
-    attr: P.AttrPath,
-    instance_id: P.InstancePath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, attr: P.AttrPath, instance_id: P.InstancePath, op: OperationDep
 ) -> Response:
-    P.check_params(request)
     check_entity_id(entity_id)
-    tm = await hub.link_term_map(request)
+    tm = await op.hub.link_term_map(op.request)
     iri = tm.expand(check_name(attr))
-    await hub.temporal.delete_instance(tenant, entity_id, iri, _instance_id(instance_id))
+    await op.hub.temporal.delete_instance(op.tenant, entity_id, iri, _instance_id(instance_id))
     return Response(status_code=204)
 
 
@@ -505,21 +488,14 @@ async def delete_temporal_instance(
     openapi_extra=P.json_body("The attribute instance's new content."),
 )
 async def patch_temporal_instance(
-    entity_id: P.EntityIdPath,
-    attr: P.AttrPath,
-    instance_id: P.InstancePath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, attr: P.AttrPath, instance_id: P.InstancePath, op: OperationDep
 ) -> Response:
-    P.check_params(request)
     check_entity_id(entity_id)
     name = check_name(attr)
     iid = _instance_id(instance_id)
-    payload, tm = await hub.payload(request)
-    await hub.temporal.patch_instance(
-        tenant, entity_id, tm.expand(name), name, iid, payload.body, tm
+    payload, tm = await op.hub.payload(op.request)
+    await op.hub.temporal.patch_instance(
+        op.tenant, entity_id, tm.expand(name), name, iid, payload.body, tm
     )
     return Response(status_code=204)
 
@@ -532,18 +508,14 @@ async def patch_temporal_instance(
 async def delete_temporal_attr(
     entity_id: P.EntityIdPath,
     attr: P.AttrPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
+    op: OperationDep,
     dataset_id: P.DatasetId = None,
     delete_all: P.DeleteAll = None,
-    local: P.Local = None,
 ) -> Response:
-    P.check_params(request)
     check_entity_id(entity_id)
-    tm = await hub.link_term_map(request)
-    await hub.temporal.delete_attr(
-        tenant,
+    tm = await op.hub.link_term_map(op.request)
+    await op.hub.temporal.delete_attr(
+        op.tenant,
         entity_id,
         tm.expand(check_name(attr)),
         dataset_id=dataset_id,
@@ -557,16 +529,9 @@ async def delete_temporal_attr(
     status_code=204,
     summary="Delete the temporal evolution of an entity (clause 6.19.3.2)",
 )
-async def delete_temporal(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
+async def delete_temporal(entity_id: P.EntityIdPath, op: OperationDep) -> Response:
     if "/attrs/" in entity_id:  # .../attrs//{instanceId}: the attribute name is empty
         raise BadRequestData("the attribute name in the path is empty")
     check_entity_id(entity_id)
-    await hub.temporal.delete(tenant, entity_id)
+    await op.hub.temporal.delete(op.tenant, entity_id)
     return Response(status_code=204)
