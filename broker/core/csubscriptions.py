@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from broker.auth.masking import mask_subscription
+from broker.core.subscriptions.payload import compact_selection
 from broker.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from broker.federation.registrations import (
     Registration,
@@ -318,13 +319,7 @@ class CsourceSubscriptionService:
         out = {k: v for k, v in doc.items() if k not in ("@context", *SYSTEM)}
         if sys_attrs:
             out.update({k: doc[k] for k in SYSTEM if k in doc})
-        for item in out.get("entities", []):
-            if isinstance(item, dict) and isinstance(item.get("type"), str):
-                item["type"] = tm.compact(sub.tm.expand(item["type"]))
-        if "watchedAttributes" in out:
-            out["watchedAttributes"] = [
-                tm.compact(sub.tm.expand(a)) for a in out["watchedAttributes"]
-            ]
+        compact_selection(out, sub.tm, tm)
         notification = dict(out.get("notification", {}))
         status = self._status.get((tenant, sub.id))
         if status is not None:

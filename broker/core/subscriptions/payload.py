@@ -619,3 +619,14 @@ class Compiler:
         return {
             n if n in ("id", "type", "scope") else tm.expand(check_name(n)): None for n in names
         }
+
+
+def compact_selection(out: dict[str, Any], written: TermMap, tm: TermMap) -> None:
+    """The entity types and watched attributes of a subscription (of either kind) in
+    ``out``, written in the terms of ``written`` (its own context), put in the terms of
+    ``tm`` (the request's), in place."""
+    for item in out.get("entities", []):
+        if isinstance(item, dict) and isinstance(item.get("type"), str):
+            item["type"] = tm.compact(written.expand(item["type"]))
+    if "watchedAttributes" in out:
+        out["watchedAttributes"] = [tm.compact(written.expand(a)) for a in out["watchedAttributes"]]

@@ -18,7 +18,7 @@ from broker.auth.access import current
 from broker.auth.masking import keep_masked, keep_masked_v2, mask_subscription
 from broker.core.guard import OWNER_KEY
 from broker.core.subscriptions import v2
-from broker.core.subscriptions.payload import TRIGGERS, Compiled, Compiler
+from broker.core.subscriptions.payload import TRIGGERS, Compiled, Compiler, compact_selection
 from broker.errors import BadRequestData, Forbidden, NgsiLdError, ResourceNotFound, Unauthorized
 from broker.jsonld.context import ContextValue, TermMap
 from broker.model.entity import check_entity_id, now_iso
@@ -276,13 +276,7 @@ class Registry:
         }
         if sys_attrs:
             out.update({k: doc[k] for k in ("createdAt", "modifiedAt") if k in doc})
-        for item in out.get("entities", []):
-            if isinstance(item, dict) and isinstance(item.get("type"), str):
-                item["type"] = tm.compact(compiled.tm.expand(item["type"]))
-        if "watchedAttributes" in out:
-            out["watchedAttributes"] = [
-                tm.compact(compiled.tm.expand(a)) for a in out["watchedAttributes"]
-            ]
+        compact_selection(out, compiled.tm, tm)
         notification = dict(out.get("notification", {}))
         if "attributes" in notification:
             notification["attributes"] = [
