@@ -57,7 +57,7 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         yield {"shibuya": shibuya, "tokyo": tokyo}
 
 
-def ids(response: httpx.Response) -> list[str]:
+def ids(response: Any) -> list[str]:
     return [e["id"] for e in response.json()]
 
 
