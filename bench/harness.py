@@ -194,6 +194,7 @@ def iot_agent(
         sys.executable,
         "-m",
         "connectors.mqtt.cli",
+        "iot-agent",
         "--port",
         str(port),
         "--mqtt-url",

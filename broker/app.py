@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,12 +33,12 @@ from broker.api import (
     viewer,
 )
 from broker.api import v2 as ngsi_v2
-from broker.api.auth import AuditMiddleware, AuthState, authorize
+from broker.api.auth import authorize
 from broker.api.deps import Hub, check_loop
 from broker.api.errors import add_exception_handlers
 from broker.api.hygiene import add_http_hygiene
-from broker.auth import PolicyHolder, Principal, install_sighup_reload, open_audit_log
-from broker.auth.credentials import Authenticator
+from broker.auth import Principal
+from broker.auth.middleware import AuditMiddleware, AuthState, auth_state
 from broker.core.batch import BatchService
 from broker.core.contexts import ContextRegistry
 from broker.core.csubscriptions import CsourceSubscriptionService
@@ -210,23 +211,41 @@ class TrailingSlash:
         await self.app(scope, receive, send)
 
 
-def auth_state(settings: Settings) -> AuthState | None:
-    """Access control of these settings: None without an auth file (then
-    ``broker.auth.startup`` has decided the hub may run open)."""
-    if settings.auth_file is None:
-        return None
-    holder = PolicyHolder(settings.auth_file)
-    return AuthState(
-        holder=holder,
-        authenticator=Authenticator(holder),
-        audit=open_audit_log(settings.audit_log),
-    )
+#: ``add_api_route`` keywords not copied from a route: given explicitly or derived.
+_NOT_COPIED = frozenset({"self", "path", "endpoint", "dependencies", "route_class_override"})
+
+
+def include_flat(app: FastAPI, router: APIRouter) -> None:
+    """Add ``router``'s routes to the app's own list, as routes of the app.
+
+    ``include_router`` of recent versions of the framework keeps the router whole and
+    matches each request through it with a context of its own per candidate, which costs
+    more than a cached retrieve; added as the app's own routes they are matched in one
+    pass. Each route is rebuilt by the app from the route's own settings (the router's
+    prefix, tags and dependencies are in them already), so the app's dependencies
+    (``authorize``, ``check_loop``) come first, as with ``include_router``.
+    """
+    names = inspect.signature(app.router.add_api_route).parameters
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            app.router.routes.append(route)
+            continue
+        settings = {
+            n: getattr(route, n) for n in names if n not in _NOT_COPIED and hasattr(route, n)
+        }
+        app.router.add_api_route(
+            route.path,
+            route.endpoint,
+            dependencies=list(route.dependencies),
+            route_class_override=type(route),
+            **settings,
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
-    auth = auth_state(settings)
+    auth = auth_state(settings.auth_file, settings.audit_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -234,12 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub = hub
         metrics.attach(app, hub)
         app.state.ready = True
-        restore = None
-        if auth is not None and threading.current_thread() is threading.main_thread():
-            # signals reach the main thread only (an app served from a test client's
-            # thread reloads through ``auth.holder.reload()`` instead)
-            reopen = [auth.audit.reopen] if auth.audit is not None else []
-            restore = install_sighup_reload(auth.holder, *reopen)
+        restore = auth.watch() if auth is not None else None
         log.info(
             "Renkei broker ready on %s (store %s)", settings.base_url, redact_uri(settings.store)
         )
@@ -252,9 +266,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await metrics.detach(app)
             await close_hub(hub)
             if auth is not None:
-                await auth.authenticator.aclose()
-                if auth.audit is not None:
-                    auth.audit.close()
+                await auth.aclose()
 
     app = FastAPI(
         title="Renkei NGSI-LD broker",
@@ -274,23 +286,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.install(app)  # sees every request
     app.add_middleware(TrailingSlash)  # outermost
     probes.install(app)
-    app.include_router(entities.router)
+    include_flat(app, entities.router)
     # routes are tried in order: NGSI v2's right after NGSI-LD's entities, so that neither
     # API's entity requests wait behind the 501 placeholders, OGC and the viewer
     for v2_router in ngsi_v2.ROUTERS:
-        app.include_router(v2_router)
-    app.include_router(entity_operations.router)
-    app.include_router(types.router)
-    app.include_router(subscriptions.router)
-    app.include_router(jsonld_contexts.router)
-    app.include_router(temporal.router)
-    app.include_router(registrations.router)
-    app.include_router(csubscriptions.router)
-    app.include_router(entitymaps.router)
-    app.include_router(unimplemented.router)
-    app.include_router(ogc.router)
-    app.include_router(viewer.router)
-    app.include_router(docs.router)
+        include_flat(app, v2_router)
+    include_flat(app, entity_operations.router)
+    include_flat(app, types.router)
+    include_flat(app, subscriptions.router)
+    include_flat(app, jsonld_contexts.router)
+    include_flat(app, temporal.router)
+    include_flat(app, registrations.router)
+    include_flat(app, csubscriptions.router)
+    include_flat(app, entitymaps.router)
+    include_flat(app, unimplemented.router)
+    include_flat(app, ogc.router)
+    include_flat(app, viewer.router)
+    include_flat(app, docs.router)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Response:

@@ -114,3 +114,36 @@ def broker(db: Path, *extra: str) -> Iterator[str]:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def package_python(requirement: str) -> Path:
+    """The interpreter of a virtualenv holding ``requirement`` (``name==version``), for a
+    client library or checker whose pins clash with ours. Made once from PyPI under
+    ``~/.cache/renkei-<name>`` (``RENKEI_<NAME>_HOME``) and reused."""
+    name, version = requirement.split("==")
+    home = Path(
+        os.environ.get(f"RENKEI_{name.upper()}_HOME", Path.home() / ".cache" / f"renkei-{name}")
+    )
+    venv = home / f"venv-{version}-py{sys.version_info[0]}{sys.version_info[1]}"
+    python = venv / "bin" / "python"
+    marker = venv / f".{requirement}"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, requirement], check=True, timeout=900)
+        marker.touch()
+    return python
+
+
+def run_flow(python: Path, script: Path, *args: str) -> str:
+    """Run ``script`` with ``python`` (a :func:`package_python`), outside this test
+    session's environment; its output, once it has exited 0."""
+    run = subprocess.run(
+        [str(python), str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PYTHON"))},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout

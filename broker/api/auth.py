@@ -19,22 +19,19 @@ so every route of every API has it, and a route added later cannot go without it
    filters reads by type and checks every write per entity.
 
 Reads are never refused here: what the principal may not read answers as missing.
-``AuditMiddleware`` writes the audit line of every accepted change and every refused
-request (401/403) before the answer leaves. Without an auth file (``app.state.auth``
+``AuditMiddleware`` (``broker.auth.middleware``, shared with the IoT agent) writes the
+audit line of every accepted change and every refused request (401/403) before the
+answer leaves. Without an auth file (``app.state.auth``
 is None) both do nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import logs
-from broker.auth import AuditLog, Authenticator, PolicyHolder, Principal
 from broker.auth.access import CURRENT, Access
+from broker.auth.middleware import AUDITED, UNVERIFIED, AuthState
 from broker.auth.policy import Action
 from broker.errors import Forbidden, NgsiLdError, Unauthorized
 
@@ -47,17 +44,7 @@ ADMIN_PATHS = frozenset({"/metrics"})
 ENTITY_MAPS = "/ngsi-ld/v1/entityMaps"
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_UNVERIFIED = Principal(name="-", via="invalid")
 _VERB = {"write": "change entities", "subscribe": "subscribe"}
-
-
-@dataclass
-class AuthState:
-    """What the app holds when access control is on (``app.state.auth``)."""
-
-    holder: PolicyHolder
-    authenticator: Authenticator
-    audit: AuditLog | None = None
 
 
 def classify(method: str, path: str) -> Action:
@@ -107,10 +94,10 @@ async def check_request(request: Request, operation: str | None = None) -> None:
     try:
         principal = await auth.authenticator.authenticate(request.headers)
     except NgsiLdError:
-        state["renkei_access"] = Access(auth.holder.policy, _UNVERIFIED, tenant, action, operation)
+        state[AUDITED] = Access(auth.holder.policy, UNVERIFIED, tenant, action, operation)
         raise
     access = Access(auth.holder.policy, principal, tenant, action, operation)
-    state["renkei_access"] = access
+    state[AUDITED] = access
     logs.principal.set(principal.name)
     if principal.anonymous and path.startswith(ENTITY_MAPS):
         # which sources hold which entities is not open data
@@ -124,49 +111,3 @@ async def check_request(request: Request, operation: str | None = None) -> None:
                 raise Unauthorized("credentials are required for this operation")
             raise Forbidden(f"not allowed to {_VERB[action]} in this tenant")
     CURRENT.set(access)
-
-
-class AuditMiddleware:
-    """Records the audit line of a request when its answer starts (see the module)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        token = CURRENT.set(None)
-
-        async def audited(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                _record(scope, int(message["status"]))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, audited)
-        finally:
-            CURRENT.reset(token)
-
-
-def _record(scope: Scope, status: int) -> None:
-    app: Any = scope.get("app")
-    auth: AuthState | None = getattr(getattr(app, "state", None), "auth", None)
-    if auth is None or auth.audit is None:
-        return
-    access: Access | None = scope.get("state", {}).get("renkei_access")
-    if access is None:
-        return
-    refused = status in (401, 403)
-    if not refused and (access.action == "read" or status >= 400):
-        return
-    client = scope.get("client")
-    auth.audit.record(
-        principal=access.principal,
-        tenant=access.tenant,
-        operation=access.operation,
-        status=status,
-        entity_ids=list(dict.fromkeys(access.written)),
-        reason="refused" if refused else None,
-        client=client[0] if client else None,
-    )

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Path, Query
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.params import Query as QueryInfo
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
@@ -294,11 +295,17 @@ def group(model: type[G]) -> Any:
     description and ``check_params`` accepts them, as for any declared parameter.
     """
     names = [(name, info.alias or name) for name, info in model.model_fields.items()]
+    defaults = {name: info.get_default() for name, info in model.model_fields.items()}
+    fresh = model.model_construct()
 
     async def read(request: Request) -> G:
         query = request.query_params
         values: dict[str, Any] = {name: query[alias] for name, alias in names if alias in query}
-        return model.model_construct(**values)
+        if not values:
+            # most requests give none: a copy of the defaults (``model_construct`` would
+            # compute every field's default again)
+            return fresh.model_copy()
+        return model.model_construct(set(values), **{**defaults, **values})
 
     read.__name__ = f"{model.__name__}_group"
     setattr(read, GROUP_ATTR, model)
@@ -339,10 +346,19 @@ class DeclaredRoute(CompiledRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        extra = [p for model in _groups(self.dependant) for p in group_parameters(model)]
-        if extra:
-            self.openapi_extra = dict(self.openapi_extra or {})
-            self.openapi_extra["parameters"] = [*self.openapi_extra.get("parameters", []), *extra]
+        add_parameters(
+            self, [p for model in _groups(self.dependant) for p in group_parameters(model)]
+        )
+
+
+def add_parameters(route: APIRoute, parameters: list[dict[str, Any]]) -> None:
+    """Add OpenAPI parameter objects to ``route``'s description, each once (a route
+    rebuilt from another's settings already has them)."""
+    existing = list((route.openapi_extra or {}).get("parameters", []))
+    seen = {(p.get("name"), p.get("in")) for p in existing}
+    new = [p for p in parameters if (p.get("name"), p.get("in")) not in seen]
+    if new:
+        route.openapi_extra = {**(route.openapi_extra or {}), "parameters": [*existing, *new]}
 
 
 def declared_names(dependant: Any) -> frozenset[str]:

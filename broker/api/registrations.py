@@ -16,11 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.api import params as P
+from broker.api.collection import ANSWERS, Collection, Names, Operation, Texts, declare
 from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
 from broker.api.deps import HubDep, TenantDep
 from broker.errors import BadRequestData
 from broker.federation.registrations import RegistrationQuery, TemporalFilter
-from broker.model.entity import check_datetime, check_entity_id, check_name, id_segment
+from broker.jsonld.context import TermMap
+from broker.model.entity import check_datetime, check_entity_id, check_name
 from broker.query import parse_geo_query, parse_q, resolve_geo, resolve_q
 from broker.query.patterns import check_pattern
 from broker.query.types import type_alternatives
@@ -28,8 +30,6 @@ from broker.query.types import type_alternatives
 router = APIRouter(
     route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["context source registrations"]
 )
-ANSWERS = P.answers(JSON, LD_JSON)
-BASE = "/ngsi-ld/v1/csourceRegistrations"
 
 RegistrationIdPath = Annotated[
     str, Path(description="Context source registration id (a URI, clause 5.2.9).")
@@ -101,26 +101,47 @@ def _temporal(p: RegistrationQueryParams) -> TemporalFilter | None:
     )
 
 
-@router.post(
-    "/csourceRegistrations",
-    status_code=201,
-    summary="Register context source (clause 6.8.3.1)",
-    openapi_extra=P.json_body("The context source registration (clause 5.2.9)."),
-)
-async def create_registration(
-    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
-) -> Response:
-    P.check_params(request)
-    payload, _tm = await hub.payload(request)
-    reg_id = await hub.registrations.create(tenant, payload.body, payload.context)
-    return Response(status_code=201, headers={"Location": f"{BASE}/{id_segment(reg_id)}"})
+class Registrations(Collection):
+    """Registrations are queried by parameters of their own (``query_registrations``) and
+    compiled to be shown."""
+
+    def check_id(self, doc_id: str) -> None:
+        check_entity_id(doc_id, "registration id")
+
+    async def show(
+        self, op: Operation, doc: dict[str, Any], tm: TermMap, options: str | None
+    ) -> Any:
+        reg = await op.hub.registrations.compile(doc)
+        sys_attrs = "sysAttrs" in P.options_of(options)
+        return op.hub.registrations.render(reg, tm, sys_attrs=sys_attrs)
 
 
-@router.get(
-    "/csourceRegistrations",
-    summary="Query context source registrations (clause 6.8.3.2)",
-    responses=ANSWERS,
+async def registration_id(reg_id: RegistrationIdPath) -> str:
+    """The registration id in the path."""
+    return reg_id
+
+
+TEXTS = Texts(
+    create="Register context source (clause 6.8.3.1)",
+    query="Query context source registrations (clause 6.8.3.2)",
+    retrieve="Retrieve context source registration (clause 6.9.3.1)",
+    update="Update context source registration (clause 6.9.3.2)",
+    delete="Delete context source registration (clause 6.9.3.3)",
+    body="The context source registration (clause 5.2.9).",
+    patch="The registration members to change.",
 )
+NAMES = Names(
+    create="create_registration",
+    query="query_registrations",
+    retrieve="retrieve_registration",
+    update="update_registration",
+    delete="delete_registration",
+)
+REGISTRATIONS = Registrations("/csourceRegistrations", lambda hub: hub.registrations)
+declare(router, REGISTRATIONS, doc_id=registration_id, texts=TEXTS, names=NAMES)
+
+
+@router.get(REGISTRATIONS.path, name=NAMES.query, summary=TEXTS.query, responses=ANSWERS)
 async def query_registrations(
     request: Request,
     hub: HubDep,
@@ -165,62 +186,3 @@ async def query_registrations(
     count = p.count == "true" or "count" in P.options_of(p.options)
     headers = {"NGSILD-Results-Count": str(len(found))} if count else {}
     return respond(page, tm=tm, kind=kind, headers=headers)
-
-
-@router.get(
-    "/csourceRegistrations/{reg_id:path}",
-    summary="Retrieve context source registration (clause 6.9.3.1)",
-    responses=ANSWERS,
-)
-async def retrieve_registration(
-    reg_id: RegistrationIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
-    kind = negotiate(request, (JSON, LD_JSON))
-    tm = await hub.link_term_map(request)
-    doc = await hub.registrations.get(tenant, reg_id)
-    reg = await hub.registrations.compile(doc)
-    sys_attrs = "sysAttrs" in P.options_of(options)
-    return respond(hub.registrations.render(reg, tm, sys_attrs=sys_attrs), tm=tm, kind=kind)
-
-
-@router.patch(
-    "/csourceRegistrations/{reg_id:path}",
-    status_code=204,
-    summary="Update context source registration (clause 6.9.3.2)",
-    openapi_extra=P.json_body("The registration members to change.", merge_patch=True),
-)
-async def update_registration(
-    reg_id: RegistrationIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
-    check_entity_id(reg_id, "registration id")
-    payload, _tm = await hub.payload(request, allow_merge_patch=True)
-    await hub.registrations.update(tenant, reg_id, payload.body, payload.context)
-    return Response(status_code=204)
-
-
-@router.delete(
-    "/csourceRegistrations/{reg_id:path}",
-    status_code=204,
-    summary="Delete context source registration (clause 6.9.3.3)",
-)
-async def delete_registration(
-    reg_id: RegistrationIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
-    await hub.registrations.delete(tenant, reg_id)
-    return Response(status_code=204)

@@ -40,6 +40,21 @@ _MISSING = object()
 _TEXT = (str, str | None, typing.Optional[str])  # noqa: UP045 - both spellings occur
 
 
+#: Parts of a dependency the plan does not cover (a route having any keeps the
+#: framework's handler).
+_UNSUPPORTED = (
+    "body_params",
+    "cookie_params",
+    "websocket_param_name",
+    "http_connection_param_name",
+    "response_param_name",
+    "background_tasks_param_name",
+    "security_scopes_param_name",
+    "own_oauth_scopes",
+    "concurrency",
+)
+
+
 class NotCompiled(Exception):
     """The tree has something the plan does not cover: the framework's handler serves it."""
 
@@ -92,17 +107,8 @@ class _Compiler:
 
     def add(self, dep: Dependant) -> int:
         """Compile ``dep`` after its own dependencies; the index of its step."""
-        unsupported = (
-            dep.body_params,
-            dep.cookie_params,
-            dep.websocket_param_name,
-            dep.http_connection_param_name,
-            dep.response_param_name,
-            dep.background_tasks_param_name,
-            dep.security_scopes_param_name,
-            dep.own_oauth_scopes,
-            dep.concurrency,
-        )
+        # attributes some versions of the framework lack count as absent
+        unsupported = tuple(getattr(dep, name, None) for name in _UNSUPPORTED)
         if any(unsupported) or not _plain_async(dep.call):
             raise NotCompiled(f"dependency {getattr(dep.call, '__name__', dep.call)!r}")
         subs = tuple((sub.name, self.add(sub)) for sub in dep.dependencies)
@@ -119,7 +125,7 @@ class _Compiler:
                 request_name=dep.request_param_name,
                 subs=subs,
                 cached=dep.use_cache,
-                key=(dep.call, dep.scope or ""),
+                key=(dep.call, getattr(dep, "scope", None) or ""),
             )
         )
         return len(self.steps) - 1

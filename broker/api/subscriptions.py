@@ -7,42 +7,50 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
 
 from broker.api import params as P
-from broker.api.common import JSON, LD_JSON, negotiate, respond
-from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.collection import (
+    ListedCollection,
+    Names,
+    Operation,
+    Texts,
+    declare,
+    subscription_id,
+)
+from broker.api.common import Payload
+from broker.api.deps import Hub
 from broker.auth.access import current as current_access
 from broker.federation.forward import Call, Forwarder
 from broker.jsonld.context import TermMap
-from broker.model.entity import id_segment
 from broker.query import parse_q, resolve_q
 
 router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["subscriptions"])
-ANSWERS = P.answers(JSON, LD_JSON)
 
 
-@router.post(
-    "/subscriptions",
-    status_code=201,
-    summary="Create subscription (clause 6.10.3.1)",
-    openapi_extra=P.json_body("The subscription (clause 5.2.12)."),
-)
-async def create_subscription(
-    request: Request, hub: HubDep, tenant: TenantDep, local: P.Local = None
-) -> Response:
-    P.check_params(request)
-    payload, tm = await hub.payload(request)
-    sub_id = await hub.subscriptions.create(tenant, payload.body, payload.context)
-    location = f"/ngsi-ld/v1/subscriptions/{id_segment(sub_id)}"
-    headers = {"Location": location}
-    if not P.bool_param(local, "local"):
-        headers.update(
-            await _mirror(
-                request, hub, tenant, "POST", "/subscriptions", tm, {**payload.body, "id": sub_id}
-            )
+class Subscriptions(ListedCollection):
+    """Subscriptions are mirrored to the context sources registered for them (unless
+    ``local=true``), and listed a page at a time with ``Link`` headers to the others."""
+
+    async def created(
+        self, op: Operation, doc_id: str, payload: Payload, tm: TermMap
+    ) -> dict[str, str]:
+        if P.bool_param(op.local, "local"):
+            return {}
+        body = {**payload.body, "id": doc_id}
+        return await _mirror(op.request, op.hub, op.tenant, "POST", "/subscriptions", tm, body)
+
+    async def changed(self, op: Operation, doc_id: str, patch: Payload | None) -> dict[str, str]:
+        if P.bool_param(op.local, "local"):
+            return {}
+        path = f"/subscriptions/{Forwarder.segment(doc_id)}"
+        if patch is None:
+            return await _mirror(op.request, op.hub, op.tenant, "DELETE", path)
+        return await _mirror(
+            op.request, op.hub, op.tenant, "PATCH", path, body=patch.body, context=patch.context
         )
-    return Response(status_code=201, headers=headers)
+
+    def page_links(self, op: Operation, limit: int, offset: int, total: int) -> list[str]:
+        return page_links(op.request, limit, offset, total)
 
 
 async def _mirror(
@@ -94,34 +102,6 @@ async def _mirror(
     )
 
 
-@router.get("/subscriptions", summary="Query subscriptions (clause 6.10.3.2)", responses=ANSWERS)
-async def list_subscriptions(
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    limit: P.Limit = None,
-    offset: P.Offset = None,
-    count: P.Count = None,
-    options: P.Options = None,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
-    kind = negotiate(request, (JSON, LD_JSON))
-    tm = await hub.link_term_map(request)
-    limit_n, offset_n = P.paging(limit, offset, hub.settings)
-    sys_attrs = "sysAttrs" in P.options_of(options)
-    docs = await hub.subscriptions.all(tenant)
-    page = [
-        await hub.subscriptions.render(tenant, d, tm, sys_attrs=sys_attrs)
-        for d in docs[offset_n : offset_n + limit_n]
-    ]
-    headers = {"NGSILD-Results-Count": str(len(docs))} if count == "true" else {}
-    response = respond(page, tm=tm, kind=kind, headers=headers)
-    for link in page_links(request, limit_n, offset_n, len(docs)):
-        response.headers.append("Link", link)
-    return response
-
-
 def page_links(request: Request, limit: int, offset: int, total: int) -> list[str]:
     """The ``Link`` values of a paged listing (clause 6.3.9 pagination): ``rel="prev"``
     and ``rel="next"`` name the neighbouring pages with the request's other parameters."""
@@ -141,69 +121,24 @@ def page_links(request: Request, limit: int, offset: int, total: int) -> list[st
     return links
 
 
-@router.get(
-    "/subscriptions/{sub_id:path}",
-    summary="Retrieve subscription (clause 6.11.3.1)",
-    responses=ANSWERS,
+declare(
+    router,
+    Subscriptions("/subscriptions", lambda hub: hub.subscriptions),
+    doc_id=subscription_id,
+    texts=Texts(
+        create="Create subscription (clause 6.10.3.1)",
+        query="Query subscriptions (clause 6.10.3.2)",
+        retrieve="Retrieve subscription (clause 6.11.3.1)",
+        update="Update subscription (clause 6.11.3.2)",
+        delete="Delete subscription (clause 6.11.3.3)",
+        body="The subscription (clause 5.2.12).",
+        patch="The subscription members to change.",
+    ),
+    names=Names(
+        create="create_subscription",
+        query="list_subscriptions",
+        retrieve="retrieve_subscription",
+        update="update_subscription",
+        delete="delete_subscription",
+    ),
 )
-async def retrieve_subscription(
-    sub_id: P.SubscriptionIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
-    kind = negotiate(request, (JSON, LD_JSON))
-    tm = await hub.link_term_map(request)
-    doc = await hub.subscriptions.get(tenant, sub_id)
-    sys_attrs = "sysAttrs" in P.options_of(options)
-    body: Any = await hub.subscriptions.render(tenant, doc, tm, sys_attrs=sys_attrs)
-    return respond(body, tm=tm, kind=kind)
-
-
-@router.patch(
-    "/subscriptions/{sub_id:path}",
-    status_code=204,
-    summary="Update subscription (clause 6.11.3.2)",
-    openapi_extra=P.json_body("The subscription members to change.", merge_patch=True),
-)
-async def update_subscription(
-    sub_id: P.SubscriptionIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
-    payload, _tm = await hub.payload(request, allow_merge_patch=True)
-    await hub.subscriptions.update(tenant, sub_id, payload.body, payload.context)
-    headers = {}
-    if not P.bool_param(local, "local"):
-        path = f"/subscriptions/{Forwarder.segment(sub_id)}"
-        headers = await _mirror(
-            request, hub, tenant, "PATCH", path, body=payload.body, context=payload.context
-        )
-    return Response(status_code=204, headers=headers)
-
-
-@router.delete(
-    "/subscriptions/{sub_id:path}",
-    status_code=204,
-    summary="Delete subscription (clause 6.11.3.3)",
-)
-async def delete_subscription(
-    sub_id: P.SubscriptionIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    local: P.Local = None,
-) -> Response:
-    P.check_params(request)
-    await hub.subscriptions.delete(tenant, sub_id)
-    headers = {}
-    if not P.bool_param(local, "local"):
-        path = f"/subscriptions/{Forwarder.segment(sub_id)}"
-        headers = await _mirror(request, hub, tenant, "DELETE", path)
-    return Response(status_code=204, headers=headers)

@@ -7,6 +7,8 @@
 * ``policy``: ``Policy.can`` / ``check`` / ``readable_types`` decide per action, tenant
   and entity type;
 * ``audit``: ``AuditLog`` writes one JSON line per write or refusal;
+* ``middleware``: what an HTTP app (the broker, the IoT agent) holds for all this
+  (``AuthState``) and the ``AuditMiddleware`` that writes its audit lines;
 * ``masking``: credentials in subscription endpoints, answered as ``***``.
 """
 

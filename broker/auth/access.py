@@ -31,6 +31,12 @@ class Access:
     #: Set when the request was refused (401/403) and already recorded.
     recorded: bool = False
 
+    @property
+    def changes(self) -> bool:
+        """Whether the audit log records the request when it is accepted: every
+        operation but a read (``broker.auth.middleware``)."""
+        return self.action != "read"
+
     def can(self, action: Action, tenant: str, types: str | Collection[str] | None = None) -> bool:
         return self.policy.can(self.principal, action, tenant, types)
 

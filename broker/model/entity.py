@@ -141,11 +141,21 @@ def check_entity_id(value: Any, what: str = "entity id") -> str:
     return str(value)
 
 
+#: Names that passed :func:`check_name` (the same few names recur in every entity of a
+#: batch); bounded, so that a stream of distinct names cannot grow it.
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX = 65_536
+
+
 def check_name(name: Any, what: str = "attribute name") -> str:
+    if type(name) is str and name in _GOOD_NAMES:
+        return name
     if isinstance(name, str):
         check_characters(name, what)
     if not isinstance(name, str) or not name or _FORBIDDEN_NAME.search(name):
         raise BadRequestData(f"invalid {what} {name!r}")
+    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.add(name)
     return name
 
 

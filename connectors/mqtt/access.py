@@ -25,8 +25,8 @@ dependency of the whole application, so every route has it
 
 Refusals are 401 (with ``WWW-Authenticate``) and 403 as ``{"name", "message"}``; the
 message is the same whatever the reason, so it tells nothing about another tenant.
-``AuditMiddleware`` writes a line (``broker.auth.AuditLog``, the broker's format and
-possibly its file) for every accepted provisioning change and every refusal. Without
+``AuditMiddleware`` (``broker.auth.middleware``, the broker's) writes a line (the
+broker's format and possibly its file) for every accepted change and every refusal. Without
 an auth file (``app.state.auth`` is None) only the notification secret is checked.
 """
 
@@ -35,12 +35,11 @@ from __future__ import annotations
 import hmac
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.auth import AuditLog, Authenticator, Policy, PolicyHolder, Principal, default_expand
+from broker.auth import Policy, Principal, default_expand
+from broker.auth.middleware import AUDITED, UNVERIFIED, AuthState
 from broker.auth.policy import Action
 from broker.errors import NgsiLdError
 from connectors.mqtt.agent import NOTIFY_HEADER, NOTIFY_PATH
@@ -59,19 +58,9 @@ PROVISIONING_PREFIXES = ("/iot/groups", "/iot/services", "/iot/devices")
 SOURCE_PREFIX = "/ngsi-ld/"
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_UNVERIFIED = Principal(name="-", via="invalid")
 _REFUSED = "not allowed to provision devices in this service"
 _REFUSED_TYPES = "not allowed to provision devices writing these entities"
 _REFUSED_SOURCE = "not allowed to read or command this device"
-
-
-@dataclass
-class AgentAuth:
-    """What the agent holds when access control is on (``app.state.auth``)."""
-
-    holder: PolicyHolder
-    authenticator: Authenticator
-    audit: AuditLog | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +71,8 @@ class Grant:
     principal: Principal
     tenant: str
     operation: str
+    #: whether the request asks for a change (recorded when it is accepted)
+    changes: bool
     #: entity ids the provisioning change concerns (devices' entities)
     written: list[str] = field(default_factory=list)
 
@@ -112,7 +103,7 @@ async def authorize(request: Request) -> None:
     if path == NOTIFY_PATH:
         check_notify_token(request, request.app.state.agent.notify_token)
         return
-    auth: AgentAuth | None = getattr(request.app.state, "auth", None)
+    auth: AuthState | None = getattr(request.app.state, "auth", None)
     if path.startswith(SOURCE_PREFIX):
         if _has_secret(request, SOURCE_HEADER, request.app.state.agent.notify_token):
             request.scope.setdefault("state", {})["renkei_source"] = True
@@ -129,15 +120,16 @@ async def authorize(request: Request) -> None:
     operation = f"{method} {getattr(route, 'path', None) or path}"
     tenant = _tenant(request)
     policy = auth.holder.policy
+    changes = method in _WRITE_METHODS
     state = request.scope.setdefault("state", {})
     try:
         principal = await auth.authenticator.authenticate(request.headers)
     except NgsiLdError as exc:
-        state["renkei_grant"] = Grant(policy, _UNVERIFIED, tenant, operation)
+        state[AUDITED] = Grant(policy, UNVERIFIED, tenant, operation, changes)
         challenge = exc.headers.get("WWW-Authenticate", 'Bearer realm="renkei"')
         raise Unauthorized(exc.detail, challenge=challenge) from None
-    grant = Grant(policy, principal, tenant, operation)
-    state["renkei_grant"] = grant
+    grant = Grant(policy, principal, tenant, operation, changes)
+    state[AUDITED] = grant
     if path.startswith(SOURCE_PREFIX):
         return  # checked by the route against the device's type (``check_source``)
     if not policy.can(principal, "admin", tenant):
@@ -172,7 +164,7 @@ def check_source(
 
 def grant_of(request: Request) -> Grant | None:
     """The grant of a request let in under access control; None when it is off."""
-    grant: Grant | None = request.scope.get("state", {}).get("renkei_grant")
+    grant: Grant | None = request.scope.get("state", {}).get(AUDITED)
     return grant
 
 
@@ -198,46 +190,3 @@ def record_written(request: Request, entity_ids: Iterable[str]) -> None:
     grant = grant_of(request)
     if grant is not None:
         grant.written.extend(entity_ids)
-
-
-class AuditMiddleware:
-    """Records the audit line of a provisioning change or a refusal when its answer
-    starts (before the client has it)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def audited(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                _record(scope, int(message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, audited)
-
-
-def _record(scope: Scope, status: int) -> None:
-    app: Any = scope.get("app")
-    auth: AgentAuth | None = getattr(getattr(app, "state", None), "auth", None)
-    if auth is None or auth.audit is None:
-        return
-    grant: Grant | None = scope.get("state", {}).get("renkei_grant")
-    if grant is None:
-        return
-    refused = status in (401, 403)
-    if not refused and (scope["method"] not in _WRITE_METHODS or status >= 400):
-        return
-    client = scope.get("client")
-    auth.audit.record(
-        principal=grant.principal,
-        tenant=grant.tenant,
-        operation=grant.operation,
-        status=status,
-        entity_ids=list(dict.fromkeys(grant.written)),
-        reason="refused" if refused else None,
-        client=client[0] if client else None,
-    )

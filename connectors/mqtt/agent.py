@@ -40,7 +40,14 @@ from connectors.mqtt.metrics import Metrics
 from connectors.mqtt.northbound import Ack, Batcher
 from connectors.mqtt.push import CommandPusher
 from connectors.mqtt.registrations import SourceRegistrations
-from connectors.mqtt.registry import DEFAULT_TYPE, Ambiguous, Registry, Resolved, Scope
+from connectors.mqtt.registry import (
+    DEFAULT_TYPE,
+    MAX_NAMED_ENTITIES,
+    Ambiguous,
+    Registry,
+    Resolved,
+    Scope,
+)
 from connectors.mqtt.settings import AgentSettings
 from connectors.mqtt.southbound import southbound
 
@@ -130,15 +137,22 @@ class IoTAgent:
         #: (tenant, apikey, device id) -> prefix of its command topic: ``/`` (the IoT Agent
         #: JSON default), or ``json/`` / none for a device publishing without the leading slash
         self._prefixes: dict[tuple[str | None, str, str], str] = {}
-        #: (tenant, entity id) -> commands waiting for an HTTP device to poll them
-        self._pending: dict[tuple[str | None, str], dict[str, Any]] = {}
+        #: (scope, device id) -> commands waiting for an HTTP device to poll them: name ->
+        #: (value, the entity the command was written to)
+        self._pending: dict[tuple[Scope, str], dict[str, tuple[Any, Resolved]]] = {}
+        #: (scope, device id, command) -> the entity the command was last written to, where
+        #: the device's answer goes (one its ``entityNameExp`` named, or its own)
+        self._command_targets: dict[tuple[Scope, str, str], str] = {}
+        #: devices told about: their ``entityNameExp`` named more entities than are served
+        self._named_full: set[tuple[Scope, str]] = set()
         self._pushes: set[asyncio.Task[None]] = set()
         self.pusher = CommandPusher(settings)
         #: Secret of the broker's requests to this agent (``NOTIFY_HEADER`` on
         #: notifications, ``registrations.SOURCE_HEADER`` on forwarded requests).
         self.notify_token = notify_token(settings, self.registry)
-        #: The last values of the devices' lazy attributes (``source`` serves them).
-        self.lazy = LazyValues()
+        #: The last values of the devices' lazy attributes (``source`` serves them), kept
+        #: in the provisioning file so a restart keeps them.
+        self.lazy = LazyValues(settings.iota_db)
         self.registrations = SourceRegistrations(
             settings.public_url, self.notify_token, self.client, enabled=registering
         )
@@ -188,6 +202,7 @@ class IoTAgent:
         await self.pusher.aclose()
         for client in self._clients.values():
             await client.aclose()
+        self.lazy.close()
         self.registry.close()
 
     @property
@@ -357,11 +372,17 @@ class IoTAgent:
         for obj in objects:
             has_time = any(k in obj and k not in device.mappings for k in TIMESTAMP_KEYS)
             at = arrival if has_time else self._arrival(device, arrival)
+            lazy: list[tuple[str, float, dict[str, Any]]] = []
             if device.lazy and self.command_mode == "registration":
-                obj = self._keep_lazy(device, obj, at)
+                obj, lazy = self._lazy_values(device, obj, at)
             measure = convert(device, obj, at)
             for problem in measure.problems:
                 self.bad(problem.reason, device.device_id, str(problem))
+            if measure.entity_id is not None and measure.entity_id != device.entity_id:
+                self._named(device, measure.entity_id)
+            if lazy:
+                self.lazy.put(device.tenant, measure.entity_id or device.entity_id, lazy)
+                self.metrics.inc("lazy_values_total", amount=len(lazy))
             parts = [(eid, etype, attrs, 0) for (eid, etype), attrs in measure.targets.items()]
             if measure.attrs:
                 attrs = measure.attrs
@@ -393,12 +414,33 @@ class IoTAgent:
             )
         return True
 
-    def _keep_lazy(self, device: Resolved, obj: dict[str, Any], arrival: float) -> dict[str, Any]:
-        """Keep the lazy attributes a measure carries (served to the broker's reads,
-        never written to it); the rest of the measure."""
+    def _named(self, device: Resolved, entity_id: str) -> None:
+        """A measure of ``device`` went to ``entity_id``, named by its ``entityNameExp``:
+        once known, that entity's commands and lazy attributes are served like the
+        device's own (registered at the broker, sent to the device)."""
+        if not (device.lazy or device.commands):
+            return
+        learned = self.registry.note_entity(device, entity_id)
+        if learned:
+            self._subscribe_wanted.set()
+        elif learned is None and (device.scope, device.device_id) not in self._named_full:
+            self._named_full.add((device.scope, device.device_id))
+            log.warning(
+                "device %s: its entityNameExp named more than %d entities; the commands"
+                " and lazy attributes of %s and further ones are not served",
+                device.device_id,
+                MAX_NAMED_ENTITIES,
+                entity_id,
+            )
+
+    def _lazy_values(
+        self, device: Resolved, obj: dict[str, Any], arrival: float
+    ) -> tuple[dict[str, Any], list[tuple[str, float, dict[str, Any]]]]:
+        """The lazy attributes a measure carries (served to the broker's reads, never
+        written to it) as ``(name, observed, attribute)``, and the rest of the measure."""
         keys = [k for k in obj if k in device.lazy]
         if not keys:
-            return obj
+            return obj, []
         observed = arrival
         for key in TIMESTAMP_KEYS:
             if key in obj and key not in device.mappings:
@@ -406,6 +448,7 @@ class IoTAgent:
                     observed = parse_time(obj[key])
                 break
         stamp = iso(observed)
+        values = []
         for key in keys:
             mapping = device.lazy[key]
             try:
@@ -413,9 +456,8 @@ class IoTAgent:
             except BadValue as exc:
                 self.bad(exc.reason, device.device_id, f"{key}: {exc}")
                 continue
-            self.lazy.put(device.tenant, device.entity_id, mapping.name, observed, attr)
-            self.metrics.inc("lazy_values_total")
-        return {k: v for k, v in obj.items() if k not in device.lazy}
+            values.append((mapping.name, observed, attr))
+        return {k: v for k, v in obj.items() if k not in device.lazy}, values
 
     @staticmethod
     def _single_value(item: Message) -> Any:
@@ -424,36 +466,51 @@ class IoTAgent:
         except orjson.JSONDecodeError:
             return item.payload.decode("utf-8", errors="replace")
 
+    def _command_target(self, device: Resolved, name: str) -> Resolved:
+        """The entity a device's answer to command ``name`` goes to: the one the command
+        was last written to, while it is still the device's; else the device's own."""
+        eid = self._command_targets.get((device.scope, device.device_id, name))
+        if eid is None or eid == device.entity_id:
+            return device
+        target = self.registry.by_entity(device.scope.service, eid)
+        if target is None or (target.scope, target.device_id) != (device.scope, device.device_id):
+            return device
+        return target
+
     def _command_result(
         self, device: Resolved, payload: Any, topic: str, arrival: float, ack: Ack | None
     ) -> bool:
         if not isinstance(payload, dict) or not payload:
             self.bad("invalid_payload", topic, "a command result must be a JSON object")
             return False
-        attrs: dict[str, dict[str, Any]] = {}
+        # each result goes to the entity its command was written to
+        targets: dict[str, tuple[Resolved, dict[str, dict[str, Any]]]] = {}
         stamp = iso(arrival)
         for name, result in payload.items():
             if name not in device.commands:
                 self.bad("unknown_command", topic, f"{name!r} is not a command of the device")
                 continue
             self.metrics.inc("command_results_total")
+            target = self._command_target(device, name)
+            attrs = targets.setdefault(target.entity_id, (target, {}))[1]
             attrs[f"{name}_status"] = self._command_attr("commandStatus", "OK", stamp)
             attrs[f"{name}_info"] = self._command_attr(
                 "commandResult", "" if result is None else result, stamp
             )
-        if not attrs:
+        if not targets:
             return False
-        if device.timestamp:
-            attrs[TIME_INSTANT] = time_instant(arrival)
-        self.batcher.add(
-            device.tenant,
-            device.entity_id,
-            device.entity_type,
-            attrs,
-            scope=device.scope_path,
-            ack=ack,
-            droppable=False,
-        )
+        for i, (target, attrs) in enumerate(targets.values()):
+            if device.timestamp:
+                attrs[TIME_INSTANT] = time_instant(arrival)
+            self.batcher.add(
+                target.tenant,
+                target.entity_id,
+                target.entity_type,
+                attrs,
+                scope=target.scope_path,
+                ack=ack if i == len(targets) - 1 else None,
+                droppable=False,
+            )
         return True
 
     # -- provisioning hooks -------------------------------------------------------------------
@@ -511,7 +568,7 @@ class IoTAgent:
         in subscription mode left), or subscriptions (and the removal of registrations an
         earlier run made). True if all was done."""
         async with self._sync_lock:
-            devices = self.registry.all_resolved()
+            devices = self.registry.all_entities()
             self.lazy.retain({(d.tenant, d.entity_id) for d in devices})
             done = await self.registrations.sync(devices, self.tenants())
             if self.command_mode == "subscription":
@@ -668,7 +725,11 @@ class IoTAgent:
 
     def _send_command(self, device: Resolved, name: str, value: Any) -> str:
         """Send one command: published on the device's ``cmd`` topic (MQTT), pushed to
-        its ``endpoint`` or held for it to poll (HTTP). Its status: PENDING or ERROR."""
+        its ``endpoint`` or held for it to poll (HTTP). Its status: PENDING or ERROR.
+
+        ``device`` is the entity the command was written to (the device's own, or one its
+        ``entityNameExp`` named): the device's answer goes there."""
+        self._command_targets[device.scope, device.device_id, name] = device.entity_id
         if device.transport == "HTTP":
             status = self._http_command(device, name, value)
         elif not self._addressable(device):
@@ -729,8 +790,7 @@ class IoTAgent:
 
     def _http_command(self, device: Resolved, name: str, value: Any) -> str:
         if device.endpoint is None:
-            key = (device.tenant, device.entity_id)
-            self._pending.setdefault(key, {})[name] = value
+            self._pending.setdefault((device.scope, device.device_id), {})[name] = (value, device)
             return "PENDING"
         task = asyncio.get_running_loop().create_task(
             self._push(device, device.endpoint, name, value), name=f"iota-push-{name}"
@@ -783,10 +843,13 @@ class IoTAgent:
 
     def poll_commands(self, device: Resolved) -> dict[str, Any]:
         """The commands waiting for a polling device, handed over once (``DELIVERED``)."""
-        waiting = self._pending.pop((device.tenant, device.entity_id), {})
-        if waiting:
-            self._command_status(device, {f"{name}_status": "DELIVERED" for name in waiting})
-        return waiting
+        waiting = self._pending.pop((device.scope, device.device_id), {})
+        delivered: dict[str, tuple[Resolved, dict[str, Any]]] = {}
+        for name, (_, target) in waiting.items():
+            delivered.setdefault(target.entity_id, (target, {}))[1][f"{name}_status"] = "DELIVERED"
+        for target, statuses in delivered.values():
+            self._command_status(target, statuses)
+        return {name: value for name, (value, _) in waiting.items()}
 
 
 TopicParts = tuple[str, str, str, str, str | None]

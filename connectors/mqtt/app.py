@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -26,8 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from broker.auth import PolicyHolder, install_sighup_reload, open_audit_log
-from broker.auth.credentials import Authenticator
+from broker.auth.middleware import AuditMiddleware, auth_state
 from broker.errors import BadRequestData, NgsiLdError
 from broker.errors import Forbidden as LdForbidden
 from broker.errors import InternalError as LdInternalError
@@ -36,8 +34,6 @@ from broker.errors import ResourceNotFound as LdNotFound
 from broker.errors import Unauthorized as LdUnauthorized
 from connectors.client import BrokerError
 from connectors.mqtt.access import (
-    AgentAuth,
-    AuditMiddleware,
     authorize,
     check_writes,
     grant_of,
@@ -52,9 +48,9 @@ from connectors.mqtt.errors import (
     DeviceNotFound,
     WrongSyntax,
 )
-from connectors.mqtt.mapping import BadValue, entity_id_for
+from connectors.mqtt.mapping import BadValue
 from connectors.mqtt.models import AttributeMapping, Device, Group, dump
-from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope
+from connectors.mqtt.registry import DEFAULT_TYPE, Registry, Resolved, Scope, entity_id_for
 from connectors.mqtt.settings import AgentSettings
 from connectors.mqtt.source import router as source
 from connectors.mqtt.source import wants_problem
@@ -171,7 +167,7 @@ async def _check_devices(
     for dev in devices:
         resolved = agent.registry.preview(scope, dev)
         types, ids = _targets(resolved.entity_type, resolved.mappings.values())
-        if dev.entity_name:
+        if dev.entity_name or resolved.name_exp is not None:  # a name given, or computed
             ids.add(resolved.entity_id)
         await _check_targets(request, agent, scope, types, ids)
         record_written(request, [resolved.entity_id])
@@ -304,10 +300,9 @@ async def update_device(
 async def delete_device(
     device_id: str, request: Request, agent: AgentDep, scope: ScopeDep
 ) -> Response:
-    resolved = agent.registry.resolve_in(scope, device_id)
+    entities = agent.registry.entities_of(scope, device_id)
     agent.registry.delete_device(scope, device_id)
-    if resolved is not None:
-        record_written(request, [resolved.entity_id])
+    record_written(request, entities)
     await agent.sync_commands()
     return Response(status_code=204)
 
@@ -452,30 +447,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def auth_state(settings: AgentSettings) -> AgentAuth | None:
-    """Access control of these settings: None without an auth file."""
-    if settings.auth_file is None:
-        return None
-    holder = PolicyHolder(settings.auth_file)
-    return AgentAuth(
-        holder=holder,
-        authenticator=Authenticator(holder),
-        audit=open_audit_log(settings.audit_log),
-    )
-
-
 def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAPI:
     """The agent's HTTP app; its lifespan starts and stops the agent."""
-    auth = auth_state(settings)
+    auth = auth_state(settings.auth_file, settings.audit_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = agent or IoTAgent(settings)
         app.state.agent = running
-        restore = None
-        if auth is not None and threading.current_thread() is threading.main_thread():
-            reopen = [auth.audit.reopen] if auth.audit is not None else []
-            restore = install_sighup_reload(auth.holder, *reopen)
+        restore = auth.watch() if auth is not None else None
         await running.start()
         try:
             yield
@@ -484,9 +464,7 @@ def create_app(settings: AgentSettings, agent: IoTAgent | None = None) -> FastAP
             if restore is not None:
                 restore()
             if auth is not None:
-                await auth.authenticator.aclose()
-                if auth.audit is not None:
-                    auth.audit.close()
+                await auth.aclose()
 
     app = FastAPI(
         title="Renkei IoT agent",

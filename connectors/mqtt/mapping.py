@@ -24,7 +24,7 @@ from typing import Any
 from connectors.mqtt.expressions import ExpressionError
 from connectors.mqtt.models import AttributeMapping, StaticAttribute
 from connectors.mqtt.ngsiv2 import V2_TYPE
-from connectors.mqtt.registry import Resolved
+from connectors.mqtt.registry import Resolved, entity_id_for, expression_name
 
 TIMESTAMP_KEYS = ("TimeInstant", "timeInstant", "observedAt")
 TIME_INSTANT = "TimeInstant"
@@ -238,14 +238,6 @@ def measures(payload: Any) -> Iterator[dict[str, Any]]:
         raise BadValue("invalid_payload", "a measure must be a JSON object or an array of them")
 
 
-def entity_id_for(name: str, entity_type: str, ngsi_v2: bool = False) -> str:
-    """An NGSI-LD id for a provisioned entity name: as given if a URI, else a URN, as
-    iotagent-node-lib makes it; in NGSI v2 mode the name as it is."""
-    if ngsi_v2:
-        return name
-    return name if ":" in name else f"urn:ngsi-ld:{entity_type}:{name}"
-
-
 def _place(
     device: Resolved,
     mapping: AttributeMapping | None,
@@ -393,8 +385,8 @@ def convert(device: Resolved, measure: dict[str, Any], arrival: float) -> Measur
         except ExpressionError as exc:
             problems.append(BadValue("expression_error", f"entityNameExp: {exc}"))
         else:
-            if isinstance(name, str | int) and not isinstance(name, bool) and str(name):
-                entity_id = entity_id_for(str(name), device.entity_type, device.ngsi_v2)
+            if (named := expression_name(name)) is not None:
+                entity_id = entity_id_for(named, device.entity_type, device.ngsi_v2)
             else:
                 problems.append(
                     BadValue("expression_error", f"entityNameExp gave {name!r}, not a name")

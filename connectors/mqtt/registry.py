@@ -19,6 +19,7 @@ provision.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import sqlite3
 import threading
@@ -44,6 +45,27 @@ from connectors.mqtt.expressions import Expression, ExpressionError, compile_exp
 from connectors.mqtt.models import AttributeMapping, Device, Group, StaticAttribute, dump
 
 DEFAULT_TYPE = "Thing"
+#: Entities one device's ``entityNameExp`` may name and have served (commands, lazy
+#: attributes) by the agent; measures naming more are still written, those entities
+#: are not registered.
+MAX_NAMED_ENTITIES = 1000
+#: What an ``entityNameExp`` may read when a device is provisioned (no measure yet).
+PROVISIONING_NAMES = frozenset({"id", "type", "service", "subservice", "staticAttributes"})
+
+
+def entity_id_for(name: str, entity_type: str, ngsi_v2: bool = False) -> str:
+    """An NGSI-LD id for a provisioned entity name: as given if a URI, else a URN, as
+    iotagent-node-lib makes it; in NGSI v2 mode the name as it is."""
+    if ngsi_v2:
+        return name
+    return name if ":" in name else f"urn:ngsi-ld:{entity_type}:{name}"
+
+
+def expression_name(value: Any) -> str | None:
+    """An expression's result as an entity name: a non-empty string or a number."""
+    if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+        return str(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,9 @@ class Resolved:
     #: lazy attributes by the key a measure gives them under (``object_id`` or ``name``):
     #: kept by the agent and served to the broker, never written to it
     lazy: dict[str, AttributeMapping] = field(default_factory=dict)
+    #: True for an entity the device's ``entityNameExp`` named from one of its measures
+    #: (``Registry.note_entity``), rather than the device's own entity
+    named: bool = False
 
     @property
     def tenant(self) -> str | None:
@@ -210,6 +235,11 @@ class Registry:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS apikey_pins (apikey TEXT PRIMARY KEY, service TEXT NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS named_entities (service TEXT NOT NULL,"
+            " entity_id TEXT NOT NULL, subservice TEXT NOT NULL, device_id TEXT NOT NULL,"
+            " PRIMARY KEY (service, entity_id))"
+        )
         #: apikey -> the service its MQTT messages belong to (see the module docstring)
         self.pins: dict[str, str] = {}
         self._data_version: int | None = None
@@ -226,6 +256,13 @@ class Registry:
                 self.groups[scope, key] = Group.model_validate(orjson.loads(body))
             else:
                 self.devices[scope, key] = Device.model_validate(orjson.loads(body))
+        #: (service, entity id) -> the device whose ``entityNameExp`` last named it
+        self.named: dict[tuple[str, str], tuple[Scope, str]] = {
+            (str(service), str(eid)): (Scope(str(service), str(subservice)), str(device_id))
+            for service, eid, subservice, device_id in self._db.execute(
+                "SELECT service, entity_id, subservice, device_id FROM named_entities"
+            )
+        }
         self._reindex()
 
     def close(self) -> None:
@@ -320,12 +357,21 @@ class Registry:
         self._tenants: dict[str, set[str]] = {}
         for apikey, found in self._by_apikey.items():
             self._tenants.setdefault(apikey, set()).update(s.service for s, _ in found)
+        own: dict[tuple[Scope, str], Resolved] = {}
         for scope, device_id in self.devices:
             res = self._resolve_device(scope, device_id)
+            own[scope, device_id] = res
             self._by_entity[scope.service, res.entity_id] = res
             self._resolved.setdefault((res.apikey, device_id), []).append(res)
             if res.apikey:
                 self._tenants.setdefault(res.apikey, set()).add(scope.service)
+        #: the entities each device's ``entityNameExp`` named, by (scope, device id)
+        self._named_by: dict[tuple[Scope, str], set[str]] = {}
+        for (service, eid), owner in sorted(self.named.items()):
+            base = own.get(owner)
+            if base is not None and (service, eid) not in self._by_entity:
+                self._by_entity[service, eid] = dataclasses.replace(base, entity_id=eid, named=True)
+                self._named_by.setdefault(owner, set()).add(eid)
 
     # -- groups -------------------------------------------------------------------------------
 
@@ -500,6 +546,13 @@ class Registry:
         self.get_device(scope, device_id)
         self._save("device", scope, device_id, None)
         del self.devices[scope, device_id]
+        gone = [key for key, owner in self.named.items() if owner == (scope, device_id)]
+        with self._lock:
+            self._db.executemany(
+                "DELETE FROM named_entities WHERE service = ? AND entity_id = ?", gone
+            )
+        for key in gone:
+            del self.named[key]
         self._reindex()
 
     # -- message path -------------------------------------------------------------------------
@@ -538,9 +591,23 @@ class Registry:
             for m in mappings.values()
             if m.expression is not None
         ]
+        # iotagent-node-lib: "when using entityNameExp, the entity_name field in the device
+        # provisioning is ignored" for measures; a device without one is named by the
+        # expression when it is provisioned, if it can be evaluated without a measure
         name_exp = None
-        if dev.entity_name is None and group is not None and group.entityNameExp:
+        if group is not None and group.entityNameExp:
             name_exp = compile_expression(group.entityNameExp, "entityNameExp")
+        entity_id = None
+        if dev.entity_name:  # an NGSI-LD id is a URI: a bare name becomes a URN
+            entity_id = entity_id_for(dev.entity_name, entity_type, self.ngsi_v2)
+        if entity_id is None and name_exp is not None and name_exp.names <= PROVISIONING_NAMES:
+            entity_id = self._provisioned_name(name_exp, scope, dev, entity_type, static)
+        if entity_id is None:
+            entity_id = (
+                f"{entity_type}:{device_id}"
+                if self.ngsi_v2
+                else f"urn:ngsi-ld:{entity_type}:{device_id}"
+            )
         timestamp = dev.timestamp
         if timestamp is None:
             timestamp = bool(group.timestamp) if group else False
@@ -548,12 +615,7 @@ class Registry:
             scope=scope,
             device_id=device_id,
             apikey=dev.apikey or (group.apikey if group else ""),
-            entity_id=dev.entity_name
-            or (
-                f"{entity_type}:{device_id}"
-                if self.ngsi_v2
-                else f"urn:ngsi-ld:{entity_type}:{device_id}"
-            ),
+            entity_id=entity_id,
             entity_type=entity_type,
             mappings=mappings,
             static=list(static.values()),
@@ -569,6 +631,32 @@ class Registry:
             endpoint=dev.endpoint,
             ngsi_v2=self.ngsi_v2,
         )
+
+    def _provisioned_name(
+        self,
+        name_exp: Expression,
+        scope: Scope,
+        dev: Device,
+        entity_type: str,
+        static: dict[str, StaticAttribute],
+    ) -> str | None:
+        """The entity id ``entityNameExp`` gives a device when it is provisioned, as
+        iotagent-node-lib names it then (from the device's id, type, service, subservice
+        and static attributes); None when the expression fails or gives no name."""
+        context = {
+            "id": dev.device_id,
+            "type": entity_type,
+            "service": scope.service,
+            "subservice": scope.subservice,
+            "staticAttributes": [
+                {"name": s.name, "type": s.type, "value": s.value} for s in static.values()
+            ],
+        }
+        try:
+            name = expression_name(name_exp.evaluate(context))
+        except ExpressionError:
+            return None  # the measures name its entities
+        return None if name is None else entity_id_for(name, entity_type, self.ngsi_v2)
 
     def resolve(self, apikey: str, device_id: str) -> Resolved | None:
         """The device a message on ``/{apikey}/{device_id}/...`` comes from, if provisioned
@@ -604,5 +692,51 @@ class Registry:
         self._reindex()
         return self._resolve_device(scope, device_id)
 
+    def note_entity(self, device: Resolved, entity_id: str) -> bool | None:
+        """Remember that a measure of ``device`` went to ``entity_id``, the name its
+        ``entityNameExp`` gave (kept in the file): the agent then serves that entity's
+        commands and lazy attributes as the device's. True when this is news (a new
+        entity, or one another device named before); False when known, or the device's
+        own entity or another device's; None when the device named ``MAX_NAMED_ENTITIES``
+        already (the entity is written, not served).
+
+        Called for every such measure: a known entity costs a dictionary lookup."""
+        owner = (device.scope, device.device_id)
+        key = (device.scope.service, entity_id)
+        held = self._by_entity.get(key)
+        if held is not None and (not held.named or (held.scope, held.device_id) == owner):
+            return False
+        if owner not in self.devices:
+            return False
+        mine = self._named_by.setdefault(owner, set())
+        if len(mine) >= MAX_NAMED_ENTITIES:
+            return None
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO named_entities VALUES (?, ?, ?, ?)",
+                (device.scope.service, entity_id, device.scope.subservice, device.device_id),
+            )
+        previous = self.named.get(key)
+        if previous is not None and previous in self._named_by:
+            self._named_by[previous].discard(entity_id)
+        self.named[key] = owner
+        mine.add(entity_id)
+        base = self.resolve_in(device.scope, device.device_id)
+        if base is not None:
+            self._by_entity[key] = dataclasses.replace(base, entity_id=entity_id, named=True)
+        return True
+
+    def entities_of(self, scope: Scope, device_id: str) -> list[str]:
+        """The ids of a device's entities: its own, and those its ``entityNameExp`` named."""
+        own = self.resolve_in(scope, device_id)
+        named = sorted(self._named_by.get((scope, device_id), ()))
+        return ([own.entity_id] if own is not None else []) + named
+
     def all_resolved(self) -> list[Resolved]:
+        """Every provisioned device (its own entity)."""
+        return [r for r in self._by_entity.values() if not r.named]
+
+    def all_entities(self) -> list[Resolved]:
+        """Every entity the agent serves: each device's own, and those the devices'
+        ``entityNameExp`` named (as ``Resolved`` of their device, ``named``)."""
         return list(self._by_entity.values())

@@ -220,7 +220,7 @@ async def query_entities(request: Request, tenant: TenantHeader = None) -> JSONR
     agent = _agent(request)
     selection = Selection(dict(request.query_params))
     found: list[tuple[Resolved, dict[str, Any]]] = []
-    for device in agent.registry.all_resolved():
+    for device in agent.registry.all_entities():
         if device.tenant != (tenant or None) or not device.lazy:
             continue
         if not selection.admits(device) or not check_source(

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from broker.api.common import JSON, media_type, read_body
 from broker.api.deps import Hub
-from broker.api.params import DeclaredRoute
+from broker.api.params import DeclaredRoute, add_parameters
 from broker.core.v2entities import V2Service
 from broker.core.v2map import V2Mapper, query_paths, write_path
 from broker.errors import (
@@ -110,11 +110,7 @@ class V2Route(DeclaredRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
         if _uses(self.dependant, v2_call):
-            self.openapi_extra = dict(self.openapi_extra or {})
-            self.openapi_extra["parameters"] = [
-                *self.openapi_extra.get("parameters", []),
-                *HEADER_PARAMETERS,
-            ]
+            add_parameters(self, list(HEADER_PARAMETERS))
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

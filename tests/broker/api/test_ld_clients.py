@@ -10,61 +10,17 @@ pins its own older set).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.receiver import Receiver
-from tests.support import broker
+from tests.support import broker, package_python, run_flow
 
 FILIP = "filip==0.8.1"
 NGSILDCLIENT = "ngsildclient==0.5.2"
 HERE = Path(__file__).parent
-
-
-def client_python(requirement: str) -> Path:
-    """A virtualenv holding ``requirement``, under ``~/.cache/renkei-<name>``
-    (``RENKEI_<NAME>_HOME``); made once."""
-    name, version = requirement.split("==")
-    home = Path(
-        os.environ.get(f"RENKEI_{name.upper()}_HOME", Path.home() / ".cache" / f"renkei-{name}")
-    )
-    venv = home / f"venv-{version}-py{sys.version_info[0]}{sys.version_info[1]}"
-    python = venv / "bin" / "python"
-    marker = venv / f".{requirement}"
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                requirement,
-            ],
-            check=True,
-            timeout=900,
-        )
-        marker.touch()
-    return python
-
-
-def run_flow(python: Path, flow: str, *args: str) -> str:
-    run = subprocess.run(
-        [str(python), str(HERE / flow), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PYTHON"))},
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout
 
 
 def capacity_notified(receiver: Receiver, value: int) -> None:
@@ -85,20 +41,24 @@ def capacity_notified(receiver: Receiver, value: int) -> None:
 
 @pytest.mark.filip
 def test_filip_ld_client(tmp_path: Path, receiver: Receiver) -> None:
-    python = client_python(FILIP)
+    python = package_python(FILIP)
     with broker(tmp_path / "hub.db") as url:
-        out = run_flow(python, "filip_ld_flow.py", url, receiver.url)
+        out = run_flow(python, HERE / "filip_ld_flow.py", url, receiver.url)
     assert "filip ld flow ok" in out
     capacity_notified(receiver, 280)
 
 
 @pytest.mark.ngsildclient
 def test_ngsildclient(tmp_path: Path, receiver: Receiver) -> None:
-    python = client_python(NGSILDCLIENT)
+    python = package_python(NGSILDCLIENT)
     with broker(tmp_path / "hub.db") as url:
         parts = urlsplit(url)
         out = run_flow(
-            python, "ngsildclient_flow.py", str(parts.hostname), str(parts.port), receiver.url
+            python,
+            HERE / "ngsildclient_flow.py",
+            str(parts.hostname),
+            str(parts.port),
+            receiver.url,
         )
     assert "ngsildclient flow ok" in out
     capacity_notified(receiver, 280)
@@ -108,8 +68,10 @@ def test_ngsildclient(tmp_path: Path, receiver: Receiver) -> None:
 def test_ngsildclient_recognises_the_broker_and_queries_by_the_clauses(tmp_path: Path) -> None:
     """ngsildclient recognises the broker from ``/version`` (as Orion-LD), then queries
     with a dotted trailing path (clause 4.9), ``geoQ``, counts and pages through results."""
-    python = client_python(NGSILDCLIENT)
+    python = package_python(NGSILDCLIENT)
     with broker(tmp_path / "hub.db") as url:
         parts = urlsplit(url)
-        out = run_flow(python, "ngsildclient_version_flow.py", str(parts.hostname), str(parts.port))
+        out = run_flow(
+            python, HERE / "ngsildclient_version_flow.py", str(parts.hostname), str(parts.port)
+        )
     assert "ngsildclient flow ok" in out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from fastapi.testclient import TestClient
 from broker.app import create_app
 from broker.samples import sample_entities
 from tests.conftest import JSON, building, make_settings
-from tests.support import broker
+from tests.support import broker, package_python
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "broker" / "samples" / "komae.json"
@@ -412,27 +411,7 @@ def ogctests_python() -> Path:
 
     Made once under ``~/.cache/renkei-ogctests`` (``RENKEI_OGCTESTS_HOME``) and reused.
     """
-    home = Path(os.environ.get("RENKEI_OGCTESTS_HOME", Path.home() / ".cache" / "renkei-ogctests"))
-    venv = home / f"venv-{OGCTESTS.split('==')[1]}-py{sys.version_info[0]}{sys.version_info[1]}"
-    python = venv / "bin" / "python"
-    marker = venv / f".{OGCTESTS}"
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                OGCTESTS,
-            ],
-            check=True,
-            timeout=900,
-        )
-        marker.touch()
-    return python
+    return package_python(OGCTESTS)
 
 
 @pytest.mark.ogctests

@@ -47,7 +47,7 @@ def test_every_declared_route_has_a_plan_that_calls_the_framework_s_dependencies
 ) -> None:
     app = create_app(make_settings(tmp_path))
     routes = _compiled_routes(app)
-    assert len(routes) > 100  # NGSI-LD, temporal, subscriptions, contexts, NGSI v2
+    assert len(routes) > 90  # NGSI-LD, temporal, subscriptions, contexts, entity maps, NGSI v2
     for route, effective, plan in routes:
         where = f"{sorted(route.methods)} {route.path}"
         assert plan is not None, f"{where} fell back to the framework's solver"
@@ -127,7 +127,7 @@ def test_plans_give_the_endpoint_the_framework_s_arguments(tmp_path: Path) -> No
                 got = client.portal.call(_outcome, compiled)  # type: ignore[union-attr]
                 assert got == expected, f"{sorted(route.methods)} {route.path} full={full}"
                 compared += 1
-        assert compared > 200
+        assert compared > 180  # two requests per route
 
 
 def test_a_compiled_route_still_refuses_without_credentials(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 def ids(response: Any) -> list[str]:
+    """The ids of a query answer (from a test client or an httpx client)."""
     return [e["id"] for e in response.json()]
 
 

@@ -36,6 +36,28 @@ def test_names_refuse_the_characters_ngsi_ld_forbids() -> None:
             check_name(bad)
 
 
+def test_a_name_checked_once_is_not_checked_again_and_bad_names_stay_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Names recur in every entity of a batch: one that passed is remembered, a refused
+    one never is, and the memory is bounded."""
+    import broker.model.entity as model_entity
+
+    monkeypatch.setattr(model_entity, "_GOOD_NAMES", set())
+    monkeypatch.setattr(model_entity, "_GOOD_NAMES_MAX", 2)
+    assert check_name("気温") == "気温"
+    assert check_name("気温") == "気温"
+    for _ in range(2):
+        with pytest.raises(BadRequestData, match="invalid attribute name"):
+            check_name("気 温")
+        with pytest.raises(BadRequestData, match="U\\+200B"):
+            check_name("気\u200b温")
+    check_name("湿度")
+    check_name("風速")
+    assert {"気温", "湿度"} == model_entity._GOOD_NAMES
+    assert check_name("風速") == "風速"  # past the bound: checked again, still accepted
+
+
 def test_scopes_look_like_paths() -> None:
     assert check_scope("/東京都/狛江市") == ["/東京都/狛江市"]
     assert check_scope(["/東京都", "/神奈川県/川崎市"]) == ["/東京都", "/神奈川県/川崎市"]

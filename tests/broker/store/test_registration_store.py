@@ -5,6 +5,7 @@ in creation order, surviving a reopen."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -86,9 +87,8 @@ async def test_registrations_survive_reopening(make_store: Callable[[], Store]) 
 async def test_entity_maps_are_kept_beside_registrations(store: Store) -> None:
     """Entity maps (clause 5.2.39) are kept as their own kind: entity ids with dots and
     Japanese names as member names survive, and they are apart from registrations."""
-    map_id = "urn:ngsi-ld:EntityMap:1"
-    doc = {
-        "id": map_id,
+    doc: dict[str, Any] = {
+        "id": "urn:ngsi-ld:EntityMap:1",
         "type": "EntityMap",
         "expiresAt": "2030-01-01T00:00:00.000Z",
         "entityMap": {
@@ -99,11 +99,11 @@ async def test_entity_maps_are_kept_beside_registrations(store: Store) -> None:
     }
     await store.put_registration("tokyo", "entityMap", doc, create=True)
     await store.put_registration("tokyo", "registration", registration(1), create=True)
-    assert await store.get_registration("tokyo", "entityMap", map_id) == doc
-    assert [d["id"] for d in await store.list_registrations("tokyo", "entityMap")] == [map_id]
-    assert await store.get_registration("chofu", "entityMap", map_id) is None
+    assert await store.get_registration("tokyo", "entityMap", doc["id"]) == doc
+    assert [d["id"] for d in await store.list_registrations("tokyo", "entityMap")] == [doc["id"]]
+    assert await store.get_registration("chofu", "entityMap", doc["id"]) is None
     smaller = {**doc, "entityMap": {"urn:ngsi-ld:駐車場:渋谷-1": ["@none"]}}
     await store.put_registration("tokyo", "entityMap", smaller, create=False)
-    assert await store.get_registration("tokyo", "entityMap", map_id) == smaller
-    assert await store.delete_registration("tokyo", "entityMap", map_id)
+    assert await store.get_registration("tokyo", "entityMap", doc["id"]) == smaller
+    assert await store.delete_registration("tokyo", "entityMap", doc["id"])
     assert await store.list_registrations("tokyo", "registration") == [registration(1)]

@@ -38,7 +38,8 @@ def test_the_transport_imports_no_other_broker_package() -> None:
 
 #: What connectors may import from the broker: the MQTT transport, the outbound policy
 #: (a stdlib-only leaf) for push commands, access control (the agent reads the broker's
-#: auth file) with the errors it raises, and the query language (``broker.query`` and the
+#: auth file and writes its audit log through the same middleware) with the errors it
+#: raises, and the query language (``broker.query`` and the
 #: model it parses into, leaves that reach no service or store): as a context source the
 #: agent evaluates ``q``, ``scopeQ`` and geo-queries on its lazy attributes with the
 #: broker's own reference evaluator, not a second one that could disagree with it.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from connectors.mqtt.mapping import BadValue, attribute, convert, measures
-from connectors.mqtt.models import AttributeMapping
-from connectors.mqtt.registry import Resolved, Scope
+from connectors.mqtt.models import AttributeMapping, Device
+from connectors.mqtt.registry import Registry, Resolved, Scope
 
 
 def device(explicit: bool = False) -> Resolved:
@@ -156,3 +158,71 @@ def test_arrival_time_is_written_to_the_millisecond() -> None:
         (1714532401.5, "2024-05-01T03:00:01.500Z"),
     ]:
         assert convert(device(), {"t": 1}, arrival).attrs["temperature"]["observedAt"] == stamp
+
+
+RIVER_GROUP = {
+    "apikey": "水位key",
+    "entity_type": "水位計",
+    "attributes": [
+        {"object_id": "l", "name": "水位", "type": "Number"},
+        {"object_id": "v", "name": "電圧", "type": "Number"},
+    ],
+    "static_attributes": [{"name": "河川", "type": "Text", "value": "野川"}],
+}
+
+
+def provisioned(**group: Any) -> Resolved:
+    """The device ``計1`` of a group provisioned as ``RIVER_GROUP`` with ``group`` on top."""
+    registry = Registry(":memory:")
+    try:
+        scope = Scope("komae")
+        registry.add_groups(scope, [{**RIVER_GROUP, **group}])
+        return registry.preview(scope, Device(device_id="計1"))
+    finally:
+        registry.close()
+
+
+@pytest.mark.parametrize(
+    ("explicit", "measure", "sent", "allowed"),
+    [
+        # Case 1 (default): "every measure will be propagated to NGSI interface"
+        (False, {"l": 1.5, "v": 3.3, "x": "未定義"}, {"水位", "電圧", "x"}, None),
+        # Case 2: "should only progress active and static attributes defined in the
+        # device or group provision"
+        (True, {"l": 1.5, "v": 3.3, "x": "未定義"}, {"水位", "電圧"}, None),
+        # Case 3: "just NGSI attributes defined in the array (identified by their
+        # attribute names, not by their object_id ...)"; "Not defined measures
+        # (object_id) will be dropped, even if they are defined in the explicitAttrs array"
+        (
+            "['水位', 'x', '河川']",
+            {"l": 1.5, "v": 3.3, "x": "未定義"},
+            {"水位"},
+            {"水位", "x", "河川"},
+        ),
+        # Case 4: "identified by their attribute names and/or by their object_id"
+        ("['水位', {object_id:'v'}]", {"l": 1.5, "v": 3.3}, {"水位", "電圧"}, {"水位", "電圧"}),
+        # Case 5: "a JEXL expression resulting in bool or array": true is case 2 ...
+        ("l > 1", {"l": 1.5, "x": "未定義"}, {"水位"}, None),
+        # ... and false case 1
+        ("l > 1", {"l": 0.5, "x": "未定義"}, {"水位", "x"}, None),
+    ],
+)
+def test_explicit_attrs_as_iotagent_node_lib_documents(
+    explicit: Any, measure: dict[str, Any], sent: set[str], allowed: set[str] | None
+) -> None:
+    """iotagent-node-lib doc/api.md, "explicitAttrs", cases 1 to 5 (the static attributes
+    an array lets through are filtered with the measure's ``allowed``)."""
+    got = convert(provisioned(explicitAttrs=explicit), measure, 1714532400.0)
+    assert set(got.attrs) == sent
+    assert got.allowed == (None if allowed is None else frozenset(allowed))
+    assert not got.problems
+
+
+def test_an_empty_explicit_attrs_array_sends_no_time_instant() -> None:
+    """iotagent-node-lib doc/api.md: "when explicitAttrs is an array or a JEXL expression
+    resulting in to Array, if this array is empty then TimeInstant is not propaged to CB"
+    (with a non-empty one, it is)."""
+    empty = convert(provisioned(explicitAttrs="[]", timestamp=True), {"l": 1.5}, 1714532400.0)
+    assert empty.attrs == {}
+    kept = convert(provisioned(explicitAttrs="['水位']", timestamp=True), {"l": 1.5}, 1714532400.0)
+    assert set(kept.attrs) == {"水位", "TimeInstant"}

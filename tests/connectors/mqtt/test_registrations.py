@@ -4,7 +4,14 @@ real broker process forwarding to the agent, a real Mosquitto, devices publishin
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +19,7 @@ import pytest
 
 from connectors.mqtt.registrations import ID_PREFIX, SOURCE_HEADER
 from tests.connectors.mqtt.conftest import AgentFactory, Publisher, RunningAgent, wait_for
-from tests.support import free_port
+from tests.support import free_port, wait_http
 from tests.support_mqtt import MqttBroker, subscribe
 
 pytestmark = pytest.mark.mqtt
@@ -241,3 +248,187 @@ def test_registrations_follow_provisioning_restarts_and_the_mode(
             assert http.delete("/iot/devices/門2").status_code == 204
             assert http.delete("/iot/devices/門3").status_code == 204
         assert registrations(hub, agent) == []
+
+
+# -- entities named by a group's entityNameExp -------------------------------------------------
+
+PARKING = "駐車区画"
+PARKING_GROUP = {
+    "apikey": "区画key",
+    "entity_type": PARKING,
+    # the entity of each measure: the device id and the bay number the measure carries
+    "entityNameExp": "id + '-' + sn",
+    "attributes": [{"object_id": "occ", "name": "占有", "type": "Boolean"}],
+    "lazy": [{"object_id": "b", "name": "電池残量", "type": "Number"}],
+    "commands": [{"name": "表示"}],
+}
+
+
+def lazy_value(hub: str, eid: str, name: str = "電池残量") -> Any:
+    """The value of a lazy attribute as a client reads it through the broker."""
+    got = entity(hub, eid)
+    return got[name]["value"] if got and name in got else None
+
+
+def test_entities_named_by_entity_name_exp_are_registered_and_served(
+    agent_factory: AgentFactory, hub: str, mqtt: MqttBroker, device: Publisher
+) -> None:
+    """iotagent-node-lib (doc/api.md, "Entity Name expression support"): "the entity name
+    can be generated dynamically based not only on the device ID and entity type, but also
+    on the measures reported by the device". In NGSI-LD mode it registers the device's
+    commands and lazy attributes for its entity (registrationUtils, one registration per
+    device, ``mode: exclusive``), so a measure-named entity would have none; the agent
+    registers each entity a device's measures name, when first seen, so a client reads
+    its lazy attributes and sends it commands through the broker like the device's own."""
+    gate = f"urn:ngsi-ld:{PARKING}:ゲート1"
+    bay1, bay2 = f"{gate}-A01", f"{gate}-A02"
+    with agent_factory() as agent, subscribe(mqtt, "/区画key/ゲート1/cmd") as sub:
+        provision(agent, PARKING_GROUP, {"device_id": "ゲート1"})
+        # the expression reads a measure: the device keeps its own entity until one comes
+        assert registered_ids(hub, agent) == [[gate]]
+        device.publish("/区画key/ゲート1/attrs", json.dumps({"sn": "A01", "occ": True, "b": 77}))
+        wait_for(lambda: registered_ids(hub, agent) == [[gate, bay1]], what="bay 1 registered")
+        got = wait_for(
+            lambda: (e := entity(hub, bay1)) and "占有" in e and "電池残量" in e and e,
+            what="bay 1 with its lazy attribute",
+        )
+        assert got["占有"]["value"] is True
+        assert got["電池残量"]["value"] == 77
+        local = entity(hub, bay1, local="true")
+        assert local is not None
+        assert "電池残量" not in local  # kept by the agent, never written to the broker
+        assert lazy_value(hub, gate) is None  # the value is the named entity's
+
+        # a command written to the named entity reaches the device that named it, and the
+        # device's answer goes back to that entity
+        r = command(hub, bay1, "表示", "満車")
+        assert r.status_code == 204, r.text
+        assert json.loads(sub.wait(1, timeout=10)[0].payload) == {"表示": "満車"}
+        wait_for(
+            lambda: (e := entity(hub, bay1)) and e.get("表示_status", {}).get("value") == "PENDING",
+            what="PENDING on the named entity",
+        )
+        device.publish("/区画key/ゲート1/cmdexe", json.dumps({"表示": "表示しました"}), qos=1)
+        got = wait_for(
+            lambda: (e := entity(hub, bay1)) and e["表示_status"]["value"] == "OK" and e,
+            what="the answer on the named entity",
+        )
+        assert got["表示_info"]["value"] == "表示しました"
+        own = entity(hub, gate)
+        assert own is not None
+        assert "表示_status" not in own
+
+        # a second entity: registered too; a query by type reads both through the agent
+        device.publish("/区画key/ゲート1/attrs", json.dumps({"sn": "A02", "occ": False, "b": 64}))
+        wait_for(
+            lambda: registered_ids(hub, agent) == [[gate, bay1, bay2]], what="bay 2 registered"
+        )
+        wait_for(lambda: lazy_value(hub, bay2) == 64, what="bay 2's lazy attribute")
+        r = httpx.get(
+            f"{hub}/ngsi-ld/v1/entities",
+            params={"type": PARKING, "q": "電池残量>60"},
+            headers=KOMAE,
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        assert sorted((e["id"], e["電池残量"]["value"]) for e in r.json()) == [
+            (bay1, 77),
+            (bay2, 64),
+        ]
+
+        # deleting the device takes all its entities out: the registration goes
+        with agent.http() as http:
+            assert http.delete("/iot/devices/ゲート1").status_code == 204
+        assert registrations(hub, agent) == []
+
+
+def test_entity_name_exp_names_a_device_when_it_is_provisioned(
+    agent_factory: AgentFactory, hub: str, device: Publisher
+) -> None:
+    """iotagent-node-lib (doc/api.md): "when using entityNameExp, the entity_name of the
+    device provisioning is set to the result of the expression the first time the device
+    is created", and "when using entityNameExp, the entity_name field in the device
+    provisioning is ignored" for its measures. An expression that reads only the device
+    (its id, type, service, subservice, static attributes) thus names the device's own
+    entity, which is created, listed and registered under that name."""
+    group = {**PARKING_GROUP, "apikey": "看板key", "entityNameExp": "'看板-' + id"}
+    with agent_factory() as agent:
+        provision(agent, group, {"device_id": "北口"}, {"device_id": "南口", "entity_name": "南"})
+        north = f"urn:ngsi-ld:{PARKING}:看板-北口"
+        south = f"urn:ngsi-ld:{PARKING}:南"
+        with agent.http() as http:
+            listed = {
+                d["device_id"]: d["entity_name"] for d in http.get("/iot/devices").json()["devices"]
+            }
+        assert listed == {"北口": north, "南口": south}
+        assert registered_ids(hub, agent) == [sorted([north, south])]
+        wait_for(lambda: entity(hub, north), what="the device's entity, created as named")
+        assert entity(hub, f"urn:ngsi-ld:{PARKING}:北口") is None  # no entity by the default
+        # the measures of a device with an entity_name go where the expression says
+        device.publish("/看板key/南口/attrs", json.dumps({"occ": True, "b": 50}), qos=1)
+        named = f"urn:ngsi-ld:{PARKING}:看板-南口"
+        got = wait_for(lambda: (e := entity(hub, named)) and "占有" in e and e, what="measure")
+        assert got["占有"]["value"] is True
+        wait_for(lambda: lazy_value(hub, named) == 50, what="lazy value of the named entity")
+
+
+# -- lazy values survive a restart of the agent process ----------------------------------------
+
+
+@contextmanager
+def agent_process(
+    mqtt: MqttBroker, hub: str, db: Path, port: int
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``renkei iot-agent`` as its own process (the caller may kill it)."""
+    env = {
+        **os.environ,
+        "RENKEI_MQTT_URL": mqtt.url,
+        "RENKEI_BROKER_URL": hub,
+        "RENKEI_IOTA_PORT": str(port),
+        "RENKEI_IOTA_DB": str(db),
+        "RENKEI_IOTA_WINDOW_MS": "20",
+        "RENKEI_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "iot-agent"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=30, proc=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(15)
+
+
+def test_lazy_values_survive_a_restart_of_the_agent_process(
+    hub: str, mqtt: MqttBroker, device: Publisher, tmp_path: Path
+) -> None:
+    """A lazy attribute is answered with the last value the device reported (source.py):
+    an agent killed and started again answers with it at once, before the device reports
+    again, because the values are kept in the agent's own SQLite file."""
+    db, port = tmp_path / "renkei-iota.db", free_port()
+    eid = f"urn:ngsi-ld:{TYPE}:灯9"
+    url = f"http://127.0.0.1:{port}"
+    service = {"fiware-service": "komae", "fiware-servicepath": "/"}
+    with agent_process(mqtt, hub, db, port) as proc:
+        with httpx.Client(base_url=url, headers=service, timeout=10) as http:
+            assert http.post("/iot/groups", json={"groups": [GROUP]}).status_code == 201
+            r = http.post("/iot/devices", json={"devices": [{"device_id": "灯9"}]})
+            assert r.status_code == 201, r.text
+        device.publish("/灯key/灯9/attrs", json.dumps({"b": 42}), qos=1)
+        wait_for(lambda: lazy_value(hub, eid) == 42, what="the lazy value read")
+        device.publish("/灯key/灯9/attrs", json.dumps({"b": 41}), qos=1)
+        wait_for(lambda: lazy_value(hub, eid) == 41, what="the newer lazy value read")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    # down: the broker answers without it
+    assert lazy_value(hub, eid) is None
+    with agent_process(mqtt, hub, db, port):
+        wait_for(lambda: lazy_value(hub, eid) == 41, what="the kept value after the restart")
+        got = entity(hub, eid)
+        assert got is not None
+        assert "observedAt" in got["電池残量"]
