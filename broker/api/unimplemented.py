@@ -20,13 +20,11 @@ from broker.errors import NotImplementedYet
 router = APIRouter(route_class=P.DeclaredRoute, prefix="/ngsi-ld/v1", tags=["not available"])
 
 NOT_YET = {
-    "entityMaps": "creating an entity map from a Query body (clause 6.34.3.2)",
     "info": "broker information",
 }
 METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
-#: Methods answered 501 where not all are (``GET /entityMaps`` and ``/entityMaps/{id}``
-#: are served by ``broker.api.entitymaps``; other methods there are 405).
-ONLY = {"entityMaps": ("POST",)}
+#: Methods answered 501 where not all are.
+ONLY: dict[str, tuple[str, ...]] = {}
 ANSWER: dict[int | str, dict[str, Any]] = {
     501: {"description": "OperationNotSupported: not available in this version"}
 }

@@ -356,7 +356,7 @@ def test_delete_entity(client: TestClient) -> None:
 
 
 def test_not_built_sections_say_so(client: TestClient) -> None:
-    r = client.post("/ngsi-ld/v1/entityMaps", json={"type": "Query"}, headers=JSON)
+    r = client.get("/ngsi-ld/v1/info")
     assert r.status_code == 501
     assert r.json()["type"] == ERR + "OperationNotSupported"
 

@@ -312,8 +312,15 @@ def test_get_entityMaps_makes_a_map_for_a_query(hub: TestClient) -> None:
     wide = hub.get(M, params={"id": f"{P}1"})
     assert wide.status_code == 400
     assert wide.json()["type"] == ERR + "BadRequestData"
-    # the Query body form (clause 6.34.3.2) is not read yet
-    assert hub.post(M, json={"type": "Query"}, headers=JSON).status_code == 501
+    # the Query body form (Table 6.34.3.2-1): "Payload body in the request contains a
+    # JSON-LD object which represents the query to be performed"
+    body = {"type": "Query", "entities": [{"type": "駐車場"}], "q": "空き台数>0"}
+    posted = hub.post(M, json=body, params={"entityMapLifetime": "PT1M"}, headers=JSON)
+    assert posted.status_code == 201, posted.text
+    assert sorted(posted.json()["entityMap"]) == [f"{P}{n}" for n in (1, 3, 4, 5, 6)]
+    assert posted.headers["NGSILD-EntityMap"].endswith(posted.json()["id"])
+    assert hub.post(M, json={"entities": []}, headers=JSON).status_code == 400
+    assert hub.put(M, json=body, headers=JSON).status_code == 405
 
 
 def test_retrieve_entity_with_an_entity_map(hub: TestClient) -> None:
