@@ -8,8 +8,6 @@ change (subscriptions hook in there).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,6 +16,7 @@ from typing import Any
 
 from broker.auth.access import current as current_access
 from broker.core.model import Parser, check_expiry, check_growth, expand_types, stored_weight
+from broker.core.periodic import Purger
 from broker.errors import (
     BadRequestData,
     Forbidden,
@@ -127,7 +126,12 @@ class EntityService:
         self.store = store
         self.max_attributes = max_attributes
         self._listeners: list[ChangeListener] = []
-        self._purger: asyncio.Task[None] | None = None
+        self._purger = Purger(
+            self.purge_expired,
+            what="transient entities",
+            task_name="renkei-purge",
+            wait_first=False,
+        )
 
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -148,25 +152,10 @@ class EntityService:
 
     def start_purge(self, interval: float) -> None:
         """Run :meth:`purge_expired` every ``interval`` seconds (0: never)."""
-        if interval > 0 and self._purger is None:
-            self._purger = asyncio.create_task(self._purge_loop(interval), name="renkei-purge")
-
-    async def _purge_loop(self, interval: float) -> None:
-        while True:
-            try:
-                gone = await self.purge_expired()
-                if gone:
-                    log.info("transient entities: %d expired and purged", gone)
-            except Exception:
-                log.exception("purging expired entities failed; retrying at the next run")
-            await asyncio.sleep(interval)
+        self._purger.start(interval)
 
     async def aclose(self) -> None:
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
-            self._purger = None
+        await self._purger.aclose()
 
     def parser(self, tm: TermMap) -> Parser:
         return Parser(tm, max_attributes=self.max_attributes)

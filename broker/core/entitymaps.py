@@ -29,7 +29,6 @@ tenant's data answers as missing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -39,6 +38,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from broker.auth.access import current as current_access
+from broker.core.periodic import Purger
 from broker.errors import BadRequestData, ResourceNotFound
 from broker.model.entity import check_datetime, check_entity_id, id_segment
 from broker.model.history import Duration
@@ -133,7 +133,9 @@ class EntityMapService:
         self.max_entries = max_entries
         self.max_maps = max_maps
         self.rescan = rescan
-        self._purger: asyncio.Task[None] | None = None
+        self._purger = Purger(
+            self.purge_expired, what="entity maps", task_name="renkei-entitymaps", wait_first=True
+        )
         #: tenant -> map id -> expiry (epoch seconds), for the tenants read so far
         self._index: dict[str, dict[str, float]] = {}
         self._runs = 0
@@ -257,22 +259,7 @@ class EntityMapService:
 
     def start_purge(self, interval: float) -> None:
         """Run :meth:`purge_expired` every ``interval`` seconds (0: never)."""
-        if interval > 0 and self._purger is None:
-            self._purger = asyncio.create_task(self._loop(interval), name="renkei-entitymaps")
-
-    async def _loop(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                gone = await self.purge_expired()
-                if gone:
-                    log.info("entity maps: %d expired and purged", gone)
-            except Exception:
-                log.exception("purging expired entity maps failed; retrying at the next run")
+        self._purger.start(interval)
 
     async def aclose(self) -> None:
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
-            self._purger = None
+        await self._purger.aclose()
