@@ -104,6 +104,7 @@ async def write_through(
     attr: str | None = None,
     whole: bool = False,
     created: bool = False,
+    location: str | None = None,
 ) -> Response:
     """A write of one entity here and at the context sources registered for it
     (``broker.core.distributed``: what goes where). When every part succeeds the answer
@@ -146,7 +147,7 @@ async def write_through(
     if answer is not None:
         return answer
     if created:
-        location = f"/ngsi-ld/v1/entities/{id_segment(entity_id)}"
+        location = location or f"/ngsi-ld/v1/entities/{id_segment(entity_id)}"
         return Response(status_code=201, headers={"Location": location})
     return _no_content()
 
@@ -427,18 +428,27 @@ async def query_response(
     forward: dict[str, str] | None = None,
     local: bool = False,
     csf: Node | None = None,
+    batch: Call | None = None,
 ) -> Response:
     """Run a query and render the entities (GET /entities, POST /entityOperations/query).
 
     With ``forward`` (the request's query parameters), the query is also sent to the
-    context sources registered for what it selects (``broker.core.distributed``)."""
+    context sources registered for what it selects (``broker.core.distributed``); so
+    is a query with a Query body (``batch``: what of the request goes along)."""
     tm = view.tm
     headers: dict[str, str] = {}
     # one more than a page tells whether a next page exists (clause 5.5.9)
     probe = replace(query, limit=query.limit + 1) if query.limit > 0 else query
-    if forward is not None:
+    if forward is not None or batch is not None:
         entities, total, headers = await hub.distributed.query(
-            tenant, probe, tm, forward_call(request, tenant), forward, local=local, csf=csf
+            tenant,
+            probe,
+            tm,
+            batch or forward_call(request, tenant),
+            forward,
+            local=local,
+            csf=csf,
+            batch=batch is not None,
         )
     else:
         try:

@@ -14,8 +14,11 @@ groups the subscription matches.
 
 Notifications go out through the same senders as entity notifications (HTTP and MQTT,
 the outbound policy checked when connecting), with retries; endpoints the policy refuses
-are refused when the subscription is created or updated. Delivery counts are kept in
-memory by the process that sent them.
+are refused when the subscription is created or updated. Delivery counts (``timesSent``,
+``timesFailed``, ``lastNotification``, ``lastSuccess``, ``lastFailure``) are kept in the
+store beside the subscription, as those of entity subscriptions are: they survive a
+restart and every process sharing the store shows the same ones. An attempt is counted
+before it is sent, so a subscriber that has a notification in hand reads it counted.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +44,7 @@ from broker.federation.registrations import (
 )
 from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap
 from broker.model.entity import check_entity_id, check_name, iri_to_uri, now_iso
+from broker.model.store import NotificationRecord
 from broker.notify.senders import DeliveryError, Endpoint, Senders
 from broker.outbound import OutboundPolicy, OutboundRefused
 from broker.query import geo_query_from_json, parse_q, resolve_geo, resolve_q
@@ -104,13 +108,6 @@ class CompiledCsub:
         return sorted(found)
 
 
-@dataclass(slots=True)
-class _Status:
-    sent: int = 0
-    failed: int = 0
-    last: dict[str, str] = field(default_factory=dict)
-
-
 class CsourceSubscriptionService:
     """Subscriptions to context source registrations (see the module docstring)."""
 
@@ -132,7 +129,6 @@ class CsourceSubscriptionService:
         self.outbound = outbound or OutboundPolicy()
         self.max_attempts = max_attempts
         self.backoff = backoff
-        self._status: dict[tuple[str, str], _Status] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._last_round: dict[tuple[str, str], float] = {}
@@ -305,7 +301,6 @@ class CsourceSubscriptionService:
         check_entity_id(sub_id, "subscription id")
         if not await self.store.delete_registration(tenant, "subscription", sub_id):
             raise ResourceNotFound(f"context source registration subscription {sub_id} not found")
-        self._status.pop((tenant, sub_id), None)
         self._last_round.pop((tenant, sub_id), None)
 
     async def all(self, tenant: str) -> list[dict[str, Any]]:
@@ -326,9 +321,7 @@ class CsourceSubscriptionService:
                 tm.compact(sub.tm.expand(a)) for a in out["watchedAttributes"]
             ]
         notification = dict(out.get("notification", {}))
-        status = self._status.get((tenant, sub.id))
-        if status is not None:
-            notification.update(timesSent=status.sent, timesFailed=status.failed, **status.last)
+        notification.update(await self.store.registration_status(tenant, sub.id))
         out["notification"] = notification
         out.setdefault("isActive", True)
         out["status"] = sub.status()
@@ -401,25 +394,36 @@ class CsourceSubscriptionService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _record(self, record: NotificationRecord) -> None:
+        """Keep a delivery outcome in the store; a store that cannot take it now does
+        not stop the delivery (the count is then short by it)."""
+        try:
+            await self.store.record_registration_notifications([record])
+        except NgsiLdError as exc:
+            log.warning(
+                "delivery status of registration subscription %s not kept: %s",
+                record.sub_id,
+                exc.detail,
+            )
+
     async def _deliver(self, sub: CompiledCsub, body: bytes, headers: dict[str, str]) -> None:
-        status = self._status.setdefault((sub.tenant, sub.id), _Status())
         delay = self.backoff
         for attempt in range(1, self.max_attempts + 1):
             at = now_iso()
-            status.sent += 1
-            status.last["lastNotification"] = at
+            await self._record(NotificationRecord(sub.tenant, sub.id, sent=1, last_notification=at))
             try:
                 await self.senders.send(sub.endpoint, body, headers)
             except DeliveryError as exc:
-                status.failed += 1
-                status.last["lastFailure"] = at
+                await self._record(
+                    NotificationRecord(sub.tenant, sub.id, failed=1, last_failure=at)
+                )
                 if not exc.retryable or attempt == self.max_attempts:
                     log.warning("registration notification for %s failed: %s", sub.id, exc)
                     return
                 await asyncio.sleep(delay)
                 delay *= 2
             else:
-                status.last["lastSuccess"] = at
+                await self._record(NotificationRecord(sub.tenant, sub.id, last_success=at))
                 return
 
     # -- timeInterval ----------------------------------------------------------------------

@@ -32,13 +32,13 @@ from broker.auth.access import current as current_access
 from broker.core.entities import EntityService
 from broker.core.model import Parser
 from broker.errors import Conflict, Forbidden, NgsiLdError, NonexistentTenant, ResourceNotFound
-from broker.federation.forward import Answer, Call, Forwarder, warning
+from broker.federation.forward import Answer, Call, Forwarder, join_answers, warning
 from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
 from broker.jsonld.context import TermMap
 from broker.model.entity import ENTITY_KEYS, Entity
 from broker.model.query import Node
-from broker.model.store import EntityQuery
+from broker.model.store import EntityQuery, Selector
 from broker.query.evaluate import matches_q
 from broker.query.qlang import format_q, resolve_q
 from broker.query.scopeq import format_scope_q
@@ -331,6 +331,111 @@ class DistributedService:
 
     # -- query -----------------------------------------------------------------------------
 
+    async def query_sources(
+        self, tenant: str, query: EntityQuery, csf: Node | None = None
+    ) -> list[tuple[Registration, list[Info]]]:
+        """The active registrations that may answer a query (``queryEntity`` or
+        ``queryBatch``) for what ``query`` selects: its own selection, or any of its
+        entity selectors (a Query body's ``entities``)."""
+        selections = query.selectors or [
+            Selector(ids=query.ids, id_pattern=query.id_pattern, types=query.types)
+        ]
+        out = []
+        for reg in await self.registrations.active(tenant):
+            if not (reg.supports("queryEntity") or reg.supports("queryBatch")):
+                continue
+            if csf is not None and not matches_q(csf, reg.subject):
+                continue
+            infos: list[Info] = []
+            for sel in selections:
+                for info in reg.infos_for(
+                    types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern, attrs=query.attrs
+                ):
+                    if info not in infos:
+                        infos.append(info)
+            if infos:
+                out.append((reg, infos))
+        return out
+
+    def _get_params(
+        self,
+        reg: Registration,
+        infos: list[Info],
+        given: dict[str, str],
+        query: EntityQuery,
+        tm: TermMap,
+        want: int,
+    ) -> dict[str, str]:
+        """The parameters of ``GET /entities`` asking ``reg`` for what ``given`` (the
+        query's parameters, in the client's terms) selects, narrowed to the types and
+        attributes it is registered for (clause 4.3.6.1: "all constraints specified in
+        the registration shall be respected")."""
+        sent = {k: v for k, v in given.items() if k in PASSED_ON}
+        attrs = self._attrs(reg, infos, query.attrs)
+        if attrs:
+            sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
+        if "type" in given:
+            sent["type"] = given["type"]
+        else:
+            types = reg.types_for(infos)
+            if types:
+                sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+        sent.update(limit=str(max(want, 1)), count="true", options="sysAttrs")
+        if reg.local_only:
+            sent["local"] = "true"  # management.localOnly: its own data, not its sources'
+        return sent
+
+    def _query_body(
+        self, reg: Registration, infos: list[Info], query: EntityQuery, tm: TermMap
+    ) -> dict[str, Any]:
+        """The Query (clause 5.2.23) of ``POST /entityOperations/query`` asking ``reg``
+        for what ``query`` selects, in the request's terms, narrowed to the types and
+        attributes it is registered for."""
+        held = reg.types_for(infos)
+        entities: list[dict[str, Any]] = []
+        selections = query.selectors or [
+            Selector(ids=query.ids, id_pattern=query.id_pattern, types=query.types)
+        ]
+        for sel in selections:
+            if not reg.infos_for(types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern):
+                continue
+            alternatives = [list(a) for a in sel.types] if sel.types else None
+            if alternatives is None and held:
+                alternatives = [[t] for t in sorted(held)]
+            item: dict[str, Any] = {}
+            if sel.ids:
+                item["id"] = sel.ids[0] if len(sel.ids) == 1 else list(sel.ids)
+            if sel.id_pattern:
+                item["idPattern"] = sel.id_pattern
+            if alternatives:
+                item["type"] = "|".join(";".join(tm.compact(t) for t in a) for a in alternatives)
+            if item:
+                entities.append(item)
+        body: dict[str, Any] = {"type": "Query"}
+        if entities:
+            body["entities"] = entities
+        attrs = self._attrs(reg, infos, query.attrs)
+        if attrs:
+            body["attrs"] = [tm.compact(a) for a in attrs]
+        if query.q is not None:
+            body["q"] = format_q(resolve_q(query.q, tm.compact))
+        if query.scope_q is not None:
+            body["scopeQ"] = format_scope_q(query.scope_q)
+        geo = query.geo
+        if geo is not None:
+            rel = geo.georel
+            if geo.max_distance is not None:
+                rel += f";maxDistance=={geo.max_distance:g}"
+            if geo.min_distance is not None:
+                rel += f";minDistance=={geo.min_distance:g}"
+            body["geoQ"] = {
+                "georel": rel,
+                "geometry": geo.geometry["type"],
+                "coordinates": geo.geometry["coordinates"],
+                "geoproperty": tm.compact(geo.geoproperty),
+            }
+        return body
+
     async def query(
         self,
         tenant: str,
@@ -341,33 +446,26 @@ class DistributedService:
         *,
         local: bool = False,
         csf: Node | None = None,
+        batch: bool = False,
     ) -> tuple[list[Entity], int | None, dict[str, str]]:
         """The entities matching ``query`` here and at the sources, with the count and
         the headers to answer with (``NGSILD-Warning``). ``params`` are the request's
         own query parameters (passed on in its terms); without them, parameters are made
-        from ``query`` (:func:`params_of`)."""
-        sources = (
-            []
-            if local
-            else await self.sources(
-                tenant,
-                "queryEntity",
-                types=query.types,
-                ids=query.ids,
-                id_pattern=query.id_pattern,
-                attrs=query.attrs,
-                csf=csf,
-            )
-        )
+        from ``query`` (:func:`params_of`).
+
+        Each source is asked with an operation its registration allows (clause 4.3.6.1:
+        sources "may indicate that they are only willing to respond to a limited subset
+        of API operations"): a query with a Query body (``batch``) as ``POST
+        /entityOperations/query`` when it allows ``queryBatch``, else as ``GET
+        /entities`` (one per entity selector); a ``GET`` query as ``GET /entities`` when
+        it allows ``queryEntity``, else as a Query body."""
+        sources = [] if local else await self.query_sources(tenant, query, csf)
         if not sources:
             try:
                 found, total = await self.entities.query(tenant, query)
             except NonexistentTenant:
                 found, total = [], (0 if query.count else None)
             return found, total, {}
-        if params is None:
-            params = params_of(query, tm)
-        given = params
         want = min(query.offset + query.limit, self.max_limit)
         local_query = replace(query, offset=0, limit=want, count=True)
 
@@ -379,20 +477,56 @@ class DistributedService:
             return found, total or 0
 
         async def ask(reg: Registration, infos: list[Info]) -> Answer:
-            sent = {k: v for k, v in given.items() if k in PASSED_ON}
-            attrs = self._attrs(reg, infos, query.attrs)
-            if attrs:
-                sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
-            if "type" in given:
-                sent["type"] = given["type"]
-            else:
-                types = reg.types_for(infos)
-                if types:
-                    sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-            sent.update(limit=str(max(want, 1)), count="true", options="sysAttrs")
-            if reg.local_only:
-                sent["local"] = "true"  # management.localOnly: its own data, not its sources'
-            return await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+            post = reg.supports("queryBatch") and (batch or not reg.supports("queryEntity"))
+            if post:
+                body = self._query_body(reg, infos, query, tm)
+                sent = {"limit": str(max(want, 1)), "count": "true", "options": "sysAttrs"}
+                if reg.local_only:
+                    sent["local"] = "true"
+                inline = call.context is not None
+                return await self.forwarder.send(
+                    reg,
+                    call,
+                    "POST",
+                    "/entityOperations/query",
+                    params=sent,
+                    body={**body, "@context": call.context} if inline else body,
+                    content_type="application/ld+json" if inline else "application/json",
+                )
+            if params is not None and not query.selectors:
+                given = params
+                return await self.forwarder.send(
+                    reg,
+                    call,
+                    "GET",
+                    "/entities",
+                    params=self._get_params(reg, infos, given, query, tm, want),
+                )
+            # a Query body asked as GET /entities: one request per entity selector
+            asked = []
+            for sel in query.selectors or [Selector()]:
+                if query.selectors and not reg.infos_for(
+                    types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern
+                ):
+                    continue
+                one = replace(
+                    query,
+                    ids=sel.ids,
+                    id_pattern=sel.id_pattern,
+                    types=sel.types,
+                    selectors=None,
+                )
+                given = params_of(one, tm)
+                asked.append(
+                    self.forwarder.send(
+                        reg,
+                        call,
+                        "GET",
+                        "/entities",
+                        params=self._get_params(reg, infos, given, one, tm, want),
+                    )
+                )
+            return join_answers(reg, list(await asyncio.gather(*asked)))
 
         mine = asyncio.ensure_future(ask_local())
         try:
@@ -410,7 +544,11 @@ class DistributedService:
                     answer.error = f"answered {answer.status}"
                 failed.append(answer)
                 continue
-            ents = [e for e in (parse_remote(b, tm) for b in answer.body) if e is not None]
+            ents = [
+                e
+                for e in (parse_remote(b, tm) for b in answer.body if isinstance(b, dict))
+                if e is not None
+            ]
             answered.append((reg, infos, ents))
             header = answer.headers.get("NGSILD-Results-Count") if answer.headers else None
             total += int(header) if header and header.isdigit() else len(ents)
@@ -490,6 +628,66 @@ class DistributedService:
                     continue
                 found.append(item)
         return found, total, warning(failed)
+
+    async def retrieve_json(
+        self,
+        tenant: str,
+        entity_id: str,
+        tm: TermMap,
+        call: Call,
+        path: str,
+        params: dict[str, str],
+        *,
+        operation: str = "retrieveTemporal",
+        attrs: Sequence[str] | None = None,
+    ) -> tuple[list[tuple[Registration, dict[str, Any]]], dict[str, str]]:
+        """Forward a retrieve of one entity the sources answer in a representation this
+        hub does not parse (its temporal evolution, clause 5.7.3): to each source whose
+        registration matches the id and allows ``operation``, with the request's own
+        parameters, ``attrs`` narrowed to what it is registered for. Returns what each
+        source answered for the entity (a 404 is no answer, and no failure; the entity
+        only if the caller may read its type), and the ``NGSILD-Warning`` header."""
+        sources = await self.sources(tenant, operation, ids=[entity_id], attrs=attrs)
+        if not sources:
+            return [], {}
+        sent = {k: v for k, v in params.items() if k != "local"}
+
+        async def ask(reg: Registration, infos: list[Info]) -> Answer:
+            asked = dict(sent)
+            wanted = self._attrs(reg, infos, attrs)
+            if wanted:
+                asked["attrs"] = ",".join(tm.compact(a) for a in wanted)
+            if reg.local_only:
+                asked["local"] = "true"
+            return await self.forwarder.send(reg, call, "GET", path, params=asked)
+
+        answers: list[Answer] = await asyncio.gather(*(ask(r, i) for r, i in sources))
+        access = current_access()
+        found: list[tuple[Registration, dict[str, Any]]] = []
+        failed: list[Answer] = []
+        for (reg, infos), answer in zip(sources, answers, strict=True):
+            if answer.status == 404:
+                continue
+            if not answer.ok or not isinstance(answer.body, dict):
+                if answer.error is None:
+                    answer.error = f"answered {answer.status}"
+                failed.append(answer)
+                continue
+            body = answer.body
+            if body.get("id", entity_id) != entity_id:
+                continue
+            raw = body.get("type")
+            types = [
+                tm.expand(t)
+                for t in (raw if isinstance(raw, list) else [raw])
+                if isinstance(t, str)
+            ]
+            if types and not self._holds(infos, {"id": entity_id, "type": types}):
+                continue
+            if access is not None and not access.can("read", tenant, types):
+                continue
+            found.append((reg, body))
+        return found, warning(failed)
 
     # -- writes ------------------------------------------------------------------------------
 

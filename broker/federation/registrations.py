@@ -88,7 +88,7 @@ GROUPS: dict[str, frozenset[str]] = {
             "upsertTemporal",
             "appendAttrsTemporal",
             "deleteAttrsTemporal",
-            "updateAttrsTemporal",
+            "updateAttrInstanceTemporal",
             "deleteAttrInstanceTemporal",
             "deleteTemporal",
             "mergeEntity",
