@@ -266,6 +266,27 @@ class DistributedService:
         return sorted(held & set(wanted)) if wanted else sorted(held)
 
     @staticmethod
+    def _held_ids(
+        infos: list[Info], types: Sequence[Sequence[str]] | None = None
+    ) -> list[str] | None:
+        """The entity ids these groups are for, when each of their selectors (of the
+        types asked for) names one; None when some selector is for any id of a type or
+        a pattern. A forwarded query names them (clause 4.3.6.1: "all constraints
+        specified in the registration shall be respected", Entity IDs among them)."""
+        out: list[str] = []
+        for info in infos:
+            if not info.entities:
+                return None
+            for e in info.entities:
+                if types and not e.typed(types):
+                    continue
+                if e.id is None:
+                    return None
+                if e.id not in out:
+                    out.append(e.id)
+        return out or None
+
+    @staticmethod
     def _holds(infos: list[Info], ent: Entity) -> bool:
         """Whether the registration's groups may hold this entity (a source registered
         for some ids answers only for those)."""
@@ -371,6 +392,10 @@ class DistributedService:
         attributes it is registered for (clause 4.3.6.1: "all constraints specified in
         the registration shall be respected")."""
         sent = {k: v for k, v in given.items() if k in PASSED_ON}
+        if "id" not in sent and "idPattern" not in sent:
+            held_ids = self._held_ids(infos, query.types)
+            if held_ids:
+                sent["id"] = ",".join(held_ids)
         attrs = self._attrs(reg, infos, query.attrs)
         if attrs:
             sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
@@ -403,8 +428,11 @@ class DistributedService:
             if alternatives is None and held:
                 alternatives = [[t] for t in sorted(held)]
             item: dict[str, Any] = {}
-            if sel.ids:
-                item["id"] = sel.ids[0] if len(sel.ids) == 1 else list(sel.ids)
+            ids = list(sel.ids or ())
+            if not ids and not sel.id_pattern:
+                ids = self._held_ids(infos, sel.types) or []
+            if ids:
+                item["id"] = ids[0] if len(ids) == 1 else ids
             if sel.id_pattern:
                 item["idPattern"] = sel.id_pattern
             if alternatives:
@@ -504,18 +532,19 @@ class DistributedService:
                 )
             # a Query body asked as GET /entities: one request per entity selector
             asked = []
-            for sel in query.selectors or [Selector()]:
-                if query.selectors and not reg.infos_for(
-                    types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern
-                ):
+            for sel in query.selectors or [None]:
+                if sel is None:
+                    one = query
+                elif reg.infos_for(types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern):
+                    one = replace(
+                        query,
+                        ids=sel.ids,
+                        id_pattern=sel.id_pattern,
+                        types=sel.types,
+                        selectors=None,
+                    )
+                else:
                     continue
-                one = replace(
-                    query,
-                    ids=sel.ids,
-                    id_pattern=sel.id_pattern,
-                    types=sel.types,
-                    selectors=None,
-                )
                 given = params_of(one, tm)
                 asked.append(
                     self.forwarder.send(
