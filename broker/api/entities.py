@@ -22,8 +22,15 @@ from broker.api.deps import Hub, HubDep, TenantDep
 from broker.api.prefer import amend, preferences
 from broker.core.entities import UpdateResult
 from broker.core.model import Parser, View
-from broker.errors import BadRequestData, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import (
+    BadRequestData,
+    Conflict,
+    NgsiLdError,
+    NonexistentTenant,
+    ResourceNotFound,
+)
 from broker.federation.forward import Answer, Call
+from broker.federation.registrations import Registration
 from broker.jsonld.context import TermMap
 from broker.model.entity import Entity, check_entity_id, check_name, id_segment, is_uri
 from broker.model.query import And, Comparison, Exists, GeoQuery, Node, Or
@@ -89,6 +96,16 @@ def _source_error(entity_id: str, answer: Answer) -> dict[str, Any]:
     return {"entityId": entity_id, "registrationId": answer.reg.id, "error": problem}
 
 
+def refused_error(entity_id: str, reg: Registration, operation: str) -> dict[str, Any]:
+    """The BatchOperationResult error of the part of a write ``reg`` holds and does not
+    accept (clause 5.6.1.4: a Conflict, or a partial success)."""
+    problem = Conflict(
+        f"registration {reg.id} ({reg.mode}) holds part of what this {operation} would "
+        "change, and does not accept it"
+    ).problem()
+    return {"entityId": entity_id, "registrationId": reg.id, "error": problem}
+
+
 async def write_through(
     request: Request,
     hub: Hub,
@@ -130,7 +147,7 @@ async def write_through(
         content_type="application/ld+json" if ld else "application/json",
         whole=whole,
     )
-    if not plan.answers:
+    if not plan.answers and not plan.refused:
         return await local_write(plan.local_body) if plan.run_local else _no_content()
     errors: list[dict[str, Any]] = []
     answer: Response | None = None
@@ -140,6 +157,7 @@ async def write_through(
         except NgsiLdError as exc:
             errors.append({"entityId": entity_id, "error": exc.problem()})
     errors += [_source_error(entity_id, a) for a in plan.answers if not a.ok]
+    errors += [refused_error(entity_id, reg, operation) for reg in plan.refused]
     if errors:
         done = answer is not None or any(a.ok for a in plan.answers)
         result = {"success": [entity_id] if done else [], "errors": errors}

@@ -17,6 +17,7 @@ from broker.api.entities import (
     build_query,
     forward_call,
     query_response,
+    refused_error,
 )
 from broker.core.batch import BatchItem, BatchResult, Operation
 from broker.core.model import View
@@ -139,7 +140,7 @@ async def _run_distributed(
         forward.append((eid, types or None, body, item.tm))
     call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
     params = {k: v for k, v in request.query_params.items() if k != "local"}
-    left, sent = await hub.distributed.forward_batch(
+    left, sent, refusals = await hub.distributed.forward_batch(
         tenant,
         BATCH_OPERATIONS[op],
         call,
@@ -190,6 +191,9 @@ async def _run_distributed(
         for error in errors:
             result.errors.append({**error, "registrationId": reg.id})
             failed.add(str(error.get("entityId")))
+    for eid, reg in refusals:
+        result.errors.append(refused_error(eid, reg, BATCH_OPERATIONS[op]))
+        failed.add(eid)
     result.success = [e for e in dict.fromkeys([*result.success, *remote_only]) if e not in failed]
     if op in ("create", "upsert"):
         result.created = [

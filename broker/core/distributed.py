@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ import orjson
 from broker.auth.access import current as current_access
 from broker.core.entities import EntityService
 from broker.core.model import Parser
-from broker.errors import Conflict, Forbidden, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import Forbidden, NgsiLdError, NonexistentTenant, ResourceNotFound
 from broker.federation.forward import Answer, Call, Forwarder, join_answers, warning
 from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
@@ -131,10 +131,12 @@ def route_write(
     (all, when it names none); ``auxiliary`` ones are never written to. What
     ``exclusive`` and ``redirect`` registrations hold is not written here; a redirect
     registration of the whole entity leaves nothing here. An exclusive or redirect
-    registration of attributes in the write that does not support ``operation`` makes
-    it a Conflict (409): they may be written neither there nor here. ``whole``: the
-    write names the whole entity (create, replace, upsert), so the entity is written
-    here even when all its attributes went to sources. ``may_write(types)`` says whether
+    registration of attributes in the write that does not support ``operation`` is
+    ``refused``: what it holds is written neither there nor here, and the rest goes on
+    (clause 5.6.1.4: "an error of type Conflict if the complete ... operation failed or
+    ... a partial success if some parts of it succeeded"). ``whole``: the write names
+    the whole entity (create, replace, upsert), so the entity is written here when
+    attributes are left for it, or when nothing went to a source or was refused. ``may_write(types)`` says whether
     the caller may write entities of these types (None: of any type); a part it may
     not write is Forbidden, as a local write would be."""
     attrs: list[str] | None = None
@@ -154,16 +156,15 @@ def route_write(
         return Route([], body, True)
     owned: set[str] = set()
     everything = False
+    refused: list[Registration] = []
     for reg, infos in matched:
         if reg.mode not in ("exclusive", "redirect"):
             continue
         held = reg.attrs_for(infos)
         touched = attrs is None or held is None or bool(set(attrs) & held)
         if not reg.supports(operation) and touched:
-            raise Conflict(
-                f"registration {reg.id} ({reg.mode}) holds what this {operation} "
-                "would write, and does not accept it"
-            )
+            refused.append(reg)  # "the matching Attributes are then removed"
+            everything = everything or held is None
         if held is None:
             everything = everything or reg.mode == "redirect"
         else:
@@ -186,13 +187,14 @@ def route_write(
                 raise Forbidden(f"not allowed to change these entities at {reg.id}")
         parts.append((reg, part))
     if everything:
-        return Route(parts, None, False)
+        return Route(parts, None, False, refused)
     if attr is not None:
-        return Route(parts, body, tm.expand(attr) not in owned)
+        return Route(parts, body, tm.expand(attr) not in owned, refused)
     if isinstance(body, dict) and owned:
         local = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) not in owned}
-        return Route(parts, local, whole or any(k not in ENTITY_KEYS for k in local))
-    return Route(parts, body, True)
+        left = any(k not in ENTITY_KEYS for k in local)
+        return Route(parts, local, left or (whole and not parts and not refused), refused)
+    return Route(parts, body, True, refused)
 
 
 @dataclass(slots=True)
@@ -203,6 +205,8 @@ class WritePlan:
     local_body: Any
     run_local: bool
     answers: list[Answer]
+    #: the registrations that refused their part (see :class:`Route`)
+    refused: list[Registration] = field(default_factory=list)
 
 
 def _fill(base: Entity, other: Entity) -> Entity:
@@ -752,6 +756,9 @@ class DistributedService:
             whole=whole,
             may_write=self._may_write(tenant),
         )
+        refusal = route.refusal
+        if refusal is not None:
+            raise refusal
         ld = content_type.endswith("ld+json")
         answers: list[Answer] = await asyncio.gather(
             *(
@@ -769,7 +776,7 @@ class DistributedService:
                 for reg, part in route.parts
             )
         )
-        return WritePlan(route.local_body, route.run_local, list(answers))
+        return WritePlan(route.local_body, route.run_local, list(answers), route.refused)
 
     async def forward_batch(
         self,
@@ -780,14 +787,20 @@ class DistributedService:
         items: Sequence[tuple[str, Sequence[str] | None, Any, TermMap]],
         *,
         params: dict[str, str] | None = None,
-    ) -> tuple[list[tuple[Any, bool] | NgsiLdError], list[tuple[Registration, list[str], Answer]]]:
+    ) -> tuple[
+        list[tuple[Any, bool] | NgsiLdError],
+        list[tuple[Registration, list[str], Answer]],
+        list[tuple[str, Registration]],
+    ]:
         """A batch write (``items``: entity id, types, body, term map; a delete's body is
         None) sent on to the sources, one batch request per source holding part of it.
         Returns, per item, what is left to write here (body, whether to) or the error
-        refusing it (a Conflict of :func:`route_write`), and per source the ids it was
-        sent and its answer."""
+        refusing it (a Conflict when all of it was refused, or Forbidden), per source the
+        ids it was sent and its answer, and the (entity id, registration) pairs of the
+        parts refused by registrations that do not accept the operation."""
         regs = await self.registrations.active(tenant)
         left: list[tuple[Any, bool] | NgsiLdError] = []
+        refusals: list[tuple[str, Registration]] = []
         per_source: dict[str, tuple[Registration, list[str], list[Any]]] = {}
         for entity_id, types, body, tm in items:
             try:
@@ -804,6 +817,11 @@ class DistributedService:
             except NgsiLdError as exc:
                 left.append(exc)
                 continue
+            refusal = route.refusal
+            if refusal is not None:
+                left.append(refusal)
+                continue
+            refusals += [(entity_id, reg) for reg in route.refused]
             left.append((route.local_body, route.run_local))
             for reg, part in route.parts:
                 held = per_source.setdefault(reg.id, (reg, [], []))
@@ -816,7 +834,8 @@ class DistributedService:
                 for reg, _ids, parts in sources
             )
         )
-        return left, [(reg, ids, a) for (reg, ids, _p), a in zip(sources, answers, strict=True)]
+        sent = [(reg, ids, a) for (reg, ids, _p), a in zip(sources, answers, strict=True)]
+        return left, sent, refusals
 
     async def forward_purge(
         self, tenant: str, query: EntityQuery, call: Call, params: dict[str, str]

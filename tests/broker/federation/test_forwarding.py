@@ -281,6 +281,34 @@ def test_exclusive_without_the_operation_is_a_conflict(hub: TestClient, cs: Sour
     assert hub.post(E, json=car(燃料=80), headers=JSON).status_code == 201  # not its attribute
 
 
+def test_a_refused_part_leaves_the_rest_done(hub: TestClient, cs: Source) -> None:
+    """Clause 5.6.6.4 (Delete Entity) as 5.6.1.4 words it: a registration that does not
+    accept the operation makes it "an error of type Conflict if the complete ...
+    operation failed or ... a partial success if some parts of it succeeded"."""
+    assert hub.post(E, json=car(燃料=80), headers=JSON).status_code == 201
+    reg = vehicle_registration(cs.url, "exclusive", propertyNames=["速度"])
+    reg["information"][0]["entities"][0]["id"] = CAR
+    reg["operations"] = ["retrieveOps"]
+    assert hub.post(R, json=reg, headers=JSON).status_code == 201
+    r = hub.delete(f"{E}/{CAR}")
+    assert r.status_code == 207, r.text
+    body = r.json()
+    assert body["success"] == [CAR]
+    (error,) = body["errors"]
+    assert error["registrationId"] == "urn:ngsi-ld:ContextSourceRegistration:exclusive"
+    assert error["error"]["type"] == "https://uri.etsi.org/ngsi-ld/errors/Conflict"
+    assert cs.requests == []
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).status_code == 404
+    # in a batch: the entity's other part is written, the refused one reported
+    batch = [car(速度=40, 燃料=60)]
+    r = hub.post("/ngsi-ld/v1/entityOperations/create", json=batch, headers=JSON)
+    assert r.status_code == 207, r.text
+    assert [e["registrationId"] for e in r.json()["errors"]] == [reg["id"]]
+    held = hub.get(f"{E}/{CAR}", params={"local": "true"}).json()
+    assert held["燃料"]["value"] == 60
+    assert "速度" not in held
+
+
 def test_redirect_writes_only_at_the_source(hub: TestClient, cs: Source) -> None:
     assert (
         hub.post(R, json=vehicle_registration(cs.url, "redirect"), headers=JSON).status_code == 201
