@@ -907,8 +907,9 @@ class DistributedService:
     ) -> tuple[Entity, dict[str, str]]:
         """The entity as this hub and the sources registered for it hold it, with the
         headers to answer with; ResourceNotFound when nobody has it. A source registered
-        for ``queryEntity`` or ``queryBatch`` but not ``retrieveEntity`` is asked with a
-        query by id (``GET /entities?id=...``)."""
+        for ``queryEntity`` but not ``retrieveEntity`` is asked with a query by id
+        (``GET /entities?id=...``), one registered for ``queryBatch`` only with a Query
+        body naming the id."""
         sources: list[tuple[Registration, list[Info]]] = []
         if not local:
             for op in ("retrieveEntity", "queryEntity", "queryBatch"):
@@ -934,13 +935,25 @@ class DistributedService:
             if reg.supports("retrieveEntity"):
                 path = f"/entities/{Forwarder.segment(entity_id)}"
                 return await self.forwarder.send(reg, call, "GET", path, params=sent)
-            sent["id"] = entity_id
             types = reg.types_for(infos)
-            if types:
-                sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-            answer = await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
-            if answer.ok and isinstance(answer.body, list):  # a query's answer: a list
-                found = [e for e in answer.body if isinstance(e, dict) and e.get("id") == entity_id]
+            if reg.supports("queryEntity"):
+                sent["id"] = entity_id
+                if types:
+                    sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+                answer = await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+            else:  # queryBatch only: a Query body naming the id
+                selector: dict[str, Any] = {"id": entity_id}
+                if types:
+                    selector["type"] = ",".join(sorted(tm.compact(t) for t in types))
+                query: dict[str, Any] = {"type": "Query", "entities": [selector]}
+                if "attrs" in sent:
+                    query["attrs"] = sent.pop("attrs").split(",")
+                answer = await self.forwarder.send(
+                    reg, call, "POST", "/entityOperations/query", params=sent, body=query
+                )
+            if answer.ok and isinstance(answer.body, list | dict):  # a query's answer
+                listed = answer.body if isinstance(answer.body, list) else [answer.body]
+                found = [e for e in listed if isinstance(e, dict) and e.get("id") == entity_id]
                 answer.body = found[0] if found else None
                 answer.status = 200 if found else 404
             return answer
