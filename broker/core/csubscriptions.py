@@ -18,7 +18,11 @@ are refused when the subscription is created or updated. Delivery counts (``time
 ``timesFailed``, ``lastNotification``, ``lastSuccess``, ``lastFailure``) are kept in the
 store beside the subscription, as those of entity subscriptions are: they survive a
 restart and every process sharing the store shows the same ones. An attempt is counted
-before it is sent, so a subscriber that has a notification in hand reads it counted.
+before it is sent, so a subscriber that has a notification in hand reads it counted;
+an outcome not yet written is shown by the process that had it (reads and writes of a
+subscription's counts take turns, so an outcome is never shown twice nor missed).
+``notification.status`` is ``ok`` or ``failed`` after the last attempt, ``timesFailed``
+shows once an attempt failed.
 """
 
 from __future__ import annotations
@@ -130,6 +134,9 @@ class CsourceSubscriptionService:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self._tasks: set[asyncio.Task[None]] = set()
+        #: per subscription: outcomes being written, and the turn of reads and writes
+        self._unwritten: dict[tuple[str, str], list[NotificationRecord]] = {}
+        self._turns: dict[tuple[str, str], asyncio.Lock] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._last_round: dict[tuple[str, str], float] = {}
         #: tenants with timeInterval subscriptions (see ``start``)
@@ -302,6 +309,7 @@ class CsourceSubscriptionService:
         if not await self.store.delete_registration(tenant, "subscription", sub_id):
             raise ResourceNotFound(f"context source registration subscription {sub_id} not found")
         self._last_round.pop((tenant, sub_id), None)
+        self._turns.pop((tenant, sub_id), None)
 
     async def all(self, tenant: str) -> list[dict[str, Any]]:
         return await self.store.list_registrations(tenant, "subscription")
@@ -321,7 +329,15 @@ class CsourceSubscriptionService:
                 tm.compact(sub.tm.expand(a)) for a in out["watchedAttributes"]
             ]
         notification = dict(out.get("notification", {}))
-        notification.update(await self.store.registration_status(tenant, sub.id))
+        status = await self.delivery_status(tenant, sub.id)
+        notification.update(
+            {k: v for k, v in status.items() if k != "timesFailed" or v}  # shown once > 0
+        )
+        if status.get("timesSent"):  # the last attempt's outcome (clause 5.2.14)
+            failed = "lastFailure" in status and status["lastFailure"] >= status.get(
+                "lastSuccess", ""
+            )
+            notification["status"] = "failed" if failed else "ok"
         out["notification"] = notification
         out.setdefault("isActive", True)
         out["status"] = sub.status()
@@ -394,17 +410,50 @@ class CsourceSubscriptionService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _turn(self, key: tuple[str, str]) -> asyncio.Lock:
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = asyncio.Lock()
+        return turn
+
+    async def delivery_status(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        """The stored delivery counts of a subscription with this process's outcomes
+        not yet written added."""
+        key = (tenant, sub_id)
+        async with self._turn(key):
+            status = dict(await self.store.registration_status(tenant, sub_id))
+            for rec in self._unwritten.get(key, ()):
+                status["timesSent"] = status.get("timesSent", 0) + rec.sent
+                status["timesFailed"] = status.get("timesFailed", 0) + rec.failed
+                for name, value in (
+                    ("lastNotification", rec.last_notification),
+                    ("lastSuccess", rec.last_success),
+                    ("lastFailure", rec.last_failure),
+                ):
+                    if value is not None:
+                        status[name] = value
+        return status
+
     async def _record(self, record: NotificationRecord) -> None:
         """Keep a delivery outcome in the store; a store that cannot take it now does
-        not stop the delivery (the count is then short by it)."""
-        try:
-            await self.store.record_registration_notifications([record])
-        except NgsiLdError as exc:
-            log.warning(
-                "delivery status of registration subscription %s not kept: %s",
-                record.sub_id,
-                exc.detail,
-            )
+        not stop the delivery (the count is then short by it). Shown at once, before it
+        is written (see :meth:`delivery_status`)."""
+        key = (record.tenant, record.sub_id)
+        unwritten = self._unwritten.setdefault(key, [])
+        unwritten.append(record)
+        async with self._turn(key):
+            try:
+                await self.store.record_registration_notifications([record])
+            except NgsiLdError as exc:
+                log.warning(
+                    "delivery status of registration subscription %s not kept: %s",
+                    record.sub_id,
+                    exc.detail,
+                )
+            finally:
+                unwritten.remove(record)
+                if not unwritten:
+                    self._unwritten.pop(key, None)
 
     async def _deliver(self, sub: CompiledCsub, body: bytes, headers: dict[str, str]) -> None:
         delay = self.backoff

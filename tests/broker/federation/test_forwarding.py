@@ -416,3 +416,24 @@ def test_local_only_sources_are_asked_for_their_own_data(hub: TestClient, cs: So
     cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
     assert [e["id"] for e in hub.get(E, params={"type": "AEDLocation"}).json()] == [AED]
     assert cs.requests[-1].query["local"] == "true"
+
+
+def test_a_forwarded_query_string_is_written_as_clients_write_it(
+    hub: TestClient, cs: Source
+) -> None:
+    """Ids, lists and georel go out as the specification's examples write them
+    (``id=urn:ngsi-ld:...,urn:ngsi-ld:...``): RFC 3986 allows ``:``, ``,`` and ``;`` in a
+    query; what would change its meaning (``&``, ``=``, quotes, spaces) is escaped."""
+    register(hub, cs.url)
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [])
+    other = "urn:ngsi-ld:AEDLocation:調布-2"
+    r = hub.get(
+        E,
+        params={"type": "AEDLocation", "id": f"{AED},{other}", "q": 'name=="調布 市役所"'},
+    )
+    assert r.status_code == 200, r.text
+    sent = cs.requests[-1]
+    assert f"id={AED},urn:ngsi-ld:AEDLocation:%E8%AA%BF%E5%B8%83-2" in sent.raw_query
+    assert "q=name%3D%3D%22%E8%AA%BF%E5%B8%83%20%E5%B8%82%E5%BD%B9%E6%89%80%22" in sent.raw_query
+    assert sent.query["id"] == f"{AED},{other}"
+    assert sent.query["q"] == 'name=="調布 市役所"'
