@@ -432,7 +432,7 @@ async def query_entities(
 def forward_call(request: Request, tenant: str) -> Call:
     """What of a request goes along when it is forwarded to context sources."""
     headers = request.headers
-    return Call(tenant=tenant, link=headers.get("link"), via=headers.get("via"))
+    return Call(tenant=tenant, link=headers.get("link"), via=headers.get("via"), request=headers)
 
 
 async def query_response(

@@ -22,7 +22,7 @@ from broker.api.entities import (
 from broker.core.batch import BatchItem, BatchResult, Operation
 from broker.core.model import View
 from broker.errors import BadRequestData, NgsiLdError
-from broker.federation.forward import Call, context_link
+from broker.federation.forward import context_link
 from broker.jsonld.context import TermMap
 from broker.model.entity import check_entity_id, check_name, is_uri
 from broker.model.store import EntityQuery, Selector
@@ -138,7 +138,7 @@ async def _run_distributed(
             if isinstance(t, str)
         ]
         forward.append((eid, types or None, body, item.tm))
-    call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
+    call = forward_call(request, tenant)
     params = {k: v for k, v in request.query_params.items() if k != "local"}
     left, sent, refusals = await hub.distributed.forward_batch(
         tenant,

@@ -26,7 +26,7 @@ from broker.api.entity_operations import _items as batch_items
 from broker.core.model import View
 from broker.core.temporal import Aggregation, TemporalEntity, TemporalResult, time_query
 from broker.errors import BadRequestData, ResourceNotFound
-from broker.federation.forward import Call, Forwarder
+from broker.federation.forward import Forwarder
 from broker.federation.merge import fill_rendered, merge_rendered
 from broker.federation.registrations import Registration
 from broker.jsonld.context import TermMap
@@ -255,7 +255,7 @@ async def _run_query(
     warned: dict[str, str] = {}
     page = (selection.offset, selection.limit)
     if forward is not None and one is None:
-        call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
+        call = forward_call(request, tenant)
         remote, remote_total, warned = await hub.distributed.query_json(
             tenant, "queryTemporal", selection, view.tm, call, "/temporal/entities", forward
         )

@@ -12,7 +12,9 @@ Every forwarded request:
   registration's ``tenant`` member, else the request's), and the registration's
   ``contextSourceInfo`` pairs as headers, which is where the hub's own credentials for
   that source live (``X-API-Key``, ``Authorization``), over those the configuration
-  gives for the endpoint (``RENKEI_FEDERATION_HEADERS``, by URL prefix);
+  gives for the endpoint (``RENKEI_FEDERATION_HEADERS``, by URL prefix); a pair whose
+  value is ``urn:ngsi-ld:request`` passes on the request's own header of that name,
+  when it has one (clause 4.3.6.5);
 * waits at most the registration's ``management.timeout`` (ms), else the hub's
   ``federation_timeout``; a source that failed or timed out is left alone for its
   ``management.cooldown`` (ms), else ``federation_cooldown``.
@@ -108,9 +110,13 @@ class Call:
     #: the @context the request's body carried (application/ld+json), sent on in the
     #: bodies this hub makes from it (a Query); None when it came in ``link``
     context: Any = None
+    #: the request's own headers, for contextSourceInfo values "urn:ngsi-ld:request"
+    request: Mapping[str, str] | None = None
 
 
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
+#: A contextSourceInfo value meaning "the value the triggering request carried".
+FROM_REQUEST = "urn:ngsi-ld:request"
 
 
 def context_link(context: Any, hosted: str | None = None) -> str | None:
@@ -218,7 +224,13 @@ class Forwarder:
             if reg.endpoint.startswith(prefix):
                 extra += configured.items()
                 break
-        extra += reg.source_info
+        for key, value in reg.source_info:
+            if value == FROM_REQUEST:  # clause 4.3.6.5: the triggering request's value
+                given = call.request.get(key) if call.request is not None else None
+                if given is None:
+                    continue
+                value = given
+            extra.append((key, value))
         for key, value in extra:
             # only what HTTP can carry as a header; other pairs are information only
             if _TOKEN.fullmatch(key) and _VALUE.fullmatch(value) and key.lower() not in _OWN:

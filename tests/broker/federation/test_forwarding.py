@@ -437,3 +437,26 @@ def test_a_forwarded_query_string_is_written_as_clients_write_it(
     assert "q=name%3D%3D%22%E8%AA%BF%E5%B8%83%20%E5%B8%82%E5%BD%B9%E6%89%80%22" in sent.raw_query
     assert sent.query["id"] == f"{AED},{other}"
     assert sent.query["q"] == 'name=="調布 市役所"'
+
+
+def test_a_context_source_info_value_taken_from_the_request(hub: TestClient, cs: Source) -> None:
+    """Clause 4.3.6.5: "the special value "urn:ngsi-ld:request" can be used to indicate
+    that the respective value is to be taken from the request that triggered the given
+    request, if present"."""
+    register(
+        hub,
+        cs.url,
+        contextSourceInfo=[
+            {"key": "X-Chofu-Operator", "value": "urn:ngsi-ld:request"},
+            {"key": "X-API-Key", "value": "tokyo-to-chofu-0001"},
+        ],
+    )
+    cs.answer("GET", f"/ngsi-ld/v1/entities/{AED}", 200, chofu_aed())
+    r = hub.get(f"{E}/{AED}", headers={"X-Chofu-Operator": "bousai-ka-01"})
+    assert r.status_code == 200, r.text
+    sent = cs.requests[-1].headers
+    assert sent["x-chofu-operator"] == "bousai-ka-01"
+    assert sent["x-api-key"] == "tokyo-to-chofu-0001"
+    # not in the request: not sent (never the placeholder itself)
+    assert hub.get(f"{E}/{AED}").status_code == 200
+    assert "x-chofu-operator" not in cs.requests[-1].headers
