@@ -31,7 +31,7 @@ import orjson
 from broker.auth.access import current as current_access
 from broker.core.entities import EntityService
 from broker.core.model import Parser
-from broker.errors import Forbidden, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import Conflict, Forbidden, NgsiLdError, NonexistentTenant, ResourceNotFound
 from broker.federation.forward import Answer, Call, Forwarder, join_answers, warning
 from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
@@ -111,6 +111,20 @@ class Route:
     parts: list[tuple[Registration, Any]]
     local_body: Any
     run_local: bool
+    #: exclusive and redirect registrations holding part of what is written that do
+    #: not accept the operation: that part is written neither there nor here
+    refused: list[Registration] = field(default_factory=list)
+
+    @property
+    def refusal(self) -> Conflict | None:
+        """The Conflict to answer with when nothing of the write can be done: all of it
+        was refused, nothing goes to a source and nothing is written here."""
+        if not self.refused or self.parts or self.run_local:
+            return None
+        names = ", ".join(f"{r.id} ({r.mode})" for r in self.refused)
+        return Conflict(
+            f"registrations {names} hold what this write would change, and do not accept it"
+        )
 
 
 def route_write(
@@ -536,7 +550,8 @@ class DistributedService:
                 )
             # a Query body asked as GET /entities: one request per entity selector
             asked = []
-            for sel in query.selectors or [None]:
+            selections: Sequence[Selector | None] = query.selectors or [None]
+            for sel in selections:
                 if sel is None:
                     one = query
                 elif reg.infos_for(types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern):
