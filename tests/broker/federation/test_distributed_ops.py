@@ -1,7 +1,6 @@
 """Distributed temporal operations and query bodies between two real hubs (``renkei
 serve`` processes, each with its own SQLite store): Komae's city hub holds the data,
-the Tokyo prefecture hub holds registrations naming it. Each test uses a tenant of its
-own at the prefecture, so the registrations of one do not reach the others."""
+the Tokyo prefecture hub holds registrations naming it, deleted after each test."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ JSON = {"Content-Type": "application/json"}
 LD = {"Content-Type": "application/ld+json"}
 
 SHELTER = "urn:ngsi-ld:EvacuationShelter:狛江-1"
+SHELTER_2 = "urn:ngsi-ld:EvacuationShelter:狛江-2"
 GAUGE = "urn:ngsi-ld:WaterLevelObserved:多摩川-1"
 #: an inline @context of the prefecture's own (no URL of its own: hosted by the hub)
 VOCAB = {"AEDLocation": "https://tokyo.example/ns/AEDLocation", "名称": "https://schema.org/name"}
@@ -38,8 +38,8 @@ def values(body: dict[str, Any], attr: str) -> list[Any]:
     return sorted(i["value"] for i in body.get(attr, []))
 
 
-def tenant(name: str) -> dict[str, str]:
-    return {"NGSILD-Tenant": name}
+#: the registrations the running test made (deleted after it)
+REGISTERED: list[str] = []
 
 
 def register(url: str, name: str, endpoint: str, **extra: Any) -> None:
@@ -49,21 +49,23 @@ def register(url: str, name: str, endpoint: str, **extra: Any) -> None:
         "endpoint": endpoint,
         **extra,
     }
-    r = httpx.post(f"{url}{R}", json=body, headers={**JSON, **tenant(name)})
+    r = httpx.post(f"{url}{R}", json=body, headers=LD if "@context" in body else JSON)
     assert r.status_code == 201, r.text
+    REGISTERED.append(body["id"])
 
 
 @pytest.fixture(scope="module")
 def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("hubs")
     with broker(tmp / "komae.db") as komae, broker(tmp / "tokyo.db") as tokyo:
-        shelter = {
-            "id": SHELTER,
-            "type": "EvacuationShelter",
-            "避難者数": evacuees((120, at(1)), (300, at(2))),
-        }
-        r = httpx.post(f"{komae}{T}", json=shelter, headers=JSON)
-        assert r.status_code == 201, r.text
+        for eid in (SHELTER, SHELTER_2):
+            shelter = {
+                "id": eid,
+                "type": "EvacuationShelter",
+                "避難者数": evacuees((120, at(1)), (300, at(2))),
+            }
+            r = httpx.post(f"{komae}{T}", json=shelter, headers=JSON)
+            assert r.status_code == 201, r.text
         aeds = [
             {
                 "@context": VOCAB,
@@ -78,6 +80,14 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         yield {"komae": komae, "tokyo": tokyo}
 
 
+@pytest.fixture(autouse=True)
+def no_registrations_left(hubs: dict[str, str]) -> Iterator[None]:
+    yield
+    tokyo = hubs["tokyo"]
+    while REGISTERED:
+        assert httpx.delete(f"{tokyo}{R}/{REGISTERED.pop()}").status_code == 204
+
+
 # -- temporal retrieve of one entity -------------------------------------------------------------
 
 
@@ -87,7 +97,6 @@ def test_temporal_retrieve_joins_what_the_city_holds(hubs: dict[str, str]) -> No
     Attribute data for the Entity is received. The result is then merged together with
     S1", S1 being what is held locally."""
     tokyo, komae = hubs["tokyo"], hubs["komae"]
-    h = tenant("inclusive")
     register(
         tokyo,
         "inclusive",
@@ -96,21 +105,19 @@ def test_temporal_retrieve_joins_what_the_city_holds(hubs: dict[str, str]) -> No
     )
     # the prefecture's own instance of the same entity (written here only)
     own = {"id": SHELTER, "type": "EvacuationShelter", "避難者数": evacuees((450, at(3)))}
-    r = httpx.post(f"{tokyo}{T}", json=own, headers={**JSON, **h}, params={"local": "true"})
+    r = httpx.post(f"{tokyo}{T}", json=own, headers=JSON, params={"local": "true"})
     assert r.status_code == 201, r.text
-    got = httpx.get(f"{tokyo}{T}/{SHELTER}", headers=h)
+    got = httpx.get(f"{tokyo}{T}/{SHELTER}")
     assert got.status_code == 200, got.text
     assert values(got.json(), "避難者数") == [120, 300, 450]
     assert "NGSILD-Warning" not in got.headers
     # the temporal query is passed on with it (timerel narrows the instances there too)
-    late = httpx.get(
-        f"{tokyo}{T}/{SHELTER}", headers=h, params={"timerel": "after", "timeAt": at(2, 0)}
-    )
+    late = httpx.get(f"{tokyo}{T}/{SHELTER}", params={"timerel": "after", "timeAt": at(2, 0)})
     assert values(late.json(), "避難者数") == [300, 450]
     # local=true: this hub's own instances only; an id nobody holds: 404
-    mine = httpx.get(f"{tokyo}{T}/{SHELTER}", headers=h, params={"local": "true"})
+    mine = httpx.get(f"{tokyo}{T}/{SHELTER}", params={"local": "true"})
     assert values(mine.json(), "避難者数") == [450]
-    missing = httpx.get(f"{tokyo}{T}/urn:ngsi-ld:EvacuationShelter:稲城-9", headers=h)
+    missing = httpx.get(f"{tokyo}{T}/urn:ngsi-ld:EvacuationShelter:稲城-9")
     assert missing.status_code == 404
 
 
@@ -120,7 +127,6 @@ def test_an_auxiliary_source_only_adds_instances_nobody_else_has(hubs: dict[str,
     of the timeproperty ... is not present in any of the Attribute instances received
     from elsewhere."""
     tokyo, komae = hubs["tokyo"], hubs["komae"]
-    h = tenant("auxiliary")
     register(
         tokyo,
         "auxiliary",
@@ -129,10 +135,10 @@ def test_an_auxiliary_source_only_adds_instances_nobody_else_has(hubs: dict[str,
         information=[{"entities": [{"type": "EvacuationShelter"}]}],
     )
     # the prefecture's own reading at day 2 wins over the city's at the same time
-    own = {"id": SHELTER, "type": "EvacuationShelter", "避難者数": evacuees((299, at(2)))}
-    r = httpx.post(f"{tokyo}{T}", json=own, headers={**JSON, **h}, params={"local": "true"})
+    own = {"id": SHELTER_2, "type": "EvacuationShelter", "避難者数": evacuees((299, at(2)))}
+    r = httpx.post(f"{tokyo}{T}", json=own, headers=JSON, params={"local": "true"})
     assert r.status_code == 201, r.text
-    got = httpx.get(f"{tokyo}{T}/{SHELTER}", headers=h)
+    got = httpx.get(f"{tokyo}{T}/{SHELTER_2}")
     assert got.status_code == 200, got.text
     assert values(got.json(), "避難者数") == [120, 299]
 
@@ -146,7 +152,6 @@ def test_temporal_writes_go_to_a_redirect_source(hubs: dict[str, str]) -> None:
     and the attributes forwarded are "removed from the Fragment and not processed
     further": nothing of the gauge is written at the prefecture."""
     tokyo, komae = hubs["tokyo"], hubs["komae"]
-    h = tenant("redirect")
     register(
         tokyo,
         "redirect",
@@ -167,20 +172,20 @@ def test_temporal_writes_go_to_a_redirect_source(hubs: dict[str, str]) -> None:
         "水位": [{"type": "Property", "value": 1.2, "observedAt": at(1)}],
         "流量": [{"type": "Property", "value": 80, "observedAt": at(1)}],
     }
-    r = httpx.post(f"{tokyo}{T}", json=gauge, headers={**JSON, **h})
+    r = httpx.post(f"{tokyo}{T}", json=gauge, headers=JSON)
     assert r.status_code == 201, r.text
     assert r.headers["Location"].startswith("/ngsi-ld/v1/temporal/entities/")
     assert values(httpx.get(f"{komae}{T}/{GAUGE}").json(), "水位") == [1.2]
-    assert httpx.get(f"{tokyo}{T}/{GAUGE}", headers=h, params={"local": "true"}).status_code == 404
+    assert httpx.get(f"{tokyo}{T}/{GAUGE}", params={"local": "true"}).status_code == 404
     more = {"水位": [{"type": "Property", "value": 1.8, "observedAt": at(2)}]}
-    r = httpx.post(f"{tokyo}{T}/{GAUGE}/attrs", json=more, headers={**JSON, **h})
+    r = httpx.post(f"{tokyo}{T}/{GAUGE}/attrs", json=more, headers=JSON)
     assert r.status_code == 204, r.text
-    through = httpx.get(f"{tokyo}{T}/{GAUGE}", headers=h)  # read back through the prefecture
+    through = httpx.get(f"{tokyo}{T}/{GAUGE}")  # read back through the prefecture
     assert values(through.json(), "水位") == [1.2, 1.8]
-    r = httpx.delete(f"{tokyo}{T}/{GAUGE}/attrs/流量", headers=h)
+    r = httpx.delete(f"{tokyo}{T}/{GAUGE}/attrs/流量")
     assert r.status_code == 204, r.text
     assert "流量" not in httpx.get(f"{komae}{T}/{GAUGE}").json()
-    assert httpx.delete(f"{tokyo}{T}/{GAUGE}", headers=h).status_code == 204
+    assert httpx.delete(f"{tokyo}{T}/{GAUGE}").status_code == 204
     assert httpx.get(f"{komae}{T}/{GAUGE}").status_code == 404
 
 
@@ -192,7 +197,6 @@ def test_an_exclusive_source_takes_its_attributes_of_a_temporal_write(
     processing"; the others are written here. A registration that does not accept the
     operation makes it a Conflict."""
     tokyo, komae = hubs["tokyo"], hubs["komae"]
-    h = tenant("exclusive")
     gauge = "urn:ngsi-ld:WaterLevelObserved:野川-1"
     register(
         tokyo,
@@ -213,22 +217,22 @@ def test_an_exclusive_source_takes_its_attributes_of_a_temporal_write(
         "水位": [{"type": "Property", "value": 0.7, "observedAt": at(4)}],
         "水温": [{"type": "Property", "value": 18.5, "observedAt": at(4)}],
     }
-    r = httpx.post(f"{tokyo}{T}", json=body, headers={**JSON, **h})
+    r = httpx.post(f"{tokyo}{T}", json=body, headers=JSON)
     assert r.status_code == 201, r.text
     there = httpx.get(f"{komae}{T}/{gauge}").json()
     assert values(there, "水位") == [0.7]
     assert "水温" not in there
-    here = httpx.get(f"{tokyo}{T}/{gauge}", headers=h, params={"local": "true"}).json()
+    here = httpx.get(f"{tokyo}{T}/{gauge}", params={"local": "true"}).json()
     assert values(here, "水温") == [18.5]
     assert "水位" not in here
     # appendAttrsTemporal is not among its operations: the gauge's 水位 cannot be added
     more = {"水位": [{"type": "Property", "value": 0.9, "observedAt": at(5)}]}
-    r = httpx.post(f"{tokyo}{T}/{gauge}/attrs", json=more, headers={**JSON, **h})
+    r = httpx.post(f"{tokyo}{T}/{gauge}/attrs", json=more, headers=JSON)
     assert r.status_code == 409, r.text
     assert r.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/Conflict"
     # invalid input is refused before anything is sent on
     bad = {**body, "水位": [{"type": "Property"}]}
-    r = httpx.post(f"{tokyo}{T}", json=bad, headers={**JSON, **h})
+    r = httpx.post(f"{tokyo}{T}", json=bad, headers=JSON)
     assert r.status_code == 400, r.text
     assert values(httpx.get(f"{komae}{T}/{gauge}").json(), "水位") == [0.7]
 
@@ -247,13 +251,13 @@ def test_a_query_body_reaches_a_source_allowing_query_batch_only(hubs: dict[str,
     registered for queryBatch only is asked with a Query body, for a Query body with
     several entity selectors and for a GET query alike."""
     tokyo, komae = hubs["tokyo"], hubs["komae"]
-    h = tenant("batch")
     register(
         tokyo,
         "batch",
         komae,
         information=[{"entities": [{"type": "AEDLocation"}]}],
         operations=["queryBatch"],
+        **{"@context": VOCAB},
     )
     query = {
         "@context": VOCAB,
@@ -263,7 +267,7 @@ def test_a_query_body_reaches_a_source_allowing_query_batch_only(hubs: dict[str,
             {"type": "AEDLocation", "idPattern": ".*-3$"},
         ],
     }
-    r = httpx.post(f"{tokyo}{Q}", json=query, headers={**LD, **h})
+    r = httpx.post(f"{tokyo}{Q}", json=query, headers=LD)
     assert ids(r) == ["urn:ngsi-ld:AEDLocation:狛江-1", "urn:ngsi-ld:AEDLocation:狛江-3"]
     assert "NGSILD-Warning" not in r.headers
     names = {e["名称"]["value"] for e in r.json()}
@@ -275,7 +279,7 @@ def test_a_query_body_reaches_a_source_allowing_query_batch_only(hubs: dict[str,
     r = httpx.get(
         f"{tokyo}{E}",
         params={"type": "AEDLocation", "q": '名称=="狛江市民センター"'},
-        headers={**h, "Link": f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"'},
+        headers={"Link": f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"'},
     )
     assert ids(r) == ["urn:ngsi-ld:AEDLocation:狛江-2"]
 
@@ -285,13 +289,13 @@ def test_a_query_body_reaches_a_source_allowing_query_entity_only(hubs: dict[str
     queryEntity only: one GET /entities per entity selector, the @context named by a
     Link header to where this hub hosts it."""
     tokyo, komae = hubs["tokyo"], hubs["komae"]
-    h = tenant("entity")
     register(
         tokyo,
         "entity",
         komae,
         information=[{"entities": [{"type": "AEDLocation"}]}],
         operations=["queryEntity"],
+        **{"@context": VOCAB},
     )
     query = {
         "@context": VOCAB,
@@ -302,7 +306,7 @@ def test_a_query_body_reaches_a_source_allowing_query_entity_only(hubs: dict[str
         ],
         "attrs": ["名称"],
     }
-    r = httpx.post(f"{tokyo}{Q}", json=query, headers={**LD, **h}, params={"count": "true"})
+    r = httpx.post(f"{tokyo}{Q}", json=query, headers=LD, params={"count": "true"})
     assert ids(r) == ["urn:ngsi-ld:AEDLocation:狛江-1", "urn:ngsi-ld:AEDLocation:狛江-3"]
     assert r.headers["NGSILD-Results-Count"] == "2"
     assert "NGSILD-Warning" not in r.headers
