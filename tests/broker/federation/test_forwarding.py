@@ -381,10 +381,21 @@ def test_purge_goes_to_the_sources_too(hub: TestClient, cs: Source) -> None:
     )
 
 
-def test_a_query_body_is_sent_on_as_parameters(hub: TestClient, cs: Source) -> None:
+def test_a_query_body_is_sent_on_by_the_operation_allowed(hub: TestClient, cs: Source) -> None:
+    """A Query body goes to a source allowing ``queryBatch`` (federationOps does) as a
+    Query body, and to one allowing ``queryEntity`` only as GET /entities parameters."""
     register(hub, cs.url)
-    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
+    cs.answer("POST", "/ngsi-ld/v1/entityOperations/query", 200, [chofu_aed()])
     body = {"type": "Query", "entities": [{"type": "AEDLocation"}], "q": 'name=="調布市役所"'}
+    r = hub.post("/ngsi-ld/v1/entityOperations/query", json=body, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert [e["id"] for e in r.json()] == [AED]
+    sent = cs.requests[-1]
+    assert sent.body == body
+    assert sent.query["options"] == "sysAttrs"
+    assert hub.delete(f"{R}/urn:ngsi-ld:ContextSourceRegistration:chofu").status_code == 204
+    register(hub, cs.url, operations=["queryEntity"])
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
     r = hub.post("/ngsi-ld/v1/entityOperations/query", json=body, headers=JSON)
     assert r.status_code == 200, r.text
     assert [e["id"] for e in r.json()] == [AED]
