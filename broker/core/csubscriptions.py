@@ -21,8 +21,8 @@ restart and every process sharing the store shows the same ones. An attempt is c
 before it is sent, so a subscriber that has a notification in hand reads it counted;
 an outcome not yet written is shown by the process that had it (reads and writes of a
 subscription's counts take turns, so an outcome is never shown twice nor missed).
-``notification.status`` is ``ok`` or ``failed`` after the last attempt, ``timesFailed``
-shows once an attempt failed.
+The counts show once a notification was attempted: ``notification.status`` is then
+``ok`` or ``failed`` after the last attempt, and ``timesFailed`` shows once one failed.
 """
 
 from __future__ import annotations
@@ -330,14 +330,12 @@ class CsourceSubscriptionService:
             ]
         notification = dict(out.get("notification", {}))
         status = await self.delivery_status(tenant, sub.id)
-        notification.update(
-            {k: v for k, v in status.items() if k != "timesFailed" or v}  # shown once > 0
-        )
-        if status.get("timesSent"):  # the last attempt's outcome (clause 5.2.14)
+        if status.get("timesSent"):  # shown once a notification was attempted
+            notification.update({k: v for k, v in status.items() if k != "timesFailed" or v})
             failed = "lastFailure" in status and status["lastFailure"] >= status.get(
                 "lastSuccess", ""
             )
-            notification["status"] = "failed" if failed else "ok"
+            notification["status"] = "failed" if failed else "ok"  # the last attempt's
         out["notification"] = notification
         out.setdefault("isActive", True)
         out["status"] = sub.status()
