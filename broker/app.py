@@ -49,7 +49,7 @@ from broker.core.entitymaps import EntityMapService
 from broker.core.guard import GuardedStore
 from broker.core.subscriptions import SubscriptionService
 from broker.core.temporal import TemporalService
-from broker.federation.forward import Forwarder, hub_name
+from broker.federation.forward import Forwarder, hub_name, new_hub_name
 from broker.federation.registrations import RegistrationService
 from broker.jsonld.context import ContextResolver, ContextValue, TermMap, load_preload_map
 from broker.model.history import HistoryPolicy
@@ -111,6 +111,9 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
                 contexts.touch(url)
         return tm
 
+    name = hub_name(settings.hub_id, settings.public_url)
+    if name is None:  # kept in the store: the same after a restart
+        name = await raw.hub_identity(new_hub_name())
     registrations = RegistrationService(
         store, resolve, outbound=outbound, local_entity=store.get_entity
     )
@@ -142,7 +145,7 @@ async def build_hub(settings: Settings, auth: AuthState | None = None) -> Hub:
             registrations,
             Forwarder(
                 outbound,
-                name=hub_name(settings.hub_id, settings.public_url),
+                name=name,
                 timeout=settings.federation_timeout,
                 cooldown=settings.federation_cooldown,
                 credentials=settings.federation_headers,

@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     #: Name this hub gives itself in the Via header of the requests it forwards; a
     #: request that comes back with it is a loop (508). Default: the public URL's
     #: host and port when set (shared by the replicas of one hub), else a name made up
-    #: at start.
+    #: once and kept in the store (the same after a restart, and for every replica
+    #: sharing the store).
     hub_id: str | None = None
     #: Seconds to wait for a context source, unless its registration's
     #: management.timeout says otherwise.

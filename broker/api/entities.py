@@ -24,8 +24,15 @@ from broker.core.distributed import MapRequest
 from broker.core.entities import UpdateResult
 from broker.core.entitymaps import lifetime_of, map_id_of
 from broker.core.model import Parser, View
-from broker.errors import BadRequestData, NgsiLdError, NonexistentTenant, ResourceNotFound
+from broker.errors import (
+    BadRequestData,
+    Conflict,
+    NgsiLdError,
+    NonexistentTenant,
+    ResourceNotFound,
+)
 from broker.federation.forward import Answer, Call
+from broker.federation.registrations import Registration
 from broker.jsonld.context import TermMap
 from broker.model.entity import Entity, check_entity_id, check_name, id_segment, is_uri
 from broker.model.query import And, Comparison, Exists, GeoQuery, Node, Or
@@ -91,6 +98,16 @@ def _source_error(entity_id: str, answer: Answer) -> dict[str, Any]:
     return {"entityId": entity_id, "registrationId": answer.reg.id, "error": problem}
 
 
+def refused_error(entity_id: str, reg: Registration, operation: str) -> dict[str, Any]:
+    """The BatchOperationResult error of the part of a write ``reg`` holds and does not
+    accept (clause 5.6.1.4: a Conflict, or a partial success)."""
+    problem = Conflict(
+        f"registration {reg.id} ({reg.mode}) holds part of what this {operation} would "
+        "change, and does not accept it"
+    ).problem()
+    return {"entityId": entity_id, "registrationId": reg.id, "error": problem}
+
+
 async def write_through(
     request: Request,
     hub: Hub,
@@ -106,6 +123,7 @@ async def write_through(
     attr: str | None = None,
     whole: bool = False,
     created: bool = False,
+    location: str | None = None,
 ) -> Response:
     """A write of one entity here and at the context sources registered for it
     (``broker.core.distributed``: what goes where). When every part succeeds the answer
@@ -131,7 +149,7 @@ async def write_through(
         content_type="application/ld+json" if ld else "application/json",
         whole=whole,
     )
-    if not plan.answers:
+    if not plan.answers and not plan.refused:
         return await local_write(plan.local_body) if plan.run_local else _no_content()
     errors: list[dict[str, Any]] = []
     answer: Response | None = None
@@ -141,6 +159,7 @@ async def write_through(
         except NgsiLdError as exc:
             errors.append({"entityId": entity_id, "error": exc.problem()})
     errors += [_source_error(entity_id, a) for a in plan.answers if not a.ok]
+    errors += [refused_error(entity_id, reg, operation) for reg in plan.refused]
     if errors:
         done = answer is not None or any(a.ok for a in plan.answers)
         result = {"success": [entity_id] if done else [], "errors": errors}
@@ -148,7 +167,7 @@ async def write_through(
     if answer is not None:
         return answer
     if created:
-        location = f"/ngsi-ld/v1/entities/{id_segment(entity_id)}"
+        location = location or f"/ngsi-ld/v1/entities/{id_segment(entity_id)}"
         return Response(status_code=201, headers={"Location": location})
     return _no_content()
 
@@ -428,7 +447,7 @@ def map_request(request: Request, params: P.Representation) -> MapRequest | None
 def forward_call(request: Request, tenant: str) -> Call:
     """What of a request goes along when it is forwarded to context sources."""
     headers = request.headers
-    return Call(tenant=tenant, link=headers.get("link"), via=headers.get("via"))
+    return Call(tenant=tenant, link=headers.get("link"), via=headers.get("via"), request=headers)
 
 
 async def query_response(
@@ -443,11 +462,13 @@ async def query_response(
     local: bool = False,
     csf: Node | None = None,
     entity_map: MapRequest | None = None,
+    batch: Call | None = None,
 ) -> Response:
     """Run a query and render the entities (GET /entities, POST /entityOperations/query).
 
     With ``forward`` (the request's query parameters), the query is also sent to the
-    context sources registered for what it selects (``broker.core.distributed``); with
+    context sources registered for what it selects (``broker.core.distributed``); so
+    is a query with a Query body (``batch``: what of the request goes along); with
     ``entity_map``, through an entity map (``broker.core.entitymaps``): 201 when the
     map was made for this request (Table 6.4.3.2-3)."""
     tm = view.tm
@@ -468,9 +489,16 @@ async def query_response(
             local=local,
             csf=csf,
         )
-    elif forward is not None:
+    elif forward is not None or batch is not None:
         entities, total, headers = await hub.distributed.query(
-            tenant, probe, tm, forward_call(request, tenant), forward, local=local, csf=csf
+            tenant,
+            probe,
+            tm,
+            batch or forward_call(request, tenant),
+            forward,
+            local=local,
+            csf=csf,
+            batch=batch is not None,
         )
     else:
         try:

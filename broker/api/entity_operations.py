@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -12,12 +11,18 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep, request_tenant
-from broker.api.entities import ENTITY_ANSWERS, ENTITY_OFFERS, build_query, query_response
+from broker.api.entities import (
+    ENTITY_ANSWERS,
+    ENTITY_OFFERS,
+    build_query,
+    forward_call,
+    query_response,
+    refused_error,
+)
 from broker.core.batch import BatchItem, BatchResult, Operation
-from broker.core.distributed import params_of
 from broker.core.model import View
 from broker.errors import BadRequestData, NgsiLdError
-from broker.federation.forward import Call
+from broker.federation.forward import context_link
 from broker.jsonld.context import TermMap
 from broker.model.entity import check_entity_id, check_name, is_uri
 from broker.model.store import EntityQuery, Selector
@@ -133,9 +138,9 @@ async def _run_distributed(
             if isinstance(t, str)
         ]
         forward.append((eid, types or None, body, item.tm))
-    call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
+    call = forward_call(request, tenant)
     params = {k: v for k, v in request.query_params.items() if k != "local"}
-    left, sent = await hub.distributed.forward_batch(
+    left, sent, refusals = await hub.distributed.forward_batch(
         tenant,
         BATCH_OPERATIONS[op],
         call,
@@ -186,6 +191,9 @@ async def _run_distributed(
         for error in errors:
             result.errors.append({**error, "registrationId": reg.id})
             failed.add(str(error.get("entityId")))
+    for eid, reg in refusals:
+        result.errors.append(refused_error(eid, reg, BATCH_OPERATIONS[op]))
+        failed.add(eid)
     result.success = [e for e in dict.fromkeys([*result.success, *remote_only]) if e not in failed]
     if op in ("create", "upsert"):
         result.created = [
@@ -242,21 +250,22 @@ async def batch_query(
     kind = negotiate(request, ENTITY_OFFERS)
     payload, tm = await hub.payload(request)
     view, query = body_query(params, hub, payload.body, tm)
-    forward = None
-    selectors = query.selectors or []
-    inline = payload.kind == LD_JSON  # its @context is in the body: none to pass on
-    if len(selectors) <= 1 and not inline and not P.bool_param(params.local, "local"):
-        # one selector folds into GET /entities parameters for the context sources
-        sel = selectors[0] if selectors else None
-        folded = replace(
-            query,
-            ids=sel.ids if sel else None,
-            id_pattern=sel.id_pattern if sel else None,
-            types=sel.types if sel else None,
-            selectors=None,
-        )
-        forward = params_of(folded, tm)
-    return await query_response(hub, tenant, request, view, query, kind, forward=forward)
+    call = forward_call(request, tenant)
+    if payload.kind == LD_JSON:
+        # the @context is in the body: sent on in Query bodies, named by a Link header
+        # in GET /entities (clause 4.3.6.1: sources may allow queryEntity only)
+        call.context = payload.context
+        call.link = context_link(payload.context, tm.implicit_url)
+    return await query_response(
+        hub,
+        tenant,
+        request,
+        view,
+        query,
+        kind,
+        local=P.bool_param(params.local, "local"),
+        batch=call,
+    )
 
 
 def body_query(

@@ -12,8 +12,9 @@ from broker.api import params as P
 from broker.api.collection import ListedCollection, Names, Texts, declare, subscription_id
 from broker.api.common import Payload
 from broker.api.deps import Hub, Operation
+from broker.api.entities import forward_call
 from broker.auth.access import current as current_access
-from broker.federation.forward import Call, Forwarder
+from broker.federation.forward import Forwarder
 from broker.jsonld.context import TermMap
 from broker.query import parse_q, resolve_q
 
@@ -81,7 +82,7 @@ async def _mirror(
     ld = (request.headers.get("content-type") or "").startswith("application/ld+json")
     if ld and body is not None and context is not None:
         body = {**body, "@context": context}
-    call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
+    call = forward_call(request, tenant)
     return await hub.distributed.mirror(
         tenant,
         operation,

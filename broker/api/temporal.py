@@ -20,14 +20,15 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
 from broker.api.deps import Hub, HubDep, OperationDep, TenantDep
-from broker.api.entities import entity_query
+from broker.api.entities import entity_query, forward_call, write_through
 from broker.api.entity_operations import BodyQueryParams, body_query
 from broker.api.entity_operations import _items as batch_items
 from broker.core.model import View
 from broker.core.temporal import Aggregation, TemporalEntity, TemporalResult, time_query
 from broker.errors import BadRequestData, ResourceNotFound
-from broker.federation.forward import Call
-from broker.federation.merge import merge_rendered
+from broker.federation.forward import Forwarder
+from broker.federation.merge import fill_rendered, merge_rendered
+from broker.federation.registrations import Registration
 from broker.jsonld.context import TermMap
 from broker.model.entity import ENTITY_KEYS, check_entity_id, check_name, id_segment, is_uri
 from broker.model.history import AGGR_METHODS, Duration, check_aggr_methods, from_us, instance_value
@@ -238,6 +239,8 @@ async def _run_query(
     *,
     one: str | None = None,
     forward: dict[str, str] | None = None,
+    remote_one: list[tuple[Registration, dict[str, Any]]] | None = None,
+    warned_one: dict[str, str] | None = None,
 ) -> Response:
     """Run a temporal query (or retrieve, ``one``) and render it. With ``forward`` (the
     request's query parameters), the context sources registered for ``queryTemporal``
@@ -252,7 +255,7 @@ async def _run_query(
     warned: dict[str, str] = {}
     page = (selection.offset, selection.limit)
     if forward is not None and one is None:
-        call = Call(tenant, request.headers.get("link"), request.headers.get("via"))
+        call = forward_call(request, tenant)
         remote, remote_total, warned = await hub.distributed.query_json(
             tenant, "queryTemporal", selection, view.tm, call, "/temporal/entities", forward
         )
@@ -283,14 +286,30 @@ async def _run_query(
         response = _respond(request, result, bodies, view.tm, hq)
         response.headers.update(warned)
         return response
+    if remote_one:
+        # clause 5.7.3.4: what inclusive, exclusive and redirect sources answer is
+        # merged in; an auxiliary source only adds instances at times nobody else has
+        merged_one: dict[str, Any] | None = bodies[0] if bodies else None
+        for reg, remote_body in sorted(remote_one, key=lambda rb: rb[0].mode == "auxiliary"):
+            if merged_one is None:
+                merged_one = remote_body
+            elif reg.mode == "auxiliary":
+                merged_one = fill_rendered(merged_one, remote_body, hq.time_property)
+            else:
+                merged_one = merge_rendered(merged_one, remote_body)
+        bodies = [merged_one] if merged_one is not None else []
     if not bodies:
-        raise ResourceNotFound(f"no temporal evolution of entity {one}")
+        missing = ResourceNotFound(f"no temporal evolution of entity {one}")
+        missing.headers.update(warned_one or {})
+        raise missing
     root = bodies[0]
     if view.attrs is not None and not any(k not in ("id", "type", "scope") for k in root):
         raise ResourceNotFound(f"entity {one} has none of the attributes asked for")
     if (view.pick is not None or view.omit is not None) and not root:
         raise ResourceNotFound(f"nothing of entity {one} is left after pick/omit")
-    return _respond(request, result, root, view.tm, hq)
+    response = _respond(request, result, root, view.tm, hq)
+    response.headers.update(warned_one or {})
+    return response
 
 
 # -- consumption -------------------------------------------------------------------------------
@@ -395,7 +414,21 @@ async def retrieve_temporal(
     tm = await hub.link_term_map(request)
     view = P.view_of(params, tm, temporal=True)
     hq = _history_query(hub, params)
-    await hub.temporal.check_tenant(tenant)
+    _aggregation(params, P.temporal_format(params.format, params.options))  # 400 before sending
+    remote: list[tuple[Registration, dict[str, Any]]] = []
+    warned: dict[str, str] = {}
+    if not P.bool_param(params.local, "local"):
+        remote, warned = await hub.distributed.retrieve_json(
+            tenant,
+            entity_id,
+            tm,
+            forward_call(request, tenant),
+            f"/temporal/entities/{Forwarder.segment(entity_id)}",
+            dict(request.query_params),
+            attrs=sorted(view.attrs) if view.attrs is not None else None,
+        )
+    if not remote:
+        await hub.temporal.check_tenant(tenant)
     selection = EntityQuery(ids=[entity_id], limit=1)
     return await _run_query(
         hub,
@@ -408,6 +441,8 @@ async def retrieve_temporal(
         params.format,
         params.options,
         one=entity_id,
+        remote_one=remote,
+        warned_one=warned,
     )
 
 
@@ -421,15 +456,39 @@ async def retrieve_temporal(
     openapi_extra=P.json_body("A temporal entity (clause 5.2.37)."),
 )
 async def upsert_temporal(op: OperationDep) -> Response:
-    payload, tm = await op.hub.payload(op.request)
-    created = await op.hub.temporal.upsert(op.tenant, payload.body, tm)
-    if created:
-        eid = payload.body.get("id", payload.body.get("@id"))
-        return Response(
-            status_code=201,
-            headers={"Location": f"/ngsi-ld/v1/temporal/entities/{id_segment(str(eid))}"},
-        )
-    return Response(status_code=204)
+    request, hub, tenant = op.request, op.hub, op.tenant
+    payload, tm = await hub.payload(request)
+    body = payload.body
+
+    async def here(part: Any) -> Response:
+        if await hub.temporal.upsert(tenant, part, tm):
+            eid = part.get("id", part.get("@id"))
+            return Response(status_code=201, headers={"Location": _location(str(eid))})
+        return Response(status_code=204)
+
+    eid = body.get("id", body.get("@id")) if isinstance(body, dict) else None
+    if not isinstance(eid, str) or not is_uri(eid) or not await hub.registrations.active(tenant):
+        return await here(body)
+    hub.temporal.check_entity(body, tm)  # 400 before any part is sent on
+    raw_type = body.get("type", body.get("@type"))
+    types = [
+        t for t in (raw_type if isinstance(raw_type, list) else [raw_type]) if isinstance(t, str)
+    ]
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "upsertTemporal",
+        eid,
+        here,
+        tm=tm,
+        body=body,
+        context=payload.context,
+        types=types or None,
+        whole=True,
+        created=True,
+        location=_location(eid),
+    )
 
 
 @router.post(
@@ -440,9 +499,27 @@ async def upsert_temporal(op: OperationDep) -> Response:
 )
 async def append_temporal_attrs(entity_id: P.EntityIdPath, op: OperationDep) -> Response:
     check_entity_id(entity_id)
-    payload, tm = await op.hub.payload(op.request)
-    await op.hub.temporal.add_attrs(op.tenant, entity_id, payload.body, tm)
-    return Response(status_code=204)
+    request, hub, tenant = op.request, op.hub, op.tenant
+    payload, tm = await hub.payload(request)
+
+    async def here(part: Any) -> Response:
+        await hub.temporal.add_attrs(tenant, entity_id, part, tm)
+        return Response(status_code=204)
+
+    if not await hub.registrations.active(tenant):
+        return await here(payload.body)
+    hub.temporal.check_attrs(payload.body, tm)
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "appendAttrsTemporal",
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+    )
 
 
 @router.post("/entityOperations/upsert")
@@ -460,6 +537,10 @@ async def upsert_temporal_batch(request: Request, hub: HubDep, tenant: TenantDep
     return Response(status_code=204)
 
 
+def _location(entity_id: str) -> str:
+    return f"/ngsi-ld/v1/temporal/entities/{id_segment(entity_id)}"
+
+
 def _instance_id(value: str) -> str:
     if not is_uri(value):
         raise BadRequestData(f"instanceId {value!r} is not a URI")
@@ -475,10 +556,18 @@ async def delete_temporal_instance(
     entity_id: P.EntityIdPath, attr: P.AttrPath, instance_id: P.InstancePath, op: OperationDep
 ) -> Response:
     check_entity_id(entity_id)
-    tm = await op.hub.link_term_map(op.request)
-    iri = tm.expand(check_name(attr))
-    await op.hub.temporal.delete_instance(op.tenant, entity_id, iri, _instance_id(instance_id))
-    return Response(status_code=204)
+    request, hub, tenant = op.request, op.hub, op.tenant
+    tm = await hub.link_term_map(request)
+    name = check_name(attr)
+    iid = _instance_id(instance_id)
+
+    async def here(_body: Any) -> Response:
+        await hub.temporal.delete_instance(tenant, entity_id, tm.expand(name), iid)
+        return Response(status_code=204)
+
+    return await write_through(
+        request, hub, tenant, "deleteAttrInstanceTemporal", entity_id, here, tm=tm, attr=name
+    )
 
 
 @router.patch(
@@ -493,11 +582,25 @@ async def patch_temporal_instance(
     check_entity_id(entity_id)
     name = check_name(attr)
     iid = _instance_id(instance_id)
-    payload, tm = await op.hub.payload(op.request)
-    await op.hub.temporal.patch_instance(
-        op.tenant, entity_id, tm.expand(name), name, iid, payload.body, tm
+    request, hub, tenant = op.request, op.hub, op.tenant
+    payload, tm = await hub.payload(request)
+
+    async def here(part: Any) -> Response:
+        await hub.temporal.patch_instance(tenant, entity_id, tm.expand(name), name, iid, part, tm)
+        return Response(status_code=204)
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        "updateAttrInstanceTemporal",
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+        attr=name,
     )
-    return Response(status_code=204)
 
 
 @router.delete(
@@ -513,15 +616,20 @@ async def delete_temporal_attr(
     delete_all: P.DeleteAll = None,
 ) -> Response:
     check_entity_id(entity_id)
-    tm = await op.hub.link_term_map(op.request)
-    await op.hub.temporal.delete_attr(
-        op.tenant,
-        entity_id,
-        tm.expand(check_name(attr)),
-        dataset_id=dataset_id,
-        delete_all=P.bool_param(delete_all, "deleteAll"),
+    request, hub, tenant = op.request, op.hub, op.tenant
+    tm = await hub.link_term_map(request)
+    name = check_name(attr)
+    everything = P.bool_param(delete_all, "deleteAll")
+
+    async def here(_body: Any) -> Response:
+        await hub.temporal.delete_attr(
+            tenant, entity_id, tm.expand(name), dataset_id=dataset_id, delete_all=everything
+        )
+        return Response(status_code=204)
+
+    return await write_through(
+        request, hub, tenant, "deleteAttrsTemporal", entity_id, here, tm=tm, attr=name
     )
-    return Response(status_code=204)
 
 
 @router.delete(
@@ -533,5 +641,11 @@ async def delete_temporal(entity_id: P.EntityIdPath, op: OperationDep) -> Respon
     if "/attrs/" in entity_id:  # .../attrs//{instanceId}: the attribute name is empty
         raise BadRequestData("the attribute name in the path is empty")
     check_entity_id(entity_id)
-    await op.hub.temporal.delete(op.tenant, entity_id)
-    return Response(status_code=204)
+    request, hub, tenant = op.request, op.hub, op.tenant
+
+    async def here(_body: Any) -> Response:
+        await hub.temporal.delete(tenant, entity_id)
+        return Response(status_code=204)
+
+    tm = hub.resolver.core  # nothing to expand
+    return await write_through(request, hub, tenant, "deleteTemporal", entity_id, here, tm=tm)

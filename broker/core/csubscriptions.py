@@ -14,8 +14,15 @@ groups the subscription matches.
 
 Notifications go out through the same senders as entity notifications (HTTP and MQTT,
 the outbound policy checked when connecting), with retries; endpoints the policy refuses
-are refused when the subscription is created or updated. Delivery counts are kept in
-memory by the process that sent them.
+are refused when the subscription is created or updated. Delivery counts (``timesSent``,
+``timesFailed``, ``lastNotification``, ``lastSuccess``, ``lastFailure``) are kept in the
+store beside the subscription, as those of entity subscriptions are: they survive a
+restart and every process sharing the store shows the same ones. An attempt is counted
+before it is sent, so a subscriber that has a notification in hand reads it counted;
+an outcome not yet written is shown by the process that had it (reads and writes of a
+subscription's counts take turns, so an outcome is never shown twice nor missed).
+The counts show once a notification was attempted: ``notification.status`` is then
+``ok`` or ``failed`` after the last attempt, and ``timesFailed`` shows once one failed.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +49,7 @@ from broker.federation.registrations import (
 )
 from broker.jsonld.context import CORE_CONTEXT_URL, ContextValue, TermMap
 from broker.model.entity import check_entity_id, check_name, iri_to_uri, now_iso
+from broker.model.store import NotificationRecord
 from broker.notify.senders import DeliveryError, Endpoint, Senders
 from broker.outbound import OutboundPolicy, OutboundRefused
 from broker.query import geo_query_from_json, parse_q, resolve_geo, resolve_q
@@ -105,13 +113,6 @@ class CompiledCsub:
         return sorted(found)
 
 
-@dataclass(slots=True)
-class _Status:
-    sent: int = 0
-    failed: int = 0
-    last: dict[str, str] = field(default_factory=dict)
-
-
 class CsourceSubscriptionService:
     """Subscriptions to context source registrations (see the module docstring)."""
 
@@ -133,8 +134,10 @@ class CsourceSubscriptionService:
         self.outbound = outbound or OutboundPolicy()
         self.max_attempts = max_attempts
         self.backoff = backoff
-        self._status: dict[tuple[str, str], _Status] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: per subscription: outcomes being written, and the turn of reads and writes
+        self._unwritten: dict[tuple[str, str], list[NotificationRecord]] = {}
+        self._turns: dict[tuple[str, str], asyncio.Lock] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._last_round: dict[tuple[str, str], float] = {}
         #: tenants with timeInterval subscriptions (see ``start``)
@@ -306,8 +309,8 @@ class CsourceSubscriptionService:
         check_entity_id(sub_id, "subscription id")
         if not await self.store.delete_registration(tenant, "subscription", sub_id):
             raise ResourceNotFound(f"context source registration subscription {sub_id} not found")
-        self._status.pop((tenant, sub_id), None)
         self._last_round.pop((tenant, sub_id), None)
+        self._turns.pop((tenant, sub_id), None)
 
     async def all(self, tenant: str) -> list[dict[str, Any]]:
         return await self.store.list_registrations(tenant, "subscription")
@@ -321,9 +324,13 @@ class CsourceSubscriptionService:
             out.update({k: doc[k] for k in SYSTEM if k in doc})
         compact_selection(out, sub.tm, tm)
         notification = dict(out.get("notification", {}))
-        status = self._status.get((tenant, sub.id))
-        if status is not None:
-            notification.update(timesSent=status.sent, timesFailed=status.failed, **status.last)
+        status = await self.delivery_status(tenant, sub.id)
+        if status.get("timesSent"):  # shown once a notification was attempted
+            notification.update({k: v for k, v in status.items() if k != "timesFailed" or v})
+            failed = "lastFailure" in status and status["lastFailure"] >= status.get(
+                "lastSuccess", ""
+            )
+            notification["status"] = "failed" if failed else "ok"  # the last attempt's
         out["notification"] = notification
         out.setdefault("isActive", True)
         out["status"] = sub.status()
@@ -396,25 +403,69 @@ class CsourceSubscriptionService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _turn(self, key: tuple[str, str]) -> asyncio.Lock:
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = asyncio.Lock()
+        return turn
+
+    async def delivery_status(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        """The stored delivery counts of a subscription with this process's outcomes
+        not yet written added."""
+        key = (tenant, sub_id)
+        async with self._turn(key):
+            status = dict(await self.store.registration_status(tenant, sub_id))
+            for rec in self._unwritten.get(key, ()):
+                status["timesSent"] = status.get("timesSent", 0) + rec.sent
+                status["timesFailed"] = status.get("timesFailed", 0) + rec.failed
+                for name, value in (
+                    ("lastNotification", rec.last_notification),
+                    ("lastSuccess", rec.last_success),
+                    ("lastFailure", rec.last_failure),
+                ):
+                    if value is not None:
+                        status[name] = value
+        return status
+
+    async def _record(self, record: NotificationRecord) -> None:
+        """Keep a delivery outcome in the store; a store that cannot take it now does
+        not stop the delivery (the count is then short by it). Shown at once, before it
+        is written (see :meth:`delivery_status`)."""
+        key = (record.tenant, record.sub_id)
+        unwritten = self._unwritten.setdefault(key, [])
+        unwritten.append(record)
+        async with self._turn(key):
+            try:
+                await self.store.record_registration_notifications([record])
+            except NgsiLdError as exc:
+                log.warning(
+                    "delivery status of registration subscription %s not kept: %s",
+                    record.sub_id,
+                    exc.detail,
+                )
+            finally:
+                unwritten.remove(record)
+                if not unwritten:
+                    self._unwritten.pop(key, None)
+
     async def _deliver(self, sub: CompiledCsub, body: bytes, headers: dict[str, str]) -> None:
-        status = self._status.setdefault((sub.tenant, sub.id), _Status())
         delay = self.backoff
         for attempt in range(1, self.max_attempts + 1):
             at = now_iso()
-            status.sent += 1
-            status.last["lastNotification"] = at
+            await self._record(NotificationRecord(sub.tenant, sub.id, sent=1, last_notification=at))
             try:
                 await self.senders.send(sub.endpoint, body, headers)
             except DeliveryError as exc:
-                status.failed += 1
-                status.last["lastFailure"] = at
+                await self._record(
+                    NotificationRecord(sub.tenant, sub.id, failed=1, last_failure=at)
+                )
                 if not exc.retryable or attempt == self.max_attempts:
                     log.warning("registration notification for %s failed: %s", sub.id, exc)
                     return
                 await asyncio.sleep(delay)
                 delay *= 2
             else:
-                status.last["lastSuccess"] = at
+                await self._record(NotificationRecord(sub.tenant, sub.id, last_success=at))
                 return
 
     # -- timeInterval ----------------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -46,13 +46,13 @@ from broker.errors import (
     NonexistentTenant,
     ResourceNotFound,
 )
-from broker.federation.forward import Answer, Call, Forwarder, warning
+from broker.federation.forward import Answer, Call, Forwarder, join_answers, warning
 from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
 from broker.jsonld.context import TermMap
 from broker.model.entity import ENTITY_KEYS, Entity
 from broker.model.query import Node
-from broker.model.store import EntityQuery
+from broker.model.store import EntityQuery, Selector
 from broker.query.evaluate import matches_q
 from broker.query.patterns import search
 from broker.query.qlang import format_q, resolve_q
@@ -126,6 +126,20 @@ class Route:
     parts: list[tuple[Registration, Any]]
     local_body: Any
     run_local: bool
+    #: exclusive and redirect registrations holding part of what is written that do
+    #: not accept the operation: that part is written neither there nor here
+    refused: list[Registration] = field(default_factory=list)
+
+    @property
+    def refusal(self) -> Conflict | None:
+        """The Conflict to answer with when nothing of the write can be done: all of it
+        was refused, nothing goes to a source and nothing is written here."""
+        if not self.refused or self.parts or self.run_local:
+            return None
+        names = ", ".join(f"{r.id} ({r.mode})" for r in self.refused)
+        return Conflict(
+            f"registrations {names} hold what this write would change, and do not accept it"
+        )
 
 
 def route_write(
@@ -146,10 +160,12 @@ def route_write(
     (all, when it names none); ``auxiliary`` ones are never written to. What
     ``exclusive`` and ``redirect`` registrations hold is not written here; a redirect
     registration of the whole entity leaves nothing here. An exclusive or redirect
-    registration of attributes in the write that does not support ``operation`` makes
-    it a Conflict (409): they may be written neither there nor here. ``whole``: the
-    write names the whole entity (create, replace, upsert), so the entity is written
-    here even when all its attributes went to sources. ``may_write(types)`` says whether
+    registration of attributes in the write that does not support ``operation`` is
+    ``refused``: what it holds is written neither there nor here, and the rest goes on
+    (clause 5.6.1.4: "an error of type Conflict if the complete ... operation failed or
+    ... a partial success if some parts of it succeeded"). ``whole``: the write names
+    the whole entity (create, replace, upsert), so the entity is written here when
+    attributes are left for it, or when nothing went to a source or was refused. ``may_write(types)`` says whether
     the caller may write entities of these types (None: of any type); a part it may
     not write is Forbidden, as a local write would be."""
     attrs: list[str] | None = None
@@ -169,16 +185,15 @@ def route_write(
         return Route([], body, True)
     owned: set[str] = set()
     everything = False
+    refused: list[Registration] = []
     for reg, infos in matched:
         if reg.mode not in ("exclusive", "redirect"):
             continue
         held = reg.attrs_for(infos)
         touched = attrs is None or held is None or bool(set(attrs) & held)
         if not reg.supports(operation) and touched:
-            raise Conflict(
-                f"registration {reg.id} ({reg.mode}) holds what this {operation} "
-                "would write, and does not accept it"
-            )
+            refused.append(reg)  # "the matching Attributes are then removed"
+            everything = everything or held is None
         if held is None:
             everything = everything or reg.mode == "redirect"
         else:
@@ -201,13 +216,14 @@ def route_write(
                 raise Forbidden(f"not allowed to change these entities at {reg.id}")
         parts.append((reg, part))
     if everything:
-        return Route(parts, None, False)
+        return Route(parts, None, False, refused)
     if attr is not None:
-        return Route(parts, body, tm.expand(attr) not in owned)
+        return Route(parts, body, tm.expand(attr) not in owned, refused)
     if isinstance(body, dict) and owned:
         local = {k: v for k, v in body.items() if k in ENTITY_KEYS or tm.expand(k) not in owned}
-        return Route(parts, local, whole or any(k not in ENTITY_KEYS for k in local))
-    return Route(parts, body, True)
+        left = any(k not in ENTITY_KEYS for k in local)
+        return Route(parts, local, left or (whole and not parts and not refused), refused)
+    return Route(parts, body, True, refused)
 
 
 @dataclass(slots=True)
@@ -218,6 +234,8 @@ class WritePlan:
     local_body: Any
     run_local: bool
     answers: list[Answer]
+    #: the registrations that refused their part (see :class:`Route`)
+    refused: list[Registration] = field(default_factory=list)
 
 
 #: Characters of (percent-encoded) entity ids sent in one forwarded request (``id=``):
@@ -351,6 +369,27 @@ class DistributedService:
         return sorted(held & set(wanted)) if wanted else sorted(held)
 
     @staticmethod
+    def _held_ids(
+        infos: list[Info], types: Sequence[Sequence[str]] | None = None
+    ) -> list[str] | None:
+        """The entity ids these groups are for, when each of their selectors (of the
+        types asked for) names one; None when some selector is for any id of a type or
+        a pattern. A forwarded query names them (clause 4.3.6.1: "all constraints
+        specified in the registration shall be respected", Entity IDs among them)."""
+        out: list[str] = []
+        for info in infos:
+            if not info.entities:
+                return None
+            for e in info.entities:
+                if types and not e.typed(types):
+                    continue
+                if e.id is None:
+                    return None
+                if e.id not in out:
+                    out.append(e.id)
+        return out or None
+
+    @staticmethod
     def _holds(infos: list[Info], ent: Entity) -> bool:
         """Whether the registration's groups may hold this entity (a source registered
         for some ids answers only for those)."""
@@ -416,6 +455,118 @@ class DistributedService:
 
     # -- query -----------------------------------------------------------------------------
 
+    async def query_sources(
+        self, tenant: str, query: EntityQuery, csf: Node | None = None
+    ) -> list[tuple[Registration, list[Info]]]:
+        """The active registrations that may answer a query (``queryEntity`` or
+        ``queryBatch``) for what ``query`` selects: its own selection, or any of its
+        entity selectors (a Query body's ``entities``)."""
+        selections = query.selectors or [
+            Selector(ids=query.ids, id_pattern=query.id_pattern, types=query.types)
+        ]
+        out = []
+        for reg in await self.registrations.active(tenant):
+            if not (reg.supports("queryEntity") or reg.supports("queryBatch")):
+                continue
+            if csf is not None and not matches_q(csf, reg.subject):
+                continue
+            infos: list[Info] = []
+            for sel in selections:
+                for info in reg.infos_for(
+                    types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern, attrs=query.attrs
+                ):
+                    if info not in infos:
+                        infos.append(info)
+            if infos:
+                out.append((reg, infos))
+        return out
+
+    def _get_params(
+        self,
+        reg: Registration,
+        infos: list[Info],
+        given: dict[str, str],
+        query: EntityQuery,
+        tm: TermMap,
+        want: int,
+    ) -> dict[str, str]:
+        """The parameters of ``GET /entities`` asking ``reg`` for what ``given`` (the
+        query's parameters, in the client's terms) selects, narrowed to the types and
+        attributes it is registered for (clause 4.3.6.1: "all constraints specified in
+        the registration shall be respected")."""
+        sent = {k: v for k, v in given.items() if k in PASSED_ON}
+        if "id" not in sent and "idPattern" not in sent:
+            held_ids = self._held_ids(infos, query.types)
+            if held_ids:
+                sent["id"] = ",".join(held_ids)
+        attrs = self._attrs(reg, infos, query.attrs)
+        if attrs:
+            sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
+        if "type" in given:
+            sent["type"] = given["type"]
+        else:
+            types = reg.types_for(infos)
+            if types:
+                sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+        sent.update(limit=str(max(want, 1)), count="true", options="sysAttrs")
+        if reg.local_only:
+            sent["local"] = "true"  # management.localOnly: its own data, not its sources'
+        return sent
+
+    def _query_body(
+        self, reg: Registration, infos: list[Info], query: EntityQuery, tm: TermMap
+    ) -> dict[str, Any]:
+        """The Query (clause 5.2.23) of ``POST /entityOperations/query`` asking ``reg``
+        for what ``query`` selects, in the request's terms, narrowed to the types and
+        attributes it is registered for."""
+        held = reg.types_for(infos)
+        entities: list[dict[str, Any]] = []
+        selections = query.selectors or [
+            Selector(ids=query.ids, id_pattern=query.id_pattern, types=query.types)
+        ]
+        for sel in selections:
+            if not reg.infos_for(types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern):
+                continue
+            alternatives = [list(a) for a in sel.types] if sel.types else None
+            if alternatives is None and held:
+                alternatives = [[t] for t in sorted(held)]
+            item: dict[str, Any] = {}
+            ids = list(sel.ids or ())
+            if not ids and not sel.id_pattern:
+                ids = self._held_ids(infos, sel.types) or []
+            if ids:
+                item["id"] = ids[0] if len(ids) == 1 else ids
+            if sel.id_pattern:
+                item["idPattern"] = sel.id_pattern
+            if alternatives:
+                item["type"] = "|".join(";".join(tm.compact(t) for t in a) for a in alternatives)
+            if item:
+                entities.append(item)
+        body: dict[str, Any] = {"type": "Query"}
+        if entities:
+            body["entities"] = entities
+        attrs = self._attrs(reg, infos, query.attrs)
+        if attrs:
+            body["attrs"] = [tm.compact(a) for a in attrs]
+        if query.q is not None:
+            body["q"] = format_q(resolve_q(query.q, tm.compact))
+        if query.scope_q is not None:
+            body["scopeQ"] = format_scope_q(query.scope_q)
+        geo = query.geo
+        if geo is not None:
+            rel = geo.georel
+            if geo.max_distance is not None:
+                rel += f";maxDistance=={geo.max_distance:g}"
+            if geo.min_distance is not None:
+                rel += f";minDistance=={geo.min_distance:g}"
+            body["geoQ"] = {
+                "georel": rel,
+                "geometry": geo.geometry["type"],
+                "coordinates": geo.geometry["coordinates"],
+                "geoproperty": tm.compact(geo.geoproperty),
+            }
+        return body
+
     async def query(
         self,
         tenant: str,
@@ -426,21 +577,26 @@ class DistributedService:
         *,
         local: bool = False,
         csf: Node | None = None,
+        batch: bool = False,
     ) -> tuple[list[Entity], int | None, dict[str, str]]:
         """The entities matching ``query`` here and at the sources, with the count and
         the headers to answer with (``NGSILD-Warning``). ``params`` are the request's
         own query parameters (passed on in its terms); without them, parameters are made
-        from ``query`` (:func:`params_of`)."""
-        sources = [] if local else await self._query_sources(tenant, query, csf)
+        from ``query`` (:func:`params_of`).
+
+        Each source is asked with an operation its registration allows (clause 4.3.6.1:
+        sources "may indicate that they are only willing to respond to a limited subset
+        of API operations"): a query with a Query body (``batch``) as ``POST
+        /entityOperations/query`` when it allows ``queryBatch``, else as ``GET
+        /entities`` (one per entity selector); a ``GET`` query as ``GET /entities`` when
+        it allows ``queryEntity``, else as a Query body."""
+        sources = [] if local else await self.query_sources(tenant, query, csf)
         if not sources:
             try:
                 found, total = await self.entities.query(tenant, query)
             except NonexistentTenant:
                 found, total = [], (0 if query.count else None)
             return found, total, {}
-        if params is None:
-            params = params_of(query, tm)
-        given = params
         want = min(query.offset + query.limit, self.max_limit)
         local_query = replace(query, offset=0, limit=want, count=True)
 
@@ -452,9 +608,58 @@ class DistributedService:
             return found, total or 0
 
         async def ask(reg: Registration, infos: list[Info]) -> Answer:
-            sent = self._sent(reg, infos, query, tm, given)
-            sent.update(limit=str(max(want, 1)), count="true")
-            return await self.forwarder.send(reg, call, "GET", "/entities", params=sent)
+            post = reg.supports("queryBatch") and (batch or not reg.supports("queryEntity"))
+            if post:
+                body = self._query_body(reg, infos, query, tm)
+                sent = {"limit": str(max(want, 1)), "count": "true", "options": "sysAttrs"}
+                if reg.local_only:
+                    sent["local"] = "true"
+                inline = call.context is not None
+                return await self.forwarder.send(
+                    reg,
+                    call,
+                    "POST",
+                    "/entityOperations/query",
+                    params=sent,
+                    body={**body, "@context": call.context} if inline else body,
+                    content_type="application/ld+json" if inline else "application/json",
+                )
+            if params is not None and not query.selectors:
+                given = params
+                return await self.forwarder.send(
+                    reg,
+                    call,
+                    "GET",
+                    "/entities",
+                    params=self._get_params(reg, infos, given, query, tm, want),
+                )
+            # a Query body asked as GET /entities: one request per entity selector
+            asked = []
+            selections: Sequence[Selector | None] = query.selectors or [None]
+            for sel in selections:
+                if sel is None:
+                    one = query
+                elif reg.infos_for(types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern):
+                    one = replace(
+                        query,
+                        ids=sel.ids,
+                        id_pattern=sel.id_pattern,
+                        types=sel.types,
+                        selectors=None,
+                    )
+                else:
+                    continue
+                given = params_of(one, tm)
+                asked.append(
+                    self.forwarder.send(
+                        reg,
+                        call,
+                        "GET",
+                        "/entities",
+                        params=self._get_params(reg, infos, given, one, tm, want),
+                    )
+                )
+            return join_answers(reg, list(await asyncio.gather(*asked)))
 
         mine = asyncio.ensure_future(ask_local())
         try:
@@ -472,7 +677,11 @@ class DistributedService:
                     answer.error = f"answered {answer.status}"
                 failed.append(answer)
                 continue
-            ents = [e for e in (parse_remote(b, tm) for b in answer.body) if e is not None]
+            ents = [
+                e
+                for e in (parse_remote(b, tm) for b in answer.body if isinstance(b, dict))
+                if e is not None
+            ]
             answered.append((reg, infos, ents))
             header = answer.headers.get("NGSILD-Results-Count") if answer.headers else None
             total += int(header) if header and header.isdigit() else len(ents)
@@ -810,6 +1019,66 @@ class DistributedService:
                 found.append(item)
         return found, total, warning(failed)
 
+    async def retrieve_json(
+        self,
+        tenant: str,
+        entity_id: str,
+        tm: TermMap,
+        call: Call,
+        path: str,
+        params: dict[str, str],
+        *,
+        operation: str = "retrieveTemporal",
+        attrs: Sequence[str] | None = None,
+    ) -> tuple[list[tuple[Registration, dict[str, Any]]], dict[str, str]]:
+        """Forward a retrieve of one entity the sources answer in a representation this
+        hub does not parse (its temporal evolution, clause 5.7.3): to each source whose
+        registration matches the id and allows ``operation``, with the request's own
+        parameters, ``attrs`` narrowed to what it is registered for. Returns what each
+        source answered for the entity (a 404 is no answer, and no failure; the entity
+        only if the caller may read its type), and the ``NGSILD-Warning`` header."""
+        sources = await self.sources(tenant, operation, ids=[entity_id], attrs=attrs)
+        if not sources:
+            return [], {}
+        sent = {k: v for k, v in params.items() if k != "local"}
+
+        async def ask(reg: Registration, infos: list[Info]) -> Answer:
+            asked = dict(sent)
+            wanted = self._attrs(reg, infos, attrs)
+            if wanted:
+                asked["attrs"] = ",".join(tm.compact(a) for a in wanted)
+            if reg.local_only:
+                asked["local"] = "true"
+            return await self.forwarder.send(reg, call, "GET", path, params=asked)
+
+        answers: list[Answer] = await asyncio.gather(*(ask(r, i) for r, i in sources))
+        access = current_access()
+        found: list[tuple[Registration, dict[str, Any]]] = []
+        failed: list[Answer] = []
+        for (reg, infos), answer in zip(sources, answers, strict=True):
+            if answer.status == 404:
+                continue
+            if not answer.ok or not isinstance(answer.body, dict):
+                if answer.error is None:
+                    answer.error = f"answered {answer.status}"
+                failed.append(answer)
+                continue
+            body = answer.body
+            if body.get("id", entity_id) != entity_id:
+                continue
+            raw = body.get("type")
+            types = [
+                tm.expand(t)
+                for t in (raw if isinstance(raw, list) else [raw])
+                if isinstance(t, str)
+            ]
+            if types and not self._holds(infos, {"id": entity_id, "type": types}):
+                continue
+            if access is not None and not access.can("read", tenant, types):
+                continue
+            found.append((reg, body))
+        return found, warning(failed)
+
     # -- writes ------------------------------------------------------------------------------
 
     async def forward_write(
@@ -844,6 +1113,9 @@ class DistributedService:
             whole=whole,
             may_write=self._may_write(tenant),
         )
+        refusal = route.refusal
+        if refusal is not None:
+            raise refusal
         ld = content_type.endswith("ld+json")
         answers: list[Answer] = await asyncio.gather(
             *(
@@ -861,7 +1133,7 @@ class DistributedService:
                 for reg, part in route.parts
             )
         )
-        return WritePlan(route.local_body, route.run_local, list(answers))
+        return WritePlan(route.local_body, route.run_local, list(answers), route.refused)
 
     async def forward_batch(
         self,
@@ -872,14 +1144,20 @@ class DistributedService:
         items: Sequence[tuple[str, Sequence[str] | None, Any, TermMap]],
         *,
         params: dict[str, str] | None = None,
-    ) -> tuple[list[tuple[Any, bool] | NgsiLdError], list[tuple[Registration, list[str], Answer]]]:
+    ) -> tuple[
+        list[tuple[Any, bool] | NgsiLdError],
+        list[tuple[Registration, list[str], Answer]],
+        list[tuple[str, Registration]],
+    ]:
         """A batch write (``items``: entity id, types, body, term map; a delete's body is
         None) sent on to the sources, one batch request per source holding part of it.
         Returns, per item, what is left to write here (body, whether to) or the error
-        refusing it (a Conflict of :func:`route_write`), and per source the ids it was
-        sent and its answer."""
+        refusing it (a Conflict when all of it was refused, or Forbidden), per source the
+        ids it was sent and its answer, and the (entity id, registration) pairs of the
+        parts refused by registrations that do not accept the operation."""
         regs = await self.registrations.active(tenant)
         left: list[tuple[Any, bool] | NgsiLdError] = []
+        refusals: list[tuple[str, Registration]] = []
         per_source: dict[str, tuple[Registration, list[str], list[Any]]] = {}
         for entity_id, types, body, tm in items:
             try:
@@ -896,6 +1174,11 @@ class DistributedService:
             except NgsiLdError as exc:
                 left.append(exc)
                 continue
+            refusal = route.refusal
+            if refusal is not None:
+                left.append(refusal)
+                continue
+            refusals += [(entity_id, reg) for reg in route.refused]
             left.append((route.local_body, route.run_local))
             for reg, part in route.parts:
                 held = per_source.setdefault(reg.id, (reg, [], []))
@@ -908,7 +1191,8 @@ class DistributedService:
                 for reg, _ids, parts in sources
             )
         )
-        return left, [(reg, ids, a) for (reg, ids, _p), a in zip(sources, answers, strict=True)]
+        sent = [(reg, ids, a) for (reg, ids, _p), a in zip(sources, answers, strict=True)]
+        return left, sent, refusals
 
     async def forward_purge(
         self, tenant: str, query: EntityQuery, call: Call, params: dict[str, str]
@@ -981,9 +1265,9 @@ class DistributedService:
     ) -> tuple[Entity, dict[str, str], bool]:
         """The entity as this hub and the sources registered for it hold it, with the
         headers to answer with and whether an entity map was made for the request;
-        ResourceNotFound when nobody has it. A source registered for ``queryEntity`` or
-        ``queryBatch`` but not ``retrieveEntity`` is asked with a query by id
-        (``GET /entities?id=...``).
+        ResourceNotFound when nobody has it. A source registered for ``queryEntity`` but
+        not ``retrieveEntity`` is asked with a query by id (``GET /entities?id=...``),
+        one registered for ``queryBatch`` only with a Query body naming the id.
 
         ``asked`` (clause 5.7.1.4): "If the data has not expired, only the retrieved
         Entity Map shall be used to determine which Context Source Registrations match
@@ -1023,15 +1307,33 @@ class DistributedService:
             if reg.supports("retrieveEntity"):
                 path = f"/entities/{Forwarder.segment(entity_id)}"
                 return await self.forwarder.send(reg, call, "GET", path, params=sent, extra=extra)
-            sent["id"] = entity_id
             types = reg.types_for(infos)
-            if types:
-                sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-            answer = await self.forwarder.send(
-                reg, call, "GET", "/entities", params=sent, extra=extra
-            )
-            if answer.ok and isinstance(answer.body, list):  # a query's answer: a list
-                found = [e for e in answer.body if isinstance(e, dict) and e.get("id") == entity_id]
+            if reg.supports("queryEntity"):
+                sent["id"] = entity_id
+                if types:
+                    sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
+                answer = await self.forwarder.send(
+                    reg, call, "GET", "/entities", params=sent, extra=extra
+                )
+            else:  # queryBatch only: a Query body naming the id
+                selector: dict[str, Any] = {"id": entity_id}
+                if types:
+                    selector["type"] = ",".join(sorted(tm.compact(t) for t in types))
+                query: dict[str, Any] = {"type": "Query", "entities": [selector]}
+                if "attrs" in sent:
+                    query["attrs"] = sent.pop("attrs").split(",")
+                answer = await self.forwarder.send(
+                    reg,
+                    call,
+                    "POST",
+                    "/entityOperations/query",
+                    params=sent,
+                    body=query,
+                    extra=extra,
+                )
+            if answer.ok and isinstance(answer.body, list | dict):  # a query's answer
+                listed = answer.body if isinstance(answer.body, list) else [answer.body]
+                found = [e for e in listed if isinstance(e, dict) and e.get("id") == entity_id]
                 answer.body = found[0] if found else None
                 answer.status = 200 if found else 404
             return answer

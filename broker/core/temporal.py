@@ -249,6 +249,20 @@ class TemporalService:
         if result.error is not None:
             raise result.error
 
+    def check_entity(self, body: Any, tm: Any) -> None:
+        """Raise BadRequestData unless ``body`` is a valid temporal entity (before any
+        part of it is sent to a context source)."""
+        if not isinstance(body, dict):
+            raise BadRequestData("a temporal entity must be a JSON object")
+        self._parser(tm).entity(body)
+
+    def check_attrs(self, body: Any, tm: Any) -> None:
+        """Raise BadRequestData unless ``body`` holds valid attribute instances."""
+        if not isinstance(body, dict):
+            raise BadRequestData("the attributes must be a JSON object")
+        if not self._parser(tm).attributes(body):
+            raise BadRequestData("no attribute to add")
+
     async def upsert(self, tenant: str, body: Any, tm: Any) -> bool:
         """Create or add to the temporal evolution of an entity; True when it is new."""
         if not isinstance(body, dict):

@@ -12,7 +12,9 @@ Every forwarded request:
   registration's ``tenant`` member, else the request's), and the registration's
   ``contextSourceInfo`` pairs as headers, which is where the hub's own credentials for
   that source live (``X-API-Key``, ``Authorization``), over those the configuration
-  gives for the endpoint (``RENKEI_FEDERATION_HEADERS``, by URL prefix);
+  gives for the endpoint (``RENKEI_FEDERATION_HEADERS``, by URL prefix); a pair whose
+  value is ``urn:ngsi-ld:request`` passes on the request's own header of that name,
+  when it has one (clause 4.3.6.5);
 * waits at most the registration's ``management.timeout`` (ms), else the hub's
   ``federation_timeout``; a source that failed or timed out is left alone for its
   ``management.cooldown`` (ms), else ``federation_cooldown``.
@@ -37,6 +39,7 @@ import orjson
 
 from broker.errors import LoopDetected
 from broker.federation.registrations import Registration
+from broker.jsonld.context import is_core_context_url
 from broker.model.entity import iri_to_uri
 from broker.outbound import OutboundPolicy, OutboundRefused, policy_transport
 
@@ -52,14 +55,22 @@ PROTOCOL = "1.1"
 NGSI_LD = "/ngsi-ld/v1"
 
 
-def hub_name(configured: str | None, public_url: str | None) -> str:
-    """The name this hub gives itself in ``Via`` (see the settings' ``hub_id``)."""
+def hub_name(configured: str | None, public_url: str | None) -> str | None:
+    """The name this hub gives itself in ``Via`` (see the settings' ``hub_id``), or None
+    when the settings give none: then the store keeps one (:func:`new_hub_name`, kept
+    by ``RegistrationStore.hub_identity``), so that the hub keeps its name across
+    restarts and a loop through it is still recognised after one."""
     if configured:
         return configured
     if public_url:
         netloc = urlsplit(public_url).netloc
         if netloc:
             return netloc.rpartition("@")[2]
+    return None
+
+
+def new_hub_name() -> str:
+    """A name for a hub whose store has none yet."""
     return f"renkei-{uuid.uuid4().hex[:12]}"
 
 
@@ -73,6 +84,21 @@ def via_names(via: str | None) -> list[str]:
     return names
 
 
+#: Characters a forwarded query string keeps as they are: RFC 3986 allows them in a
+#: query, and the specification's examples write ids, lists and georel so
+#: (``id=urn:ngsi-ld:Vehicle:A1,urn:ngsi-ld:Vehicle:A2``, ``georel=near;maxDistance==10``
+#: with ``=`` escaped); ``&``, ``=``, ``+``, ``#``, quotes and spaces are escaped.
+_QUERY_SAFE = ":,;@!$'()*/"
+
+
+def query_string(params: Mapping[str, str]) -> str:
+    """``params`` as a query string escaped no more than RFC 3986 needs (see
+    ``_QUERY_SAFE``), as clients of NGSI-LD write them."""
+    return "&".join(
+        f"{quote(key, safe='')}={quote(value, safe=_QUERY_SAFE)}" for key, value in params.items()
+    )
+
+
 @dataclass(slots=True)
 class Call:
     """What of the incoming request goes along with every forwarded request."""
@@ -82,6 +108,28 @@ class Call:
     link: str | None = None
     via: str | None = None
     accept: str = "application/json"
+    #: the @context the request's body carried (application/ld+json), sent on in the
+    #: bodies this hub makes from it (a Query); None when it came in ``link``
+    context: Any = None
+    #: the request's own headers, for contextSourceInfo values "urn:ngsi-ld:request"
+    request: Mapping[str, str] | None = None
+
+
+JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
+#: A contextSourceInfo value meaning "the value the triggering request carried".
+FROM_REQUEST = "urn:ngsi-ld:request"
+
+
+def context_link(context: Any, hosted: str | None = None) -> str | None:
+    """A Link header naming an inline ``@context``, for requests that can carry no body
+    (``GET``): the context when it is one URL (besides the core context, which every
+    broker has), else the URL this hub hosts it under (``hosted``), else None."""
+    urls = context if isinstance(context, list) else [context]
+    own = [u for u in urls if not (isinstance(u, str) and is_core_context_url(u))]
+    url = own[0] if len(own) == 1 and isinstance(own[0], str) else hosted
+    if not url:
+        return None
+    return f'<{url}>; rel="{JSONLD_REL}"; type="application/ld+json"'
 
 
 @dataclass(slots=True)
@@ -97,6 +145,29 @@ class Answer:
     @property
     def ok(self) -> bool:
         return self.error is None and self.status is not None and self.status < 400
+
+
+def join_answers(reg: Registration, answers: list[Answer]) -> Answer:
+    """Several answers of one source to queries (one per entity selector of a Query) as
+    one: the entities of all, each id once, and the sum of their counts less the
+    entities answered more than once; the first failure when one failed."""
+    for answer in answers:
+        if not answer.ok or not isinstance(answer.body, list):
+            return answer
+    body: list[Any] = []
+    seen: set[str] = set()
+    count = 0
+    for answer in answers:
+        header = answer.headers.get("NGSILD-Results-Count") if answer.headers else None
+        count += int(header) if header and header.isdigit() else len(answer.body)
+        for item in answer.body:
+            key = str(item.get("id")) if isinstance(item, dict) else ""
+            if key not in seen:
+                seen.add(key)
+                body.append(item)
+    count -= sum(len(a.body) for a in answers) - len(body)
+    headers = httpx.Headers({"NGSILD-Results-Count": str(count)})
+    return Answer(reg, status=200, body=body, headers=headers)
 
 
 def warning(answers: list[Answer]) -> dict[str, str]:
@@ -156,7 +227,13 @@ class Forwarder:
             if reg.endpoint.startswith(prefix):
                 extra += configured.items()
                 break
-        extra += reg.source_info
+        for key, value in reg.source_info:
+            if value == FROM_REQUEST:  # clause 4.3.6.5: the triggering request's value
+                given = call.request.get(key) if call.request is not None else None
+                if given is None:
+                    continue
+                value = given
+            extra.append((key, value))
         for key, value in extra:
             # only what HTTP can carry as a header; other pairs are information only
             if _TOKEN.fullmatch(key) and _VALUE.fullmatch(value) and key.lower() not in _OWN:
@@ -198,11 +275,13 @@ class Forwarder:
             headers["Content-Type"] = content_type
             if content_type == "application/ld+json":
                 headers.pop("Link", None)  # the body carries its @context
+        url = self.url(reg, path)
+        if params:
+            url += "?" + query_string(params)
         try:
             response = await self._client.request(
                 method,
-                self.url(reg, path),
-                params=params,
+                url,
                 content=content,
                 headers=headers,
                 timeout=reg.timeout or self.timeout,

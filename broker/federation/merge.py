@@ -121,3 +121,23 @@ def merge_rendered(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any
         elif isinstance(held, list) and isinstance(value, list):
             out[name] = [*held, *(v for v in value if v not in held)]
     return out
+
+
+def fill_rendered(base: dict[str, Any], other: dict[str, Any], prop: str) -> dict[str, Any]:
+    """What an ``auxiliary`` source adds to an entity's temporal evolution (clause
+    5.7.3.4): its attributes ``base`` lacks, and its instances at a time (``prop``:
+    observedAt, createdAt, ...) none of ``base``'s instances of the attribute has."""
+    out = dict(base)
+    for name, value in other.items():
+        if name in ENTITY_KEYS:
+            continue
+        held = out.get(name)
+        if held is None:
+            out[name] = value
+        elif isinstance(held, list) and isinstance(value, list):
+            times = {i.get(prop) for i in held if isinstance(i, dict)}
+            out[name] = [
+                *held,
+                *(v for v in value if not (isinstance(v, dict) and v.get(prop) in times)),
+            ]
+    return out

@@ -49,7 +49,10 @@ from broker.store.base import RegistrationStore
 CSR_TYPE = "ContextSourceRegistration"
 MODES = ("inclusive", "exclusive", "redirect", "auxiliary")
 
-#: Operation groups (clause 6.3.17 / table 4.3.6.2-1 of the operations).
+#: Operation groups (clause 4.20, table 4.20-2). The temporal writes (upsertTemporal,
+#: appendAttrsTemporal, deleteAttrsTemporal, updateAttrInstanceTemporal,
+#: deleteAttrInstanceTemporal, deleteTemporal) are in no group: a registration lists them
+#: by name to receive them.
 GROUPS: dict[str, frozenset[str]] = {
     "retrieveOps": frozenset({"retrieveEntity", "queryEntity"}),
     "updateOps": frozenset({"updateEntity", "updateAttrs", "replaceEntity", "replaceAttrs"}),
@@ -85,12 +88,6 @@ GROUPS: dict[str, frozenset[str]] = {
             "upsertBatch",
             "updateBatch",
             "deleteBatch",
-            "upsertTemporal",
-            "appendAttrsTemporal",
-            "deleteAttrsTemporal",
-            "updateAttrsTemporal",
-            "deleteAttrInstanceTemporal",
-            "deleteTemporal",
             "mergeEntity",
             "replaceEntity",
             "replaceAttrs",

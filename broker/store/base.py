@@ -223,7 +223,27 @@ class RegistrationStore(Protocol):
         """All documents of a tenant, oldest first."""
 
     async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
-        """Delete a document; False when there was none."""
+        """Delete a document; False when there was none (its delivery status goes too)."""
+
+    async def record_registration_notifications(
+        self, records: Sequence[NotificationRecord]
+    ) -> None:
+        """Add delivery outcomes to registration subscriptions' status (``kind``
+        ``subscription``), all in one write, as :meth:`SubscriptionStore.record_notifications`
+        does for subscriptions: attempts add to timesSent, failed ones to timesFailed,
+        the ``last*`` times given replace the stored ones. Kept in the store, so every
+        process sharing it, and the same one restarted, shows the same counts. Records
+        of deleted subscriptions are ignored."""
+
+    async def registration_status(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        """The delivery status of a registration subscription: ``timesSent``,
+        ``timesFailed`` and those of ``lastNotification``, ``lastSuccess`` and
+        ``lastFailure`` that are set; empty when it is missing."""
+
+    async def hub_identity(self, proposed: str) -> str:
+        """The name this store's hub gives itself (``Via``, loop detection): the one
+        kept, or ``proposed``, kept from now on, when there is none yet. Several
+        processes starting at once on one store all get the same name."""
 
 
 class Store(

@@ -9,8 +9,9 @@ Layout (one database, named by the URL path, default ``renkei``; see docs/mongod
 * ``tenants``, ``geo_paths`` (GeoProperty attributes seen, one 2dsphere index each),
   ``subscriptions`` (``_id = {"t", "i"}``, status counters beside the document),
   ``registrations`` (context source registrations and their subscriptions,
-  ``_id = {"t", "k", "i"}``), ``contexts``, ``counters`` and ``outbox`` (notifications
-  a stopping broker handed over).
+  ``_id = {"t", "k", "i"}``, a subscription's delivery counters beside it),
+  ``contexts``, ``counters`` (also the hub's name, ``_id = "hub_id"``) and ``outbox``
+  (notifications a stopping broker handed over).
 
 Tenants share collections and are told apart by the ``t`` field that leads every
 index: tenants appear at run time from a request header, and a database per tenant
@@ -31,6 +32,7 @@ transactions; there the history is appended right after the entity writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import time
@@ -951,6 +953,61 @@ class MongoStore(Store):
                 {"_id": {"t": tenant, "k": kind, "i": reg_id}}
             )
         return res.deleted_count > 0
+
+    async def record_registration_notifications(
+        self, records: Sequence[NotificationRecord]
+    ) -> None:
+        ops = []
+        for r in records:
+            update: dict[str, Any] = {"$inc": {"sent": r.sent, "failed": r.failed}}
+            latest = {
+                k: v
+                for k, v in (
+                    ("last_notification", r.last_notification),
+                    ("last_success", r.last_success),
+                    ("last_failure", r.last_failure),
+                )
+                if v is not None
+            }
+            if latest:
+                update["$set"] = latest
+            key = {"t": r.tenant, "k": "subscription", "i": r.sub_id}
+            # no upsert: records of deleted subscriptions match nothing
+            ops.append(UpdateOne({"_id": key}, update))
+        if ops:
+            with driver_errors():
+                await self.db.registrations.bulk_write(ops, ordered=False)
+
+    async def registration_status(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        with driver_errors():
+            row = await self.db.registrations.find_one(
+                {"_id": {"t": tenant, "k": "subscription", "i": sub_id}},
+                projection={"doc": 0},
+            )
+        if row is None:
+            return {}
+        status: dict[str, Any] = {
+            "timesSent": row.get("sent", 0),
+            "timesFailed": row.get("failed", 0),
+        }
+        for key, field in (
+            ("lastNotification", "last_notification"),
+            ("lastSuccess", "last_success"),
+            ("lastFailure", "last_failure"),
+        ):
+            if row.get(field) is not None:
+                status[key] = row[field]
+        return status
+
+    async def hub_identity(self, proposed: str) -> str:
+        with driver_errors():
+            # another process inserting it at the same moment: read theirs
+            with contextlib.suppress(DuplicateKeyError):
+                await self.db.counters.update_one(
+                    {"_id": "hub_id"}, {"$setOnInsert": {"value": proposed}}, upsert=True
+                )
+            row = await self.db.counters.find_one({"_id": "hub_id"})
+        return str(row["value"]) if row else proposed
 
     # -- contexts -----------------------------------------------------------------------------
 

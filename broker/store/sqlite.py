@@ -223,6 +223,12 @@ def _put_registration(
         raise ResourceNotFound(f"{what} {reg_id} not found")
 
 
+def _hub_identity(conn: sqlite3.Connection, proposed: str) -> str:
+    conn.execute("INSERT OR IGNORE INTO hub_meta(key, value) VALUES ('hub_id', ?)", (proposed,))
+    row = conn.execute("SELECT value FROM hub_meta WHERE key='hub_id'").fetchone()
+    return str(row[0])
+
+
 def _take_outbox(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
     """Remove and return (seq, tenant, sub_id, data) of the oldest ``limit``
     handed-over notifications, in the writer's transaction: each row goes to one taker."""
@@ -873,6 +879,52 @@ class SqliteStore(Store):
     async def delete_registration(self, tenant: str, kind: RegistrationKind, reg_id: str) -> bool:
         sql = "DELETE FROM registrations WHERE tenant=? AND kind=? AND id=?"
         return await self._exec_write(_rowcount, sql, [(tenant, kind, reg_id)]) > 0
+
+    async def record_registration_notifications(
+        self, records: Sequence[NotificationRecord]
+    ) -> None:
+        rows = [
+            (
+                r.sent,
+                r.failed,
+                r.last_notification,
+                r.last_success,
+                r.last_failure,
+                r.tenant,
+                r.sub_id,
+            )
+            for r in records
+        ]
+        sql = (
+            "UPDATE registrations SET times_sent = times_sent + ?, "
+            "times_failed = times_failed + ?, "
+            "last_notification = coalesce(?, last_notification), "
+            "last_success = coalesce(?, last_success), last_failure = coalesce(?, last_failure) "
+            "WHERE tenant=? AND kind='subscription' AND id=?"
+        )
+        await self._exec_write(_rowcount, sql, rows)
+
+    async def registration_status(self, tenant: str, sub_id: str) -> dict[str, Any]:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = conn.execute(
+                "SELECT times_sent, times_failed, last_notification, last_success, last_failure "
+                "FROM registrations WHERE tenant=? AND kind='subscription' AND id=?",
+                (tenant, sub_id),
+            ).fetchone()
+            if row is None:
+                return {}
+            status: dict[str, Any] = {"timesSent": row[0], "timesFailed": row[1]}
+            for key, value in zip(
+                ("lastNotification", "lastSuccess", "lastFailure"), row[2:], strict=True
+            ):
+                if value is not None:
+                    status[key] = value
+            return status
+
+        return await self._read(fn)
+
+    async def hub_identity(self, proposed: str) -> str:
+        return await self._exec_write(_hub_identity, proposed)
 
     async def hand_over(self, pending: Sequence[PendingNotification]) -> None:
         rows = [(p.tenant, p.sub_id, _dumps(p.data)) for p in pending]

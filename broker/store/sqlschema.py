@@ -53,9 +53,30 @@ def _delivery_details(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE subscriptions ADD COLUMN fails_counter INTEGER NOT NULL DEFAULT 0")
 
 
+def _registration_delivery(conn: sqlite3.Connection) -> None:
+    """Registration subscriptions keep their delivery counts in the store, as entity
+    subscriptions do. A store written before registrations existed gets the table, with
+    these columns, from the schema script that runs after the migrations."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='registrations'"
+    ).fetchone()
+    if exists is None:
+        return
+    conn.execute("ALTER TABLE registrations ADD COLUMN times_sent INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE registrations ADD COLUMN times_failed INTEGER NOT NULL DEFAULT 0")
+    for column in ("last_notification", "last_success", "last_failure"):
+        conn.execute(f"ALTER TABLE registrations ADD COLUMN {column} TEXT")
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "number the layout of release 0.1.0", _layout_of_0_1_0, rewrites=False),
     Step(2, "delivery details of subscriptions", _delivery_details, rewrites=False),
+    Step(
+        3,
+        "delivery counts of registration subscriptions",
+        _registration_delivery,
+        rewrites=False,
+    ),
 )
 CURRENT = STEPS[-1].version
 

@@ -122,8 +122,12 @@ CREATE TABLE IF NOT EXISTS subscriptions(
 CREATE TABLE IF NOT EXISTS registrations(
     tenant TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
     doc BLOB NOT NULL,
+    times_sent INTEGER NOT NULL DEFAULT 0, times_failed INTEGER NOT NULL DEFAULT 0,
+    last_notification TEXT, last_success TEXT, last_failure TEXT,
     PRIMARY KEY(tenant, kind, id)
 );
+-- facts about this store's hub kept across restarts (its name in Via, ...)
+CREATE TABLE IF NOT EXISTS hub_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS notification_outbox(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL, sub_id TEXT NOT NULL, data BLOB NOT NULL

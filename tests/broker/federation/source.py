@@ -21,6 +21,8 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any
+    #: the query string as it came (escaped as the sender escaped it)
+    raw_query: str = ""
 
 
 class Source:
@@ -43,6 +45,7 @@ class Source:
                     {k: v[0] for k, v in parse_qs(parts.query).items()},
                     {k.lower(): v for k, v in self.headers.items()},
                     json.loads(raw) if raw else None,
+                    parts.query,
                 )
                 with outer._arrived:
                     outer.requests.append(request)

@@ -281,6 +281,34 @@ def test_exclusive_without_the_operation_is_a_conflict(hub: TestClient, cs: Sour
     assert hub.post(E, json=car(燃料=80), headers=JSON).status_code == 201  # not its attribute
 
 
+def test_a_refused_part_leaves_the_rest_done(hub: TestClient, cs: Source) -> None:
+    """Clause 5.6.6.4 (Delete Entity) as 5.6.1.4 words it: a registration that does not
+    accept the operation makes it "an error of type Conflict if the complete ...
+    operation failed or ... a partial success if some parts of it succeeded"."""
+    assert hub.post(E, json=car(燃料=80), headers=JSON).status_code == 201
+    reg = vehicle_registration(cs.url, "exclusive", propertyNames=["速度"])
+    reg["information"][0]["entities"][0]["id"] = CAR
+    reg["operations"] = ["retrieveOps"]
+    assert hub.post(R, json=reg, headers=JSON).status_code == 201
+    r = hub.delete(f"{E}/{CAR}")
+    assert r.status_code == 207, r.text
+    body = r.json()
+    assert body["success"] == [CAR]
+    (error,) = body["errors"]
+    assert error["registrationId"] == "urn:ngsi-ld:ContextSourceRegistration:exclusive"
+    assert error["error"]["type"] == "https://uri.etsi.org/ngsi-ld/errors/Conflict"
+    assert cs.requests == []
+    assert hub.get(f"{E}/{CAR}", params={"local": "true"}).status_code == 404
+    # in a batch: the entity's other part is written, the refused one reported
+    batch = [car(速度=40, 燃料=60)]
+    r = hub.post("/ngsi-ld/v1/entityOperations/create", json=batch, headers=JSON)
+    assert r.status_code == 207, r.text
+    assert [e["registrationId"] for e in r.json()["errors"]] == [reg["id"]]
+    held = hub.get(f"{E}/{CAR}", params={"local": "true"}).json()
+    assert held["燃料"]["value"] == 60
+    assert "速度" not in held
+
+
 def test_redirect_writes_only_at_the_source(hub: TestClient, cs: Source) -> None:
     assert (
         hub.post(R, json=vehicle_registration(cs.url, "redirect"), headers=JSON).status_code == 201
@@ -353,10 +381,21 @@ def test_purge_goes_to_the_sources_too(hub: TestClient, cs: Source) -> None:
     )
 
 
-def test_a_query_body_is_sent_on_as_parameters(hub: TestClient, cs: Source) -> None:
+def test_a_query_body_is_sent_on_by_the_operation_allowed(hub: TestClient, cs: Source) -> None:
+    """A Query body goes to a source allowing ``queryBatch`` (federationOps does) as a
+    Query body, and to one allowing ``queryEntity`` only as GET /entities parameters."""
     register(hub, cs.url)
-    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
+    cs.answer("POST", "/ngsi-ld/v1/entityOperations/query", 200, [chofu_aed()])
     body = {"type": "Query", "entities": [{"type": "AEDLocation"}], "q": 'name=="調布市役所"'}
+    r = hub.post("/ngsi-ld/v1/entityOperations/query", json=body, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert [e["id"] for e in r.json()] == [AED]
+    sent = cs.requests[-1]
+    assert sent.body == body
+    assert sent.query["options"] == "sysAttrs"
+    assert hub.delete(f"{R}/urn:ngsi-ld:ContextSourceRegistration:chofu").status_code == 204
+    register(hub, cs.url, operations=["queryEntity"])
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
     r = hub.post("/ngsi-ld/v1/entityOperations/query", json=body, headers=JSON)
     assert r.status_code == 200, r.text
     assert [e["id"] for e in r.json()] == [AED]
@@ -388,3 +427,47 @@ def test_local_only_sources_are_asked_for_their_own_data(hub: TestClient, cs: So
     cs.answer("GET", "/ngsi-ld/v1/entities", 200, [chofu_aed()])
     assert [e["id"] for e in hub.get(E, params={"type": "AEDLocation"}).json()] == [AED]
     assert cs.requests[-1].query["local"] == "true"
+
+
+def test_a_forwarded_query_string_is_written_as_clients_write_it(
+    hub: TestClient, cs: Source
+) -> None:
+    """Ids, lists and georel go out as the specification's examples write them
+    (``id=urn:ngsi-ld:...,urn:ngsi-ld:...``): RFC 3986 allows ``:``, ``,`` and ``;`` in a
+    query; what would change its meaning (``&``, ``=``, quotes, spaces) is escaped."""
+    register(hub, cs.url)
+    cs.answer("GET", "/ngsi-ld/v1/entities", 200, [])
+    other = "urn:ngsi-ld:AEDLocation:調布-2"
+    r = hub.get(
+        E,
+        params={"type": "AEDLocation", "id": f"{AED},{other}", "q": 'name=="調布 市役所"'},
+    )
+    assert r.status_code == 200, r.text
+    sent = cs.requests[-1]
+    assert f"id={AED},urn:ngsi-ld:AEDLocation:%E8%AA%BF%E5%B8%83-2" in sent.raw_query
+    assert "q=name%3D%3D%22%E8%AA%BF%E5%B8%83%20%E5%B8%82%E5%BD%B9%E6%89%80%22" in sent.raw_query
+    assert sent.query["id"] == f"{AED},{other}"
+    assert sent.query["q"] == 'name=="調布 市役所"'
+
+
+def test_a_context_source_info_value_taken_from_the_request(hub: TestClient, cs: Source) -> None:
+    """Clause 4.3.6.5: "the special value "urn:ngsi-ld:request" can be used to indicate
+    that the respective value is to be taken from the request that triggered the given
+    request, if present"."""
+    register(
+        hub,
+        cs.url,
+        contextSourceInfo=[
+            {"key": "X-Chofu-Operator", "value": "urn:ngsi-ld:request"},
+            {"key": "X-API-Key", "value": "tokyo-to-chofu-0001"},
+        ],
+    )
+    cs.answer("GET", f"/ngsi-ld/v1/entities/{AED}", 200, chofu_aed())
+    r = hub.get(f"{E}/{AED}", headers={"X-Chofu-Operator": "bousai-ka-01"})
+    assert r.status_code == 200, r.text
+    sent = cs.requests[-1].headers
+    assert sent["x-chofu-operator"] == "bousai-ka-01"
+    assert sent["x-api-key"] == "tokyo-to-chofu-0001"
+    # not in the request: not sent (never the placeholder itself)
+    assert hub.get(f"{E}/{AED}").status_code == 200
+    assert "x-chofu-operator" not in cs.requests[-1].headers

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from broker.errors import AlreadyExists, ResourceNotFound
+from broker.model.store import NotificationRecord
 from broker.store.base import Store
 
 pytestmark = pytest.mark.anyio
@@ -107,3 +108,73 @@ async def test_entity_maps_are_kept_beside_registrations(store: Store) -> None:
     assert await store.get_registration("tokyo", "entityMap", doc["id"]) == smaller
     assert await store.delete_registration("tokyo", "entityMap", doc["id"])
     assert await store.list_registrations("tokyo", "registration") == [registration(1)]
+
+
+SUB = "urn:ngsi-ld:Subscription:都のAED監視"
+
+
+def csub() -> dict[str, object]:
+    return {"id": SUB, "type": "Subscription", "entities": [{"type": "AEDLocation"}]}
+
+
+async def test_registration_subscription_delivery_counts_add_up(
+    make_store: Callable[[], Store],
+) -> None:
+    """Registration subscriptions' delivery counts are kept in the store, as entity
+    subscriptions' are (``record_notifications``): they add up, the ``last*`` times
+    given replace the stored ones, an update of the document keeps them, and they
+    survive a reopen."""
+    s = make_store()
+    await s.open()
+    try:
+        await s.put_registration("komae", "subscription", csub(), create=True)
+        assert await s.registration_status("komae", SUB) == {"timesSent": 0, "timesFailed": 0}
+        await s.record_registration_notifications(
+            [
+                NotificationRecord("komae", SUB, sent=1, last_notification="2026-12-01T09:00:00Z"),
+                NotificationRecord("komae", SUB, failed=1, last_failure="2026-12-01T09:00:00Z"),
+                NotificationRecord("komae", SUB, sent=1, last_notification="2026-12-01T09:05:00Z"),
+                NotificationRecord("komae", SUB, last_success="2026-12-01T09:05:00Z"),
+                # another tenant's, and a deleted subscription's: ignored
+                NotificationRecord("chofu", SUB, sent=7),
+                NotificationRecord("komae", SUB + ":消えた", sent=7),
+            ]
+        )
+        changed = {**csub(), "watchedAttributes": ["設置場所"]}
+        await s.put_registration("komae", "subscription", changed, create=False)
+    finally:
+        await s.close()
+    s = make_store()
+    await s.open()
+    try:
+        assert await s.registration_status("komae", SUB) == {
+            "timesSent": 2,
+            "timesFailed": 1,
+            "lastNotification": "2026-12-01T09:05:00Z",
+            "lastSuccess": "2026-12-01T09:05:00Z",
+            "lastFailure": "2026-12-01T09:00:00Z",
+        }
+        assert await s.get_registration("komae", "subscription", SUB) == changed
+        assert await s.registration_status("chofu", SUB) == {}
+        assert await s.delete_registration("komae", "subscription", SUB)
+        assert await s.registration_status("komae", SUB) == {}
+    finally:
+        await s.close()
+
+
+async def test_the_hub_keeps_the_name_it_was_first_given(
+    make_store: Callable[[], Store],
+) -> None:
+    s = make_store()
+    await s.open()
+    try:
+        assert await s.hub_identity("renkei-狛江") == "renkei-狛江"
+        assert await s.hub_identity("renkei-other") == "renkei-狛江"
+    finally:
+        await s.close()
+    s = make_store()
+    await s.open()
+    try:
+        assert await s.hub_identity("renkei-after-restart") == "renkei-狛江"
+    finally:
+        await s.close()

@@ -4,6 +4,7 @@ a migration that rewrites data takes a copy first, a newer store is refused."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker.errors import InternalError
+from broker.model.store import NotificationRecord
 from broker.store import sqlschema
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlschema import Step, StoreVersionError
@@ -75,6 +77,56 @@ async def test_a_new_store_carries_the_current_version(tmp_path: Path) -> None:
     await store.open()
     await store.close()
     assert user_version(tmp_path / "新しい.db") == sqlschema.CURRENT
+
+
+#: The registrations table as schema version 2 had it: no delivery counts.
+REGISTRATIONS_V2 = """
+CREATE TABLE registrations(
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY(tenant, kind, id)
+)
+"""
+
+
+async def test_a_version_2_store_with_registrations_gains_their_delivery_counts(
+    old_store: Path,
+) -> None:
+    """Schema version 3 keeps registration subscriptions' delivery counts in the store:
+    a version 2 store holding a registration subscription opens, keeps the document,
+    and counts deliveries from zero."""
+    sub_id = "urn:ngsi-ld:Subscription:都の登録監視"
+    doc = {"id": sub_id, "type": "Subscription", "entities": [{"type": "AEDLocation"}]}
+    conn = sqlite3.connect(old_store, isolation_level=None)
+    try:
+        sqlschema.upgrade(conn, str(old_store), sqlschema.STEPS[:2])
+        conn.execute(REGISTRATIONS_V2)
+        conn.execute(
+            "INSERT INTO registrations(tenant, kind, id, seq, doc) VALUES (?, ?, ?, 1, ?)",
+            ("komae", "subscription", sub_id, json.dumps(doc, ensure_ascii=False).encode()),
+        )
+    finally:
+        conn.close()
+    assert user_version(old_store) == 2
+    store = SqliteStore(old_store)
+    await store.open()
+    try:
+        assert await store.get_registration("komae", "subscription", sub_id) == doc
+        assert await store.registration_status("komae", sub_id) == {
+            "timesSent": 0,
+            "timesFailed": 0,
+        }
+        record = NotificationRecord(
+            "komae", sub_id, sent=1, last_notification="2026-12-06T09:00:00Z"
+        )
+        await store.record_registration_notifications([record])
+        status = await store.registration_status("komae", sub_id)
+        assert status["timesSent"] == 1
+        assert status["lastNotification"] == "2026-12-06T09:00:00Z"
+    finally:
+        await store.close()
+    assert user_version(old_store) == sqlschema.CURRENT == 3
+    assert backups(old_store) == [], "adding columns rewrites nothing: no copy needed"
 
 
 def _add_reading_unit(conn: sqlite3.Connection) -> None:
