@@ -236,6 +236,8 @@ def _encoded(instance: Instance | None, num: float | None, at: int, doc: bytes) 
     """``doc`` (the instance's JSON), or the template that rebuilds exactly these bytes."""
     if num is None or instance is None or instance.get("type") != "Property":
         return doc
+    if num == 0 and math.copysign(1.0, num) < 0:  # SQLite gives -0.0 back as 0.0
+        return doc
     keys = tuple(instance)
     if keys == ("type", "value", "observedAt"):
         base = 0

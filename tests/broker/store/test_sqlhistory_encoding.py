@@ -4,7 +4,6 @@ kept as a template rebuilds to the same JSON bytes."""
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import struct
 
@@ -51,7 +50,9 @@ def history_table() -> sqlite3.Connection:
 def test_sqlite_gives_back_the_very_float_from_its_mantissa(x: float) -> None:
     conn = history_table()
     nv, sc = sqlhistory.mantissa(x)
-    assert bits(stored_num(conn, nv, sc)) == bits(x)
+    got = stored_num(conn, nv, sc)
+    # SQLite keeps no negative zero (as the REAL column before it): equal, sign aside
+    assert bits(got) == bits(x) if x != 0 else got == 0
     if sc is not None:
         assert isinstance(nv, int)
         assert 0 <= sc <= 9
@@ -112,7 +113,7 @@ def test_an_instance_reads_back_as_the_same_json(
     )
     stored_doc, stored = conn.execute("SELECT doc, num FROM history").fetchone()
     assert orjson.dumps(sqlhistory.instance_of(stored_doc, stored, at)) == written
-    if num is not None and not math.isnan(num):
+    if num is not None and num != 0:
         assert bits(stored) == bits(num)
 
 
