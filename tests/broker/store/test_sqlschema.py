@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from broker.app import create_app
 from broker.errors import InternalError
-from broker.settings import Settings
+from broker.settings import get_settings
 from broker.store import sqlschema
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlschema import Step, StoreVersionError
@@ -101,7 +101,7 @@ def test_a_store_of_schema_version_2_answers_every_temporal_request_as_before(
     shutil.copyfile(HISTORY_V2, db)
     assert user_version(db) == 2
     recorded = orjson.loads(HISTORY_V2_ANSWERS.read_bytes())
-    settings = Settings(store=f"sqlite:///{db}?writer=thread", temporal_max_instances=50)
+    settings = get_settings(store=f"sqlite:///{db}?writer=thread", temporal_max_instances=50)
     with TestClient(create_app(settings)) as c:
         for answer in recorded:
             r = c.get(answer["path"], headers=answer["tenant"] or {})
