@@ -55,10 +55,10 @@ def _delivery_details(conn: sqlite3.Connection) -> None:
 
 def _compact_history(conn: sqlite3.Connection) -> None:
     """History instances move to a table clustered by (series, time, number), with
-    integer time distances and daily rollups (``sqlhistory``): about a quarter of the
-    space of version 2's row, index and hourly rollups. Instance numbers, and so the
-    instanceIds of stored instances, are kept; the instances keep their JSON (new ones
-    are encoded more tightly)."""
+    integer time distances and daily rollups (``sqlhistory``), where new instances
+    take about a quarter of the space of version 2's row, index entry and hourly
+    rollup. Instance numbers, and so the instanceIds of stored instances, are kept;
+    stored instances keep their JSON (only new ones are encoded more tightly)."""
     from broker.store import sqlhistory
 
     found = conn.execute(
