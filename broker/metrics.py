@@ -241,8 +241,8 @@ class StoreCounts:
 
 
 async def history_counts(store: Store) -> dict[str, int]:
-    """History instances per tenant, from the SQLite store's hourly rollups (one row
-    per attribute and hour, not per instance); other stores report none."""
+    """History instances per tenant, from the SQLite store's daily rollups (one row
+    per attribute and day, not per instance); other stores report none."""
     from broker.store.sqlite import SqliteStore
 
     if not isinstance(store, SqliteStore):
@@ -250,7 +250,7 @@ async def history_counts(store: Store) -> dict[str, int]:
 
     def count(conn: Any) -> dict[str, int]:
         rows = conn.execute(
-            "SELECT s.tenant, sum(h.total) FROM history_hourly h "
+            "SELECT s.tenant, sum(h.total) FROM history_daily h "
             "JOIN history_series s ON s.sid = h.sid GROUP BY s.tenant"
         )
         return {tenant: int(n) for tenant, n in rows}

@@ -48,6 +48,7 @@ def _to_us(value: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+@lru_cache(maxsize=8192)  # the instances of one write share their createdAt/modifiedAt
 def from_us(us: int) -> str:
     """Microseconds since the epoch in ISO form: ``...Z``, fractions only when there are."""
     dt = _EPOCH + timedelta(microseconds=us)

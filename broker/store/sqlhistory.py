@@ -1,37 +1,54 @@
 """Attribute history on SQLite: tables, recording inside the write transaction, queries.
 
-Rollups: ``history_hourly`` keeps, per series and hour of ``at`` (observedAt or write
-time), the count, numeric count, sum, min, max and sum of squares of the instances,
-updated with every insert and rebuilt for the hours an edit or deletion touches. A
-numeric aggregation whose periods are whole hours (``PT1H``, ``P1D``, ... from an
-hour boundary) reads these instead of every instance: a month of a type's history is
-then hundreds of rows, not hundreds of thousands.
-
 Layout: ``history_series`` numbers each (tenant, entity, attribute) once; ``history``
-holds one row per attribute instance, keyed by that number, with its times as
-integer microseconds. The index ``(sid, at, num)`` makes a time range of one
-attribute of one entity a single index range scan that also covers aggregation, and
-keeps rows small (no repeated entity ids or IRIs: ~150 bytes an instance). Deletions
-are rows too (``deleted`` set, the value NGSI-LD Null). ``history_entities`` and
-``history_types`` say which entities (also deleted ones) and types have history, so
-a type's history is found without touching the instances. Row numbers come from
-AUTOINCREMENT and are never reused: they name instances (``urn:ngsi-ld:Instance:<n>``).
+holds one row per attribute instance in a table clustered by (series, time, instance
+number) (``WITHOUT ROWID``): a time range of one attribute of one entity is one range
+of the table itself, with no index beside it. Rows are kept small, since a store may
+hold hundreds of millions of them:
+
+* times are integer microseconds; ``createdAt`` is kept as its distance from the
+  instance's time (``cd``) and ``modifiedAt`` as its distance from ``createdAt``
+  (``md``, NULL when equal); ``created`` and ``modified`` are virtual columns that add
+  them back;
+* the number aggregations use (``num``, a virtual column) is kept as a decimal
+  mantissa and scale (``nv``, ``sc``: 23.45 is 2345 and 2) when that gives back the
+  very same float, else as the float itself in ``nv``;
+* the instance is kept as JSON in ``doc``, unless it is exactly what a template
+  rebuilds from the number and the time: then ``doc`` is the template's small integer
+  (``TEMPLATES``), which SQLite stores in the record header alone. A reading such as
+  ``{"type": "Property", "value": 23.45, "observedAt": "..."}`` then takes about
+  40 bytes instead of 165.
+
+Deletions are rows too (``deleted`` set, the value NGSI-LD Null). Instance numbers
+(``hid``) come from ``history_counter`` and are never reused: they name instances
+(``urn:ngsi-ld:Instance:<n>``). ``history_entities`` and ``history_types`` say which
+entities (also deleted ones) and types have history, so a type's history is found
+without touching the instances.
+
+Rollups: ``history_daily`` keeps, per series and UTC day of ``at`` (observedAt or
+write time), the count, numeric count, sum, min, max and sum of squares of the
+instances, updated with every insert and rebuilt for the days an edit or deletion
+touches. A numeric aggregation whose periods are whole days (``P1D``, ``P1M``, ... from
+midnight) reads these instead of every instance: a month of a type's history is then
+thousands of rows, not millions. Other periods read the instances.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from broker.model.entity import Entity
+from broker.model.entity import Entity, Instance
 from broker.model.history import (
     Duration,
     HistoryPolicy,
     HistoryRow,
     changes,
+    from_us,
     instance_number,
     to_us,
 )
@@ -48,39 +65,64 @@ from broker.model.store import (
 from broker.store.sqlbatch import insert_rows, max_id, rows_in
 from broker.store.sqlindex import EntityTable, selection_sql
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS history_series(
+#: powers of ten a mantissa may be scaled by (exact as floats)
+_MAX_SCALE = 9
+_DIVISOR = " ".join(f"WHEN {k} THEN 1e{k}" for k in range(_MAX_SCALE + 1))
+
+#: The instances' table (see the module docstring); a migration builds it under
+#: another name first.
+_HISTORY_TABLE = f"""CREATE TABLE IF NOT EXISTS {{name}}(
+    sid INTEGER NOT NULL, at INTEGER NOT NULL, hid INTEGER NOT NULL,
+    deleted INTEGER, ds TEXT, nv, sc INTEGER, cd INTEGER NOT NULL, md INTEGER,
+    vkey BLOB, iid TEXT, doc NOT NULL,
+    num REAL GENERATED ALWAYS AS
+        (CASE WHEN sc IS NULL THEN nv ELSE nv / CASE sc {_DIVISOR} END END) VIRTUAL,
+    created INTEGER GENERATED ALWAYS AS (at + cd) VIRTUAL,
+    modified INTEGER GENERATED ALWAYS AS (at + cd + coalesce(md, 0)) VIRTUAL,
+    PRIMARY KEY(sid, at, hid)
+) WITHOUT ROWID"""
+
+
+def history_table(name: str) -> str:
+    return _HISTORY_TABLE.replace("{name}", name)
+
+
+#: The history tables, one statement each (a migration runs them inside its transaction).
+STATEMENTS = (
+    """CREATE TABLE IF NOT EXISTS history_series(
     sid INTEGER PRIMARY KEY,
     tenant TEXT NOT NULL, eid TEXT NOT NULL, attr TEXT NOT NULL,
     UNIQUE(tenant, eid, attr)
-);
-CREATE TABLE IF NOT EXISTS history(
-    hid INTEGER PRIMARY KEY AUTOINCREMENT,
-    sid INTEGER NOT NULL, ds TEXT,
-    at INTEGER NOT NULL, created INTEGER NOT NULL, modified INTEGER NOT NULL,
-    num REAL, vkey BLOB, doc BLOB NOT NULL, iid TEXT, deleted INTEGER
-);
-CREATE INDEX IF NOT EXISTS history_at ON history(sid, deleted, at, num);
--- per series and hour: what the numeric aggregates need (see rollups below)
-CREATE TABLE IF NOT EXISTS history_hourly(
-    sid INTEGER NOT NULL, hour INTEGER NOT NULL,
+)""",
+    history_table("history"),
+    "CREATE INDEX IF NOT EXISTS history_iid ON history(sid, iid) WHERE iid IS NOT NULL",
+    # the last instance number handed out (one row)
+    """CREATE TABLE IF NOT EXISTS history_counter(
+    one INTEGER PRIMARY KEY CHECK (one = 1), hid INTEGER NOT NULL
+)""",
+    # per series and day: what the numeric aggregates need (see rollups above)
+    """CREATE TABLE IF NOT EXISTS history_daily(
+    sid INTEGER NOT NULL, day INTEGER NOT NULL,
     total INTEGER NOT NULL, n INTEGER NOT NULL, s REAL, lo REAL, hi REAL, sq REAL,
-    PRIMARY KEY(sid, hour)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history_iid ON history(sid, iid) WHERE iid IS NOT NULL;
-CREATE TABLE IF NOT EXISTS history_entities(
+    PRIMARY KEY(sid, day)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS history_entities(
     tenant TEXT NOT NULL, eid TEXT NOT NULL, types BLOB NOT NULL, scope BLOB,
     created INTEGER NOT NULL, modified INTEGER NOT NULL, deleted INTEGER,
     PRIMARY KEY(tenant, eid)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history_types(
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS history_types(
     tenant TEXT NOT NULL, type TEXT NOT NULL, eid TEXT NOT NULL,
     PRIMARY KEY(tenant, type, eid)
-) WITHOUT ROWID;
-"""
+) WITHOUT ROWID""",
+)
+SCHEMA = ";\n".join(STATEMENTS) + ";\n"
 
-HOUR = 3_600_000_000  # µs
-#: aggregation methods the hourly rollups answer (distinctCount needs the instances)
+#: the columns a row is inserted with
+_COLUMNS = "sid, at, hid, deleted, ds, nv, sc, cd, md, vkey, iid, doc"
+
+DAY = 86_400_000_000  # µs
+#: aggregation methods the daily rollups answer (distinctCount needs the instances)
 _ROLLUP_METHODS = frozenset({"totalCount", "sum", "avg", "min", "max", "sumsq", "stddev"})
 
 _TIME_COLUMNS = {
@@ -108,9 +150,9 @@ _TOUCH = (
     "ON CONFLICT(tenant, eid) DO UPDATE SET modified=excluded.modified, deleted=excluded.deleted"
 )
 _DELETED = "UPDATE history_entities SET deleted=?, modified=? WHERE tenant=? AND eid=?"
-_HOURLY = (
-    "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq)",
-    "ON CONFLICT(sid, hour) DO UPDATE SET total = total + excluded.total, n = n + excluded.n, "
+_DAILY = (
+    "INSERT INTO history_daily(sid, day, total, n, s, lo, hi, sq)",
+    "ON CONFLICT(sid, day) DO UPDATE SET total = total + excluded.total, n = n + excluded.n, "
     "s = CASE WHEN excluded.n THEN coalesce(s, 0) + excluded.s ELSE s END, "
     "lo = CASE WHEN excluded.n AND (lo IS NULL OR excluded.lo < lo) THEN excluded.lo "
     "ELSE lo END, "
@@ -172,11 +214,78 @@ class Series:
         return out
 
 
+#: Instances ``doc`` may name instead of holding them: a Property whose value is the
+#: row's number (a float, an integer or a boolean), with the row's time as its
+#: observedAt (codes 0-2) or without observedAt (codes 3-5), members in that order.
+TEMPLATES = 6
+_VALUE_KINDS = (float, int, bool)
+
+
+def instance_of(doc: bytes | int, num: float | None, at: int) -> Instance:
+    """The instance a row keeps: its JSON, or what its template rebuilds."""
+    if not isinstance(doc, int):
+        return orjson.loads(doc)  # type: ignore[no-any-return]
+    assert num is not None, "a template row keeps its number"
+    out: Instance = {"type": "Property", "value": _VALUE_KINDS[doc % 3](num)}
+    if doc < 3:
+        out["observedAt"] = from_us(at)
+    return out
+
+
+def _encoded(instance: Instance | None, num: float | None, at: int, doc: bytes) -> bytes | int:
+    """``doc`` (the instance's JSON), or the template that rebuilds exactly these bytes."""
+    if num is None or instance is None or instance.get("type") != "Property":
+        return doc
+    if num == 0 and math.copysign(1.0, num) < 0:  # SQLite gives -0.0 back as 0.0
+        return doc
+    keys = tuple(instance)
+    if keys == ("type", "value", "observedAt"):
+        base = 0
+    elif keys == ("type", "value"):
+        base = 3
+    else:
+        return doc
+    value = instance["value"]
+    code = base + (2 if isinstance(value, bool) else 1 if isinstance(value, int) else 0)
+    return code if orjson.dumps(instance_of(code, num, at)) == doc else doc
+
+
+def mantissa(num: float | None) -> tuple[float | int | None, int | None]:
+    """``(nv, sc)`` for a number: an integer mantissa and a decimal scale when
+    ``nv / 10**sc`` (as SQLite divides, in floats) is exactly ``num``, else ``num`` as
+    is. Most readings have a few decimals, and their mantissa takes 1-3 bytes, not 8."""
+    if num is None:
+        return None, None
+    text = repr(num)
+    whole, _, frac = text.partition(".")
+    frac = frac.rstrip("0")
+    if "e" in text or "n" in text or len(frac) > _MAX_SCALE:
+        return num, None
+    m = int(whole + frac)
+    if not -(2**53) < m < 2**53 or (m == 0 and math.copysign(1.0, num) < 0):
+        return num, None
+    if float(m) / float(10 ** len(frac)) != num:
+        return num, None
+    return m, len(frac)
+
+
 #: A history row as stored, without its series number: attr, datasetId, at, created,
-#: modified, num, vkey, doc (the instance as JSON), instanceId, deleted, and whether
-#: the instance has an observedAt.
+#: modified, num, vkey, doc (the instance's JSON or its template), instanceId, deleted,
+#: whether the instance has an observedAt, and the number as stored (nv, sc).
 StoredRow = tuple[
-    str, str | None, int, int, int, float | None, bytes | None, bytes, str | None, int | None, bool
+    str,
+    str | None,
+    int,
+    int,
+    int,
+    float | None,
+    bytes | None,
+    bytes | int,
+    str | None,
+    int | None,
+    bool,
+    float | int | None,
+    int | None,
 ]
 
 
@@ -186,11 +295,34 @@ def stored_rows(rows: Sequence[HistoryRow]) -> list[StoredRow]:
     for r in rows:
         num, vkey = r.stored_value()
         observed = r.instance is not None and "observedAt" in r.instance
+        doc = _encoded(r.instance, num, r.at, orjson.dumps(r.instance))
+        nv, sc = mantissa(num)
         out.append(
             (r.attr, r.dataset_id, r.at, r.created, r.modified, num, vkey,
-             orjson.dumps(r.instance), r.iid, r.deleted, observed)
+             doc, r.iid, r.deleted, observed, nv, sc)
         )  # fmt: skip
     return out
+
+
+def _insert_row(sid: int, hid: int, r: StoredRow) -> tuple[Any, ...]:
+    """The values of ``_COLUMNS`` for stored row ``r``."""
+    at, created, modified = r[2], r[3], r[4]
+    return (
+        sid, at, hid, r[9], r[1], r[11], r[12], created - at,
+        modified - created or None, r[6], r[8], r[7],
+    )  # fmt: skip
+
+
+def _next_hids(conn: sqlite3.Connection, count: int) -> int:
+    """Reserve ``count`` instance numbers; returns the first. In the write transaction."""
+    row = conn.execute("SELECT hid FROM history_counter WHERE one=1").fetchone()
+    top = int(row[0]) if row else 0
+    conn.execute(
+        "INSERT INTO history_counter(one, hid) VALUES (1, ?) "
+        "ON CONFLICT(one) DO UPDATE SET hid=excluded.hid",
+        (top + count,),
+    )
+    return top + 1
 
 
 class GroupHistory:
@@ -290,7 +422,7 @@ class GroupHistory:
             return
         sids = series.get_many(conn, {(t, e, r[0]) for t, e, r in self._rows})
         keyed = [(sids[(t, e, r[0])], r) for t, e, r in self._rows]
-        # An explicit instance replaces a stored one with the same observedAt; the hours
+        # An explicit instance replaces a stored one with the same observedAt; the days
         # whose rollups that made stale are recomputed (after the insert), the others
         # are added to as for entity writes. Replacing is rare: one statement finds out.
         stale: dict[int, set[int]] = {}
@@ -307,46 +439,62 @@ class GroupHistory:
             )
             if conn.total_changes != before:
                 for sid, at, _ in replacing:
-                    stale.setdefault(sid, set()).add(at // HOUR)
+                    stale.setdefault(sid, set()).add(at // DAY)
+        first = _next_hids(conn, len(keyed))
         insert_rows(
             conn,
-            "INSERT INTO history(sid, ds, at, created, modified, num, vkey, doc, iid, deleted)",
-            [(sid, *r[1:10]) for sid, r in keyed],
+            f"INSERT INTO history({_COLUMNS})",
+            [_insert_row(sid, first + k, r) for k, (sid, r) in enumerate(keyed)],
         )
-        for sid, hours in stale.items():
-            _rebuild_hours(conn, sid, hours)
-        insert_rows(
-            conn,
-            _HOURLY[0],
-            [
-                (sid, r[2] // HOUR, 1, 1, r[5], r[5], r[5], r[5] * r[5])
-                if r[5] is not None
-                else (sid, r[2] // HOUR, 1, 0, None, None, None, None)
-                for sid, r in keyed
-                if r[9] is None and r[2] // HOUR not in stale.get(sid, ())
-            ],
-            _HOURLY[1],
-        )
+        for sid, days in stale.items():
+            _rebuild_days(conn, sid, days)
+        # the group's additions per series and day, summed in the order of the rows
+        adds: dict[tuple[int, int], list[Any]] = {}
+        for sid, r in keyed:
+            day = r[2] // DAY
+            if r[9] is not None or day in stale.get(sid, ()):
+                continue
+            num = r[5]
+            add = adds.get((sid, day))
+            if add is None:
+                adds[(sid, day)] = (
+                    [sid, day, 1, 1, num, num, num, num * num]
+                    if num is not None
+                    else [sid, day, 1, 0, None, None, None, None]
+                )
+                continue
+            add[2] += 1
+            if num is None:
+                continue
+            if add[3] == 0:
+                add[3:] = [1, num, num, num, num * num]
+            else:
+                add[3] += 1
+                add[4] += num
+                add[5] = min(add[5], num)
+                add[6] = max(add[6], num)
+                add[7] += num * num
+        insert_rows(conn, _DAILY[0], list(adds.values()), _DAILY[1])
 
 
-def _rebuild_hours(conn: sqlite3.Connection, sid: int, hours: set[int] | None = None) -> None:
-    """Recompute a series' rollups for some hours (all with None) from its instances."""
+def _rebuild_days(conn: sqlite3.Connection, sid: int, days: set[int] | None = None) -> None:
+    """Recompute a series' rollups for some days (all with None) from its instances."""
     ranges: list[tuple[int | None, int | None]]
-    if hours is None:
-        conn.execute("DELETE FROM history_hourly WHERE sid=?", (sid,))
+    if days is None:
+        conn.execute("DELETE FROM history_daily WHERE sid=?", (sid,))
         ranges = [(None, None)]
     else:
         conn.executemany(
-            "DELETE FROM history_hourly WHERE sid=? AND hour=?", [(sid, h) for h in hours]
+            "DELETE FROM history_daily WHERE sid=? AND day=?", [(sid, d) for d in days]
         )
-        ranges = [(h * HOUR, (h + 1) * HOUR) for h in sorted(hours)]
+        ranges = [(d * DAY, (d + 1) * DAY) for d in sorted(days)]
     for lo, hi in ranges:
         span = "" if lo is None else " AND at >= ? AND at < ?"
         conn.execute(
-            "INSERT INTO history_hourly(sid, hour, total, n, s, lo, hi, sq) "
+            "INSERT INTO history_daily(sid, day, total, n, s, lo, hi, sq) "
             "SELECT sid, at / ?, count(*), count(num), sum(num), min(num), max(num), "
             f"sum(num * num) FROM history WHERE sid=? AND deleted IS NULL{span} GROUP BY 2",
-            (HOUR, sid) if lo is None else (HOUR, sid, lo, hi),
+            (DAY, sid) if lo is None else (DAY, sid, lo, hi),
         )
 
 
@@ -432,7 +580,7 @@ def _row(attr: str, r: Any) -> HistoryRow:
         at=r[2],
         created=r[3],
         modified=r[4],
-        instance=orjson.loads(r[5]),
+        instance=instance_of(r[5], r[8], r[2]),
         iid=r[6],
         hid=r[0],
         deleted=r[7],
@@ -448,7 +596,7 @@ def history(
         per_attr: dict[str, list[HistoryRow]] = {}
         for attr, sid in _attrs(conn, tenant, eid, query.attrs).items():
             base = (
-                "SELECT hid, ds, at, created, modified, doc, iid, deleted FROM history "
+                "SELECT hid, ds, at, created, modified, doc, iid, deleted, num FROM history "
                 f"WHERE sid=?{clause}"
             )
             if query.last_n:
@@ -489,7 +637,7 @@ def aggregate(
 ) -> Aggregates:
     """Per entity, periods start at its first instance in the time range (and the one
     period is the whole range without ``period``); empty periods are left out. Only
-    what the methods need is computed, so avg/min/max/sum read the index alone."""
+    what the methods need is computed."""
     col, clause, targs = _time_clause(query, "h.")
     # count(h.num) and sum(h.num) make stddev and tell numeric periods from others
     select = ", ".join(
@@ -503,8 +651,8 @@ def aggregate(
         sids = list(series.values())
         names = {sid: attr for attr, sid in series.items()}
         marks = ",".join("?" * len(sids))
-        # first and last instance in the range: two index seeks per series (min() and
-        # max() together in one query would scan the range)
+        # first and last instance in the range: two seeks per series (min() and max()
+        # together in one query would scan the range)
         ends = [
             conn.execute(
                 f"SELECT {col} FROM history h WHERE h.sid=?{clause} ORDER BY {col} {order} LIMIT 1",
@@ -563,14 +711,14 @@ def aggregate(
 
 
 def _rollups_answer(query: HistoryQuery, methods: Sequence[str], periods: Sequence[int]) -> bool:
-    """True when the hourly rollups give exactly the aggregates asked for: numeric
-    methods over observedAt, periods and the time range on whole hours."""
+    """True when the daily rollups give exactly the aggregates asked for: numeric
+    methods over observedAt, periods and the time range on whole (UTC) days."""
     if query.time_property != "observedAt" or not set(methods) <= _ROLLUP_METHODS:
         return False
     bounds: list[int | None] = [*periods]
     if query.time_at is not None and query.timerel in ("before", "between"):
         bounds.append(query.end_time_at if query.timerel == "between" else query.time_at)
-    return all(b is not None and b % HOUR == 0 for b in bounds)
+    return all(b is not None and b % DAY == 0 for b in bounds)
 
 
 def _from_rollups(
@@ -586,13 +734,13 @@ def _from_rollups(
     pargs: list[int] = []
     for k in range(n):
         stop = periods[k + 1] if end is None else min(periods[k + 1], end)
-        pargs.extend([k, periods[k] // HOUR, stop // HOUR])
+        pargs.extend([k, periods[k] // DAY, stop // DAY])
     sids = list(names)
     rows = conn.execute(
         f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
         "SELECT h.sid, p.i, sum(h.total), sum(h.n), sum(h.s), min(h.lo), max(h.hi), sum(h.sq) "
-        f"FROM p JOIN history_hourly h ON h.sid IN ({','.join('?' * len(sids))}) "
-        "AND h.hour >= p.s AND h.hour < p.e GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
+        f"FROM p JOIN history_daily h ON h.sid IN ({','.join('?' * len(sids))}) "
+        "AND h.day >= p.s AND h.day < p.e GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
         (*pargs, *sids),
     ).fetchall()
     out: dict[str, AttrAggregate] = {}
@@ -626,7 +774,9 @@ def _kind(conn: sqlite3.Connection, sid: int) -> str:
     row = conn.execute(
         "SELECT doc FROM history WHERE sid=? AND deleted IS NULL LIMIT 1", (sid,)
     ).fetchone()
-    return str(orjson.loads(row[0]).get("type", "Property")) if row else "Property"
+    if row is None or isinstance(row[0], int):  # templates are Properties
+        return "Property"
+    return str(orjson.loads(row[0]).get("type", "Property"))
 
 
 # -- history edits ------------------------------------------------------------------------------
@@ -652,7 +802,7 @@ def delete(
         found = conn.execute(
             "DELETE FROM history_entities WHERE tenant=? AND eid=?", (tenant, eid)
         ).rowcount
-        for table in ("history", "history_hourly"):
+        for table in ("history", "history_daily"):
             conn.execute(
                 f"DELETE FROM {table} WHERE sid IN "
                 "(SELECT sid FROM history_series WHERE tenant=? AND eid=?)",
@@ -673,13 +823,13 @@ def delete(
     elif dataset_id is not ANY_DATASET:
         where += " AND ds IS ?"
         args.append(dataset_id)
-    hours = {r[0] // HOUR for r in conn.execute(f"SELECT at FROM history WHERE {where}", args)}
+    days = {r[0] // DAY for r in conn.execute(f"SELECT at FROM history WHERE {where}", args)}
     gone = int(conn.execute(f"DELETE FROM history WHERE {where}", args).rowcount)
     if conn.execute("SELECT 1 FROM history WHERE sid=? LIMIT 1", (sid,)).fetchone() is None:
         conn.execute("DELETE FROM history_series WHERE sid=?", (sid,))
-        conn.execute("DELETE FROM history_hourly WHERE sid=?", (sid,))
-    elif hours:
-        _rebuild_hours(conn, sid, hours)
+        conn.execute("DELETE FROM history_daily WHERE sid=?", (sid,))
+    elif days:
+        _rebuild_days(conn, sid, days)
     return gone
 
 
@@ -701,13 +851,18 @@ def replace(
     if old is None:
         return False
     num, vkey = row.stored_value()
+    nv, sc = mantissa(num)
+    # the instance keeps its createdAt: cd and md are distances from the new time
     cur = conn.execute(
-        "UPDATE history SET doc=?, num=?, vkey=?, at=?, modified=?, ds=? "
+        "UPDATE history SET doc=?, nv=?, sc=?, vkey=?, at=?, cd=at + cd - ?, "
+        "md=nullif(? - (at + cd), 0), ds=? "
         f"WHERE sid=? AND deleted IS NULL AND {clause}",
         (
-            orjson.dumps(row.instance),
-            num,
+            _encoded(row.instance, num, row.at, orjson.dumps(row.instance)),
+            nv,
+            sc,
             vkey,
+            row.at,
             row.at,
             row.modified,
             row.dataset_id,
@@ -715,7 +870,7 @@ def replace(
             *iargs,
         ),
     )
-    _rebuild_hours(conn, sid, {old[0] // HOUR, row.at // HOUR})
+    _rebuild_days(conn, sid, {old[0] // DAY, row.at // DAY})
     return bool(cur.rowcount)
 
 
@@ -738,9 +893,7 @@ def expire(conn: sqlite3.Connection, policy: HistoryPolicy, now: int) -> int:
             gone += conn.execute(
                 "DELETE FROM history WHERE sid=? AND at < ?", (sid, cutoff)
             ).rowcount
-            conn.execute(
-                "DELETE FROM history_hourly WHERE sid=? AND hour < ?", (sid, cutoff // HOUR)
-            )
-            if cutoff % HOUR:
-                _rebuild_hours(conn, sid, {cutoff // HOUR})
+            conn.execute("DELETE FROM history_daily WHERE sid=? AND day < ?", (sid, cutoff // DAY))
+            if cutoff % DAY:
+                _rebuild_days(conn, sid, {cutoff // DAY})
     return gone

@@ -332,7 +332,9 @@ class SqlBuilder:
         self.args.extend([self.tenant, "/" + "/".join(node.segments)])
         return "EXISTS (SELECT 1 FROM entity_scopes s WHERE s.rid=e.rid AND s.tenant=? AND scope_match(?, s.scope))"
 
-    def geo(self, geo: GeoQuery) -> str:
+    def geo(self, geo: GeoQuery, candidates: tuple[str, list[Any]] | None = None) -> str:
+        """The geo condition; ``candidates`` (SQL on ``g.rid`` and its parameters) narrows
+        the R*Tree's candidates before the exact check and before any entity is read."""
         qid = register_geo(geo)
         self.geo_ids.append(qid)
         window = geo_window(geo)
@@ -343,13 +345,16 @@ class SqlBuilder:
                 "AND geo_match(g.geom, ?))"
             )
         minx, miny, maxx, maxy = window
-        self.args.extend([maxx, minx, maxy, miny, self.tenant, geo.geoproperty, qid])
+        narrow, narrow_args = (
+            ("", []) if candidates is None else (f" AND {candidates[0]}", candidates[1])
+        )
+        self.args.extend([maxx, minx, maxy, miny, self.tenant, geo.geoproperty, *narrow_args, qid])
         return (
             # CROSS JOIN keeps the R*Tree as the outer loop: only shapes in the window
             # reach the exact (costly) check
             "e.rid IN (SELECT g.rid FROM geo_rtree r CROSS JOIN geo_shapes g ON g.id = r.id "
             "WHERE r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ? "
-            "AND g.tenant=? AND g.path=? AND geo_match(g.geom, ?))"
+            f"AND g.tenant=? AND g.path=?{narrow} AND geo_match(g.geom, ?))"
         )
 
     def release(self) -> None:

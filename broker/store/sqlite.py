@@ -104,6 +104,11 @@ _ENTITIES = EntityTable(
 #: numbers and sorted, rather than walked in id order (every entity when fewer than a
 #: page match): ``+`` keeps SQLite from taking the (tenant, id) index for the walk.
 _ENTITIES_IN_WINDOW = replace(_ENTITIES, tenant_column="+e.tenant")
+#: the R*Tree's candidates of a geo window (shapes ``g``), as their types probe them
+_GEO_CANDIDATES = replace(
+    _ENTITIES,
+    type_probe="EXISTS (SELECT 1 FROM entity_types t WHERE t.tenant=? AND t.type=? AND t.rid=g.rid)",
+)
 #: rounds of optimistic retries before a write gives up on an entity
 _MAX_ROUNDS = 16
 #: stored documents remembered as the likely state for the next write of an entity
@@ -675,7 +680,15 @@ class SqliteStore(Store):
             args.extend(sql.args)
         if query.geo is not None:
             sql.args = []
-            clauses.append(sql.geo(query.geo))
+            candidates = None
+            if windowed and query.types:
+                # the types, checked on the R*Tree's candidates: an entity of another
+                # type is then neither checked exactly nor read
+                narrow, narrow_args = selection_sql(
+                    EntityQuery(types=query.types), tenant, _GEO_CANDIDATES
+                )
+                candidates = (narrow[1], narrow_args[1:])
+            clauses.append(sql.geo(query.geo, candidates))
             args.extend(sql.args)
         return " AND ".join(clauses), args
 

@@ -235,7 +235,7 @@ RANGES: dict[str, HistoryQuery] = {
 async def test_backends_aggregate_alike(
     tmp_path: Path, mongo_url: str, period: str | None, window: str
 ) -> None:
-    """SQLite (hourly rollups or instances) and MongoDB (aggregation pipeline) give
+    """SQLite (daily rollups or instances) and MongoDB (aggregation pipeline) give
     the same periods and values for every method."""
     results = []
     for backend in (SqliteStore(tmp_path / "store.db"), MongoStore(mongo_url)):

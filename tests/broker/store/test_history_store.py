@@ -60,6 +60,7 @@ async def test_history_follows_writes_and_expires(tmp_path: Path) -> None:
 
 
 HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
 
 
 def constant(doc: Entity) -> Callable[[Entity | None], Entity]:
@@ -95,9 +96,10 @@ def close(a: dict[str, list[Any]], b: dict[str, list[Any]]) -> bool:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_hourly_rollups_agree_with_the_instances(tmp_path: Path, seed: int) -> None:
-    """Aggregates read from the rollups equal those computed from the instances, also
-    after instances are replaced, patched, deleted and expired."""
+async def test_daily_rollups_agree_with_the_instances(tmp_path: Path, seed: int) -> None:
+    """Aggregates read from the daily rollups (periods and windows on whole days) equal
+    those computed from the instances, also after instances are replaced, patched,
+    deleted and expired."""
     rng = random.Random(seed)
     store = SqliteStore(tmp_path / "r.db")
     await store.open()
@@ -110,7 +112,7 @@ async def test_hourly_rollups_agree_with_the_instances(tmp_path: Path, seed: int
                     {
                         "type": "Property",
                         "value": rng.choice([rng.uniform(0, 50), rng.randint(0, 9), "n/a"]),
-                        "observedAt": from_us(base + rng.randrange(0, 72) * HOUR_US // 4),
+                        "observedAt": from_us(base + rng.randrange(0, 96 * 4) * HOUR_US // 4),
                     },
                     base,
                 )
@@ -118,11 +120,11 @@ async def test_hourly_rollups_agree_with_the_instances(tmp_path: Path, seed: int
             ]
             doc = ent("urn:x:r", 0.0, "2026-11-01T00:00:00Z")
             await store.write("", [("urn:x:r", constant(doc))], history={"urn:x:r": rows})
-        for hour in (26, 30):  # readings on the hour: those windows read the rollups
-            doc = ent("urn:x:r", float(hour), from_us(base + hour * HOUR_US))
+        for day in (1, 2):  # readings at midnight: those windows read the rollups
+            doc = ent("urn:x:r", float(day), from_us(base + day * DAY_US))
             await store.write("", [("urn:x:r", constant(doc))])
         for step in range(6):  # and ordinary writes (each adds one reading)
-            doc = ent("urn:x:r", float(step), from_us(base + step * 7 * HOUR_US + 1))
+            doc = ent("urn:x:r", float(step), from_us(base + step * 17 * HOUR_US + 1))
             await store.write("", [("urn:x:r", constant(doc))])
         everything = (await store.history("", ["urn:x:r"], HistoryQuery(limit=10_000)))["urn:x:r"]
         victim, patched = rng.sample(everything[V], 2)
@@ -132,19 +134,19 @@ async def test_hourly_rollups_agree_with_the_instances(tmp_path: Path, seed: int
         )
         await store.replace_instance("", "urn:x:r", V, patched.instance_id, moved)
         store.history_policy = HistoryPolicy({("*", X): 1})
-        await store.expire_history(base + 86_400_000_000 + 90 * 60_000_000)  # mid-hour cut
+        await store.expire_history(base + DAY_US + 90 * 60_000_000)  # mid-day cut
         methods = ["totalCount", "avg", "min", "max", "sum"]
         for window in (
             HistoryQuery(),
-            HistoryQuery(timerel="after", time_at=base + 30 * HOUR_US),
+            HistoryQuery(timerel="after", time_at=base + 2 * DAY_US),
             HistoryQuery(
-                timerel="between", time_at=base + 26 * HOUR_US, end_time_at=base + 50 * HOUR_US
+                timerel="between", time_at=base + 1 * DAY_US, end_time_at=base + 3 * DAY_US
             ),
         ):
             rows = (await store.history("", ["urn:x:r"], replace(window, limit=10_000)))["urn:x:r"][
                 V
             ]
-            for period in ("PT1H", "PT6H"):
+            for period in ("P1D", "P2D", "PT6H"):
                 got = await store.aggregate_history(
                     "", ["urn:x:r"], window, methods, Duration.parse(period)
                 )

@@ -174,7 +174,7 @@ async def test_explicit_history_rows_in_a_group_replace_only_their_own(
 ) -> None:
     """The temporal API's rows (explicit) and entity writes (what changed) share groups:
     an explicit observation sent again replaces the stored one; an entity write never
-    replaces, and the hourly rollups stay right."""
+    replaces, and the daily rollups stay right."""
     now = to_us("2026-12-06T00:00:00Z")
 
     def observed(value: float, second: int) -> dict[str, Any]:

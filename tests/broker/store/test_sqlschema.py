@@ -9,10 +9,14 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
+from fastapi.testclient import TestClient
 
+from broker.app import create_app
 from broker.errors import InternalError
 from broker.model.store import NotificationRecord
+from broker.settings import get_settings
 from broker.store import sqlschema
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlschema import Step, StoreVersionError
@@ -21,6 +25,12 @@ from tests.support import free_port, start_broker
 pytestmark = pytest.mark.anyio
 
 FIXTURE = Path(__file__).parent / "fixtures" / "renkei-0.1.0.db"
+HISTORY_V2 = Path(__file__).parent / "fixtures" / "history-v2.db"
+HISTORY_V2_ANSWERS = Path(__file__).parent / "fixtures" / "history-v2.json"
+T = "/ngsi-ld/v1/temporal/entities"
+AIR = "urn:ngsi-ld:AirQualityObserved:狛江-1"
+AIR2 = "urn:ngsi-ld:AirQualityObserved:狛江-2"
+JSON = {"Content-Type": "application/json"}
 NGSI = "https://uri.etsi.org/ngsi-ld/default-context/"
 
 
@@ -69,7 +79,8 @@ async def test_a_store_of_release_0_1_0_opens_numbered_with_its_data(old_store: 
     finally:
         await store.close()
     assert user_version(old_store) == sqlschema.CURRENT
-    assert backups(old_store) == [], "numbering alone rewrites nothing: no copy needed"
+    # its history moved to the compact layout of version 4: rows rewritten, a copy first
+    assert len(backups(old_store)) == 1
 
 
 async def test_a_new_store_carries_the_current_version(tmp_path: Path) -> None:
@@ -125,8 +136,43 @@ async def test_a_version_2_store_with_registrations_gains_their_delivery_counts(
         assert status["lastNotification"] == "2026-12-06T09:00:00Z"
     finally:
         await store.close()
-    assert user_version(old_store) == sqlschema.CURRENT == 3
-    assert backups(old_store) == [], "adding columns rewrites nothing: no copy needed"
+    assert user_version(old_store) == sqlschema.CURRENT
+
+
+def test_a_store_of_schema_version_2_answers_every_temporal_request_as_before(
+    tmp_path: Path,
+) -> None:
+    """A store written at schema version 2 (one row, an index entry and an hourly rollup
+    per instance; ``fixtures/make_history_fixture.py``) is migrated to the compact
+    history of version 4 and then answers each recorded temporal request exactly as the
+    release that wrote it did: instances and their instanceIds, observedAt,
+    createdAt/modifiedAt (sysAttrs), datasetIds, deletions, an edited and a deleted
+    instance, aggregations, lastN and the 206 page with its Content-Range."""
+    db = tmp_path / "renkei.db"
+    shutil.copyfile(HISTORY_V2, db)
+    assert user_version(db) == 2
+    recorded = orjson.loads(HISTORY_V2_ANSWERS.read_bytes())
+    settings = get_settings(store=f"sqlite:///{db}?writer=thread", temporal_max_instances=50)
+    with TestClient(create_app(settings)) as c:
+        for answer in recorded:
+            r = c.get(answer["path"], headers=answer["tenant"] or {})
+            assert r.status_code == answer["status"], answer["path"]
+            assert r.headers.get("content-range") == answer["content_range"], answer["path"]
+            assert r.json() == answer["body"], answer["path"]
+        # and history goes on: a new instance gets a number none of the old ones has
+        old_ids = {i["instanceId"] for i in c.get(f"{T}/{AIR2}?lastN=50").json()["NO2"]} | {
+            i["instanceId"] for i in c.get(f"{T}/{AIR}").json()["NO2"]
+        }
+        reading = {"type": "Property", "value": 8.5, "observedAt": "2026-12-05T00:00:00Z"}
+        r = c.post(f"{T}/{AIR}/attrs", json={"NO2": [reading]}, headers=JSON)
+        assert r.status_code == 204, r.text
+        got = c.get(f"{T}/{AIR}?lastN=1&attrs=NO2").json()["NO2"]
+        assert [i["value"] for i in got] == [8.5]
+        assert got[0]["instanceId"] not in old_ids
+    assert user_version(db) == sqlschema.CURRENT
+    assert len(backups(db)) == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 def _add_reading_unit(conn: sqlite3.Connection) -> None:
