@@ -108,6 +108,13 @@ def refused_error(entity_id: str, reg: Registration, operation: str) -> dict[str
     return {"entityId": entity_id, "registrationId": reg.id, "error": problem}
 
 
+def named_types(body: dict[str, Any]) -> list[str]:
+    """The type names an entity in a request body gives (``type`` or ``@type``, one or a
+    list), as written: what a write is routed to context sources by."""
+    raw = body.get("type", body.get("@type"))
+    return [t for t in (raw if isinstance(raw, list) else [raw]) if isinstance(t, str)]
+
+
 async def write_through(
     request: Request,
     hub: Hub,
@@ -198,10 +205,7 @@ async def create_entity(
         return await here(body)  # invalid: refused here, sent nowhere
     if await hub.registrations.active(tenant):
         Parser(tm, max_attributes=hub.settings.max_attributes).entity(body)  # 400 before sending
-    raw_type = body.get("type", body.get("@type"))
-    types = [
-        t for t in (raw_type if isinstance(raw_type, list) else [raw_type]) if isinstance(t, str)
-    ]
+    types = named_types(body)
     return await write_through(
         request,
         hub,

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
 from broker.api.deps import Hub, HubDep, OperationDep, TenantDep
-from broker.api.entities import entity_query, forward_call, write_through
+from broker.api.entities import entity_query, forward_call, named_types, write_through
 from broker.api.entity_operations import BodyQueryParams, body_query
 from broker.api.entity_operations import _items as batch_items
 from broker.core.model import View
@@ -470,10 +470,7 @@ async def upsert_temporal(op: OperationDep) -> Response:
     if not isinstance(eid, str) or not is_uri(eid) or not await hub.registrations.active(tenant):
         return await here(body)
     hub.temporal.check_entity(body, tm)  # 400 before any part is sent on
-    raw_type = body.get("type", body.get("@type"))
-    types = [
-        t for t in (raw_type if isinstance(raw_type, list) else [raw_type]) if isinstance(t, str)
-    ]
+    types = named_types(body)
     return await write_through(
         request,
         hub,

@@ -51,7 +51,7 @@ from broker.federation.merge import merge
 from broker.federation.registrations import Info, Registration, RegistrationService
 from broker.jsonld.context import TermMap
 from broker.model.entity import ENTITY_KEYS, Entity
-from broker.model.query import Node
+from broker.model.query import GeoQuery, Node
 from broker.model.store import EntityQuery, Selector
 from broker.query.evaluate import matches_q
 from broker.query.patterns import search
@@ -62,6 +62,17 @@ from broker.query.scopeq import format_scope_q
 PASSED_ON = frozenset(
     {"id", "idPattern", "q", "georel", "geometry", "coordinates", "geoproperty", "geoQ", "scopeQ"}
 )
+
+
+def georel_text(geo: GeoQuery) -> str:
+    """A geo-query's ``georel`` as the API writes it, with its distances
+    (``near;maxDistance==500``)."""
+    rel = str(geo.georel)
+    if geo.max_distance is not None:
+        rel += f";maxDistance=={geo.max_distance:g}"
+    if geo.min_distance is not None:
+        rel += f";minDistance=={geo.min_distance:g}"
+    return rel
 
 
 def params_of(query: EntityQuery, tm: TermMap) -> dict[str, str]:
@@ -81,13 +92,8 @@ def params_of(query: EntityQuery, tm: TermMap) -> dict[str, str]:
         out["scopeQ"] = format_scope_q(query.scope_q)
     geo = query.geo
     if geo is not None:
-        rel = geo.georel
-        if geo.max_distance is not None:
-            rel += f";maxDistance=={geo.max_distance:g}"
-        if geo.min_distance is not None:
-            rel += f";minDistance=={geo.min_distance:g}"
         out.update(
-            georel=rel,
+            georel=georel_text(geo),
             geometry=str(geo.geometry["type"]),
             coordinates=orjson.dumps(geo.geometry["coordinates"]).decode(),
             geoproperty=tm.compact(geo.geoproperty),
@@ -554,13 +560,8 @@ class DistributedService:
             body["scopeQ"] = format_scope_q(query.scope_q)
         geo = query.geo
         if geo is not None:
-            rel = geo.georel
-            if geo.max_distance is not None:
-                rel += f";maxDistance=={geo.max_distance:g}"
-            if geo.min_distance is not None:
-                rel += f";minDistance=={geo.min_distance:g}"
             body["geoQ"] = {
-                "georel": rel,
+                "georel": georel_text(geo),
                 "geometry": geo.geometry["type"],
                 "coordinates": geo.geometry["coordinates"],
                 "geoproperty": tm.compact(geo.geoproperty),
