@@ -500,23 +500,12 @@ class DistributedService:
         query's parameters, in the client's terms) selects, narrowed to the types and
         attributes it is registered for (clause 4.3.6.1: "all constraints specified in
         the registration shall be respected")."""
-        sent = {k: v for k, v in given.items() if k in PASSED_ON}
+        sent = self._sent(reg, infos, query, tm, given)
         if "id" not in sent and "idPattern" not in sent:
             held_ids = self._held_ids(infos, query.types)
             if held_ids:
                 sent["id"] = ",".join(held_ids)
-        attrs = self._attrs(reg, infos, query.attrs)
-        if attrs:
-            sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
-        if "type" in given:
-            sent["type"] = given["type"]
-        else:
-            types = reg.types_for(infos)
-            if types:
-                sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-        sent.update(limit=str(max(want, 1)), count="true", options="sysAttrs")
-        if reg.local_only:
-            sent["local"] = "true"  # management.localOnly: its own data, not its sources'
+        sent.update(limit=str(max(want, 1)), count="true")
         return sent
 
     def _query_body(

@@ -13,7 +13,7 @@ hold :func:`merge` to.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from broker.model.entity import ENTITY_KEYS, Entity, Instance
@@ -108,9 +108,13 @@ def merge_reference(views: list[Entity]) -> Entity:
     return out
 
 
-def merge_rendered(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """Two sources' renderings of one entity's temporal evolution (attribute members
-    holding lists of instances) joined: instances ``base`` lacks are added, in order."""
+def _join_rendered(
+    base: dict[str, Any],
+    other: dict[str, Any],
+    added: Callable[[list[Any], list[Any]], Iterable[Any]],
+) -> dict[str, Any]:
+    """``base`` with ``other``'s attributes it lacks, and for an attribute both hold as
+    lists of instances, the instances ``added(held, offered)`` picks appended in order."""
     out = dict(base)
     for name, value in other.items():
         if name in ENTITY_KEYS:
@@ -119,25 +123,23 @@ def merge_rendered(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any
         if held is None:
             out[name] = value
         elif isinstance(held, list) and isinstance(value, list):
-            out[name] = [*held, *(v for v in value if v not in held)]
+            out[name] = [*held, *added(held, value)]
     return out
+
+
+def merge_rendered(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Two sources' renderings of one entity's temporal evolution (attribute members
+    holding lists of instances) joined: instances ``base`` lacks are added, in order."""
+    return _join_rendered(base, other, lambda held, value: (v for v in value if v not in held))
 
 
 def fill_rendered(base: dict[str, Any], other: dict[str, Any], prop: str) -> dict[str, Any]:
     """What an ``auxiliary`` source adds to an entity's temporal evolution (clause
     5.7.3.4): its attributes ``base`` lacks, and its instances at a time (``prop``:
     observedAt, createdAt, ...) none of ``base``'s instances of the attribute has."""
-    out = dict(base)
-    for name, value in other.items():
-        if name in ENTITY_KEYS:
-            continue
-        held = out.get(name)
-        if held is None:
-            out[name] = value
-        elif isinstance(held, list) and isinstance(value, list):
-            times = {i.get(prop) for i in held if isinstance(i, dict)}
-            out[name] = [
-                *held,
-                *(v for v in value if not (isinstance(v, dict) and v.get(prop) in times)),
-            ]
-    return out
+
+    def at_new_times(held: list[Any], value: list[Any]) -> Iterable[Any]:
+        times = {i.get(prop) for i in held if isinstance(i, dict)}
+        return (v for v in value if not (isinstance(v, dict) and v.get(prop) in times))
+
+    return _join_rendered(base, other, at_new_times)
