@@ -5,39 +5,20 @@ and started again."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from tests.broker.federation.source import source
 from tests.receiver import Receiver
-from tests.support import eventually, free_port, start_broker
+from tests.support import broker as hub
+from tests.support import eventually
 
 E = "/ngsi-ld/v1/entities"
 R = "/ngsi-ld/v1/csourceRegistrations"
 CS = "/ngsi-ld/v1/csourceSubscriptions"
 JSON = {"Content-Type": "application/json"}
 SUB = "urn:ngsi-ld:Subscription:都の登録監視"
-
-
-@contextmanager
-def hub(db: Path) -> Iterator[str]:
-    port = free_port()
-    proc = start_broker(db, port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def registration(url: str) -> dict[str, object]:
