@@ -590,6 +590,15 @@ class TemporalService:
             result.truncated = True
             result.range_start = from_us(first if first is not None else starts[0])
             result.range_end = from_us(end)
+        # the entities of an answer share their periods: each bound is formatted once
+        text: dict[int, str] = {}
+
+        def at(us: int) -> str:
+            out = text.get(us)
+            if out is None:
+                out = text[us] = from_us(us)
+            return out
+
         for meta in metas:
             per_attr = found.get(meta.id)
             if not per_attr:
@@ -599,7 +608,7 @@ class TemporalService:
                 te.kinds[attr] = agg.kind
                 te.attrs[attr] = []
                 te.aggregates[attr] = {
-                    m: [[value, from_us(start), from_us(end)] for value, start, end in series]
+                    m: [[value, at(start), at(end)] for value, start, end in series]
                     for m, series in agg.values.items()
                 }
             result.entities.append(te)

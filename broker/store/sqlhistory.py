@@ -731,18 +731,31 @@ def _from_rollups(
     """The aggregates from the rollups; the last period is cut at the range's ``end``
     (on an hour) so no instance after the range counts."""
     n = len(periods) - 1
-    pargs: list[int] = []
-    for k in range(n):
-        stop = periods[k + 1] if end is None else min(periods[k + 1], end)
-        pargs.extend([k, periods[k] // DAY, stop // DAY])
     sids = list(names)
-    rows = conn.execute(
-        f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
-        "SELECT h.sid, p.i, sum(h.total), sum(h.n), sum(h.s), min(h.lo), max(h.hi), sum(h.sq) "
-        f"FROM p JOIN history_daily h ON h.sid IN ({','.join('?' * len(sids))}) "
-        "AND h.day >= p.s AND h.day < p.e GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
-        (*pargs, *sids),
-    ).fetchall()
+    in_sids = f"h.sid IN ({','.join('?' * len(sids))})"
+    sums = "sum(h.total), sum(h.n), sum(h.s), min(h.lo), max(h.hi), sum(h.sq)"
+    width = periods[1] - periods[0]
+    if all(periods[k + 1] - periods[k] == width for k in range(n)):
+        # periods of one length (every duration without months): one range read per
+        # series, each day's rollup put in its period by division
+        first = periods[0] // DAY
+        stop = periods[n] if end is None else min(periods[n], end)
+        rows = conn.execute(
+            f"SELECT h.sid, (h.day - ?) / ?, {sums} FROM history_daily h WHERE {in_sids} "
+            "AND h.day >= ? AND h.day < ? GROUP BY 1, 2 ORDER BY 1, 2",
+            (first, width // DAY, *sids, first, stop // DAY),
+        ).fetchall()
+    else:
+        pargs: list[int] = []
+        for k in range(n):
+            stop = periods[k + 1] if end is None else min(periods[k + 1], end)
+            pargs.extend([k, periods[k] // DAY, stop // DAY])
+        rows = conn.execute(
+            f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
+            f"SELECT h.sid, p.i, {sums} FROM p JOIN history_daily h ON {in_sids} "
+            "AND h.day >= p.s AND h.day < p.e GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
+            (*pargs, *sids),
+        ).fetchall()
     out: dict[str, AttrAggregate] = {}
     for sid, k, total, nums, s, lo, hi, sq in rows:
         attr = names[sid]
