@@ -17,7 +17,6 @@ the backend end to end, but its figures say nothing about MongoDB.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import shutil
 import sys
@@ -26,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness import BenchError, beside, hub, mongoeco
+from harness import BenchError, beside, fresh_database, hub, mongo_database, mongo_server
 from pymongo import MongoClient
 from queries import (
     KINDS,
@@ -39,13 +38,6 @@ from queries import (
     run_queries,
     stored_count,
 )
-
-
-def with_database(url: str, database: str) -> str:
-    head, sep, query = url.partition("?")
-    scheme, _, rest = head.partition("://")
-    hosts = rest.split("/", 1)[0]
-    return f"{scheme}://{hosts}/{database}{sep}{query}"
 
 
 def pymongo_baseline(url: str, rows: list[tuple[str, str, str]]) -> LoadResult:
@@ -68,11 +60,13 @@ def run_size(size: int, args: argparse.Namespace, server: str, tmp: Path) -> Siz
     workdir = tmp / f"n{size}"
     workdir.mkdir()
     data = make_dataset(size, args.batch, args.seed)
-    database = f"renkei_bench_{size}_{uuid.uuid4().hex[:8]}"
-    store = with_database(server, database)
+    database = fresh_database(f"renkei_bench_{size}")
     print(f"\n== {size:,} entities into {database}", flush=True)
     try:
-        with hub(workdir / "broker.log", store) as broker:
+        with (
+            mongo_database(server, database) as store,
+            hub(workdir / "broker.log", store) as broker,
+        ):
             up = load(broker, data, args.concurrency)
             print(
                 f"  upsert    {up.per_s:>9,.0f} entities/s  ({up.seconds:.1f} s, batch p95 "
@@ -98,10 +92,6 @@ def run_size(size: int, args: argparse.Namespace, server: str, tmp: Path) -> Siz
                     flush=True,
                 )
     finally:
-        with contextlib.suppress(Exception):
-            client: MongoClient[dict[str, object]] = MongoClient(server)
-            client.drop_database(database)
-            client.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return SizeResult(size, up, base, queries)
 
@@ -119,10 +109,7 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-qm-"))
     try:
-        with contextlib.ExitStack() as stack:
-            server = args.mongo or stack.enter_context(mongoeco())
-            if not args.mongo:
-                print("mongoeco smoke run: the figures are not MongoDB's", flush=True)
+        with mongo_server(args.mongo) as server:
             results = [run_size(size, args, server, tmp) for size in args.sizes]
         print(f"\n{'entities':>9} {'upsert/s':>9} {'pymongo/s':>10} {'ratio':>6}", end="")
         print("".join(f" {kind + ' p95':>12}" for kind in KINDS))
