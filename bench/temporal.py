@@ -279,7 +279,8 @@ def report(
         )
     print()
     head = f"{base_label} p95"
-    print(f"{'query':<38} {'p50 ms':>8} {'p95 ms':>8} {head:>8} {'ratio':>7} {'target':>8}")
+    width = max(8, len(head))
+    print(f"{'query':<38} {'p50 ms':>8} {'p95 ms':>8} {head:>{width}} {'ratio':>7} {'target':>8}")
     ok = True
     for key, label, target in (
         ("raw", "(a) one sensor, one week, raw", TARGET_RAW_MS),
@@ -290,7 +291,7 @@ def report(
         met = p95 <= target
         ok &= met
         print(
-            f"{label:<38} {statistics.median(api[key]):>8.1f} {p95:>8.1f} {floor:>8.1f} "
+            f"{label:<38} {statistics.median(api[key]):>8.1f} {p95:>8.1f} {floor:>{width}.1f} "
             f"{p95 / floor if floor else float('nan'):>6.1f}x {'<= ' + str(int(target)):>8} "
             f"{'met' if met else 'MISSED'}"
         )
