@@ -3,13 +3,15 @@
 Usage::
 
     .venv/bin/python bench/queries_mongo.py --mongo 'mongodb://127.0.0.1:27017/?directConnection=true'
-    .venv/bin/python bench/queries_mongo.py --sizes 2000 --queries 20     # mongoeco smoke run
+    .venv/bin/python bench/queries_mongo.py --sizes 1000 --batch 100 --concurrency 1 \
+        --queries 10 --warmup 2                                           # mongoeco smoke run
 
 For each size N: ``renkei serve --store`` a fresh database on the server, the same N
 entities and batched upserts as ``queries.py``, then the same range / near / within
-queries. Baseline, in the same run: the same rows (id, type, JSON document) into a
-scratch collection of that server with one unordered ``insert_many`` at the same write
-concern (``w=majority``). Without ``--mongo``, a mongoeco wire server (in-memory, pure
+queries, checked as there (a kind whose every query is empty fails the run: at 300
+entities no 500 m circle holds one). Baseline, in the same run: the same rows (id, type,
+JSON document) into a scratch collection of that server with one unordered
+``insert_many`` at the same write concern (``w=majority``). Without ``--mongo``, a mongoeco wire server (in-memory, pure
 Python, from the tests' side virtualenv) is started: that run checks the benchmark and
 the backend end to end, but its figures say nothing about MongoDB.
 """
@@ -17,7 +19,6 @@ the backend end to end, but its figures say nothing about MongoDB.
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import sys
 import tempfile
@@ -33,9 +34,9 @@ from queries import (
     SizeResult,
     load,
     make_dataset,
+    measure_queries,
     parse_sizes,
     percentile,
-    run_queries,
     stored_count,
 )
 
@@ -81,16 +82,7 @@ def run_size(size: int, args: argparse.Namespace, server: str, tmp: Path) -> Siz
                 + beside("upsert", up.per_s, "pymongo", base.per_s, "entities/s"),
                 flush=True,
             )
-            queries = {}
-            for i, kind in enumerate(KINDS):
-                rng = random.Random(args.seed * 1000 + i)
-                res = run_queries(broker, kind, args.queries, args.warmup, rng, args.budget)
-                queries[kind] = res
-                print(
-                    f"  {kind:<8}  p50 {res.pct(50):7.2f} ms  p95 {res.pct(95):7.2f} ms  "
-                    f"results/query {res.mean_results:5.1f}",
-                    flush=True,
-                )
+            queries = measure_queries(broker, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return SizeResult(size, up, base, queries)
