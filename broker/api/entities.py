@@ -179,6 +179,50 @@ async def write_through(
     return _no_content()
 
 
+EntityWrite = Callable[[Any, TermMap], Awaitable[UpdateResult | None]]
+
+
+async def write_body(
+    request: Request,
+    hub: Hub,
+    tenant: str,
+    operation: str,
+    entity_id: str,
+    write: EntityWrite,
+    *,
+    merge_patch: bool = False,
+    attr: str | None = None,
+    whole: bool = False,
+) -> Response:
+    """A write of one entity with the request's body (replace, merge, append or update
+    the entity, replace or update one attribute ``attr``): the body read and its context
+    resolved, then the attribute name and the id checked (the order the common behaviours
+    test), then ``write`` here and the parts registered elsewhere sent there
+    (``write_through``). 204, or 207 when ``write`` names attributes it did not update."""
+    payload, tm = await hub.payload(request, allow_merge_patch=merge_patch)
+    if attr is not None:
+        check_name(attr)
+    check_entity_id(entity_id)
+
+    async def here(body: Any) -> Response:
+        result = await write(body, tm)
+        return _no_content() if result is None else _update_response(result, tm)
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        operation,
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+        attr=attr,
+        whole=whole,
+    )
+
+
 # -- collection ------------------------------------------------------------------------------
 
 
@@ -734,26 +778,11 @@ async def replace_attribute(
     local: P.Local = None,
 ) -> Response:
     P.check_params(request)
-    payload, tm = await hub.payload(request)
-    name = check_name(attr)
-    check_entity_id(entity_id)
 
-    async def here(body: Any) -> Response:
-        await hub.entities.update_attr(tenant, entity_id, name, body, tm, replace=True)
-        return _no_content()
+    def write(body: Any, tm: TermMap) -> Awaitable[None]:
+        return hub.entities.update_attr(tenant, entity_id, attr, body, tm, replace=True)
 
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "replaceAttrs",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-        attr=name,
-    )
+    return await write_body(request, hub, tenant, "replaceAttrs", entity_id, write, attr=attr)
 
 
 @router.patch(
@@ -772,25 +801,12 @@ async def update_attribute(
     local: P.Local = None,
 ) -> Response:
     P.check_params(request)
-    payload, tm = await hub.payload(request, allow_merge_patch=True)
-    name = check_name(attr)
-    check_entity_id(entity_id)
 
-    async def here(body: Any) -> Response:
-        await hub.entities.update_attr(tenant, entity_id, name, body, tm, replace=False)
-        return _no_content()
+    def write(body: Any, tm: TermMap) -> Awaitable[None]:
+        return hub.entities.update_attr(tenant, entity_id, attr, body, tm, replace=False)
 
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "updateAttrs",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-        attr=name,
+    return await write_body(
+        request, hub, tenant, "updateAttrs", entity_id, write, merge_patch=True, attr=attr
     )
 
 
@@ -810,26 +826,11 @@ async def append_attributes(
 ) -> Response:
     P.check_params(request)
     no_overwrite = "noOverwrite" in P.options_of(options)
-    payload, tm = await hub.payload(request)
-    check_entity_id(entity_id)
 
-    async def here(body: Any) -> Response:
-        result = await hub.entities.append_attrs(
-            tenant, entity_id, body, tm, no_overwrite=no_overwrite
-        )
-        return _update_response(result, tm)
+    def write(body: Any, tm: TermMap) -> Awaitable[UpdateResult]:
+        return hub.entities.append_attrs(tenant, entity_id, body, tm, no_overwrite=no_overwrite)
 
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "appendAttrs",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-    )
+    return await write_body(request, hub, tenant, "appendAttrs", entity_id, write)
 
 
 @router.patch(
@@ -847,24 +848,11 @@ async def update_attributes(
     local: P.Local = None,
 ) -> Response:
     P.check_params(request)
-    payload, tm = await hub.payload(request, allow_merge_patch=True)
-    check_entity_id(entity_id)
 
-    async def here(body: Any) -> Response:
-        result = await hub.entities.update_attrs(tenant, entity_id, body, tm)
-        return _update_response(result, tm)
+    def write(body: Any, tm: TermMap) -> Awaitable[UpdateResult]:
+        return hub.entities.update_attrs(tenant, entity_id, body, tm)
 
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "updateAttrs",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-    )
+    return await write_body(request, hub, tenant, "updateAttrs", entity_id, write, merge_patch=True)
 
 
 @router.put(
@@ -882,25 +870,11 @@ async def replace_entity(
     local: P.Local = None,
 ) -> Response:
     P.check_params(request)
-    payload, tm = await hub.payload(request)
-    check_entity_id(entity_id)
 
-    async def here(body: Any) -> Response:
-        await hub.entities.replace(tenant, entity_id, body, tm)
-        return _no_content()
+    def write(body: Any, tm: TermMap) -> Awaitable[None]:
+        return hub.entities.replace(tenant, entity_id, body, tm)
 
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "replaceEntity",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-        whole=True,
-    )
+    return await write_body(request, hub, tenant, "replaceEntity", entity_id, write, whole=True)
 
 
 @router.patch(
@@ -920,21 +894,8 @@ async def merge_entity(
     local: P.Local = None,
 ) -> Response:
     P.check_params(request)
-    payload, tm = await hub.payload(request, allow_merge_patch=True)
-    check_entity_id(entity_id)
 
-    async def here(body: Any) -> Response:
-        await hub.entities.merge(tenant, entity_id, body, tm)
-        return _no_content()
+    def write(body: Any, tm: TermMap) -> Awaitable[None]:
+        return hub.entities.merge(tenant, entity_id, body, tm)
 
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "mergeEntity",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-    )
+    return await write_body(request, hub, tenant, "mergeEntity", entity_id, write, merge_patch=True)

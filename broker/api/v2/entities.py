@@ -8,11 +8,11 @@ entity query is built by :func:`entity_query` (shared with ``POST /v2/op/query``
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import orjson
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -323,79 +323,61 @@ async def retrieve_attrs(
     return ok(out)
 
 
-async def _change_attrs(
-    request: Request,
-    svc: V2Service,
-    tenant: str,
-    target: Target,
-    options: str | None,
-    mode: str,
-) -> Response:
-    opts = options_of(options, ATTRS_OPTIONS)
-    body = await json_body(request)
-    if mode == "append" and "append" in opts:
-        mode = "strict"
-    await svc.change_attrs(
-        tenant,
-        target,
-        body,
-        mode=mode,  # type: ignore[arg-type]
-        key_values="keyValues" in opts,
-        override="overrideMetadata" in opts,
-    )
-    return no_content()
-
-
 AttrOptions = Annotated[str | None, Query(description="append, keyValues, overrideMetadata")]
+
+
+class AttrsChange:
+    """What POST, PATCH and PUT ``/v2/entities/{id}/attrs`` take besides the id: one
+    write (``V2Service.change_attrs``) in three modes."""
+
+    def __init__(
+        self,
+        svc: V2Dep,
+        tenant: ServiceDep,
+        paths: PathsDep,
+        type: TypeParam = None,
+        options: AttrOptions = None,
+    ) -> None:
+        self.svc, self.tenant, self.paths = svc, tenant, paths
+        self.type, self.options = type, options
+
+    async def run(
+        self, request: Request, entity_id: str, mode: Literal["append", "update", "replace"]
+    ) -> Response:
+        target = _target(entity_id, self.type, self.paths)
+        opts = options_of(self.options, ATTRS_OPTIONS)
+        body = await json_body(request)
+        await self.svc.change_attrs(
+            self.tenant,
+            target,
+            body,
+            mode="strict" if mode == "append" and "append" in opts else mode,
+            key_values="keyValues" in opts,
+            override="overrideMetadata" in opts,
+        )
+        return no_content()
+
+
+AttrsChangeDep = Annotated[AttrsChange, Depends()]
 
 
 @router.post(
     "/entities/{entity_id}/attrs", summary="Update or append entity attributes", status_code=204
 )
-async def append_attrs(
-    entity_id: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-    options: AttrOptions = None,
-) -> Response:
-    return await _change_attrs(
-        request, svc, tenant, _target(entity_id, type, paths), options, "append"
-    )
+async def append_attrs(entity_id: str, request: Request, change: AttrsChangeDep) -> Response:
+    return await change.run(request, entity_id, "append")
 
 
 @router.patch(
     "/entities/{entity_id}/attrs", summary="Update existing entity attributes", status_code=204
 )
-async def update_attrs(
-    entity_id: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-    options: AttrOptions = None,
-) -> Response:
-    return await _change_attrs(
-        request, svc, tenant, _target(entity_id, type, paths), options, "update"
-    )
+async def update_attrs(entity_id: str, request: Request, change: AttrsChangeDep) -> Response:
+    return await change.run(request, entity_id, "update")
 
 
 @router.put("/entities/{entity_id}/attrs", summary="Replace all entity attributes", status_code=204)
-async def replace_attrs(
-    entity_id: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-    options: AttrOptions = None,
-) -> Response:
-    return await _change_attrs(
-        request, svc, tenant, _target(entity_id, type, paths), options, "replace"
-    )
+async def replace_attrs(entity_id: str, request: Request, change: AttrsChangeDep) -> Response:
+    return await change.run(request, entity_id, "replace")
 
 
 @router.get("/entities/{entity_id}/attrs/{attr_name}", summary="Get attribute data")
