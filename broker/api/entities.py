@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Annotated, Any
 
 import orjson
@@ -18,7 +19,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, page_links, respond
-from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.deps import Hub, HubDep, Operation, OperationDep, TenantDep
 from broker.api.prefer import amend, preferences
 from broker.core.distributed import MapRequest
 from broker.core.entities import UpdateResult
@@ -183,9 +184,7 @@ EntityWrite = Callable[[Any, TermMap], Awaitable[UpdateResult | None]]
 
 
 async def write_body(
-    request: Request,
-    hub: Hub,
-    tenant: str,
+    op: Operation,
     operation: str,
     entity_id: str,
     write: EntityWrite,
@@ -197,8 +196,10 @@ async def write_body(
     """A write of one entity with the request's body (replace, merge, append or update
     the entity, replace or update one attribute ``attr``): the body read and its context
     resolved, then the attribute name and the id checked (the order the common behaviours
-    test), then ``write`` here and the parts registered elsewhere sent there
-    (``write_through``). 204, or 207 when ``write`` names attributes it did not update."""
+    test), then ``write(body, tm)`` (the service call) here and the parts registered
+    elsewhere sent there (``write_through``). 204, or 207 when ``write`` names attributes
+    it did not update."""
+    request, hub, tenant = op.request, op.hub, op.tenant
     payload, tm = await hub.payload(request, allow_merge_patch=merge_patch)
     if attr is not None:
         check_name(attr)
@@ -769,20 +770,10 @@ async def delete_entity(
     openapi_extra=P.json_body("The attribute to replace (clause 5.6.19)."),
 )
 async def replace_attribute(
-    entity_id: P.EntityIdPath,
-    attr: P.AttrPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, attr: P.AttrPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-
-    def write(body: Any, tm: TermMap) -> Awaitable[None]:
-        return hub.entities.update_attr(tenant, entity_id, attr, body, tm, replace=True)
-
-    return await write_body(request, hub, tenant, "replaceAttrs", entity_id, write, attr=attr)
+    write = partial(op.hub.entities.update_attr, op.tenant, entity_id, attr, replace=True)
+    return await write_body(op, "replaceAttrs", entity_id, write, attr=attr)
 
 
 @router.patch(
@@ -792,22 +783,10 @@ async def replace_attribute(
     openapi_extra=P.json_body("The attribute fragment to update (clause 5.6.4).", merge_patch=True),
 )
 async def update_attribute(
-    entity_id: P.EntityIdPath,
-    attr: P.AttrPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, attr: P.AttrPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-
-    def write(body: Any, tm: TermMap) -> Awaitable[None]:
-        return hub.entities.update_attr(tenant, entity_id, attr, body, tm, replace=False)
-
-    return await write_body(
-        request, hub, tenant, "updateAttrs", entity_id, write, merge_patch=True, attr=attr
-    )
+    write = partial(op.hub.entities.update_attr, op.tenant, entity_id, attr, replace=False)
+    return await write_body(op, "updateAttrs", entity_id, write, merge_patch=True, attr=attr)
 
 
 @router.post(
@@ -817,20 +796,11 @@ async def update_attribute(
     openapi_extra=P.json_body("Attributes to append (clause 5.6.3)."),
 )
 async def append_attributes(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
     no_overwrite = "noOverwrite" in P.options_of(options)
-
-    def write(body: Any, tm: TermMap) -> Awaitable[UpdateResult]:
-        return hub.entities.append_attrs(tenant, entity_id, body, tm, no_overwrite=no_overwrite)
-
-    return await write_body(request, hub, tenant, "appendAttrs", entity_id, write)
+    write = partial(op.hub.entities.append_attrs, op.tenant, entity_id, no_overwrite=no_overwrite)
+    return await write_body(op, "appendAttrs", entity_id, write)
 
 
 @router.patch(
@@ -840,19 +810,10 @@ async def append_attributes(
     openapi_extra=P.json_body("Attributes to update (clause 5.6.2).", merge_patch=True),
 )
 async def update_attributes(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-
-    def write(body: Any, tm: TermMap) -> Awaitable[UpdateResult]:
-        return hub.entities.update_attrs(tenant, entity_id, body, tm)
-
-    return await write_body(request, hub, tenant, "updateAttrs", entity_id, write, merge_patch=True)
+    write = partial(op.hub.entities.update_attrs, op.tenant, entity_id)
+    return await write_body(op, "updateAttrs", entity_id, write, merge_patch=True)
 
 
 @router.put(
@@ -862,19 +823,10 @@ async def update_attributes(
     openapi_extra=P.json_body("The new content of the entity (clause 5.6.18)."),
 )
 async def replace_entity(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-
-    def write(body: Any, tm: TermMap) -> Awaitable[None]:
-        return hub.entities.replace(tenant, entity_id, body, tm)
-
-    return await write_body(request, hub, tenant, "replaceEntity", entity_id, write, whole=True)
+    write = partial(op.hub.entities.replace, op.tenant, entity_id)
+    return await write_body(op, "replaceEntity", entity_id, write, whole=True)
 
 
 @router.patch(
@@ -886,16 +838,7 @@ async def replace_entity(
     ),
 )
 async def merge_entity(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-
-    def write(body: Any, tm: TermMap) -> Awaitable[None]:
-        return hub.entities.merge(tenant, entity_id, body, tm)
-
-    return await write_body(request, hub, tenant, "mergeEntity", entity_id, write, merge_patch=True)
+    write = partial(op.hub.entities.merge, op.tenant, entity_id)
+    return await write_body(op, "mergeEntity", entity_id, write, merge_patch=True)
