@@ -94,7 +94,10 @@ def service(request: Request, hub: Hub) -> O.OgcService:
     return svc
 
 
-# -- declared query parameters (the API definition is generated from these) -----------------
+# -- declared parameters (the API definition is generated from these) -----------------------
+
+CollectionPath = Annotated[str, Path(alias="collectionId")]
+FeaturePath = Annotated[str, Path(alias="featureId")]
 
 FormatQ = Annotated[
     Literal["json", "geojson", "html"] | None,
@@ -365,7 +368,7 @@ async def collections(
     responses={**_ok("Collection", JSON, HTML), **_ERRORS},
 )
 async def collection(
-    collection_id: Annotated[str, Path(alias="collectionId")],
+    collection_id: CollectionPath,
     request: Request,
     hub: HubDep,
     f: FormatQ = None,
@@ -386,7 +389,7 @@ async def collection(
     responses={**_ok("JSON schema of the queryable properties", SCHEMA, HTML), **_ERRORS},
 )
 async def queryables(
-    collection_id: Annotated[str, Path(alias="collectionId")],
+    collection_id: CollectionPath,
     request: Request,
     hub: HubDep,
     f: FormatQ = None,
@@ -423,7 +426,7 @@ def _url(href: str, params: dict[str, str]) -> str:
     responses={**_ok("Features", GEOJSON, HTML), **_ERRORS},
 )
 async def items(
-    collection_id: Annotated[str, Path(alias="collectionId")],
+    collection_id: CollectionPath,
     request: Request,
     hub: HubDep,
     f: FormatQ = None,
@@ -509,8 +512,8 @@ async def items(
     responses={**_ok("Feature", GEOJSON, HTML), **_ERRORS},
 )
 async def feature(
-    collection_id: Annotated[str, Path(alias="collectionId")],
-    feature_id: Annotated[str, Path(alias="featureId")],
+    collection_id: CollectionPath,
+    feature_id: FeaturePath,
     request: Request,
     hub: HubDep,
     f: FormatQ = None,

@@ -380,6 +380,30 @@ async def replace_attrs(entity_id: str, request: Request, change: AttrsChangeDep
     return await change.run(request, entity_id, "replace")
 
 
+class OneAttr:
+    """An attribute of one entity, as ``/v2/entities/{id}/attrs/{attrName}[/value]``
+    names it (``type`` tells entities with the same id apart)."""
+
+    def __init__(
+        self,
+        entity_id: str,
+        attr_name: str,
+        svc: V2Dep,
+        tenant: ServiceDep,
+        paths: PathsDep,
+        type: TypeParam = None,
+    ) -> None:
+        self.entity_id, self.name = entity_id, attr_name
+        self.svc, self.tenant, self.paths, self.type = svc, tenant, paths, type
+
+    def target(self) -> Target:
+        """The entity, its id and type checked (after the body is read, as before)."""
+        return _target(self.entity_id, self.type, self.paths)
+
+
+AttrDep = Annotated[OneAttr, Depends()]
+
+
 @router.get("/entities/{entity_id}/attrs/{attr_name}", summary="Get attribute data")
 async def get_attr(
     entity_id: str,
@@ -399,32 +423,17 @@ async def get_attr(
 @router.put(
     "/entities/{entity_id}/attrs/{attr_name}", summary="Update attribute data", status_code=204
 )
-async def put_attr(
-    entity_id: str,
-    attr_name: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-) -> Response:
+async def put_attr(request: Request, attr: AttrDep) -> Response:
     body = await json_body(request)
-    await svc.put_attr(tenant, _target(entity_id, type, paths), attr_name, body)
+    await attr.svc.put_attr(attr.tenant, attr.target(), attr.name, body)
     return no_content()
 
 
 @router.delete(
     "/entities/{entity_id}/attrs/{attr_name}", summary="Remove a single attribute", status_code=204
 )
-async def delete_attr(
-    entity_id: str,
-    attr_name: str,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-) -> Response:
-    await svc.delete_attr(tenant, _target(entity_id, type, paths), attr_name)
+async def delete_attr(attr: AttrDep) -> Response:
+    await attr.svc.delete_attr(attr.tenant, attr.target(), attr.name)
     return no_content()
 
 
@@ -449,17 +458,9 @@ def _accepts(request: Request) -> list[str]:
     summary="Get attribute value",
     responses={200: {"content": {JSON: {}, TEXT: {}}}},
 )
-async def get_value(
-    entity_id: str,
-    attr_name: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-) -> Response:
-    inst = await svc.get_attr(tenant, _target(entity_id, type, paths), attr_name)
-    _, value = svc.mapper.value_out(inst)
+async def get_value(request: Request, attr: AttrDep) -> Response:
+    inst = await attr.svc.get_attr(attr.tenant, attr.target(), attr.name)
+    _, value = attr.svc.mapper.value_out(inst)
     accepted = _accepts(request)
     if isinstance(value, dict | list):
         if not accepted:
@@ -503,13 +504,8 @@ def text_value(text: str) -> Any:
     },
 )
 async def put_value(
-    entity_id: str,
-    attr_name: str,
     request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
+    attr: AttrDep,
     content_type: Annotated[
         str | None, Header(description="application/json or text/plain")
     ] = None,
@@ -523,5 +519,5 @@ async def put_value(
                 "a JSON value must be an object or an array; use text/plain for others"
             )
         value = body
-    await svc.put_attr(tenant, _target(entity_id, type, paths), attr_name, value, value_only=True)
+    await attr.svc.put_attr(attr.tenant, attr.target(), attr.name, value, value_only=True)
     return no_content()
