@@ -8,6 +8,7 @@ entity query is built by :func:`entity_query` (shared with ``POST /v2/op/query``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -326,20 +327,16 @@ async def retrieve_attrs(
 AttrOptions = Annotated[str | None, Query(description="append, keyValues, overrideMetadata")]
 
 
+@dataclass(frozen=True)
 class AttrsChange:
     """What POST, PATCH and PUT ``/v2/entities/{id}/attrs`` take besides the id: one
     write (``V2Service.change_attrs``) in three modes."""
 
-    def __init__(
-        self,
-        svc: V2Dep,
-        tenant: ServiceDep,
-        paths: PathsDep,
-        type: TypeParam = None,
-        options: AttrOptions = None,
-    ) -> None:
-        self.svc, self.tenant, self.paths = svc, tenant, paths
-        self.type, self.options = type, options
+    svc: V2Service
+    tenant: str
+    paths: list[str] | None
+    type: str | None
+    options: str | None
 
     async def run(
         self, request: Request, entity_id: str, mode: Literal["append", "update", "replace"]
@@ -358,7 +355,18 @@ class AttrsChange:
         return no_content()
 
 
-AttrsChangeDep = Annotated[AttrsChange, Depends()]
+async def attrs_change(
+    svc: V2Dep,
+    tenant: ServiceDep,
+    paths: PathsDep,
+    type: TypeParam = None,
+    options: AttrOptions = None,
+) -> AttrsChange:
+    """The dependency (a coroutine, so the routes' compiled plans cover it)."""
+    return AttrsChange(svc, tenant, paths, type, options)
+
+
+AttrsChangeDep = Annotated[AttrsChange, Depends(attrs_change)]
 
 
 @router.post(
@@ -380,28 +388,36 @@ async def replace_attrs(entity_id: str, request: Request, change: AttrsChangeDep
     return await change.run(request, entity_id, "replace")
 
 
+@dataclass(frozen=True)
 class OneAttr:
     """An attribute of one entity, as ``/v2/entities/{id}/attrs/{attrName}[/value]``
     names it (``type`` tells entities with the same id apart)."""
 
-    def __init__(
-        self,
-        entity_id: str,
-        attr_name: str,
-        svc: V2Dep,
-        tenant: ServiceDep,
-        paths: PathsDep,
-        type: TypeParam = None,
-    ) -> None:
-        self.entity_id, self.name = entity_id, attr_name
-        self.svc, self.tenant, self.paths, self.type = svc, tenant, paths, type
+    entity_id: str
+    name: str
+    svc: V2Service
+    tenant: str
+    paths: list[str] | None
+    type: str | None
 
     def target(self) -> Target:
         """The entity, its id and type checked (after the body is read, as before)."""
         return _target(self.entity_id, self.type, self.paths)
 
 
-AttrDep = Annotated[OneAttr, Depends()]
+async def one_attr(
+    entity_id: str,
+    attr_name: str,
+    svc: V2Dep,
+    tenant: ServiceDep,
+    paths: PathsDep,
+    type: TypeParam = None,
+) -> OneAttr:
+    """The dependency (a coroutine, so the routes' compiled plans cover it)."""
+    return OneAttr(entity_id, attr_name, svc, tenant, paths, type)
+
+
+AttrDep = Annotated[OneAttr, Depends(one_attr)]
 
 
 @router.get("/entities/{entity_id}/attrs/{attr_name}", summary="Get attribute data")
