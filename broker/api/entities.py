@@ -451,7 +451,13 @@ def map_request(request: Request, params: P.Representation) -> MapRequest | None
 def forward_call(request: Request, tenant: str) -> Call:
     """What of a request goes along when it is forwarded to context sources."""
     headers = request.headers
-    return Call(tenant=tenant, link=headers.get("link"), via=headers.get("via"), request=headers)
+    return Call(
+        tenant=tenant,
+        link=headers.get("link"),
+        via=headers.get("via"),
+        request=headers,
+        params=dict(request.query_params),
+    )
 
 
 async def query_response(

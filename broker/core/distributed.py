@@ -347,22 +347,58 @@ class DistributedService:
         query: EntityQuery,
         tm: TermMap,
         given: dict[str, str],
+        ids: Sequence[str] | None = None,
+        limit: str | None = None,
     ) -> dict[str, str]:
-        """The parameters of a query forwarded to ``reg`` (without its page): the
-        client's selection in its terms, narrowed to what the registration holds."""
-        sent = {k: v for k, v in given.items() if k in PASSED_ON}
+        """The parameters of a query forwarded to ``reg`` (with ``limit`` in place of
+        the client's ``limit``/``offset`` when given, else without its page): the
+        client's selection as it wrote it (its terms, its order), narrowed to what the
+        registration holds (clause 4.3.6.1: "all constraints specified in the
+        registration shall be respected"): the registration's types when the client
+        named none, ``ids`` when the client named none, and the attributes it is
+        registered for. Nothing the client did not ask for is added (no ``options``
+        but ``sysAttrs`` when the client asked for it, no ``count``): the source is
+        asked the same question."""
+        held = reg.attrs_for(infos)
         attrs = self._attrs(reg, infos, query.attrs)
-        if attrs:
-            sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
-        if "type" in given:
-            sent["type"] = given["type"]
-        else:
+        attrs_text = ",".join(tm.compact(a) for a in attrs) if attrs else None
+        sent: dict[str, str] = {}
+        for key, value in given.items():
+            if key in PASSED_ON or key in ("type", "count"):
+                sent[key] = value
+            elif key == "attrs" and attrs_text:
+                sent[key] = value if held is None else attrs_text
+            elif key == "options" and "sysAttrs" in value.split(","):
+                sent[key] = "sysAttrs"  # the hub renders the rest itself
+            elif key in ("limit", "offset") and limit is not None and "limit" not in sent:
+                sent["limit"] = limit
+        if "type" not in sent:
             types = reg.types_for(infos)
             if types:
                 sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-        sent["options"] = "sysAttrs"
+        if ids and "id" not in sent and "idPattern" not in sent:
+            sent["id"] = ",".join(ids)
+        if attrs_text and "attrs" not in sent:
+            sent["attrs"] = attrs_text
         if reg.local_only:
             sent["local"] = "true"  # management.localOnly: its own data, not its sources'
+        return sent
+
+    @staticmethod
+    def _page_params(call: Call, want: int | None) -> dict[str, str]:
+        """The URL parameters of a forwarded request whose selection is not in its URL
+        (a Query body, a retrieve): of the client's, its page (``limit`` as the first
+        ``want``, when it asked for a page), ``count`` and ``options=sysAttrs``; nothing
+        it did not ask for."""
+        given = call.params or {}
+        sent: dict[str, str] = {}
+        for key, value in given.items():
+            if key in ("limit", "offset") and want is not None and "limit" not in sent:
+                sent["limit"] = str(max(want, 1))
+            elif key == "count" and want is not None:
+                sent[key] = value
+            elif key == "options" and "sysAttrs" in value.split(","):
+                sent[key] = "sysAttrs"
         return sent
 
     @staticmethod
@@ -498,15 +534,12 @@ class DistributedService:
     ) -> dict[str, str]:
         """The parameters of ``GET /entities`` asking ``reg`` for what ``given`` (the
         query's parameters, in the client's terms) selects, narrowed to the types and
-        attributes it is registered for (clause 4.3.6.1: "all constraints specified in
-        the registration shall be respected")."""
-        sent = self._sent(reg, infos, query, tm, given)
-        if "id" not in sent and "idPattern" not in sent:
-            held_ids = self._held_ids(infos, query.types)
-            if held_ids:
-                sent["id"] = ",".join(held_ids)
-        sent.update(limit=str(max(want, 1)), count="true")
-        return sent
+        attributes it is registered for (see :meth:`_sent`). A page the client asked
+        for (``limit``, ``offset``) is asked of each source as its first ``want``
+        entities, since the merged list is cut here; without either, the source's own
+        default page is the same as this hub's."""
+        held_ids = self._held_ids(infos, query.types)
+        return self._sent(reg, infos, query, tm, given, held_ids, str(max(want, 1)))
 
     def _query_body(
         self, reg: Registration, infos: list[Info], query: EntityQuery, tm: TermMap
@@ -601,7 +634,7 @@ class DistributedService:
             post = reg.supports("queryBatch") and (batch or not reg.supports("queryEntity"))
             if post:
                 body = self._query_body(reg, infos, query, tm)
-                sent = {"limit": str(max(want, 1)), "count": "true", "options": "sysAttrs"}
+                sent = self._page_params(call, want)
                 if reg.local_only:
                     sent["local"] = "true"
                 inline = call.context is not None
@@ -1286,7 +1319,7 @@ class DistributedService:
                 return []
 
         async def ask(reg: Registration, infos: list[Info]) -> Answer:
-            sent = {"options": "sysAttrs"}
+            sent = self._page_params(call, None)
             if reg.local_only:
                 sent["local"] = "true"
             wanted = self._attrs(reg, infos, attrs)
