@@ -27,7 +27,7 @@ source only for the entities of that page it holds, by id.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -62,6 +62,20 @@ from broker.query.scopeq import format_scope_q
 PASSED_ON = frozenset(
     {"id", "idPattern", "q", "georel", "geometry", "coordinates", "geoproperty", "geoQ", "scopeQ"}
 )
+
+
+#: Parameters of writes whose value only names the operation's default: ``options=replace``
+#: of a batch upsert (clause 5.6.8: entities are replaced unless ``update`` is asked for)
+#: and ``deleteAll=false`` of an attribute delete (clause 5.6.5). A forwarded write leaves
+#: them out: the source is asked the same thing.
+DEFAULT_WRITE_PARAMS = frozenset({("options", "replace"), ("deleteAll", "false")})
+
+
+def write_params(given: Iterable[tuple[str, str]]) -> dict[str, str] | None:
+    """The URL parameters a write is forwarded with: the client's, in its order, less
+    ``local`` (it asked this hub) and those naming the operation's default."""
+    sent = {k: v for k, v in given if k != "local" and (k, v) not in DEFAULT_WRITE_PARAMS}
+    return sent or None
 
 
 def georel_text(geo: GeoQuery) -> str:

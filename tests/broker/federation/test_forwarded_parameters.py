@@ -46,13 +46,15 @@ def hub(tmp_path: Any) -> Iterator[TestClient]:
         yield c
 
 
-def register(client: TestClient, url: str, **info: Any) -> None:
+def register(client: TestClient, url: str, *, operations: Any = None, **info: Any) -> None:
     body = {
         "id": "urn:ngsi-ld:ContextSourceRegistration:京王バス",
         "type": "ContextSourceRegistration",
         "information": [{"entities": [{"type": "Bus"}], **info}],
         "endpoint": url,
     }
+    if operations is not None:
+        body["operations"] = operations
     r = client.post(R, json=body, headers=JSON)
     assert r.status_code == 201, r.text
 
@@ -121,3 +123,25 @@ def test_a_retrieve_is_asked_again_without_additions(hub: TestClient, cs: Source
     r = hub.get(f"{E}/{BUS}", params={"options": "sysAttrs,keyValues"})
     assert r.status_code == 200, r.text
     assert cs.requests[-1].query == {"options": "sysAttrs"}
+
+
+def test_a_write_is_forwarded_without_the_operations_defaults(hub: TestClient, cs: Source) -> None:
+    """Clause 5.6.8 (Batch Entity Creation or Update): an upsert replaces the entities
+    unless ``options=update`` is given, so ``options=replace`` names the default and
+    the source is asked the same without it; ``options=update`` is passed on. Clause
+    5.6.5: ``deleteAll`` is false unless given, likewise."""
+    register(hub, cs.url, operations=["redirectionOps"])
+    cs.answer("POST", "/ngsi-ld/v1/entityOperations/upsert", 204, None)
+    cs.answer("DELETE", f"/ngsi-ld/v1/entities/{BUS}/attrs/路線", 204, None)
+    upsert = "/ngsi-ld/v1/entityOperations/upsert"
+    r = hub.post(upsert, params={"options": "replace"}, json=[bus()], headers=JSON)
+    assert r.status_code in (201, 204), r.text
+    assert cs.requests[-1].raw_query == ""
+    assert cs.requests[-1].body[0]["路線"]["value"] == "調布駅北口 → 深大寺"
+    r = hub.post(upsert, params={"options": "update"}, json=[bus()], headers=JSON)
+    assert r.status_code == 204, r.text
+    assert cs.requests[-1].query == {"options": "update"}
+    r = hub.delete(f"{E}/{BUS}/attrs/路線", params={"deleteAll": "false"})
+    assert r.status_code == 204, r.text
+    assert cs.requests[-1].method == "DELETE"
+    assert cs.requests[-1].raw_query == ""
