@@ -327,32 +327,38 @@ class DistributedService:
     ) -> list[tuple[Registration, list[Info]]]:
         """The active registrations that may answer ``operation`` for this selection
         (and whose own properties match the context source filter ``csf``)."""
+        selection = Selector(ids=ids, id_pattern=id_pattern, types=types)
+        return await self._matching(tenant, (operation,), [selection], attrs, csf)
+
+    async def _matching(
+        self,
+        tenant: str,
+        operations: Sequence[str],
+        selections: Sequence[Selector],
+        attrs: Sequence[str] | None,
+        csf: Node | None,
+    ) -> list[tuple[Registration, list[Info]]]:
+        """The active registrations allowing one of ``operations`` whose information
+        groups may hold what one of ``selections`` selects (with ``attrs``), each with
+        those groups, and whose own properties match ``csf``."""
         out = []
         for reg in await self.registrations.active(tenant):
-            if not reg.supports(operation):
+            if not any(reg.supports(op) for op in operations):
                 continue
             if csf is not None and not matches_q(csf, reg.subject):
                 continue
-            infos = reg.infos_for(types=types, ids=ids, id_pattern=id_pattern, attrs=attrs)
+            infos: list[Info] = []
+            for sel in selections:
+                for info in reg.infos_for(
+                    types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern, attrs=attrs
+                ):
+                    if info not in infos:
+                        infos.append(info)
             if infos:
                 out.append((reg, infos))
         return out
 
     # -- helpers ---------------------------------------------------------------------------
-
-    async def _query_sources(
-        self, tenant: str, query: EntityQuery, csf: Node | None
-    ) -> list[tuple[Registration, list[Info]]]:
-        """The sources a query of entities is forwarded to (``queryEntity``)."""
-        return await self.sources(
-            tenant,
-            "queryEntity",
-            types=query.types,
-            ids=query.ids,
-            id_pattern=query.id_pattern,
-            attrs=query.attrs,
-            csf=csf,
-        )
 
     def _sent(
         self,
@@ -512,30 +518,19 @@ class DistributedService:
     # -- query -----------------------------------------------------------------------------
 
     async def query_sources(
-        self, tenant: str, query: EntityQuery, csf: Node | None = None
+        self,
+        tenant: str,
+        query: EntityQuery,
+        csf: Node | None = None,
+        operations: Sequence[str] = ("queryEntity", "queryBatch"),
     ) -> list[tuple[Registration, list[Info]]]:
-        """The active registrations that may answer a query (``queryEntity`` or
-        ``queryBatch``) for what ``query`` selects: its own selection, or any of its
+        """The active registrations that may answer a query (with one of
+        ``operations``) for what ``query`` selects: its own selection, or any of its
         entity selectors (a Query body's ``entities``)."""
         selections = query.selectors or [
             Selector(ids=query.ids, id_pattern=query.id_pattern, types=query.types)
         ]
-        out = []
-        for reg in await self.registrations.active(tenant):
-            if not (reg.supports("queryEntity") or reg.supports("queryBatch")):
-                continue
-            if csf is not None and not matches_q(csf, reg.subject):
-                continue
-            infos: list[Info] = []
-            for sel in selections:
-                for info in reg.infos_for(
-                    types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern, attrs=query.attrs
-                ):
-                    if info not in infos:
-                        infos.append(info)
-            if infos:
-                out.append((reg, infos))
-        return out
+        return await self._matching(tenant, operations, selections, query.attrs, csf)
 
     def _get_params(
         self,
@@ -757,8 +752,7 @@ class DistributedService:
         if maps is None:
             raise InternalError("entity maps are not set up")
         doc = await maps.find(tenant, asked.ref) if asked.ref is not None else None
-        given = params if params is not None else params_of(query, tm)
-        sources = [] if local else await self._query_sources(tenant, query, csf)
+        given, sources = await self._map_sources(tenant, query, tm, params, local, csf)
         failed: list[Answer] = []
         created = doc is None
         if doc is None:
@@ -787,11 +781,27 @@ class DistributedService:
         Source Registration, the request is forwarded ... The mapping between the
         Context Source Registration and the EntityMap Id is added to the linkedMaps
         element"), stored; with the ``NGSILD-Warning`` header for sources that failed."""
-        given = params if params is not None else params_of(query, tm)
-        sources = [] if local else await self._query_sources(tenant, query, csf)
+        given, sources = await self._map_sources(tenant, query, tm, params, local, csf)
         failed: list[Answer] = []
         doc = await self._make_map(tenant, query, tm, call, given, sources, failed, asked)
         return doc, warning(failed)
+
+    async def _map_sources(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        tm: TermMap,
+        params: dict[str, str] | None,
+        local: bool,
+        csf: Node | None,
+    ) -> tuple[dict[str, str], list[tuple[Registration, list[Info]]]]:
+        """The query's parameters (the request's own, else made from ``query``) and the
+        sources a query through an entity map asks: those allowing ``queryEntity``,
+        since the map's pages are asked as ``GET /entities`` by id."""
+        given = params if params is not None else params_of(query, tm)
+        if local:
+            return given, []
+        return given, await self.query_sources(tenant, query, csf, ("queryEntity",))
 
     async def _make_map(
         self,
