@@ -145,3 +145,21 @@ def test_a_write_is_forwarded_without_the_operations_defaults(hub: TestClient, c
     assert r.status_code == 204, r.text
     assert cs.requests[-1].method == "DELETE"
     assert cs.requests[-1].raw_query == ""
+
+
+def test_a_query_body_is_forwarded_with_the_clients_page_only(hub: TestClient, cs: Source) -> None:
+    """Clause 5.7.2.4 with a Query body (``POST /entityOperations/query``) sent to a
+    source that allows ``queryBatch`` only: the body is the client's selection; of the
+    URL parameters, only the page and count the client asked for go along."""
+    register(hub, cs.url, operations=["queryBatch"])
+    cs.answer("POST", "/ngsi-ld/v1/entityOperations/query", 200, [bus()])
+    query = {"type": "Query", "entities": [{"type": "Bus"}], "q": '路線=="調布駅北口 → 深大寺"'}
+    path = "/ngsi-ld/v1/entityOperations/query"
+    r = hub.post(path, json=query, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert [e["id"] for e in r.json()] == [BUS]
+    assert cs.requests[-1].body == query
+    assert cs.requests[-1].raw_query == ""
+    r = hub.post(path, params={"limit": "1", "count": "true"}, json=query, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert list(cs.requests[-1].query.items()) == [("limit", "2"), ("count", "true")]
