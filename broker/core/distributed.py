@@ -1018,7 +1018,8 @@ class DistributedService:
     ) -> tuple[list[dict[str, Any]], int, dict[str, str]]:
         """Forward a read the sources answer with a list of entities in a representation
         this hub does not parse (temporal evolutions): the request's own parameters are
-        passed on, asking for the first ``offset + limit``. Returns the entities the
+        passed on in its order, its page as the first ``offset + limit``; nothing is
+        added. Returns the entities the
         sources answered (each only if the registration may hold it and the caller may
         read its type), the sum of their counts, and the ``NGSILD-Warning`` header."""
         sources = await self.sources(
@@ -1032,8 +1033,12 @@ class DistributedService:
         if not sources:
             return [], 0, {}
         want = min(query.offset + query.limit, self.max_limit)
-        sent = {k: v for k, v in params.items() if k not in ("local", "offset", "limit", "count")}
-        sent.update(limit=str(max(want, 1)), count="true")
+        sent: dict[str, str] = {}
+        for key, value in params.items():
+            if key in ("limit", "offset"):  # the first offset + limit: the page is cut here
+                sent.setdefault("limit", str(max(want, 1)))
+            elif key != "local":
+                sent[key] = value
         answers: list[Answer] = await asyncio.gather(
             *(self.forwarder.send(reg, call, "GET", path, params=sent) for reg, _i in sources)
         )

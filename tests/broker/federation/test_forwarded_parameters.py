@@ -163,3 +163,33 @@ def test_a_query_body_is_forwarded_with_the_clients_page_only(hub: TestClient, c
     r = hub.post(path, params={"limit": "1", "count": "true"}, json=query, headers=JSON)
     assert r.status_code == 200, r.text
     assert list(cs.requests[-1].query.items()) == [("limit", "2"), ("count", "true")]
+
+
+def test_a_temporal_query_is_asked_again_as_the_client_wrote_it(
+    hub: TestClient, cs: Source
+) -> None:
+    """Clause 5.7.4 (Query Temporal Evolution of Entities) with a registration allowing
+    ``queryTemporal``: the source is asked the client's temporal query, its parameters in
+    the client's order, the page as the first ``offset + limit``, nothing added."""
+    register(hub, cs.url, operations=["queryTemporal"])
+    evolution = {
+        "id": BUS,
+        "type": "Bus",
+        "路線": [
+            {
+                "type": "Property",
+                "value": "調布駅北口 → 深大寺",
+                "observedAt": "2026-09-01T09:00:00Z",
+            }
+        ],
+    }
+    cs.answer("GET", "/ngsi-ld/v1/temporal/entities", 200, [evolution])
+    asked = {"type": "Bus", "timerel": "after", "timeAt": "2026-09-01T00:00:00Z"}
+    r = hub.get("/ngsi-ld/v1/temporal/entities", params=asked)
+    assert r.status_code == 200, r.text
+    assert [e["id"] for e in r.json()] == [BUS]
+    assert list(cs.requests[-1].query.items()) == list(asked.items())
+    r = hub.get("/ngsi-ld/v1/temporal/entities", params={**asked, "offset": "1", "limit": "1"})
+    assert r.status_code == 200, r.text
+    assert r.json() == []  # the one evolution is on the first page
+    assert list(cs.requests[-1].query.items()) == [*asked.items(), ("limit", str(1 + 1))]
