@@ -9,15 +9,12 @@ request whether a client or a hub sends it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-from broker.app import create_app
-from tests.broker.federation.source import Source, source
-from tests.conftest import JSON, make_settings
+from tests.broker.federation.source import Source
+from tests.conftest import JSON
 
 E = "/ngsi-ld/v1/entities"
 R = "/ngsi-ld/v1/csourceRegistrations"
@@ -32,18 +29,6 @@ def bus() -> dict[str, Any]:
         "路線": {"type": "Property", "value": "調布駅北口 → 深大寺"},
         "次の停留所": {"type": "Relationship", "object": STOP},
     }
-
-
-@pytest.fixture
-def cs() -> Iterator[Source]:
-    with source() as s:
-        yield s
-
-
-@pytest.fixture
-def hub(tmp_path: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tmp_path, hub_id="chofu-hub"))) as c:
-        yield c
 
 
 def register(client: TestClient, url: str, *, operations: Any = None, **info: Any) -> None:

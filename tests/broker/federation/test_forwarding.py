@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
-import pytest
 from fastapi.testclient import TestClient
 
 from broker.app import create_app
@@ -27,18 +25,6 @@ def chofu_aed(**extra: Any) -> dict[str, Any]:
         "name": {"type": "Property", "value": "調布市役所", "modifiedAt": "2026-04-01T00:00:00Z"},
         **extra,
     }
-
-
-@pytest.fixture
-def cs() -> Iterator[Source]:
-    with source() as s:
-        yield s
-
-
-@pytest.fixture
-def hub(tmp_path: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tmp_path, hub_id="tokyo-hub"))) as c:
-        yield c
 
 
 def register(client: TestClient, url: str, **extra: Any) -> None:
