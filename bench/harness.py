@@ -11,7 +11,9 @@ at once with the end of its log.
   for a SQLite file, or a MongoDB URI), the bare FastAPI baseline (``bench/bare_app.py``)
   and ``renkei iot-agent``, each a context manager yielding a ``Server``;
 * ``mosquitto``: the tests' Mosquitto, with ``$SYS`` published every second;
-* ``mongoeco``: the tests' in-memory MongoDB wire server;
+* ``mongoeco``: the tests' in-memory MongoDB wire server; ``mongo_server``: a given
+  MongoDB server, else mongoeco; ``mongo_database``: a fresh database there, dropped
+  afterwards;
 * ``run_wrk``: the HTTP load generator (``wrk``, with a Lua script);
 * ``beside``: a figure, its same-run baseline and their ratio, on one line.
 """
@@ -26,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,13 +243,58 @@ def mosquitto(workdir: Path) -> Iterator[MqttBroker]:
         broker.stop()
 
 
+#: mongoeco answers nothing else while it works (a write's cost grows with the
+#: collection), so its URL gives the driver minutes, not the hub's seconds: a slow write
+#: must not look like a dead server (its connections would be dropped mid-operation).
+MONGOECO_TIMEOUTS = "connectTimeoutMS=600000&socketTimeoutMS=600000"
+
+
 @contextlib.contextmanager
 def mongoeco() -> Iterator[str]:
     """The tests' mongoeco wire server (in-memory, pure Python); yields its URL."""
     from tests.mongo_support import mongoeco_server
 
     with mongoeco_server() as url:
+        yield url + ("&" if "?" in url else "/?") + MONGOECO_TIMEOUTS
+
+
+@contextlib.contextmanager
+def mongo_server(url: str | None) -> Iterator[str]:
+    """``url`` (a MongoDB server), or without one the tests' mongoeco for this run, whose
+    figures check the path end to end but say nothing about MongoDB; yields the URL."""
+    if url:
         yield url
+        return
+    print("mongoeco smoke run: the figures are not MongoDB's", flush=True)
+    with mongoeco() as started:
+        yield started
+
+
+def with_database(url: str, database: str) -> str:
+    """The server ``url`` naming ``database`` (its options kept)."""
+    head, sep, query = url.partition("?")
+    scheme, _, rest = head.partition("://")
+    hosts = rest.split("/", 1)[0]
+    return f"{scheme}://{hosts}/{database}{sep}{query}"
+
+
+def fresh_database(prefix: str) -> str:
+    """A database name no earlier run used: ``prefix`` and a random suffix."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def mongo_database(server: str, database: str) -> Iterator[str]:
+    """The URL of ``database`` on ``server``, dropped afterwards (also on failure)."""
+    from pymongo import MongoClient
+
+    try:
+        yield with_database(server, database)
+    finally:
+        with contextlib.suppress(Exception):
+            client: MongoClient[dict[str, object]] = MongoClient(server)
+            client.drop_database(database)
+            client.close()
 
 
 # -- load client -----------------------------------------------------------------------------

@@ -3,13 +3,15 @@
 Usage::
 
     .venv/bin/python bench/queries_mongo.py --mongo 'mongodb://127.0.0.1:27017/?directConnection=true'
-    .venv/bin/python bench/queries_mongo.py --sizes 2000 --queries 20     # mongoeco smoke run
+    .venv/bin/python bench/queries_mongo.py --sizes 1000 --batch 100 --concurrency 1 \
+        --queries 10 --warmup 2                                           # mongoeco smoke run
 
 For each size N: ``renkei serve --store`` a fresh database on the server, the same N
 entities and batched upserts as ``queries.py``, then the same range / near / within
-queries. Baseline, in the same run: the same rows (id, type, JSON document) into a
-scratch collection of that server with one unordered ``insert_many`` at the same write
-concern (``w=majority``). Without ``--mongo``, a mongoeco wire server (in-memory, pure
+queries, checked as there (a kind whose every query is empty fails the run: at 300
+entities no 500 m circle holds one). Baseline, in the same run: the same rows (id, type,
+JSON document) into a scratch collection of that server with one unordered
+``insert_many`` at the same write concern (``w=majority``). Without ``--mongo``, a mongoeco wire server (in-memory, pure
 Python, from the tests' side virtualenv) is started: that run checks the benchmark and
 the backend end to end, but its figures say nothing about MongoDB.
 """
@@ -17,8 +19,6 @@ the backend end to end, but its figures say nothing about MongoDB.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import random
 import shutil
 import sys
 import tempfile
@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness import BenchError, beside, hub, mongoeco
+from harness import BenchError, beside, fresh_database, hub, mongo_database, mongo_server
 from pymongo import MongoClient
 from queries import (
     KINDS,
@@ -34,18 +34,11 @@ from queries import (
     SizeResult,
     load,
     make_dataset,
+    measure_queries,
     parse_sizes,
     percentile,
-    run_queries,
     stored_count,
 )
-
-
-def with_database(url: str, database: str) -> str:
-    head, sep, query = url.partition("?")
-    scheme, _, rest = head.partition("://")
-    hosts = rest.split("/", 1)[0]
-    return f"{scheme}://{hosts}/{database}{sep}{query}"
 
 
 def pymongo_baseline(url: str, rows: list[tuple[str, str, str]]) -> LoadResult:
@@ -68,11 +61,13 @@ def run_size(size: int, args: argparse.Namespace, server: str, tmp: Path) -> Siz
     workdir = tmp / f"n{size}"
     workdir.mkdir()
     data = make_dataset(size, args.batch, args.seed)
-    database = f"renkei_bench_{size}_{uuid.uuid4().hex[:8]}"
-    store = with_database(server, database)
+    database = fresh_database(f"renkei_bench_{size}")
     print(f"\n== {size:,} entities into {database}", flush=True)
     try:
-        with hub(workdir / "broker.log", store) as broker:
+        with (
+            mongo_database(server, database) as store,
+            hub(workdir / "broker.log", store) as broker,
+        ):
             up = load(broker, data, args.concurrency)
             print(
                 f"  upsert    {up.per_s:>9,.0f} entities/s  ({up.seconds:.1f} s, batch p95 "
@@ -87,21 +82,8 @@ def run_size(size: int, args: argparse.Namespace, server: str, tmp: Path) -> Siz
                 + beside("upsert", up.per_s, "pymongo", base.per_s, "entities/s"),
                 flush=True,
             )
-            queries = {}
-            for i, kind in enumerate(KINDS):
-                rng = random.Random(args.seed * 1000 + i)
-                res = run_queries(broker, kind, args.queries, args.warmup, rng, args.budget)
-                queries[kind] = res
-                print(
-                    f"  {kind:<8}  p50 {res.pct(50):7.2f} ms  p95 {res.pct(95):7.2f} ms  "
-                    f"results/query {res.mean_results:5.1f}",
-                    flush=True,
-                )
+            queries = measure_queries(broker, args)
     finally:
-        with contextlib.suppress(Exception):
-            client: MongoClient[dict[str, object]] = MongoClient(server)
-            client.drop_database(database)
-            client.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return SizeResult(size, up, base, queries)
 
@@ -119,10 +101,7 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-qm-"))
     try:
-        with contextlib.ExitStack() as stack:
-            server = args.mongo or stack.enter_context(mongoeco())
-            if not args.mongo:
-                print("mongoeco smoke run: the figures are not MongoDB's", flush=True)
+        with mongo_server(args.mongo) as server:
             results = [run_size(size, args, server, tmp) for size in args.sizes]
         print(f"\n{'entities':>9} {'upsert/s':>9} {'pymongo/s':>10} {'ratio':>6}", end="")
         print("".join(f" {kind + ' p95':>12}" for kind in KINDS))

@@ -109,14 +109,30 @@ def pct(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def measure_api(url: str, sensors: int, days: int, queries: int) -> dict[str, list[float]]:
+#: (a) a sensor and the start of its week; (b) the start of a month
+Selections = tuple[list[tuple[int, datetime]], list[datetime]]
+#: milliseconds per query kind ("raw", "aggr")
+Timings = dict[str, list[float]]
+
+
+def selections(sensors: int, days: int, queries: int) -> Selections:
+    """The queries' random selections, the same for the API and its baseline."""
     rng = random.Random(7)
-    out: dict[str, list[float]] = {"raw": [], "aggr": []}
+    raw = [
+        (rng.randrange(sensors), START + timedelta(days=rng.randrange(0, days - 7)))
+        for _ in range(queries)
+    ]
+    aggr = [
+        START + timedelta(days=rng.randrange(0, days - 30)) for _ in range(max(queries // 4, 10))
+    ]
+    return raw, aggr
+
+
+def measure_api(url: str, sensors: int, plan: Selections) -> Timings:
+    out: Timings = {"raw": [], "aggr": []}
+    raw, aggr = plan
     with httpx.Client(base_url=url, timeout=60) as client:
-        for i in range(queries):
-            n = rng.randrange(sensors)
-            day = rng.randrange(0, days - 7)
-            t0 = START + timedelta(days=day)
+        for i, (n, t0) in enumerate(raw):
             params = {
                 "timerel": "between",
                 "timeAt": iso(t0),
@@ -130,9 +146,7 @@ def measure_api(url: str, sensors: int, days: int, queries: int) -> dict[str, li
                 raise BenchError(f"raw query: {r.status_code} {r.text[:300]}")
             if i:  # the first request warms the connection
                 out["raw"].append(elapsed * 1000)
-        for i in range(max(queries // 4, 10)):
-            day = rng.randrange(0, days - 30)
-            t0 = START + timedelta(days=day)
+        for i, t0 in enumerate(aggr):
             params = {
                 "type": TYPE,
                 "timerel": "between",
@@ -159,17 +173,15 @@ def measure_api(url: str, sensors: int, days: int, queries: int) -> dict[str, li
     return out
 
 
-def measure_sql(db: Path, sensors: int, days: int, queries: int) -> dict[str, list[float]]:
+def measure_sql(db: Path, plan: Selections) -> Timings:
     """The floor: the same selections in plain SQL on the history table."""
-    rng = random.Random(7)
     us = 1_000_000
-    base = int(START.timestamp()) * us
-    out: dict[str, list[float]] = {"raw": [], "aggr": []}
+    out: Timings = {"raw": [], "aggr": []}
+    raw, aggr = plan
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        for _ in range(queries):
-            n = rng.randrange(sensors)
-            lo = base + rng.randrange(0, days - 7) * 86_400 * us
+        for n, t0 in raw:
+            lo = int(t0.timestamp()) * us
             start = time.perf_counter()
             rows = conn.execute(
                 "SELECT doc, num, at FROM history WHERE sid=(SELECT sid FROM history_series "
@@ -179,8 +191,8 @@ def measure_sql(db: Path, sensors: int, days: int, queries: int) -> dict[str, li
             ).fetchall()
             [instance_of(*r) for r in rows]
             out["raw"].append((time.perf_counter() - start) * 1000)
-        for _ in range(max(queries // 4, 10)):
-            lo = base + rng.randrange(0, days - 30) * 86_400 * us
+        for t0 in aggr:
+            lo = int(t0.timestamp()) * us
             start = time.perf_counter()
             conn.execute(
                 "SELECT h.sid, (h.at - ?) / ?, avg(h.num), max(h.num) FROM history_types t "
@@ -207,67 +219,109 @@ def loaded_instances(db: Path) -> int:
         conn.close()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every store's run of this benchmark takes."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
     ap.add_argument("--sensors", type=int, default=200)
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--inflight", type=int, default=4)
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    ap.add_argument(
-        "--keep",
-        type=Path,
-        help="keep the store in this folder; a store already loaded there is reused",
-    )
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """The options, checked; the run then stops on SIGTERM as on Ctrl+C."""
     args = ap.parse_args()
     if args.days < 31:
         ap.error("--days must be at least 31 (the aggregate query spans 30 days)")
     stop_on_sigterm()
     warn_if_busy(0.25)
-    total = args.days * 144
-    with tempfile.TemporaryDirectory(prefix="renkei-bench-") as tmp:
-        folder = args.keep or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        db = folder / "temporal.db"
-        count = args.sensors * total
-        loaded = loaded_instances(db)
-        if loaded not in (0, count):
-            raise BenchError(f"{db} holds {loaded:,} instances, not {count:,}: remove it")
-        with hub(Path(tmp) / "broker.log", sqlite_store(db)) as server:
-            seconds = math.nan
-            if loaded:
-                print(f"reusing {db} ({loaded:,} instances)", flush=True)
-            else:
-                print(f"loading {args.sensors} sensors x {total:,} readings ...", flush=True)
-                seconds = asyncio.run(load(server.url, args.sensors, total, args.inflight))
-            api = measure_api(server.url, args.sensors, args.days, args.queries)
-        sql = measure_sql(db, args.sensors, args.days, args.queries)
-        size = sum(p.stat().st_size for p in db.parent.glob("temporal.db*"))
+    return args
+
+
+def run(
+    url: str, args: argparse.Namespace, plan: Selections, reused: bool
+) -> tuple[float, Timings]:
+    """Load the readings into the hub at ``url`` (unless ``reused``), then time the
+    queries; returns the load's seconds (NaN when reused) and the timings."""
+    seconds = math.nan
+    if not reused:
+        print(f"loading {args.sensors} sensors x {args.days * 144:,} readings ...", flush=True)
+        seconds = asyncio.run(load(url, args.sensors, args.days * 144, args.inflight))
+    return seconds, measure_api(url, args.sensors, plan)
+
+
+def report(
+    count: int,
+    seconds: float,
+    size: int | None,
+    size_note: str,
+    api: Timings,
+    base: Timings,
+    base_label: str,
+    check: bool,
+) -> int:
+    """Print the figures beside the baseline and the targets; the exit status."""
     print()
     if math.isnan(seconds):
         print(f"instances (reused) {count:>14,}")
     else:
         print(f"instances loaded   {count:>14,}  in {seconds:,.0f} s  ({count / seconds:,.0f}/s)")
-    print(
-        f"store size         {size / 2**20:>14,.0f} MiB  ({size / 2**20 / (count / 1e6):,.1f} MiB per million instances)"
-    )
+    if size is None:
+        print(f"store size         {'not available':>14}  ({size_note})")
+    else:
+        print(
+            f"store size         {size / 2**20:>14,.0f} MiB  "
+            f"({size / 2**20 / (count / 1e6):,.1f} MiB per million instances{size_note})"
+        )
     print()
-    print(f"{'query':<38} {'p50 ms':>8} {'p95 ms':>8} {'SQL p95':>8} {'ratio':>7} {'target':>8}")
+    head = f"{base_label} p95"
+    width = max(8, len(head))
+    print(f"{'query':<38} {'p50 ms':>8} {'p95 ms':>8} {head:>{width}} {'ratio':>7} {'target':>8}")
     ok = True
     for key, label, target in (
         ("raw", "(a) one sensor, one week, raw", TARGET_RAW_MS),
         ("aggr", "(b) one type, one month, avg,max P1D", TARGET_AGGR_MS),
     ):
         p95 = pct(api[key], 95)
-        base = pct(sql[key], 95)
+        floor = pct(base[key], 95)
         met = p95 <= target
         ok &= met
         print(
-            f"{label:<38} {statistics.median(api[key]):>8.1f} {p95:>8.1f} {base:>8.1f} "
-            f"{p95 / base if base else float('nan'):>6.1f}x {'<= ' + str(int(target)):>8} "
+            f"{label:<38} {statistics.median(api[key]):>8.1f} {p95:>8.1f} {floor:>{width}.1f} "
+            f"{p95 / floor if floor else float('nan'):>6.1f}x {'<= ' + str(int(target)):>8} "
             f"{'met' if met else 'MISSED'}"
         )
-    return 0 if ok or not args.check else 1
+    return 0 if ok or not check else 1
+
+
+def main() -> int:
+    ap = arguments(__doc__ or "")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the store in this folder; a store already loaded there is reused",
+    )
+    args = parse(ap)
+    plan = selections(args.sensors, args.days, args.queries)
+    with tempfile.TemporaryDirectory(prefix="renkei-bench-") as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        db = folder / "temporal.db"
+        count = args.sensors * args.days * 144
+        loaded = loaded_instances(db)
+        if loaded not in (0, count):
+            raise BenchError(f"{db} holds {loaded:,} instances, not {count:,}: remove it")
+        with hub(Path(tmp) / "broker.log", sqlite_store(db)) as server:
+            if loaded:
+                print(f"reusing {db} ({loaded:,} instances)", flush=True)
+            seconds, api = run(server.url, args, plan, reused=bool(loaded))
+        sql = measure_sql(db, plan)
+        size = sum(p.stat().st_size for p in db.parent.glob("temporal.db*"))
+    return report(count, seconds, size, "", api, sql, "SQL", args.check)
 
 
 if __name__ == "__main__":

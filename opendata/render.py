@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.model.geo import COORDINATE_GEOMETRY_TYPES
+from broker.shared import COORDINATE_GEOMETRY_TYPES
 from connectors.csv.export import export_rows
 from connectors.csv.layout import Layout
 from connectors.csv.values import format_number

@@ -7,7 +7,10 @@ imports made inside functions too, not only for what happens to be loaded:
   which imports nothing from broker, counts as part of it);
 * ``broker.store``, ``broker.query`` (and ``broker.notify``, ``broker.jsonld``) never
   import ``broker.core`` or ``broker.api``;
-* ``broker.api`` reaches stores only through the services, never ``broker.store``.
+* ``broker.api`` reaches stores only through the services, never ``broker.store``;
+* ``connectors/`` and ``opendata/`` import from the broker only ``broker.shared``, the
+  stable contract between the hub and its connectors (written
+  ``from broker.shared import ...``), which re-exports leaves only.
 """
 
 from __future__ import annotations
@@ -94,6 +97,30 @@ def test_lower_layers_do_not_reach_up_to_services_or_routes(package: str) -> Non
 
 def test_routes_reach_stores_only_through_services() -> None:
     assert violations("broker.api", ["broker.store"]) == []
+
+
+@pytest.mark.parametrize("package", ["connectors", "opendata"])
+def test_connectors_reach_the_broker_only_through_its_shared_module(package: str) -> None:
+    assert violations(package, ["broker"], ("broker.shared",)) == []
+
+
+#: What ``broker.shared`` may re-export: leaves that reach no service, store or route
+#: (``tests/broker/transport/test_layers.py`` holds ``auth``, ``query`` and the transport
+#: to that), so a connector never loads the broker's internals through it.
+SHARED_FROM = (
+    "broker.auth",
+    "broker.errors",
+    "broker.model",
+    "broker.outbound",
+    "broker.query",
+    "broker.transport",
+)
+
+
+def test_the_shared_module_re_exports_leaves_only() -> None:
+    names = [name for _, name in imported(BROKER / "shared.py") if within(name, "broker")]
+    assert names  # the walk sees the imports made for type checkers
+    assert [n for n in names if not any(within(n, leaf) for leaf in SHARED_FROM)] == []
 
 
 def test_the_walk_sees_every_form_of_import() -> None:

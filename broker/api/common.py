@@ -179,7 +179,15 @@ async def read_payload(
     allow_merge_patch: bool = False,
     shape: type = dict,
 ) -> Payload:
-    kind = check_content_type(request, allow_merge_patch=allow_merge_patch)
+    try:
+        kind = check_content_type(request, allow_merge_patch=allow_merge_patch)
+    except UnsupportedMediaType:
+        if request.headers.get("content-type") is None:
+            # No media type declared: the body is examined (RFC 9110 §8.3). One that is not
+            # a JSON document is InvalidRequest as it would be under either JSON type; a
+            # JSON one still needs its media type (415).
+            await read_body(request, max_bytes=max_bytes, max_depth=max_depth)
+        raise
     body = await read_body(request, max_bytes=max_bytes, max_depth=max_depth)
     if not isinstance(body, shape):
         raise InvalidRequest(

@@ -8,6 +8,8 @@ from fastapi import APIRouter
 
 from broker.api import params as P
 from broker.api.collection import ListedCollection, Names, Texts, declare, subscription_id
+from broker.api.common import JSON, LD_JSON, negotiate, page_links
+from broker.api.deps import Operation
 
 router = APIRouter(
     route_class=P.DeclaredRoute,
@@ -16,9 +18,20 @@ router = APIRouter(
 )
 
 
+class CsourceSubscriptions(ListedCollection):
+    """Listed a page at a time with ``Link`` headers to the neighbouring pages
+    (clauses 5.5.9 and 6.3.10)."""
+
+    def page_links(self, op: Operation, limit: int, offset: int, total: int) -> list[str]:
+        kind = negotiate(op.request, (JSON, LD_JSON))
+        return page_links(
+            op.request, offset=offset, limit=limit, more=offset + limit < total, kind=kind
+        )
+
+
 declare(
     router,
-    ListedCollection("/csourceSubscriptions", lambda hub: hub.csubscriptions),
+    CsourceSubscriptions("/csourceSubscriptions", lambda hub: hub.csubscriptions),
     doc_id=subscription_id,
     texts=Texts(
         create="Create context source registration subscription (clause 6.10.3.1)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Annotated, Any
 
 import orjson
@@ -18,7 +19,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, page_links, respond
-from broker.api.deps import Hub, HubDep, TenantDep
+from broker.api.deps import Hub, HubDep, Operation, OperationDep, TenantDep
 from broker.api.prefer import amend, preferences
 from broker.core.distributed import MapRequest, write_params
 from broker.core.entities import UpdateResult
@@ -177,6 +178,50 @@ async def write_through(
         location = location or f"/ngsi-ld/v1/entities/{id_segment(entity_id)}"
         return Response(status_code=201, headers={"Location": location})
     return _no_content()
+
+
+EntityWrite = Callable[[Any, TermMap], Awaitable[UpdateResult | None]]
+
+
+async def write_body(
+    op: Operation,
+    operation: str,
+    entity_id: str,
+    write: EntityWrite,
+    *,
+    merge_patch: bool = False,
+    attr: str | None = None,
+    whole: bool = False,
+) -> Response:
+    """A write of one entity with the request's body (replace, merge, append or update
+    the entity, replace or update one attribute ``attr``): the body read and its context
+    resolved, then the attribute name and the id checked (the order the common behaviours
+    test), then ``write(body, tm)`` (the service call) here and the parts registered
+    elsewhere sent there (``write_through``). 204, or 207 when ``write`` names attributes
+    it did not update."""
+    request, hub, tenant = op.request, op.hub, op.tenant
+    payload, tm = await hub.payload(request, allow_merge_patch=merge_patch)
+    if attr is not None:
+        check_name(attr)
+    check_entity_id(entity_id)
+
+    async def here(body: Any) -> Response:
+        result = await write(body, tm)
+        return _no_content() if result is None else _update_response(result, tm)
+
+    return await write_through(
+        request,
+        hub,
+        tenant,
+        operation,
+        entity_id,
+        here,
+        tm=tm,
+        body=payload.body,
+        context=payload.context,
+        attr=attr,
+        whole=whole,
+    )
 
 
 # -- collection ------------------------------------------------------------------------------
@@ -731,35 +776,10 @@ async def delete_entity(
     openapi_extra=P.json_body("The attribute to replace (clause 5.6.19)."),
 )
 async def replace_attribute(
-    entity_id: P.EntityIdPath,
-    attr: P.AttrPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, attr: P.AttrPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-    payload, tm = await hub.payload(request)
-    name = check_name(attr)
-    check_entity_id(entity_id)
-
-    async def here(body: Any) -> Response:
-        await hub.entities.update_attr(tenant, entity_id, name, body, tm, replace=True)
-        return _no_content()
-
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "replaceAttrs",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-        attr=name,
-    )
+    write = partial(op.hub.entities.update_attr, op.tenant, entity_id, attr, replace=True)
+    return await write_body(op, "replaceAttrs", entity_id, write, attr=attr)
 
 
 @router.patch(
@@ -769,35 +789,10 @@ async def replace_attribute(
     openapi_extra=P.json_body("The attribute fragment to update (clause 5.6.4).", merge_patch=True),
 )
 async def update_attribute(
-    entity_id: P.EntityIdPath,
-    attr: P.AttrPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, attr: P.AttrPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-    payload, tm = await hub.payload(request, allow_merge_patch=True)
-    name = check_name(attr)
-    check_entity_id(entity_id)
-
-    async def here(body: Any) -> Response:
-        await hub.entities.update_attr(tenant, entity_id, name, body, tm, replace=False)
-        return _no_content()
-
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "updateAttrs",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-        attr=name,
-    )
+    write = partial(op.hub.entities.update_attr, op.tenant, entity_id, attr, replace=False)
+    return await write_body(op, "updateAttrs", entity_id, write, merge_patch=True, attr=attr)
 
 
 @router.post(
@@ -807,35 +802,11 @@ async def update_attribute(
     openapi_extra=P.json_body("Attributes to append (clause 5.6.3)."),
 )
 async def append_attributes(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
     no_overwrite = "noOverwrite" in P.options_of(options)
-    payload, tm = await hub.payload(request)
-    check_entity_id(entity_id)
-
-    async def here(body: Any) -> Response:
-        result = await hub.entities.append_attrs(
-            tenant, entity_id, body, tm, no_overwrite=no_overwrite
-        )
-        return _update_response(result, tm)
-
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "appendAttrs",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-    )
+    write = partial(op.hub.entities.append_attrs, op.tenant, entity_id, no_overwrite=no_overwrite)
+    return await write_body(op, "appendAttrs", entity_id, write)
 
 
 @router.patch(
@@ -845,32 +816,10 @@ async def append_attributes(
     openapi_extra=P.json_body("Attributes to update (clause 5.6.2).", merge_patch=True),
 )
 async def update_attributes(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-    payload, tm = await hub.payload(request, allow_merge_patch=True)
-    check_entity_id(entity_id)
-
-    async def here(body: Any) -> Response:
-        result = await hub.entities.update_attrs(tenant, entity_id, body, tm)
-        return _update_response(result, tm)
-
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "updateAttrs",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-    )
+    write = partial(op.hub.entities.update_attrs, op.tenant, entity_id)
+    return await write_body(op, "updateAttrs", entity_id, write, merge_patch=True)
 
 
 @router.put(
@@ -880,33 +829,10 @@ async def update_attributes(
     openapi_extra=P.json_body("The new content of the entity (clause 5.6.18)."),
 )
 async def replace_entity(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-    payload, tm = await hub.payload(request)
-    check_entity_id(entity_id)
-
-    async def here(body: Any) -> Response:
-        await hub.entities.replace(tenant, entity_id, body, tm)
-        return _no_content()
-
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "replaceEntity",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-        whole=True,
-    )
+    write = partial(op.hub.entities.replace, op.tenant, entity_id)
+    return await write_body(op, "replaceEntity", entity_id, write, whole=True)
 
 
 @router.patch(
@@ -918,29 +844,7 @@ async def replace_entity(
     ),
 )
 async def merge_entity(
-    entity_id: P.EntityIdPath,
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
+    entity_id: P.EntityIdPath, op: OperationDep, options: P.Options = None
 ) -> Response:
-    P.check_params(request)
-    payload, tm = await hub.payload(request, allow_merge_patch=True)
-    check_entity_id(entity_id)
-
-    async def here(body: Any) -> Response:
-        await hub.entities.merge(tenant, entity_id, body, tm)
-        return _no_content()
-
-    return await write_through(
-        request,
-        hub,
-        tenant,
-        "mergeEntity",
-        entity_id,
-        here,
-        tm=tm,
-        body=payload.body,
-        context=payload.context,
-    )
+    write = partial(op.hub.entities.merge, op.tenant, entity_id)
+    return await write_body(op, "mergeEntity", entity_id, write, merge_patch=True)

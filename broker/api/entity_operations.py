@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from broker.api import deps
 from broker.api import params as P
 from broker.api.common import JSON, LD_JSON, negotiate, respond
 from broker.api.deps import Hub, HubDep, TenantDep, request_tenant
@@ -100,10 +101,10 @@ def _item_ident(op: Operation, item: BatchItem) -> str | None:
     return raw if isinstance(raw, str) and is_uri(raw) else None
 
 
-async def _run(
-    op: Operation, request: Request, hub: Hub, tenant: str, options: str | None
-) -> tuple[BatchResult, Any]:
-    P.check_params(request)
+async def _run(op: Operation, call: deps.Operation, options: str | None) -> tuple[BatchResult, Any]:
+    """Create, upsert, update or merge a batch (the query parameters are checked by the
+    ``Operation`` dependency): here only, or here and at the context sources."""
+    request, hub, tenant = call.request, call.hub, call.tenant
     opts = P.options_of(options)
     items, tm = await _items(hub, request, allow_merge_patch=op == "merge")
     if P.bool_param(request.query_params.get("local"), "local") or not (
@@ -355,14 +356,8 @@ def _selector(item: Any, tm: TermMap) -> Selector:
     summary="Batch entity creation (clause 6.14.3.1)",
     openapi_extra=P.json_body("The entities to create.", array=True),
 )
-async def batch_create(
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
-) -> Response:
-    result, tm = await _run("create", request, hub, tenant, options)
+async def batch_create(call: deps.OperationDep, options: P.Options = None) -> Response:
+    result, tm = await _run("create", call, options)
     return _result(result, tm, ok_status=201, ok_body=result.success)
 
 
@@ -372,14 +367,8 @@ async def batch_create(
     summary="Batch entity upsert (clause 6.15.3.1)",
     openapi_extra=P.json_body("The entities to create or update.", array=True),
 )
-async def batch_upsert(
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
-) -> Response:
-    result, tm = await _run("upsert", request, hub, tenant, options)
+async def batch_upsert(call: deps.OperationDep, options: P.Options = None) -> Response:
+    result, tm = await _run("upsert", call, options)
     if result.created:
         return _result(result, tm, ok_status=201, ok_body=result.created)
     return _result(result, tm, ok_status=204)
@@ -391,14 +380,8 @@ async def batch_upsert(
     summary="Batch entity update (clause 6.16.3.1)",
     openapi_extra=P.json_body("The entity fragments to update.", array=True),
 )
-async def batch_update(
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
-) -> Response:
-    result, tm = await _run("update", request, hub, tenant, options)
+async def batch_update(call: deps.OperationDep, options: P.Options = None) -> Response:
+    result, tm = await _run("update", call, options)
     return _result(result, tm, ok_status=204)
 
 
@@ -408,14 +391,8 @@ async def batch_update(
     summary="Batch entity merge (clause 6.31.3.1)",
     openapi_extra=P.json_body("The entity fragments to merge.", array=True, merge_patch=True),
 )
-async def batch_merge(
-    request: Request,
-    hub: HubDep,
-    tenant: TenantDep,
-    options: P.Options = None,
-    local: P.Local = None,
-) -> Response:
-    result, tm = await _run("merge", request, hub, tenant, options)
+async def batch_merge(call: deps.OperationDep, options: P.Options = None) -> Response:
+    result, tm = await _run("merge", call, options)
     return _result(result, tm, ok_status=204)
 
 

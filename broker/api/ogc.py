@@ -94,7 +94,10 @@ def service(request: Request, hub: Hub) -> O.OgcService:
     return svc
 
 
-# -- declared query parameters (the API definition is generated from these) -----------------
+# -- declared parameters (the API definition is generated from these) -----------------------
+
+CollectionPath = Annotated[str, Path(alias="collectionId")]
+FeaturePath = Annotated[str, Path(alias="featureId")]
 
 FormatQ = Annotated[
     Literal["json", "geojson", "html"] | None,
@@ -214,8 +217,31 @@ def _json(body: Any, kind: str = JSON, headers: dict[str, str] | None = None) ->
     return Response(orjson.dumps(body), media_type=kind, headers=headers)
 
 
-def _html(template: str, **values: Any) -> HTMLResponse:
-    return HTMLResponse(_templates.get_template(template).render(**values))
+def _page(
+    kind: str,
+    template: str,
+    doc: Any,
+    base: str,
+    *,
+    json_kind: str = JSON,
+    headers: dict[str, str] | None = None,
+    **values: Any,
+) -> Response:
+    """``doc`` as ``json_kind``, or rendered by ``template`` when ``kind`` is HTML;
+    ``headers`` on either."""
+    if kind != HTML:
+        return _json(doc, json_kind, headers)
+    response = HTMLResponse(_templates.get_template(template).render(doc=doc, base=base, **values))
+    response.headers.update(headers or {})
+    return response
+
+
+async def _collection(
+    request: Request, hub: Hub, collection_id: str
+) -> tuple[O.OgcService, str, O.Collection]:
+    """The service, the base URL and the collection a path names (404 for none)."""
+    svc = service(request, hub)
+    return svc, _base(request, hub), await svc.collection(collection_id, await _tenant(request))
 
 
 def _cid(cid: str) -> str:
@@ -243,9 +269,7 @@ async def landing(request: Request, hub: HubDep, f: FormatQ = None, lang: LangQ 
             _link(_root(request, hub) + "/viewer", "related", HTML, "map viewer / 地図"),
         ],
     }
-    if kind == HTML:
-        return _html("landing.html", doc=body, base=base)
-    return _json(body)
+    return _page(kind, "landing.html", body, base)
 
 
 @router.get(
@@ -258,9 +282,7 @@ async def conformance(
 ) -> Response:
     _check(request)
     body = {"conformsTo": list(O.CONFORMANCE)}
-    if _format(request, f) == HTML:
-        return _html("conformance.html", doc=body, base=_base(request, hub))
-    return _json(body)
+    return _page(_format(request, f), "conformance.html", body, _base(request, hub))
 
 
 @router.get(
@@ -284,9 +306,8 @@ async def api_definition(
         default_limit=s.ogc_default_limit,
         max_limit=s.max_limit,
     )
-    if _format(request, f, OPENAPI) == HTML:
-        return _html("api.html", doc=doc, base=_base(request, hub))
-    return _json(doc, OPENAPI)
+    kind = _format(request, f, OPENAPI)
+    return _page(kind, "api.html", doc, _base(request, hub), json_kind=OPENAPI)
 
 
 # -- collections ----------------------------------------------------------------------------
@@ -337,9 +358,7 @@ async def collections(
         "collections": [await _collection_doc(svc, c, base, kind) for c in found],
         "crs": list(O.SUPPORTED_CRS),
     }
-    if kind == HTML:
-        return _html("collections.html", doc=body, base=base)
-    return _json(body)
+    return _page(kind, "collections.html", body, base)
 
 
 @router.head("/collections/{collectionId}", include_in_schema=False)
@@ -349,7 +368,7 @@ async def collections(
     responses={**_ok("Collection", JSON, HTML), **_ERRORS},
 )
 async def collection(
-    collection_id: Annotated[str, Path(alias="collectionId")],
+    collection_id: CollectionPath,
     request: Request,
     hub: HubDep,
     f: FormatQ = None,
@@ -357,17 +376,11 @@ async def collection(
 ) -> Response:
     _check(request)
     kind = _format(request, f)
-    svc = service(request, hub)
-    base = _base(request, hub)
-    col = await svc.collection(collection_id, await _tenant(request))
+    svc, base, col = await _collection(request, hub, collection_id)
     body = await _collection_doc(svc, col, base, kind)
     queryables = f"{base}/collections/{_cid(col.id)}/queryables"
     headers = {"Link": f'<{queryables}>; rel="{QUERYABLES_REL}"; type="{SCHEMA}"'}
-    if kind == HTML:
-        response: Response = _html("collection.html", doc=body, base=base)
-        response.headers.update(headers)
-        return response
-    return _json(body, headers=headers)
+    return _page(kind, "collection.html", body, base, headers=headers)
 
 
 @router.get(
@@ -376,16 +389,14 @@ async def collection(
     responses={**_ok("JSON schema of the queryable properties", SCHEMA, HTML), **_ERRORS},
 )
 async def queryables(
-    collection_id: Annotated[str, Path(alias="collectionId")],
+    collection_id: CollectionPath,
     request: Request,
     hub: HubDep,
     f: FormatQ = None,
     lang: LangQ = None,
 ) -> Response:
     _check(request)
-    svc = service(request, hub)
-    base = _base(request, hub)
-    col = await svc.collection(collection_id, await _tenant(request))
+    svc, base, col = await _collection(request, hub, collection_id)
     info = await svc.info(col)
     href = f"{base}/collections/{_cid(col.id)}/queryables"
     body = {
@@ -396,9 +407,8 @@ async def queryables(
         "properties": {name: {"type": t} for name, t in sorted(info.properties.items())},
         "additionalProperties": False,
     }
-    if _format(request, f, SCHEMA) == HTML:
-        return _html("queryables.html", doc=body, base=base, col=col)
-    return _json(body, SCHEMA)
+    kind = _format(request, f, SCHEMA)
+    return _page(kind, "queryables.html", body, base, json_kind=SCHEMA, col=col)
 
 
 # -- features -------------------------------------------------------------------------------
@@ -416,7 +426,7 @@ def _url(href: str, params: dict[str, str]) -> str:
     responses={**_ok("Features", GEOJSON, HTML), **_ERRORS},
 )
 async def items(
-    collection_id: Annotated[str, Path(alias="collectionId")],
+    collection_id: CollectionPath,
     request: Request,
     hub: HubDep,
     f: FormatQ = None,
@@ -428,9 +438,7 @@ async def items(
     offset: OffsetQ = None,
     lang: LangQ = None,
 ) -> Response:
-    svc = service(request, hub)
-    base = _base(request, hub)
-    col = await svc.collection(collection_id, await _tenant(request))
+    svc, base, col = await _collection(request, hub, collection_id)
     params = dict(request.query_params)
     declared = _declared(request)
     properties: list[str] = []
@@ -484,18 +492,18 @@ async def items(
         "links": links,
     }
     headers = {"Content-Crs": f"<{req.crs}>"}
-    if kind == HTML:
-        response: Response = _html(
-            "items.html",
-            doc=body,
-            base=base,
-            col=col,
-            offset=req.offset,
-            viewer=_root(request, hub) + "/viewer",
-        )
-        response.headers.update(headers)
-        return response
-    return _json(body, GEOJSON, headers)
+    viewer = _root(request, hub) + "/viewer"
+    return _page(
+        kind,
+        "items.html",
+        body,
+        base,
+        json_kind=GEOJSON,
+        headers=headers,
+        col=col,
+        offset=req.offset,
+        viewer=viewer,
+    )
 
 
 @router.get(
@@ -504,8 +512,8 @@ async def items(
     responses={**_ok("Feature", GEOJSON, HTML), **_ERRORS},
 )
 async def feature(
-    collection_id: Annotated[str, Path(alias="collectionId")],
-    feature_id: Annotated[str, Path(alias="featureId")],
+    collection_id: CollectionPath,
+    feature_id: FeaturePath,
     request: Request,
     hub: HubDep,
     f: FormatQ = None,
@@ -513,9 +521,7 @@ async def feature(
     lang: LangQ = None,
 ) -> Response:
     _check(request)
-    svc = service(request, hub)
-    base = _base(request, hub)
-    col = await svc.collection(collection_id, await _tenant(request))
+    svc, base, col = await _collection(request, hub, collection_id)
     out_crs = O.parse_crs(crs)
     kind = _format(request, f, GEOJSON)
     feat = await svc.feature(col, feature_id, out_crs, lang)
@@ -525,11 +531,7 @@ async def feature(
         _link(f"{base}/collections/{_cid(col.id)}", "collection", JSON, col.title),
     ]
     headers = {"Content-Crs": f"<{out_crs}>"}
-    if kind == HTML:
-        response: Response = _html("feature.html", doc=feat, base=base, col=col)
-        response.headers.update(headers)
-        return response
-    return _json(feat, GEOJSON, headers)
+    return _page(kind, "feature.html", feat, base, json_kind=GEOJSON, headers=headers, col=col)
 
 
 # -- the API definition, generated from the routes above -------------------------------------

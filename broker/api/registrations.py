@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from broker.api import params as P
 from broker.api.collection import ANSWERS, Collection, Names, Texts, declare
-from broker.api.common import JSON, LD_JSON, csv_param, negotiate, respond
+from broker.api.common import JSON, LD_JSON, csv_param, negotiate, page_links, respond
 from broker.api.deps import HubDep, Operation, TenantDep
 from broker.errors import BadRequestData
 from broker.federation.registrations import RegistrationQuery, TemporalFilter
@@ -185,4 +185,8 @@ async def query_registrations(
     ]
     count = p.count == "true" or "count" in P.options_of(p.options)
     headers = {"NGSILD-Results-Count": str(len(found))} if count else {}
-    return respond(page, tm=tm, kind=kind, headers=headers)
+    response = respond(page, tm=tm, kind=kind, headers=headers)
+    more = offset_n + limit_n < len(found)
+    for link in page_links(request, offset=offset_n, limit=limit_n, more=more, kind=kind):
+        response.headers.append("Link", link)  # the neighbouring pages (clause 6.3.10)
+    return response

@@ -6,9 +6,11 @@ registrations): CRUD, and the notifications of registrations that start to match
 A subscription selects registrations as ``GET /csourceRegistrations`` does: its
 ``entities`` (type, id, idPattern) and ``watchedAttributes`` against each registration's
 ``information``, ``q`` and ``csf`` against the registration's own members and context
-source properties, ``geoQ`` against its ``location``. On creation a notification of the
-registrations already matching is sent (``newlyMatching``); with ``timeInterval`` the
-matching ones are sent again every that many seconds. A notification's ``data`` holds
+source properties, ``geoQ`` against its ``location``. On creation, and after an update
+(which may change what it selects), a notification of the registrations matching it is
+sent (``newlyMatching``); with ``timeInterval`` the matching ones are sent again every
+that many seconds. An update replaces the members it gives, ``notification`` whole
+(clause 5.8.2); a deleted subscription sends nothing more, not even a retry. A notification's ``data`` holds
 each registration as its subscriber's context names it, with only the ``information``
 groups the subscription matches.
 
@@ -38,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from broker.auth.masking import mask_subscription
+from broker.auth.masking import keep_masked, mask_subscription
 from broker.core.subscriptions.payload import compact_selection
 from broker.errors import BadRequestData, NgsiLdError, ResourceNotFound
 from broker.federation.registrations import (
@@ -135,6 +137,8 @@ class CsourceSubscriptionService:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self._tasks: set[asyncio.Task[None]] = set()
+        #: per subscription: its deliveries under way (cancelled when it is deleted)
+        self._deliveries: dict[tuple[str, str], set[asyncio.Task[None]]] = {}
         #: per subscription: outcomes being written, and the turn of reads and writes
         self._unwritten: dict[tuple[str, str], list[NotificationRecord]] = {}
         self._turns: dict[tuple[str, str], asyncio.Lock] = {}
@@ -257,20 +261,25 @@ class CsourceSubscriptionService:
         await self._check_endpoint(sub.endpoint.uri)
         doc["createdAt"] = doc["modifiedAt"] = now_iso()
         await self.store.put_registration(tenant, "subscription", doc, create=True)
+        await self._send_matching(sub)
+        return sub.id
+
+    async def _send_matching(self, sub: CompiledCsub) -> None:
+        """After a subscription is created or updated: the registrations that match it
+        as it now stands, as ``newlyMatching`` (nothing when none does or when it is not
+        active); a ``timeInterval`` one counts its next round from now."""
         if sub.status() == "active":
-            # initially: the registrations that already match
             data = [
                 (reg, infos)
-                for reg in await self.registrations.active(tenant)
+                for reg in await self.registrations.active(sub.tenant)
                 if (infos := sub.matching_infos(reg))
             ]
             if data:
                 self._submit(sub, data, "newlyMatching")
             if sub.time_interval is not None:
-                self._last_round[(tenant, sub.id)] = time.monotonic()
+                self._last_round[(sub.tenant, sub.id)] = time.monotonic()
         if sub.time_interval is not None:
-            self._periodic.add(tenant)
-        return sub.id
+            self._periodic.add(sub.tenant)
 
     async def get(self, tenant: str, sub_id: str) -> dict[str, Any]:
         check_entity_id(sub_id, "subscription id")
@@ -289,7 +298,7 @@ class CsourceSubscriptionService:
             if key in ("id", *READ_ONLY, *SYSTEM):
                 continue
             if key == "notification" and isinstance(value, dict) and isinstance(doc.get(key), dict):
-                doc[key] = {**doc[key], **value}
+                doc[key] = keep_masked(doc[key], value)  # replaced whole (clause 5.8.2)
             elif value is None or value == "urn:ngsi-ld:null":
                 doc.pop(key, None)
             else:
@@ -302,8 +311,9 @@ class CsourceSubscriptionService:
         await self._check_endpoint(sub.endpoint.uri)
         doc["modifiedAt"] = now_iso()
         await self.store.put_registration(tenant, "subscription", doc, create=False)
-        if sub.time_interval is not None:
-            self._periodic.add(tenant)
+        # what it selects may have changed: the subscriber is told, as on creation, of
+        # the registrations that match it now
+        await self._send_matching(sub)
 
     async def delete(self, tenant: str, sub_id: str) -> None:
         check_entity_id(sub_id, "subscription id")
@@ -311,6 +321,10 @@ class CsourceSubscriptionService:
             raise ResourceNotFound(f"context source registration subscription {sub_id} not found")
         self._last_round.pop((tenant, sub_id), None)
         self._turns.pop((tenant, sub_id), None)
+        # a deleted subscription sends nothing more, retries of earlier notifications
+        # included
+        for task in self._deliveries.pop((tenant, sub_id), set()):
+            task.cancel()
 
     async def all(self, tenant: str) -> list[dict[str, Any]]:
         return await self.store.list_registrations(tenant, "subscription")
@@ -332,7 +346,6 @@ class CsourceSubscriptionService:
             )
             notification["status"] = "failed" if failed else "ok"  # the last attempt's
         out["notification"] = notification
-        out.setdefault("isActive", True)
         out["status"] = sub.status()
         return mask_subscription(out)
 
@@ -401,7 +414,18 @@ class CsourceSubscriptionService:
             headers["NGSILD-Tenant"] = sub.tenant
         task = asyncio.create_task(self._deliver(sub, orjson.dumps(notification), headers))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        key = (sub.tenant, sub.id)
+        self._deliveries.setdefault(key, set()).add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            pending = self._deliveries.get(key)
+            if pending is not None:
+                pending.discard(task)
+                if not pending:
+                    del self._deliveries[key]
+
+        task.add_done_callback(done)
 
     def _turn(self, key: tuple[str, str]) -> asyncio.Lock:
         turn = self._turns.get(key)

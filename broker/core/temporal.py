@@ -569,15 +569,14 @@ class TemporalService:
         found = await self.store.aggregate_history(
             tenant, [m.id for m in metas], hq, aggregation.methods, aggregation.period
         )
-        starts = sorted(
-            {
-                start
-                for aggs in found.values()
-                for agg in aggs.values()
-                for series in agg.values.values()
-                for _, start, _ in series
-            }
-        )
+        periods = {
+            (start, end)
+            for aggs in found.values()
+            for agg in aggs.values()
+            for series in agg.values.values()
+            for _, start, end in series
+        }
+        starts = sorted({start for start, _ in periods})
         if len(starts) > hq.limit:
             bound = starts[hq.limit - 1]
             end = 0
@@ -590,6 +589,8 @@ class TemporalService:
             result.truncated = True
             result.range_start = from_us(first if first is not None else starts[0])
             result.range_end = from_us(end)
+        # the entities of an answer mostly share their periods: each bound formatted once
+        text = {us: from_us(us) for period in periods for us in period}
         for meta in metas:
             per_attr = found.get(meta.id)
             if not per_attr:
@@ -599,7 +600,7 @@ class TemporalService:
                 te.kinds[attr] = agg.kind
                 te.attrs[attr] = []
                 te.aggregates[attr] = {
-                    m: [[value, from_us(start), from_us(end)] for value, start, end in series]
+                    m: [[value, text[start], text[end]] for value, start, end in series]
                     for m, series in agg.values.items()
                 }
             result.entities.append(te)

@@ -294,7 +294,13 @@ class Duration:
         return min(us + self.us, _LAST_US)
 
     def boundaries(self, start: int, end: int, limit: int = 100_000) -> list[int]:
-        """Period starts from ``start`` up to (excluding) ``end``, and ``end`` itself."""
+        """Period starts from ``start`` up to (excluding) ``end``, and the first boundary
+        at or past ``end``."""
+        if not self.months:  # fixed length: arithmetic, not one ``add`` per period
+            count = max(0, -(-(end - start) // self.us))
+            if count > limit:
+                raise BadRequestData("aggrPeriodDuration gives too many periods for the time range")
+            return [min(start + k * self.us, _LAST_US) for k in range(count + 1)]
         out = [start]
         while out[-1] < end:
             if len(out) > limit:

@@ -270,19 +270,23 @@ class MongoHistory:
                     )
                 )
             if explicit is not None:
+                # one delete per series (a sensor-week is one request of ~1,000 instances)
+                times: dict[tuple[str, str | None], list[int]] = {}
+                for r in rows:
+                    if r.deleted is None and r.instance is not None and "observedAt" in r.instance:
+                        times.setdefault((r.attr, r.dataset_id), []).append(r.at)
                 replaced.extend(
                     DeleteMany(
                         {
                             "t": tenant,
                             "eid": eid,
-                            "attr": r.attr,
-                            "at": r.at,
-                            "ds": r.dataset_id,
+                            "attr": attr,
+                            "at": {"$in": ats},
+                            "ds": ds,
                             "deleted": None,
                         }
                     )
-                    for r in rows
-                    if r.deleted is None and r.instance is not None and "observedAt" in r.instance
+                    for (attr, ds), ats in times.items()
                 )
             docs.extend((eid, r) for r in rows)
         if entries:

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from itertools import pairwise
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -557,6 +559,21 @@ def _attrs(
     }
 
 
+def _attrs_of(
+    conn: sqlite3.Connection, tenant: str, eids: Sequence[str], wanted: Sequence[str] | None
+) -> dict[str, dict[str, int]]:
+    """:func:`_attrs` of many entities in one statement."""
+    out: dict[str, dict[str, int]] = {}
+    for eid, attr, sid in conn.execute(
+        "SELECT eid, attr, sid FROM history_series WHERE tenant=? "
+        "AND eid IN (SELECT value FROM json_each(?))",
+        (tenant, orjson.dumps(list(eids))),
+    ):
+        if wanted is None or attr in wanted:
+            out.setdefault(eid, {})[attr] = sid
+    return out
+
+
 def _time_clause(query: HistoryQuery, alias: str = "") -> tuple[str, str, list[int]]:
     """The time column of ``query``'s time property and the SQL of its range.
 
@@ -637,60 +654,73 @@ def aggregate(
 ) -> Aggregates:
     """Per entity, periods start at its first instance in the time range (and the one
     period is the whole range without ``period``); empty periods are left out. Only
-    what the methods need is computed."""
+    what the methods need is computed. The entities' series, their first and last
+    instances in the range and their kinds are read for all entities at once, and
+    entities whose periods coincide read the daily rollups together."""
     col, clause, targs = _time_clause(query, "h.")
     # count(h.num) and sum(h.num) make stddev and tell numeric periods from others
     select = ", ".join(
         [_AGGR_SQL[m] for m in methods] + ["count(h.num)", "sum(h.num)", "sum(h.num * h.num)"]
     )
+    series_of = _attrs_of(conn, tenant, entity_ids, query.attrs)
+    # first and last instance in the range: two seeks per series (min() and max()
+    # together in one query would scan the range)
+    ends = {
+        sid: (lo, hi)
+        for sid, lo, hi in conn.execute(
+            f"SELECT s.value, (SELECT {col} FROM history h WHERE h.sid=s.value{clause} "
+            f"ORDER BY {col} ASC LIMIT 1), (SELECT {col} FROM history h WHERE h.sid=s.value"
+            f"{clause} ORDER BY {col} DESC LIMIT 1) FROM json_each(?) s",
+            (*targs, *targs, _json_ids(series_of)),
+        )
+        if lo is not None
+    }
+    kinds = _kinds(conn, list(ends))
+    end = (
+        query.end_time_at
+        if query.timerel == "between"
+        else query.time_at
+        if query.timerel == "before"
+        else None
+    )
     out: Aggregates = {}
+    from_rollups: dict[tuple[int, ...], dict[int, tuple[str, str]]] = {}
+    plans: dict[tuple[int, int], tuple[list[int], bool]] = {}
     for eid in entity_ids:
-        series = _attrs(conn, tenant, eid, query.attrs)
+        series = {attr: sid for attr, sid in series_of.get(eid, {}).items() if sid in ends}
         if not series:
             continue
-        sids = list(series.values())
+        lo = min(ends[sid][0] for sid in series.values())
+        hi = max(ends[sid][1] for sid in series.values())
+        plan = plans.get((lo, hi))
+        if plan is None:  # entities read together mostly share their first and last times
+            if period is not None:
+                periods = period.boundaries(lo, hi + 1, limit=10_000)
+            else:
+                start = query.time_at if query.timerel in ("after", "between") else None
+                stop = query.end_time_at if query.timerel == "between" else None
+                periods = [
+                    start if start is not None else lo,
+                    stop if stop is not None else hi + 1,
+                ]
+            plan = plans[lo, hi] = (periods, _rollups_answer(query, methods, periods))
+        periods, rollups = plan
+        if rollups:
+            out[eid] = {}
+            group = from_rollups.setdefault(tuple(periods), {})
+            group.update((sid, (eid, attr)) for attr, sid in series.items())
+            continue
         names = {sid: attr for attr, sid in series.items()}
-        marks = ",".join("?" * len(sids))
-        # first and last instance in the range: two seeks per series (min() and max()
-        # together in one query would scan the range)
-        ends = [
-            conn.execute(
-                f"SELECT {col} FROM history h WHERE h.sid=?{clause} ORDER BY {col} {order} LIMIT 1",
-                (sid, *targs),
-            ).fetchone()
-            for sid in sids
-            for order in ("ASC", "DESC")
-        ]
-        found = [e[0] for e in ends if e is not None]
-        if not found:
-            continue
-        lo, hi = min(found), max(found)
-        if period is not None:
-            periods = period.boundaries(lo, hi + 1, limit=10_000)
-        else:
-            start = query.time_at if query.timerel in ("after", "between") else None
-            end = query.end_time_at if query.timerel == "between" else None
-            periods = [start if start is not None else lo, end if end is not None else hi + 1]
         n = len(periods) - 1
-        if _rollups_answer(query, methods, periods):
-            end = (
-                query.end_time_at
-                if query.timerel == "between"
-                else query.time_at
-                if query.timerel == "before"
-                else None
-            )
-            out[eid] = _from_rollups(conn, names, methods, periods, end)
-            continue
         pargs: list[int] = []
         for k in range(n):
             pargs.extend([k, periods[k], periods[k + 1]])
         rows = conn.execute(
             f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
-            f"SELECT h.sid, p.i, {select} FROM p JOIN history h ON h.sid IN ({marks}) "
-            f"AND {col} >= p.s AND {col} < p.e{clause} "
+            f"SELECT h.sid, p.i, {select} FROM p JOIN history h ON h.sid IN "
+            f"({','.join('?' * len(names))}) AND {col} >= p.s AND {col} < p.e{clause} "
             "GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
-            (*pargs, *sids, *targs),
+            (*pargs, *names, *targs),
         ).fetchall()
         per_attr: dict[str, AttrAggregate] = {}
         for row in rows:
@@ -699,7 +729,7 @@ def aggregate(
             attr = names[sid]
             agg = per_attr.get(attr)
             if agg is None:
-                agg = per_attr[attr] = AttrAggregate(_kind(conn, sid))
+                agg = per_attr[attr] = AttrAggregate(kinds[sid])
             for m, value in zip(methods, stats, strict=False):
                 if m == "stddev" and nums:
                     value = max(sumsq / nums - (total / nums) ** 2, 0.0) ** 0.5
@@ -707,7 +737,16 @@ def aggregate(
                     continue
                 agg.values.setdefault(m, []).append((value, periods[k], periods[k + 1]))
         out[eid] = per_attr
+    for bounds, owners in from_rollups.items():
+        for sid, agg in _from_rollups(conn, owners, kinds, methods, bounds, end).items():
+            eid, attr = owners[sid]
+            out[eid][attr] = agg
     return out
+
+
+def _json_ids(series_of: Mapping[str, Mapping[str, int]]) -> bytes:
+    """The series numbers of ``series_of`` as a JSON array (for ``json_each``)."""
+    return orjson.dumps([sid for series in series_of.values() for sid in series.values()])
 
 
 def _rollups_answer(query: HistoryQuery, methods: Sequence[str], periods: Sequence[int]) -> bool:
@@ -723,60 +762,125 @@ def _rollups_answer(query: HistoryQuery, methods: Sequence[str], periods: Sequen
 
 def _from_rollups(
     conn: sqlite3.Connection,
-    names: dict[int, str],
+    sids: Collection[int],
+    kinds: Mapping[int, str],
     methods: Sequence[str],
     periods: Sequence[int],
     end: int | None,
-) -> dict[str, AttrAggregate]:
-    """The aggregates from the rollups; the last period is cut at the range's ``end``
-    (on an hour) so no instance after the range counts."""
+) -> dict[int, AttrAggregate]:
+    """The aggregates of the series ``sids`` from the rollups; the last period is cut
+    at the range's ``end`` (on an hour) so no instance after the range counts."""
     n = len(periods) - 1
-    pargs: list[int] = []
-    for k in range(n):
-        stop = periods[k + 1] if end is None else min(periods[k + 1], end)
-        pargs.extend([k, periods[k] // DAY, stop // DAY])
-    sids = list(names)
-    rows = conn.execute(
-        f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
-        "SELECT h.sid, p.i, sum(h.total), sum(h.n), sum(h.s), min(h.lo), max(h.hi), sum(h.sq) "
-        f"FROM p JOIN history_daily h ON h.sid IN ({','.join('?' * len(sids))}) "
-        "AND h.day >= p.s AND h.day < p.e GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
-        (*pargs, *sids),
-    ).fetchall()
-    out: dict[str, AttrAggregate] = {}
-    for sid, k, total, nums, s, lo, hi, sq in rows:
-        attr = names[sid]
-        agg = out.get(attr)
-        if agg is None:
-            agg = out[attr] = AttrAggregate(_kind(conn, sid))
-        for m in methods:
-            if m == "totalCount":
-                value: Any = total
-            elif not nums:
-                continue
-            elif m == "sum":
-                value = s
-            elif m == "avg":
-                value = s / nums
-            elif m == "min":
-                value = lo
-            elif m == "max":
-                value = hi
-            elif m == "sumsq":
-                value = sq
-            else:
-                value = max(sq / nums - (s / nums) ** 2, 0.0) ** 0.5
-            agg.values.setdefault(m, []).append((value, periods[k], periods[k + 1]))
+    in_sids = "h.sid IN (SELECT value FROM json_each(?))"
+    wanted = orjson.dumps(sorted(sids))
+    width = periods[1] - periods[0]
+    rows: list[Any]
+    if all(periods[k + 1] - periods[k] == width for k in range(n)):
+        # periods of one length (every duration without months): one range read per
+        # series in key order, each day's rollup put in its period by division (a
+        # GROUP BY on that division would sort every row)
+        first = periods[0] // DAY
+        stop = periods[n] if end is None else min(periods[n], end)
+        days = width // DAY
+        rows = conn.execute(
+            "SELECT h.sid, h.day, h.total, h.n, h.s, h.lo, h.hi, h.sq FROM history_daily h "
+            f"WHERE {in_sids} AND h.day >= ? AND h.day < ?",
+            (wanted, first, stop // DAY),
+        ).fetchall()
+        rows.sort(key=_SID_DAY)  # in key order already: one pass
+        if days > 1:
+            rows = _combined(rows, first, days)
+            first = 0
+    else:
+        first = 0
+        pargs: list[int] = []
+        for k in range(n):
+            stop = periods[k + 1] if end is None else min(periods[k + 1], end)
+            pargs.extend([k, periods[k] // DAY, stop // DAY])
+        rows = conn.execute(
+            f"WITH p(i, s, e) AS (VALUES {','.join('(?,?,?)' for _ in range(n))}) "
+            "SELECT h.sid, p.i, sum(h.total), sum(h.n), sum(h.s), min(h.lo), max(h.hi), "
+            f"sum(h.sq) FROM p JOIN history_daily h ON {in_sids} "
+            "AND h.day >= p.s AND h.day < p.e GROUP BY h.sid, p.i ORDER BY h.sid, p.i",
+            (*pargs, wanted),
+        ).fetchall()
+    # rows: (sid, period number + first, sums...) in (sid, period) order
+    bounds = list(pairwise(periods))
+    getters = [(m, _ROLLUP_VALUES[m]) for m in methods]
+    out: dict[int, AttrAggregate] = {}
+    current = None
+    lists: list[tuple[str, Callable[..., Any], list[tuple[Any, int, int]]]] = []
+    for sid, k, *sums in rows:
+        if sid != current:
+            current = sid
+            agg = out[sid] = AttrAggregate(kinds[sid])
+            lists = [(m, get, agg.values.setdefault(m, [])) for m, get in getters]
+        start, stop = bounds[k - first]
+        for m, get, values in lists:
+            if sums[1] or m == "totalCount":  # no numbers: only a count
+                values.append((get(*sums), start, stop))
+    for agg in out.values():
+        for m in [m for m, values in agg.values.items() if not values]:
+            del agg.values[m]
     return out
 
 
-def _kind(conn: sqlite3.Connection, sid: int) -> str:
-    row = conn.execute(
-        "SELECT doc FROM history WHERE sid=? AND deleted IS NULL LIMIT 1", (sid,)
-    ).fetchone()
-    if row is None or isinstance(row[0], int):  # templates are Properties
-        return "Property"
-    return str(orjson.loads(row[0]).get("type", "Property"))
+def _stddev(total: int, n: int, s: float, lo: float, hi: float, sq: float) -> float:
+    return float(max(sq / n - (s / n) ** 2, 0.0) ** 0.5)
+
+
+#: each method's value from a rollup sum (total, n, s, lo, hi, sq)
+_ROLLUP_VALUES: dict[str, Callable[..., Any]] = {
+    "totalCount": lambda total, n, s, lo, hi, sq: total,
+    "sum": lambda total, n, s, lo, hi, sq: s,
+    "avg": lambda total, n, s, lo, hi, sq: s / n,
+    "min": lambda total, n, s, lo, hi, sq: lo,
+    "max": lambda total, n, s, lo, hi, sq: hi,
+    "sumsq": lambda total, n, s, lo, hi, sq: sq,
+    "stddev": _stddev,
+}
+
+
+_SID_DAY = itemgetter(0, 1)
+
+
+def _none_sum(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else a + b
+
+
+def _combined(rows: list[Any], first: int, days: int) -> list[Any]:
+    """Daily rollup rows ``(sid, day, total, n, s, lo, hi, sq)`` in (sid, day) order as
+    rows ``(sid, period, ...)`` of periods of ``days`` days from day ``first``, the days
+    of one period summed (as SQL's sum/min/max would: NULLs, the days without numbers,
+    left out)."""
+    out: list[list[Any]] = []
+    for sid, day, total, n, s, lo, hi, sq in rows:
+        k = (day - first) // days
+        last = out[-1] if out else None
+        if last is None or last[0] != sid or last[1] != k:
+            out.append([sid, k, total, n, s, lo, hi, sq])
+            continue
+        last[2] += total
+        last[3] += n
+        last[4] = _none_sum(last[4], s)
+        last[5] = lo if last[5] is None else last[5] if lo is None else min(last[5], lo)
+        last[6] = hi if last[6] is None else last[6] if hi is None else max(last[6], hi)
+        last[7] = _none_sum(last[7], sq)
+    return out
+
+
+def _kinds(conn: sqlite3.Connection, sids: Sequence[int]) -> dict[int, str]:
+    """The attribute type of each series (from one of its instances)."""
+    out: dict[int, str] = {}
+    for sid, doc in conn.execute(
+        "SELECT s.value, (SELECT doc FROM history WHERE sid=s.value AND deleted IS NULL "
+        "LIMIT 1) FROM json_each(?) s",
+        (orjson.dumps(sids),),
+    ):
+        # templates (integers) are Properties
+        kind = "Property" if doc is None or isinstance(doc, int) else orjson.loads(doc).get("type")
+        out[sid] = str(kind or "Property")
+    return out
 
 
 # -- history edits ------------------------------------------------------------------------------

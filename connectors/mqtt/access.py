@@ -38,10 +38,16 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from broker.auth import Policy, Principal, default_expand
-from broker.auth.middleware import AUDITED, UNVERIFIED, AuthState
-from broker.auth.policy import Action
-from broker.errors import NgsiLdError
+from broker.shared import (
+    AUDITED,
+    UNVERIFIED,
+    Action,
+    AuthState,
+    NgsiLdError,
+    Policy,
+    Principal,
+    default_expand,
+)
 from connectors.mqtt.agent import NOTIFY_HEADER, NOTIFY_PATH
 from connectors.mqtt.errors import AccessForbidden, DeviceNotFound, Unauthorized
 from connectors.mqtt.registrations import SOURCE_HEADER

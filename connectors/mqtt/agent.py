@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from broker.transport.mqtt import Message, MqttClient, parse_server
+from broker.shared import Message, MqttClient, parse_server
 from connectors.client import BatchOutcome, BrokerClient, BrokerError
 from connectors.mqtt import ngsiv2
 from connectors.mqtt.lazy import LazyValues

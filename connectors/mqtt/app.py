@@ -25,13 +25,12 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from broker.auth.middleware import AuditMiddleware, auth_state
-from broker.errors import BadRequestData, NgsiLdError
-from broker.errors import Forbidden as LdForbidden
-from broker.errors import InternalError as LdInternalError
-from broker.errors import PayloadTooLarge as LdPayloadTooLarge
-from broker.errors import ResourceNotFound as LdNotFound
-from broker.errors import Unauthorized as LdUnauthorized
+from broker.shared import AuditMiddleware, BadRequestData, NgsiLdError, auth_state
+from broker.shared import Forbidden as LdForbidden
+from broker.shared import InternalError as LdInternalError
+from broker.shared import PayloadTooLarge as LdPayloadTooLarge
+from broker.shared import ResourceNotFound as LdNotFound
+from broker.shared import Unauthorized as LdUnauthorized
 from connectors.client import BrokerError
 from connectors.mqtt.access import (
     authorize,

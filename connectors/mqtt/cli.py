@@ -134,7 +134,7 @@ def settings_from(
 
 
 def run(settings: AgentSettings) -> None:
-    from broker.auth.startup import InsecureStartRefused, check_open_start
+    from broker.shared import InsecureStartRefused, check_open_start
     from connectors.mqtt.app import create_app
 
     logging.basicConfig(

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from broker.outbound import OutboundPolicy, OutboundRefused, policy_transport
+from broker.shared import OutboundPolicy, OutboundRefused, policy_transport
 from connectors.mqtt.settings import AgentSettings
 
 log = logging.getLogger("renkei.iota")

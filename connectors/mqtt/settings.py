@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from broker.outbound import DEFAULT_DENY, Rules
+from broker.shared import DEFAULT_DENY, Rules
 
 ListSetting = Annotated[list[str], NoDecode]
 

@@ -39,12 +39,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from broker.errors import BadRequestData, NgsiLdError, ResourceNotFound
-from broker.model.query import GeoQuery, Node, ScopeQuery
-from broker.query import parse_geo_query, parse_q, parse_scope_q, resolve_geo, resolve_q
-from broker.query.evaluate import matches_geo, matches_q, matches_scope
-from broker.query.patterns import check_pattern, search
-from broker.query.types import type_alternatives
+from broker.shared import (
+    BadRequestData,
+    GeoQuery,
+    NgsiLdError,
+    Node,
+    ResourceNotFound,
+    ScopeQuery,
+    check_pattern,
+    matches_geo,
+    matches_q,
+    matches_scope,
+    parse_geo_query,
+    parse_q,
+    parse_scope_q,
+    resolve_geo,
+    resolve_q,
+    search,
+    type_alternatives,
+)
 from connectors.mqtt.access import check_source, record_written
 from connectors.mqtt.body import read_json
 from connectors.mqtt.registry import Resolved

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from broker.transport.mqtt import MqttClient, MqttServer, Version
+from broker.shared import MqttClient, MqttServer, Version
 
 log = logging.getLogger("renkei.iota")
 

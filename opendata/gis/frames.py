@@ -27,7 +27,7 @@ import pandas as pd
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from broker.model.geo import GEOMETRY_TYPES
+from broker.shared import GEOMETRY_TYPES
 
 __all__ = ["entities_to_geodataframe"]
 

@@ -8,11 +8,11 @@ entity query is built by :func:`entity_query` (shared with ``POST /v2/op/query``
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import orjson
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -323,79 +323,85 @@ async def retrieve_attrs(
     return ok(out)
 
 
-async def _change_attrs(
-    request: Request,
-    svc: V2Service,
-    tenant: str,
-    target: Target,
-    options: str | None,
-    mode: str,
-) -> Response:
-    opts = options_of(options, ATTRS_OPTIONS)
-    body = await json_body(request)
-    if mode == "append" and "append" in opts:
-        mode = "strict"
-    await svc.change_attrs(
-        tenant,
-        target,
-        body,
-        mode=mode,  # type: ignore[arg-type]
-        key_values="keyValues" in opts,
-        override="overrideMetadata" in opts,
-    )
-    return no_content()
-
-
 AttrOptions = Annotated[str | None, Query(description="append, keyValues, overrideMetadata")]
+
+
+class AttrsChange:
+    """What POST, PATCH and PUT ``/v2/entities/{id}/attrs`` take besides the id: one
+    write (``V2Service.change_attrs``) in three modes."""
+
+    def __init__(
+        self,
+        svc: V2Dep,
+        tenant: ServiceDep,
+        paths: PathsDep,
+        type: TypeParam = None,
+        options: AttrOptions = None,
+    ) -> None:
+        self.svc, self.tenant, self.paths = svc, tenant, paths
+        self.type, self.options = type, options
+
+    async def run(
+        self, request: Request, entity_id: str, mode: Literal["append", "update", "replace"]
+    ) -> Response:
+        target = _target(entity_id, self.type, self.paths)
+        opts = options_of(self.options, ATTRS_OPTIONS)
+        body = await json_body(request)
+        await self.svc.change_attrs(
+            self.tenant,
+            target,
+            body,
+            mode="strict" if mode == "append" and "append" in opts else mode,
+            key_values="keyValues" in opts,
+            override="overrideMetadata" in opts,
+        )
+        return no_content()
+
+
+AttrsChangeDep = Annotated[AttrsChange, Depends()]
 
 
 @router.post(
     "/entities/{entity_id}/attrs", summary="Update or append entity attributes", status_code=204
 )
-async def append_attrs(
-    entity_id: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-    options: AttrOptions = None,
-) -> Response:
-    return await _change_attrs(
-        request, svc, tenant, _target(entity_id, type, paths), options, "append"
-    )
+async def append_attrs(entity_id: str, request: Request, change: AttrsChangeDep) -> Response:
+    return await change.run(request, entity_id, "append")
 
 
 @router.patch(
     "/entities/{entity_id}/attrs", summary="Update existing entity attributes", status_code=204
 )
-async def update_attrs(
-    entity_id: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-    options: AttrOptions = None,
-) -> Response:
-    return await _change_attrs(
-        request, svc, tenant, _target(entity_id, type, paths), options, "update"
-    )
+async def update_attrs(entity_id: str, request: Request, change: AttrsChangeDep) -> Response:
+    return await change.run(request, entity_id, "update")
 
 
 @router.put("/entities/{entity_id}/attrs", summary="Replace all entity attributes", status_code=204)
-async def replace_attrs(
-    entity_id: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-    options: AttrOptions = None,
-) -> Response:
-    return await _change_attrs(
-        request, svc, tenant, _target(entity_id, type, paths), options, "replace"
-    )
+async def replace_attrs(entity_id: str, request: Request, change: AttrsChangeDep) -> Response:
+    return await change.run(request, entity_id, "replace")
+
+
+class OneAttr:
+    """An attribute of one entity, as ``/v2/entities/{id}/attrs/{attrName}[/value]``
+    names it (``type`` tells entities with the same id apart)."""
+
+    def __init__(
+        self,
+        entity_id: str,
+        attr_name: str,
+        svc: V2Dep,
+        tenant: ServiceDep,
+        paths: PathsDep,
+        type: TypeParam = None,
+    ) -> None:
+        self.entity_id, self.name = entity_id, attr_name
+        self.svc, self.tenant, self.paths, self.type = svc, tenant, paths, type
+
+    def target(self) -> Target:
+        """The entity, its id and type checked (after the body is read, as before)."""
+        return _target(self.entity_id, self.type, self.paths)
+
+
+AttrDep = Annotated[OneAttr, Depends()]
 
 
 @router.get("/entities/{entity_id}/attrs/{attr_name}", summary="Get attribute data")
@@ -417,32 +423,17 @@ async def get_attr(
 @router.put(
     "/entities/{entity_id}/attrs/{attr_name}", summary="Update attribute data", status_code=204
 )
-async def put_attr(
-    entity_id: str,
-    attr_name: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-) -> Response:
+async def put_attr(request: Request, attr: AttrDep) -> Response:
     body = await json_body(request)
-    await svc.put_attr(tenant, _target(entity_id, type, paths), attr_name, body)
+    await attr.svc.put_attr(attr.tenant, attr.target(), attr.name, body)
     return no_content()
 
 
 @router.delete(
     "/entities/{entity_id}/attrs/{attr_name}", summary="Remove a single attribute", status_code=204
 )
-async def delete_attr(
-    entity_id: str,
-    attr_name: str,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-) -> Response:
-    await svc.delete_attr(tenant, _target(entity_id, type, paths), attr_name)
+async def delete_attr(attr: AttrDep) -> Response:
+    await attr.svc.delete_attr(attr.tenant, attr.target(), attr.name)
     return no_content()
 
 
@@ -467,17 +458,9 @@ def _accepts(request: Request) -> list[str]:
     summary="Get attribute value",
     responses={200: {"content": {JSON: {}, TEXT: {}}}},
 )
-async def get_value(
-    entity_id: str,
-    attr_name: str,
-    request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
-) -> Response:
-    inst = await svc.get_attr(tenant, _target(entity_id, type, paths), attr_name)
-    _, value = svc.mapper.value_out(inst)
+async def get_value(request: Request, attr: AttrDep) -> Response:
+    inst = await attr.svc.get_attr(attr.tenant, attr.target(), attr.name)
+    _, value = attr.svc.mapper.value_out(inst)
     accepted = _accepts(request)
     if isinstance(value, dict | list):
         if not accepted:
@@ -521,13 +504,8 @@ def text_value(text: str) -> Any:
     },
 )
 async def put_value(
-    entity_id: str,
-    attr_name: str,
     request: Request,
-    svc: V2Dep,
-    tenant: ServiceDep,
-    paths: PathsDep,
-    type: TypeParam = None,
+    attr: AttrDep,
     content_type: Annotated[
         str | None, Header(description="application/json or text/plain")
     ] = None,
@@ -541,5 +519,5 @@ async def put_value(
                 "a JSON value must be an object or an array; use text/plain for others"
             )
         value = body
-    await svc.put_attr(tenant, _target(entity_id, type, paths), attr_name, value, value_only=True)
+    await attr.svc.put_attr(attr.tenant, attr.target(), attr.name, value, value_only=True)
     return no_content()

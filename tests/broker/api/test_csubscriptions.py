@@ -91,9 +91,12 @@ def test_paused_subscriptions_stay_quiet(client: TestClient, receiver: Receiver)
         ).status_code
         == 204
     )
+    # resumed: told, as after any update, of what matches now (komae began to match
+    # while it was paused), then of what changes
+    assert receiver.wait(1)[0][1]["data"][0]["id"] == REG + "komae"
     post(client, R, registration("chofu", "AEDLocation"))
-    assert receiver.wait(1)[0][1]["data"][0]["id"] == REG + "chofu"
-    receiver.quiet(1)
+    assert receiver.wait(2)[1][1]["data"][0]["id"] == REG + "chofu"
+    receiver.quiet(2)
 
 
 def test_lifecycle_and_validation(client: TestClient, receiver: Receiver) -> None:

@@ -66,6 +66,20 @@ def test_durations_step_by_calendar_months() -> None:
             Duration.parse(bad)
 
 
+def test_fixed_period_boundaries_step_like_calendar_ones() -> None:
+    """Periods of a fixed length (no months) are computed by arithmetic; they are the
+    same boundaries as stepping one period at a time, the last at or past the end."""
+    hour = Duration.parse("PT1H")
+    step = 3_600_000_000
+    for end in (T0, T0 + 1, T0 + step, T0 + 5 * step - 1, T0 + 5 * step, T0 + 5 * step + 1):
+        expected = [T0]
+        while expected[-1] < end:
+            expected.append(expected[-1] + step)
+        assert hour.boundaries(T0, end) == expected
+    with pytest.raises(BadRequestData):
+        hour.boundaries(T0, T0 + 11 * step, limit=10)
+
+
 def test_retention_rules_most_specific_wins() -> None:
     policy = HistoryPolicy.from_setting(
         {"*": 3650, "Building": 0, "AirQuality@komae": 400, "AirQuality": 30},

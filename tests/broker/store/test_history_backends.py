@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from broker.model.entity import Entity
-from broker.model.history import AGGR_METHODS, Duration, HistoryPolicy, from_us, to_us
+from broker.model.history import (
+    AGGR_METHODS,
+    Duration,
+    HistoryPolicy,
+    HistoryRow,
+    from_us,
+    row_for,
+    to_us,
+)
 from broker.model.store import DELETE, Aggregates, EntityQuery, HistoryQuery
 from broker.store.base import Store
 from broker.store.mongodb import MongoStore
@@ -57,6 +65,33 @@ async def test_history_follows_writes(readings: Store) -> None:
     window = HistoryQuery(timerel="after", time_at=to_us(TIMES[2]))
     metas, _ = await readings.history_entities("", EntityQuery(), window)
     assert [m.id for m in metas] == ["urn:x:1"]
+
+
+async def test_explicit_rows_replace_instances_at_the_same_time(store: Store) -> None:
+    """The temporal API's rows replace the instances of the same attribute, datasetId
+    and observedAt (a sensor-week sent again is not recorded twice), series by series:
+    another datasetId or another attribute at those times is kept."""
+    eid = "urn:ngsi-ld:水位計:多摩川-1"
+    w = "https://example.org/水位"
+    now = to_us("2026-02-01T00:00:00Z")
+
+    def rows(value: float, ds: str | None = None, attr: str = V) -> list[HistoryRow]:
+        extra = {"datasetId": ds} if ds else {}
+        return [
+            row_for(attr, {"type": "Property", "value": value + i, "observedAt": at, **extra}, now)
+            for i, at in enumerate(TIMES)
+        ]
+
+    ent = {"id": eid, "type": [X]}
+    for batch in (rows(1.0), rows(10.0, "urn:ds:副"), rows(5.0, attr=w), rows(20.0)):
+        (result,) = await store.write("", [(eid, put(ent))], history={eid: batch})
+        assert result.ok
+    hist = await store.history("", [eid], HistoryQuery())
+    by_ds: dict[str | None, list[float | None]] = {}
+    for r in hist[eid][V]:
+        by_ds.setdefault(r.dataset_id, []).append(r.number)
+    assert by_ds == {None: [20.0, 21.0, 22.0], "urn:ds:副": [10.0, 11.0, 12.0]}
+    assert [r.number for r in hist[eid][w]] == [5.0, 6.0, 7.0]
 
 
 async def test_aggregates_per_period(readings: Store) -> None:

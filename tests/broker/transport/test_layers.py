@@ -1,6 +1,6 @@
 """The transport is a leaf, and with the access-control package (and the errors it
 raises), the outbound policy and the query language, it is all that ``connectors/`` takes
-from the broker."""
+from the broker (through ``broker.shared``; ``tests/test_layers.py`` holds them to it)."""
 
 from __future__ import annotations
 
@@ -36,34 +36,6 @@ def test_the_transport_imports_no_other_broker_package() -> None:
     assert found == {}
 
 
-#: What connectors may import from the broker: the MQTT transport, the outbound policy
-#: (a stdlib-only leaf) for push commands, access control (the agent reads the broker's
-#: auth file and writes its audit log through the same middleware) with the errors it
-#: raises, and the query language (``broker.query`` and the
-#: model it parses into, leaves that reach no service or store): as a context source the
-#: agent evaluates ``q``, ``scopeQ`` and geo-queries on its lazy attributes with the
-#: broker's own reference evaluator, not a second one that could disagree with it.
-CONNECTORS_MAY_USE = (
-    "broker.transport",
-    "broker.outbound",
-    "broker.auth",
-    "broker.errors",
-    "broker.query",
-    "broker.model",
-)
-
-
-def test_connectors_import_only_the_transport_from_the_broker() -> None:
-    found = broker_imports(ROOT / "connectors")
-    outside = {
-        path: names
-        for path, names in found.items()
-        if any(n != "broker" and not n.startswith(CONNECTORS_MAY_USE) for n in names)
-    }
-    assert outside == {}
-    assert found  # the agent does use the transport
-
-
 def test_the_agent_loads_no_broker_internals() -> None:
     code = (
         "import sys, connectors.mqtt.app, connectors.mqtt.cli, connectors.csv.cli;"
@@ -78,6 +50,7 @@ def test_the_agent_loads_no_broker_internals() -> None:
         "broker",
         "broker.errors",
         "broker.outbound",
+        "broker.shared",
         "broker.transport",
         "broker.transport.mqtt",
     ]
