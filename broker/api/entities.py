@@ -21,7 +21,7 @@ from broker.api import params as P
 from broker.api.common import GEO_JSON, JSON, LD_JSON, csv_param, negotiate, page_links, respond
 from broker.api.deps import Hub, HubDep, Operation, OperationDep, TenantDep
 from broker.api.prefer import amend, preferences
-from broker.core.distributed import MapRequest
+from broker.core.distributed import MapRequest, write_params
 from broker.core.entities import UpdateResult
 from broker.core.entitymaps import lifetime_of, map_id_of
 from broker.core.model import Parser, View
@@ -140,7 +140,7 @@ async def write_through(
     if P.bool_param(request.query_params.get("local"), "local"):
         return await local_write(body)
     ld = (request.headers.get("content-type") or "").startswith("application/ld+json")
-    params = {k: v for k, v in request.query_params.items() if k != "local"}
+    params = write_params(request.query_params.items())
     plan = await hub.distributed.forward_write(
         tenant,
         operation,
@@ -152,7 +152,7 @@ async def write_through(
         body=body,
         types=types,
         attr=attr,
-        params=params or None,
+        params=params,
         context=context,
         content_type="application/ld+json" if ld else "application/json",
         whole=whole,
@@ -496,7 +496,13 @@ def map_request(request: Request, params: P.Representation) -> MapRequest | None
 def forward_call(request: Request, tenant: str) -> Call:
     """What of a request goes along when it is forwarded to context sources."""
     headers = request.headers
-    return Call(tenant=tenant, link=headers.get("link"), via=headers.get("via"), request=headers)
+    return Call(
+        tenant=tenant,
+        link=headers.get("link"),
+        via=headers.get("via"),
+        request=headers,
+        params=dict(request.query_params),
+    )
 
 
 async def query_response(

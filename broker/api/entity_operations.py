@@ -21,6 +21,7 @@ from broker.api.entities import (
     refused_error,
 )
 from broker.core.batch import BatchItem, BatchResult, Operation
+from broker.core.distributed import write_params
 from broker.core.model import View
 from broker.errors import BadRequestData, NgsiLdError
 from broker.federation.forward import context_link
@@ -140,14 +141,14 @@ async def _run_distributed(
         ]
         forward.append((eid, types or None, body, item.tm))
     call = forward_call(request, tenant)
-    params = {k: v for k, v in request.query_params.items() if k != "local"}
+    params = write_params(request.query_params.items())
     left, sent, refusals = await hub.distributed.forward_batch(
         tenant,
         BATCH_OPERATIONS[op],
         call,
         f"/entityOperations/{op}",
         forward,
-        params=params or None,
+        params=params,
     )
     refused: dict[str, NgsiLdError] = {}
     remote_only: list[str] = []

@@ -27,7 +27,7 @@ source only for the entities of that page it holds, by id.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -62,6 +62,20 @@ from broker.query.scopeq import format_scope_q
 PASSED_ON = frozenset(
     {"id", "idPattern", "q", "georel", "geometry", "coordinates", "geoproperty", "geoQ", "scopeQ"}
 )
+
+
+#: Parameters of writes whose value only names the operation's default: ``options=replace``
+#: of a batch upsert (clause 5.6.8: entities are replaced unless ``update`` is asked for)
+#: and ``deleteAll=false`` of an attribute delete (clause 5.6.5). A forwarded write leaves
+#: them out: the source is asked the same thing.
+DEFAULT_WRITE_PARAMS = frozenset({("options", "replace"), ("deleteAll", "false")})
+
+
+def write_params(given: Iterable[tuple[str, str]]) -> dict[str, str] | None:
+    """The URL parameters a write is forwarded with: the client's, in its order, less
+    ``local`` (it asked this hub) and those naming the operation's default."""
+    sent = {k: v for k, v in given if k != "local" and (k, v) not in DEFAULT_WRITE_PARAMS}
+    return sent or None
 
 
 def georel_text(geo: GeoQuery) -> str:
@@ -313,32 +327,38 @@ class DistributedService:
     ) -> list[tuple[Registration, list[Info]]]:
         """The active registrations that may answer ``operation`` for this selection
         (and whose own properties match the context source filter ``csf``)."""
+        selection = Selector(ids=ids, id_pattern=id_pattern, types=types)
+        return await self._matching(tenant, (operation,), [selection], attrs, csf)
+
+    async def _matching(
+        self,
+        tenant: str,
+        operations: Sequence[str],
+        selections: Sequence[Selector],
+        attrs: Sequence[str] | None,
+        csf: Node | None,
+    ) -> list[tuple[Registration, list[Info]]]:
+        """The active registrations allowing one of ``operations`` whose information
+        groups may hold what one of ``selections`` selects (with ``attrs``), each with
+        those groups, and whose own properties match ``csf``."""
         out = []
         for reg in await self.registrations.active(tenant):
-            if not reg.supports(operation):
+            if not any(reg.supports(op) for op in operations):
                 continue
             if csf is not None and not matches_q(csf, reg.subject):
                 continue
-            infos = reg.infos_for(types=types, ids=ids, id_pattern=id_pattern, attrs=attrs)
+            infos: list[Info] = []
+            for sel in selections:
+                for info in reg.infos_for(
+                    types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern, attrs=attrs
+                ):
+                    if info not in infos:
+                        infos.append(info)
             if infos:
                 out.append((reg, infos))
         return out
 
     # -- helpers ---------------------------------------------------------------------------
-
-    async def _query_sources(
-        self, tenant: str, query: EntityQuery, csf: Node | None
-    ) -> list[tuple[Registration, list[Info]]]:
-        """The sources a query of entities is forwarded to (``queryEntity``)."""
-        return await self.sources(
-            tenant,
-            "queryEntity",
-            types=query.types,
-            ids=query.ids,
-            id_pattern=query.id_pattern,
-            attrs=query.attrs,
-            csf=csf,
-        )
 
     def _sent(
         self,
@@ -347,22 +367,58 @@ class DistributedService:
         query: EntityQuery,
         tm: TermMap,
         given: dict[str, str],
+        ids: Sequence[str] | None = None,
+        limit: str | None = None,
     ) -> dict[str, str]:
-        """The parameters of a query forwarded to ``reg`` (without its page): the
-        client's selection in its terms, narrowed to what the registration holds."""
-        sent = {k: v for k, v in given.items() if k in PASSED_ON}
+        """The parameters of a query forwarded to ``reg`` (with ``limit`` in place of
+        the client's ``limit``/``offset`` when given, else without its page): the
+        client's selection as it wrote it (its terms, its order), narrowed to what the
+        registration holds (clause 4.3.6.1: "all constraints specified in the
+        registration shall be respected"): the registration's types when the client
+        named none, ``ids`` when the client named none, and the attributes it is
+        registered for. Nothing the client did not ask for is added (no ``options``
+        but ``sysAttrs`` when the client asked for it, no ``count``): the source is
+        asked the same question."""
+        held = reg.attrs_for(infos)
         attrs = self._attrs(reg, infos, query.attrs)
-        if attrs:
-            sent["attrs"] = ",".join(tm.compact(a) for a in attrs)
-        if "type" in given:
-            sent["type"] = given["type"]
-        else:
+        attrs_text = ",".join(tm.compact(a) for a in attrs) if attrs else None
+        sent: dict[str, str] = {}
+        for key, value in given.items():
+            if key in PASSED_ON or key in ("type", "count"):
+                sent[key] = value
+            elif key == "attrs" and attrs_text:
+                sent[key] = value if held is None else attrs_text
+            elif key == "options" and "sysAttrs" in value.split(","):
+                sent[key] = "sysAttrs"  # the hub renders the rest itself
+            elif key in ("limit", "offset") and limit is not None and "limit" not in sent:
+                sent["limit"] = limit
+        if "type" not in sent:
             types = reg.types_for(infos)
             if types:
                 sent["type"] = ",".join(sorted(tm.compact(t) for t in types))
-        sent["options"] = "sysAttrs"
+        if ids and "id" not in sent and "idPattern" not in sent:
+            sent["id"] = ",".join(ids)
+        if attrs_text and "attrs" not in sent:
+            sent["attrs"] = attrs_text
         if reg.local_only:
             sent["local"] = "true"  # management.localOnly: its own data, not its sources'
+        return sent
+
+    @staticmethod
+    def _page_params(call: Call, want: int | None) -> dict[str, str]:
+        """The URL parameters of a forwarded request whose selection is not in its URL
+        (a Query body, a retrieve): of the client's, its page (``limit`` as the first
+        ``want``, when it asked for a page), ``count`` and ``options=sysAttrs``; nothing
+        it did not ask for."""
+        given = call.params or {}
+        sent: dict[str, str] = {}
+        for key, value in given.items():
+            if key in ("limit", "offset") and want is not None and "limit" not in sent:
+                sent["limit"] = str(max(want, 1))
+            elif key == "count" and want is not None:
+                sent[key] = value
+            elif key == "options" and "sysAttrs" in value.split(","):
+                sent[key] = "sysAttrs"
         return sent
 
     @staticmethod
@@ -462,30 +518,19 @@ class DistributedService:
     # -- query -----------------------------------------------------------------------------
 
     async def query_sources(
-        self, tenant: str, query: EntityQuery, csf: Node | None = None
+        self,
+        tenant: str,
+        query: EntityQuery,
+        csf: Node | None = None,
+        operations: Sequence[str] = ("queryEntity", "queryBatch"),
     ) -> list[tuple[Registration, list[Info]]]:
-        """The active registrations that may answer a query (``queryEntity`` or
-        ``queryBatch``) for what ``query`` selects: its own selection, or any of its
+        """The active registrations that may answer a query (with one of
+        ``operations``) for what ``query`` selects: its own selection, or any of its
         entity selectors (a Query body's ``entities``)."""
         selections = query.selectors or [
             Selector(ids=query.ids, id_pattern=query.id_pattern, types=query.types)
         ]
-        out = []
-        for reg in await self.registrations.active(tenant):
-            if not (reg.supports("queryEntity") or reg.supports("queryBatch")):
-                continue
-            if csf is not None and not matches_q(csf, reg.subject):
-                continue
-            infos: list[Info] = []
-            for sel in selections:
-                for info in reg.infos_for(
-                    types=sel.types, ids=sel.ids, id_pattern=sel.id_pattern, attrs=query.attrs
-                ):
-                    if info not in infos:
-                        infos.append(info)
-            if infos:
-                out.append((reg, infos))
-        return out
+        return await self._matching(tenant, operations, selections, query.attrs, csf)
 
     def _get_params(
         self,
@@ -498,15 +543,12 @@ class DistributedService:
     ) -> dict[str, str]:
         """The parameters of ``GET /entities`` asking ``reg`` for what ``given`` (the
         query's parameters, in the client's terms) selects, narrowed to the types and
-        attributes it is registered for (clause 4.3.6.1: "all constraints specified in
-        the registration shall be respected")."""
-        sent = self._sent(reg, infos, query, tm, given)
-        if "id" not in sent and "idPattern" not in sent:
-            held_ids = self._held_ids(infos, query.types)
-            if held_ids:
-                sent["id"] = ",".join(held_ids)
-        sent.update(limit=str(max(want, 1)), count="true")
-        return sent
+        attributes it is registered for (see :meth:`_sent`). A page the client asked
+        for (``limit``, ``offset``) is asked of each source as its first ``want``
+        entities, since the merged list is cut here; without either, the source's own
+        default page is the same as this hub's."""
+        held_ids = self._held_ids(infos, query.types)
+        return self._sent(reg, infos, query, tm, given, held_ids, str(max(want, 1)))
 
     def _query_body(
         self, reg: Registration, infos: list[Info], query: EntityQuery, tm: TermMap
@@ -601,7 +643,7 @@ class DistributedService:
             post = reg.supports("queryBatch") and (batch or not reg.supports("queryEntity"))
             if post:
                 body = self._query_body(reg, infos, query, tm)
-                sent = {"limit": str(max(want, 1)), "count": "true", "options": "sysAttrs"}
+                sent = self._page_params(call, want)
                 if reg.local_only:
                     sent["local"] = "true"
                 inline = call.context is not None
@@ -710,8 +752,7 @@ class DistributedService:
         if maps is None:
             raise InternalError("entity maps are not set up")
         doc = await maps.find(tenant, asked.ref) if asked.ref is not None else None
-        given = params if params is not None else params_of(query, tm)
-        sources = [] if local else await self._query_sources(tenant, query, csf)
+        given, sources = await self._map_sources(tenant, query, tm, params, local, csf)
         failed: list[Answer] = []
         created = doc is None
         if doc is None:
@@ -740,11 +781,27 @@ class DistributedService:
         Source Registration, the request is forwarded ... The mapping between the
         Context Source Registration and the EntityMap Id is added to the linkedMaps
         element"), stored; with the ``NGSILD-Warning`` header for sources that failed."""
-        given = params if params is not None else params_of(query, tm)
-        sources = [] if local else await self._query_sources(tenant, query, csf)
+        given, sources = await self._map_sources(tenant, query, tm, params, local, csf)
         failed: list[Answer] = []
         doc = await self._make_map(tenant, query, tm, call, given, sources, failed, asked)
         return doc, warning(failed)
+
+    async def _map_sources(
+        self,
+        tenant: str,
+        query: EntityQuery,
+        tm: TermMap,
+        params: dict[str, str] | None,
+        local: bool,
+        csf: Node | None,
+    ) -> tuple[dict[str, str], list[tuple[Registration, list[Info]]]]:
+        """The query's parameters (the request's own, else made from ``query``) and the
+        sources a query through an entity map asks: those allowing ``queryEntity``,
+        since the map's pages are asked as ``GET /entities`` by id."""
+        given = params if params is not None else params_of(query, tm)
+        if local:
+            return given, []
+        return given, await self.query_sources(tenant, query, csf, ("queryEntity",))
 
     async def _make_map(
         self,
@@ -961,7 +1018,8 @@ class DistributedService:
     ) -> tuple[list[dict[str, Any]], int, dict[str, str]]:
         """Forward a read the sources answer with a list of entities in a representation
         this hub does not parse (temporal evolutions): the request's own parameters are
-        passed on, asking for the first ``offset + limit``. Returns the entities the
+        passed on in its order, its page as the first ``offset + limit``; nothing is
+        added. Returns the entities the
         sources answered (each only if the registration may hold it and the caller may
         read its type), the sum of their counts, and the ``NGSILD-Warning`` header."""
         sources = await self.sources(
@@ -975,8 +1033,12 @@ class DistributedService:
         if not sources:
             return [], 0, {}
         want = min(query.offset + query.limit, self.max_limit)
-        sent = {k: v for k, v in params.items() if k not in ("local", "offset", "limit", "count")}
-        sent.update(limit=str(max(want, 1)), count="true")
+        sent: dict[str, str] = {}
+        for key, value in params.items():
+            if key in ("limit", "offset"):  # the first offset + limit: the page is cut here
+                sent.setdefault("limit", str(max(want, 1)))
+            elif key != "local":
+                sent[key] = value
         answers: list[Answer] = await asyncio.gather(
             *(self.forwarder.send(reg, call, "GET", path, params=sent) for reg, _i in sources)
         )
@@ -1286,7 +1348,7 @@ class DistributedService:
                 return []
 
         async def ask(reg: Registration, infos: list[Info]) -> Answer:
-            sent = {"options": "sysAttrs"}
+            sent = self._page_params(call, None)
             if reg.local_only:
                 sent["local"] = "true"
             wanted = self._attrs(reg, infos, attrs)

@@ -113,6 +113,8 @@ class Call:
     context: Any = None
     #: the request's own headers, for contextSourceInfo values "urn:ngsi-ld:request"
     request: Mapping[str, str] | None = None
+    #: the request's own URL parameters (its page, count, options), in its order
+    params: Mapping[str, str] | None = None
 
 
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"

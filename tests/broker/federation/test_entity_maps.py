@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from broker.app import create_app
 from broker.model.entity import iri_to_uri
-from tests.broker.federation.source import Source, source
+from tests.broker.federation.source import Source
 from tests.conftest import JSON, make_settings
 from tests.support import broker
 
@@ -122,12 +122,6 @@ def test_a_distributed_query_maps_each_entity_to_who_holds_it(hubs: dict[str, st
 
 
 # -- what each page asks of whom: a recording source -----------------------------------------
-
-
-@pytest.fixture
-def cs() -> Iterator[Source]:
-    with source() as s:
-        yield s
 
 
 @pytest.fixture

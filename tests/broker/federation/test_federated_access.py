@@ -13,19 +13,13 @@ from fastapi.testclient import TestClient
 
 from broker.app import create_app
 from tests.broker.api.test_access import auth_yaml, key
-from tests.broker.federation.source import Source, source
+from tests.broker.federation.source import Source
 from tests.conftest import JSON, make_settings
 from tests.support_oidc import oidc_issuer
 
 E = "/ngsi-ld/v1/entities"
 R = "/ngsi-ld/v1/csourceRegistrations"
 KOMAE = {"NGSILD-Tenant": "komae"}
-
-
-@pytest.fixture
-def cs() -> Iterator[Source]:
-    with source() as s:
-        yield s
 
 
 @pytest.fixture
