@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.broker.api.test_csubscriptions import registration
 from tests.receiver import Receiver
 from tests.support import broker
 
@@ -27,15 +28,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db: Path = tmp_path_factory.mktemp("csource") / "広域連携.db"
     with broker(db) as url:
         yield url
-
-
-def registration(city: str, *types: str) -> dict[str, Any]:
-    return {
-        "id": REG + city,
-        "type": "ContextSourceRegistration",
-        "information": [{"entities": [{"type": t}], "propertyNames": ["名称"]} for t in types],
-        "endpoint": f"http://{city}-hub.example:1026",
-    }
 
 
 def subscription(name: str, url: str, *types: str, **extra: Any) -> dict[str, Any]:
