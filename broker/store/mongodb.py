@@ -799,19 +799,7 @@ class MongoStore(Store):
     @staticmethod
     def _subscription(row: Doc) -> dict[str, Any]:
         sub: dict[str, Any] = unescape_doc(row["doc"])
-        status: dict[str, Any] = {
-            "timesSent": row.get("sent", 0),
-            "timesFailed": row.get("failed", 0),
-        }
-        for key, field in (
-            ("lastNotification", "last_notification"),
-            ("lastSuccess", "last_success"),
-            ("lastFailure", "last_failure"),
-            ("lastSuccessCode", "last_success_code"),
-            ("lastFailureReason", "last_failure_reason"),
-        ):
-            if row.get(field) is not None:
-                status[key] = row[field]
+        status = _delivery_status(row)
         if row.get("fails_counter"):
             status["failsCounter"] = row["fails_counter"]
         sub["notificationStatus"] = status
@@ -986,18 +974,7 @@ class MongoStore(Store):
             )
         if row is None:
             return {}
-        status: dict[str, Any] = {
-            "timesSent": row.get("sent", 0),
-            "timesFailed": row.get("failed", 0),
-        }
-        for key, field in (
-            ("lastNotification", "last_notification"),
-            ("lastSuccess", "last_success"),
-            ("lastFailure", "last_failure"),
-        ):
-            if row.get(field) is not None:
-                status[key] = row[field]
-        return status
+        return _delivery_status(row)
 
     async def hub_identity(self, proposed: str) -> str:
         with driver_errors():
@@ -1099,3 +1076,23 @@ class MongoStore(Store):
     async def expire_history(self, now: int) -> int:
         with driver_errors():
             return await self._history.expire(self.history_policy, now)
+
+
+#: a subscription's delivery record: its notificationStatus member -> the stored field
+#: (registration subscriptions keep the first three)
+_STATUS_FIELDS = (
+    ("lastNotification", "last_notification"),
+    ("lastSuccess", "last_success"),
+    ("lastFailure", "last_failure"),
+    ("lastSuccessCode", "last_success_code"),
+    ("lastFailureReason", "last_failure_reason"),
+)
+
+
+def _delivery_status(row: Doc) -> dict[str, Any]:
+    """The delivery counts and times of a subscription's stored record."""
+    status: dict[str, Any] = {"timesSent": row.get("sent", 0), "timesFailed": row.get("failed", 0)}
+    for key, field in _STATUS_FIELDS:
+        if row.get(field) is not None:
+            status[key] = row[field]
+    return status

@@ -245,6 +245,13 @@ def ids(response: httpx.Response) -> list[str]:
     return sorted(e["id"] for e in response.json())
 
 
+#: two entity selectors of one Query body: an id and an idPattern (Komae's 1 and 3)
+TWO_SELECTORS = [
+    {"type": "AEDLocation", "id": "urn:ngsi-ld:AEDLocation:狛江-1"},
+    {"type": "AEDLocation", "idPattern": ".*-3$"},
+]
+
+
 def test_a_query_body_reaches_a_source_allowing_query_batch_only(hubs: dict[str, str]) -> None:
     """Clause 4.3.6.1: sources "may indicate that they are only willing to respond to a
     limited subset of API operations. Context Brokers shall respect this". A source
@@ -262,10 +269,7 @@ def test_a_query_body_reaches_a_source_allowing_query_batch_only(hubs: dict[str,
     query = {
         "@context": VOCAB,
         "type": "Query",
-        "entities": [
-            {"type": "AEDLocation", "id": "urn:ngsi-ld:AEDLocation:狛江-1"},
-            {"type": "AEDLocation", "idPattern": ".*-3$"},
-        ],
+        "entities": TWO_SELECTORS,
     }
     r = httpx.post(f"{tokyo}{Q}", json=query, headers=LD)
     assert ids(r) == ["urn:ngsi-ld:AEDLocation:狛江-1", "urn:ngsi-ld:AEDLocation:狛江-3"]
@@ -300,10 +304,7 @@ def test_a_query_body_reaches_a_source_allowing_query_entity_only(hubs: dict[str
     query = {
         "@context": VOCAB,
         "type": "Query",
-        "entities": [
-            {"type": "AEDLocation", "id": "urn:ngsi-ld:AEDLocation:狛江-1"},
-            {"type": "AEDLocation", "idPattern": ".*-3$"},
-        ],
+        "entities": TWO_SELECTORS,
         "attrs": ["名称"],
     }
     r = httpx.post(f"{tokyo}{Q}", json=query, headers=LD, params={"count": "true"})
